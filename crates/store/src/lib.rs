@@ -17,8 +17,10 @@ mod id;
 pub mod lock;
 pub mod refs;
 mod store;
+mod txn;
 
 pub use envelope::{Codec, ENVELOPE_VERSION, HEADER_LEN};
 pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use store::{ObjectInfo, PutOutcome, Store, StoreCounters, STORE_FORMAT_VERSION};
+pub use txn::Txn;

@@ -98,7 +98,9 @@ impl Store {
             let p = root.join("objects").join(hex::encode([i]));
             fs::create_dir_all(&p).at(&p)?;
         }
-        let tmp = root.join("tmp").join(format!("init-{}", std::process::id()));
+        let tmp = root
+            .join("tmp")
+            .join(format!("init-{}", std::process::id()));
         fs::write(&tmp, format!("starling-store {STORE_FORMAT_VERSION}\n")).at(&tmp)?;
         let vf = root.join(VERSION_FILE);
         fs::rename(&tmp, &vf).at(&vf)?;
@@ -113,6 +115,10 @@ impl Store {
     /// Sets the zstd level used for new objects.
     pub fn set_compression_level(&mut self, level: i32) {
         self.level = level;
+    }
+
+    pub(crate) fn level(&self) -> i32 {
+        self.level
     }
 
     pub fn counters(&self) -> &StoreCounters {
@@ -146,7 +152,9 @@ impl Store {
         }
         let env = envelope::encode(data, self.level);
         self.install(&dest, &env)?;
-        self.counters.objects_written.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .objects_written
+            .fetch_add(1, Ordering::Relaxed);
         self.counters
             .bytes_written
             .fetch_add(env.len() as u64, Ordering::Relaxed);
@@ -272,7 +280,12 @@ impl Store {
         let mut n = 0;
         for ent in fs::read_dir(&dir).at(&dir)? {
             let ent = ent.at(&dir)?;
-            fs::remove_file(ent.path()).at(ent.path())?;
+            let p = ent.path();
+            if ent.file_type().at(&p)?.is_dir() {
+                fs::remove_dir_all(&p).at(&p)?;
+            } else {
+                fs::remove_file(&p).at(&p)?;
+            }
             n += 1;
         }
         Ok(n)

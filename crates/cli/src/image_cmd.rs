@@ -1,0 +1,304 @@
+//! `starling image …`
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Subcommand, ValueEnum};
+use starling_image::chunk::Progress;
+use starling_image::export::{self, ExportFormat};
+use starling_image::import::{self, ImportOptions, SourceFormat};
+use starling_image::reference::ImageRef;
+use starling_image::versions;
+use starling_store::Store;
+
+use crate::format;
+use crate::progress::Display;
+
+#[derive(Subcommand)]
+pub enum ImageCmd {
+    /// Import a directory or tar archive (.tar, .tar.gz, .tar.zst) as a new version of NAME[:TAG]
+    Import {
+        source: PathBuf,
+        /// NAME[:TAG] (tag defaults to "latest")
+        image: String,
+        /// Source format [default: detected from content]
+        #[arg(long, value_enum)]
+        format: Option<InFormat>,
+        /// Label to record on the version (repeatable)
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a version (NAME[:TAG] or NAME@VERSION) to a directory or tar archive
+    Export {
+        image: String,
+        /// Destination: an absent or empty directory, or an archive path (- for stdout)
+        dest: PathBuf,
+        /// [default: tar if DEST ends in .tar/.tar.gz/.tgz/.tar.zst or is -, else dir]
+        #[arg(long, value_enum)]
+        format: Option<OutFormat>,
+    },
+    /// List images (one row per tag)
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a version's commit: id, parent, time, labels, counts
+    Inspect {
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Versions a tag has held, newest first
+    History {
+        /// NAME[:TAG]
+        image: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point NAME[:TAG] at the version SOURCE names
+    Tag { source: String, target: String },
+    /// Remove a tag (NAME[:TAG]) or one old version (NAME@VERSION); `store gc` frees the space
+    Rm { image: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum InFormat {
+    Dir,
+    Tar,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum OutFormat {
+    Dir,
+    Tar,
+}
+
+pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
+    match cmd {
+        ImageCmd::Import {
+            source,
+            image,
+            format,
+            labels,
+            json,
+        } => {
+            let (name, tag) = ImageRef::parse_tag(&image)?;
+            let labels = parse_labels(&labels)?;
+            let store = Store::open_or_init(store_dir)?;
+            let progress = Arc::new(Progress::default());
+            let display = Display::start("importing", progress.clone());
+            let started = std::time::Instant::now();
+            let report = import::import(
+                &store,
+                &ImportOptions {
+                    source: &source,
+                    format: format.map(|f| match f {
+                        InFormat::Dir => SourceFormat::Dir,
+                        InFormat::Tar => SourceFormat::Tar,
+                    }),
+                    name: &name,
+                    tag: &tag,
+                    labels,
+                },
+                &progress,
+            )
+            .with_context(|| format!("importing {} as {name}:{tag}", source.display()))?;
+            drop(display);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "version": report.version,
+                        "parent": report.parent,
+                        "name": name, "tag": tag,
+                        "stats": report.stats,
+                        "new_objects": report.new_objects,
+                        "new_stored_bytes": report.new_stored_bytes,
+                    })
+                );
+            } else {
+                println!("{}", report.version);
+                eprintln!(
+                    "imported {name}:{tag}: {} files, {} in {:.1}s; {} new objects, {} added to the store",
+                    report.stats.files,
+                    format::bytes(report.stats.bytes),
+                    started.elapsed().as_secs_f64(),
+                    report.new_objects,
+                    format::bytes(report.new_stored_bytes)
+                );
+            }
+        }
+        ImageCmd::Export {
+            image,
+            dest,
+            format,
+        } => {
+            let store = Store::open(store_dir)?;
+            let resolved = versions::resolve(&store, &ImageRef::parse(&image)?)?;
+            let format = match format {
+                Some(OutFormat::Dir) => ExportFormat::Dir,
+                Some(OutFormat::Tar) => ExportFormat::Tar,
+                None => {
+                    let d = dest.to_string_lossy();
+                    let tarish = [".tar", ".tar.gz", ".tgz", ".tar.zst"];
+                    if d == "-" || tarish.iter().any(|s| d.ends_with(s)) {
+                        ExportFormat::Tar
+                    } else {
+                        ExportFormat::Dir
+                    }
+                }
+            };
+            if format == ExportFormat::Dir && dest.as_os_str() == "-" {
+                bail!("cannot export a directory to stdout; use --format tar");
+            }
+            let progress = Arc::new(Progress::default());
+            let display = Display::start("exporting", progress.clone());
+            let report = export::export(&store, &resolved, &dest, format, &progress)
+                .with_context(|| format!("exporting {} to {}", resolved.display, dest.display()))?;
+            drop(display);
+            for w in report.warnings.iter().take(20) {
+                eprintln!("warning: {w}");
+            }
+            if report.warnings.len() > 20 {
+                eprintln!("warning: … and {} more", report.warnings.len() - 20);
+            }
+            if dest.as_os_str() != "-" {
+                eprintln!(
+                    "exported {} to {}: {} files, {}",
+                    resolved.display,
+                    dest.display(),
+                    report.files,
+                    format::bytes(report.bytes)
+                );
+            }
+        }
+        ImageCmd::Ls { json } => {
+            let rows = match Store::open(store_dir) {
+                Ok(store) => versions::list(&store)?,
+                Err(starling_store::Error::NotAStore(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<32} {:<12} {:<12} {:<19} {:>8} {:>10} {:>8}",
+                    "NAME", "TAG", "VERSION", "CREATED", "FILES", "SIZE", "VERSIONS"
+                );
+                for r in rows {
+                    println!(
+                        "{:<32} {:<12} {:<12} {:<19} {:>8} {:>10} {:>8}",
+                        r.name,
+                        r.tag,
+                        r.version.short(12),
+                        format::time(r.created_unix_ns),
+                        r.files,
+                        format::bytes(r.bytes),
+                        r.versions
+                    );
+                }
+            }
+        }
+        ImageCmd::Inspect { image, json } => {
+            let store = Store::open(store_dir)?;
+            let r = versions::resolve(&store, &ImageRef::parse(&image)?)?;
+            let c = &r.commit;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "version": r.id,
+                        "name": c.name,
+                        "parent": c.parent,
+                        "root_tree": c.root,
+                        "created_unix_ns": c.created_unix_ns,
+                        "labels": c.labels,
+                        "boot": c.boot,
+                        "stats": c.stats,
+                        "source": c.source,
+                    }))?
+                );
+            } else {
+                println!("version:  {}", r.id);
+                println!("name:     {}", c.name);
+                println!(
+                    "parent:   {}",
+                    c.parent
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into())
+                );
+                println!("created:  {} UTC", format::time(c.created_unix_ns));
+                println!("source:   {}", c.source);
+                println!("root:     {}", c.root);
+                println!(
+                    "contents: {} files ({}), {} dirs, {} symlinks, {} hardlinks, {} special",
+                    c.stats.files,
+                    format::bytes(c.stats.bytes),
+                    c.stats.dirs,
+                    c.stats.symlinks,
+                    c.stats.hardlinks,
+                    c.stats.special
+                );
+                for (k, v) in &c.labels {
+                    println!("label:    {k}={v}");
+                }
+            }
+        }
+        ImageCmd::History { image, json } => {
+            let store = Store::open(store_dir)?;
+            let (name, tag) = ImageRef::parse_tag(&image)?;
+            let rows = versions::history(&store, &name, &tag)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<2}{:<14} {:<14} {:<19} {:<7} {:>8} {:>10}",
+                    "", "VERSION", "PARENT", "TAGGED", "OP", "FILES", "SIZE"
+                );
+                for r in rows {
+                    println!(
+                        "{:<2}{:<14} {:<14} {:<19} {:<7} {:>8} {:>10}",
+                        if r.current { "*" } else { "" },
+                        r.version.short(12),
+                        r.parent.map(|p| p.short(12)).unwrap_or_else(|| "-".into()),
+                        format::time(r.tagged_unix_ns),
+                        r.op,
+                        r.files,
+                        format::bytes(r.bytes)
+                    );
+                }
+            }
+        }
+        ImageCmd::Tag { source, target } => {
+            let store = Store::open(store_dir)?;
+            let (name, tag) = ImageRef::parse_tag(&target)?;
+            let id = versions::tag(&store, &ImageRef::parse(&source)?, &name, &tag)?;
+            eprintln!("{name}:{tag} -> {}", id.short(12));
+        }
+        ImageCmd::Rm { image } => {
+            let store = Store::open(store_dir)?;
+            let msg = versions::remove(&store, &ImageRef::parse(&image)?)?;
+            eprintln!("{msg}; run `starling store gc` to free space");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_labels(labels: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for l in labels {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("label {l:?} is not KEY=VALUE");
+        };
+        if k.is_empty() {
+            bail!("label {l:?} has an empty key");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}

@@ -1,0 +1,67 @@
+//! `starling`: the command line. Each subcommand group lives in its own module.
+
+mod format;
+mod image_cmd;
+mod progress;
+mod store_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "starling",
+    version,
+    about = "VM images as content, VMs as processes"
+)]
+struct Cli {
+    /// Store directory [default: $STARLING_HOME, else ~/.local/share/starling]
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import, export, list and manage images
+    #[command(subcommand)]
+    Image(image_cmd::ImageCmd),
+    /// Inspect and maintain the object store
+    #[command(subcommand)]
+    Store(store_cmd::StoreCmd),
+}
+
+/// `--store`, else `$STARLING_HOME`, else the per-user data directory.
+fn store_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = flag {
+        return Ok(p);
+    }
+    if let Some(p) = std::env::var_os("STARLING_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(p) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(p).join("starling"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("no store given: set --store, STARLING_HOME or HOME"))?;
+    Ok(PathBuf::from(home).join(".local/share/starling"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = store_path(cli.store).and_then(|store| match cli.command {
+        Command::Image(c) => image_cmd::run(&store, c),
+        Command::Store(c) => store_cmd::run(&store, c),
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("starling: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Import of a tar archive (plain, gzip or zstd). Entries are read in one pass; file contents
+//! are chunked and staged as they stream by. Paths are normalised and refused if absolute or
+//! if they climb with `..`; nothing is ever written outside the store, so a hostile archive
+//! cannot reach the host file system.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use serde_bytes::ByteBuf;
+use starling_store::Txn;
+use tar::EntryType;
+
+use crate::chunk::{store_content, Progress};
+use crate::error::{Error, IoContext, Result};
+use crate::import::Compression;
+use crate::manifest::{Meta, Node, Xattr};
+use crate::path;
+use crate::stage::{StageDir, Staged};
+
+pub(crate) fn stage(
+    txn: &Txn<'_>,
+    archive_path: &Path,
+    compression: Compression,
+    progress: &Progress,
+) -> Result<StageDir> {
+    let file = File::open(archive_path).at(archive_path)?;
+    let reader = BufReader::with_capacity(1 << 20, file);
+    let bad = |e: std::io::Error| Error::BadTar {
+        archive: archive_path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let reader: Box<dyn Read> = match compression {
+        Compression::None => Box::new(reader),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(bad)?)
+        }
+    };
+    let mut archive = tar::Archive::new(reader);
+    let mut root = StageDir {
+        meta: crate::stage::implicit_dir_meta(),
+        children: Default::default(),
+    };
+    let mut saw_entry = false;
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        saw_entry = true;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = path::display(&raw_path);
+        let unsafe_entry = |reason| Error::UnsafeEntry {
+            archive: archive_path.to_path_buf(),
+            entry: shown.clone(),
+            reason,
+        };
+        let comps = normalise(&raw_path).map_err(unsafe_entry)?;
+        let etype = entry.header().entry_type();
+        if matches!(etype, EntryType::XGlobalHeader) {
+            continue;
+        }
+        let meta = entry_meta(&mut entry).map_err(bad)?;
+        let item = match etype {
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                let what = |e: std::io::Error| Error::BadTar {
+                    archive: archive_path.to_path_buf(),
+                    reason: format!("entry {shown:?}: {e}"),
+                };
+                let (size, data) = store_content(txn, &mut entry, progress, &what)?;
+                progress
+                    .files
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Staged::Node(Node::File { meta, size, data })
+            }
+            EntryType::Directory => Staged::Dir(StageDir {
+                meta,
+                children: Default::default(),
+            }),
+            EntryType::Symlink => Staged::Node(Node::Symlink {
+                meta,
+                target: ByteBuf::from(
+                    link_name(&entry).ok_or_else(|| unsafe_entry("symlink without a target"))?,
+                ),
+            }),
+            EntryType::Link => {
+                let target =
+                    link_name(&entry).ok_or_else(|| unsafe_entry("hard link without a target"))?;
+                let target = normalise(&target).map_err(unsafe_entry)?;
+                if target.is_empty() {
+                    return Err(unsafe_entry("hard link to the archive root"));
+                }
+                Staged::Node(Node::Hardlink {
+                    target: ByteBuf::from(path::join(&target)),
+                })
+            }
+            EntryType::Char | EntryType::Block => {
+                let h = entry.header();
+                let major = h.device_major().map_err(bad)?.unwrap_or(0);
+                let minor = h.device_minor().map_err(bad)?.unwrap_or(0);
+                let rdev = rustix::fs::makedev(major, minor);
+                if etype == EntryType::Char {
+                    Staged::Node(Node::CharDevice { meta, rdev })
+                } else {
+                    Staged::Node(Node::BlockDevice { meta, rdev })
+                }
+            }
+            EntryType::Fifo => Staged::Node(Node::Fifo { meta }),
+            other => {
+                return Err(Error::UnsupportedEntry {
+                    source_path: archive_path.to_path_buf(),
+                    path: shown,
+                    kind: format!("tar type {:?}", other.as_byte() as char),
+                })
+            }
+        };
+        if comps.is_empty() {
+            match item {
+                Staged::Dir(d) => root.meta = d.meta,
+                _ => return Err(unsafe_entry("the archive root is not a directory")),
+            }
+            continue;
+        }
+        root.insert(&comps, item, archive_path)?;
+    }
+    if !saw_entry {
+        return Err(Error::BadTar {
+            archive: archive_path.to_path_buf(),
+            reason: "no entries (empty or not a tar archive)".into(),
+        });
+    }
+    root.canonicalize_hardlinks(archive_path)?;
+    Ok(root)
+}
+
+fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Option<Vec<u8>> {
+    entry.link_name_bytes().map(|c| c.into_owned())
+}
+
+/// Archive path → image path components; `Err` names why the entry is refused.
+fn normalise(raw: &[u8]) -> Result<Vec<Vec<u8>>, &'static str> {
+    if raw.first() == Some(&b'/') {
+        return Err("absolute path");
+    }
+    if raw.split(|&b| b == b'/').any(|c| c == b"..") {
+        return Err("path climbs out of the archive with '..'");
+    }
+    if raw.contains(&0) {
+        return Err("NUL byte in path");
+    }
+    path::split(raw).ok_or("invalid path")
+}
+
+/// Header fields with PAX overrides (nanosecond mtime, large ids, xattrs).
+fn entry_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> std::io::Result<Meta> {
+    let h = entry.header();
+    let mut meta = Meta {
+        mode: h.mode()? & 0o7777,
+        uid: u32::try_from(h.uid()?).map_err(|_| std::io::Error::other("uid out of range"))?,
+        gid: u32::try_from(h.gid()?).map_err(|_| std::io::Error::other("gid out of range"))?,
+        mtime_sec: i64::try_from(h.mtime()?).unwrap_or(i64::MAX),
+        mtime_nsec: 0,
+        xattrs: Vec::new(),
+    };
+    if let Some(exts) = entry.pax_extensions()? {
+        for ext in exts {
+            let ext = ext?;
+            let key = ext.key_bytes();
+            let value = ext.value_bytes();
+            let text = || std::str::from_utf8(value).map_err(std::io::Error::other);
+            match key {
+                b"mtime" => (meta.mtime_sec, meta.mtime_nsec) = parse_pax_time(text()?)?,
+                b"uid" => meta.uid = text()?.parse().map_err(std::io::Error::other)?,
+                b"gid" => meta.gid = text()?.parse().map_err(std::io::Error::other)?,
+                k if k.starts_with(b"SCHILY.xattr.") => meta.xattrs.push(Xattr {
+                    name: ByteBuf::from(k[b"SCHILY.xattr.".len()..].to_vec()),
+                    value: ByteBuf::from(value.to_vec()),
+                }),
+                _ => {}
+            }
+        }
+    }
+    meta.xattrs.sort();
+    meta.xattrs.dedup_by(|a, b| a.name == b.name);
+    Ok(meta)
+}
+
+/// PAX times are decimal seconds with an optional fraction, possibly negative.
+fn parse_pax_time(s: &str) -> std::io::Result<(i64, u32)> {
+    let bad = || std::io::Error::other(format!("bad PAX time {s:?}"));
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let sec: i64 = int.parse().map_err(|_| bad())?;
+    if !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let mut ns_text: String = frac.chars().take(9).collect();
+    while ns_text.len() < 9 {
+        ns_text.push('0');
+    }
+    let ns: u32 = ns_text.parse().map_err(|_| bad())?;
+    if !neg {
+        Ok((sec, ns))
+    } else if ns == 0 {
+        Ok((-sec, 0))
+    } else {
+        Ok((-sec - 1, 1_000_000_000 - ns))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(parse_pax_time("12.5").unwrap(), (12, 500_000_000));
+        assert_eq!(parse_pax_time("12").unwrap(), (12, 0));
+        assert_eq!(parse_pax_time("-1.25").unwrap(), (-2, 750_000_000));
+        assert_eq!(parse_pax_time("1.1234567891").unwrap(), (1, 123_456_789));
+        assert!(parse_pax_time("x").is_err());
+        assert!(parse_pax_time("1.2e3").is_err());
+    }
+
+    #[test]
+    fn refuses_escapes() {
+        assert!(normalise(b"/etc/passwd").is_err());
+        assert!(normalise(b"a/../../x").is_err());
+        assert_eq!(normalise(b"./a/b/").unwrap().len(), 2);
+        assert!(normalise(b"./").unwrap().is_empty());
+    }
+}

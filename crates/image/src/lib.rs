@@ -1,0 +1,30 @@
+//! Starling images: manifests (Merkle trees of directory entries) over the shared object
+//! store, with importers and exporters for directory trees and tar archives.
+//!
+//! - [`manifest`]: the tree and commit formats.
+//! - [`import`], [`export`]: sources in and out; [`chunk`] cuts file content.
+//! - [`versions`], [`tags`], [`reference`]: naming, listing and moving versions.
+//! - [`maint`]: stats, fsck and gc.
+
+pub mod chunk;
+pub mod error;
+pub mod export;
+pub mod import;
+pub mod maint;
+pub mod manifest;
+mod meta_fs;
+pub mod path;
+pub mod reference;
+mod stage;
+pub mod tags;
+pub mod versions;
+
+pub use error::{Error, Result};
+
+/// Wall-clock time as nanoseconds since the Unix epoch.
+pub fn now_unix_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,199 @@
+//! Finding, listing, tagging and removing image versions. All of it reads tags and commits
+//! only, never file content.
+
+use serde::Serialize;
+use starling_store::{ObjectId, Store};
+
+use crate::error::{Error, Result};
+use crate::manifest::Commit;
+use crate::reference::ImageRef;
+use crate::tags;
+
+/// A version found by a reference.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub id: ObjectId,
+    pub commit: Commit,
+    /// How to show it: `name:tag@short` or `name@short`.
+    pub display: String,
+}
+
+pub fn load_commit(store: &Store, id: &ObjectId) -> Result<Commit> {
+    Commit::decode(id, &store.get(id)?)
+}
+
+/// Every version a name's tags have ever held, newest first, without duplicates.
+pub fn versions_of(store: &Store, name: &str) -> Result<Vec<ObjectId>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut all: Vec<(i64, ObjectId)> = Vec::new();
+    for rec in tags::all(store)?.into_iter().filter(|r| r.name == name) {
+        for h in rec.history {
+            if seen.insert(h.version) {
+                all.push((h.time_unix_ns, h.version));
+            }
+        }
+    }
+    all.sort_by(|a, b| b.cmp(a));
+    Ok(all.into_iter().map(|(_, v)| v).collect())
+}
+
+pub fn resolve(store: &Store, r: &ImageRef) -> Result<Resolved> {
+    match r {
+        ImageRef::Tag { name, tag } => {
+            let rec =
+                tags::read(store, name, tag)?.ok_or_else(|| Error::UnknownImage(r.to_string()))?;
+            Ok(Resolved {
+                id: rec.target,
+                commit: load_commit(store, &rec.target)?,
+                display: format!("{name}:{tag}@{}", rec.target.short(12)),
+            })
+        }
+        ImageRef::Version { name, prefix } => {
+            let versions = versions_of(store, name)?;
+            if versions.is_empty() {
+                return Err(Error::UnknownImage(name.clone()));
+            }
+            let hits: Vec<_> = versions
+                .iter()
+                .filter(|v| v.to_hex().starts_with(prefix.as_str()))
+                .collect();
+            match hits.as_slice() {
+                [] => Err(Error::UnknownVersion {
+                    name: name.clone(),
+                    prefix: prefix.clone(),
+                }),
+                [id] => Ok(Resolved {
+                    id: **id,
+                    commit: load_commit(store, id)?,
+                    display: format!("{name}@{}", id.short(12)),
+                }),
+                many => Err(Error::AmbiguousVersion {
+                    name: name.clone(),
+                    prefix: prefix.clone(),
+                    candidates: many
+                        .iter()
+                        .map(|v| v.short(16))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                }),
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageRow {
+    pub name: String,
+    pub tag: String,
+    pub version: ObjectId,
+    pub created_unix_ns: i64,
+    pub files: u64,
+    pub bytes: u64,
+    pub versions: usize,
+}
+
+/// One row per tag.
+pub fn list(store: &Store) -> Result<Vec<ImageRow>> {
+    let mut rows = Vec::new();
+    for rec in tags::all(store)? {
+        let c = load_commit(store, &rec.target)?;
+        rows.push(ImageRow {
+            name: rec.name,
+            tag: rec.tag,
+            version: rec.target,
+            created_unix_ns: c.created_unix_ns,
+            files: c.stats.files,
+            bytes: c.stats.bytes,
+            versions: rec.history.len(),
+        });
+    }
+    Ok(rows)
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryRow {
+    pub version: ObjectId,
+    pub parent: Option<ObjectId>,
+    pub tagged_unix_ns: i64,
+    pub created_unix_ns: i64,
+    pub op: String,
+    pub files: u64,
+    pub bytes: u64,
+    pub current: bool,
+}
+
+/// The versions a tag has held, newest first.
+pub fn history(store: &Store, name: &str, tag: &str) -> Result<Vec<HistoryRow>> {
+    let rec = tags::read(store, name, tag)?
+        .ok_or_else(|| Error::UnknownImage(format!("{name}:{tag}")))?;
+    let mut rows = Vec::new();
+    for h in rec.history.iter().rev() {
+        let c = load_commit(store, &h.version)?;
+        rows.push(HistoryRow {
+            version: h.version,
+            parent: c.parent,
+            tagged_unix_ns: h.time_unix_ns,
+            created_unix_ns: c.created_unix_ns,
+            op: h.op.clone(),
+            files: c.stats.files,
+            bytes: c.stats.bytes,
+            current: h.version == rec.target && rows.is_empty(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Points `name:tag` at the version `source` names.
+pub fn tag(store: &Store, source: &ImageRef, name: &str, tag: &str) -> Result<ObjectId> {
+    crate::reference::check_name(name).map_err(|reason| Error::BadRef {
+        input: name.to_string(),
+        reason,
+    })?;
+    crate::reference::check_tag(tag).map_err(|reason| Error::BadRef {
+        input: tag.to_string(),
+        reason,
+    })?;
+    let _w = store.lock_writer()?;
+    let _r = store.lock_refs()?;
+    let src = resolve(store, source)?;
+    tags::point(store, name, tag, src.id, "tag")?;
+    Ok(src.id)
+}
+
+/// `NAME:TAG` removes the tag with its history; `NAME@VERSION` drops one version from the
+/// histories of NAME's tags (refused while a tag points at it). `gc` reclaims the content.
+pub fn remove(store: &Store, r: &ImageRef) -> Result<String> {
+    let _w = store.lock_writer()?;
+    let _r = store.lock_refs()?;
+    match r {
+        ImageRef::Tag { name, tag } => {
+            if tags::remove(store, name, tag)? {
+                Ok(format!("removed tag {name}:{tag}"))
+            } else {
+                Err(Error::UnknownImage(r.to_string()))
+            }
+        }
+        ImageRef::Version { name, .. } => {
+            let v = resolve(store, r)?.id;
+            let recs: Vec<_> = tags::all(store)?
+                .into_iter()
+                .filter(|t| &t.name == name)
+                .collect();
+            if let Some(t) = recs.iter().find(|t| t.target == v) {
+                return Err(Error::VersionInUse {
+                    name: name.clone(),
+                    version: v.short(12),
+                    tag: format!("{}:{}", t.name, t.tag),
+                });
+            }
+            for mut rec in recs {
+                let before = rec.history.len();
+                rec.history.retain(|h| h.version != v);
+                if rec.history.len() != before {
+                    tags::write(store, &rec)?;
+                }
+            }
+            Ok(format!("removed version {} of {name}", v.short(12)))
+        }
+    }
+}
