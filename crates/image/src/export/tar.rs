@@ -114,8 +114,9 @@ impl TarExport<'_> {
         let tree = Tree::decode(id, &self.store.get(id)?)?;
         for e in &tree.entries {
             comps.push(e.name.to_vec());
-            let mut p = b"./".to_vec();
-            p.extend_from_slice(&path::join(comps));
+            // No "./" prefix: the tar crate strips it from short names but not from GNU long
+            // names, and GNU tar matches directories by exact name when restoring their times.
+            let mut p = path::join(comps);
             if let Node::Dir { .. } = e.node {
                 p.push(b'/');
             }
@@ -174,12 +175,14 @@ impl TarExport<'_> {
                     .map_err(io)?;
             }
             Node::Hardlink { target } => {
+                // The inode's metadata travels with its first name; zeros here are ignored.
                 h.set_entry_type(EntryType::Link);
                 h.set_mode(0o644);
-                let mut t = b"./".to_vec();
-                t.extend_from_slice(target);
+                h.set_uid(0);
+                h.set_gid(0);
+                h.set_mtime(0);
                 self.builder
-                    .append_link(&mut h, path, OsStr::from_bytes(&t))
+                    .append_link(&mut h, path, OsStr::from_bytes(target))
                     .map_err(io)?;
             }
             Node::CharDevice { rdev, .. } | Node::BlockDevice { rdev, .. } => {

@@ -58,7 +58,12 @@ pub(crate) fn stage(
         if matches!(etype, EntryType::XGlobalHeader) {
             continue;
         }
-        let meta = entry_meta(&mut entry).map_err(bad)?;
+        // A hard link's header repeats its target's metadata, which the target already holds.
+        let meta = if etype == EntryType::Link {
+            Meta::default()
+        } else {
+            entry_meta(&mut entry).map_err(bad)?
+        };
         let item = match etype {
             EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
                 let what = |e: std::io::Error| Error::BadTar {
