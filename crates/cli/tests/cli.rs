@@ -1,0 +1,173 @@
+//! The command line's behaviour: listings, history, tags, rm + gc, JSON output, store location.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+#[test]
+fn tags_history_rm_and_gc() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), vec![1u8; 300_000]).unwrap();
+    let v1 = env
+        .ok(&[
+            "image",
+            "import",
+            src.to_str().unwrap(),
+            "app",
+            "--label",
+            "stage=one",
+        ])
+        .trim()
+        .to_string();
+    fs::write(src.join("f"), vec![2u8; 300_000]).unwrap();
+    let v2 = env
+        .ok(&["image", "import", src.to_str().unwrap(), "app"])
+        .trim()
+        .to_string();
+    assert_ne!(v1, v2);
+
+    let hist = json(&env.ok(&["image", "history", "app", "--json"]));
+    let hist = hist.as_array().unwrap();
+    assert_eq!(hist.len(), 2);
+    assert_eq!(hist[0]["version"], v2.as_str());
+    assert_eq!(hist[0]["parent"], v1.as_str());
+    assert_eq!(hist[0]["current"], true);
+    assert_eq!(hist[1]["version"], v1.as_str());
+    let text = env.ok(&["image", "history", "app"]);
+    assert!(
+        text.contains(&v1[..12]) && text.contains(&v2[..12]),
+        "{text}"
+    );
+
+    let inspect = json(&env.ok(&["image", "inspect", &format!("app@{}", &v1[..8]), "--json"]));
+    assert_eq!(inspect["labels"]["stage"], "one");
+    assert_eq!(inspect["stats"]["files"], 1);
+
+    env.ok(&["image", "tag", &format!("app@{}", &v1[..6]), "app:stable"]);
+    let ls = json(&env.ok(&["image", "ls", "--json"]));
+    let rows: Vec<_> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["tag"].as_str().unwrap().to_string(),
+                r["version"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("latest".into(), v2.clone()), ("stable".into(), v1.clone())]
+    );
+    assert!(env.ok(&["image", "ls"]).contains("stable"));
+
+    // An old version still reachable is exportable byte-exact.
+    let out = env.path("old");
+    env.ok(&[
+        "image",
+        "export",
+        &format!("app@{}", &v1[..8]),
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(out.join("f")).unwrap(), vec![1u8; 300_000]);
+
+    // A version a tag points at cannot be dropped; once untagged it can, and gc frees it.
+    let e = env.fails(&["image", "rm", &format!("app@{}", &v1[..8])]);
+    assert!(e.contains("app:stable"), "{e}");
+    env.ok(&["image", "rm", "app:stable"]);
+    let dry = json(&env.ok(&["store", "gc", "--dry-run", "--json"]));
+    assert_eq!(
+        dry["objects_removed"], 0,
+        "v1 is still in app:latest's history"
+    );
+    env.ok(&["image", "rm", &format!("app@{}", &v1[..8])]);
+    let before = json(&env.ok(&["store", "stats", "--json"]))["objects"]
+        .as_u64()
+        .unwrap();
+    let gc = json(&env.ok(&["store", "gc", "--json"]));
+    assert!(
+        gc["objects_removed"].as_u64().unwrap() >= 2,
+        "v1's commit and chunk: {gc}"
+    );
+    let after = json(&env.ok(&["store", "stats", "--json"]))["objects"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after, before - gc["objects_removed"].as_u64().unwrap());
+    env.fsck_clean();
+    let e = env.fails(&[
+        "image",
+        "export",
+        &format!("app@{}", &v1[..8]),
+        env.path("gone").to_str().unwrap(),
+    ]);
+    assert!(e.contains("no version matching"), "{e}");
+    let out = env.path("latest");
+    env.ok(&["image", "export", "app", out.to_str().unwrap()]);
+    assert_eq!(fs::read(out.join("f")).unwrap(), vec![2u8; 300_000]);
+
+    // History survives v1's removal; the parent link of v2 dangles, and says so.
+    let hist = json(&env.ok(&["image", "history", "app", "--json"]));
+    assert_eq!(hist.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn store_location_from_env_and_listing_of_an_empty_store() {
+    let dir = tempfile::tempdir_in(scratch_root()).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+            .env("STARLING_HOME", dir.path().join("home-store"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["image", "ls", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    assert!(
+        !dir.path().join("home-store").exists(),
+        "ls must not create a store"
+    );
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("x"), b"x").unwrap();
+    assert!(run(&["image", "import", src.to_str().unwrap(), "e"])
+        .status
+        .success());
+    assert!(dir.path().join("home-store/starling-store").exists());
+    // Piped output carries no progress bar noise.
+    let out = run(&["image", "import", src.to_str().unwrap(), "e"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains('\r') && !err.contains('\u{1b}'), "{err:?}");
+}
+
+#[test]
+fn export_to_stdout_streams_a_tar() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("hello"), b"hello world\n").unwrap();
+    env.ok(&["image", "import", src.to_str().unwrap(), "s"]);
+    let out = env
+        .cmd()
+        .args(["image", "export", "s", "-"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let tarball = env.path("s.tar");
+    fs::write(&tarball, &out.stdout).unwrap();
+    let x = env.path("x");
+    fs::create_dir(&x).unwrap();
+    sh(&format!("tar -xf {} -C {}", tarball.display(), x.display()));
+    assert_eq!(fs::read(x.join("hello")).unwrap(), b"hello world\n");
+    let e = env.fails(&["image", "export", "s", "-", "--format", "dir"]);
+    assert!(e.contains("stdout"), "{e}");
+}
