@@ -308,7 +308,7 @@ pub fn torture_tree(root: &Path, with_socket: bool) {
     // Named pipe and socket.
     rustix::fs::mknodat(
         CWD,
-        &root.join("fifo"),
+        root.join("fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o640),
         0,
@@ -326,7 +326,7 @@ pub fn torture_tree(root: &Path, with_socket: bool) {
     if is_root() {
         rustix::fs::mknodat(
             CWD,
-            &root.join("null"),
+            root.join("null"),
             FileType::CharacterDevice,
             Mode::from_raw_mode(0o666),
             rustix::fs::makedev(1, 3),
@@ -334,7 +334,7 @@ pub fn torture_tree(root: &Path, with_socket: bool) {
         .expect("mknod");
         rustix::fs::mknodat(
             CWD,
-            &root.join("loop0"),
+            root.join("loop0"),
             FileType::BlockDevice,
             Mode::from_raw_mode(0o660),
             rustix::fs::makedev(7, 0),
@@ -343,7 +343,7 @@ pub fn torture_tree(root: &Path, with_socket: bool) {
         let own = |p: &str, u: u32, g: u32| {
             rustix::fs::chownat(
                 CWD,
-                &root.join(p),
+                root.join(p),
                 Some(rustix::process::Uid::from_raw(u)),
                 Some(rustix::process::Gid::from_raw(g)),
                 AtFlags::SYMLINK_NOFOLLOW,
