@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use starling_image::chunk::Progress;
+use starling_image::chunk::{ChunkParams, Progress};
 use starling_image::export::{self, ExportFormat};
 use starling_image::import::{self, ImportOptions, SourceFormat};
 use starling_image::reference::ImageRef;
@@ -32,6 +32,15 @@ pub enum ImageCmd {
         labels: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// Average chunk size in bytes (benchmarking; the default is the measured choice)
+        #[arg(long, hide = true)]
+        chunk_avg: Option<u32>,
+        /// Largest file kept inline in its tree entry (benchmarking)
+        #[arg(long, hide = true)]
+        inline_max: Option<usize>,
+        /// zstd level for new objects (benchmarking)
+        #[arg(long, hide = true)]
+        zstd_level: Option<i32>,
     },
     /// Export a version (NAME[:TAG] or NAME@VERSION) to a directory or tar archive
     Export {
@@ -86,10 +95,20 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             format,
             labels,
             json,
+            chunk_avg,
+            inline_max,
+            zstd_level,
         } => {
             let (name, tag) = ImageRef::parse_tag(&image)?;
             let labels = parse_labels(&labels)?;
-            let store = Store::open_or_init(store_dir)?;
+            let mut chunking = chunk_avg.map(ChunkParams::with_avg).unwrap_or_default();
+            if let Some(n) = inline_max {
+                chunking.inline_max = n;
+            }
+            let mut store = Store::open_or_init(store_dir)?;
+            if let Some(level) = zstd_level {
+                store.set_compression_level(level);
+            }
             let progress = Arc::new(Progress::default());
             let display = Display::start("importing", progress.clone());
             let started = std::time::Instant::now();
@@ -104,6 +123,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                     name: &name,
                     tag: &tag,
                     labels,
+                    chunking,
                 },
                 &progress,
             )

@@ -12,7 +12,7 @@ use rayon::prelude::*;
 use serde_bytes::ByteBuf;
 use starling_store::Txn;
 
-use crate::chunk::{store_content, Progress};
+use crate::chunk::{store_content, ChunkParams, Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{FileData, Node};
 use crate::meta_fs::read_meta;
@@ -30,6 +30,7 @@ struct Walk<'a> {
 pub(crate) fn stage(
     txn: &Txn<'_>,
     source: &Path,
+    params: &ChunkParams,
     progress: &Progress,
 ) -> Result<(StageDir, Vec<(u64, FileData)>)> {
     let md = fs::symlink_metadata(source).at(source)?;
@@ -48,7 +49,7 @@ pub(crate) fn stage(
         .par_iter()
         .map(|p| {
             let f = File::open(p).at(p)?;
-            let r = store_content(txn, f, progress, &|e| Error::Io {
+            let r = store_content(txn, params, f, progress, &|e| Error::Io {
                 path: p.clone(),
                 source: e,
             });

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use starling_store::{ObjectId, Store};
 
-use crate::chunk::Progress;
+use crate::chunk::{ChunkParams, Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{Commit, TreeStats};
 use crate::{now_unix_ns, tags};
@@ -35,6 +35,7 @@ pub struct ImportOptions<'a> {
     pub name: &'a str,
     pub tag: &'a str,
     pub labels: BTreeMap<String, String>,
+    pub chunking: ChunkParams,
 }
 
 #[derive(Debug, Clone)]
@@ -71,11 +72,11 @@ pub fn import(
     let txn = store.begin()?;
     let (root, pending, kind) = match format {
         SourceFormat::Dir => {
-            let (root, pending) = dir::stage(&txn, opts.source, progress)?;
+            let (root, pending) = dir::stage(&txn, opts.source, &opts.chunking, progress)?;
             (root, pending, "dir")
         }
         SourceFormat::Tar => (
-            tar::stage(&txn, opts.source, compression, progress)?,
+            tar::stage(&txn, opts.source, compression, &opts.chunking, progress)?,
             Vec::new(),
             "tar",
         ),

@@ -11,7 +11,7 @@ use serde_bytes::ByteBuf;
 use starling_store::Txn;
 use tar::EntryType;
 
-use crate::chunk::{store_content, Progress};
+use crate::chunk::{store_content, ChunkParams, Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::import::Compression;
 use crate::manifest::{Meta, Node, Xattr};
@@ -22,6 +22,7 @@ pub(crate) fn stage(
     txn: &Txn<'_>,
     archive_path: &Path,
     compression: Compression,
+    params: &ChunkParams,
     progress: &Progress,
 ) -> Result<StageDir> {
     let file = File::open(archive_path).at(archive_path)?;
@@ -70,7 +71,7 @@ pub(crate) fn stage(
                     archive: archive_path.to_path_buf(),
                     reason: format!("entry {shown:?}: {e}"),
                 };
-                let (size, data) = store_content(txn, &mut entry, progress, &what)?;
+                let (size, data) = store_content(txn, params, &mut entry, progress, &what)?;
                 progress
                     .files
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
