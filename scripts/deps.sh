@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Starling's demo, tests and benchmarks use, when any is missing.
+# Sourced by demo.sh and test.sh; safe to run again.
+set -euo pipefail
+
+starling_deps=(debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs)
+
+install_deps() {
+  local missing=() p
+  for p in "${starling_deps[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+need_cargo() {
+  if ! command -v cargo >/dev/null; then
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+  fi
+  command -v cargo >/dev/null || {
+    echo "cargo not found: install a Rust toolchain (rustup, https://rustup.rs) first" >&2
+    exit 1
+  }
+}
