@@ -209,20 +209,26 @@ fn unreadable_source_is_named() {
         skip("needs root to switch to an unprivileged user");
         return;
     }
-    let env = Env::new();
-    let src = env.path("src");
+    // The unprivileged user must reach the store and source, so they live in a world-traversable
+    // directory under the system temp dir, not below the (possibly private) build directory.
+    let top = tempfile::Builder::new()
+        .prefix("starling-unreadable-")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap();
+    let src = top.path().join("src");
+    let store = top.path().join("store");
     fs::create_dir_all(src.join("locked")).unwrap();
     fs::write(src.join("locked/f"), b"x").unwrap();
     sh(&format!(
-        "chmod 700 {0}/locked && chmod 777 {1} && chmod 755 {0}",
+        "chmod 700 {0}/locked && chmod 755 {0} && chmod 777 {1}",
         src.display(),
-        env.dir.path().display()
+        top.path().display()
     ));
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(env!("CARGO_BIN_EXE_starling"))
         .arg("--store")
-        .arg(&env.store)
+        .arg(&store)
         .args(["image", "import"])
         .arg(&src)
         .arg("x")
@@ -234,7 +240,19 @@ fn unreadable_source_is_named() {
         e.contains("locked") && e.contains("ermission denied"),
         "{e}"
     );
-    assert!(env.ok(&["image", "ls", "--json"]).trim() == "[]");
+    let ls = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--store")
+        .arg(&store)
+        .args(["image", "ls", "--json"])
+        .output()
+        .unwrap();
+    // Either no store was made at all, or it holds no image.
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    let lerr = String::from_utf8_lossy(&ls.stderr);
+    assert!(
+        listed.trim() == "[]" || lerr.contains("no Starling store"),
+        "{listed}{lerr}"
+    );
 }
 
 #[test]
