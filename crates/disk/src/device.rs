@@ -1,0 +1,151 @@
+//! A disk image as random-access bytes, whatever its container format.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use imago::file::File as ImagoFile;
+use imago::qcow2::Qcow2;
+use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
+
+use crate::error::{Error, Result};
+
+/// Random reads from a disk. Implementations are shared across threads (reads take `&self`).
+pub trait BlockDev: Send + Sync {
+    /// Size of the virtual disk in bytes.
+    fn size(&self) -> u64;
+    /// Fills `buf` from `offset`; reading past the end is an error.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()>;
+}
+
+/// The container format of a disk image file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFormat {
+    Raw,
+    Qcow2,
+}
+
+impl ImageFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            ImageFormat::Raw => "raw",
+            ImageFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+pub const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
+
+/// Opens a disk image, raw or qcow2 (by content). A qcow2 backing chain is followed; a missing
+/// backing file is an error that names it.
+pub fn open(path: &Path) -> Result<(Arc<dyn BlockDev>, ImageFormat)> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = File::open(path).map_err(io)?;
+    let mut magic = [0u8; 4];
+    let n = f.read(&mut magic).map_err(io)?;
+    if n == 4 && &magic == QCOW2_MAGIC {
+        let q = Qcow2::<ImagoFile>::builder_path(path)
+            .open(PermissiveImplicitOpenGate::default())
+            .map_err(|e| Error::Invalid {
+                what: format!("qcow2 image {}", path.display()),
+                detail: e.to_string(),
+            })?;
+        let access = FormatAccess::new(q);
+        Ok((
+            Arc::new(Qcow2Dev {
+                size: access.size(),
+                access,
+                path: path.to_path_buf(),
+            }),
+            ImageFormat::Qcow2,
+        ))
+    } else {
+        let size = f.metadata().map_err(io)?.len();
+        Ok((Arc::new(RawDev { file: f, size }), ImageFormat::Raw))
+    }
+}
+
+pub struct RawDev {
+    file: File,
+    size: u64,
+}
+
+impl RawDev {
+    pub fn new(file: File) -> std::io::Result<Self> {
+        let size = file.metadata()?.len();
+        Ok(RawDev { file, size })
+    }
+}
+
+impl BlockDev for RawDev {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        check_range(self.size, buf.len(), offset)?;
+        self.file.read_exact_at(buf, offset)
+    }
+}
+
+struct Qcow2Dev {
+    access: FormatAccess<ImagoFile>,
+    size: u64,
+    path: PathBuf,
+}
+
+impl BlockDev for Qcow2Dev {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        check_range(self.size, buf.len(), offset)?;
+        self.access
+            .read(buf, offset)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.path.display())))
+    }
+}
+
+/// A window of another device: a partition.
+pub struct Slice {
+    pub dev: Arc<dyn BlockDev>,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl BlockDev for Slice {
+    fn size(&self) -> u64 {
+        self.len
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        check_range(self.len, buf.len(), offset)?;
+        self.dev.read_at(buf, self.start + offset)
+    }
+}
+
+/// Bytes in memory: fuzzing and tests.
+impl BlockDev for Vec<u8> {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        check_range(self.len() as u64, buf.len(), offset)?;
+        let o = offset as usize;
+        buf.copy_from_slice(&self[o..o + buf.len()]);
+        Ok(())
+    }
+}
+
+fn check_range(size: u64, len: usize, offset: u64) -> std::io::Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("read of {len} bytes at {offset} is past the end of the disk ({size} bytes); the image is truncated"),
+        )),
+    }
+}

@@ -1,0 +1,785 @@
+//! Reading ext2/3/4 from a [`BlockDev`], with no kernel involved.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use super::xattr::{self, XATTR_MAGIC};
+use super::*;
+use crate::device::BlockDev;
+use crate::error::{corrupt, unsupported, Error, Result};
+
+const SUPPORTED_INCOMPAT: u32 = INCOMPAT_FILETYPE
+    | INCOMPAT_META_BG
+    | INCOMPAT_EXTENTS
+    | INCOMPAT_64BIT
+    | INCOMPAT_MMP
+    | INCOMPAT_FLEX_BG
+    | INCOMPAT_CSUM_SEED
+    | INCOMPAT_LARGEDIR
+    | INCOMPAT_INLINE_DATA
+    | INCOMPAT_CASEFOLD;
+/// Deepest extent tree the kernel builds is 5 levels.
+const MAX_EXTENT_DEPTH: u16 = 5;
+/// Directories larger than this are refused rather than read into memory.
+const MAX_DIR_BYTES: u64 = 256 << 20;
+const MAX_SYMLINK: u64 = 4096;
+
+/// An ext file system opened for reading.
+pub struct Ext4 {
+    dev: Arc<dyn BlockDev>,
+    pub block_size: u64,
+    pub blocks_count: u64,
+    inodes_count: u32,
+    inodes_per_group: u32,
+    inode_size: u64,
+    incompat: u32,
+    /// Inode-table block of each group.
+    inode_tables: Vec<u64>,
+    pub volume_name: String,
+}
+
+/// One inode, decoded.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub ino: u32,
+    pub mode: u16,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub links: u16,
+    pub mtime_sec: i64,
+    pub mtime_nsec: u32,
+    pub flags: u32,
+    /// i_blocks: 512-byte sectors owned, data and metadata.
+    sectors: u64,
+    block: [u8; 60],
+    file_acl: u64,
+    /// The in-inode xattr area (after i_extra_isize), empty for 128-byte inodes.
+    ibody: Vec<u8>,
+}
+
+impl Inode {
+    pub fn kind(&self) -> u16 {
+        self.mode & S_IFMT
+    }
+    pub fn is_dir(&self) -> bool {
+        self.kind() == S_IFDIR
+    }
+    pub fn is_file(&self) -> bool {
+        self.kind() == S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.kind() == S_IFLNK
+    }
+    /// Permission bits incl. setuid, setgid and sticky.
+    pub fn perm(&self) -> u32 {
+        (self.mode & 0o7777) as u32
+    }
+    /// Device number of a char or block device, in stat's encoding.
+    pub fn rdev(&self) -> u64 {
+        let (b0, b1) = (le32(&self.block, 0), le32(&self.block, 4));
+        if b0 != 0 {
+            makedev((b0 >> 8) & 0xff, b0 & 0xff)
+        } else {
+            makedev((b1 & 0xfff00) >> 8, (b1 & 0xff) | ((b1 >> 12) & 0xfff00))
+        }
+    }
+}
+
+impl Ext4 {
+    pub fn open(dev: Arc<dyn BlockDev>) -> Result<Ext4> {
+        let what = "the ext4 superblock";
+        let mut sb = [0u8; 1024];
+        dev.read_at(&mut sb, SUPERBLOCK_OFFSET)
+            .map_err(|source| Error::Read {
+                what: "the ext4 superblock",
+                offset: SUPERBLOCK_OFFSET,
+                source,
+            })?;
+        if le16(&sb, 56) != MAGIC {
+            return Err(Error::NoFilesystem(
+                "no ext2/3/4 file system (superblock magic 0xEF53 not found at byte 1080)".into(),
+            ));
+        }
+        let log = le32(&sb, 24);
+        if log > 6 {
+            return Err(corrupt(what, format!("block size 2^{} KiB", log)));
+        }
+        let block_size = 1024u64 << log;
+        let incompat = le32(&sb, 96);
+        let ro_compat = le32(&sb, 100);
+        if incompat & INCOMPAT_RECOVER != 0 {
+            return Err(unsupported(
+                "this ext4 file system",
+                "reading with an unreplayed journal (it was not unmounted cleanly; run e2fsck on it first)",
+            ));
+        }
+        if incompat & INCOMPAT_JOURNAL_DEV != 0 {
+            return Err(unsupported("this image", "an external journal device"));
+        }
+        let unknown = incompat & !SUPPORTED_INCOMPAT;
+        if unknown != 0 {
+            return Err(unsupported(
+                "this ext4 file system",
+                format!("incompatible feature flags 0x{unknown:x} (e.g. encryption, ea_inode)"),
+            ));
+        }
+        if ro_compat & RO_COMPAT_BIGALLOC != 0 {
+            return Err(unsupported("this ext4 file system", "bigalloc"));
+        }
+        let is64 = incompat & INCOMPAT_64BIT != 0;
+        let blocks_count = le32(&sb, 4) as u64
+            | if is64 {
+                (le32(&sb, 336) as u64) << 32
+            } else {
+                0
+            };
+        let inodes_count = le32(&sb, 0);
+        let first_data_block = le32(&sb, 20) as u64;
+        let blocks_per_group = le32(&sb, 32) as u64;
+        let inodes_per_group = le32(&sb, 40);
+        let rev = le32(&sb, 76);
+        let inode_size = if rev == 0 { 128 } else { le16(&sb, 88) as u64 };
+        if !(128..=block_size).contains(&inode_size) || !inode_size.is_power_of_two() {
+            return Err(corrupt(what, format!("inode size {inode_size}")));
+        }
+        if blocks_per_group == 0 || blocks_per_group > 8 * block_size {
+            return Err(corrupt(
+                what,
+                format!("{blocks_per_group} blocks per group"),
+            ));
+        }
+        if inodes_per_group == 0 || inodes_per_group as u64 > 8 * block_size {
+            return Err(corrupt(
+                what,
+                format!("{inodes_per_group} inodes per group"),
+            ));
+        }
+        if blocks_count <= first_data_block || blocks_count.saturating_mul(block_size) > dev.size()
+        {
+            return Err(corrupt(
+                what,
+                format!(
+                    "{blocks_count} blocks of {block_size} bytes do not fit the {}-byte device (truncated image?)",
+                    dev.size()
+                ),
+            ));
+        }
+        let groups = (blocks_count - first_data_block).div_ceil(blocks_per_group);
+        if groups.saturating_mul(inodes_per_group as u64) < inodes_count as u64 {
+            return Err(corrupt(
+                what,
+                "inode count exceeds groups × inodes per group",
+            ));
+        }
+        let desc_size = if is64 { le16(&sb, 254) as u64 } else { 32 };
+        if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
+            return Err(corrupt(what, format!("group descriptor size {desc_size}")));
+        }
+        let per_block = block_size / desc_size;
+        let sparse = ro_compat & RO_COMPAT_SPARSE_SUPER != 0;
+        let first_meta_bg = le32(&sb, 260) as u64;
+        let mut inode_tables = Vec::with_capacity(groups as usize);
+        let mut block = vec![0u8; block_size as usize];
+        let mut loaded = u64::MAX;
+        for g in 0..groups {
+            let db = g / per_block;
+            let at = if incompat & INCOMPAT_META_BG != 0 && db >= first_meta_bg {
+                let first = db * per_block;
+                first_data_block
+                    + first * blocks_per_group
+                    + u64::from(has_super_backup(first, sparse))
+            } else {
+                first_data_block + 1 + db
+            };
+            if at != loaded {
+                read_block_into(&*dev, block_size, at, &mut block, "group descriptors")?;
+                loaded = at;
+            }
+            let o = ((g % per_block) * desc_size) as usize;
+            let d = &block[o..o + desc_size as usize];
+            let mut table = le32(d, 8) as u64;
+            if is64 && desc_size >= 64 {
+                table |= (le32(d, 0x28) as u64) << 32;
+            }
+            let table_blocks = (inodes_per_group as u64 * inode_size).div_ceil(block_size);
+            if table < first_data_block || table.saturating_add(table_blocks) > blocks_count {
+                return Err(corrupt(
+                    "ext4 group descriptors",
+                    format!("group {g}'s inode table at block {table} is outside the file system"),
+                ));
+            }
+            inode_tables.push(table);
+        }
+        let volume_name = String::from_utf8_lossy(&sb[120..136])
+            .trim_end_matches('\0')
+            .to_string();
+        Ok(Ext4 {
+            dev,
+            block_size,
+            blocks_count,
+            inodes_count,
+            inodes_per_group,
+            inode_size,
+            incompat,
+            inode_tables,
+            volume_name,
+        })
+    }
+
+    pub fn root(&self) -> Result<Inode> {
+        let r = self.inode(ROOT_INO)?;
+        if !r.is_dir() {
+            return Err(corrupt(
+                "the ext4 root directory",
+                "inode 2 is not a directory",
+            ));
+        }
+        Ok(r)
+    }
+
+    pub fn inode(&self, ino: u32) -> Result<Inode> {
+        if ino == 0 || ino > self.inodes_count {
+            return Err(corrupt(
+                "an ext4 directory entry",
+                format!(
+                    "inode number {ino} is out of range 1..={}",
+                    self.inodes_count
+                ),
+            ));
+        }
+        let idx = (ino - 1) as u64;
+        let g = (idx / self.inodes_per_group as u64) as usize;
+        let off = self.inode_tables[g] * self.block_size
+            + (idx % self.inodes_per_group as u64) * self.inode_size;
+        let mut b = vec![0u8; self.inode_size as usize];
+        self.dev
+            .read_at(&mut b, off)
+            .map_err(|source| Error::Read {
+                what: "an ext4 inode",
+                offset: off,
+                source,
+            })?;
+        let extra_isize = if self.inode_size > 128 {
+            le16(&b, 128) as usize
+        } else {
+            0
+        };
+        if self.inode_size > 128 && (extra_isize % 4 != 0 || 128 + extra_isize > b.len()) {
+            return Err(corrupt(
+                format!("ext4 inode {ino}"),
+                format!("i_extra_isize {extra_isize}"),
+            ));
+        }
+        let extra = |o: usize| (extra_isize >= o + 4 - 128).then(|| le32(&b, o));
+        let (mtime_sec, mtime_nsec) = decode_time(le32(&b, 16), extra(136));
+        let mut block = [0u8; 60];
+        block.copy_from_slice(&b[40..100]);
+        Ok(Inode {
+            ino,
+            mode: le16(&b, 0),
+            uid: le16(&b, 2) as u32 | (le16(&b, 120) as u32) << 16,
+            gid: le16(&b, 24) as u32 | (le16(&b, 122) as u32) << 16,
+            size: le32(&b, 4) as u64 | (le32(&b, 108) as u64) << 32,
+            links: le16(&b, 26),
+            mtime_sec,
+            mtime_nsec,
+            flags: le32(&b, 32),
+            sectors: le32(&b, 28) as u64 | (le16(&b, 116) as u64) << 32,
+            block,
+            file_acl: le32(&b, 104) as u64 | (le16(&b, 118) as u64) << 32,
+            ibody: if self.inode_size > 128 {
+                b[128 + extra_isize..].to_vec()
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    /// The entries of directory `dir` (without "." and ".."), as (name, inode number).
+    pub fn read_dir(&self, dir: &Inode) -> Result<Vec<(Vec<u8>, u32)>> {
+        let what = || format!("ext4 directory inode {}", dir.ino);
+        if dir.size > MAX_DIR_BYTES {
+            return Err(unsupported(
+                what(),
+                format!("a {}-byte directory", dir.size),
+            ));
+        }
+        let mut out = Vec::new();
+        if dir.flags & FL_INLINE_DATA != 0 {
+            return Err(unsupported(what(), "inline-data directories"));
+        }
+        let mut data = Vec::with_capacity(dir.size as usize);
+        self.file_reader(dir)?
+            .read_to_end(&mut data)
+            .map_err(|e| corrupt(what(), e.to_string()))?;
+        for blk in data.chunks(self.block_size as usize) {
+            let mut p = 0usize;
+            while p + 8 <= blk.len() {
+                let ino = le32(blk, p);
+                let rec_len = le16(blk, p + 4) as usize;
+                let rec_len = if rec_len == 0 || rec_len == 65535 {
+                    blk.len() - p
+                } else {
+                    rec_len
+                };
+                let name_len = blk[p + 6] as usize;
+                if rec_len < 8 || p + rec_len > blk.len() || 8 + name_len > rec_len {
+                    return Err(corrupt(
+                        what(),
+                        format!("bad entry record length {rec_len}"),
+                    ));
+                }
+                if ino != 0 {
+                    let name = &blk[p + 8..p + 8 + name_len];
+                    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+                        return Err(corrupt(
+                            what(),
+                            "an entry name is empty or holds '/' or NUL",
+                        ));
+                    }
+                    if name != b"." && name != b".." {
+                        out.push((name.to_vec(), ino));
+                    }
+                }
+                p += rec_len;
+            }
+        }
+        out.sort();
+        if out.windows(2).any(|w| w[0].0 == w[1].0) {
+            return Err(corrupt(what(), "two entries have the same name"));
+        }
+        Ok(out)
+    }
+
+    pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {
+        let what = || format!("ext4 symlink inode {}", inode.ino);
+        if inode.size > MAX_SYMLINK {
+            return Err(corrupt(what(), format!("target of {} bytes", inode.size)));
+        }
+        // A fast symlink keeps its target in i_block and owns no data blocks.
+        let acl_sectors = if inode.file_acl != 0 {
+            self.block_size / 512
+        } else {
+            0
+        };
+        let fast = inode.flags & (FL_EXTENTS | FL_INLINE_DATA) == 0
+            && inode.size < 60
+            && inode.sectors.saturating_sub(acl_sectors) == 0;
+        let target = if fast {
+            inode.block[..inode.size as usize].to_vec()
+        } else {
+            let mut t = Vec::new();
+            self.file_reader(inode)?
+                .read_to_end(&mut t)
+                .map_err(|e| corrupt(what(), e.to_string()))?;
+            t
+        };
+        if target.is_empty() || target.contains(&0) {
+            return Err(corrupt(what(), "empty target or target with NUL"));
+        }
+        Ok(target)
+    }
+
+    /// All xattrs of `inode` as (full name, value), sorted by name. POSIX ACLs come in the
+    /// xattr API's form; inline data's `system.data` is not an attribute and is left out.
+    pub fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let what = || format!("ext4 inode {}'s xattrs", inode.ino);
+        let mut out = Vec::new();
+        let ib = &inode.ibody;
+        if ib.len() >= 4 && le32(ib, 0) == XATTR_MAGIC {
+            parse_entries(&ib[4..], 0, &ib[4..], &mut out).map_err(|d| corrupt(what(), d))?;
+        }
+        if inode.file_acl != 0 {
+            if inode.file_acl >= self.blocks_count {
+                return Err(corrupt(
+                    what(),
+                    format!("xattr block {} is outside the file system", inode.file_acl),
+                ));
+            }
+            let blk = self.read_block(inode.file_acl, "an xattr block")?;
+            if le32(&blk, 0) != XATTR_MAGIC {
+                return Err(corrupt(what(), "xattr block has a bad magic number"));
+            }
+            parse_entries(&blk, 32, &blk, &mut out).map_err(|d| corrupt(what(), d))?;
+        }
+        let mut res = Vec::with_capacity(out.len());
+        for (index, name, value) in out {
+            if index == 7 && name == b"data" {
+                continue;
+            }
+            let full = xattr::full_name(index, &name)
+                .ok_or_else(|| unsupported(what(), format!("xattr name index {index}")))?;
+            let value = if xattr::is_acl(index) {
+                xattr::acl_from_disk(&value)
+                    .ok_or_else(|| corrupt(what(), "a POSIX ACL is malformed"))?
+            } else {
+                value
+            };
+            res.push((full, value));
+        }
+        res.sort();
+        res.dedup_by(|a, b| a.0 == b.0);
+        Ok(res)
+    }
+
+    /// A reader of the file's bytes; holes and unwritten extents read as zeros.
+    pub fn file_reader(&self, inode: &Inode) -> Result<FileReader<'_>> {
+        let what = || format!("ext4 inode {}", inode.ino);
+        if inode.flags & FL_INLINE_DATA != 0 {
+            let mut data = inode.block.to_vec();
+            if inode.size > 60 {
+                let ib = &inode.ibody;
+                let mut entries = Vec::new();
+                if ib.len() >= 4 && le32(ib, 0) == XATTR_MAGIC {
+                    parse_entries(&ib[4..], 0, &ib[4..], &mut entries)
+                        .map_err(|d| corrupt(what(), d))?;
+                }
+                let extra = entries
+                    .into_iter()
+                    .find(|(i, n, _)| *i == 7 && n == b"data")
+                    .map(|e| e.2)
+                    .unwrap_or_default();
+                data.extend_from_slice(&extra);
+            }
+            if (data.len() as u64) < inode.size {
+                return Err(corrupt(what(), "inline data is shorter than the file size"));
+            }
+            data.truncate(inode.size as usize);
+            return Ok(FileReader {
+                fs: self,
+                map: Vec::new(),
+                inline: Some(data),
+                size: inode.size,
+                pos: 0,
+                buf: Vec::new(),
+                buf_pos: 0,
+            });
+        }
+        let mut map = Vec::new();
+        let nblocks = inode.size.div_ceil(self.block_size);
+        if inode.flags & FL_EXTENTS != 0 {
+            self.walk_extents(&inode.block, MAX_EXTENT_DEPTH + 1, &mut map)
+                .map_err(|d| corrupt(what(), d))?;
+        } else {
+            self.walk_block_map(inode, nblocks, &mut map)
+                .map_err(|d| corrupt(what(), d))?;
+        }
+        map.sort_by_key(|m| m.logical);
+        for w in map.windows(2) {
+            if w[0].logical + w[0].len > w[1].logical {
+                return Err(corrupt(what(), "overlapping extents"));
+            }
+        }
+        for m in &map {
+            if !m.unwritten
+                && (m
+                    .physical
+                    .checked_add(m.len)
+                    .is_none_or(|e| e > self.blocks_count))
+            {
+                return Err(corrupt(
+                    what(),
+                    format!(
+                        "extent at block {} runs outside the file system",
+                        m.physical
+                    ),
+                ));
+            }
+        }
+        Ok(FileReader {
+            fs: self,
+            map,
+            inline: None,
+            size: inode.size,
+            pos: 0,
+            buf: Vec::new(),
+            buf_pos: 0,
+        })
+    }
+
+    fn walk_extents(
+        &self,
+        node: &[u8],
+        depth_left: u16,
+        map: &mut Vec<Mapping>,
+    ) -> Result<(), String> {
+        if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
+            return Err("bad extent header magic".into());
+        }
+        let entries = le16(node, 2) as usize;
+        let depth = le16(node, 6);
+        if 12 + entries * 12 > node.len() {
+            return Err(format!("{entries} extent entries do not fit their node"));
+        }
+        if depth >= depth_left {
+            return Err(format!("extent tree depth {depth} is too deep"));
+        }
+        for i in 0..entries {
+            let e = &node[12 + i * 12..24 + i * 12];
+            let logical = le32(e, 0) as u64;
+            if depth == 0 {
+                let raw_len = le16(e, 4) as u64;
+                let (len, unwritten) = if raw_len > 32768 {
+                    (raw_len - 32768, true)
+                } else {
+                    (raw_len, false)
+                };
+                let physical = (le16(e, 6) as u64) << 32 | le32(e, 8) as u64;
+                if len > 0 {
+                    map.push(Mapping {
+                        logical,
+                        physical,
+                        len,
+                        unwritten,
+                    });
+                }
+            } else {
+                let child = (le16(e, 8) as u64) << 32 | le32(e, 4) as u64;
+                if child >= self.blocks_count {
+                    return Err(format!(
+                        "extent index points at block {child}, outside the file system"
+                    ));
+                }
+                let blk = self
+                    .read_block(child, "an extent tree block")
+                    .map_err(|e| e.to_string())?;
+                self.walk_extents(&blk, depth, map)?;
+            }
+            if map.len() > 1 << 24 {
+                return Err("more than 16M extents".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// ext2/3 block maps: 12 direct pointers, then single, double and triple indirect blocks.
+    fn walk_block_map(
+        &self,
+        inode: &Inode,
+        nblocks: u64,
+        map: &mut Vec<Mapping>,
+    ) -> Result<(), String> {
+        let per = self.block_size / 4;
+        let mut logical = 0u64;
+        for i in 0..12 {
+            self.push_ptr(map, logical, le32(&inode.block, i * 4) as u64)?;
+            logical += 1;
+        }
+        for (level, slot) in [(1u32, 12usize), (2, 13), (3, 14)] {
+            if logical >= nblocks {
+                break;
+            }
+            let ptr = le32(&inode.block, slot * 4) as u64;
+            let span = per.pow(level);
+            if ptr != 0 {
+                self.walk_indirect(ptr, level, logical, nblocks, map)?;
+            }
+            logical += span;
+        }
+        Ok(())
+    }
+
+    fn walk_indirect(
+        &self,
+        blk: u64,
+        level: u32,
+        start: u64,
+        nblocks: u64,
+        map: &mut Vec<Mapping>,
+    ) -> Result<(), String> {
+        if blk >= self.blocks_count {
+            return Err(format!("indirect block {blk} is outside the file system"));
+        }
+        let data = self
+            .read_block(blk, "an indirect block")
+            .map_err(|e| e.to_string())?;
+        let per = self.block_size / 4;
+        let span = per.pow(level - 1);
+        for i in 0..per {
+            let l = start + i * span;
+            if l >= nblocks {
+                break;
+            }
+            let p = le32(&data, (i * 4) as usize) as u64;
+            if p == 0 {
+                continue;
+            }
+            if level == 1 {
+                self.push_ptr(map, l, p)?;
+            } else {
+                self.walk_indirect(p, level - 1, l, nblocks, map)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn push_ptr(&self, map: &mut Vec<Mapping>, logical: u64, physical: u64) -> Result<(), String> {
+        if physical == 0 {
+            return Ok(());
+        }
+        if let Some(last) = map.last_mut() {
+            if !last.unwritten
+                && last.logical + last.len == logical
+                && last.physical + last.len == physical
+            {
+                last.len += 1;
+                return Ok(());
+            }
+        }
+        map.push(Mapping {
+            logical,
+            physical,
+            len: 1,
+            unwritten: false,
+        });
+        Ok(())
+    }
+
+    fn read_block(&self, blk: u64, what: &'static str) -> Result<Vec<u8>> {
+        let mut b = vec![0u8; self.block_size as usize];
+        read_block_into(&*self.dev, self.block_size, blk, &mut b, what)?;
+        Ok(b)
+    }
+
+    pub fn has_inline_data_feature(&self) -> bool {
+        self.incompat & INCOMPAT_INLINE_DATA != 0
+    }
+}
+
+fn read_block_into(
+    dev: &dyn BlockDev,
+    bs: u64,
+    blk: u64,
+    buf: &mut [u8],
+    what: &'static str,
+) -> Result<()> {
+    let offset = blk.saturating_mul(bs);
+    dev.read_at(buf, offset).map_err(|source| Error::Read {
+        what,
+        offset,
+        source,
+    })
+}
+
+/// Parses xattr entries starting at `entries[start..]`; value offsets are relative to `values`.
+fn parse_entries(
+    entries: &[u8],
+    start: usize,
+    values: &[u8],
+    out: &mut Vec<(u8, Vec<u8>, Vec<u8>)>,
+) -> Result<(), String> {
+    let mut p = start;
+    loop {
+        if p + 4 > entries.len() {
+            return Err("entry list is not terminated".into());
+        }
+        if le32(entries, p) == 0 {
+            return Ok(());
+        }
+        if p + 16 > entries.len() {
+            return Err("entry runs past its area".into());
+        }
+        let name_len = entries[p] as usize;
+        let index = entries[p + 1];
+        let offs = le16(entries, p + 2) as usize;
+        let value_inum = le32(entries, p + 4);
+        let size = le32(entries, p + 8) as usize;
+        if value_inum != 0 {
+            return Err("values kept in separate inodes (ea_inode)".into());
+        }
+        let name_end = p + 16 + name_len;
+        if name_end > entries.len() {
+            return Err("entry name runs past its area".into());
+        }
+        let value = if size == 0 {
+            Vec::new()
+        } else {
+            values
+                .get(offs..offs.checked_add(size).ok_or("value size overflows")?)
+                .ok_or_else(|| format!("value at {offs}+{size} runs past its area"))?
+                .to_vec()
+        };
+        out.push((index, entries[p + 16..name_end].to_vec(), value));
+        p += (16 + name_len + 3) & !3;
+        if out.len() > 65536 {
+            return Err("too many entries".into());
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Mapping {
+    logical: u64,
+    physical: u64,
+    len: u64,
+    unwritten: bool,
+}
+
+/// Sequential reader of one file's bytes.
+pub struct FileReader<'a> {
+    fs: &'a Ext4,
+    map: Vec<Mapping>,
+    inline: Option<Vec<u8>>,
+    size: u64,
+    pos: u64,
+    buf: Vec<u8>,
+    buf_pos: usize,
+}
+
+/// Reads are batched up to this many bytes of a contiguous extent.
+const READ_BATCH: u64 = 1 << 20;
+
+impl FileReader<'_> {
+    fn fill(&mut self) -> std::io::Result<()> {
+        let bs = self.fs.block_size;
+        let block = self.pos / bs;
+        let in_block = self.pos % bs;
+        let remaining = self.size - self.pos;
+        let idx = self.map.partition_point(|m| m.logical + m.len <= block);
+        let (data_at, run) = match self.map.get(idx) {
+            Some(m) if m.logical <= block => {
+                let run = (m.len - (block - m.logical)) * bs - in_block;
+                let at = if m.unwritten {
+                    None
+                } else {
+                    Some((m.physical + block - m.logical) * bs + in_block)
+                };
+                (at, run)
+            }
+            Some(m) => (None, (m.logical - block) * bs - in_block),
+            None => (None, remaining),
+        };
+        let n = run.min(remaining).min(READ_BATCH) as usize;
+        self.buf.clear();
+        self.buf.resize(n, 0);
+        if let Some(at) = data_at {
+            self.fs.dev.read_at(&mut self.buf, at)?;
+        }
+        self.buf_pos = 0;
+        Ok(())
+    }
+}
+
+impl Read for FileReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(data) = &self.inline {
+            let p = self.pos as usize;
+            let n = out.len().min(data.len() - p);
+            out[..n].copy_from_slice(&data[p..p + n]);
+            self.pos += n as u64;
+            return Ok(n);
+        }
+        if self.pos >= self.size || out.is_empty() {
+            return Ok(0);
+        }
+        if self.buf_pos == self.buf.len() {
+            self.fill()?;
+        }
+        let n = out.len().min(self.buf.len() - self.buf_pos);
+        out[..n].copy_from_slice(&self.buf[self.buf_pos..self.buf_pos + n]);
+        self.buf_pos += n;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
