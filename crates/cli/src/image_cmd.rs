@@ -19,7 +19,8 @@ use crate::progress::Display;
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
-    /// Import a directory or tar archive (.tar, .tar.gz, .tar.zst) as a new version of NAME[:TAG]
+    /// Import a directory, tar archive (.tar, .tar.gz, .tar.zst) or disk image (raw or qcow2
+    /// with ext2/3/4, whole-disk or partitioned) as a new version of NAME[:TAG]
     Import {
         source: PathBuf,
         /// NAME[:TAG] (tag defaults to "latest")
@@ -27,6 +28,9 @@ pub enum ImageCmd {
         /// Source format [default: detected from content]
         #[arg(long, value_enum)]
         format: Option<InFormat>,
+        /// Disk images: partition number to import [default: the root partition]
+        #[arg(long, value_name = "N")]
+        partition: Option<u32>,
         /// Label to record on the version (repeatable)
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
@@ -42,14 +46,18 @@ pub enum ImageCmd {
         #[arg(long, hide = true)]
         zstd_level: Option<i32>,
     },
-    /// Export a version (NAME[:TAG] or NAME@VERSION) to a directory or tar archive
+    /// Export a version (NAME[:TAG] or NAME@VERSION) to a directory, tar archive or disk image
     Export {
         image: String,
-        /// Destination: an absent or empty directory, or an archive path (- for stdout)
+        /// Destination: an absent or empty directory, an archive or image path (- for stdout)
         dest: PathBuf,
-        /// [default: tar if DEST ends in .tar/.tar.gz/.tgz/.tar.zst or is -, else dir]
+        /// [default: by DEST's extension: .tar/.tar.gz/.tgz/.tar.zst or - → tar, .qcow2 → qcow2,
+        /// .erofs → erofs, .ext4/.raw/.img → ext4; else dir]
         #[arg(long, value_enum)]
         format: Option<OutFormat>,
+        /// ext4/qcow2: file system size (e.g. 2G, 512M) [default: fits the image with headroom]
+        #[arg(long, value_parser = format::parse_size)]
+        size: Option<u64>,
     },
     /// List images (one row per tag)
     Ls {
@@ -79,12 +87,20 @@ pub enum ImageCmd {
 pub enum InFormat {
     Dir,
     Tar,
+    /// raw or qcow2 disk image
+    Disk,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum OutFormat {
     Dir,
     Tar,
+    /// raw ext4 file system image
+    Ext4,
+    /// ext4 in a qcow2 disk image
+    Qcow2,
+    /// EROFS image (needs mkfs.erofs from erofs-utils)
+    Erofs,
 }
 
 pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
@@ -93,6 +109,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             source,
             image,
             format,
+            partition,
             labels,
             json,
             chunk_avg,
@@ -119,11 +136,13 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                     format: format.map(|f| match f {
                         InFormat::Dir => SourceFormat::Dir,
                         InFormat::Tar => SourceFormat::Tar,
+                        InFormat::Disk => SourceFormat::Disk,
                     }),
                     name: &name,
                     tag: &tag,
                     labels,
                     chunking,
+                    partition,
                 },
                 &progress,
             )
@@ -157,22 +176,43 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             image,
             dest,
             format,
+            size,
         } => {
             let store = Store::open(store_dir)?;
             let resolved = versions::resolve(&store, &ImageRef::parse(&image)?)?;
             let format = match format {
                 Some(OutFormat::Dir) => ExportFormat::Dir,
                 Some(OutFormat::Tar) => ExportFormat::Tar,
+                Some(OutFormat::Ext4) => ExportFormat::Ext4 { size },
+                Some(OutFormat::Qcow2) => ExportFormat::Qcow2 { size },
+                Some(OutFormat::Erofs) => ExportFormat::Erofs,
                 None => {
                     let d = dest.to_string_lossy();
                     let tarish = [".tar", ".tar.gz", ".tgz", ".tar.zst"];
                     if d == "-" || tarish.iter().any(|s| d.ends_with(s)) {
                         ExportFormat::Tar
+                    } else if d.ends_with(".qcow2") {
+                        ExportFormat::Qcow2 { size }
+                    } else if d.ends_with(".erofs") {
+                        ExportFormat::Erofs
+                    } else if [".ext4", ".raw", ".img"].iter().any(|s| d.ends_with(s)) {
+                        ExportFormat::Ext4 { size }
                     } else {
                         ExportFormat::Dir
                     }
                 }
             };
+            if size.is_some()
+                && !matches!(
+                    format,
+                    ExportFormat::Ext4 { .. } | ExportFormat::Qcow2 { .. }
+                )
+            {
+                bail!("--size applies to ext4 and qcow2 exports only");
+            }
+            if !matches!(format, ExportFormat::Dir | ExportFormat::Tar) && dest.as_os_str() == "-" {
+                bail!("disk images cannot be written to stdout; give a file name");
+            }
             if format == ExportFormat::Dir && dest.as_os_str() == "-" {
                 bail!("cannot export a directory to stdout; use --format tar");
             }

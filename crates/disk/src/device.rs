@@ -149,3 +149,46 @@ fn check_range(size: u64, len: usize, offset: u64) -> std::io::Result<()> {
         )),
     }
 }
+
+/// Copies the raw disk image `raw` into a new qcow2 image at `out` (64 KiB clusters), leaving
+/// all-zero clusters unallocated so the qcow2 is as small as the data.
+pub fn raw_to_qcow2(raw: &Path, out: &Path) -> Result<()> {
+    use imago::{DenyImplicitOpenGate, FormatCreateBuilder, Storage, StorageCreateOptions};
+    const CLUSTER: usize = 64 << 10;
+    let io_in = |source| Error::Io {
+        path: raw.to_path_buf(),
+        source,
+    };
+    let io_out = |source| Error::Io {
+        path: out.to_path_buf(),
+        source,
+    };
+    let src = File::open(raw).map_err(io_in)?;
+    let size = src.metadata().map_err(io_in)?.len();
+    let storage = ImagoFile::create_open(StorageCreateOptions::new().filename(out).size(0))
+        .map_err(io_out)?;
+    let q = Qcow2::<ImagoFile>::create_builder(storage)
+        .size(size)
+        .cluster_size(CLUSTER)
+        .create_open(DenyImplicitOpenGate::default(), |img| {
+            Ok(Qcow2::<ImagoFile>::builder(img).write(true))
+        })
+        .map_err(io_out)?;
+    let access = FormatAccess::new(q);
+    let mut buf = vec![0u8; 16 * CLUSTER];
+    let mut off = 0u64;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], off).map_err(io_in)?;
+        for (k, c) in buf[..n].chunks(CLUSTER).enumerate() {
+            if c.iter().any(|&b| b != 0) {
+                access
+                    .write(c, off + (k * CLUSTER) as u64)
+                    .map_err(io_out)?;
+            }
+        }
+        off += n as u64;
+    }
+    access.flush().map_err(io_out)?;
+    Ok(())
+}

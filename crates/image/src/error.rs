@@ -33,7 +33,9 @@ pub enum Error {
     },
     #[error("{0}: source does not exist")]
     MissingSource(PathBuf),
-    #[error("{source_path}: not a directory or a tar archive (use --format to force one)")]
+    #[error(
+        "{source_path}: not a directory, tar archive or disk image (use --format to force one)"
+    )]
     UnknownFormat { source_path: PathBuf },
     #[error("{archive}: corrupt or truncated tar archive: {reason}")]
     BadTar { archive: PathBuf, reason: String },
@@ -70,6 +72,12 @@ pub enum Error {
         name: String,
         version: String,
         tag: String,
+    },
+    #[error("{}: {source}", source_path.display())]
+    Disk {
+        source_path: PathBuf,
+        #[source]
+        source: starling_disk::Error,
     },
     #[error("tag record {0} is corrupt: {1}")]
     BadTagRecord(String, String),

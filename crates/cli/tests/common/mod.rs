@@ -184,7 +184,19 @@ pub fn xattrs(dir: &Path) -> String {
 
 /// Asserts that two trees are equal in bytes and metadata, as independent tools see them.
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
-    let (a, b) = (mtree(expected), mtree(actual));
+    assert_same_tree_except(expected, actual, &[]);
+}
+
+/// As [`assert_same_tree`], leaving out top-level entries named in `except` (e.g. the
+/// lost+found every ext4 file system has).
+pub fn assert_same_tree_except(expected: &Path, actual: &Path, except: &[&str]) {
+    let keep = |l: &&str| {
+        !except
+            .iter()
+            .any(|e| l.starts_with(&format!("./{e} ")) || l.starts_with(&format!("./{e}/")))
+    };
+    let filter = |t: String| t.lines().filter(keep).collect::<Vec<_>>().join("\n");
+    let (a, b) = (filter(mtree(expected)), filter(mtree(actual)));
     if a != b {
         let da: Vec<_> = a.lines().filter(|l| !b.contains(*l)).take(10).collect();
         let db: Vec<_> = b.lines().filter(|l| !a.contains(*l)).take(10).collect();
@@ -432,4 +444,45 @@ pub fn debian_rootfs() -> Option<(PathBuf, PathBuf)> {
     }
     let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
     Some((dir.join("rootfs-a"), dir.join("rootfs-b")))
+}
+
+/// A read-only loop mount by the host kernel, unmounted on drop.
+pub struct Mount {
+    pub dir: tempfile::TempDir,
+}
+
+impl Mount {
+    /// Mounts `image` (a file system image of `fstype`), or skips loudly when this machine
+    /// cannot (not root, no loop devices).
+    pub fn loop_ro(image: &Path, fstype: &str) -> Option<Mount> {
+        if !is_root() {
+            skip("loop mounts need root");
+            return None;
+        }
+        let dir = tempfile::tempdir_in(scratch_root()).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", fstype, "-o", "loop,ro"])
+            .arg(image)
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        if !out.status.success() {
+            skip(&format!(
+                "the kernel could not loop-mount {fstype}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+            return None;
+        }
+        Some(Mount { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
 }

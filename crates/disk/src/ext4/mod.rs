@@ -9,7 +9,7 @@ mod read;
 mod write;
 pub(crate) mod xattr;
 
-pub use read::{Ext4, FileReader, Inode};
+pub use read::{Ext4, FileReader, Inode, Kind};
 pub use write::{Ext4Builder, Fill, NewInode, NewKind, Sink, WriteOptions, WriteReport};
 
 pub(crate) const SUPERBLOCK_OFFSET: u64 = 1024;

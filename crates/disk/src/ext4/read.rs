@@ -58,9 +58,34 @@ pub struct Inode {
     ibody: Vec<u8>,
 }
 
+/// What an inode is, from its mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    CharDevice,
+    BlockDevice,
+    Fifo,
+    Socket,
+    Unknown,
+}
+
 impl Inode {
     pub fn kind(&self) -> u16 {
         self.mode & S_IFMT
+    }
+    pub fn file_kind(&self) -> Kind {
+        match self.kind() {
+            S_IFREG => Kind::File,
+            S_IFDIR => Kind::Dir,
+            S_IFLNK => Kind::Symlink,
+            S_IFCHR => Kind::CharDevice,
+            S_IFBLK => Kind::BlockDevice,
+            S_IFIFO => Kind::Fifo,
+            S_IFSOCK => Kind::Socket,
+            _ => Kind::Unknown,
+        }
     }
     pub fn is_dir(&self) -> bool {
         self.kind() == S_IFDIR

@@ -1,6 +1,7 @@
 //! Exporters: an image version becomes a directory tree or a tar archive.
 
 mod dir;
+mod disk;
 mod tar;
 
 use std::io::Read;
@@ -16,6 +17,15 @@ use crate::versions::Resolved;
 pub enum ExportFormat {
     Dir,
     Tar,
+    /// ext4 file system image; `size` in bytes, `None` to fit with headroom.
+    Ext4 {
+        size: Option<u64>,
+    },
+    /// The ext4 image in a qcow2 container.
+    Qcow2 {
+        size: Option<u64>,
+    },
+    Erofs,
 }
 
 #[derive(Debug, Default)]
@@ -36,6 +46,15 @@ pub fn export(
     match format {
         ExportFormat::Dir => dir::export(store, image, dest, progress),
         ExportFormat::Tar => tar::export(store, image, dest, progress),
+        ExportFormat::Ext4 { size } => {
+            disk::export(store, image, dest, disk::DiskKind::Ext4, size, progress)
+        }
+        ExportFormat::Qcow2 { size } => {
+            disk::export(store, image, dest, disk::DiskKind::Qcow2, size, progress)
+        }
+        ExportFormat::Erofs => {
+            disk::export(store, image, dest, disk::DiskKind::Erofs, None, progress)
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Importers: a source (directory or tar archive) becomes a new image version.
 
 mod dir;
+mod disk;
 mod tar;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,8 @@ use crate::{now_unix_ns, tags};
 pub enum SourceFormat {
     Dir,
     Tar,
+    /// A raw or qcow2 disk image holding ext2/3/4, whole-disk or partitioned.
+    Disk,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +39,8 @@ pub struct ImportOptions<'a> {
     pub tag: &'a str,
     pub labels: BTreeMap<String, String>,
     pub chunking: ChunkParams,
+    /// Disk images: the partition to read (1-based); `None` picks the root partition.
+    pub partition: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +69,15 @@ pub fn import(
         reason,
     })?;
     let (format, compression) = detect(opts.source, opts.format)?;
+    if opts.partition.is_some() && format != SourceFormat::Disk {
+        return Err(Error::Disk {
+            source_path: opts.source.to_path_buf(),
+            source: starling_disk::Error::Invalid {
+                what: "--partition".into(),
+                detail: "applies to disk images only".into(),
+            },
+        });
+    }
     let _writer = store.lock_writer()?;
     let written_before = store
         .counters()
@@ -73,12 +87,21 @@ pub fn import(
     let (root, pending, kind) = match format {
         SourceFormat::Dir => {
             let (root, pending) = dir::stage(&txn, opts.source, &opts.chunking, progress)?;
-            (root, pending, "dir")
+            (root, pending, "dir".to_string())
+        }
+        SourceFormat::Disk => {
+            let (root, pending, src) =
+                disk::stage(&txn, opts.source, opts.partition, &opts.chunking, progress)?;
+            let kind = match src.partition {
+                Some(n) => format!("{}:partition{n}", src.format),
+                None => src.format.to_string(),
+            };
+            (root, pending, kind)
         }
         SourceFormat::Tar => (
             tar::stage(&txn, opts.source, compression, &opts.chunking, progress)?,
             Vec::new(),
-            "tar",
+            "tar".to_string(),
         ),
     };
     let mut stats = TreeStats::default();
@@ -131,7 +154,7 @@ fn detect(source: &Path, forced: Option<SourceFormat>) -> Result<(SourceFormat, 
     if md.is_dir() {
         return match forced {
             None | Some(SourceFormat::Dir) => Ok((SourceFormat::Dir, Compression::None)),
-            Some(SourceFormat::Tar) => Err(Error::UnknownFormat {
+            Some(SourceFormat::Tar | SourceFormat::Disk) => Err(Error::UnknownFormat {
                 source_path: source.to_path_buf(),
             }),
         };
@@ -140,6 +163,9 @@ fn detect(source: &Path, forced: Option<SourceFormat>) -> Result<(SourceFormat, 
         return Err(Error::UnknownFormat {
             source_path: source.to_path_buf(),
         });
+    }
+    if forced == Some(SourceFormat::Disk) {
+        return Ok((SourceFormat::Disk, Compression::None));
     }
     let mut head = [0u8; 512];
     let n = read_up_to(&mut File::open(source).at(source)?, &mut head).at(source)?;
@@ -154,6 +180,8 @@ fn detect(source: &Path, forced: Option<SourceFormat>) -> Result<(SourceFormat, 
     let looks_tar = compression != Compression::None || (n == 512 && tar_checksum_ok(head));
     if looks_tar || forced == Some(SourceFormat::Tar) {
         Ok((SourceFormat::Tar, compression))
+    } else if disk::looks_like_disk(source) {
+        Ok((SourceFormat::Disk, Compression::None))
     } else {
         Err(Error::UnknownFormat {
             source_path: source.to_path_buf(),
