@@ -67,7 +67,7 @@ fn bad_sources_are_refused_and_store_untouched() {
     fs::write(&not_tar, vec![0xabu8; 4096]).unwrap();
     check(
         &["image", "import", not_tar.to_str().unwrap(), "x"],
-        "not a directory or a tar archive",
+        "not a directory, tar archive or disk image",
     );
     check(
         &[
