@@ -89,6 +89,8 @@ pub enum InFormat {
     Tar,
     /// raw or qcow2 disk image
     Disk,
+    /// OCI image layout directory (also: SOURCE given as oci:DIR[:REF])
+    Oci,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -101,6 +103,8 @@ pub enum OutFormat {
     Qcow2,
     /// EROFS image (needs mkfs.erofs from erofs-utils)
     Erofs,
+    /// OCI image layout directory (also: DEST given as oci:DIR[:REF])
+    Oci,
 }
 
 pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
@@ -137,6 +141,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                         InFormat::Dir => SourceFormat::Dir,
                         InFormat::Tar => SourceFormat::Tar,
                         InFormat::Disk => SourceFormat::Disk,
+                        InFormat::Oci => SourceFormat::Oci,
                     }),
                     name: &name,
                     tag: &tag,
@@ -179,8 +184,26 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             size,
         } => {
             let store = Store::open(store_dir)?;
-            let resolved = versions::resolve(&store, &ImageRef::parse(&image)?)?;
+            let parsed = ImageRef::parse(&image)?;
+            let resolved = versions::resolve(&store, &parsed)?;
+            // oci:DIR[:REF] names the layout and the image's name in it.
+            let oci_dest = dest.to_str().is_some_and(|d| d.starts_with("oci:"));
+            let (dest, oci_ref) = match dest.to_str().and_then(|d| d.strip_prefix("oci:")) {
+                Some(rest) => match rest.rsplit_once(':') {
+                    Some((dir, r)) if !r.is_empty() && !r.contains('/') => {
+                        (PathBuf::from(dir), Some(r.to_string()))
+                    }
+                    _ => (PathBuf::from(rest), None),
+                },
+                None => (dest, None),
+            };
+            let oci_name = oci_ref.clone().unwrap_or_else(|| match &parsed {
+                ImageRef::Tag { tag, .. } => tag.clone(),
+                ImageRef::Version { .. } => resolved.id.short(12),
+            });
             let format = match format {
+                _ if oci_dest => ExportFormat::Oci { ref_name: oci_name },
+                Some(OutFormat::Oci) => ExportFormat::Oci { ref_name: oci_name },
                 Some(OutFormat::Dir) => ExportFormat::Dir,
                 Some(OutFormat::Tar) => ExportFormat::Tar,
                 Some(OutFormat::Ext4) => ExportFormat::Ext4 { size },

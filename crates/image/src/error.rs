@@ -79,6 +79,8 @@ pub enum Error {
         #[source]
         source: starling_disk::Error,
     },
+    #[error("OCI layout {}: {reason}", layout.display())]
+    BadOci { layout: PathBuf, reason: String },
     #[error("tag record {0} is corrupt: {1}")]
     BadTagRecord(String, String),
 }

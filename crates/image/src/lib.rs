@@ -13,6 +13,7 @@ pub mod import;
 pub mod maint;
 pub mod manifest;
 mod meta_fs;
+pub mod oci;
 pub mod path;
 pub mod reference;
 mod stage;

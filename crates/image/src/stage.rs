@@ -75,6 +75,56 @@ impl StageDir {
         Ok(())
     }
 
+    /// Removes the entry at `comps`, if there is one.
+    pub fn remove(&mut self, comps: &[Vec<u8>]) {
+        let Some((last, parents)) = comps.split_last() else {
+            return;
+        };
+        if parents.is_empty() {
+            self.children.remove(last);
+        } else if let Some(Staged::Dir(d)) = self.get_mut(parents) {
+            d.children.remove(last);
+        }
+    }
+
+    /// Below directory `dir`, drops every entry whose path is not in `keep` (an OCI opaque
+    /// directory hides everything the lower layers put there).
+    pub fn prune_except(
+        &mut self,
+        dir: &[Vec<u8>],
+        keep: &std::collections::HashSet<Vec<Vec<u8>>>,
+    ) {
+        let d = if dir.is_empty() {
+            Some(self)
+        } else {
+            match self.get_mut(dir) {
+                Some(Staged::Dir(d)) => Some(d),
+                _ => None,
+            }
+        };
+        let Some(d) = d else { return };
+        let mut path = dir.to_vec();
+        d.prune_below(&mut path, keep);
+    }
+
+    fn prune_below(
+        &mut self,
+        path: &mut Vec<Vec<u8>>,
+        keep: &std::collections::HashSet<Vec<Vec<u8>>>,
+    ) {
+        self.children.retain(|name, child| {
+            path.push(name.clone());
+            let kept = keep.contains(path.as_slice());
+            if kept {
+                if let Staged::Dir(sub) = child {
+                    sub.prune_below(path, keep);
+                }
+            }
+            path.pop();
+            kept
+        });
+    }
+
     fn get_mut(&mut self, comps: &[Vec<u8>]) -> Option<&mut Staged> {
         let (last, parents) = comps.split_last()?;
         let mut cur = self;

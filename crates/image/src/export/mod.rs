@@ -2,6 +2,7 @@
 
 mod dir;
 mod disk;
+mod oci;
 mod tar;
 
 use std::io::Read;
@@ -13,7 +14,7 @@ use crate::error::Result;
 use crate::manifest::{ChunkRef, FileData};
 use crate::versions::Resolved;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExportFormat {
     Dir,
     Tar,
@@ -26,6 +27,10 @@ pub enum ExportFormat {
         size: Option<u64>,
     },
     Erofs,
+    /// An OCI image layout directory; the image is named `ref_name` in its index.
+    Oci {
+        ref_name: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +57,7 @@ pub fn export(
         ExportFormat::Qcow2 { size } => {
             disk::export(store, image, dest, disk::DiskKind::Qcow2, size, progress)
         }
+        ExportFormat::Oci { ref_name } => oci::export(store, image, dest, &ref_name, progress),
         ExportFormat::Erofs => {
             disk::export(store, image, dest, disk::DiskKind::Erofs, None, progress)
         }

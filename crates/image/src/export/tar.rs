@@ -36,7 +36,9 @@ pub(crate) fn export(
     };
     if name == "-" {
         let out = std::io::stdout().lock();
-        return write_archive(store, image, Box::new(BufWriter::new(out)), progress, dest);
+        let (report, mut w) = write_archive(store, image, BufWriter::new(out), progress, dest)?;
+        w.flush().at(dest)?;
+        return Ok(report);
     }
     let tmp = dest.with_file_name(format!(
         ".{}.partial-{}",
@@ -47,19 +49,27 @@ pub(crate) fn export(
     ));
     let file = File::create(&tmp).at(&tmp)?;
     let buffered = BufWriter::with_capacity(1 << 20, file);
-    let writer: Box<dyn Write> = match compress {
-        "gz" => Box::new(flate2::write::GzEncoder::new(
-            buffered,
-            flate2::Compression::default(),
-        )),
-        "zst" => Box::new(
-            zstd::stream::write::Encoder::new(buffered, 3)
-                .at(&tmp)?
-                .auto_finish(),
-        ),
-        _ => Box::new(buffered),
-    };
-    match write_archive(store, image, writer, progress, &tmp) {
+    let result = (|| {
+        let (report, file) = match compress {
+            "gz" => {
+                let gz = flate2::write::GzEncoder::new(buffered, flate2::Compression::default());
+                let (report, gz) = write_archive(store, image, gz, progress, &tmp)?;
+                (report, gz.finish().at(&tmp)?)
+            }
+            "zst" => {
+                let z = zstd::stream::write::Encoder::new(buffered, 3).at(&tmp)?;
+                let (report, z) = write_archive(store, image, z, progress, &tmp)?;
+                (report, z.finish().at(&tmp)?)
+            }
+            _ => write_archive(store, image, buffered, progress, &tmp)?,
+        };
+        file.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .at(&tmp)?;
+        Ok(report)
+    })();
+    match result {
         Ok(report) => {
             fs::rename(&tmp, dest).at(dest)?;
             Ok(report)
@@ -71,13 +81,14 @@ pub(crate) fn export(
     }
 }
 
-fn write_archive(
-    store: &Store,
+/// Writes the image as a tar stream into `writer` and hands the writer back for finishing.
+pub(crate) fn write_archive<'a, W: Write>(
+    store: &'a Store,
     image: &Resolved,
-    writer: Box<dyn Write + '_>,
-    progress: &Progress,
-    dest: &Path,
-) -> Result<ExportReport> {
+    writer: W,
+    progress: &'a Progress,
+    dest: &'a Path,
+) -> Result<(ExportReport, W)> {
     let mut ex = TarExport {
         store,
         image: image.display.clone(),
@@ -96,20 +107,19 @@ fn write_archive(
     ex.tree(&image.commit.root, &mut Vec::new())?;
     let mut inner = ex.builder.into_inner().at(dest)?;
     inner.flush().at(dest)?;
-    drop(inner);
-    Ok(ex.report)
+    Ok((ex.report, inner))
 }
 
-struct TarExport<'a> {
+struct TarExport<'a, W: Write> {
     store: &'a Store,
     image: String,
-    builder: tar::Builder<Box<dyn Write + 'a>>,
+    builder: tar::Builder<W>,
     report: ExportReport,
     progress: &'a Progress,
     dest: &'a Path,
 }
 
-impl TarExport<'_> {
+impl<W: Write> TarExport<'_, W> {
     fn tree(&mut self, id: &ObjectId, comps: &mut Vec<Vec<u8>>) -> Result<()> {
         let tree = Tree::decode(id, &self.store.get(id)?)?;
         for e in &tree.entries {

@@ -2,7 +2,8 @@
 
 mod dir;
 mod disk;
-mod tar;
+mod oci;
+pub(crate) mod tar;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -22,6 +23,8 @@ pub enum SourceFormat {
     Tar,
     /// A raw or qcow2 disk image holding ext2/3/4, whole-disk or partitioned.
     Disk,
+    /// An OCI image layout directory (`oci:DIR[:REF]`, or a directory with `oci-layout`).
+    Oci,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,7 +71,20 @@ pub fn import(
         input: opts.tag.to_string(),
         reason,
     })?;
-    let (format, compression) = detect(opts.source, opts.format)?;
+    let (source, oci_ref) = split_oci(opts.source);
+    let forced = if oci_ref.is_some()
+        || opts
+            .source
+            .as_os_str()
+            .as_encoded_bytes()
+            .starts_with(b"oci:")
+    {
+        Some(SourceFormat::Oci)
+    } else {
+        opts.format
+    };
+    let source = source.as_path();
+    let (format, compression) = detect(source, forced)?;
     if opts.partition.is_some() && format != SourceFormat::Disk {
         return Err(Error::Disk {
             source_path: opts.source.to_path_buf(),
@@ -84,14 +100,20 @@ pub fn import(
         .bytes_written
         .load(std::sync::atomic::Ordering::Relaxed);
     let txn = store.begin()?;
+    let mut labels = BTreeMap::new();
     let (root, pending, kind) = match format {
+        SourceFormat::Oci => {
+            let img = oci::stage(&txn, source, oci_ref.as_deref(), &opts.chunking, progress)?;
+            labels = img.labels;
+            (img.root, Vec::new(), format!("oci@{}", img.manifest_digest))
+        }
         SourceFormat::Dir => {
-            let (root, pending) = dir::stage(&txn, opts.source, &opts.chunking, progress)?;
+            let (root, pending) = dir::stage(&txn, source, &opts.chunking, progress)?;
             (root, pending, "dir".to_string())
         }
         SourceFormat::Disk => {
             let (root, pending, src) =
-                disk::stage(&txn, opts.source, opts.partition, &opts.chunking, progress)?;
+                disk::stage(&txn, source, opts.partition, &opts.chunking, progress)?;
             let kind = match src.partition {
                 Some(n) => format!("{}:partition{n}", src.format),
                 None => src.format.to_string(),
@@ -99,14 +121,15 @@ pub fn import(
             (root, pending, kind)
         }
         SourceFormat::Tar => (
-            tar::stage(&txn, opts.source, compression, &opts.chunking, progress)?,
+            tar::stage(&txn, source, compression, &opts.chunking, progress)?,
             Vec::new(),
             "tar".to_string(),
         ),
     };
     let mut stats = TreeStats::default();
     let root_tree = root.write(&txn, &pending, &mut stats)?;
-    let source = format!("{kind}:{}", absolute(opts.source).display());
+    let source = format!("{kind}:{}", absolute(source).display());
+    labels.extend(opts.labels.clone());
 
     let _refs = store.lock_refs()?;
     let parent = tags::read(store, opts.name, opts.tag)?.map(|r| r.target);
@@ -116,7 +139,7 @@ pub fn import(
         parent,
         created_unix_ns: now_unix_ns(),
         name: opts.name.to_string(),
-        labels: opts.labels.clone(),
+        labels,
         boot: None,
         stats,
         source,
@@ -138,6 +161,22 @@ pub fn import(
     })
 }
 
+/// `oci:DIR[:REF]` → (DIR, REF); anything else is a plain path.
+fn split_oci(source: &Path) -> (PathBuf, Option<String>) {
+    let Some(rest) = source.to_str().and_then(|s| s.strip_prefix("oci:")) else {
+        return (source.to_path_buf(), None);
+    };
+    if Path::new(rest).is_dir() {
+        return (PathBuf::from(rest), None);
+    }
+    match rest.rsplit_once(':') {
+        Some((dir, r)) if !r.is_empty() && !r.contains('/') => {
+            (PathBuf::from(dir), Some(r.to_string()))
+        }
+        _ => (PathBuf::from(rest), None),
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -152,14 +191,17 @@ fn detect(source: &Path, forced: Option<SourceFormat>) -> Result<(SourceFormat, 
         Err(e) => return Err(e).at(source),
     };
     if md.is_dir() {
+        let layout = source.join("oci-layout").is_file();
         return match forced {
+            Some(SourceFormat::Oci) => Ok((SourceFormat::Oci, Compression::None)),
+            None if layout => Ok((SourceFormat::Oci, Compression::None)),
             None | Some(SourceFormat::Dir) => Ok((SourceFormat::Dir, Compression::None)),
             Some(SourceFormat::Tar | SourceFormat::Disk) => Err(Error::UnknownFormat {
                 source_path: source.to_path_buf(),
             }),
         };
     }
-    if forced == Some(SourceFormat::Dir) {
+    if matches!(forced, Some(SourceFormat::Dir | SourceFormat::Oci)) {
         return Err(Error::UnknownFormat {
             source_path: source.to_path_buf(),
         });

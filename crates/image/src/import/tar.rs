@@ -38,11 +38,61 @@ pub(crate) fn stage(
             Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(bad)?)
         }
     };
-    let mut archive = tar::Archive::new(reader);
     let mut root = StageDir {
         meta: crate::stage::implicit_dir_meta(),
         children: Default::default(),
     };
+    let saw_entry = apply(txn, reader, archive_path, &mut root, None, params, progress)?;
+    if !saw_entry {
+        return Err(Error::BadTar {
+            archive: archive_path.to_path_buf(),
+            reason: "no entries (empty or not a tar archive)".into(),
+        });
+    }
+    root.canonicalize_hardlinks(archive_path)?;
+    Ok(root)
+}
+
+/// An OCI layer being applied: what it added, and its whiteouts, which apply to the layers
+/// below only and so are resolved when the layer ends.
+#[derive(Default)]
+pub(crate) struct Layer {
+    added: std::collections::HashSet<Vec<Vec<u8>>>,
+    whiteouts: Vec<Vec<Vec<u8>>>,
+    opaque: Vec<Vec<Vec<u8>>>,
+}
+
+impl Layer {
+    /// Applies the layer's whiteouts and opaque directories to `root`.
+    pub(crate) fn finish(self, root: &mut StageDir) {
+        for w in &self.whiteouts {
+            if !self.added.contains(w) {
+                root.remove(w);
+            }
+        }
+        for dir in &self.opaque {
+            root.prune_except(dir, &self.added);
+        }
+    }
+}
+
+/// Reads tar entries from `reader` into `root`. With `layer`, OCI whiteout files
+/// (`.wh.NAME`, `.wh..wh..opq`) are recorded instead of staged. Returns whether there was
+/// any entry. `archive_path` names the source in errors.
+pub(crate) fn apply(
+    txn: &Txn<'_>,
+    reader: impl Read,
+    archive_path: &Path,
+    root: &mut StageDir,
+    mut layer: Option<&mut Layer>,
+    params: &ChunkParams,
+    progress: &Progress,
+) -> Result<bool> {
+    let bad = |e: std::io::Error| Error::BadTar {
+        archive: archive_path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut archive = tar::Archive::new(reader);
     let mut saw_entry = false;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -55,6 +105,18 @@ pub(crate) fn stage(
             reason,
         };
         let comps = normalise(&raw_path).map_err(unsafe_entry)?;
+        if let (Some(layer), Some((last, parent))) = (layer.as_deref_mut(), comps.split_last()) {
+            if last.as_slice() == b".wh..wh..opq" {
+                layer.opaque.push(parent.to_vec());
+                continue;
+            }
+            if let Some(hidden) = last.strip_prefix(b".wh.") {
+                let mut target = parent.to_vec();
+                target.push(hidden.to_vec());
+                layer.whiteouts.push(target);
+                continue;
+            }
+        }
         let etype = entry.header().entry_type();
         if matches!(etype, EntryType::XGlobalHeader) {
             continue;
@@ -125,16 +187,14 @@ pub(crate) fn stage(
             }
             continue;
         }
+        if let Some(layer) = layer.as_deref_mut() {
+            for n in 1..=comps.len() {
+                layer.added.insert(comps[..n].to_vec());
+            }
+        }
         root.insert(&comps, item, archive_path)?;
     }
-    if !saw_entry {
-        return Err(Error::BadTar {
-            archive: archive_path.to_path_buf(),
-            reason: "no entries (empty or not a tar archive)".into(),
-        });
-    }
-    root.canonicalize_hardlinks(archive_path)?;
-    Ok(root)
+    Ok(saw_entry)
 }
 
 fn link_name<R: Read>(entry: &tar::Entry<'_, R>) -> Option<Vec<u8>> {
