@@ -12,6 +12,8 @@
 pub mod device;
 pub mod error;
 pub mod ext4;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod partition;
 
 pub use error::{Error, Result};

@@ -9,6 +9,8 @@
 pub mod chunk;
 pub mod error;
 pub mod export;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod import;
 pub mod maint;
 pub mod manifest;
