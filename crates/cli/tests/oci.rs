@@ -166,6 +166,49 @@ fn umoci_layers_with_whiteouts_in_and_out() {
 }
 
 #[test]
+fn debian_rootfs_through_umoci() {
+    require_tool("umoci", "umoci");
+    if !is_root() {
+        skip("umoci unpack keeps owners and devices only as root");
+        return;
+    }
+    let Some((rootfs_a, _)) = debian_rootfs() else {
+        return;
+    };
+    let env = Env::new();
+    let layout = env.path("layout");
+    tool("umoci", &["init", "--layout", s(&layout)]);
+    tool("umoci", &["new", "--image", &format!("{}:deb", s(&layout))]);
+    let b = env.path("b");
+    let rootfs = umoci_unpack(&layout, "deb", &b);
+    sh(&format!("cp -a {}/. {}/", s(&rootfs_a), s(&rootfs)));
+    tool(
+        "umoci",
+        &["repack", "--image", &format!("{}:deb", s(&layout)), s(&b)],
+    );
+    env.ok(&[
+        "image",
+        "import",
+        &format!("oci:{}:deb", s(&layout)),
+        "deb:oci",
+    ]);
+    let want = umoci_unpack(&layout, "deb", &env.path("want"));
+    let out = env.path("out");
+    env.ok(&["image", "export", "deb:oci", s(&out)]);
+    assert_same_tree(&want, &out);
+    // OCI → store → OCI: umoci unpacks Starling's layout to the same tree.
+    let outl = env.path("outl");
+    env.ok(&[
+        "image",
+        "export",
+        "deb:oci",
+        &format!("oci:{}:deb", s(&outl)),
+    ]);
+    let again = umoci_unpack(&outl, "deb", &env.path("again"));
+    assert_same_tree(&want, &again);
+}
+
+#[test]
 fn opaque_directory_hides_lower_layer() {
     require_tool("python3", "python3");
     let env = Env::new();
