@@ -81,6 +81,8 @@ pub enum ImageCmd {
     Tag { source: String, target: String },
     /// Remove a tag (NAME[:TAG]) or one old version (NAME@VERSION); `store gc` frees the space
     Rm { image: String },
+    #[command(flatten)]
+    Fleet(crate::fleet_cmd::FleetCmd),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,6 +111,7 @@ pub enum OutFormat {
 
 pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
     match cmd {
+        ImageCmd::Fleet(c) => return crate::fleet_cmd::run(store_dir, c),
         ImageCmd::Import {
             source,
             image,

@@ -1,5 +1,6 @@
 //! `starling`: the command line. Each subcommand group lives in its own module.
 
+mod fleet_cmd;
 mod format;
 mod image_cmd;
 mod progress;

@@ -49,6 +49,10 @@ pub fn open(path: &Path) -> Result<(Arc<dyn BlockDev>, ImageFormat)> {
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).map_err(io)?;
     if n == 4 && &magic == QCOW2_MAGIC {
+        qcow2_precheck(&f).map_err(|detail| Error::Corrupt {
+            what: format!("qcow2 image {}", path.display()),
+            detail,
+        })?;
         let q = Qcow2::<ImagoFile>::builder_path(path)
             .open(PermissiveImplicitOpenGate::default())
             .map_err(|e| Error::Invalid {
@@ -68,6 +72,55 @@ pub fn open(path: &Path) -> Result<(Arc<dyn BlockDev>, ImageFormat)> {
         let size = f.metadata().map_err(io)?.len();
         Ok((Arc::new(RawDev { file: f, size }), ImageFormat::Raw))
     }
+}
+
+/// Checks the qcow2 header and its extension list before imago parses them: imago 0.2.6
+/// panics on a feature-name table whose length is not a multiple of 48 (found by fuzzing).
+fn qcow2_precheck(f: &File) -> std::result::Result<(), String> {
+    let mut h = [0u8; 104];
+    let n = f.read_at(&mut h, 0).map_err(|e| e.to_string())?;
+    if n < 72 {
+        return Err("header is truncated".into());
+    }
+    let be32 = |o: usize| u32::from_be_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let version = be32(4);
+    let cluster_bits = be32(20);
+    if !(2..=3).contains(&version) {
+        return Err(format!("version {version} (2 or 3 expected)"));
+    }
+    if !(9..=21).contains(&cluster_bits) {
+        return Err(format!("cluster_bits {cluster_bits}"));
+    }
+    let cluster = 1u64 << cluster_bits;
+    let mut at = if version == 2 {
+        72u64
+    } else {
+        if n < 104 {
+            return Err("version 3 header is truncated".into());
+        }
+        be32(100) as u64
+    };
+    if at < 72 || at > cluster {
+        return Err(format!("header length {at}"));
+    }
+    for _ in 0..1024 {
+        let mut e = [0u8; 8];
+        if at + 8 > cluster || f.read_exact_at(&mut e, at).is_err() {
+            return Err("header extensions run past the first cluster or the file".into());
+        }
+        let kind = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
+        let len = u32::from_be_bytes([e[4], e[5], e[6], e[7]]) as u64;
+        if kind == 0 {
+            return Ok(());
+        }
+        if kind == 0x6803_f857 && !len.is_multiple_of(48) {
+            return Err(format!(
+                "feature name table of {len} bytes (not a multiple of 48)"
+            ));
+        }
+        at += 8 + len.div_ceil(8) * 8;
+    }
+    Err("too many header extensions".into())
 }
 
 pub struct RawDev {

@@ -6,6 +6,7 @@
 //! - [`versions`], [`tags`], [`reference`]: naming, listing and moving versions.
 //! - [`maint`]: stats, fsck and gc.
 
+pub mod browse;
 pub mod chunk;
 pub mod error;
 pub mod export;
@@ -17,6 +18,7 @@ pub mod manifest;
 mod meta_fs;
 pub mod oci;
 pub mod path;
+pub mod pkg;
 pub mod reference;
 mod stage;
 pub mod tags;
