@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use starling_image::diff::Change;
 use starling_image::pkg::Inventories;
 use starling_image::reference::ImageRef;
 use starling_image::versions;
@@ -19,6 +20,14 @@ pub enum FleetCmd {
         /// NAME[:TAG] or NAME@VERSION, one or more
         #[arg(required = true)]
         images: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Files added, removed and changed (content, mode, owner, xattrs, link target, mtime)
+    /// and packages added, removed, upgraded from A to B; unchanged subtrees are skipped
+    Diff {
+        a: String,
+        b: String,
         #[arg(long)]
         json: bool,
     },
@@ -73,6 +82,60 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                             "{:w$}  {:wv$}  {:6}  {}",
                             p.name, p.version, p.architecture, p.source
                         );
+                    }
+                }
+            }
+        }
+        FleetCmd::Diff { a, b, json } => {
+            let store = Store::open(store_dir)?;
+            let ra = versions::resolve(&store, &ImageRef::parse(&a)?)?;
+            let rb = versions::resolve(&store, &ImageRef::parse(&b)?)?;
+            let mut inv = Inventories::new(&store);
+            let d = starling_image::diff::diff(
+                &mut inv,
+                (&ra.commit.root, &ra.commit.root_meta),
+                (&rb.commit.root, &rb.commit.root_meta),
+            )
+            .with_context(|| format!("diff of {} and {}", ra.display, rb.display))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "a": ra.display, "b": rb.display,
+                        "files": d.files, "packages": d.packages,
+                    }))?
+                );
+            } else {
+                for f in &d.files {
+                    let sign = match f.change {
+                        Change::Added => '+',
+                        Change::Removed => '-',
+                        Change::Modified => 'M',
+                    };
+                    if f.details.is_empty() {
+                        println!("{sign} {} ({})", f.path, f.kind);
+                    } else {
+                        println!("{sign} {} ({}: {})", f.path, f.kind, f.details.join(", "));
+                    }
+                }
+                match &d.packages {
+                    None => println!("# packages: not compared (no package database in both)"),
+                    Some(p) if p.is_empty() => println!("# packages: no changes"),
+                    Some(ps) => {
+                        println!("# packages:");
+                        for p in ps {
+                            println!(
+                                "{} {} {}",
+                                p.change,
+                                p.name,
+                                match (&p.old, &p.new) {
+                                    (Some(o), Some(n)) => format!("{o} → {n}"),
+                                    (Some(o), None) => o.clone(),
+                                    (None, Some(n)) => n.clone(),
+                                    _ => String::new(),
+                                }
+                            );
+                        }
                     }
                 }
             }

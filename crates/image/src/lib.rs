@@ -8,6 +8,7 @@
 
 pub mod browse;
 pub mod chunk;
+pub mod diff;
 pub mod error;
 pub mod export;
 #[doc(hidden)]
