@@ -173,10 +173,8 @@ impl Walker<'_, '_> {
                 Node::File {
                     size: sb, data: db, ..
                 },
-            ) => {
-                if sa != sb || da != db {
-                    details.insert(0, "content".into());
-                }
+            ) if sa != sb || da != db => {
+                details.insert(0, "content".into());
             }
             (Node::Symlink { target: a, .. }, Node::Symlink { target: b, .. }) if a != b => {
                 details.insert(
