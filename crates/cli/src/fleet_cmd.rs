@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use starling_image::diff::Change;
+use starling_image::manifest::Node;
 use starling_image::pkg::Inventories;
 use starling_image::reference::ImageRef;
+use starling_image::search::{self, Query, VersionExpr};
 use starling_image::versions;
 use starling_store::Store;
 
@@ -28,6 +30,33 @@ pub enum FleetCmd {
     Diff {
         a: String,
         b: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Which image versions (every version in every tag's history) have a package (optionally
+    /// in a version range), a path matching a glob, or a file with given content; exits 1
+    /// when nothing matches
+    #[command(group(clap::ArgGroup::new("query").required(true).args(["package", "path", "content_id"])))]
+    Search {
+        /// Installed package name
+        #[arg(long)]
+        package: Option<String>,
+        /// With --package: 'OP VERSION', OP one of < <= = >= > != (package manager's ordering)
+        #[arg(long, requires = "package", allow_hyphen_values = true)]
+        version: Option<String>,
+        /// Image path glob: * within a name, ** across directories (e.g. '/usr/bin/python3*')
+        #[arg(long)]
+        path: Option<String>,
+        /// A file content id (`image stat` shows it) or a chunk object id
+        #[arg(long)]
+        content_id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Metadata and content id of one path in an image (symlinks not followed)
+    Stat {
+        image: String,
+        path: String,
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +112,87 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                             p.name, p.version, p.architecture, p.source
                         );
                     }
+                }
+            }
+        }
+        FleetCmd::Search {
+            package,
+            version,
+            path,
+            content_id,
+            json,
+        } => {
+            let store = Store::open(store_dir)?;
+            let q = if let Some(name) = package {
+                Query::Package {
+                    name,
+                    version: version.as_deref().map(VersionExpr::parse).transpose()?,
+                }
+            } else if let Some(p) = path {
+                Query::Path(search::glob(&p)?)
+            } else {
+                let id = content_id.unwrap_or_default();
+                Query::Content(
+                    id.parse()
+                        .map_err(|e| anyhow::anyhow!("--content-id {id:?}: {e}"))?,
+                )
+            };
+            let (hits, stats) = search::search(&store, &q)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hits)?);
+            } else {
+                for h in &hits {
+                    println!("{}  [{}]", h.image, h.tags.join(" "));
+                    for m in h.matches.iter().take(50) {
+                        println!("    {m}");
+                    }
+                    if h.matches.len() > 50 {
+                        println!("    … and {} more", h.matches.len() - 50);
+                    }
+                }
+                eprintln!("{} of {} versions match", hits.len(), stats.versions);
+            }
+            if hits.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        FleetCmd::Stat { image, path, json } => {
+            let store = Store::open(store_dir)?;
+            let r = versions::resolve(&store, &ImageRef::parse(&image)?)?;
+            let mut b = starling_image::browse::Browser::new(&store);
+            let node = b
+                .lookup(&r.commit.root, path.as_bytes(), false)?
+                .ok_or_else(|| anyhow::anyhow!("{}: no {path:?} in the image", r.display))?;
+            let cid = match &node {
+                Node::File { data, .. } => Some(search::content_id(data)),
+                _ => None,
+            };
+            let meta = node.meta().cloned().unwrap_or_default();
+            let size = match &node {
+                Node::File { size, .. } => *size,
+                _ => 0,
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "image": r.display, "path": path, "kind": node.kind_name(),
+                        "size": size, "mode": meta.mode, "uid": meta.uid, "gid": meta.gid,
+                        "mtime_sec": meta.mtime_sec, "mtime_nsec": meta.mtime_nsec,
+                        "xattrs": meta.xattrs.iter().map(|x| String::from_utf8_lossy(&x.name).into_owned()).collect::<Vec<_>>(),
+                        "content_id": cid,
+                    }))?
+                );
+            } else {
+                println!("{}: {path}", r.display);
+                println!("kind:       {}", node.kind_name());
+                println!("size:       {size}");
+                println!(
+                    "mode:       {:o}  owner {}:{}",
+                    meta.mode, meta.uid, meta.gid
+                );
+                if let Some(c) = cid {
+                    println!("content id: {c}");
                 }
             }
         }

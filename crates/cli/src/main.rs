@@ -53,6 +53,8 @@ fn store_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn main() -> ExitCode {
+    // Die quietly when a pipe reader goes away (`starling image ls | head`), as Unix tools do.
+    sigpipe::reset();
     let cli = Cli::parse();
     let result = store_path(cli.store).and_then(|store| match cli.command {
         Command::Image(c) => image_cmd::run(&store, c),

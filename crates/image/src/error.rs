@@ -81,6 +81,12 @@ pub enum Error {
     },
     #[error("OCI layout {}: {reason}", layout.display())]
     BadOci { layout: PathBuf, reason: String },
+    #[error("invalid {what} {input:?}: {reason}")]
+    BadQuery {
+        what: &'static str,
+        input: String,
+        reason: String,
+    },
     #[error("image {image}: {reason}")]
     PackageDb { image: String, reason: String },
     #[error("tag record {0} is corrupt: {1}")]

@@ -21,6 +21,7 @@ pub mod oci;
 pub mod path;
 pub mod pkg;
 pub mod reference;
+pub mod search;
 mod stage;
 pub mod tags;
 pub mod versions;

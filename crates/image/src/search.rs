@@ -1,0 +1,239 @@
+//! Search across every version of every image (each tag's whole history): by installed
+//! package and version range, by path glob, or by exact file content. Only manifests and
+//! package databases are read; results for a subtree are cached by its id, so versions that
+//! share subtrees cost little more than one.
+
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use serde::Serialize;
+use starling_store::{ObjectId, Store};
+
+use crate::error::{Error, Result};
+use crate::manifest::{FileData, Node};
+use crate::path;
+use crate::pkg::{Inventories, PkgDb};
+use crate::{tags, versions};
+
+/// `OP VERSION` with OP one of `<`, `<=`, `=`, `>=`, `>`, `!=` (dpkg's `<<` and `>>` too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionExpr {
+    pub op: Ordering,
+    pub or_equal: bool,
+    pub negate: bool,
+    pub version: String,
+}
+
+impl VersionExpr {
+    pub fn parse(s: &str) -> Result<VersionExpr> {
+        let bad = |why: &str| Error::BadQuery {
+            what: "version expression",
+            input: s.to_string(),
+            reason: format!("{why} (e.g. '< 2.36-9', '>= 1:2.0')"),
+        };
+        let t = s.trim();
+        let ops = [
+            ("<<", Ordering::Less, false, false),
+            (">>", Ordering::Greater, false, false),
+            ("<=", Ordering::Less, true, false),
+            (">=", Ordering::Greater, true, false),
+            ("!=", Ordering::Equal, false, true),
+            ("==", Ordering::Equal, false, false),
+            ("=", Ordering::Equal, false, false),
+            ("<", Ordering::Less, false, false),
+            (">", Ordering::Greater, false, false),
+        ];
+        let (op, or_equal, negate, rest) = ops
+            .iter()
+            .find_map(|(p, o, e, n)| t.strip_prefix(p).map(|r| (*o, *e, *n, r.trim())))
+            .ok_or_else(|| bad("it must start with <, <=, =, >=, > or !="))?;
+        if rest.is_empty() {
+            return Err(bad("no version after the operator"));
+        }
+        // dpkg's rules are the strictest; rpm and apk versions need not start with a digit,
+        // so only refuse what no package manager allows.
+        if let Err(e) = crate::pkg::version::parse_deb(rest) {
+            if !rest
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._+~^:-".contains(c))
+            {
+                return Err(bad(&e));
+            }
+        }
+        Ok(VersionExpr {
+            op,
+            or_equal,
+            negate,
+            version: rest.to_string(),
+        })
+    }
+
+    pub fn matches(&self, db: PkgDb, v: &str) -> bool {
+        let o = db.cmp_versions(v, &self.version);
+        let hit = o == self.op || (self.or_equal && o == Ordering::Equal);
+        hit != self.negate
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Query {
+    Package {
+        name: String,
+        version: Option<VersionExpr>,
+    },
+    Path(globset::GlobMatcher),
+    /// A file content id (see [`content_id`]) or a chunk's object id.
+    Content(ObjectId),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub image: String,
+    pub version: ObjectId,
+    /// Tags whose history holds this version (`name:tag`), current ones marked with `*`.
+    pub tags: Vec<String>,
+    pub created_unix_ns: i64,
+    /// What matched: `name version` for packages, image paths otherwise.
+    pub matches: Vec<String>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    pub versions: usize,
+    pub trees_read: usize,
+}
+
+/// The identity of a file's content, as search and `image stat` show it: the BLAKE3 hash of
+/// its encoded chunk list (or inline bytes). Equal content stored with the same chunking has
+/// the same id.
+pub fn content_id(data: &FileData) -> ObjectId {
+    match data {
+        FileData::Inline(b) => ObjectId::of(b),
+        FileData::Chunks(c) => {
+            let mut buf = Vec::with_capacity(c.len() * 36);
+            for r in c {
+                buf.extend_from_slice(r.id.as_bytes());
+                buf.extend_from_slice(&r.len.to_le_bytes());
+            }
+            ObjectId::of(&buf)
+        }
+    }
+}
+
+pub fn glob(pattern: &str) -> Result<globset::GlobMatcher> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+        .map(|g| g.compile_matcher())
+        .map_err(|e| Error::BadQuery {
+            what: "path glob",
+            input: pattern.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+pub fn search(store: &Store, q: &Query) -> Result<(Vec<Hit>, Stats)> {
+    // Every version any tag has held, with the tags that reached it.
+    let mut versions: BTreeMap<ObjectId, (String, BTreeSet<String>)> = BTreeMap::new();
+    for rec in tags::all(store)? {
+        for h in &rec.history {
+            let e = versions
+                .entry(h.version)
+                .or_insert_with(|| (rec.name.clone(), BTreeSet::new()));
+            let mark = if h.version == rec.target { "*" } else { "" };
+            e.1.insert(format!("{}:{}{mark}", rec.name, rec.tag));
+        }
+    }
+    let mut inv = Inventories::new(store);
+    let mut cache: HashMap<(ObjectId, Vec<u8>), std::rc::Rc<Vec<String>>> = HashMap::new();
+    let mut hits = Vec::new();
+    let mut stats = Stats::default();
+    for (id, (name, tag_set)) in versions {
+        stats.versions += 1;
+        let commit = versions::load_commit(store, &id)?;
+        let matches = match q {
+            Query::Package { name: pkg, version } => match inv.of(&commit.root, &name) {
+                Ok(i) => i
+                    .packages
+                    .iter()
+                    .filter(|p| p.name == *pkg)
+                    .filter(|p| version.as_ref().is_none_or(|v| v.matches(i.db, &p.version)))
+                    .map(|p| format!("{} {} {}", p.name, p.version, p.architecture))
+                    .collect(),
+                Err(Error::PackageDb { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            },
+            Query::Path(_) | Query::Content(_) => {
+                let mut w = TreeSearch {
+                    inv: &mut inv,
+                    cache: &mut cache,
+                    q,
+                    trees_read: &mut stats.trees_read,
+                };
+                (*w.tree(&commit.root, b"")?).clone()
+            }
+        };
+        if !matches.is_empty() {
+            hits.push(Hit {
+                image: format!("{name}@{}", id.short(12)),
+                version: id,
+                tags: tag_set.into_iter().collect(),
+                created_unix_ns: commit.created_unix_ns,
+                matches,
+            });
+        }
+    }
+    hits.sort_by(|a, b| {
+        a.image
+            .cmp(&b.image)
+            .then(b.created_unix_ns.cmp(&a.created_unix_ns))
+    });
+    Ok((hits, stats))
+}
+
+struct TreeSearch<'a, 's> {
+    inv: &'a mut Inventories<'s>,
+    cache: &'a mut HashMap<(ObjectId, Vec<u8>), std::rc::Rc<Vec<String>>>,
+    q: &'a Query,
+    trees_read: &'a mut usize,
+}
+
+impl TreeSearch<'_, '_> {
+    /// Matches below tree `id` mounted at `prefix` (the same tree at the same place in two
+    /// versions gives the same answer, so it is cached on both).
+    fn tree(&mut self, id: &ObjectId, prefix: &[u8]) -> Result<std::rc::Rc<Vec<String>>> {
+        let key = (*id, prefix.to_vec());
+        if let Some(r) = self.cache.get(&key) {
+            return Ok(r.clone());
+        }
+        *self.trees_read += 1;
+        let t = self.inv.browser.tree(id)?;
+        let mut out = Vec::new();
+        for e in &t.entries {
+            let mut p = prefix.to_vec();
+            p.push(b'/');
+            p.extend_from_slice(&e.name);
+            let hit = match (self.q, &e.node) {
+                (Query::Path(g), _) => {
+                    use std::os::unix::ffi::OsStrExt;
+                    g.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(&p)))
+                }
+                (Query::Content(want), Node::File { data, .. }) => {
+                    content_id(data) == *want
+                        || matches!(data, FileData::Chunks(c) if c.iter().any(|c| c.id == *want))
+                }
+                _ => false,
+            };
+            if hit {
+                out.push(path::display(&p));
+            }
+            if let Node::Dir { tree, .. } = &e.node {
+                out.extend(self.tree(tree, &p)?.iter().cloned());
+            }
+        }
+        let rc = std::rc::Rc::new(out);
+        self.cache.insert(key, rc.clone());
+        Ok(rc)
+    }
+}
