@@ -1,16 +1,18 @@
 //! `starling image inventory|diff|search|update|derive`: fleet chores on manifests, without
 //! booting or exporting images.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use starling_image::chunk::Progress;
 use starling_image::diff::Change;
 use starling_image::manifest::Node;
 use starling_image::pkg::Inventories;
 use starling_image::reference::ImageRef;
 use starling_image::search::{self, Query, VersionExpr};
+use starling_image::update::{Target, UpdateOptions};
 use starling_image::versions;
 use starling_store::Store;
 
@@ -53,6 +55,32 @@ pub enum FleetCmd {
         #[arg(long)]
         json: bool,
     },
+    /// New versions of the named images (their tags move, history kept) with Debian packages
+    /// installed as dpkg unpacks them (maintainer scripts are not run), a directory overlaid,
+    /// or paths removed
+    Update {
+        /// NAME[:TAG], one or more
+        #[arg(required = true)]
+        images: Vec<String>,
+        #[command(flatten)]
+        changes: Changes,
+    },
+    /// A new image NEW from BASE with the given changes (only manifests and new content are
+    /// written)
+    Derive {
+        /// NAME[:TAG] or NAME@VERSION to start from
+        base: String,
+        /// NAME[:TAG] to create (or move)
+        new: String,
+        #[command(flatten)]
+        changes: Changes,
+        /// Set the host name (/etc/hostname, and /etc/hosts' 127.0.1.1 line)
+        #[arg(long, value_name = "NAME")]
+        set_hostname: Option<String>,
+        /// Add a user with a locked password and a home directory (repeatable)
+        #[arg(long = "add-user", value_name = "USER")]
+        add_users: Vec<String>,
+    },
     /// Metadata and content id of one path in an image (symlinks not followed)
     Stat {
         image: String,
@@ -62,8 +90,139 @@ pub enum FleetCmd {
     },
 }
 
+#[derive(clap::Args)]
+pub struct Changes {
+    /// Install this .deb (repeatable)
+    #[arg(long = "apply-deb", value_name = "FILE.deb")]
+    debs: Vec<PathBuf>,
+    /// Copy this directory's tree over the image (files replaced, directories merged)
+    #[arg(long, value_name = "DIR")]
+    overlay: Option<PathBuf>,
+    /// Remove this path (repeatable)
+    #[arg(long = "remove", value_name = "PATH")]
+    remove: Vec<String>,
+    /// Show what would change; write nothing
+    #[arg(long)]
+    dry_run: bool,
+    /// Refuse when a package's dependencies are not satisfied (default: warn)
+    #[arg(long)]
+    strict: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+fn apply(
+    store_dir: &Path,
+    targets: Vec<Target>,
+    c: &Changes,
+    hostname: Option<String>,
+    add_users: Vec<String>,
+    op: &'static str,
+) -> Result<ExitCode> {
+    let store = Store::open(store_dir)?;
+    if c.debs.is_empty()
+        && c.overlay.is_none()
+        && c.remove.is_empty()
+        && hostname.is_none()
+        && add_users.is_empty()
+    {
+        anyhow::bail!("nothing to change: give --apply-deb, --overlay or --remove");
+    }
+    let opts = UpdateOptions {
+        debs: c.debs.iter().map(PathBuf::as_path).collect(),
+        overlay: c.overlay.as_deref(),
+        remove: c.remove.clone(),
+        dry_run: c.dry_run,
+        strict: c.strict,
+        chunking: Default::default(),
+        hostname,
+        add_users,
+        op,
+    };
+    let progress = Progress::default();
+    let reports = starling_image::update::update(&store, &targets, &opts, &progress)?;
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for r in &reports {
+        for w in &r.warnings {
+            eprintln!("warning: {}: {w}", r.image);
+        }
+        let n = r.diff.files.len();
+        match (&r.new, c.dry_run) {
+            (_, true) => {
+                println!("# {} (dry run): {n} paths would change", r.image);
+                for f in &r.diff.files {
+                    println!("{} {} ({})", sign(f.change), f.path, f.kind);
+                }
+                for p in r.diff.packages.iter().flatten() {
+                    println!(
+                        "{} {} {}",
+                        p.change,
+                        p.name,
+                        p.new.clone().or(p.old.clone()).unwrap_or_default()
+                    );
+                }
+            }
+            (Some(id), false) => println!(
+                "{} {id} ({n} paths changed, parent {})",
+                r.image,
+                r.old.short(12)
+            ),
+            (None, false) => println!("{}: no change", r.image),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sign(c: Change) -> char {
+    match c {
+        Change::Added => '+',
+        Change::Removed => '-',
+        Change::Modified => 'M',
+    }
+}
+
 pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
     match cmd {
+        FleetCmd::Update { images, changes } => {
+            let mut targets = Vec::new();
+            for i in &images {
+                let (name, tag) = ImageRef::parse_tag(i)?;
+                targets.push(Target {
+                    from: ImageRef::Tag {
+                        name: name.clone(),
+                        tag: tag.clone(),
+                    },
+                    name,
+                    tag,
+                });
+            }
+            return apply(store_dir, targets, &changes, None, Vec::new(), "update");
+        }
+        FleetCmd::Derive {
+            base,
+            new,
+            changes,
+            set_hostname,
+            add_users,
+        } => {
+            let (name, tag) = ImageRef::parse_tag(&new)?;
+            let targets = vec![Target {
+                from: ImageRef::parse(&base)?,
+                name,
+                tag,
+            }];
+            return apply(
+                store_dir,
+                targets,
+                &changes,
+                set_hostname,
+                add_users,
+                "derive",
+            );
+        }
         FleetCmd::Inventory { images, json } => {
             let store = Store::open(store_dir)?;
             let mut inv = Inventories::new(&store);
@@ -213,15 +372,12 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                     serde_json::to_string_pretty(&serde_json::json!({
                         "a": ra.display, "b": rb.display,
                         "files": d.files, "packages": d.packages,
+                        "trees_read": d.trees_read,
                     }))?
                 );
             } else {
                 for f in &d.files {
-                    let sign = match f.change {
-                        Change::Added => '+',
-                        Change::Removed => '-',
-                        Change::Modified => 'M',
-                    };
+                    let sign = sign(f.change);
                     if f.details.is_empty() {
                         println!("{sign} {} ({})", f.path, f.kind);
                     } else {

@@ -8,7 +8,6 @@ use std::rc::Rc;
 use starling_store::{ObjectId, Store};
 
 use crate::error::{Error, Result};
-use crate::export::ContentReader;
 use crate::manifest::{FileData, Node, Tree};
 
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -16,6 +15,8 @@ const MAX_SYMLINK_HOPS: usize = 40;
 pub struct Browser<'s> {
     pub store: &'s Store,
     trees: HashMap<ObjectId, Rc<Tree>>,
+    /// Chunks made but not yet committed (an update's new files), readable here.
+    pub pending: HashMap<ObjectId, Vec<u8>>,
 }
 
 impl<'s> Browser<'s> {
@@ -23,7 +24,13 @@ impl<'s> Browser<'s> {
         Browser {
             store,
             trees: HashMap::new(),
+            pending: HashMap::new(),
         }
+    }
+
+    /// Makes a tree that is not (yet) in the store visible to lookups, e.g. one an edit made.
+    pub fn preload(&mut self, id: ObjectId, tree: Tree) {
+        self.trees.insert(id, Rc::new(tree));
     }
 
     pub fn tree(&mut self, id: &ObjectId) -> Result<Rc<Tree>> {
@@ -116,12 +123,30 @@ impl<'s> Browser<'s> {
             });
         }
         let mut out = Vec::with_capacity(size as usize);
-        let mut r = ContentReader::new(self.store, data);
-        while let Some(piece) = r.next_piece().map_err(|e| Error::Io {
-            path: what.into(),
-            source: e,
-        })? {
-            out.extend_from_slice(&piece);
+        match data {
+            FileData::Inline(b) => out.extend_from_slice(b),
+            FileData::Chunks(chunks) => {
+                for c in chunks {
+                    match self.pending.get(&c.id) {
+                        Some(b) => out.extend_from_slice(b),
+                        None => {
+                            let b = self.store.get(&c.id)?;
+                            if b.len() != c.len as usize {
+                                return Err(Error::Io {
+                                    path: what.into(),
+                                    source: std::io::Error::other(format!(
+                                        "chunk {} is {} bytes, the manifest says {}",
+                                        c.id,
+                                        b.len(),
+                                        c.len
+                                    )),
+                                });
+                            }
+                            out.extend_from_slice(&b);
+                        }
+                    }
+                }
+            }
         }
         Ok(out)
     }

@@ -87,6 +87,8 @@ pub enum Error {
         input: String,
         reason: String,
     },
+    #[error("{}: not a usable .deb: {reason}", path.display())]
+    BadDeb { path: PathBuf, reason: String },
     #[error("image {image}: {reason}")]
     PackageDb { image: String, reason: String },
     #[error("tag record {0} is corrupt: {1}")]

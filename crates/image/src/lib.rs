@@ -8,7 +8,9 @@
 
 pub mod browse;
 pub mod chunk;
+pub mod deb;
 pub mod diff;
+pub mod edit;
 pub mod error;
 pub mod export;
 #[doc(hidden)]
@@ -24,6 +26,7 @@ pub mod reference;
 pub mod search;
 mod stage;
 pub mod tags;
+pub mod update;
 pub mod versions;
 
 pub use error::{Error, Result};

@@ -75,6 +75,25 @@ impl StageDir {
         Ok(())
     }
 
+    /// Replaces pending file contents with the stored results, so the tree stands alone.
+    pub fn resolve_pending(&mut self, pending: &[(u64, FileData)]) {
+        for child in self.children.values_mut() {
+            match child {
+                Staged::Dir(d) => d.resolve_pending(pending),
+                Staged::Pending { meta, job } => {
+                    if let Some((size, data)) = pending.get(*job) {
+                        *child = Staged::Node(Node::File {
+                            meta: meta.clone(),
+                            size: *size,
+                            data: data.clone(),
+                        });
+                    }
+                }
+                Staged::Node(_) => {}
+            }
+        }
+    }
+
     /// Removes the entry at `comps`, if there is one.
     pub fn remove(&mut self, comps: &[Vec<u8>]) {
         let Some((last, parents)) = comps.split_last() else {

@@ -161,6 +161,21 @@ pub fn import(
     })
 }
 
+/// A directory staged with its contents stored in `txn` (for overlays).
+pub(crate) fn stage_dir(
+    txn: &starling_store::Txn<'_>,
+    dir: &Path,
+    params: &ChunkParams,
+    progress: &Progress,
+) -> Result<crate::stage::StageDir> {
+    if !dir.is_dir() {
+        return Err(Error::MissingSource(dir.to_path_buf()));
+    }
+    let (mut root, pending) = dir::stage(txn, dir, params, progress)?;
+    root.resolve_pending(&pending);
+    Ok(root)
+}
+
 /// `oci:DIR[:REF]` → (DIR, REF); anything else is a plain path.
 fn split_oci(source: &Path) -> (PathBuf, Option<String>) {
     let Some(rest) = source.to_str().and_then(|s| s.strip_prefix("oci:")) else {
