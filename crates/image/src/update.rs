@@ -151,7 +151,9 @@ pub fn update(
             )?;
         }
         if let Some(o) = &overlay {
-            overlay_edits(o, &mut Vec::new(), &mut edits.children);
+            let mut children = BTreeMap::new();
+            overlay_edits(o, &mut Vec::new(), &mut children);
+            merge_edits(&mut edits.children, children);
         }
         customize(
             &mut inv.browser,
@@ -498,6 +500,35 @@ fn stage_edits(
     }
 }
 
+/// Merges `src` into `dst`: directory edits combine, anything else from `src` wins.
+fn merge_edits(dst: &mut BTreeMap<Vec<u8>, Edit>, src: BTreeMap<Vec<u8>, Edit>) {
+    for (k, v) in src {
+        match (dst.get_mut(&k), v) {
+            (
+                Some(Edit::Dir {
+                    children: d,
+                    meta,
+                    set_meta,
+                }),
+                Edit::Dir {
+                    children: c,
+                    meta: m,
+                    set_meta: sm,
+                },
+            ) => {
+                if sm {
+                    *meta = m;
+                    *set_meta = true;
+                }
+                merge_edits(d, c);
+            }
+            (_, v) => {
+                dst.insert(k, v);
+            }
+        }
+    }
+}
+
 fn overlay_edits(o: &StageDir, comps: &mut Vec<Vec<u8>>, out: &mut BTreeMap<Vec<u8>, Edit>) {
     stage_edits(o, true, comps, &BTreeSet::new(), out);
 }
@@ -643,9 +674,7 @@ fn install_debs(
         }
         let mut children = BTreeMap::new();
         stage_edits(&d.tree, false, &mut Vec::new(), &keep, &mut children);
-        for (k, v) in children {
-            edits.children.insert(k, v);
-        }
+        merge_edits(&mut edits.children, children);
         for p in &keep {
             if let Some(n) = find_staged(&d.tree, p) {
                 edits.set(

@@ -1,0 +1,413 @@
+//! Fleet chores on manifests: inventory checked against dpkg-query, diff, search, and updates
+//! with real Debian packages judged by dpkg itself inside the exported, chrooted image.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn run(cmd: &str, args: &[&str]) -> String {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Real packages from Debian's archive (apt-get download), cached beside the rootfs fixtures.
+fn debs(names: &[&str]) -> Option<Vec<PathBuf>> {
+    let dir = PathBuf::from(
+        std::env::var("STARLING_TEST_CACHE").unwrap_or_else(|_| "/var/cache/starling-test".into()),
+    )
+    .join("debs");
+    fs::create_dir_all(&dir).ok()?;
+    let mut out = Vec::new();
+    for n in names {
+        let found = |d: &Path| {
+            fs::read_dir(d).ok()?.flatten().map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(&format!("{n}_")) && f.ends_with(".deb"))
+            })
+        };
+        if found(&dir).is_none() {
+            let ok = Command::new("apt-get")
+                .args(["download", "-q", n])
+                .current_dir(&dir)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                skip(&format!(
+                    "apt-get download {n} failed (no Debian archive reachable?)"
+                ));
+                return None;
+            }
+        }
+        out.push(found(&dir)?);
+    }
+    Some(out)
+}
+
+fn chroot(root: &Path, args: &[&str]) -> String {
+    let mut a = vec![s(root)];
+    a.extend_from_slice(args);
+    run("chroot", &a)
+}
+
+#[test]
+fn inventory_matches_dpkg_query() {
+    let Some((a, b)) = debian_rootfs() else {
+        return;
+    };
+    let env = Env::new();
+    env.ok(&["image", "import", s(&a), "deb:a"]);
+    env.ok(&["image", "import", s(&b), "deb:b"]);
+    let inv = json(&env.ok(&["image", "inventory", "--json", "deb:a", "deb:b"]));
+    for (i, tree) in [a, b].iter().enumerate() {
+        let want = run(
+            "dpkg-query",
+            &[
+                "-W",
+                "-f",
+                "${Package}\\t${Version}\\t${Architecture}\\t${source:Package}\\n",
+                &format!("--admindir={}", s(&tree.join("var/lib/dpkg"))),
+            ],
+        );
+        let mut want: Vec<&str> = want.lines().collect();
+        want.sort();
+        let got: Vec<String> = inv[i]["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{}\t{}\t{}\t{}",
+                    p["name"].as_str().unwrap(),
+                    p["version"].as_str().unwrap(),
+                    p["architecture"].as_str().unwrap(),
+                    p["source"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let mut got: Vec<&str> = got.iter().map(String::as_str).collect();
+        got.sort();
+        assert_eq!(got, want, "inventory of variant {i}");
+        assert!(want.len() > 80);
+        assert_eq!(inv[i]["os_release"]["VERSION_CODENAME"], "bookworm");
+        assert_eq!(inv[i]["db"], "dpkg");
+    }
+    // Diff: b adds packages to a; the files are added, nothing of a's base is reported as
+    // content-changed, and the walk skips unchanged subtrees.
+    let d = json(&env.ok(&["image", "diff", "--json", "deb:a", "deb:b"]));
+    let added: Vec<&str> = d["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["change"] == "added")
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for p in ["less", "netbase", "python3-minimal"] {
+        assert!(added.contains(&p), "{p} not in {added:?}");
+    }
+    assert!(d["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["path"] == "/usr/bin/python3.11" && f["change"] == "added"));
+}
+
+#[test]
+fn updates_with_real_debs_pass_dpkg_checks() {
+    if !is_root() {
+        skip("chroot into the exported image needs root");
+        return;
+    }
+    let Some((a, _)) = debian_rootfs() else {
+        return;
+    };
+    let Some(pkgs) = debs(&["less", "netbase"]) else {
+        return;
+    };
+    let (less, netbase) = (&pkgs[0], &pkgs[1]);
+    let env = Env::new();
+    env.ok(&["image", "import", s(&a), "deb:a"]);
+    env.ok(&["image", "tag", "deb:a", "deb:other"]);
+    let before = json(&env.ok(&["image", "inspect", "--json", "deb:a"]));
+
+    // Dry run: shows the change, writes nothing.
+    let dry = json(&env.ok(&[
+        "image",
+        "update",
+        "--json",
+        "--dry-run",
+        "deb:a",
+        "--apply-deb",
+        s(less),
+    ]));
+    assert!(dry[0]["new"].is_null());
+    assert!(dry[0]["diff"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["path"] == "/usr/bin/less"));
+    assert!(dry[0]["warnings"][0]
+        .as_str()
+        .unwrap()
+        .contains("maintainer scripts"));
+    assert_eq!(
+        json(&env.ok(&["image", "inspect", "--json", "deb:a"]))["version"],
+        before["version"]
+    );
+
+    // Two images updated in one go; both tags move, history keeps the old versions.
+    let out = env.ok(&[
+        "image",
+        "update",
+        "deb:a",
+        "deb:other",
+        "--apply-deb",
+        s(less),
+        "--apply-deb",
+        s(netbase),
+    ]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    let hist = json(&env.ok(&["image", "history", "--json", "deb:other"]));
+    assert_eq!(hist.as_array().unwrap().len(), 2);
+    let root = env.path("root");
+    env.ok(&["image", "export", "deb:a", s(&root)]);
+    assert!(chroot(&root, &["/usr/bin/less", "--version"]).contains("less 590"));
+    let st = chroot(&root, &["dpkg", "-s", "less"]);
+    let want_ver = run("dpkg-deb", &["-f", s(less), "Version"]);
+    assert!(
+        st.contains("Status: install ok installed") && st.contains(want_ver.trim()),
+        "{st}"
+    );
+    assert_eq!(chroot(&root, &["dpkg", "--audit"]).trim(), "");
+    chroot(&root, &["dpkg", "--verify", "less", "netbase"]);
+    assert!(chroot(&root, &["dpkg", "-s", "netbase"]).contains("/etc/services"));
+
+    // An upgrade of netbase (repacked with dpkg-deb: version bumped, /etc/protocols changed,
+    // one doc file dropped) over a locally edited /etc/services: the edit stays, the package's
+    // version lands beside it, /etc/protocols is replaced, the dropped file goes.
+    let work = env.path("nb");
+    run("dpkg-deb", &["-R", s(netbase), s(&work)]);
+    let control = fs::read_to_string(work.join("DEBIAN/control")).unwrap();
+    fs::write(
+        work.join("DEBIAN/control"),
+        control.replace("Version: 6.4", "Version: 6.4+starling1"),
+    )
+    .unwrap();
+    let mut protocols = fs::read_to_string(work.join("etc/protocols")).unwrap();
+    protocols.push_str("# added by the upgrade\n");
+    fs::write(work.join("etc/protocols"), protocols).unwrap();
+    let dropped = "usr/share/doc/netbase/copyright";
+    fs::remove_file(work.join(dropped)).unwrap();
+    let md5 = run(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "cd {} && find etc usr -type f ! -path 'etc/*' -exec md5sum {{}} + ",
+                s(&work)
+            ),
+        ],
+    );
+    fs::write(work.join("DEBIAN/md5sums"), md5).unwrap();
+    let nb2 = env.path("netbase2.deb");
+    run("dpkg-deb", &["--root-owner-group", "-b", s(&work), s(&nb2)]);
+    let overlay = env.path("overlay");
+    fs::create_dir_all(overlay.join("etc")).unwrap();
+    let mut services = fs::read_to_string(root.join("etc/services")).unwrap();
+    services.push_str("starling 9999/tcp\n");
+    fs::write(overlay.join("etc/services"), &services).unwrap();
+    env.ok(&["image", "update", "deb:a", "--overlay", s(&overlay)]);
+    let e = env.run(&["image", "update", "deb:a", "--apply-deb", s(&nb2)]);
+    assert!(e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("kept locally changed /etc/services"));
+    let root2 = env.path("root2");
+    env.ok(&["image", "export", "deb:a", s(&root2)]);
+    assert_eq!(
+        fs::read_to_string(root2.join("etc/services")).unwrap(),
+        services
+    );
+    assert!(root2.join("etc/services.dpkg-dist").exists());
+    assert!(fs::read_to_string(root2.join("etc/protocols"))
+        .unwrap()
+        .contains("added by the upgrade"));
+    assert!(!root2.join(dropped).exists(), "obsolete file removed");
+    assert!(chroot(&root2, &["dpkg", "-s", "netbase"]).contains("Version: 6.4+starling1"));
+    assert_eq!(chroot(&root2, &["dpkg", "--audit"]).trim(), "");
+
+    // Search finds the updated versions by package and version range, path and content.
+    let hits = json(&env.ok(&[
+        "image",
+        "search",
+        "--json",
+        "--package",
+        "netbase",
+        "--version",
+        ">> 6.4",
+    ]));
+    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+    let hits = json(&env.ok(&["image", "search", "--json", "--package", "less"]));
+    assert_eq!(
+        hits.as_array().unwrap().len(),
+        4,
+        "two tags' updates and the two later versions: {hits}"
+    );
+    let st = json(&env.ok(&["image", "stat", "--json", "deb:a", "/usr/bin/less"]));
+    let hits = json(&env.ok(&[
+        "image",
+        "search",
+        "--json",
+        "--content-id",
+        st["content_id"].as_str().unwrap(),
+    ]));
+    assert!(hits.as_array().unwrap().len() >= 3);
+    let none = env.run(&["image", "search", "--path", "/no/such/*"]);
+    assert_eq!(none.status.code(), Some(1));
+
+    env.fsck_clean();
+}
+
+#[test]
+fn derive_and_bad_input() {
+    if !is_root() {
+        skip("chroot into the exported image needs root");
+        return;
+    }
+    let Some((a, _)) = debian_rootfs() else {
+        return;
+    };
+    let env = Env::new();
+    env.ok(&["image", "import", s(&a), "deb:a"]);
+    let overlay = env.path("overlay");
+    fs::create_dir_all(overlay.join("srv/www")).unwrap();
+    fs::write(overlay.join("srv/www/index.html"), "hello").unwrap();
+    env.ok(&[
+        "image",
+        "derive",
+        "deb:a",
+        "web:v1",
+        "--overlay",
+        s(&overlay),
+        "--set-hostname",
+        "web1",
+        "--add-user",
+        "alice",
+    ]);
+    let d = json(&env.ok(&["image", "diff", "--json", "deb:a", "web:v1"]));
+    let paths: Vec<&str> = d["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    for p in [
+        "/etc/hostname",
+        "/etc/passwd",
+        "/etc/shadow",
+        "/etc/group",
+        "/home/alice",
+        "/srv/www/index.html",
+    ] {
+        assert!(paths.contains(&p), "{p} not in {paths:?}");
+    }
+    assert!(
+        d["trees_read"].as_u64().unwrap() < 20,
+        "diff walked {} trees",
+        d["trees_read"]
+    );
+    let root = env.path("root");
+    env.ok(&["image", "export", "web:v1", s(&root)]);
+    assert_eq!(
+        fs::read_to_string(root.join("etc/hostname")).unwrap(),
+        "web1\n"
+    );
+    assert!(chroot(&root, &["id", "alice"]).contains("uid=1000(alice)"));
+    let home = fs::metadata(root.join("home/alice")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&home), 1000);
+    // The base is untouched.
+    assert!(
+        json(&env.ok(&["image", "history", "--json", "deb:a"]))
+            .as_array()
+            .unwrap()
+            .len()
+            == 1
+    );
+
+    // Bad input: clear errors, no version written.
+    let before = env.ok(&["image", "ls", "--json"]);
+    let junk = env.path("junk.deb");
+    fs::write(&junk, "not a package").unwrap();
+    let e = env.fails(&["image", "update", "deb:a", "--apply-deb", s(&junk)]);
+    assert!(e.contains("not a usable .deb"), "{e}");
+    let e = env.fails(&["image", "search", "--package", "x", "--version", "~~ 1"]);
+    assert!(e.contains("invalid version expression"), "{e}");
+    let e = env.fails(&[
+        "image",
+        "derive",
+        "deb:a",
+        "x:y",
+        "--set-hostname",
+        "bad_name",
+    ]);
+    assert!(e.contains("invalid hostname"), "{e}");
+    if let Some(p) = debs(&["python3-minimal"]) {
+        let out = env.run(&[
+            "image",
+            "update",
+            "deb:a",
+            "--apply-deb",
+            s(&p[0]),
+            "--dry-run",
+        ]);
+        assert!(out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unsatisfied dependency of python3-minimal")
+                && err.contains("python3.11-minimal"),
+            "{err}"
+        );
+        let e = env.fails(&[
+            "image",
+            "update",
+            "deb:a",
+            "--apply-deb",
+            s(&p[0]),
+            "--strict",
+        ]);
+        assert!(e.contains("--strict"), "{e}");
+    }
+    let plain = env.path("plain");
+    fs::create_dir_all(&plain).unwrap();
+    fs::write(plain.join("f"), "x").unwrap();
+    env.ok(&["image", "import", s(&plain), "plain:v1"]);
+    let before2 = env.ok(&["image", "ls", "--json"]);
+    if let Some(p) = debs(&["less"]) {
+        let e = env.fails(&["image", "update", "plain:v1", "--apply-deb", s(&p[0])]);
+        assert!(e.contains("no package database"), "{e}");
+        let e = env.fails(&["image", "inventory", "plain:v1"]);
+        assert!(e.contains("no package database"), "{e}");
+    }
+    assert_eq!(env.ok(&["image", "ls", "--json"]), before2);
+    let _ = before;
+    env.fsck_clean();
+}
