@@ -227,8 +227,11 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
             let store = Store::open(store_dir)?;
             let mut inv = Inventories::new(&store);
             let mut all = Vec::new();
-            for image in &images {
-                let r = versions::resolve(&store, &ImageRef::parse(image)?)?;
+            let refs = images
+                .iter()
+                .map(|i| ImageRef::parse(i))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            for r in versions::resolve_many(&store, &refs)? {
                 let i = inv
                     .of(&r.commit.root, &r.display)
                     .with_context(|| format!("inventory of {}", r.display))?;
@@ -244,7 +247,9 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                         })
                     })
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                serde_json::to_writer_pretty(&mut out, &v)?;
+                std::io::Write::write_all(&mut out, b"\n")?;
             } else {
                 for (r, i) in &all {
                     let os = i

@@ -37,6 +37,65 @@ pub fn versions_of(store: &Store, name: &str) -> Result<Vec<ObjectId>> {
     Ok(all.into_iter().map(|(_, v)| v).collect())
 }
 
+/// Resolves many references, reading the tag records once (for fleet commands that name
+/// hundreds of versions).
+pub fn resolve_many(store: &Store, refs: &[ImageRef]) -> Result<Vec<Resolved>> {
+    let mut by_name: std::collections::HashMap<String, Vec<ObjectId>> = Default::default();
+    if refs.iter().any(|r| matches!(r, ImageRef::Version { .. })) {
+        let mut seen = std::collections::HashSet::new();
+        let mut all: Vec<(String, i64, ObjectId)> = Vec::new();
+        for rec in tags::all(store)? {
+            for h in rec.history {
+                if seen.insert((rec.name.clone(), h.version)) {
+                    all.push((rec.name.clone(), h.time_unix_ns, h.version));
+                }
+            }
+        }
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
+        for (n, _, v) in all {
+            by_name.entry(n).or_default().push(v);
+        }
+    }
+    refs.iter()
+        .map(|r| match r {
+            ImageRef::Tag { .. } => resolve(store, r),
+            ImageRef::Version { name, prefix } => {
+                pick(store, name, prefix, by_name.get(name).map(Vec::as_slice).unwrap_or(&[]))
+            }
+        })
+        .collect()
+}
+
+fn pick(store: &Store, name: &str, prefix: &str, versions: &[ObjectId]) -> Result<Resolved> {
+    if versions.is_empty() {
+        return Err(Error::UnknownImage(name.to_string()));
+    }
+    let hits: Vec<_> = versions
+        .iter()
+        .filter(|v| v.to_hex().starts_with(prefix))
+        .collect();
+    match hits.as_slice() {
+        [] => Err(Error::UnknownVersion {
+            name: name.to_string(),
+            prefix: prefix.to_string(),
+        }),
+        [id] => Ok(Resolved {
+            id: **id,
+            commit: load_commit(store, id)?,
+            display: format!("{name}@{}", id.short(12)),
+        }),
+        many => Err(Error::AmbiguousVersion {
+            name: name.to_string(),
+            prefix: prefix.to_string(),
+            candidates: many
+                .iter()
+                .map(|v| v.short(16))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
 pub fn resolve(store: &Store, r: &ImageRef) -> Result<Resolved> {
     match r {
         ImageRef::Tag { name, tag } => {
@@ -48,36 +107,7 @@ pub fn resolve(store: &Store, r: &ImageRef) -> Result<Resolved> {
                 display: format!("{name}:{tag}@{}", rec.target.short(12)),
             })
         }
-        ImageRef::Version { name, prefix } => {
-            let versions = versions_of(store, name)?;
-            if versions.is_empty() {
-                return Err(Error::UnknownImage(name.clone()));
-            }
-            let hits: Vec<_> = versions
-                .iter()
-                .filter(|v| v.to_hex().starts_with(prefix.as_str()))
-                .collect();
-            match hits.as_slice() {
-                [] => Err(Error::UnknownVersion {
-                    name: name.clone(),
-                    prefix: prefix.clone(),
-                }),
-                [id] => Ok(Resolved {
-                    id: **id,
-                    commit: load_commit(store, id)?,
-                    display: format!("{name}@{}", id.short(12)),
-                }),
-                many => Err(Error::AmbiguousVersion {
-                    name: name.clone(),
-                    prefix: prefix.clone(),
-                    candidates: many
-                        .iter()
-                        .map(|v| v.short(16))
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                }),
-            }
-        }
+        ImageRef::Version { name, prefix } => pick(store, name, prefix, &versions_of(store, name)?),
     }
 }
 
