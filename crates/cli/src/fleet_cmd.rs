@@ -19,7 +19,7 @@ use starling_store::Store;
 #[derive(Subcommand)]
 pub enum FleetCmd {
     /// Installed packages (name, version, architecture, source) and OS release of each image,
-    /// read from its package database (dpkg, apk)
+    /// read from its package database (dpkg, rpm, apk)
     Inventory {
         /// NAME[:TAG] or NAME@VERSION, one or more
         #[arg(required = true)]

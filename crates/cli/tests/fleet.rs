@@ -411,3 +411,168 @@ fn derive_and_bad_input() {
     let _ = before;
     env.fsck_clean();
 }
+
+/// Builds an rpm database the real way: rpmbuild makes packages, rpm installs them (database
+/// only) under a root. Returns the root, or `None` after a loud skip.
+fn rpm_root(dir: &Path) -> Option<PathBuf> {
+    let have = |t: &str| {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("rpmbuild") || !have("rpm") {
+        skip("rpm/rpmbuild not installed (Debian package rpm)");
+        return None;
+    }
+    let top = dir.join("rpmbuild");
+    let root = dir.join("rpmroot");
+    fs::create_dir_all(root.join("var/lib/rpm")).unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::write(
+        root.join("etc/os-release"),
+        "ID=starlingtest\nPRETTY_NAME=\"rpm test\"\n",
+    )
+    .unwrap();
+    let mut rpms = Vec::new();
+    for (name, epoch, ver, rel) in [
+        ("alpha", "", "1.0", "1.el9"),
+        ("beta", "3", "2.10", "7.el9"),
+        ("gamma", "", "0.9~rc1", "2"),
+    ] {
+        let spec = dir.join(format!("{name}.spec"));
+        let epoch_line = if epoch.is_empty() {
+            String::new()
+        } else {
+            format!("Epoch: {epoch}\n")
+        };
+        fs::write(
+            &spec,
+            format!(
+                "Name: {name}\nVersion: {ver}\nRelease: {rel}\n{epoch_line}Summary: t\nLicense: MIT\nBuildArch: noarch\n%description\nt\n%install\nmkdir -p %{{buildroot}}/usr/share/{name}\necho {name} > %{{buildroot}}/usr/share/{name}/f\n%files\n/usr/share/{name}/f\n"
+            ),
+        )
+        .unwrap();
+        run(
+            "rpmbuild",
+            &[
+                "-bb",
+                "--quiet",
+                "--define",
+                &format!("_topdir {}", s(&top)),
+                s(&spec),
+            ],
+        );
+    }
+    for e in fs::read_dir(top.join("RPMS/noarch")).unwrap() {
+        rpms.push(e.unwrap().path());
+    }
+    let mut args = vec![
+        "--root",
+        s(&root),
+        "--dbpath",
+        "/var/lib/rpm",
+        "-i",
+        "--nodeps",
+        "--justdb",
+    ];
+    let names: Vec<String> = rpms.iter().map(|p| s(p).to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    run(
+        "rpm",
+        &["--root", s(&root), "--dbpath", "/var/lib/rpm", "--initdb"],
+    );
+    run("rpm", &args);
+    Some(root)
+}
+
+#[test]
+fn rpm_inventory_matches_rpm_and_orders_versions() {
+    let env = Env::new();
+    let Some(root) = rpm_root(&env.path("rpm")) else {
+        return;
+    };
+    env.ok(&["image", "import", s(&root), "el:1"]);
+    let want = run(
+        "rpm",
+        &[
+            "--root",
+            s(&root),
+            "--dbpath",
+            "/var/lib/rpm",
+            "-qa",
+            "--qf",
+            "%{NAME}\\t%{EVR}\\t%{ARCH}\\n",
+        ],
+    );
+    let mut want: Vec<&str> = want.lines().collect();
+    want.sort();
+    let inv = json(&env.ok(&["image", "inventory", "--json", "el:1"]));
+    assert_eq!(inv[0]["db"], "rpm");
+    let got: Vec<String> = inv[0]["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            format!(
+                "{}\t{}\t{}",
+                p["name"].as_str().unwrap(),
+                p["version"].as_str().unwrap(),
+                p["architecture"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut got: Vec<&str> = got.iter().map(String::as_str).collect();
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(want.len(), 3);
+    // rpm's ordering: the epoch wins, and ~ sorts before the release it precedes.
+    let hit = |args: &[&str]| json(&env.ok(args)).as_array().unwrap().len();
+    assert_eq!(
+        hit(&[
+            "image",
+            "search",
+            "--json",
+            "--package",
+            "beta",
+            "--version",
+            ">= 3:2.9"
+        ]),
+        1
+    );
+    assert_eq!(
+        hit(&[
+            "image",
+            "search",
+            "--json",
+            "--package",
+            "beta",
+            "--version",
+            "<< 4:0"
+        ]),
+        1
+    );
+    assert_eq!(
+        hit(&[
+            "image",
+            "search",
+            "--json",
+            "--package",
+            "gamma",
+            "--version",
+            "< 0.9-1"
+        ]),
+        1
+    );
+    let none = env.run(&[
+        "image",
+        "search",
+        "--json",
+        "--package",
+        "beta",
+        "--version",
+        "< 2.10",
+    ]);
+    assert_eq!(none.status.code(), Some(1), "3:2.10 is newer than 2.10");
+}

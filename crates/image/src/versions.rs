@@ -59,9 +59,12 @@ pub fn resolve_many(store: &Store, refs: &[ImageRef]) -> Result<Vec<Resolved>> {
     refs.iter()
         .map(|r| match r {
             ImageRef::Tag { .. } => resolve(store, r),
-            ImageRef::Version { name, prefix } => {
-                pick(store, name, prefix, by_name.get(name).map(Vec::as_slice).unwrap_or(&[]))
-            }
+            ImageRef::Version { name, prefix } => pick(
+                store,
+                name,
+                prefix,
+                by_name.get(name).map(Vec::as_slice).unwrap_or(&[]),
+            ),
         })
         .collect()
 }

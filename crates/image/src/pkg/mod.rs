@@ -1,8 +1,9 @@
 //! Package inventories read from an image's package database, without booting or exporting:
 //! dpkg (`/var/lib/dpkg/status`), apk (`/lib/apk/db/installed`) and rpm
-//! (`/var/lib/rpm/rpmdb.sqlite`, not yet read: reported as such). Also the OS release.
+//! (`/var/lib/rpm/rpmdb.sqlite`, or `/usr/lib/sysimage/rpm/rpmdb.sqlite`). Also the OS release.
 
 pub mod control;
+pub mod rpm;
 pub mod version;
 
 use std::cmp::Ordering;
@@ -18,6 +19,8 @@ use crate::manifest::{FileData, Node};
 pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 pub const APK_INSTALLED: &str = "/lib/apk/db/installed";
 pub const RPM_SQLITE: &str = "/var/lib/rpm/rpmdb.sqlite";
+/// Where Fedora ≥ 36 and openSUSE keep it (/var/lib/rpm is then a symlink to it).
+pub const RPM_SQLITE_SYSIMAGE: &str = "/usr/lib/sysimage/rpm/rpmdb.sqlite";
 /// Package databases above this size are refused rather than read.
 const MAX_DB: u64 = 256 << 20;
 
@@ -92,12 +95,6 @@ impl<'s> Inventories<'s> {
             else {
                 continue;
             };
-            if db == PkgDb::Rpm {
-                return Err(Error::PackageDb {
-                    image: image.into(),
-                    reason: "rpm databases (rpmdb.sqlite) are not read yet".into(),
-                });
-            }
             let key = content_key(&data);
             let packages = match self.parsed.get(&key) {
                 Some((_, p)) => p.clone(),
@@ -107,7 +104,7 @@ impl<'s> Inventories<'s> {
                     let parsed = match db {
                         PkgDb::Dpkg => parse_dpkg_status(&text),
                         PkgDb::Apk => parse_apk_installed(&text),
-                        PkgDb::Rpm => unreachable!(),
+                        PkgDb::Rpm => rpm::parse_rpmdb_sqlite(&bytes),
                     }
                     .map_err(|reason| Error::PackageDb {
                         image: image.into(),
