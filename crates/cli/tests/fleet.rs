@@ -9,26 +9,8 @@ use std::process::Command;
 
 use common::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Real packages from Debian's archive (apt-get download), cached beside the rootfs fixtures.
@@ -68,7 +50,7 @@ fn debs(names: &[&str]) -> Option<Vec<PathBuf>> {
 fn chroot(root: &Path, args: &[&str]) -> String {
     let mut a = vec![s(root)];
     a.extend_from_slice(args);
-    run("chroot", &a)
+    tool("chroot", &a)
 }
 
 #[test]
@@ -81,7 +63,7 @@ fn inventory_matches_dpkg_query() {
     env.ok(&["image", "import", s(&b), "deb:b"]);
     let inv = json(&env.ok(&["image", "inventory", "--json", "deb:a", "deb:b"]));
     for (i, tree) in [a, b].iter().enumerate() {
-        let want = run(
+        let want = tool(
             "dpkg-query",
             &[
                 "-W",
@@ -194,7 +176,7 @@ fn updates_with_real_debs_pass_dpkg_checks() {
     env.ok(&["image", "export", "deb:a", s(&root)]);
     assert!(chroot(&root, &["/usr/bin/less", "--version"]).contains("less 590"));
     let st = chroot(&root, &["dpkg", "-s", "less"]);
-    let want_ver = run("dpkg-deb", &["-f", s(less), "Version"]);
+    let want_ver = tool("dpkg-deb", &["-f", s(less), "Version"]);
     assert!(
         st.contains("Status: install ok installed") && st.contains(want_ver.trim()),
         "{st}"
@@ -207,7 +189,7 @@ fn updates_with_real_debs_pass_dpkg_checks() {
     // one doc file dropped) over a locally edited /etc/services: the edit stays, the package's
     // version lands beside it, /etc/protocols is replaced, the dropped file goes.
     let work = env.path("nb");
-    run("dpkg-deb", &["-R", s(netbase), s(&work)]);
+    tool("dpkg-deb", &["-R", s(netbase), s(&work)]);
     let control = fs::read_to_string(work.join("DEBIAN/control")).unwrap();
     fs::write(
         work.join("DEBIAN/control"),
@@ -219,7 +201,7 @@ fn updates_with_real_debs_pass_dpkg_checks() {
     fs::write(work.join("etc/protocols"), protocols).unwrap();
     let dropped = "usr/share/doc/netbase/copyright";
     fs::remove_file(work.join(dropped)).unwrap();
-    let md5 = run(
+    let md5 = tool(
         "sh",
         &[
             "-c",
@@ -231,7 +213,7 @@ fn updates_with_real_debs_pass_dpkg_checks() {
     );
     fs::write(work.join("DEBIAN/md5sums"), md5).unwrap();
     let nb2 = env.path("netbase2.deb");
-    run("dpkg-deb", &["--root-owner-group", "-b", s(&work), s(&nb2)]);
+    tool("dpkg-deb", &["--root-owner-group", "-b", s(&work), s(&nb2)]);
     let overlay = env.path("overlay");
     fs::create_dir_all(overlay.join("etc")).unwrap();
     let mut services = fs::read_to_string(root.join("etc/services")).unwrap();
@@ -454,7 +436,7 @@ fn rpm_root(dir: &Path) -> Option<PathBuf> {
             ),
         )
         .unwrap();
-        run(
+        tool(
             "rpmbuild",
             &[
                 "-bb",
@@ -479,11 +461,11 @@ fn rpm_root(dir: &Path) -> Option<PathBuf> {
     ];
     let names: Vec<String> = rpms.iter().map(|p| s(p).to_string()).collect();
     args.extend(names.iter().map(String::as_str));
-    run(
+    tool(
         "rpm",
         &["--root", s(&root), "--dbpath", "/var/lib/rpm", "--initdb"],
     );
-    run("rpm", &args);
+    tool("rpm", &args);
     Some(root)
 }
 
@@ -494,7 +476,7 @@ fn rpm_inventory_matches_rpm_and_orders_versions() {
         return;
     };
     env.ok(&["image", "import", s(&root), "el:1"]);
-    let want = run(
+    let want = tool(
         "rpm",
         &[
             "--root",

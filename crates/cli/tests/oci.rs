@@ -5,27 +5,8 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn tool(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// umoci unpacks `layout:tag` and returns the rootfs path (inside `bundle`).
 fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> std::path::PathBuf {
@@ -39,12 +20,6 @@ fn umoci_unpack(layout: &Path, tag: &str, bundle: &Path) -> std::path::PathBuf {
         ],
     );
     bundle.join("rootfs")
-}
-
-fn root_tree(env: &Env, image: &str) -> String {
-    let j: serde_json::Value =
-        serde_json::from_str(&env.ok(&["image", "inspect", "--json", image])).unwrap();
-    j["root_tree"].as_str().unwrap().to_string()
 }
 
 fn sha256_file(p: &Path) -> String {
@@ -260,18 +235,10 @@ json.dump({"imageLayoutVersion": "1.0.0"}, open(root + "/oci-layout", "w"))
         vec!["etc", "etc/new"],
         "opaque /etc hides a and sub; keep is whited out"
     );
-    if which("umoci") && is_root() {
+    if have("umoci") && is_root() {
         let want = umoci_unpack(&layout, "t", &env.path("u"));
         assert_same_tree(&want, &out);
     }
-}
-
-fn which(t: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {t}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
 }
 
 fn walk(root: &Path) -> Vec<String> {
