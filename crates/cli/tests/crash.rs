@@ -94,6 +94,15 @@ fn sigkill_at_random_points() {
     eprintln!("crash test: {iterations} kills, seed {seed}, import takes {import_time:?}");
     let mut rng = Rng(seed);
     let mut killed_mid_way = 0;
+    // How long each kind of operation runs here, learnt as we go: a kill that came too late
+    // shrinks the estimate, one that landed grows it, so most kills land part-way whatever
+    // the machine's load (re-imports dedup and run much faster than the calibration import).
+    let mut est_us: [u64; 4] = [
+        import_time.as_micros() as u64,
+        20_000,
+        20_000,
+        import_time.as_micros() as u64,
+    ];
     for i in 0..iterations {
         let args: Vec<String> = match i % 4 {
             0 => vec![
@@ -124,16 +133,15 @@ fn sigkill_at_random_points() {
             }
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let limit = if i % 4 == 0 || i % 4 == 3 {
-            import_time.as_micros() as u64
-        } else {
-            20_000
-        };
-        let delay = Duration::from_micros(rng.next() % limit.max(1));
+        let k = (i % 4) as usize;
+        let delay = Duration::from_micros(rng.next() % est_us[k].max(1));
         let mut child = spawn(&env, &args);
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             killed_mid_way += 1;
+            est_us[k] = est_us[k] * 11 / 10;
+        } else {
+            est_us[k] = (est_us[k] * 3 / 4).max(1_000);
         }
         let _ = child.kill();
         let _ = child.wait();
