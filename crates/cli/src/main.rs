@@ -4,6 +4,7 @@ mod fleet_cmd;
 mod format;
 mod image_cmd;
 mod progress;
+mod repo_cmd;
 mod store_cmd;
 
 use std::path::PathBuf;
@@ -33,6 +34,35 @@ enum Command {
     /// Inspect and maintain the object store
     #[command(subcommand)]
     Store(store_cmd::StoreCmd),
+    /// Create, serve and list TUF-signed repositories
+    #[command(subcommand)]
+    Repo(repo_cmd::RepoCmd),
+    /// Publish an image version to a repository directory (only missing objects are copied)
+    Push {
+        /// NAME[:TAG] or NAME@VERSION
+        image: String,
+        /// Repository directory
+        dest: PathBuf,
+        /// Publish under this NAME[:TAG]
+        #[arg(long = "as", value_name = "NAME[:TAG]")]
+        as_name: Option<String>,
+        /// Key directory [default: DEST.keys]
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch an image from a repository (URL or directory) into the local store, verified
+    Pull {
+        url: String,
+        /// NAME[:TAG] or NAME@VERSION (any version the tag ever held)
+        image: String,
+        /// Trusted root metadata, needed on first contact with the repository
+        #[arg(long, value_name = "ROOT.json")]
+        root: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `--store`, else `$STARLING_HOME`, else the per-user data directory.
@@ -59,6 +89,20 @@ fn main() -> ExitCode {
     let result = store_path(cli.store).and_then(|store| match cli.command {
         Command::Image(c) => image_cmd::run(&store, c),
         Command::Store(c) => store_cmd::run(&store, c),
+        Command::Repo(c) => repo_cmd::run_repo(&store, c),
+        Command::Push {
+            image,
+            dest,
+            as_name,
+            keys,
+            json,
+        } => repo_cmd::push(&store, &image, &dest, as_name.as_deref(), keys, json),
+        Command::Pull {
+            url,
+            image,
+            root,
+            json,
+        } => repo_cmd::pull(&store, &url, &image, root, json),
     });
     match result {
         Ok(code) => code,

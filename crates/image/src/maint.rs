@@ -31,6 +31,22 @@ fn roots(store: &Store) -> Result<HashMap<ObjectId, Vec<String>>> {
     Ok(out)
 }
 
+/// Every object a version needs (its commit, trees and chunks); an error if any is missing
+/// or unreadable (a push must never publish a version it cannot complete).
+pub fn objects_of(store: &Store, version: &ObjectId) -> Result<Vec<ObjectId>> {
+    let r = mark(store, std::iter::once(version));
+    if let Some((id, why)) = r.bad.iter().next() {
+        return Err(Error::BadObject {
+            id: *id,
+            what: "needed",
+            reason: why.clone(),
+        });
+    }
+    let mut v: Vec<ObjectId> = r.objects.into_iter().collect();
+    v.sort();
+    Ok(v)
+}
+
 #[derive(Default)]
 struct Reach {
     objects: HashSet<ObjectId>,

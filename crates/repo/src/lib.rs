@@ -1,0 +1,25 @@
+//! TUF-signed image repositories on plain HTTP: `init`, `push` (objects the repository lacks,
+//! then signed metadata), `serve`, and `pull` (TUF verification first, then every object
+//! checked against its content address as it arrives).
+
+pub mod error;
+pub mod keys;
+pub mod meta;
+pub mod pull;
+pub mod push;
+pub mod record;
+pub mod serve;
+
+pub use error::{Error, Result};
+
+/// A runtime for the async parts (tough, HTTP), for callers that are not async.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .map_err(|source| Error::Io {
+            path: "tokio runtime".into(),
+            source,
+        })
+}

@@ -1,0 +1,411 @@
+//! Pulling from a repository: TUF metadata verified first (root chain from the trusted root,
+//! then timestamp, snapshot, targets), the tag's record read as a verified target, then every
+//! object fetched in parallel and checked against its content address before it is stored.
+//! Objects already in the local store are not fetched, so an interrupted pull resumes.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use starling_image::manifest::{Commit, FileData, Node, Tree};
+use starling_image::reference::ImageRef;
+use starling_image::tags;
+use starling_store::{ObjectId, Store};
+use tough::{
+    DefaultTransport, FilesystemTransport, HttpTransportBuilder, IntoVec, RepositoryLoader,
+    TargetName,
+};
+
+use crate::error::{invalid, tuf, Error, IoContext, Result};
+use crate::push::object_rel;
+use crate::record::{is_record_target, target_name, ImageRecord};
+
+/// Largest commit or tree object accepted.
+const MAX_MANIFEST: u64 = 64 << 20;
+const PARALLEL: usize = 16;
+
+/// Where a repository is: `http(s)://…` or a local directory.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    pub base: url::Url,
+}
+
+impl Remote {
+    pub fn parse(s: &str) -> Result<Remote> {
+        let base =
+            if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://") {
+                url::Url::parse(s)
+                    .map_err(|e| invalid(format!("repository URL {s:?}"), e.to_string()))?
+            } else {
+                let p = std::fs::canonicalize(s).at(s)?;
+                url::Url::from_directory_path(&p)
+                    .map_err(|_| invalid(s.to_string(), "not a directory"))?
+            };
+        let mut base = base;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        Ok(Remote { base })
+    }
+
+    pub fn join(&self, rel: &str) -> Result<url::Url> {
+        self.base
+            .join(rel)
+            .map_err(|e| invalid(format!("{}{rel}", self.base), e.to_string()))
+    }
+
+    fn is_file(&self) -> bool {
+        self.base.scheme() == "file"
+    }
+}
+
+/// Options of a client session.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Per-request timeout: a slow or stalled server fails the pull instead of hanging it.
+    pub timeout: Duration,
+    pub parallel: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            timeout: Duration::from_secs(30),
+            parallel: PARALLEL,
+        }
+    }
+}
+
+/// The local trust state for a remote: its datastore directory under the store.
+pub fn datastore(store: &Store, remote: &Remote) -> PathBuf {
+    let h = crate::meta::sha2_hex(remote.base.as_str().as_bytes());
+    store.root().join("remotes").join(&h[..16])
+}
+
+/// Loads and verifies the remote's TUF metadata. The first contact needs `trusted_root`; after
+/// that the datastore's (possibly rotated) root is used.
+pub async fn open(
+    store: &Store,
+    remote: &Remote,
+    trusted_root: Option<&Path>,
+    opts: &ClientOptions,
+) -> Result<tough::Repository> {
+    let ds = datastore(store, remote);
+    std::fs::create_dir_all(&ds).at(&ds)?;
+    let stored = ds.join("root.json");
+    let root = if stored.exists() {
+        std::fs::read(&stored).at(&stored)?
+    } else if let Some(p) = trusted_root {
+        std::fs::read(p).at(p)?
+    } else {
+        return Err(invalid(
+            format!("repository {}", remote.base),
+            "first contact: give the repository's trusted root metadata with --root ROOT.json",
+        ));
+    };
+    let loader = RepositoryLoader::new(&root, remote.join("metadata/")?, remote.join("targets/")?)
+        .datastore(&ds);
+    let loader = if remote.is_file() {
+        loader.transport(FilesystemTransport)
+    } else {
+        let http = HttpTransportBuilder::new()
+            .timeout(opts.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .tries(2);
+        loader.transport(DefaultTransport::new_with_http_settings(http))
+    };
+    loader
+        .load()
+        .await
+        .map_err(tuf(format!("verifying the metadata of {}", remote.base)))
+}
+
+/// Every image record the repository publishes.
+pub async fn records(repo: &tough::Repository) -> Result<Vec<ImageRecord>> {
+    let names: Vec<TargetName> = repo
+        .all_targets()
+        .filter(|(n, _)| is_record_target(n.raw()))
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut out = Vec::new();
+    for n in names {
+        out.push(
+            read_record(repo, &n)
+                .await?
+                .ok_or_else(|| Error::UnknownImage(n.raw().into()))?,
+        );
+    }
+    out.sort_by(|a, b| (&a.name, &a.tag).cmp(&(&b.name, &b.tag)));
+    Ok(out)
+}
+
+async fn read_record(repo: &tough::Repository, n: &TargetName) -> Result<Option<ImageRecord>> {
+    let Some(stream) = repo
+        .read_target(n)
+        .await
+        .map_err(tuf(format!("reading target {}", n.raw())))?
+    else {
+        return Ok(None);
+    };
+    let bytes = stream
+        .into_vec()
+        .await
+        .map_err(tuf(format!("reading target {}", n.raw())))?;
+    let rec: ImageRecord = serde_json::from_slice(&bytes)
+        .map_err(|e| invalid(format!("record {}", n.raw()), e.to_string()))?;
+    Ok(Some(rec))
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct PullReport {
+    pub name: String,
+    pub tag: String,
+    pub version: String,
+    pub objects: usize,
+    pub fetched: usize,
+    pub fetched_bytes: u64,
+}
+
+/// Pulls `what` (NAME[:TAG] or NAME@VERSION, any version the tag ever held) and tags it
+/// locally as NAME:TAG.
+pub async fn pull(
+    store: &Store,
+    remote: &Remote,
+    what: &ImageRef,
+    trusted_root: Option<&Path>,
+    opts: &ClientOptions,
+) -> Result<PullReport> {
+    let repo = open(store, remote, trusted_root, opts).await?;
+    let (rec, version) = match what {
+        ImageRef::Tag { name, tag } => {
+            let n = TargetName::new(target_name(name, tag)).map_err(tuf("target name"))?;
+            let rec = read_record(&repo, &n)
+                .await?
+                .ok_or_else(|| Error::UnknownImage(what.to_string()))?;
+            if rec.name != *name || rec.tag != *tag {
+                return Err(invalid(
+                    format!("record {}", n.raw()),
+                    format!("names {}:{}, not {name}:{tag}", rec.name, rec.tag),
+                ));
+            }
+            let v = rec.target.clone();
+            (rec, v)
+        }
+        ImageRef::Version { name, prefix } => {
+            let mut hit = None;
+            for rec in records(&repo)
+                .await?
+                .into_iter()
+                .filter(|r| r.name == *name)
+            {
+                if let Some(h) = rec
+                    .history
+                    .iter()
+                    .find(|h| h.version.starts_with(prefix.as_str()))
+                {
+                    hit = Some((rec.clone(), h.version.clone()));
+                    break;
+                }
+            }
+            hit.ok_or_else(|| Error::UnknownImage(what.to_string()))?
+        }
+    };
+    let id: ObjectId = version.parse().map_err(|_| {
+        invalid(
+            format!("record {}:{}", rec.name, rec.tag),
+            format!("bad version id {version:?}"),
+        )
+    })?;
+    let _writer = store.lock_writer()?;
+    let fetcher = Fetcher::new(remote.clone(), opts)?;
+    let mut report = PullReport {
+        name: rec.name.clone(),
+        tag: rec.tag.clone(),
+        version: version.clone(),
+        objects: 0,
+        fetched: 0,
+        fetched_bytes: 0,
+    };
+    // Commit, then trees level by level, then chunks; each level fetched in parallel.
+    fetch_all(store, &fetcher, &[(id, MAX_MANIFEST)], &mut report).await?;
+    let commit = Commit::decode(&id, &store.get(&id)?)?;
+    if commit.name != rec.name {
+        return Err(invalid(
+            format!("version {}", id.short(12)),
+            format!("is an image named {:?}, not {:?}", commit.name, rec.name),
+        ));
+    }
+    let mut level = vec![commit.root];
+    let mut chunks = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    while !level.is_empty() {
+        let want: Vec<(ObjectId, u64)> = level
+            .iter()
+            .filter(|t| seen.insert(**t))
+            .map(|t| (*t, MAX_MANIFEST))
+            .collect();
+        fetch_all(store, &fetcher, &want, &mut report).await?;
+        let mut next = Vec::new();
+        for (t, _) in want {
+            let tree = Tree::decode(&t, &store.get(&t)?)?;
+            for e in tree.entries {
+                match e.node {
+                    Node::Dir { tree, .. } => next.push(tree),
+                    Node::File {
+                        data: FileData::Chunks(c),
+                        ..
+                    } => {
+                        chunks.extend(
+                            c.into_iter()
+                                .filter(|c| seen.insert(c.id))
+                                .map(|c| (c.id, c.len as u64)),
+                        );
+                    }
+                    _ => {}
+                }
+            }
+        }
+        level = next;
+    }
+    fetch_all(store, &fetcher, &chunks, &mut report).await?;
+    store.sync()?;
+    let _refs = store.lock_refs()?;
+    tags::point(store, &rec.name, &rec.tag, id, "pull")?;
+    Ok(report)
+}
+
+/// Fetches the objects the store lacks, `parallel` at a time, verifying each.
+async fn fetch_all(
+    store: &Store,
+    f: &Fetcher,
+    want: &[(ObjectId, u64)],
+    report: &mut PullReport,
+) -> Result<()> {
+    report.objects += want.len();
+    let missing: Vec<(ObjectId, u64)> = want
+        .iter()
+        .filter(|(id, _)| !store.contains(id))
+        .copied()
+        .collect();
+    let sem = Arc::new(tokio::sync::Semaphore::new(f.parallel));
+    let mut set = tokio::task::JoinSet::new();
+    for (id, len) in missing {
+        let f = f.clone();
+        let permit = sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| invalid("download slots", e.to_string()))?;
+        set.spawn(async move {
+            let r = f.get(&id, len).await;
+            drop(permit);
+            (id, r)
+        });
+        while let Some(done) = set.try_join_next() {
+            finish(store, done, report)?;
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        finish(store, done, report)?;
+    }
+    Ok(())
+}
+
+fn finish(
+    store: &Store,
+    done: Result<Fetched, tokio::task::JoinError>,
+    report: &mut PullReport,
+) -> Result<()> {
+    let (id, r) = done.map_err(|e| invalid("download task", e.to_string()))?;
+    let (env, url) = r?;
+    store
+        .put_envelope(&id, &env)
+        .map_err(|e| Error::BadObject {
+            id: id.to_hex(),
+            url,
+            reason: e.to_string(),
+        })?;
+    report.fetched += 1;
+    report.fetched_bytes += env.len() as u64;
+    Ok(())
+}
+
+/// A download task's outcome: the object, and its envelope with the URL it came from.
+type Fetched = (ObjectId, Result<(Vec<u8>, String)>);
+
+#[derive(Clone)]
+struct Fetcher {
+    remote: Remote,
+    client: reqwest::Client,
+    parallel: usize,
+}
+
+impl Fetcher {
+    fn new(remote: Remote, opts: &ClientOptions) -> Result<Fetcher> {
+        let client = reqwest::Client::builder()
+            .timeout(opts.timeout)
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| invalid("HTTP client", e.to_string()))?;
+        Ok(Fetcher {
+            remote,
+            client,
+            parallel: opts.parallel.max(1),
+        })
+    }
+
+    /// An object's envelope, refusing more than its largest possible size (`len` is the
+    /// uncompressed size it must have; zstd never expands by more than a small margin).
+    async fn get(&self, id: &ObjectId, len: u64) -> Result<(Vec<u8>, String)> {
+        let url = self.remote.join(&object_rel(id))?;
+        let max = starling_store::HEADER_LEN as u64 + len + len / 128 + 1024;
+        let shown = url.to_string();
+        let fetch_err = |reason: String| Error::Fetch {
+            url: shown.clone(),
+            reason,
+        };
+        if self.remote.is_file() {
+            let p = url
+                .to_file_path()
+                .map_err(|_| fetch_err("bad file URL".into()))?;
+            let md = tokio::fs::metadata(&p)
+                .await
+                .map_err(|e| fetch_err(e.to_string()))?;
+            if md.len() > max {
+                return Err(fetch_err(format!(
+                    "{} bytes is more than the {max} this object can have",
+                    md.len()
+                )));
+            }
+            let b = tokio::fs::read(&p)
+                .await
+                .map_err(|e| fetch_err(e.to_string()))?;
+            return Ok((b, shown));
+        }
+        let mut resp = self
+            .client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| fetch_err(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(fetch_err(format!("HTTP {}", resp.status())));
+        }
+        if resp.content_length().is_some_and(|n| n > max) {
+            return Err(fetch_err(format!(
+                "declared {} bytes, more than the {max} this object can have",
+                resp.content_length().unwrap_or(0)
+            )));
+        }
+        let mut out = Vec::new();
+        while let Some(piece) = resp.chunk().await.map_err(|e| fetch_err(e.to_string()))? {
+            out.extend_from_slice(&piece);
+            if out.len() as u64 > max {
+                return Err(fetch_err(format!(
+                    "sent more than the {max} bytes this object can have"
+                )));
+            }
+        }
+        Ok((out, shown))
+    }
+}
