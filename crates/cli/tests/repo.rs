@@ -1,0 +1,437 @@
+//! TUF repositories: push, serve over HTTP on loopback, pull with verification; an
+//! independent TUF client (python-tuf) reads what Starling signed; attacks are refused with
+//! nothing written to the local store.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `starling repo serve DIR` on a free loopback port; killed on drop.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(env: &Env, dir: &Path) -> Server {
+        let mut child = env
+            .cmd()
+            .args(["repo", "serve", s(dir), "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("repo serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .last()
+            .expect("address line")
+            .to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        Server { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A second store (the pulling host) sharing nothing with `env`'s.
+fn client_store(env: &Env) -> PathBuf {
+    env.path("client-store")
+}
+
+fn client(_env: &Env, store: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn client_ok(env: &Env, store: &Path, args: &[&str]) -> String {
+    let o = client(env, store, args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn client_fails(env: &Env, store: &Path, args: &[&str]) -> String {
+    let o = client(env, store, args);
+    assert!(!o.status.success(), "{args:?} should fail");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A repository with one pushed torture-tree image `t:v1`.
+fn published(env: &Env) -> (PathBuf, PathBuf) {
+    let src = env.path("src");
+    torture_tree(&src, false);
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let repo = env.path("repo");
+    env.ok(&["repo", "init", s(&repo)]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    (repo, src)
+}
+
+fn root_of(repo: &Path) -> String {
+    s(&repo.join("metadata/1.root.json")).to_string()
+}
+
+#[test]
+fn push_serve_pull_over_http() {
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    let server = Server::start(&env, &repo);
+    let cs = client_store(&env);
+    let e = client_fails(&env, &cs, &["pull", &server.url, "t:v1"]);
+    assert!(
+        e.contains("--root"),
+        "first contact needs a trusted root: {e}"
+    );
+    let r = json(&client_ok(
+        &env,
+        &cs,
+        &[
+            "pull",
+            "--json",
+            &server.url,
+            "t:v1",
+            "--root",
+            &root_of(&repo),
+        ],
+    ));
+    assert_eq!(r["fetched"], r["objects"]);
+    let out = env.path("out");
+    client_ok(&env, &cs, &["image", "export", "t:v1", s(&out)]);
+    assert_same_tree(&src, &out);
+
+    // A second version: only what changed is pushed and fetched; the old one stays pullable.
+    let mut f = fs::read(src.join("tiny")).unwrap();
+    f.extend_from_slice(b" changed");
+    fs::write(src.join("tiny"), f).unwrap();
+    fs::write(src.join("new-file"), vec![7u8; 300_000]).unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let p = json(&env.ok(&["push", "--json", "t:v1", s(&repo)]));
+    assert!(
+        p["uploaded"].as_u64().unwrap() < p["objects"].as_u64().unwrap() / 2,
+        "{p}"
+    );
+    let r = json(&client_ok(
+        &env,
+        &cs,
+        &["pull", "--json", &server.url, "t:v1"],
+    ));
+    assert!(
+        r["fetched"].as_u64().unwrap() < r["objects"].as_u64().unwrap() / 2,
+        "{r}"
+    );
+    let ls = json(&client_ok(
+        &env,
+        &cs,
+        &["repo", "ls", "--json", &server.url],
+    ));
+    let hist = ls[0]["history"].as_array().unwrap();
+    assert_eq!(hist.len(), 2);
+    assert_eq!(hist[0]["parent"], hist[1]["version"]);
+    let old = hist[1]["version"].as_str().unwrap();
+    let cs2 = env.path("client2");
+    client_ok(
+        &env,
+        &cs2,
+        &[
+            "pull",
+            &server.url,
+            &format!("t@{}", &old[..12]),
+            "--root",
+            &root_of(&repo),
+        ],
+    );
+    let v = json(&client_ok(
+        &env,
+        &cs2,
+        &["image", "inspect", "--json", "t:v1"],
+    ));
+    assert_eq!(v["version"], old);
+    client_ok(&env, &cs, &["store", "fsck"]);
+
+    // HTTP details: Range, immutable caching of objects, short caching of the timestamp.
+    let obj = fs::read_dir(repo.join("objects"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let obj = fs::read_dir(obj).unwrap().next().unwrap().unwrap().path();
+    let rel = obj
+        .strip_prefix(&repo)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let head = tool(
+        "curl",
+        &[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-r",
+            "0-9",
+            &format!("{}{rel}", server.url),
+        ],
+    );
+    assert!(head.starts_with("HTTP/1.1 206"), "{head}");
+    assert!(
+        head.to_lowercase().contains("immutable") && head.to_lowercase().contains("etag"),
+        "{head}"
+    );
+    let head = tool(
+        "curl",
+        &[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{}metadata/timestamp.json", server.url),
+        ],
+    );
+    assert!(head.contains("max-age=10"), "{head}");
+    let head = tool(
+        "curl",
+        &[
+            "-sS",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &format!("{}.lock", server.url),
+        ],
+    );
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
+
+/// python-tuf in a venv (cached beside the other test inputs), or `None` after a loud skip.
+fn python_tuf() -> Option<PathBuf> {
+    let cache = PathBuf::from(
+        std::env::var("STARLING_TEST_CACHE").unwrap_or_else(|_| "/var/cache/starling-test".into()),
+    );
+    let venv = cache.join("venv-tuf");
+    let py = venv.join("bin/python");
+    let ok = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import tuf.ngclient"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !ok(&py) {
+        let _ = fs::create_dir_all(&cache);
+        let made = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .output()
+            .is_ok_and(|o| o.status.success())
+            && Command::new(venv.join("bin/pip"))
+                .args(["install", "-q", "tuf==7.0.1"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+        if !made || !ok(&py) {
+            skip("python-tuf could not be installed (python3-venv, PyPI)");
+            return None;
+        }
+    }
+    Some(py)
+}
+
+#[test]
+fn independent_tuf_client_verifies_and_downloads_every_target() {
+    let Some(py) = python_tuf() else { return };
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    env.ok(&["image", "tag", "t:v1", "t:other"]);
+    env.ok(&["push", "t:other", s(&repo)]);
+    let server = Server::start(&env, &repo);
+    let script = r#"
+import sys, os, json
+from tuf.ngclient import Updater
+base, root, work = sys.argv[1], sys.argv[2], sys.argv[3]
+os.makedirs(work + "/meta", exist_ok=True); os.makedirs(work + "/dl", exist_ok=True)
+u = Updater(work + "/meta", base + "metadata/", work + "/dl", base + "targets/", bootstrap=open(root, "rb").read())
+u.refresh()
+names = sorted(u._trusted_set.targets.targets.keys())
+for n in names:
+    info = u.get_targetinfo(n)
+    path = u.download_target(info)
+    rec = json.load(open(path))
+    print(n, rec["name"], rec["tag"], rec["target"])
+"#;
+    let out = tool(
+        s(&py),
+        &[
+            "-c",
+            script,
+            &server.url,
+            &root_of(&repo),
+            s(&env.path("pytuf")),
+        ],
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    let v = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
+    for l in &lines {
+        assert!(l.ends_with(v["version"].as_str().unwrap()), "{l}");
+    }
+    assert!(lines[0].starts_with("t@other.json t other"), "{out}");
+}
+
+/// Every attack leaves the pulling store without the image.
+fn assert_not_pulled(env: &Env, store: &Path) {
+    let o = client(env, store, &["image", "ls", "--json"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(!o.status.success() || text.trim() == "[]", "{text}");
+}
+
+#[test]
+fn attack_tampered_object() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    let v = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
+    // Damage one chunk (not the commit): find the largest object file.
+    let mut objs = Vec::new();
+    for d in fs::read_dir(repo.join("objects")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            objs.push((fs::metadata(&p).unwrap().len(), p));
+        }
+    }
+    objs.sort();
+    let victim = &objs.last().unwrap().1;
+    let mut b = fs::read(victim).unwrap();
+    let n = b.len();
+    b[n - 3] ^= 0x40;
+    fs::write(victim, b).unwrap();
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(
+        e.contains("object")
+            && (e.contains("hash") || e.contains("corrupt") || e.contains("match")),
+        "{e}"
+    );
+    assert_not_pulled(&env, &cs);
+    let _ = v;
+}
+
+#[test]
+fn attack_tampered_metadata() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    let ts = repo.join("metadata/timestamp.json");
+    let mut t = json(&fs::read_to_string(&ts).unwrap());
+    t["signed"]["expires"] = serde_json::json!("2099-01-01T00:00:00Z");
+    fs::write(&ts, serde_json::to_vec(&t).unwrap()).unwrap();
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(e.to_lowercase().contains("signature"), "{e}");
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn attack_rollback_to_older_metadata() {
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    let old_ts = fs::read(repo.join("metadata/timestamp.json")).unwrap();
+    fs::write(src.join("extra"), b"v2").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    let cs = client_store(&env);
+    client_ok(
+        &env,
+        &cs,
+        &["repo", "ls", s(&repo), "--root", &root_of(&repo)],
+    );
+    // A mirror now serves the old (validly signed) timestamp.
+    fs::write(repo.join("metadata/timestamp.json"), old_ts).unwrap();
+    let e = client_fails(&env, &cs, &["pull", s(&repo), "t:v1"]);
+    assert!(
+        e.contains("version")
+            && (e.contains("older") || e.contains("Older") || e.contains("previously")),
+        "{e}"
+    );
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn attack_freeze_with_expired_timestamp() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let repo = env.path("repo");
+    env.ok(&["repo", "init", s(&repo), "--timestamp-expires", "1"]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(e.contains("expired"), "{e}");
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn attack_endless_object() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    let server = Server::start(&env, &repo);
+    let mut objs = Vec::new();
+    for d in fs::read_dir(repo.join("objects")).unwrap() {
+        for f in fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            objs.push((fs::metadata(&p).unwrap().len(), p));
+        }
+    }
+    objs.sort();
+    // The smallest object is a tiny chunk or tree; serve 200 MiB in its place.
+    let victim = &objs[objs.len() / 2].1;
+    let f = fs::File::create(victim).unwrap();
+    f.set_len(200 << 20).unwrap();
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", &server.url, "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(e.contains("more than"), "{e}");
+    assert_not_pulled(&env, &cs);
+}
