@@ -92,5 +92,11 @@ pub async fn serve(dir: PathBuf, listen: &str) -> Result<()> {
         .at(format!("listening on {addr}"))?;
     let local = listener.local_addr().at("listener")?;
     println!("serving {} on http://{local}/", dir.display());
+    // Without TCP_NODELAY, small responses on a kept-alive connection wait ~40 ms for the
+    // peer's delayed ACK.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(&dir)).await.at("HTTP server")
 }
