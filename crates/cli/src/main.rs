@@ -60,6 +60,9 @@ enum Command {
         /// Trusted root metadata, needed on first contact with the repository
         #[arg(long, value_name = "ROOT.json")]
         root: Option<PathBuf>,
+        /// Give up on a request that takes longer than this many seconds
+        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        timeout: u64,
         #[arg(long)]
         json: bool,
     },
@@ -101,8 +104,9 @@ fn main() -> ExitCode {
             url,
             image,
             root,
+            timeout,
             json,
-        } => repo_cmd::pull(&store, &url, &image, root, json),
+        } => repo_cmd::pull(&store, &url, &image, root, timeout, json),
     });
     match result {
         Ok(code) => code,

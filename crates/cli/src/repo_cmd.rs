@@ -168,8 +168,13 @@ pub fn pull(
     url: &str,
     image: &str,
     root: Option<PathBuf>,
+    timeout: u64,
     json: bool,
 ) -> Result<ExitCode> {
+    let opts = ClientOptions {
+        timeout: std::time::Duration::from_secs(timeout.max(1)),
+        ..ClientOptions::default()
+    };
     let store = Store::open_or_init(store_dir)?;
     let remote = Remote::parse(url)?;
     let what = ImageRef::parse(image)?;
@@ -180,7 +185,7 @@ pub fn pull(
             &remote,
             &what,
             root.as_deref(),
-            &ClientOptions::default(),
+            &opts,
         ))
         .with_context(|| format!("pulling {image} from {url}"))?;
     if json {

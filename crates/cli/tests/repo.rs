@@ -435,3 +435,199 @@ fn attack_endless_object() {
     assert!(e.contains("more than"), "{e}");
     assert_not_pulled(&env, &cs);
 }
+
+#[test]
+fn attack_wrong_key() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    let other = env.path("other");
+    env.ok(&["repo", "init", s(&other)]);
+    // A timestamp signed by a key the root does not name.
+    fs::copy(
+        other.join("metadata/timestamp.json"),
+        repo.join("metadata/timestamp.json"),
+    )
+    .unwrap();
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(
+        e.contains("threshold") || e.to_lowercase().contains("signature"),
+        "{e}"
+    );
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn attack_mix_and_match_metadata() {
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    fs::write(src.join("extra"), b"v2").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    // The newest snapshot replaced by an older, validly signed one: the timestamp's hash and
+    // version for it no longer match.
+    fs::copy(
+        repo.join("metadata/2.snapshot.json"),
+        repo.join("metadata/3.snapshot.json"),
+    )
+    .unwrap();
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(e.contains("snapshot"), "{e}");
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn attack_targets_version_not_in_snapshot() {
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    fs::write(src.join("extra"), b"v2").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    // targets version 3 swapped for version 2 (which points at the older record).
+    fs::copy(
+        repo.join("metadata/2.targets.json"),
+        repo.join("metadata/3.targets.json"),
+    )
+    .unwrap();
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(e.contains("targets"), "{e}");
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn attack_endless_metadata() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    let ts = repo.join("metadata/timestamp.json");
+    let mut b = fs::read(&ts).unwrap();
+    b.resize(b.len() + (8 << 20), b' ');
+    fs::write(&ts, b).unwrap();
+    let cs = client_store(&env);
+    let e = client_fails(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    assert!(
+        e.to_lowercase().contains("size") || e.contains("exceed"),
+        "{e}"
+    );
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn attack_slow_retrieval_times_out() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    // A server that accepts and then never answers.
+    let script = "import socket,time,sys\ns=socket.socket();s.bind(('127.0.0.1',0));s.listen(64)\nprint(s.getsockname()[1],flush=True)\nconns=[]\nwhile True:\n    c,_=s.accept();conns.append(c)\n";
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/", line.trim());
+    let cs = client_store(&env);
+    let t = std::time::Instant::now();
+    let e = client_fails(
+        &env,
+        &cs,
+        &[
+            "pull",
+            &url,
+            "t:v1",
+            "--root",
+            &root_of(&repo),
+            "--timeout",
+            "2",
+        ],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        t.elapsed().as_secs() < 30,
+        "gave up after {:?}",
+        t.elapsed()
+    );
+    assert!(
+        e.to_lowercase().contains("timed out") || e.to_lowercase().contains("timeout"),
+        "{e}"
+    );
+    assert_not_pulled(&env, &cs);
+}
+
+#[test]
+fn concurrent_and_killed_pushes_never_half_publish() {
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    // Several pushes at once, to different tags: all land, the metadata chain stays valid.
+    for i in 0..4 {
+        env.ok(&["image", "tag", "t:v1", &format!("t:c{i}")]);
+    }
+    let kids: Vec<_> = (0..4)
+        .map(|i| {
+            env.cmd()
+                .args(["push", &format!("t:c{i}"), s(&repo)])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let cs = client_store(&env);
+    let ls = json(&client_ok(
+        &env,
+        &cs,
+        &["repo", "ls", "--json", s(&repo), "--root", &root_of(&repo)],
+    ));
+    assert_eq!(ls.as_array().unwrap().len(), 5, "{ls}");
+    // Pushes killed at random points: the previous state stays valid, the next push completes.
+    fs::write(src.join("big"), vec![3u8; 4 << 20]).unwrap();
+    for i in 0..8u64 {
+        fs::write(src.join("round"), format!("{i}")).unwrap();
+        env.ok(&["image", "import", s(&src), "t:v1"]);
+        let mut k = env
+            .cmd()
+            .args(["push", "t:v1", s(&repo)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5 + i * 15));
+        let _ = k.kill();
+        let _ = k.wait();
+        client_ok(&env, &cs, &["repo", "ls", s(&repo)]);
+    }
+    env.ok(&["push", "t:v1", s(&repo)]);
+    let want = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
+    client_ok(&env, &cs, &["pull", s(&repo), "t:v1"]);
+    let got = json(&client_ok(
+        &env,
+        &cs,
+        &["image", "inspect", "--json", "t:v1"],
+    ));
+    assert_eq!(got["version"], want["version"]);
+    client_ok(&env, &cs, &["store", "fsck"]);
+}
