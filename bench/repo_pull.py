@@ -29,7 +29,8 @@ def main():
     server = None
     try:
         tree = os.path.join(work, "tree")
-        shutil.copytree(os.path.join(cache, "rootfs-b"), tree, symlinks=True)
+        # cp -a, not copytree: the rootfs holds device nodes (copytree would read /dev/zero).
+        run(["cp", "-a", os.path.join(cache, "rootfs-b"), tree])
         size = int(run(["du", "-sb", tree]).split()[0])
         os.makedirs(os.path.join(tree, "data"))
         i = 0

@@ -3,7 +3,7 @@
 # Sourced by demo.sh and test.sh; safe to run again.
 set -euo pipefail
 
-starling_deps=(debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs qemu-utils fdisk erofs-utils umoci skopeo rpm curl python3-venv)
+starling_deps=(debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs qemu-utils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx)
 
 install_deps() {
   local missing=() p

@@ -33,6 +33,9 @@ pub enum RepoCmd {
         #[arg(long, default_value_t = Policy::default().root_expires)]
         root_expires: u64,
     },
+    /// Keys of a repository
+    #[command(subcommand)]
+    Key(KeyCmd),
     /// Serve a repository directory over HTTP
     Serve {
         dir: PathBuf,
@@ -47,6 +50,21 @@ pub enum RepoCmd {
         root: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Replace a role's key: a new root version (signed by old and new root keys) names it,
+    /// and the other metadata is signed again
+    Rotate {
+        /// root, targets, snapshot or timestamp
+        role: String,
+        /// Repository directory
+        repo: PathBuf,
+        /// Key directory [default: REPO.keys]
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
     },
 }
 
@@ -81,6 +99,14 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
                 keys.display(),
                 root.display()
             );
+        }
+        RepoCmd::Key(KeyCmd::Rotate { role, repo, keys }) => {
+            let r = RepoDir::open(&repo)?;
+            let kd = KeyDir::open(&keys.unwrap_or_else(|| default_keys(&repo)))?;
+            let v = rt
+                .block_on(r.rotate_key(&kd, &role))
+                .with_context(|| format!("rotating the {role} key of {}", repo.display()))?;
+            eprintln!("{role} key rotated; root metadata version {v}");
         }
         RepoCmd::Serve { dir, listen } => {
             rt.block_on(starling_repo::serve::serve(dir, &listen))?;

@@ -631,3 +631,117 @@ fn concurrent_and_killed_pushes_never_half_publish() {
     assert_eq!(got["version"], want["version"]);
     client_ok(&env, &cs, &["store", "fsck"]);
 }
+
+#[test]
+fn nginx_serves_the_same_repository() {
+    if !have("nginx") {
+        skip("nginx not installed (Debian package nginx)");
+        return;
+    }
+    if !is_root() {
+        skip("nginx test runs nginx as root so it can read the test directories");
+        return;
+    }
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let prefix = env.path("nginx");
+    fs::create_dir_all(prefix.join("logs")).unwrap();
+    let conf = prefix.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "user root;\ndaemon off;\npid {p}/nginx.pid;\nerror_log {p}/logs/error.log;\nevents {{}}\nhttp {{\n  access_log {p}/logs/access.log;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n  server {{\n    listen 127.0.0.1:{port};\n    root {r};\n    location ~ /\\. {{ deny all; }}\n  }}\n}}\n",
+            p = s(&prefix),
+            r = s(&repo)
+        ),
+    )
+    .unwrap();
+    let mut nginx = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&prefix)
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let cs = client_store(&env);
+    let pulled = client(
+        &env,
+        &cs,
+        &["pull", &url, "t:v1", "--root", &root_of(&repo)],
+    );
+    let head = Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "-r", "0-9"])
+        .arg(format!("{url}metadata/1.root.json"))
+        .output();
+    // Stop master and workers (killing the master alone leaves the workers behind).
+    let _ = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .arg("-p")
+        .arg(&prefix)
+        .args(["-s", "stop"])
+        .status();
+    let _ = nginx.wait();
+    assert!(
+        pulled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pulled.stderr)
+    );
+    assert!(String::from_utf8_lossy(&head.unwrap().stdout).starts_with("HTTP/1.1 206"));
+    let out = env.path("out");
+    client_ok(&env, &cs, &["image", "export", "t:v1", s(&out)]);
+    assert_same_tree(&src, &out);
+}
+
+#[test]
+fn key_rotation_is_followed_by_clients() {
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    let cs = client_store(&env);
+    client_ok(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    let old_timestamp_key = fs::read(env.path("repo.keys/timestamp.pk8")).unwrap();
+    env.ok(&["repo", "key", "rotate", "timestamp", s(&repo)]);
+    env.ok(&["repo", "key", "rotate", "root", s(&repo)]);
+    assert!(repo.join("metadata/3.root.json").exists());
+    assert_ne!(
+        fs::read(env.path("repo.keys/timestamp.pk8")).unwrap(),
+        old_timestamp_key
+    );
+    fs::write(src.join("after-rotation"), b"x").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    let want = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
+    // A client that trusted root 1 earlier, and a new one given only root 1, both follow.
+    for store in [cs, env.path("fresh")] {
+        client_ok(
+            &env,
+            &store,
+            &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+        );
+        let got = json(&client_ok(
+            &env,
+            &store,
+            &["image", "inspect", "--json", "t:v1"],
+        ));
+        assert_eq!(got["version"], want["version"]);
+    }
+    // An unknown role is refused by name.
+    let e = env.fails(&["repo", "key", "rotate", "nosuchrole", s(&repo)]);
+    assert!(e.contains("nosuchrole"), "{e}");
+}

@@ -173,6 +173,18 @@ impl RepoDir {
         files: &[(String, Vec<u8>)],
     ) -> Result<u64> {
         let repo = self.load().await?;
+        self.publish_on(repo, keys, policy, files).await
+    }
+
+    /// As [`Self::publish_targets`], on a repository state loaded beforehand (a key rotation
+    /// loads it before the new root makes the old signatures invalid).
+    async fn publish_on(
+        &self,
+        repo: tough::Repository,
+        keys: &KeyDir,
+        policy: &Policy,
+        files: &[(String, Vec<u8>)],
+    ) -> Result<u64> {
         let next = [
             repo.targets().signed.version.get(),
             repo.snapshot().signed.version.get(),
@@ -252,6 +264,68 @@ impl RepoDir {
         sync_dir(&self.metadata())?;
         let _ = std::fs::remove_dir_all(&staging);
         Ok(())
+    }
+}
+
+impl RepoDir {
+    /// Replaces `role`'s key: a new root version naming the new key, signed by the old and the
+    /// new root keys (so clients can follow the chain), then targets, snapshot and timestamp
+    /// signed again. Returns the new root version.
+    pub async fn rotate_key(&self, keys: &KeyDir, role: &str) -> Result<u64> {
+        if !crate::keys::ROLES.contains(&role) {
+            return Err(invalid(
+                format!("role {role:?}"),
+                "is not root, targets, snapshot or timestamp",
+            ));
+        }
+        let _lock = self.lock()?;
+        let policy = keys.policy()?;
+        let current = self.load().await?;
+        let (version, path) = self.latest_root()?;
+        let old: tough::schema::Signed<Root> =
+            serde_json::from_slice(&std::fs::read(&path).at(&path)?)
+                .map_err(|e| invalid(path.display().to_string(), e.to_string()))?;
+        keys.generate(role)?;
+        let new_root = make_root(version + 1, keys, &policy).await?;
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let old_key = if role == "root" {
+            keys.old_source("root")
+                .ok_or_else(|| invalid("root key rotation", "the previous root key is missing"))?
+        } else {
+            keys.source("root")
+        };
+        let by_old = SignedRole::new(
+            new_root.clone(),
+            &KeyHolder::Root(old.signed.clone()),
+            &[old_key],
+            &rng,
+        )
+        .await
+        .map_err(tuf("signing the new root with the old root key"))?;
+        let signed = SignedRole::new(
+            new_root.clone(),
+            &KeyHolder::Root(new_root),
+            &[keys.source("root")],
+            &rng,
+        )
+        .await
+        .map_err(tuf("signing the new root"))?
+        .add_old_signatures(by_old.signed().signatures.clone())
+        .map_err(tuf("combining root signatures"))?;
+        let staging = self
+            .dir
+            .join(format!(".staging/root-{}", std::process::id()));
+        std::fs::create_dir_all(&staging).at(&staging)?;
+        signed
+            .write(&staging, true)
+            .await
+            .map_err(tuf("writing root metadata"))?;
+        let name = format!("{}.root.json", version + 1);
+        std::fs::rename(staging.join(&name), self.metadata().join(&name))
+            .at(self.metadata().join(&name))?;
+        let _ = std::fs::remove_dir_all(&staging);
+        self.publish_on(current, keys, &policy, &[]).await?;
+        Ok(version + 1)
     }
 }
 
