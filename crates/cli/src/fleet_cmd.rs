@@ -328,7 +328,7 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                 .lookup(&r.commit.root, path.as_bytes(), false)?
                 .ok_or_else(|| anyhow::anyhow!("{}: no {path:?} in the image", r.display))?;
             let cid = match &node {
-                Node::File { data, .. } => Some(search::content_id(data)),
+                Node::File { data, .. } => Some(data.content_id()),
                 _ => None,
             };
             let meta = node.meta().cloned().unwrap_or_default();

@@ -51,6 +51,25 @@ pub enum FileData {
     Chunks(Vec<ChunkRef>),
 }
 
+impl FileData {
+    /// The identity of the content, as search, `image stat` and caches use it: the BLAKE3
+    /// hash of the chunk list (ids and lengths), or of the inline bytes. Equal content stored
+    /// with the same chunking has the same id.
+    pub fn content_id(&self) -> ObjectId {
+        match self {
+            FileData::Inline(b) => ObjectId::of(b),
+            FileData::Chunks(c) => {
+                let mut buf = Vec::with_capacity(c.len() * 36);
+                for r in c {
+                    buf.extend_from_slice(r.id.as_bytes());
+                    buf.extend_from_slice(&r.len.to_le_bytes());
+                }
+                ObjectId::of(&buf)
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Node {
     File {

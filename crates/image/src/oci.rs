@@ -319,7 +319,7 @@ impl BlobReader {
             reason,
         };
         std::io::copy(&mut self, &mut std::io::sink()).map_err(|e| bad(e.to_string()))?;
-        let got = format!("sha256:{}", hex_lower(&self.hasher.finalize()));
+        let got = format!("sha256:{}", hex::encode(self.hasher.finalize()));
         if self.read != self.want.size {
             return Err(bad(format!(
                 "blob {} is {} bytes, its descriptor says {}",
@@ -334,8 +334,4 @@ impl BlobReader {
         }
         Ok(())
     }
-}
-
-pub fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -82,7 +82,7 @@ pub enum Query {
         version: Option<VersionExpr>,
     },
     Path(globset::GlobMatcher),
-    /// A file content id (see [`content_id`]) or a chunk's object id.
+    /// A file content id (see [`FileData::content_id`]) or a chunk's object id.
     Content(ObjectId),
 }
 
@@ -101,23 +101,6 @@ pub struct Hit {
 pub struct Stats {
     pub versions: usize,
     pub trees_read: usize,
-}
-
-/// The identity of a file's content, as search and `image stat` show it: the BLAKE3 hash of
-/// its encoded chunk list (or inline bytes). Equal content stored with the same chunking has
-/// the same id.
-pub fn content_id(data: &FileData) -> ObjectId {
-    match data {
-        FileData::Inline(b) => ObjectId::of(b),
-        FileData::Chunks(c) => {
-            let mut buf = Vec::with_capacity(c.len() * 36);
-            for r in c {
-                buf.extend_from_slice(r.id.as_bytes());
-                buf.extend_from_slice(&r.len.to_le_bytes());
-            }
-            ObjectId::of(&buf)
-        }
-    }
 }
 
 pub fn glob(pattern: &str) -> Result<globset::GlobMatcher> {
@@ -220,7 +203,7 @@ impl TreeSearch<'_, '_> {
                     g.is_match(std::path::Path::new(std::ffi::OsStr::from_bytes(&p)))
                 }
                 (Query::Content(want), Node::File { data, .. }) => {
-                    content_id(data) == *want
+                    data.content_id() == *want
                         || matches!(data, FileData::Chunks(c) if c.iter().any(|c| c.id == *want))
                 }
                 _ => false,

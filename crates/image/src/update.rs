@@ -452,7 +452,7 @@ fn bad_deb(path: &Path, e: std::io::Error) -> Error {
 }
 
 fn hex_md5(b: &[u8]) -> String {
-    Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(Md5::digest(b))
 }
 
 fn list_paths(d: &StageDir, comps: &mut Vec<Vec<u8>>, out: &mut Vec<String>) {

@@ -374,10 +374,7 @@ async fn make_root(version: u64, keys: &KeyDir, policy: &Policy) -> Result<Root>
 }
 
 pub fn sha2_hex(b: &[u8]) -> String {
-    Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
+    hex::encode(Sha256::digest(b))
 }
 
 pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {

@@ -140,7 +140,7 @@ fn put_json<T: serde::Serialize>(blobs: &Path, media_type: &str, v: &T) -> Resul
         path: blobs.to_path_buf(),
         source: std::io::Error::other(e),
     })?;
-    let digest = format!("sha256:{}", oci::hex_lower(&Sha256::digest(&bytes)));
+    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&bytes)));
     write_atomic(&blobs.join(&digest["sha256:".len()..]), &bytes)?;
     Ok(Descriptor {
         media_type: media_type.into(),
@@ -196,7 +196,7 @@ impl<W: Write> Hashing<W> {
     }
 
     fn digest(&self) -> String {
-        format!("sha256:{}", oci::hex_lower(&self.hasher.clone().finalize()))
+        format!("sha256:{}", hex::encode(self.hasher.clone().finalize()))
     }
 }
 

@@ -164,7 +164,7 @@ impl DiffId {
     fn finish(mut self) -> std::io::Result<(oci::BlobReader, String)> {
         use sha2::Digest;
         std::io::copy(&mut self, &mut std::io::sink())?;
-        let id = format!("sha256:{}", oci::hex_lower(&self.hasher.finalize()));
+        let id = format!("sha256:{}", hex::encode(self.hasher.finalize()));
         let blob = match self.inner {
             DecodedBlob::Plain(r) => r.into_inner(),
             DecodedBlob::Gzip(r) => r.into_inner().into_inner(),

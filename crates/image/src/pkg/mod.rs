@@ -14,7 +14,7 @@ use starling_store::ObjectId;
 
 use crate::browse::Browser;
 use crate::error::{Error, Result};
-use crate::manifest::{FileData, Node};
+use crate::manifest::Node;
 
 pub const DPKG_STATUS: &str = "/var/lib/dpkg/status";
 pub const APK_INSTALLED: &str = "/lib/apk/db/installed";
@@ -71,7 +71,7 @@ pub struct Inventory {
 /// package database (most of a fleet) parse it once.
 pub struct Inventories<'s> {
     pub browser: Browser<'s>,
-    parsed: BTreeMap<Vec<ObjectId>, (PkgDb, std::rc::Rc<Vec<Package>>)>,
+    parsed: BTreeMap<ObjectId, (PkgDb, std::rc::Rc<Vec<Package>>)>,
 }
 
 impl<'s> Inventories<'s> {
@@ -95,7 +95,7 @@ impl<'s> Inventories<'s> {
             else {
                 continue;
             };
-            let key = content_key(&data);
+            let key = data.content_id();
             let packages = match self.parsed.get(&key) {
                 Some((_, p)) => p.clone(),
                 None => {
@@ -134,14 +134,6 @@ impl<'s> Inventories<'s> {
             }
         }
         Ok(BTreeMap::new())
-    }
-}
-
-/// A file's identity by content: equal chunk lists (or inline bytes) mean equal bytes.
-fn content_key(data: &FileData) -> Vec<ObjectId> {
-    match data {
-        FileData::Chunks(c) => c.iter().map(|c| c.id).collect(),
-        FileData::Inline(b) => vec![ObjectId::of(b)],
     }
 }
 
