@@ -6,6 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::import::{decompress, Compression};
 use crate::pkg::control::{self, Paragraph};
 
 /// Members larger than this are refused (the data member is streamed, not held).
@@ -23,14 +24,6 @@ pub struct Deb {
     data_offset: u64,
     data_len: u64,
     data_compression: Compression,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Compression {
-    None,
-    Gzip,
-    Xz,
-    Zstd,
 }
 
 impl Deb {
@@ -227,13 +220,4 @@ fn compression_of(member: &str) -> Result<Compression, String> {
             }
         },
     )
-}
-
-fn decompress(r: Box<dyn Read>, c: Compression) -> std::io::Result<Box<dyn Read>> {
-    Ok(match c {
-        Compression::None => r,
-        Compression::Gzip => Box::new(flate2::read::GzDecoder::new(r)),
-        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(r)),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
-    })
 }

@@ -2,7 +2,6 @@
 //! userspace: no loop device, no mount, no root.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -218,21 +217,9 @@ impl Walk<'_> {
     }
 }
 
-/// Whether `head` (the first bytes of a file) looks like a disk image we can read.
-pub(crate) fn looks_like_disk(path: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut head = vec![0u8; 2048];
-    let mut n = 0;
-    let mut r = f.take(2048);
-    while let Ok(k) = r.read(&mut head[n..]) {
-        if k == 0 {
-            break;
-        }
-        n += k;
-    }
-    let head = &head[..n];
+/// Whether `head` (the first 2 KiB of a file) looks like a disk image we can read.
+pub(crate) fn looks_like_disk(head: &[u8]) -> bool {
+    let n = head.len();
     head.starts_with(starling_disk::device::QCOW2_MAGIC)
         || (n >= 1082 && head[1080..1082] == [0x53, 0xEF])
         || (n >= 512 && head[510..512] == [0x55, 0xAA])

@@ -31,7 +31,18 @@ pub enum SourceFormat {
 pub(crate) enum Compression {
     None,
     Gzip,
+    Xz,
     Zstd,
+}
+
+/// A reader of the decompressed stream (gzip members concatenated are read through).
+pub(crate) fn decompress(r: Box<dyn Read>, c: Compression) -> std::io::Result<Box<dyn Read>> {
+    Ok(match c {
+        Compression::None => r,
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
+        Compression::Xz => Box::new(liblzma::read::XzDecoder::new(r)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(r)?),
+    })
 }
 
 pub struct ImportOptions<'a> {
@@ -224,7 +235,8 @@ fn detect(source: &Path, forced: Option<SourceFormat>) -> Result<(SourceFormat, 
     if forced == Some(SourceFormat::Disk) {
         return Ok((SourceFormat::Disk, Compression::None));
     }
-    let mut head = [0u8; 512];
+    // Enough for a tar header, an MBR and an ext superblock's magic.
+    let mut head = [0u8; 2048];
     let n = read_up_to(&mut File::open(source).at(source)?, &mut head).at(source)?;
     let head = &head[..n];
     let compression = if head.starts_with(&[0x1f, 0x8b]) {
@@ -234,10 +246,10 @@ fn detect(source: &Path, forced: Option<SourceFormat>) -> Result<(SourceFormat, 
     } else {
         Compression::None
     };
-    let looks_tar = compression != Compression::None || (n == 512 && tar_checksum_ok(head));
+    let looks_tar = compression != Compression::None || (n >= 512 && tar_checksum_ok(&head[..512]));
     if looks_tar || forced == Some(SourceFormat::Tar) {
         Ok((SourceFormat::Tar, compression))
-    } else if disk::looks_like_disk(source) {
+    } else if disk::looks_like_disk(head) {
         Ok((SourceFormat::Disk, Compression::None))
     } else {
         Err(Error::UnknownFormat {

@@ -123,6 +123,12 @@ fn decompress(r: BufReader<oci::BlobReader>, c: Compression, label: &Path) -> Re
     Ok(match c {
         Compression::None => DecodedBlob::Plain(r),
         Compression::Gzip => DecodedBlob::Gzip(flate2::read::GzDecoder::new(r)),
+        Compression::Xz => {
+            return Err(Error::BadTar {
+                archive: label.to_path_buf(),
+                reason: "xz is not an OCI layer compression".into(),
+            })
+        }
         Compression::Zstd => {
             DecodedBlob::Zstd(zstd::stream::read::Decoder::with_buffer(r).map_err(bad)?)
         }

@@ -31,13 +31,7 @@ pub(crate) fn stage(
         archive: archive_path.to_path_buf(),
         reason: e.to_string(),
     };
-    let reader: Box<dyn Read> = match compression {
-        Compression::None => Box::new(reader),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
-        Compression::Zstd => {
-            Box::new(zstd::stream::read::Decoder::with_buffer(reader).map_err(bad)?)
-        }
-    };
+    let reader = crate::import::decompress(Box::new(reader), compression).map_err(bad)?;
     let mut root = StageDir {
         meta: crate::stage::implicit_dir_meta(),
         children: Default::default(),
