@@ -9,10 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
-}
-
 /// Real packages from Debian's archive (apt-get download), cached beside the rootfs fixtures.
 fn debs(names: &[&str]) -> Option<Vec<PathBuf>> {
     let dir = PathBuf::from(
@@ -47,6 +43,30 @@ fn debs(names: &[&str]) -> Option<Vec<PathBuf>> {
     Some(out)
 }
 
+fn sorted_lines(text: &str) -> Vec<String> {
+    let mut v: Vec<String> = text.lines().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+/// An inventory's packages as sorted tab-separated lines of the given fields.
+fn package_lines(inventory: &serde_json::Value, fields: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = inventory["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            fields
+                .iter()
+                .map(|f| p[*f].as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join("\t")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 fn chroot(root: &Path, args: &[&str]) -> String {
     let mut a = vec![s(root)];
     a.extend_from_slice(args);
@@ -72,24 +92,8 @@ fn inventory_matches_dpkg_query() {
                 &format!("--admindir={}", s(&tree.join("var/lib/dpkg"))),
             ],
         );
-        let mut want: Vec<&str> = want.lines().collect();
-        want.sort();
-        let got: Vec<String> = inv[i]["packages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                format!(
-                    "{}\t{}\t{}\t{}",
-                    p["name"].as_str().unwrap(),
-                    p["version"].as_str().unwrap(),
-                    p["architecture"].as_str().unwrap(),
-                    p["source"].as_str().unwrap()
-                )
-            })
-            .collect();
-        let mut got: Vec<&str> = got.iter().map(String::as_str).collect();
-        got.sort();
+        let want = sorted_lines(&want);
+        let got = package_lines(&inv[i], &["name", "version", "architecture", "source"]);
         assert_eq!(got, want, "inventory of variant {i}");
         assert!(want.len() > 80);
         assert_eq!(inv[i]["os_release"]["VERSION_CODENAME"], "bookworm");
@@ -488,25 +492,10 @@ fn rpm_inventory_matches_rpm_and_orders_versions() {
             "%{NAME}\\t%{EVR}\\t%{ARCH}\\n",
         ],
     );
-    let mut want: Vec<&str> = want.lines().collect();
-    want.sort();
+    let want = sorted_lines(&want);
     let inv = json(&env.ok(&["image", "inventory", "--json", "el:1"]));
     assert_eq!(inv[0]["db"], "rpm");
-    let got: Vec<String> = inv[0]["packages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| {
-            format!(
-                "{}\t{}\t{}",
-                p["name"].as_str().unwrap(),
-                p["version"].as_str().unwrap(),
-                p["architecture"].as_str().unwrap()
-            )
-        })
-        .collect();
-    let mut got: Vec<&str> = got.iter().map(String::as_str).collect();
-    got.sort();
+    let got = package_lines(&inv[0], &["name", "version", "architecture"]);
     assert_eq!(got, want);
     assert_eq!(want.len(), 3);
     // rpm's ordering: the epoch wins, and ~ sorts before the release it precedes.
