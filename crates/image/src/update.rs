@@ -152,7 +152,7 @@ pub fn update(
         }
         if let Some(o) = &overlay {
             let mut children = BTreeMap::new();
-            overlay_edits(o, &mut Vec::new(), &mut children);
+            stage_edits(o, true, &mut Vec::new(), &BTreeSet::new(), &mut children);
             merge_edits(&mut edits.children, children);
         }
         customize(
@@ -527,10 +527,6 @@ fn merge_edits(dst: &mut BTreeMap<Vec<u8>, Edit>, src: BTreeMap<Vec<u8>, Edit>) 
             }
         }
     }
-}
-
-fn overlay_edits(o: &StageDir, comps: &mut Vec<Vec<u8>>, out: &mut BTreeMap<Vec<u8>, Edit>) {
-    stage_edits(o, true, comps, &BTreeSet::new(), out);
 }
 
 #[allow(clippy::too_many_arguments)]

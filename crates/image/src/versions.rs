@@ -24,38 +24,36 @@ pub fn load_commit(store: &Store, id: &ObjectId) -> Result<Commit> {
 
 /// Every version a name's tags have ever held, newest first, without duplicates.
 pub fn versions_of(store: &Store, name: &str) -> Result<Vec<ObjectId>> {
+    Ok(versions_by_name(store)?.remove(name).unwrap_or_default())
+}
+
+/// For every image name, the versions its tags have held, newest first, without duplicates.
+fn versions_by_name(store: &Store) -> Result<std::collections::HashMap<String, Vec<ObjectId>>> {
     let mut seen = std::collections::HashSet::new();
-    let mut all: Vec<(i64, ObjectId)> = Vec::new();
-    for rec in tags::all(store)?.into_iter().filter(|r| r.name == name) {
+    let mut all: Vec<(String, i64, ObjectId)> = Vec::new();
+    for rec in tags::all(store)? {
         for h in rec.history {
-            if seen.insert(h.version) {
-                all.push((h.time_unix_ns, h.version));
+            if seen.insert((rec.name.clone(), h.version)) {
+                all.push((rec.name.clone(), h.time_unix_ns, h.version));
             }
         }
     }
-    all.sort_by(|a, b| b.cmp(a));
-    Ok(all.into_iter().map(|(_, v)| v).collect())
+    all.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
+    let mut by_name: std::collections::HashMap<String, Vec<ObjectId>> = Default::default();
+    for (n, _, v) in all {
+        by_name.entry(n).or_default().push(v);
+    }
+    Ok(by_name)
 }
 
 /// Resolves many references, reading the tag records once (for fleet commands that name
 /// hundreds of versions).
 pub fn resolve_many(store: &Store, refs: &[ImageRef]) -> Result<Vec<Resolved>> {
-    let mut by_name: std::collections::HashMap<String, Vec<ObjectId>> = Default::default();
-    if refs.iter().any(|r| matches!(r, ImageRef::Version { .. })) {
-        let mut seen = std::collections::HashSet::new();
-        let mut all: Vec<(String, i64, ObjectId)> = Vec::new();
-        for rec in tags::all(store)? {
-            for h in rec.history {
-                if seen.insert((rec.name.clone(), h.version)) {
-                    all.push((rec.name.clone(), h.time_unix_ns, h.version));
-                }
-            }
-        }
-        all.sort_by(|a, b| b.1.cmp(&a.1).then(b.2.cmp(&a.2)));
-        for (n, _, v) in all {
-            by_name.entry(n).or_default().push(v);
-        }
-    }
+    let by_name = if refs.iter().any(|r| matches!(r, ImageRef::Version { .. })) {
+        versions_by_name(store)?
+    } else {
+        Default::default()
+    };
     refs.iter()
         .map(|r| match r {
             ImageRef::Tag { .. } => resolve(store, r),
