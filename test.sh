@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/deps.sh
-install_deps
+install_deps "${starling_test_deps[@]}"
 need_cargo
 
 cargo fmt --all -- --check

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Installs the Debian packages Starling's demo, tests and benchmarks use, when any is missing.
+# Installs the Debian packages Starling's demo and tests use, when any is missing.
 # Sourced by demo.sh and test.sh; safe to run again.
 set -euo pipefail
 
-starling_deps=(debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs qemu-utils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx)
+# What the demo needs (build, debootstrap fixtures, mtree verification).
+starling_deps=(debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs)
+# The format owners' tools and servers the tests use as judges and peers.
+starling_test_deps=(qemu-utils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx)
 
 install_deps() {
   local missing=() p

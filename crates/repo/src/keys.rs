@@ -134,8 +134,20 @@ impl KeyDir {
     pub fn policy(&self) -> Result<Policy> {
         let p = self.dir.join(POLICY);
         match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map_err(|e| invalid(p.display().to_string(), e.to_string())),
+            Ok(b) => {
+                let policy: Policy = serde_json::from_slice(&b)
+                    .map_err(|e| invalid(p.display().to_string(), e.to_string()))?;
+                if policy.format != 1 {
+                    return Err(invalid(
+                        p.display().to_string(),
+                        format!(
+                            "policy format {} is not supported (this build reads 1)",
+                            policy.format
+                        ),
+                    ));
+                }
+                Ok(policy)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Policy::default()),
             Err(e) => Err(e).at(&p),
         }

@@ -151,9 +151,7 @@ async fn read_record(repo: &tough::Repository, n: &TargetName) -> Result<Option<
         .into_vec()
         .await
         .map_err(tuf(format!("reading target {}", n.raw())))?;
-    let rec: ImageRecord = serde_json::from_slice(&bytes)
-        .map_err(|e| invalid(format!("record {}", n.raw()), e.to_string()))?;
-    Ok(Some(rec))
+    Ok(Some(ImageRecord::parse(&bytes, n.raw())?))
 }
 
 #[derive(Debug, serde::Serialize)]

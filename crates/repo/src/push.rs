@@ -76,10 +76,7 @@ pub async fn push(
                 .into_vec()
                 .await
                 .map_err(tuf(format!("reading {tname}")))?;
-            Some(
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| invalid(format!("record {tname}"), e.to_string()))?,
-            )
+            Some(ImageRecord::parse(&bytes, &tname)?)
         }
         None => None,
     };
