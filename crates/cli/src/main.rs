@@ -37,17 +37,18 @@ enum Command {
     /// Create, serve and list TUF-signed repositories
     #[command(subcommand)]
     Repo(repo_cmd::RepoCmd),
-    /// Publish an image version to a repository directory (only missing objects are copied)
+    /// Publish an image version to a repository (only missing objects are copied)
     Push {
         /// NAME[:TAG] or NAME@VERSION
         image: String,
-        /// Repository directory
-        dest: PathBuf,
+        /// Repository: a directory or s3://BUCKET[/PREFIX] (AWS_* environment variables give
+        /// the endpoint, region and credentials)
+        dest: String,
         /// Publish under this NAME[:TAG]
         #[arg(long = "as", value_name = "NAME[:TAG]")]
         as_name: Option<String>,
-        /// Key directory [default: DEST.keys]
-        #[arg(long, value_name = "DIR")]
+        /// Key directory [default: DEST.keys beside a directory repository]
+        #[arg(long, value_name = "DIR", env = "STARLING_KEYS")]
         keys: Option<PathBuf>,
         #[arg(long)]
         json: bool,

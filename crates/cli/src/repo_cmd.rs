@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use starling_image::reference::ImageRef;
+use starling_repo::backend::Backend;
 use starling_repo::keys::{KeyDir, Policy};
-use starling_repo::meta::RepoDir;
+use starling_repo::meta::Repo;
 use starling_repo::pull::{ClientOptions, Remote};
 use starling_store::Store;
 
@@ -16,10 +17,18 @@ pub enum RepoCmd {
     /// Create a repository: TUF root, targets, snapshot and timestamp roles with fresh ed25519
     /// keys kept in a key directory outside the repository
     Init {
-        dir: PathBuf,
-        /// Key directory [default: DIR.keys beside the repository]
+        /// A directory, or s3://BUCKET[/PREFIX] (AWS_* environment variables give the
+        /// endpoint, region and credentials)
+        dest: String,
+        /// Key directory [default: DIR.keys beside a directory repository; required for S3]
         #[arg(long, value_name = "DIR")]
         keys: Option<PathBuf>,
+        /// Signatures every role needs (each role gets that many keys)
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+        threshold: u64,
+        /// Signatures the root role needs [default: --threshold]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
+        root_threshold: Option<u64>,
         /// Validity of timestamp metadata, seconds
         #[arg(long, default_value_t = Policy::default().timestamp_expires)]
         timestamp_expires: u64,
@@ -60,8 +69,8 @@ pub enum KeyCmd {
     Rotate {
         /// root, targets, snapshot or timestamp
         role: String,
-        /// Repository directory
-        repo: PathBuf,
+        /// Repository: a directory or s3://BUCKET[/PREFIX]
+        repo: String,
         /// Key directory [default: REPO.keys]
         #[arg(long, value_name = "DIR")]
         keys: Option<PathBuf>,
@@ -72,41 +81,52 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
     let rt = starling_repo::runtime()?;
     match cmd {
         RepoCmd::Init {
-            dir,
+            dest,
             keys,
+            threshold,
+            root_threshold,
             timestamp_expires,
             snapshot_expires,
             targets_expires,
             root_expires,
         } => {
-            let keys = keys.unwrap_or_else(|| default_keys(&dir));
-            let policy = Policy {
+            let backend = Backend::parse(&dest)?;
+            let keys = key_dir(&backend, keys)?;
+            let mut policy = Policy {
                 timestamp_expires,
                 snapshot_expires,
                 targets_expires,
                 root_expires,
+                threshold,
                 ..Policy::default()
             };
+            if let Some(t) = root_threshold {
+                policy.thresholds.insert("root".into(), t);
+            }
             let kd = KeyDir::create(&keys, &policy)?;
             let repo = rt
-                .block_on(RepoDir::init(&dir, &kd, &policy))
-                .with_context(|| format!("creating repository {}", dir.display()))?;
-            let (_, root) = repo.latest_root()?;
-            println!("{}", root.display());
+                .block_on(Repo::init(backend, &kd, &policy))
+                .with_context(|| format!("creating repository {dest}"))?;
+            let (_, root) = rt.block_on(repo.latest_root())?;
+            // The trusted root for clients, beside the keys (for object storage there is no
+            // local copy otherwise).
+            let root_file = keys.join("1.root.json");
+            std::fs::write(&root_file, root)
+                .with_context(|| format!("writing {}", root_file.display()))?;
+            println!("{}", root_file.display());
             eprintln!(
-                "created {}; keys in {}; give clients {} as their trusted root",
-                dir.display(),
+                "created {dest}; keys in {}; give clients {} as their trusted root",
                 keys.display(),
-                root.display()
+                root_file.display()
             );
         }
         RepoCmd::Key(KeyCmd::Rotate { role, repo, keys }) => {
-            let r = RepoDir::open(&repo)?;
-            let kd = KeyDir::open(&keys.unwrap_or_else(|| default_keys(&repo)))?;
+            let backend = Backend::parse(&repo)?;
+            let kd = KeyDir::open(&key_dir(&backend, keys)?)?;
             let v = rt
-                .block_on(r.rotate_key(&kd, &role))
-                .with_context(|| format!("rotating the {role} key of {}", repo.display()))?;
-            eprintln!("{role} key rotated; root metadata version {v}");
+                .block_on(async { Repo::open(backend).await?.rotate_key(&kd, &role).await })
+                .with_context(|| format!("rotating the {role} keys of {repo}"))?;
+            eprintln!("{role} keys rotated; root metadata version {v}");
         }
         RepoCmd::Serve { dir, listen } => {
             rt.block_on(starling_repo::serve::serve(dir, &listen))?;
@@ -150,18 +170,28 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn default_keys(repo: &Path) -> PathBuf {
+/// `--keys`, or `DIR.keys` beside a directory repository.
+fn key_dir(backend: &Backend, keys: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(k) = keys {
+        return Ok(k);
+    }
+    let Some(repo) = backend.dir() else {
+        anyhow::bail!(
+            "repository {} is in object storage: give its key directory with --keys",
+            backend.describe()
+        );
+    };
     let name = repo
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "repo".into());
-    repo.with_file_name(format!("{name}.keys"))
+    Ok(repo.with_file_name(format!("{name}.keys")))
 }
 
 pub fn push(
     store_dir: &Path,
     image: &str,
-    dest: &Path,
+    dest: &str,
     as_name: Option<&str>,
     keys: Option<PathBuf>,
     json: bool,
@@ -169,14 +199,15 @@ pub fn push(
     let store = Store::open(store_dir)?;
     let what = ImageRef::parse(image)?;
     let as_name = as_name.map(ImageRef::parse_tag).transpose()?;
-    let repo = RepoDir::open(dest)?;
-    let kd = KeyDir::open(&keys.unwrap_or_else(|| default_keys(dest)))?;
+    let backend = Backend::parse(dest)?;
+    let kd = KeyDir::open(&key_dir(&backend, keys)?)?;
     let rt = starling_repo::runtime()?;
     let r = rt
-        .block_on(starling_repo::push::push(
-            &store, &what, &repo, &kd, as_name,
-        ))
-        .with_context(|| format!("pushing {image} to {}", dest.display()))?;
+        .block_on(async {
+            let repo = Repo::open(backend).await?;
+            starling_repo::push::push(&store, &what, &repo, &kd, as_name).await
+        })
+        .with_context(|| format!("pushing {image} to {dest}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

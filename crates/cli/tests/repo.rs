@@ -227,16 +227,17 @@ fn push_serve_pull_over_http() {
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
 
-/// python-tuf in a venv (cached beside the other test inputs), or `None` after a loud skip.
-fn python_tuf() -> Option<PathBuf> {
+/// A Python venv (cached beside the other test inputs) with `package` installed, or `None`
+/// after a loud skip.
+fn venv(name: &str, package: &str, check: &str) -> Option<PathBuf> {
     let cache = PathBuf::from(
         std::env::var("STARLING_TEST_CACHE").unwrap_or_else(|_| "/var/cache/starling-test".into()),
     );
-    let venv = cache.join("venv-tuf");
+    let venv = cache.join(name);
     let py = venv.join("bin/python");
     let ok = |p: &Path| {
         Command::new(p)
-            .args(["-c", "import tuf.ngclient"])
+            .args(["-c", check])
             .output()
             .is_ok_and(|o| o.status.success())
     };
@@ -248,15 +249,21 @@ fn python_tuf() -> Option<PathBuf> {
             .output()
             .is_ok_and(|o| o.status.success())
             && Command::new(venv.join("bin/pip"))
-                .args(["install", "-q", "tuf==7.0.1"])
+                .args(["install", "-q", package])
                 .output()
                 .is_ok_and(|o| o.status.success());
         if !made || !ok(&py) {
-            skip("python-tuf could not be installed (python3-venv, PyPI)");
+            skip(&format!(
+                "{package} could not be installed (python3-venv, PyPI)"
+            ));
             return None;
         }
     }
-    Some(py)
+    Some(venv)
+}
+
+fn python_tuf() -> Option<PathBuf> {
+    venv("venv-tuf", "tuf==7.0.1", "import tuf.ngclient").map(|v| v.join("bin/python"))
 }
 
 #[test]
@@ -535,14 +542,31 @@ fn attack_slow_retrieval_times_out() {
 fn concurrent_and_killed_pushes_never_half_publish() {
     let env = Env::new();
     let (repo, src) = published(&env);
-    // Several pushes at once, to different tags: all land, the metadata chain stays valid.
+    pushes_never_half_publish(&env, &src, s(&repo), &[], s(&repo), &root_of(&repo));
+}
+
+/// Several pushes at once to different tags all land with the metadata chain valid; pushes
+/// killed at random points leave the previous state valid and the next push completes it.
+/// `dest` already holds `t:v1` (from `src`); `pull_from` reads the same repository.
+fn pushes_never_half_publish(
+    env: &Env,
+    src: &Path,
+    dest: &str,
+    vars: &[(&str, String)],
+    pull_from: &str,
+    root: &str,
+) {
+    let push = |tag: &str| {
+        let mut c = env.cmd();
+        c.args(["push", tag, dest]).envs(vars.iter().cloned());
+        c
+    };
     for i in 0..4 {
         env.ok(&["image", "tag", "t:v1", &format!("t:c{i}")]);
     }
     let kids: Vec<_> = (0..4)
         .map(|i| {
-            env.cmd()
-                .args(["push", &format!("t:c{i}"), s(&repo)])
+            push(&format!("t:c{i}"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -553,21 +577,24 @@ fn concurrent_and_killed_pushes_never_half_publish() {
         let o = k.wait_with_output().unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
-    let cs = client_store(&env);
+    let cs = client_store(env);
     let ls = json(&client_ok(
-        &env,
+        env,
         &cs,
-        &["repo", "ls", "--json", s(&repo), "--root", &root_of(&repo)],
+        &["repo", "ls", "--json", pull_from, "--root", root],
     ));
-    assert_eq!(ls.as_array().unwrap().len(), 5, "{ls}");
-    // Pushes killed at random points: the previous state stays valid, the next push completes.
+    let tags: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(tags.len(), 5, "every concurrent push landed: {ls}");
     fs::write(src.join("big"), vec![3u8; 4 << 20]).unwrap();
     for i in 0..8u64 {
         fs::write(src.join("round"), format!("{i}")).unwrap();
-        env.ok(&["image", "import", s(&src), "t:v1"]);
-        let mut k = env
-            .cmd()
-            .args(["push", "t:v1", s(&repo)])
+        env.ok(&["image", "import", s(src), "t:v1"]);
+        let mut k = push("t:v1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -575,18 +602,19 @@ fn concurrent_and_killed_pushes_never_half_publish() {
         std::thread::sleep(std::time::Duration::from_millis(5 + i * 15));
         let _ = k.kill();
         let _ = k.wait();
-        client_ok(&env, &cs, &["repo", "ls", s(&repo)]);
+        client_ok(env, &cs, &["repo", "ls", pull_from]);
     }
-    env.ok(&["push", "t:v1", s(&repo)]);
+    let o = push("t:v1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
-    client_ok(&env, &cs, &["pull", s(&repo), "t:v1"]);
+    client_ok(env, &cs, &["pull", pull_from, "t:v1"]);
     let got = json(&client_ok(
-        &env,
+        env,
         &cs,
         &["image", "inspect", "--json", "t:v1"],
     ));
     assert_eq!(got["version"], want["version"]);
-    client_ok(&env, &cs, &["store", "fsck"]);
+    client_ok(env, &cs, &["store", "fsck"]);
 }
 
 #[test]
@@ -701,4 +729,282 @@ fn key_rotation_is_followed_by_clients() {
     // An unknown role is refused by name.
     let e = env.fails(&["repo", "key", "rotate", "nosuchrole", s(&repo)]);
     assert!(e.contains("nosuchrole"), "{e}");
+}
+
+/// An S3-compatible server (moto, from PyPI) on a free loopback port; killed on drop.
+struct S3Server {
+    child: Child,
+    port: u16,
+}
+
+impl S3Server {
+    fn start(env: &Env) -> Option<S3Server> {
+        let venv = venv("venv-moto", "moto[server]==5.2.5", "import moto.server")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = fs::File::create(env.path("s3.log")).unwrap();
+        let child = Command::new(venv.join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("moto_server");
+        let server = S3Server { child, port };
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed().as_secs() < 60,
+                "S3 server did not start: {}",
+                fs::read_to_string(env.path("s3.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A bucket whose objects anyone may read (as a repository behind a CDN would be).
+    fn public_bucket(&self, name: &str) {
+        // The server checks that requests carry credentials, not the signature.
+        let auth = "Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature=0";
+        let url = format!("{}/{name}", self.url());
+        tool(
+            "curl",
+            &[
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                auth,
+                "-H",
+                "Content-Length: 0",
+                &url,
+            ],
+        );
+        let policy = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::{name}/*"}}]}}"#
+        );
+        tool(
+            "curl",
+            &[
+                "-sf",
+                "-X",
+                "PUT",
+                "-H",
+                auth,
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &policy,
+                &format!("{url}?policy"),
+            ],
+        );
+    }
+
+    /// What `starling` needs in its environment to reach the server.
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", self.url()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn with_vars(env: &Env, vars: &[(&str, String)], args: &[&str]) -> std::process::Output {
+    env.cmd()
+        .args(args)
+        .envs(vars.iter().cloned())
+        .output()
+        .unwrap()
+}
+
+fn ok_with(env: &Env, vars: &[(&str, String)], args: &[&str]) -> String {
+    let o = with_vars(env, vars, args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn s3_push_is_pulled_over_http_and_survives_concurrent_and_killed_pushes() {
+    let env = Env::new();
+    let Some(s3) = S3Server::start(&env) else {
+        return;
+    };
+    s3.public_bucket("images");
+    let vars = s3.vars();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let keys = env.path("keys");
+    let dest = "s3://images/prod/repo";
+
+    // Object storage has no place for keys: --keys is required.
+    let o = with_vars(&env, &vars, &["repo", "init", dest]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--keys"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let root = ok_with(&env, &vars, &["repo", "init", dest, "--keys", s(&keys)]);
+    let root = root.trim().to_string();
+    assert!(Path::new(&root).exists(), "{root}");
+    // A second init of the same place is refused.
+    let o = with_vars(
+        &env,
+        &vars,
+        &["repo", "init", dest, "--keys", s(&env.path("k2"))],
+    );
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let p = json(&ok_with(
+        &env,
+        &vars,
+        &["push", "--json", "t:v1", dest, "--keys", s(&keys)],
+    ));
+    assert_eq!(p["uploaded"], p["objects"], "{p}");
+    // The bucket is a repository any HTTP client reads: pull it over plain HTTP.
+    let http = format!("{}/images/prod/repo", s3.url());
+    let cs = client_store(&env);
+    client_ok(&env, &cs, &["pull", &http, "t:v1", "--root", &root]);
+    let out = env.path("out");
+    client_ok(&env, &cs, &["image", "export", "t:v1", s(&out)]);
+    assert_same_tree(&src, &out);
+
+    // A second version uploads only what changed.
+    fs::write(src.join("new-file"), vec![9u8; 100_000]).unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let p = json(&ok_with(
+        &env,
+        &vars,
+        &["push", "--json", "t:v1", dest, "--keys", s(&keys)],
+    ));
+    let uploaded = p["uploaded"].as_u64().unwrap();
+    assert!((2..=4).contains(&uploaded), "{p}");
+    let r = json(&client_ok(&env, &cs, &["pull", "--json", &http, "t:v1"]));
+    assert_eq!(r["fetched"].as_u64().unwrap(), uploaded, "{r}");
+
+    // Wrong bucket: a clear error naming it.
+    let o = with_vars(
+        &env,
+        &vars,
+        &["push", "t:v1", "s3://no-such-bucket/x", "--keys", s(&keys)],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("no-such-bucket"), "{e}");
+
+    // The key directory through the environment this time.
+    let mut v = vars.clone();
+    v.push(("STARLING_KEYS", s(&keys).to_string()));
+    pushes_never_half_publish(&env, &src, dest, &v, &http, &root);
+}
+
+#[test]
+fn thresholds_need_every_role_key() {
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let repo = env.path("repo");
+    env.ok(&[
+        "repo",
+        "init",
+        s(&repo),
+        "--threshold",
+        "2",
+        "--root-threshold",
+        "3",
+    ]);
+    let root: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("metadata/1.root.json")).unwrap()).unwrap();
+    for (role, want) in [
+        ("root", 3),
+        ("targets", 2),
+        ("snapshot", 2),
+        ("timestamp", 2),
+    ] {
+        let r = &root["signed"]["roles"][role];
+        assert_eq!(r["threshold"], want, "{role}: {r}");
+        assert_eq!(
+            r["keyids"].as_array().unwrap().len(),
+            want as usize,
+            "{role}"
+        );
+    }
+    assert_eq!(root["signatures"].as_array().unwrap().len(), 3);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    let ts: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("metadata/timestamp.json")).unwrap()).unwrap();
+    assert_eq!(ts["signatures"].as_array().unwrap().len(), 2);
+    let cs = env.path("client0");
+    client_ok(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+
+    // One signature short: a client refuses it.
+    let mut bad = ts.clone();
+    bad["signatures"].as_array_mut().unwrap().pop();
+    let good = fs::read(repo.join("metadata/timestamp.json")).unwrap();
+    fs::write(
+        repo.join("metadata/timestamp.json"),
+        serde_json::to_vec(&bad).unwrap(),
+    )
+    .unwrap();
+    let e = refused_pull(&env, s(&repo), &repo);
+    assert!(e.contains("threshold") || e.contains("signature"), "{e}");
+    fs::write(repo.join("metadata/timestamp.json"), good).unwrap();
+
+    // A publisher missing one of a role's keys cannot sign: refused before anything changes.
+    fs::write(src.join("more"), b"more").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let keys = env.path("repo.keys");
+    fs::rename(keys.join("snapshot.2.pk8"), env.path("aside.pk8")).unwrap();
+    let before = fs::read(repo.join("metadata/timestamp.json")).unwrap();
+    let e = env.fails(&["push", "t:v1", s(&repo)]);
+    assert!(e.contains("threshold"), "{e}");
+    assert_eq!(
+        fs::read(repo.join("metadata/timestamp.json")).unwrap(),
+        before
+    );
+    fs::rename(env.path("aside.pk8"), keys.join("snapshot.2.pk8")).unwrap();
+    env.ok(&["push", "t:v1", s(&repo)]);
+
+    // Rotation replaces every key of the role, and clients follow the new root.
+    env.ok(&["repo", "key", "rotate", "root", s(&repo)]);
+    let r2: serde_json::Value =
+        serde_json::from_slice(&fs::read(repo.join("metadata/2.root.json")).unwrap()).unwrap();
+    // Signed by the 3 old and the 3 new root keys.
+    assert_eq!(r2["signatures"].as_array().unwrap().len(), 6, "{r2}");
+    let cs2 = env.path("client2");
+    client_ok(
+        &env,
+        &cs2,
+        &["repo", "ls", s(&repo), "--root", &root_of(&repo)],
+    );
 }

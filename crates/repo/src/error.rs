@@ -30,6 +30,9 @@ pub enum Error {
     },
     #[error("fetching {url}: {reason}")]
     Fetch { url: String, reason: String },
+    /// Another publisher changed the repository first (object storage compare-and-swap).
+    #[error("{0} changed during publication (another push won); try again")]
+    Conflict(String),
     #[error("no image {0} in the repository")]
     UnknownImage(String),
 }

@@ -21,7 +21,21 @@ pub struct Policy {
     pub targets_expires: u64,
     pub snapshot_expires: u64,
     pub timestamp_expires: u64,
+    /// Signatures each role needs (and keys it has), unless `thresholds` names the role.
     pub threshold: u64,
+    /// Per-role thresholds, e.g. {"root": 2}.
+    #[serde(default)]
+    pub thresholds: std::collections::BTreeMap<String, u64>,
+}
+
+impl Policy {
+    pub fn threshold(&self, role: &str) -> u64 {
+        self.thresholds
+            .get(role)
+            .copied()
+            .unwrap_or(self.threshold)
+            .max(1)
+    }
 }
 
 impl Default for Policy {
@@ -34,6 +48,7 @@ impl Default for Policy {
             snapshot_expires: 30 * DAY,
             timestamp_expires: DAY,
             threshold: 1,
+            thresholds: Default::default(),
         }
     }
 }
@@ -43,8 +58,25 @@ pub struct KeyDir {
 }
 
 impl KeyDir {
+    /// Key file `n` (1-based) of a role: `ROLE.pk8`, `ROLE.2.pk8`, ...
+    pub fn path_n(&self, role: &str, n: u64) -> PathBuf {
+        if n <= 1 {
+            self.dir.join(format!("{role}.pk8"))
+        } else {
+            self.dir.join(format!("{role}.{n}.pk8"))
+        }
+    }
+
     pub fn path(&self, role: &str) -> PathBuf {
-        self.dir.join(format!("{role}.pk8"))
+        self.path_n(role, 1)
+    }
+
+    /// Every key file the role has, in order.
+    pub fn paths(&self, role: &str) -> Vec<PathBuf> {
+        (1..)
+            .map(|n| self.path_n(role, n))
+            .take_while(|p| p.exists())
+            .collect()
     }
 
     /// Creates the directory with a fresh key for every role. Refuses to overwrite keys.
@@ -68,7 +100,7 @@ impl KeyDir {
             }
         }
         for role in ROLES {
-            kd.generate(role)?;
+            kd.generate(role, policy)?;
         }
         let p = dir.join(POLICY);
         let text =
@@ -92,16 +124,31 @@ impl KeyDir {
         Ok(kd)
     }
 
-    /// A new key for `role`, replacing the old one (which is kept as `ROLE.pk8.old`).
-    pub fn generate(&self, role: &str) -> Result<()> {
+    /// New keys for `role` (as many as its threshold), replacing the old ones (kept as
+    /// `*.pk8.old` for signing the next root during a rotation).
+    pub fn generate(&self, role: &str, policy: &Policy) -> Result<()> {
+        let old = self.paths(role);
+        for p in &old {
+            let o = p.with_extension("pk8.old");
+            std::fs::rename(p, &o).at(&o)?;
+        }
+        // Older leftovers beyond the current set would otherwise pass for old keys.
+        for n in (old.len() as u64 + 1).. {
+            let o = self.path_n(role, n).with_extension("pk8.old");
+            if std::fs::remove_file(&o).is_err() {
+                break;
+            }
+        }
+        for n in 1..=policy.threshold(role) {
+            self.generate_one(&self.path_n(role, n))?;
+        }
+        Ok(())
+    }
+
+    fn generate_one(&self, p: &Path) -> Result<()> {
         let rng = SystemRandom::new();
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
             .map_err(|_| invalid("key generation", "failed"))?;
-        let p = self.path(role);
-        if p.exists() {
-            let old = p.with_extension("pk8.old");
-            std::fs::rename(&p, &old).at(&old)?;
-        }
         let tmp = p.with_extension("tmp");
         {
             use std::io::Write;
@@ -116,19 +163,57 @@ impl KeyDir {
                 .and_then(|_| f.sync_all())
                 .at(&tmp)?;
         }
-        std::fs::rename(&tmp, &p).at(&p)
+        std::fs::rename(&tmp, p).at(p)
     }
 
-    pub fn source(&self, role: &str) -> Box<dyn KeySource> {
-        Box::new(LocalKeySource {
-            path: self.path(role),
-        })
+    /// Signing keys of a role (all of them; tough signs with each the role lists).
+    pub fn sources(&self, role: &str) -> Result<Vec<Box<dyn KeySource>>> {
+        let paths = self.paths(role);
+        if paths.is_empty() {
+            return Err(invalid(
+                format!("key directory {}", self.dir.display()),
+                format!(
+                    "has no {role} key ({} is missing)",
+                    self.path(role).display()
+                ),
+            ));
+        }
+        Ok(paths
+            .into_iter()
+            .map(|path| Box::new(LocalKeySource { path }) as Box<dyn KeySource>)
+            .collect())
     }
 
-    pub fn old_source(&self, role: &str) -> Option<Box<dyn KeySource>> {
-        let p = self.path(role).with_extension("pk8.old");
-        p.exists()
-            .then(|| Box::new(LocalKeySource { path: p }) as Box<dyn KeySource>)
+    /// Refuses a key directory that cannot sign under `policy` (fewer keys than a role's
+    /// threshold), before anything is uploaded.
+    pub fn check(&self, policy: &Policy) -> Result<()> {
+        for role in ROLES {
+            let have = self.paths(role).len() as u64;
+            let need = policy.threshold(role);
+            if have < need {
+                return Err(invalid(
+                    format!("key directory {}", self.dir.display()),
+                    format!("has {have} {role} keys, fewer than the role's threshold {need}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys a role had before its last rotation.
+    pub fn old_sources(&self, role: &str) -> Result<Vec<Box<dyn KeySource>>> {
+        let v: Vec<Box<dyn KeySource>> = (1..)
+            .map(|n| self.path_n(role, n).with_extension("pk8.old"))
+            .take_while(|p| p.exists())
+            .map(|path| Box::new(LocalKeySource { path }) as Box<dyn KeySource>)
+            .collect();
+        if v.is_empty() {
+            return Err(invalid(
+                format!("{role} key rotation"),
+                "the previous keys are missing",
+            ));
+        }
+        Ok(v)
     }
 
     pub fn policy(&self) -> Result<Policy> {

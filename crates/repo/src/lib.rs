@@ -2,6 +2,7 @@
 //! then signed metadata), `serve`, and `pull` (TUF verification first, then every object
 //! checked against its content address as it arrives).
 
+pub mod backend;
 pub mod error;
 pub mod keys;
 pub mod meta;

@@ -9,23 +9,24 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
-use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 use tough::editor::signed::SignedRole;
 use tough::editor::RepositoryEditor;
-use tough::key_source::KeySource;
-use tough::schema::{KeyHolder, RoleKeys, RoleType, Root, Target};
-use tough::{ExpirationEnforcement, FilesystemTransport, RepositoryLoader, TargetName};
+use tough::schema::{Hashes, KeyHolder, RoleKeys, RoleType, Root, Target};
+use tough::{ExpirationEnforcement, RepositoryLoader, TargetName};
 
+use crate::backend::{Backend, FileVersion};
 use crate::error::{invalid, tuf, IoContext, Result};
 use crate::keys::{KeyDir, Policy};
 
 pub const REPO_FORMAT: &str = "starling-repo 1";
+const TIMESTAMP: &str = "metadata/timestamp.json";
 
-pub struct RepoDir {
-    pub dir: PathBuf,
+/// A repository as its publisher sees it, on any [`Backend`].
+pub struct Repo {
+    pub backend: Backend,
 }
 
 fn nz(n: u64) -> NonZeroU64 {
@@ -38,181 +39,178 @@ fn expires_in(secs: u64) -> Result<Timestamp> {
     Timestamp::from_second(t).map_err(|e| invalid("expiry time", e.to_string()))
 }
 
-fn url(p: &Path) -> Result<url::Url> {
-    let abs = std::fs::canonicalize(p).at(p)?;
-    url::Url::from_directory_path(&abs)
-        .map_err(|_| invalid(p.display().to_string(), "not an absolute directory path"))
+/// `N` of a versioned metadata file name `N.ROLE.json`.
+fn metadata_version(rel: &str, role: &str) -> Option<u64> {
+    rel.strip_prefix("metadata/")?
+        .strip_suffix(&format!(".{role}.json"))?
+        .parse()
+        .ok()
 }
 
-impl RepoDir {
-    pub fn metadata(&self) -> PathBuf {
-        self.dir.join("metadata")
-    }
-    pub fn targets(&self) -> PathBuf {
-        self.dir.join("targets")
-    }
-    pub fn objects(&self) -> PathBuf {
-        self.dir.join("objects")
-    }
-
-    pub fn open(dir: &Path) -> Result<RepoDir> {
-        let marker = dir.join("starling-repo");
-        match std::fs::read_to_string(&marker) {
-            Ok(t) if t.trim() == REPO_FORMAT => Ok(RepoDir {
-                dir: dir.to_path_buf(),
-            }),
-            Ok(t) => Err(invalid(
-                format!("repository {}", dir.display()),
-                format!("format {:?} is not supported (this build writes {REPO_FORMAT:?})", t.trim()),
+impl Repo {
+    pub async fn open(backend: Backend) -> Result<Repo> {
+        let what = || format!("repository {}", backend.describe());
+        match backend.get("starling-repo").await? {
+            Some((t, _)) if String::from_utf8_lossy(&t).trim() == REPO_FORMAT => {
+                Ok(Repo { backend })
+            }
+            Some((t, _)) => Err(invalid(
+                what(),
+                format!(
+                    "format {:?} is not supported (this build writes {REPO_FORMAT:?})",
+                    String::from_utf8_lossy(&t).trim()
+                ),
             )),
-            Err(_) => Err(invalid(
-                format!("repository {}", dir.display()),
+            None => Err(invalid(
+                what(),
                 "not a Starling repository (no starling-repo file; create one with `starling repo init`)",
             )),
         }
     }
 
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
     /// Creates a repository: root metadata signed with the keys, and empty signed targets,
     /// snapshot and timestamp.
-    pub async fn init(dir: &Path, keys: &KeyDir, policy: &Policy) -> Result<RepoDir> {
-        if dir.join("starling-repo").exists() || dir.join("metadata").exists() {
-            return Err(invalid(
-                format!("repository {}", dir.display()),
-                "already exists",
-            ));
+    pub async fn init(backend: Backend, keys: &KeyDir, policy: &Policy) -> Result<Repo> {
+        let what = format!("repository {}", backend.describe());
+        if backend.get("starling-repo").await?.is_some()
+            || !backend.list("metadata/").await?.is_empty()
+        {
+            return Err(invalid(what, "already exists"));
         }
-        let repo = RepoDir {
-            dir: dir.to_path_buf(),
-        };
-        for d in [repo.metadata(), repo.targets(), repo.objects()] {
-            std::fs::create_dir_all(&d).at(&d)?;
+        if let Some(d) = backend.dir() {
+            for sub in ["metadata", "targets", "objects"] {
+                let p = d.join(sub);
+                std::fs::create_dir_all(&p).at(&p)?;
+            }
         }
+        let repo = Repo { backend };
         let root = make_root(1, keys, policy).await?;
         let signed = SignedRole::new(
             root.clone(),
-            &KeyHolder::Root(root),
-            &[keys.source("root")],
+            &KeyHolder::Root(root.clone()),
+            &keys.sources("root")?,
             &aws_lc_rs::rand::SystemRandom::new(),
         )
         .await
         .map_err(tuf("signing root metadata"))?;
-        signed
-            .write(repo.metadata(), true)
-            .await
-            .map_err(tuf("writing root metadata"))?;
-        let _lock = repo.lock()?;
-        let ed = RepositoryEditor::new(repo.latest_root()?.1)
-            .await
-            .map_err(tuf("opening the new repository"))?;
-        repo.sign_and_publish(ed, keys, policy, 1).await?;
-        let marker = dir.join("starling-repo");
-        std::fs::write(&marker, format!("{REPO_FORMAT}\n")).at(&marker)?;
+        if !repo
+            .backend
+            .create("metadata/1.root.json", signed.buffer())
+            .await?
+        {
+            return Err(invalid(what, "already exists"));
+        }
+        let _lock = repo.backend.lock()?;
+        let ed = editor(signed.buffer(), None).await?;
+        repo.sign_and_publish(ed, keys, policy, 1, None).await?;
+        repo.backend
+            .create("starling-repo", format!("{REPO_FORMAT}\n").as_bytes())
+            .await?;
         Ok(repo)
     }
 
-    /// The newest root metadata: (version, path).
-    pub fn latest_root(&self) -> Result<(u64, PathBuf)> {
-        let mut best = None;
-        for e in std::fs::read_dir(self.metadata()).at(self.metadata())? {
-            let e = e.at(self.metadata())?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(n) = name
-                .strip_suffix(".root.json")
-                .and_then(|v| v.parse::<u64>().ok())
-            {
-                if best.as_ref().is_none_or(|(b, _)| n > *b) {
-                    best = Some((n, e.path()));
-                }
-            }
-        }
-        best.ok_or_else(|| {
+    /// The newest root metadata: (version, bytes).
+    pub async fn latest_root(&self) -> Result<(u64, Vec<u8>)> {
+        let names = self.backend.list("metadata/").await?;
+        let newest = names
+            .iter()
+            .filter_map(|n| metadata_version(n, "root").map(|v| (v, n)))
+            .max();
+        let none = || {
             invalid(
-                format!("repository {}", self.dir.display()),
+                format!("repository {}", self.describe()),
                 "has no root metadata",
             )
-        })
+        };
+        let (v, rel) = newest.ok_or_else(none)?;
+        let (bytes, _) = self.backend.get(rel).await?.ok_or_else(none)?;
+        Ok((v, bytes))
     }
 
-    /// Exclusive publication lock (flock on `.lock`), waited for.
-    pub fn lock(&self) -> Result<std::fs::File> {
-        let p = self.dir.join(".lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .at(&p)?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-            crate::error::Error::Io {
-                path: p.clone(),
-                source: e.into(),
-            }
-        })?;
-        Ok(f)
+    /// The highest version any versioned metadata file carries, published or left behind
+    /// by a publication that was killed (its numbers are never reused).
+    async fn highest_version(&self) -> Result<u64> {
+        let names = self.backend.list("metadata/").await?;
+        Ok(names
+            .iter()
+            .filter_map(|n| {
+                metadata_version(n, "targets").or_else(|| metadata_version(n, "snapshot"))
+            })
+            .max()
+            .unwrap_or(0))
     }
 
     /// The repository as its publisher sees it (expiry not enforced, so an expired
-    /// repository can be re-signed).
-    pub async fn load(&self) -> Result<tough::Repository> {
-        let root1 = self.metadata().join("1.root.json");
-        let trusted = std::fs::read(&root1).at(&root1)?;
-        RepositoryLoader::new(&trusted, url(&self.metadata())?, url(&self.targets())?)
-            .transport(FilesystemTransport)
-            .expiration_enforcement(ExpirationEnforcement::Unsafe)
-            .load()
-            .await
-            .map_err(tuf(format!("loading repository {}", self.dir.display())))
+    /// repository can be re-signed), with the version of `timestamp.json` it was read at.
+    pub async fn load(&self) -> Result<(tough::Repository, FileVersion)> {
+        let (_, ts_version) = self.backend.get(TIMESTAMP).await?.ok_or_else(|| {
+            invalid(
+                format!("repository {}", self.describe()),
+                "has no timestamp metadata",
+            )
+        })?;
+        let (trusted, _) = self
+            .backend
+            .get("metadata/1.root.json")
+            .await?
+            .ok_or_else(|| {
+                invalid(
+                    format!("repository {}", self.describe()),
+                    "has no metadata/1.root.json",
+                )
+            })?;
+        let repo = RepositoryLoader::new(
+            &trusted,
+            self.backend.url("metadata/")?,
+            self.backend.url("targets/")?,
+        )
+        .transport(self.backend.transport())
+        .expiration_enforcement(ExpirationEnforcement::Unsafe)
+        .load()
+        .await
+        .map_err(tuf(format!("loading repository {}", self.describe())))?;
+        Ok((repo, ts_version))
     }
 
     /// Adds or replaces targets (name, bytes), re-signs targets, snapshot and timestamp with
-    /// versions one above the current ones, and publishes. Call with the lock held.
+    /// versions above every existing one, and publishes. On object storage this fails with
+    /// [`crate::Error::Conflict`] if another publisher committed since `loaded` was read.
     pub async fn publish_targets(
         &self,
         keys: &KeyDir,
         policy: &Policy,
+        loaded: (tough::Repository, FileVersion),
         files: &[(String, Vec<u8>)],
     ) -> Result<u64> {
-        let repo = self.load().await?;
-        self.publish_on(repo, keys, policy, files).await
-    }
-
-    /// As [`Self::publish_targets`], on a repository state loaded beforehand (a key rotation
-    /// loads it before the new root makes the old signatures invalid).
-    async fn publish_on(
-        &self,
-        repo: tough::Repository,
-        keys: &KeyDir,
-        policy: &Policy,
-        files: &[(String, Vec<u8>)],
-    ) -> Result<u64> {
+        let (repo, ts_version) = loaded;
         let next = [
             repo.targets().signed.version.get(),
             repo.snapshot().signed.version.get(),
             repo.timestamp().signed.version.get(),
+            self.highest_version().await?,
         ]
         .into_iter()
         .max()
         .unwrap_or(0)
             + 1;
-        let mut ed = RepositoryEditor::from_repo(self.latest_root()?.1, repo)
-            .await
-            .map_err(tuf("editing the repository"))?;
-        let staging = self.dir.join(".staging");
-        std::fs::create_dir_all(&staging).at(&staging)?;
+        let (_, root) = self.latest_root().await?;
+        let mut ed = editor(&root, Some(repo)).await?;
         for (name, bytes) in files {
             let hash = sha2_hex(bytes);
-            // Content-addressed target file: written once, atomically, before any metadata
-            // refers to it.
-            let dest = self.targets().join(format!("{hash}.{name}"));
-            write_atomic(&dest, bytes)?;
+            // Content-addressed target file: written once, before any metadata refers to it.
+            self.backend
+                .create(&format!("targets/{hash}.{name}"), bytes)
+                .await?;
             let tn = TargetName::new(name.clone()).map_err(tuf(format!("target name {name:?}")))?;
-            let t = Target::from_path(&dest)
-                .await
-                .map_err(tuf(format!("target {name}")))?;
-            ed.add_target(tn, t)
+            ed.add_target(tn, target_of(bytes))
                 .map_err(tuf(format!("adding target {name}")))?;
         }
-        self.sign_and_publish(ed, keys, policy, next).await?;
+        self.sign_and_publish(ed, keys, policy, next, Some(&ts_version))
+            .await?;
         Ok(next)
     }
 
@@ -222,6 +220,7 @@ impl RepoDir {
         keys: &KeyDir,
         policy: &Policy,
         version: u64,
+        ts_version: Option<&FileVersion>,
     ) -> Result<()> {
         ed.targets_version(nz(version))
             .map_err(tuf("targets version"))?
@@ -231,46 +230,49 @@ impl RepoDir {
             .snapshot_expires(expires_in(policy.snapshot_expires)?)
             .timestamp_version(nz(version))
             .timestamp_expires(expires_in(policy.timestamp_expires)?);
-        let signers: Vec<Box<dyn KeySource>> = vec![
-            keys.source("targets"),
-            keys.source("snapshot"),
-            keys.source("timestamp"),
-        ];
+        let mut signers = Vec::new();
+        for role in ["targets", "snapshot", "timestamp"] {
+            signers.extend(keys.sources(role)?);
+        }
         let signed = ed
             .sign(&signers)
             .await
-            .map_err(tuf("signing targets, snapshot and timestamp"))?;
-        let staging = self
-            .dir
-            .join(format!(".staging/meta-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&staging);
-        std::fs::create_dir_all(&staging).at(&staging)?;
+            .map_err(tuf("signing targets, snapshot and timestamp (are enough keys present for each role's threshold?)"))?;
+        let staging = tempfile::tempdir().map_err(|e| crate::Error::Io {
+            path: std::env::temp_dir(),
+            source: e,
+        })?;
         signed
-            .write(&staging)
+            .write(staging.path())
             .await
             .map_err(tuf("writing metadata"))?;
-        // Versioned files first (new names, nothing refers to them yet), timestamp last.
-        let mut names: Vec<String> = std::fs::read_dir(&staging)
-            .at(&staging)?
+        // Versioned files first (new names, nothing refers to them yet), timestamp last: its
+        // replacement is the commit point.
+        let mut names: Vec<String> = std::fs::read_dir(staging.path())
+            .at(staging.path())?
             .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            // Root versions are published on their own (init, key rotation).
+            .filter(|n| n != "timestamp.json" && !n.ends_with(".root.json"))
             .collect();
-        names.sort_by_key(|n| n == "timestamp.json");
+        names.sort();
         for n in names {
-            let from = staging.join(&n);
-            let to = self.metadata().join(&n);
-            sync_file(&from)?;
-            std::fs::rename(&from, &to).at(&to)?;
+            let from = staging.path().join(&n);
+            let bytes = std::fs::read(&from).at(&from)?;
+            let rel = format!("metadata/{n}");
+            if !self.backend.create(&rel, &bytes).await? {
+                return Err(crate::Error::Conflict(format!("{}/{rel}", self.describe())));
+            }
         }
-        sync_dir(&self.metadata())?;
-        let _ = std::fs::remove_dir_all(&staging);
-        Ok(())
+        let from = staging.path().join("timestamp.json");
+        let bytes = std::fs::read(&from).at(&from)?;
+        self.backend.replace(TIMESTAMP, &bytes, ts_version).await
     }
 }
 
-impl RepoDir {
-    /// Replaces `role`'s key: a new root version naming the new key, signed by the old and the
-    /// new root keys (so clients can follow the chain), then targets, snapshot and timestamp
-    /// signed again. Returns the new root version.
+impl Repo {
+    /// Replaces `role`'s keys: a new root version naming the new keys, signed by the old and
+    /// the new root keys (so clients can follow the chain), then targets, snapshot and
+    /// timestamp signed again. Returns the new root version.
     pub async fn rotate_key(&self, keys: &KeyDir, role: &str) -> Result<u64> {
         if !crate::keys::ROLES.contains(&role) {
             return Err(invalid(
@@ -278,54 +280,75 @@ impl RepoDir {
                 "is not root, targets, snapshot or timestamp",
             ));
         }
-        let _lock = self.lock()?;
+        let _lock = self.backend.lock()?;
         let policy = keys.policy()?;
         let current = self.load().await?;
-        let (version, path) = self.latest_root()?;
-        let old: tough::schema::Signed<Root> =
-            serde_json::from_slice(&std::fs::read(&path).at(&path)?)
-                .map_err(|e| invalid(path.display().to_string(), e.to_string()))?;
-        keys.generate(role)?;
+        let (version, old) = self.latest_root().await?;
+        let old: tough::schema::Signed<Root> = serde_json::from_slice(&old)
+            .map_err(|e| invalid(format!("{version}.root.json"), e.to_string()))?;
+        keys.generate(role, &policy)?;
         let new_root = make_root(version + 1, keys, &policy).await?;
         let rng = aws_lc_rs::rand::SystemRandom::new();
-        let old_key = if role == "root" {
-            keys.old_source("root")
-                .ok_or_else(|| invalid("root key rotation", "the previous root key is missing"))?
+        let old_keys = if role == "root" {
+            keys.old_sources("root")?
         } else {
-            keys.source("root")
+            keys.sources("root")?
         };
         let by_old = SignedRole::new(
             new_root.clone(),
             &KeyHolder::Root(old.signed.clone()),
-            &[old_key],
+            &old_keys,
             &rng,
         )
         .await
-        .map_err(tuf("signing the new root with the old root key"))?;
+        .map_err(tuf("signing the new root with the old root keys"))?;
         let signed = SignedRole::new(
             new_root.clone(),
             &KeyHolder::Root(new_root),
-            &[keys.source("root")],
+            &keys.sources("root")?,
             &rng,
         )
         .await
         .map_err(tuf("signing the new root"))?
         .add_old_signatures(by_old.signed().signatures.clone())
         .map_err(tuf("combining root signatures"))?;
-        let staging = self
-            .dir
-            .join(format!(".staging/root-{}", std::process::id()));
-        std::fs::create_dir_all(&staging).at(&staging)?;
-        signed
-            .write(&staging, true)
-            .await
-            .map_err(tuf("writing root metadata"))?;
-        let name = format!("{}.root.json", version + 1);
-        std::fs::rename(staging.join(&name), self.metadata().join(&name))
-            .at(self.metadata().join(&name))?;
-        let _ = std::fs::remove_dir_all(&staging);
-        self.publish_on(current, keys, &policy, &[]).await?;
+        let name = format!("metadata/{}.root.json", version + 1);
+        if !self.backend.create(&name, signed.buffer()).await? {
+            return Err(crate::Error::Conflict(format!(
+                "{}/{name}",
+                self.describe()
+            )));
+        }
+        self.publish_targets(keys, &policy, current, &[]).await?;
         Ok(version + 1)
+    }
+}
+
+/// An editor over the given root metadata (tough reads it from a file), with the targets,
+/// snapshot and timestamp of `repo` if given.
+async fn editor(root: &[u8], repo: Option<tough::Repository>) -> Result<RepositoryEditor> {
+    let dir = tempfile::tempdir().map_err(|e| crate::Error::Io {
+        path: std::env::temp_dir(),
+        source: e,
+    })?;
+    let p = dir.path().join("root.json");
+    std::fs::write(&p, root).at(&p)?;
+    match repo {
+        Some(r) => RepositoryEditor::from_repo(&p, r).await,
+        None => RepositoryEditor::new(&p).await,
+    }
+    .map_err(tuf("editing the repository"))
+}
+
+fn target_of(bytes: &[u8]) -> Target {
+    Target {
+        length: bytes.len() as u64,
+        hashes: Hashes {
+            sha256: Sha256::digest(bytes).to_vec().into(),
+            _extra: HashMap::new(),
+        },
+        custom: HashMap::new(),
+        _extra: HashMap::new(),
     }
 }
 
@@ -338,26 +361,34 @@ async fn make_root(version: u64, keys: &KeyDir, policy: &Policy) -> Result<Root>
         ("snapshot", RoleType::Snapshot),
         ("timestamp", RoleType::Timestamp),
     ] {
-        let key = keys
-            .source(role)
-            .as_sign()
-            .await
-            .map_err(|e| {
-                invalid(
-                    format!("{role} key {}", keys.path(role).display()),
-                    e.to_string(),
-                )
-            })?
-            .tuf_key();
-        let id = key
-            .key_id()
-            .map_err(|e| invalid(format!("{role} key"), e.to_string()))?;
-        all.insert(id.clone(), key);
+        let threshold = policy.threshold(role);
+        let mut ids = Vec::new();
+        for (source, path) in keys.sources(role)?.into_iter().zip(keys.paths(role)) {
+            let key = source
+                .as_sign()
+                .await
+                .map_err(|e| invalid(format!("{role} key {}", path.display()), e.to_string()))?
+                .tuf_key();
+            let id = key
+                .key_id()
+                .map_err(|e| invalid(format!("{role} key"), e.to_string()))?;
+            all.insert(id.clone(), key);
+            ids.push(id);
+        }
+        if (ids.len() as u64) < threshold {
+            return Err(invalid(
+                format!("key directory {}", keys.dir.display()),
+                format!(
+                    "has {} {role} keys, fewer than the role's threshold {threshold}",
+                    ids.len()
+                ),
+            ));
+        }
         roles.insert(
             rt,
             RoleKeys {
-                keyids: vec![id],
-                threshold: nz(policy.threshold.min(1)),
+                keyids: ids,
+                threshold: nz(threshold),
                 _extra: HashMap::new(),
             },
         );
@@ -375,29 +406,4 @@ async fn make_root(version: u64, keys: &KeyDir, policy: &Policy) -> Result<Root>
 
 pub fn sha2_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
-}
-
-pub(crate) fn write_atomic(dest: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    if dest.exists() {
-        return Ok(());
-    }
-    let tmp = dest.with_file_name(format!(
-        ".{}.tmp-{}",
-        dest.file_name()
-            .map(|n| n.to_string_lossy())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    let mut f = std::fs::File::create(&tmp).at(&tmp)?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).at(&tmp)?;
-    std::fs::rename(&tmp, dest).at(dest)
-}
-
-fn sync_file(p: &Path) -> Result<()> {
-    std::fs::File::open(p).and_then(|f| f.sync_all()).at(p)
-}
-
-fn sync_dir(p: &Path) -> Result<()> {
-    std::fs::File::open(p).and_then(|f| f.sync_all()).at(p)
 }

@@ -1,14 +1,15 @@
 //! Publishing an image version: the objects the repository lacks (verified on the way out),
 //! then the tag's record, signed, under the repository lock.
 
+use futures::{StreamExt, TryStreamExt};
 use starling_image::reference::ImageRef;
 use starling_image::{maint, versions};
 use starling_store::{ObjectId, Store};
 use tough::TargetName;
 
-use crate::error::{invalid, tuf, IoContext, Result};
+use crate::error::{invalid, tuf, Result};
 use crate::keys::KeyDir;
-use crate::meta::{write_atomic, RepoDir};
+use crate::meta::Repo;
 use crate::record::{target_name, ImageRecord, Published, RECORD_FORMAT};
 
 #[derive(Debug, serde::Serialize)]
@@ -21,6 +22,8 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
     /// Metadata version published (targets, snapshot and timestamp).
     pub metadata_version: u64,
+    /// Publications redone because another publisher committed first (object storage).
+    pub retries: u32,
 }
 
 /// Path of an object inside a repository (the store's own layout).
@@ -29,10 +32,15 @@ pub fn object_rel(id: &ObjectId) -> String {
     format!("objects/{}/{}", &h[..2], &h[2..])
 }
 
+/// Parallel uploads to object storage (each a round trip).
+const UPLOADS: usize = 16;
+/// Publication attempts when other publishers keep winning the compare-and-swap.
+const ATTEMPTS: u32 = 30;
+
 pub async fn push(
     store: &Store,
     what: &ImageRef,
-    repo: &RepoDir,
+    repo: &Repo,
     keys: &KeyDir,
     as_name: Option<(String, String)>,
 ) -> Result<PushReport> {
@@ -42,44 +50,29 @@ pub async fn push(
         (None, ImageRef::Tag { name, tag }) => (name.clone(), tag.clone()),
         (None, ImageRef::Version { name, .. }) => (name.clone(), "latest".to_string()),
     };
+    let policy = keys.policy()?;
+    // Fail on missing keys before uploading anything.
+    keys.check(&policy)?;
     let ids = maint::objects_of(store, &resolved.id)?;
-    // Objects first, each verified from the local store and written atomically; they are
+    // Objects first, each verified from the local store and created atomically; they are
     // content-addressed, so a half-done push leaves only harmless extra files.
-    let mut uploaded = 0;
-    let mut uploaded_bytes = 0;
-    for id in &ids {
-        let dest = repo.dir.join(object_rel(id));
-        if dest.exists() {
-            continue;
-        }
+    let present = repo.backend.list("objects/").await?;
+    let missing: Vec<&ObjectId> = ids
+        .iter()
+        .filter(|id| !present.contains(&object_rel(id)))
+        .collect();
+    let sizes: Vec<u64> = futures::stream::iter(missing.into_iter().map(|id| async move {
         let env = store.get_envelope(id)?;
         store.verify(id)?;
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent).at(parent)?;
-        }
-        write_atomic(&dest, &env)?;
-        uploaded += 1;
-        uploaded_bytes += env.len() as u64;
-    }
-    let policy = keys.policy()?;
-    let _lock = repo.lock()?;
-    let tuf_repo = repo.load().await?;
-    let tname = target_name(&name, &tag);
-    let existing: Option<ImageRecord> = match tuf_repo
-        .read_target(&TargetName::new(tname.clone()).map_err(tuf(format!("target name {tname}")))?)
-        .await
-        .map_err(tuf(format!("reading {tname}")))?
-    {
-        Some(stream) => {
-            use tough::IntoVec;
-            let bytes = stream
-                .into_vec()
-                .await
-                .map_err(tuf(format!("reading {tname}")))?;
-            Some(ImageRecord::parse(&bytes, &tname)?)
-        }
-        None => None,
-    };
+        let created = repo.backend.create(&object_rel(id), &env).await?;
+        Ok::<_, crate::Error>(if created { env.len() as u64 } else { 0 })
+    }))
+    .buffer_unordered(UPLOADS)
+    .try_collect()
+    .await?;
+    let uploaded = sizes.iter().filter(|&&n| n > 0).count();
+    let uploaded_bytes = sizes.iter().sum();
+
     let c = &resolved.commit;
     let entry = Published {
         version: resolved.id.to_hex(),
@@ -89,21 +82,19 @@ pub async fn push(
         files: c.stats.files,
         bytes: c.stats.bytes,
     };
-    let mut history = existing.map(|r| r.history).unwrap_or_default();
-    history.retain(|h| h.version != entry.version);
-    history.insert(0, entry);
-    let record = ImageRecord {
-        format: RECORD_FORMAT,
-        name: name.clone(),
-        tag: tag.clone(),
-        target: resolved.id.to_hex(),
-        history,
+    let tname = target_name(&name, &tag);
+    let mut attempt = 0;
+    let metadata_version = loop {
+        attempt += 1;
+        match publish_record(repo, keys, &policy, &tname, &name, &tag, &entry).await {
+            Err(crate::Error::Conflict(_)) if attempt < ATTEMPTS => {
+                // Another publisher won; back off a little (jittered) and redo on its state.
+                let jitter = u64::from(std::process::id() % 7) + u64::from(attempt) * 13;
+                tokio::time::sleep(std::time::Duration::from_millis(20 + jitter * 3)).await;
+            }
+            r => break r?,
+        }
     };
-    let bytes = serde_json::to_vec_pretty(&record).map_err(|e| invalid("record", e.to_string()))?;
-    drop(tuf_repo);
-    let metadata_version = repo
-        .publish_targets(keys, &policy, &[(tname, bytes)])
-        .await?;
     Ok(PushReport {
         name,
         tag,
@@ -112,5 +103,51 @@ pub async fn push(
         uploaded,
         uploaded_bytes,
         metadata_version,
+        retries: attempt - 1,
     })
+}
+
+/// One attempt: the tag's record (with its history) read, extended and signed on the state
+/// the repository has now.
+async fn publish_record(
+    repo: &Repo,
+    keys: &KeyDir,
+    policy: &crate::keys::Policy,
+    tname: &str,
+    name: &str,
+    tag: &str,
+    entry: &Published,
+) -> Result<u64> {
+    let _lock = repo.backend.lock()?;
+    let loaded = repo.load().await?;
+    let tn = TargetName::new(tname.to_string()).map_err(tuf(format!("target name {tname}")))?;
+    let existing = match loaded
+        .0
+        .read_target(&tn)
+        .await
+        .map_err(tuf(format!("reading {tname}")))?
+    {
+        Some(stream) => {
+            use tough::IntoVec;
+            let bytes = stream
+                .into_vec()
+                .await
+                .map_err(tuf(format!("reading {tname}")))?;
+            Some(ImageRecord::parse(&bytes, tname)?)
+        }
+        None => None,
+    };
+    let mut history = existing.map(|r| r.history).unwrap_or_default();
+    history.retain(|h| h.version != entry.version);
+    history.insert(0, entry.clone());
+    let record = ImageRecord {
+        format: RECORD_FORMAT,
+        name: name.to_string(),
+        tag: tag.to_string(),
+        target: entry.version.clone(),
+        history,
+    };
+    let bytes = serde_json::to_vec_pretty(&record).map_err(|e| invalid("record", e.to_string()))?;
+    repo.publish_targets(keys, policy, loaded, &[(tname.to_string(), bytes)])
+        .await
 }

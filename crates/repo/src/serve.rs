@@ -83,7 +83,7 @@ async fn headers(req: Request<Body>, next: Next) -> Response {
 
 /// Serves `dir` on `listen` until the process is stopped; prints the address bound.
 pub async fn serve(dir: PathBuf, listen: &str) -> Result<()> {
-    crate::meta::RepoDir::open(&dir)?;
+    crate::meta::Repo::open(crate::backend::Backend::Dir(dir.clone())).await?;
     let addr: SocketAddr = listen
         .parse()
         .map_err(|e| invalid(format!("--listen {listen:?}"), format!("{e}")))?;
