@@ -321,6 +321,12 @@ fn assert_not_pulled(env: &Env, store: &Path) {
     let o = client(env, store, &["image", "ls", "--json"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(!o.status.success() || text.trim() == "[]", "{text}");
+    // Not a single object either: what was fetched before the refusal stays staged.
+    let o = client(env, store, &["store", "stats", "--json"]);
+    if o.status.success() {
+        let st = json(&String::from_utf8_lossy(&o.stdout));
+        assert_eq!(st["objects"], 0, "{st}");
+    }
 }
 
 #[test]
@@ -338,7 +344,8 @@ fn attack_tampered_object() {
     }
     objs.sort();
     let victim = &objs.last().unwrap().1;
-    let mut b = fs::read(victim).unwrap();
+    let good = fs::read(victim).unwrap();
+    let mut b = good.clone();
     let n = b.len();
     b[n - 3] ^= 0x40;
     fs::write(victim, b).unwrap();
@@ -348,7 +355,22 @@ fn attack_tampered_object() {
             && (e.contains("hash") || e.contains("corrupt") || e.contains("match")),
         "{e}"
     );
-    let _ = v;
+    // Repaired, the pull resumes: what was verified before the refusal is not fetched again.
+    fs::write(victim, good).unwrap();
+    let cs = client_store(&env);
+    let r = json(&client_ok(&env, &cs, &["pull", "--json", s(&repo), "t:v1"]));
+    let fetched = r["fetched"].as_u64().unwrap();
+    assert!(
+        fetched >= 1 && fetched < r["objects"].as_u64().unwrap(),
+        "{r}"
+    );
+    let got = json(&client_ok(
+        &env,
+        &cs,
+        &["image", "inspect", "--json", "t:v1"],
+    ));
+    assert_eq!(got["version"], v["version"]);
+    client_ok(&env, &cs, &["store", "fsck"]);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 use starling_image::manifest::{Commit, FileData, Node, Tree};
 use starling_image::reference::ImageRef;
 use starling_image::tags;
-use starling_store::{ObjectId, Store};
+use starling_store::{ObjectId, Store, Txn};
 use tough::{
     DefaultTransport, FilesystemTransport, HttpTransportBuilder, IntoVec, RepositoryLoader,
     TargetName,
@@ -215,6 +215,9 @@ pub async fn pull(
         )
     })?;
     let _writer = store.lock_writer()?;
+    // Fetched objects are staged (kept across failed attempts, so a pull resumes) and enter
+    // the store only when the whole image is verified: a refused pull writes nothing there.
+    let txn = store.resume(&format!("pull-{}", id.to_hex()))?;
     let fetcher = Fetcher::new(remote.clone(), opts)?;
     let mut report = PullReport {
         name: rec.name.clone(),
@@ -225,8 +228,8 @@ pub async fn pull(
         fetched_bytes: 0,
     };
     // Commit, then trees level by level, then chunks; each level fetched in parallel.
-    fetch_all(store, &fetcher, &[(id, MAX_MANIFEST)], &mut report).await?;
-    let commit = Commit::decode(&id, &store.get(&id)?)?;
+    fetch_all(&txn, &fetcher, &[(id, MAX_MANIFEST)], &mut report).await?;
+    let commit = Commit::decode(&id, &txn.get(&id)?)?;
     if commit.name != rec.name {
         return Err(invalid(
             format!("version {}", id.short(12)),
@@ -242,10 +245,10 @@ pub async fn pull(
             .filter(|t| seen.insert(**t))
             .map(|t| (*t, MAX_MANIFEST))
             .collect();
-        fetch_all(store, &fetcher, &want, &mut report).await?;
+        fetch_all(&txn, &fetcher, &want, &mut report).await?;
         let mut next = Vec::new();
         for (t, _) in want {
-            let tree = Tree::decode(&t, &store.get(&t)?)?;
+            let tree = Tree::decode(&t, &txn.get(&t)?)?;
             for e in tree.entries {
                 match e.node {
                     Node::Dir { tree, .. } => next.push(tree),
@@ -265,8 +268,8 @@ pub async fn pull(
         }
         level = next;
     }
-    fetch_all(store, &fetcher, &chunks, &mut report).await?;
-    store.sync()?;
+    fetch_all(&txn, &fetcher, &chunks, &mut report).await?;
+    txn.commit()?;
     let _refs = store.lock_refs()?;
     tags::point(store, &rec.name, &rec.tag, id, "pull")?;
     Ok(report)
@@ -274,7 +277,7 @@ pub async fn pull(
 
 /// Fetches the objects the store lacks, `parallel` at a time, verifying each.
 async fn fetch_all(
-    store: &Store,
+    store: &Txn<'_>,
     f: &Fetcher,
     want: &[(ObjectId, u64)],
     report: &mut PullReport,
@@ -310,7 +313,7 @@ async fn fetch_all(
 }
 
 fn finish(
-    store: &Store,
+    store: &Txn<'_>,
     done: Result<Fetched, tokio::task::JoinError>,
     report: &mut PullReport,
 ) -> Result<()> {
