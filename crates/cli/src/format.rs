@@ -43,48 +43,10 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// A size such as `4096`, `512M`, `2G` or `1.5GiB` (binary units).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 4096, 512M, 2G)"))?;
-    let mult: u64 = match unit.trim().to_ascii_uppercase().as_str() {
-        "" | "B" => 1,
-        "K" | "KB" | "KIB" => 1 << 10,
-        "M" | "MB" | "MIB" => 1 << 20,
-        "G" | "GB" | "GIB" => 1 << 30,
-        "T" | "TB" | "TIB" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown size unit {unit:?} (use K, M, G or T)"
-            ))
-        }
-    };
-    let v = n * mult as f64;
-    if !(1.0..1.8e19).contains(&v) {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(v as u64)
-}
+pub use starling_daemon::args::parse_size;
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(super::parse_size("4096"), Ok(4096));
-        assert_eq!(super::parse_size("512M"), Ok(512 << 20));
-        assert_eq!(super::parse_size("1.5GiB"), Ok(3 << 29));
-        assert!(super::parse_size("12Q")
-            .unwrap_err()
-            .contains("unknown size unit"));
-        assert!(super::parse_size("big").is_err());
-    }
-
     #[test]
     fn formats() {
         assert_eq!(super::bytes(512), "512 B");

@@ -3,6 +3,7 @@
 mod fleet_cmd;
 mod format;
 mod image_cmd;
+mod mount_cmd;
 mod progress;
 mod repo_cmd;
 mod store_cmd;
@@ -67,6 +68,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the host daemon in the foreground (the same as `starlingd`)
+    Daemon(starling_daemon::args::DaemonArgs),
+    /// Mount an image read-only and lazily (through starlingd): from a repository, fetched
+    /// on first access into the host cache, or from the local store
+    Mount {
+        #[command(flatten)]
+        args: mount_cmd::MountArgs,
+        /// starlingd's API socket
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Unmount a Starling mount
+    Umount {
+        mountpoint: PathBuf,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The daemon's mounts, with bytes served, fetched and read from the cache
+    Mounts {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// The host cache shared by every mount
+    Cache {
+        #[command(subcommand)]
+        cmd: mount_cmd::CacheCmd,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET, global = true)]
+        socket: PathBuf,
+    },
 }
 
 /// `--store`, else `$STARLING_HOME`, else the per-user data directory.
@@ -108,6 +140,11 @@ fn main() -> ExitCode {
             timeout,
             json,
         } => repo_cmd::pull(&store, &url, &image, root, timeout, json),
+        Command::Daemon(a) => starling_daemon::server::run(a.config()).map(|_| ExitCode::SUCCESS),
+        Command::Mount { args, socket } => mount_cmd::mount(&socket, &store, args),
+        Command::Umount { mountpoint, socket } => mount_cmd::umount(&socket, &mountpoint),
+        Command::Mounts { json, socket } => mount_cmd::mounts(&socket, json),
+        Command::Cache { cmd, socket } => mount_cmd::cache(&socket, cmd),
     });
     match result {
         Ok(code) => code,

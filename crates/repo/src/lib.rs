@@ -3,6 +3,7 @@
 //! checked against its content address as it arrives).
 
 pub mod backend;
+pub mod cache;
 pub mod error;
 pub mod keys;
 pub mod meta;

@@ -164,20 +164,13 @@ pub struct PullReport {
     pub fetched_bytes: u64,
 }
 
-/// Pulls `what` (NAME[:TAG] or NAME@VERSION, any version the tag ever held) and tags it
-/// locally as NAME:TAG.
-pub async fn pull(
-    store: &Store,
-    remote: &Remote,
-    what: &ImageRef,
-    trusted_root: Option<&Path>,
-    opts: &ClientOptions,
-) -> Result<PullReport> {
-    let repo = open(store, remote, trusted_root, opts).await?;
+/// The record and version a reference names in a verified repository: `NAME:TAG` (the
+/// tag's current version) or `NAME@VERSION` (any version a tag of that name ever held).
+pub async fn resolve(repo: &tough::Repository, what: &ImageRef) -> Result<(ImageRecord, ObjectId)> {
     let (rec, version) = match what {
         ImageRef::Tag { name, tag } => {
             let n = TargetName::new(target_name(name, tag)).map_err(tuf("target name"))?;
-            let rec = read_record(&repo, &n)
+            let rec = read_record(repo, &n)
                 .await?
                 .ok_or_else(|| Error::UnknownImage(what.to_string()))?;
             if rec.name != *name || rec.tag != *tag {
@@ -191,11 +184,7 @@ pub async fn pull(
         }
         ImageRef::Version { name, prefix } => {
             let mut hit = None;
-            for rec in records(&repo)
-                .await?
-                .into_iter()
-                .filter(|r| r.name == *name)
-            {
+            for rec in records(repo).await?.into_iter().filter(|r| r.name == *name) {
                 if let Some(h) = rec
                     .history
                     .iter()
@@ -214,6 +203,21 @@ pub async fn pull(
             format!("bad version id {version:?}"),
         )
     })?;
+    Ok((rec, id))
+}
+
+/// Pulls `what` (NAME[:TAG] or NAME@VERSION, any version the tag ever held) and tags it
+/// locally as NAME:TAG.
+pub async fn pull(
+    store: &Store,
+    remote: &Remote,
+    what: &ImageRef,
+    trusted_root: Option<&Path>,
+    opts: &ClientOptions,
+) -> Result<PullReport> {
+    let repo = open(store, remote, trusted_root, opts).await?;
+    let (rec, id) = resolve(&repo, what).await?;
+    let version = id.to_hex();
     let _writer = store.lock_writer()?;
     // Fetched objects are staged (kept across failed attempts, so a pull resumes) and enter
     // the store only when the whole image is verified: a refused pull writes nothing there.
@@ -334,15 +338,16 @@ fn finish(
 /// A download task's outcome: the object, and its envelope with the URL it came from.
 type Fetched = (ObjectId, Result<(Vec<u8>, String)>);
 
+/// Object downloads from one repository, each bounded in size and time.
 #[derive(Clone)]
-struct Fetcher {
+pub(crate) struct Fetcher {
     remote: Remote,
     client: reqwest::Client,
     parallel: usize,
 }
 
 impl Fetcher {
-    fn new(remote: Remote, opts: &ClientOptions) -> Result<Fetcher> {
+    pub(crate) fn new(remote: Remote, opts: &ClientOptions) -> Result<Fetcher> {
         let client = reqwest::Client::builder()
             .timeout(opts.timeout)
             .connect_timeout(Duration::from_secs(10))
@@ -357,7 +362,7 @@ impl Fetcher {
 
     /// An object's envelope, refusing more than its largest possible size (`len` is the
     /// uncompressed size it must have; zstd never expands by more than a small margin).
-    async fn get(&self, id: &ObjectId, len: u64) -> Result<(Vec<u8>, String)> {
+    pub(crate) async fn get(&self, id: &ObjectId, len: u64) -> Result<(Vec<u8>, String)> {
         let url = self.remote.join(&object_rel(id))?;
         let max = starling_store::HEADER_LEN as u64 + len + len / 128 + 1024;
         let shown = url.to_string();

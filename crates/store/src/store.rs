@@ -178,6 +178,16 @@ impl Store {
         Ok(true)
     }
 
+    /// As [`Store::put_envelope`], returning the object's bytes (decoded once).
+    pub fn put_envelope_decoded(&self, id: &ObjectId, env: &[u8]) -> Result<Vec<u8>> {
+        let data = envelope::decode(id, env)?;
+        let dest = self.object_path(id);
+        if !dest.exists() {
+            self.install(&dest, env)?;
+        }
+        Ok(data)
+    }
+
     fn install(&self, dest: &Path, env: &[u8]) -> Result<()> {
         let (tmp, mut f) = self.temp_file()?;
         let r = f.write_all(env).at(&tmp).and_then(|()| {

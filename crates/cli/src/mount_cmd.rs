@@ -1,0 +1,179 @@
+//! `starling daemon`, `mount`, `umount`, `mounts`, `cache`: lazy mounts through starlingd.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use starling_daemon::api::*;
+use starling_daemon::client::Client;
+
+use crate::format;
+
+#[derive(clap::Args)]
+pub struct MountArgs {
+    /// `URL NAME[:TAG|@VERSION] MOUNTPOINT` (a repository, through the host cache), or
+    /// `NAME[:TAG|@VERSION] MOUNTPOINT` (the local store)
+    #[arg(num_args = 2..=3, required = true, value_name = "[URL] IMAGE MOUNTPOINT")]
+    pub args: Vec<String>,
+    /// Trusted root metadata, needed on first contact with the repository
+    #[arg(long, value_name = "ROOT.json")]
+    pub root: Option<PathBuf>,
+    /// Record the objects the workload reads into FILE (written at unmount)
+    #[arg(long, value_name = "FILE")]
+    pub record: Option<PathBuf>,
+    /// Fetch the objects a recorded FILE lists in the background from the start
+    #[arg(long, value_name = "FILE")]
+    pub prefetch: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum CacheCmd {
+    /// Objects, bytes, quota, hits and misses of the host cache
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Evict unpinned objects down to a size (default: everything that can go)
+    Gc {
+        #[arg(long, default_value = "0", value_parser = format::parse_size)]
+        target: u64,
+    },
+    /// Re-hash every cached object; damaged ones are removed (and fetched again when used)
+    Verify,
+}
+
+fn abs(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("path {}", p.display()))
+}
+
+pub fn mount(socket: &Path, store: &Path, a: MountArgs) -> Result<ExitCode> {
+    let (source, mountpoint) = match a.args.as_slice() {
+        [url, image, mp] => (
+            Source::Repo {
+                url: url.clone(),
+                image: image.clone(),
+                root: a.root.as_deref().map(abs).transpose()?,
+            },
+            mp,
+        ),
+        [image, mp] => {
+            if a.root.is_some() {
+                bail!("--root is for repository mounts (give URL IMAGE MOUNTPOINT)");
+            }
+            (
+                Source::Store {
+                    store: abs(store)?,
+                    image: image.clone(),
+                },
+                mp,
+            )
+        }
+        _ => bail!("give [URL] IMAGE MOUNTPOINT"),
+    };
+    let req = MountRequest {
+        mountpoint: abs(Path::new(mountpoint))?,
+        source,
+        record: a.record.as_deref().map(abs).transpose()?,
+        prefetch: a.prefetch.as_deref().map(abs).transpose()?,
+    };
+    let info: MountInfo = Client::new(socket)?
+        .post("/v1/mounts", &req)
+        .with_context(|| format!("mounting at {mountpoint}"))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!(
+            "{} {}@{}",
+            info.mountpoint.display(),
+            info.image,
+            &info.version[..12]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn umount(socket: &Path, mountpoint: &Path) -> Result<ExitCode> {
+    let info: MountInfo = Client::new(socket)?
+        .delete(
+            "/v1/mounts",
+            &UnmountRequest {
+                mountpoint: abs(mountpoint)?,
+            },
+        )
+        .with_context(|| format!("unmounting {}", mountpoint.display()))?;
+    eprintln!(
+        "unmounted {} ({} served, {} fetched)",
+        info.mountpoint.display(),
+        format::bytes(info.counters.served),
+        format::bytes(info.counters.fetched)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn mounts(socket: &Path, json: bool) -> Result<ExitCode> {
+    let list: Vec<MountInfo> = Client::new(socket)?.get("/v1/mounts")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &list {
+        println!(
+            "{}  {}@{}  from {}  served {}  fetched {}  cached {}",
+            m.mountpoint.display(),
+            m.image,
+            &m.version[..12],
+            m.source,
+            format::bytes(m.counters.served),
+            format::bytes(m.counters.fetched),
+            format::bytes(m.counters.cached)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
+    let c = Client::new(socket)?;
+    match cmd {
+        CacheCmd::Stats { json } => {
+            let s: CacheStatsOut = c.get("/v1/cache")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!(
+                    "{} objects, {} of {} quota; {} hits, {} misses, {} fetched, {} evicted, {} refused",
+                    s.objects,
+                    format::bytes(s.bytes),
+                    format::bytes(s.quota),
+                    s.hits,
+                    s.misses,
+                    format::bytes(s.fetched_bytes),
+                    s.evicted,
+                    s.refused
+                );
+            }
+        }
+        CacheCmd::Gc { target } => {
+            let s: CacheStatsOut = c.post(
+                "/v1/cache/gc",
+                &GcRequest {
+                    target_bytes: target,
+                },
+            )?;
+            println!("{} objects, {} left", s.objects, format::bytes(s.bytes));
+        }
+        CacheCmd::Verify => {
+            let r: VerifyOut = c.post("/v1/cache/verify", &serde_json::json!({}))?;
+            println!("{} objects checked, {} removed", r.checked, r.removed.len());
+            for id in &r.removed {
+                println!("removed damaged {id}");
+            }
+            if !r.removed.is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

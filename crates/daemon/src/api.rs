@@ -1,0 +1,125 @@
+//! The daemon's HTTP API (JSON over a unix socket): the request and response shapes, shared
+//! by the server and the `starling` client. Documented in docs/api/starlingd.openapi.yaml.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use starling_fs::CounterValues;
+use starling_repo::cache::{CacheStats, VerifyReport};
+
+pub const API_VERSION: &str = "v1";
+
+/// Where a mount's image comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Source {
+    /// A local Starling store.
+    Store { store: PathBuf, image: String },
+    /// A repository (URL or directory), through the host cache.
+    Repo {
+        url: String,
+        image: String,
+        /// Trusted root metadata for the first contact with this repository.
+        #[serde(default)]
+        root: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountRequest {
+    pub mountpoint: PathBuf,
+    pub source: Source,
+    /// Record the objects the workload touches into this file (written at unmount).
+    #[serde(default)]
+    pub record: Option<PathBuf>,
+    /// A recorded list to fetch in the background from the start.
+    #[serde(default)]
+    pub prefetch: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MountInfo {
+    pub mountpoint: PathBuf,
+    /// `store:PATH` or the repository URL.
+    pub source: String,
+    pub image: String,
+    pub version: String,
+    pub started_unix: u64,
+    /// False once the file system was unmounted from outside the daemon.
+    pub live: bool,
+    pub counters: CounterValues,
+    #[serde(default)]
+    pub record: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnmountRequest {
+    pub mountpoint: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub api: String,
+    pub version: String,
+    pub state: PathBuf,
+    pub mounts: usize,
+    pub cache: CacheStatsOut,
+}
+
+/// [`CacheStats`] as the API returns it (owned here so the client can deserialize it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CacheStatsOut {
+    pub objects: usize,
+    pub bytes: u64,
+    pub quota: u64,
+    pub pinned: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub fetched_bytes: u64,
+    pub evicted: u64,
+    pub refused: u64,
+}
+
+impl From<CacheStats> for CacheStatsOut {
+    fn from(s: CacheStats) -> Self {
+        CacheStatsOut {
+            objects: s.objects,
+            bytes: s.bytes,
+            quota: s.quota,
+            pinned: s.pinned,
+            hits: s.hits,
+            misses: s.misses,
+            fetched_bytes: s.fetched_bytes,
+            evicted: s.evicted,
+            refused: s.refused,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GcRequest {
+    /// Evict unpinned objects down to this many bytes (default 0: all that can go).
+    #[serde(default)]
+    pub target_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyOut {
+    pub checked: usize,
+    pub removed: Vec<String>,
+}
+
+impl From<VerifyReport> for VerifyOut {
+    fn from(r: VerifyReport) -> Self {
+        VerifyOut {
+            checked: r.checked,
+            removed: r.removed,
+        }
+    }
+}
+
+/// Every error response: `{"error": "..."}` with a 4xx/5xx status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}

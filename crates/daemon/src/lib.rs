@@ -1,0 +1,43 @@
+//! starlingd: one per host. It owns the host cache (every mount and VM shares it, so an
+//! object is fetched once per host) and the lazy mounts, and answers a JSON API on a unix
+//! socket (`api`, documented in docs/api/starlingd.openapi.yaml). `client` is the other end,
+//! used by the `starling` command.
+
+pub mod api;
+pub mod args;
+pub mod client;
+pub mod mounts;
+pub mod server;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the daemon keeps its state and listens, unless told otherwise.
+pub const DEFAULT_STATE: &str = "/var/lib/starling";
+pub const DEFAULT_SOCKET: &str = "/run/starling/starlingd.sock";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// State directory: `cache/` (the host cache, a Starling store), `mounts.json`.
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    /// Host cache size limit, bytes.
+    pub quota: u64,
+    /// Per-request timeout towards repositories.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The repository or its content failed (unreachable, refused verification).
+    #[error("{0}")]
+    Upstream(String),
+    #[error("{0}")]
+    Internal(String),
+}

@@ -1,0 +1,205 @@
+//! The daemon process: state directory, host cache, stale-mount cleanup, the API server on
+//! a unix socket, and a clean shutdown (SIGTERM, SIGINT or `POST /v1/shutdown`) that
+//! unmounts everything.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use starling_repo::cache::HostCache;
+use starling_repo::pull::ClientOptions;
+
+use crate::api::*;
+use crate::mounts::Mounts;
+use crate::{Config, DaemonError};
+
+pub struct Daemon {
+    pub config: Config,
+    pub cache: Arc<HostCache>,
+    pub mounts: Mounts,
+    opts: ClientOptions,
+    shutdown: tokio::sync::Notify,
+}
+
+impl IntoResponse for DaemonError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            DaemonError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+            DaemonError::Conflict(_) => StatusCode::CONFLICT,
+            DaemonError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+type Shared = State<Arc<Daemon>>;
+
+/// Runs blocking work (mounting fetches, FUSE setup, cache walks) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, DaemonError> + Send + 'static,
+) -> Result<T, DaemonError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| DaemonError::Internal(e.to_string()))?
+}
+
+async fn status(State(d): Shared) -> Json<Status> {
+    Json(Status {
+        api: API_VERSION.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        state: d.config.state.clone(),
+        mounts: d.mounts.list().len(),
+        cache: d.cache.stats().into(),
+    })
+}
+
+async fn list_mounts(State(d): Shared) -> Json<Vec<MountInfo>> {
+    Json(d.mounts.list())
+}
+
+async fn create_mount(
+    State(d): Shared,
+    Json(req): Json<MountRequest>,
+) -> Result<(StatusCode, Json<MountInfo>), DaemonError> {
+    let info = blocking(move || d.mounts.mount(req, &d.cache, &d.opts)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn delete_mount(
+    State(d): Shared,
+    Json(req): Json<UnmountRequest>,
+) -> Result<Json<MountInfo>, DaemonError> {
+    Ok(Json(
+        blocking(move || d.mounts.unmount(&req.mountpoint)).await?,
+    ))
+}
+
+async fn cache_stats(State(d): Shared) -> Json<CacheStatsOut> {
+    Json(d.cache.stats().into())
+}
+
+async fn cache_gc(
+    State(d): Shared,
+    Json(req): Json<GcRequest>,
+) -> Result<Json<CacheStatsOut>, DaemonError> {
+    Ok(Json(
+        blocking(move || Ok(d.cache.gc(req.target_bytes).into())).await?,
+    ))
+}
+
+async fn cache_verify(State(d): Shared) -> Result<Json<VerifyOut>, DaemonError> {
+    Ok(Json(blocking(move || Ok(d.cache.verify().into())).await?))
+}
+
+async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {
+    d.shutdown.notify_one();
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "stopping": true })),
+    )
+}
+
+pub fn router(d: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route(
+            "/v1/mounts",
+            get(list_mounts).post(create_mount).delete(delete_mount),
+        )
+        .route("/v1/cache", get(cache_stats))
+        .route("/v1/cache/gc", post(cache_gc))
+        .route("/v1/cache/verify", post(cache_verify))
+        .route("/v1/shutdown", post(shutdown))
+        .with_state(d)
+}
+
+/// Runs the daemon until it is told to stop; unmounts everything on the way out.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()?;
+    std::fs::create_dir_all(&config.state)
+        .with_context(|| format!("state directory {}", config.state.display()))?;
+    let opts = ClientOptions {
+        timeout: config.timeout,
+        ..ClientOptions::default()
+    };
+    let cache = HostCache::open(
+        &config.state.join("cache"),
+        config.quota,
+        opts.clone(),
+        rt.handle().clone(),
+    )
+    .with_context(|| format!("host cache in {}", config.state.display()))?;
+    let mounts = Mounts::new(&config.state);
+    for mp in mounts.clean_stale() {
+        eprintln!(
+            "starlingd: detached stale mount {} left by a previous daemon",
+            mp.display()
+        );
+    }
+    if let Some(dir) = config.socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("socket directory {}", dir.display()))?;
+    }
+    // A socket file left by a daemon that died; a live daemon still answers on it.
+    if config.socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+            anyhow::bail!(
+                "another starlingd is listening on {}",
+                config.socket.display()
+            );
+        }
+        std::fs::remove_file(&config.socket)
+            .with_context(|| format!("removing stale socket {}", config.socket.display()))?;
+    }
+    let d = Arc::new(Daemon {
+        config: config.clone(),
+        cache: Arc::new(cache),
+        mounts,
+        opts,
+        shutdown: tokio::sync::Notify::new(),
+    });
+    let result = rt.block_on(async {
+        let listener = tokio::net::UnixListener::bind(&config.socket)
+            .with_context(|| format!("listening on {}", config.socket.display()))?;
+        eprintln!(
+            "starlingd: state {}, cache quota {} bytes, listening on {}",
+            config.state.display(),
+            config.quota,
+            config.socket.display()
+        );
+        println!("ready {}", config.socket.display());
+        let d2 = d.clone();
+        let stop = async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = d2.shutdown.notified() => {},
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            }
+        };
+        axum::serve(listener, router(d.clone()))
+            .with_graceful_shutdown(stop)
+            .await
+            .context("API server")
+    });
+    eprintln!("starlingd: shutting down; unmounting");
+    d.mounts.unmount_all();
+    let _ = std::fs::remove_file(&config.socket);
+    result
+}

@@ -1,0 +1,474 @@
+//! The read-only file system over one image version (fuse-backend-rs `FileSystem`, so the
+//! same code can serve /dev/fuse and, later, virtio-fs). Content is immutable: the kernel
+//! may cache attributes, names and pages for as long as it likes.
+
+use std::collections::HashMap;
+use std::ffi::CStr;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
+use fuse_backend_rs::api::filesystem::{
+    Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
+    ZeroCopyWriter,
+};
+use starling_image::manifest::{Commit, FileData};
+use starling_store::ObjectId;
+
+use crate::chunks::ChunkCache;
+use crate::inodes::{Inode, Inodes, Kind, MAX_MANIFEST};
+use crate::objects::{Counters, ObjResult, Objects};
+use crate::record::Recorder;
+
+/// Immutable content: cache everything "forever".
+const TTL: Duration = Duration::from_secs(86_400 * 365);
+
+pub struct ImageFs {
+    inodes: Inodes,
+    chunks: ChunkCache,
+    counters: Arc<Counters>,
+    stats: starling_image::manifest::TreeStats,
+    /// Open files: handle -> the chunks pinned for it.
+    open: Mutex<HashMap<u64, Vec<ObjectId>>>,
+    next_handle: AtomicU64,
+    recorder: Option<Arc<Recorder>>,
+    label: String,
+}
+
+fn eio(label: &str, what: String) -> io::Error {
+    eprintln!("starling-fs {label}: {what}");
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl ImageFs {
+    /// Opens the version `commit` from `objects` (its commit object is fetched now; trees
+    /// and chunks when first used).
+    pub fn new(
+        objects: Arc<dyn Objects>,
+        commit: &ObjectId,
+        counters: Arc<Counters>,
+        recorder: Option<Arc<Recorder>>,
+        label: String,
+    ) -> ObjResult<ImageFs> {
+        let bytes = objects.get(commit, MAX_MANIFEST)?;
+        let c = Commit::decode(commit, &bytes).map_err(|e| e.to_string())?;
+        if let Some(r) = &recorder {
+            r.touch(commit, MAX_MANIFEST);
+            r.touch(&c.root, MAX_MANIFEST);
+        }
+        let fs = ImageFs {
+            inodes: Inodes::new(objects, c.root_meta.clone(), c.root),
+            chunks: ChunkCache::new(32 << 20),
+            counters,
+            stats: c.stats,
+            open: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            recorder,
+            label,
+        };
+        if c.stats.hardlinks > 0 {
+            fs.inodes.count_links()?;
+        }
+        Ok(fs)
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    fn node(&self, ino: u64) -> io::Result<Arc<Inode>> {
+        self.inodes
+            .get(ino)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
+    }
+
+    fn children(&self, dir: &Inode) -> io::Result<Arc<Vec<crate::inodes::Child>>> {
+        if let (Some(r), Kind::Dir { tree }) = (&self.recorder, &dir.kind) {
+            r.touch(tree, MAX_MANIFEST);
+        }
+        self.inodes.children(dir).map_err(|e| {
+            Counters::add(&self.counters.errors, 1);
+            eio(&self.label, e)
+        })
+    }
+
+    fn attr(&self, n: &Inode) -> stat64 {
+        // SAFETY: stat64 is a plain C struct of integers; all-zero is a valid value.
+        let mut st: stat64 = unsafe { std::mem::zeroed() };
+        let (ty, size, rdev) = match &n.kind {
+            Kind::File { size, .. } => (libc::S_IFREG, *size, 0),
+            Kind::Dir { .. } => (libc::S_IFDIR, 4096, 0),
+            Kind::Symlink { target } => (libc::S_IFLNK, target.len() as u64, 0),
+            Kind::CharDevice { rdev } => (libc::S_IFCHR, 0, *rdev),
+            Kind::BlockDevice { rdev } => (libc::S_IFBLK, 0, *rdev),
+            Kind::Fifo => (libc::S_IFIFO, 0, 0),
+            Kind::Socket => (libc::S_IFSOCK, 0, 0),
+        };
+        st.st_ino = n.ino;
+        st.st_mode = ty | (n.meta.mode & 0o7777);
+        st.st_nlink = u64::from(n.nlink.load(Ordering::Relaxed));
+        st.st_uid = n.meta.uid;
+        st.st_gid = n.meta.gid;
+        st.st_rdev = rdev;
+        st.st_size = size as i64;
+        st.st_blksize = 4096;
+        st.st_blocks = size.div_ceil(512) as i64;
+        st.st_mtime = n.meta.mtime_sec;
+        st.st_mtime_nsec = i64::from(n.meta.mtime_nsec);
+        st.st_ctime = n.meta.mtime_sec;
+        st.st_ctime_nsec = i64::from(n.meta.mtime_nsec);
+        st.st_atime = n.meta.mtime_sec;
+        st.st_atime_nsec = i64::from(n.meta.mtime_nsec);
+        st
+    }
+
+    fn entry(&self, n: &Inode) -> Entry {
+        Entry {
+            inode: n.ino,
+            generation: 0,
+            attr: self.attr(n),
+            attr_flags: 0,
+            attr_timeout: TTL,
+            entry_timeout: TTL,
+        }
+    }
+
+    fn chunk(&self, id: &ObjectId, len: u32) -> io::Result<Arc<Vec<u8>>> {
+        if let Some(b) = self.chunks.get(id) {
+            return Ok(b);
+        }
+        if let Some(r) = &self.recorder {
+            r.touch(id, u64::from(len));
+        }
+        let b = self
+            .inodes
+            .objects()
+            .get(id, u64::from(len) + 1024)
+            .map_err(|e| {
+                Counters::add(&self.counters.errors, 1);
+                eio(&self.label, e)
+            })?;
+        if b.len() != len as usize {
+            return Err(eio(
+                &self.label,
+                format!(
+                    "chunk {} is {} bytes, its file says {len}",
+                    id.short(12),
+                    b.len()
+                ),
+            ));
+        }
+        self.chunks.insert(*id, b.clone());
+        Ok(b)
+    }
+
+    fn list(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(DirEntry, &Inode) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let dir = self.node(ino)?;
+        if !dir.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        let kids = self.children(&dir)?;
+        // "." and ".." first (offsets 1 and 2), then the entries.
+        for (i, name, ino) in [(0u64, &b"."[..], dir.ino), (1, &b".."[..], dir.parent)] {
+            if offset <= i {
+                let n = self.node(ino)?;
+                let de = DirEntry {
+                    ino,
+                    offset: i + 1,
+                    type_: u32::from(libc::DT_DIR),
+                    name,
+                };
+                if add(de, &n)? == 0 {
+                    return Ok(());
+                }
+            }
+        }
+        for (i, c) in kids
+            .iter()
+            .enumerate()
+            .skip(offset.saturating_sub(2) as usize)
+        {
+            let i = i + 2;
+            let target = self
+                .inodes
+                .resolve(c)
+                .map_err(|e| eio(&self.label, e))
+                .and_then(|t| self.node(t))?;
+            let type_ = match target.kind {
+                Kind::File { .. } => libc::DT_REG,
+                Kind::Dir { .. } => libc::DT_DIR,
+                Kind::Symlink { .. } => libc::DT_LNK,
+                Kind::CharDevice { .. } => libc::DT_CHR,
+                Kind::BlockDevice { .. } => libc::DT_BLK,
+                Kind::Fifo => libc::DT_FIFO,
+                Kind::Socket => libc::DT_SOCK,
+            };
+            let de = DirEntry {
+                ino: target.ino,
+                offset: i as u64 + 1,
+                type_: u32::from(type_),
+                name: &c.name,
+            };
+            if add(de, &target)? == 0 {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FileSystem for ImageFs {
+    type Inode = u64;
+    type Handle = u64;
+
+    fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        let want = FsOptions::ASYNC_READ
+            | FsOptions::PARALLEL_DIROPS
+            | FsOptions::DO_READDIRPLUS
+            | FsOptions::READDIRPLUS_AUTO
+            | FsOptions::CACHE_SYMLINKS
+            | FsOptions::MAX_PAGES
+            | FsOptions::EXPORT_SUPPORT;
+        Ok(capable & want)
+    }
+
+    fn lookup(&self, _ctx: &Context, parent: u64, name: &CStr) -> io::Result<Entry> {
+        let dir = self.node(parent)?;
+        if !dir.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        let name = name.to_bytes();
+        let found = match name {
+            b"." => Some(dir.ino),
+            b".." => Some(dir.parent),
+            _ => {
+                self.children(&dir)?;
+                self.inodes
+                    .lookup(&dir, name)
+                    .map_err(|e| eio(&self.label, e))?
+            }
+        };
+        match found {
+            Some(ino) => Ok(self.entry(&*self.node(ino)?)),
+            None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        }
+    }
+
+    fn getattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: Option<u64>,
+    ) -> io::Result<(stat64, Duration)> {
+        Ok((self.attr(&*self.node(inode)?), TTL))
+    }
+
+    fn readlink(&self, _ctx: &Context, inode: u64) -> io::Result<Vec<u8>> {
+        match &self.node(inode)?.kind {
+            Kind::Symlink { target } => Ok(target.clone()),
+            _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
+        }
+    }
+
+    fn open(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions, Option<u32>)> {
+        let n = self.node(inode)?;
+        if (flags as i32 & libc::O_ACCMODE) != libc::O_RDONLY || flags as i32 & libc::O_TRUNC != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        let ids: Vec<ObjectId> = match &n.kind {
+            Kind::File {
+                data: FileData::Chunks(c),
+                ..
+            } => c.iter().map(|c| c.id).collect(),
+            Kind::File { .. } => Vec::new(),
+            Kind::Dir { .. } => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+            _ => return Err(io::Error::from_raw_os_error(libc::ENXIO)),
+        };
+        self.inodes.objects().pin(&ids);
+        let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(h, ids);
+        Ok((Some(h), OpenOptions::KEEP_CACHE, None))
+    }
+
+    fn release(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _flags: u32,
+        handle: u64,
+        _flush: bool,
+        _flock_release: bool,
+        _lock_owner: Option<u64>,
+    ) -> io::Result<()> {
+        let ids = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&handle);
+        if let Some(ids) = ids {
+            self.inodes.objects().unpin(&ids);
+        }
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        w: &mut dyn ZeroCopyWriter,
+        size: u32,
+        offset: u64,
+        _lock_owner: Option<u64>,
+        _flags: u32,
+    ) -> io::Result<usize> {
+        let n = self.node(inode)?;
+        let Kind::File { size: fsize, data } = &n.kind else {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        };
+        Counters::add(&self.counters.reads, 1);
+        if offset >= *fsize {
+            return Ok(0);
+        }
+        let end = (*fsize).min(offset + u64::from(size));
+        let mut done = 0usize;
+        match data {
+            FileData::Inline(b) => {
+                let s = &b[offset as usize..end as usize];
+                w.write_all(s)?;
+                done = s.len();
+            }
+            FileData::Chunks(c) => {
+                let offs = n.offsets();
+                // The chunk holding `offset`: the last start <= offset.
+                let mut i = offs.partition_point(|&o| o <= offset).saturating_sub(1);
+                let mut at = offset;
+                while at < end && i < c.len() {
+                    let bytes = self.chunk(&c[i].id, c[i].len)?;
+                    let from = (at - offs[i]) as usize;
+                    let to = ((end - offs[i]) as usize).min(bytes.len());
+                    w.write_all(&bytes[from..to])?;
+                    done += to - from;
+                    at += (to - from) as u64;
+                    i += 1;
+                }
+            }
+        }
+        Counters::add(&self.counters.served, done as u64);
+        Ok(done)
+    }
+
+    fn opendir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _flags: u32,
+    ) -> io::Result<(Option<u64>, OpenOptions)> {
+        let n = self.node(inode)?;
+        if !n.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        Ok((None, OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR))
+    }
+
+    fn readdir(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.list(inode, offset, |de, _| add_entry(de))
+    }
+
+    fn readdirplus(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        _handle: u64,
+        _size: u32,
+        offset: u64,
+        add_entry: &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.list(inode, offset, |de, n| add_entry(de, self.entry(n)))
+    }
+
+    fn getxattr(
+        &self,
+        _ctx: &Context,
+        inode: u64,
+        name: &CStr,
+        size: u32,
+    ) -> io::Result<GetxattrReply> {
+        let n = self.node(inode)?;
+        let x = n
+            .meta
+            .xattrs
+            .iter()
+            .find(|x| x.name.as_slice() == name.to_bytes())
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODATA))?;
+        if size == 0 {
+            Ok(GetxattrReply::Count(x.value.len() as u32))
+        } else if (size as usize) < x.value.len() {
+            Err(io::Error::from_raw_os_error(libc::ERANGE))
+        } else {
+            Ok(GetxattrReply::Value(x.value.to_vec()))
+        }
+    }
+
+    fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        let n = self.node(inode)?;
+        let mut names = Vec::new();
+        for x in &n.meta.xattrs {
+            names.extend_from_slice(&x.name);
+            names.push(0);
+        }
+        if size == 0 {
+            Ok(ListxattrReply::Count(names.len() as u32))
+        } else if (size as usize) < names.len() {
+            Err(io::Error::from_raw_os_error(libc::ERANGE))
+        } else {
+            Ok(ListxattrReply::Names(names))
+        }
+    }
+
+    fn statfs(&self, _ctx: &Context, _inode: u64) -> io::Result<statvfs64> {
+        // SAFETY: statvfs64 is a plain C struct of integers; all-zero is a valid value.
+        let mut st: statvfs64 = unsafe { std::mem::zeroed() };
+        st.f_bsize = 4096;
+        st.f_frsize = 4096;
+        st.f_blocks = self.stats.bytes.div_ceil(4096);
+        st.f_files = self.stats.files + self.stats.dirs + self.stats.symlinks + self.stats.special;
+        st.f_namemax = 255;
+        st.f_flag = libc::ST_RDONLY;
+        Ok(st)
+    }
+
+    fn access(&self, _ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {
+        // Permission bits are checked by the kernel (default_permissions); only writes are
+        // refused here.
+        self.node(inode)?;
+        if mask as i32 & libc::W_OK != 0 {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
+        Ok(())
+    }
+}

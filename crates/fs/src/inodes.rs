@@ -1,0 +1,263 @@
+//! The inode table of a mounted image, filled lazily: a directory's entries become inodes
+//! when its tree is first needed (lookup, readdir), so a mount reads only the trees a
+//! workload walks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use starling_image::manifest::{FileData, Meta, Node, Tree};
+use starling_store::ObjectId;
+
+use crate::objects::{ObjResult, Objects};
+
+/// Manifests (trees, commits) are never larger than this.
+pub const MAX_MANIFEST: u64 = 64 << 20;
+pub const ROOT: u64 = 1;
+
+pub enum Kind {
+    File { size: u64, data: FileData },
+    Dir { tree: ObjectId },
+    Symlink { target: Vec<u8> },
+    CharDevice { rdev: u64 },
+    BlockDevice { rdev: u64 },
+    Fifo,
+    Socket,
+}
+
+pub struct Inode {
+    pub ino: u64,
+    pub parent: u64,
+    pub meta: Meta,
+    pub kind: Kind,
+    /// Link count: 1, more for hard-link groups (counted at mount); for a directory 2 +
+    /// subdirectories once its entries are loaded, 1 ("unknown", as btrfs and many network
+    /// file systems say) before, so a metadata walk loads only the trees it enters.
+    pub nlink: AtomicU32,
+    children: Mutex<Option<Arc<Vec<Child>>>>,
+    /// Start offset of each chunk, for files.
+    offsets: OnceLock<Vec<u64>>,
+}
+
+pub struct Child {
+    pub name: Vec<u8>,
+    pub target: ChildTarget,
+}
+
+pub enum ChildTarget {
+    Ino(u64),
+    /// A hard link: the `/`-joined path of the group's first name.
+    Link(Vec<u8>),
+}
+
+impl Inode {
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, Kind::Dir { .. })
+    }
+
+    /// Chunk start offsets (file size at the end).
+    pub fn offsets(&self) -> &[u64] {
+        self.offsets.get_or_init(|| match &self.kind {
+            Kind::File {
+                data: FileData::Chunks(c),
+                ..
+            } => {
+                let mut v = Vec::with_capacity(c.len() + 1);
+                let mut at = 0u64;
+                for ch in c {
+                    v.push(at);
+                    at += u64::from(ch.len);
+                }
+                v.push(at);
+                v
+            }
+            _ => Vec::new(),
+        })
+    }
+}
+
+pub struct Inodes {
+    objects: Arc<dyn Objects>,
+    table: RwLock<Vec<Arc<Inode>>>,
+    links: Mutex<HashMap<Vec<u8>, u64>>,
+}
+
+impl Inodes {
+    pub fn new(objects: Arc<dyn Objects>, root_meta: Meta, root_tree: ObjectId) -> Inodes {
+        let root = Arc::new(Inode {
+            ino: ROOT,
+            parent: ROOT,
+            meta: root_meta,
+            kind: Kind::Dir { tree: root_tree },
+            nlink: AtomicU32::new(2),
+            children: Mutex::new(None),
+            offsets: OnceLock::new(),
+        });
+        Inodes {
+            objects,
+            table: RwLock::new(vec![root]),
+            links: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn objects(&self) -> &Arc<dyn Objects> {
+        &self.objects
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
+        let t = self.table.read().unwrap_or_else(|p| p.into_inner());
+        usize::try_from(ino)
+            .ok()
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| t.get(i).cloned())
+    }
+
+    pub fn count(&self) -> usize {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// A directory's entries, loading its tree on first use. Concurrent first uses of one
+    /// directory load it once (the others wait on its lock).
+    pub fn children(&self, dir: &Inode) -> ObjResult<Arc<Vec<Child>>> {
+        let Kind::Dir { tree } = &dir.kind else {
+            return Err(format!("inode {} is not a directory", dir.ino));
+        };
+        let mut slot = dir.children.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let bytes = self.objects.get(tree, MAX_MANIFEST)?;
+        let t = Tree::decode(tree, &bytes).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(t.entries.len());
+        let mut subdirs = 0;
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
+        for e in t.entries {
+            let name = e.name.into_vec();
+            let (meta, kind) = match e.node {
+                Node::Hardlink { target } => {
+                    out.push(Child {
+                        name,
+                        target: ChildTarget::Link(target.into_vec()),
+                    });
+                    continue;
+                }
+                Node::File { meta, size, data } => (meta, Kind::File { size, data }),
+                Node::Dir { meta, tree } => {
+                    subdirs += 1;
+                    (meta, Kind::Dir { tree })
+                }
+                Node::Symlink { meta, target } => (
+                    meta,
+                    Kind::Symlink {
+                        target: target.into_vec(),
+                    },
+                ),
+                Node::CharDevice { meta, rdev } => (meta, Kind::CharDevice { rdev }),
+                Node::BlockDevice { meta, rdev } => (meta, Kind::BlockDevice { rdev }),
+                Node::Fifo { meta } => (meta, Kind::Fifo),
+                Node::Socket { meta } => (meta, Kind::Socket),
+            };
+            let ino = table.len() as u64 + 1;
+            let nlink = 1;
+            table.push(Arc::new(Inode {
+                ino,
+                parent: dir.ino,
+                meta,
+                kind,
+                nlink: AtomicU32::new(nlink),
+                children: Mutex::new(None),
+                offsets: OnceLock::new(),
+            }));
+            out.push(Child {
+                name,
+                target: ChildTarget::Ino(ino),
+            });
+        }
+        drop(table);
+        dir.nlink.store(2 + subdirs, Ordering::Relaxed);
+        let c = Arc::new(out);
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The inode a child names (following a hard link to its group's first name).
+    pub fn resolve(&self, child: &Child) -> ObjResult<u64> {
+        match &child.target {
+            ChildTarget::Ino(i) => Ok(*i),
+            ChildTarget::Link(path) => self.resolve_path(path),
+        }
+    }
+
+    fn resolve_path(&self, path: &[u8]) -> ObjResult<u64> {
+        if let Some(i) = self
+            .links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(path)
+        {
+            return Ok(*i);
+        }
+        let mut ino = ROOT;
+        for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+            let dir = self.get(ino).ok_or("inode vanished")?;
+            let kids = self.children(&dir)?;
+            let c = kids.iter().find(|c| c.name == comp).ok_or_else(|| {
+                format!(
+                    "hard link target {} is not in the image",
+                    String::from_utf8_lossy(path)
+                )
+            })?;
+            ino = match c.target {
+                ChildTarget::Ino(i) => i,
+                ChildTarget::Link(_) => {
+                    return Err(format!(
+                        "hard link target {} is itself a link",
+                        String::from_utf8_lossy(path)
+                    ))
+                }
+            };
+        }
+        self.links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_vec(), ino);
+        Ok(ino)
+    }
+
+    pub fn lookup(&self, dir: &Inode, name: &[u8]) -> ObjResult<Option<u64>> {
+        let kids = self.children(dir)?;
+        match kids.binary_search_by(|c| c.name.as_slice().cmp(name)) {
+            Ok(i) => self.resolve(&kids[i]).map(Some),
+            // Trees are sorted by name, but do not rely on it for correctness.
+            Err(_) => match kids.iter().find(|c| c.name == name) {
+                Some(c) => self.resolve(c).map(Some),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Loads every directory and counts hard links, so files in a link group report their
+    /// true link count. Only images that have hard links pay for this walk (at mount).
+    pub fn count_links(&self) -> ObjResult<()> {
+        let mut stack = vec![ROOT];
+        while let Some(ino) = stack.pop() {
+            let dir = self.get(ino).ok_or("inode vanished")?;
+            for c in self.children(&dir)?.iter() {
+                match &c.target {
+                    ChildTarget::Ino(i) => {
+                        if self.get(*i).is_some_and(|n| n.is_dir()) {
+                            stack.push(*i);
+                        }
+                    }
+                    ChildTarget::Link(_) => {
+                        let t = self.resolve(c)?;
+                        if let Some(n) = self.get(t) {
+                            n.nlink.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,14 @@
+//! Lazy read-only file systems over Starling images: the inode table fills as directories
+//! are visited, and file chunks are read (from the local store or the host cache in front of
+//! a repository) only when a program reads them.
+
+pub mod chunks;
+pub mod imagefs;
+pub mod inodes;
+pub mod objects;
+pub mod record;
+pub mod session;
+
+pub use imagefs::ImageFs;
+pub use objects::{CounterValues, Counters, LocalObjects, Objects, RemoteObjects};
+pub use session::{mount, MountError, Mounted};

@@ -1,0 +1,397 @@
+//! The host cache: one store of verified objects shared by every mount and VM on the host,
+//! filled from repositories on first use. Each object is fetched at most once at a time
+//! (concurrent first reads wait for the one download: single-flight), verified against its
+//! id before it is kept, and evicted least-recently-used beyond a size quota, never while an
+//! open file needs it (pinned).
+//!
+//! The index (sizes and last use) is rebuilt from the cache directory on start (object file
+//! sizes and modification times, which uses refresh), so a restart loses nothing.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use starling_store::{ObjectId, Store};
+
+use crate::error::{invalid, Error, Result};
+use crate::pull::{ClientOptions, Fetcher, Remote};
+
+/// No chunk is larger than this (the chunker's maximum); a quota must hold at least one.
+pub const MAX_CHUNK: u64 = 256 << 10;
+/// How often a hit refreshes an object file's modification time (the persisted LRU order).
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
+
+pub struct HostCache {
+    store: Store,
+    quota: u64,
+    index: Mutex<Index>,
+    inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
+    fetchers: Mutex<HashMap<String, Fetcher>>,
+    opts: ClientOptions,
+    rt: tokio::runtime::Handle,
+    pub stats: CacheCounters,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<ObjectId, Slot>,
+    bytes: u64,
+    pins: HashMap<ObjectId, u32>,
+}
+
+struct Slot {
+    size: u64,
+    used: SystemTime,
+    touched: SystemTime,
+}
+
+#[derive(Default)]
+struct Flight {
+    done: Mutex<Option<std::result::Result<(), String>>>,
+    cv: Condvar,
+}
+
+#[derive(Default, Debug)]
+pub struct CacheCounters {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub fetched_bytes: AtomicU64,
+    pub evicted: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CacheStats {
+    pub objects: usize,
+    pub bytes: u64,
+    pub quota: u64,
+    pub pinned: usize,
+    pub hits: u64,
+    pub misses: u64,
+    pub fetched_bytes: u64,
+    pub evicted: u64,
+    pub refused: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub checked: usize,
+    pub removed: Vec<String>,
+}
+
+/// Where a `get` found its object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Cache,
+    Fetched,
+}
+
+impl HostCache {
+    /// Opens (creating) the cache store at `dir` with a quota in bytes.
+    pub fn open(
+        dir: &Path,
+        quota: u64,
+        opts: ClientOptions,
+        rt: tokio::runtime::Handle,
+    ) -> Result<HostCache> {
+        if quota < MAX_CHUNK {
+            return Err(invalid(
+                format!("cache quota {quota} bytes"),
+                format!("is smaller than one chunk ({MAX_CHUNK} bytes)"),
+            ));
+        }
+        let store = Store::open_or_init(dir)?;
+        let (objs, _) = store.list_objects()?;
+        let mut index = Index::default();
+        for o in objs {
+            let used = std::fs::metadata(store.object_path(&o.id))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            index.bytes += o.stored_bytes;
+            index.entries.insert(
+                o.id,
+                Slot {
+                    size: o.stored_bytes,
+                    used,
+                    touched: used,
+                },
+            );
+        }
+        Ok(HostCache {
+            store,
+            quota,
+            index: Mutex::new(index),
+            inflight: Mutex::new(HashMap::new()),
+            fetchers: Mutex::new(HashMap::new()),
+            opts,
+            rt,
+            stats: CacheCounters::default(),
+        })
+    }
+
+    /// The cache's own store (trust state for remotes lives beside its objects).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.rt
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The object's verified bytes, from the cache or fetched from `remote` (once, however
+    /// many callers ask at the same time). Call from a thread that is not a runtime worker.
+    pub fn get(&self, remote: &Remote, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
+        loop {
+            if let Some(b) = self.read_cached(id) {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok((b, Origin::Cache));
+            }
+            let (flight, leader) = {
+                let mut g = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                match g.get(id) {
+                    Some(f) => (f.clone(), false),
+                    None => {
+                        let f = Arc::new(Flight::default());
+                        g.insert(*id, f.clone());
+                        (f, true)
+                    }
+                }
+            };
+            if !leader {
+                let mut done = flight.done.lock().unwrap_or_else(|p| p.into_inner());
+                while done.is_none() {
+                    done = flight.cv.wait(done).unwrap_or_else(|p| p.into_inner());
+                }
+                if let Some(Err(e)) = done.as_ref() {
+                    return Err(Error::Fetch {
+                        url: remote.join(&crate::push::object_rel(id))?.to_string(),
+                        reason: e.clone(),
+                    });
+                }
+                // Fetched by the leader: read it from the cache (it may have been evicted
+                // already under a tiny quota; then go round again).
+                continue;
+            }
+            self.stats.misses.fetch_add(1, Ordering::Relaxed);
+            let r = self.fetch(remote, id, max_len);
+            {
+                let mut done = flight.done.lock().unwrap_or_else(|p| p.into_inner());
+                *done = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                flight.cv.notify_all();
+            }
+            self.inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(id);
+            return r.map(|b| (b, Origin::Fetched));
+        }
+    }
+
+    fn read_cached(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        if !self.index().entries.contains_key(id) {
+            return None;
+        }
+        match self.store.get(id) {
+            Ok(b) => {
+                let now = SystemTime::now();
+                let mut g = self.index();
+                if let Some(s) = g.entries.get_mut(id) {
+                    s.used = now;
+                    if now.duration_since(s.touched).unwrap_or_default() > TOUCH_EVERY {
+                        s.touched = now;
+                        drop(g);
+                        let _ = std::fs::File::options()
+                            .write(true)
+                            .open(self.store.object_path(id))
+                            .and_then(|f| f.set_modified(now));
+                    }
+                }
+                Some(b)
+            }
+            Err(e) => {
+                // Damaged on disk: drop it and fetch again.
+                eprintln!("starling cache: object {} unreadable ({e}); refetching", id);
+                self.forget(id);
+                let _ = self.store.remove_object(id);
+                None
+            }
+        }
+    }
+
+    fn fetcher(&self, remote: &Remote) -> Result<Fetcher> {
+        let mut g = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = g.get(remote.base.as_str()) {
+            return Ok(f.clone());
+        }
+        let f = Fetcher::new(remote.clone(), &self.opts)?;
+        g.insert(remote.base.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn fetch(&self, remote: &Remote, id: &ObjectId, max_len: u64) -> Result<Vec<u8>> {
+        let f = self.fetcher(remote)?;
+        let (env, url) = self.rt.block_on(f.get(id, max_len))?;
+        self.stats
+            .fetched_bytes
+            .fetch_add(env.len() as u64, Ordering::Relaxed);
+        // Verified before it is kept: a damaged object is refused and never cached.
+        let data = self.store.put_envelope_decoded(id, &env).map_err(|e| {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            Error::BadObject {
+                id: id.to_hex(),
+                url: url.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        let size = env.len() as u64;
+        {
+            let now = SystemTime::now();
+            let mut g = self.index();
+            if g.entries
+                .insert(
+                    *id,
+                    Slot {
+                        size,
+                        used: now,
+                        touched: now,
+                    },
+                )
+                .is_none()
+            {
+                g.bytes += size;
+            }
+        }
+        self.evict(id);
+        Ok(data)
+    }
+
+    fn forget(&self, id: &ObjectId) {
+        let mut g = self.index();
+        if let Some(s) = g.entries.remove(id) {
+            g.bytes -= s.size;
+        }
+    }
+
+    /// Removes least recently used, unpinned objects until the cache fits its quota.
+    /// `keep` (just fetched) stays.
+    fn evict(&self, keep: &ObjectId) {
+        let victims: Vec<ObjectId> = {
+            let g = self.index();
+            if g.bytes <= self.quota {
+                return;
+            }
+            let mut cands: Vec<(&ObjectId, &Slot)> = g
+                .entries
+                .iter()
+                .filter(|(id, _)| *id != keep && !g.pins.contains_key(*id))
+                .collect();
+            cands.sort_by_key(|(_, s)| s.used);
+            let mut over = g.bytes - self.quota;
+            let mut v = Vec::new();
+            for (id, s) in cands {
+                if over == 0 {
+                    break;
+                }
+                v.push(*id);
+                over = over.saturating_sub(s.size);
+            }
+            v
+        };
+        for id in victims {
+            self.forget(&id);
+            if self.store.remove_object(&id).is_ok() {
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    pub fn pin(&self, ids: &[ObjectId]) {
+        let mut g = self.index();
+        for id in ids {
+            *g.pins.entry(*id).or_insert(0) += 1;
+        }
+    }
+
+    pub fn unpin(&self, ids: &[ObjectId]) {
+        let mut g = self.index();
+        for id in ids {
+            if let Some(n) = g.pins.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    g.pins.remove(id);
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let g = self.index();
+        let c = &self.stats;
+        CacheStats {
+            objects: g.entries.len(),
+            bytes: g.bytes,
+            quota: self.quota,
+            pinned: g.pins.len(),
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            fetched_bytes: c.fetched_bytes.load(Ordering::Relaxed),
+            evicted: c.evicted.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Evicts everything not pinned down to `target` bytes (0: all that can go).
+    pub fn gc(&self, target: u64) -> CacheStats {
+        let victims: Vec<ObjectId> = {
+            let g = self.index();
+            let mut cands: Vec<(&ObjectId, &Slot)> = g
+                .entries
+                .iter()
+                .filter(|(id, _)| !g.pins.contains_key(*id))
+                .collect();
+            cands.sort_by_key(|(_, s)| s.used);
+            let mut bytes = g.bytes;
+            let mut v = Vec::new();
+            for (id, s) in cands {
+                if bytes <= target {
+                    break;
+                }
+                v.push(*id);
+                bytes -= s.size;
+            }
+            v
+        };
+        for id in victims {
+            self.forget(&id);
+            if self.store.remove_object(&id).is_ok() {
+                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.stats()
+    }
+
+    /// Re-hashes every cached object and removes the damaged ones (they are fetched again on
+    /// next use).
+    pub fn verify(&self) -> VerifyReport {
+        let ids: Vec<ObjectId> = self.index().entries.keys().copied().collect();
+        let mut removed = Vec::new();
+        for id in &ids {
+            if self.store.verify(id).is_err() {
+                self.forget(id);
+                let _ = self.store.remove_object(id);
+                removed.push(id.to_hex());
+            }
+        }
+        VerifyReport {
+            checked: ids.len(),
+            removed,
+        }
+    }
+}
