@@ -336,6 +336,17 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                 Node::File { size, .. } => *size,
                 _ => 0,
             };
+            // The objects holding the file's bytes (what a lazy mount fetches to read it).
+            let chunks: Vec<serde_json::Value> = match &node {
+                Node::File {
+                    data: starling_image::manifest::FileData::Chunks(c),
+                    ..
+                } => c
+                    .iter()
+                    .map(|c| serde_json::json!({"id": c.id.to_hex(), "len": c.len}))
+                    .collect(),
+                _ => Vec::new(),
+            };
             if json {
                 println!(
                     "{}",
@@ -344,7 +355,7 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                         "size": size, "mode": meta.mode, "uid": meta.uid, "gid": meta.gid,
                         "mtime_sec": meta.mtime_sec, "mtime_nsec": meta.mtime_nsec,
                         "xattrs": meta.xattrs.iter().map(|x| String::from_utf8_lossy(&x.name).into_owned()).collect::<Vec<_>>(),
-                        "content_id": cid,
+                        "content_id": cid, "chunks": chunks,
                     }))?
                 );
             } else {

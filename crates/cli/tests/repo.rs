@@ -11,42 +11,6 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 
-/// `starling repo serve DIR` on a free loopback port; killed on drop.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    fn start(env: &Env, dir: &Path) -> Server {
-        let mut child = env
-            .cmd()
-            .args(["repo", "serve", s(dir), "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("repo serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .split_whitespace()
-            .last()
-            .expect("address line")
-            .to_string();
-        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
-        Server { child, url }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A second store (the pulling host) sharing nothing with `env`'s.
 fn client_store(env: &Env) -> PathBuf {
     env.path("client-store")

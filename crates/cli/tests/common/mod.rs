@@ -527,3 +527,79 @@ pub fn have(tool: &str) -> bool {
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
+
+/// `starling repo serve DIR` on loopback (a free port, or a given address to come back on),
+/// its access log in a file; killed on drop.
+pub struct Server {
+    child: std::process::Child,
+    pub url: String,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl Server {
+    pub fn start(env: &Env, dir: &Path) -> Server {
+        Server::start_on(env, dir, "127.0.0.1:0")
+    }
+
+    pub fn start_on(env: &Env, dir: &Path, listen: &str) -> Server {
+        use std::io::{BufRead, BufReader};
+        let log = env.dir.path().join(format!(
+            "serve-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut child = env
+            .cmd()
+            .args(["repo", "serve", s(dir), "--listen", listen])
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("repo serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .last()
+            .expect("address line")
+            .to_string();
+        assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        Server {
+            child,
+            url,
+            addr,
+            log,
+        }
+    }
+
+    /// How many times each path was requested (from the access log).
+    pub fn requests(&self) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for l in fs::read_to_string(&self.log).unwrap_or_default().lines() {
+            let mut w = l.split_whitespace();
+            if let (Some("GET"), Some(path)) = (w.next(), w.next()) {
+                *m.entry(path.to_string()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,489 @@
+//! Lazy mounts through starlingd: real FUSE mounts read by real programs, a repository served
+//! over loopback HTTP whose access log proves each object crosses the wire once per host,
+//! and the failure paths (corrupt objects, origin gone, daemon restarts, bad requests).
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+use common::*;
+
+/// `starling daemon` with its own state directory and socket; stopped (SIGTERM: a clean
+/// shutdown that unmounts) on drop.
+struct Daemon {
+    child: Option<Child>,
+    state: PathBuf,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &Env, state: &Path, extra: &[&str]) -> Daemon {
+        Daemon::try_start(env, state, extra).unwrap_or_else(|e| panic!("daemon: {e}"))
+    }
+
+    fn try_start(env: &Env, state: &Path, extra: &[&str]) -> Result<Daemon, String> {
+        fs::create_dir_all(state).unwrap();
+        let socket = state.join("api.sock");
+        let log = state.join("daemon.log");
+        let mut child = env
+            .cmd()
+            .args(["daemon", "--state", s(state), "--socket", s(&socket)])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starling daemon");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if !line.starts_with("ready") {
+            let _ = child.wait();
+            return Err(fs::read_to_string(&log).unwrap_or_default());
+        }
+        Ok(Daemon {
+            child: Some(child),
+            state: state.to_path_buf(),
+            socket,
+        })
+    }
+
+    fn run(&self, env: &Env, args: &[&str]) -> Output {
+        env.cmd()
+            .args(args)
+            .env("STARLING_SOCKET", &self.socket)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, env: &Env, args: &[&str]) -> String {
+        let o = self.run(env, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            fs::read_to_string(self.state.join("daemon.log")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn fails(&self, env: &Env, args: &[&str]) -> String {
+        let o = self.run(env, args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn mounts(&self, env: &Env) -> serde_json::Value {
+        json(&self.ok(env, &["mounts", "--json"]))
+    }
+
+    fn cache(&self, env: &Env) -> serde_json::Value {
+        json(&self.ok(env, &["cache", "stats", "--json"]))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&c);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// Dies without cleaning up (SIGKILL), leaving its mounts stale.
+    fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn fuse_available() -> bool {
+    if Path::new("/dev/fuse").exists() {
+        return true;
+    }
+    skip("/dev/fuse is missing: FUSE mount tests need it");
+    false
+}
+
+fn mountpoint(env: &Env, name: &str) -> PathBuf {
+    let p = env.path(name);
+    fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// A repository holding `name` imported from `src`, served on loopback; returns the server
+/// and the trusted root file.
+fn serve(env: &Env, src: &Path, name: &str) -> (Server, PathBuf, String) {
+    env.ok(&["image", "import", s(src), name]);
+    let repo = env.path("repo");
+    if !repo.exists() {
+        env.ok(&["repo", "init", s(&repo)]);
+    }
+    env.ok(&["push", name, s(&repo)]);
+    let server = Server::start(env, &repo);
+    let root = s(&repo.join("metadata/1.root.json")).to_string();
+    (server, repo, root)
+}
+
+/// Every object path requested more than once in the server's access log.
+fn repeated(server: &Server) -> Vec<(String, usize)> {
+    server
+        .requests()
+        .into_iter()
+        .filter(|(p, n)| p.starts_with("/objects/") && *n > 1)
+        .collect()
+}
+
+fn object_requests(server: &Server) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|(p, _)| p.starts_with("/objects/"))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[test]
+fn local_mount_shows_the_image_exactly() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let mp = mountpoint(&env, "mp");
+    d.ok(&env, &["mount", "t:v1", s(&mp)]);
+    assert_same_tree(&src, &mp);
+    // Read-only: writes are refused.
+    let e = fs::write(mp.join("new-file"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc_erofs()), "{e}");
+    let m = d.mounts(&env);
+    assert_eq!(m[0]["image"], "t:v1");
+    assert!(m[0]["counters"]["served"].as_u64().unwrap() > 0, "{m}");
+    d.ok(&env, &["umount", s(&mp)]);
+    assert_eq!(fs::read_dir(&mp).unwrap().count(), 0, "unmounted");
+    assert_eq!(d.mounts(&env).as_array().unwrap().len(), 0);
+}
+
+fn libc_erofs() -> i32 {
+    30 // EROFS
+}
+
+#[test]
+fn mount_errors_are_clear() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"data").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let d = Daemon::start(&env, &env.path("state"), &["--timeout", "2"]);
+    let mp = mountpoint(&env, "mp");
+    let e = d.fails(&env, &["mount", "t:nope", s(&mp)]);
+    assert!(e.contains("t:nope"), "{e}");
+    let e = d.fails(&env, &["mount", "t:v1", s(&env.path("missing"))]);
+    assert!(e.contains("missing") && e.contains("No such file"), "{e}");
+    let e = d.fails(&env, &["mount", "t:v1", s(&src)]);
+    assert!(e.contains("not empty"), "{e}");
+    // An unreachable repository: a free port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/");
+    let root = env.path("root.json");
+    fs::write(&root, b"{}").unwrap();
+    let e = d.fails(&env, &["mount", &url, "t:v1", s(&mp), "--root", s(&root)]);
+    assert!(e.contains(&url), "{e}");
+    // Unknown image in a real repository.
+    let (_server, _repo, root) = serve(&env, &src, "t:v1");
+    let e = d.fails(
+        &env,
+        &["mount", &_server.url, "t:other", s(&mp), "--root", &root],
+    );
+    assert!(e.contains("no image t:other"), "{e}");
+    // Nothing was left mounted by the failures.
+    assert_eq!(d.mounts(&env).as_array().unwrap().len(), 0);
+    assert_eq!(fs::read_dir(&mp).unwrap().count(), 0);
+    // A daemon whose cache cannot hold one chunk refuses to start.
+    let e = Daemon::try_start(&env, &env.path("tiny"), &["--quota", "4K"])
+        .err()
+        .expect("tiny quota refused");
+    assert!(e.contains("smaller than one chunk"), "{e}");
+    // No daemon: the client says so.
+    let o = env
+        .cmd()
+        .args(["mounts"])
+        .env("STARLING_SOCKET", env.path("no.sock"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is the daemon running"));
+}
+
+#[test]
+fn programs_run_from_a_lazy_mount_of_debian() {
+    if !fuse_available() {
+        return;
+    }
+    let Some((_, rootfs_b)) = debian_rootfs() else {
+        return;
+    };
+    let env = Env::new();
+    let (server, _repo, root) = serve(&env, &rootfs_b, "debian:b");
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let mp = mountpoint(&env, "mp");
+    d.ok(
+        &env,
+        &["mount", &server.url, "debian:b", s(&mp), "--root", &root],
+    );
+    let out = Command::new("chroot")
+        .arg(&mp)
+        .args(["/bin/bash", "-c", "dpkg -l | wc -l; python3 -c 'print(1)'"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = Command::new("chroot")
+        .arg(&rootfs_b)
+        .args(["/bin/bash", "-c", "dpkg -l | wc -l"])
+        .output()
+        .unwrap();
+    let got = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(
+        lines[0],
+        String::from_utf8_lossy(&want.stdout).trim(),
+        "{got}"
+    );
+    assert_eq!(lines[1], "1");
+    // Lazy: only what bash, dpkg and python read came over the wire.
+    let m = d.mounts(&env);
+    let fetched = m[0]["counters"]["fetched"].as_u64().unwrap();
+    let image = json(&env.ok(&["image", "inspect", "--json", "debian:b"]));
+    let size = image["stats"]["bytes"].as_u64().unwrap();
+    assert!(
+        fetched > 0 && fetched < size / 2,
+        "fetched {fetched} of {size}"
+    );
+    assert!(repeated(&server).is_empty(), "{:?}", repeated(&server));
+}
+
+/// Reads every regular file under `dir` in `threads` threads, comparing each with the same
+/// path under `want`; returns the bytes read.
+fn read_all_compare(dir: &Path, want: &Path, threads: usize) -> u64 {
+    let mut files = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in fs::read_dir(want.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(r);
+            } else if ft.is_file() {
+                files.push(r);
+            }
+        }
+    }
+    let files = std::sync::Arc::new(files);
+    let total = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for t in 0..threads {
+            let files = files.clone();
+            let total = &total;
+            sc.spawn(move || {
+                for i in 0..files.len() {
+                    // Every thread reads every file, in a different order.
+                    let f = &files[(i + t * 7919) % files.len()];
+                    let mut got = Vec::new();
+                    fs::File::open(dir.join(f))
+                        .and_then(|mut h| h.read_to_end(&mut got))
+                        .unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+                    let exp = fs::read(want.join(f)).unwrap();
+                    assert!(got == exp, "{} differs", f.display());
+                    total.fetch_add(got.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    total.into_inner()
+}
+
+#[test]
+fn one_fetch_per_object_per_host_and_every_byte_right() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    for i in 0..40 {
+        fs::write(
+            src.join(format!("data-{i}")),
+            (0..200_000u32)
+                .map(|x| (x.wrapping_mul(2_654_435_761).wrapping_add(i) >> 13) as u8)
+                .collect::<Vec<u8>>(),
+        )
+        .unwrap();
+    }
+    let (server, repo, root) = serve(&env, &src, "t:v1");
+    // A second version sharing most content.
+    fs::write(src.join("data-0"), b"changed").unwrap();
+    fs::write(src.join("added"), vec![5u8; 300_000]).unwrap();
+    env.ok(&["image", "import", s(&src), "t:v2"]);
+    env.ok(&["push", "t:v2", s(&repo)]);
+    let want1 = env.path("want1");
+    env.ok(&["image", "export", "t:v1", s(&want1)]);
+    let want2 = env.path("want2");
+    env.ok(&["image", "export", "t:v2", s(&want2)]);
+
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let mut mps = Vec::new();
+    for i in 0..13 {
+        let (img, want) = if i < 10 {
+            ("t:v1", &want1)
+        } else {
+            ("t:v2", &want2)
+        };
+        let mp = mountpoint(&env, &format!("mp{i}"));
+        d.ok(&env, &["mount", &server.url, img, s(&mp), "--root", &root]);
+        mps.push((mp, want.clone()));
+    }
+    // All 13 mounts read in parallel, 5 readers each (65 concurrent readers).
+    std::thread::scope(|sc| {
+        for (mp, want) in &mps {
+            sc.spawn(move || read_all_compare(mp, want, 5));
+        }
+    });
+    assert!(repeated(&server).is_empty(), "{:?}", repeated(&server));
+    let fetched_objects = object_requests(&server);
+    assert!(fetched_objects > 40, "{fetched_objects}");
+    // The same tree through one mount with 64 concurrent readers, byte for byte.
+    read_all_compare(&mps[0].0, &want1, 64);
+    assert_same_tree(&want1, &mps[0].0);
+    assert_eq!(
+        object_requests(&server),
+        fetched_objects,
+        "all from the cache now"
+    );
+    let stats = d.cache(&env);
+    assert_eq!(
+        stats["misses"].as_u64().unwrap() as usize,
+        fetched_objects,
+        "{stats}"
+    );
+}
+
+#[test]
+fn corrupt_objects_are_refused_and_the_origin_may_come_and_go() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..6u8 {
+        fs::write(src.join(format!("f{i}")), vec![i; 150_000 + i as usize]).unwrap();
+    }
+    let (mut server, repo, root) = serve(&env, &src, "t:v1");
+    let state = env.path("state");
+    let mut d = Daemon::start(&env, &state, &["--timeout", "2"]);
+    let mp = mountpoint(&env, "mp");
+    d.ok(
+        &env,
+        &["mount", &server.url, "t:v1", s(&mp), "--root", &root],
+    );
+    assert_eq!(fs::read(mp.join("f0")).unwrap(), vec![0u8; 150_000]);
+
+    // A damaged object at the origin: the read fails with EIO, nothing bad is cached.
+    let f1_chunks = chunk_paths(&env, &repo, "t:v1", "f1");
+    let good = fs::read(&f1_chunks[0]).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 2] ^= 1;
+    fs::write(&f1_chunks[0], &bad).unwrap();
+    let e = fs::read(mp.join("f1")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "EIO: {e}");
+    assert!(d.cache(&env)["refused"].as_u64().unwrap() >= 1);
+    let log = fs::read_to_string(state.join("daemon.log")).unwrap();
+    assert!(log.contains("f1") || log.contains("object"), "{log}");
+    fs::write(&f1_chunks[0], &good).unwrap();
+    assert_eq!(fs::read(mp.join("f1")).unwrap(), vec![1u8; 150_001]);
+
+    // The origin goes away: what is cached still reads, the rest fails fast with EIO.
+    let addr = server.addr.clone();
+    server.stop();
+    assert_eq!(fs::read(mp.join("f0")).unwrap(), vec![0u8; 150_000]);
+    let started = std::time::Instant::now();
+    let e = fs::read(mp.join("f2")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(5), "EIO: {e}");
+    assert!(started.elapsed().as_secs() < 15, "no hang");
+    // ... and comes back on the same address: the mount recovers.
+    let server = Server::start_on(&env, &repo, &addr);
+    assert_eq!(fs::read(mp.join("f2")).unwrap(), vec![2u8; 150_002]);
+
+    // The daemon restarts (clean stop unmounts) and keeps its cache.
+    let before = d.cache(&env);
+    d.stop();
+    assert_eq!(
+        fs::read_dir(&mp).unwrap().count(),
+        0,
+        "unmounted at shutdown"
+    );
+    let mut d = Daemon::start(&env, &state, &["--timeout", "2"]);
+    let after = d.cache(&env);
+    assert_eq!(before["objects"], after["objects"]);
+    assert_eq!(before["bytes"], after["bytes"]);
+    d.ok(&env, &["mount", &server.url, "t:v1", s(&mp)]);
+    let n = object_requests(&server);
+    assert_eq!(fs::read(mp.join("f2")).unwrap(), vec![2u8; 150_002]);
+    assert_eq!(object_requests(&server), n, "served from the kept cache");
+
+    // A daemon that dies leaves a stale mount; the next one detaches it on start.
+    d.crash();
+    assert!(fs::read_dir(&mp).is_err(), "stale mount answers nothing");
+    let d = Daemon::start(&env, &state, &[]);
+    assert_eq!(fs::read_dir(&mp).unwrap().count(), 0, "stale mount cleaned");
+    let log = fs::read_to_string(state.join("daemon.log")).unwrap();
+    assert!(log.contains("stale mount"), "{log}");
+    // Cache verify finds damage on disk and removes it.
+    let cached = d.cache(&env)["objects"].as_u64().unwrap();
+    assert!(cached > 0);
+    let v = d.ok(&env, &["cache", "verify"]);
+    assert!(
+        v.contains(&format!("{cached} objects checked, 0 removed")),
+        "{v}"
+    );
+}
+
+/// The repository files of the chunks of `path` in image `image`.
+fn chunk_paths(env: &Env, repo: &Path, image: &str, path: &str) -> Vec<PathBuf> {
+    let st = json(&env.ok(&["image", "stat", "--json", image, path]));
+    st["chunks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no chunks in {st}"))
+        .iter()
+        .map(|c| {
+            let id = c["id"].as_str().unwrap();
+            repo.join("objects").join(&id[..2]).join(&id[2..])
+        })
+        .collect()
+}
