@@ -487,3 +487,103 @@ fn chunk_paths(env: &Env, repo: &Path, image: &str, path: &str) -> Vec<PathBuf> 
         })
         .collect()
 }
+
+#[test]
+fn recorded_reads_are_prefetched_on_later_mounts() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(src.join("lib")).unwrap();
+    for i in 0..20u32 {
+        let data: Vec<u8> = (0..180_000u32)
+            .map(|x| (x.wrapping_mul(2_246_822_519).wrapping_add(i * 977) >> 11) as u8)
+            .collect();
+        fs::write(src.join(format!("lib/m{i}")), data).unwrap();
+    }
+    let (server, _repo, root) = serve(&env, &src, "app:v1");
+    let mp = mountpoint(&env, "mp");
+    let rec = env.path("workload.prefetch");
+    {
+        let d = Daemon::start(&env, &env.path("state1"), &[]);
+        d.ok(
+            &env,
+            &[
+                "mount",
+                &server.url,
+                "app:v1",
+                s(&mp),
+                "--root",
+                &root,
+                "--record",
+                s(&rec),
+            ],
+        );
+        for i in [3, 7, 11] {
+            fs::read(mp.join(format!("lib/m{i}"))).unwrap();
+        }
+        d.ok(&env, &["umount", s(&mp)]);
+    }
+    let lines = fs::read_to_string(&rec).unwrap();
+    assert!(lines.starts_with("starling-prefetch 1\n"), "{lines}");
+    let recorded = lines.lines().count() - 1;
+    assert!(
+        recorded >= 3 * 2,
+        "commit, trees and the chunks of 3 files: {lines}"
+    );
+
+    // A new host (empty cache): the list is fetched in the background before any read.
+    let d = Daemon::start(&env, &env.path("state2"), &[]);
+    let before = object_requests(&server);
+    d.ok(
+        &env,
+        &[
+            "mount",
+            &server.url,
+            "app:v1",
+            s(&mp),
+            "--root",
+            &root,
+            "--prefetch",
+            s(&rec),
+        ],
+    );
+    let started = std::time::Instant::now();
+    while (d.cache(&env)["objects"].as_u64().unwrap() as usize) < recorded {
+        assert!(started.elapsed().as_secs() < 20, "prefetch did not finish");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let after_prefetch = object_requests(&server);
+    assert_eq!(after_prefetch - before, recorded);
+    for i in [3, 7, 11] {
+        assert_eq!(
+            fs::read(mp.join(format!("lib/m{i}"))).unwrap(),
+            fs::read(src.join(format!("lib/m{i}"))).unwrap()
+        );
+    }
+    assert_eq!(
+        object_requests(&server),
+        after_prefetch,
+        "workload read nothing new"
+    );
+    let m = d.mounts(&env);
+    assert!(
+        m[0]["counters"]["prefetched"].as_u64().unwrap() > 500_000,
+        "{m}"
+    );
+    // A file that is not a prefetch list is refused clearly.
+    d.ok(&env, &["umount", s(&mp)]);
+    let e = d.fails(
+        &env,
+        &[
+            "mount",
+            &server.url,
+            "app:v1",
+            s(&mp),
+            "--prefetch",
+            s(&src.join("lib/m0")),
+        ],
+    );
+    assert!(e.contains("not a prefetch list"), "{e}");
+}

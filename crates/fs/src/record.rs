@@ -51,14 +51,19 @@ impl Recorder {
 
 /// Reads a prefetch list written by [`Recorder::save`].
 pub fn load(path: &Path) -> Result<Vec<(ObjectId, u64)>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut lines = text.lines();
-    if lines.next() != Some(HEADER) {
-        return Err(format!(
-            "{}: not a prefetch list (first line is not {HEADER:?})",
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let not_list = || {
+        format!(
+            "{}: not a prefetch list (its first line is not {HEADER:?})",
             path.display()
-        ));
+        )
+    };
+    if !bytes.starts_with(format!("{HEADER}\n").as_bytes()) {
+        return Err(not_list());
     }
+    let text = String::from_utf8(bytes).map_err(|_| not_list())?;
+    let mut lines = text.lines();
+    lines.next();
     lines
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())

@@ -395,3 +395,121 @@ impl HostCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository directory holding `n` incompressible objects of `size` bytes.
+    fn origin(dir: &Path, n: usize, size: usize) -> (Remote, Vec<ObjectId>) {
+        let st = Store::open_or_init(dir.join("src")).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..n {
+            // xorshift: incompressible, so envelope sizes are the data sizes.
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
+            let data: Vec<u8> = (0..size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            let id = st.put(&data).unwrap().id;
+            let rel = crate::push::object_rel(&id);
+            let dest = dir.join("repo").join(&rel);
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::write(&dest, st.get_envelope(&id).unwrap()).unwrap();
+            ids.push(id);
+        }
+        let remote = Remote::parse(dir.join("repo").to_str().unwrap()).unwrap();
+        (remote, ids)
+    }
+
+    #[test]
+    fn quota_evicts_least_recently_used_but_never_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ids) = origin(dir.path(), 5, 200_000);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let open = |q| {
+            HostCache::open(
+                &dir.path().join("cache"),
+                q,
+                ClientOptions::default(),
+                rt.handle().clone(),
+            )
+        };
+        assert!(open(1000).is_err(), "quota below one chunk refused");
+        let c = open(450_000).unwrap();
+        let fetch = |c: &HostCache, i: usize| c.get(&remote, &ids[i], 200_000).unwrap().1;
+        let get = |i: usize| fetch(&c, i);
+        assert_eq!(get(0), Origin::Fetched);
+        assert_eq!(get(0), Origin::Cache);
+        c.pin(&ids[..1]);
+        get(1);
+        get(2);
+        get(3);
+        // 4 objects do not fit: the oldest unpinned ones went, the pinned one stayed.
+        let held: Vec<bool> = ids.iter().map(|i| c.store().contains(i)).collect();
+        assert!(held[0], "pinned object evicted: {held:?}");
+        assert!(!held[1], "{held:?}");
+        assert!(held[3], "{held:?}");
+        assert!(c.stats().bytes <= 450_000, "{:?}", c.stats());
+        assert!(c.stats().evicted >= 1);
+        // An evicted object comes back from the origin.
+        assert_eq!(get(1), Origin::Fetched);
+        // gc leaves only what is pinned.
+        let s = c.gc(0);
+        assert_eq!(s.objects, 1, "{s:?}");
+        c.unpin(&ids[..1]);
+        assert_eq!(c.gc(0).objects, 0);
+        drop(c);
+        // The index survives a restart; damage on disk is found by verify and dropped.
+        let c = open(10 << 20).unwrap();
+        fetch(&c, 2);
+        fetch(&c, 4);
+        drop(c);
+        let c = open(10 << 20).unwrap();
+        assert_eq!(c.stats().objects, 2);
+        let p = c.store().object_path(&ids[4]);
+        let mut b = std::fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 1] ^= 0xff;
+        std::fs::write(&p, b).unwrap();
+        let r = c.verify();
+        assert_eq!((r.checked, r.removed.len()), (2, 1));
+        assert_eq!(fetch(&c, 4), Origin::Fetched);
+    }
+
+    #[test]
+    fn concurrent_first_reads_fetch_once_and_bad_objects_are_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (remote, ids) = origin(dir.path(), 2, 100_000);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let c = HostCache::open(
+            &dir.path().join("cache"),
+            10 << 20,
+            ClientOptions::default(),
+            rt.handle().clone(),
+        )
+        .unwrap();
+        std::thread::scope(|s| {
+            for _ in 0..16 {
+                s.spawn(|| c.get(&remote, &ids[0], 100_000).unwrap());
+            }
+        });
+        assert_eq!(c.stats().misses, 1, "{:?}", c.stats());
+        // A damaged object at the origin is refused and not cached.
+        let p = dir
+            .path()
+            .join("repo")
+            .join(crate::push::object_rel(&ids[1]));
+        let mut b = std::fs::read(&p).unwrap();
+        let n = b.len();
+        b[n - 3] ^= 1;
+        std::fs::write(&p, b).unwrap();
+        assert!(c.get(&remote, &ids[1], 100_000).is_err());
+        assert!(!c.store().contains(&ids[1]));
+        assert_eq!(c.stats().refused, 1);
+    }
+}
