@@ -79,6 +79,17 @@ enum Command {
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Store the changes made in a writable mount as a new version NAME:TAG (parent: the
+    /// mounted version) in the local store
+    Commit {
+        mountpoint: PathBuf,
+        /// NAME:TAG
+        image: String,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Unmount a Starling mount
     Umount {
         mountpoint: PathBuf,
@@ -143,6 +154,12 @@ fn main() -> ExitCode {
         Command::Daemon(a) => starling_daemon::server::run(a.config()).map(|_| ExitCode::SUCCESS),
         Command::Mount { args, socket } => mount_cmd::mount(&socket, &store, args),
         Command::Umount { mountpoint, socket } => mount_cmd::umount(&socket, &mountpoint),
+        Command::Commit {
+            mountpoint,
+            image,
+            json,
+            socket,
+        } => mount_cmd::commit(&socket, &store, &mountpoint, &image, json),
         Command::Mounts { json, socket } => mount_cmd::mounts(&socket, json),
         Command::Cache { cmd, socket } => mount_cmd::cache(&socket, cmd),
     });

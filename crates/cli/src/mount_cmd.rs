@@ -25,6 +25,10 @@ pub struct MountArgs {
     /// Fetch the objects a recorded FILE lists in the background from the start
     #[arg(long, value_name = "FILE")]
     pub prefetch: Option<PathBuf>,
+    /// Writable: a copy-on-write layer (kernel overlayfs) over the lazy image; `starling
+    /// commit` stores the changes as a new version; they are discarded at unmount
+    #[arg(long)]
+    pub writable: bool,
     #[arg(long)]
     pub json: bool,
 }
@@ -78,6 +82,7 @@ pub fn mount(socket: &Path, store: &Path, a: MountArgs) -> Result<ExitCode> {
         source,
         record: a.record.as_deref().map(abs).transpose()?,
         prefetch: a.prefetch.as_deref().map(abs).transpose()?,
+        writable: a.writable,
     };
     let info: MountInfo = Client::new(socket)?
         .post("/v1/mounts", &req)
@@ -90,6 +95,37 @@ pub fn mount(socket: &Path, store: &Path, a: MountArgs) -> Result<ExitCode> {
             info.mountpoint.display(),
             info.image,
             &info.version[..12]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn commit(
+    socket: &Path,
+    store: &Path,
+    mountpoint: &Path,
+    image: &str,
+    json: bool,
+) -> Result<ExitCode> {
+    let info: CommitInfo = Client::new(socket)?
+        .post(
+            "/v1/commit",
+            &CommitRequest {
+                mountpoint: abs(mountpoint)?,
+                store: abs(store)?,
+                image: image.to_string(),
+            },
+        )
+        .with_context(|| format!("committing {} as {image}", mountpoint.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+    } else {
+        println!("{} {}", info.image, info.version);
+        eprintln!(
+            "{} entries put, {} removed; parent {}",
+            info.put,
+            info.removed,
+            &info.parent[..12]
         );
     }
     Ok(ExitCode::SUCCESS)

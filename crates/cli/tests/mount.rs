@@ -587,3 +587,141 @@ fn recorded_reads_are_prefetched_on_later_mounts() {
     );
     assert!(e.contains("not a prefetch list"), "{e}");
 }
+
+/// The same changes, made in `root` (a plain directory or a writable mount).
+fn change(root: &Path) {
+    let sh = |c: &str| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(c)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{c}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    sh("echo appended >> tiny");
+    sh("rm -f empty");
+    sh("rm -rf deep");
+    sh("mkdir -p new/dir && printf 'new file\\n' > new/dir/file && ln -s file new/dir/link");
+    sh("mkdir -p replaced && rm -rf replaced && mkdir replaced && echo only > replaced/only");
+    sh("chmod 0600 tiny");
+    // Fixed times on what changed, so both sides compare equal under mtree.
+    sh("touch -h -d @1600000000 . tiny new new/dir new/dir/file new/dir/link replaced replaced/only");
+}
+
+#[test]
+fn writable_mount_changes_commit_as_a_new_version() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    fs::create_dir_all(src.join("replaced/sub")).unwrap();
+    fs::write(src.join("replaced/sub/old"), b"old").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let expected = env.path("expected");
+    let o = Command::new("cp")
+        .args(["-a", s(&src), s(&expected)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    change(&expected);
+    // overlayfs reserves trusted.overlay.* and hides them on its lower files: the mounted
+    // view lacks the one the torture tree carries (the committed image keeps it).
+    let view = env.path("view");
+    let o = Command::new("cp")
+        .args(["-a", s(&expected), s(&view)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    tool(
+        "setfattr",
+        &[
+            "-h",
+            "-x",
+            "trusted.overlay.opaque",
+            s(&view.join("hl/z-original")),
+        ],
+    );
+
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let mp = mountpoint(&env, "mp");
+    // Read-only mounts cannot commit.
+    d.ok(&env, &["mount", "t:v1", s(&mp)]);
+    let e = d.fails(&env, &["commit", s(&mp), "t:v2"]);
+    assert!(e.contains("--writable"), "{e}");
+    d.ok(&env, &["umount", s(&mp)]);
+
+    d.ok(&env, &["mount", "--writable", "t:v1", s(&mp)]);
+    // Before any change the writable mount shows the image (root attributes included).
+    let src_view = env.path("src-view");
+    let o = Command::new("cp")
+        .args(["-a", s(&src), s(&src_view)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    tool(
+        "setfattr",
+        &[
+            "-h",
+            "-x",
+            "trusted.overlay.opaque",
+            s(&src_view.join("hl/z-original")),
+        ],
+    );
+    assert_same_tree(&src_view, &mp);
+    change(&mp);
+    assert_same_tree(&view, &mp);
+    let c = json(&d.ok(&env, &["commit", "--json", s(&mp), "t:v2"]));
+    let v1 = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
+    assert_eq!(c["parent"], v1["version"]);
+    assert_eq!(c["copied"], 0, "same store: nothing to copy");
+    let out = env.path("out");
+    env.ok(&["image", "export", "t:v2", s(&out)]);
+    assert_same_tree(&expected, &out);
+    let v2 = json(&env.ok(&["image", "inspect", "--json", "t:v2"]));
+    assert_eq!(v2["parent"], v1["version"]);
+    // Unmount discards the upper layer; the committed version stays.
+    d.ok(&env, &["umount", s(&mp)]);
+    assert_eq!(fs::read_dir(env.path("state/layers")).unwrap().count(), 0);
+    env.ok(&["store", "fsck"]);
+
+    // From a repository: the commit goes into another (empty) store, which first receives
+    // the mounted version's objects.
+    let (server, _repo, root) = serve(&env, &src, "t:v1");
+    d.ok(
+        &env,
+        &[
+            "mount",
+            "--writable",
+            &server.url,
+            "t:v1",
+            s(&mp),
+            "--root",
+            &root,
+        ],
+    );
+    change(&mp);
+    let other = env.path("other-store");
+    let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["--store", s(&other), "commit", "--json", s(&mp), "u:v2"])
+        .env("STARLING_SOCKET", &d.socket)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c = json(&String::from_utf8_lossy(&o.stdout));
+    assert!(c["copied"].as_u64().unwrap() > 10, "{c}");
+    let out2 = env.path("out2");
+    let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["--store", s(&other), "image", "export", "u:v2", s(&out2)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_tree(&expected, &out2);
+    d.ok(&env, &["umount", s(&mp)]);
+}

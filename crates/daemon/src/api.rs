@@ -35,6 +35,32 @@ pub struct MountRequest {
     /// A recorded list to fetch in the background from the start.
     #[serde(default)]
     pub prefetch: Option<PathBuf>,
+    /// A copy-on-write upper layer (kernel overlayfs over the lazy image) whose changes
+    /// `POST /v1/commit` stores as a new version; discarded at unmount.
+    #[serde(default)]
+    pub writable: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitRequest {
+    pub mountpoint: PathBuf,
+    /// The store that receives the new version (the image's objects are copied into it
+    /// first if they are not there).
+    pub store: PathBuf,
+    /// NAME:TAG for the new version.
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommitInfo {
+    pub image: String,
+    pub version: String,
+    pub parent: String,
+    /// Entries put and removed by the changes.
+    pub put: usize,
+    pub removed: usize,
+    /// Objects of the mounted image copied into the store first.
+    pub copied: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -50,6 +76,11 @@ pub struct MountInfo {
     pub counters: CounterValues,
     #[serde(default)]
     pub record: Option<PathBuf>,
+    #[serde(default)]
+    pub writable: bool,
+    /// The upper (changes) directory of a writable mount.
+    #[serde(default)]
+    pub upper: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,9 +10,9 @@ use starling_fs::{Counters, ImageFs, LocalObjects, Mounted, Objects, RemoteObjec
 use starling_image::reference::ImageRef;
 use starling_repo::cache::HostCache;
 use starling_repo::pull::{self, ClientOptions, Remote};
-use starling_store::Store;
+use starling_store::{ObjectId, Store};
 
-use crate::api::{MountInfo, MountRequest, Source};
+use crate::api::{CommitInfo, CommitRequest, MountInfo, MountRequest, Source};
 use crate::DaemonError;
 
 const FS_THREADS: usize = 4;
@@ -22,6 +22,10 @@ pub struct MountEntry {
     pub mounted: Mounted,
     pub counters: Arc<Counters>,
     pub recorder: Option<Arc<Recorder>>,
+    pub objects: Arc<dyn Objects>,
+    pub version: ObjectId,
+    /// For a writable mount: the layer directory (`lower/` the lazy image, `upper/`, `work/`).
+    pub layer: Option<PathBuf>,
 }
 
 impl MountEntry {
@@ -37,6 +41,8 @@ pub struct Mounts {
     pub table: Mutex<BTreeMap<PathBuf, MountEntry>>,
     /// Mountpoints the daemon holds, persisted so a restart can clean up after a crash.
     state_file: PathBuf,
+    layers: PathBuf,
+    next_layer: std::sync::atomic::AtomicU64,
 }
 
 fn now_unix() -> u64 {
@@ -51,6 +57,8 @@ impl Mounts {
         Mounts {
             table: Mutex::new(BTreeMap::new()),
             state_file: state.join("mounts.json"),
+            layers: state.join("layers"),
+            next_layer: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -59,7 +67,14 @@ impl Mounts {
     }
 
     fn persist(&self, table: &BTreeMap<PathBuf, MountEntry>) {
-        let list: Vec<&PathBuf> = table.keys().collect();
+        // In detach order: a writable mount's overlay before its lazy lower layer.
+        let mut list: Vec<PathBuf> = Vec::new();
+        for (mp, e) in table {
+            list.push(mp.clone());
+            if e.layer.is_some() {
+                list.push(e.mounted.mountpoint.clone());
+            }
+        }
         let tmp = self.state_file.with_extension("tmp");
         let ok = serde_json::to_vec(&list)
             .ok()
@@ -81,14 +96,16 @@ impl Mounts {
         let mut cleaned = Vec::new();
         for mp in list {
             let needle = format!(" {} ", mp.display());
-            let is_ours = mounted
-                .lines()
-                .any(|l| l.contains(&needle) && l.contains("fuse.starling"));
+            let is_ours = mounted.lines().any(|l| {
+                l.contains(&needle) && (l.contains("fuse.starling") || l.contains(" overlay "))
+            });
             if is_ours && rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH).is_ok() {
                 cleaned.push(mp);
             }
         }
         let _ = std::fs::remove_file(&self.state_file);
+        // Upper layers of writable mounts are discarded with their mounts.
+        let _ = std::fs::remove_dir_all(&self.layers);
         cleaned
     }
 
@@ -185,8 +202,54 @@ impl Mounts {
         if let Some(list) = prefetch {
             objects.prefetch(&list);
         }
-        let mounted = starling_fs::mount(fs, &mp, FS_THREADS)
-            .map_err(|e| DaemonError::Internal(e.to_string()))?;
+        let (mounted, layer) = if req.writable {
+            let n = self
+                .next_layer
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let layer = self.layers.join(format!("{}-{n}", std::process::id()));
+            let (lower, upper, work) =
+                (layer.join("lower"), layer.join("upper"), layer.join("work"));
+            for d in [&lower, &upper, &work] {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| DaemonError::Internal(format!("{}: {e}", d.display())))?;
+            }
+            let mut mounted = starling_fs::mount(fs, &lower, FS_THREADS)
+                .map_err(|e| DaemonError::Internal(e.to_string()))?;
+            // overlayfs shows the upper root's own attributes: make them the image root's.
+            if let Err(e) = copy_dir_meta(&lower, &upper) {
+                let _ = mounted.unmount();
+                let _ = std::fs::remove_dir_all(&layer);
+                return Err(DaemonError::Internal(format!(
+                    "preparing the upper layer: {e}"
+                )));
+            }
+            let opts = std::ffi::CString::new(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            ))
+            .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+            if let Err(e) = rustix::mount::mount(
+                "overlay",
+                &mp,
+                "overlay",
+                rustix::mount::MountFlags::empty(),
+                Some(opts.as_c_str()),
+            ) {
+                let _ = mounted.unmount();
+                let _ = std::fs::remove_dir_all(&layer);
+                return Err(DaemonError::Internal(format!(
+                    "overlay mount at {}: {e}",
+                    mp.display()
+                )));
+            }
+            (mounted, Some(layer))
+        } else {
+            let mounted = starling_fs::mount(fs, &mp, FS_THREADS)
+                .map_err(|e| DaemonError::Internal(e.to_string()))?;
+            (mounted, None)
+        };
         let info = MountInfo {
             mountpoint: mp.clone(),
             source,
@@ -196,6 +259,8 @@ impl Mounts {
             live: true,
             counters: counters.values(),
             record: req.record.clone(),
+            writable: req.writable,
+            upper: layer.as_ref().map(|l| l.join("upper")),
         };
         let mut t = self.lock();
         t.insert(
@@ -205,6 +270,9 @@ impl Mounts {
                 mounted,
                 counters,
                 recorder,
+                objects,
+                version,
+                layer,
             },
         );
         self.persist(&t);
@@ -218,7 +286,7 @@ impl Mounts {
             DaemonError::NotFound(format!("{} is not a Starling mount", mp.display()))
         })?;
         let info = e.info();
-        if let Err(err) = e.mounted.unmount() {
+        if let Err(err) = unmount_entry(&mp, &mut e) {
             // Busy (a process has it open or as its cwd): it stays mounted.
             t.insert(mp, e);
             return Err(DaemonError::Conflict(format!(
@@ -235,11 +303,61 @@ impl Mounts {
         let mut t = self.lock();
         for (mp, mut e) in std::mem::take(&mut *t) {
             save_record(&e);
-            if e.mounted.unmount().is_err() {
+            if unmount_entry(&mp, &mut e).is_err() {
                 let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
+                let lower = e.mounted.mountpoint.clone();
+                let _ = rustix::mount::unmount(&lower, rustix::mount::UnmountFlags::DETACH);
             }
         }
         self.persist(&t);
+    }
+}
+
+/// Gives directory `to` the mode, owner, times and xattrs of directory `from`.
+fn copy_dir_meta(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{self as rfs, AtFlags, Timestamps, CWD};
+    let st = rfs::stat(from)?;
+    rfs::chown(
+        to,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+    )?;
+    rfs::chmod(to, rfs::Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    let mut names = vec![0u8; 64 << 10];
+    let n = rfs::listxattr(from, &mut names)?;
+    for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+        let mut value = vec![0u8; 64 << 10];
+        let len = rfs::getxattr(from, name.as_c_str(), &mut value)?;
+        rfs::setxattr(to, name.as_c_str(), &value[..len], rfs::XattrFlags::empty())?;
+    }
+    let t = |s: i64, ns: u64| rfs::Timespec {
+        tv_sec: s,
+        tv_nsec: ns as _,
+    };
+    rfs::utimensat(
+        CWD,
+        to,
+        &Timestamps {
+            last_access: t(st.st_atime, st.st_atime_nsec as u64),
+            last_modification: t(st.st_mtime, st.st_mtime_nsec as u64),
+        },
+        AtFlags::empty(),
+    )?;
+    Ok(())
+}
+
+/// Unmounts a mount (a writable one: its overlay, then the lazy lower layer, then the
+/// discarded upper layer's files).
+fn unmount_entry(mp: &Path, e: &mut MountEntry) -> Result<(), String> {
+    if let Some(layer) = &e.layer {
+        rustix::mount::unmount(mp, rustix::mount::UnmountFlags::empty())
+            .map_err(|err| format!("unmounting {}: {err}", mp.display()))?;
+        e.mounted.unmount().map_err(|err| err.to_string())?;
+        let _ = std::fs::remove_dir_all(layer);
+        Ok(())
+    } else {
+        e.mounted.unmount().map_err(|err| err.to_string())
     }
 }
 
@@ -249,4 +367,106 @@ fn save_record(e: &MountEntry) {
             eprintln!("starlingd: writing {}: {err}", path.display());
         }
     }
+}
+
+impl Mounts {
+    /// Stores the changes of a writable mount as a new version in `req.store` (copying the
+    /// mounted image's objects there first if it lacks them).
+    pub fn commit(&self, req: CommitRequest) -> Result<CommitInfo, DaemonError> {
+        let mp = std::fs::canonicalize(&req.mountpoint).unwrap_or(req.mountpoint.clone());
+        let (objects, base, upper) = {
+            let t = self.lock();
+            let e = t.get(&mp).ok_or_else(|| {
+                DaemonError::NotFound(format!("{} is not a Starling mount", mp.display()))
+            })?;
+            let upper = e.layer.as_ref().map(|l| l.join("upper")).ok_or_else(|| {
+                DaemonError::BadRequest(format!(
+                    "{} is read-only (mount it with --writable to commit changes)",
+                    mp.display()
+                ))
+            })?;
+            (e.objects.clone(), e.version, upper)
+        };
+        let (name, tag) =
+            ImageRef::parse_tag(&req.image).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        let store =
+            Store::open_or_init(&req.store).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        let copied = copy_image(objects.as_ref(), &base, &store)?;
+        // Writes through the overlay are in the page cache of the upper file system, which
+        // the commit reads directly: nothing to flush.
+        let r = starling_image::overlay::commit_upper(
+            &store,
+            &base,
+            &upper,
+            &name,
+            &tag,
+            &format!("commit of writable mount {}", mp.display()),
+        )
+        .map_err(|e| DaemonError::Internal(e.to_string()))?;
+        Ok(CommitInfo {
+            image: format!("{name}:{tag}"),
+            version: r.version.to_hex(),
+            parent: base.to_hex(),
+            put: r.put,
+            removed: r.removed,
+            copied,
+        })
+    }
+}
+
+/// Copies every object of version `id` that `store` lacks from `objects` (verified there),
+/// in one transaction. Returns how many were copied.
+fn copy_image(objects: &dyn Objects, id: &ObjectId, store: &Store) -> Result<usize, DaemonError> {
+    use starling_image::manifest::{Commit, FileData, Node, Tree};
+    let up = |e: String| DaemonError::Upstream(e);
+    let io = |e: starling_store::Error| DaemonError::Internal(e.to_string());
+    let _w = store.lock_writer().map_err(io)?;
+    let txn = store.begin().map_err(io)?;
+    let max = starling_fs::inodes::MAX_MANIFEST;
+    let mut copied = 0;
+    let fetch =
+        |id: &ObjectId, len: u64, copied: &mut usize| -> Result<Option<Vec<u8>>, DaemonError> {
+            if store.contains(id) {
+                return Ok(None);
+            }
+            let b = objects.get(id, len).map_err(up)?;
+            txn.put(&b).map_err(io)?;
+            *copied += 1;
+            Ok(Some(b.to_vec()))
+        };
+    let commit_bytes = match fetch(id, max, &mut copied)? {
+        Some(b) => b,
+        None => store.get(id).map_err(io)?,
+    };
+    let c = Commit::decode(id, &commit_bytes).map_err(|e| DaemonError::Internal(e.to_string()))?;
+    let mut stack = vec![c.root];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(t) = stack.pop() {
+        if !seen.insert(t) {
+            continue;
+        }
+        let bytes = match fetch(&t, max, &mut copied)? {
+            Some(b) => b,
+            None => store.get(&t).map_err(io)?,
+        };
+        let tree = Tree::decode(&t, &bytes).map_err(|e| DaemonError::Internal(e.to_string()))?;
+        for e in tree.entries {
+            match e.node {
+                Node::Dir { tree, .. } => stack.push(tree),
+                Node::File {
+                    data: FileData::Chunks(ch),
+                    ..
+                } => {
+                    for c in ch {
+                        if seen.insert(c.id) {
+                            fetch(&c.id, u64::from(c.len), &mut copied)?;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    txn.commit().map_err(io)?;
+    Ok(copied)
 }

@@ -85,6 +85,14 @@ async fn delete_mount(
     ))
 }
 
+async fn commit(
+    State(d): Shared,
+    Json(req): Json<CommitRequest>,
+) -> Result<(StatusCode, Json<CommitInfo>), DaemonError> {
+    let info = blocking(move || d.mounts.commit(req)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
 async fn cache_stats(State(d): Shared) -> Json<CacheStatsOut> {
     Json(d.cache.stats().into())
 }
@@ -117,6 +125,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
             "/v1/mounts",
             get(list_mounts).post(create_mount).delete(delete_mount),
         )
+        .route("/v1/commit", post(commit))
         .route("/v1/cache", get(cache_stats))
         .route("/v1/cache/gc", post(cache_gc))
         .route("/v1/cache/verify", post(cache_verify))

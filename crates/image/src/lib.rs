@@ -20,6 +20,7 @@ pub mod maint;
 pub mod manifest;
 mod meta_fs;
 pub mod oci;
+pub mod overlay;
 pub mod path;
 pub mod pkg;
 pub mod reference;

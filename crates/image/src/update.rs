@@ -864,7 +864,7 @@ fn relation_holds(have: &str, op: &str, want: &str) -> bool {
 }
 
 /// Statistics of a tree, memoised by tree id so shared subtrees are counted once.
-fn tree_stats(
+pub(crate) fn tree_stats(
     b: &mut Browser<'_>,
     id: &ObjectId,
     cache: &mut HashMap<ObjectId, TreeStats>,

@@ -29,6 +29,9 @@ pub struct HostCache {
     quota: u64,
     index: Mutex<Index>,
     inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
+    /// Objects hashed since this process started (on arrival or first read back): later
+    /// reads skip the hash. `verify` re-hashes everything.
+    verified: Mutex<std::collections::HashSet<ObjectId>>,
     fetchers: Mutex<HashMap<String, Fetcher>>,
     opts: ClientOptions,
     rt: tokio::runtime::Handle,
@@ -125,6 +128,7 @@ impl HostCache {
             quota,
             index: Mutex::new(index),
             inflight: Mutex::new(HashMap::new()),
+            verified: Mutex::new(Default::default()),
             fetchers: Mutex::new(HashMap::new()),
             opts,
             rt,
@@ -198,8 +202,24 @@ impl HostCache {
         if !self.index().entries.contains_key(id) {
             return None;
         }
-        match self.store.get(id) {
+        let checked = self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id);
+        let read = if checked {
+            self.store.get_unverified(id)
+        } else {
+            self.store.get(id)
+        };
+        match read {
             Ok(b) => {
+                if !checked {
+                    self.verified
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(*id);
+                }
                 let now = SystemTime::now();
                 let mut g = self.index();
                 if let Some(s) = g.entries.get_mut(id) {
@@ -217,6 +237,10 @@ impl HostCache {
             }
             Err(e) => {
                 // Damaged on disk: drop it and fetch again.
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
                 eprintln!("starling cache: object {} unreadable ({e}); refetching", id);
                 self.forget(id);
                 let _ = self.store.remove_object(id);
@@ -251,6 +275,10 @@ impl HostCache {
             }
         })?;
         let size = env.len() as u64;
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*id);
         {
             let now = SystemTime::now();
             let mut g = self.index();
@@ -273,6 +301,10 @@ impl HostCache {
     }
 
     fn forget(&self, id: &ObjectId) {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         let mut g = self.index();
         if let Some(s) = g.entries.remove(id) {
             g.bytes -= s.size;

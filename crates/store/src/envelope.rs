@@ -89,6 +89,20 @@ pub fn parse_header(id: &ObjectId, bytes: &[u8]) -> Result<(Codec, u64), Error> 
 
 /// Unwraps an envelope and checks that the content hashes to `id`.
 pub fn decode(id: &ObjectId, bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let data = unwrap(id, bytes)?;
+    let actual = ObjectId::of(&data);
+    if actual != *id {
+        return Err(Error::Corrupt {
+            id: *id,
+            reason: format!("content hashes to {actual}"),
+        });
+    }
+    Ok(data)
+}
+
+/// Unwraps an envelope, checking its header and length but not the hash (for content whose
+/// hash was checked before).
+pub fn unwrap(id: &ObjectId, bytes: &[u8]) -> Result<Vec<u8>, Error> {
     let (codec, len) = parse_header(id, bytes)?;
     let payload = &bytes[HEADER_LEN..];
     let data = match codec {
@@ -104,13 +118,6 @@ pub fn decode(id: &ObjectId, bytes: &[u8]) -> Result<Vec<u8>, Error> {
         return Err(Error::Corrupt {
             id: *id,
             reason: format!("content is {} bytes, header says {len}", data.len()),
-        });
-    }
-    let actual = ObjectId::of(&data);
-    if actual != *id {
-        return Err(Error::Corrupt {
-            id: *id,
-            reason: format!("content hashes to {actual}"),
         });
     }
     Ok(data)
