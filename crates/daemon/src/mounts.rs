@@ -15,7 +15,8 @@ use starling_store::{ObjectId, Store};
 use crate::api::{CommitInfo, CommitRequest, MountInfo, MountRequest, Source};
 use crate::DaemonError;
 
-const FS_THREADS: usize = 4;
+/// FUSE serving threads per mount: reads wait on disk or network, so more than cores.
+const FS_THREADS: usize = 8;
 
 pub struct MountEntry {
     pub info: MountInfo,

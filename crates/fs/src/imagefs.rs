@@ -27,14 +27,91 @@ const TTL: Duration = Duration::from_secs(86_400 * 365);
 
 pub struct ImageFs {
     inodes: Inodes,
-    chunks: ChunkCache,
+    chunks: Arc<ChunkCache>,
+    readahead: ReadAhead,
     counters: Arc<Counters>,
     stats: starling_image::manifest::TreeStats,
-    /// Open files: handle -> the chunks pinned for it.
-    open: Mutex<HashMap<u64, Vec<ObjectId>>>,
+    /// Open files: handle -> the chunks pinned for it, and where a sequential read goes next.
+    open: Mutex<HashMap<u64, OpenFile>>,
     next_handle: AtomicU64,
     recorder: Option<Arc<Recorder>>,
     label: String,
+}
+
+struct OpenFile {
+    pinned: Vec<ObjectId>,
+    next: u64,
+    sequential: u32,
+}
+
+/// How far ahead of a sequential reader chunks are loaded, in bytes.
+const READ_AHEAD: u64 = 2 << 20;
+const READ_AHEAD_THREADS: usize = 4;
+
+/// Background loading of the chunks after a sequential reader's position, so the reader
+/// finds them decoded in memory instead of waiting on one disk or network round trip each.
+struct ReadAhead {
+    tx: Mutex<Option<std::sync::mpsc::Sender<(ObjectId, u32)>>>,
+    pending: Arc<Mutex<std::collections::HashSet<ObjectId>>>,
+}
+
+impl ReadAhead {
+    fn start(objects: Arc<dyn Objects>, chunks: Arc<ChunkCache>) -> ReadAhead {
+        let (tx, rx) = std::sync::mpsc::channel::<(ObjectId, u32)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let pending: Arc<Mutex<std::collections::HashSet<ObjectId>>> = Arc::default();
+        for i in 0..READ_AHEAD_THREADS {
+            let (rx, objects, chunks, pending) =
+                (rx.clone(), objects.clone(), chunks.clone(), pending.clone());
+            let _ = std::thread::Builder::new()
+                .name(format!("starling-ra-{i}"))
+                .spawn(move || loop {
+                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((id, len)) = next else { break };
+                    if chunks.get(&id).is_none() {
+                        // Failures are left to the reader, which reports them.
+                        if let Ok(b) = objects.get(&id, u64::from(len) + 1024) {
+                            if b.len() == len as usize {
+                                chunks.insert(id, b);
+                            }
+                        }
+                    }
+                    pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                });
+        }
+        ReadAhead {
+            tx: Mutex::new(Some(tx)),
+            pending,
+        }
+    }
+
+    fn want(&self, id: ObjectId, len: u32) {
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+        {
+            return;
+        }
+        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send((id, len));
+        }
+    }
+}
+
+impl Drop for ImageFs {
+    fn drop(&mut self) {
+        // Ends the read-ahead threads.
+        self.readahead
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
 }
 
 fn eio(label: &str, what: String) -> io::Error {
@@ -58,9 +135,11 @@ impl ImageFs {
             r.touch(commit, MAX_MANIFEST);
             r.touch(&c.root, MAX_MANIFEST);
         }
+        let chunks = Arc::new(ChunkCache::new(32 << 20));
         let fs = ImageFs {
+            readahead: ReadAhead::start(objects.clone(), chunks.clone()),
             inodes: Inodes::new(objects, c.root_meta.clone(), c.root),
-            chunks: ChunkCache::new(32 << 20),
+            chunks,
             counters,
             stats: c.stats,
             open: Mutex::new(HashMap::new()),
@@ -162,6 +241,22 @@ impl ImageFs {
         }
         self.chunks.insert(*id, b.clone());
         Ok(b)
+    }
+
+    /// Records a read of [offset, end) on `handle`; true once the reader has read on from
+    /// where it stopped at least twice in a row.
+    fn sequential(&self, handle: u64, offset: u64, end: u64) -> bool {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(f) = open.get_mut(&handle) else {
+            return false;
+        };
+        f.sequential = if offset == f.next {
+            f.sequential + 1
+        } else {
+            0
+        };
+        f.next = end;
+        f.sequential >= 2
     }
 
     fn list(
@@ -299,10 +394,14 @@ impl FileSystem for ImageFs {
         };
         self.inodes.objects().pin(&ids);
         let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        self.open
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(h, ids);
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            h,
+            OpenFile {
+                pinned: ids,
+                next: 0,
+                sequential: 0,
+            },
+        );
         Ok((Some(h), OpenOptions::KEEP_CACHE, None))
     }
 
@@ -321,8 +420,8 @@ impl FileSystem for ImageFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&handle);
-        if let Some(ids) = ids {
-            self.inodes.objects().unpin(&ids);
+        if let Some(f) = ids {
+            self.inodes.objects().unpin(&f.pinned);
         }
         Ok(())
     }
@@ -331,7 +430,7 @@ impl FileSystem for ImageFs {
         &self,
         _ctx: &Context,
         inode: u64,
-        _handle: u64,
+        handle: u64,
         w: &mut dyn ZeroCopyWriter,
         size: u32,
         offset: u64,
@@ -358,6 +457,16 @@ impl FileSystem for ImageFs {
                 let offs = n.offsets();
                 // The chunk holding `offset`: the last start <= offset.
                 let mut i = offs.partition_point(|&o| o <= offset).saturating_sub(1);
+                // A reader going forward gets the next chunks loaded in the background.
+                if self.sequential(handle, offset, end) {
+                    let mut j = i;
+                    while j < c.len() && offs[j] < end + READ_AHEAD {
+                        if offs[j] >= offset && self.chunks.get(&c[j].id).is_none() {
+                            self.readahead.want(c[j].id, c[j].len);
+                        }
+                        j += 1;
+                    }
+                }
                 let mut at = offset;
                 while at < end && i < c.len() {
                     let bytes = self.chunk(&c[i].id, c[i].len)?;

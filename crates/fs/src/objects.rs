@@ -77,6 +77,9 @@ impl Objects for RemoteObjects {
             }
             Ok((b, Origin::Fetched)) => {
                 Counters::add(&self.counters.fetched, b.len() as u64);
+                if max_len == crate::inodes::MAX_MANIFEST {
+                    Counters::add(&self.counters.fetched_meta, b.len() as u64);
+                }
                 Ok(Arc::new(b))
             }
             Err(e) => Err(format!("object {}: {e}", id.short(12))),
@@ -124,6 +127,8 @@ pub struct Counters {
     pub fetched: AtomicU64,
     /// Of those, fetched ahead of use from a prefetch list.
     pub prefetched: AtomicU64,
+    /// Of those, manifests (the commit and directory trees): metadata.
+    pub fetched_meta: AtomicU64,
     /// Object bytes this mount read from the host cache (or the local store).
     pub cached: AtomicU64,
     pub reads: AtomicU64,
@@ -135,6 +140,8 @@ pub struct CounterValues {
     pub served: u64,
     pub fetched: u64,
     pub prefetched: u64,
+    #[serde(default)]
+    pub fetched_meta: u64,
     pub cached: u64,
     pub reads: u64,
     pub errors: u64,
@@ -153,6 +160,7 @@ impl Counters {
             served: Self::get(&self.served),
             fetched: Self::get(&self.fetched),
             prefetched: Self::get(&self.prefetched),
+            fetched_meta: Self::get(&self.fetched_meta),
             cached: Self::get(&self.cached),
             reads: Self::get(&self.reads),
             errors: Self::get(&self.errors),

@@ -161,6 +161,9 @@ impl HostCache {
                 let mut g = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
                 match g.get(id) {
                     Some(f) => (f.clone(), false),
+                    // A download that finished between the cache check above and this lock
+                    // (leaders index the object before they leave the in-flight table).
+                    None if self.index().entries.contains_key(id) => continue,
                     None => {
                         let f = Arc::new(Flight::default());
                         g.insert(*id, f.clone());
