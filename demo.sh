@@ -61,3 +61,20 @@ fi
 
 step "fsck: re-hash every object"
 "$starling" store fsck
+
+step "publish to a signed repository, serve it over HTTP, and run python3 from a lazy mount"
+"$starling" repo init "$out/repo" --keys "$out/keys" >/dev/null 2>&1
+"$starling" push debian:bookworm "$out/repo" --keys "$out/keys"
+"$starling" repo serve "$out/repo" --listen 127.0.0.1:0 >"$out/serve.out" 2>/dev/null &
+server=$!
+"$starling" daemon --state "$out/state" --socket "$out/starlingd.sock" >"$out/daemon.out" 2>"$out/daemon.log" &
+daemon=$!
+export STARLING_SOCKET=$out/starlingd.sock
+trap 'kill $daemon $server 2>/dev/null; wait $daemon 2>/dev/null; rm -rf "$out"' EXIT
+for _ in $(seq 100); do [ -s "$out/serve.out" ] && [ -s "$out/daemon.out" ] && break; sleep 0.1; done
+url=$(awk '{ print $NF }' "$out/serve.out")
+mkdir "$out/mnt"
+"$starling" mount "$url" debian:bookworm "$out/mnt" --root "$out/keys/1.root.json"
+chroot "$out/mnt" python3 -c 'import sys; print("python", sys.version.split()[0], "ran from a lazy mount")'
+"$starling" mounts
+"$starling" umount "$out/mnt"
