@@ -44,8 +44,9 @@ struct OpenFile {
     sequential: u32,
 }
 
-/// How far ahead of a sequential reader chunks are loaded, in bytes.
-const READ_AHEAD: u64 = 2 << 20;
+/// How far ahead of a sequential reader chunks are loaded, in bytes (measured: 2, 4 and 8 MiB
+/// windows, 4 or 8 threads, read alike on a 2-core machine).
+const READ_AHEAD: u64 = 4 << 20;
 const READ_AHEAD_THREADS: usize = 4;
 
 /// Background loading of the chunks after a sequential reader's position, so the reader
