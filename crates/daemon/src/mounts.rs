@@ -168,7 +168,7 @@ impl Mounts {
                     .runtime()
                     .block_on(async {
                         let repo =
-                            pull::open(cache.store(), &remote, root.as_deref(), opts).await?;
+                            pull::open_at(cache.dir(), &remote, root.as_deref(), opts).await?;
                         pull::resolve(&repo, &r).await
                     })
                     .map_err(|e| match e {

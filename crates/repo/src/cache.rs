@@ -4,28 +4,27 @@
 //! id before it is kept, and evicted least-recently-used beyond a size quota, never while an
 //! open file needs it (pinned).
 //!
-//! The index (sizes and last use) is rebuilt from the cache directory on start (object file
-//! sizes and modification times, which uses refresh), so a restart loses nothing.
+//! Objects live in pack files (`pack`): a warm read is one `pread`. The index (where each
+//! object is, its size) is rebuilt from the packs on start, oldest first as the LRU order,
+//! so a restart loses nothing.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
-use starling_store::{ObjectId, Store};
+use starling_store::ObjectId;
 
-use crate::error::{invalid, Error, Result};
+use crate::error::{invalid, Error, IoContext, Result};
+use crate::pack::{Loc, Packs};
 use crate::pull::{ClientOptions, Fetcher, Remote};
 
 /// No chunk is larger than this (the chunker's maximum); a quota must hold at least one.
 pub const MAX_CHUNK: u64 = 256 << 10;
-/// How often a hit refreshes an object file's modification time (the persisted LRU order).
-const TOUCH_EVERY: Duration = Duration::from_secs(60);
-
 pub struct HostCache {
-    store: Store,
+    dir: PathBuf,
+    packs: Packs,
     quota: u64,
     index: Mutex<Index>,
     inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
@@ -43,12 +42,14 @@ struct Index {
     entries: HashMap<ObjectId, Slot>,
     bytes: u64,
     pins: HashMap<ObjectId, u32>,
+    clock: u64,
 }
 
 struct Slot {
     size: u64,
-    used: SystemTime,
-    touched: SystemTime,
+    /// Last use, as a tick of `Index::clock`.
+    used: u64,
+    loc: Loc,
 }
 
 #[derive(Default)]
@@ -93,7 +94,8 @@ pub enum Origin {
 }
 
 impl HostCache {
-    /// Opens (creating) the cache store at `dir` with a quota in bytes.
+    /// Opens (creating) the cache at `dir` (`packs/`, and `remotes/` for the repositories'
+    /// trust state) with a quota in bytes.
     pub fn open(
         dir: &Path,
         quota: u64,
@@ -106,25 +108,31 @@ impl HostCache {
                 format!("is smaller than one chunk ({MAX_CHUNK} bytes)"),
             ));
         }
-        let store = Store::open_or_init(dir)?;
-        let (objs, _) = store.list_objects()?;
+        std::fs::create_dir_all(dir).at(dir)?;
+        let (packs, found) = Packs::open(&dir.join("packs"))?;
         let mut index = Index::default();
-        for o in objs {
-            let used = std::fs::metadata(store.object_path(&o.id))
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            index.bytes += o.stored_bytes;
-            index.entries.insert(
-                o.id,
+        for (id, loc) in found {
+            index.clock += 1;
+            let size = u64::from(loc.len);
+            let old = index.entries.insert(
+                id,
                 Slot {
-                    size: o.stored_bytes,
-                    used,
-                    touched: used,
+                    size,
+                    used: index.clock,
+                    loc,
                 },
             );
+            index.bytes += size;
+            if let Some(o) = old {
+                // Stored twice (a race between two daemons is impossible, but a crash
+                // between put and index is not): keep the newer copy.
+                index.bytes -= o.size;
+                let _ = packs.remove(&o.loc);
+            }
         }
         Ok(HostCache {
-            store,
+            dir: dir.to_path_buf(),
+            packs,
             quota,
             index: Mutex::new(index),
             inflight: Mutex::new(HashMap::new()),
@@ -136,9 +144,13 @@ impl HostCache {
         })
     }
 
-    /// The cache's own store (trust state for remotes lives beside its objects).
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The cache directory (repositories' trust state lives under `remotes/`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.index().entries.contains_key(id)
     }
 
     pub fn runtime(&self) -> &tokio::runtime::Handle {
@@ -202,19 +214,31 @@ impl HostCache {
     }
 
     fn read_cached(&self, id: &ObjectId) -> Option<Vec<u8>> {
-        if !self.index().entries.contains_key(id) {
-            return None;
-        }
+        let loc = {
+            let mut g = self.index();
+            g.clock += 1;
+            let now = g.clock;
+            let s = g.entries.get_mut(id)?;
+            s.used = now;
+            s.loc
+        };
         let checked = self
             .verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(id);
-        let read = if checked {
-            self.store.get_unverified(id)
-        } else {
-            self.store.get(id)
-        };
+        let read = self
+            .packs
+            .get(&loc)
+            .map_err(|e| e.to_string())
+            .and_then(|env| {
+                if checked {
+                    starling_store::unwrap_envelope(id, &env)
+                } else {
+                    starling_store::decode_envelope(id, &env)
+                }
+                .map_err(|e| e.to_string())
+            });
         match read {
             Ok(b) => {
                 if !checked {
@@ -223,30 +247,12 @@ impl HostCache {
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(*id);
                 }
-                let now = SystemTime::now();
-                let mut g = self.index();
-                if let Some(s) = g.entries.get_mut(id) {
-                    s.used = now;
-                    if now.duration_since(s.touched).unwrap_or_default() > TOUCH_EVERY {
-                        s.touched = now;
-                        drop(g);
-                        let _ = std::fs::File::options()
-                            .write(true)
-                            .open(self.store.object_path(id))
-                            .and_then(|f| f.set_modified(now));
-                    }
-                }
                 Some(b)
             }
             Err(e) => {
                 // Damaged on disk: drop it and fetch again.
-                self.verified
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(id);
-                eprintln!("starling cache: object {} unreadable ({e}); refetching", id);
-                self.forget(id);
-                let _ = self.store.remove_object(id);
+                eprintln!("starling cache: object {id} unreadable ({e}); refetching");
+                self.drop_object(id);
                 None
             }
         }
@@ -269,7 +275,7 @@ impl HostCache {
             .fetched_bytes
             .fetch_add(env.len() as u64, Ordering::Relaxed);
         // Verified before it is kept: a damaged object is refused and never cached.
-        let data = self.store.put_envelope_decoded(id, &env).map_err(|e| {
+        let data = starling_store::decode_envelope(id, &env).map_err(|e| {
             self.stats.refused.fetch_add(1, Ordering::Relaxed);
             Error::BadObject {
                 id: id.to_hex(),
@@ -277,40 +283,43 @@ impl HostCache {
                 reason: e.to_string(),
             }
         })?;
-        let size = env.len() as u64;
+        let loc = self.packs.put(id, &env)?;
         self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(*id);
+        let size = env.len() as u64;
         {
-            let now = SystemTime::now();
             let mut g = self.index();
-            if g.entries
-                .insert(
-                    *id,
-                    Slot {
-                        size,
-                        used: now,
-                        touched: now,
-                    },
-                )
-                .is_none()
-            {
-                g.bytes += size;
+            g.clock += 1;
+            let used = g.clock;
+            g.bytes += size;
+            if let Some(old) = g.entries.insert(*id, Slot { size, used, loc }) {
+                g.bytes -= old.size;
+                let _ = self.packs.remove(&old.loc);
             }
         }
         self.evict(id);
         Ok(data)
     }
 
-    fn forget(&self, id: &ObjectId) {
+    /// Removes an object from the index and its bytes from the packs.
+    fn drop_object(&self, id: &ObjectId) -> bool {
         self.verified
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
-        let mut g = self.index();
-        if let Some(s) = g.entries.remove(id) {
-            g.bytes -= s.size;
+        let slot = {
+            let mut g = self.index();
+            let s = g.entries.remove(id);
+            if let Some(s) = &s {
+                g.bytes -= s.size;
+            }
+            s
+        };
+        match slot {
+            Some(s) => self.packs.remove(&s.loc).is_ok(),
+            None => false,
         }
     }
 
@@ -340,8 +349,7 @@ impl HostCache {
             v
         };
         for id in victims {
-            self.forget(&id);
-            if self.store.remove_object(&id).is_ok() {
+            if self.drop_object(&id) {
                 self.stats.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -404,8 +412,7 @@ impl HostCache {
             v
         };
         for id in victims {
-            self.forget(&id);
-            if self.store.remove_object(&id).is_ok() {
+            if self.drop_object(&id) {
                 self.stats.evicted.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -415,12 +422,21 @@ impl HostCache {
     /// Re-hashes every cached object and removes the damaged ones (they are fetched again on
     /// next use).
     pub fn verify(&self) -> VerifyReport {
-        let ids: Vec<ObjectId> = self.index().entries.keys().copied().collect();
+        let ids: Vec<(ObjectId, Loc)> = self
+            .index()
+            .entries
+            .iter()
+            .map(|(id, s)| (*id, s.loc))
+            .collect();
         let mut removed = Vec::new();
-        for id in &ids {
-            if self.store.verify(id).is_err() {
-                self.forget(id);
-                let _ = self.store.remove_object(id);
+        for (id, loc) in &ids {
+            let ok = self
+                .packs
+                .get(loc)
+                .ok()
+                .is_some_and(|env| starling_store::decode_envelope(id, &env).is_ok());
+            if !ok {
+                self.drop_object(id);
                 removed.push(id.to_hex());
             }
         }
@@ -437,7 +453,7 @@ mod tests {
 
     /// A repository directory holding `n` incompressible objects of `size` bytes.
     fn origin(dir: &Path, n: usize, size: usize) -> (Remote, Vec<ObjectId>) {
-        let st = Store::open_or_init(dir.join("src")).unwrap();
+        let st = starling_store::Store::open_or_init(dir.join("src")).unwrap();
         let mut ids = Vec::new();
         for i in 0..n {
             // xorshift: incompressible, so envelope sizes are the data sizes.
@@ -485,7 +501,7 @@ mod tests {
         get(2);
         get(3);
         // 4 objects do not fit: the oldest unpinned ones went, the pinned one stayed.
-        let held: Vec<bool> = ids.iter().map(|i| c.store().contains(i)).collect();
+        let held: Vec<bool> = ids.iter().map(|i| c.contains(i)).collect();
         assert!(held[0], "pinned object evicted: {held:?}");
         assert!(!held[1], "{held:?}");
         assert!(held[3], "{held:?}");
@@ -498,6 +514,8 @@ mod tests {
         assert_eq!(s.objects, 1, "{s:?}");
         c.unpin(&ids[..1]);
         assert_eq!(c.gc(0).objects, 0);
+        // Evicted bytes go back to the file system (holes punched, empty segments deleted).
+        assert!(c.packs.disk_bytes() < 64 << 10, "{}", c.packs.disk_bytes());
         drop(c);
         // The index survives a restart; damage on disk is found by verify and dropped.
         let c = open(10 << 20).unwrap();
@@ -506,10 +524,14 @@ mod tests {
         drop(c);
         let c = open(10 << 20).unwrap();
         assert_eq!(c.stats().objects, 2);
-        let p = c.store().object_path(&ids[4]);
+        // Damage the last byte of object 4's envelope inside its pack segment.
+        let loc = c.index().entries[&ids[4]].loc;
+        let p = dir
+            .path()
+            .join(format!("cache/packs/{:08}.pack", loc.segment));
         let mut b = std::fs::read(&p).unwrap();
-        let n = b.len();
-        b[n - 1] ^= 0xff;
+        let at = (loc.offset + 48 + u64::from(loc.len) - 1) as usize;
+        b[at] ^= 0xff;
         std::fs::write(&p, b).unwrap();
         let r = c.verify();
         assert_eq!((r.checked, r.removed.len()), (2, 1));
@@ -544,7 +566,7 @@ mod tests {
         b[n - 3] ^= 1;
         std::fs::write(&p, b).unwrap();
         assert!(c.get(&remote, &ids[1], 100_000).is_err());
-        assert!(!c.store().contains(&ids[1]));
+        assert!(!c.contains(&ids[1]));
         assert_eq!(c.stats().refused, 1);
     }
 }

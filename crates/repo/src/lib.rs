@@ -7,6 +7,7 @@ pub mod cache;
 pub mod error;
 pub mod keys;
 pub mod meta;
+pub mod pack;
 pub mod pull;
 pub mod push;
 pub mod record;

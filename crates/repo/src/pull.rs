@@ -78,8 +78,12 @@ impl Default for ClientOptions {
 
 /// The local trust state for a remote: its datastore directory under the store.
 pub fn datastore(store: &Store, remote: &Remote) -> PathBuf {
+    datastore_in(store.root(), remote)
+}
+
+fn datastore_in(dir: &Path, remote: &Remote) -> PathBuf {
     let h = crate::meta::sha2_hex(remote.base.as_str().as_bytes());
-    store.root().join("remotes").join(&h[..16])
+    dir.join("remotes").join(&h[..16])
 }
 
 /// Loads and verifies the remote's TUF metadata. The first contact needs `trusted_root`; after
@@ -90,7 +94,17 @@ pub async fn open(
     trusted_root: Option<&Path>,
     opts: &ClientOptions,
 ) -> Result<tough::Repository> {
-    let ds = datastore(store, remote);
+    open_at(store.root(), remote, trusted_root, opts).await
+}
+
+/// As [`open`], with the trust state kept under `dir/remotes/` (the host cache's).
+pub async fn open_at(
+    dir: &Path,
+    remote: &Remote,
+    trusted_root: Option<&Path>,
+    opts: &ClientOptions,
+) -> Result<tough::Repository> {
+    let ds = datastore_in(dir, remote);
     std::fs::create_dir_all(&ds).at(&ds)?;
     let stored = ds.join("root.json");
     let root = if stored.exists() {

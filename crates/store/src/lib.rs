@@ -19,7 +19,10 @@ pub mod refs;
 mod store;
 mod txn;
 
-pub use envelope::{Codec, ENVELOPE_VERSION, HEADER_LEN};
+pub use envelope::{
+    decode as decode_envelope, encode as encode_envelope, unwrap as unwrap_envelope, Codec,
+    ENVELOPE_VERSION, HEADER_LEN,
+};
 pub use error::{Error, Result};
 pub use id::ObjectId;
 pub use store::{ObjectInfo, PutOutcome, Store, StoreCounters, STORE_FORMAT_VERSION};
