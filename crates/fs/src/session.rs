@@ -68,6 +68,8 @@ pub fn mount(fs: ImageFs, mountpoint: &Path, threads: usize) -> Result<Mounted, 
             .map_err(|e| MountError::Fuse(abs.clone(), e.to_string()))?;
         handles.push(h);
     }
+    // After the serving threads start: the stat it needs is a FUSE request.
+    set_readahead(&abs, READ_AHEAD_KB);
     Ok(Mounted {
         mountpoint: abs,
         fs,
@@ -75,6 +77,22 @@ pub fn mount(fs: ImageFs, mountpoint: &Path, threads: usize) -> Result<Mounted, 
         threads: handles,
         live,
     })
+}
+
+/// The kernel's read-ahead for the mount, in KiB. FUSE starts at 128 KiB, one request in
+/// flight per sequential reader; a larger window keeps several requests (and our serving
+/// threads) busy at once.
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Sets the mount's read-ahead through its backing device info; best effort (a kernel that
+/// refuses keeps its default).
+fn set_readahead(mountpoint: &Path, kb: u32) {
+    let Ok(st) = rustix::fs::stat(mountpoint) else {
+        return;
+    };
+    let (major, minor) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+    let p = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
+    let _ = std::fs::write(p, format!("{kb}\n"));
 }
 
 fn serve(mut ch: FuseChannel, server: &Server<Arc<ImageFs>>) {
