@@ -174,7 +174,7 @@ pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
     let c = Client::new(socket)?;
     match cmd {
         CacheCmd::Stats { json } => {
-            let s: CacheStatsOut = c.get("/v1/cache")?;
+            let s: CacheStats = c.get("/v1/cache")?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -192,7 +192,7 @@ pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
             }
         }
         CacheCmd::Gc { target } => {
-            let s: CacheStatsOut = c.post(
+            let s: CacheStats = c.post(
                 "/v1/cache/gc",
                 &GcRequest {
                     target_bytes: target,
@@ -201,7 +201,7 @@ pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
             println!("{} objects, {} left", s.objects, format::bytes(s.bytes));
         }
         CacheCmd::Verify => {
-            let r: VerifyOut = c.post("/v1/cache/verify", &serde_json::json!({}))?;
+            let r: VerifyReport = c.post("/v1/cache/verify", &serde_json::json!({}))?;
             println!("{} objects checked, {} removed", r.checked, r.removed.len());
             for id in &r.removed {
                 println!("removed damaged {id}");

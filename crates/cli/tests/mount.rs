@@ -613,6 +613,20 @@ fn change(root: &Path) {
     sh("touch -h -d @1600000000 . tiny new new/dir new/dir/file new/dir/link replaced replaced/only");
 }
 
+/// A copy of torture tree `from` as a writable mount shows it: overlayfs reserves
+/// `trusted.overlay.*` and hides the one the torture tree carries.
+fn overlay_view(env: &Env, from: &Path, name: &str) -> PathBuf {
+    let view = env.path(name);
+    let o = Command::new("cp")
+        .args(["-a", s(from), s(&view)])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let f = view.join("hl/z-original");
+    tool("setfattr", &["-h", "-x", "trusted.overlay.opaque", s(&f)]);
+    view
+}
+
 #[test]
 fn writable_mount_changes_commit_as_a_new_version() {
     if !fuse_available() {
@@ -631,23 +645,8 @@ fn writable_mount_changes_commit_as_a_new_version() {
         .unwrap();
     assert!(o.status.success());
     change(&expected);
-    // overlayfs reserves trusted.overlay.* and hides them on its lower files: the mounted
-    // view lacks the one the torture tree carries (the committed image keeps it).
-    let view = env.path("view");
-    let o = Command::new("cp")
-        .args(["-a", s(&expected), s(&view)])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    tool(
-        "setfattr",
-        &[
-            "-h",
-            "-x",
-            "trusted.overlay.opaque",
-            s(&view.join("hl/z-original")),
-        ],
-    );
+    // The committed image keeps trusted.overlay.*; the mounted view cannot show it.
+    let view = overlay_view(&env, &expected, "view");
 
     let d = Daemon::start(&env, &env.path("state"), &[]);
     let mp = mountpoint(&env, "mp");
@@ -659,21 +658,7 @@ fn writable_mount_changes_commit_as_a_new_version() {
 
     d.ok(&env, &["mount", "--writable", "t:v1", s(&mp)]);
     // Before any change the writable mount shows the image (root attributes included).
-    let src_view = env.path("src-view");
-    let o = Command::new("cp")
-        .args(["-a", s(&src), s(&src_view)])
-        .output()
-        .unwrap();
-    assert!(o.status.success());
-    tool(
-        "setfattr",
-        &[
-            "-h",
-            "-x",
-            "trusted.overlay.opaque",
-            s(&src_view.join("hl/z-original")),
-        ],
-    );
+    let src_view = overlay_view(&env, &src, "src-view");
     assert_same_tree(&src_view, &mp);
     change(&mp);
     assert_same_tree(&view, &mp);

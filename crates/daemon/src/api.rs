@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use starling_fs::CounterValues;
-use starling_repo::cache::{CacheStats, VerifyReport};
+pub use starling_repo::cache::{CacheStats, VerifyReport};
 
 pub const API_VERSION: &str = "v1";
 
@@ -94,37 +94,7 @@ pub struct Status {
     pub version: String,
     pub state: PathBuf,
     pub mounts: usize,
-    pub cache: CacheStatsOut,
-}
-
-/// [`CacheStats`] as the API returns it (owned here so the client can deserialize it).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CacheStatsOut {
-    pub objects: usize,
-    pub bytes: u64,
-    pub quota: u64,
-    pub pinned: usize,
-    pub hits: u64,
-    pub misses: u64,
-    pub fetched_bytes: u64,
-    pub evicted: u64,
-    pub refused: u64,
-}
-
-impl From<CacheStats> for CacheStatsOut {
-    fn from(s: CacheStats) -> Self {
-        CacheStatsOut {
-            objects: s.objects,
-            bytes: s.bytes,
-            quota: s.quota,
-            pinned: s.pinned,
-            hits: s.hits,
-            misses: s.misses,
-            fetched_bytes: s.fetched_bytes,
-            evicted: s.evicted,
-            refused: s.refused,
-        }
-    }
+    pub cache: CacheStats,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,21 +102,6 @@ pub struct GcRequest {
     /// Evict unpinned objects down to this many bytes (default 0: all that can go).
     #[serde(default)]
     pub target_bytes: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyOut {
-    pub checked: usize,
-    pub removed: Vec<String>,
-}
-
-impl From<VerifyReport> for VerifyOut {
-    fn from(r: VerifyReport) -> Self {
-        VerifyOut {
-            checked: r.checked,
-            removed: r.removed,
-        }
-    }
 }
 
 /// Every error response: `{"error": "..."}` with a 4xx/5xx status.

@@ -60,7 +60,7 @@ async fn status(State(d): Shared) -> Json<Status> {
         version: env!("CARGO_PKG_VERSION").into(),
         state: d.config.state.clone(),
         mounts: d.mounts.list().len(),
-        cache: d.cache.stats().into(),
+        cache: d.cache.stats(),
     })
 }
 
@@ -93,21 +93,21 @@ async fn commit(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
-async fn cache_stats(State(d): Shared) -> Json<CacheStatsOut> {
-    Json(d.cache.stats().into())
+async fn cache_stats(State(d): Shared) -> Json<CacheStats> {
+    Json(d.cache.stats())
 }
 
 async fn cache_gc(
     State(d): Shared,
     Json(req): Json<GcRequest>,
-) -> Result<Json<CacheStatsOut>, DaemonError> {
+) -> Result<Json<CacheStats>, DaemonError> {
     Ok(Json(
-        blocking(move || Ok(d.cache.gc(req.target_bytes).into())).await?,
+        blocking(move || Ok(d.cache.gc(req.target_bytes))).await?,
     ))
 }
 
-async fn cache_verify(State(d): Shared) -> Result<Json<VerifyOut>, DaemonError> {
-    Ok(Json(blocking(move || Ok(d.cache.verify().into())).await?))
+async fn cache_verify(State(d): Shared) -> Result<Json<VerifyReport>, DaemonError> {
+    Ok(Json(blocking(move || Ok(d.cache.verify())).await?))
 }
 
 async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {

@@ -108,6 +108,19 @@ pub enum Node {
 }
 
 impl Node {
+    pub fn meta_mut(&mut self) -> Option<&mut Meta> {
+        match self {
+            Node::File { meta, .. }
+            | Node::Dir { meta, .. }
+            | Node::Symlink { meta, .. }
+            | Node::CharDevice { meta, .. }
+            | Node::BlockDevice { meta, .. }
+            | Node::Fifo { meta }
+            | Node::Socket { meta } => Some(meta),
+            Node::Hardlink { .. } => None,
+        }
+    }
+
     pub fn meta(&self) -> Option<&Meta> {
         match self {
             Node::File { meta, .. }

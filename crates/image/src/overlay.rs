@@ -40,15 +40,8 @@ fn is_opaque(meta: &Meta) -> bool {
 
 fn strip_node(n: &Node) -> Node {
     let mut n = n.clone();
-    match &mut n {
-        Node::File { meta, .. }
-        | Node::Dir { meta, .. }
-        | Node::Symlink { meta, .. }
-        | Node::CharDevice { meta, .. }
-        | Node::BlockDevice { meta, .. }
-        | Node::Fifo { meta }
-        | Node::Socket { meta } => *meta = strip(meta),
-        Node::Hardlink { .. } => {}
+    if let Some(m) = n.meta_mut() {
+        *m = strip(m);
     }
     n
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use starling_store::ObjectId;
 
 use crate::error::{invalid, Error, IoContext, Result};
@@ -67,7 +67,7 @@ pub struct CacheCounters {
     pub refused: AtomicU64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CacheStats {
     pub objects: usize,
     pub bytes: u64,
@@ -80,7 +80,7 @@ pub struct CacheStats {
     pub refused: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyReport {
     pub checked: usize,
     pub removed: Vec<String>,
