@@ -71,11 +71,7 @@ impl ReadAhead {
                     let Ok((id, len)) = next else { break };
                     if chunks.get(&id).is_none() {
                         // Failures are left to the reader, which reports them.
-                        if let Ok(b) = objects.get(&id, u64::from(len) + 1024) {
-                            if b.len() == len as usize {
-                                chunks.insert(id, b);
-                            }
-                        }
+                        let _ = load_chunk(objects.as_ref(), &chunks, &id, len);
                     }
                     pending
                         .lock()
@@ -113,6 +109,26 @@ impl Drop for ImageFs {
             .unwrap_or_else(|p| p.into_inner())
             .take();
     }
+}
+
+/// Reads a chunk from the source, checks its length against the file's chunk list, and keeps
+/// it in the decoded-chunk cache.
+fn load_chunk(
+    objects: &dyn Objects,
+    chunks: &ChunkCache,
+    id: &ObjectId,
+    len: u32,
+) -> ObjResult<Arc<Vec<u8>>> {
+    let b = objects.get(id, u64::from(len) + 1024)?;
+    if b.len() != len as usize {
+        return Err(format!(
+            "chunk {} is {} bytes, its file says {len}",
+            id.short(12),
+            b.len()
+        ));
+    }
+    chunks.insert(*id, b.clone());
+    Ok(b)
 }
 
 fn eio(label: &str, what: String) -> io::Error {
@@ -222,26 +238,10 @@ impl ImageFs {
         if let Some(r) = &self.recorder {
             r.touch(id, u64::from(len));
         }
-        let b = self
-            .inodes
-            .objects()
-            .get(id, u64::from(len) + 1024)
-            .map_err(|e| {
-                Counters::add(&self.counters.errors, 1);
-                eio(&self.label, e)
-            })?;
-        if b.len() != len as usize {
-            return Err(eio(
-                &self.label,
-                format!(
-                    "chunk {} is {} bytes, its file says {len}",
-                    id.short(12),
-                    b.len()
-                ),
-            ));
-        }
-        self.chunks.insert(*id, b.clone());
-        Ok(b)
+        load_chunk(self.inodes.objects().as_ref(), &self.chunks, id, len).map_err(|e| {
+            Counters::add(&self.counters.errors, 1);
+            eio(&self.label, e)
+        })
     }
 
     /// Records a read of [offset, end) on `handle`; true once the reader has read on from

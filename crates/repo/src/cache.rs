@@ -28,9 +28,6 @@ pub struct HostCache {
     quota: u64,
     index: Mutex<Index>,
     inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
-    /// Objects hashed since this process started (on arrival or first read back): later
-    /// reads skip the hash. `verify` re-hashes everything.
-    verified: Mutex<std::collections::HashSet<ObjectId>>,
     fetchers: Mutex<HashMap<String, Fetcher>>,
     opts: ClientOptions,
     rt: tokio::runtime::Handle,
@@ -50,6 +47,9 @@ struct Slot {
     /// Last use, as a tick of `Index::clock`.
     used: u64,
     loc: Loc,
+    /// Hashed since this process started (on arrival or first read back): later reads skip
+    /// the hash. `verify` re-hashes everything.
+    verified: bool,
 }
 
 #[derive(Default)]
@@ -120,6 +120,7 @@ impl HostCache {
                     size,
                     used: index.clock,
                     loc,
+                    verified: false,
                 },
             );
             index.bytes += size;
@@ -136,7 +137,6 @@ impl HostCache {
             quota,
             index: Mutex::new(index),
             inflight: Mutex::new(HashMap::new()),
-            verified: Mutex::new(Default::default()),
             fetchers: Mutex::new(HashMap::new()),
             opts,
             rt,
@@ -214,19 +214,14 @@ impl HostCache {
     }
 
     fn read_cached(&self, id: &ObjectId) -> Option<Vec<u8>> {
-        let loc = {
+        let (loc, checked) = {
             let mut g = self.index();
             g.clock += 1;
             let now = g.clock;
             let s = g.entries.get_mut(id)?;
             s.used = now;
-            s.loc
+            (s.loc, s.verified)
         };
-        let checked = self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(id);
         let read = self
             .packs
             .get(&loc)
@@ -242,10 +237,9 @@ impl HostCache {
         match read {
             Ok(b) => {
                 if !checked {
-                    self.verified
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(*id);
+                    if let Some(s) = self.index().entries.get_mut(id) {
+                        s.verified = true;
+                    }
                 }
                 Some(b)
             }
@@ -284,17 +278,19 @@ impl HostCache {
             }
         })?;
         let loc = self.packs.put(id, &env)?;
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(*id);
         let size = env.len() as u64;
         {
             let mut g = self.index();
             g.clock += 1;
             let used = g.clock;
             g.bytes += size;
-            if let Some(old) = g.entries.insert(*id, Slot { size, used, loc }) {
+            let slot = Slot {
+                size,
+                used,
+                loc,
+                verified: true,
+            };
+            if let Some(old) = g.entries.insert(*id, slot) {
                 g.bytes -= old.size;
                 let _ = self.packs.remove(&old.loc);
             }
@@ -305,10 +301,6 @@ impl HostCache {
 
     /// Removes an object from the index and its bytes from the packs.
     fn drop_object(&self, id: &ObjectId) -> bool {
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id);
         let slot = {
             let mut g = self.index();
             let s = g.entries.remove(id);
@@ -326,25 +318,31 @@ impl HostCache {
     /// Removes least recently used, unpinned objects until the cache fits its quota.
     /// `keep` (just fetched) stays.
     fn evict(&self, keep: &ObjectId) {
+        self.evict_to(self.quota, Some(keep));
+    }
+
+    /// Removes least recently used objects, never pinned ones nor `keep`, until the cache
+    /// holds at most `target` bytes (or nothing more can go).
+    fn evict_to(&self, target: u64, keep: Option<&ObjectId>) {
         let victims: Vec<ObjectId> = {
             let g = self.index();
-            if g.bytes <= self.quota {
+            if g.bytes <= target {
                 return;
             }
             let mut cands: Vec<(&ObjectId, &Slot)> = g
                 .entries
                 .iter()
-                .filter(|(id, _)| *id != keep && !g.pins.contains_key(*id))
+                .filter(|(id, _)| Some(*id) != keep && !g.pins.contains_key(*id))
                 .collect();
             cands.sort_by_key(|(_, s)| s.used);
-            let mut over = g.bytes - self.quota;
+            let mut bytes = g.bytes;
             let mut v = Vec::new();
             for (id, s) in cands {
-                if over == 0 {
+                if bytes <= target {
                     break;
                 }
                 v.push(*id);
-                over = over.saturating_sub(s.size);
+                bytes -= s.size;
             }
             v
         };
@@ -392,30 +390,7 @@ impl HostCache {
 
     /// Evicts everything not pinned down to `target` bytes (0: all that can go).
     pub fn gc(&self, target: u64) -> CacheStats {
-        let victims: Vec<ObjectId> = {
-            let g = self.index();
-            let mut cands: Vec<(&ObjectId, &Slot)> = g
-                .entries
-                .iter()
-                .filter(|(id, _)| !g.pins.contains_key(*id))
-                .collect();
-            cands.sort_by_key(|(_, s)| s.used);
-            let mut bytes = g.bytes;
-            let mut v = Vec::new();
-            for (id, s) in cands {
-                if bytes <= target {
-                    break;
-                }
-                v.push(*id);
-                bytes -= s.size;
-            }
-            v
-        };
-        for id in victims {
-            if self.drop_object(&id) {
-                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.evict_to(target, None);
         self.stats()
     }
 

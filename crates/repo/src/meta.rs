@@ -7,7 +7,7 @@
 //! Publication writes every new file under a fresh name first and replaces `timestamp.json`
 //! last, atomically: that rename is the commit point.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::num::NonZeroU64;
 
 use jiff::Timestamp;
@@ -37,6 +37,17 @@ fn nz(n: u64) -> NonZeroU64 {
 fn expires_in(secs: u64) -> Result<Timestamp> {
     let t = Timestamp::now().as_second() + secs as i64;
     Timestamp::from_second(t).map_err(|e| invalid("expiry time", e.to_string()))
+}
+
+/// The highest version any versioned targets or snapshot file in a listing of `metadata/`
+/// carries, published or left behind by a publication that was killed (its numbers are
+/// never reused).
+fn highest_version(names: &BTreeSet<String>) -> u64 {
+    names
+        .iter()
+        .filter_map(|n| metadata_version(n, "targets").or_else(|| metadata_version(n, "snapshot")))
+        .max()
+        .unwrap_or(0)
 }
 
 /// `N` of a versioned metadata file name `N.ROLE.json`.
@@ -116,6 +127,11 @@ impl Repo {
     /// The newest root metadata: (version, bytes).
     pub async fn latest_root(&self) -> Result<(u64, Vec<u8>)> {
         let names = self.backend.list("metadata/").await?;
+        self.root_in(&names).await
+    }
+
+    /// The newest root metadata a listing of `metadata/` names, read: (version, bytes).
+    async fn root_in(&self, names: &BTreeSet<String>) -> Result<(u64, Vec<u8>)> {
         let newest = names
             .iter()
             .filter_map(|n| metadata_version(n, "root").map(|v| (v, n)))
@@ -129,19 +145,6 @@ impl Repo {
         let (v, rel) = newest.ok_or_else(none)?;
         let (bytes, _) = self.backend.get(rel).await?.ok_or_else(none)?;
         Ok((v, bytes))
-    }
-
-    /// The highest version any versioned metadata file carries, published or left behind
-    /// by a publication that was killed (its numbers are never reused).
-    async fn highest_version(&self) -> Result<u64> {
-        let names = self.backend.list("metadata/").await?;
-        Ok(names
-            .iter()
-            .filter_map(|n| {
-                metadata_version(n, "targets").or_else(|| metadata_version(n, "snapshot"))
-            })
-            .max()
-            .unwrap_or(0))
     }
 
     /// The repository as its publisher sees it (expiry not enforced, so an expired
@@ -187,17 +190,20 @@ impl Repo {
         files: &[(String, Vec<u8>)],
     ) -> Result<u64> {
         let (repo, ts_version) = loaded;
+        // One listing serves both the version numbering and the root (a round trip each on
+        // object storage).
+        let names = self.backend.list("metadata/").await?;
         let next = [
             repo.targets().signed.version.get(),
             repo.snapshot().signed.version.get(),
             repo.timestamp().signed.version.get(),
-            self.highest_version().await?,
+            highest_version(&names),
         ]
         .into_iter()
         .max()
         .unwrap_or(0)
             + 1;
-        let (_, root) = self.latest_root().await?;
+        let (_, root) = self.root_in(&names).await?;
         let mut ed = editor(&root, Some(repo)).await?;
         for (name, bytes) in files {
             let hash = sha2_hex(bytes);

@@ -178,16 +178,6 @@ impl Store {
         Ok(true)
     }
 
-    /// As [`Store::put_envelope`], returning the object's bytes (decoded once).
-    pub fn put_envelope_decoded(&self, id: &ObjectId, env: &[u8]) -> Result<Vec<u8>> {
-        let data = envelope::decode(id, env)?;
-        let dest = self.object_path(id);
-        if !dest.exists() {
-            self.install(&dest, env)?;
-        }
-        Ok(data)
-    }
-
     fn install(&self, dest: &Path, env: &[u8]) -> Result<()> {
         let (tmp, mut f) = self.temp_file()?;
         let r = f.write_all(env).at(&tmp).and_then(|()| {
@@ -225,15 +215,6 @@ impl Store {
         let env = self.get_envelope(id)?;
         self.counters.objects_read.fetch_add(1, Ordering::Relaxed);
         envelope::decode(id, &env)
-    }
-
-    /// Reads an object without re-hashing it: for callers that verified this very object
-    /// earlier in their lifetime (the host cache checks each object when it arrives and the
-    /// first time it is read back after a start).
-    pub fn get_unverified(&self, id: &ObjectId) -> Result<Vec<u8>> {
-        let env = self.get_envelope(id)?;
-        self.counters.objects_read.fetch_add(1, Ordering::Relaxed);
-        envelope::unwrap(id, &env)
     }
 
     /// The stored envelope, unverified (callers that ship it verify on arrival).
