@@ -220,6 +220,17 @@ fn mount_errors_are_clear() {
     // Nothing was left mounted by the failures.
     assert_eq!(d.mounts(&env).as_array().unwrap().len(), 0);
     assert_eq!(fs::read_dir(&mp).unwrap().count(), 0);
+    // A mount list of an unknown format is not acted on, and says so.
+    let odd = env.path("odd-state");
+    fs::create_dir_all(&odd).unwrap();
+    fs::write(
+        odd.join("mounts.json"),
+        br#"{"format": 9, "detach": ["/"]}"#,
+    )
+    .unwrap();
+    drop(Daemon::start(&env, &odd, &[]));
+    let log = fs::read_to_string(odd.join("daemon.log")).unwrap();
+    assert!(log.contains("not a mount list of format 1"), "{log}");
     // A daemon whose cache cannot hold one chunk refuses to start.
     let e = Daemon::try_start(&env, &env.path("tiny"), &["--quota", "4K"])
         .err()

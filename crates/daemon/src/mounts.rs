@@ -38,6 +38,15 @@ impl MountEntry {
     }
 }
 
+/// `mounts.json`: what a restarted daemon detaches, in order.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MountList {
+    format: u32,
+    detach: Vec<PathBuf>,
+}
+
+const MOUNT_LIST_FORMAT: u32 = 1;
+
 pub struct Mounts {
     pub table: Mutex<BTreeMap<PathBuf, MountEntry>>,
     /// Mountpoints the daemon holds, persisted so a restart can clean up after a crash.
@@ -77,10 +86,13 @@ impl Mounts {
             }
         }
         let tmp = self.state_file.with_extension("tmp");
-        let ok = serde_json::to_vec(&list)
-            .ok()
-            .and_then(|b| std::fs::write(&tmp, b).ok())
-            .and_then(|_| std::fs::rename(&tmp, &self.state_file).ok());
+        let ok = serde_json::to_vec(&MountList {
+            format: MOUNT_LIST_FORMAT,
+            detach: list,
+        })
+        .ok()
+        .and_then(|b| std::fs::write(&tmp, b).ok())
+        .and_then(|_| std::fs::rename(&tmp, &self.state_file).ok());
         if ok.is_none() {
             eprintln!("starlingd: could not write {}", self.state_file.display());
         }
@@ -92,7 +104,17 @@ impl Mounts {
         let Ok(b) = std::fs::read(&self.state_file) else {
             return Vec::new();
         };
-        let list: Vec<PathBuf> = serde_json::from_slice(&b).unwrap_or_default();
+        let list = match serde_json::from_slice::<MountList>(&b) {
+            Ok(l) if l.format == MOUNT_LIST_FORMAT => l.detach,
+            _ => {
+                eprintln!(
+                    "starlingd: {} is not a mount list of format {MOUNT_LIST_FORMAT}; \
+                     mounts a previous daemon left are not cleaned",
+                    self.state_file.display()
+                );
+                return Vec::new();
+            }
+        };
         let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut cleaned = Vec::new();
         for mp in list {
