@@ -7,6 +7,7 @@ mod mount_cmd;
 mod progress;
 mod repo_cmd;
 mod store_cmd;
+mod vm_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +104,9 @@ enum Command {
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Run microVMs on KVM
+    #[command(subcommand)]
+    Vm(vm_cmd::VmCmd),
     /// The host cache shared by every mount
     Cache {
         #[command(subcommand)]
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
         } => mount_cmd::commit(&socket, &store, &mountpoint, &image, json),
         Command::Mounts { json, socket } => mount_cmd::mounts(&socket, json),
         Command::Cache { cmd, socket } => mount_cmd::cache(&socket, cmd),
+        Command::Vm(c) => vm_cmd::run(c),
     });
     match result {
         Ok(code) => code,

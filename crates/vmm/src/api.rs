@@ -1,0 +1,121 @@
+//! The VMM API: HTTP/1.1 with JSON bodies on a unix socket (`curl --unix-socket`), one request
+//! per connection. Documented in docs/api/vmm.md.
+//!
+//! GET /v1/vm → status; POST /v1/vm/pause, /v1/vm/resume, /v1/vm/stop.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::vm::VmHandle;
+use crate::Error;
+
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+impl ApiServer {
+    pub fn shutdown(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts serving the API at `path` (a stale socket file is replaced).
+pub fn serve(path: &Path, vm: VmHandle, done: Arc<AtomicBool>) -> Result<ApiServer, Error> {
+    let io = |source| Error::Io {
+        what: format!("API socket {}", path.display()),
+        source,
+    };
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(io)?;
+    listener.set_nonblocking(true).map_err(io)?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let vm = vm.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("api-conn".into())
+                            .spawn(move || handle(stream, &vm));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .map_err(io)?;
+    Ok(ApiServer {
+        path: path.to_owned(),
+    })
+}
+
+fn handle(stream: UnixStream, vm: &VmHandle) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // Headers: only Content-Length matters (bodies are ignored but drained).
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length.min(4096)];
+    let _ = reader.read_exact(&mut body);
+    let (code, json) = route(method, target, vm);
+    let text = json.to_string();
+    let reason = match code {
+        200 => "OK",
+        404 => "Not Found",
+        _ => "Method Not Allowed",
+    };
+    let mut out = &stream;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+}
+
+fn route(method: &str, target: &str, vm: &VmHandle) -> (u16, serde_json::Value) {
+    let status = |vm: &VmHandle| serde_json::to_value(vm.status()).unwrap_or_default();
+    match (method, target) {
+        ("GET", "/v1/vm") => (200, status(vm)),
+        ("POST", "/v1/vm/pause") => {
+            vm.pause();
+            (200, status(vm))
+        }
+        ("POST", "/v1/vm/resume") => {
+            vm.resume();
+            (200, status(vm))
+        }
+        ("POST", "/v1/vm/stop") => {
+            vm.stop(None);
+            (200, serde_json::json!({"state": "stopping"}))
+        }
+        (_, "/v1/vm" | "/v1/vm/pause" | "/v1/vm/resume" | "/v1/vm/stop") => (
+            405,
+            serde_json::json!({"error": format!("{method} is not allowed on {target}")}),
+        ),
+        _ => (
+            404,
+            serde_json::json!({"error": format!("no such endpoint: {target}")}),
+        ),
+    }
+}

@@ -1,0 +1,181 @@
+//! What a VM is made of, as given on the command line or in a JSON config file, and the checks
+//! that run before anything is created.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::devices::Console;
+use crate::Error;
+
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";
+pub const MIN_MEM_MIB: u64 = 16;
+pub const MAX_VCPUS: u8 = 32;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    pub cid: u64,
+    /// Host side: connections to this socket reach the guest; the guest's connections to host
+    /// port P go to `PATH_P`.
+    pub path: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    #[serde(default = "default_mem")]
+    pub mem_mib: u64,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
+    #[serde(default = "default_true")]
+    pub rng: bool,
+    #[serde(default = "default_console")]
+    pub console: Console,
+    /// The VMM API socket.
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.into()
+}
+fn default_mem() -> u64 {
+    256
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_console() -> Console {
+    Console::Stdio
+}
+
+impl VmConfig {
+    pub fn new(kernel: PathBuf) -> Self {
+        VmConfig {
+            kernel,
+            initrd: None,
+            cmdline: default_cmdline(),
+            mem_mib: default_mem(),
+            vcpus: 1,
+            disks: Vec::new(),
+            vsock: None,
+            rng: true,
+            console: Console::Stdio,
+            api_socket: None,
+        }
+    }
+
+    /// Reads a JSON config file; relative paths in it are taken from the file's directory.
+    pub fn from_file(path: &Path) -> Result<Self, Error> {
+        let bad = |reason: String| Error::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut c: VmConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut c.kernel);
+        if let Some(i) = c.initrd.as_mut() {
+            fix(i);
+        }
+        for d in &mut c.disks {
+            fix(&mut d.path);
+        }
+        Ok(c)
+    }
+
+    /// Checks what can be checked without building the VM.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.mem_mib < MIN_MEM_MIB {
+            return Err(Error::Invalid(format!(
+                "memory {} MiB is too little: at least {MIN_MEM_MIB} MiB",
+                self.mem_mib
+            )));
+        }
+        if self.mem_mib > 1 << 20 {
+            return Err(Error::Invalid(format!("memory {} MiB is more than 1 TiB", self.mem_mib)));
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(Error::Invalid(format!(
+                "{} vCPUs: between 1 and {MAX_VCPUS}",
+                self.vcpus
+            )));
+        }
+        for d in &self.disks {
+            if !d.path.is_file() {
+                return Err(Error::Disk {
+                    path: d.path.clone(),
+                    reason: if d.path.exists() {
+                        "not a regular file".into()
+                    } else {
+                        "no such file".into()
+                    },
+                });
+            }
+        }
+        if self.disks.len() + 2 > crate::layout::VIRTIO_IRQS.len() {
+            return Err(Error::Invalid(format!("{} disks are too many", self.disks.len())));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_defaults_and_relative_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("vm.json");
+        std::fs::write(&f, r#"{"kernel": "k", "disks": [{"path": "d.img", "read_only": true}]}"#)
+            .unwrap();
+        let c = VmConfig::from_file(&f).unwrap();
+        assert_eq!(c.kernel, dir.path().join("k"));
+        assert_eq!(c.disks[0].path, dir.path().join("d.img"));
+        assert_eq!((c.mem_mib, c.vcpus, c.rng), (256, 1, true));
+        std::fs::write(&f, r#"{"kernel": "k", "memory": 5}"#).unwrap();
+        let e = VmConfig::from_file(&f).unwrap_err().to_string();
+        assert!(e.contains("unknown field `memory`"), "{e}");
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = VmConfig::new("k".into());
+        c.mem_mib = 8;
+        assert!(c.validate().unwrap_err().to_string().contains("too little"));
+        c.mem_mib = 64;
+        c.vcpus = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("vCPUs"));
+        c.vcpus = 2;
+        c.disks.push(DiskConfig { path: "/nonexistent/disk".into(), read_only: false });
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/disk") && e.contains("no such file"), "{e}");
+    }
+}

@@ -1,0 +1,74 @@
+//! The 8250 UART on COM1 (vm-superio), its interrupt delivered through an irqfd, its output to
+//! stdout or a file, its input from stdin.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::bus::BusDevice;
+
+/// Where the console goes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Console {
+    Stdio,
+    File(PathBuf),
+    Off,
+}
+
+pub struct IrqTrigger(pub EventFd);
+
+impl Trigger for IrqTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        self.0.write(1)
+    }
+}
+
+/// Serial output: a line-buffer-free writer (guests print a byte at a time).
+pub struct ConsoleOut(Box<dyn Write + Send>);
+
+impl Write for ConsoleOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(buf)?;
+        self.0.flush()?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+pub struct SerialPort(pub Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>);
+
+impl SerialPort {
+    pub fn new(irq: EventFd, console: &Console) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match console {
+            Console::Stdio => Box::new(std::io::stdout()),
+            Console::File(p) => Box::new(File::create(p)?),
+            Console::Off => Box::new(std::io::sink()),
+        };
+        Ok(SerialPort(Serial::new(IrqTrigger(irq), ConsoleOut(out))))
+    }
+
+    /// Queues input bytes for the guest; returns how many fit.
+    pub fn input(&mut self, bytes: &[u8]) -> usize {
+        self.0.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+}
+
+impl BusDevice for SerialPort {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if let Some(b) = data.first_mut() {
+            *b = self.0.read(offset as u8);
+        }
+    }
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let Some(&v) = data.first() {
+            let _ = self.0.write(offset as u8, v);
+        }
+    }
+}

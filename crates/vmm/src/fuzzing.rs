@@ -1,0 +1,68 @@
+//! Entry points for fuzzing the request parsers a guest controls: a virtio queue with arbitrary
+//! descriptor tables and rings driving the block, rng and vsock devices. Used by `fuzz/` and
+//! replayed over the committed corpus by the tests.
+
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use virtio_queue::{Queue, QueueT};
+
+use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, Queues, VirtioDevice};
+
+const MEM_SIZE: usize = 64 * 1024;
+const DESC: u64 = 0x1000;
+const AVAIL: u64 = 0x3000;
+const USED: u64 = 0x4000;
+
+/// Input layout: byte 0 picks the device (0 block, 1 rng, 2 vsock tx, 3 vsock rx), byte 1 the
+/// queue size exponent, then the bytes are copied over guest memory from 0x1000 (descriptor
+/// table, then available ring at 0x3000, data anywhere).
+pub fn virtio_queue(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    let Some((&size_exp, rest)) = rest.split_first() else { return };
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
+        return;
+    };
+    let n = rest.len().min(MEM_SIZE - 0x1000);
+    if mem.write_slice(&rest[..n], GuestAddress(DESC)).is_err() {
+        return;
+    }
+    let size = 1u16 << (size_exp % 9);
+    let mut qs = Vec::new();
+    for _ in 0..3 {
+        let Ok(mut q) = Queue::new(256) else { return };
+        q.set_size(size);
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        if !q.is_valid(&mem) {
+            return;
+        }
+        qs.push(q);
+    }
+    let mut queues = Queues {
+        mem: mem.clone(),
+        queues: qs,
+    };
+    match which % 4 {
+        0 => {
+            let path = std::env::temp_dir().join(format!("starling-fuzz-disk-{}", std::process::id()));
+            let made = std::fs::File::create(&path).and_then(|f| f.set_len(64 * 1024));
+            if made.is_ok() {
+                if let Ok(mut b) = Block::open(&path, which & 4 != 0) {
+                    let _ = b.notify(0, &mut queues);
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+        1 => {
+            let _ = Rng.notify(0, &mut queues);
+        }
+        q => {
+            let dir = std::env::temp_dir().join(format!("starling-fuzz-vsock-{}", std::process::id()));
+            let _ = std::fs::create_dir_all(&dir);
+            if let Ok(mut v) = Vsock::new(3, &dir.join("v.sock")) {
+                let _ = v.notify(if q == 2 { 1 } else { 0 }, &mut queues);
+            }
+        }
+    }
+}

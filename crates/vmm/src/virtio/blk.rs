@@ -1,0 +1,193 @@
+//! virtio-blk over a raw file: read, write, flush (fsync) and get-id; read-only disks refuse
+//! writes with VIRTIO_BLK_S_IOERR and offer VIRTIO_BLK_F_RO.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::{write_to_chain, Chain, QueueBroken, Queues, VirtioDevice, TYPE_BLOCK};
+
+const SECTOR: u64 = 512;
+const QUEUE_SIZE: u16 = 256;
+/// Largest single data buffer accepted (the driver's max segment size is far below).
+const MAX_SEGMENT: u32 = 1 << 20;
+const SEG_MAX: u32 = 128;
+
+const F_SEG_MAX: u64 = 1 << 2;
+const F_RO: u64 = 1 << 5;
+const F_FLUSH: u64 = 1 << 9;
+
+const T_IN: u32 = 0;
+const T_OUT: u32 = 1;
+const T_FLUSH: u32 = 4;
+const T_GET_ID: u32 = 8;
+
+const S_OK: u8 = 0;
+const S_IOERR: u8 = 1;
+const S_UNSUPP: u8 = 2;
+
+pub struct Block {
+    file: File,
+    path: PathBuf,
+    sectors: u64,
+    read_only: bool,
+    id: [u8; 20],
+}
+
+impl Block {
+    pub fn open(path: &Path, read_only: bool) -> std::io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)?;
+        let len = file.metadata()?.len();
+        let mut id = [0u8; 20];
+        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"disk");
+        let n = name.len().min(20);
+        id[..n].copy_from_slice(&name[..n]);
+        Ok(Block {
+            file,
+            path: path.to_owned(),
+            sectors: len / SECTOR,
+            read_only,
+            id,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Serves one request; returns the status byte and how many bytes went to the driver.
+    fn serve(&self, mem: &GuestMemoryMmap, descs: &[Descriptor]) -> (u8, u32) {
+        // Header (16 bytes, driver-readable), data buffers, status byte (device-writable, last).
+        let Some((header, rest)) = descs.split_first() else {
+            return (S_IOERR, 0);
+        };
+        let Some((_status, data)) = rest.split_last() else {
+            return (S_IOERR, 0);
+        };
+        if header.is_write_only() || header.len() < 16 {
+            return (S_IOERR, 0);
+        }
+        let mut h = [0u8; 16];
+        if mem.read_slice(&mut h, header.addr()).is_err() {
+            return (S_IOERR, 0);
+        }
+        let kind = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        let sector = u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+        match kind {
+            T_IN | T_OUT => self.transfer(mem, kind, sector, data),
+            T_FLUSH => {
+                if self.read_only {
+                    return (S_OK, 0);
+                }
+                match self.file.sync_all() {
+                    Ok(()) => (S_OK, 0),
+                    Err(_) => (S_IOERR, 0),
+                }
+            }
+            T_GET_ID => match write_to_chain(mem, data, 0, &self.id) {
+                Ok(n) => (S_OK, n as u32),
+                Err(_) => (S_IOERR, 0),
+            },
+            _ => (S_UNSUPP, 0),
+        }
+    }
+
+    fn transfer(&self, mem: &GuestMemoryMmap, kind: u32, sector: u64, data: &[Descriptor]) -> (u8, u32) {
+        let write = kind == T_OUT;
+        if write && self.read_only {
+            return (S_IOERR, 0);
+        }
+        let total: u64 = data.iter().map(|d| u64::from(d.len())).sum();
+        let fits = sector
+            .checked_mul(SECTOR)
+            .and_then(|start| start.checked_add(total))
+            .is_some_and(|end| end <= self.sectors * SECTOR);
+        // Reads fill device-writable buffers, writes take driver-readable ones; whole sectors.
+        if !fits
+            || total % SECTOR != 0
+            || data
+                .iter()
+                .any(|d| d.is_write_only() == write || d.len() > MAX_SEGMENT)
+        {
+            return (S_IOERR, 0);
+        }
+        let mut offset = sector * SECTOR;
+        let mut buf = Vec::new();
+        for d in data {
+            buf.resize(d.len() as usize, 0);
+            let ok = if write {
+                mem.read_slice(&mut buf, d.addr()).is_ok()
+                    && self.file.write_all_at(&buf, offset).is_ok()
+            } else {
+                self.file.read_exact_at(&mut buf, offset).is_ok()
+                    && mem.write_slice(&buf, d.addr()).is_ok()
+            };
+            if !ok {
+                return (S_IOERR, 0);
+            }
+            offset += u64::from(d.len());
+        }
+        (S_OK, if write { 0 } else { total as u32 })
+    }
+
+    fn complete(&self, q: &mut Queues, chain: &Chain) -> Result<(), QueueBroken> {
+        let (status, len) = self.serve(&q.mem, &chain.descs);
+        // The status byte goes to the last descriptor when it is device-writable; a chain with
+        // nowhere to put it is still returned, with nothing written.
+        let mut used = len;
+        if let Some(last) = chain.descs.last().filter(|d| d.is_write_only() && d.len() >= 1) {
+            if q.mem.write_obj(status, last.addr()).is_ok() {
+                used += 1;
+            }
+        }
+        q.add_used(0, chain.head, used)
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+    fn queue_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        F_FLUSH | F_SEG_MAX | if self.read_only { F_RO } else { 0 }
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        // capacity (u64 sectors), size_max (u32), seg_max (u32).
+        let mut config = [0u8; 16];
+        config[..8].copy_from_slice(&self.sectors.to_le_bytes());
+        config[12..16].copy_from_slice(&SEG_MAX.to_le_bytes());
+        read_config_bytes(&config, offset, data);
+    }
+    fn notify(&mut self, index: usize, q: &mut Queues) -> Result<bool, QueueBroken> {
+        if index != 0 {
+            return Ok(false);
+        }
+        let chains = q.pop_all(0)?;
+        for chain in &chains {
+            self.complete(q, chain)?;
+        }
+        Ok(!chains.is_empty())
+    }
+}
+
+/// Copies the slice of `config` at `offset` into `data`; bytes past its end read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < config.len() {
+        let n = data.len().min(config.len() - start);
+        data[..n].copy_from_slice(&config[start..start + n]);
+    }
+}
+

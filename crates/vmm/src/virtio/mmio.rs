@@ -1,0 +1,258 @@
+//! The virtio-mmio transport, version 2 (modern): registers, feature negotiation, queue setup,
+//! interrupt status and device status, per the virtio 1.x specification §4.2.
+
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{IrqLine, Queues, VirtioDevice, INT_CONFIG, INT_USED_RING, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+
+const MAGIC: u32 = 0x7472_6976;
+const VENDOR: u32 = 0x5354_524c; // "STRL"
+
+pub const STATUS_ACKNOWLEDGE: u32 = 1;
+pub const STATUS_DRIVER: u32 = 2;
+pub const STATUS_DRIVER_OK: u32 = 4;
+pub const STATUS_FEATURES_OK: u32 = 8;
+pub const STATUS_NEEDS_RESET: u32 = 0x40;
+pub const STATUS_FAILED: u32 = 0x80;
+
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    irq: IrqLine,
+    queues: Vec<Queue>,
+    active: Option<Queues>,
+    status: u32,
+    device_features_sel: u32,
+    driver_features_sel: u32,
+    driver_features: u64,
+    queue_sel: u32,
+    config_generation: u32,
+    /// Why the device stopped serving requests, if it did.
+    pub broken: Option<String>,
+}
+
+impl MmioTransport {
+    pub fn new(device: Box<dyn VirtioDevice>, mem: GuestMemoryMmap, irq: IrqLine) -> Self {
+        let queues = new_queues(device.as_ref());
+        MmioTransport {
+            device,
+            mem,
+            irq,
+            queues,
+            active: None,
+            status: 0,
+            device_features_sel: 0,
+            driver_features_sel: 0,
+            driver_features: 0,
+            queue_sel: 0,
+            config_generation: 0,
+            broken: None,
+        }
+    }
+
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    fn offered(&self) -> u64 {
+        self.device.features() | VIRTIO_F_VERSION_1
+    }
+
+    fn queue(&mut self) -> Option<&mut Queue> {
+        if self.status & STATUS_DRIVER_OK != 0 {
+            return None;
+        }
+        self.queues.get_mut(self.queue_sel as usize)
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        self.queues = new_queues(self.device.as_ref());
+        self.active = None;
+        self.status = 0;
+        self.driver_features = 0;
+        self.queue_sel = 0;
+        self.broken = None;
+        self.irq.status.store(0, Ordering::SeqCst);
+    }
+
+    fn set_status(&mut self, v: u32) {
+        if v == 0 {
+            self.reset();
+            return;
+        }
+        let newly = v & !self.status;
+        if newly & STATUS_FEATURES_OK != 0 && self.driver_features & VIRTIO_F_VERSION_1 == 0 {
+            // A legacy driver on a modern-only device: refuse FEATURES_OK.
+            self.status = v & !STATUS_FEATURES_OK;
+            return;
+        }
+        if newly & STATUS_DRIVER_OK != 0 {
+            let mem = &self.mem;
+            if let Some(i) = self
+                .queues
+                .iter()
+                .position(|q| q.ready() && !q.is_valid(mem))
+            {
+                self.fail(format!("queue {i} set up outside guest memory or misaligned"));
+                return;
+            }
+            self.active = Some(Queues {
+                mem: self.mem.clone(),
+                queues: std::mem::take(&mut self.queues),
+            });
+            self.device.activate(self.irq.clone());
+        }
+        self.status = v;
+    }
+
+    fn fail(&mut self, why: String) {
+        self.broken = Some(why);
+        self.status |= STATUS_NEEDS_RESET;
+        if self.status & STATUS_DRIVER_OK != 0 {
+            self.irq.signal(INT_CONFIG);
+        } else {
+            self.status |= STATUS_FAILED;
+        }
+    }
+
+    /// Runs the device's handler for queue `index` (from a notify or the device's own backend).
+    pub fn process(&mut self, index: usize) {
+        if self.broken.is_some() {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        match self.device.notify(index, active) {
+            Ok(true) => self.irq.signal(INT_USED_RING),
+            Ok(false) => {}
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    /// Runs the device's backend handler (its event thread saw host-side input).
+    pub fn process_backend(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        match self.device.backend(active) {
+            Ok(true) => self.irq.signal(INT_USED_RING),
+            Ok(false) => {}
+            Err(e) => self.fail(e.to_string()),
+        }
+    }
+
+    fn read_reg(&self, offset: u64) -> u32 {
+        let q = self.queues.get(self.queue_sel as usize);
+        match offset {
+            0x000 => MAGIC,
+            0x004 => 2,
+            0x008 => self.device.device_type(),
+            0x00c => VENDOR,
+            0x010 => match self.device_features_sel {
+                0 => self.offered() as u32,
+                1 => (self.offered() >> 32) as u32,
+                _ => 0,
+            },
+            0x034 => q.map_or(0, |q| u32::from(q.max_size())),
+            0x044 => q.map_or(0, |q| u32::from(q.ready())),
+            0x060 => self.irq.status.load(Ordering::SeqCst),
+            0x070 => self.status,
+            0x0fc => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_reg(&mut self, offset: u64, v: u32) {
+        match offset {
+            0x014 => self.device_features_sel = v,
+            0x020 => {
+                if self.status & STATUS_FEATURES_OK == 0 {
+                    let offered = self.offered();
+                    match self.driver_features_sel {
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(v) & offered
+                        }
+                        1 => {
+                            self.driver_features = (self.driver_features & 0xffff_ffff)
+                                | (u64::from(v) << 32) & offered
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            0x024 => self.driver_features_sel = v,
+            0x030 => self.queue_sel = v,
+            0x038 => {
+                if let Some(q) = self.queue() {
+                    q.set_size(v as u16);
+                }
+            }
+            0x044 => {
+                if let Some(q) = self.queue() {
+                    q.set_ready(v == 1);
+                }
+            }
+            0x050 => {
+                if self.status & STATUS_DRIVER_OK != 0 {
+                    self.process(v as usize);
+                }
+            }
+            0x064 => {
+                self.irq.status.fetch_and(!v, Ordering::SeqCst);
+            }
+            0x070 => self.set_status(v),
+            0x080 => self.queue().map_or((), |q| q.set_desc_table_address(Some(v), None)),
+            0x084 => self.queue().map_or((), |q| q.set_desc_table_address(None, Some(v))),
+            0x090 => self.queue().map_or((), |q| q.set_avail_ring_address(Some(v), None)),
+            0x094 => self.queue().map_or((), |q| q.set_avail_ring_address(None, Some(v))),
+            0x0a0 => self.queue().map_or((), |q| q.set_used_ring_address(Some(v), None)),
+            0x0a4 => self.queue().map_or((), |q| q.set_used_ring_address(None, Some(v))),
+            _ => {}
+        }
+    }
+}
+
+fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
+    device
+        .queue_sizes()
+        .iter()
+        .map(|&n| Queue::new(n).expect("device queue sizes are powers of two"))
+        .collect()
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= 0x100 {
+            self.device.read_config(offset - 0x100, data);
+            return;
+        }
+        if data.len() != 4 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_reg(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= 0x100 {
+            self.device.write_config(offset - 0x100, data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        self.write_reg(offset, u32::from_le_bytes(bytes));
+    }
+}
+

@@ -1,0 +1,174 @@
+//! Virtio devices over the MMIO transport. Each device sees its queues as lists of descriptor
+//! chains read through bounds-checked guest memory; a chain that breaks the device's rules fails
+//! that request, and a ring the driver corrupted marks the device as needing reset.
+
+pub mod blk;
+pub mod mmio;
+pub mod rng;
+pub mod vsock;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use virtio_queue::{desc::split::Descriptor, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+pub use mmio::MmioTransport;
+
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+
+/// Interrupt status bits.
+pub const INT_USED_RING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
+
+/// A device's interrupt: the status register it shares with the transport and the irqfd.
+#[derive(Clone)]
+pub struct IrqLine {
+    pub status: Arc<AtomicU32>,
+    evt: Arc<EventFd>,
+}
+
+impl IrqLine {
+    pub fn new(evt: EventFd) -> Self {
+        IrqLine {
+            status: Arc::new(AtomicU32::new(0)),
+            evt: Arc::new(evt),
+        }
+    }
+
+    pub fn signal(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        let _ = self.evt.write(1);
+    }
+}
+
+/// The queues of an activated device and the memory they point into.
+pub struct Queues {
+    pub mem: GuestMemoryMmap,
+    pub queues: Vec<Queue>,
+}
+
+/// A request as the driver posted it: the chain's head and its descriptors in order.
+#[derive(Debug)]
+pub struct Chain {
+    pub head: u16,
+    pub descs: Vec<Descriptor>,
+}
+
+/// The driver corrupted a ring (not just one request): the device must be reset.
+#[derive(Debug, thiserror::Error)]
+#[error("virtqueue {queue}: {reason}")]
+pub struct QueueBroken {
+    pub queue: usize,
+    pub reason: String,
+}
+
+impl Queues {
+    /// Takes every chain the driver made available on queue `index`.
+    pub fn pop_all(&mut self, index: usize) -> Result<Vec<Chain>, QueueBroken> {
+        let mem = &self.mem;
+        let q = self.queues.get_mut(index).ok_or_else(|| QueueBroken {
+            queue: index,
+            reason: "no such queue".into(),
+        })?;
+        let iter = q.iter(mem).map_err(|e| QueueBroken {
+            queue: index,
+            reason: format!("available ring: {e}"),
+        })?;
+        Ok(iter
+            .map(|chain| Chain {
+                head: chain.head_index(),
+                descs: chain.collect(),
+            })
+            .collect())
+    }
+
+    /// Takes one chain from queue `index`, if any.
+    pub fn pop_one(&mut self, index: usize) -> Option<Chain> {
+        let mem = &self.mem;
+        let q = self.queues.get_mut(index)?;
+        q.pop_descriptor_chain(mem).map(|chain| Chain {
+            head: chain.head_index(),
+            descs: chain.collect(),
+        })
+    }
+
+    /// Puts a chain back (the device could not use it yet).
+    pub fn undo_pop(&mut self, index: usize) {
+        if let Some(q) = self.queues.get_mut(index) {
+            q.go_to_previous_position();
+        }
+    }
+
+    /// Returns a chain to the driver with `len` bytes written.
+    pub fn add_used(&mut self, index: usize, head: u16, len: u32) -> Result<(), QueueBroken> {
+        let mem = &self.mem;
+        let q = self.queues.get_mut(index).ok_or_else(|| QueueBroken {
+            queue: index,
+            reason: "no such queue".into(),
+        })?;
+        q.add_used(mem, head, len).map_err(|e| QueueBroken {
+            queue: index,
+            reason: format!("used ring: {e}"),
+        })
+    }
+}
+
+/// What a virtio device implements; the transport does feature negotiation, queue setup,
+/// interrupts and status.
+pub trait VirtioDevice: Send {
+    fn device_type(&self) -> u32;
+    fn queue_sizes(&self) -> &[u16];
+    /// Features offered (VIRTIO_F_VERSION_1 is added by the transport).
+    fn features(&self) -> u64;
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver set DRIVER_OK; `irq` stays valid until reset.
+    fn activate(&mut self, _irq: IrqLine) {}
+    /// The driver notified queue `index`; returns whether used buffers were added.
+    fn notify(&mut self, index: usize, q: &mut Queues) -> Result<bool, QueueBroken>;
+    /// The device's own event source fired (host-side input); returns whether used buffers
+    /// were added.
+    fn backend(&mut self, _q: &mut Queues) -> Result<bool, QueueBroken> {
+        Ok(false)
+    }
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
+
+/// Copies `out` into the chain's writable descriptors from `skip` bytes on; returns bytes written.
+pub fn write_to_chain(
+    mem: &GuestMemoryMmap,
+    descs: &[Descriptor],
+    mut skip: usize,
+    mut out: &[u8],
+) -> Result<usize, vm_memory::GuestMemoryError> {
+    use vm_memory::{Address, Bytes};
+    let mut written = 0;
+    for d in descs.iter().filter(|d| d.is_write_only()) {
+        let len = d.len() as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(out.len());
+        let addr = d
+            .addr()
+            .checked_add(skip as u64)
+            .ok_or(vm_memory::GuestMemoryError::InvalidGuestAddress(d.addr()))?;
+        mem.write_slice(&out[..n], addr)?;
+        written += n;
+        out = &out[n..];
+        skip = 0;
+        if out.is_empty() {
+            break;
+        }
+    }
+    Ok(written)
+}

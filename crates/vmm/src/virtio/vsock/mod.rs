@@ -1,0 +1,577 @@
+//! virtio-vsock in userspace with Firecracker's host-side convention: one unix socket `PATH`
+//! where host programs connect and write `CONNECT <port>\n` (answered `OK <host port>\n` once the
+//! guest accepts), and guest connections to host port P go to a listener at `PATH_P`.
+//! Stream sockets only; credit-based flow control both ways.
+
+pub mod packet;
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::{write_to_chain, Chain, QueueBroken, Queues, VirtioDevice, TYPE_VSOCK};
+use packet::*;
+
+pub const HOST_CID: u64 = 2;
+const RX: usize = 0;
+const TX: usize = 1;
+const QUEUE_SIZES: [u16; 3] = [256, 256, 256];
+/// Receive buffer advertised to the guest per connection.
+const BUF_ALLOC: u32 = 256 * 1024;
+/// Largest payload a packet may carry (Linux sends at most 64 KiB).
+const MAX_PAYLOAD: u32 = 64 * 1024;
+/// Host ports handed to host-initiated connections start here.
+const FIRST_LOCAL_PORT: u32 = 1 << 30;
+/// Epoll token for the listener; streams use their fd number.
+const LISTENER_TOKEN: u64 = u64::MAX;
+
+#[derive(Debug, PartialEq, Eq)]
+enum State {
+    /// Host side connected to PATH, its `CONNECT` line not yet complete.
+    AwaitingLine(Vec<u8>),
+    /// REQUEST sent to the guest, no RESPONSE yet.
+    Connecting,
+    Established,
+}
+
+struct Conn {
+    stream: UnixStream,
+    state: State,
+    /// Our port (host side) and the guest's.
+    local_port: u32,
+    peer_port: u32,
+    /// Guest-to-host bytes the host side has not taken yet.
+    pending: Vec<u8>,
+    /// Bytes of guest data written to the host side (our fwd_cnt) and last announced.
+    fwd_cnt: u32,
+    announced_fwd: u32,
+    /// Bytes sent to the guest, and the guest's buffer and forwarded count.
+    rx_cnt: u32,
+    peer_buf_alloc: u32,
+    peer_fwd_cnt: u32,
+    /// Whether epoll watches this stream for input.
+    armed: bool,
+}
+
+impl Conn {
+    fn peer_credit(&self) -> u32 {
+        self.peer_buf_alloc
+            .saturating_sub(self.rx_cnt.wrapping_sub(self.peer_fwd_cnt))
+    }
+}
+
+pub struct Vsock {
+    guest_cid: u64,
+    path: PathBuf,
+    listener: UnixListener,
+    epoll: Arc<Epoll>,
+    /// Keyed by the stream's fd.
+    conns: HashMap<i32, Conn>,
+    /// Control packets waiting for a free receive buffer.
+    control: VecDeque<Header>,
+    next_port: u32,
+}
+
+impl Vsock {
+    /// Binds the host socket at `path` (replacing a stale one).
+    pub fn new(guest_cid: u64, path: &Path) -> std::io::Result<Self> {
+        if guest_cid <= HOST_CID || guest_cid >= u64::from(u32::MAX) {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("vsock guest CID {guest_cid} is reserved or out of range (3..2^32-1)"),
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        listener.set_nonblocking(true)?;
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            listener.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, LISTENER_TOKEN),
+        )?;
+        Ok(Vsock {
+            guest_cid,
+            path: path.to_owned(),
+            listener,
+            epoll: Arc::new(epoll),
+            conns: HashMap::new(),
+            control: VecDeque::new(),
+            next_port: FIRST_LOCAL_PORT,
+        })
+    }
+
+    /// The epoll set the device's event thread waits on before asking for `process(RX)`.
+    pub fn epoll(&self) -> Arc<Epoll> {
+        self.epoll.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn header(&self, c: &Conn, op: u16) -> Header {
+        Header {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: c.local_port,
+            dst_port: c.peer_port,
+            kind: TYPE_STREAM,
+            op,
+            buf_alloc: BUF_ALLOC,
+            fwd_cnt: c.fwd_cnt,
+            ..Default::default()
+        }
+    }
+
+    fn arm(&self, fd: i32, on: bool) {
+        let events = if on { EventSet::IN } else { EventSet::empty() };
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, fd as u64));
+    }
+
+    fn add_conn(&mut self, stream: UnixStream, state: State, local_port: u32, peer_port: u32) {
+        let fd = stream.as_raw_fd();
+        let _ = stream.set_nonblocking(true);
+        if self
+            .epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, fd as u64))
+            .is_err()
+        {
+            return;
+        }
+        self.conns.insert(
+            fd,
+            Conn {
+                stream,
+                state,
+                local_port,
+                peer_port,
+                pending: Vec::new(),
+                fwd_cnt: 0,
+                announced_fwd: 0,
+                rx_cnt: 0,
+                peer_buf_alloc: 0,
+                peer_fwd_cnt: 0,
+                armed: true,
+            },
+        );
+    }
+
+    fn close(&mut self, fd: i32, tell_guest: bool) {
+        if let Some(c) = self.conns.remove(&fd) {
+            let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            if tell_guest && !matches!(c.state, State::AwaitingLine(_)) {
+                let h = self.header(&c, OP_RST);
+                self.control.push_back(h);
+            }
+        }
+    }
+
+    fn find(&self, local_port: u32, peer_port: u32) -> Option<i32> {
+        self.conns
+            .iter()
+            .find(|(_, c)| c.local_port == local_port && c.peer_port == peer_port)
+            .map(|(fd, _)| *fd)
+    }
+
+    fn rst_to(&mut self, h: &Header) {
+        self.control.push_back(Header {
+            src_cid: HOST_CID,
+            dst_cid: self.guest_cid,
+            src_port: h.dst_port,
+            dst_port: h.src_port,
+            kind: TYPE_STREAM,
+            op: OP_RST,
+            ..Default::default()
+        });
+    }
+
+    /// Accepts host connections to PATH and reads their CONNECT lines.
+    fn accept_host(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            self.add_conn(stream, State::AwaitingLine(Vec::new()), 0, 0);
+        }
+        let waiting: Vec<i32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::AwaitingLine(_)))
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in waiting {
+            let Some(c) = self.conns.get_mut(&fd) else { continue };
+            let mut byte = [0u8; 1];
+            let mut done = None;
+            loop {
+                match c.stream.read(&mut byte) {
+                    Ok(1) => {
+                        let State::AwaitingLine(line) = &mut c.state else { break };
+                        if byte[0] == b'\n' {
+                            done = Some(parse_connect(line));
+                            break;
+                        }
+                        line.push(byte[0]);
+                        if line.len() > 64 {
+                            done = Some(None);
+                            break;
+                        }
+                    }
+                    Ok(_) => {
+                        done = Some(None);
+                        break;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        done = Some(None);
+                        break;
+                    }
+                }
+            }
+            match done {
+                Some(Some(port)) => {
+                    let local = self.next_port;
+                    self.next_port = self.next_port.wrapping_add(1).max(FIRST_LOCAL_PORT);
+                    if let Some(c) = self.conns.get_mut(&fd) {
+                        c.state = State::Connecting;
+                        c.local_port = local;
+                        c.peer_port = port;
+                    }
+                    if let Some(c) = self.conns.get(&fd) {
+                        let h = self.header(c, OP_REQUEST);
+                        self.control.push_back(h);
+                    }
+                }
+                Some(None) => self.close(fd, false),
+                None => {}
+            }
+        }
+    }
+
+    /// Handles one packet the guest sent.
+    fn from_guest(&mut self, h: Header, payload: &[u8]) {
+        if h.kind != TYPE_STREAM || h.dst_cid != HOST_CID || h.src_cid != self.guest_cid {
+            if h.op != OP_RST {
+                self.rst_to(&h);
+            }
+            return;
+        }
+        let fd = self.find(h.dst_port, h.src_port);
+        if let Some(c) = fd.and_then(|fd| self.conns.get_mut(&fd)) {
+            c.peer_buf_alloc = h.buf_alloc;
+            c.peer_fwd_cnt = h.fwd_cnt;
+        }
+        match (h.op, fd) {
+            (OP_REQUEST, None) => {
+                let target = format!("{}_{}", self.path.display(), h.dst_port);
+                match UnixStream::connect(&target) {
+                    Ok(stream) => {
+                        self.add_conn(stream, State::Established, h.dst_port, h.src_port);
+                        if let Some(fd) = self.find(h.dst_port, h.src_port) {
+                            if let Some(c) = self.conns.get_mut(&fd) {
+                                c.peer_buf_alloc = h.buf_alloc;
+                                c.peer_fwd_cnt = h.fwd_cnt;
+                            }
+                            let c = &self.conns[&fd];
+                            let r = self.header(c, OP_RESPONSE);
+                            self.control.push_back(r);
+                        }
+                    }
+                    Err(_) => self.rst_to(&h),
+                }
+            }
+            (OP_RESPONSE, Some(fd)) => {
+                let c = self.conns.get_mut(&fd).expect("found above");
+                if c.state == State::Connecting {
+                    c.state = State::Established;
+                    let line = format!("OK {}\n", c.local_port);
+                    if c.stream.write_all(line.as_bytes()).is_err() {
+                        self.close(fd, true);
+                    }
+                } else {
+                    self.close(fd, true);
+                }
+            }
+            (OP_RW, Some(fd)) => {
+                let c = self.conns.get_mut(&fd).expect("found above");
+                // A guest that overruns the buffer we advertised breaks the protocol.
+                if c.state != State::Established
+                    || c.pending.len() + payload.len() > BUF_ALLOC as usize
+                {
+                    self.close(fd, true);
+                    return;
+                }
+                c.pending.extend_from_slice(payload);
+                self.flush_to_host(fd);
+            }
+            (OP_CREDIT_UPDATE, Some(fd)) => self.arm_all_if(fd),
+            (OP_CREDIT_REQUEST, Some(fd)) => {
+                let c = &self.conns[&fd];
+                let r = self.header(c, OP_CREDIT_UPDATE);
+                self.control.push_back(r);
+            }
+            (OP_SHUTDOWN, Some(fd)) => {
+                let c = self.conns.get_mut(&fd).expect("found above");
+                if h.flags & SHUTDOWN_SEND != 0 {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                }
+                if h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND {
+                    self.close(fd, true);
+                }
+            }
+            (OP_RST, Some(fd)) => self.close(fd, false),
+            (OP_RST, None) => {}
+            _ => self.rst_to(&h),
+        }
+    }
+
+    fn arm_all_if(&mut self, fd: i32) {
+        if let Some(c) = self.conns.get_mut(&fd) {
+            if !c.armed {
+                c.armed = true;
+                self.arm(fd, true);
+            }
+        }
+    }
+
+    /// Writes what the guest sent to the host side; announces credit as it drains.
+    fn flush_to_host(&mut self, fd: i32) {
+        let Some(c) = self.conns.get_mut(&fd) else { return };
+        while !c.pending.is_empty() {
+            match c.stream.write(&c.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    c.pending.drain(..n);
+                    c.fwd_cnt = c.fwd_cnt.wrapping_add(n as u32);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.close(fd, true);
+                    return;
+                }
+            }
+        }
+        if c.fwd_cnt.wrapping_sub(c.announced_fwd) >= BUF_ALLOC / 4 {
+            c.announced_fwd = c.fwd_cnt;
+            let h = self.header(&self.conns[&fd], OP_CREDIT_UPDATE);
+            self.control.push_back(h);
+        }
+    }
+
+    /// Drains the guest's transmit queue.
+    fn process_tx(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
+        let chains = q.pop_all(TX)?;
+        for chain in &chains {
+            if let Some((h, payload)) = read_packet(&q.mem, chain) {
+                self.from_guest(h, &payload);
+            }
+            q.add_used(TX, chain.head, 0)?;
+        }
+        Ok(!chains.is_empty())
+    }
+
+    /// Fills the guest's receive buffers: control packets first, then data from host streams.
+    fn process_rx(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
+        self.accept_host();
+        let fds: Vec<i32> = self.conns.keys().copied().collect();
+        for fd in &fds {
+            if self.conns.get(fd).is_some_and(|c| !c.pending.is_empty()) {
+                self.flush_to_host(*fd);
+            }
+        }
+        let mut used = false;
+        while let Some(h) = self.control.front().copied() {
+            let Some(chain) = q.pop_one(RX) else { return Ok(used) };
+            let n = write_to_chain(&q.mem, &chain.descs, 0, &h.to_bytes()).unwrap_or(0);
+            q.add_used(RX, chain.head, n as u32)?;
+            used = true;
+            self.control.pop_front();
+        }
+        for fd in fds {
+            loop {
+                let Some(c) = self.conns.get_mut(&fd) else { break };
+                if c.state != State::Established {
+                    break;
+                }
+                let credit = c.peer_credit().min(MAX_PAYLOAD);
+                if credit == 0 {
+                    // Wait for the guest's credit update before reading more.
+                    if c.armed {
+                        c.armed = false;
+                        self.arm(fd, false);
+                    }
+                    break;
+                }
+                let Some(chain) = q.pop_one(RX) else {
+                    self.disarm_all();
+                    return Ok(used);
+                };
+                let room: u32 = chain
+                    .descs
+                    .iter()
+                    .filter(|d| d.is_write_only())
+                    .map(|d| d.len())
+                    .sum::<u32>()
+                    .saturating_sub(HEADER_LEN as u32);
+                let mut buf = vec![0u8; credit.min(room) as usize];
+                let c = self.conns.get_mut(&fd).expect("checked above");
+                let got = if buf.is_empty() {
+                    Err(ErrorKind::WouldBlock.into())
+                } else {
+                    c.stream.read(&mut buf)
+                };
+                match got {
+                    Ok(0) => {
+                        // Host side closed: tell the guest nothing more comes.
+                        q.undo_pop(RX);
+                        let mut h = self.header(&self.conns[&fd], OP_SHUTDOWN);
+                        h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                        self.control.push_back(h);
+                        let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                        self.conns.remove(&fd);
+                        break;
+                    }
+                    Ok(n) => {
+                        c.rx_cnt = c.rx_cnt.wrapping_add(n as u32);
+                        let mut h = self.header(&self.conns[&fd], OP_RW);
+                        h.len = n as u32;
+                        let mut pkt = h.to_bytes().to_vec();
+                        pkt.extend_from_slice(&buf[..n]);
+                        let w = write_to_chain(&q.mem, &chain.descs, 0, &pkt).unwrap_or(0);
+                        q.add_used(RX, chain.head, w as u32)?;
+                        used = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        q.undo_pop(RX);
+                        break;
+                    }
+                    Err(_) => {
+                        q.undo_pop(RX);
+                        self.close(fd, true);
+                        break;
+                    }
+                }
+            }
+        }
+        // Control packets queued while reading (closes) go out on the next round.
+        while let Some(h) = self.control.front().copied() {
+            let Some(chain) = q.pop_one(RX) else { break };
+            let n = write_to_chain(&q.mem, &chain.descs, 0, &h.to_bytes()).unwrap_or(0);
+            q.add_used(RX, chain.head, n as u32)?;
+            used = true;
+            self.control.pop_front();
+        }
+        Ok(used)
+    }
+
+    fn disarm_all(&mut self) {
+        let fds: Vec<i32> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.armed && c.state == State::Established)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in fds {
+            if let Some(c) = self.conns.get_mut(&fd) {
+                c.armed = false;
+            }
+            self.arm(fd, false);
+        }
+    }
+
+    fn rearm_all(&mut self) {
+        let fds: Vec<i32> = self.conns.keys().copied().collect();
+        for fd in fds {
+            self.arm_all_if(fd);
+        }
+    }
+}
+
+fn parse_connect(line: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
+    s.strip_prefix("CONNECT ")?.trim().parse().ok()
+}
+
+/// Reads a packet from a transmit chain: the header and `len` payload bytes (readable
+/// descriptors only); None for a chain too short or a payload over the limit.
+pub fn read_packet(mem: &vm_memory::GuestMemoryMmap, chain: &Chain) -> Option<(Header, Vec<u8>)> {
+    use vm_memory::Bytes;
+    let mut bytes = Vec::new();
+    let mut want = HEADER_LEN;
+    for d in chain.descs.iter().filter(|d| !d.is_write_only()) {
+        if bytes.len() >= want {
+            break;
+        }
+        let take = (d.len() as usize).min(want - bytes.len());
+        let start = bytes.len();
+        bytes.resize(start + take, 0);
+        mem.read_slice(&mut bytes[start..], d.addr()).ok()?;
+        if bytes.len() >= HEADER_LEN && want == HEADER_LEN {
+            let h = Header::parse(&bytes)?;
+            if h.len > MAX_PAYLOAD {
+                return None;
+            }
+            want = HEADER_LEN + h.len as usize;
+            // The rest of this descriptor may hold payload already.
+            let extra = (d.len() as usize).saturating_sub(take).min(want - bytes.len());
+            if extra > 0 {
+                let s = bytes.len();
+                bytes.resize(s + extra, 0);
+                let addr = d.addr().0.checked_add(take as u64)?;
+                mem.read_slice(&mut bytes[s..], vm_memory::GuestAddress(addr)).ok()?;
+            }
+        }
+    }
+    let h = Header::parse(&bytes)?;
+    if bytes.len() < HEADER_LEN + h.len as usize {
+        return None;
+    }
+    Some((h, bytes.split_off(HEADER_LEN)))
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+    fn queue_sizes(&self) -> &[u16] {
+        &QUEUE_SIZES
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::blk::read_config_bytes(&self.guest_cid.to_le_bytes(), offset, data);
+    }
+    fn notify(&mut self, index: usize, q: &mut Queues) -> Result<bool, QueueBroken> {
+        let mut used = false;
+        if index == TX {
+            used |= self.process_tx(q)?;
+        }
+        if index == RX {
+            // New receive buffers: streams parked for lack of them may go on.
+            self.rearm_all();
+        }
+        used |= self.process_rx(q)?;
+        Ok(used)
+    }
+    fn backend(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
+        self.process_rx(q)
+    }
+    fn reset(&mut self) {
+        let fds: Vec<i32> = self.conns.keys().copied().collect();
+        for fd in fds {
+            self.close(fd, false);
+        }
+        self.control.clear();
+    }
+}
+
+/// Event queue index (transport resets are the only events we send, none at present).
+pub const EVENT_QUEUE: usize = 2;
+/// Receive queue index, for the event thread's `process` calls.
+pub const RX_QUEUE: usize = RX;
