@@ -5,7 +5,9 @@
 
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
-use acpi_tables::madt::{EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT};
+use acpi_tables::madt::{
+    EnabledStatus, IoApic, LocalInterruptController, ProcessorLocalApic, MADT,
+};
 use acpi_tables::rsdp::Rsdp;
 use acpi_tables::sdt::Sdt;
 use acpi_tables::xsdt::XSDT;
@@ -118,7 +120,10 @@ fn device(name: &str, hid: &dyn Aml, uid: u32, resources: &[&dyn Aml]) -> Raw {
     let hid = aml::Name::new("_HID".into(), hid);
     let uid = aml::Name::new("_UID".into(), &uid);
     let crs = aml::Name::new("_CRS".into(), &crs);
-    Raw(aml_bytes(&aml::Device::new(name.into(), vec![&hid, &uid, &crs])))
+    Raw(aml_bytes(&aml::Device::new(
+        name.into(),
+        vec![&hid, &uid, &crs],
+    )))
 }
 
 fn dsdt(devices: &[MmioDevice]) -> Sdt {
@@ -174,8 +179,16 @@ mod tests {
     fn tables_are_found_from_the_rsdp_and_checksum() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 2 << 20)]).unwrap();
         let devs = [
-            MmioDevice { addr: VIRTIO_MMIO_BASE, len: 0x1000, irq: 5 },
-            MmioDevice { addr: VIRTIO_MMIO_BASE + 0x1000, len: 0x1000, irq: 6 },
+            MmioDevice {
+                addr: VIRTIO_MMIO_BASE,
+                len: 0x1000,
+                irq: 5,
+            },
+            MmioDevice {
+                addr: VIRTIO_MMIO_BASE + 0x1000,
+                len: 0x1000,
+                irq: 6,
+            },
         ];
         let rsdp = write_tables(&mem, 2, &devs).unwrap();
         let mut r = [0u8; 36];

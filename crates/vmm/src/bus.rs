@@ -19,7 +19,10 @@ impl Bus {
     /// Adds a device at `[base, base+len)`; overlapping ranges are a programming error.
     pub fn insert(&mut self, base: u64, len: u64, dev: SharedDevice) {
         assert!(
-            !self.ranges.iter().any(|(b, l, _)| base < b + l && *b < base + len),
+            !self
+                .ranges
+                .iter()
+                .any(|(b, l, _)| base < b + l && *b < base + len),
             "bus ranges overlap at 0x{base:x}"
         );
         self.ranges.push((base, len, dev));
@@ -27,7 +30,10 @@ impl Bus {
     }
 
     fn find(&self, addr: u64) -> Option<(u64, &SharedDevice)> {
-        let i = self.ranges.partition_point(|r| r.0 <= addr).checked_sub(1)?;
+        let i = self
+            .ranges
+            .partition_point(|r| r.0 <= addr)
+            .checked_sub(1)?;
         let (base, len, dev) = &self.ranges[i];
         (addr < base + len).then_some((addr - base, dev))
     }

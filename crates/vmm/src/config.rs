@@ -119,7 +119,10 @@ impl VmConfig {
             )));
         }
         if self.mem_mib > 1 << 20 {
-            return Err(Error::Invalid(format!("memory {} MiB is more than 1 TiB", self.mem_mib)));
+            return Err(Error::Invalid(format!(
+                "memory {} MiB is more than 1 TiB",
+                self.mem_mib
+            )));
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(Error::Invalid(format!(
@@ -140,7 +143,10 @@ impl VmConfig {
             }
         }
         if self.disks.len() + 2 > crate::layout::VIRTIO_IRQS.len() {
-            return Err(Error::Invalid(format!("{} disks are too many", self.disks.len())));
+            return Err(Error::Invalid(format!(
+                "{} disks are too many",
+                self.disks.len()
+            )));
         }
         Ok(())
     }
@@ -154,8 +160,11 @@ mod tests {
     fn config_file_defaults_and_relative_paths() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("vm.json");
-        std::fs::write(&f, r#"{"kernel": "k", "disks": [{"path": "d.img", "read_only": true}]}"#)
-            .unwrap();
+        std::fs::write(
+            &f,
+            r#"{"kernel": "k", "disks": [{"path": "d.img", "read_only": true}]}"#,
+        )
+        .unwrap();
         let c = VmConfig::from_file(&f).unwrap();
         assert_eq!(c.kernel, dir.path().join("k"));
         assert_eq!(c.disks[0].path, dir.path().join("d.img"));
@@ -174,8 +183,14 @@ mod tests {
         c.vcpus = 0;
         assert!(c.validate().unwrap_err().to_string().contains("vCPUs"));
         c.vcpus = 2;
-        c.disks.push(DiskConfig { path: "/nonexistent/disk".into(), read_only: false });
+        c.disks.push(DiskConfig {
+            path: "/nonexistent/disk".into(),
+            read_only: false,
+        });
         let e = c.validate().unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/disk") && e.contains("no such file"), "{e}");
+        assert!(
+            e.contains("/nonexistent/disk") && e.contains("no such file"),
+            "{e}"
+        );
     }
 }

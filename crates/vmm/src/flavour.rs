@@ -38,7 +38,11 @@ fn detect_in(modules: &Path, dev: &Path) -> Flavour {
         return Flavour::Absent;
     }
     // PVM first: a host may also load kvm_amd/kvm_intel without usable hardware support.
-    for (m, f) in [("kvm_pvm", Flavour::Pvm), ("kvm_intel", Flavour::Intel), ("kvm_amd", Flavour::Amd)] {
+    for (m, f) in [
+        ("kvm_pvm", Flavour::Pvm),
+        ("kvm_intel", Flavour::Intel),
+        ("kvm_amd", Flavour::Amd),
+    ] {
         if modules.join(m).exists() {
             return f;
         }

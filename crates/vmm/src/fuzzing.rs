@@ -2,8 +2,8 @@
 //! descriptor tables and rings driving the block, rng and vsock devices. Used by `fuzz/` and
 //! replayed over the committed corpus by the tests.
 
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, Queues, VirtioDevice};
 
@@ -15,27 +15,34 @@ const USED: u64 = 0x4000;
 /// Input layout: byte 0 picks the device (0 block, 1 rng, 2 vsock tx, 3 vsock rx), byte 1 the
 /// queue size exponent, then the bytes are copied over guest memory from 0x1000 (descriptor
 /// table, then available ring at 0x3000, data anywhere).
-pub fn virtio_queue(data: &[u8]) {
-    let Some((&which, rest)) = data.split_first() else { return };
-    let Some((&size_exp, rest)) = rest.split_first() else { return };
+pub fn virtio_queue(data: &[u8]) -> Outcome {
+    let mut outcome = Outcome::default();
+    let Some((&which, rest)) = data.split_first() else {
+        return outcome;
+    };
+    let Some((&size_exp, rest)) = rest.split_first() else {
+        return outcome;
+    };
     let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
-        return;
+        return outcome;
     };
     let n = rest.len().min(MEM_SIZE - 0x1000);
     if mem.write_slice(&rest[..n], GuestAddress(DESC)).is_err() {
-        return;
+        return outcome;
     }
     let size = 1u16 << (size_exp % 9);
     let mut qs = Vec::new();
     for _ in 0..3 {
-        let Ok(mut q) = Queue::new(256) else { return };
+        let Ok(mut q) = Queue::new(256) else {
+            return outcome;
+        };
         q.set_size(size);
         q.set_desc_table_address(Some(DESC as u32), Some(0));
         q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
         q.set_used_ring_address(Some(USED as u32), Some(0));
         q.set_ready(true);
         if !q.is_valid(&mem) {
-            return;
+            return outcome;
         }
         qs.push(q);
     }
@@ -43,26 +50,50 @@ pub fn virtio_queue(data: &[u8]) {
         mem: mem.clone(),
         queues: qs,
     };
-    match which % 4 {
+    let result = match which % 4 {
         0 => {
-            let path = std::env::temp_dir().join(format!("starling-fuzz-disk-{}", std::process::id()));
+            let path =
+                std::env::temp_dir().join(format!("starling-fuzz-disk-{}", std::process::id()));
             let made = std::fs::File::create(&path).and_then(|f| f.set_len(64 * 1024));
-            if made.is_ok() {
-                if let Ok(mut b) = Block::open(&path, which & 4 != 0) {
-                    let _ = b.notify(0, &mut queues);
-                }
-            }
+            let r = match made.and_then(|_| Block::open(&path, which & 4 != 0)) {
+                Ok(mut b) => b.notify(0, &mut queues),
+                Err(_) => Ok(false),
+            };
             let _ = std::fs::remove_file(&path);
+            r
         }
-        1 => {
-            let _ = Rng.notify(0, &mut queues);
-        }
+        1 => Rng.notify(0, &mut queues),
         q => {
-            let dir = std::env::temp_dir().join(format!("starling-fuzz-vsock-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("starling-fuzz-vsock-{}", std::process::id()));
             let _ = std::fs::create_dir_all(&dir);
-            if let Ok(mut v) = Vsock::new(3, &dir.join("v.sock")) {
-                let _ = v.notify(if q == 2 { 1 } else { 0 }, &mut queues);
-            }
+            let r = match Vsock::new(3, &dir.join("v.sock")) {
+                Ok(mut v) => v.notify(if q == 2 { 1 } else { 0 }, &mut queues),
+                Err(_) => Ok(false),
+            };
+            let _ = std::fs::remove_dir_all(&dir);
+            r
         }
+    };
+    outcome.broken = result.is_err();
+    // All three queues share one ring layout, so the used ring read back is the served one's.
+    let idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap_or(0);
+    for i in 0..idx.min(size) {
+        let at = USED + 4 + 8 * u64::from(i);
+        let id: u32 = mem.read_obj(GuestAddress(at)).unwrap_or(0);
+        let len: u32 = mem.read_obj(GuestAddress(at + 4)).unwrap_or(0);
+        outcome.used.push((id, len));
     }
+    outcome.memory = vec![0u8; MEM_SIZE];
+    let _ = mem.read_slice(&mut outcome.memory, GuestAddress(0));
+    outcome
+}
+
+/// What a fuzz input did: used-ring entries (descriptor id, length), whether the device
+/// declared the ring broken, and guest memory afterwards (for status bytes).
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub used: Vec<(u32, u32)>,
+    pub broken: bool,
+    pub memory: Vec<u8>,
 }

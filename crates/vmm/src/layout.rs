@@ -47,7 +47,10 @@ pub fn ram_ranges(size: u64) -> Vec<(u64, u64)> {
     if size <= MMIO_HOLE_START {
         vec![(0, size)]
     } else {
-        vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, size - MMIO_HOLE_START)]
+        vec![
+            (0, MMIO_HOLE_START),
+            (MMIO_HOLE_END, size - MMIO_HOLE_START),
+        ]
     }
 }
 

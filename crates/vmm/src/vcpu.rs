@@ -24,6 +24,12 @@ pub struct VcpuControl {
     cv: Condvar,
 }
 
+impl Default for VcpuControl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl VcpuControl {
     pub fn new() -> Self {
         VcpuControl {
@@ -75,10 +81,12 @@ pub fn install_kick_handler() -> Result<(), crate::Error> {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-            .map_err(|e| crate::Error::Io {
-                what: "installing the vCPU kick signal handler".into(),
-                source: std::io::Error::from_raw_os_error(e.errno()),
+        result =
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick).map_err(|e| {
+                crate::Error::Io {
+                    what: "installing the vCPU kick signal handler".into(),
+                    source: std::io::Error::from_raw_os_error(e.errno()),
+                }
             });
     });
     result

@@ -50,9 +50,9 @@ pub struct Shared {
     pause_requests: Mutex<Option<std::sync::mpsc::Sender<Request>>>,
 }
 
+/// Pausing needs the vCPU thread handles, which the run loop owns.
 enum Request {
     Pause(std::sync::mpsc::Sender<()>),
-    Resume,
 }
 
 /// A handle to a running VM.
@@ -94,9 +94,7 @@ impl VmHandle {
     }
 
     pub fn resume(&self) {
-        if let Some(req) = lock(&self.0.pause_requests).as_ref() {
-            let _ = req.send(Request::Resume);
-        }
+        self.0.control.set(RunState::Running);
     }
 
     pub fn stop(&self, signal: Option<i32>) {
@@ -145,7 +143,8 @@ impl Vm {
         }
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip().map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -163,7 +162,11 @@ impl Vm {
             SerialPort::new(serial_evt, &config.console).map_err(io("opening the console"))?,
         ));
         pio.insert(u64::from(COM1_PORT), 8, serial.clone());
-        pio.insert(u64::from(I8042_PORT), 5, Arc::new(Mutex::new(I8042::new(exit.clone()))));
+        pio.insert(
+            u64::from(I8042_PORT),
+            5,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        );
         pio.insert(u64::from(RTC_PORT), 2, Arc::new(Mutex::new(Rtc::default())));
         pio.insert(
             u64::from(ACPI_PM_PORT),
@@ -205,7 +208,11 @@ impl Vm {
             let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an irqfd"))?;
             vm.register_irqfd(&evt, irq).map_err(kvm_err("KVM_IRQFD"))?;
             let is_vsock = dev.device_type() == crate::virtio::TYPE_VSOCK;
-            let t = Arc::new(Mutex::new(MmioTransport::new(dev, mem.clone(), IrqLine::new(evt))));
+            let t = Arc::new(Mutex::new(MmioTransport::new(
+                dev,
+                mem.clone(),
+                IrqLine::new(evt),
+            )));
             if is_vsock {
                 vsock = vsock_epoll.take().map(|e| (t.clone(), e));
             }
@@ -292,7 +299,11 @@ impl Vm {
         } = self;
         let done = Arc::new(AtomicBool::new(false));
         let api = match &config.api_socket {
-            Some(p) => Some(crate::api::serve(p, VmHandle(shared.clone()), done.clone())?),
+            Some(p) => Some(crate::api::serve(
+                p,
+                VmHandle(shared.clone()),
+                done.clone(),
+            )?),
             None => None,
         };
         if let Some((transport, epoll)) = vsock {
@@ -338,7 +349,6 @@ impl Vm {
                         vcpu::pause_all(&threads, &shared.control);
                         let _ = ack.send(());
                     }
-                    Request::Resume => shared.control.set(RunState::Running),
                 }
             }
         };

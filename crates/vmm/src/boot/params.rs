@@ -92,7 +92,9 @@ fn write_zero_page(
     }
     params.acpi_rsdp_addr = rsdp;
     if map.len() > params.e820_table.len() {
-        return Err(Error::Layout("too many memory map entries for the zero page".into()));
+        return Err(Error::Layout(
+            "too many memory map entries for the zero page".into(),
+        ));
     }
     for (slot, e) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {

@@ -4,6 +4,6 @@ pub mod power;
 pub mod rtc;
 pub mod serial;
 
-pub use power::{DebugExit, I8042, PowerButton};
+pub use power::{DebugExit, PowerButton, I8042};
 pub use rtc::Rtc;
 pub use serial::{Console, SerialPort};

@@ -39,13 +39,13 @@ pub struct Block {
 
 impl Block {
     pub fn open(path: &Path, read_only: bool) -> std::io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
         let len = file.metadata()?.len();
         let mut id = [0u8; 20];
-        let name = path.file_name().map(|n| n.as_encoded_bytes()).unwrap_or(b"disk");
+        let name = path
+            .file_name()
+            .map(|n| n.as_encoded_bytes())
+            .unwrap_or(b"disk");
         let n = name.len().min(20);
         id[..n].copy_from_slice(&name[..n]);
         Ok(Block {
@@ -98,7 +98,13 @@ impl Block {
         }
     }
 
-    fn transfer(&self, mem: &GuestMemoryMmap, kind: u32, sector: u64, data: &[Descriptor]) -> (u8, u32) {
+    fn transfer(
+        &self,
+        mem: &GuestMemoryMmap,
+        kind: u32,
+        sector: u64,
+        data: &[Descriptor],
+    ) -> (u8, u32) {
         let write = kind == T_OUT;
         if write && self.read_only {
             return (S_IOERR, 0);
@@ -110,7 +116,7 @@ impl Block {
             .is_some_and(|end| end <= self.sectors * SECTOR);
         // Reads fill device-writable buffers, writes take driver-readable ones; whole sectors.
         if !fits
-            || total % SECTOR != 0
+            || !total.is_multiple_of(SECTOR)
             || data
                 .iter()
                 .any(|d| d.is_write_only() == write || d.len() > MAX_SEGMENT)
@@ -141,7 +147,11 @@ impl Block {
         // The status byte goes to the last descriptor when it is device-writable; a chain with
         // nowhere to put it is still returned, with nothing written.
         let mut used = len;
-        if let Some(last) = chain.descs.last().filter(|d| d.is_write_only() && d.len() >= 1) {
+        if let Some(last) = chain
+            .descs
+            .last()
+            .filter(|d| d.is_write_only() && d.len() >= 1)
+        {
             if q.mem.write_obj(status, last.addr()).is_ok() {
                 used += 1;
             }
@@ -190,4 +200,3 @@ pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
         data[..n].copy_from_slice(&config[start..start + n]);
     }
 }
-

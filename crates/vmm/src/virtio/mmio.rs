@@ -98,7 +98,9 @@ impl MmioTransport {
                 .iter()
                 .position(|q| q.ready() && !q.is_valid(mem))
             {
-                self.fail(format!("queue {i} set up outside guest memory or misaligned"));
+                self.fail(format!(
+                    "queue {i} set up outside guest memory or misaligned"
+                ));
                 return;
             }
             self.active = Some(Queues {
@@ -174,20 +176,19 @@ impl MmioTransport {
     fn write_reg(&mut self, offset: u64, v: u32) {
         match offset {
             0x014 => self.device_features_sel = v,
-            0x020 => {
-                if self.status & STATUS_FEATURES_OK == 0 {
-                    let offered = self.offered();
-                    match self.driver_features_sel {
-                        0 => {
-                            self.driver_features =
-                                (self.driver_features & !0xffff_ffff) | u64::from(v) & offered
-                        }
-                        1 => {
-                            self.driver_features = (self.driver_features & 0xffff_ffff)
-                                | (u64::from(v) << 32) & offered
-                        }
-                        _ => {}
+            // Features are fixed once FEATURES_OK is set.
+            0x020 if self.status & STATUS_FEATURES_OK == 0 => {
+                let offered = self.offered();
+                match self.driver_features_sel {
+                    0 => {
+                        self.driver_features =
+                            (self.driver_features & !0xffff_ffff) | u64::from(v) & offered
                     }
+                    1 => {
+                        self.driver_features =
+                            (self.driver_features & 0xffff_ffff) | (u64::from(v) << 32) & offered
+                    }
+                    _ => {}
                 }
             }
             0x024 => self.driver_features_sel = v,
@@ -202,21 +203,29 @@ impl MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            0x050 => {
-                if self.status & STATUS_DRIVER_OK != 0 {
-                    self.process(v as usize);
-                }
-            }
+            0x050 if self.status & STATUS_DRIVER_OK != 0 => self.process(v as usize),
             0x064 => {
                 self.irq.status.fetch_and(!v, Ordering::SeqCst);
             }
             0x070 => self.set_status(v),
-            0x080 => self.queue().map_or((), |q| q.set_desc_table_address(Some(v), None)),
-            0x084 => self.queue().map_or((), |q| q.set_desc_table_address(None, Some(v))),
-            0x090 => self.queue().map_or((), |q| q.set_avail_ring_address(Some(v), None)),
-            0x094 => self.queue().map_or((), |q| q.set_avail_ring_address(None, Some(v))),
-            0x0a0 => self.queue().map_or((), |q| q.set_used_ring_address(Some(v), None)),
-            0x0a4 => self.queue().map_or((), |q| q.set_used_ring_address(None, Some(v))),
+            0x080 => self
+                .queue()
+                .map_or((), |q| q.set_desc_table_address(Some(v), None)),
+            0x084 => self
+                .queue()
+                .map_or((), |q| q.set_desc_table_address(None, Some(v))),
+            0x090 => self
+                .queue()
+                .map_or((), |q| q.set_avail_ring_address(Some(v), None)),
+            0x094 => self
+                .queue()
+                .map_or((), |q| q.set_avail_ring_address(None, Some(v))),
+            0x0a0 => self
+                .queue()
+                .map_or((), |q| q.set_used_ring_address(Some(v), None)),
+            0x0a4 => self
+                .queue()
+                .map_or((), |q| q.set_used_ring_address(None, Some(v))),
             _ => {}
         }
     }
@@ -255,4 +264,3 @@ impl BusDevice for MmioTransport {
         self.write_reg(offset, u32::from_le_bytes(bytes));
     }
 }
-

@@ -292,6 +292,7 @@ static void test_vsock(const char *cmd) {
     struct vs_hdr h;
     int slot;
     /* Guest-initiated: connect to host port 5000, say ping, read the answer. */
+    vs_fwd = 0;
     vs_send(1234, 5000, OP_REQUEST, 0, 0, 0);
     slot = vs_recv(&h, 3000000);
     if (slot < 0 || h.op != OP_RESPONSE) {
@@ -319,6 +320,7 @@ static void test_vsock(const char *cmd) {
             vs_post_rx(slot);
             if (h.op == OP_REQUEST && h.dst_port == 6000) {
                 u32 peer = h.src_port;
+                vs_fwd = 0; /* counts are per connection */
                 vs_send(6000, peer, OP_RESPONSE, 0, 0, 0);
                 slot = vs_recv(&h, 30000000);
                 if (slot >= 0 && h.op == OP_RW) {
@@ -358,6 +360,6 @@ void guest_main(u64 boot_info, u64 pvh) {
         }
     if (has_word(cmd, "spin")) {
         puts("spinning\n");
-        for (;;) { volatile u64 x = 0; for (u64 i = 0; i < 1000000; i++) x += i; puts("tick\n"); }
+        for (;;) { volatile u64 x = 0; for (u64 i = 0; i < 100000; i++) x += i; puts("tick\n"); }
     }
 }

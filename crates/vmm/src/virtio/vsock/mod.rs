@@ -129,11 +129,19 @@ impl Vsock {
         }
     }
 
+    /// Watches or stops watching a stream. Parked streams leave the epoll set entirely:
+    /// hang-ups are reported even with no events asked for and would wake the thread forever.
     fn arm(&self, fd: i32, on: bool) {
-        let events = if on { EventSet::IN } else { EventSet::empty() };
-        let _ = self
-            .epoll
-            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, fd as u64));
+        let _ = if on {
+            self.epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            )
+        } else {
+            self.epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default())
+        };
     }
 
     fn add_conn(&mut self, stream: UnixStream, state: State, local_port: u32, peer_port: u32) {
@@ -141,7 +149,11 @@ impl Vsock {
         let _ = stream.set_nonblocking(true);
         if self
             .epoll
-            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, fd as u64))
+            .ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, fd as u64),
+            )
             .is_err()
         {
             return;
@@ -166,7 +178,9 @@ impl Vsock {
 
     fn close(&mut self, fd: i32, tell_guest: bool) {
         if let Some(c) = self.conns.remove(&fd) {
-            let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            if c.armed {
+                self.arm(fd, false);
+            }
             if tell_guest && !matches!(c.state, State::AwaitingLine(_)) {
                 let h = self.header(&c, OP_RST);
                 self.control.push_back(h);
@@ -205,13 +219,17 @@ impl Vsock {
             .map(|(fd, _)| *fd)
             .collect();
         for fd in waiting {
-            let Some(c) = self.conns.get_mut(&fd) else { continue };
+            let Some(c) = self.conns.get_mut(&fd) else {
+                continue;
+            };
             let mut byte = [0u8; 1];
             let mut done = None;
             loop {
                 match c.stream.read(&mut byte) {
                     Ok(1) => {
-                        let State::AwaitingLine(line) = &mut c.state else { break };
+                        let State::AwaitingLine(line) = &mut c.state else {
+                            break;
+                        };
                         if byte[0] == b'\n' {
                             done = Some(parse_connect(line));
                             break;
@@ -254,7 +272,7 @@ impl Vsock {
     }
 
     /// Handles one packet the guest sent.
-    fn from_guest(&mut self, h: Header, payload: &[u8]) {
+    fn handle_guest_packet(&mut self, h: Header, payload: &[u8]) {
         if h.kind != TYPE_STREAM || h.dst_cid != HOST_CID || h.src_cid != self.guest_cid {
             if h.op != OP_RST {
                 self.rst_to(&h);
@@ -341,7 +359,9 @@ impl Vsock {
 
     /// Writes what the guest sent to the host side; announces credit as it drains.
     fn flush_to_host(&mut self, fd: i32) {
-        let Some(c) = self.conns.get_mut(&fd) else { return };
+        let Some(c) = self.conns.get_mut(&fd) else {
+            return;
+        };
         while !c.pending.is_empty() {
             match c.stream.write(&c.pending) {
                 Ok(0) => break,
@@ -368,7 +388,7 @@ impl Vsock {
         let chains = q.pop_all(TX)?;
         for chain in &chains {
             if let Some((h, payload)) = read_packet(&q.mem, chain) {
-                self.from_guest(h, &payload);
+                self.handle_guest_packet(h, &payload);
             }
             q.add_used(TX, chain.head, 0)?;
         }
@@ -386,15 +406,16 @@ impl Vsock {
         }
         let mut used = false;
         while let Some(h) = self.control.front().copied() {
-            let Some(chain) = q.pop_one(RX) else { return Ok(used) };
+            let Some(chain) = q.pop_one(RX) else {
+                return Ok(used);
+            };
             let n = write_to_chain(&q.mem, &chain.descs, 0, &h.to_bytes()).unwrap_or(0);
             q.add_used(RX, chain.head, n as u32)?;
             used = true;
             self.control.pop_front();
         }
         for fd in fds {
-            loop {
-                let Some(c) = self.conns.get_mut(&fd) else { break };
+            while let Some(c) = self.conns.get_mut(&fd) {
                 if c.state != State::Established {
                     break;
                 }
@@ -432,8 +453,7 @@ impl Vsock {
                         let mut h = self.header(&self.conns[&fd], OP_SHUTDOWN);
                         h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
                         self.control.push_back(h);
-                        let _ = self.epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-                        self.conns.remove(&fd);
+                        self.close(fd, false);
                         break;
                     }
                     Ok(n) => {
@@ -518,12 +538,15 @@ pub fn read_packet(mem: &vm_memory::GuestMemoryMmap, chain: &Chain) -> Option<(H
             }
             want = HEADER_LEN + h.len as usize;
             // The rest of this descriptor may hold payload already.
-            let extra = (d.len() as usize).saturating_sub(take).min(want - bytes.len());
+            let extra = (d.len() as usize)
+                .saturating_sub(take)
+                .min(want - bytes.len());
             if extra > 0 {
                 let s = bytes.len();
                 bytes.resize(s + extra, 0);
                 let addr = d.addr().0.checked_add(take as u64)?;
-                mem.read_slice(&mut bytes[s..], vm_memory::GuestAddress(addr)).ok()?;
+                mem.read_slice(&mut bytes[s..], vm_memory::GuestAddress(addr))
+                    .ok()?;
             }
         }
     }
