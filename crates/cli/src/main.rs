@@ -7,6 +7,7 @@ mod mount_cmd;
 mod progress;
 mod repo_cmd;
 mod store_cmd;
+mod vm_artifacts;
 mod vm_cmd;
 
 use std::path::PathBuf;
@@ -166,7 +167,7 @@ fn main() -> ExitCode {
         } => mount_cmd::commit(&socket, &store, &mountpoint, &image, json),
         Command::Mounts { json, socket } => mount_cmd::mounts(&socket, json),
         Command::Cache { cmd, socket } => mount_cmd::cache(&socket, cmd),
-        Command::Vm(c) => vm_cmd::run(c),
+        Command::Vm(c) => vm_cmd::run(&store, c),
     });
     match result {
         Ok(code) => code,

@@ -12,6 +12,69 @@ pub enum VmCmd {
     /// Boot a microVM; the exit status follows the guest (0 poweroff, 3 reset, the guest's own
     /// status written to port 0x501, 128+N when stopped by signal N)
     Run(RunArgs),
+    /// Guest kernels from the distribution's packages
+    #[command(subcommand)]
+    Kernel(KernelCmd),
+    /// Build a busybox initramfs with a stored kernel's modules (dependencies included)
+    Initramfs {
+        /// Kernel image in the store (from `vm kernel fetch`), e.g. debian-kernel:6.1.0-56-cloud-amd64
+        #[arg(long)]
+        kernel_image: String,
+        /// Modules to load at boot, comma-separated (their dependencies are added)
+        #[arg(long, value_delimiter = ',', default_values_t = starling_guest::DEFAULT_MODULES.iter().map(|s| s.to_string()))]
+        modules: Vec<String>,
+        /// A statically linked busybox [default: /bin/busybox from busybox-static]
+        #[arg(long)]
+        busybox: Option<PathBuf>,
+        /// Replace the default /init with this script
+        #[arg(long)]
+        init: Option<PathBuf>,
+        /// Add a file: SRC:DEST (DEST absolute; /etc/starling/run is run by the default init)
+        #[arg(long, value_parser = parse_add)]
+        add: Vec<(PathBuf, String)>,
+        /// Also write the kernel's vmlinuz here
+        #[arg(long)]
+        vmlinuz: Option<PathBuf>,
+        #[arg(short, long)]
+        out: PathBuf,
+    },
+    /// Talk to a guest over vsock from the host (Firecracker-style unix sockets)
+    #[command(subcommand)]
+    Vsock(VsockCmd),
+}
+
+#[derive(Subcommand)]
+pub enum KernelCmd {
+    /// Download a Debian kernel package (apt-get) and keep it in the store as
+    /// debian-kernel:RELEASE
+    Fetch {
+        /// Package, or a meta package depending on one
+        #[arg(default_value = "linux-image-cloud-amd64")]
+        package: String,
+        /// Also write vmlinuz-RELEASE into this directory
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VsockCmd {
+    /// Connect to guest port PORT through the VM's vsock socket; stdin/stdout are the stream
+    Connect { socket: PathBuf, port: u32 },
+    /// Wait for one guest connection to host port PORT (on SOCKET_PORT); stdin/stdout are the
+    /// stream
+    Listen { socket: PathBuf, port: u32 },
+}
+
+fn parse_add(s: &str) -> Result<(PathBuf, String), String> {
+    match s.rsplit_once(':') {
+        Some((src, dest)) if !src.is_empty() && dest.starts_with('/') => {
+            Ok((PathBuf::from(src), dest.to_string()))
+        }
+        _ => Err(format!("{s}: expected SRC:/DEST")),
+    }
 }
 
 #[derive(Args)]
@@ -82,9 +145,96 @@ fn parse_vsock(s: &str) -> Result<VsockConfig, String> {
     Ok(VsockConfig { cid, path })
 }
 
-pub fn run(cmd: VmCmd) -> Result<ExitCode> {
+pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
     match cmd {
         VmCmd::Run(a) => run_vm(a),
+        VmCmd::Kernel(KernelCmd::Fetch { package, out, json }) => {
+            let f = crate::vm_artifacts::kernel_fetch(store, &package, out.as_deref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"image": f.image, "release": f.release, "package": f.package, "version": f.version})
+                );
+            } else {
+                println!("{}", f.image);
+                eprintln!("fetched {} {} into the store", f.package, f.version);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Initramfs {
+            kernel_image,
+            modules,
+            busybox,
+            init,
+            add,
+            vmlinuz,
+            out,
+        } => {
+            let (size, loaded) = crate::vm_artifacts::initramfs(
+                store,
+                crate::vm_artifacts::InitramfsArgs {
+                    kernel_image: &kernel_image,
+                    modules,
+                    busybox,
+                    init,
+                    add,
+                    out: &out,
+                    vmlinuz_out: vmlinuz.as_deref(),
+                },
+            )?;
+            eprintln!(
+                "wrote {} ({} bytes); modules in load order: {}",
+                out.display(),
+                size,
+                loaded.join(" ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Vsock(c) => vsock(c),
+    }
+}
+
+/// Copies stdin to the stream and the stream to stdout until both directions end.
+fn pipe(stream: std::os::unix::net::UnixStream) -> Result<ExitCode> {
+    let mut write_half = stream.try_clone()?;
+    let to_guest = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut write_half);
+        let _ = write_half.shutdown(std::net::Shutdown::Write);
+    });
+    let mut read_half = stream;
+    std::io::copy(&mut read_half, &mut std::io::stdout().lock())?;
+    drop(to_guest);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn vsock(cmd: VsockCmd) -> Result<ExitCode> {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    match cmd {
+        VsockCmd::Connect { socket, port } => {
+            let mut s = UnixStream::connect(&socket)
+                .with_context(|| format!("connecting to {}", socket.display()))?;
+            writeln!(s, "CONNECT {port}")?;
+            // Read the answer a byte at a time: what follows it belongs to the stream.
+            let mut line = Vec::new();
+            let mut r = std::io::BufReader::with_capacity(1, s.try_clone()?);
+            r.read_until(b'\n', &mut line)?;
+            if !line.starts_with(b"OK ") {
+                bail!(
+                    "guest port {port}: the VM answered {:?}",
+                    String::from_utf8_lossy(&line).trim()
+                );
+            }
+            pipe(s)
+        }
+        VsockCmd::Listen { socket, port } => {
+            let path = format!("{}_{port}", socket.display());
+            let _ = std::fs::remove_file(&path);
+            let l = UnixListener::bind(&path).with_context(|| format!("listening on {path}"))?;
+            let (s, _) = l.accept()?;
+            let _ = std::fs::remove_file(&path);
+            pipe(s)
+        }
     }
 }
 

@@ -56,6 +56,10 @@ struct Conn {
     peer_fwd_cnt: u32,
     /// Whether epoll watches this stream for input.
     armed: bool,
+    /// The host side ended its output (we told the guest with SHUTDOWN SEND).
+    host_done: bool,
+    /// The guest ended its output; the host side's write half closes once `pending` drains.
+    guest_done: bool,
 }
 
 impl Conn {
@@ -172,6 +176,8 @@ impl Vsock {
                 peer_buf_alloc: 0,
                 peer_fwd_cnt: 0,
                 armed: true,
+                host_done: false,
+                guest_done: false,
             },
         );
     }
@@ -336,11 +342,13 @@ impl Vsock {
             (OP_SHUTDOWN, Some(fd)) => {
                 let c = self.conns.get_mut(&fd).expect("found above");
                 if h.flags & SHUTDOWN_SEND != 0 {
-                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                    c.guest_done = true;
                 }
-                if h.flags & (SHUTDOWN_RCV | SHUTDOWN_SEND) == SHUTDOWN_RCV | SHUTDOWN_SEND {
-                    self.close(fd, true);
+                if h.flags & SHUTDOWN_RCV != 0 {
+                    // The guest reads no more: whatever the host still sends has nowhere to go.
+                    c.host_done = true;
                 }
+                self.flush_to_host(fd);
             }
             (OP_RST, Some(fd)) => self.close(fd, false),
             (OP_RST, None) => {}
@@ -350,7 +358,7 @@ impl Vsock {
 
     fn arm_all_if(&mut self, fd: i32) {
         if let Some(c) = self.conns.get_mut(&fd) {
-            if !c.armed {
+            if !c.armed && !c.host_done {
                 c.armed = true;
                 self.arm(fd, true);
             }
@@ -374,6 +382,14 @@ impl Vsock {
                     self.close(fd, true);
                     return;
                 }
+            }
+        }
+        if c.guest_done && c.pending.is_empty() {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            if c.host_done {
+                // Both directions ended: the connection is over.
+                self.close(fd, true);
+                return;
             }
         }
         if c.fwd_cnt.wrapping_sub(c.announced_fwd) >= BUF_ALLOC / 4 {
@@ -416,7 +432,7 @@ impl Vsock {
         }
         for fd in fds {
             while let Some(c) = self.conns.get_mut(&fd) {
-                if c.state != State::Established {
+                if c.state != State::Established || c.host_done {
                     break;
                 }
                 let credit = c.peer_credit().min(MAX_PAYLOAD);
@@ -448,12 +464,22 @@ impl Vsock {
                 };
                 match got {
                     Ok(0) => {
-                        // Host side closed: tell the guest nothing more comes.
+                        // The host side ended its output: tell the guest; its own output may
+                        // still flow the other way (a half-closed stream).
                         q.undo_pop(RX);
+                        c.host_done = true;
+                        let guest_done = c.guest_done && c.pending.is_empty();
                         let mut h = self.header(&self.conns[&fd], OP_SHUTDOWN);
-                        h.flags = SHUTDOWN_RCV | SHUTDOWN_SEND;
+                        h.flags = SHUTDOWN_SEND;
                         self.control.push_back(h);
-                        self.close(fd, false);
+                        if guest_done {
+                            self.close(fd, true);
+                        } else {
+                            self.arm(fd, false);
+                            if let Some(c) = self.conns.get_mut(&fd) {
+                                c.armed = false;
+                            }
+                        }
                         break;
                     }
                     Ok(n) => {

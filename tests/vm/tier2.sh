@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Tier 2: Starling's VMM boots the stock Debian cloud kernel under real KVM, inside a QEMU
+# (TCG) test host whose CPU model exposes SVM (see shared/MACHINES.md).
+#
+#   tests/vm/tier2.sh STARLING WORKDIR
+#
+# Builds, with Starling's own commands: the kernel (`vm kernel fetch`), the inner guest's
+# initramfs (virtio modules, a static vsock client, inner-run.sh), an ext4 disk with a marker,
+# and the test host's initramfs (KVM modules, the starling binary and its libraries, all of the
+# above, outer-run.sh). Then boots the test host and writes its console to WORKDIR/console.log.
+# Needs: qemu-system-x86, busybox-static, e2fsprogs, a C compiler with static glibc, apt-get.
+# QEMU_EXTRA adds arguments (e.g. a bench's own -append).
+set -euo pipefail
+starling=$(realpath "$1")
+work=$(realpath -m "$2")
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$work"
+cd "$work"
+export STARLING_HOME="${STARLING_HOME:-$work/store}"
+
+if [ ! -s kernel.json ]; then
+  "$starling" vm kernel fetch --json > kernel.json.tmp
+  mv kernel.json.tmp kernel.json
+fi
+image=$(python3 -c 'import json,sys; print(json.load(open("kernel.json"))["image"])')
+
+cc -static -O2 -o vsock-hello "$here/vsock-hello.c"
+rm -rf disk-root && mkdir disk-root && echo "starling-tier2-marker" > disk-root/marker
+rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
+
+"$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz \
+  --add "$work/vsock-hello:/bin/vsock-hello" --add "$here/inner-run.sh:/etc/starling/run" \
+  -o inner.img
+
+objcopy --strip-debug "$starling" starling.bin
+libs=()
+for lib in $(ldd starling.bin | grep -o '/[^ ]*'); do
+  libs+=(--add "$(realpath "$lib"):$lib")
+done
+"$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel \
+  --add "$work/starling.bin:/bin/starling" "${libs[@]}" \
+  --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/inner.img:/vm/inner.img" \
+  --add "$work/disk.img:/vm/disk.img" --add "$here/outer-run.sh:/etc/starling/run" \
+  -o outer.img
+
+timeout "${TIER2_TIMEOUT:-400}" qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max \
+  -smp 2 -m 2048 -nographic -no-reboot -kernel vmlinuz -initrd outer.img \
+  -append "console=ttyS0 panic=-1 quiet" ${QEMU_EXTRA:-} < /dev/null > console.log 2>&1 || {
+  echo "qemu failed or timed out (status $?); console in $work/console.log" >&2
+  exit 1
+}
