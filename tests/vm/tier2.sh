@@ -9,7 +9,8 @@
 # and the test host's initramfs (KVM modules, the starling binary and its libraries, all of the
 # above, outer-run.sh). Then boots the test host and writes its console to WORKDIR/console.log.
 # Needs: qemu-system-x86, busybox-static, e2fsprogs, a C compiler with static glibc, apt-get.
-# QEMU_EXTRA adds arguments (e.g. a bench's own -append).
+# The bench reuses it: INNER_RUN and OUTER_RUN replace the scripts the two inits run, and
+# OUTER_ADD lists more SRC:DEST files for the test host.
 set -euo pipefail
 starling=$(realpath "$1")
 work=$(realpath -m "$2")
@@ -29,7 +30,7 @@ rm -rf disk-root && mkdir disk-root && echo "starling-tier2-marker" > disk-root/
 rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
 
 "$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz \
-  --add "$work/vsock-hello:/bin/vsock-hello" --add "$here/inner-run.sh:/etc/starling/run" \
+  --add "$work/vsock-hello:/bin/vsock-hello" --add "${INNER_RUN:-$here/inner-run.sh}:/etc/starling/run" \
   -o inner.img
 
 objcopy --strip-debug "$starling" starling.bin
@@ -40,12 +41,13 @@ done
 "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel \
   --add "$work/starling.bin:/bin/starling" "${libs[@]}" \
   --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/inner.img:/vm/inner.img" \
-  --add "$work/disk.img:/vm/disk.img" --add "$here/outer-run.sh:/etc/starling/run" \
+  --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \
+  $(for f in ${OUTER_ADD:-}; do printf -- '--add %s ' "$f"; done) \
   -o outer.img
 
 timeout "${TIER2_TIMEOUT:-400}" qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max \
   -smp 2 -m 2048 -nographic -no-reboot -kernel vmlinuz -initrd outer.img \
-  -append "console=ttyS0 panic=-1 quiet" ${QEMU_EXTRA:-} < /dev/null > console.log 2>&1 || {
+  -append "console=ttyS0 panic=-1 quiet" < /dev/null > console.log 2>&1 || {
   echo "qemu failed or timed out (status $?); console in $work/console.log" >&2
   exit 1
 }

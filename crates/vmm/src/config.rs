@@ -52,6 +52,9 @@ pub struct VmConfig {
     /// The VMM API socket.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
+    /// Back guest memory with transparent huge pages where the host allows (madvise).
+    #[serde(default = "default_true")]
+    pub hugepages: bool,
 }
 
 fn default_cmdline() -> String {
@@ -83,6 +86,7 @@ impl VmConfig {
             rng: true,
             console: Console::Stdio,
             api_socket: None,
+            hugepages: true,
         }
     }
 

@@ -15,6 +15,8 @@ pub mod flavour;
 pub mod fuzzing;
 pub mod layout;
 pub mod signals;
+#[doc(hidden)]
+pub mod test_guest;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

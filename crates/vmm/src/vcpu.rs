@@ -160,9 +160,64 @@ pub fn stop_all(threads: &mut [VcpuThread], control: &VcpuControl) {
     threads.iter_mut().for_each(VcpuThread::join);
 }
 
-fn run(id: u8, mut vcpu: VcpuFd, pio: &Bus, mmio: &Bus, control: &VcpuControl, exit: &ExitSignal) {
+fn run(id: u8, vcpu: VcpuFd, pio: &Bus, mmio: &Bus, control: &VcpuControl, exit: &ExitSignal) {
+    let mut trace = std::env::var_os("STARLING_VM_TRACE").map(|_| ExitTrace::default());
+    run_loop(id, vcpu, pio, mmio, control, exit, trace.as_mut());
+    if let Some(t) = trace {
+        t.report(id);
+    }
+}
+
+/// Exit counts by kind and address, printed at the end when STARLING_VM_TRACE is set: where a
+/// guest's time in the monitor goes.
+#[derive(Default)]
+struct ExitTrace {
+    started: Option<std::time::Instant>,
+    counts: std::collections::BTreeMap<(&'static str, u64), u64>,
+}
+
+impl ExitTrace {
+    fn count(&mut self, kind: &'static str, addr: u64) {
+        self.started.get_or_insert_with(std::time::Instant::now);
+        *self.counts.entry((kind, addr)).or_default() += 1;
+    }
+
+    fn report(&self, id: u8) {
+        let total: u64 = self.counts.values().sum();
+        eprintln!(
+            "starling-vmm trace: vCPU {id}: {total} exits in {:?}",
+            self.started.map(|s| s.elapsed()).unwrap_or_default()
+        );
+        let mut v: Vec<_> = self.counts.iter().collect();
+        v.sort_by_key(|(_, n)| std::cmp::Reverse(**n));
+        for ((kind, addr), n) in v.into_iter().take(12) {
+            eprintln!("starling-vmm trace:   {kind} 0x{addr:x}: {n}");
+        }
+    }
+}
+
+fn run_loop(
+    id: u8,
+    mut vcpu: VcpuFd,
+    pio: &Bus,
+    mmio: &Bus,
+    control: &VcpuControl,
+    exit: &ExitSignal,
+    mut trace: Option<&mut ExitTrace>,
+) {
     while control.checkpoint() {
-        match vcpu.run() {
+        let r = vcpu.run();
+        if let Some(t) = trace.as_deref_mut() {
+            match &r {
+                Ok(VcpuExit::IoIn(port, _)) => t.count("in", u64::from(*port)),
+                Ok(VcpuExit::IoOut(port, _)) => t.count("out", u64::from(*port)),
+                Ok(VcpuExit::MmioRead(addr, _)) => t.count("mmio-read", *addr),
+                Ok(VcpuExit::MmioWrite(addr, _)) => t.count("mmio-write", *addr),
+                Ok(_) => t.count("other", 0),
+                Err(_) => t.count("error", 0),
+            }
+        }
+        match r {
             Ok(VcpuExit::IoIn(port, data)) => pio.read(u64::from(port), data),
             Ok(VcpuExit::IoOut(port, data)) => pio.write(u64::from(port), data),
             Ok(VcpuExit::MmioRead(addr, data)) => mmio.read(addr, data),

@@ -6,67 +6,29 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use starling_vmm::test_guest::TestGuest;
 use starling_vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VsockConfig};
 
-struct Guests {
-    pvh: PathBuf,
-    elf64: PathBuf,
-}
-
 /// Compiles the test guest once per test run: with its PVH note and without (64-bit entry).
-fn guests() -> Option<&'static Guests> {
-    static G: OnceLock<Option<Guests>> = OnceLock::new();
+fn guests() -> Option<&'static TestGuest> {
+    static G: OnceLock<Option<TestGuest>> = OnceLock::new();
     G.get_or_init(|| {
         if !Path::new("/dev/kvm").exists() {
             eprintln!("SKIP: no /dev/kvm on this host");
             return None;
         }
         eprintln!("KVM flavour: {}", starling_vmm::flavour::detect().name());
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest");
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest");
-        std::fs::create_dir_all(&out).unwrap();
-        let build = |name: &str, extra: &[&str]| {
-            let target = out.join(name);
-            let status = Command::new("cc")
-                .args(extra)
-                .args([
-                    "-O2",
-                    "-Wall",
-                    "-Werror",
-                    "-ffreestanding",
-                    "-fno-pic",
-                    "-fno-pie",
-                    "-no-pie",
-                    "-fno-stack-protector",
-                    "-mno-red-zone",
-                    "-mgeneral-regs-only",
-                    "-nostdlib",
-                    "-static",
-                    "-Wl,--build-id=none",
-                    "-Wl,--no-warn-rwx-segments",
-                ])
-                .arg(format!("-Wl,-T,{}", src.join("guest.ld").display()))
-                .arg("-o")
-                .arg(&target)
-                .arg(src.join("start.S"))
-                .arg(src.join("guest.c"))
-                .status();
-            match status {
-                Ok(s) if s.success() => Some(target),
-                other => {
-                    eprintln!("SKIP: cannot compile the test guest with cc: {other:?}");
-                    None
-                }
+        match starling_vmm::test_guest::build(&out) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("SKIP: {e}");
+                None
             }
-        };
-        Some(Guests {
-            pvh: build("guest-pvh.elf", &[])?,
-            elf64: build("guest-64.elf", &["-DNO_PVH_NOTE"])?,
-        })
+        }
     })
     .as_ref()
 }
