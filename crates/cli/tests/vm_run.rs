@@ -29,13 +29,30 @@ fn starling() -> Command {
 #[test]
 fn exit_status_follows_the_guest_and_config_files_work() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(kernel) = guest(dir.path()) else { return };
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
     let out = starling()
-        .args(["vm", "run", "--console", "off", "--mem", "32M", "--cmdline", "exit=9", "--kernel"])
+        .args([
+            "vm",
+            "run",
+            "--console",
+            "off",
+            "--mem",
+            "32M",
+            "--cmdline",
+            "exit=9",
+            "--kernel",
+        ])
         .arg(&kernel)
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(9), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("GuestExit(9)"));
 
     // The same VM as a config file; relative paths are taken from the file's directory.
@@ -54,7 +71,12 @@ fn exit_status_follows_the_guest_and_config_files_work() {
         .arg(dir.path().join("vm.json"))
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let console = std::fs::read_to_string(&log).unwrap();
     assert!(console.contains("rng: 16 bytes"), "{console}");
 }
@@ -62,10 +84,20 @@ fn exit_status_follows_the_guest_and_config_files_work() {
 #[test]
 fn ctrl_c_stops_the_vm_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(kernel) = guest(dir.path()) else { return };
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
     let log = dir.path().join("console.txt");
     let mut child = starling()
-        .args(["vm", "run", "--mem", "32M", "--cmdline", "spin", "--console"])
+        .args([
+            "vm",
+            "run",
+            "--mem",
+            "32M",
+            "--cmdline",
+            "spin",
+            "--console",
+        ])
         .arg(&log)
         .arg("--kernel")
         .arg(&kernel)
@@ -73,7 +105,10 @@ fn ctrl_c_stops_the_vm_cleanly() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&log).unwrap_or_default().contains("tick") {
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("tick")
+    {
         assert!(Instant::now() < deadline, "the guest never ran");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -83,26 +118,51 @@ fn ctrl_c_stops_the_vm_cleanly() {
     )
     .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("Stopped(Some(2))"));
 }
 
 #[test]
 fn input_errors_come_before_the_guest_with_status_2() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(kernel) = guest(dir.path()) else { return };
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["--kernel".into(), "/nonexistent/vmlinuz".into()], "/nonexistent/vmlinuz"),
         (
-            vec!["--kernel".into(), kernel.display().to_string(), "--disk".into(), "/nonexistent/root.img".into()],
+            vec!["--kernel".into(), "/nonexistent/vmlinuz".into()],
+            "/nonexistent/vmlinuz",
+        ),
+        (
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--disk".into(),
+                "/nonexistent/root.img".into(),
+            ],
             "/nonexistent/root.img",
         ),
         (
-            vec!["--kernel".into(), kernel.display().to_string(), "--mem".into(), "8M".into()],
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--mem".into(),
+                "8M".into(),
+            ],
             "too little",
         ),
         (
-            vec!["--kernel".into(), kernel.display().to_string(), "--disk".into(), "x.img,bogus".into()],
+            vec![
+                "--kernel".into(),
+                kernel.display().to_string(),
+                "--disk".into(),
+                "x.img,bogus".into(),
+            ],
             "unknown disk option",
         ),
     ];

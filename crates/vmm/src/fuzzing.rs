@@ -8,6 +8,13 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, Queues, VirtioDevice};
 
 const MEM_SIZE: usize = 64 * 1024;
+
+/// A scratch path no other call (thread or process) uses at the same time.
+fn scratch(what: &str) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("starling-fuzz-{what}-{}-{n}", std::process::id()))
+}
 const DESC: u64 = 0x1000;
 const AVAIL: u64 = 0x3000;
 const USED: u64 = 0x4000;
