@@ -34,12 +34,17 @@ rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
   -o inner.img
 
 objcopy --strip-debug "$starling" starling.bin
+vmm_add=()
+if [ -x "$(dirname "$starling")/starling-vmm" ]; then
+  objcopy --strip-debug "$(dirname "$starling")/starling-vmm" starling-vmm.bin
+  vmm_add=(--add "$work/starling-vmm.bin:/bin/starling-vmm")
+fi
 libs=()
 for lib in $(ldd starling.bin | grep -o '/[^ ]*'); do
   libs+=(--add "$(realpath "$lib"):$lib")
 done
 "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel \
-  --add "$work/starling.bin:/bin/starling" "${libs[@]}" \
+  --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" \
   --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/inner.img:/vm/inner.img" \
   --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \
   $(for f in ${OUTER_ADD:-}; do printf -- '--add %s ' "$f"; done) \

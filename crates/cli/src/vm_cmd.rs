@@ -270,6 +270,21 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
             p => Console::File(p.into()),
         };
     }
+    // The VM runs in its own small process (starling-vmm, installed beside this binary) when
+    // there is one: its memory overhead is the monitor's alone.
+    if let Some(vmm) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("starling-vmm")))
+        .filter(|p| p.is_file())
+    {
+        use std::os::unix::process::CommandExt;
+        let json = serde_json::to_string(&config)?;
+        let err = std::process::Command::new(&vmm)
+            .arg("--config-json")
+            .arg(json)
+            .exec();
+        bail!("starting {}: {err}", vmm.display());
+    }
     let vm = Vm::build(config).context("the VM was not started")?;
     starling_vmm::signals::stop_on_signals(vm.handle()).context("installing signal handling")?;
     let reason = vm.run()?;

@@ -59,8 +59,7 @@ pub fn virtio_queue(data: &[u8]) -> Outcome {
     };
     let result = match which % 4 {
         0 => {
-            let path =
-                std::env::temp_dir().join(format!("starling-fuzz-disk-{}", std::process::id()));
+            let path = scratch("disk");
             let made = std::fs::File::create(&path).and_then(|f| f.set_len(64 * 1024));
             let r = match made.and_then(|_| Block::open(&path, which & 4 != 0)) {
                 Ok(mut b) => b.notify(0, &mut queues),
@@ -71,8 +70,7 @@ pub fn virtio_queue(data: &[u8]) -> Outcome {
         }
         1 => Rng.notify(0, &mut queues),
         q => {
-            let dir =
-                std::env::temp_dir().join(format!("starling-fuzz-vsock-{}", std::process::id()));
+            let dir = scratch("vsock");
             let _ = std::fs::create_dir_all(&dir);
             let r = match Vsock::new(3, &dir.join("v.sock")) {
                 Ok(mut v) => v.notify(if q == 2 { 1 } else { 0 }, &mut queues),
