@@ -1,6 +1,7 @@
 #!/bin/sh
-# Runs in the QEMU test host: boots the same kernel and initramfs with Starling's VMM and
-# with QEMU (microvm, then q35), alternating, ROUNDS times each. Every line of a guest's
+# Runs in the QEMU test host: boots the same kernel (as bzImage, then as the uncompressed
+# vmlinux through its PVH note) and initramfs with Starling's VMM and with QEMU (microvm, q35),
+# alternating, ROUNDS times each. Every line of a guest's
 # console is stamped with the test host's uptime as it arrives; boot time = stamp of the
 # initramfs's first line minus the moment the monitor was started. While the guest idles, the
 # monitor's RSS beyond guest RAM is read from /proc/PID/smaps.
@@ -33,13 +34,14 @@ run_one() {
 }
 
 for r in $(seq 1 $ROUNDS); do
-  run_one starling env STARLING_VM_QUIET=1 /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img \
-    --vcpus 2 --mem 256M --no-rng --console stdio --cmdline "$CMDLINE"
-  run_one qemu-microvm /usr/bin/qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 256 -smp 2 \
-    -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
-    -kernel /vm/vmlinuz -initrd /vm/inner.img -append "$CMDLINE"
-  run_one qemu-q35 /usr/bin/qemu-system-x86_64 -M q35 -enable-kvm -cpu host -m 256 -smp 2 \
-    -nodefaults -no-user-config -nographic -serial stdio -no-reboot -nic none -vga none \
-    -kernel /vm/vmlinuz -initrd /vm/inner.img -append "$CMDLINE"
+  for k in vmlinuz vmlinux; do
+    run_one starling-$k env STARLING_VM_QUIET=1 /bin/starling vm run --kernel /vm/$k --initrd /vm/inner.img \
+      --vcpus 2 --mem 256M --no-rng --console stdio --cmdline "$CMDLINE"
+    run_one qemu-microvm-$k /usr/bin/qemu-system-x86_64 -M microvm -enable-kvm -cpu host -m 256 -smp 2 \
+      -nodefaults -no-user-config -nographic -serial stdio -no-reboot \
+      -kernel /vm/$k -initrd /vm/inner.img -append "$CMDLINE"
+    run_one qemu-q35-$k /usr/bin/qemu-system-x86_64 -M q35 -enable-kvm -cpu host -m 256 -smp 2 \
+      -nodefaults -no-user-config -nographic -serial stdio -no-reboot -nic none -vga none \
+      -kernel /vm/$k -initrd /vm/inner.img -append "$CMDLINE"
+  done
 done
-tail -5 /tmp/qemu-microvm.log | sed 's/^/microvm-tail: /'

@@ -18,3 +18,9 @@ read up _ < /proc/uptime
 echo "host: VMM ended at uptime $up"
 wait
 echo "host: vsock got: $(cat /tmp/from-guest)"
+# The same kernel uncompressed (from `vm kernel fetch`), entered through its PVH note.
+STARLING_VM_QUIET=1 /bin/starling vm run --kernel /vm/vmlinux --initrd /vm/inner.img \
+  --disk /vm/disk.img,ro --vcpus 2 --mem 256M --console /tmp/pvh.log \
+  --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet"
+echo "host: pvh vm exit status $?"
+echo "host: pvh $(grep 'inner: marker' /tmp/pvh.log)"

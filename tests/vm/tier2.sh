@@ -29,7 +29,7 @@ cc -static -O2 -o vsock-hello "$here/vsock-hello.c"
 rm -rf disk-root && mkdir disk-root && echo "starling-tier2-marker" > disk-root/marker
 rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
 
-"$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz \
+"$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz --vmlinux vmlinux \
   --add "$work/vsock-hello:/bin/vsock-hello" --add "${INNER_RUN:-$here/inner-run.sh}:/etc/starling/run" \
   -o inner.img
 
@@ -45,7 +45,7 @@ for lib in $(ldd starling.bin | grep -o '/[^ ]*'); do
 done
 "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel \
   --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" \
-  --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/inner.img:/vm/inner.img" \
+  --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/vmlinux:/vm/vmlinux" --add "$work/inner.img:/vm/inner.img" \
   --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \
   $(for f in ${OUTER_ADD:-}; do printf -- '--add %s ' "$f"; done) \
   -o outer.img

@@ -117,10 +117,12 @@ pub fn kernel_fetch(store_dir: &Path, package: &str, out: Option<&Path>) -> Resu
     .with_context(|| format!("importing {} into the store", deb.name()))?;
     if let Some(out) = out {
         std::fs::create_dir_all(out)?;
-        std::fs::copy(
-            root.join(format!("boot/vmlinuz-{release}")),
-            out.join(format!("vmlinuz-{release}")),
-        )?;
+        for k in ["vmlinuz", "vmlinux"] {
+            std::fs::copy(
+                root.join(format!("boot/{k}-{release}")),
+                out.join(format!("{k}-{release}")),
+            )?;
+        }
     }
     Ok(Fetched {
         image: format!("{KERNEL_IMAGE}:{release}"),
@@ -138,6 +140,7 @@ pub struct InitramfsArgs<'a> {
     pub add: Vec<(PathBuf, String)>,
     pub out: &'a Path,
     pub vmlinuz_out: Option<&'a Path>,
+    pub vmlinux_out: Option<&'a Path>,
 }
 
 /// Builds an initramfs with modules from a kernel image in the store.
@@ -185,9 +188,21 @@ pub fn initramfs(store_dir: &Path, a: InitramfsArgs<'_>) -> Result<(u64, Vec<Str
         ird.init(std::fs::read(init).with_context(|| format!("reading {}", init.display()))?);
     }
     let size = ird.write(a.out)?;
-    if let Some(v) = a.vmlinuz_out {
-        std::fs::copy(tree.join(format!("boot/vmlinuz-{release}")), v)
-            .with_context(|| format!("writing {}", v.display()))?;
+    for (kind, dest) in [("vmlinuz", a.vmlinuz_out), ("vmlinux", a.vmlinux_out)] {
+        if let Some(v) = dest {
+            let src = tree.join(format!("boot/{kind}-{release}"));
+            if kind == "vmlinux" && !src.exists() {
+                // Kernels fetched before vmlinux was kept: extract it now.
+                std::fs::write(
+                    v,
+                    starling_guest::vmlinux::extract(&std::fs::read(
+                        tree.join(format!("boot/vmlinuz-{release}")),
+                    )?)?,
+                )?;
+                continue;
+            }
+            std::fs::copy(&src, v).with_context(|| format!("writing {}", v.display()))?;
+        }
     }
     Ok((
         size,

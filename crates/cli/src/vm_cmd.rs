@@ -32,9 +32,12 @@ pub enum VmCmd {
         /// Add a file: SRC:DEST (DEST absolute; /etc/starling/run is run by the default init)
         #[arg(long, value_parser = parse_add)]
         add: Vec<(PathBuf, String)>,
-        /// Also write the kernel's vmlinuz here
+        /// Also write the kernel's vmlinuz (bzImage) here
         #[arg(long)]
         vmlinuz: Option<PathBuf>,
+        /// Also write the uncompressed kernel (ELF with a PVH note; boots faster) here
+        #[arg(long)]
+        vmlinux: Option<PathBuf>,
         #[arg(short, long)]
         out: PathBuf,
     },
@@ -168,6 +171,7 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             init,
             add,
             vmlinuz,
+            vmlinux,
             out,
         } => {
             let (size, loaded) = crate::vm_artifacts::initramfs(
@@ -180,6 +184,7 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
                     add,
                     out: &out,
                     vmlinuz_out: vmlinuz.as_deref(),
+                    vmlinux_out: vmlinux.as_deref(),
                 },
             )?;
             eprintln!(

@@ -2,7 +2,8 @@
 //! QEMU (TCG) test host that exposes SVM (tests/vm/tier2.sh builds everything with Starling's
 //! own `vm kernel fetch` and `vm initramfs`). The inner guest loads the virtio modules, mounts
 //! an ext4 /dev/vda and reads a marker, reads /dev/hwrng, counts 2 vCPUs, talks to the host
-//! over vsock and powers off through ACPI; this test reads it all from the serial log. On a
+//! over vsock and powers off through ACPI; then the same kernel, uncompressed by `vm kernel
+//! fetch`, boots through its PVH note. This test reads it all from the serial log. On a
 //! host with hardware KVM the same guest also boots directly.
 
 use std::path::Path;
@@ -105,6 +106,16 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     );
     // poweroff -f in the guest → ACPI S5 → the VMM exits 0.
     assert_eq!(line(&log, "host: vm exit status"), "host: vm exit status 0");
+
+    // The uncompressed kernel extracted by `vm kernel fetch`, booted through its PVH note.
+    assert_eq!(
+        line(&log, "host: pvh vm exit status"),
+        "host: pvh vm exit status 0"
+    );
+    assert_eq!(
+        line(&log, "host: pvh inner: marker"),
+        "host: pvh inner: marker starling-tier2-marker"
+    );
 
     // Directly on this host too, where its KVM can boot Linux.
     let flavour = starling_vmm::flavour::detect();

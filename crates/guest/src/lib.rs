@@ -5,6 +5,7 @@
 pub mod cpio;
 pub mod initramfs;
 pub mod modules;
+pub mod vmlinux;
 
 pub use initramfs::{Initramfs, DEFAULT_MODULES};
 
