@@ -88,7 +88,7 @@ fn ctrl_c_stops_the_vm_cleanly() {
         return;
     };
     let log = dir.path().join("console.txt");
-    let mut child = starling()
+    let child = starling()
         .args([
             "vm",
             "run",
