@@ -199,7 +199,7 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
     }
 }
 
-/// Copies stdin to the stream and the stream to stdout until both directions end.
+/// Copies stdin to the stream and the stream to stdout until both directions have ended.
 fn pipe(stream: std::os::unix::net::UnixStream) -> Result<ExitCode> {
     let mut write_half = stream.try_clone()?;
     let to_guest = std::thread::spawn(move || {
@@ -208,7 +208,8 @@ fn pipe(stream: std::os::unix::net::UnixStream) -> Result<ExitCode> {
     });
     let mut read_half = stream;
     std::io::copy(&mut read_half, &mut std::io::stdout().lock())?;
-    drop(to_guest);
+    // The guest ending its side does not end ours: what stdin still holds goes out first.
+    let _ = to_guest.join();
     Ok(ExitCode::SUCCESS)
 }
 
