@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use starling_vmm::{Console, DiskConfig, Vm, VmConfig, VsockConfig};
+use starling_vmm::{Console, DiskConfig, VmConfig, VsockConfig};
 
 #[derive(Subcommand)]
 pub enum VmCmd {
@@ -291,11 +291,5 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
             .exec();
         bail!("starting {}: {err}", vmm.display());
     }
-    let vm = Vm::build(config).context("the VM was not started")?;
-    starling_vmm::signals::stop_on_signals(vm.handle()).context("installing signal handling")?;
-    let reason = vm.run()?;
-    if std::env::var_os("STARLING_VM_QUIET").is_none() {
-        eprintln!("starling: VM ended: {reason:?}");
-    }
-    Ok(ExitCode::from(reason.status().clamp(0, 255) as u8))
+    Ok(ExitCode::from(starling_vmm::process::run_to_exit(config)))
 }

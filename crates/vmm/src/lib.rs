@@ -14,6 +14,7 @@ pub mod exit;
 pub mod flavour;
 pub mod fuzzing;
 pub mod layout;
+pub mod process;
 pub mod signals;
 #[doc(hidden)]
 pub mod test_guest;

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use starling_vmm::{Vm, VmConfig};
+use starling_vmm::VmConfig;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -21,29 +21,11 @@ fn main() -> ExitCode {
         }
         _ => Err("usage: starling-vmm --config FILE | --config-json JSON".into()),
     };
-    let result =
-        config.and_then(|c| Vm::build(c).map_err(|e| format!("the VM was not started: {e}")));
-    let vm = match result {
-        Ok(vm) => vm,
+    match config {
+        Ok(c) => ExitCode::from(starling_vmm::process::run_to_exit(c)),
         Err(e) => {
             eprintln!("starling: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = starling_vmm::signals::stop_on_signals(vm.handle()) {
-        eprintln!("starling: installing signal handling: {e}");
-        return ExitCode::from(2);
-    }
-    match vm.run() {
-        Ok(reason) => {
-            if std::env::var_os("STARLING_VM_QUIET").is_none() {
-                eprintln!("starling: VM ended: {reason:?}");
-            }
-            ExitCode::from(reason.status().clamp(0, 255) as u8)
-        }
-        Err(e) => {
-            eprintln!("starling: {e}");
-            ExitCode::from(1)
+            ExitCode::from(2)
         }
     }
 }

@@ -1,0 +1,33 @@
+//! A VM as a process: build it, let Ctrl-C/SIGTERM stop it, run it, and turn the ending into an
+//! exit status. Shared by `starling-vmm` and `starling vm run`'s in-process fallback.
+
+use crate::{Vm, VmConfig};
+
+/// Runs `config` to its end and returns the process exit status: the guest's (see
+/// `ExitReason::status`), 2 when the VM cannot be built, 1 when running it fails. Messages go to
+/// stderr prefixed `starling:`; `STARLING_VM_QUIET` silences the ending line.
+pub fn run_to_exit(config: VmConfig) -> u8 {
+    let vm = match Vm::build(config) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("starling: the VM was not started: {e}");
+            return 2;
+        }
+    };
+    if let Err(e) = crate::signals::stop_on_signals(vm.handle()) {
+        eprintln!("starling: installing signal handling: {e}");
+        return 2;
+    }
+    match vm.run() {
+        Ok(reason) => {
+            if std::env::var_os("STARLING_VM_QUIET").is_none() {
+                eprintln!("starling: VM ended: {reason:?}");
+            }
+            reason.status().clamp(0, 255) as u8
+        }
+        Err(e) => {
+            eprintln!("starling: {e}");
+            1
+        }
+    }
+}
