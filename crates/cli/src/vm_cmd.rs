@@ -291,5 +291,7 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
             .exec();
         bail!("starting {}: {err}", vmm.display());
     }
-    Ok(ExitCode::from(starling_vmm::process::run_to_exit(config)))
+    Ok(ExitCode::from(starling_vmm::process::run_to_exit(
+        starling_vmm::process::Start::Boot(config),
+    )))
 }

@@ -1,7 +1,8 @@
 //! The VMM API: HTTP/1.1 with JSON bodies on a unix socket (`curl --unix-socket`), one request
 //! per connection. Documented in docs/api/vmm.md.
 //!
-//! GET /v1/vm → status; POST /v1/vm/pause, /v1/vm/resume, /v1/vm/stop.
+//! GET /v1/vm → status; POST /v1/vm/pause, /v1/vm/resume, /v1/vm/stop;
+//! POST /v1/vm/snapshot {"dir": D, "stop": bool}; POST /v1/vm/fork {"count": N, "dir": D?}.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -76,13 +77,15 @@ fn handle(stream: UnixStream, vm: &VmHandle) {
             }
         }
     }
-    let mut body = vec![0u8; length.min(4096)];
+    let mut body = vec![0u8; length.min(65536)];
     let _ = reader.read_exact(&mut body);
-    let (code, json) = route(method, target, vm);
+    let (code, json) = route(method, target, &body, vm);
     let text = json.to_string();
     let reason = match code {
         200 => "OK",
+        400 => "Bad Request",
         404 => "Not Found",
+        409 => "Conflict",
         _ => "Method Not Allowed",
     };
     let mut out = &stream;
@@ -93,9 +96,49 @@ fn handle(stream: UnixStream, vm: &VmHandle) {
     );
 }
 
-fn route(method: &str, target: &str, vm: &VmHandle) -> (u16, serde_json::Value) {
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    dir: std::path::PathBuf,
+    #[serde(default)]
+    stop: bool,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForkBody {
+    count: u32,
+    #[serde(default)]
+    dir: Option<std::path::PathBuf>,
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (u16, serde_json::Value)> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        (
+            400,
+            serde_json::json!({"error": format!("request body: {e}")}),
+        )
+    })
+}
+
+fn outcome<T: serde::Serialize>(r: Result<T, String>) -> (u16, serde_json::Value) {
+    match r {
+        Ok(v) => (200, serde_json::to_value(v).unwrap_or_default()),
+        Err(e) => (409, serde_json::json!({ "error": e })),
+    }
+}
+
+fn route(method: &str, target: &str, bytes: &[u8], vm: &VmHandle) -> (u16, serde_json::Value) {
     let status = |vm: &VmHandle| serde_json::to_value(vm.status()).unwrap_or_default();
     match (method, target) {
+        ("POST", "/v1/vm/snapshot") => match body::<SnapshotBody>(bytes) {
+            Ok(b) => outcome(vm.snapshot(&b.dir, b.stop)),
+            Err(e) => e,
+        },
+        ("POST", "/v1/vm/fork") => match body::<ForkBody>(bytes) {
+            Ok(b) => outcome(vm.fork(b.count, b.dir.as_deref())),
+            Err(e) => e,
+        },
         ("GET", "/v1/vm") => (200, status(vm)),
         ("POST", "/v1/vm/pause") => {
             vm.pause();
@@ -109,7 +152,11 @@ fn route(method: &str, target: &str, vm: &VmHandle) -> (u16, serde_json::Value) 
             vm.stop(None);
             (200, serde_json::json!({"state": "stopping"}))
         }
-        (_, "/v1/vm" | "/v1/vm/pause" | "/v1/vm/resume" | "/v1/vm/stop") => (
+        (
+            _,
+            "/v1/vm" | "/v1/vm/pause" | "/v1/vm/resume" | "/v1/vm/stop" | "/v1/vm/snapshot"
+            | "/v1/vm/fork",
+        ) => (
             405,
             serde_json::json!({"error": format!("{method} is not allowed on {target}")}),
         ),

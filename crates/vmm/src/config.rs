@@ -55,6 +55,17 @@ pub struct VmConfig {
     /// Back guest memory with transparent huge pages where the host allows (madvise).
     #[serde(default = "default_true")]
     pub hugepages: bool,
+    /// The guest's hostname as the monitor's service tells it (clones get `NAME-K`).
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Where the VM keeps disk overlays and its clones' directories (default: a directory
+    /// per monitor process under the temporary directory).
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+}
+
+fn default_hostname() -> String {
+    "starling".into()
 }
 
 fn default_cmdline() -> String {
@@ -87,6 +98,8 @@ impl VmConfig {
             console: Console::Stdio,
             api_socket: None,
             hugepages: true,
+            hostname: default_hostname(),
+            run_dir: None,
         }
     }
 
@@ -145,6 +158,18 @@ impl VmConfig {
                     },
                 });
             }
+        }
+        if self.hostname.is_empty()
+            || self.hostname.len() > 63
+            || !self
+                .hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::Invalid(format!(
+                "hostname {:?}: 1 to 63 letters, digits and hyphens",
+                self.hostname
+            )));
         }
         if self.disks.len() + 2 > crate::layout::VIRTIO_IRQS.len() {
             return Err(Error::Invalid(format!(

@@ -2,7 +2,8 @@
 //!
 //! A VM is built from a [`VmConfig`] by [`Vm::build`] (every input checked before the guest
 //! starts) and run by [`Vm::run`] until the guest powers off, resets or exits, or the operator
-//! stops it through a [`VmHandle`] (API socket, signals).
+//! stops it through a [`VmHandle`] (API socket, signals). [`Vm::restore`] builds one from a
+//! snapshot instead; [`VmHandle::snapshot`] and [`VmHandle::fork`] take one while it runs.
 
 pub mod acpi;
 pub mod api;
@@ -12,10 +13,14 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod flavour;
+pub mod fork;
 pub mod fuzzing;
 pub mod layout;
+pub mod memory;
 pub mod process;
+pub mod service;
 pub mod signals;
+pub mod snapshot;
 #[doc(hidden)]
 pub mod test_guest;
 pub mod vcpu;
@@ -28,7 +33,7 @@ pub use config::{DiskConfig, VmConfig, VsockConfig};
 pub use devices::Console;
 pub use exit::ExitReason;
 pub use flavour::Flavour;
-pub use vm::{Vm, VmHandle, VmStatus};
+pub use vm::{ForkInfo, RestoreSpec, SnapshotInfo, Vm, VmHandle, VmStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -38,6 +43,8 @@ pub enum Error {
     Initrd { path: PathBuf, reason: String },
     #[error("disk {path}: {reason}")]
     Disk { path: PathBuf, reason: String },
+    #[error("snapshot {path}: {reason}")]
+    Snapshot { path: PathBuf, reason: String },
     #[error("VM config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
     #[error("kernel command line: {0}")]

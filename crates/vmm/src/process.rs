@@ -1,13 +1,24 @@
-//! A VM as a process: build it, let Ctrl-C/SIGTERM stop it, run it, and turn the ending into an
-//! exit status. Shared by `starling-vmm` and `starling vm run`'s in-process fallback.
+//! A VM as a process: build or restore it, let Ctrl-C/SIGTERM stop it, run it, and turn the
+//! ending into an exit status. Shared by `starling-vmm` and `starling vm run`'s in-process
+//! fallback.
 
-use crate::{Vm, VmConfig};
+use crate::{RestoreSpec, Vm, VmConfig};
 
-/// Runs `config` to its end and returns the process exit status: the guest's (see
+/// Where the VM comes from.
+pub enum Start {
+    Boot(VmConfig),
+    Restore(RestoreSpec),
+}
+
+/// Runs the VM to its end and returns the process exit status: the guest's (see
 /// `ExitReason::status`), 2 when the VM cannot be built, 1 when running it fails. Messages go to
 /// stderr prefixed `starling:`; `STARLING_VM_QUIET` silences the ending line.
-pub fn run_to_exit(config: VmConfig) -> u8 {
-    let vm = match Vm::build(config) {
+pub fn run_to_exit(start: Start) -> u8 {
+    let built = match start {
+        Start::Boot(config) => Vm::build(config),
+        Start::Restore(spec) => Vm::restore(&spec),
+    };
+    let vm = match built {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("starling: the VM was not started: {e}");

@@ -100,7 +100,7 @@ pub struct VcpuThread {
 impl VcpuThread {
     pub fn spawn(
         id: u8,
-        vcpu: VcpuFd,
+        vcpu: Arc<Mutex<VcpuFd>>,
         pio: Bus,
         mmio: Bus,
         control: Arc<VcpuControl>,
@@ -160,7 +160,14 @@ pub fn stop_all(threads: &mut [VcpuThread], control: &VcpuControl) {
     threads.iter_mut().for_each(VcpuThread::join);
 }
 
-fn run(id: u8, vcpu: VcpuFd, pio: &Bus, mmio: &Bus, control: &VcpuControl, exit: &ExitSignal) {
+fn run(
+    id: u8,
+    vcpu: Arc<Mutex<VcpuFd>>,
+    pio: &Bus,
+    mmio: &Bus,
+    control: &VcpuControl,
+    exit: &ExitSignal,
+) {
     let mut trace = std::env::var_os("STARLING_VM_TRACE").map(|_| ExitTrace::default());
     run_loop(id, vcpu, pio, mmio, control, exit, trace.as_mut());
     if let Some(t) = trace {
@@ -198,7 +205,7 @@ impl ExitTrace {
 
 fn run_loop(
     id: u8,
-    mut vcpu: VcpuFd,
+    vcpu: Arc<Mutex<VcpuFd>>,
     pio: &Bus,
     mmio: &Bus,
     control: &VcpuControl,
@@ -206,6 +213,9 @@ fn run_loop(
     mut trace: Option<&mut ExitTrace>,
 ) {
     while control.checkpoint() {
+        // Held while in the guest and handling the exit; free while parked, when a snapshot
+        // reads the vCPU's state.
+        let mut vcpu = lock(&vcpu);
         let r = vcpu.run();
         if let Some(t) = trace.as_deref_mut() {
             match &r {

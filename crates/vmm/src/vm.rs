@@ -1,24 +1,30 @@
-//! Building a VM from its config (memory, irqchip, devices, ACPI, kernel, vCPUs) and running it
-//! until the guest or the operator ends it.
+//! Building a VM (memory, irqchip, devices) and either booting it (kernel, ACPI, vCPU setup)
+//! or restoring it from a snapshot; running it until the guest or the operator ends it, and
+//! pausing, snapshotting and forking it on the way.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use serde::Serialize;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, MmioDevice};
 use crate::boot::{self, cpu, KernelEntry};
 use crate::bus::{lock, Bus};
 use crate::config::VmConfig;
-use crate::devices::{DebugExit, PowerButton, Rtc, SerialPort, I8042};
+use crate::devices::{Console, DebugExit, PowerButton, Rtc, SerialPort, I8042};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::layout::*;
+use crate::memory::GuestRam;
+use crate::service::{CloneInfo, ForkRequest, Identity, Services};
+use crate::snapshot::{self, kvm as kstate, LayerSnap, SerialSnap, VmState};
 use crate::vcpu::{self, RunState, VcpuControl, VcpuThread};
+use crate::virtio::layers::LayeredDisk;
 use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, IrqLine, MmioTransport, VirtioDevice};
 use crate::{flavour, Error};
 
@@ -27,16 +33,24 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// A built VM, ready to run.
 pub struct Vm {
     config: VmConfig,
-    _kvm: Kvm,
-    _vm: VmFd,
-    vcpus: Vec<VcpuFd>,
+    kvm: Kvm,
+    vm: VmFd,
+    vcpus: Vec<Arc<Mutex<VcpuFd>>>,
     pio: Bus,
     mmio: Bus,
     serial: Arc<Mutex<SerialPort>>,
+    transports: Vec<Arc<Mutex<MmioTransport>>>,
     vsock: Option<(Arc<Mutex<MmioTransport>>, Arc<vmm_sys_util::epoll::Epoll>)>,
     shared: Arc<Shared>,
-    pub kernel: KernelEntry,
-    _mem: GuestMemoryMmap,
+    /// The kernel's entry point (booted VMs).
+    pub kernel: Option<KernelEntry>,
+    ram: GuestRam,
+    services: Arc<Services>,
+    /// Where this VM keeps disk overlays and its clones' directories.
+    run_dir: PathBuf,
+    forks: u32,
+    /// Told once the vCPUs run (a clone telling the parent that forked it).
+    ready_fd: Option<std::fs::File>,
 }
 
 /// What the API and signal handlers act on while the VM runs.
@@ -47,12 +61,26 @@ pub struct Shared {
     pub vcpus: u8,
     pub mem_mib: u64,
     pub flavour: &'static str,
-    pause_requests: Mutex<Option<std::sync::mpsc::Sender<Request>>>,
+    pub restored: bool,
+    /// How long building and restoring took, for a restored VM.
+    pub restored_in: std::sync::OnceLock<Duration>,
+    pub clone_id: u32,
+    requests: Mutex<Option<mpsc::Sender<Request>>>,
 }
 
-/// Pausing needs the vCPU thread handles, which the run loop owns.
+/// What needs the run loop (it owns the vCPU threads).
 enum Request {
-    Pause(std::sync::mpsc::Sender<()>),
+    Pause(mpsc::Sender<()>),
+    Snapshot {
+        dir: PathBuf,
+        stop: bool,
+        reply: mpsc::Sender<Result<SnapshotInfo, String>>,
+    },
+    Fork {
+        count: u32,
+        dir: Option<PathBuf>,
+        reply: mpsc::Sender<Result<ForkInfo, String>>,
+    },
 }
 
 /// A handle to a running VM.
@@ -66,6 +94,29 @@ pub struct VmStatus {
     pub mem_mib: u64,
     pub kvm: &'static str,
     pub uptime_ms: u128,
+    pub clone_id: u32,
+    /// For a restored VM or clone: from the start of the restore to its vCPUs running.
+    pub restored_in_us: Option<u128>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub dir: PathBuf,
+    /// Bytes of RAM written (pages that hold data).
+    pub memory_bytes: u64,
+    pub state_bytes: u64,
+    /// How long the guest was paused.
+    pub paused_us: u128,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForkInfo {
+    pub dir: PathBuf,
+    pub clones: Vec<CloneInfo>,
+    /// How long the parent was paused.
+    pub paused_us: u128,
+    /// From the request to every clone running.
+    pub total_us: u128,
 }
 
 impl VmHandle {
@@ -81,16 +132,20 @@ impl VmHandle {
             mem_mib: s.mem_mib,
             kvm: s.flavour,
             uptime_ms: s.started.elapsed().as_millis(),
+            clone_id: s.clone_id,
+            restored_in_us: s.restored_in.get().map(|d| d.as_micros()),
         }
+    }
+
+    fn request<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Request) -> Option<T> {
+        let (tx, rx) = mpsc::channel();
+        lock(&self.0.requests).as_ref()?.send(make(tx)).ok()?;
+        rx.recv().ok()
     }
 
     /// Pauses every vCPU; returns once they are all out of the guest.
     pub fn pause(&self) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        if let Some(req) = lock(&self.0.pause_requests).as_ref() {
-            let _ = req.send(Request::Pause(tx));
-        }
-        let _ = rx.recv_timeout(Duration::from_secs(5));
+        self.request(Request::Pause);
     }
 
     pub fn resume(&self) {
@@ -100,42 +155,290 @@ impl VmHandle {
     pub fn stop(&self, signal: Option<i32>) {
         self.0.exit.raise(ExitReason::Stopped(signal));
     }
+
+    /// Writes a snapshot to `dir` (which must not exist or be empty); the VM then stops or
+    /// goes on as it was (paused stays paused).
+    pub fn snapshot(&self, dir: &Path, stop: bool) -> Result<SnapshotInfo, String> {
+        self.request(|reply| Request::Snapshot {
+            dir: dir.to_owned(),
+            stop,
+            reply,
+        })
+        .unwrap_or_else(|| Err("the VM is not running".into()))
+    }
+
+    /// Forks the VM into `count` clones (directories under `dir`, or the VM's run directory).
+    pub fn fork(&self, count: u32, dir: Option<&Path>) -> Result<ForkInfo, String> {
+        if count == 0 || count > crate::service::MAX_CLONES {
+            return Err(format!(
+                "{count} clones: between 1 and {}",
+                crate::service::MAX_CLONES
+            ));
+        }
+        self.request(|reply| Request::Fork {
+            count,
+            dir: dir.map(Path::to_owned),
+            reply,
+        })
+        .unwrap_or_else(|| Err("the VM is not running".into()))
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
 
+/// How to restore a snapshot: where it is and what changes for the new VM.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// The snapshot directory (its `state`, and its `memory` unless `memory_fd` is given).
+    pub dir: PathBuf,
+    /// Map this inherited descriptor (a parent's frozen memfd) instead of `dir/memory`.
+    #[serde(default)]
+    pub memory_fd: Option<i32>,
+    /// Restore as clone K: fresh identity, the fork's pending answer is K.
+    #[serde(default)]
+    pub clone_id: Option<u32>,
+    /// The new VM's own directory: disk overlays, and (unless given below) its API socket,
+    /// vsock socket and, for clones, console log.
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub vsock_path: Option<PathBuf>,
+    #[serde(default)]
+    pub console: Option<Console>,
+    /// An inherited pipe to write this clone's id to once its vCPUs run.
+    #[serde(default)]
+    pub ready_fd: Option<i32>,
+}
+
+fn default_run_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("starling-vm-{}", std::process::id()))
+}
+
+/// What `assemble` is given besides the config.
+struct Parts {
+    ram: GuestRam,
+    disks: Vec<LayeredDisk>,
+    serial: Option<SerialSnap>,
+    identity: Identity,
+    run_dir: PathBuf,
+    restored_from: Option<Instant>,
+}
+
 impl Vm {
-    /// Builds the VM; every input problem (kernel, initrd, memory, disks) is reported here,
-    /// before any guest code runs.
+    /// Builds the VM and loads its kernel; every input problem (kernel, initrd, memory, disks)
+    /// is reported here, before any guest code runs.
     pub fn build(config: VmConfig) -> Result<Vm, Error> {
         config.validate()?;
+        let ram =
+            GuestRam::fresh(config.mem_mib << 20, config.hugepages).map_err(|e| Error::Io {
+                what: format!("allocating {} MiB of guest memory", config.mem_mib),
+                source: e,
+            })?;
+        let mut disks = Vec::new();
+        for d in &config.disks {
+            disks.push(
+                LayeredDisk::open_base(&d.path, d.read_only).map_err(|e| Error::Disk {
+                    path: d.path.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        let identity = Identity::fresh(0, config.hostname.clone());
+        let run_dir = config.run_dir.clone().unwrap_or_else(default_run_dir);
+        let (mut vm, announced) = Self::assemble(
+            config,
+            Parts {
+                ram,
+                disks,
+                serial: None,
+                identity,
+                run_dir,
+                restored_from: None,
+            },
+        )?;
+        let mem = &vm.ram.mem;
+        let kernel = boot::load_kernel(mem, &vm.config.kernel)?;
+        let initrd = match &vm.config.initrd {
+            Some(p) => {
+                let max = kernel
+                    .setup_header
+                    .map(|h| u64::from(h.initrd_addr_max))
+                    .filter(|&m| m != 0)
+                    .unwrap_or(MMIO_HOLE_START);
+                Some(boot::load_initrd(mem, p, kernel.end, max)?)
+            }
+            None => None,
+        };
+        let cmdline_size = boot::load_cmdline(mem, &vm.config.cmdline)?;
+        let rsdp = acpi::write_tables(mem, vm.config.vcpus, &announced)?;
+        boot::write_boot_params(mem, &kernel, cmdline_size, initrd, rsdp)?;
+
+        let base_cpuid = vm
+            .kvm
+            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        for id in 0..vm.config.vcpus {
+            let fd = vm
+                .vm
+                .create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            let cpuid = cpu::cpuid_for(&base_cpuid, id, vm.config.vcpus);
+            cpu::setup_vcpu(&fd, mem, &cpuid, (id == 0).then_some(&kernel))?;
+            vm.vcpus.push(Arc::new(Mutex::new(fd)));
+        }
+        vm.kernel = Some(kernel);
+        Ok(vm)
+    }
+
+    /// Builds a VM from a snapshot: the state file is checked (format version, checksum)
+    /// before anything is created, RAM is mapped copy-on-write, and the vCPUs, interrupt
+    /// controllers, clock and devices continue where they were.
+    pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
+        let t0 = Instant::now();
+        let state_path = spec.dir.join(snapshot::STATE_FILE);
+        let state = snapshot::file::read(&state_path)?;
+        let snap_err = |reason: String| Error::Snapshot {
+            path: spec.dir.clone(),
+            reason,
+        };
+        if state.vcpus.len() != usize::from(state.config.vcpus)
+            || state.disks.len() != state.config.disks.len()
+        {
+            return Err(snap_err("the state does not match its own config".into()));
+        }
+        let memory = match spec.memory_fd {
+            // SAFETY: the parent that spawned this process handed the descriptor over for
+            // this purpose and this is its only owner here.
+            Some(fd) => unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
+            None => {
+                let p = spec.dir.join(snapshot::MEMORY_FILE);
+                std::fs::File::open(&p).map_err(|e| snap_err(format!("{}: {e}", p.display())))?
+            }
+        };
+        let ram = GuestRam::private_over(memory, state.mem_bytes)
+            .map_err(|e| snap_err(format!("memory: {e}")))?;
+
+        let clone_id = spec.clone_id.unwrap_or(0);
+        let run_dir = spec.run_dir.clone().unwrap_or_else(default_run_dir);
+        let mut config = state.config.clone();
+        config.api_socket = spec.api_socket.clone().or_else(|| {
+            (spec.clone_id.is_some() && config.api_socket.is_some())
+                .then(|| run_dir.join("api.sock"))
+        });
+        if let Some(v) = config.vsock.as_mut() {
+            v.path = spec
+                .vsock_path
+                .clone()
+                .unwrap_or_else(|| run_dir.join("vsock.sock"));
+        }
+        config.console = match (&spec.console, spec.clone_id) {
+            (Some(c), _) => c.clone(),
+            (None, Some(_)) if config.console != Console::Off => {
+                Console::File(run_dir.join("console.log"))
+            }
+            (None, _) => config.console.clone(),
+        };
+        if spec.clone_id.is_some() {
+            config.hostname = format!("{}-{clone_id}", state.config.hostname);
+        }
+        config.run_dir = Some(run_dir.clone());
+        std::fs::create_dir_all(&run_dir).map_err(|e| Error::Io {
+            what: format!("creating {}", run_dir.display()),
+            source: e,
+        })?;
+        let mut disks = Vec::new();
+        for (i, (layers, d)) in state.disks.iter().zip(&config.disks).enumerate() {
+            let layers: Vec<LayerSnap> = layers
+                .iter()
+                .map(|l| LayerSnap {
+                    path: if l.path.is_relative() {
+                        spec.dir.join(&l.path)
+                    } else {
+                        l.path.clone()
+                    },
+                    present: l.present.clone(),
+                })
+                .collect();
+            let top = overlay_path(&run_dir, i);
+            disks.push(
+                LayeredDisk::open_layers(&layers, Some(&top), d.read_only).map_err(|e| {
+                    Error::Disk {
+                        path: d.path.clone(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            );
+        }
+        let identity = Identity::fresh(clone_id, config.hostname.clone());
+        let (mut vm, _) = Self::assemble(
+            config,
+            Parts {
+                ram,
+                disks,
+                serial: Some(state.serial.clone()),
+                identity,
+                run_dir,
+                restored_from: Some(t0),
+            },
+        )?;
+        kstate::restore_vm(&vm.vm, &state.vm)?;
+        for (id, s) in state.vcpus.iter().enumerate() {
+            let fd = vm
+                .vm
+                .create_vcpu(id as u64)
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            kstate::restore_vcpu(&fd, s)?;
+            vm.vcpus.push(Arc::new(Mutex::new(fd)));
+        }
+        if state.transports.len() != vm.transports.len() {
+            return Err(snap_err(format!(
+                "{} virtio devices in the snapshot, {} configured",
+                state.transports.len(),
+                vm.transports.len()
+            )));
+        }
+        for (t, s) in vm.transports.iter().zip(&state.transports) {
+            let mut t = lock(t);
+            if let (Some(v), Some(vs)) = (t.device_as::<Vsock>(), state.vsock.as_ref()) {
+                v.restore(vs);
+            }
+            t.restore(s).map_err(snap_err)?;
+        }
+        if let Some((t, _)) = &vm.vsock {
+            // Restored connections may have bytes to deliver right away.
+            lock(t).process_backend();
+        }
+        vm.ready_fd = spec.ready_fd.map(|fd| {
+            // SAFETY: as for memory_fd: handed over by the parent, owned here alone.
+            unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
+        });
+        Ok(vm)
+    }
+
+    /// Memory slots, interrupt controllers, legacy devices and virtio devices.
+    fn assemble(config: VmConfig, parts: Parts) -> Result<(Vm, Vec<MmioDevice>), Error> {
+        let Parts {
+            ram,
+            disks,
+            serial: serial_state,
+            identity,
+            run_dir,
+            restored_from,
+        } = parts;
         let kvm = Kvm::new().map_err(|source| Error::Kvm {
             what: "opening /dev/kvm",
             source,
         })?;
         let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        let mem_bytes = config.mem_mib << 20;
-        let ranges: Vec<(GuestAddress, usize)> = ram_ranges(mem_bytes)
-            .into_iter()
-            .map(|(a, l)| (GuestAddress(a), l as usize))
-            .collect();
-        let mem = GuestMemoryMmap::<()>::from_ranges(&ranges).map_err(|e| Error::Io {
-            what: format!("allocating {} MiB of guest memory", config.mem_mib),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        for (slot, region) in mem.iter().enumerate() {
+        for (slot, region) in ram.mem.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
                 .map_err(|e| Error::Layout(e.to_string()))?;
-            if config.hugepages {
-                // SAFETY: advice only, on a mapping `mem` owns, with its exact bounds. Huge
-                // pages let KVM map guest memory 2 MiB at a time: a fraction of the EPT/NPT
-                // faults while the kernel decompresses and touches its memory (QEMU does the
-                // same). Failure (THP off) only loses the speed-up.
-                unsafe { libc::madvise(host.cast(), region.len() as usize, libc::MADV_HUGEPAGE) };
-            }
             let r = kvm_userspace_memory_region {
                 slot: slot as u32,
                 guest_phys_addr: region.start_addr().0,
@@ -143,8 +446,9 @@ impl Vm {
                 userspace_addr: host as u64,
                 flags: 0,
             };
-            // SAFETY: the region is a live mapping owned by `mem`, which this Vm keeps alive
-            // (as `_mem`) for as long as the VM fd that references it.
+            // SAFETY: the region is a live mapping owned by `ram`, which this Vm keeps alive
+            // for as long as the VM fd that references it (a freeze replaces the pages behind
+            // the same addresses, never the addresses).
             unsafe { vm.set_user_memory_region(r) }
                 .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
         }
@@ -165,9 +469,11 @@ impl Vm {
         let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an irqfd"))?;
         vm.register_irqfd(&serial_evt, COM1_IRQ)
             .map_err(kvm_err("KVM_IRQFD"))?;
-        let serial = Arc::new(Mutex::new(
-            SerialPort::new(serial_evt, &config.console).map_err(io("opening the console"))?,
-        ));
+        let serial = match &serial_state {
+            Some(s) => SerialPort::restored(serial_evt, &config.console, s),
+            None => SerialPort::new(serial_evt, &config.console),
+        };
+        let serial = Arc::new(Mutex::new(serial.map_err(io("opening the console"))?));
         pio.insert(u64::from(COM1_PORT), 8, serial.clone());
         pio.insert(
             u64::from(I8042_PORT),
@@ -186,29 +492,28 @@ impl Vm {
             Arc::new(Mutex::new(DebugExit(exit.clone()))),
         );
 
+        let services = Services::new(identity);
         // Virtio devices: disks in order, then rng, then vsock.
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-        for d in &config.disks {
-            let blk = Block::open(&d.path, d.read_only).map_err(|e| Error::Disk {
-                path: d.path.clone(),
-                reason: e.to_string(),
-            })?;
-            devices.push(Box::new(blk));
+        for (disk, d) in disks.into_iter().zip(&config.disks) {
+            devices.push(Box::new(Block::new(disk, d.read_only)));
         }
         if config.rng {
             devices.push(Box::new(Rng));
         }
         let mut vsock_epoll = None;
         if let Some(v) = &config.vsock {
-            let dev = Vsock::new(v.cid, &v.path).map_err(|e| Error::Io {
+            let mut dev = Vsock::new(v.cid, &v.path).map_err(|e| Error::Io {
                 what: format!("vsock socket {}", v.path.display()),
                 source: e,
             })?;
+            dev.set_service(services.handler());
             vsock_epoll = Some(dev.epoll());
             devices.push(Box::new(dev));
         }
         let mut announced = Vec::new();
         let mut vsock = None;
+        let mut transports = Vec::new();
         for (i, dev) in devices.into_iter().enumerate() {
             let addr = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
             let irq = VIRTIO_IRQS[i];
@@ -217,12 +522,13 @@ impl Vm {
             let is_vsock = dev.device_type() == crate::virtio::TYPE_VSOCK;
             let t = Arc::new(Mutex::new(MmioTransport::new(
                 dev,
-                mem.clone(),
+                ram.mem.clone(),
                 IrqLine::new(evt),
             )));
             if is_vsock {
                 vsock = vsock_epoll.take().map(|e| (t.clone(), e));
             }
+            transports.push(t.clone());
             mmio.insert(addr, VIRTIO_MMIO_SIZE, t);
             announced.push(MmioDevice {
                 addr,
@@ -231,57 +537,39 @@ impl Vm {
             });
         }
 
-        let kernel = boot::load_kernel(&mem, &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(p) => {
-                let max = kernel
-                    .setup_header
-                    .map(|h| u64::from(h.initrd_addr_max))
-                    .filter(|&m| m != 0)
-                    .unwrap_or(MMIO_HOLE_START);
-                Some(boot::load_initrd(&mem, p, kernel.end, max)?)
-            }
-            None => None,
-        };
-        let cmdline_size = boot::load_cmdline(&mem, &config.cmdline)?;
-        let rsdp = acpi::write_tables(&mem, config.vcpus, &announced)?;
-        boot::write_boot_params(&mem, &kernel, cmdline_size, initrd, rsdp)?;
-
-        let base_cpuid = kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        let mut vcpus = Vec::new();
-        for id in 0..config.vcpus {
-            let fd = vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = cpu::cpuid_for(&base_cpuid, id, config.vcpus);
-            cpu::setup_vcpu(&fd, &mem, &cpuid, (id == 0).then_some(&kernel))?;
-            vcpus.push(fd);
-        }
-
         let shared = Arc::new(Shared {
             control: Arc::new(VcpuControl::new()),
             exit,
-            started: Instant::now(),
+            started: restored_from.unwrap_or_else(Instant::now),
             vcpus: config.vcpus,
             mem_mib: config.mem_mib,
             flavour: flavour::detect().name(),
-            pause_requests: Mutex::new(None),
+            restored: restored_from.is_some(),
+            restored_in: std::sync::OnceLock::new(),
+            clone_id: lock(&services.identity).clone_id,
+            requests: Mutex::new(None),
         });
-        Ok(Vm {
-            config,
-            _kvm: kvm,
-            _vm: vm,
-            vcpus,
-            pio,
-            mmio,
-            serial,
-            vsock,
-            shared,
-            kernel,
-            _mem: mem,
-        })
+        Ok((
+            Vm {
+                config,
+                kvm,
+                vm,
+                vcpus: Vec::new(),
+                pio,
+                mmio,
+                serial,
+                transports,
+                vsock,
+                shared,
+                kernel: None,
+                ram,
+                services,
+                run_dir,
+                forks: 0,
+                ready_fd: None,
+            },
+            announced,
+        ))
     }
 
     pub fn handle(&self) -> VmHandle {
@@ -289,84 +577,286 @@ impl Vm {
     }
 
     /// Runs until the guest powers off, resets or exits, or the VM is stopped.
-    pub fn run(self) -> Result<ExitReason, Error> {
+    pub fn run(mut self) -> Result<ExitReason, Error> {
         vcpu::install_kick_handler()?;
-        let Vm {
-            config,
-            vcpus,
-            pio,
-            mmio,
-            serial,
-            vsock,
-            shared,
-            _vm,
-            _kvm,
-            _mem,
-            ..
-        } = self;
         let done = Arc::new(AtomicBool::new(false));
-        let api = match &config.api_socket {
+        let api = match &self.config.api_socket {
             Some(p) => Some(crate::api::serve(
                 p,
-                VmHandle(shared.clone()),
+                VmHandle(self.shared.clone()),
                 done.clone(),
             )?),
             None => None,
         };
-        if let Some((transport, epoll)) = vsock {
-            spawn_vsock_thread(transport, epoll, done.clone())?;
+        if let Some((transport, epoll)) = &self.vsock {
+            spawn_vsock_thread(transport.clone(), epoll.clone(), done.clone())?;
         }
-        if config.console == crate::devices::Console::Stdio {
-            spawn_stdin_thread(serial, done.clone());
+        if self.config.console == Console::Stdio {
+            spawn_stdin_thread(self.serial.clone(), done.clone());
         }
-        let (req_tx, req_rx) = std::sync::mpsc::channel();
-        *lock(&shared.pause_requests) = Some(req_tx);
+        let (req_tx, req_rx) = mpsc::channel();
+        *lock(&self.shared.requests) = Some(req_tx);
+        let (fork_tx, fork_rx) = mpsc::channel::<ForkRequest>();
+        self.services.set_fork_sender(Some(fork_tx));
 
         let mut threads = Vec::new();
-        for (id, fd) in vcpus.into_iter().enumerate() {
+        for (id, fd) in self.vcpus.iter().enumerate() {
             threads.push(
                 VcpuThread::spawn(
                     id as u8,
-                    fd,
-                    pio.clone(),
-                    mmio.clone(),
-                    shared.control.clone(),
-                    shared.exit.clone(),
+                    fd.clone(),
+                    self.pio.clone(),
+                    self.mmio.clone(),
+                    self.shared.control.clone(),
+                    self.shared.exit.clone(),
                 )
                 .map_err(io("starting a vCPU thread"))?,
             );
         }
+        if let Some(mut f) = self.ready_fd.take() {
+            use std::io::Write;
+            let _ = f.write_all(&self.shared.clone_id.to_le_bytes());
+        }
+        if self.shared.restored {
+            let _ = self.shared.restored_in.set(self.shared.started.elapsed());
+        }
 
-        // Wait for the end, serving pause/resume requests meanwhile.
+        // Wait for the end, serving pause, snapshot and fork requests meanwhile.
         let reason = loop {
-            if let Some(r) = shared.exit.reason() {
+            if let Some(r) = self.shared.exit.reason() {
                 break r;
             }
             let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&shared.exit.evt),
+                fd: std::os::fd::AsRawFd::as_raw_fd(&self.shared.exit.evt),
                 events: libc::POLLIN,
                 revents: 0,
             };
             // SAFETY: one valid pollfd on the stack, count 1.
-            unsafe { libc::poll(&mut pfd, 1, 20) };
-            let _ = shared.exit.evt.read();
+            unsafe { libc::poll(&mut pfd, 1, 5) };
+            let _ = self.shared.exit.evt.read();
             while let Ok(req) = req_rx.try_recv() {
-                match req {
-                    Request::Pause(ack) => {
-                        vcpu::pause_all(&threads, &shared.control);
-                        let _ = ack.send(());
-                    }
-                }
+                self.serve_request(req, &threads);
+            }
+            while let Ok(f) = fork_rx.try_recv() {
+                let (tx, rx) = mpsc::channel();
+                self.serve_request(
+                    Request::Fork {
+                        count: f.count,
+                        dir: None,
+                        reply: tx,
+                    },
+                    &threads,
+                );
+                let _ = f.reply.send(
+                    rx.recv()
+                        .unwrap_or_else(|_| Err("fork failed".into()))
+                        .map(|i| i.clones),
+                );
             }
         };
-        *lock(&shared.pause_requests) = None;
-        vcpu::stop_all(&mut threads, &shared.control);
+        *lock(&self.shared.requests) = None;
+        self.services.set_fork_sender(None);
+        vcpu::stop_all(&mut threads, &self.shared.control);
         done.store(true, Ordering::SeqCst);
         if let Some(api) = api {
             api.shutdown();
         }
         Ok(reason)
     }
+
+    fn serve_request(&mut self, req: Request, threads: &[VcpuThread]) {
+        match req {
+            Request::Pause(ack) => {
+                vcpu::pause_all(threads, &self.shared.control);
+                let _ = ack.send(());
+            }
+            Request::Snapshot { dir, stop, reply } => {
+                let was = self.shared.control.state();
+                let t = Instant::now();
+                vcpu::pause_all(threads, &self.shared.control);
+                let r = self.snapshot_to(&dir, stop).map_err(|e| e.to_string());
+                let paused_us = t.elapsed().as_micros();
+                if stop && r.is_ok() {
+                    self.shared.exit.raise(ExitReason::Stopped(None));
+                } else if was == RunState::Running {
+                    self.shared.control.set(RunState::Running);
+                }
+                let _ = reply.send(r.map(|(memory_bytes, state_bytes)| SnapshotInfo {
+                    dir,
+                    memory_bytes,
+                    state_bytes,
+                    paused_us,
+                }));
+            }
+            Request::Fork { count, dir, reply } => {
+                let was = self.shared.control.state();
+                let t = Instant::now();
+                vcpu::pause_all(threads, &self.shared.control);
+                let r = self.fork(count, dir);
+                let paused_us = t.elapsed().as_micros();
+                if was == RunState::Running {
+                    self.shared.control.set(RunState::Running);
+                }
+                match r {
+                    Ok((dir, pending)) => {
+                        // The parent runs again; the answer waits for the clones to run.
+                        let services = self.services.clone();
+                        let _ =
+                            std::thread::Builder::new()
+                                .name("fork-wait".into())
+                                .spawn(move || {
+                                    let r = pending.wait(&services).map(|clones| ForkInfo {
+                                        dir,
+                                        clones,
+                                        paused_us,
+                                        total_us: t.elapsed().as_micros(),
+                                    });
+                                    let _ = reply.send(r);
+                                });
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Captures everything but RAM. The vCPUs must be parked; the devices are held still
+    /// (their locks taken) while `with_ram` runs, so RAM and device state agree. Writable
+    /// disks are frozen onto a new overlay from `new_top(disk index)` when given.
+    fn capture<T>(
+        &mut self,
+        new_top: Option<&dyn Fn(usize) -> PathBuf>,
+        with_ram: impl FnOnce(&mut GuestRam) -> Result<T, Error>,
+    ) -> Result<(VmState, T), Error> {
+        let transports = self.transports.clone();
+        let mut guards: Vec<_> = transports.iter().map(|t| lock(t)).collect();
+        let mut disks = Vec::new();
+        let mut vsock = None;
+        let mut snaps = Vec::new();
+        for g in guards.iter_mut() {
+            snaps.push(g.snap());
+            if let Some(b) = g.device_as::<Block>() {
+                let i = disks.len();
+                let layers = match new_top {
+                    Some(f) => b.disk_mut().freeze(&f(i)).map_err(|e| Error::Disk {
+                        path: b.disk().path().to_owned(),
+                        reason: format!("freezing for a snapshot: {e}"),
+                    })?,
+                    None => b.disk().snap(),
+                };
+                disks.push(layers);
+            } else if let Some(v) = g.device_as::<Vsock>() {
+                let services = self.services.clone();
+                vsock = Some(v.snap(&|p| services.in_flight(p)));
+            }
+        }
+        let serial = lock(&self.serial).snap();
+        let mut vcpus = Vec::new();
+        let mut msr_list = None;
+        for fd in &self.vcpus {
+            let fd = lock(fd);
+            if msr_list.is_none() {
+                msr_list = Some(kstate::msr_indices(&self.kvm, &fd)?);
+            }
+            vcpus.push(kstate::capture_vcpu(
+                &fd,
+                msr_list.as_deref().unwrap_or(&[]),
+            )?);
+        }
+        let vm = kstate::capture_vm(&self.vm)?;
+        let out = with_ram(&mut self.ram)?;
+        drop(guards);
+        Ok((
+            VmState {
+                config: self.config.clone(),
+                mem_bytes: self.ram.bytes(),
+                vcpus,
+                vm,
+                serial,
+                transports: snaps,
+                vsock,
+                disks,
+                clone_id: self.shared.clone_id,
+            },
+            out,
+        ))
+    }
+
+    /// Writes `dir/memory` and `dir/state` (last: a directory with a state file is a whole
+    /// snapshot). Disk overlays the snapshot needs are linked into `dir`.
+    fn snapshot_to(&mut self, dir: &Path, stop: bool) -> Result<(u64, u64), Error> {
+        let io_at = |what: String| move |source| Error::Io { what, source };
+        if dir.join(snapshot::STATE_FILE).exists()
+            || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+        {
+            return Err(Error::Snapshot {
+                path: dir.to_owned(),
+                reason: "the directory is not empty (a snapshot is never written over)".into(),
+            });
+        }
+        std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+        self.forks += 1;
+        let run_dir = self.run_dir.clone();
+        let n = self.forks;
+        let top = move |i: usize| {
+            run_dir
+                .join(format!("snap-{n}"))
+                .join(format!("disk{i}.overlay"))
+        };
+        let mem_path = dir.join(snapshot::MEMORY_FILE);
+        let (mut state, mem_bytes) = self.capture(if stop { None } else { Some(&top) }, |ram| {
+            ram.write_to(&mem_path)
+                .map_err(io_at(format!("writing {}", mem_path.display())))
+        })?;
+        // Overlays become part of the snapshot; base files are referred to where they are.
+        for (i, layers) in state.disks.iter_mut().enumerate() {
+            for (j, l) in layers.iter_mut().enumerate().skip(1) {
+                let name = format!("disk{i}.layer{j}");
+                let to = dir.join(&name);
+                if std::fs::hard_link(&l.path, &to).is_err() {
+                    std::fs::copy(&l.path, &to).map_err(io_at(format!(
+                        "copying {} into the snapshot",
+                        l.path.display()
+                    )))?;
+                }
+                l.path = PathBuf::from(name);
+            }
+        }
+        let state_path = dir.join(snapshot::STATE_FILE);
+        snapshot::file::write(&state_path, &state)?;
+        let state_bytes = std::fs::metadata(&state_path).map_or(0, |m| m.len());
+        Ok((mem_bytes, state_bytes))
+    }
+
+    /// Freezes RAM and disks, writes the state for the clones and starts them; returns
+    /// before they run (see `PendingClones::wait`).
+    fn fork(
+        &mut self,
+        count: u32,
+        dir: Option<PathBuf>,
+    ) -> Result<(PathBuf, PendingClones), Error> {
+        self.forks += 1;
+        let dir = dir.unwrap_or_else(|| self.run_dir.join(format!("fork-{}", self.forks)));
+        let io_at = |what: String| move |source| Error::Io { what, source };
+        std::fs::create_dir_all(&dir).map_err(io_at(format!("creating {}", dir.display())))?;
+        let parent_dir = dir.join("parent");
+        let top = |i: usize| parent_dir.join(format!("disk{i}.overlay"));
+        let (state, memfd) = self.capture(Some(&top), |ram| {
+            ram.freeze().map_err(io_at("freezing guest memory".into()))
+        })?;
+        snapshot::file::write(&dir.join(snapshot::STATE_FILE), &state)?;
+        crate::fork::spawn_clones(&dir, count, &memfd, &self.config)
+            .map_err(io_at(format!("starting clones in {}", dir.display())))
+            .map(|p| (dir, p))
+    }
+}
+
+pub use crate::fork::PendingClones;
+
+fn overlay_path(run_dir: &Path, disk: usize) -> PathBuf {
+    run_dir.join(format!("disk{disk}.overlay"))
 }
 
 fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {

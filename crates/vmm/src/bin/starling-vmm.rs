@@ -1,28 +1,40 @@
 //! `starling-vmm`: one VM per process, as small as the monitor itself (no store, HTTP or TUF
-//! code mapped), so its memory beyond guest RAM stays a few MiB. `starling vm run` execs it
-//! with the VM's config as JSON; it can also be run directly.
+//! code mapped), so its memory beyond guest RAM stays a few MiB. `starling vm run` and
+//! `starling vm restore` exec it; a fork starts one per clone. It can also be run directly.
 //!
-//!   starling-vmm --config FILE | --config-json JSON
+//!   starling-vmm --config FILE | --config-json JSON     boot a VM
+//!   starling-vmm --restore DIR | --restore-json SPEC    restore a snapshot (SPEC: RestoreSpec)
 //!
 //! Exit status: the guest's (see docs/api/vmm.md); 2 when the VM cannot be built.
 
 use std::process::ExitCode;
 
-use starling_vmm::VmConfig;
+use starling_vmm::process::{run_to_exit, Start};
+use starling_vmm::{RestoreSpec, VmConfig};
+
+const USAGE: &str =
+    "usage: starling-vmm --config FILE | --config-json JSON | --restore DIR | --restore-json SPEC";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let config = match args.as_slice() {
-        [flag, file] if flag == "--config" => {
-            VmConfig::from_file(file.as_ref()).map_err(|e| e.to_string())
-        }
-        [flag, json] if flag == "--config-json" => {
-            serde_json::from_str::<VmConfig>(json).map_err(|e| format!("VM config: {e}"))
-        }
-        _ => Err("usage: starling-vmm --config FILE | --config-json JSON".into()),
+    let start = match args.as_slice() {
+        [flag, file] if flag == "--config" => VmConfig::from_file(file.as_ref())
+            .map(Start::Boot)
+            .map_err(|e| e.to_string()),
+        [flag, json] if flag == "--config-json" => serde_json::from_str::<VmConfig>(json)
+            .map(Start::Boot)
+            .map_err(|e| format!("VM config: {e}")),
+        [flag, dir] if flag == "--restore" => Ok(Start::Restore(RestoreSpec {
+            dir: dir.into(),
+            ..Default::default()
+        })),
+        [flag, json] if flag == "--restore-json" => serde_json::from_str::<RestoreSpec>(json)
+            .map(Start::Restore)
+            .map_err(|e| format!("restore spec: {e}")),
+        _ => Err(USAGE.into()),
     };
-    match config {
-        Ok(c) => ExitCode::from(starling_vmm::process::run_to_exit(c)),
+    match start {
+        Ok(s) => ExitCode::from(run_to_exit(s)),
         Err(e) => {
             eprintln!("starling: {e}");
             ExitCode::from(2)

@@ -9,6 +9,7 @@ use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+use crate::snapshot::SerialSnap;
 
 /// Where the console goes.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -44,14 +45,64 @@ impl Write for ConsoleOut {
 
 pub struct SerialPort(pub Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>);
 
+fn console_out(console: &Console) -> std::io::Result<ConsoleOut> {
+    let out: Box<dyn Write + Send> = match console {
+        Console::Stdio => Box::new(std::io::stdout()),
+        Console::File(p) => Box::new(File::create(p)?),
+        Console::Off => Box::new(std::io::sink()),
+    };
+    Ok(ConsoleOut(out))
+}
+
 impl SerialPort {
     pub fn new(irq: EventFd, console: &Console) -> std::io::Result<Self> {
-        let out: Box<dyn Write + Send> = match console {
-            Console::Stdio => Box::new(std::io::stdout()),
-            Console::File(p) => Box::new(File::create(p)?),
-            Console::Off => Box::new(std::io::sink()),
+        Ok(SerialPort(Serial::new(
+            IrqTrigger(irq),
+            console_out(console)?,
+        )))
+    }
+
+    /// The UART as a snapshot took it, writing to `console`.
+    pub fn restored(irq: EventFd, console: &Console, s: &SerialSnap) -> std::io::Result<Self> {
+        let r = s.regs;
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: s.in_buffer.clone(),
         };
-        Ok(SerialPort(Serial::new(IrqTrigger(irq), ConsoleOut(out))))
+        Serial::from_state(
+            &state,
+            IrqTrigger(irq),
+            vm_superio::serial::NoEvents,
+            console_out(console)?,
+        )
+        .map(SerialPort)
+        .map_err(|e| std::io::Error::other(format!("serial state: {e:?}")))
+    }
+
+    pub fn snap(&self) -> SerialSnap {
+        let s = self.0.state();
+        SerialSnap {
+            regs: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
     }
 
     /// Queues input bytes for the guest; returns how many fit.

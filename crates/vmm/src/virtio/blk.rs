@@ -1,13 +1,13 @@
-//! virtio-blk over a raw file: read, write, flush (fsync) and get-id; read-only disks refuse
-//! writes with VIRTIO_BLK_S_IOERR and offer VIRTIO_BLK_F_RO.
+//! virtio-blk over a raw file and its copy-on-write overlays (layers.rs): read, write, flush
+//! (fsync) and get-id; read-only disks refuse writes with VIRTIO_BLK_S_IOERR and offer
+//! VIRTIO_BLK_F_RO.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
+use super::layers::LayeredDisk;
 use super::{write_to_chain, Chain, QueueBroken, Queues, VirtioDevice, TYPE_BLOCK};
 
 const SECTOR: u64 = 512;
@@ -30,8 +30,7 @@ const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 
 pub struct Block {
-    file: File,
-    path: PathBuf,
+    disk: LayeredDisk,
     sectors: u64,
     read_only: bool,
     id: [u8; 20],
@@ -39,8 +38,15 @@ pub struct Block {
 
 impl Block {
     pub fn open(path: &Path, read_only: bool) -> std::io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
-        let len = file.metadata()?.len();
+        Ok(Self::new(
+            LayeredDisk::open_base(path, read_only)?,
+            read_only,
+        ))
+    }
+
+    pub fn new(disk: LayeredDisk, read_only: bool) -> Self {
+        let path = disk.path().to_owned();
+        let len = disk.len();
         let mut id = [0u8; 20];
         let name = path
             .file_name()
@@ -48,21 +54,24 @@ impl Block {
             .unwrap_or(b"disk");
         let n = name.len().min(20);
         id[..n].copy_from_slice(&name[..n]);
-        Ok(Block {
-            file,
-            path: path.to_owned(),
+        Block {
+            disk,
             sectors: len / SECTOR,
             read_only,
             id,
-        })
+        }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn disk(&self) -> &LayeredDisk {
+        &self.disk
+    }
+
+    pub fn disk_mut(&mut self) -> &mut LayeredDisk {
+        &mut self.disk
     }
 
     /// Serves one request; returns the status byte and how many bytes went to the driver.
-    fn serve(&self, mem: &GuestMemoryMmap, descs: &[Descriptor]) -> (u8, u32) {
+    fn serve(&mut self, mem: &GuestMemoryMmap, descs: &[Descriptor]) -> (u8, u32) {
         // Header (16 bytes, driver-readable), data buffers, status byte (device-writable, last).
         let Some((header, rest)) = descs.split_first() else {
             return (S_IOERR, 0);
@@ -85,7 +94,7 @@ impl Block {
                 if self.read_only {
                     return (S_OK, 0);
                 }
-                match self.file.sync_all() {
+                match self.disk.flush() {
                     Ok(()) => (S_OK, 0),
                     Err(_) => (S_IOERR, 0),
                 }
@@ -99,7 +108,7 @@ impl Block {
     }
 
     fn transfer(
-        &self,
+        &mut self,
         mem: &GuestMemoryMmap,
         kind: u32,
         sector: u64,
@@ -129,9 +138,9 @@ impl Block {
             buf.resize(d.len() as usize, 0);
             let ok = if write {
                 mem.read_slice(&mut buf, d.addr()).is_ok()
-                    && self.file.write_all_at(&buf, offset).is_ok()
+                    && self.disk.write_at(&buf, offset).is_ok()
             } else {
-                self.file.read_exact_at(&mut buf, offset).is_ok()
+                self.disk.read_at(&mut buf, offset).is_ok()
                     && mem.write_slice(&buf, d.addr()).is_ok()
             };
             if !ok {
@@ -142,7 +151,7 @@ impl Block {
         (S_OK, if write { 0 } else { total as u32 })
     }
 
-    fn complete(&self, q: &mut Queues, chain: &Chain) -> Result<(), QueueBroken> {
+    fn complete(&mut self, q: &mut Queues, chain: &Chain) -> Result<(), QueueBroken> {
         let (status, len) = self.serve(&q.mem, &chain.descs);
         // The status byte goes to the last descriptor when it is device-writable; a chain with
         // nowhere to put it is still returned, with nothing written.
@@ -161,6 +170,9 @@ impl Block {
 }
 
 impl VirtioDevice for Block {
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
     fn device_type(&self) -> u32 {
         TYPE_BLOCK
     }

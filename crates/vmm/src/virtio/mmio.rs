@@ -8,6 +8,7 @@ use vm_memory::GuestMemoryMmap;
 
 use super::{IrqLine, Queues, VirtioDevice, INT_CONFIG, INT_USED_RING, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
+use crate::snapshot::{QueueSnap, TransportSnap};
 
 const MAGIC: u32 = 0x7472_6976;
 const VENDOR: u32 = 0x5354_524c; // "STRL"
@@ -56,6 +57,98 @@ impl MmioTransport {
 
     pub fn device_type(&self) -> u32 {
         self.device.device_type()
+    }
+
+    /// The device behind the transport, as its own type.
+    pub fn device_as<T: 'static>(&mut self) -> Option<&mut T> {
+        self.device.as_any().downcast_mut::<T>()
+    }
+
+    /// The transport's registers and queues, for a snapshot.
+    pub fn snap(&self) -> TransportSnap {
+        let queues = self
+            .active
+            .as_ref()
+            .map_or(&self.queues, |a| &a.queues)
+            .iter()
+            .map(|q| {
+                let s = q.state();
+                QueueSnap {
+                    max_size: s.max_size,
+                    next_avail: s.next_avail,
+                    next_used: s.next_used,
+                    event_idx: s.event_idx_enabled,
+                    size: s.size,
+                    ready: s.ready,
+                    desc_table: s.desc_table,
+                    avail_ring: s.avail_ring,
+                    used_ring: s.used_ring,
+                }
+            })
+            .collect();
+        TransportSnap {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.irq.status.load(Ordering::SeqCst),
+            active: self.active.is_some(),
+            queues,
+            broken: self.broken.clone(),
+        }
+    }
+
+    /// Takes up a snapshot's registers and queues; an activated device is activated again
+    /// and its pending interrupt raised anew.
+    pub fn restore(&mut self, s: &TransportSnap) -> Result<(), String> {
+        if s.device_type != self.device.device_type() {
+            return Err(format!(
+                "device type {} in the snapshot, {} here",
+                s.device_type,
+                self.device.device_type()
+            ));
+        }
+        let mut queues = Vec::new();
+        for q in &s.queues {
+            let state = virtio_queue::QueueState {
+                max_size: q.max_size,
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            };
+            queues.push(Queue::try_from(state).map_err(|e| format!("queue: {e}"))?);
+        }
+        if queues.len() != self.device.queue_sizes().len() {
+            return Err("queue count differs from the device's".into());
+        }
+        self.status = s.status;
+        self.device_features_sel = s.device_features_sel;
+        self.driver_features_sel = s.driver_features_sel;
+        self.driver_features = s.driver_features;
+        self.queue_sel = s.queue_sel;
+        self.config_generation = s.config_generation;
+        self.broken = s.broken.clone();
+        if s.active {
+            self.active = Some(Queues {
+                mem: self.mem.clone(),
+                queues,
+            });
+            self.device.activate(self.irq.clone());
+        } else {
+            self.queues = queues;
+        }
+        if s.interrupt_status != 0 {
+            self.irq.signal(s.interrupt_status);
+        }
+        Ok(())
     }
 
     fn offered(&self) -> u64 {

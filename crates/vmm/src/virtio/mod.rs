@@ -3,6 +3,7 @@
 //! that request, and a ring the driver corrupted marks the device as needing reset.
 
 pub mod blk;
+pub mod layers;
 pub mod mmio;
 pub mod rng;
 pub mod vsock;
@@ -140,6 +141,8 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// For the device-specific parts of a snapshot (disk layers, vsock connections).
+    fn as_any(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// Copies `out` into the chain's writable descriptors from `skip` bytes on; returns bytes written.

@@ -10,6 +10,9 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub struct Rng;
 
 impl VirtioDevice for Rng {
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
     fn device_type(&self) -> u32 {
         TYPE_RNG
     }

@@ -335,6 +335,119 @@ static void test_vsock(const char *cmd) {
     }
 }
 
+/* ---- the monitor's service (fork, join, whoami) over vsock ---- */
+#define SERVICE_PORT 0x53540000u
+static u32 svc_fwd;
+
+/* Opens a connection from guest port `local` to the service; 0 on success. */
+static int svc_open(u32 local) {
+    struct vs_hdr h;
+    vs_fwd = svc_fwd = 0;
+    vs_send(local, SERVICE_PORT, OP_REQUEST, 0, 0, 0);
+    int slot = vs_recv(&h, 3000000);
+    if (slot < 0) return -1;
+    vs_post_rx(slot);
+    return h.op == OP_RESPONSE ? 0 : -1;
+}
+
+/* Sends a request line and copies the answer line (without newline) into `out`. */
+static int svc_call(u32 local, const char *req, char *out, int max) {
+    struct vs_hdr h;
+    u32 n = 0; while (req[n]) n++;
+    vs_fwd = svc_fwd;
+    vs_send(local, SERVICE_PORT, OP_RW, 0, req, n);
+    int got = 0;
+    for (;;) {
+        int slot = vs_recv(&h, 300000000);
+        if (slot < 0) return -1;
+        if (h.op == OP_RW) {
+            u8 *p = buffers[4 + slot] + sizeof h;
+            svc_fwd += h.len;
+            for (u32 i = 0; i < h.len; i++) {
+                if (p[i] == '\n') { out[got] = 0; vs_post_rx(slot); return got; }
+                if (got < max - 1) out[got++] = p[i];
+            }
+        }
+        vs_post_rx(slot);
+        if (h.op == OP_RST) return -1;
+    }
+}
+
+static void svc_close(u32 local) {
+    vs_fwd = svc_fwd;
+    vs_send(local, SERVICE_PORT, OP_SHUTDOWN, 3, 0, 0);
+}
+
+static int vsock_setup(void) {
+    vs_base = find_device(19);
+    if (!vs_base) return -1;
+    struct vq *qs[3]; u32 f;
+    if (dev_init(vs_base, 3, qs, &f)) return -1;
+    vs_rx = qs[0]; vs_tx = qs[1];
+    vs_cid = *(volatile u64 *)(vs_base + CONFIG);
+    vs_post_rx(0);
+    vs_post_rx(1);
+    return 0;
+}
+
+static u64 parse_dec(const char *s) { u64 v = 0; while (*s >= '0' && *s <= '9') v = v * 10 + (*s++ - '0'); return v; }
+
+/* Memory the snapshot and fork tests look at: a pattern each VM fills with its own value. */
+#define PATTERN_WORDS 2048
+static volatile u64 pattern[PATTERN_WORDS];
+static volatile u64 counter;
+
+static void pattern_fill(u64 v) { for (int i = 0; i < PATTERN_WORDS; i++) pattern[i] = v ^ (u64)i; }
+static int pattern_is(u64 v) { for (int i = 0; i < PATTERN_WORDS; i++) if (pattern[i] != (v ^ (u64)i)) return 0; return 1; }
+
+/* counter: count forever; each tick asks who it is, checks that the pattern still holds the
+ * value it wrote last tick, and writes its own id. */
+static void counter_mode(void) {
+    int vs = vsock_setup() == 0;
+    u64 id = 0;
+    char line[200];
+    pattern_fill(0);
+    for (u32 port = 2000;; port++) {
+        counter++;
+        int ok = pattern_is(id);
+        if (vs && svc_open(port) == 0) {
+            if (svc_call(port, "whoami\n", line, sizeof line) > 3) id = parse_dec(line + 3);
+            svc_close(port);
+        }
+        pattern_fill(id);
+        puts("tick "); putdec(counter); puts(" id "); putdec(id);
+        puts(ok ? " pattern ok\n" : " pattern clobbered\n");
+        for (volatile int i = 0; i < 2000; i++) {}
+    }
+}
+
+/* fork=N: count to 1000, fork N clones through the service, and in each (parent 0, clones
+ * 1..N) write the pattern, check it after the others had time to write theirs, report; the
+ * clones exit with 10+K, the parent joins them and prints their exit statuses. */
+static void fork_mode(u64 n) {
+    char line[200];
+    if (vsock_setup() || svc_open(3000)) { puts("fork: no service\n"); return; }
+    for (int i = 0; i < 1000; i++) counter++;
+    pattern_fill(0xabcdef);
+    char req[16] = "fork ";
+    req[5] = '0' + (n % 10); req[6] = '\n'; req[7] = 0;
+    if (n >= 10) { req[5] = '0' + n / 10; req[6] = '0' + n % 10; req[7] = '\n'; req[8] = 0; }
+    if (svc_call(3000, req, line, sizeof line) < 0) { puts("fork: no answer\n"); return; }
+    if (line[0] < '0' || line[0] > '9') { puts("fork: "); puts(line); puts("\n"); return; }
+    u64 me = parse_dec(line);
+    int inherited = pattern_is(0xabcdef);
+    pattern_fill(me);
+    for (volatile int i = 0; i < 20000; i++) {}
+    counter++;
+    puts("fork: I am "); putdec(me); puts(" counter "); putdec(counter);
+    puts(inherited ? " inherited ok" : " inherited BAD");
+    puts(pattern_is(me) ? " pattern ok\n" : " pattern clobbered\n");
+    if (svc_call(3000, "whoami\n", line, sizeof line) > 0) { puts("fork: "); putdec(me); puts(" whoami "); puts(line); puts("\n"); }
+    if (me) outb(0x501, 10 + me);
+    if (svc_call(3000, "join\n", line, sizeof line) < 0) { puts("join: no answer\n"); return; }
+    puts("join: "); puts(line); puts("\n");
+}
+
 void guest_main(u64 boot_info, u64 pvh) {
     const char *cmd = pvh ? (const char *)*(u64 *)(boot_info + 24)
                           : (const char *)(u64)*(u32 *)(boot_info + 0x228);
@@ -346,6 +459,9 @@ void guest_main(u64 boot_info, u64 pvh) {
         if (mr(base + MAGIC) != 0x74726976) continue;
         puts("virtio-mmio at 0x"); puthex(base, 8); puts(": device "); putdec(mr(base + DEVICE_ID)); puts("\n");
     }
+    if (has_word(cmd, "counter")) counter_mode();
+    for (const char *s = cmd; *s; s++)
+        if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "fork=")) fork_mode(parse_dec(s + 5));
     if (has_word(cmd, "blk")) test_blk(cmd);
     if (has_word(cmd, "rng")) test_rng();
     if (has_word(cmd, "vsock")) test_vsock(cmd);

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use crate::snapshot::{ConnSnap, VsockSnap};
+
 use super::{write_to_chain, Chain, QueueBroken, Queues, VirtioDevice, TYPE_VSOCK};
 use packet::*;
 
@@ -29,6 +31,12 @@ const MAX_PAYLOAD: u32 = 64 * 1024;
 const FIRST_LOCAL_PORT: u32 = 1 << 30;
 /// Epoll token for the listener; streams use their fd number.
 const LISTENER_TOKEN: u64 = u64::MAX;
+/// Host port of the monitor's own service (fork, join, identity); see service.rs.
+pub const SERVICE_PORT: u32 = 0x5354_0000;
+
+/// Takes the monitor's end of a new service connection: the guest's port, and the request it
+/// had in flight when a snapshot was taken (for connections restored from one).
+pub type ServiceHandler = Arc<dyn Fn(UnixStream, u32, Option<String>) + Send + Sync>;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -60,6 +68,11 @@ struct Conn {
     host_done: bool,
     /// The guest ended its output; the host side's write half closes once `pending` drains.
     guest_done: bool,
+    /// Host bytes taken from the stream but not yet given to the guest (a snapshot drains
+    /// service streams here so that what the service said before the instant goes with it).
+    outbox: Vec<u8>,
+    /// Served by the monitor itself (see `ServiceHandler`).
+    service: bool,
 }
 
 impl Conn {
@@ -79,6 +92,7 @@ pub struct Vsock {
     /// Control packets waiting for a free receive buffer.
     control: VecDeque<Header>,
     next_port: u32,
+    service: Option<ServiceHandler>,
 }
 
 impl Vsock {
@@ -107,7 +121,13 @@ impl Vsock {
             conns: HashMap::new(),
             control: VecDeque::new(),
             next_port: FIRST_LOCAL_PORT,
+            service: None,
         })
+    }
+
+    /// Connections from the guest to host port SERVICE_PORT go to `handler`.
+    pub fn set_service(&mut self, handler: ServiceHandler) {
+        self.service = Some(handler);
     }
 
     /// The epoll set the device's event thread waits on before asking for `process(RX)`.
@@ -178,6 +198,8 @@ impl Vsock {
                 armed: true,
                 host_done: false,
                 guest_done: false,
+                outbox: Vec::new(),
+                service: false,
             },
         );
     }
@@ -293,13 +315,21 @@ impl Vsock {
         match (h.op, fd) {
             (OP_REQUEST, None) => {
                 let target = format!("{}_{}", self.path.display(), h.dst_port);
-                match UnixStream::connect(&target) {
+                let connected = match (&self.service, h.dst_port) {
+                    (Some(handler), SERVICE_PORT) => UnixStream::pair().map(|(ours, theirs)| {
+                        handler(theirs, h.src_port, None);
+                        ours
+                    }),
+                    _ => UnixStream::connect(&target),
+                };
+                match connected {
                     Ok(stream) => {
                         self.add_conn(stream, State::Established, h.dst_port, h.src_port);
                         if let Some(fd) = self.find(h.dst_port, h.src_port) {
                             if let Some(c) = self.conns.get_mut(&fd) {
                                 c.peer_buf_alloc = h.buf_alloc;
                                 c.peer_fwd_cnt = h.fwd_cnt;
+                                c.service = h.dst_port == SERVICE_PORT && self.service.is_some();
                             }
                             let c = &self.conns[&fd];
                             let r = self.header(c, OP_RESPONSE);
@@ -459,6 +489,11 @@ impl Vsock {
                 let c = self.conns.get_mut(&fd).expect("checked above");
                 let got = if buf.is_empty() {
                     Err(ErrorKind::WouldBlock.into())
+                } else if !c.outbox.is_empty() {
+                    let n = buf.len().min(c.outbox.len());
+                    buf[..n].copy_from_slice(&c.outbox[..n]);
+                    c.outbox.drain(..n);
+                    Ok(n)
                 } else {
                     c.stream.read(&mut buf)
                 };
@@ -513,6 +548,94 @@ impl Vsock {
             self.control.pop_front();
         }
         Ok(used)
+    }
+
+    /// The connections as they are now, for a snapshot (the device must be quiet). Service
+    /// streams are drained into their outboxes first, so that what the service said before
+    /// the instant goes with it; `in_flight(guest port)` says what a service had not answered.
+    pub fn snap(&mut self, in_flight: &dyn Fn(u32) -> Option<String>) -> VsockSnap {
+        let mut conns = Vec::new();
+        for c in self.conns.values_mut() {
+            if matches!(c.state, State::AwaitingLine(_)) {
+                continue;
+            }
+            if c.service {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = c.stream.read(&mut buf) {
+                    c.outbox.extend_from_slice(&buf[..n]);
+                }
+            }
+            conns.push(ConnSnap {
+                local_port: c.local_port,
+                peer_port: c.peer_port,
+                established: c.state == State::Established,
+                service: c.service,
+                fwd_cnt: c.fwd_cnt,
+                announced_fwd: c.announced_fwd,
+                rx_cnt: c.rx_cnt,
+                peer_buf_alloc: c.peer_buf_alloc,
+                peer_fwd_cnt: c.peer_fwd_cnt,
+                host_done: c.host_done,
+                guest_done: c.guest_done,
+                pending: c.pending.clone(),
+                outbox: c.outbox.clone(),
+                in_flight: if c.service {
+                    in_flight(c.peer_port)
+                } else {
+                    None
+                },
+            });
+        }
+        VsockSnap {
+            conns,
+            control: self.control.iter().map(|h| h.to_bytes().to_vec()).collect(),
+            next_port: self.next_port,
+        }
+    }
+
+    /// Takes up a snapshot's connections in a new monitor: service connections continue
+    /// (with a new service end, told what was in flight); the others had host ends that do
+    /// not exist here, so the guest's ends are reset.
+    pub fn restore(&mut self, snap: &VsockSnap) {
+        self.next_port = snap.next_port.max(FIRST_LOCAL_PORT);
+        self.control
+            .extend(snap.control.iter().filter_map(|h| Header::parse(h)));
+        for c in &snap.conns {
+            if let (Some(handler), true) = (self.service.clone(), c.service) {
+                if let Ok((ours, theirs)) = UnixStream::pair() {
+                    let fd = ours.as_raw_fd();
+                    let state = if c.established {
+                        State::Established
+                    } else {
+                        State::Connecting
+                    };
+                    self.add_conn(ours, state, c.local_port, c.peer_port);
+                    if let Some(n) = self.conns.get_mut(&fd) {
+                        n.service = true;
+                        n.fwd_cnt = c.fwd_cnt;
+                        n.announced_fwd = c.announced_fwd;
+                        n.rx_cnt = c.rx_cnt;
+                        n.peer_buf_alloc = c.peer_buf_alloc;
+                        n.peer_fwd_cnt = c.peer_fwd_cnt;
+                        n.host_done = c.host_done;
+                        n.guest_done = c.guest_done;
+                        n.pending = c.pending.clone();
+                        n.outbox = c.outbox.clone();
+                    }
+                    handler(theirs, c.peer_port, c.in_flight.clone());
+                    continue;
+                }
+            }
+            self.control.push_back(Header {
+                src_cid: HOST_CID,
+                dst_cid: self.guest_cid,
+                src_port: c.local_port,
+                dst_port: c.peer_port,
+                kind: TYPE_STREAM,
+                op: OP_RST,
+                ..Default::default()
+            });
+        }
     }
 
     fn disarm_all(&mut self) {
@@ -584,6 +707,9 @@ pub fn read_packet(mem: &vm_memory::GuestMemoryMmap, chain: &Chain) -> Option<(H
 }
 
 impl VirtioDevice for Vsock {
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
     }

@@ -1,0 +1,203 @@
+//! Starting clones: one `starling-vmm` process per clone, each restoring the parent's state
+//! over the parent's frozen memfd (inherited, mapped MAP_PRIVATE) in a directory of its own,
+//! and telling the parent through a pipe once its vCPUs run.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::VmConfig;
+use crate::service::{CloneInfo, Services};
+use crate::vm::RestoreSpec;
+
+/// How long clones get to start before the fork is reported failed.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The monitor binary clones run: `STARLING_VMM`, this program if it is `starling-vmm`, or
+/// `starling-vmm` beside it (or beside its directory, for test binaries in `deps/`).
+pub fn clone_program() -> PathBuf {
+    if let Some(p) = std::env::var_os("STARLING_VMM") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| "starling-vmm".into());
+    if exe.file_name().is_some_and(|n| n == "starling-vmm") {
+        return exe;
+    }
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join("starling-vmm");
+        if p.is_file() {
+            return p;
+        }
+    }
+    "starling-vmm".into()
+}
+
+/// Clones started and not yet known to run.
+pub struct PendingClones {
+    started: Instant,
+    ready: File,
+    clones: Vec<(CloneInfo, Child)>,
+}
+
+fn set_cloexec(fd: i32, on: bool) -> std::io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    let flags = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array for pipe2 to fill.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
+}
+
+/// Starts `count` clones of the snapshot in `dir` (its `state`) over `memory`.
+pub fn spawn_clones(
+    dir: &Path,
+    count: u32,
+    memory: &File,
+    parent: &VmConfig,
+) -> std::io::Result<PendingClones> {
+    let program = clone_program();
+    let (ready_r, ready_w) = pipe()?;
+    let started = Instant::now();
+    // The two descriptors are inherited by the clones (only while they are being started).
+    set_cloexec(memory.as_raw_fd(), false)?;
+    set_cloexec(ready_w.as_raw_fd(), false)?;
+    let mut clones = Vec::new();
+    let mut result = Ok(());
+    for id in 1..=count {
+        let cdir = dir.join(format!("clone-{id}"));
+        if let Err(e) = std::fs::create_dir_all(&cdir) {
+            result = Err(e);
+            break;
+        }
+        let spec = RestoreSpec {
+            dir: dir.to_owned(),
+            memory_fd: Some(memory.as_raw_fd()),
+            clone_id: Some(id),
+            run_dir: Some(cdir.clone()),
+            ready_fd: Some(ready_w.as_raw_fd()),
+            ..Default::default()
+        };
+        let log = match File::create(cdir.join("monitor.log")) {
+            Ok(f) => f,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        let json = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
+        let child = Command::new(&program)
+            .arg("--restore-json")
+            .arg(json)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            // Not in the parent's process group: a Ctrl-C for the parent is not for them.
+            .process_group(0)
+            .env("STARLING_VM_QUIET", "1")
+            .spawn();
+        match child {
+            Ok(child) => clones.push((
+                CloneInfo {
+                    id,
+                    pid: child.id(),
+                    dir: cdir.clone(),
+                    api_socket: parent.api_socket.as_ref().map(|_| cdir.join("api.sock")),
+                    vsock: parent.vsock.as_ref().map(|_| cdir.join("vsock.sock")),
+                },
+                child,
+            )),
+            Err(e) => {
+                result = Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{}: {e}", program.display()),
+                ));
+                break;
+            }
+        }
+    }
+    set_cloexec(memory.as_raw_fd(), true)?;
+    drop(ready_w);
+    let pending = PendingClones {
+        started,
+        ready: ready_r,
+        clones,
+    };
+    match result {
+        Ok(()) => Ok(pending),
+        Err(e) => {
+            pending.kill();
+            Err(e)
+        }
+    }
+}
+
+impl PendingClones {
+    fn kill(self) {
+        for (_, mut c) in self.clones {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits until every clone runs; they are then the parent's to join. A clone that fails
+    /// to start fails the fork (the others are stopped) with its own message.
+    pub fn wait(mut self, services: &Services) -> Result<Vec<CloneInfo>, String> {
+        let want = self.clones.len();
+        let mut got = 0;
+        let mut buf = [0u8; 4];
+        while got < want {
+            let left = START_TIMEOUT.saturating_sub(self.started.elapsed());
+            let mut pfd = libc::pollfd {
+                fd: self.ready.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd, count 1.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
+            let ok = n > 0 && matches!(self.ready.read(&mut buf), Ok(4));
+            if !ok {
+                let why = self.failure();
+                self.kill();
+                return Err(why);
+            }
+            got += 1;
+        }
+        let infos = self.clones.iter().map(|(i, _)| i.clone()).collect();
+        for (info, child) in self.clones {
+            services.adopt(info.id, child);
+        }
+        Ok(infos)
+    }
+
+    fn failure(&mut self) -> String {
+        for (info, c) in &mut self.clones {
+            if let Ok(Some(status)) = c.try_wait() {
+                let log = std::fs::read_to_string(info.dir.join("monitor.log")).unwrap_or_default();
+                let last = log.lines().last().unwrap_or("no message");
+                return format!("clone {} exited ({status}) before running: {last}", info.id);
+            }
+        }
+        format!("clones did not start within {START_TIMEOUT:?}")
+    }
+}

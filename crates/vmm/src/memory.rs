@@ -1,0 +1,354 @@
+//! Guest RAM and where its pages come from.
+//!
+//! A booted VM's RAM is a memfd mapped shared, so the pages KVM sees are the memfd's. Freezing
+//! (for a fork or a snapshot) turns the VM's own mapping into a private copy-on-write view of a
+//! memfd that nobody writes any more: the first freeze costs nothing (the VM's memfd becomes the
+//! frozen image), later ones copy only the pages that hold data. Clones and restored VMs map a
+//! frozen memfd or a snapshot's memory file MAP_PRIVATE: they share its pages until they write.
+//! Lazily restored VMs start from empty anonymous memory filled by userfaultfd.
+//!
+//! RAM ranges (below the MMIO hole, above 4 GiB) are laid end to end in the backing file.
+
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
+};
+
+use crate::layout::ram_ranges;
+
+pub const PAGE: u64 = 4096;
+
+/// What the VM's mapping is a view of.
+enum Backing {
+    /// A memfd the VM writes through to (booted VMs).
+    Shared(File),
+    /// A private copy-on-write view of a file no one writes (restored VMs, clones, a VM after
+    /// its first fork).
+    Private(File),
+    /// Anonymous memory filled on demand (lazy restore).
+    Anonymous,
+}
+
+pub struct GuestRam {
+    pub mem: GuestMemoryMmap,
+    backing: Backing,
+    bytes: u64,
+}
+
+fn io_err(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+/// A memfd of `bytes`, sealed against nothing (it is ours), close-on-exec.
+pub fn memfd(name: &str, bytes: u64) -> std::io::Result<File> {
+    let cname = std::ffi::CString::new(name).map_err(io_err)?;
+    // SAFETY: a valid NUL-terminated name; the returned fd, if any, is owned by the File.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by no one else.
+    let f = unsafe { File::from_raw_fd(fd) };
+    f.set_len(bytes)?;
+    Ok(f)
+}
+
+impl GuestRam {
+    /// Fresh zeroed RAM for a booting VM, backed by a shared memfd.
+    pub fn fresh(bytes: u64, hugepages: bool) -> std::io::Result<Self> {
+        let f = memfd("starling-guest-ram", bytes)?;
+        let mem = map(bytes, Some(&f), libc::MAP_SHARED)?;
+        if hugepages {
+            advise_huge(&mem);
+        }
+        Ok(GuestRam {
+            mem,
+            backing: Backing::Shared(f),
+            bytes,
+        })
+    }
+
+    /// A private copy-on-write view of `file` (a snapshot's memory file or a frozen memfd).
+    pub fn private_over(file: File, bytes: u64) -> std::io::Result<Self> {
+        let len = file.metadata()?.len();
+        if len < bytes {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("memory file holds {len} bytes, the VM has {bytes}"),
+            ));
+        }
+        let mem = map(bytes, Some(&file), libc::MAP_PRIVATE)?;
+        Ok(GuestRam {
+            mem,
+            backing: Backing::Private(file),
+            bytes,
+        })
+    }
+
+    /// Empty anonymous RAM whose pages arrive through userfaultfd.
+    pub fn anonymous(bytes: u64) -> std::io::Result<Self> {
+        let mem = map(bytes, None, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)?;
+        Ok(GuestRam {
+            mem,
+            backing: Backing::Anonymous,
+            bytes,
+        })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// (host address, length, offset in the backing file) of each RAM range.
+    pub fn ranges(&self) -> Vec<(u64, u64, u64)> {
+        let mut off = 0;
+        self.mem
+            .iter()
+            .map(|r| {
+                let host = r
+                    .get_host_address(MemoryRegionAddress(0))
+                    .map_or(0, |p| p as u64);
+                let v = (host, r.len(), off);
+                off += r.len();
+                v
+            })
+            .collect()
+    }
+
+    /// Makes the current contents an image nobody writes and returns it; from here on the VM
+    /// writes to private copies. The vCPUs and devices must be stopped.
+    pub fn freeze(&mut self) -> std::io::Result<File> {
+        let frozen = match &self.backing {
+            Backing::Shared(f) => f.try_clone()?,
+            Backing::Private(_) | Backing::Anonymous => {
+                let copy = memfd("starling-guest-ram", self.bytes)?;
+                self.for_each_data_page(|host, off, len| {
+                    // SAFETY: host..host+len lies inside one of our live RAM mappings.
+                    let src = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+                    copy.write_all_at(src, off)
+                })?;
+                copy
+            }
+        };
+        for (host, len, off) in self.ranges() {
+            // SAFETY: replaces our own mapping at exactly its address and length with a private
+            // view of a file holding the same bytes; nothing can observe a gap (MAP_FIXED
+            // replaces atomically), vCPUs are parked, and KVM's MMU notifier drops its stale
+            // translations of the old pages.
+            let p = unsafe {
+                libc::mmap(
+                    host as *mut libc::c_void,
+                    len as usize,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    frozen.as_raw_fd(),
+                    off as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        self.backing = Backing::Private(frozen.try_clone()?);
+        Ok(frozen)
+    }
+
+    /// Calls `f(host address, file offset, length)` for runs of pages that may hold data:
+    /// the backing file's data extents and the pages this process wrote privately. Pages in
+    /// neither are zero.
+    fn for_each_data_page(
+        &self,
+        mut f: impl FnMut(u64, u64, usize) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let file = match &self.backing {
+            Backing::Shared(f) | Backing::Private(f) => Some(f),
+            Backing::Anonymous => None,
+        };
+        let private = !matches!(self.backing, Backing::Shared(_));
+        let mut pagemap = if private {
+            Some(File::open("/proc/self/pagemap")?)
+        } else {
+            None
+        };
+        for (host, len, off) in self.ranges() {
+            let pages = (len / PAGE) as usize;
+            let mut data = vec![false; pages];
+            if let Some(file) = file {
+                for (s, e) in data_extents(file, off, off + len)? {
+                    for p in ((s - off) / PAGE)..((e - off).div_ceil(PAGE)) {
+                        if let Some(d) = data.get_mut(p as usize) {
+                            *d = true;
+                        }
+                    }
+                }
+            }
+            if let Some(pm) = pagemap.as_mut() {
+                let mut entries = vec![0u8; pages * 8];
+                pm.read_exact_at(&mut entries, host / PAGE * 8)?;
+                for (p, e) in entries.chunks_exact(8).enumerate() {
+                    let v = u64::from_le_bytes(e.try_into().unwrap_or([0; 8]));
+                    let present_or_swapped = v & (3 << 62) != 0;
+                    let file_page = v & (1 << 61) != 0;
+                    if present_or_swapped && !file_page {
+                        data[p] = true;
+                    }
+                }
+            }
+            let mut p = 0;
+            while p < pages {
+                if !data[p] {
+                    p += 1;
+                    continue;
+                }
+                let start = p;
+                while p < pages && data[p] && p - start < 512 {
+                    p += 1;
+                }
+                let (h, o, n) = (
+                    host + start as u64 * PAGE,
+                    off + start as u64 * PAGE,
+                    (p - start) as u64 * PAGE,
+                );
+                f(h, o, n as usize)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes RAM to `path` as a sparse file (all-zero pages left as holes); returns the bytes
+    /// written.
+    pub fn write_to(&self, path: &Path) -> std::io::Result<u64> {
+        let out = File::create(path)?;
+        out.set_len(self.bytes)?;
+        let mut written = 0;
+        let zero = [0u8; PAGE as usize];
+        self.for_each_data_page(|host, off, len| {
+            // SAFETY: host..host+len lies inside one of our live RAM mappings.
+            let src = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+            for (i, page) in src.chunks(PAGE as usize).enumerate() {
+                if page != zero {
+                    out.write_all_at(page, off + i as u64 * PAGE)?;
+                    written += page.len() as u64;
+                }
+            }
+            Ok(())
+        })?;
+        out.sync_all()?;
+        Ok(written)
+    }
+}
+
+/// The data extents of `file` within `start..end` (SEEK_DATA/SEEK_HOLE; files that cannot say
+/// are all data).
+fn data_extents(file: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut f = file.try_clone()?;
+    let mut out = Vec::new();
+    let mut pos = start;
+    while pos < end {
+        // SAFETY: plain lseek on a descriptor we own.
+        let s = unsafe { libc::lseek(f.as_raw_fd(), pos as libc::off_t, libc::SEEK_DATA) };
+        if s < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            if e.raw_os_error() == Some(libc::EINVAL) {
+                out.push((pos, end));
+                break;
+            }
+            return Err(e);
+        }
+        let s = s as u64;
+        if s >= end {
+            break;
+        }
+        // SAFETY: as above.
+        let e = unsafe { libc::lseek(f.as_raw_fd(), s as libc::off_t, libc::SEEK_HOLE) };
+        let e = if e < 0 { end } else { (e as u64).min(end) };
+        out.push((s, e));
+        pos = e;
+    }
+    f.seek(SeekFrom::Start(0))?;
+    Ok(out)
+}
+
+fn map(bytes: u64, file: Option<&File>, flags: i32) -> std::io::Result<GuestMemoryMmap> {
+    let mut regions = Vec::new();
+    let mut off = 0u64;
+    for (gpa, len) in ram_ranges(bytes) {
+        let mut b = MmapRegionBuilder::new(len as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(flags | libc::MAP_NORESERVE);
+        if let Some(f) = file {
+            b = b.with_file_offset(FileOffset::new(f.try_clone()?, off));
+        }
+        let region = b.build().map_err(io_err)?;
+        regions.push(
+            GuestRegionMmap::new(region, GuestAddress(gpa))
+                .ok_or_else(|| io_err("guest RAM range overflows"))?,
+        );
+        off += len;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(io_err)
+}
+
+fn advise_huge(mem: &GuestMemoryMmap) {
+    for r in mem.iter() {
+        if let Ok(host) = r.get_host_address(MemoryRegionAddress(0)) {
+            // SAFETY: advice only, on a mapping `mem` owns, with its exact bounds. Huge pages
+            // let KVM map guest memory 2 MiB at a time (where the host's shmem THP setting
+            // allows it for a memfd); failure only loses the speed-up.
+            unsafe { libc::madvise(host.cast(), r.len() as usize, libc::MADV_HUGEPAGE) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn freeze_keeps_the_image_and_private_views_diverge() {
+        let mut ram = GuestRam::fresh(16 << 20, false).unwrap();
+        ram.mem
+            .write_obj(0x1234_5678u32, GuestAddress(0x10000))
+            .unwrap();
+        let frozen = ram.freeze().unwrap();
+        // The VM writes after the freeze: private.
+        ram.mem
+            .write_obj(0xdead_beefu32, GuestAddress(0x10000))
+            .unwrap();
+        let clone = GuestRam::private_over(frozen.try_clone().unwrap(), 16 << 20).unwrap();
+        let v: u32 = clone.mem.read_obj(GuestAddress(0x10000)).unwrap();
+        assert_eq!(v, 0x1234_5678, "a clone sees the image as of the freeze");
+        clone.mem.write_obj(7u32, GuestAddress(0x20000)).unwrap();
+        let again = GuestRam::private_over(frozen, 16 << 20).unwrap();
+        assert_eq!(again.mem.read_obj::<u32>(GuestAddress(0x20000)).unwrap(), 0);
+
+        // A second freeze copies the private pages into a new image.
+        let frozen2 = ram.freeze().unwrap();
+        let c2 = GuestRam::private_over(frozen2, 16 << 20).unwrap();
+        assert_eq!(
+            c2.mem.read_obj::<u32>(GuestAddress(0x10000)).unwrap(),
+            0xdead_beef
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("mem");
+        let n = c2.write_to(&f).unwrap();
+        assert!(n <= 2 * PAGE, "only pages with data are written ({n})");
+        let back = GuestRam::private_over(File::open(&f).unwrap(), 16 << 20).unwrap();
+        assert_eq!(
+            back.mem.read_obj::<u32>(GuestAddress(0x10000)).unwrap(),
+            0xdead_beef
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The monitor's own vsock service on host port `SERVICE_PORT` (0x53540000): how a guest
+//! forks itself, joins its clones and learns who it is. Text lines, one answer per request:
+//!
+//!   whoami       → `id=K hostname=H mac=M seed=HEX time=UNIX_NS`
+//!   fork N       → `0` in the parent, `1`..`N` in the clones (SnowFlock's sf_clone)
+//!   join         → `exit C1 C2 …`: the exit status of every clone forked so far, in clone-id
+//!                  order, once all have ended (sf_join)
+//!   anything else→ `error …`
+//!
+//! A request still unanswered when a snapshot is taken is answered again by the monitor that
+//! restores it: a clone answers the fork that made it with its own id.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Child;
+use std::sync::{mpsc, Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bus::lock;
+
+pub use crate::virtio::vsock::SERVICE_PORT;
+
+/// Most clones one fork request may ask for.
+pub const MAX_CLONES: u32 = 1024;
+
+/// Who a VM is: handed to the guest so that clones do not share an RNG state, a hostname or a
+/// MAC, and so that a restored guest can set its clock.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Identity {
+    /// 0 for a VM that was booted or restored, K for the K-th clone of a fork.
+    pub clone_id: u32,
+    pub hostname: String,
+    pub mac: [u8; 6],
+    pub seed: [u8; 32],
+}
+
+impl Identity {
+    /// A fresh identity: new seed and MAC (locally administered, unicast).
+    pub fn fresh(clone_id: u32, hostname: String) -> Self {
+        let mut seed = [0u8; 32];
+        getrandom(&mut seed);
+        let mut mac = [0x02, 0x53, 0x54, 0, 0, 0];
+        getrandom(&mut mac[3..]);
+        Identity {
+            clone_id,
+            hostname,
+            mac,
+            seed,
+        }
+    }
+
+    pub fn line(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mac: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
+        let seed: String = self.seed.iter().map(|b| format!("{b:02x}")).collect();
+        format!(
+            "id={} hostname={} mac={} seed={} time={now}",
+            self.clone_id,
+            self.hostname,
+            mac.join(":"),
+            seed
+        )
+    }
+}
+
+fn getrandom(buf: &mut [u8]) {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: writes at most buf.len()-done bytes into the rest of `buf`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n <= 0 {
+            continue;
+        }
+        done += n as usize;
+    }
+}
+
+/// A fork the service asks the run loop for; the answer is the clones' ids or why not.
+pub struct ForkRequest {
+    pub count: u32,
+    pub reply: mpsc::Sender<Result<Vec<CloneInfo>, String>>,
+}
+
+/// A clone as its parent knows it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CloneInfo {
+    pub id: u32,
+    pub pid: u32,
+    pub dir: std::path::PathBuf,
+    pub api_socket: Option<std::path::PathBuf>,
+    pub vsock: Option<std::path::PathBuf>,
+}
+
+pub struct Services {
+    pub identity: Mutex<Identity>,
+    /// Guest port → the request its service connection has not answered yet.
+    in_flight: Mutex<HashMap<u32, String>>,
+    forks: Mutex<Option<mpsc::Sender<ForkRequest>>>,
+    /// Clones forked from this VM not yet joined, by id.
+    children: Mutex<BTreeMap<u32, Child>>,
+}
+
+impl Services {
+    pub fn new(identity: Identity) -> Arc<Self> {
+        Arc::new(Services {
+            identity: Mutex::new(identity),
+            in_flight: Mutex::new(HashMap::new()),
+            forks: Mutex::new(None),
+            children: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Where fork requests go while the VM runs (None: forks are refused).
+    pub fn set_fork_sender(&self, tx: Option<mpsc::Sender<ForkRequest>>) {
+        *lock(&self.forks) = tx;
+    }
+
+    pub fn in_flight(&self, port: u32) -> Option<String> {
+        lock(&self.in_flight).get(&port).cloned()
+    }
+
+    pub fn adopt(&self, id: u32, child: Child) {
+        lock(&self.children).insert(id, child);
+    }
+
+    /// The vsock device's handler for new (or restored) service connections.
+    pub fn handler(self: &Arc<Self>) -> crate::virtio::vsock::ServiceHandler {
+        let me = self.clone();
+        Arc::new(move |stream, port, in_flight| {
+            let me = me.clone();
+            let _ = std::thread::Builder::new()
+                .name("vm-service".into())
+                .spawn(move || me.serve(stream, port, in_flight));
+        })
+    }
+
+    fn serve(&self, stream: UnixStream, port: u32, resumed: Option<String>) {
+        let mut out = match stream.try_clone() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        if let Some(req) = resumed {
+            let answer = self.answer_resumed(&req);
+            lock(&self.in_flight).remove(&port);
+            if writeln!(out, "{answer}").is_err() {
+                return;
+            }
+        }
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let req = line.trim().to_owned();
+            lock(&self.in_flight).insert(port, req.clone());
+            let answer = self.answer(&req);
+            lock(&self.in_flight).remove(&port);
+            if writeln!(out, "{answer}").is_err() {
+                break;
+            }
+        }
+        lock(&self.in_flight).remove(&port);
+    }
+
+    fn answer(&self, req: &str) -> String {
+        let mut words = req.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("whoami"), None, _) => lock(&self.identity).line(),
+            (Some("fork"), Some(n), None) => match n.parse::<u32>() {
+                Ok(count @ 1..=MAX_CLONES) => match self.fork(count) {
+                    Ok(_) => "0".into(),
+                    Err(e) => format!("error fork: {e}"),
+                },
+                _ => format!("error fork: {n:?} is not a clone count (1..{MAX_CLONES})"),
+            },
+            (Some("join"), None, _) => self.join(),
+            _ => format!("error unknown request {req:?} (whoami, fork N, join)"),
+        }
+    }
+
+    /// Answers a request that was in flight when the snapshot this VM came from was taken.
+    fn answer_resumed(&self, req: &str) -> String {
+        let id = lock(&self.identity).clone_id;
+        match req.split_whitespace().next() {
+            Some("fork") if id > 0 => id.to_string(),
+            Some("fork") => "error fork: interrupted by a snapshot; ask again".into(),
+            Some("join") => "exit".into(),
+            _ => self.answer(req),
+        }
+    }
+
+    fn fork(&self, count: u32) -> Result<Vec<CloneInfo>, String> {
+        let (tx, rx) = mpsc::channel();
+        let sender = lock(&self.forks).clone().ok_or("the VM is not running")?;
+        sender
+            .send(ForkRequest { count, reply: tx })
+            .map_err(|_| "the VM is stopping".to_string())?;
+        rx.recv().map_err(|_| "the VM is stopping".to_string())?
+    }
+
+    fn join(&self) -> String {
+        let children = std::mem::take(&mut *lock(&self.children));
+        let mut line = String::from("exit");
+        for (_, mut child) in children {
+            let code = match child.wait() {
+                Ok(s) => s.code().unwrap_or(255),
+                Err(_) => 255,
+            };
+            line.push_str(&format!(" {code}"));
+        }
+        line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_differ_and_requests_are_answered() {
+        let a = Identity::fresh(1, "vm-1".into());
+        let b = Identity::fresh(2, "vm-2".into());
+        assert_ne!(a.seed, b.seed);
+        assert_ne!(a.mac[3..], b.mac[3..]);
+        assert_eq!(a.mac[0] & 3, 2, "locally administered unicast");
+        let s = Services::new(a);
+        assert!(s
+            .answer("whoami")
+            .starts_with("id=1 hostname=vm-1 mac=02:53:54:"));
+        assert!(s.answer("fork 0").starts_with("error fork"));
+        assert!(s.answer("fork 2").contains("not running"));
+        assert!(s.answer("launch").starts_with("error unknown"));
+        assert_eq!(s.answer("join"), "exit");
+        assert_eq!(s.answer_resumed("fork 3"), "1");
+    }
+}

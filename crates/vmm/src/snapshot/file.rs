@@ -1,0 +1,89 @@
+//! The state file: a fixed header (magic, format version, payload length, BLAKE3 of the
+//! payload) and the payload (postcard). A file from another format version is refused by its
+//! version number before any of it is decoded; a damaged one fails its checksum.
+
+use std::path::Path;
+
+use super::VmState;
+use crate::Error;
+
+const MAGIC: &[u8; 8] = b"STRLSNAP";
+/// Bumped whenever `VmState` or anything in it changes shape.
+pub const FORMAT_VERSION: u32 = 1;
+const HEADER: usize = 8 + 4 + 4 + 8 + 32;
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Snapshot {
+        path: path.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+pub fn encode(state: &VmState) -> Result<Vec<u8>, Error> {
+    let payload = postcard::to_allocvec(state)
+        .map_err(|e| Error::Invalid(format!("encoding the VM state: {e}")))?;
+    let mut out = Vec::with_capacity(HEADER + payload.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&payload).as_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<VmState, Error> {
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return Err(bad(path, "not a Starling VM state file"));
+    }
+    let word =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let version = word(8);
+    if version != FORMAT_VERSION {
+        return Err(bad(
+            path,
+            format!(
+                "state format version {version}; this Starling reads version {FORMAT_VERSION} \
+                 (restore it with the Starling release that took it)"
+            ),
+        ));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&bytes[16..24]);
+    let len = u64::from_le_bytes(len);
+    let payload = &bytes[HEADER..];
+    if payload.len() as u64 != len {
+        return Err(bad(
+            path,
+            format!(
+                "truncated or padded: header says {len} bytes of state, the file has {}",
+                payload.len()
+            ),
+        ));
+    }
+    if blake3::hash(payload).as_bytes() != &bytes[24..56] {
+        return Err(bad(path, "checksum mismatch: the state file is damaged"));
+    }
+    postcard::from_bytes(payload).map_err(|e| bad(path, format!("undecodable state: {e}")))
+}
+
+pub fn write(path: &Path, state: &VmState) -> Result<(), Error> {
+    let bytes = encode(state)?;
+    let tmp = path.with_extension("tmp");
+    let io = |source| Error::Io {
+        what: format!("writing {}", path.display()),
+        source,
+    };
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&bytes).map_err(io)?;
+        f.sync_all().map_err(io)?;
+    }
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+pub fn read(path: &Path) -> Result<VmState, Error> {
+    let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
+    decode(path, &bytes)
+}

@@ -1,0 +1,363 @@
+//! Tier 1 for snapshots and forks, on this host's /dev/kvm with the project's test guest: its
+//! `counter` mode counts, asks the monitor who it is and keeps a memory pattern holding its id;
+//! its `fork=N` mode forks itself through the vsock service and joins its clones.
+//!
+//! The console lines are the evidence: a restored or cloned VM's `tick` numbers continue the
+//! original's without a gap or a repeat, and no VM ever finds its pattern written by another.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use starling_vmm::test_guest::TestGuest;
+use starling_vmm::{Console, ExitReason, RestoreSpec, Vm, VmConfig, VsockConfig};
+
+fn guests() -> Option<&'static TestGuest> {
+    static G: OnceLock<Option<TestGuest>> = OnceLock::new();
+    G.get_or_init(|| {
+        if !Path::new("/dev/kvm").exists() {
+            eprintln!("SKIP: no /dev/kvm on this host");
+            return None;
+        }
+        eprintln!("KVM flavour: {}", starling_vmm::flavour::detect().name());
+        // SAFETY (of the test): set once, before any clone is started, to the same value.
+        std::env::set_var("STARLING_VMM", env!("CARGO_BIN_EXE_starling-vmm"));
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-guest");
+        match starling_vmm::test_guest::build(&out) {
+            Ok(g) => Some(g),
+            Err(e) => {
+                eprintln!("SKIP: {e}");
+                None
+            }
+        }
+    })
+    .as_ref()
+}
+
+macro_rules! guests_or_skip {
+    () => {
+        match guests() {
+            Some(g) => g,
+            None => return,
+        }
+    };
+}
+
+fn config(g: &TestGuest, cmdline: &str, dir: &Path) -> VmConfig {
+    let mut c = VmConfig::new(g.pvh.clone());
+    c.cmdline = cmdline.into();
+    c.mem_mib = 64;
+    c.console = Console::File(dir.join("console.log"));
+    c.api_socket = Some(dir.join("api.sock"));
+    c.vsock = Some(VsockConfig {
+        cid: 3,
+        path: dir.join("vsock.sock"),
+    });
+    c.run_dir = Some(dir.join("run"));
+    c
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// (tick number, id, pattern ok) of every complete tick line.
+fn ticks(console: &str) -> Vec<(u64, u64, bool)> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                ["tick", n, "id", id, "pattern", ok] => {
+                    Some((n.parse().ok()?, id.parse().ok()?, *ok == "ok"))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = UnixStream::connect(sock).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: vmm\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let code = resp[9..12].parse().unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    (code, serde_json::from_str(body).unwrap())
+}
+
+/// Ticks of `before` and `after` joined must count up by one, with every pattern intact.
+fn assert_continues(before: &str, after: &str) {
+    let joined = format!("{before}{after}");
+    let t = ticks(&joined);
+    assert!(t.len() > 5, "too few ticks:\n{joined}");
+    for w in t.windows(2) {
+        assert_eq!(w[1].0, w[0].0 + 1, "ticks jump:\n{joined}");
+    }
+    assert!(t.iter().all(|x| x.2), "a pattern was clobbered:\n{joined}");
+}
+
+#[test]
+fn snapshot_then_restore_in_a_new_process_continues_exactly() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(g, "counter", dir.path());
+    let sock = c.api_socket.clone().unwrap();
+    let log = dir.path().join("console.log");
+    let vm = Vm::build(c).unwrap();
+    let runner = std::thread::spawn(move || vm.run().unwrap());
+    wait_for("10 ticks", 60, || {
+        ticks(&read(&log)).len() >= 10 && sock.exists()
+    });
+
+    let snap = dir.path().join("snap");
+    let (code, info) = api(
+        &sock,
+        "POST",
+        "/v1/vm/snapshot",
+        &format!(r#"{{"dir": "{}", "stop": true}}"#, snap.display()),
+    );
+    assert_eq!(code, 200, "{info}");
+    assert_eq!(runner.join().unwrap(), ExitReason::Stopped(None));
+    let state_bytes = info["state_bytes"].as_u64().unwrap();
+    let mem_bytes = info["memory_bytes"].as_u64().unwrap();
+    eprintln!(
+        "snapshot: state {state_bytes} B, memory {mem_bytes} B written of 64 MiB, paused {} us",
+        info["paused_us"]
+    );
+    assert!(state_bytes < 64 * 1024, "the state file is small");
+    assert!(mem_bytes < 8 << 20, "only pages with data are written");
+    let before = read(&log);
+
+    // Restore in a new monitor process.
+    let log2 = dir.path().join("restored.log");
+    let sock2 = dir.path().join("restored.sock");
+    let spec = RestoreSpec {
+        dir: snap.clone(),
+        run_dir: Some(dir.path().join("restored")),
+        api_socket: Some(sock2.clone()),
+        console: Some(Console::File(log2.clone())),
+        ..Default::default()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+        .arg("--restore-json")
+        .arg(serde_json::to_string(&spec).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("restored ticks", 60, || ticks(&read(&log2)).len() >= 10);
+    let (_, st) = api(&sock2, "GET", "/v1/vm", "");
+    eprintln!("restored in {} us", st["restored_in_us"]);
+    assert!(st["restored_in_us"].as_u64().is_some());
+    api(&sock2, "POST", "/v1/vm/stop", "");
+    assert!(child.wait().unwrap().success());
+    assert_continues(&before, &read(&log2));
+    assert_ne!(
+        ticks(&read(&log2))[0].0,
+        1,
+        "the restored VM did not start over"
+    );
+}
+
+#[test]
+fn damaged_or_foreign_state_files_are_refused_by_name() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(g, "counter", dir.path());
+    let log = dir.path().join("console.log");
+    let vm = Vm::build(c).unwrap();
+    let h = vm.handle();
+    let runner = std::thread::spawn(move || vm.run().unwrap());
+    wait_for("ticks", 60, || ticks(&read(&log)).len() >= 2);
+    let snap = dir.path().join("snap");
+    h.snapshot(&snap, true).unwrap();
+    runner.join().unwrap();
+    let err = h.snapshot(&dir.path().join("again"), false).unwrap_err();
+    assert!(err.contains("not running"), "{err}");
+
+    let state = snap.join("state");
+    let good = std::fs::read(&state).unwrap();
+    let restore = |name: &str| {
+        Vm::restore(&RestoreSpec {
+            dir: snap.clone(),
+            run_dir: Some(dir.path().join(name)),
+            console: Some(Console::Off),
+            vsock_path: Some(dir.path().join(format!("{name}.vsock"))),
+            ..Default::default()
+        })
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+    };
+    let mut v = good.clone();
+    v[8] = 99;
+    std::fs::write(&state, &v).unwrap();
+    let e = restore("a");
+    assert!(
+        e.contains(&snap.display().to_string()) && e.contains("state format version 99"),
+        "{e}"
+    );
+    let mut v = good.clone();
+    let last = v.len() - 1;
+    v[last] ^= 0xff;
+    std::fs::write(&state, &v).unwrap();
+    assert!(restore("b").contains("checksum mismatch"));
+    std::fs::write(&state, &good[..good.len() / 2]).unwrap();
+    assert!(restore("c").contains("truncated"));
+    std::fs::write(&state, b"junk").unwrap();
+    assert!(restore("d").contains("not a Starling VM state file"));
+    std::fs::write(&state, &good).unwrap();
+    std::fs::remove_file(snap.join("memory")).unwrap();
+    assert!(restore("e").contains("memory"));
+    // A snapshot is never written over.
+    let vm = Vm::build(config(g, "counter", dir.path())).unwrap();
+    let h = vm.handle();
+    let runner = std::thread::spawn(move || vm.run().unwrap());
+    wait_for("ticks", 60, || ticks(&read(&log)).len() >= 2);
+    let e = h.snapshot(&snap, false).unwrap_err();
+    assert!(e.contains("not empty"), "{e}");
+    assert_eq!(std::fs::read(&state).unwrap(), good);
+    h.stop(None);
+    runner.join().unwrap();
+}
+
+#[test]
+fn fork_from_the_host_gives_clones_that_continue_apart() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(g, "counter", dir.path());
+    let sock = c.api_socket.clone().unwrap();
+    let log = dir.path().join("console.log");
+    let vm = Vm::build(c).unwrap();
+    let runner = std::thread::spawn(move || vm.run().unwrap());
+    wait_for("ticks", 60, || {
+        ticks(&read(&log)).len() >= 5 && sock.exists()
+    });
+
+    let (code, info) = api(&sock, "POST", "/v1/vm/fork", r#"{"count": 3}"#);
+    assert_eq!(code, 200, "{info}");
+    let clones = info["clones"].as_array().unwrap().clone();
+    assert_eq!(clones.len(), 3);
+    eprintln!(
+        "fork of 3: parent paused {} us, all running after {} us",
+        info["paused_us"], info["total_us"]
+    );
+    let logs: Vec<PathBuf> = clones
+        .iter()
+        .map(|c| PathBuf::from(c["dir"].as_str().unwrap()).join("console.log"))
+        .collect();
+    for l in &logs {
+        wait_for("clone ticks", 60, || {
+            ticks(&read(l)).iter().filter(|t| t.1 != 0).count() >= 3
+        });
+    }
+    let parent_now = read(&log);
+    for (k, (l, c)) in logs.iter().zip(&clones).enumerate() {
+        let id = k as u64 + 1;
+        assert_eq!(c["id"], id);
+        let t = ticks(&read(l));
+        // The clone's first tick follows one the parent printed: the same instant.
+        let first = t[0].0;
+        assert!(
+            ticks(&parent_now).iter().any(|p| p.0 == first - 1),
+            "clone {id} starts at tick {first}, which does not follow the parent's"
+        );
+        for w in t.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 1);
+        }
+        assert!(t.iter().all(|x| x.2), "clone {id}: pattern clobbered");
+        assert!(
+            t.iter().all(|x| x.1 == 0 || x.1 == id),
+            "clone {id}: ids {t:?}"
+        );
+        let (_, st) = api(
+            Path::new(c["api_socket"].as_str().unwrap()),
+            "GET",
+            "/v1/vm",
+            "",
+        );
+        assert_eq!(st["clone_id"], id);
+        eprintln!("clone {id} restored in {} us", st["restored_in_us"]);
+    }
+    // The parent goes on as itself, its pattern untouched by the clones.
+    wait_for("parent ticks", 60, || {
+        ticks(&read(&log)).len() > ticks(&parent_now).len() + 3
+    });
+    let pt = ticks(&read(&log));
+    assert!(pt.iter().all(|x| x.1 == 0 && x.2), "parent: {pt:?}");
+    for c in &clones {
+        api(
+            Path::new(c["api_socket"].as_str().unwrap()),
+            "POST",
+            "/v1/vm/stop",
+            "",
+        );
+    }
+    api(&sock, "POST", "/v1/vm/stop", "");
+    runner.join().unwrap();
+    // Bad requests are refused.
+    let e = Vm::build(config(g, "counter", dir.path()))
+        .unwrap()
+        .handle()
+        .fork(0, None)
+        .unwrap_err();
+    assert!(e.contains("between 1"), "{e}");
+}
+
+#[test]
+fn a_guest_forks_itself_and_joins_its_clones() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(g, "fork=3 poweroff", dir.path());
+    let log = dir.path().join("console.log");
+    let reason = Vm::build(c).unwrap().run().unwrap();
+    let parent = read(&log);
+    assert_eq!(reason, ExitReason::PowerOff, "{parent}");
+    assert!(
+        parent.contains("fork: I am 0 counter 1001 inherited ok pattern ok"),
+        "{parent}"
+    );
+    assert!(parent.contains("join: exit 11 12 13"), "{parent}");
+    let mut seeds = vec![whoami_seed(&parent, 0)];
+    for k in 1..=3 {
+        let l = read(&dir.path().join(format!("run/fork-1/clone-{k}/console.log")));
+        assert!(
+            l.contains(&format!(
+                "fork: I am {k} counter 1001 inherited ok pattern ok"
+            )),
+            "clone {k}:\n{l}"
+        );
+        assert!(l.contains(&format!("hostname=starling-{k} ")), "{l}");
+        seeds.push(whoami_seed(&l, k));
+    }
+    seeds.sort();
+    seeds.dedup();
+    assert_eq!(seeds.len(), 4, "every VM has its own RNG seed");
+}
+
+fn whoami_seed(console: &str, k: u32) -> String {
+    let l = console
+        .lines()
+        .find(|l| l.starts_with(&format!("fork: {k} whoami id={k} ")))
+        .unwrap_or_else(|| panic!("no whoami line for {k}:\n{console}"));
+    l.split_whitespace()
+        .find_map(|w| w.strip_prefix("seed="))
+        .unwrap()
+        .to_owned()
+}
