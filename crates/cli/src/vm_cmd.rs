@@ -44,6 +44,50 @@ pub enum VmCmd {
     /// Talk to a guest over vsock from the host (Firecracker-style unix sockets)
     #[command(subcommand)]
     Vsock(VsockCmd),
+    /// Snapshot a running VM (given by its API socket) into DIR: a small state file and its
+    /// memory; the VM then goes on, or stops with --stop
+    Snapshot {
+        vm: PathBuf,
+        dir: PathBuf,
+        #[arg(long)]
+        stop: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot into a new VM that continues where the snapshot was taken
+    Restore(RestoreArgs),
+    /// Fork a running VM (given by its API socket) into N clones that continue from the same
+    /// instant, memory and disks shared copy-on-write; prints each clone's id, pid, directory,
+    /// API and vsock sockets
+    Fork {
+        vm: PathBuf,
+        #[arg(short = 'n', long = "count")]
+        count: u32,
+        /// Where the clones' directories go [default: the VM's run directory]
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// A snapshot directory (from `vm snapshot`)
+    dir: PathBuf,
+    /// Serve the VMM API on this unix socket
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Host side of the restored VM's vsock [default: RUN_DIR/vsock.sock]
+    #[arg(long)]
+    vsock_path: Option<PathBuf>,
+    /// Where the serial console goes: stdio, off or a file path
+    #[arg(long, default_value = "stdio")]
+    console: String,
+    /// The restored VM's own directory (disk overlays, sockets) [default: a new one per
+    /// process under the temporary directory]
+    #[arg(long)]
+    run_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -196,7 +240,118 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Vsock(c) => vsock(c),
+        VmCmd::Snapshot {
+            vm,
+            dir,
+            stop,
+            json,
+        } => {
+            let dir = std::path::absolute(&dir)?;
+            let v = api(
+                &vm,
+                "/v1/vm/snapshot",
+                serde_json::json!({"dir": dir, "stop": stop}),
+            )?;
+            if json {
+                println!("{v}");
+            } else {
+                eprintln!(
+                    "snapshot in {}: {} bytes of state, {} bytes of memory; the guest was paused {} µs",
+                    dir.display(),
+                    v["state_bytes"],
+                    v["memory_bytes"],
+                    v["paused_us"]
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Restore(a) => restore(a),
+        VmCmd::Fork {
+            vm,
+            count,
+            dir,
+            json,
+        } => {
+            let dir = dir.map(std::path::absolute).transpose()?;
+            let v = api(
+                &vm,
+                "/v1/vm/fork",
+                serde_json::json!({"count": count, "dir": dir}),
+            )?;
+            if json {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for c in v["clones"].as_array().into_iter().flatten() {
+                println!(
+                    "clone {} pid {} dir {} api {} vsock {}",
+                    c["id"],
+                    c["pid"],
+                    c["dir"].as_str().unwrap_or("-"),
+                    c["api_socket"].as_str().unwrap_or("-"),
+                    c["vsock"].as_str().unwrap_or("-")
+                );
+            }
+            eprintln!(
+                "{count} clones running {} µs after the request; the parent was paused {} µs",
+                v["total_us"], v["paused_us"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// Calls the VMM API of the VM at `sock`; an error answer becomes the error.
+fn api(sock: &std::path::Path, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
+    let (code, v) = starling_vmm::api::call(sock, "POST", path, &body)
+        .with_context(|| format!("VM API socket {}", sock.display()))?;
+    if code != 200 {
+        bail!(
+            "VM {}: {}",
+            sock.display(),
+            v["error"].as_str().unwrap_or("request refused")
+        );
+    }
+    Ok(v)
+}
+
+fn console_arg(s: &str) -> Result<Console> {
+    Ok(match s {
+        "stdio" => Console::Stdio,
+        "off" => Console::Off,
+        "" => bail!("--console: empty"),
+        p => Console::File(p.into()),
+    })
+}
+
+fn restore(a: RestoreArgs) -> Result<ExitCode> {
+    let spec = starling_vmm::RestoreSpec {
+        dir: std::path::absolute(&a.dir)?,
+        api_socket: a.api_socket,
+        vsock_path: a.vsock_path,
+        console: Some(console_arg(&a.console)?),
+        run_dir: a.run_dir,
+        ..Default::default()
+    };
+    exec_vmm("--restore-json", &serde_json::to_string(&spec)?)?;
+    Ok(ExitCode::from(starling_vmm::process::run_to_exit(
+        starling_vmm::process::Start::Restore(spec),
+    )))
+}
+
+/// Replaces this process with `starling-vmm FLAG ARG` when it is installed beside this binary
+/// (the VM's memory overhead is then the monitor's alone); returns when it is not.
+fn exec_vmm(flag: &str, arg: &str) -> Result<()> {
+    if let Some(vmm) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("starling-vmm")))
+        .filter(|p| p.is_file())
+    {
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(&vmm).arg(flag).arg(arg).exec();
+        bail!("starting {}: {err}", vmm.display());
+    }
+    Ok(())
 }
 
 /// Copies stdin to the stream and the stream to stdout until both directions have ended.
@@ -269,28 +424,9 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
         config.api_socket = a.api_socket;
     }
     if a.config.is_none() || a.console != "stdio" {
-        config.console = match a.console.as_str() {
-            "stdio" => Console::Stdio,
-            "off" => Console::Off,
-            "" => bail!("--console: empty"),
-            p => Console::File(p.into()),
-        };
+        config.console = console_arg(&a.console)?;
     }
-    // The VM runs in its own small process (starling-vmm, installed beside this binary) when
-    // there is one: its memory overhead is the monitor's alone.
-    if let Some(vmm) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("starling-vmm")))
-        .filter(|p| p.is_file())
-    {
-        use std::os::unix::process::CommandExt;
-        let json = serde_json::to_string(&config)?;
-        let err = std::process::Command::new(&vmm)
-            .arg("--config-json")
-            .arg(json)
-            .exec();
-        bail!("starting {}: {err}", vmm.display());
-    }
+    exec_vmm("--config-json", &serde_json::to_string(&config)?)?;
     Ok(ExitCode::from(starling_vmm::process::run_to_exit(
         starling_vmm::process::Start::Boot(config),
     )))

@@ -173,3 +173,130 @@ fn input_errors_come_before_the_guest_with_status_2() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// `vm snapshot`, `vm restore` and `vm fork` as programs, on the test guest's counter.
+#[test]
+fn snapshot_restore_and_fork_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
+    let d = dir.path();
+    let sock = d.join("api.sock");
+    let log = d.join("console.log");
+    let mut vm = starling()
+        .args([
+            "vm",
+            "run",
+            "--mem",
+            "32M",
+            "--cmdline",
+            "counter",
+            "--vsock",
+        ])
+        .arg(format!("3,{}", d.join("v.sock").display()))
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--console")
+        .arg(&log)
+        .arg("--kernel")
+        .arg(&kernel)
+        .spawn()
+        .unwrap();
+    let ticks = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("tick ") && l.ends_with("pattern ok"))
+            .count()
+    };
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("ticks", &|| ticks(&log) >= 3 && sock.exists());
+
+    let out = starling()
+        .args(["vm", "fork"])
+        .arg(&sock)
+        .args(["-n", "2", "--dir"])
+        .arg(d.join("forks"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(listing.lines().count(), 2, "{listing}");
+    assert!(listing.starts_with("clone 1 pid "), "{listing}");
+    for k in 1..=2 {
+        let clog = d.join(format!("forks/clone-{k}/console.log"));
+        wait("clone ticks", &|| ticks(&clog) >= 3);
+        let st = starling_vmm::api::call(
+            &d.join(format!("forks/clone-{k}/api.sock")),
+            "POST",
+            "/v1/vm/stop",
+            &serde_json::Value::Null,
+        )
+        .unwrap();
+        assert_eq!(st.0, 200);
+    }
+
+    let snap = d.join("snap");
+    let out = starling()
+        .args(["vm", "snapshot"])
+        .arg(&sock)
+        .arg(&snap)
+        .arg("--stop")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(vm.wait().unwrap().success());
+    // A second snapshot into the same directory is refused, naming it.
+    let out = starling()
+        .args(["vm", "snapshot"])
+        .arg(&sock)
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("api.sock"));
+
+    let log2 = d.join("restored.log");
+    let sock2 = d.join("restored.sock");
+    let mut restored = starling()
+        .args(["vm", "restore"])
+        .arg(&snap)
+        .arg("--console")
+        .arg(&log2)
+        .arg("--api-socket")
+        .arg(&sock2)
+        .spawn()
+        .unwrap();
+    wait("restored ticks", &|| ticks(&log2) >= 3);
+    starling_vmm::api::call(&sock2, "POST", "/v1/vm/stop", &serde_json::Value::Null).unwrap();
+    assert!(restored.wait().unwrap().success());
+    let first: u64 = std::fs::read_to_string(&log2)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("tick ")?.split(' ').next()?.parse().ok())
+        .unwrap();
+    assert!(first > 3, "the restored VM continued (tick {first})");
+
+    let out = starling()
+        .args(["vm", "restore"])
+        .arg(d.join("nothing"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing"));
+}

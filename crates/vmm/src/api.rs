@@ -96,6 +96,36 @@ fn handle(stream: UnixStream, vm: &VmHandle) {
     );
 }
 
+/// A client call: `method path` with a JSON `body` to the API at `sock`; the status code and
+/// the JSON answer.
+pub fn call(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: &serde_json::Value,
+) -> std::io::Result<(u16, serde_json::Value)> {
+    let mut s = UnixStream::connect(sock)?;
+    let body = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: vmm\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer");
+    let code = resp
+        .get(9..12)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(bad)?;
+    let json = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok((code, serde_json::from_str(json).map_err(|_| bad())?))
+}
+
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SnapshotBody {
