@@ -56,6 +56,16 @@ pub enum VmCmd {
     },
     /// Restore a snapshot into a new VM that continues where the snapshot was taken
     Restore(RestoreArgs),
+    /// Serve a snapshot's memory to lazy restores (`vm restore --lazy ADDR`) until killed: from
+    /// its directory, or from another memory server (tcp://HOST:PORT, unix:PATH), keeping each
+    /// page fetched so that the clones on this host share one fetch of it
+    MemoryServer {
+        /// A snapshot directory or an upstream memory server
+        source: String,
+        /// tcp://HOST:PORT or a unix socket path
+        #[arg(long)]
+        listen: String,
+    },
     /// Fork a running VM (given by its API socket) into N clones that continue from the same
     /// instant, memory and disks shared copy-on-write; prints each clone's id, pid, directory,
     /// API and vsock sockets
@@ -88,6 +98,11 @@ pub struct RestoreArgs {
     /// process under the temporary directory]
     #[arg(long)]
     run_dir: Option<PathBuf>,
+    /// Take state and memory from this memory server (tcp://HOST:PORT or a unix socket)
+    /// instead of DIR, each page when the guest first touches it (DIR is then only where
+    /// relative disk layers are found)
+    #[arg(long)]
+    lazy: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -266,6 +281,18 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Restore(a) => restore(a),
+        VmCmd::MemoryServer { source, listen } => {
+            use starling_vmm::lazy::{Addr, MemoryServer};
+            let addr: Addr = listen.parse()?;
+            let server = if source.starts_with("tcp://") || source.starts_with("unix:") {
+                MemoryServer::upstream(&source.parse()?)?
+            } else {
+                MemoryServer::open_dir(source.as_ref())?
+            };
+            eprintln!("serving the memory of {source} on {addr}");
+            std::sync::Arc::new(server).serve(&addr)?;
+            Ok(ExitCode::SUCCESS)
+        }
         VmCmd::Fork {
             vm,
             count,
@@ -331,6 +358,7 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
         vsock_path: a.vsock_path,
         console: Some(console_arg(&a.console)?),
         run_dir: a.run_dir,
+        lazy: a.lazy,
         ..Default::default()
     };
     exec_vmm("--restore-json", &serde_json::to_string(&spec)?)?;

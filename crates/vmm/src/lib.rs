@@ -16,6 +16,7 @@ pub mod flavour;
 pub mod fork;
 pub mod fuzzing;
 pub mod layout;
+pub mod lazy;
 pub mod memory;
 pub mod process;
 pub mod service;

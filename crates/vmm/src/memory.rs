@@ -223,25 +223,30 @@ impl GuestRam {
     }
 
     /// Writes RAM to `path` as a sparse file (all-zero pages left as holes); returns the bytes
-    /// written.
-    pub fn write_to(&self, path: &Path) -> std::io::Result<u64> {
+    /// written and the page map: (page number, BLAKE3) of every page written, by which a lazy
+    /// restore knows which pages to fetch and checks what it gets.
+    pub fn write_to(&self, path: &Path) -> std::io::Result<(u64, Vec<u8>)> {
         let out = File::create(path)?;
         out.set_len(self.bytes)?;
         let mut written = 0;
+        let mut map = Vec::new();
         let zero = [0u8; PAGE as usize];
         self.for_each_data_page(|host, off, len| {
             // SAFETY: host..host+len lies inside one of our live RAM mappings.
             let src = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
             for (i, page) in src.chunks(PAGE as usize).enumerate() {
                 if page != zero {
-                    out.write_all_at(page, off + i as u64 * PAGE)?;
+                    let at = off + i as u64 * PAGE;
+                    out.write_all_at(page, at)?;
                     written += page.len() as u64;
+                    map.extend_from_slice(&(at / PAGE).to_le_bytes());
+                    map.extend_from_slice(blake3::hash(page).as_bytes());
                 }
             }
             Ok(())
         })?;
         out.sync_all()?;
-        Ok(written)
+        Ok((written, map))
     }
 }
 
@@ -343,8 +348,10 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("mem");
-        let n = c2.write_to(&f).unwrap();
+        let (n, map) = c2.write_to(&f).unwrap();
         assert!(n <= 2 * PAGE, "only pages with data are written ({n})");
+        assert_eq!(map.len() as u64, n / PAGE * 40);
+        assert_eq!(&map[..8], &(0x10000 / PAGE).to_le_bytes());
         let back = GuestRam::private_over(File::open(&f).unwrap(), 16 << 20).unwrap();
         assert_eq!(
             back.mem.read_obj::<u32>(GuestAddress(0x10000)).unwrap(),

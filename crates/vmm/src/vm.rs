@@ -62,6 +62,8 @@ pub struct Shared {
     pub mem_mib: u64,
     pub flavour: &'static str,
     pub restored: bool,
+    /// For a lazily restored VM: what it fetched.
+    pub lazy: Option<Arc<crate::lazy::FaultStats>>,
     /// How long building and restoring took, for a restored VM.
     pub restored_in: std::sync::OnceLock<Duration>,
     pub clone_id: u32,
@@ -97,6 +99,8 @@ pub struct VmStatus {
     pub clone_id: u32,
     /// For a restored VM or clone: from the start of the restore to its vCPUs running.
     pub restored_in_us: Option<u128>,
+    /// For a lazily restored VM: pages fetched, zero pages filled, bytes received.
+    pub lazy: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -134,6 +138,10 @@ impl VmHandle {
             uptime_ms: s.started.elapsed().as_millis(),
             clone_id: s.clone_id,
             restored_in_us: s.restored_in.get().map(|d| d.as_micros()),
+            lazy: s
+                .lazy
+                .as_ref()
+                .and_then(|l| serde_json::to_value(&**l).ok()),
         }
     }
 
@@ -213,6 +221,10 @@ pub struct RestoreSpec {
     /// An inherited pipe to write this clone's id to once its vCPUs run.
     #[serde(default)]
     pub ready_fd: Option<i32>,
+    /// Fetch state and memory from this memory server (`tcp://HOST:PORT` or a unix socket)
+    /// instead of `dir`, each page when the guest first touches it.
+    #[serde(default)]
+    pub lazy: Option<String>,
 }
 
 fn default_run_dir() -> PathBuf {
@@ -222,6 +234,8 @@ fn default_run_dir() -> PathBuf {
 /// What `assemble` is given besides the config.
 struct Parts {
     ram: GuestRam,
+    exit: Option<Arc<ExitSignal>>,
+    lazy: Option<Arc<crate::lazy::FaultStats>>,
     disks: Vec<LayeredDisk>,
     serial: Option<SerialSnap>,
     identity: Identity,
@@ -254,6 +268,8 @@ impl Vm {
             config,
             Parts {
                 ram,
+                exit: None,
+                lazy: None,
                 disks,
                 serial: None,
                 identity,
@@ -300,28 +316,52 @@ impl Vm {
     /// controllers, clock and devices continue where they were.
     pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
         let t0 = Instant::now();
-        let state_path = spec.dir.join(snapshot::STATE_FILE);
-        let state = snapshot::file::read(&state_path)?;
+        let lazy = match &spec.lazy {
+            Some(a) => Some(crate::lazy::fetch_state(&a.parse()?)?),
+            None => None,
+        };
         let snap_err = |reason: String| Error::Snapshot {
             path: spec.dir.clone(),
             reason,
+        };
+        let (state, lazy) = match lazy {
+            Some((state, map, client)) => (state, Some((map, client))),
+            None => (
+                snapshot::file::read(&spec.dir.join(snapshot::STATE_FILE))?,
+                None,
+            ),
         };
         if state.vcpus.len() != usize::from(state.config.vcpus)
             || state.disks.len() != state.config.disks.len()
         {
             return Err(snap_err("the state does not match its own config".into()));
         }
-        let memory = match spec.memory_fd {
-            // SAFETY: the parent that spawned this process handed the descriptor over for
-            // this purpose and this is its only owner here.
-            Some(fd) => unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) },
-            None => {
-                let p = spec.dir.join(snapshot::MEMORY_FILE);
-                std::fs::File::open(&p).map_err(|e| snap_err(format!("{}: {e}", p.display())))?
+        let exit = Arc::new(ExitSignal::new().map_err(io("creating the exit event"))?);
+        let (ram, fault_stats) = match (lazy, spec.memory_fd) {
+            (Some((map, client)), _) => {
+                let ram = GuestRam::anonymous(state.mem_bytes)
+                    .map_err(|e| snap_err(format!("memory: {e}")))?;
+                let stats = crate::lazy::serve_faults(&ram, client, map, exit.clone())?;
+                (ram, Some(stats))
+            }
+            (None, fd) => {
+                let memory = match fd {
+                    // SAFETY: the parent that spawned this process handed the descriptor
+                    // over for this purpose and this is its only owner here.
+                    Some(fd) => unsafe {
+                        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                    },
+                    None => {
+                        let p = spec.dir.join(snapshot::MEMORY_FILE);
+                        std::fs::File::open(&p)
+                            .map_err(|e| snap_err(format!("{}: {e}", p.display())))?
+                    }
+                };
+                let ram = GuestRam::private_over(memory, state.mem_bytes)
+                    .map_err(|e| snap_err(format!("memory: {e}")))?;
+                (ram, None)
             }
         };
-        let ram = GuestRam::private_over(memory, state.mem_bytes)
-            .map_err(|e| snap_err(format!("memory: {e}")))?;
 
         let clone_id = spec.clone_id.unwrap_or(0);
         let run_dir = spec.run_dir.clone().unwrap_or_else(default_run_dir);
@@ -379,6 +419,8 @@ impl Vm {
             config,
             Parts {
                 ram,
+                exit: Some(exit),
+                lazy: fault_stats,
                 disks,
                 serial: Some(state.serial.clone()),
                 identity,
@@ -424,6 +466,8 @@ impl Vm {
     fn assemble(config: VmConfig, parts: Parts) -> Result<(Vm, Vec<MmioDevice>), Error> {
         let Parts {
             ram,
+            exit,
+            lazy,
             disks,
             serial: serial_state,
             identity,
@@ -462,7 +506,10 @@ impl Vm {
         };
         vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
 
-        let exit = Arc::new(ExitSignal::new().map_err(io("creating the exit event"))?);
+        let exit = match exit {
+            Some(e) => e,
+            None => Arc::new(ExitSignal::new().map_err(io("creating the exit event"))?),
+        };
         let mut pio = Bus::default();
         let mut mmio = Bus::default();
 
@@ -545,6 +592,7 @@ impl Vm {
             mem_mib: config.mem_mib,
             flavour: flavour::detect().name(),
             restored: restored_from.is_some(),
+            lazy,
             restored_in: std::sync::OnceLock::new(),
             clone_id: lock(&services.identity).clone_id,
             requests: Mutex::new(None),
@@ -779,6 +827,7 @@ impl Vm {
                 vsock,
                 disks,
                 clone_id: self.shared.clone_id,
+                memory_map: None,
             },
             out,
         ))
@@ -806,10 +855,15 @@ impl Vm {
                 .join(format!("disk{i}.overlay"))
         };
         let mem_path = dir.join(snapshot::MEMORY_FILE);
-        let (mut state, mem_bytes) = self.capture(if stop { None } else { Some(&top) }, |ram| {
-            ram.write_to(&mem_path)
-                .map_err(io_at(format!("writing {}", mem_path.display())))
-        })?;
+        let (mut state, (mem_bytes, map)) =
+            self.capture(if stop { None } else { Some(&top) }, |ram| {
+                ram.write_to(&mem_path)
+                    .map_err(io_at(format!("writing {}", mem_path.display())))
+            })?;
+        let map_path = dir.join(snapshot::MEMORY_MAP_FILE);
+        std::fs::write(&map_path, &map)
+            .map_err(io_at(format!("writing {}", map_path.display())))?;
+        state.memory_map = Some(*blake3::hash(&map).as_bytes());
         // Overlays become part of the snapshot; base files are referred to where they are.
         for (i, layers) in state.disks.iter_mut().enumerate() {
             for (j, l) in layers.iter_mut().enumerate().skip(1) {

@@ -361,3 +361,212 @@ fn whoami_seed(console: &str, k: u32) -> String {
         .unwrap()
         .to_owned()
 }
+
+/// Boots the counter guest with 512 KiB of ballast it never reads again, snapshots it (stop)
+/// and returns the snapshot directory and the console so far.
+fn counter_snapshot(g: &TestGuest, dir: &Path) -> (PathBuf, String) {
+    let c = config(g, "counter ballast", dir);
+    let log = dir.join("console.log");
+    let vm = Vm::build(c).unwrap();
+    let h = vm.handle();
+    let runner = std::thread::spawn(move || vm.run().unwrap());
+    wait_for("ticks", 60, || ticks(&read(&log)).len() >= 5);
+    let snap = dir.join("snap");
+    h.snapshot(&snap, true).unwrap();
+    runner.join().unwrap();
+    (snap, read(&log))
+}
+
+fn memory_server(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+        .arg("--memory-server")
+        .args(args)
+        .spawn()
+        .unwrap()
+}
+
+/// Restores lazily from `addr` in a new process (the monitor binary; `prefix` runs it, e.g. in
+/// a network namespace), lets it tick, and returns its console, its lazy statistics.
+fn lazy_clone(prefix: &[&str], addr: &str, dir: &Path, name: &str) -> (String, serde_json::Value) {
+    let log = dir.join(format!("{name}.log"));
+    let sock = dir.join(format!("{name}.sock"));
+    let spec = RestoreSpec {
+        lazy: Some(addr.into()),
+        run_dir: Some(dir.join(name)),
+        api_socket: Some(sock.clone()),
+        console: Some(Console::File(log.clone())),
+        ..Default::default()
+    };
+    let spec = serde_json::to_string(&spec).unwrap();
+    let mut cmd = match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_starling-vmm"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_starling-vmm")),
+    };
+    let mut child = cmd.arg("--restore-json").arg(spec).spawn().unwrap();
+    wait_for("lazy ticks", 60, || {
+        ticks(&read(&log)).len() >= 5 && sock.exists()
+    });
+    let (_, st) = api(&sock, "GET", "/v1/vm", "");
+    api(&sock, "POST", "/v1/vm/stop", "");
+    assert!(child.wait().unwrap().success());
+    (read(&log), st["lazy"].clone())
+}
+
+fn server_stats(addr: &str) -> starling_vmm::lazy::ServerStats {
+    let a: starling_vmm::lazy::Addr = addr.parse().unwrap();
+    let mut c = None;
+    wait_for("the memory server", 30, || {
+        c = starling_vmm::lazy::LazyClient::connect(&a).ok();
+        c.is_some()
+    });
+    c.unwrap().stats().unwrap()
+}
+
+fn map_pages(snap: &Path) -> u64 {
+    std::fs::metadata(snap.join("memory.map")).unwrap().len() / 40
+}
+
+#[test]
+fn lazy_restore_fetches_exactly_the_pages_it_touches_and_a_host_fetches_each_once() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let (snap, before) = counter_snapshot(g, dir.path());
+    let with_data = map_pages(&snap);
+    let origin = format!("unix:{}", dir.path().join("origin.sock").display());
+    let host = format!("unix:{}", dir.path().join("host.sock").display());
+    let mut origin_server = memory_server(&[snap.to_str().unwrap(), "--listen", &origin]);
+    server_stats(&origin);
+    // This host's memory server, fetching from the origin once per page.
+    let mut host_server = memory_server(&[&origin, "--listen", &host]);
+    server_stats(&host);
+
+    let (c1, l1) = lazy_clone(&[], &host, dir.path(), "lazy1");
+    assert_continues(&before, &c1);
+    let fetched1 = l1["pages_fetched"].as_u64().unwrap();
+    let zero1 = l1["zero_pages"].as_u64().unwrap();
+    eprintln!(
+        "lazy clone 1: {fetched1} pages fetched, {zero1} zero pages filled, {} bytes received; {with_data} pages hold data",
+        l1["bytes_received"]
+    );
+    // The 512 KiB of ballast (128 pages) is never touched again, so never fetched.
+    assert!(
+        fetched1 + 100 < with_data,
+        "{fetched1} of {with_data} pages fetched"
+    );
+    assert!(fetched1 > 3);
+    let s = server_stats(&host);
+    assert_eq!(
+        s.pages_served, fetched1,
+        "exactly the touched pages, each once"
+    );
+    assert_eq!(s.upstream_pages, fetched1);
+    assert_eq!(l1["bytes_received"].as_u64().unwrap(), fetched1 * 4096);
+
+    let (c2, l2) = lazy_clone(&[], &host, dir.path(), "lazy2");
+    assert_continues(&before, &c2);
+    let fetched2 = l2["pages_fetched"].as_u64().unwrap();
+    let s = server_stats(&host);
+    let o = server_stats(&origin);
+    eprintln!(
+        "lazy clone 2: {fetched2} pages; host server served {}, fetched {} from the origin",
+        s.pages_served, s.upstream_pages
+    );
+    assert_eq!(s.pages_served, fetched1 + fetched2);
+    assert!(
+        s.upstream_pages < fetched1 + fetched2 && s.upstream_pages >= fetched1.max(fetched2),
+        "the second clone's pages come from the host's copy: {} fetched upstream",
+        s.upstream_pages
+    );
+    assert_eq!(o.pages_served, s.upstream_pages);
+    origin_server.kill().unwrap();
+    host_server.kill().unwrap();
+    let _ = origin_server.wait();
+    let _ = host_server.wait();
+}
+
+/// Runs `ip ARGS`, false when it fails.
+fn ip(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn lazy_clone_on_another_host_over_tcp() {
+    let g = guests_or_skip!();
+    let id = std::process::id() % 10000;
+    let (a, b) = (format!("stla{id}"), format!("stlb{id}"));
+    if !ip(&["netns", "add", &a]) {
+        eprintln!("SKIP: cannot create network namespaces here (needs root and iproute2)");
+        return;
+    }
+    assert!(ip(&["netns", "add", &b]));
+    let (va, vb) = (format!("va{id}"), format!("vb{id}"));
+    let setup = ip(&["link", "add", &va, "type", "veth", "peer", "name", &vb])
+        && ip(&["link", "set", &va, "netns", &a])
+        && ip(&["link", "set", &vb, "netns", &b])
+        && ip(&["-n", &a, "addr", "add", "10.201.0.1/24", "dev", &va])
+        && ip(&["-n", &b, "addr", "add", "10.201.0.2/24", "dev", &vb])
+        && ip(&["-n", &a, "link", "set", &va, "up"])
+        && ip(&["-n", &b, "link", "set", &vb, "up"])
+        && ip(&["-n", &a, "link", "set", "lo", "up"]);
+    let cleanup = || {
+        ip(&["netns", "del", &a]);
+        ip(&["netns", "del", &b]);
+    };
+    if !setup {
+        cleanup();
+        panic!("could not wire two network namespaces with a veth pair");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (snap, before) = counter_snapshot(g, dir.path());
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a,
+            env!("CARGO_BIN_EXE_starling-vmm"),
+            "--memory-server",
+        ])
+        .arg(&snap)
+        .args(["--listen", "tcp://10.201.0.1:7070"])
+        .spawn()
+        .unwrap();
+    let addr = "tcp://10.201.0.1:7070";
+    // The origin is reachable only from the other namespace.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &b,
+            "bash",
+            "-c",
+            "exec 3<>/dev/tcp/10.201.0.1/7070",
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(Instant::now() < deadline, "memory server never listened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (console, lazy) = lazy_clone(&["ip", "netns", "exec", &b], addr, dir.path(), "remote");
+    assert_continues(&before, &console);
+    let fetched = lazy["pages_fetched"].as_u64().unwrap();
+    let bytes = lazy["bytes_received"].as_u64().unwrap();
+    eprintln!(
+        "cross-namespace lazy clone: {fetched} pages fetched over TCP, {bytes} bytes of pages; {} pages hold data",
+        map_pages(&snap)
+    );
+    assert!(fetched + 100 < map_pages(&snap));
+    assert_eq!(bytes, fetched * 4096);
+    server.kill().unwrap();
+    let _ = server.wait();
+    cleanup();
+}

@@ -4,6 +4,9 @@
 //!
 //!   starling-vmm --config FILE | --config-json JSON     boot a VM
 //!   starling-vmm --restore DIR | --restore-json SPEC    restore a snapshot (SPEC: RestoreSpec)
+//!   starling-vmm --memory-server DIR|ADDR --listen ADDR serve a snapshot's memory (lazy
+//!                                                       restores), from its directory or
+//!                                                       from another memory server
 //!
 //! Exit status: the guest's (see docs/api/vmm.md); 2 when the VM cannot be built.
 
@@ -12,8 +15,23 @@ use std::process::ExitCode;
 use starling_vmm::process::{run_to_exit, Start};
 use starling_vmm::{RestoreSpec, VmConfig};
 
-const USAGE: &str =
-    "usage: starling-vmm --config FILE | --config-json JSON | --restore DIR | --restore-json SPEC";
+const USAGE: &str = "usage: starling-vmm --config FILE | --config-json JSON | --restore DIR | --restore-json SPEC | --memory-server DIR|ADDR --listen ADDR";
+
+/// Serves memory until killed; returns only on error.
+fn memory_server(source: &str, listen: &str) -> Result<(), String> {
+    use starling_vmm::lazy::{Addr, MemoryServer};
+    let listen: Addr = listen.parse().map_err(|e| format!("{e}"))?;
+    let server = if source.starts_with("tcp://") || source.starts_with("unix:") {
+        MemoryServer::upstream(&source.parse().map_err(|e| format!("{e}"))?)
+    } else {
+        MemoryServer::open_dir(source.as_ref())
+    }
+    .map_err(|e| e.to_string())?;
+    eprintln!("starling: serving memory on {listen}");
+    std::sync::Arc::new(server)
+        .serve(&listen)
+        .map_err(|e| e.to_string())
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -31,6 +49,11 @@ fn main() -> ExitCode {
         [flag, json] if flag == "--restore-json" => serde_json::from_str::<RestoreSpec>(json)
             .map(Start::Restore)
             .map_err(|e| format!("restore spec: {e}")),
+        [flag, source, l, listen] if flag == "--memory-server" && l == "--listen" => {
+            let e = memory_server(source, listen).err().unwrap_or_default();
+            eprintln!("starling: memory server: {e}");
+            return ExitCode::from(2);
+        }
         _ => Err(USAGE.into()),
     };
     match start {

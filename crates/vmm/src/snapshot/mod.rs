@@ -1,8 +1,9 @@
 //! Snapshots: everything a VM is besides its RAM, as one versioned, checksummed state file
 //! (`file.rs`), captured from and restored into KVM (`kvm.rs`) and the devices.
 //!
-//! A snapshot directory holds `state` and `memory` (RAM as a sparse file, mapped MAP_PRIVATE
-//! on restore) and the frozen disk overlays the VM had written to (`disk<N>.layer<M>`).
+//! A snapshot directory holds `state`, `memory` (RAM as a sparse file, mapped MAP_PRIVATE on
+//! restore), `memory.map` (which pages hold data, with their BLAKE3, for lazy restores) and the
+//! frozen disk overlays the VM had written to (`disk<N>.layer<M>`).
 
 pub mod file;
 pub mod kvm;
@@ -16,6 +17,7 @@ pub use kvm::{KvmVmState, VcpuState};
 
 pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
+pub const MEMORY_MAP_FILE: &str = "memory.map";
 
 /// The VM at one instant, without its RAM.
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,6 +35,9 @@ pub struct VmState {
     pub disks: Vec<Vec<LayerSnap>>,
     /// Which clone this is (0: the original).
     pub clone_id: u32,
+    /// BLAKE3 of `memory.map` (page number and BLAKE3 of every page with data), for
+    /// snapshots written to a directory: what a lazy restore checks each fetched page against.
+    pub memory_map: Option<[u8; 32]>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

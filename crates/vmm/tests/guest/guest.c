@@ -402,7 +402,10 @@ static int pattern_is(u64 v) { for (int i = 0; i < PATTERN_WORDS; i++) if (patte
 
 /* counter: count forever; each tick asks who it is, checks that the pattern still holds the
  * value it wrote last tick, and writes its own id. */
-static void counter_mode(void) {
+static volatile u64 ballast[65536]; /* 512 KiB written once, never read again */
+
+static void counter_mode(const char *cmd) {
+    if (has_word(cmd, "ballast")) for (int i = 0; i < 65536; i++) ballast[i] = 0x5354524c00000000UL | i;
     int vs = vsock_setup() == 0;
     u64 id = 0;
     char line[200];
@@ -459,7 +462,7 @@ void guest_main(u64 boot_info, u64 pvh) {
         if (mr(base + MAGIC) != 0x74726976) continue;
         puts("virtio-mmio at 0x"); puthex(base, 8); puts(": device "); putdec(mr(base + DEVICE_ID)); puts("\n");
     }
-    if (has_word(cmd, "counter")) counter_mode();
+    if (has_word(cmd, "counter")) counter_mode(cmd);
     for (const char *s = cmd; *s; s++)
         if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "fork=")) fork_mode(parse_dec(s + 5));
     if (has_word(cmd, "blk")) test_blk(cmd);

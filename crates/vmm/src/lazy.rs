@@ -1,0 +1,557 @@
+//! Lazy memory: a restored VM starts with empty RAM and gets each page when it first touches
+//! it, through userfaultfd, from a memory server over TCP or a unix socket.
+//!
+//! A memory server serves one snapshot: from its directory, or from another memory server
+//! (`upstream`), keeping every page it fetched so that the clones on one host share one fetch
+//! of each page. Clients get the state file and the page map first, check the map against the
+//! state's `memory_map` hash, and check every page against its BLAKE3 in the map; pages not in
+//! the map are zero and never fetched.
+//!
+//! The protocol (integers little-endian): the client sends `STRLMEM1`, then requests of one
+//! op byte: 1 state → u64 length + bytes; 2 map → u64 length + bytes; 3 + u64 page number →
+//! 4096 bytes; 4 statistics → four u64 (pages served, bytes sent, pages fetched upstream, bytes
+//! fetched upstream).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use serde::Serialize;
+use userfaultfd::{Event, Uffd, UffdBuilder};
+
+use crate::bus::lock;
+use crate::exit::{ExitReason, ExitSignal};
+use crate::memory::{GuestRam, PAGE};
+use crate::snapshot::{self, VmState};
+use crate::Error;
+
+const MAGIC: &[u8; 8] = b"STRLMEM1";
+const OP_STATE: u8 = 1;
+const OP_MAP: u8 = 2;
+const OP_PAGE: u8 = 3;
+const OP_STATS: u8 = 4;
+/// Largest state or map a client accepts.
+const MAX_BLOB: u64 = 256 << 20;
+
+/// Where a memory server listens or a client connects: `tcp://HOST:PORT`, `unix:PATH` or a
+/// path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Addr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl std::str::FromStr for Addr {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        if let Some(a) = s.strip_prefix("tcp://") {
+            if a.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
+                return Ok(Addr::Tcp(a.to_owned()));
+            }
+            return Err(Error::Invalid(format!(
+                "memory server address {s:?}: expected tcp://HOST:PORT"
+            )));
+        }
+        let p = s.strip_prefix("unix:").unwrap_or(s);
+        if p.is_empty() {
+            return Err(Error::Invalid("memory server address: empty".into()));
+        }
+        Ok(Addr::Unix(p.into()))
+    }
+}
+
+impl std::fmt::Display for Addr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Addr::Tcp(a) => write!(f, "tcp://{a}"),
+            Addr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
+
+fn connect(addr: &Addr) -> std::io::Result<Box<dyn Stream>> {
+    Ok(match addr {
+        Addr::Tcp(a) => {
+            let s = TcpStream::connect(a)?;
+            s.set_nodelay(true)?;
+            Box::new(s)
+        }
+        Addr::Unix(p) => Box::new(UnixStream::connect(p)?),
+    })
+}
+
+fn read_blob(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
+    let mut n = [0u8; 8];
+    r.read_exact(&mut n)?;
+    let n = u64::from_le_bytes(n);
+    if n > MAX_BLOB {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the server sent a {n}-byte blob"),
+        ));
+    }
+    let mut v = vec![0u8; n as usize];
+    r.read_exact(&mut v)?;
+    Ok(v)
+}
+
+/// Page number → BLAKE3 of every page with data.
+pub type PageMap = HashMap<u64, [u8; 32]>;
+
+/// The page map, checked against the state's hash of it.
+pub fn parse_map(state: &VmState, map: &[u8]) -> Result<PageMap, String> {
+    let want = state
+        .memory_map
+        .ok_or("the snapshot has no page map (taken by a fork, not `vm snapshot`)")?;
+    if blake3::hash(map).as_bytes() != &want {
+        return Err("the page map does not match the state's hash of it".into());
+    }
+    if !map.len().is_multiple_of(40) {
+        return Err("the page map is not a whole number of entries".into());
+    }
+    Ok(map
+        .chunks_exact(40)
+        .map(|e| {
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&e[..8]);
+            let mut h = [0u8; 32];
+            h.copy_from_slice(&e[8..]);
+            (u64::from_le_bytes(n), h)
+        })
+        .collect())
+}
+
+/// A connection to a memory server.
+pub struct LazyClient {
+    conn: BufReader<Box<dyn Stream>>,
+    /// Every byte read from the server.
+    pub received: u64,
+}
+
+impl LazyClient {
+    pub fn connect(addr: &Addr) -> std::io::Result<Self> {
+        let mut conn = connect(addr)?;
+        conn.write_all(MAGIC)?;
+        Ok(LazyClient {
+            conn: BufReader::new(conn),
+            received: 0,
+        })
+    }
+
+    fn blob(&mut self, op: u8) -> std::io::Result<Vec<u8>> {
+        self.conn.get_mut().write_all(&[op])?;
+        let v = read_blob(&mut self.conn)?;
+        self.received += 8 + v.len() as u64;
+        Ok(v)
+    }
+
+    pub fn state(&mut self) -> std::io::Result<Vec<u8>> {
+        self.blob(OP_STATE)
+    }
+
+    pub fn map(&mut self) -> std::io::Result<Vec<u8>> {
+        self.blob(OP_MAP)
+    }
+
+    pub fn page(&mut self, n: u64) -> std::io::Result<Vec<u8>> {
+        let mut req = [0u8; 9];
+        req[0] = OP_PAGE;
+        req[1..].copy_from_slice(&n.to_le_bytes());
+        self.conn.get_mut().write_all(&req)?;
+        let mut page = vec![0u8; PAGE as usize];
+        self.conn.read_exact(&mut page)?;
+        self.received += PAGE;
+        Ok(page)
+    }
+
+    pub fn stats(&mut self) -> std::io::Result<ServerStats> {
+        self.conn.get_mut().write_all(&[OP_STATS])?;
+        let mut b = [0u8; 32];
+        self.conn.read_exact(&mut b)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+        Ok(ServerStats {
+            pages_served: w(0),
+            bytes_sent: w(1),
+            upstream_pages: w(2),
+            upstream_bytes: w(3),
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct ServerStats {
+    pub pages_served: u64,
+    pub bytes_sent: u64,
+    pub upstream_pages: u64,
+    pub upstream_bytes: u64,
+}
+
+type PageSlot = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
+
+enum Source {
+    Dir(File),
+    Upstream {
+        conn: Mutex<LazyClient>,
+        hashes: PageMap,
+        /// Every page fetched, kept: a host fetches each page once.
+        cache: Mutex<HashMap<u64, PageSlot>>,
+        fetched: AtomicU64,
+    },
+}
+
+pub struct MemoryServer {
+    state: Vec<u8>,
+    map: Vec<u8>,
+    bytes: u64,
+    source: Source,
+    served: AtomicU64,
+    sent: AtomicU64,
+}
+
+impl MemoryServer {
+    /// Serves the snapshot in `dir`.
+    pub fn open_dir(dir: &Path) -> Result<Self, Error> {
+        let bad = |reason: String| Error::Snapshot {
+            path: dir.to_owned(),
+            reason,
+        };
+        let state_path = dir.join(snapshot::STATE_FILE);
+        let state_bytes = std::fs::read(&state_path).map_err(|e| bad(format!("state: {e}")))?;
+        let state = snapshot::file::decode(&state_path, &state_bytes)?;
+        let map = std::fs::read(dir.join(snapshot::MEMORY_MAP_FILE))
+            .map_err(|e| bad(format!("memory.map: {e}")))?;
+        parse_map(&state, &map).map_err(bad)?;
+        let memory =
+            File::open(dir.join(snapshot::MEMORY_FILE)).map_err(|e| bad(format!("memory: {e}")))?;
+        Ok(MemoryServer {
+            state: state_bytes,
+            map,
+            bytes: state.mem_bytes,
+            source: Source::Dir(memory),
+            served: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        })
+    }
+
+    /// Serves what another memory server serves, fetching each page from it once.
+    pub fn upstream(addr: &Addr) -> Result<Self, Error> {
+        let io = |e: std::io::Error| Error::Io {
+            what: format!("memory server {addr}"),
+            source: e,
+        };
+        let mut c = LazyClient::connect(addr).map_err(io)?;
+        let state_bytes = c.state().map_err(io)?;
+        let state = snapshot::file::decode(Path::new(&addr.to_string()), &state_bytes)?;
+        let map = c.map().map_err(io)?;
+        let hashes = parse_map(&state, &map).map_err(|r| Error::Snapshot {
+            path: addr.to_string().into(),
+            reason: r,
+        })?;
+        Ok(MemoryServer {
+            state: state_bytes,
+            map,
+            bytes: state.mem_bytes,
+            source: Source::Upstream {
+                conn: Mutex::new(c),
+                hashes,
+                cache: Mutex::new(HashMap::new()),
+                fetched: AtomicU64::new(0),
+            },
+            served: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        })
+    }
+
+    fn page(&self, n: u64) -> Result<Arc<Vec<u8>>, String> {
+        if n >= self.bytes / PAGE {
+            return Err(format!("page {n} is beyond the VM's memory"));
+        }
+        match &self.source {
+            Source::Dir(f) => {
+                let mut p = vec![0u8; PAGE as usize];
+                f.read_exact_at(&mut p, n * PAGE)
+                    .map_err(|e| format!("reading page {n}: {e}"))?;
+                Ok(Arc::new(p))
+            }
+            Source::Upstream {
+                conn,
+                hashes,
+                cache,
+                fetched,
+            } => {
+                let slot = lock(cache).entry(n).or_default().clone();
+                // Concurrent requests for one page wait for the first fetch.
+                slot.get_or_init(|| {
+                    let p = lock(conn)
+                        .page(n)
+                        .map_err(|e| format!("fetching page {n} upstream: {e}"))?;
+                    fetched.fetch_add(1, Ordering::Relaxed);
+                    match hashes.get(&n) {
+                        Some(h) if blake3::hash(&p).as_bytes() == h => Ok(Arc::new(p)),
+                        Some(_) => Err(format!("page {n} from upstream fails its hash")),
+                        None if p.iter().all(|&b| b == 0) => Ok(Arc::new(p)),
+                        None => Err(format!("page {n} from upstream should be zero")),
+                    }
+                })
+                .clone()
+            }
+        }
+    }
+
+    fn stats(&self) -> ServerStats {
+        let (upstream_pages, upstream_bytes) = match &self.source {
+            Source::Dir(_) => (0, 0),
+            Source::Upstream { conn, fetched, .. } => {
+                (fetched.load(Ordering::Relaxed), lock(conn).received)
+            }
+        };
+        ServerStats {
+            pages_served: self.served.load(Ordering::Relaxed),
+            bytes_sent: self.sent.load(Ordering::Relaxed),
+            upstream_pages,
+            upstream_bytes,
+        }
+    }
+
+    fn client(&self, stream: &mut dyn Stream) -> std::io::Result<()> {
+        let mut magic = [0u8; 8];
+        match stream.read_exact(&mut magic) {
+            // Connected and went away (a probe): nothing to say.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+            r => r?,
+        }
+        if &magic != MAGIC {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a Starling memory client",
+            ));
+        }
+        let mut op = [0u8; 1];
+        loop {
+            if stream.read(&mut op)? == 0 {
+                return Ok(());
+            }
+            let mut out = BufWriter::new(&mut *stream);
+            let sent = match op[0] {
+                OP_STATE | OP_MAP => {
+                    let b = if op[0] == OP_STATE {
+                        &self.state
+                    } else {
+                        &self.map
+                    };
+                    out.write_all(&(b.len() as u64).to_le_bytes())?;
+                    out.write_all(b)?;
+                    8 + b.len() as u64
+                }
+                OP_PAGE => {
+                    drop(out);
+                    let mut n = [0u8; 8];
+                    stream.read_exact(&mut n)?;
+                    let p = self
+                        .page(u64::from_le_bytes(n))
+                        .map_err(std::io::Error::other)?;
+                    stream.write_all(&p)?;
+                    self.served.fetch_add(1, Ordering::Relaxed);
+                    self.sent.fetch_add(PAGE, Ordering::Relaxed);
+                    continue;
+                }
+                OP_STATS => {
+                    let s = self.stats();
+                    for v in [
+                        s.pages_served,
+                        s.bytes_sent,
+                        s.upstream_pages,
+                        s.upstream_bytes,
+                    ] {
+                        out.write_all(&v.to_le_bytes())?;
+                    }
+                    0
+                }
+                other => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("unknown request {other}"),
+                    ))
+                }
+            };
+            out.flush()?;
+            self.sent.fetch_add(sent, Ordering::Relaxed);
+        }
+    }
+
+    /// Serves clients at `addr` until the process ends (one thread per client).
+    pub fn serve(self: Arc<Self>, addr: &Addr) -> Result<(), Error> {
+        let io = |e: std::io::Error| Error::Io {
+            what: format!("listening on {addr}"),
+            source: e,
+        };
+        let spawn = |me: Arc<Self>, mut s: Box<dyn Stream>| {
+            let _ = std::thread::Builder::new()
+                .name("memory-client".into())
+                .spawn(move || {
+                    if let Err(e) = me.client(&mut *s) {
+                        eprintln!("starling memory server: a client: {e}");
+                    }
+                });
+        };
+        match addr {
+            Addr::Tcp(a) => {
+                let l = TcpListener::bind(a).map_err(io)?;
+                for s in l.incoming().flatten() {
+                    let _ = s.set_nodelay(true);
+                    spawn(self.clone(), Box::new(s));
+                }
+            }
+            Addr::Unix(p) => {
+                let _ = std::fs::remove_file(p);
+                let l = UnixListener::bind(p).map_err(io)?;
+                for s in l.incoming().flatten() {
+                    spawn(self.clone(), Box::new(s));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a lazily restored VM fetched: pages with data, and zero pages filled in place.
+#[derive(Debug, Default, Serialize)]
+pub struct FaultStats {
+    pub pages_fetched: AtomicU64,
+    pub zero_pages: AtomicU64,
+    pub bytes_received: AtomicU64,
+}
+
+/// Connects to the memory server at `addr` and returns the snapshot's state, its page map and
+/// the connection (which then serves the faults).
+pub fn fetch_state(addr: &Addr) -> Result<(VmState, PageMap, LazyClient), Error> {
+    let io = |e: std::io::Error| Error::Io {
+        what: format!("memory server {addr}"),
+        source: e,
+    };
+    let mut c = LazyClient::connect(addr).map_err(io)?;
+    let state_bytes = c.state().map_err(io)?;
+    let state = snapshot::file::decode(Path::new(&addr.to_string()), &state_bytes)?;
+    let map = c.map().map_err(io)?;
+    let map = parse_map(&state, &map).map_err(|r| Error::Snapshot {
+        path: addr.to_string().into(),
+        reason: r,
+    })?;
+    Ok((state, map, c))
+}
+
+/// Registers the VM's RAM with userfaultfd and serves its faults from `client` on a thread of
+/// its own; a page that cannot be had (server gone, hash mismatch) ends the VM.
+pub fn serve_faults(
+    ram: &GuestRam,
+    mut client: LazyClient,
+    map: PageMap,
+    exit: Arc<ExitSignal>,
+) -> Result<Arc<FaultStats>, Error> {
+    let uffd = UffdBuilder::new()
+        .close_on_exec(true)
+        .non_blocking(false)
+        // KVM touches guest pages from the kernel: those faults must come to us too.
+        .user_mode_only(false)
+        .create()
+        .map_err(|e| Error::Io {
+            what: "creating a userfaultfd (needs root or /dev/userfaultfd)".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+    let ranges = ram.ranges();
+    for &(host, len, _) in &ranges {
+        uffd.register(host as *mut libc::c_void, len as usize)
+            .map_err(|e| Error::Io {
+                what: "registering guest memory with userfaultfd".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+    }
+    let stats = Arc::new(FaultStats::default());
+    client.received = 0;
+    let st = stats.clone();
+    std::thread::Builder::new()
+        .name("page-faults".into())
+        .spawn(move || {
+            if let Err(e) = fault_loop(&uffd, &ranges, &mut client, &map, &st) {
+                eprintln!("starling: lazy memory: {e}");
+                exit.raise(ExitReason::VcpuFailed(0));
+            }
+        })
+        .map_err(|e| Error::Io {
+            what: "starting the page fault thread".into(),
+            source: e,
+        })?;
+    Ok(stats)
+}
+
+fn fault_loop(
+    uffd: &Uffd,
+    ranges: &[(u64, u64, u64)],
+    client: &mut LazyClient,
+    map: &PageMap,
+    stats: &FaultStats,
+) -> Result<(), String> {
+    loop {
+        let event = match uffd.read_event() {
+            Ok(Some(e)) => e,
+            Ok(None) => continue,
+            Err(e) => return Err(format!("reading faults: {e}")),
+        };
+        let Event::Pagefault { addr, .. } = event else {
+            continue;
+        };
+        let at = addr as u64 & !(PAGE - 1);
+        let Some(&(host, _, off)) = ranges.iter().find(|(h, l, _)| at >= *h && at < h + l) else {
+            return Err(format!("a fault outside guest memory at {at:#x}"));
+        };
+        let n = (at - host + off) / PAGE;
+        let done = match map.get(&n) {
+            Some(hash) => {
+                let page = client
+                    .page(n)
+                    .map_err(|e| format!("fetching page {n}: {e}"))?;
+                if blake3::hash(&page).as_bytes() != hash {
+                    return Err(format!("page {n} from the memory server fails its hash"));
+                }
+                stats.pages_fetched.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .bytes_received
+                    .store(client.received, Ordering::Relaxed);
+                // SAFETY: `at` is a page inside a registered range of our RAM mapping and
+                // `page` holds PAGE bytes; the kernel copies them in and wakes the faulter.
+                unsafe {
+                    uffd.copy(
+                        page.as_ptr().cast(),
+                        at as *mut libc::c_void,
+                        PAGE as usize,
+                        true,
+                    )
+                }
+                .map(|_| ())
+            }
+            None => {
+                stats.zero_pages.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: as above; the kernel maps a zero page.
+                unsafe { uffd.zeropage(at as *mut libc::c_void, PAGE as usize, true) }.map(|_| ())
+            }
+        };
+        match done {
+            Ok(()) => {}
+            // Another fault on the same page got there first.
+            Err(userfaultfd::Error::CopyFailed(e)) | Err(userfaultfd::Error::ZeropageFailed(e))
+                if e as i32 == libc::EEXIST => {}
+            Err(e) => return Err(format!("filling page {n}: {e}")),
+        }
+    }
+}
