@@ -4,6 +4,7 @@ mod fleet_cmd;
 mod format;
 mod image_cmd;
 mod mount_cmd;
+mod pool_cmd;
 mod progress;
 mod repo_cmd;
 mod store_cmd;
@@ -108,6 +109,9 @@ enum Command {
     /// Run microVMs on KVM
     #[command(subcommand)]
     Vm(vm_cmd::VmCmd),
+    /// Substrate pools: booted VMs docked in memory, activated without booting
+    #[command(subcommand)]
+    Pool(pool_cmd::PoolCmd),
     /// The host cache shared by every mount
     Cache {
         #[command(subcommand)]
@@ -168,6 +172,7 @@ fn main() -> ExitCode {
         Command::Mounts { json, socket } => mount_cmd::mounts(&socket, json),
         Command::Cache { cmd, socket } => mount_cmd::cache(&socket, cmd),
         Command::Vm(c) => vm_cmd::run(&store, c),
+        Command::Pool(c) => pool_cmd::run(&store, c),
     });
     match result {
         Ok(code) => code,

@@ -209,3 +209,18 @@ pub fn initramfs(store_dir: &Path, a: InitramfsArgs<'_>) -> Result<(u64, Vec<Str
         ird.module_names().into_iter().map(String::from).collect(),
     ))
 }
+
+/// Writes a stored image as a raw ext4 file system (a VM's disk).
+pub fn export_ext4(store_dir: &Path, image: &str, dest: &Path) -> Result<()> {
+    let store = Store::open(store_dir)?;
+    let resolved = versions::resolve(&store, &ImageRef::parse(image)?)?;
+    export::export(
+        &store,
+        &resolved,
+        dest,
+        ExportFormat::Ext4 { size: None },
+        &Progress::default(),
+    )
+    .with_context(|| format!("exporting {image} to {}", dest.display()))?;
+    Ok(())
+}

@@ -175,7 +175,7 @@ pub struct RunArgs {
     config: Option<PathBuf>,
 }
 
-fn parse_mem(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_mem(s: &str) -> Result<u64, String> {
     let bytes = crate::format::parse_size(s).map_err(|e| e.to_string())?;
     if bytes % (1 << 20) != 0 {
         return Err(format!("{s}: memory must be a whole number of MiB"));
@@ -183,7 +183,7 @@ fn parse_mem(s: &str) -> Result<u64, String> {
     Ok(bytes >> 20)
 }
 
-fn parse_disk(s: &str) -> Result<DiskConfig, String> {
+pub(crate) fn parse_disk(s: &str) -> Result<DiskConfig, String> {
     let (path, ro) = match s.rsplit_once(',') {
         Some((p, "ro")) => (p, true),
         Some((p, "rw")) => (p, false),

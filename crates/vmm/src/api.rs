@@ -2,7 +2,8 @@
 //! per connection. Documented in docs/api/vmm.md.
 //!
 //! GET /v1/vm → status; POST /v1/vm/pause, /v1/vm/resume, /v1/vm/stop;
-//! POST /v1/vm/snapshot {"dir": D, "stop": bool}; POST /v1/vm/fork {"count": N, "dir": D?}.
+//! POST /v1/vm/snapshot {"dir": D, "stop": bool}; POST /v1/vm/fork {"count": N, "dir": D?};
+//! POST /v1/vm/activate {"env": {K: V}, "args": A?}.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -19,7 +20,9 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
+    /// Call after setting the `done` flag given to `serve`: wakes the accepting thread.
     pub fn shutdown(self) {
+        let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -32,20 +35,17 @@ pub fn serve(path: &Path, vm: VmHandle, done: Arc<AtomicBool>) -> Result<ApiServ
     };
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(io)?;
-    listener.set_nonblocking(true).map_err(io)?;
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let vm = vm.clone();
-                        let _ = std::thread::Builder::new()
-                            .name("api-conn".into())
-                            .spawn(move || handle(stream, &vm));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            while let Ok((stream, _)) = listener.accept() {
+                if done.load(Ordering::SeqCst) {
+                    break;
                 }
+                let vm = vm.clone();
+                let _ = std::thread::Builder::new()
+                    .name("api-conn".into())
+                    .spawn(move || handle(stream, &vm));
             }
         })
         .map_err(io)?;
@@ -142,6 +142,15 @@ struct ForkBody {
     dir: Option<std::path::PathBuf>,
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateBody {
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    args: Option<String>,
+}
+
 fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, (u16, serde_json::Value)> {
     serde_json::from_slice(bytes).map_err(|e| {
         (
@@ -165,6 +174,16 @@ fn route(method: &str, target: &str, bytes: &[u8], vm: &VmHandle) -> (u16, serde
             Ok(b) => outcome(vm.snapshot(&b.dir, b.stop)),
             Err(e) => e,
         },
+        ("POST", "/v1/vm/activate") => match body::<ActivateBody>(bytes) {
+            Ok(b) => {
+                let env: Vec<(String, String)> = b.env.into_iter().collect();
+                match crate::service::activation_line(&env, b.args.as_deref()) {
+                    Ok(line) => outcome(vm.activate(line)),
+                    Err(e) => (400, serde_json::json!({ "error": e })),
+                }
+            }
+            Err(e) => e,
+        },
         ("POST", "/v1/vm/fork") => match body::<ForkBody>(bytes) {
             Ok(b) => outcome(vm.fork(b.count, b.dir.as_deref())),
             Err(e) => e,
@@ -185,7 +204,7 @@ fn route(method: &str, target: &str, bytes: &[u8], vm: &VmHandle) -> (u16, serde
         (
             _,
             "/v1/vm" | "/v1/vm/pause" | "/v1/vm/resume" | "/v1/vm/stop" | "/v1/vm/snapshot"
-            | "/v1/vm/fork",
+            | "/v1/vm/fork" | "/v1/vm/activate",
         ) => (
             405,
             serde_json::json!({"error": format!("{method} is not allowed on {target}")}),

@@ -5,6 +5,10 @@
 //!   fork N       → `0` in the parent, `1`..`N` in the clones (SnowFlock's sf_clone)
 //!   join         → `exit C1 C2 …`: the exit status of every clone forked so far, in clone-id
 //!                  order, once all have ended (sf_join)
+//!   ready        → (once the VM is activated) `activate K=V … [-- ARGS]`: a substrate's guest
+//!                  says it is booted and idle, and waits here for its configuration; a pool
+//!                  snapshots it in that state, and every VM activated from the pool answers
+//!                  with its own environment and arguments
 //!   anything else→ `error …`
 //!
 //! A request still unanswered when a snapshot is taken is answered again by the monitor that
@@ -79,6 +83,29 @@ fn getrandom(buf: &mut [u8]) {
     }
 }
 
+/// The answer to `ready`: `activate K=V … [-- ARGS]`. Keys and values are single words (no
+/// spaces or newlines) so that a shell agent can split them.
+pub fn activation_line(env: &[(String, String)], args: Option<&str>) -> Result<String, String> {
+    let mut line = String::from("activate");
+    for (k, v) in env {
+        let word = |w: &str| !w.is_empty() && !w.contains(|c: char| c.is_whitespace());
+        if !word(k) || k.contains('=') || !(v.is_empty() || word(v)) {
+            return Err(format!(
+                "environment {k}={v}: names and values are single words without spaces"
+            ));
+        }
+        line.push_str(&format!(" {k}={v}"));
+    }
+    if let Some(a) = args {
+        if a.contains('\n') {
+            return Err("arguments: one line".into());
+        }
+        line.push_str(" -- ");
+        line.push_str(a);
+    }
+    Ok(line)
+}
+
 /// A fork the service asks the run loop for; the answer is the clones' ids or why not.
 pub struct ForkRequest {
     pub count: u32,
@@ -102,6 +129,10 @@ pub struct Services {
     forks: Mutex<Option<mpsc::Sender<ForkRequest>>>,
     /// Clones forked from this VM not yet joined, by id.
     children: Mutex<BTreeMap<u32, Child>>,
+    /// The guest asked `ready` (it is booted and waits for its configuration).
+    ready: std::sync::atomic::AtomicBool,
+    /// The configuration `ready` is answered with, once the VM is activated.
+    activation: (Mutex<Option<String>>, std::sync::Condvar),
 }
 
 impl Services {
@@ -111,7 +142,35 @@ impl Services {
             in_flight: Mutex::new(HashMap::new()),
             forks: Mutex::new(None),
             children: Mutex::new(BTreeMap::new()),
+            ready: std::sync::atomic::AtomicBool::new(false),
+            activation: (Mutex::new(None), std::sync::Condvar::new()),
         })
+    }
+
+    pub fn guest_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Hands the guest its configuration (the answer to `ready`); false if it already had one.
+    pub fn activate(&self, answer: String) -> bool {
+        let mut a = lock(&self.activation.0);
+        if a.is_some() {
+            return false;
+        }
+        *a = Some(answer);
+        self.activation.1.notify_all();
+        true
+    }
+
+    fn await_activation(&self) -> String {
+        self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut a = lock(&self.activation.0);
+        loop {
+            if let Some(answer) = a.as_ref() {
+                return answer.clone();
+            }
+            a = self.activation.1.wait(a).unwrap_or_else(|p| p.into_inner());
+        }
     }
 
     /// Where fork requests go while the VM runs (None: forks are refused).
@@ -181,6 +240,7 @@ impl Services {
                 _ => format!("error fork: {n:?} is not a clone count (1..{MAX_CLONES})"),
             },
             (Some("join"), None, _) => self.join(),
+            (Some("ready"), None, _) => self.await_activation(),
             _ => format!("error unknown request {req:?} (whoami, fork N, join)"),
         }
     }

@@ -51,6 +51,7 @@ pub struct Vm {
     forks: u32,
     /// Told once the vCPUs run (a clone telling the parent that forked it).
     ready_fd: Option<std::fs::File>,
+    start_paused: bool,
 }
 
 /// What the API and signal handlers act on while the VM runs.
@@ -68,6 +69,7 @@ pub struct Shared {
     pub restored_in: std::sync::OnceLock<Duration>,
     pub clone_id: u32,
     requests: Mutex<Option<mpsc::Sender<Request>>>,
+    pub services: Arc<Services>,
 }
 
 /// What needs the run loop (it owns the vCPU threads).
@@ -101,6 +103,8 @@ pub struct VmStatus {
     pub restored_in_us: Option<u128>,
     /// For a lazily restored VM: pages fetched, zero pages filled, bytes received.
     pub lazy: Option<serde_json::Value>,
+    /// The guest said `ready` to the monitor's service (booted, waiting to be activated).
+    pub guest_ready: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -142,6 +146,7 @@ impl VmHandle {
                 .lazy
                 .as_ref()
                 .and_then(|l| serde_json::to_value(&**l).ok()),
+            guest_ready: s.services.guest_ready(),
         }
     }
 
@@ -158,6 +163,15 @@ impl VmHandle {
 
     pub fn resume(&self) {
         self.0.control.set(RunState::Running);
+    }
+
+    /// Gives the guest its configuration (the answer to its `ready`) and resumes it.
+    pub fn activate(&self, answer: String) -> Result<VmStatus, String> {
+        if !self.0.services.activate(answer) {
+            return Err("the VM was activated already".into());
+        }
+        self.resume();
+        Ok(self.status())
     }
 
     pub fn stop(&self, signal: Option<i32>) {
@@ -221,6 +235,12 @@ pub struct RestoreSpec {
     /// An inherited pipe to write this clone's id to once its vCPUs run.
     #[serde(default)]
     pub ready_fd: Option<i32>,
+    /// Start with the vCPUs paused (a docked substrate, waiting for `activate` or `resume`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Answer the guest's `ready` with this (`activate …`, see service.rs) right away.
+    #[serde(default)]
+    pub activate: Option<String>,
     /// Fetch state and memory from this memory server (`tcp://HOST:PORT` or a unix socket)
     /// instead of `dir`, each page when the guest first touches it.
     #[serde(default)]
@@ -455,6 +475,10 @@ impl Vm {
             // Restored connections may have bytes to deliver right away.
             lock(t).process_backend();
         }
+        if let Some(a) = &spec.activate {
+            vm.services.activate(a.clone());
+        }
+        vm.start_paused = spec.paused;
         vm.ready_fd = spec.ready_fd.map(|fd| {
             // SAFETY: as for memory_fd: handed over by the parent, owned here alone.
             unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
@@ -596,6 +620,7 @@ impl Vm {
             restored_in: std::sync::OnceLock::new(),
             clone_id: lock(&services.identity).clone_id,
             requests: Mutex::new(None),
+            services: services.clone(),
         });
         Ok((
             Vm {
@@ -615,6 +640,7 @@ impl Vm {
                 run_dir,
                 forks: 0,
                 ready_fd: None,
+                start_paused: false,
             },
             announced,
         ))
@@ -647,6 +673,9 @@ impl Vm {
         let (fork_tx, fork_rx) = mpsc::channel::<ForkRequest>();
         self.services.set_fork_sender(Some(fork_tx));
 
+        if self.start_paused {
+            self.shared.control.set(RunState::Paused);
+        }
         let mut threads = Vec::new();
         for (id, fd) in self.vcpus.iter().enumerate() {
             threads.push(

@@ -451,6 +451,24 @@ static void fork_mode(u64 n) {
     puts("join: "); puts(line); puts("\n");
 }
 
+/* substrate: boot, set state, tell the monitor it is ready and wait for the configuration a
+ * pool activation hands over; print it and exit with its code=N (if any). */
+static void substrate_mode(void) {
+    char line[300], act[300];
+    if (vsock_setup() || svc_open(4000)) { puts("substrate: no service\n"); return; }
+    for (int i = 0; i < 500; i++) counter++;
+    pattern_fill(0x5ab);
+    puts("substrate: ready\n");
+    if (svc_call(4000, "ready\n", act, sizeof act) < 0) { puts("substrate: no answer\n"); return; }
+    counter++;
+    puts("substrate: "); puts(act); puts("\n");
+    puts("substrate: counter "); putdec(counter); puts(pattern_is(0x5ab) ? " pattern ok\n" : " pattern BAD\n");
+    if (svc_call(4000, "whoami\n", line, sizeof line) > 0) { puts("substrate: whoami "); puts(line); puts("\n"); }
+    svc_close(4000);
+    for (const char *s = act; *s; s++)
+        if (s > act && s[-1] == ' ' && streq_prefix(s, "code=")) outb(0x501, parse_dec(s + 5));
+}
+
 void guest_main(u64 boot_info, u64 pvh) {
     const char *cmd = pvh ? (const char *)*(u64 *)(boot_info + 24)
                           : (const char *)(u64)*(u32 *)(boot_info + 0x228);
@@ -463,6 +481,7 @@ void guest_main(u64 boot_info, u64 pvh) {
         puts("virtio-mmio at 0x"); puthex(base, 8); puts(": device "); putdec(mr(base + DEVICE_ID)); puts("\n");
     }
     if (has_word(cmd, "counter")) counter_mode(cmd);
+    if (has_word(cmd, "substrate")) substrate_mode();
     for (const char *s = cmd; *s; s++)
         if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "fork=")) fork_mode(parse_dec(s + 5));
     if (has_word(cmd, "blk")) test_blk(cmd);

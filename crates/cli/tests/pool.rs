@@ -1,0 +1,174 @@
+//! `starling pool`: substrate pools with the tier-1 test guest's `substrate` mode (it boots,
+//! sets some state, says `ready` to the monitor's service and prints the configuration it gets
+//! back, then exits with its code=N).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn guest(dir: &Path) -> Option<PathBuf> {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP: no /dev/kvm");
+        return None;
+    }
+    match starling_vmm::test_guest::build(dir) {
+        Ok(g) => Some(g.pvh),
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            None
+        }
+    }
+}
+
+fn starling(pools: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_starling"));
+    c.env("STARLING_HOME", "/nonexistent-store-not-needed")
+        .env("STARLING_POOLS", pools);
+    c
+}
+
+fn ok(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8(out.stderr).unwrap()
+}
+
+fn wait_for_file(p: &Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = std::fs::read_to_string(p).unwrap_or_default();
+        if s.contains(needle) {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {}:\n{s}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn pools_dock_activate_refill_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
+    let pools = dir.path().join("pools");
+    let create = |name: &str, cmdline: &str, size: &str| {
+        let mut c = starling(&pools);
+        c.args([
+            "pool",
+            "create",
+            name,
+            "--mem",
+            "32M",
+            "--cmdline",
+            cmdline,
+            "--size",
+            size,
+        ])
+        .arg("--kernel")
+        .arg(&kernel);
+        c
+    };
+    ok(&mut create("web", "substrate", "2"));
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
+    assert_eq!(ls[0]["name"], "web");
+    assert_eq!(ls[0]["waiting"], 2, "{ls}");
+    let boot_log = std::fs::read_to_string(pools.join("web/boot.log")).unwrap();
+    assert!(boot_log.contains("substrate: ready"), "{boot_log}");
+    assert!(
+        !boot_log.contains("substrate: activate"),
+        "the docked VM was never activated"
+    );
+
+    let mut seeds = Vec::new();
+    for i in 0..3 {
+        let out = ok(starling(&pools).args([
+            "pool",
+            "run",
+            "web",
+            "--env",
+            "code=7",
+            "--env",
+            &format!("N={i}"),
+            "--args",
+            "serve --port 80",
+            "--json",
+        ]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["warm"], true, "{v}");
+        eprintln!("activation {i}: {} us", v["activated_us"]);
+        let console = PathBuf::from(v["console"].as_str().unwrap());
+        let log = wait_for_file(&console, "substrate: whoami");
+        assert!(
+            log.contains(&format!(
+                "substrate: activate N={i} code=7 -- serve --port 80"
+            )),
+            "{log}"
+        );
+        // The state from before the snapshot is there: the counter goes on from 500.
+        assert!(log.contains("substrate: counter 501 pattern ok"), "{log}");
+        assert!(
+            !log.contains("substrate: ready"),
+            "activated without booting: {log}"
+        );
+        let seed = log
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("seed="))
+            .unwrap()
+            .to_owned();
+        seeds.push(seed);
+        let slot = PathBuf::from(v["slot"].as_str().unwrap());
+        wait_for_file(&slot.join("monitor.log"), "GuestExit(7)");
+    }
+    seeds.dedup();
+    assert_eq!(seeds.len(), 3, "every activated VM has its own identity");
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
+    assert_eq!(ls[0]["waiting"], 2, "refilled to its size: {ls}");
+
+    // A pool with nothing waiting restores a fresh VM per run.
+    ok(&mut create("cold", "substrate", "0"));
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        starling(&pools).args(["pool", "run", "cold", "--env", "code=3", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(v["warm"], false);
+    wait_for_file(
+        Path::new(v["console"].as_str().unwrap()),
+        "substrate: activate code=3",
+    );
+
+    // Errors name the problem and leave nothing behind.
+    assert!(fails(&mut create("web", "substrate", "1")).contains("exists"));
+    let e = fails(&mut create("never", "exit=4", "1"));
+    assert!(e.contains("before its guest said ready"), "{e}");
+    assert!(!pools.join("never").exists());
+    assert!(
+        fails(starling(&pools).args(["pool", "run", "nosuch"])).contains("no pool named nosuch")
+    );
+    let e = fails(starling(&pools).args(["pool", "run", "web", "--env", "A=two words"]));
+    assert!(e.contains("single words"), "{e}");
+    assert!(fails(&mut create("bad/name", "substrate", "1")).contains("pool name"));
+
+    ok(starling(&pools).args(["pool", "rm", "web"]));
+    ok(starling(&pools).args(["pool", "rm", "cold", "--force"]));
+    assert!(!pools.join("web").exists());
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
+    assert_eq!(ls, serde_json::json!([]));
+}
