@@ -56,6 +56,9 @@ pub enum VmCmd {
     },
     /// Restore a snapshot into a new VM that continues where the snapshot was taken
     Restore(RestoreArgs),
+    /// Build the project's tier-1 test guest (for benchmarks and demos)
+    #[command(hide = true)]
+    TestGuest { out: PathBuf },
     /// Serve a snapshot's memory to lazy restores (`vm restore --lazy ADDR`) until killed: from
     /// its directory, or from another memory server (tcp://HOST:PORT, unix:PATH), keeping each
     /// page fetched so that the clones on this host share one fetch of it
@@ -281,6 +284,11 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Restore(a) => restore(a),
+        VmCmd::TestGuest { out } => {
+            let g = starling_vmm::test_guest::build(&out).map_err(anyhow::Error::msg)?;
+            println!("{}", g.pvh.display());
+            Ok(ExitCode::SUCCESS)
+        }
         VmCmd::MemoryServer { source, listen } => {
             use starling_vmm::lazy::{Addr, MemoryServer};
             let addr: Addr = listen.parse()?;

@@ -769,11 +769,20 @@ impl Vm {
                 let was = self.shared.control.state();
                 let t = Instant::now();
                 vcpu::pause_all(threads, &self.shared.control);
-                let r = self.fork(count, dir);
+                let frozen = self.freeze_for_fork(dir);
                 let paused_us = t.elapsed().as_micros();
                 if was == RunState::Running {
                     self.shared.control.set(RunState::Running);
                 }
+                // The parent runs on while its clones start.
+                let r = frozen.and_then(|(dir, memfd)| {
+                    crate::fork::spawn_clones(&dir, count, &memfd, &self.config)
+                        .map_err(|e| Error::Io {
+                            what: format!("starting clones in {}", dir.display()),
+                            source: e,
+                        })
+                        .map(|p| (dir, p))
+                });
                 match r {
                     Ok((dir, pending)) => {
                         // The parent runs again; the answer waits for the clones to run.
@@ -913,13 +922,9 @@ impl Vm {
         Ok((mem_bytes, state_bytes))
     }
 
-    /// Freezes RAM and disks, writes the state for the clones and starts them; returns
-    /// before they run (see `PendingClones::wait`).
-    fn fork(
-        &mut self,
-        count: u32,
-        dir: Option<PathBuf>,
-    ) -> Result<(PathBuf, PendingClones), Error> {
+    /// Freezes RAM and disks and writes the state for the clones; returns their directory
+    /// and the frozen memory.
+    fn freeze_for_fork(&mut self, dir: Option<PathBuf>) -> Result<(PathBuf, std::fs::File), Error> {
         self.forks += 1;
         let dir = dir.unwrap_or_else(|| self.run_dir.join(format!("fork-{}", self.forks)));
         let io_at = |what: String| move |source| Error::Io { what, source };
@@ -930,9 +935,7 @@ impl Vm {
             ram.freeze().map_err(io_at("freezing guest memory".into()))
         })?;
         snapshot::file::write(&dir.join(snapshot::STATE_FILE), &state)?;
-        crate::fork::spawn_clones(&dir, count, &memfd, &self.config)
-            .map_err(io_at(format!("starting clones in {}", dir.display())))
-            .map(|p| (dir, p))
+        Ok((dir, memfd))
     }
 }
 

@@ -407,12 +407,14 @@ static volatile u64 ballast[65536]; /* 512 KiB written once, never read again */
 static void counter_mode(const char *cmd) {
     if (has_word(cmd, "ballast")) for (int i = 0; i < 65536; i++) ballast[i] = 0x5354524c00000000UL | i;
     int vs = vsock_setup() == 0;
+    int reread = has_word(cmd, "reread");
     u64 id = 0;
     char line[200];
     pattern_fill(0);
     for (u32 port = 2000;; port++) {
         counter++;
         int ok = pattern_is(id);
+        if (reread) { u64 sum = 0; for (int i = 0; i < 65536; i += 512) sum += ballast[i]; if (!sum) ok = 0; }
         if (vs && svc_open(port) == 0) {
             if (svc_call(port, "whoami\n", line, sizeof line) > 3) id = parse_dec(line + 3);
             svc_close(port);
@@ -482,6 +484,13 @@ void guest_main(u64 boot_info, u64 pvh) {
     }
     if (has_word(cmd, "counter")) counter_mode(cmd);
     if (has_word(cmd, "substrate")) substrate_mode();
+    if (has_word(cmd, "idle")) {
+        /* Touch a little memory, then halt for good: an idle VM (the kernel's irqchip keeps
+         * the halted vCPU off the host CPU). */
+        pattern_fill(0x1d1e);
+        puts("idle\n");
+        for (;;) __asm__ volatile("cli; hlt");
+    }
     for (const char *s = cmd; *s; s++)
         if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "fork=")) fork_mode(parse_dec(s + 5));
     if (has_word(cmd, "blk")) test_blk(cmd);
