@@ -24,3 +24,33 @@ STARLING_VM_QUIET=1 /bin/starling vm run --kernel /vm/vmlinux --initrd /vm/inner
   --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet"
 echo "host: pvh vm exit status $?"
 echo "host: pvh $(grep 'inner: marker' /tmp/pvh.log)"
+# Fork: the guest agent answers vsock port 7000 with its clone id and 16 bytes of /dev/urandom.
+STARLING_VM_QUIET=1 /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img \
+  --vsock 3,/tmp/f.sock --api-socket /tmp/f.api --mem 256M --console /tmp/fork.log \
+  --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.agent" &
+vm=$!
+i=0
+until grep -q "starling-agent: answering" /tmp/fork.log 2>/dev/null || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done
+echo "host: fork guest $(grep 'inner: agent' /tmp/fork.log)"
+ask() { /bin/starling vm vsock connect "$1" 7000 < /dev/null; }
+echo "host: fork parent before: $(ask /tmp/f.sock)"
+/bin/starling vm fork /tmp/f.api -n 4 --dir /tmp/forks 2>&1 | sed 's/^/host: fork: /'
+for k in 1 2 3 4; do
+  echo "host: clone $k answers: $(ask /tmp/forks/clone-$k/vsock.sock)"
+  /bin/starling vm stop /tmp/forks/clone-$k/api.sock
+done
+echo "host: fork parent after: $(ask /tmp/f.sock)"
+# Snapshot the parent (it stops), restore it in a new monitor: it answers as itself.
+/bin/starling vm snapshot /tmp/f.api /tmp/snap --stop 2>&1 | sed 's/^/host: snapshot: /'
+wait $vm
+echo "host: snapshotted vm exit status $?"
+STARLING_VM_QUIET=1 /bin/starling vm restore /tmp/snap --api-socket /tmp/r.api \
+  --vsock-path /tmp/r.sock --console /tmp/restored.log &
+vm=$!
+i=0
+until [ -S /tmp/r.api ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+echo "host: restored answers: $(ask /tmp/r.sock)"
+echo "host: restored status: $(/bin/starling vm status /tmp/r.api)"
+/bin/starling vm stop /tmp/r.api
+wait $vm
+echo "host: restored vm exit status $?"

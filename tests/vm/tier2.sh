@@ -26,11 +26,12 @@ fi
 image=$(python3 -c 'import json,sys; print(json.load(open("kernel.json"))["image"])')
 
 cc -static -O2 -o vsock-hello "$here/vsock-hello.c"
+cc -static -O2 -o starling-agent "$here/../../crates/guest/agent/starling-agent.c"
 rm -rf disk-root && mkdir disk-root && echo "starling-tier2-marker" > disk-root/marker
 rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
 
 "$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz --vmlinux vmlinux \
-  --add "$work/vsock-hello:/bin/vsock-hello" --add "${INNER_RUN:-$here/inner-run.sh}:/etc/starling/run" \
+  --add "$work/vsock-hello:/bin/vsock-hello" --add "$work/starling-agent:/bin/starling-agent" --add "${INNER_RUN:-$here/inner-run.sh}:/etc/starling/run" \
   -o inner.img
 
 objcopy --strip-debug "$starling" starling.bin

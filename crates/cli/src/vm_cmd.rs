@@ -56,6 +56,14 @@ pub enum VmCmd {
     },
     /// Restore a snapshot into a new VM that continues where the snapshot was taken
     Restore(RestoreArgs),
+    /// A running VM's state (given by its API socket), as JSON
+    Status { vm: PathBuf },
+    /// Pause a running VM's vCPUs
+    Pause { vm: PathBuf },
+    /// Resume a paused VM
+    Resume { vm: PathBuf },
+    /// Stop a VM (its monitor exits 0)
+    Stop { vm: PathBuf },
     /// Build the project's tier-1 test guest (for benchmarks and demos)
     #[command(hide = true)]
     TestGuest { out: PathBuf },
@@ -284,6 +292,27 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Restore(a) => restore(a),
+        VmCmd::Status { vm } => {
+            let (code, v) = starling_vmm::api::call(&vm, "GET", "/v1/vm", &serde_json::Value::Null)
+                .with_context(|| format!("VM API socket {}", vm.display()))?;
+            if code != 200 {
+                bail!("VM {}: {}", vm.display(), v["error"]);
+            }
+            println!("{v}");
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Pause { vm } => {
+            api(&vm, "/v1/vm/pause", serde_json::Value::Null)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Resume { vm } => {
+            api(&vm, "/v1/vm/resume", serde_json::Value::Null)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        VmCmd::Stop { vm } => {
+            api(&vm, "/v1/vm/stop", serde_json::Value::Null)?;
+            Ok(ExitCode::SUCCESS)
+        }
         VmCmd::TestGuest { out } => {
             let g = starling_vmm::test_guest::build(&out).map_err(anyhow::Error::msg)?;
             println!("{}", g.pvh.display());
