@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Restore of a booted Debian guest: Starling (`starling-vmm --restore`, memory file mapped
+# MAP_PRIVATE) vs QEMU (`-incoming "exec:cat FILE"`), same kernel, initramfs and memory, in one
+# run inside the QEMU test host of tier 2 (see tests/vm/tier2.sh). Writes
+# bench/results/vm-restore.md.
+#
+#   cargo build --release && sudo bench/vm_restore.sh [target/release/starling]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+starling=$(realpath "${1:-$root/target/release/starling}")
+work=${WORK:-/var/tmp/starling-vm-restore-bench}
+rm -rf "$work" && mkdir -p "$work"
+cc -static -O2 -o "$work/restore-timer" "$root/bench/vm/restore-timer.c"
+qemu=$(command -v qemu-system-x86_64)
+add=("$qemu:/usr/bin/qemu-system-x86_64" "$work/restore-timer:/bin/restore-timer")
+for lib in $(ldd "$qemu" | grep -o '/[^ ]*'); do add+=("$(realpath "$lib"):$lib"); done
+for f in bios-microvm.bin linuxboot_dma.bin kvmvapic.bin pvh.bin; do
+  add+=("$(realpath /usr/share/qemu/$f):/usr/share/qemu/$f")
+done
+STARLING_HOME=${STARLING_HOME:-/var/cache/starling-test/vm/store} \
+  INNER_RUN="$root/bench/vm/inner-idle.sh" OUTER_RUN="$root/bench/vm/outer-restore.sh" \
+  OUTER_ADD="${add[*]}" TIER2_TIMEOUT=900 \
+  "$root/tests/vm/tier2.sh" "$starling" "$work"
+python3 - "$work/console.log" "$root/bench/results/vm-restore.md" <<'PY'
+import re, statistics, sys, datetime
+log, out = sys.argv[1:3]
+runs, sizes, snaps = {}, {}, []
+for line in open(log, errors="replace"):
+    m = re.search(r"bench: (\w+) elapsed_ms=([\d.]+)", line)
+    if m:
+        runs.setdefault(m.group(1), []).append(float(m.group(2)))
+    m = re.search(r"bench-size: (\w+) (\d+)", line)
+    if m:
+        sizes[m.group(1)] = int(m.group(2))
+    if "bench-snap:" in line:
+        snaps.append(line.split("bench-snap: ", 1)[1].strip())
+if "starling" not in runs or "qemu" not in runs:
+    sys.exit("missing runs in " + log)
+s, q = statistics.median(runs["starling"]), statistics.median(runs["qemu"])
+kernel = open(log.replace("console.log", "kernel.json")).read().strip()
+text = f"""# Restore of a booted Linux guest: Starling vs QEMU `-incoming`
+
+Run {datetime.date.today()} with `sudo bench/vm_restore.sh` (release build), inside the QEMU
+test host of tier 2 (TCG, `-cpu max`, nested SVM; see shared/MACHINES.md), both monitors in
+one run, alternating. Kernel: `{kernel}` (the uncompressed vmlinux, PVH entry), the tier-2
+busybox initramfs; the guest boots, drops its page cache and idles; 1 vCPU, 256 MiB, no virtio
+devices on either side (QEMU `-M microvm -cpu host`). Starling snapshots with `vm snapshot
+--stop` and restores with `starling-vmm --restore` (memory file mapped MAP_PRIVATE); QEMU
+migrates to a file (`migrate exec:cat > FILE`, after `stop`) and restores with `-incoming
+"exec:cat FILE"` (then `cont`). Time = from spawning the monitor until its API (QMP
+`query-status` for QEMU) reports the guest running, polled every 0.2 ms by
+`bench/vm/restore-timer.c`. Snapshots on the test host's tmpfs.
+
+| monitor | runs | restore to running, median (ms) | all runs (ms) | snapshot on disk (KiB) |
+|---|---|---|---|---|
+| Starling | {len(runs['starling'])} | {s:.1f} | {', '.join(f'{x:.0f}' for x in runs['starling'])} | {sizes.get('starling', '-')} |
+| QEMU 7.2 | {len(runs['qemu'])} | {q:.1f} | {', '.join(f'{x:.0f}' for x in runs['qemu'])} | {sizes.get('qemu', '-')} |
+
+**Starling / QEMU: {s / q:.2f}x.** Taking the snapshots: {'; '.join(snaps)}.
+Absolute times are those of a nested, emulated machine (every instruction of the test host is
+emulated by TCG): only the ratio carries over. On this project's own hosts (tier 1,
+`bench/results/vm-snapshot.md`) the same comparison with the project's test guest is 0.07x.
+"""
+open(out, "w").write(text)
+print(text)
+PY
