@@ -224,39 +224,51 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
             .stderr(std::fs::File::create(dir.join("boot-monitor.log"))?)
             .spawn()
             .context("starting the VM")?;
-        let deadline = t + Duration::from_secs(a.timeout);
-        loop {
-            if let Some(status) = vm.try_wait()? {
-                bail!(
-                    "the VM ended ({status}) before its guest said ready; its console ends:\n{}",
-                    tail(&dir.join("boot.log"))
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = vm.kill();
-                bail!(
-                    "the guest did not say ready within {} s (does it ask the monitor's service \
-                     `ready`?); its console ends:\n{}",
-                    a.timeout,
-                    tail(&dir.join("boot.log"))
-                );
-            }
-            if let Ok((200, st)) =
-                starling_vmm::api::call(&sock, "GET", "/v1/vm", &serde_json::Value::Null)
-            {
-                if st["guest_ready"] == true {
-                    break;
+        let snapped = (|| -> Result<(u128, serde_json::Value)> {
+            let deadline = t + Duration::from_secs(a.timeout);
+            loop {
+                if let Some(status) = vm.try_wait()? {
+                    bail!(
+                        "the VM ended ({status}) before its guest said ready; its console ends:\n{}",
+                        tail(&dir.join("boot.log"))
+                    );
                 }
+                if Instant::now() > deadline {
+                    let _ = vm.kill();
+                    bail!(
+                        "the guest did not say ready within {} s (does it ask the monitor's service \
+                         `ready`?); its console ends:\n{}",
+                        a.timeout,
+                        tail(&dir.join("boot.log"))
+                    );
+                }
+                if let Ok((200, st)) =
+                    starling_vmm::api::call(&sock, "GET", "/v1/vm", &serde_json::Value::Null)
+                {
+                    if st["guest_ready"] == true {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let boot_ms = t.elapsed().as_millis();
-        let snap = api(
-            &sock,
-            "POST",
-            "/v1/vm/snapshot",
-            serde_json::json!({"dir": dir.join("snap"), "stop": true}),
-        )?;
+            let boot_ms = t.elapsed().as_millis();
+            let snap = api(
+                &sock,
+                "POST",
+                "/v1/vm/snapshot",
+                serde_json::json!({"dir": dir.join("snap"), "stop": true}),
+            )?;
+            Ok((boot_ms, snap))
+        })();
+        let (boot_ms, snap) = match snapped {
+            Ok(v) => v,
+            Err(e) => {
+                // The boot VM must not outlive the pool it was for.
+                let _ = vm.kill();
+                let _ = vm.wait();
+                return Err(e);
+            }
+        };
         vm.wait()?;
         Ok(PoolInfo {
             name: a.name.clone(),
@@ -318,7 +330,7 @@ fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<(Pat
         ..Default::default()
     };
     use std::os::unix::process::CommandExt;
-    Command::new(vmm_program()?)
+    let mut child = Command::new(vmm_program()?)
         .arg("--restore-json")
         .arg(serde_json::to_string(&spec)?)
         .stdin(Stdio::null())
@@ -332,7 +344,9 @@ fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<(Pat
     let sock = slot.join("api.sock");
     let deadline = Instant::now() + Duration::from_secs(30);
     while starling_vmm::api::call(&sock, "GET", "/v1/vm", &serde_json::Value::Null).is_err() {
-        if Instant::now() > deadline {
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
             bail!(
                 "substrate {} did not start: {}",
                 slot.display(),
@@ -395,7 +409,17 @@ fn activate(
                 "env": env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
                 "args": args,
             });
-            api(&slot.join("api.sock"), "POST", "/v1/vm/activate", body)?;
+            if let Err(e) = api(&slot.join("api.sock"), "POST", "/v1/vm/activate", body) {
+                // A substrate that cannot be activated is of no use to anyone.
+                let _ = api(
+                    &slot.join("api.sock"),
+                    "POST",
+                    "/v1/vm/stop",
+                    serde_json::Value::Null,
+                );
+                let _ = std::fs::remove_dir_all(&slot);
+                return Err(e);
+            }
             (slot, true)
         }
         None => {

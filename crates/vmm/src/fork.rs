@@ -44,7 +44,7 @@ pub struct PendingClones {
     clones: Vec<(CloneInfo, Child)>,
 }
 
-fn set_cloexec(fd: i32, on: bool) -> std::io::Result<()> {
+pub fn set_cloexec(fd: i32, on: bool) -> std::io::Result<()> {
     // SAFETY: F_GETFD/F_SETFD on a descriptor we own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
     let flags = if on {
@@ -184,8 +184,8 @@ impl PendingClones {
             got += 1;
         }
         let infos = self.clones.iter().map(|(i, _)| i.clone()).collect();
-        for (info, child) in self.clones {
-            services.adopt(info.id, child);
+        for (_, child) in self.clones {
+            services.adopt(child);
         }
         Ok(infos)
     }

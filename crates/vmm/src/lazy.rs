@@ -80,14 +80,25 @@ impl std::fmt::Display for Addr {
 trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
 
+/// How long a memory server may take to answer: past it the page is failed (and the VM that
+/// needed it ends) rather than its vCPU waiting forever.
+const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn connect(addr: &Addr) -> std::io::Result<Box<dyn Stream>> {
     Ok(match addr {
         Addr::Tcp(a) => {
             let s = TcpStream::connect(a)?;
             s.set_nodelay(true)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
             Box::new(s)
         }
-        Addr::Unix(p) => Box::new(UnixStream::connect(p)?),
+        Addr::Unix(p) => {
+            let s = UnixStream::connect(p)?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            s.set_write_timeout(Some(IO_TIMEOUT))?;
+            Box::new(s)
+        }
     })
 }
 
@@ -201,13 +212,16 @@ type PageSlot = Arc<OnceLock<Result<Arc<Vec<u8>>, String>>>;
 
 enum Source {
     Dir(File),
-    Upstream {
-        conn: Mutex<LazyClient>,
-        hashes: PageMap,
-        /// Every page fetched, kept: a host fetches each page once.
-        cache: Mutex<HashMap<u64, PageSlot>>,
-        fetched: AtomicU64,
-    },
+    Upstream(Box<Upstream>),
+}
+
+struct Upstream {
+    addr: Addr,
+    conn: Mutex<LazyClient>,
+    hashes: PageMap,
+    /// Every page fetched, kept: a host fetches each page once.
+    cache: Mutex<HashMap<u64, PageSlot>>,
+    fetched: AtomicU64,
 }
 
 pub struct MemoryServer {
@@ -262,12 +276,13 @@ impl MemoryServer {
             state: state_bytes,
             map,
             bytes: state.mem_bytes,
-            source: Source::Upstream {
+            source: Source::Upstream(Box::new(Upstream {
+                addr: addr.clone(),
                 conn: Mutex::new(c),
                 hashes,
                 cache: Mutex::new(HashMap::new()),
                 fetched: AtomicU64::new(0),
-            },
+            })),
             served: AtomicU64::new(0),
             sent: AtomicU64::new(0),
         })
@@ -284,27 +299,48 @@ impl MemoryServer {
                     .map_err(|e| format!("reading page {n}: {e}"))?;
                 Ok(Arc::new(p))
             }
-            Source::Upstream {
-                conn,
-                hashes,
-                cache,
-                fetched,
-            } => {
+            Source::Upstream(u) => {
+                let Upstream {
+                    addr,
+                    conn,
+                    hashes,
+                    cache,
+                    fetched,
+                } = &**u;
                 let slot = lock(cache).entry(n).or_default().clone();
                 // Concurrent requests for one page wait for the first fetch.
-                slot.get_or_init(|| {
-                    let p = lock(conn)
-                        .page(n)
-                        .map_err(|e| format!("fetching page {n} upstream: {e}"))?;
-                    fetched.fetch_add(1, Ordering::Relaxed);
-                    match hashes.get(&n) {
-                        Some(h) if blake3::hash(&p).as_bytes() == h => Ok(Arc::new(p)),
-                        Some(_) => Err(format!("page {n} from upstream fails its hash")),
-                        None if p.iter().all(|&b| b == 0) => Ok(Arc::new(p)),
-                        None => Err(format!("page {n} from upstream should be zero")),
+                let r = slot
+                    .get_or_init(|| {
+                        let mut c = lock(conn);
+                        let p = match c.page(n) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                // The stream may be out of step now: start a new one for the
+                                // next request.
+                                if let Ok(fresh) = LazyClient::connect(addr) {
+                                    *c = fresh;
+                                }
+                                return Err(format!("fetching page {n} upstream: {e}"));
+                            }
+                        };
+                        drop(c);
+                        fetched.fetch_add(1, Ordering::Relaxed);
+                        match hashes.get(&n) {
+                            Some(h) if blake3::hash(&p).as_bytes() == h => Ok(Arc::new(p)),
+                            Some(_) => Err(format!("page {n} from upstream fails its hash")),
+                            None if p.iter().all(|&b| b == 0) => Ok(Arc::new(p)),
+                            None => Err(format!("page {n} from upstream should be zero")),
+                        }
+                    })
+                    .clone();
+                if r.is_err() {
+                    // A failure is not kept: the next request for the page tries again.
+                    let mut c = lock(cache);
+                    if c.get(&n).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                        c.remove(&n);
                     }
-                })
-                .clone()
+                }
+                r
             }
         }
     }
@@ -312,7 +348,8 @@ impl MemoryServer {
     fn stats(&self) -> ServerStats {
         let (upstream_pages, upstream_bytes) = match &self.source {
             Source::Dir(_) => (0, 0),
-            Source::Upstream { conn, fetched, .. } => {
+            Source::Upstream(u) => {
+                let (conn, fetched) = (&u.conn, &u.fetched);
                 (fetched.load(Ordering::Relaxed), lock(conn).received)
             }
         };
@@ -486,6 +523,11 @@ pub fn serve_faults(
             if let Err(e) = fault_loop(&uffd, &ranges, &mut client, &map, &st) {
                 eprintln!("starling: lazy memory: {e}");
                 exit.raise(ExitReason::VcpuFailed(0));
+                // Keep the registration: dropping it would let the guest run on zero pages
+                // until the VM is torn down.
+                loop {
+                    std::thread::park();
+                }
             }
         })
         .map_err(|e| Error::Io {

@@ -122,6 +122,19 @@ impl GuestRam {
             .collect()
     }
 
+    /// Reads one byte of page `page` (numbered in the backing file), so that a lazily
+    /// restored VM's fault thread fetches it.
+    pub fn touch(&self, page: u64) {
+        let at = page * PAGE;
+        for (host, len, off) in self.ranges() {
+            if at >= off && at < off + len {
+                // SAFETY: the address lies inside one of our live RAM mappings; a volatile
+                // read so that it happens.
+                unsafe { std::ptr::read_volatile((host + at - off) as *const u8) };
+            }
+        }
+    }
+
     /// Makes the current contents an image nobody writes and returns it; from here on the VM
     /// writes to private copies. The vCPUs and devices must be stopped.
     pub fn freeze(&mut self) -> std::io::Result<File> {

@@ -14,8 +14,7 @@
 //! A request still unanswered when a snapshot is taken is answered again by the monitor that
 //! restores it: a clone answers the fork that made it with its own id.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Child;
 use std::sync::{mpsc, Arc, Mutex};
@@ -124,11 +123,10 @@ pub struct CloneInfo {
 
 pub struct Services {
     pub identity: Mutex<Identity>,
-    /// Guest port → the request its service connection has not answered yet.
-    in_flight: Mutex<HashMap<u32, String>>,
     forks: Mutex<Option<mpsc::Sender<ForkRequest>>>,
-    /// Clones forked from this VM not yet joined, by id.
-    children: Mutex<BTreeMap<u32, Child>>,
+    /// Clones forked from this VM not yet joined, in the order they were forked, with their
+    /// exit status once reaped.
+    children: Mutex<Vec<(Child, Option<i32>)>>,
     /// The guest asked `ready` (it is booted and waits for its configuration).
     ready: std::sync::atomic::AtomicBool,
     /// The configuration `ready` is answered with, once the VM is activated.
@@ -139,9 +137,8 @@ impl Services {
     pub fn new(identity: Identity) -> Arc<Self> {
         Arc::new(Services {
             identity: Mutex::new(identity),
-            in_flight: Mutex::new(HashMap::new()),
             forks: Mutex::new(None),
-            children: Mutex::new(BTreeMap::new()),
+            children: Mutex::new(Vec::new()),
             ready: std::sync::atomic::AtomicBool::new(false),
             activation: (Mutex::new(None), std::sync::Condvar::new()),
         })
@@ -178,34 +175,41 @@ impl Services {
         *lock(&self.forks) = tx;
     }
 
-    pub fn in_flight(&self, port: u32) -> Option<String> {
-        lock(&self.in_flight).get(&port).cloned()
+    pub fn adopt(&self, child: Child) {
+        lock(&self.children).push((child, None));
     }
 
-    pub fn adopt(&self, id: u32, child: Child) {
-        lock(&self.children).insert(id, child);
+    /// Collects the exit status of clones that ended (called by the run loop, so that none
+    /// stays a zombie whether or not the guest ever joins).
+    pub fn reap(&self) {
+        for (child, code) in lock(&self.children).iter_mut() {
+            if code.is_none() {
+                if let Ok(Some(s)) = child.try_wait() {
+                    *code = Some(s.code().unwrap_or(255));
+                }
+            }
+        }
     }
 
     /// The vsock device's handler for new (or restored) service connections.
     pub fn handler(self: &Arc<Self>) -> crate::virtio::vsock::ServiceHandler {
         let me = self.clone();
-        Arc::new(move |stream, port, in_flight| {
+        Arc::new(move |stream, _port, unanswered| {
             let me = me.clone();
             let _ = std::thread::Builder::new()
                 .name("vm-service".into())
-                .spawn(move || me.serve(stream, port, in_flight));
+                .spawn(move || me.serve(stream, unanswered));
         })
     }
 
-    fn serve(&self, stream: UnixStream, port: u32, resumed: Option<String>) {
+    fn serve(&self, stream: UnixStream, resumed: Vec<String>) {
         let mut out = match stream.try_clone() {
             Ok(s) => s,
             Err(_) => return,
         };
-        if let Some(req) = resumed {
-            let answer = self.answer_resumed(&req);
-            lock(&self.in_flight).remove(&port);
-            if writeln!(out, "{answer}").is_err() {
+        // Requests from before a snapshot: answered as this VM (a clone answers its fork).
+        for req in resumed {
+            if writeln!(out, "{}", self.answer_resumed(&req)).is_err() {
                 return;
             }
         }
@@ -213,19 +217,16 @@ impl Services {
         let mut line = String::new();
         loop {
             line.clear();
-            match reader.read_line(&mut line) {
+            // The vsock device closes connections whose lines grow past its limit; this
+            // bound only keeps a broken peer from growing the buffer.
+            match (&mut reader).take(8192).read_line(&mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
-            let req = line.trim().to_owned();
-            lock(&self.in_flight).insert(port, req.clone());
-            let answer = self.answer(&req);
-            lock(&self.in_flight).remove(&port);
-            if writeln!(out, "{answer}").is_err() {
+            if writeln!(out, "{}", self.answer(line.trim())).is_err() {
                 break;
             }
         }
-        lock(&self.in_flight).remove(&port);
     }
 
     fn answer(&self, req: &str) -> String {
@@ -266,16 +267,20 @@ impl Services {
     }
 
     fn join(&self) -> String {
-        let children = std::mem::take(&mut *lock(&self.children));
-        let mut line = String::from("exit");
-        for (_, mut child) in children {
-            let code = match child.wait() {
-                Ok(s) => s.code().unwrap_or(255),
-                Err(_) => 255,
-            };
-            line.push_str(&format!(" {code}"));
+        loop {
+            self.reap();
+            {
+                let mut kids = lock(&self.children);
+                if kids.iter().all(|(_, code)| code.is_some()) {
+                    let mut line = String::from("exit");
+                    for (_, code) in kids.drain(..) {
+                        line.push_str(&format!(" {}", code.unwrap_or(255)));
+                    }
+                    return line;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        line
     }
 }
 

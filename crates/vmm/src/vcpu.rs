@@ -212,11 +212,18 @@ fn run_loop(
     exit: &ExitSignal,
     mut trace: Option<&mut ExitTrace>,
 ) {
-    while control.checkpoint() {
+    loop {
         // Held while in the guest and handling the exit; free while parked, when a snapshot
         // reads the vCPU's state.
-        let mut vcpu = lock(&vcpu);
-        let r = vcpu.run();
+        let mut fd = lock(&vcpu);
+        // Asked to park: enter once more with immediate_exit set, so that KVM completes the
+        // port or MMIO instruction of the last exit (its result is in the run structure)
+        // before returning EINTR. Only then is the vCPU state whole — a snapshot taken
+        // earlier would replay the instruction.
+        if control.state() != RunState::Running {
+            fd.set_kvm_immediate_exit(1);
+        }
+        let r = fd.run();
         if let Some(t) = trace.as_deref_mut() {
             match &r {
                 Ok(VcpuExit::IoIn(port, _)) => t.count("in", u64::from(*port)),
@@ -257,7 +264,11 @@ fn run_loop(
                 return;
             }
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                vcpu.set_kvm_immediate_exit(0);
+                fd.set_kvm_immediate_exit(0);
+                drop(fd);
+                if control.state() != RunState::Running && !control.checkpoint() {
+                    return;
+                }
             }
             Err(e) => {
                 eprintln!("starling-vmm: vCPU {id}: KVM_RUN failed: {e}");

@@ -52,6 +52,8 @@ pub struct Vm {
     /// Told once the vCPUs run (a clone telling the parent that forked it).
     ready_fd: Option<std::fs::File>,
     start_paused: bool,
+    /// For a lazily restored VM, the pages with data it may not have fetched yet.
+    lazy_pages: Option<Vec<u64>>,
 }
 
 /// What the API and signal handlers act on while the VM runs.
@@ -75,6 +77,7 @@ pub struct Shared {
 /// What needs the run loop (it owns the vCPU threads).
 enum Request {
     Pause(mpsc::Sender<()>),
+    Resume(mpsc::Sender<()>),
     Snapshot {
         dir: PathBuf,
         stop: bool,
@@ -161,8 +164,10 @@ impl VmHandle {
         self.request(Request::Pause);
     }
 
+    /// Lets the vCPUs run again (through the run loop, so never in the middle of a snapshot
+    /// or fork).
     pub fn resume(&self) {
-        self.0.control.set(RunState::Running);
+        self.request(Request::Resume);
     }
 
     /// Gives the guest its configuration (the answer to its `ready`) and resumes it.
@@ -245,6 +250,24 @@ pub struct RestoreSpec {
     /// instead of `dir`, each page when the guest first touches it.
     #[serde(default)]
     pub lazy: Option<String>,
+}
+
+/// A descriptor the parent handed over (`memory_fd`, `ready_fd`), taken as this process's own
+/// and kept from its own children.
+fn inherited(fd: i32) -> Result<std::fs::File, Error> {
+    if fd < 3 {
+        return Err(Error::Invalid(format!(
+            "descriptor {fd} is not an inherited one"
+        )));
+    }
+    // SAFETY: the parent that spawned this process handed this descriptor over for this
+    // purpose; nothing else in this process owns it.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    crate::fork::set_cloexec(fd, true).map_err(|e| Error::Io {
+        what: format!("inherited descriptor {fd}"),
+        source: e,
+    })?;
+    Ok(f)
 }
 
 fn default_run_dir() -> PathBuf {
@@ -353,24 +376,46 @@ impl Vm {
         };
         if state.vcpus.len() != usize::from(state.config.vcpus)
             || state.disks.len() != state.config.disks.len()
+            || state.mem_bytes != state.config.mem_mib << 20
         {
             return Err(snap_err("the state does not match its own config".into()));
         }
+        if lazy.is_some() && !state.config.disks.is_empty() {
+            // Disk paths in a state from another host name files of that host.
+            return Err(snap_err(
+                "lazy restores of VMs with disks are not supported (the disks are on the \
+                 snapshot's host)"
+                    .into(),
+            ));
+        }
+        for l in state.disks.iter().flatten() {
+            let plain_name = l.path.components().count() == 1
+                && matches!(
+                    l.path.components().next(),
+                    Some(std::path::Component::Normal(_))
+                );
+            if l.path.is_relative() && !plain_name {
+                return Err(snap_err(format!(
+                    "disk layer {} is not a file of the snapshot directory",
+                    l.path.display()
+                )));
+            }
+        }
         let exit = Arc::new(ExitSignal::new().map_err(io("creating the exit event"))?);
+        let mut lazy_pages = None;
         let (ram, fault_stats) = match (lazy, spec.memory_fd) {
             (Some((map, client)), _) => {
                 let ram = GuestRam::anonymous(state.mem_bytes)
                     .map_err(|e| snap_err(format!("memory: {e}")))?;
+                let mut pages: Vec<u64> = map.keys().copied().collect();
+                pages.sort_unstable();
+                lazy_pages = Some(pages);
                 let stats = crate::lazy::serve_faults(&ram, client, map, exit.clone())?;
                 (ram, Some(stats))
             }
             (None, fd) => {
                 let memory = match fd {
-                    // SAFETY: the parent that spawned this process handed the descriptor
-                    // over for this purpose and this is its only owner here.
-                    Some(fd) => unsafe {
-                        <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd)
-                    },
+                    Some(fd) => inherited(fd)?,
                     None => {
                         let p = spec.dir.join(snapshot::MEMORY_FILE);
                         std::fs::File::open(&p)
@@ -401,11 +446,18 @@ impl Vm {
             (None, Some(_)) if config.console != Console::Off => {
                 Console::File(run_dir.join("console.log"))
             }
+            // A console file named by another host's state is not ours to write.
+            (None, _) if spec.lazy.is_some() => Console::Off,
             (None, _) => config.console.clone(),
         };
         if spec.clone_id.is_some() {
-            config.hostname = format!("{}-{clone_id}", state.config.hostname);
+            let h = format!("{}-{clone_id}", state.config.hostname);
+            // Clones of clones: keep the distinguishing end within a hostname's 63 bytes.
+            config.hostname = h[h.len().saturating_sub(63)..]
+                .trim_start_matches('-')
+                .to_owned();
         }
+        config.validate()?;
         config.run_dir = Some(run_dir.clone());
         std::fs::create_dir_all(&run_dir).map_err(|e| Error::Io {
             what: format!("creating {}", run_dir.display()),
@@ -422,6 +474,7 @@ impl Vm {
                         l.path.clone()
                     },
                     present: l.present.clone(),
+                    stamp: l.stamp,
                 })
                 .collect();
             let top = overlay_path(&run_dir, i);
@@ -479,10 +532,8 @@ impl Vm {
             vm.services.activate(a.clone());
         }
         vm.start_paused = spec.paused;
-        vm.ready_fd = spec.ready_fd.map(|fd| {
-            // SAFETY: as for memory_fd: handed over by the parent, owned here alone.
-            unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) }
-        });
+        vm.ready_fd = spec.ready_fd.map(inherited).transpose()?;
+        vm.lazy_pages = lazy_pages;
         Ok(vm)
     }
 
@@ -641,6 +692,7 @@ impl Vm {
                 forks: 0,
                 ready_fd: None,
                 start_paused: false,
+                lazy_pages: None,
             },
             announced,
         ))
@@ -711,6 +763,7 @@ impl Vm {
             // SAFETY: one valid pollfd on the stack, count 1.
             unsafe { libc::poll(&mut pfd, 1, 5) };
             let _ = self.shared.exit.evt.read();
+            self.services.reap();
             while let Ok(req) = req_rx.try_recv() {
                 self.serve_request(req, &threads);
             }
@@ -747,11 +800,19 @@ impl Vm {
                 vcpu::pause_all(threads, &self.shared.control);
                 let _ = ack.send(());
             }
+            Request::Resume(ack) => {
+                self.shared.control.set(RunState::Running);
+                let _ = ack.send(());
+            }
             Request::Snapshot { dir, stop, reply } => {
                 let was = self.shared.control.state();
                 let t = Instant::now();
                 vcpu::pause_all(threads, &self.shared.control);
-                let r = self.snapshot_to(&dir, stop).map_err(|e| e.to_string());
+                let r = if self.shared.control.state() == RunState::Paused {
+                    self.snapshot_to(&dir, stop).map_err(|e| e.to_string())
+                } else {
+                    Err("the VM is stopping".to_string())
+                };
                 let paused_us = t.elapsed().as_micros();
                 if stop && r.is_ok() {
                     self.shared.exit.raise(ExitReason::Stopped(None));
@@ -769,7 +830,11 @@ impl Vm {
                 let was = self.shared.control.state();
                 let t = Instant::now();
                 vcpu::pause_all(threads, &self.shared.control);
-                let frozen = self.freeze_for_fork(dir);
+                let frozen = if self.shared.control.state() == RunState::Paused {
+                    self.freeze_for_fork(dir)
+                } else {
+                    Err(Error::Invalid("the VM is stopping".into()))
+                };
                 let paused_us = t.elapsed().as_micros();
                 if was == RunState::Running {
                     self.shared.control.set(RunState::Running);
@@ -816,6 +881,13 @@ impl Vm {
         new_top: Option<&dyn Fn(usize) -> PathBuf>,
         with_ram: impl FnOnce(&mut GuestRam) -> Result<T, Error>,
     ) -> Result<(VmState, T), Error> {
+        if let Some(pages) = self.lazy_pages.take() {
+            // Pages a lazy VM never touched exist only on its memory server: fetch them all
+            // (the fault thread serves these reads) before anything reads or remaps RAM.
+            for p in pages {
+                self.ram.touch(p);
+            }
+        }
         let transports = self.transports.clone();
         let mut guards: Vec<_> = transports.iter().map(|t| lock(t)).collect();
         let mut disks = Vec::new();
@@ -830,12 +902,14 @@ impl Vm {
                         path: b.disk().path().to_owned(),
                         reason: format!("freezing for a snapshot: {e}"),
                     })?,
-                    None => b.disk().snap(),
+                    None => b.disk().snap().map_err(|e| Error::Disk {
+                        path: b.disk().path().to_owned(),
+                        reason: format!("flushing for a snapshot: {e}"),
+                    })?,
                 };
                 disks.push(layers);
             } else if let Some(v) = g.device_as::<Vsock>() {
-                let services = self.services.clone();
-                vsock = Some(v.snap(&|p| services.in_flight(p)));
+                vsock = Some(v.snap());
             }
         }
         let serial = lock(&self.serial).snap();
@@ -884,6 +958,16 @@ impl Vm {
             });
         }
         std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+        let r = self.write_snapshot(dir, stop);
+        if r.is_err() {
+            // Nothing half-written stays behind to look like a snapshot or block a retry.
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        r
+    }
+
+    fn write_snapshot(&mut self, dir: &Path, stop: bool) -> Result<(u64, u64), Error> {
+        let io_at = |what: String| move |source| Error::Io { what, source };
         self.forks += 1;
         let run_dir = self.run_dir.clone();
         let n = self.forks;
@@ -899,8 +983,14 @@ impl Vm {
                     .map_err(io_at(format!("writing {}", mem_path.display())))
             })?;
         let map_path = dir.join(snapshot::MEMORY_MAP_FILE);
-        std::fs::write(&map_path, &map)
-            .map_err(io_at(format!("writing {}", map_path.display())))?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&map_path)
+                .map_err(io_at(format!("writing {}", map_path.display())))?;
+            f.write_all(&map)
+                .and_then(|()| f.sync_all())
+                .map_err(io_at(format!("writing {}", map_path.display())))?;
+        }
         state.memory_map = Some(*blake3::hash(&map).as_bytes());
         // Overlays become part of the snapshot; base files are referred to where they are.
         for (i, layers) in state.disks.iter_mut().enumerate() {
@@ -928,8 +1018,16 @@ impl Vm {
         self.forks += 1;
         let dir = dir.unwrap_or_else(|| self.run_dir.join(format!("fork-{}", self.forks)));
         let io_at = |what: String| move |source| Error::Io { what, source };
+        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+            return Err(Error::Invalid(format!(
+                "fork directory {} is not empty (clones never share one)",
+                dir.display()
+            )));
+        }
         std::fs::create_dir_all(&dir).map_err(io_at(format!("creating {}", dir.display())))?;
-        let parent_dir = dir.join("parent");
+        // The parent's own overlays stay in its run directory: removing a fork's directory
+        // must not take a disk layer from under the parent.
+        let parent_dir = self.run_dir.join(format!("overlays-{}", self.forks));
         let top = |i: usize| parent_dir.join(format!("disk{i}.overlay"));
         let (state, memfd) = self.capture(Some(&top), |ram| {
             ram.freeze().map_err(io_at("freezing guest memory".into()))

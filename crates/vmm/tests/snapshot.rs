@@ -309,6 +309,19 @@ fn fork_from_the_host_gives_clones_that_continue_apart() {
             "",
         );
     }
+    // A fork directory is never shared.
+    let used = PathBuf::from(clones[0]["dir"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .to_owned();
+    let (code, e) = api(
+        &sock,
+        "POST",
+        "/v1/vm/fork",
+        &format!(r#"{{"count": 1, "dir": "{}"}}"#, used.display()),
+    );
+    assert_eq!(code, 409);
+    assert!(e["error"].as_str().unwrap().contains("not empty"), "{e}");
     api(&sock, "POST", "/v1/vm/stop", "");
     runner.join().unwrap();
     // Bad requests are refused.
@@ -482,10 +495,60 @@ fn lazy_restore_fetches_exactly_the_pages_it_touches_and_a_host_fetches_each_onc
         s.upstream_pages
     );
     assert_eq!(o.pages_served, s.upstream_pages);
+
+    // A lazily restored VM can itself be snapshotted: the pages it never fetched are fetched
+    // first, so the new snapshot is whole and restores without the server.
+    let log3 = dir.path().join("lazy3.log");
+    let sock3 = dir.path().join("lazy3.sock");
+    let spec = RestoreSpec {
+        lazy: Some(host.clone()),
+        run_dir: Some(dir.path().join("lazy3")),
+        api_socket: Some(sock3.clone()),
+        console: Some(Console::File(log3.clone())),
+        ..Default::default()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+        .arg("--restore-json")
+        .arg(serde_json::to_string(&spec).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for("lazy ticks", 60, || {
+        ticks(&read(&log3)).len() >= 3 && sock3.exists()
+    });
+    let snap2 = dir.path().join("snap2");
+    let (code, info) = api(
+        &sock3,
+        "POST",
+        "/v1/vm/snapshot",
+        &format!(r#"{{"dir": "{}", "stop": true}}"#, snap2.display()),
+    );
+    assert_eq!(code, 200, "{info}");
+    assert!(child.wait().unwrap().success());
+    assert!(
+        map_pages(&snap2) >= with_data - 2,
+        "the ballast came along: {} of {with_data} pages",
+        map_pages(&snap2)
+    );
     origin_server.kill().unwrap();
     host_server.kill().unwrap();
     let _ = origin_server.wait();
     let _ = host_server.wait();
+    let log4 = dir.path().join("from-lazy.log");
+    let vm = Vm::restore(&RestoreSpec {
+        dir: snap2,
+        run_dir: Some(dir.path().join("from-lazy")),
+        console: Some(Console::File(log4.clone())),
+        ..Default::default()
+    })
+    .unwrap();
+    let h = vm.handle();
+    let runner = std::thread::spawn(move || vm.run().unwrap());
+    wait_for("ticks after the servers are gone", 60, || {
+        ticks(&read(&log4)).len() >= 3
+    });
+    h.stop(None);
+    runner.join().unwrap();
+    assert_continues(&format!("{before}{}", read(&log3)), &read(&log4));
 }
 
 /// Runs `ip ARGS`, false when it fails.

@@ -87,7 +87,16 @@ pub fn write(path: &Path, state: &VmState) -> Result<(), Error> {
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }
-    std::fs::rename(&tmp, path).map_err(io)
+    std::fs::rename(&tmp, path).map_err(io)?;
+    // The rename itself must be durable before anyone is told the snapshot exists.
+    let d = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(d)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
+    Ok(())
 }
 
 pub fn read(path: &Path) -> Result<VmState, Error> {

@@ -81,6 +81,9 @@ pub struct LayerSnap {
     pub path: std::path::PathBuf,
     /// None for the base; otherwise one bit per block present.
     pub present: Option<Vec<u64>>,
+    /// The base's size and modification time (seconds, nanoseconds) when the snapshot was
+    /// taken: a base written since then would silently corrupt every restore, so it is refused.
+    pub stamp: Option<(u64, i64, i64)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -110,6 +113,8 @@ pub struct ConnSnap {
     pub pending: Vec<u8>,
     /// Host bytes not yet given to the guest.
     pub outbox: Vec<u8>,
-    /// A service request the guest sent that had no answer yet.
-    pub in_flight: Option<String>,
+    /// Service requests the guest sent that had no answer yet (answered again on restore),
+    /// and the start of a request line not yet complete.
+    pub unanswered: Vec<String>,
+    pub partial: Vec<u8>,
 }

@@ -82,6 +82,17 @@ impl LayeredDisk {
             ));
         }
         let len = base.file.metadata()?.len();
+        if let Some(want) = snaps[0].stamp {
+            if stamp(&base.file)? != want {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "base disk {} changed since the snapshot (its size or modification time differs)",
+                        base.path.display()
+                    ),
+                ));
+            }
+        }
         let mut d = LayeredDisk {
             layers,
             len,
@@ -134,13 +145,20 @@ impl LayeredDisk {
         Ok(())
     }
 
-    /// The layers as they are now.
-    pub fn snap(&self) -> Vec<LayerSnap> {
+    /// The layers as they are now (written data flushed first).
+    pub fn snap(&self) -> std::io::Result<Vec<LayerSnap>> {
+        self.flush()?;
         self.layers
             .iter()
-            .map(|l| LayerSnap {
-                path: l.path.clone(),
-                present: l.present.clone(),
+            .map(|l| {
+                Ok(LayerSnap {
+                    path: l.path.clone(),
+                    present: l.present.clone(),
+                    stamp: match l.present {
+                        None => Some(stamp(&l.file)?),
+                        Some(_) => None,
+                    },
+                })
             })
             .collect()
     }
@@ -148,11 +166,8 @@ impl LayeredDisk {
     /// Stops writing to the current layers, returns them, and continues on a new overlay at
     /// `new_top` (a read-only disk has nothing to freeze and keeps its layers).
     pub fn freeze(&mut self, new_top: &Path) -> std::io::Result<Vec<LayerSnap>> {
-        let frozen = self.snap();
+        let frozen = self.snap()?;
         if !self.read_only {
-            if let Some(top) = self.layers.last() {
-                top.file.sync_data()?;
-            }
             self.push_overlay(new_top)?;
         }
         Ok(frozen)
@@ -216,6 +231,12 @@ impl LayeredDisk {
     }
 }
 
+fn stamp(f: &File) -> std::io::Result<(u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    Ok((m.len(), m.mtime(), m.mtime_nsec()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,5 +270,10 @@ mod tests {
         let raw = std::fs::read(&base).unwrap();
         assert_eq!(&raw[100..106], &[7u8; 6]);
         assert!(LayeredDisk::open_layers(&frozen[1..], None, true).is_err());
+        // A base written after the snapshot is refused.
+        let mut stale = frozen.clone();
+        stale[0].stamp = Some((1, 2, 3));
+        let e = LayeredDisk::open_layers(&stale, None, true).err().unwrap();
+        assert!(e.to_string().contains("changed since the snapshot"), "{e}");
     }
 }

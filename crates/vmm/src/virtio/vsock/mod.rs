@@ -34,9 +34,12 @@ const LISTENER_TOKEN: u64 = u64::MAX;
 /// Host port of the monitor's own service (fork, join, identity); see service.rs.
 pub const SERVICE_PORT: u32 = 0x5354_0000;
 
-/// Takes the monitor's end of a new service connection: the guest's port, and the request it
-/// had in flight when a snapshot was taken (for connections restored from one).
-pub type ServiceHandler = Arc<dyn Fn(UnixStream, u32, Option<String>) + Send + Sync>;
+/// Takes the monitor's end of a new service connection: the guest's port, and the requests it
+/// had sent and not had answered when a snapshot was taken (for connections restored from one).
+pub type ServiceHandler = Arc<dyn Fn(UnixStream, u32, Vec<String>) + Send + Sync>;
+/// Longest service request line, and most requests outstanding on one connection.
+const MAX_REQUEST: usize = 4096;
+const MAX_OUTSTANDING: usize = 64;
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
@@ -73,9 +76,41 @@ struct Conn {
     outbox: Vec<u8>,
     /// Served by the monitor itself (see `ServiceHandler`).
     service: bool,
+    /// Service connections: request lines the guest sent that no answer line has come back
+    /// for yet (kept here, where both directions pass, so a snapshot knows them exactly), and
+    /// the start of the next line.
+    requests: VecDeque<String>,
+    partial: Vec<u8>,
 }
 
 impl Conn {
+    /// Notes the request lines in guest bytes bound for the service; false when the guest
+    /// breaks the limits.
+    fn note_requests(&mut self, bytes: &[u8]) -> bool {
+        if !self.service {
+            return true;
+        }
+        for &b in bytes {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&self.partial).trim().to_owned();
+                self.partial.clear();
+                self.requests.push_back(line);
+            } else {
+                self.partial.push(b);
+            }
+        }
+        self.partial.len() <= MAX_REQUEST && self.requests.len() <= MAX_OUTSTANDING
+    }
+
+    /// Notes the answer lines in service bytes bound for the guest.
+    fn note_answers(&mut self, bytes: &[u8]) {
+        if self.service {
+            for _ in bytes.iter().filter(|&&b| b == b'\n') {
+                self.requests.pop_front();
+            }
+        }
+    }
+
     fn peer_credit(&self) -> u32 {
         self.peer_buf_alloc
             .saturating_sub(self.rx_cnt.wrapping_sub(self.peer_fwd_cnt))
@@ -200,6 +235,8 @@ impl Vsock {
                 guest_done: false,
                 outbox: Vec::new(),
                 service: false,
+                requests: VecDeque::new(),
+                partial: Vec::new(),
             },
         );
     }
@@ -317,7 +354,7 @@ impl Vsock {
                 let target = format!("{}_{}", self.path.display(), h.dst_port);
                 let connected = match (&self.service, h.dst_port) {
                     (Some(handler), SERVICE_PORT) => UnixStream::pair().map(|(ours, theirs)| {
-                        handler(theirs, h.src_port, None);
+                        handler(theirs, h.src_port, Vec::new());
                         ours
                     }),
                     _ => UnixStream::connect(&target),
@@ -356,6 +393,7 @@ impl Vsock {
                 // A guest that overruns the buffer we advertised breaks the protocol.
                 if c.state != State::Established
                     || c.pending.len() + payload.len() > BUF_ALLOC as usize
+                    || !c.note_requests(payload)
                 {
                     self.close(fd, true);
                     return;
@@ -495,7 +533,11 @@ impl Vsock {
                     c.outbox.drain(..n);
                     Ok(n)
                 } else {
-                    c.stream.read(&mut buf)
+                    let r = c.stream.read(&mut buf);
+                    if let Ok(n) = r {
+                        c.note_answers(&buf[..n]);
+                    }
+                    r
                 };
                 match got {
                     Ok(0) => {
@@ -553,7 +595,7 @@ impl Vsock {
     /// The connections as they are now, for a snapshot (the device must be quiet). Service
     /// streams are drained into their outboxes first, so that what the service said before
     /// the instant goes with it; `in_flight(guest port)` says what a service had not answered.
-    pub fn snap(&mut self, in_flight: &dyn Fn(u32) -> Option<String>) -> VsockSnap {
+    pub fn snap(&mut self) -> VsockSnap {
         let mut conns = Vec::new();
         for c in self.conns.values_mut() {
             if matches!(c.state, State::AwaitingLine(_)) {
@@ -563,6 +605,7 @@ impl Vsock {
                 let mut buf = [0u8; 4096];
                 while let Ok(n @ 1..) = c.stream.read(&mut buf) {
                     c.outbox.extend_from_slice(&buf[..n]);
+                    c.note_answers(&buf[..n]);
                 }
             }
             conns.push(ConnSnap {
@@ -579,11 +622,8 @@ impl Vsock {
                 guest_done: c.guest_done,
                 pending: c.pending.clone(),
                 outbox: c.outbox.clone(),
-                in_flight: if c.service {
-                    in_flight(c.peer_port)
-                } else {
-                    None
-                },
+                unanswered: c.requests.iter().cloned().collect(),
+                partial: c.partial.clone(),
             });
         }
         VsockSnap {
@@ -621,8 +661,10 @@ impl Vsock {
                         n.guest_done = c.guest_done;
                         n.pending = c.pending.clone();
                         n.outbox = c.outbox.clone();
+                        n.requests = c.unanswered.iter().cloned().collect();
+                        n.partial = c.partial.clone();
                     }
-                    handler(theirs, c.peer_port, c.in_flight.clone());
+                    handler(theirs, c.peer_port, c.unanswered.clone());
                     continue;
                 }
             }
