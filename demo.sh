@@ -13,7 +13,7 @@ need_cargo
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "building starling (release)"
-cargo build --release --quiet --bin starling
+cargo build --release --quiet --bin starling --bin starling-vmm
 starling=$PWD/target/release/starling
 
 step "making Debian bookworm minbase root file systems (cached after the first run)"
@@ -78,3 +78,32 @@ mkdir "$out/mnt"
 chroot "$out/mnt" python3 -c 'import sys; print("python", sys.version.split()[0], "ran from a lazy mount")'
 "$starling" mounts
 "$starling" umount "$out/mnt"
+
+if [ ! -e /dev/kvm ]; then
+  echo "(no /dev/kvm here: skipping the VM part of the demo)"
+  exit 0
+fi
+step "VMs as processes: boot a small guest, fork it into 3 clones, snapshot it, restore it"
+guest=$("$starling" vm test-guest "$out/guest")
+"$starling" vm run --kernel "$guest" --cmdline counter --mem 64M --vsock "3,$out/v.sock" \
+  --api-socket "$out/vm.api" --console "$out/vm.log" 2>/dev/null &
+vm=$!
+ticks() { grep -c '^tick ' "$1" 2>/dev/null || true; }
+for _ in $(seq 300); do [ "$(ticks "$out/vm.log")" -ge 3 ] && [ -S "$out/vm.api" ] && break; sleep 0.1; done
+echo "the guest counts: $(grep '^tick ' "$out/vm.log" | tail -1)"
+"$starling" vm fork "$out/vm.api" -n 3 --dir "$out/forks"
+sleep 1
+for k in 1 2 3; do
+  echo "clone $k: $(grep '^tick ' "$out/forks/clone-$k/console.log" | tail -1)"
+  "$starling" vm stop "$out/forks/clone-$k/api.sock"
+done
+echo "parent:  $(grep '^tick ' "$out/vm.log" | tail -1)"
+"$starling" vm snapshot "$out/vm.api" "$out/snap" --stop
+wait $vm || true
+"$starling" vm restore "$out/snap" --api-socket "$out/r.api" --console "$out/restored.log" 2>/dev/null &
+restored=$!
+for _ in $(seq 300); do [ "$(ticks "$out/restored.log")" -ge 2 ] && break; sleep 0.1; done
+echo "restored: $(grep '^tick ' "$out/restored.log" | head -1) (the snapshot's count goes on)"
+"$starling" vm status "$out/r.api"
+"$starling" vm stop "$out/r.api"
+wait $restored

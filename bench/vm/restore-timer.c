@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -91,7 +92,14 @@ int main(int argc, char **argv) {
     unlink(sock);
     double t0 = now_ms();
     pid_t pid = fork();
-    if (pid == 0) { execv(argv[4], argv + 4); perror("exec"); _exit(127); }
+    if (pid == 0) {
+        /* Not our stdout: a caller reading it (a shell's $(...)) would wait for the monitor. */
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0) dup2(null, 1);
+        execv(argv[4], argv + 4);
+        perror("exec");
+        _exit(127);
+    }
     int status;
     if (!qemu) {
         while (!starling_running(sock)) {

@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+
+use crate::vm_cmd::api;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -125,24 +127,6 @@ fn pool_dir(name: &str) -> Result<PathBuf> {
         bail!("no pool named {name} (in {})", pools_root().display());
     }
     Ok(d)
-}
-
-fn api(
-    sock: &Path,
-    method: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> Result<serde_json::Value> {
-    let (code, v) = starling_vmm::api::call(sock, method, path, &body)
-        .with_context(|| format!("VM API socket {}", sock.display()))?;
-    if code != 200 {
-        bail!(
-            "VM {}: {}",
-            sock.display(),
-            v["error"].as_str().unwrap_or("request refused")
-        );
-    }
-    Ok(v)
 }
 
 fn vmm_program() -> Result<PathBuf> {

@@ -275,6 +275,7 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             let dir = std::path::absolute(&dir)?;
             let v = api(
                 &vm,
+                "POST",
                 "/v1/vm/snapshot",
                 serde_json::json!({"dir": dir, "stop": stop}),
             )?;
@@ -302,15 +303,15 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Pause { vm } => {
-            api(&vm, "/v1/vm/pause", serde_json::Value::Null)?;
+            api(&vm, "POST", "/v1/vm/pause", serde_json::Value::Null)?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Resume { vm } => {
-            api(&vm, "/v1/vm/resume", serde_json::Value::Null)?;
+            api(&vm, "POST", "/v1/vm/resume", serde_json::Value::Null)?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Stop { vm } => {
-            api(&vm, "/v1/vm/stop", serde_json::Value::Null)?;
+            api(&vm, "POST", "/v1/vm/stop", serde_json::Value::Null)?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::TestGuest { out } => {
@@ -339,6 +340,7 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             let dir = dir.map(std::path::absolute).transpose()?;
             let v = api(
                 &vm,
+                "POST",
                 "/v1/vm/fork",
                 serde_json::json!({"count": count, "dir": dir}),
             )?;
@@ -366,8 +368,13 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
 }
 
 /// Calls the VMM API of the VM at `sock`; an error answer becomes the error.
-fn api(sock: &std::path::Path, path: &str, body: serde_json::Value) -> Result<serde_json::Value> {
-    let (code, v) = starling_vmm::api::call(sock, "POST", path, &body)
+pub(crate) fn api(
+    sock: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> Result<serde_json::Value> {
+    let (code, v) = starling_vmm::api::call(sock, method, path, &body)
         .with_context(|| format!("VM API socket {}", sock.display()))?;
     if code != 200 {
         bail!(

@@ -6,18 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn guest(dir: &Path) -> Option<PathBuf> {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: no /dev/kvm");
-        return None;
-    }
-    match starling_vmm::test_guest::build(dir) {
-        Ok(g) => Some(g.pvh),
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            None
-        }
-    }
+fn guest(dir: &Path) -> Option<std::path::PathBuf> {
+    starling_vmm::test_guest::build_or_skip(dir).map(|g| g.pvh)
 }
 
 fn starling(pools: &Path) -> Command {
@@ -164,6 +154,41 @@ fn pools_dock_activate_refill_and_remove() {
     let e = fails(starling(&pools).args(["pool", "run", "web", "--env", "A=two words"]));
     assert!(e.contains("single words"), "{e}");
     assert!(fails(&mut create("bad/name", "substrate", "1")).contains("pool name"));
+
+    // A pool over a stored image: the VM gets it as an ext4 disk, and every activated VM
+    // writes to an overlay of its own.
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/motd"), "hello from the pool's image\n").unwrap();
+    let store = dir.path().join("store");
+    ok(starling(&pools)
+        .env("STARLING_HOME", &store)
+        .args(["image", "import"])
+        .arg(&tree)
+        .arg("tiny:v1"));
+    ok(create("disk", "substrate", "1")
+        .env("STARLING_HOME", &store)
+        .args(["--image", "tiny:v1"]));
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        starling(&pools).args(["pool", "run", "disk", "--env", "code=5", "--json"])
+    ))
+    .unwrap();
+    let slot = PathBuf::from(v["slot"].as_str().unwrap());
+    wait_for_file(&slot.join("monitor.log"), "GuestExit(5)");
+    assert!(
+        slot.join("run/disk0.overlay").is_file(),
+        "the VM's own disk overlay"
+    );
+    let e2fsck = Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(pools.join("disk/rootfs.ext4"))
+        .output()
+        .unwrap();
+    assert!(
+        e2fsck.status.success(),
+        "the pool's base disk is untouched and clean"
+    );
+    ok(starling(&pools).args(["pool", "rm", "disk"]));
 
     ok(starling(&pools).args(["pool", "rm", "web"]));
     ok(starling(&pools).args(["pool", "rm", "cold", "--force"]));

@@ -7,17 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn guest(dir: &Path) -> Option<std::path::PathBuf> {
-    if !Path::new("/dev/kvm").exists() {
-        eprintln!("SKIP: no /dev/kvm");
-        return None;
-    }
-    match starling_vmm::test_guest::build(dir) {
-        Ok(g) => Some(g.pvh),
-        Err(e) => {
-            eprintln!("SKIP: {e}");
-            None
-        }
-    }
+    starling_vmm::test_guest::build_or_skip(dir).map(|g| g.pvh)
 }
 
 fn starling() -> Command {

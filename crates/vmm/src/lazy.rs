@@ -260,18 +260,7 @@ impl MemoryServer {
 
     /// Serves what another memory server serves, fetching each page from it once.
     pub fn upstream(addr: &Addr) -> Result<Self, Error> {
-        let io = |e: std::io::Error| Error::Io {
-            what: format!("memory server {addr}"),
-            source: e,
-        };
-        let mut c = LazyClient::connect(addr).map_err(io)?;
-        let state_bytes = c.state().map_err(io)?;
-        let state = snapshot::file::decode(Path::new(&addr.to_string()), &state_bytes)?;
-        let map = c.map().map_err(io)?;
-        let hashes = parse_map(&state, &map).map_err(|r| Error::Snapshot {
-            path: addr.to_string().into(),
-            reason: r,
-        })?;
+        let (state_bytes, state, map, hashes, c) = fetch(addr)?;
         Ok(MemoryServer {
             state: state_bytes,
             map,
@@ -473,6 +462,15 @@ pub struct FaultStats {
 /// Connects to the memory server at `addr` and returns the snapshot's state, its page map and
 /// the connection (which then serves the faults).
 pub fn fetch_state(addr: &Addr) -> Result<(VmState, PageMap, LazyClient), Error> {
+    let (_, state, _, map, c) = fetch(addr)?;
+    Ok((state, map, c))
+}
+
+/// The state (as sent and decoded) and the page map (as sent and checked) from a memory
+/// server, and the connection.
+type Fetched = (Vec<u8>, VmState, Vec<u8>, PageMap, LazyClient);
+
+fn fetch(addr: &Addr) -> Result<Fetched, Error> {
     let io = |e: std::io::Error| Error::Io {
         what: format!("memory server {addr}"),
         source: e,
@@ -480,12 +478,12 @@ pub fn fetch_state(addr: &Addr) -> Result<(VmState, PageMap, LazyClient), Error>
     let mut c = LazyClient::connect(addr).map_err(io)?;
     let state_bytes = c.state().map_err(io)?;
     let state = snapshot::file::decode(Path::new(&addr.to_string()), &state_bytes)?;
-    let map = c.map().map_err(io)?;
-    let map = parse_map(&state, &map).map_err(|r| Error::Snapshot {
+    let map_bytes = c.map().map_err(io)?;
+    let map = parse_map(&state, &map_bytes).map_err(|r| Error::Snapshot {
         path: addr.to_string().into(),
         reason: r,
     })?;
-    Ok((state, map, c))
+    Ok((state_bytes, state, map_bytes, map, c))
 }
 
 /// Registers the VM's RAM with userfaultfd and serves its faults from `client` on a thread of

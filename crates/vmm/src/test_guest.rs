@@ -55,3 +55,20 @@ pub fn build(out: &Path) -> Result<TestGuest, String> {
         elf64: compile("guest-64.elf", &["-DNO_PVH_NOTE"])?,
     })
 }
+
+/// For tests: both builds in `out`, or None — with a loud SKIP line — on a host without
+/// /dev/kvm or a C compiler.
+pub fn build_or_skip(out: &Path) -> Option<TestGuest> {
+    if !Path::new("/dev/kvm").exists() {
+        eprintln!("SKIP: no /dev/kvm on this host");
+        return None;
+    }
+    eprintln!("KVM flavour: {}", crate::flavour::detect().name());
+    match build(out) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            eprintln!("SKIP: {e}");
+            None
+        }
+    }
+}

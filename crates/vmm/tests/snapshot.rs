@@ -18,21 +18,11 @@ use starling_vmm::{Console, ExitReason, RestoreSpec, Vm, VmConfig, VsockConfig};
 fn guests() -> Option<&'static TestGuest> {
     static G: OnceLock<Option<TestGuest>> = OnceLock::new();
     G.get_or_init(|| {
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("SKIP: no /dev/kvm on this host");
-            return None;
-        }
-        eprintln!("KVM flavour: {}", starling_vmm::flavour::detect().name());
-        // SAFETY (of the test): set once, before any clone is started, to the same value.
+        // Set once, before any clone is started, to the same value.
         std::env::set_var("STARLING_VMM", env!("CARGO_BIN_EXE_starling-vmm"));
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-guest");
-        match starling_vmm::test_guest::build(&out) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                eprintln!("SKIP: {e}");
-                None
-            }
-        }
+        starling_vmm::test_guest::build_or_skip(
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-guest"),
+        )
     })
     .as_ref()
 }

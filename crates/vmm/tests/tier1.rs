@@ -16,19 +16,9 @@ use starling_vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VsockConfig};
 fn guests() -> Option<&'static TestGuest> {
     static G: OnceLock<Option<TestGuest>> = OnceLock::new();
     G.get_or_init(|| {
-        if !Path::new("/dev/kvm").exists() {
-            eprintln!("SKIP: no /dev/kvm on this host");
-            return None;
-        }
-        eprintln!("KVM flavour: {}", starling_vmm::flavour::detect().name());
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest");
-        match starling_vmm::test_guest::build(&out) {
-            Ok(g) => Some(g),
-            Err(e) => {
-                eprintln!("SKIP: {e}");
-                None
-            }
-        }
+        starling_vmm::test_guest::build_or_skip(
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest"),
+        )
     })
     .as_ref()
 }

@@ -41,6 +41,18 @@ fn kvm(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
 
+/// An MSR read request for each index.
+fn msrs_for(list: &[u32]) -> Result<Msrs, Error> {
+    let entries: Vec<kvm_msr_entry> = list
+        .iter()
+        .map(|&index| kvm_msr_entry {
+            index,
+            ..Default::default()
+        })
+        .collect();
+    Msrs::from_entries(&entries).map_err(|_| Error::Invalid("too many MSRs".into()))
+}
+
 /// The MSRs KVM can save for this vCPU: its index list minus those the vCPU refuses.
 pub fn msr_indices(kvm_fd: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, Error> {
     let mut list: Vec<u32> = kvm_fd
@@ -49,15 +61,7 @@ pub fn msr_indices(kvm_fd: &Kvm, vcpu: &VcpuFd) -> Result<Vec<u32>, Error> {
         .as_slice()
         .to_vec();
     loop {
-        let entries: Vec<kvm_msr_entry> = list
-            .iter()
-            .map(|&index| kvm_msr_entry {
-                index,
-                ..Default::default()
-            })
-            .collect();
-        let mut msrs =
-            Msrs::from_entries(&entries).map_err(|_| Error::Invalid("too many MSRs".into()))?;
+        let mut msrs = msrs_for(&list)?;
         let n = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
         if n >= list.len() {
             return Ok(list);
@@ -76,15 +80,7 @@ pub fn capture_vcpu(vcpu: &VcpuFd, msr_list: &[u32]) -> Result<VcpuState, Error>
     let debugregs = vcpu.get_debug_regs().map_err(kvm("KVM_GET_DEBUGREGS"))?;
     let lapic = vcpu.get_lapic().map_err(kvm("KVM_GET_LAPIC"))?;
     let tsc_khz = vcpu.get_tsc_khz().ok();
-    let entries: Vec<kvm_msr_entry> = msr_list
-        .iter()
-        .map(|&index| kvm_msr_entry {
-            index,
-            ..Default::default()
-        })
-        .collect();
-    let mut msrs =
-        Msrs::from_entries(&entries).map_err(|_| Error::Invalid("too many MSRs".into()))?;
+    let mut msrs = msrs_for(msr_list)?;
     let n = vcpu.get_msrs(&mut msrs).map_err(kvm("KVM_GET_MSRS"))?;
     let msrs = msrs.as_slice()[..n].to_vec();
     let events = vcpu.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
