@@ -706,14 +706,6 @@ impl Vm {
     pub fn run(mut self) -> Result<ExitReason, Error> {
         vcpu::install_kick_handler()?;
         let done = Arc::new(AtomicBool::new(false));
-        let api = match &self.config.api_socket {
-            Some(p) => Some(crate::api::serve(
-                p,
-                VmHandle(self.shared.clone()),
-                done.clone(),
-            )?),
-            None => None,
-        };
         if let Some((transport, epoll)) = &self.vsock {
             spawn_vsock_thread(transport.clone(), epoll.clone(), done.clone())?;
         }
@@ -749,6 +741,18 @@ impl Vm {
         if self.shared.restored {
             let _ = self.shared.restored_in.set(self.shared.started.elapsed());
         }
+        // Served once the vCPUs run: whoever sees the socket sees a running VM.
+        let api = match &self.config.api_socket {
+            Some(p) => match crate::api::serve(p, VmHandle(self.shared.clone()), done.clone()) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    vcpu::stop_all(&mut threads, &self.shared.control);
+                    done.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
 
         // Wait for the end, serving pause, snapshot and fork requests meanwhile.
         let reason = loop {
