@@ -734,10 +734,6 @@ impl Vm {
                 .map_err(io("starting a vCPU thread"))?,
             );
         }
-        if let Some(mut f) = self.ready_fd.take() {
-            use std::io::Write;
-            let _ = f.write_all(&self.shared.clone_id.to_le_bytes());
-        }
         if self.shared.restored {
             let _ = self.shared.restored_in.set(self.shared.started.elapsed());
         }
@@ -753,6 +749,11 @@ impl Vm {
             },
             None => None,
         };
+        // Whoever forked this clone may use it now: its vCPUs run and its API answers.
+        if let Some(mut f) = self.ready_fd.take() {
+            use std::io::Write;
+            let _ = f.write_all(&self.shared.clone_id.to_le_bytes());
+        }
 
         // Wait for the end, serving pause, snapshot and fork requests meanwhile.
         let reason = loop {
