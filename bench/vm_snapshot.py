@@ -32,6 +32,15 @@ VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 MEM_MIB = 256
 RUNS = 20
+# Every monitor started, so that a failing run leaves none behind (a spinning guest would eat
+# a core of whatever runs next).
+STARTED = []
+
+
+def spawn(args, **kw):
+    p = subprocess.Popen(args, **kw)
+    STARTED.append(p)
+    return p
 
 
 def api(sock, method, path, body=None):
@@ -100,7 +109,7 @@ def vm_config(kernel, cmdline, d, vsock=False):
 def boot(kernel, cmdline, d, vsock=False):
     os.makedirs(d, exist_ok=True)
     c = vm_config(kernel, cmdline, d, vsock)
-    p = subprocess.Popen([VMM, "--config-json", json.dumps(c)], stderr=subprocess.DEVNULL)
+    p = spawn([VMM, "--config-json", json.dumps(c)], stderr=subprocess.DEVNULL)
     wait("the API", lambda: os.path.exists(c["api_socket"]))
     return p, c
 
@@ -112,7 +121,7 @@ def starling_restore(snap, work):
         sock = os.path.join(d, "api.sock")
         spec = {"dir": snap, "run_dir": d, "api_socket": sock, "console": "off"}
         t = time.monotonic()
-        p = subprocess.Popen([VMM, "--restore-json", json.dumps(spec)], stderr=subprocess.DEVNULL)
+        p = spawn([VMM, "--restore-json", json.dumps(spec)], stderr=subprocess.DEVNULL)
         st = wait("restored VM", lambda: (lambda r: r[1] if r[1]["state"] == "running" else None)(api(sock, "GET", "/v1/vm")))
         out.append(((time.monotonic() - t) * 1e3, st["restored_in_us"] / 1e3))
         api(sock, "POST", "/v1/vm/stop")
@@ -130,7 +139,7 @@ def qemu_cmd(kernel, cmdline, d, extra=()):
 def qemu_restore(kernel, work):
     d = os.path.join(work, "qemu-boot")
     os.makedirs(d)
-    p = subprocess.Popen(qemu_cmd(kernel, "counter", d), stderr=subprocess.DEVNULL)
+    p = spawn(qemu_cmd(kernel, "counter", d), stderr=subprocess.DEVNULL)
     wait("QEMU's guest", lambda: ticks(os.path.join(d, "console.log")) >= 5, step=0.02)
     q = wait("QMP", lambda: Qmp(os.path.join(d, "qmp.sock")))
     state = os.path.join(work, "qemu.state")
@@ -144,7 +153,7 @@ def qemu_restore(kernel, work):
         d = os.path.join(work, f"q{i}")
         os.makedirs(d)
         t = time.monotonic()
-        p = subprocess.Popen(qemu_cmd(kernel, "counter", d, ["-incoming", f"exec:cat {state}"]),
+        p = spawn(qemu_cmd(kernel, "counter", d, ["-incoming", f"exec:cat {state}"]),
                              stderr=subprocess.DEVNULL)
         q = wait("QMP", lambda: Qmp(os.path.join(d, "qmp.sock")))
         # A stream taken from a stopped VM restores paused: continue it, as Starling does.
@@ -216,7 +225,7 @@ def lazy(kernel, work, cmdline, tag):
     assert code == 200, r
     p.wait()
     addr = "unix:" + os.path.join(work, f"mem-{tag}.sock")
-    server = subprocess.Popen([VMM, "--memory-server", snap, "--listen", addr], stderr=subprocess.DEVNULL)
+    server = spawn([VMM, "--memory-server", snap, "--listen", addr], stderr=subprocess.DEVNULL)
     wait("memory server", lambda: os.path.exists(addr[5:]))
     fixed = os.path.getsize(os.path.join(snap, "state")) + os.path.getsize(os.path.join(snap, "memory.map"))
     runs = []
@@ -226,7 +235,7 @@ def lazy(kernel, work, cmdline, tag):
         spec = {"dir": snap, "lazy": addr, "run_dir": rd, "api_socket": sock,
                 "console": {"file": os.path.join(rd, "console.log")}}
         os.makedirs(rd)
-        cp = subprocess.Popen([VMM, "--restore-json", json.dumps(spec)], stderr=subprocess.DEVNULL)
+        cp = spawn([VMM, "--restore-json", json.dumps(spec)], stderr=subprocess.DEVNULL)
         wait("lazy ticks", lambda: ticks(os.path.join(rd, "console.log")) >= 10, step=0.01)
         st = api(sock, "GET", "/v1/vm")[1]["lazy"]
         api(sock, "POST", "/v1/vm/stop")
@@ -265,6 +274,12 @@ def main():
         lazy_runs, data_pages, fixed = lazy(kernel, work, "counter ballast", "idle")
         lazy_runs2, data_pages2, fixed2 = lazy(kernel, work, "counter ballast reread", "reread")
     finally:
+        for p in STARTED:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        # Clones are the monitors' children, in process groups of their own.
+        subprocess.run(["pkill", "-f", work], check=False)
         shutil.rmtree(work, ignore_errors=True)
 
     o_wall = med(x[0] for x in ours)

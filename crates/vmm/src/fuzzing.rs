@@ -102,3 +102,12 @@ pub struct Outcome {
     pub broken: bool,
     pub memory: Vec<u8>,
 }
+
+/// Fuzz entry for the snapshot state decoder: `data` as a whole state file, and `data` as the
+/// payload of a state file whose header and checksum are right (so the fuzzer reaches the
+/// zstd and postcard decoding behind them). Returns whether the framed payload decoded.
+pub fn snapshot_state(data: &[u8]) -> bool {
+    let path = std::path::Path::new("fuzz-state");
+    let _ = crate::snapshot::file::decode(path, data);
+    crate::snapshot::file::decode(path, &crate::snapshot::file::frame(data)).is_ok()
+}

@@ -77,3 +77,25 @@ fn truncated_and_flipped_seeds_never_take_the_process_down() {
     }
     assert!(n >= 10, "corpus has {n} seeds");
 }
+
+/// The snapshot state decoder on its corpus (fuzz/corpus/snapshot_state): a real state's
+/// payload decodes; the same cut short or with any byte flipped is refused, never a panic.
+#[test]
+fn state_decoder_refuses_damage_without_panicking() {
+    use starling_vmm::fuzzing::snapshot_state;
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/snapshot_state");
+    let real = std::fs::read(dir.join("two-vcpus-vsock")).unwrap();
+    assert!(snapshot_state(&real), "a real state decodes");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(entry.unwrap().path()).unwrap();
+        for cut in (0..data.len()).step_by(7) {
+            assert!(!snapshot_state(&data[..cut]) || cut == data.len());
+        }
+        for i in (0..data.len()).step_by(3) {
+            let mut d = data.clone();
+            d[i] ^= 0x5a;
+            let _ = snapshot_state(&d);
+        }
+    }
+}

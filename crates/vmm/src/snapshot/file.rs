@@ -27,14 +27,19 @@ pub fn encode(state: &VmState) -> Result<Vec<u8>, Error> {
         .map_err(|e| Error::Invalid(format!("encoding the VM state: {e}")))?;
     let payload = zstd::bulk::compress(&plain, 3)
         .map_err(|e| Error::Invalid(format!("compressing the VM state: {e}")))?;
+    Ok(frame(&payload))
+}
+
+/// A state file around `payload` (the compressed encoding): header, length, checksum.
+pub fn frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + payload.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(&payload).as_bytes());
-    out.extend_from_slice(&payload);
-    Ok(out)
+    out.extend_from_slice(blake3::hash(payload).as_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
 pub fn decode(path: &Path, bytes: &[u8]) -> Result<VmState, Error> {
