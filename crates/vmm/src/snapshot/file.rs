@@ -3,6 +3,7 @@
 //! pages, and it travels over the network for lazy restores). A file from another format version is refused by its
 //! version number before any of it is decoded; a damaged one fails its checksum.
 
+use std::io::Read;
 use std::path::Path;
 
 use super::VmState;
@@ -74,8 +75,14 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<VmState, Error> {
     if blake3::hash(payload).as_bytes() != &bytes[24..56] {
         return Err(bad(path, "checksum mismatch: the state file is damaged"));
     }
-    let plain = zstd::bulk::decompress(payload, MAX_STATE)
+    // Streamed with a cap, so that memory grows with what really decompresses.
+    let mut plain = Vec::new();
+    zstd::stream::read::Decoder::new(payload)
+        .and_then(|d| std::io::Read::take(d, MAX_STATE as u64 + 1).read_to_end(&mut plain))
         .map_err(|e| bad(path, format!("undecodable state: {e}")))?;
+    if plain.len() > MAX_STATE {
+        return Err(bad(path, "the state decodes to more than 64 MiB"));
+    }
     postcard::from_bytes(&plain).map_err(|e| bad(path, format!("undecodable state: {e}")))
 }
 
