@@ -25,8 +25,10 @@ use crate::bus::lock;
 
 pub use crate::virtio::vsock::SERVICE_PORT;
 
-/// Most clones one fork request may ask for.
+/// Most clones one fork request may ask for, and one VM may fork in all from inside.
 pub const MAX_CLONES: u32 = 1024;
+/// Most service connections served at once (a thread each).
+const MAX_CONNECTIONS: usize = 64;
 
 /// Who a VM is: handed to the guest so that clones do not share an RNG state, a hostname or a
 /// MAC, and so that a restored guest can set its clock.
@@ -127,6 +129,9 @@ pub struct Services {
     /// Clones forked from this VM not yet joined, in the order they were forked, with their
     /// exit status once reaped.
     children: Mutex<Vec<(Child, Option<i32>)>>,
+    /// Service connections being served, and clones forked from inside the guest so far.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
+    guest_forked: std::sync::atomic::AtomicU32,
     /// The guest asked `ready` (it is booted and waits for its configuration).
     ready: std::sync::atomic::AtomicBool,
     /// The configuration `ready` is answered with, once the VM is activated.
@@ -139,6 +144,8 @@ impl Services {
             identity: Mutex::new(identity),
             forks: Mutex::new(None),
             children: Mutex::new(Vec::new()),
+            connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            guest_forked: std::sync::atomic::AtomicU32::new(0),
             ready: std::sync::atomic::AtomicBool::new(false),
             activation: (Mutex::new(None), std::sync::Condvar::new()),
         })
@@ -195,10 +202,23 @@ impl Services {
     pub fn handler(self: &Arc<Self>) -> crate::virtio::vsock::ServiceHandler {
         let me = self.clone();
         Arc::new(move |stream, _port, unanswered| {
+            use std::sync::atomic::Ordering::SeqCst;
+            let count = me.connections.clone();
+            if count.fetch_add(1, SeqCst) >= MAX_CONNECTIONS {
+                // Dropping our end closes the connection: the guest sees it reset.
+                count.fetch_sub(1, SeqCst);
+                return;
+            }
             let me = me.clone();
-            let _ = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name("vm-service".into())
-                .spawn(move || me.serve(stream, unanswered));
+                .spawn(move || {
+                    me.serve(stream, unanswered);
+                    me.connections.fetch_sub(1, SeqCst);
+                });
+            if spawned.is_err() {
+                count.fetch_sub(1, SeqCst);
+            }
         })
     }
 
@@ -234,10 +254,28 @@ impl Services {
         match (words.next(), words.next(), words.next()) {
             (Some("whoami"), None, _) => lock(&self.identity).line(),
             (Some("fork"), Some(n), None) => match n.parse::<u32>() {
-                Ok(count @ 1..=MAX_CLONES) => match self.fork(count) {
-                    Ok(_) => "0".into(),
-                    Err(e) => format!("error fork: {e}"),
-                },
+                Ok(count @ 1..=MAX_CLONES)
+                    if self
+                        .guest_forked
+                        .fetch_update(
+                            std::sync::atomic::Ordering::SeqCst,
+                            std::sync::atomic::Ordering::SeqCst,
+                            |f| (f + count <= MAX_CLONES).then_some(f + count),
+                        )
+                        .is_ok() =>
+                {
+                    match self.fork(count) {
+                        Ok(_) => "0".into(),
+                        Err(e) => {
+                            self.guest_forked
+                                .fetch_sub(count, std::sync::atomic::Ordering::SeqCst);
+                            format!("error fork: {e}")
+                        }
+                    }
+                }
+                Ok(1..=MAX_CLONES) => {
+                    format!("error fork: this VM may fork at most {MAX_CLONES} clones in all")
+                }
                 _ => format!("error fork: {n:?} is not a clone count (1..{MAX_CLONES})"),
             },
             (Some("join"), None, _) => self.join(),
@@ -301,6 +339,9 @@ mod tests {
             .starts_with("id=1 hostname=vm-1 mac=02:53:54:"));
         assert!(s.answer("fork 0").starts_with("error fork"));
         assert!(s.answer("fork 2").contains("not running"));
+        s.guest_forked
+            .store(MAX_CLONES, std::sync::atomic::Ordering::SeqCst);
+        assert!(s.answer("fork 1").contains("at most 1024 clones in all"));
         assert!(s.answer("launch").starts_with("error unknown"));
         assert_eq!(s.answer("join"), "exit");
         assert_eq!(s.answer_resumed("fork 3"), "1");
