@@ -88,7 +88,7 @@ guest=$("$starling" vm test-guest "$out/guest")
 "$starling" vm run --kernel "$guest" --cmdline counter --mem 64M --vsock "3,$out/v.sock" \
   --api-socket "$out/vm.api" --console "$out/vm.log" 2>/dev/null &
 vm=$!
-ticks() { grep -c '^tick ' "$1" 2>/dev/null || true; }
+ticks() { cat "$1" 2>/dev/null | grep -c '^tick ' || true; }
 for _ in $(seq 300); do [ "$(ticks "$out/vm.log")" -ge 3 ] && [ -S "$out/vm.api" ] && break; sleep 0.1; done
 echo "the guest counts: $(grep '^tick ' "$out/vm.log" | tail -1)"
 "$starling" vm fork "$out/vm.api" -n 3 --dir "$out/forks"
