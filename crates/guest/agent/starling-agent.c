@@ -7,7 +7,8 @@
  *   starling-agent fork N        fork the VM into N clones; prints 0 here and K in clone K,
  *                                each having taken its identity on
  *   starling-agent join          wait for the clones; print "exit C1 C2 ..."
- *   starling-agent ready         say the VM is booted and idle (a pool docks it here); print
+ *   starling-agent ready         drop the page cache (what a pool's snapshot need not carry),
+ *                                say the VM is booted and idle (a pool docks it here); print
  *                                the configuration it is activated with ("activate K=V -- ARGS")
  *   starling-agent answer PORT   serve vsock PORT: each connection gets "id=K random=HEX", K
  *                                this VM's clone id and HEX 16 bytes of /dev/urandom read after
@@ -140,6 +141,9 @@ int main(int argc, char **argv) {
         int s = service(); call(s, "join", line, sizeof line); puts(line); return 0;
     }
     if (argc == 2 && !strcmp(argv[1], "ready")) {
+        sync();
+        int fd = open("/proc/sys/vm/drop_caches", O_WRONLY);
+        if (fd >= 0) { if (write(fd, "3", 1) < 0) perror("starling-agent: drop_caches"); close(fd); }
         int s = service(); call(s, "ready", line, sizeof line); whoami(1); puts(line); return 0;
     }
     if (argc == 3 && !strcmp(argv[1], "answer")) return answer(atoi(argv[2]));
