@@ -2,6 +2,12 @@
 # Runs inside the Linux guest our VMM boots (tier 2): every check prints one "inner:" line.
 # With starling.agent on the kernel command line it serves vsock port 7000 with the guest agent
 # instead, for the fork and snapshot checks, and never returns.
+if grep -q starling.pool /proc/cmdline; then
+  # A pool's substrate: booted, page cache dropped, docked at `ready` until activated.
+  answer=$(/bin/starling-agent ready)
+  echo "inner: pool $answer hostname $(hostname) urandom $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  exit 0
+fi
 if grep -q starling.agent /proc/cmdline; then
   echo 3 > /proc/sys/vm/drop_caches
   echo "inner: agent $(/bin/starling-agent identity)"

@@ -54,3 +54,18 @@ echo "host: restored status: $(/bin/starling vm status /tmp/r.api)"
 /bin/starling vm stop /tmp/r.api
 wait $vm
 echo "host: restored vm exit status $?"
+# Pool: a Debian guest booted to the agent's `ready`, docked, then activated twice without
+# booting, each with its own environment.
+export STARLING_POOLS=/tmp/pools
+/bin/starling pool create deb --kernel /vm/vmlinuz --initrd /vm/inner.img --mem 256M --size 1 \
+  --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.pool" 2>&1 | sed 's/^/host: pool: /'
+for n in 1 2; do
+  out=$(/bin/starling pool run deb --env N=$n --args "job $n" --json)
+  console=$(echo "$out" | sed 's/.*"console":"\([^"]*\)".*/\1/')
+  i=0
+  # The whole line (the guest's console arrives a byte at a time).
+  until grep -Eq "inner: pool .*urandom [0-9a-f]{16}" "$console" 2>/dev/null || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+  echo "host: pool run $n: $(grep 'inner: pool' "$console")"
+  echo "host: pool run $n booted again: $(grep -c 'starling-initramfs: /init started' "$console")"
+done
+/bin/starling pool rm deb --force 2>&1 | sed 's/^/host: pool: /'

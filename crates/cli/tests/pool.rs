@@ -103,6 +103,9 @@ fn pools_dock_activate_refill_and_remove() {
         assert_eq!(v["warm"], true, "{v}");
         eprintln!("activation {i}: {} us", v["activated_us"]);
         let console = PathBuf::from(v["console"].as_str().unwrap());
+        // The guest prints a byte at a time: read its console once it has ended.
+        let slot = PathBuf::from(v["slot"].as_str().unwrap());
+        wait_for_file(&slot.join("monitor.log"), "GuestExit(7)");
         let log = wait_for_file(&console, "substrate: whoami");
         assert!(
             log.contains(&format!(
@@ -122,8 +125,6 @@ fn pools_dock_activate_refill_and_remove() {
             .unwrap()
             .to_owned();
         seeds.push(seed);
-        let slot = PathBuf::from(v["slot"].as_str().unwrap());
-        wait_for_file(&slot.join("monitor.log"), "GuestExit(7)");
     }
     seeds.dedup();
     assert_eq!(seeds.len(), 3, "every activated VM has its own identity");

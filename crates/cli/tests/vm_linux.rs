@@ -162,6 +162,25 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         "host: restored vm exit status 0"
     );
 
+    // A pool of Debian guests docked at the agent's `ready`: each activation gets its own
+    // environment and arguments, its own identity (hostname, RNG), and does not boot again.
+    let mut pool_random = Vec::new();
+    for n in 1..=2 {
+        let l = line(
+            &log,
+            &format!("host: pool run {n}: inner: pool activate N={n} -- job {n} "),
+        );
+        assert!(l.contains("hostname deb"), "{l}");
+        let random = l.rsplit(' ').next().unwrap_or("").to_owned();
+        assert_eq!(random.len(), 16, "{l}");
+        pool_random.push(random);
+        assert_eq!(
+            line(&log, &format!("host: pool run {n} booted again:")),
+            format!("host: pool run {n} booted again: 0")
+        );
+    }
+    assert_ne!(pool_random[0], pool_random[1], "{log}");
+
     // The uncompressed kernel extracted by `vm kernel fetch`, booted through its PVH note.
     assert_eq!(
         line(&log, "host: pvh vm exit status"),
