@@ -49,6 +49,29 @@ fn wait_for_file(p: &Path, needle: &str) -> String {
     }
 }
 
+/// Stops every monitor a pool started, even when the test fails half-way (substrates live in
+/// their own sessions and would outlive it).
+struct StopAll(PathBuf);
+
+impl Drop for StopAll {
+    fn drop(&mut self) {
+        for sock in std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|p| {
+                std::fs::read_dir(p.path().join("slots"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|s| s.path().join("api.sock"))
+        {
+            let _ = starling_vmm::api::call(&sock, "POST", "/v1/vm/stop", &serde_json::Value::Null);
+        }
+    }
+}
+
 #[test]
 fn pools_dock_activate_refill_and_remove() {
     let dir = tempfile::tempdir().unwrap();
@@ -56,6 +79,7 @@ fn pools_dock_activate_refill_and_remove() {
         return;
     };
     let pools = dir.path().join("pools");
+    let _stop = StopAll(pools.clone());
     let create = |name: &str, cmdline: &str, size: &str| {
         let mut c = starling(&pools);
         c.args([

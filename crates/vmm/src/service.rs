@@ -134,12 +134,14 @@ pub struct Services {
     guest_forked: std::sync::atomic::AtomicU32,
     /// The guest asked `ready` (it is booted and waits for its configuration).
     ready: std::sync::atomic::AtomicBool,
+    /// Wakes the run loop when a fork request is sent.
+    wake: Arc<vmm_sys_util::eventfd::EventFd>,
     /// The configuration `ready` is answered with, once the VM is activated.
     activation: (Mutex<Option<String>>, std::sync::Condvar),
 }
 
 impl Services {
-    pub fn new(identity: Identity) -> Arc<Self> {
+    pub fn new(identity: Identity, wake: Arc<vmm_sys_util::eventfd::EventFd>) -> Arc<Self> {
         Arc::new(Services {
             identity: Mutex::new(identity),
             forks: Mutex::new(None),
@@ -148,6 +150,7 @@ impl Services {
             guest_forked: std::sync::atomic::AtomicU32::new(0),
             ready: std::sync::atomic::AtomicBool::new(false),
             activation: (Mutex::new(None), std::sync::Condvar::new()),
+            wake,
         })
     }
 
@@ -301,6 +304,7 @@ impl Services {
         sender
             .send(ForkRequest { count, reply: tx })
             .map_err(|_| "the VM is stopping".to_string())?;
+        let _ = self.wake.write(1);
         rx.recv().map_err(|_| "the VM is stopping".to_string())?
     }
 
@@ -333,7 +337,8 @@ mod tests {
         assert_ne!(a.seed, b.seed);
         assert_ne!(a.mac[3..], b.mac[3..]);
         assert_eq!(a.mac[0] & 3, 2, "locally administered unicast");
-        let s = Services::new(a);
+        let wake = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let s = Services::new(a, Arc::new(wake));
         assert!(s
             .answer("whoami")
             .starts_with("id=1 hostname=vm-1 mac=02:53:54:"));

@@ -71,6 +71,9 @@ pub struct Shared {
     pub restored_in: std::sync::OnceLock<Duration>,
     pub clone_id: u32,
     requests: Mutex<Option<mpsc::Sender<Request>>>,
+    /// Wakes the run loop for a request (it sleeps otherwise: an idle or docked VM costs no
+    /// CPU in its monitor).
+    wake: Arc<EventFd>,
     pub services: Arc<Services>,
 }
 
@@ -156,6 +159,7 @@ impl VmHandle {
     fn request<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Request) -> Option<T> {
         let (tx, rx) = mpsc::channel();
         lock(&self.0.requests).as_ref()?.send(make(tx)).ok()?;
+        let _ = self.0.wake.write(1);
         rx.recv().ok()
     }
 
@@ -614,7 +618,8 @@ impl Vm {
             Arc::new(Mutex::new(DebugExit(exit.clone()))),
         );
 
-        let services = Services::new(identity);
+        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an eventfd"))?);
+        let services = Services::new(identity, wake.clone());
         // Virtio devices: disks in order, then rng, then vsock.
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for (disk, d) in disks.into_iter().zip(&config.disks) {
@@ -671,6 +676,7 @@ impl Vm {
             restored_in: std::sync::OnceLock::new(),
             clone_id: lock(&services.identity).clone_id,
             requests: Mutex::new(None),
+            wake,
             services: services.clone(),
         });
         Ok((
@@ -760,14 +766,16 @@ impl Vm {
             if let Some(r) = self.shared.exit.reason() {
                 break r;
             }
-            let mut pfd = libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(&self.shared.exit.evt),
+            let mut pfd = [&self.shared.exit.evt, &*self.shared.wake].map(|e| libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(e),
                 events: libc::POLLIN,
                 revents: 0,
-            };
-            // SAFETY: one valid pollfd on the stack, count 1.
-            unsafe { libc::poll(&mut pfd, 1, 5) };
+            });
+            // SAFETY: two valid pollfds on the stack, count 2. The timeout only paces the
+            // reaping of clones.
+            unsafe { libc::poll(pfd.as_mut_ptr(), 2, 200) };
             let _ = self.shared.exit.evt.read();
+            let _ = self.shared.wake.read();
             self.services.reap();
             while let Ok(req) = req_rx.try_recv() {
                 self.serve_request(req, &threads);
