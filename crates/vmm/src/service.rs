@@ -107,10 +107,11 @@ pub fn activation_line(env: &[(String, String)], args: Option<&str>) -> Result<S
     Ok(line)
 }
 
-/// A fork the service asks the run loop for; the answer is the clones' ids or why not.
+/// A fork the service asks the run loop for; the answer (sent once the clones run) is the
+/// fork's outcome or why not.
 pub struct ForkRequest {
     pub count: u32,
-    pub reply: mpsc::Sender<Result<Vec<CloneInfo>, String>>,
+    pub reply: mpsc::Sender<Result<crate::vm::ForkInfo, String>>,
 }
 
 /// A clone as its parent knows it.
@@ -298,7 +299,7 @@ impl Services {
         }
     }
 
-    fn fork(&self, count: u32) -> Result<Vec<CloneInfo>, String> {
+    fn fork(&self, count: u32) -> Result<crate::vm::ForkInfo, String> {
         let (tx, rx) = mpsc::channel();
         let sender = lock(&self.forks).clone().ok_or("the VM is not running")?;
         sender

@@ -780,20 +780,15 @@ impl Vm {
             while let Ok(req) = req_rx.try_recv() {
                 self.serve_request(req, &threads);
             }
+            // The answer goes to the service once the clones run, without holding this loop.
             while let Ok(f) = fork_rx.try_recv() {
-                let (tx, rx) = mpsc::channel();
                 self.serve_request(
                     Request::Fork {
                         count: f.count,
                         dir: None,
-                        reply: tx,
+                        reply: f.reply,
                     },
                     &threads,
-                );
-                let _ = f.reply.send(
-                    rx.recv()
-                        .unwrap_or_else(|_| Err("fork failed".into()))
-                        .map(|i| i.clones),
                 );
             }
         };
@@ -962,9 +957,7 @@ impl Vm {
     /// snapshot). Disk overlays the snapshot needs are linked into `dir`.
     fn snapshot_to(&mut self, dir: &Path, stop: bool) -> Result<(u64, u64), Error> {
         let io_at = |what: String| move |source| Error::Io { what, source };
-        if dir.join(snapshot::STATE_FILE).exists()
-            || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
-        {
+        if non_empty(dir) {
             return Err(Error::Snapshot {
                 path: dir.to_owned(),
                 reason: "the directory is not empty (a snapshot is never written over)".into(),
@@ -1031,7 +1024,7 @@ impl Vm {
         self.forks += 1;
         let dir = dir.unwrap_or_else(|| self.run_dir.join(format!("fork-{}", self.forks)));
         let io_at = |what: String| move |source| Error::Io { what, source };
-        if std::fs::read_dir(&dir).is_ok_and(|mut d| d.next().is_some()) {
+        if non_empty(&dir) {
             return Err(Error::Invalid(format!(
                 "fork directory {} is not empty (clones never share one)",
                 dir.display()
@@ -1050,7 +1043,10 @@ impl Vm {
     }
 }
 
-pub use crate::fork::PendingClones;
+/// A directory that exists and holds something: never written into by a snapshot or a fork.
+fn non_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
 
 fn overlay_path(run_dir: &Path, disk: usize) -> PathBuf {
     run_dir.join(format!("disk{disk}.overlay"))
