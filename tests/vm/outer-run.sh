@@ -57,8 +57,14 @@ echo "host: restored vm exit status $?"
 # Pool: a Debian guest booted to the agent's `ready`, docked, then activated twice without
 # booting, each with its own environment.
 export STARLING_POOLS=/tmp/pools
+# The boot to `ready` has its own deadline, well inside the test host's, so that a stuck boot
+# reports its console instead of being cut off by the outer timeout.
+read up _ < /proc/uptime
+echo "host: pool create at uptime $up"
 /bin/starling pool create deb --kernel /vm/vmlinuz --initrd /vm/inner.img --mem 256M --size 1 \
-  --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.pool" 2>&1 | sed 's/^/host: pool: /'
+  --timeout 90 --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.pool" 2>&1 | sed 's/^/host: pool: /'
+read up _ < /proc/uptime
+echo "host: pool created at uptime $up"
 for n in 1 2; do
   out=$(/bin/starling pool run deb --env N=$n --args "job $n" --json)
   console=$(echo "$out" | sed 's/.*"console":"\([^"]*\)".*/\1/')

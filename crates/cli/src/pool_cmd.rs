@@ -213,7 +213,9 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
             loop {
                 if let Some(status) = vm.try_wait()? {
                     bail!(
-                        "the VM ended ({status}) before its guest said ready; its console ends:\n{}",
+                        "the VM ended ({status}) before its guest said ready; its monitor said:\n{}\n\
+                         its console ends:\n{}",
+                        tail(&dir.join("boot-monitor.log")),
                         tail(&dir.join("boot.log"))
                     );
                 }
@@ -233,7 +235,8 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
                         break;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(10));
+                // A boot takes seconds; polling faster only takes CPU from it.
+                std::thread::sleep(Duration::from_millis(100));
             }
             let boot_ms = t.elapsed().as_millis();
             let snap = api(
@@ -313,32 +316,18 @@ fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<(Pat
         activate,
         ..Default::default()
     };
-    use std::os::unix::process::CommandExt;
-    let mut child = Command::new(vmm_program()?)
-        .arg("--restore-json")
-        .arg(serde_json::to_string(&spec)?)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(slot.join("monitor.log"))?)
-        // Its own session: it outlives this command and its terminal.
-        .process_group(0)
-        .spawn()
-        .context("starting a substrate")?;
-    // Ready to take once its API answers.
-    let sock = slot.join("api.sock");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while starling_vmm::api::call(&sock, "GET", "/v1/vm", &serde_json::Value::Null).is_err() {
-        if Instant::now() > deadline || child.try_wait()?.is_some() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "substrate {} did not start: {}",
+    vmm_program()?;
+    let log = std::fs::File::create(slot.join("monitor.log"))?;
+    starling_vmm::fork::start_restore(spec, log)
+        .context("starting a substrate")?
+        .wait(Duration::from_secs(30))
+        .map_err(|why| {
+            anyhow::anyhow!(
+                "substrate {} did not start ({why}): {}",
                 slot.display(),
                 tail(&slot.join("monitor.log"))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
+            )
+        })?;
     if paused {
         std::fs::write(slot.join("free"), b"")?;
     }

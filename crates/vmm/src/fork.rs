@@ -37,6 +37,71 @@ pub fn clone_program() -> PathBuf {
     "starling-vmm".into()
 }
 
+/// A monitor restoring a snapshot in a process of its own (`start_restore`), not yet known to
+/// run.
+pub struct Restoring {
+    child: Child,
+    ready: File,
+}
+
+/// Starts `starling-vmm --restore-json SPEC` in its own process group (it may outlive whoever
+/// started it), its stderr into `log`. It says through an inherited pipe when its vCPUs run (or
+/// stand paused, as asked) and its API answers, so the caller waits without polling.
+pub fn start_restore(mut spec: RestoreSpec, log: File) -> std::io::Result<Restoring> {
+    let program = clone_program();
+    let (ready_r, ready_w) = pipe()?;
+    set_cloexec(ready_w.as_raw_fd(), false)?;
+    spec.ready_fd = Some(ready_w.as_raw_fd());
+    let json = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
+    let child = Command::new(&program)
+        .arg("--restore-json")
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", program.display())));
+    drop(ready_w);
+    Ok(Restoring {
+        child: child?,
+        ready: ready_r,
+    })
+}
+
+impl Restoring {
+    /// The running monitor, or — when it ended or did not say ready within `timeout` (it is
+    /// then killed) — why not.
+    pub fn wait(mut self, timeout: Duration) -> Result<Child, String> {
+        let mut pfd = libc::pollfd {
+            fd: self.ready.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, count 1.
+        let n = unsafe {
+            libc::poll(
+                &mut pfd,
+                1,
+                timeout.as_millis().min(i32::MAX as u128) as i32,
+            )
+        };
+        let mut buf = [0u8; 4];
+        if n > 0 && matches!(self.ready.read(&mut buf), Ok(4)) {
+            return Ok(self.child);
+        }
+        // A monitor that failed closes the pipe without a word; one that hangs is stopped.
+        let why = match self.child.try_wait() {
+            Ok(Some(status)) => format!("it exited ({status})"),
+            _ if n == 0 => format!("it did not start within {timeout:?}"),
+            _ => "it closed its ready pipe".to_owned(),
+        };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        Err(why)
+    }
+}
+
 /// Clones started and not yet known to run.
 pub struct PendingClones {
     started: Instant,

@@ -246,6 +246,16 @@ fn run_loop(
             }
             // A triple fault: what a real machine does is reset.
             Ok(VcpuExit::Shutdown) => {
+                // Where it faulted is the one clue to an early boot failure with no console
+                // (on AMD, KVM has already reset the vCPU by now: rip 0xfff0).
+                match (fd.get_regs(), fd.get_sregs()) {
+                    (Ok(r), Ok(s)) => eprintln!(
+                        "starling-vmm: vCPU {id} triple-faulted at rip {:#x} (rsp {:#x}, cr0 {:#x}, \
+                         cr3 {:#x}, cr4 {:#x}, efer {:#x})",
+                        r.rip, r.rsp, s.cr0, s.cr3, s.cr4, s.efer
+                    ),
+                    _ => eprintln!("starling-vmm: vCPU {id} triple-faulted"),
+                }
                 exit.raise(ExitReason::Reset);
                 return;
             }
