@@ -10,7 +10,9 @@
 # above, outer-run.sh). Then boots the test host and writes its console to WORKDIR/console.log.
 # Needs: qemu-system-x86, busybox-static, e2fsprogs, a C compiler with static glibc, apt-get.
 # The bench reuses it: INNER_RUN and OUTER_RUN replace the scripts the two inits run, and
-# OUTER_ADD lists more SRC:DEST files for the test host.
+# OUTER_ADD lists more SRC:DEST files for the test host. TIER2_SCENARIOS (e.g. "fork,pool")
+# picks outer-run.sh's scenarios; TIER2_REUSE=1 boots the test host built by an earlier run in
+# WORKDIR without building it again.
 set -euo pipefail
 starling=$(realpath "$1")
 work=$(realpath -m "$2")
@@ -19,41 +21,45 @@ mkdir -p "$work"
 cd "$work"
 export STARLING_HOME="${STARLING_HOME:-$work/store}"
 
-if [ ! -s kernel.json ]; then
-  "$starling" vm kernel fetch --json > kernel.json.tmp
-  mv kernel.json.tmp kernel.json
+if [ -n "${TIER2_REUSE:-}" ] && [ -s outer.img ]; then
+  echo "tier2: reusing the test host in $work" >&2
+else
+  if [ ! -s kernel.json ]; then
+    "$starling" vm kernel fetch --json > kernel.json.tmp
+    mv kernel.json.tmp kernel.json
+  fi
+  image=$(python3 -c 'import json,sys; print(json.load(open("kernel.json"))["image"])')
+
+  cc -static -O2 -o vsock-hello "$here/vsock-hello.c"
+  cc -static -O2 -o starling-agent "$here/../../crates/guest/agent/starling-agent.c"
+  rm -rf disk-root && mkdir disk-root && echo "starling-tier2-marker" > disk-root/marker
+  rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
+
+  "$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz --vmlinux vmlinux \
+    --add "$work/vsock-hello:/bin/vsock-hello" --add "$work/starling-agent:/bin/starling-agent" --add "${INNER_RUN:-$here/inner-run.sh}:/etc/starling/run" \
+    -o inner.img
+
+  objcopy --strip-debug "$starling" starling.bin
+  vmm_add=()
+  if [ -x "$(dirname "$starling")/starling-vmm" ]; then
+    objcopy --strip-debug "$(dirname "$starling")/starling-vmm" starling-vmm.bin
+    vmm_add=(--add "$work/starling-vmm.bin:/bin/starling-vmm")
+  fi
+  libs=()
+  for lib in $(ldd starling.bin | grep -o '/[^ ]*'); do
+    libs+=(--add "$(realpath "$lib"):$lib")
+  done
+  "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel \
+    --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" \
+    --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/vmlinux:/vm/vmlinux" --add "$work/inner.img:/vm/inner.img" \
+    --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \
+    $(for f in ${OUTER_ADD:-}; do printf -- '--add %s ' "$f"; done) \
+    -o outer.img
 fi
-image=$(python3 -c 'import json,sys; print(json.load(open("kernel.json"))["image"])')
-
-cc -static -O2 -o vsock-hello "$here/vsock-hello.c"
-cc -static -O2 -o starling-agent "$here/../../crates/guest/agent/starling-agent.c"
-rm -rf disk-root && mkdir disk-root && echo "starling-tier2-marker" > disk-root/marker
-rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
-
-"$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz --vmlinux vmlinux \
-  --add "$work/vsock-hello:/bin/vsock-hello" --add "$work/starling-agent:/bin/starling-agent" --add "${INNER_RUN:-$here/inner-run.sh}:/etc/starling/run" \
-  -o inner.img
-
-objcopy --strip-debug "$starling" starling.bin
-vmm_add=()
-if [ -x "$(dirname "$starling")/starling-vmm" ]; then
-  objcopy --strip-debug "$(dirname "$starling")/starling-vmm" starling-vmm.bin
-  vmm_add=(--add "$work/starling-vmm.bin:/bin/starling-vmm")
-fi
-libs=()
-for lib in $(ldd starling.bin | grep -o '/[^ ]*'); do
-  libs+=(--add "$(realpath "$lib"):$lib")
-done
-"$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel \
-  --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" \
-  --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/vmlinux:/vm/vmlinux" --add "$work/inner.img:/vm/inner.img" \
-  --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \
-  $(for f in ${OUTER_ADD:-}; do printf -- '--add %s ' "$f"; done) \
-  -o outer.img
 
 timeout "${TIER2_TIMEOUT:-400}" qemu-system-x86_64 -accel "tcg,thread=${TIER2_TCG_THREAD:-multi}" -M q35 -cpu max \
   -smp 2 -m 2048 -nographic -no-reboot -kernel vmlinuz -initrd outer.img \
-  -append "console=ttyS0 panic=-1 quiet" < /dev/null > console.log 2>&1 || {
+  -append "console=ttyS0 panic=-1 quiet${TIER2_SCENARIOS:+ starling.scenarios=$TIER2_SCENARIOS}" < /dev/null > console.log 2>&1 || {
   echo "qemu failed or timed out (status $?); console in $work/console.log" >&2
   exit 1
 }
