@@ -225,14 +225,16 @@ def lazy(kernel, work, cmdline, tag):
     assert code == 200, r
     p.wait()
     addr = "unix:" + os.path.join(work, f"mem-{tag}.sock")
-    server = spawn([VMM, "--memory-server", snap, "--listen", addr], stderr=subprocess.DEVNULL)
+    server = spawn([VMM, "--memory-server", snap, "--listen", addr], stderr=subprocess.DEVNULL,
+                   stdout=subprocess.PIPE, text=True)
+    pinned = server.stdout.readline().strip()  # ADDR#HASH: the restore checks the state's hash
     wait("memory server", lambda: os.path.exists(addr[5:]))
     fixed = os.path.getsize(os.path.join(snap, "state")) + os.path.getsize(os.path.join(snap, "memory.map"))
     runs = []
     for i in range(5):
         rd = os.path.join(work, f"lazy-{tag}-{i}")
         sock = os.path.join(rd, "api.sock")
-        spec = {"dir": snap, "lazy": addr, "run_dir": rd, "api_socket": sock,
+        spec = {"dir": snap, "lazy": pinned, "run_dir": rd, "api_socket": sock,
                 "console": {"file": os.path.join(rd, "console.log")}}
         os.makedirs(rd)
         cp = spawn([VMM, "--restore-json", json.dumps(spec)], stderr=subprocess.DEVNULL)

@@ -67,11 +67,12 @@ pub enum VmCmd {
     /// Build the project's tier-1 test guest (for benchmarks and demos)
     #[command(hide = true)]
     TestGuest { out: PathBuf },
-    /// Serve a snapshot's memory to lazy restores (`vm restore --lazy ADDR`) until killed: from
-    /// its directory, or from another memory server (tcp://HOST:PORT, unix:PATH), keeping each
-    /// page fetched so that the clones on this host share one fetch of it
+    /// Serve a snapshot's memory to lazy restores (`vm restore --lazy ADDR#HASH`) until killed:
+    /// from its directory, or from another memory server (tcp://HOST:PORT#HASH,
+    /// unix:PATH#HASH), keeping each page fetched so that the clones on this host share one
+    /// fetch of it. Prints ADDR#HASH first: the address pinned to this snapshot's state
     MemoryServer {
-        /// A snapshot directory or an upstream memory server
+        /// A snapshot directory or an upstream memory server (ADDR#HASH)
         source: String,
         /// tcp://HOST:PORT or a unix socket path
         #[arg(long)]
@@ -109,7 +110,8 @@ pub struct RestoreArgs {
     /// process under the temporary directory]
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Take state and memory from this memory server (tcp://HOST:PORT or a unix socket)
+    /// Take state and memory from this memory server (tcp://HOST:PORT#HASH or
+    /// unix:PATH#HASH, as `vm memory-server` prints it; the state must have that BLAKE3)
     /// instead of DIR, each page when the guest first touches it (DIR is then only where
     /// relative disk layers are found)
     #[arg(long)]
@@ -320,14 +322,19 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::MemoryServer { source, listen } => {
-            use starling_vmm::lazy::{Addr, MemoryServer};
+            use starling_vmm::lazy::{Addr, MemoryServer, Remote};
             let addr: Addr = listen.parse()?;
-            let server = if source.starts_with("tcp://") || source.starts_with("unix:") {
-                MemoryServer::upstream(&source.parse()?)?
-            } else {
-                MemoryServer::open_dir(source.as_ref())?
+            let server = MemoryServer::open(&source)?;
+            let pinned = Remote {
+                addr: addr.clone(),
+                state: server.state_hash(),
             };
-            eprintln!("serving the memory of {source} on {addr}");
+            // Scripts read the pinned address from the first line.
+            println!("{pinned}");
+            eprintln!(
+                "serving the memory of {source} on {addr}; restore elsewhere with \
+                 `starling vm restore DIR --lazy {pinned}` (HOST as that host reaches this one)"
+            );
             std::sync::Arc::new(server).serve(&addr)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -5,7 +5,9 @@
 //! (`upstream`), keeping every page it fetched so that the clones on one host share one fetch
 //! of each page. Clients get the state file and the page map first, check the map against the
 //! state's `memory_map` hash, and check every page against its BLAKE3 in the map; pages not in
-//! the map are zero and never fetched.
+//! the map are zero and never fetched. The state itself is checked against the BLAKE3 hash the
+//! client was given with the server's address (`ADDR#HASH`, as `vm memory-server` prints it),
+//! so every byte a lazy VM runs on is verified against a hash its operator chose.
 //!
 //! The protocol (integers little-endian): the client sends `STRLMEM1`, then requests of one
 //! op byte: 1 state → u64 length + bytes; 2 map → u64 length + bytes; 3 + u64 page number →
@@ -74,6 +76,41 @@ impl std::fmt::Display for Addr {
             Addr::Tcp(a) => write!(f, "tcp://{a}"),
             Addr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
+    }
+}
+
+/// A snapshot on a memory server: where (`ADDR`) and which (`#` and the BLAKE3 of its state
+/// file, in hex). Written `tcp://HOST:PORT#HASH` or `unix:PATH#HASH`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Remote {
+    pub addr: Addr,
+    pub state: blake3::Hash,
+}
+
+impl std::str::FromStr for Remote {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let Some((addr, hash)) = s.rsplit_once('#') else {
+            return Err(Error::Invalid(format!(
+                "memory server {s:?}: no state hash; give ADDR#HASH as `vm memory-server` prints \
+                 it (the hash pins the snapshot: nothing unverified is run)"
+            )));
+        };
+        let state = blake3::Hash::from_hex(hash).map_err(|_| {
+            Error::Invalid(format!(
+                "memory server {s:?}: {hash:?} is not a BLAKE3 hash (64 hex digits)"
+            ))
+        })?;
+        Ok(Remote {
+            addr: addr.parse()?,
+            state,
+        })
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.addr, self.state.to_hex())
     }
 }
 
@@ -258,9 +295,24 @@ impl MemoryServer {
         })
     }
 
+    /// Serves `source`: a snapshot directory, or a pinned `ADDR#HASH` of another memory server.
+    pub fn open(source: &str) -> Result<Self, Error> {
+        if source.starts_with("tcp://") || source.starts_with("unix:") {
+            MemoryServer::upstream(&source.parse()?)
+        } else {
+            MemoryServer::open_dir(Path::new(source))
+        }
+    }
+
+    /// The BLAKE3 of the state file served: what clients pin (`ADDR#HASH`).
+    pub fn state_hash(&self) -> blake3::Hash {
+        blake3::hash(&self.state)
+    }
+
     /// Serves what another memory server serves, fetching each page from it once.
-    pub fn upstream(addr: &Addr) -> Result<Self, Error> {
-        let (state_bytes, state, map, hashes, c) = fetch(addr)?;
+    pub fn upstream(remote: &Remote) -> Result<Self, Error> {
+        let addr = &remote.addr;
+        let (state_bytes, state, map, hashes, c) = fetch(remote)?;
         Ok(MemoryServer {
             state: state_bytes,
             map,
@@ -459,10 +511,10 @@ pub struct FaultStats {
     pub bytes_received: AtomicU64,
 }
 
-/// Connects to the memory server at `addr` and returns the snapshot's state, its page map and
-/// the connection (which then serves the faults).
-pub fn fetch_state(addr: &Addr) -> Result<(VmState, PageMap, LazyClient), Error> {
-    let (_, state, _, map, c) = fetch(addr)?;
+/// Connects to the memory server holding `remote` and returns the snapshot's state (checked
+/// against the pinned hash), its page map and the connection (which then serves the faults).
+pub fn fetch_state(remote: &Remote) -> Result<(VmState, PageMap, LazyClient), Error> {
+    let (_, state, _, map, c) = fetch(remote)?;
     Ok((state, map, c))
 }
 
@@ -470,13 +522,26 @@ pub fn fetch_state(addr: &Addr) -> Result<(VmState, PageMap, LazyClient), Error>
 /// server, and the connection.
 type Fetched = (Vec<u8>, VmState, Vec<u8>, PageMap, LazyClient);
 
-fn fetch(addr: &Addr) -> Result<Fetched, Error> {
+fn fetch(remote: &Remote) -> Result<Fetched, Error> {
+    let addr = &remote.addr;
     let io = |e: std::io::Error| Error::Io {
         what: format!("memory server {addr}"),
         source: e,
     };
     let mut c = LazyClient::connect(addr).map_err(io)?;
     let state_bytes = c.state().map_err(io)?;
+    let got = blake3::hash(&state_bytes);
+    if got != remote.state {
+        return Err(Error::Snapshot {
+            path: addr.to_string().into(),
+            reason: format!(
+                "the state it sent has BLAKE3 {}, not the pinned {} (another snapshot, or \
+                 damaged on the way)",
+                got.to_hex(),
+                remote.state.to_hex()
+            ),
+        });
+    }
     let state = snapshot::file::decode(Path::new(&addr.to_string()), &state_bytes)?;
     let map_bytes = c.map().map_err(io)?;
     let map = parse_map(&state, &map_bytes).map_err(|r| Error::Snapshot {
@@ -592,6 +657,35 @@ fn fault_loop(
             Err(userfaultfd::Error::CopyFailed(e)) | Err(userfaultfd::Error::ZeropageFailed(e))
                 if e as i32 == libc::EEXIST => {}
             Err(e) => return Err(format!("filling page {n}: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_addresses_parse_print_and_refuse() {
+        let h = blake3::hash(b"state");
+        for a in [
+            format!("tcp://10.0.0.1:7070#{}", h.to_hex()),
+            format!("unix:/run/mem.sock#{}", h.to_hex()),
+        ] {
+            let r: Remote = a.parse().unwrap();
+            assert_eq!(r.state, h);
+            assert_eq!(r.to_string(), a);
+        }
+        for (bad, why) in [
+            ("tcp://10.0.0.1:7070", "no state hash"),
+            ("tcp://10.0.0.1#00", "not a BLAKE3 hash"),
+            (
+                "tcp://nohost#0000000000000000000000000000000000000000000000000000000000000000",
+                "expected tcp://HOST:PORT",
+            ),
+        ] {
+            let e = bad.parse::<Remote>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
         }
     }
 }

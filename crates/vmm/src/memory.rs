@@ -150,27 +150,47 @@ impl GuestRam {
                 copy
             }
         };
-        for (host, len, off) in self.ranges() {
+        let ranges = self.ranges();
+        for (i, &(host, len, off)) in ranges.iter().enumerate() {
             // SAFETY: replaces our own mapping at exactly its address and length with a private
             // view of a file holding the same bytes; nothing can observe a gap (MAP_FIXED
             // replaces atomically), vCPUs are parked, and KVM's MMU notifier drops its stale
             // translations of the old pages.
-            let p = unsafe {
-                libc::mmap(
-                    host as *mut libc::c_void,
-                    len as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    frozen.as_raw_fd(),
-                    off as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(std::io::Error::last_os_error());
+            if let Err(e) = unsafe { remap(host, len, &frozen, off, libc::MAP_PRIVATE) } {
+                self.unfreeze(&ranges[..i], &frozen)
+                    .map_err(|r| io_err(format!("{e}; undoing the ranges remapped: {r}")))?;
+                return Err(e);
             }
         }
         self.backing = Backing::Private(frozen.try_clone()?);
         Ok(frozen)
+    }
+
+    /// Undoes a freeze that failed part way: `done` are the ranges already remapped over
+    /// `frozen`, which holds the same bytes as the mapping it replaced.
+    fn unfreeze(&self, done: &[(u64, u64, u64)], frozen: &File) -> std::io::Result<()> {
+        for &(host, len, off) in done {
+            match &self.backing {
+                // SAFETY: as in freeze: our own range, vCPUs parked, the same bytes behind it.
+                Backing::Shared(f) => unsafe { remap(host, len, f, off, libc::MAP_SHARED)? },
+                // The data now comes from `frozen`, which this VM's backing does not name:
+                // writing each data page back makes it the process's own, as it was.
+                Backing::Private(_) | Backing::Anonymous => {
+                    for (s, e) in data_extents(frozen, off, off + len)? {
+                        let mut at = s - s % PAGE;
+                        while at < e {
+                            let p = (host + (at - off)) as *mut u8;
+                            // SAFETY: p lies inside the range (at < off + len), mapped
+                            // read-write; a volatile read and write of the same byte forces
+                            // the page's private copy without changing it.
+                            unsafe { p.write_volatile(p.read_volatile()) };
+                            at += PAGE;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Calls `f(host address, file offset, length)` for runs of pages that may hold data:
@@ -265,6 +285,29 @@ impl GuestRam {
 
 /// The data extents of `file` within `start..end` (SEEK_DATA/SEEK_HOLE; files that cannot say
 /// are all data).
+/// Maps `len` bytes of `file` from `off` over our own mapping at `host`.
+///
+/// # Safety
+/// `host..host + len` must be a range of guest RAM this process mapped, which nothing reads or
+/// writes meanwhile (vCPUs parked), and `file` must hold at `off` the bytes the VM should see.
+unsafe fn remap(host: u64, len: u64, file: &File, off: u64, kind: i32) -> std::io::Result<()> {
+    // SAFETY: the caller's contract above; MAP_FIXED replaces the old pages atomically.
+    let p = unsafe {
+        libc::mmap(
+            host as *mut libc::c_void,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            kind | libc::MAP_FIXED | libc::MAP_NORESERVE,
+            file.as_raw_fd(),
+            off as libc::off_t,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn data_extents(file: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let mut f = file.try_clone()?;
     let mut out = Vec::new();
@@ -370,5 +413,51 @@ mod tests {
             back.mem.read_obj::<u32>(GuestAddress(0x10000)).unwrap(),
             0xdead_beef
         );
+    }
+
+    /// A freeze that fails after remapping some ranges is undone: what the VM sees and what
+    /// later snapshots read stay as they were.
+    #[test]
+    fn a_failed_freeze_is_undone() {
+        let bytes = 16 << 20;
+        let at = GuestAddress(0x30000);
+        // Shared: writes reach the memfd again.
+        let ram = GuestRam::fresh(bytes, false).unwrap();
+        ram.mem.write_obj(1u32, at).unwrap();
+        let Backing::Shared(f) = &ram.backing else {
+            unreachable!()
+        };
+        let frozen = f.try_clone().unwrap();
+        let ranges = ram.ranges();
+        let (host, len, off) = ranges[0];
+        // SAFETY: our own test mapping; nothing else uses it.
+        unsafe { remap(host, len, &frozen, off, libc::MAP_PRIVATE) }.unwrap();
+        ram.unfreeze(&ranges[..1], &frozen).unwrap();
+        ram.mem.write_obj(2u32, at).unwrap();
+        let mut b = [0u8; 4];
+        f.read_exact_at(&mut b, 0x30000).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(b),
+            2,
+            "the VM writes through to its memfd"
+        );
+
+        // Private: the data pages become the process's own, so a snapshot still finds them.
+        let anon = GuestRam::anonymous(bytes).unwrap();
+        anon.mem.write_obj(0xfeed_f00du32, at).unwrap();
+        let copy = memfd("test", bytes).unwrap();
+        copy.write_all_at(&0xfeed_f00du32.to_le_bytes(), 0x30000)
+            .unwrap();
+        let ranges = anon.ranges();
+        let (host, len, off) = ranges[0];
+        // SAFETY: as above.
+        unsafe { remap(host, len, &copy, off, libc::MAP_PRIVATE) }.unwrap();
+        anon.unfreeze(&ranges[..1], &copy).unwrap();
+        drop(copy);
+        let dir = tempfile::tempdir().unwrap();
+        let (n, map) = anon.write_to(&dir.path().join("mem")).unwrap();
+        assert_eq!(n, PAGE, "the one data page is found");
+        assert_eq!(&map[..8], &(0x30000 / PAGE).to_le_bytes());
+        assert_eq!(anon.mem.read_obj::<u32>(at).unwrap(), 0xfeed_f00d);
     }
 }

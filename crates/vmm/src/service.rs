@@ -312,7 +312,7 @@ impl Services {
     fn join(&self) -> String {
         loop {
             self.reap();
-            {
+            let running: Vec<u32> = {
                 let mut kids = lock(&self.children);
                 if kids.iter().all(|(_, code)| code.is_some()) {
                     let mut line = String::from("exit");
@@ -321,10 +321,48 @@ impl Services {
                     }
                     return line;
                 }
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+                kids.iter()
+                    .filter(|(_, code)| code.is_none())
+                    .map(|(c, _)| c.id())
+                    .collect()
+            };
+            // Bounded, so that clones forked meanwhile are waited for too.
+            wait_for_an_exit(&running, std::time::Duration::from_millis(500));
         }
     }
+}
+
+/// Sleeps until one of `pids` exits (through pidfds, so a join answers the moment its last
+/// clone ends) or `limit` passes. Without pidfds (Linux < 5.3) it sleeps 10 ms.
+fn wait_for_an_exit(pids: &[u32], limit: std::time::Duration) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut fds = Vec::new();
+    for &pid in pids {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            return;
+        }
+        // SAFETY: fd was just returned by pidfd_open and belongs to nothing else.
+        fds.push(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    }
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|f| libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: pfds is a valid array of pfds.len() pollfds that lives across the call.
+    unsafe {
+        libc::poll(
+            pfds.as_mut_ptr(),
+            pfds.len() as libc::nfds_t,
+            limit.as_millis() as i32,
+        )
+    };
 }
 
 #[cfg(test)]

@@ -250,8 +250,8 @@ pub struct RestoreSpec {
     /// Answer the guest's `ready` with this (`activate …`, see service.rs) right away.
     #[serde(default)]
     pub activate: Option<String>,
-    /// Fetch state and memory from this memory server (`tcp://HOST:PORT` or a unix socket)
-    /// instead of `dir`, each page when the guest first touches it.
+    /// Fetch state and memory from this memory server (`ADDR#HASH`: the state must have that
+    /// BLAKE3) instead of `dir`, each page when the guest first touches it.
     #[serde(default)]
     pub lazy: Option<String>,
 }
@@ -364,7 +364,7 @@ impl Vm {
     pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
         let t0 = Instant::now();
         let lazy = match &spec.lazy {
-            Some(a) => Some(crate::lazy::fetch_state(&a.parse()?)?),
+            Some(r) => Some(crate::lazy::fetch_state(&r.parse()?)?),
             None => None,
         };
         let snap_err = |reason: String| Error::Snapshot {

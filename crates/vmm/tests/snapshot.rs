@@ -380,12 +380,30 @@ fn counter_snapshot(g: &TestGuest, dir: &Path) -> (PathBuf, String) {
     (snap, read(&log))
 }
 
-fn memory_server(args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+/// A memory server (the monitor binary, `prefix` running it) and the pinned address it
+/// prints first (`ADDR#HASH`).
+fn memory_server(prefix: &[&str], args: &[&str]) -> (std::process::Child, String) {
+    let mut cmd = match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(env!("CARGO_BIN_EXE_starling-vmm"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_starling-vmm")),
+    };
+    let mut child = cmd
         .arg("--memory-server")
         .args(args)
+        .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    (child, line.trim().to_owned())
 }
 
 /// Restores lazily from `addr` in a new process (the monitor binary; `prefix` runs it, e.g. in
@@ -441,13 +459,39 @@ fn lazy_restore_fetches_exactly_the_pages_it_touches_and_a_host_fetches_each_onc
     let with_data = map_pages(&snap);
     let origin = format!("unix:{}", dir.path().join("origin.sock").display());
     let host = format!("unix:{}", dir.path().join("host.sock").display());
-    let mut origin_server = memory_server(&[snap.to_str().unwrap(), "--listen", &origin]);
+    let (mut origin_server, pinned_origin) =
+        memory_server(&[], &[snap.to_str().unwrap(), "--listen", &origin]);
+    let state_hash = blake3::hash(&std::fs::read(snap.join("state")).unwrap());
+    assert_eq!(pinned_origin, format!("{origin}#{}", state_hash.to_hex()));
     server_stats(&origin);
     // This host's memory server, fetching from the origin once per page.
-    let mut host_server = memory_server(&[&origin, "--listen", &host]);
+    let (mut host_server, pinned_host) = memory_server(&[], &[&pinned_origin, "--listen", &host]);
+    assert_eq!(pinned_host, format!("{host}#{}", state_hash.to_hex()));
     server_stats(&host);
 
-    let (c1, l1) = lazy_clone(&[], &host, dir.path(), "lazy1");
+    // The state is pinned: an address without its hash, or with another snapshot's, is
+    // refused before anything runs.
+    for (lazy, want) in [
+        (host.clone(), "no state hash"),
+        (
+            format!("{host}#{}", blake3::hash(b"other").to_hex()),
+            "not the pinned",
+        ),
+        (format!("{host}#abc"), "not a BLAKE3 hash"),
+    ] {
+        let spec = RestoreSpec {
+            lazy: Some(lazy),
+            run_dir: Some(dir.path().join("refused")),
+            console: Some(Console::Off),
+            ..Default::default()
+        };
+        match Vm::restore(&spec) {
+            Ok(_) => panic!("{:?} was restored", spec.lazy),
+            Err(e) => assert!(e.to_string().contains(want), "{e}"),
+        }
+    }
+
+    let (c1, l1) = lazy_clone(&[], &pinned_host, dir.path(), "lazy1");
     assert_continues(&before, &c1);
     let fetched1 = l1["pages_fetched"].as_u64().unwrap();
     let zero1 = l1["zero_pages"].as_u64().unwrap();
@@ -469,7 +513,7 @@ fn lazy_restore_fetches_exactly_the_pages_it_touches_and_a_host_fetches_each_onc
     assert_eq!(s.upstream_pages, fetched1);
     assert_eq!(l1["bytes_received"].as_u64().unwrap(), fetched1 * 4096);
 
-    let (c2, l2) = lazy_clone(&[], &host, dir.path(), "lazy2");
+    let (c2, l2) = lazy_clone(&[], &pinned_host, dir.path(), "lazy2");
     assert_continues(&before, &c2);
     let fetched2 = l2["pages_fetched"].as_u64().unwrap();
     let s = server_stats(&host);
@@ -491,7 +535,7 @@ fn lazy_restore_fetches_exactly_the_pages_it_touches_and_a_host_fetches_each_onc
     let log3 = dir.path().join("lazy3.log");
     let sock3 = dir.path().join("lazy3.sock");
     let spec = RestoreSpec {
-        lazy: Some(host.clone()),
+        lazy: Some(pinned_host.clone()),
         run_dir: Some(dir.path().join("lazy3")),
         api_socket: Some(sock3.clone()),
         console: Some(Console::File(log3.clone())),
@@ -579,19 +623,10 @@ fn lazy_clone_on_another_host_over_tcp() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (snap, before) = counter_snapshot(g, dir.path());
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a,
-            env!("CARGO_BIN_EXE_starling-vmm"),
-            "--memory-server",
-        ])
-        .arg(&snap)
-        .args(["--listen", "tcp://10.201.0.1:7070"])
-        .spawn()
-        .unwrap();
-    let addr = "tcp://10.201.0.1:7070";
+    let (mut server, pinned) = memory_server(
+        &["ip", "netns", "exec", &a],
+        &[snap.to_str().unwrap(), "--listen", "tcp://10.201.0.1:7070"],
+    );
     // The origin is reachable only from the other namespace.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !Command::new("ip")
@@ -609,7 +644,7 @@ fn lazy_clone_on_another_host_over_tcp() {
         assert!(Instant::now() < deadline, "memory server never listened");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let (console, lazy) = lazy_clone(&["ip", "netns", "exec", &b], addr, dir.path(), "remote");
+    let (console, lazy) = lazy_clone(&["ip", "netns", "exec", &b], &pinned, dir.path(), "remote");
     assert_continues(&before, &console);
     let fetched = lazy["pages_fetched"].as_u64().unwrap();
     let bytes = lazy["bytes_received"].as_u64().unwrap();

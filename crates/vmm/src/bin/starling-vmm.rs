@@ -4,9 +4,9 @@
 //!
 //!   starling-vmm --config FILE | --config-json JSON     boot a VM
 //!   starling-vmm --restore DIR | --restore-json SPEC    restore a snapshot (SPEC: RestoreSpec)
-//!   starling-vmm --memory-server DIR|ADDR --listen ADDR serve a snapshot's memory (lazy
-//!                                                       restores), from its directory or
-//!                                                       from another memory server
+//!   starling-vmm --memory-server DIR|ADDR#HASH --listen ADDR
+//!                      serve a snapshot's memory (lazy restores), from its directory or from
+//!                      another memory server; prints ADDR#HASH, the address pinned to the state
 //!
 //! Exit status: the guest's (see docs/api/vmm.md); 2 when the VM cannot be built.
 
@@ -15,19 +15,20 @@ use std::process::ExitCode;
 use starling_vmm::process::{run_to_exit, Start};
 use starling_vmm::{RestoreSpec, VmConfig};
 
-const USAGE: &str = "usage: starling-vmm --config FILE | --config-json JSON | --restore DIR | --restore-json SPEC | --memory-server DIR|ADDR --listen ADDR";
+const USAGE: &str = "usage: starling-vmm --config FILE | --config-json JSON | --restore DIR | --restore-json SPEC | --memory-server DIR|ADDR#HASH --listen ADDR";
 
-/// Serves memory until killed; returns only on error.
+/// Serves memory until killed; returns only on error. The first line on stdout is the pinned
+/// address clients restore from (`ADDR#HASH`).
 fn memory_server(source: &str, listen: &str) -> Result<(), String> {
-    use starling_vmm::lazy::{Addr, MemoryServer};
+    use starling_vmm::lazy::{Addr, MemoryServer, Remote};
     let listen: Addr = listen.parse().map_err(|e| format!("{e}"))?;
-    let server = if source.starts_with("tcp://") || source.starts_with("unix:") {
-        MemoryServer::upstream(&source.parse().map_err(|e| format!("{e}"))?)
-    } else {
-        MemoryServer::open_dir(source.as_ref())
-    }
-    .map_err(|e| e.to_string())?;
-    eprintln!("starling: serving memory on {listen}");
+    let server = MemoryServer::open(source).map_err(|e| e.to_string())?;
+    let pinned = Remote {
+        addr: listen.clone(),
+        state: server.state_hash(),
+    };
+    println!("{pinned}");
+    eprintln!("starling: serving the memory of {source} on {listen}");
     std::sync::Arc::new(server)
         .serve(&listen)
         .map_err(|e| e.to_string())
