@@ -195,6 +195,9 @@ def forks(kernel, work):
         for cl in r["clones"]:
             api(cl["api_socket"], "POST", "/v1/vm/stop")
     time.sleep(1.0)
+    # Host-wide, so anything else moving (writeback after a build, other tenants) shows up:
+    # flush first and take medians of a few samples on each side.
+    os.sync()
     avail_before = mem_available_kib()
     code, r = api(sock, "POST", "/v1/vm/fork", {"count": 100, "dir": os.path.join(work, "f100")})
     assert code == 200, r
@@ -210,10 +213,13 @@ def forks(kernel, work):
 
 
 def mem_available_kib():
-    for line in open("/proc/meminfo"):
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1])
-    return 0
+    samples = []
+    for _ in range(5):
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                samples.append(int(line.split()[1]))
+        time.sleep(0.1)
+    return statistics.median(samples) if samples else 0
 
 
 def lazy(kernel, work, cmdline, tag):
