@@ -223,8 +223,9 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
                     let _ = vm.kill();
                     bail!(
                         "the guest did not say ready within {} s (does it ask the monitor's service \
-                         `ready`?); its console ends:\n{}",
+                         `ready`?); its monitor said:\n{}\nits console ends:\n{}",
                         a.timeout,
+                        tail(&dir.join("boot-monitor.log")),
                         tail(&dir.join("boot.log"))
                     );
                 }

@@ -329,13 +329,15 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
                 addr: addr.clone(),
                 state: server.state_hash(),
             };
-            // Scripts read the pinned address from the first line.
-            println!("{pinned}");
-            eprintln!(
-                "serving the memory of {source} on {addr}; restore elsewhere with \
-                 `starling vm restore DIR --lazy {pinned}` (HOST as that host reaches this one)"
-            );
-            std::sync::Arc::new(server).serve(&addr)?;
+            std::sync::Arc::new(server).serve(&addr, || {
+                // Scripts read the pinned address from the first line, once it connects.
+                println!("{pinned}");
+                eprintln!(
+                    "serving the memory of {source} on {addr}; restore elsewhere with \
+                     `starling vm restore DIR --lazy {pinned}` (HOST as that host reaches \
+                     this one)"
+                );
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Fork {

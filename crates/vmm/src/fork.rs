@@ -50,16 +50,17 @@ pub struct Restoring {
 pub fn start_restore(mut spec: RestoreSpec, log: File) -> std::io::Result<Restoring> {
     let program = clone_program();
     let (ready_r, ready_w) = pipe()?;
-    set_cloexec(ready_w.as_raw_fd(), false)?;
     spec.ready_fd = Some(ready_w.as_raw_fd());
     let json = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
-    let child = Command::new(&program)
-        .arg("--restore-json")
+    let mut cmd = Command::new(&program);
+    cmd.arg("--restore-json")
         .arg(json)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
-        .process_group(0)
+        .process_group(0);
+    inherit(&mut cmd, &[ready_w.as_raw_fd()]);
+    let child = cmd
         .spawn()
         .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", program.display())));
     drop(ready_w);
@@ -73,28 +74,40 @@ impl Restoring {
     /// The running monitor, or — when it ended or did not say ready within `timeout` (it is
     /// then killed) — why not.
     pub fn wait(mut self, timeout: Duration) -> Result<Child, String> {
-        let mut pfd = libc::pollfd {
-            fd: self.ready.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, count 1.
-        let n = unsafe {
-            libc::poll(
-                &mut pfd,
-                1,
-                timeout.as_millis().min(i32::MAX as u128) as i32,
-            )
+        let deadline = Instant::now() + timeout;
+        let n = loop {
+            let mut pfd = libc::pollfd {
+                fd: self.ready.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis();
+            // SAFETY: one valid pollfd, count 1.
+            let n = unsafe { libc::poll(&mut pfd, 1, left.min(i32::MAX as u128) as i32) };
+            if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                break n;
+            }
         };
         let mut buf = [0u8; 4];
         if n > 0 && matches!(self.ready.read(&mut buf), Ok(4)) {
             return Ok(self.child);
         }
-        // A monitor that failed closes the pipe without a word; one that hangs is stopped.
-        let why = match self.child.try_wait() {
-            Ok(Some(status)) => format!("it exited ({status})"),
-            _ if n == 0 => format!("it did not start within {timeout:?}"),
-            _ => "it closed its ready pipe".to_owned(),
+        // A monitor that failed closes the pipe without a word as it exits (give it a moment
+        // to become reapable, for its status); one that hangs is stopped.
+        let mut status = None;
+        for _ in 0..100 {
+            status = self.child.try_wait().ok().flatten();
+            if status.is_some() || n == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let why = match status {
+            Some(status) => format!("it exited ({status})"),
+            None if n == 0 => format!("it did not start within {timeout:?}"),
+            None => "it closed its ready pipe".to_owned(),
         };
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -107,6 +120,25 @@ pub struct PendingClones {
     started: Instant,
     ready: File,
     clones: Vec<(CloneInfo, Child)>,
+}
+
+/// Lets the child `cmd` starts inherit `fds` (ours stay close-on-exec, so that no other
+/// process started meanwhile by another thread gets them).
+fn inherit(cmd: &mut Command, fds: &[i32]) {
+    let fds = fds.to_vec();
+    // SAFETY: the closure runs in the child between fork and exec and only calls fcntl, which
+    // is async-signal-safe, on descriptors the child inherited from us.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
 }
 
 pub fn set_cloexec(fd: i32, on: bool) -> std::io::Result<()> {
@@ -144,9 +176,6 @@ pub fn spawn_clones(
     let program = clone_program();
     let (ready_r, ready_w) = pipe()?;
     let started = Instant::now();
-    // The two descriptors are inherited by the clones (only while they are being started).
-    set_cloexec(memory.as_raw_fd(), false)?;
-    set_cloexec(ready_w.as_raw_fd(), false)?;
     let mut clones = Vec::new();
     let mut result = Ok(());
     for id in 1..=count {
@@ -171,16 +200,18 @@ pub fn spawn_clones(
             }
         };
         let json = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
-        let child = Command::new(&program)
-            .arg("--restore-json")
+        let mut cmd = Command::new(&program);
+        cmd.arg("--restore-json")
             .arg(json)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             // Not in the parent's process group: a Ctrl-C for the parent is not for them.
             .process_group(0)
-            .env("STARLING_VM_QUIET", "1")
-            .spawn();
+            .env("STARLING_VM_QUIET", "1");
+        // The clone's memory and the pipe it says it runs through.
+        inherit(&mut cmd, &[memory.as_raw_fd(), ready_w.as_raw_fd()]);
+        let child = cmd.spawn();
         match child {
             Ok(child) => clones.push((
                 CloneInfo {
@@ -201,7 +232,6 @@ pub fn spawn_clones(
             }
         }
     }
-    set_cloexec(memory.as_raw_fd(), true)?;
     drop(ready_w);
     let pending = PendingClones {
         started,

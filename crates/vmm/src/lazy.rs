@@ -468,8 +468,9 @@ impl MemoryServer {
         }
     }
 
-    /// Serves clients at `addr` until the process ends (one thread per client).
-    pub fn serve(self: Arc<Self>, addr: &Addr) -> Result<(), Error> {
+    /// Serves clients at `addr` until the process ends (one thread per client); `listening`
+    /// runs once clients can connect.
+    pub fn serve(self: Arc<Self>, addr: &Addr, listening: impl FnOnce()) -> Result<(), Error> {
         let io = |e: std::io::Error| Error::Io {
             what: format!("listening on {addr}"),
             source: e,
@@ -486,6 +487,7 @@ impl MemoryServer {
         match addr {
             Addr::Tcp(a) => {
                 let l = TcpListener::bind(a).map_err(io)?;
+                listening();
                 for s in l.incoming().flatten() {
                     let _ = s.set_nodelay(true);
                     spawn(self.clone(), Box::new(s));
@@ -494,6 +496,7 @@ impl MemoryServer {
             Addr::Unix(p) => {
                 let _ = std::fs::remove_file(p);
                 let l = UnixListener::bind(p).map_err(io)?;
+                listening();
                 for s in l.incoming().flatten() {
                     spawn(self.clone(), Box::new(s));
                 }

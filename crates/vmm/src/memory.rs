@@ -150,42 +150,47 @@ impl GuestRam {
                 copy
             }
         };
+        // Taken before any range moves, so that nothing after the first remap can fail.
+        let backing = Backing::Private(frozen.try_clone()?);
         let ranges = self.ranges();
         for (i, &(host, len, off)) in ranges.iter().enumerate() {
             // SAFETY: replaces our own mapping at exactly its address and length with a private
             // view of a file holding the same bytes; nothing can observe a gap (MAP_FIXED
             // replaces atomically), vCPUs are parked, and KVM's MMU notifier drops its stale
             // translations of the old pages.
-            if let Err(e) = unsafe { remap(host, len, &frozen, off, libc::MAP_PRIVATE) } {
-                self.unfreeze(&ranges[..i], &frozen)
+            if let Err(e) = unsafe { remap(host, len, Some(&frozen), off, libc::MAP_PRIVATE) } {
+                // A failed MAP_FIXED may have unmapped range i already: it is undone too.
+                self.unfreeze(&ranges[..=i], &frozen)
                     .map_err(|r| io_err(format!("{e}; undoing the ranges remapped: {r}")))?;
                 return Err(e);
             }
         }
-        self.backing = Backing::Private(frozen.try_clone()?);
+        self.backing = backing;
         Ok(frozen)
     }
 
-    /// Undoes a freeze that failed part way: `done` are the ranges already remapped over
-    /// `frozen`, which holds the same bytes as the mapping it replaced.
-    fn unfreeze(&self, done: &[(u64, u64, u64)], frozen: &File) -> std::io::Result<()> {
-        for &(host, len, off) in done {
+    /// Undoes a freeze that failed part way: `ranges` may be mapped over `frozen`, which holds
+    /// the bytes the VM had there.
+    fn unfreeze(&self, ranges: &[(u64, u64, u64)], frozen: &File) -> std::io::Result<()> {
+        for &(host, len, off) in ranges {
             match &self.backing {
                 // SAFETY: as in freeze: our own range, vCPUs parked, the same bytes behind it.
-                Backing::Shared(f) => unsafe { remap(host, len, f, off, libc::MAP_SHARED)? },
-                // The data now comes from `frozen`, which this VM's backing does not name:
-                // writing each data page back makes it the process's own, as it was.
+                Backing::Shared(f) => unsafe { remap(host, len, Some(f), off, libc::MAP_SHARED)? },
+                // The bytes go back into memory of the process's own (where a later snapshot
+                // finds them, through the page map), so that `frozen` is not kept alive.
                 Backing::Private(_) | Backing::Anonymous => {
+                    // SAFETY: as above; the range is filled from `frozen` before vCPUs run.
+                    unsafe { remap(host, len, None, 0, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS)? };
                     for (s, e) in data_extents(frozen, off, off + len)? {
-                        let mut at = s - s % PAGE;
-                        while at < e {
-                            let p = (host + (at - off)) as *mut u8;
-                            // SAFETY: p lies inside the range (at < off + len), mapped
-                            // read-write; a volatile read and write of the same byte forces
-                            // the page's private copy without changing it.
-                            unsafe { p.write_volatile(p.read_volatile()) };
-                            at += PAGE;
-                        }
+                        // SAFETY: s..e lies inside this range (data_extents clips to it), which
+                        // is mapped read-write and used by nothing else while vCPUs are parked.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                (host + (s - off)) as *mut u8,
+                                (e - s) as usize,
+                            )
+                        };
+                        frozen.read_exact_at(dst, s)?;
                     }
                 }
             }
@@ -283,14 +288,18 @@ impl GuestRam {
     }
 }
 
-/// The data extents of `file` within `start..end` (SEEK_DATA/SEEK_HOLE; files that cannot say
-/// are all data).
-/// Maps `len` bytes of `file` from `off` over our own mapping at `host`.
+/// Maps `len` bytes of `file` from `off` (or anonymous memory) over our own mapping at `host`.
 ///
 /// # Safety
 /// `host..host + len` must be a range of guest RAM this process mapped, which nothing reads or
 /// writes meanwhile (vCPUs parked), and `file` must hold at `off` the bytes the VM should see.
-unsafe fn remap(host: u64, len: u64, file: &File, off: u64, kind: i32) -> std::io::Result<()> {
+unsafe fn remap(
+    host: u64,
+    len: u64,
+    file: Option<&File>,
+    off: u64,
+    kind: i32,
+) -> std::io::Result<()> {
     // SAFETY: the caller's contract above; MAP_FIXED replaces the old pages atomically.
     let p = unsafe {
         libc::mmap(
@@ -298,7 +307,7 @@ unsafe fn remap(host: u64, len: u64, file: &File, off: u64, kind: i32) -> std::i
             len as usize,
             libc::PROT_READ | libc::PROT_WRITE,
             kind | libc::MAP_FIXED | libc::MAP_NORESERVE,
-            file.as_raw_fd(),
+            file.map_or(-1, |f| f.as_raw_fd()),
             off as libc::off_t,
         )
     };
@@ -308,6 +317,8 @@ unsafe fn remap(host: u64, len: u64, file: &File, off: u64, kind: i32) -> std::i
     Ok(())
 }
 
+/// The data extents of `file` within `start..end` (SEEK_DATA/SEEK_HOLE; files that cannot say
+/// are all data).
 fn data_extents(file: &File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let mut f = file.try_clone()?;
     let mut out = Vec::new();
@@ -431,7 +442,7 @@ mod tests {
         let ranges = ram.ranges();
         let (host, len, off) = ranges[0];
         // SAFETY: our own test mapping; nothing else uses it.
-        unsafe { remap(host, len, &frozen, off, libc::MAP_PRIVATE) }.unwrap();
+        unsafe { remap(host, len, Some(&frozen), off, libc::MAP_PRIVATE) }.unwrap();
         ram.unfreeze(&ranges[..1], &frozen).unwrap();
         ram.mem.write_obj(2u32, at).unwrap();
         let mut b = [0u8; 4];
@@ -451,7 +462,7 @@ mod tests {
         let ranges = anon.ranges();
         let (host, len, off) = ranges[0];
         // SAFETY: as above.
-        unsafe { remap(host, len, &copy, off, libc::MAP_PRIVATE) }.unwrap();
+        unsafe { remap(host, len, Some(&copy), off, libc::MAP_PRIVATE) }.unwrap();
         anon.unfreeze(&ranges[..1], &copy).unwrap();
         drop(copy);
         let dir = tempfile::tempdir().unwrap();

@@ -312,7 +312,7 @@ impl Services {
     fn join(&self) -> String {
         loop {
             self.reap();
-            let running: Vec<u32> = {
+            let running = {
                 let mut kids = lock(&self.children);
                 if kids.iter().all(|(_, code)| code.is_some()) {
                     let mut line = String::from("exit");
@@ -321,32 +321,43 @@ impl Services {
                     }
                     return line;
                 }
-                kids.iter()
-                    .filter(|(_, code)| code.is_none())
-                    .map(|(c, _)| c.id())
-                    .collect()
+                // Opened under the lock: the run loop cannot reap (and free the pid of) a
+                // clone between our seeing it run and opening its pidfd.
+                pidfds(
+                    kids.iter()
+                        .filter(|(_, code)| code.is_none())
+                        .map(|(c, _)| c.id()),
+                )
             };
-            // Bounded, so that clones forked meanwhile are waited for too.
-            wait_for_an_exit(&running, std::time::Duration::from_millis(500));
+            match running {
+                // Bounded, so that clones forked meanwhile are waited for too.
+                Some(fds) => wait_for_an_exit(&fds, std::time::Duration::from_millis(500)),
+                None => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
         }
     }
 }
 
-/// Sleeps until one of `pids` exits (through pidfds, so a join answers the moment its last
-/// clone ends) or `limit` passes. Without pidfds (Linux < 5.3) it sleeps 10 ms.
-fn wait_for_an_exit(pids: &[u32], limit: std::time::Duration) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+/// A pidfd for each of `pids`; None where the kernel has none (Linux < 5.3).
+fn pidfds(pids: impl Iterator<Item = u32>) -> Option<Vec<std::os::fd::OwnedFd>> {
+    use std::os::fd::{FromRawFd, OwnedFd};
     let mut fds = Vec::new();
-    for &pid in pids {
+    for pid in pids {
         // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
         if fd < 0 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            return;
+            return None;
         }
         // SAFETY: fd was just returned by pidfd_open and belongs to nothing else.
         fds.push(unsafe { OwnedFd::from_raw_fd(fd as i32) });
     }
+    Some(fds)
+}
+
+/// Sleeps until one of the processes behind `fds` exits (so a join answers the moment its
+/// last clone ends) or `limit` passes.
+fn wait_for_an_exit(fds: &[std::os::fd::OwnedFd], limit: std::time::Duration) {
+    use std::os::fd::AsRawFd;
     let mut pfds: Vec<libc::pollfd> = fds
         .iter()
         .map(|f| libc::pollfd {

@@ -27,10 +27,11 @@ fn memory_server(source: &str, listen: &str) -> Result<(), String> {
         addr: listen.clone(),
         state: server.state_hash(),
     };
-    println!("{pinned}");
-    eprintln!("starling: serving the memory of {source} on {listen}");
     std::sync::Arc::new(server)
-        .serve(&listen)
+        .serve(&listen, || {
+            println!("{pinned}");
+            eprintln!("starling: serving the memory of {source} on {listen}");
+        })
         .map_err(|e| e.to_string())
 }
 
