@@ -200,14 +200,16 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
         config.run_dir = Some(dir.join("boot-run"));
         config.validate()?;
         let t = Instant::now();
-        let mut vm = Command::new(vmm_program()?)
-            .arg("--config-json")
+        let mut cmd = Command::new(vmm_program()?);
+        cmd.arg("--config-json")
             .arg(serde_json::to_string(&config)?)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("boot-monitor.log"))?)
-            .spawn()
-            .context("starting the VM")?;
+            .stderr(std::fs::File::create(dir.join("boot-monitor.log"))?);
+        // Killed or interrupted, this command takes its boot VM along (pool rm --force then
+        // clears the directory).
+        starling_vmm::fork::die_with_parent(&mut cmd);
+        let mut vm = cmd.spawn().context("starting the VM")?;
         let snapped = (|| -> Result<(u128, serde_json::Value)> {
             let deadline = t + Duration::from_secs(a.timeout);
             loop {
@@ -488,6 +490,26 @@ fn ls(json: bool) -> Result<ExitCode> {
 }
 
 fn rm(name: &str, force: bool) -> Result<ExitCode> {
+    check_name(name)?;
+    let unfinished = pools_root().join(name);
+    if unfinished.is_dir() && !unfinished.join("pool.json").is_file() {
+        // What an interrupted `pool create` left: perhaps its boot VM, and no pool.json.
+        if !force {
+            bail!(
+                "pool {name} was never finished (its pool create was interrupted); \
+                 pool rm --force removes what it left in {}",
+                unfinished.display()
+            );
+        }
+        let boot = unfinished.join("boot.sock");
+        if starling_vmm::api::call(&boot, "GET", "/v1/vm", &serde_json::Value::Null).is_ok() {
+            let _ = api(&boot, "POST", "/v1/vm/stop", serde_json::Value::Null);
+        }
+        std::fs::remove_dir_all(&unfinished)
+            .with_context(|| format!("removing {}", unfinished.display()))?;
+        eprintln!("pool {name}: removed what an interrupted pool create left");
+        return Ok(ExitCode::SUCCESS);
+    }
     let dir = pool_dir(name)?;
     let all = slots(&dir);
     let active: Vec<&PathBuf> = all

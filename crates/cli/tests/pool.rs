@@ -180,6 +180,34 @@ fn pools_dock_activate_refill_and_remove() {
     assert!(e.contains("single words"), "{e}");
     assert!(fails(&mut create("bad/name", "substrate", "1")).contains("pool name"));
 
+    // An interrupted create (its command killed while the guest boots) takes its boot VM
+    // along, and what it left is refused as a pool but cleared by rm --force.
+    let mut stuck = create("stuck", "idle", "1").spawn().unwrap();
+    let boot = pools.join("stuck/boot.sock");
+    let answers = |sock: &Path| {
+        starling_vmm::api::call(sock, "GET", "/v1/vm", &serde_json::Value::Null).is_ok()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !answers(&boot) {
+        assert!(Instant::now() < deadline, "the boot VM never answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stuck.kill().unwrap();
+    stuck.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answers(&boot) {
+        assert!(
+            Instant::now() < deadline,
+            "the boot VM outlived its pool create"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let e = fails(starling(&pools).args(["pool", "rm", "stuck"]));
+    assert!(e.contains("never finished"), "{e}");
+    assert!(fails(starling(&pools).args(["pool", "run", "stuck"])).contains("no pool named"));
+    ok(starling(&pools).args(["pool", "rm", "stuck", "--force"]));
+    assert!(!pools.join("stuck").exists());
+
     // A pool over a stored image: the VM gets it as an ext4 disk, and every activated VM
     // writes to an overlay of its own.
     let tree = dir.path().join("tree");
