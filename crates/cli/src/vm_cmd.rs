@@ -322,13 +322,10 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::MemoryServer { source, listen } => {
-            use starling_vmm::lazy::{Addr, MemoryServer, Remote};
+            use starling_vmm::lazy::{Addr, MemoryServer};
             let addr: Addr = listen.parse()?;
             let server = MemoryServer::open(&source)?;
-            let pinned = Remote {
-                addr: addr.clone(),
-                state: server.state_hash(),
-            };
+            let pinned = server.pinned(&addr);
             std::sync::Arc::new(server).serve(&addr, || {
                 // Scripts read the pinned address from the first line, once it connects.
                 println!("{pinned}");

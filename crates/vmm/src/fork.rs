@@ -51,18 +51,8 @@ pub fn start_restore(mut spec: RestoreSpec, log: File) -> std::io::Result<Restor
     let program = clone_program();
     let (ready_r, ready_w) = pipe()?;
     spec.ready_fd = Some(ready_w.as_raw_fd());
-    let json = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
-    let mut cmd = Command::new(&program);
-    cmd.arg("--restore-json")
-        .arg(json)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .process_group(0);
-    inherit(&mut cmd, &[ready_w.as_raw_fd()]);
-    let child = cmd
-        .spawn()
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", program.display())));
+    let child = restore_command(&program, &spec, log, &[ready_w.as_raw_fd()])
+        .and_then(|mut cmd| spawn(&mut cmd, &program));
     drop(ready_w);
     Ok(Restoring {
         child: child?,
@@ -74,24 +64,8 @@ impl Restoring {
     /// The running monitor, or — when it ended or did not say ready within `timeout` (it is
     /// then killed) — why not.
     pub fn wait(mut self, timeout: Duration) -> Result<Child, String> {
-        let deadline = Instant::now() + timeout;
-        let n = loop {
-            let mut pfd = libc::pollfd {
-                fd: self.ready.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .as_millis();
-            // SAFETY: one valid pollfd, count 1.
-            let n = unsafe { libc::poll(&mut pfd, 1, left.min(i32::MAX as u128) as i32) };
-            if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-                break n;
-            }
-        };
-        let mut buf = [0u8; 4];
-        if n > 0 && matches!(self.ready.read(&mut buf), Ok(4)) {
+        let heard = next_ready(&mut self.ready, Instant::now() + timeout);
+        if heard == Heard::Ready {
             return Ok(self.child);
         }
         // A monitor that failed closes the pipe without a word as it exits (give it a moment
@@ -99,14 +73,14 @@ impl Restoring {
         let mut status = None;
         for _ in 0..100 {
             status = self.child.try_wait().ok().flatten();
-            if status.is_some() || n == 0 {
+            if status.is_some() || heard == Heard::Nothing {
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         let why = match status {
             Some(status) => format!("it exited ({status})"),
-            None if n == 0 => format!("it did not start within {timeout:?}"),
+            None if heard == Heard::Nothing => format!("it did not start within {timeout:?}"),
             None => "it closed its ready pipe".to_owned(),
         };
         let _ = self.child.kill();
@@ -120,6 +94,66 @@ pub struct PendingClones {
     started: Instant,
     ready: File,
     clones: Vec<(CloneInfo, Child)>,
+}
+
+/// `starling-vmm --restore-json SPEC`, its stderr into `log`, inheriting `fds`, in a process
+/// group of its own: it may outlive whoever started it, and a Ctrl-C for that is not for it.
+fn restore_command(
+    program: &Path,
+    spec: &RestoreSpec,
+    log: File,
+    fds: &[i32],
+) -> std::io::Result<Command> {
+    let json = serde_json::to_string(spec).map_err(std::io::Error::other)?;
+    let mut cmd = Command::new(program);
+    cmd.arg("--restore-json")
+        .arg(json)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .process_group(0);
+    inherit(&mut cmd, fds);
+    Ok(cmd)
+}
+
+/// Starts `cmd`; a failure names `program`.
+fn spawn(cmd: &mut Command, program: &Path) -> std::io::Result<Child> {
+    cmd.spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", program.display())))
+}
+
+/// What came through a ready pipe by its deadline.
+#[derive(PartialEq)]
+enum Heard {
+    /// One monitor's 4-byte message: its vCPUs run and its API answers.
+    Ready,
+    /// The pipe closed (every writer ended) or failed.
+    Closed,
+    Nothing,
+}
+
+fn next_ready(ready: &mut File, deadline: Instant) -> Heard {
+    let n = loop {
+        let mut pfd = libc::pollfd {
+            fd: ready.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis();
+        // SAFETY: one valid pollfd, count 1.
+        let n = unsafe { libc::poll(&mut pfd, 1, left.min(i32::MAX as u128) as i32) };
+        if n >= 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
+    let mut buf = [0u8; 4];
+    match n {
+        0 => Heard::Nothing,
+        n if n > 0 && matches!(ready.read(&mut buf), Ok(4)) => Heard::Ready,
+        _ => Heard::Closed,
+    }
 }
 
 /// Lets the child `cmd` starts inherit `fds` (ours stay close-on-exec, so that no other
@@ -214,19 +248,14 @@ pub fn spawn_clones(
                 break;
             }
         };
-        let json = serde_json::to_string(&spec).map_err(std::io::Error::other)?;
-        let mut cmd = Command::new(&program);
-        cmd.arg("--restore-json")
-            .arg(json)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            // Not in the parent's process group: a Ctrl-C for the parent is not for them.
-            .process_group(0)
-            .env("STARLING_VM_QUIET", "1");
         // The clone's memory and the pipe it says it runs through.
-        inherit(&mut cmd, &[memory.as_raw_fd(), ready_w.as_raw_fd()]);
-        let child = cmd.spawn();
+        let child = restore_command(
+            &program,
+            &spec,
+            log,
+            &[memory.as_raw_fd(), ready_w.as_raw_fd()],
+        )
+        .and_then(|mut cmd| spawn(cmd.env("STARLING_VM_QUIET", "1"), &program));
         match child {
             Ok(child) => clones.push((
                 CloneInfo {
@@ -239,10 +268,7 @@ pub fn spawn_clones(
                 child,
             )),
             Err(e) => {
-                result = Err(std::io::Error::new(
-                    e.kind(),
-                    format!("{}: {e}", program.display()),
-                ));
+                result = Err(e);
                 break;
             }
         }
@@ -275,18 +301,8 @@ impl PendingClones {
     pub fn wait(mut self, services: &Services) -> Result<Vec<CloneInfo>, String> {
         let want = self.clones.len();
         let mut got = 0;
-        let mut buf = [0u8; 4];
         while got < want {
-            let left = START_TIMEOUT.saturating_sub(self.started.elapsed());
-            let mut pfd = libc::pollfd {
-                fd: self.ready.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, count 1.
-            let n = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
-            let ok = n > 0 && matches!(self.ready.read(&mut buf), Ok(4));
-            if !ok {
+            if next_ready(&mut self.ready, self.started + START_TIMEOUT) != Heard::Ready {
                 let why = self.failure();
                 self.kill();
                 return Err(why);

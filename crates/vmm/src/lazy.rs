@@ -304,9 +304,13 @@ impl MemoryServer {
         }
     }
 
-    /// The BLAKE3 of the state file served: what clients pin (`ADDR#HASH`).
-    pub fn state_hash(&self) -> blake3::Hash {
-        blake3::hash(&self.state)
+    /// The address clients restore from when this server listens at `addr`: pinned to the
+    /// BLAKE3 of the state file it serves (`ADDR#HASH`).
+    pub fn pinned(&self, addr: &Addr) -> Remote {
+        Remote {
+            addr: addr.clone(),
+            state: blake3::hash(&self.state),
+        }
     }
 
     /// Serves what another memory server serves, fetching each page from it once.

@@ -118,13 +118,7 @@ fn snapshot_then_restore_in_a_new_process_continues_exactly() {
     });
 
     let snap = dir.path().join("snap");
-    let (code, info) = api(
-        &sock,
-        "POST",
-        "/v1/vm/snapshot",
-        &format!(r#"{{"dir": "{}", "stop": true}}"#, snap.display()),
-    );
-    assert_eq!(code, 200, "{info}");
+    let info = snapshot_and_stop(&sock, &snap);
     assert_eq!(runner.join().unwrap(), ExitReason::Stopped(None));
     let state_bytes = info["state_bytes"].as_u64().unwrap();
     let mem_bytes = info["memory_bytes"].as_u64().unwrap();
@@ -380,18 +374,34 @@ fn counter_snapshot(g: &TestGuest, dir: &Path) -> (PathBuf, String) {
     (snap, read(&log))
 }
 
-/// A memory server (the monitor binary, `prefix` running it) and the pinned address it
-/// prints first (`ADDR#HASH`).
-fn memory_server(prefix: &[&str], args: &[&str]) -> (std::process::Child, String) {
-    let mut cmd = match prefix.split_first() {
+/// The monitor binary, run by `prefix` (e.g. `ip netns exec NS`) if any.
+fn monitor(prefix: &[&str]) -> Command {
+    match prefix.split_first() {
         Some((p, rest)) => {
             let mut c = Command::new(p);
             c.args(rest).arg(env!("CARGO_BIN_EXE_starling-vmm"));
             c
         }
         None => Command::new(env!("CARGO_BIN_EXE_starling-vmm")),
-    };
-    let mut child = cmd
+    }
+}
+
+/// Snapshots the VM behind `sock` into `dir` over its API and stops it; the API's answer.
+fn snapshot_and_stop(sock: &Path, dir: &Path) -> serde_json::Value {
+    let (code, info) = api(
+        sock,
+        "POST",
+        "/v1/vm/snapshot",
+        &format!(r#"{{"dir": "{}", "stop": true}}"#, dir.display()),
+    );
+    assert_eq!(code, 200, "{info}");
+    info
+}
+
+/// A memory server (the monitor binary, `prefix` running it) and the pinned address it
+/// prints first (`ADDR#HASH`).
+fn memory_server(prefix: &[&str], args: &[&str]) -> (std::process::Child, String) {
+    let mut child = monitor(prefix)
         .arg("--memory-server")
         .args(args)
         .stdout(std::process::Stdio::piped())
@@ -419,15 +429,11 @@ fn lazy_clone(prefix: &[&str], addr: &str, dir: &Path, name: &str) -> (String, s
         ..Default::default()
     };
     let spec = serde_json::to_string(&spec).unwrap();
-    let mut cmd = match prefix.split_first() {
-        Some((p, rest)) => {
-            let mut c = Command::new(p);
-            c.args(rest).arg(env!("CARGO_BIN_EXE_starling-vmm"));
-            c
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_starling-vmm")),
-    };
-    let mut child = cmd.arg("--restore-json").arg(spec).spawn().unwrap();
+    let mut child = monitor(prefix)
+        .arg("--restore-json")
+        .arg(spec)
+        .spawn()
+        .unwrap();
     wait_for("lazy ticks", 60, || {
         ticks(&read(&log)).len() >= 5 && sock.exists()
     });
@@ -550,13 +556,7 @@ fn lazy_restore_fetches_exactly_the_pages_it_touches_and_a_host_fetches_each_onc
         ticks(&read(&log3)).len() >= 3 && sock3.exists()
     });
     let snap2 = dir.path().join("snap2");
-    let (code, info) = api(
-        &sock3,
-        "POST",
-        "/v1/vm/snapshot",
-        &format!(r#"{{"dir": "{}", "stop": true}}"#, snap2.display()),
-    );
-    assert_eq!(code, 200, "{info}");
+    snapshot_and_stop(&sock3, &snap2);
     assert!(child.wait().unwrap().success());
     assert!(
         map_pages(&snap2) >= with_data - 2,

@@ -20,13 +20,10 @@ const USAGE: &str = "usage: starling-vmm --config FILE | --config-json JSON | --
 /// Serves memory until killed; returns only on error. The first line on stdout is the pinned
 /// address clients restore from (`ADDR#HASH`).
 fn memory_server(source: &str, listen: &str) -> Result<(), String> {
-    use starling_vmm::lazy::{Addr, MemoryServer, Remote};
+    use starling_vmm::lazy::{Addr, MemoryServer};
     let listen: Addr = listen.parse().map_err(|e| format!("{e}"))?;
     let server = MemoryServer::open(source).map_err(|e| e.to_string())?;
-    let pinned = Remote {
-        addr: listen.clone(),
-        state: server.state_hash(),
-    };
+    let pinned = server.pinned(&listen);
     std::sync::Arc::new(server)
         .serve(&listen, || {
             println!("{pinned}");
