@@ -16,22 +16,33 @@ use starling_image::update::{Target, UpdateOptions};
 use starling_image::versions;
 use starling_store::Store;
 
+use crate::images::{split_repository, Images};
+
 #[derive(Subcommand)]
 pub enum FleetCmd {
     /// Installed packages (name, version, architecture, source) and OS release of each image,
     /// read from its package database (dpkg, rpm, apk)
     Inventory {
-        /// NAME[:TAG] or NAME@VERSION, one or more
-        #[arg(required = true)]
+        /// [REPOSITORY] NAME[:TAG]|NAME@VERSION…: images of the local store, or of a
+        /// repository (URL or directory) read in place, without pulling
+        #[arg(required = true, value_name = "[REPOSITORY] IMAGE")]
         images: Vec<String>,
+        /// The repository's trusted root metadata (first contact only)
+        #[arg(long, value_name = "ROOT.json")]
+        root: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Files added, removed and changed (content, mode, owner, xattrs, link target, mtime)
     /// and packages added, removed, upgraded from A to B; unchanged subtrees are skipped
     Diff {
-        a: String,
-        b: String,
+        /// [REPOSITORY] A B: two versions of the local store, or of a repository (URL or
+        /// directory) read in place
+        #[arg(num_args = 2..=3, required = true, value_name = "[REPOSITORY] A B")]
+        args: Vec<String>,
+        /// The repository's trusted root metadata (first contact only)
+        #[arg(long, value_name = "ROOT.json")]
+        root: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -40,6 +51,12 @@ pub enum FleetCmd {
     /// when nothing matches
     #[command(group(clap::ArgGroup::new("query").required(true).args(["package", "path", "content_id"])))]
     Search {
+        /// Search a repository (URL or directory) in place instead of the local store
+        #[arg(value_name = "REPOSITORY")]
+        repository: Option<String>,
+        /// The repository's trusted root metadata (first contact only)
+        #[arg(long, value_name = "ROOT.json")]
+        root: Option<PathBuf>,
         /// Installed package name
         #[arg(long)]
         package: Option<String>,
@@ -223,15 +240,19 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                 "derive",
             );
         }
-        FleetCmd::Inventory { images, json } => {
-            let store = Store::open(store_dir)?;
-            let mut inv = Inventories::new(&store);
+        FleetCmd::Inventory { images, root, json } => {
+            let (repo, images) = split_repository(images);
+            if images.is_empty() {
+                anyhow::bail!("name at least one image after the repository");
+            }
+            let src = Images::open(store_dir, repo.as_deref(), root.as_deref())?;
+            let mut inv = Inventories::new(src.source());
             let mut all = Vec::new();
             let refs = images
                 .iter()
                 .map(|i| ImageRef::parse(i))
                 .collect::<std::result::Result<Vec<_>, _>>()?;
-            for r in versions::resolve_many(&store, &refs)? {
+            for r in src.resolve_many(&refs)? {
                 let i = inv
                     .of(&r.commit.root, &r.display)
                     .with_context(|| format!("inventory of {}", r.display))?;
@@ -280,13 +301,15 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
             }
         }
         FleetCmd::Search {
+            repository,
+            root,
             package,
             version,
             path,
             content_id,
             json,
         } => {
-            let store = Store::open(store_dir)?;
+            let src = Images::open(store_dir, repository.as_deref(), root.as_deref())?;
             let q = if let Some(name) = package {
                 Query::Package {
                     name,
@@ -301,7 +324,7 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                         .map_err(|e| anyhow::anyhow!("--content-id {id:?}: {e}"))?,
                 )
             };
-            let (hits, stats) = search::search(&store, &q)?;
+            let (hits, stats) = search::search_versions(src.source(), src.versions()?, &q)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&hits)?);
             } else {
@@ -371,11 +394,18 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                 }
             }
         }
-        FleetCmd::Diff { a, b, json } => {
-            let store = Store::open(store_dir)?;
-            let ra = versions::resolve(&store, &ImageRef::parse(&a)?)?;
-            let rb = versions::resolve(&store, &ImageRef::parse(&b)?)?;
-            let mut inv = Inventories::new(&store);
+        FleetCmd::Diff { args, root, json } => {
+            let (repo, args) = split_repository(args);
+            let [a, b] = args.as_slice() else {
+                anyhow::bail!(
+                    "diff takes two versions, A and B (after an optional repository); got {}",
+                    args.join(" ")
+                );
+            };
+            let src = Images::open(store_dir, repo.as_deref(), root.as_deref())?;
+            let ra = src.resolve(&ImageRef::parse(a)?)?;
+            let rb = src.resolve(&ImageRef::parse(b)?)?;
+            let mut inv = Inventories::new(src.source());
             let d = starling_image::diff::diff(
                 &mut inv,
                 (&ra.commit.root, &ra.commit.root_meta),

@@ -3,6 +3,7 @@
 mod fleet_cmd;
 mod format;
 mod image_cmd;
+mod images;
 mod mount_cmd;
 mod pool_cmd;
 mod progress;

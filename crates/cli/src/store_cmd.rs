@@ -33,6 +33,11 @@ pub enum StoreCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Move objects a format-1 store kept one file each into pack segments
+    Migrate {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub fn run(store_dir: &Path, cmd: StoreCmd) -> Result<ExitCode> {
@@ -110,6 +115,23 @@ pub fn run(store_dir: &Path, cmd: StoreCmd) -> Result<ExitCode> {
                     r.objects_kept,
                     r.temp_files_removed
                 );
+                if r.migrated > 0 || r.segments_repacked > 0 {
+                    println!(
+                        "moved {} loose objects into packs, repacked {} segments",
+                        r.migrated, r.segments_repacked
+                    );
+                }
+            }
+        }
+        StoreCmd::Migrate { json } => {
+            let had = store.has_loose_objects();
+            let moved = store.migrate()?;
+            if json {
+                println!("{}", serde_json::json!({ "migrated": moved }));
+            } else if had {
+                println!("moved {moved} objects into pack segments");
+            } else {
+                println!("nothing to migrate: every object is already in a pack segment");
             }
         }
     }

@@ -19,14 +19,23 @@ fn fsck_json(env: &Env) -> (bool, serde_json::Value) {
     )
 }
 
-fn flip(store: &Store, id: &ObjectId, at: usize) -> Vec<u8> {
-    let p = store.object_path(id);
-    let orig = fs::read(&p).unwrap();
+/// Flips one byte of the object's stored envelope (inside its pack segment); returns the
+/// segment file's path and original bytes, to put back.
+fn flip(store: &Store, id: &ObjectId, at: usize) -> (std::path::PathBuf, Vec<u8>) {
+    let loc = store
+        .object_location(id)
+        .unwrap()
+        .expect("object is stored");
+    let orig = fs::read(&loc.path).unwrap();
     let mut bad = orig.clone();
-    let i = at % bad.len();
+    let i = loc.offset as usize + at % loc.len as usize;
     bad[i] ^= 0x40;
-    fs::write(&p, bad).unwrap();
-    orig
+    fs::write(&loc.path, bad).unwrap();
+    (loc.path, orig)
+}
+
+fn restore((path, orig): (std::path::PathBuf, Vec<u8>)) {
+    fs::write(path, orig).unwrap();
 }
 
 #[test]
@@ -72,7 +81,7 @@ fn flipped_bytes_in_chunk_tree_and_commit_are_reported_with_paths() {
             used.contains("img:v1") && used.contains("/random-100k"),
             "{used}"
         );
-        fs::write(store.object_path(&chunk), orig).unwrap();
+        restore(orig);
     }
     env.fsck_clean();
 
@@ -83,7 +92,7 @@ fn flipped_bytes_in_chunk_tree_and_commit_are_reported_with_paths() {
     // gc refuses to run while a reachable tree is unreadable: it would lose what it hides.
     let e = env.fails(&["store", "gc"]);
     assert!(e.contains("fsck"), "{e}");
-    fs::write(store.object_path(&hl_tree), orig).unwrap();
+    restore(orig);
 
     let orig = flip(&store, &r.id, 8);
     let (ok, report) = fsck_json(&env);
@@ -94,14 +103,17 @@ fn flipped_bytes_in_chunk_tree_and_commit_are_reported_with_paths() {
             .contains("img:v1"),
         "{report}"
     );
-    fs::write(store.object_path(&r.id), orig).unwrap();
+    restore(orig);
 
-    // A missing chunk is reported too, and a truncated one.
-    let p = store.object_path(&chunk);
-    let orig = fs::read(&p).unwrap();
-    fs::write(&p, &orig[..orig.len() / 2]).unwrap();
+    // A truncated segment is reported too (cut in the middle of the chunk's record), and a
+    // missing chunk.
+    let loc = store.object_location(&chunk).unwrap().unwrap();
+    let orig = fs::read(&loc.path).unwrap();
+    fs::write(&loc.path, &orig[..(loc.offset + loc.len / 2) as usize]).unwrap();
     assert!(!fsck_json(&env).0);
-    fs::remove_file(&p).unwrap();
+    fs::write(&loc.path, &orig).unwrap();
+    let chunk_bytes = store.get(&chunk).unwrap();
+    assert_eq!(store.remove_objects(&[chunk]).unwrap(), 1);
     let (ok, report) = fsck_json(&env);
     assert!(!ok);
     assert!(
@@ -111,7 +123,9 @@ fn flipped_bytes_in_chunk_tree_and_commit_are_reported_with_paths() {
             .contains("missing"),
         "{report}"
     );
-    fs::write(&p, orig).unwrap();
+    let t = store.begin().unwrap();
+    t.put(&chunk_bytes).unwrap();
+    t.commit().unwrap();
     env.fsck_clean();
 
     // Export refuses corrupt content instead of writing it.

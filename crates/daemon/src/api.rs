@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use starling_fs::CounterValues;
-pub use starling_repo::cache::{CacheStats, VerifyReport};
+pub use starling_store::cache::{CacheStats, VerifyReport};
 
 pub const API_VERSION: &str = "v1";
 

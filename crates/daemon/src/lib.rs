@@ -8,6 +8,7 @@ pub mod args;
 pub mod client;
 pub mod mounts;
 pub mod server;
+pub mod sources;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -6,13 +6,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use starling_fs::record::Recorder;
-use starling_fs::{Counters, ImageFs, LocalObjects, Mounted, Objects, RemoteObjects};
+use starling_fs::{Counters, ImageFs, Mounted, Objects};
 use starling_image::reference::ImageRef;
-use starling_repo::cache::HostCache;
-use starling_repo::pull::{self, ClientOptions, Remote};
-use starling_store::{ObjectId, Store};
+use starling_image::walk::Walker;
+use starling_repo::pull::{self, Remote};
+use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 
 use crate::api::{CommitInfo, CommitRequest, MountInfo, MountRequest, Source};
+use crate::sources::HostObjects;
 use crate::DaemonError;
 
 /// FUSE serving threads per mount: reads wait on disk or network, so more than cores.
@@ -23,7 +24,7 @@ pub struct MountEntry {
     pub mounted: Mounted,
     pub counters: Arc<Counters>,
     pub recorder: Option<Arc<Recorder>>,
-    pub objects: Arc<dyn Objects>,
+    pub objects: Arc<dyn ObjectSource>,
     pub version: ObjectId,
     /// For a writable mount: the layer directory (`lower/` the lazy image, `upper/`, `work/`).
     pub layer: Option<PathBuf>,
@@ -151,12 +152,7 @@ impl Mounts {
         t.values().map(MountEntry::info).collect()
     }
 
-    pub fn mount(
-        &self,
-        req: MountRequest,
-        cache: &Arc<HostCache>,
-        opts: &ClientOptions,
-    ) -> Result<MountInfo, DaemonError> {
+    pub fn mount(&self, req: MountRequest, host: &HostObjects) -> Result<MountInfo, DaemonError> {
         let canon = std::fs::canonicalize(&req.mountpoint).unwrap_or(req.mountpoint.clone());
         if self.lock().contains_key(&canon) {
             return Err(DaemonError::Conflict(format!(
@@ -167,7 +163,8 @@ impl Mounts {
         let mp = starling_fs::session::check_mountpoint(&req.mountpoint)
             .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
         let counters = Arc::new(Counters::default());
-        let (objects, version, source, image): (Arc<dyn Objects>, _, _, _) = match &req.source {
+        let (objects, version, source, image): (Arc<dyn ObjectSource>, _, _, _) = match &req.source
+        {
             Source::Store { store, image } => {
                 let st = Store::open(store).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
                 let r =
@@ -175,7 +172,7 @@ impl Mounts {
                 let resolved = starling_image::versions::resolve(&st, &r)
                     .map_err(|e| DaemonError::NotFound(e.to_string()))?;
                 (
-                    Arc::new(LocalObjects::new(st, counters.clone())),
+                    Arc::new(st),
                     resolved.id,
                     format!("store:{}", store.display()),
                     image.clone(),
@@ -186,11 +183,11 @@ impl Mounts {
                     Remote::parse(url).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
                 let r =
                     ImageRef::parse(image).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-                let id = cache
+                let id = host
                     .runtime()
                     .block_on(async {
                         let repo =
-                            pull::open_at(cache.dir(), &remote, root.as_deref(), opts).await?;
+                            pull::open_at(host.dir(), &remote, root.as_deref(), &host.opts).await?;
                         pull::resolve(&repo, &r).await
                     })
                     .map_err(|e| match e {
@@ -201,7 +198,8 @@ impl Mounts {
                     })?
                     .1;
                 (
-                    Arc::new(RemoteObjects::new(cache.clone(), remote, counters.clone())),
+                    host.remote(&remote)
+                        .map_err(|e| DaemonError::BadRequest(e.to_string()))?,
                     id,
                     url.clone(),
                     image.clone(),
@@ -214,16 +212,17 @@ impl Mounts {
         };
         let recorder = req.record.as_ref().map(|_| Arc::new(Recorder::default()));
         let label = format!("{} ({image})", mp.display());
+        let mount_objects = Arc::new(Objects::new(objects.clone(), counters.clone()));
         let fs = ImageFs::new(
-            objects.clone(),
+            mount_objects.clone(),
             &version,
             counters.clone(),
             recorder.clone(),
             label,
         )
-        .map_err(DaemonError::Upstream)?;
+        .map_err(|e| DaemonError::Upstream(e.to_string()))?;
         if let Some(list) = prefetch {
-            objects.prefetch(&list);
+            mount_objects.prefetch(&list);
         }
         let (mounted, layer) = if req.writable {
             let n = self
@@ -437,59 +436,37 @@ impl Mounts {
     }
 }
 
-/// Copies every object of version `id` that `store` lacks from `objects` (verified there),
-/// in one transaction. Returns how many were copied.
-fn copy_image(objects: &dyn Objects, id: &ObjectId, store: &Store) -> Result<usize, DaemonError> {
-    use starling_image::manifest::{Commit, FileData, Node, Tree};
-    let up = |e: String| DaemonError::Upstream(e);
+/// Copies every object of version `id` that `store` lacks from `objects` (verified on the
+/// way in), in one transaction. Returns how many were copied.
+fn copy_image(
+    objects: &dyn ObjectSource,
+    id: &ObjectId,
+    store: &Store,
+) -> Result<usize, DaemonError> {
+    let up = |e: starling_store::Error| DaemonError::Upstream(e.to_string());
     let io = |e: starling_store::Error| DaemonError::Internal(e.to_string());
-    let _w = store.lock_writer().map_err(io)?;
     let txn = store.begin().map_err(io)?;
-    let max = starling_fs::inodes::MAX_MANIFEST;
-    let mut copied = 0;
-    let fetch =
-        |id: &ObjectId, len: u64, copied: &mut usize| -> Result<Option<Vec<u8>>, DaemonError> {
-            if store.contains(id) {
-                return Ok(None);
-            }
-            let b = objects.get(id, len).map_err(up)?;
-            txn.put(&b).map_err(io)?;
-            *copied += 1;
-            Ok(Some(b.to_vec()))
-        };
-    let commit_bytes = match fetch(id, max, &mut copied)? {
-        Some(b) => b,
-        None => store.get(id).map_err(io)?,
-    };
-    let c = Commit::decode(id, &commit_bytes).map_err(|e| DaemonError::Internal(e.to_string()))?;
-    let mut stack = vec![c.root];
-    let mut seen = std::collections::HashSet::new();
-    while let Some(t) = stack.pop() {
-        if !seen.insert(t) {
-            continue;
+    let copy = |id: &ObjectId, len: u64| -> Result<(), DaemonError> {
+        if !txn.contains(id) {
+            let (env, _) = objects.envelope(id, len).map_err(up)?;
+            starling_store::check_len(id, &env, len).map_err(up)?;
+            txn.put_envelope(id, &env).map_err(up)?;
         }
-        let bytes = match fetch(&t, max, &mut copied)? {
-            Some(b) => b,
-            None => store.get(&t).map_err(io)?,
-        };
-        let tree = Tree::decode(&t, &bytes).map_err(|e| DaemonError::Internal(e.to_string()))?;
-        for e in tree.entries {
-            match e.node {
-                Node::Dir { tree, .. } => stack.push(tree),
-                Node::File {
-                    data: FileData::Chunks(ch),
-                    ..
-                } => {
-                    for c in ch {
-                        if seen.insert(c.id) {
-                            fetch(&c.id, u64::from(c.len), &mut copied)?;
-                        }
-                    }
-                }
-                _ => {}
-            }
+        Ok(())
+    };
+    let mut walk = Walker::new([*id]);
+    while let Some(level) = walk.next_level() {
+        for t in &level {
+            copy(t, MAX_MANIFEST)?;
+            let bytes = txn.get(t).map_err(io)?;
+            walk.feed(t, &bytes)
+                .map_err(|e| DaemonError::Upstream(e.to_string()))?;
         }
     }
+    for (c, len) in walk.finish().chunks {
+        copy(&c, len)?;
+    }
+    let copied = txn.staged();
     txn.commit().map_err(io)?;
     Ok(copied)
 }

@@ -9,18 +9,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use starling_repo::cache::HostCache;
 use starling_repo::pull::ClientOptions;
 
 use crate::api::*;
 use crate::mounts::Mounts;
+use crate::sources::HostObjects;
 use crate::{Config, DaemonError};
 
 pub struct Daemon {
     pub config: Config,
-    pub cache: Arc<HostCache>,
+    pub objects: HostObjects,
     pub mounts: Mounts,
-    opts: ClientOptions,
     shutdown: tokio::sync::Notify,
 }
 
@@ -60,7 +59,7 @@ async fn status(State(d): Shared) -> Json<Status> {
         version: env!("CARGO_PKG_VERSION").into(),
         state: d.config.state.clone(),
         mounts: d.mounts.list().len(),
-        cache: d.cache.stats(),
+        cache: d.objects.cache.stats(),
     })
 }
 
@@ -72,7 +71,7 @@ async fn create_mount(
     State(d): Shared,
     Json(req): Json<MountRequest>,
 ) -> Result<(StatusCode, Json<MountInfo>), DaemonError> {
-    let info = blocking(move || d.mounts.mount(req, &d.cache, &d.opts)).await?;
+    let info = blocking(move || d.mounts.mount(req, &d.objects)).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -94,7 +93,7 @@ async fn commit(
 }
 
 async fn cache_stats(State(d): Shared) -> Json<CacheStats> {
-    Json(d.cache.stats())
+    Json(d.objects.cache.stats())
 }
 
 async fn cache_gc(
@@ -102,12 +101,12 @@ async fn cache_gc(
     Json(req): Json<GcRequest>,
 ) -> Result<Json<CacheStats>, DaemonError> {
     Ok(Json(
-        blocking(move || Ok(d.cache.gc(req.target_bytes))).await?,
+        blocking(move || Ok(d.objects.cache.gc(req.target_bytes))).await?,
     ))
 }
 
 async fn cache_verify(State(d): Shared) -> Result<Json<VerifyReport>, DaemonError> {
-    Ok(Json(blocking(move || Ok(d.cache.verify())).await?))
+    Ok(Json(blocking(move || Ok(d.objects.cache.verify())).await?))
 }
 
 async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {
@@ -146,10 +145,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         timeout: config.timeout,
         ..ClientOptions::default()
     };
-    let cache = HostCache::open(
+    let objects = HostObjects::open(
         &config.state.join("cache"),
         config.quota,
-        opts.clone(),
+        opts,
         rt.handle().clone(),
     )
     .with_context(|| format!("host cache in {}", config.state.display()))?;
@@ -177,9 +176,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     let d = Arc::new(Daemon {
         config: config.clone(),
-        cache: Arc::new(cache),
+        objects,
         mounts,
-        opts,
         shutdown: tokio::sync::Notify::new(),
     });
     let result = rt.block_on(async {

@@ -18,9 +18,10 @@ use starling_image::manifest::{Commit, FileData};
 use starling_store::ObjectId;
 
 use crate::chunks::ChunkCache;
-use crate::inodes::{Inode, Inodes, Kind, MAX_MANIFEST};
-use crate::objects::{Counters, ObjResult, Objects};
+use crate::inodes::{Inode, Inodes, Kind};
+use crate::objects::{Counters, FsError, ObjResult, Objects};
 use crate::record::Recorder;
+use starling_store::MAX_MANIFEST;
 
 /// Immutable content: cache everything "forever".
 const TTL: Duration = Duration::from_secs(86_400 * 365);
@@ -57,7 +58,7 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
-    fn start(objects: Arc<dyn Objects>, chunks: Arc<ChunkCache>) -> ReadAhead {
+    fn start(objects: Arc<Objects>, chunks: Arc<ChunkCache>) -> ReadAhead {
         let (tx, rx) = std::sync::mpsc::channel::<(ObjectId, u32)>();
         let rx = Arc::new(Mutex::new(rx));
         let pending: Arc<Mutex<std::collections::HashSet<ObjectId>>> = Arc::default();
@@ -114,24 +115,17 @@ impl Drop for ImageFs {
 /// Reads a chunk from the source, checks its length against the file's chunk list, and keeps
 /// it in the decoded-chunk cache.
 fn load_chunk(
-    objects: &dyn Objects,
+    objects: &Objects,
     chunks: &ChunkCache,
     id: &ObjectId,
     len: u32,
 ) -> ObjResult<Arc<Vec<u8>>> {
-    let b = objects.get(id, u64::from(len) + 1024)?;
-    if b.len() != len as usize {
-        return Err(format!(
-            "chunk {} is {} bytes, its file says {len}",
-            id.short(12),
-            b.len()
-        ));
-    }
+    let b = objects.chunk(id, len)?;
     chunks.insert(*id, b.clone());
     Ok(b)
 }
 
-fn eio(label: &str, what: String) -> io::Error {
+fn eio(label: &str, what: FsError) -> io::Error {
     eprintln!("starling-fs {label}: {what}");
     io::Error::from_raw_os_error(libc::EIO)
 }
@@ -140,14 +134,14 @@ impl ImageFs {
     /// Opens the version `commit` from `objects` (its commit object is fetched now; trees
     /// and chunks when first used).
     pub fn new(
-        objects: Arc<dyn Objects>,
+        objects: Arc<Objects>,
         commit: &ObjectId,
         counters: Arc<Counters>,
         recorder: Option<Arc<Recorder>>,
         label: String,
     ) -> ObjResult<ImageFs> {
-        let bytes = objects.get(commit, MAX_MANIFEST)?;
-        let c = Commit::decode(commit, &bytes).map_err(|e| e.to_string())?;
+        let bytes = objects.manifest(commit)?;
+        let c = Commit::decode(commit, &bytes)?;
         if let Some(r) = &recorder {
             r.touch(commit, MAX_MANIFEST);
             r.touch(&c.root, MAX_MANIFEST);

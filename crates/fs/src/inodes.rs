@@ -9,10 +9,9 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use starling_image::manifest::{FileData, Meta, Node, Tree};
 use starling_store::ObjectId;
 
-use crate::objects::{ObjResult, Objects};
+use crate::objects::{FsError, ObjResult, Objects};
 
 /// Manifests (trees, commits) are never larger than this.
-pub const MAX_MANIFEST: u64 = 64 << 20;
 pub const ROOT: u64 = 1;
 
 pub enum Kind {
@@ -77,13 +76,13 @@ impl Inode {
 }
 
 pub struct Inodes {
-    objects: Arc<dyn Objects>,
+    objects: Arc<Objects>,
     table: RwLock<Vec<Arc<Inode>>>,
     links: Mutex<HashMap<Vec<u8>, u64>>,
 }
 
 impl Inodes {
-    pub fn new(objects: Arc<dyn Objects>, root_meta: Meta, root_tree: ObjectId) -> Inodes {
+    pub fn new(objects: Arc<Objects>, root_meta: Meta, root_tree: ObjectId) -> Inodes {
         let root = Arc::new(Inode {
             ino: ROOT,
             parent: ROOT,
@@ -100,7 +99,7 @@ impl Inodes {
         }
     }
 
-    pub fn objects(&self) -> &Arc<dyn Objects> {
+    pub fn objects(&self) -> &Arc<Objects> {
         &self.objects
     }
 
@@ -120,14 +119,17 @@ impl Inodes {
     /// directory load it once (the others wait on its lock).
     pub fn children(&self, dir: &Inode) -> ObjResult<Arc<Vec<Child>>> {
         let Kind::Dir { tree } = &dir.kind else {
-            return Err(format!("inode {} is not a directory", dir.ino));
+            return Err(FsError::Invalid(format!(
+                "inode {} is not a directory",
+                dir.ino
+            )));
         };
         let mut slot = dir.children.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let bytes = self.objects.get(tree, MAX_MANIFEST)?;
-        let t = Tree::decode(tree, &bytes).map_err(|e| e.to_string())?;
+        let bytes = self.objects.manifest(tree)?;
+        let t = Tree::decode(tree, &bytes)?;
         let mut out = Vec::with_capacity(t.entries.len());
         let mut subdirs = 0;
         let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
@@ -199,21 +201,23 @@ impl Inodes {
         }
         let mut ino = ROOT;
         for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
-            let dir = self.get(ino).ok_or("inode vanished")?;
+            let dir = self
+                .get(ino)
+                .ok_or_else(|| FsError::Invalid("inode vanished".into()))?;
             let kids = self.children(&dir)?;
             let c = kids.iter().find(|c| c.name == comp).ok_or_else(|| {
-                format!(
+                FsError::Invalid(format!(
                     "hard link target {} is not in the image",
                     String::from_utf8_lossy(path)
-                )
+                ))
             })?;
             ino = match c.target {
                 ChildTarget::Ino(i) => i,
                 ChildTarget::Link(_) => {
-                    return Err(format!(
+                    return Err(FsError::Invalid(format!(
                         "hard link target {} is itself a link",
                         String::from_utf8_lossy(path)
-                    ))
+                    )))
                 }
             };
         }
@@ -241,7 +245,9 @@ impl Inodes {
     pub fn count_links(&self) -> ObjResult<()> {
         let mut stack = vec![ROOT];
         while let Some(ino) = stack.pop() {
-            let dir = self.get(ino).ok_or("inode vanished")?;
+            let dir = self
+                .get(ino)
+                .ok_or_else(|| FsError::Invalid("inode vanished".into()))?;
             for c in self.children(&dir)?.iter() {
                 match &c.target {
                     ChildTarget::Ino(i) => {

@@ -10,5 +10,5 @@ pub mod record;
 pub mod session;
 
 pub use imagefs::ImageFs;
-pub use objects::{CounterValues, Counters, LocalObjects, Objects, RemoteObjects};
+pub use objects::{CounterValues, Counters, FsError, Objects};
 pub use session::{mount, MountError, Mounted};

@@ -1,113 +1,96 @@
-//! Where a mount's objects come from: a local store, or the host cache in front of a
-//! repository. Every source hands out verified bytes only.
+//! A mount's view of its object source (the local store, or a repository through the host
+//! cache): every read verified by the source, counted here by where it was answered from,
+//! and the mount's background prefetch.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use starling_repo::cache::{HostCache, Origin};
-use starling_repo::pull::Remote;
-use starling_store::{ObjectId, Store};
+use starling_store::{ObjectId, ObjectSource, Origin, MAX_MANIFEST};
 
-/// A failed read, with the line to log (the file system answers EIO).
-pub type ObjResult<T> = std::result::Result<T, String>;
-
-pub trait Objects: Send + Sync + 'static {
-    /// The object's bytes, verified against `id`. `max_len` bounds what may be fetched for it
-    /// (its known size for chunks).
-    fn get(&self, id: &ObjectId, max_len: u64) -> ObjResult<Arc<Vec<u8>>>;
-
-    /// Marks objects an open file needs, so a size-limited cache keeps them (see
-    /// [`Objects::unpin`]). Sources without eviction ignore it.
-    fn pin(&self, _ids: &[ObjectId]) {}
-    fn unpin(&self, _ids: &[ObjectId]) {}
-
-    /// Starts fetching objects in the background (prefetch); sources that read locally
-    /// ignore it.
-    fn prefetch(&self, _ids: &[(ObjectId, u64)]) {}
+/// Why the file system could not answer (the guest or reader gets EIO; this is logged).
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error(transparent)]
+    Object(#[from] starling_store::Error),
+    #[error(transparent)]
+    Image(#[from] starling_image::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
-/// A local store: objects are read (and verified) from disk.
-pub struct LocalObjects {
-    store: Store,
+pub type ObjResult<T> = std::result::Result<T, FsError>;
+
+/// The objects of one mount.
+pub struct Objects {
+    source: Arc<dyn ObjectSource>,
     counters: Arc<Counters>,
 }
 
-impl LocalObjects {
-    pub fn new(store: Store, counters: Arc<Counters>) -> Self {
-        LocalObjects { store, counters }
+impl Objects {
+    pub fn new(source: Arc<dyn ObjectSource>, counters: Arc<Counters>) -> Objects {
+        Objects { source, counters }
     }
-}
 
-impl Objects for LocalObjects {
-    fn get(&self, id: &ObjectId, _max_len: u64) -> ObjResult<Arc<Vec<u8>>> {
-        let b = self
-            .store
-            .get(id)
-            .map_err(|e| format!("object {}: {e}", id.short(12)))?;
-        Counters::add(&self.counters.cached, b.len() as u64);
+    pub fn source(&self) -> &Arc<dyn ObjectSource> {
+        &self.source
+    }
+
+    fn read(&self, id: &ObjectId, max_len: u64, meta: bool) -> ObjResult<Arc<Vec<u8>>> {
+        let (b, origin) = self.source.read(id, max_len)?;
+        let n = b.len() as u64;
+        match origin {
+            Origin::Remote => {
+                Counters::add(&self.counters.fetched, n);
+                if meta {
+                    Counters::add(&self.counters.fetched_meta, n);
+                }
+            }
+            Origin::Cache | Origin::Local => Counters::add(&self.counters.cached, n),
+        }
         Ok(Arc::new(b))
     }
-}
 
-/// A repository through the host cache: objects come from the cache, or are fetched (once
-/// per host) and verified.
-pub struct RemoteObjects {
-    cache: Arc<HostCache>,
-    remote: Remote,
-    counters: Arc<Counters>,
-}
+    /// A commit or tree.
+    pub fn manifest(&self, id: &ObjectId) -> ObjResult<Arc<Vec<u8>>> {
+        self.read(id, MAX_MANIFEST, true)
+    }
 
-impl RemoteObjects {
-    pub fn new(cache: Arc<HostCache>, remote: Remote, counters: Arc<Counters>) -> Self {
-        RemoteObjects {
-            cache,
-            remote,
-            counters,
+    /// A chunk of `len` bytes (its length is checked).
+    pub fn chunk(&self, id: &ObjectId, len: u32) -> ObjResult<Arc<Vec<u8>>> {
+        let b = self.read(id, u64::from(len), false)?;
+        if b.len() != len as usize {
+            return Err(FsError::Invalid(format!(
+                "chunk {} is {} bytes, its file says {len}",
+                id.short(12),
+                b.len()
+            )));
         }
-    }
-}
-
-impl Objects for RemoteObjects {
-    fn get(&self, id: &ObjectId, max_len: u64) -> ObjResult<Arc<Vec<u8>>> {
-        match self.cache.get(&self.remote, id, max_len) {
-            Ok((b, Origin::Cache)) => {
-                Counters::add(&self.counters.cached, b.len() as u64);
-                Ok(Arc::new(b))
-            }
-            Ok((b, Origin::Fetched)) => {
-                Counters::add(&self.counters.fetched, b.len() as u64);
-                if max_len == crate::inodes::MAX_MANIFEST {
-                    Counters::add(&self.counters.fetched_meta, b.len() as u64);
-                }
-                Ok(Arc::new(b))
-            }
-            Err(e) => Err(format!("object {}: {e}", id.short(12))),
-        }
+        Ok(b)
     }
 
-    fn pin(&self, ids: &[ObjectId]) {
-        self.cache.pin(ids);
+    /// Keeps objects an open file needs in a size-limited cache.
+    pub fn pin(&self, ids: &[ObjectId]) {
+        self.source.pin(ids);
     }
 
-    fn unpin(&self, ids: &[ObjectId]) {
-        self.cache.unpin(ids);
+    pub fn unpin(&self, ids: &[ObjectId]) {
+        self.source.unpin(ids);
     }
 
-    fn prefetch(&self, ids: &[(ObjectId, u64)]) {
-        // A few background threads work through the list; failures only log (a later read
-        // fetches on demand and reports its own error).
+    /// Fetches objects in the background (a prefetch list); failures only log, since a later
+    /// read fetches on demand and reports its own error.
+    pub fn prefetch(&self, ids: &[(ObjectId, u64)]) {
         let queue = Arc::new(Mutex::new(std::collections::VecDeque::from(ids.to_vec())));
         for _ in 0..PREFETCH_THREADS {
             let queue = queue.clone();
-            let cache = self.cache.clone();
-            let remote = self.remote.clone();
+            let source = self.source.clone();
             let counters = self.counters.clone();
             std::thread::spawn(move || loop {
                 let next = queue.lock().unwrap_or_else(|p| p.into_inner()).pop_front();
                 let Some((id, len)) = next else { break };
-                match cache.get(&remote, &id, len) {
-                    Ok((b, Origin::Fetched)) => Counters::add(&counters.prefetched, b.len() as u64),
+                match source.read(&id, len) {
+                    Ok((b, Origin::Remote)) => Counters::add(&counters.prefetched, b.len() as u64),
                     Ok(_) => {}
                     Err(e) => eprintln!("starling prefetch: {e}"),
                 }

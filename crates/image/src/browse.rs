@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use starling_store::{ObjectId, Store};
+use starling_store::{ObjectId, ObjectSource, MAX_MANIFEST};
 
 use crate::error::{Error, Result};
 use crate::manifest::{FileData, Node, Tree};
@@ -13,16 +13,16 @@ use crate::manifest::{FileData, Node, Tree};
 const MAX_SYMLINK_HOPS: usize = 40;
 
 pub struct Browser<'s> {
-    pub store: &'s Store,
+    pub source: &'s dyn ObjectSource,
     trees: HashMap<ObjectId, Rc<Tree>>,
     /// Chunks made but not yet committed (an update's new files), readable here.
     pub pending: HashMap<ObjectId, Vec<u8>>,
 }
 
 impl<'s> Browser<'s> {
-    pub fn new(store: &'s Store) -> Self {
+    pub fn new(source: &'s dyn ObjectSource) -> Self {
         Browser {
-            store,
+            source,
             trees: HashMap::new(),
             pending: HashMap::new(),
         }
@@ -37,7 +37,7 @@ impl<'s> Browser<'s> {
         if let Some(t) = self.trees.get(id) {
             return Ok(t.clone());
         }
-        let t = Rc::new(Tree::decode(id, &self.store.get(id)?)?);
+        let t = Rc::new(Tree::decode(id, &self.source.get(id, MAX_MANIFEST)?)?);
         self.trees.insert(*id, t.clone());
         Ok(t)
     }
@@ -130,7 +130,7 @@ impl<'s> Browser<'s> {
                     match self.pending.get(&c.id) {
                         Some(b) => out.extend_from_slice(b),
                         None => {
-                            let b = self.store.get(&c.id)?;
+                            let b = self.source.get(&c.id, u64::from(c.len))?;
                             if b.len() != c.len as usize {
                                 return Err(Error::Io {
                                     path: what.into(),

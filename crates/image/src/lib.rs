@@ -4,7 +4,7 @@
 //! - [`manifest`]: the tree and commit formats.
 //! - [`import`], [`export`]: sources in and out; [`chunk`] cuts file content.
 //! - [`versions`], [`tags`], [`reference`]: naming, listing and moving versions.
-//! - [`maint`]: stats, fsck and gc.
+//! - [`maint`]: stats, fsck and gc; [`walk`]: the one walk over what versions reference.
 
 pub mod browse;
 pub mod chunk;
@@ -29,6 +29,7 @@ mod stage;
 pub mod tags;
 pub mod update;
 pub mod versions;
+pub mod walk;
 
 pub use error::{Error, Result};
 

@@ -2,7 +2,6 @@
 //! gc (mark from every version any tag has held, sweep the rest).
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use rayon::prelude::*;
@@ -10,7 +9,8 @@ use serde::Serialize;
 use starling_store::{ObjectId, Store};
 
 use crate::error::{Error, Result};
-use crate::manifest::{Commit, FileData, Node, Tree};
+use crate::manifest::{FileData, Node, Tree};
+use crate::walk::Walker;
 use crate::{path, tags};
 
 /// Every version any tag holds or has held, with the tags that hold it.
@@ -54,58 +54,25 @@ struct Reach {
     bad: HashMap<ObjectId, String>,
 }
 
-/// Marks everything reachable from `versions`, skipping subtrees already seen.
+/// Marks everything reachable from `versions` (manifests read in parallel, a level at a
+/// time; chunks checked for presence).
 fn mark<'a>(store: &Store, versions: impl Iterator<Item = &'a ObjectId>) -> Reach {
-    let mut r = Reach::default();
-    let mut trees = Vec::new();
-    for v in versions {
-        if !r.objects.insert(*v) {
-            continue;
-        }
-        match store
-            .get(v)
-            .map_err(Error::from)
-            .and_then(|b| Commit::decode(v, &b))
-        {
-            Ok(c) => trees.push(c.root),
-            Err(e) => {
-                r.bad.insert(*v, e.to_string());
-            }
+    let w = Walker::new(versions.copied()).run(|level| {
+        level
+            .par_iter()
+            .map(|id| (*id, store.get(id).map_err(Error::from)))
+            .collect()
+    });
+    let mut bad = w.bad.clone();
+    for (id, _) in &w.chunks {
+        if !store.contains(id) {
+            bad.insert(*id, "missing".into());
         }
     }
-    while let Some(t) = trees.pop() {
-        if !r.objects.insert(t) {
-            continue;
-        }
-        let tree = match store
-            .get(&t)
-            .map_err(Error::from)
-            .and_then(|b| Tree::decode(&t, &b))
-        {
-            Ok(tree) => tree,
-            Err(e) => {
-                r.bad.insert(t, e.to_string());
-                continue;
-            }
-        };
-        for e in tree.entries {
-            match e.node {
-                Node::Dir { tree, .. } => trees.push(tree),
-                Node::File {
-                    data: FileData::Chunks(chunks),
-                    ..
-                } => {
-                    for c in chunks {
-                        if r.objects.insert(c.id) && !store.contains(&c.id) {
-                            r.bad.insert(c.id, "missing".into());
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
+    Reach {
+        objects: w.objects().collect(),
+        bad,
     }
-    r
 }
 
 #[derive(Debug, Serialize)]
@@ -124,14 +91,7 @@ pub struct StoreStats {
 
 pub fn stats(store: &Store) -> Result<StoreStats> {
     let (objects, _) = store.list_objects()?;
-    let disk_bytes = objects
-        .iter()
-        .map(|o| {
-            std::fs::symlink_metadata(store.object_path(&o.id))
-                .map(|m| m.blocks() * 512)
-                .unwrap_or(0)
-        })
-        .sum();
+    let disk_bytes = store.disk_bytes()?;
     let all = tags::all(store)?;
     let names: HashSet<_> = all.iter().map(|r| r.name.clone()).collect();
     let roots = roots(store)?;
@@ -285,6 +245,10 @@ pub struct GcReport {
     pub bytes_freed: u64,
     pub objects_kept: usize,
     pub temp_files_removed: u64,
+    /// Format-1 loose objects moved into packs.
+    pub migrated: usize,
+    /// Pack segments rewritten (mostly dead, or small ones merged).
+    pub segments_repacked: usize,
     pub dry_run: bool,
 }
 
@@ -292,7 +256,7 @@ pub struct GcReport {
 /// waits for them, or with `wait` false refuses), and refuses while any reachable object is
 /// unreadable, since a corrupt tree hides what it references.
 pub fn gc(store: &Store, dry_run: bool, wait: bool) -> Result<GcReport> {
-    let _gc = store.lock_gc(wait)?;
+    let gc = store.lock_gc(wait)?;
     let roots = roots(store)?;
     let reach = mark(store, roots.keys());
     if let Some((id, why)) = reach.bad.iter().next() {
@@ -305,25 +269,16 @@ pub fn gc(store: &Store, dry_run: bool, wait: bool) -> Result<GcReport> {
             ),
         });
     }
-    let (objects, _) = store.list_objects()?;
+    let c = store.collect(&gc, &|id| reach.objects.contains(id), dry_run)?;
     let mut report = GcReport {
-        objects_removed: 0,
-        bytes_freed: 0,
-        objects_kept: 0,
+        objects_removed: c.objects_removed,
+        bytes_freed: c.bytes_freed,
+        objects_kept: c.objects_kept,
         temp_files_removed: 0,
+        migrated: c.migrated,
+        segments_repacked: c.segments_repacked,
         dry_run,
     };
-    for o in objects {
-        if reach.objects.contains(&o.id) {
-            report.objects_kept += 1;
-            continue;
-        }
-        if !dry_run {
-            store.remove_object(&o.id)?;
-        }
-        report.objects_removed += 1;
-        report.bytes_freed += o.stored_bytes;
-    }
     if !dry_run {
         report.temp_files_removed = store.clean_temp()?;
         store.sync()?;

@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
-use starling_store::{ObjectId, Store};
+use starling_store::{ObjectId, ObjectSource, Store};
 
 use crate::error::{Error, Result};
 use crate::manifest::{FileData, Node};
@@ -116,25 +116,55 @@ pub fn glob(pattern: &str) -> Result<globset::GlobMatcher> {
         })
 }
 
-pub fn search(store: &Store, q: &Query) -> Result<(Vec<Hit>, Stats)> {
-    // Every version any tag has held, with the tags that reached it.
-    let mut versions: BTreeMap<ObjectId, (String, BTreeSet<String>)> = BTreeMap::new();
+/// The versions to search: each with its image name and the tags that held it (`*` marks
+/// the ones a tag points at now).
+pub type VersionSet = BTreeMap<ObjectId, (String, BTreeSet<String>)>;
+
+/// Every version any tag of the store has held.
+pub fn store_versions(store: &Store) -> Result<VersionSet> {
+    let mut versions = VersionSet::new();
     for rec in tags::all(store)? {
         for h in &rec.history {
-            let e = versions
-                .entry(h.version)
-                .or_insert_with(|| (rec.name.clone(), BTreeSet::new()));
-            let mark = if h.version == rec.target { "*" } else { "" };
-            e.1.insert(format!("{}:{}{mark}", rec.name, rec.tag));
+            add_version(
+                &mut versions,
+                h.version,
+                &rec.name,
+                &rec.tag,
+                h.version == rec.target,
+            );
         }
     }
-    let mut inv = Inventories::new(store);
+    Ok(versions)
+}
+
+/// Adds `version` of `name`, held by `tag` (now, when `current`).
+pub fn add_version(set: &mut VersionSet, version: ObjectId, name: &str, tag: &str, current: bool) {
+    let e = set
+        .entry(version)
+        .or_insert_with(|| (name.to_string(), BTreeSet::new()));
+    let mark = if current { "*" } else { "" };
+    e.1.insert(format!("{name}:{tag}{mark}"));
+}
+
+/// Searches every version any tag of the store has held.
+pub fn search(store: &Store, q: &Query) -> Result<(Vec<Hit>, Stats)> {
+    search_versions(store, store_versions(store)?, q)
+}
+
+/// Searches `versions`, reading from `source` (a store, or a repository through its
+/// objects: nothing is pulled).
+pub fn search_versions(
+    source: &dyn ObjectSource,
+    versions: VersionSet,
+    q: &Query,
+) -> Result<(Vec<Hit>, Stats)> {
+    let mut inv = Inventories::new(source);
     let mut cache: HashMap<(ObjectId, Vec<u8>), std::rc::Rc<Vec<String>>> = HashMap::new();
     let mut hits = Vec::new();
     let mut stats = Stats::default();
     for (id, (name, tag_set)) in versions {
         stats.versions += 1;
-        let commit = versions::load_commit(store, &id)?;
+        let commit = versions::load_commit(source, &id)?;
         let matches = match q {
             Query::Package { name: pkg, version } => match inv.of(&commit.root, &name) {
                 Ok(i) => i

@@ -2,7 +2,7 @@
 //! only, never file content.
 
 use serde::Serialize;
-use starling_store::{ObjectId, Store};
+use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 
 use crate::error::{Error, Result};
 use crate::manifest::Commit;
@@ -18,8 +18,8 @@ pub struct Resolved {
     pub display: String,
 }
 
-pub fn load_commit(store: &Store, id: &ObjectId) -> Result<Commit> {
-    Commit::decode(id, &store.get(id)?)
+pub fn load_commit(source: &dyn ObjectSource, id: &ObjectId) -> Result<Commit> {
+    Commit::decode(id, &source.get(id, MAX_MANIFEST)?)
 }
 
 /// Every version a name's tags have ever held, newest first, without duplicates.

@@ -93,13 +93,15 @@ fn inventory_search_and_diff_survive_without_file_content() {
             inv.of(&vb.commit.root, "b").unwrap().packages,
         )
     };
-    let mut removed = 0;
-    for id in all.iter().collect::<HashSet<_>>() {
-        if !keep.contains(id) {
-            store.remove_object(id).unwrap();
-            removed += 1;
-        }
-    }
+    let doomed: Vec<_> = all
+        .iter()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .filter(|id| !keep.contains(id))
+        .copied()
+        .collect();
+    let removed = store.remove_objects(&doomed).unwrap();
+    assert_eq!(removed, doomed.len());
     assert!(removed > 3000, "only {removed} chunks removed");
     let reads_before = store
         .counters()

@@ -3,11 +3,10 @@
 //! checked against its content address as it arrives).
 
 pub mod backend;
-pub mod cache;
 pub mod error;
+pub mod fetch;
 pub mod keys;
 pub mod meta;
-pub mod pack;
 pub mod pull;
 pub mod push;
 pub mod record;

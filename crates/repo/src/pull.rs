@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use starling_image::manifest::{Commit, FileData, Node, Tree};
+use starling_image::manifest::Commit;
 use starling_image::reference::ImageRef;
 use starling_image::tags;
+use starling_image::walk::Walker;
 use starling_store::{ObjectId, Store, Txn};
 use tough::{
     DefaultTransport, FilesystemTransport, HttpTransportBuilder, IntoVec, RepositoryLoader,
@@ -17,11 +18,11 @@ use tough::{
 };
 
 use crate::error::{invalid, tuf, Error, IoContext, Result};
-use crate::push::object_rel;
+use crate::fetch::{Fetched, Fetcher};
 use crate::record::{is_record_target, target_name, ImageRecord};
 
-/// Largest commit or tree object accepted.
-const MAX_MANIFEST: u64 = 64 << 20;
+use starling_store::MAX_MANIFEST;
+
 const PARALLEL: usize = 16;
 
 /// Where a repository is: `http(s)://…` or a local directory.
@@ -54,7 +55,7 @@ impl Remote {
             .map_err(|e| invalid(format!("{}{rel}", self.base), e.to_string()))
     }
 
-    fn is_file(&self) -> bool {
+    pub(crate) fn is_file(&self) -> bool {
         self.base.scheme() == "file"
     }
 }
@@ -246,46 +247,24 @@ pub async fn pull(
         fetched_bytes: 0,
     };
     // Commit, then trees level by level, then chunks; each level fetched in parallel.
-    fetch_all(&txn, &fetcher, &[(id, MAX_MANIFEST)], &mut report).await?;
-    let commit = Commit::decode(&id, &txn.get(&id)?)?;
-    if commit.name != rec.name {
-        return Err(invalid(
-            format!("version {}", id.short(12)),
-            format!("is an image named {:?}, not {:?}", commit.name, rec.name),
-        ));
-    }
-    let mut level = vec![commit.root];
-    let mut chunks = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    while !level.is_empty() {
-        let want: Vec<(ObjectId, u64)> = level
-            .iter()
-            .filter(|t| seen.insert(**t))
-            .map(|t| (*t, MAX_MANIFEST))
-            .collect();
+    let mut walk = Walker::new([id]);
+    while let Some(level) = walk.next_level() {
+        let want: Vec<(ObjectId, u64)> = level.iter().map(|t| (*t, MAX_MANIFEST)).collect();
         fetch_all(&txn, &fetcher, &want, &mut report).await?;
-        let mut next = Vec::new();
-        for (t, _) in want {
-            let tree = Tree::decode(&t, &txn.get(&t)?)?;
-            for e in tree.entries {
-                match e.node {
-                    Node::Dir { tree, .. } => next.push(tree),
-                    Node::File {
-                        data: FileData::Chunks(c),
-                        ..
-                    } => {
-                        chunks.extend(
-                            c.into_iter()
-                                .filter(|c| seen.insert(c.id))
-                                .map(|c| (c.id, c.len as u64)),
-                        );
-                    }
-                    _ => {}
-                }
+        if level == [id] {
+            let commit = Commit::decode(&id, &txn.get(&id)?)?;
+            if commit.name != rec.name {
+                return Err(invalid(
+                    format!("version {}", id.short(12)),
+                    format!("is an image named {:?}, not {:?}", commit.name, rec.name),
+                ));
             }
         }
-        level = next;
+        for t in &level {
+            walk.feed(t, &txn.get(t)?)?;
+        }
     }
+    let chunks = walk.finish().chunks;
     fetch_all(&txn, &fetcher, &chunks, &mut report).await?;
     txn.commit()?;
     let _refs = store.lock_refs()?;
@@ -347,85 +326,4 @@ fn finish(
     report.fetched += 1;
     report.fetched_bytes += env.len() as u64;
     Ok(())
-}
-
-/// A download task's outcome: the object, and its envelope with the URL it came from.
-type Fetched = (ObjectId, Result<(Vec<u8>, String)>);
-
-/// Object downloads from one repository, each bounded in size and time.
-#[derive(Clone)]
-pub(crate) struct Fetcher {
-    remote: Remote,
-    client: reqwest::Client,
-    parallel: usize,
-}
-
-impl Fetcher {
-    pub(crate) fn new(remote: Remote, opts: &ClientOptions) -> Result<Fetcher> {
-        let client = reqwest::Client::builder()
-            .timeout(opts.timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| invalid("HTTP client", e.to_string()))?;
-        Ok(Fetcher {
-            remote,
-            client,
-            parallel: opts.parallel.max(1),
-        })
-    }
-
-    /// An object's envelope, refusing more than its largest possible size (`len` is the
-    /// uncompressed size it must have; zstd never expands by more than a small margin).
-    pub(crate) async fn get(&self, id: &ObjectId, len: u64) -> Result<(Vec<u8>, String)> {
-        let url = self.remote.join(&object_rel(id))?;
-        let max = starling_store::HEADER_LEN as u64 + len + len / 128 + 1024;
-        let shown = url.to_string();
-        let fetch_err = |reason: String| Error::Fetch {
-            url: shown.clone(),
-            reason,
-        };
-        if self.remote.is_file() {
-            let p = url
-                .to_file_path()
-                .map_err(|_| fetch_err("bad file URL".into()))?;
-            let md = tokio::fs::metadata(&p)
-                .await
-                .map_err(|e| fetch_err(e.to_string()))?;
-            if md.len() > max {
-                return Err(fetch_err(format!(
-                    "{} bytes is more than the {max} this object can have",
-                    md.len()
-                )));
-            }
-            let b = tokio::fs::read(&p)
-                .await
-                .map_err(|e| fetch_err(e.to_string()))?;
-            return Ok((b, shown));
-        }
-        let mut resp = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| fetch_err(e.to_string()))?;
-        if !resp.status().is_success() {
-            return Err(fetch_err(format!("HTTP {}", resp.status())));
-        }
-        if resp.content_length().is_some_and(|n| n > max) {
-            return Err(fetch_err(format!(
-                "declared {} bytes, more than the {max} this object can have",
-                resp.content_length().unwrap_or(0)
-            )));
-        }
-        let mut out = Vec::new();
-        while let Some(piece) = resp.chunk().await.map_err(|e| fetch_err(e.to_string()))? {
-            out.extend_from_slice(&piece);
-            if out.len() as u64 > max {
-                return Err(fetch_err(format!(
-                    "sent more than the {max} bytes this object can have"
-                )));
-            }
-        }
-        Ok((out, shown))
-    }
 }

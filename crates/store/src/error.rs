@@ -27,6 +27,14 @@ pub enum Error {
     InvalidId(String),
     #[error("invalid ref name {0:?}")]
     InvalidRefName(String),
+    #[error("{what} {reason}")]
+    Invalid { what: String, reason: String },
+    #[error("object {id} from {from}: {reason}")]
+    Unavailable {
+        id: ObjectId,
+        from: String,
+        reason: String,
+    },
     #[error("store {path} is locked by another process ({what}); try again when it finishes")]
     Busy { path: PathBuf, what: &'static str },
 }

@@ -75,9 +75,9 @@ pub struct Inventories<'s> {
 }
 
 impl<'s> Inventories<'s> {
-    pub fn new(store: &'s starling_store::Store) -> Self {
+    pub fn new(source: &'s dyn starling_store::ObjectSource) -> Self {
         Inventories {
-            browser: Browser::new(store),
+            browser: Browser::new(source),
             parsed: BTreeMap::new(),
         }
     }

@@ -1,36 +1,33 @@
-//! The host cache: one store of verified objects shared by every mount and VM on the host,
-//! filled from repositories on first use. Each object is fetched at most once at a time
-//! (concurrent first reads wait for the one download: single-flight), verified against its
-//! id before it is kept, and evicted least-recently-used beyond a size quota, never while an
-//! open file needs it (pinned).
+//! The host cache: one set of verified objects shared by every mount and VM on the host,
+//! filled from any [`ObjectSource`] on first use (a decorator over the source, as rustic's
+//! cached backend). Each object is fetched at most once at a time (concurrent first reads
+//! wait for the one download: single-flight), verified against its id before it is kept,
+//! and evicted least-recently-used beyond a size quota, never while an open file needs it
+//! (pinned).
 //!
-//! Objects live in pack files (`pack`): a warm read is one `pread`. The index (where each
-//! object is, its size) is rebuilt from the packs on start, oldest first as the LRU order,
-//! so a restart loses nothing.
+//! Objects live in pack segments appended in place (see [`crate::packset`]): a warm read is
+//! one `pread`. The index is rebuilt from the segments on start (their indexes, and a scan
+//! of the one being appended to), oldest first as the LRU order, so a restart loses nothing.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
-use serde::{Deserialize, Serialize};
-use starling_store::ObjectId;
-
-use crate::error::{invalid, Error, IoContext, Result};
-use crate::pack::{Loc, Packs};
-use crate::pull::{ClientOptions, Fetcher, Remote};
+use crate::packset::PackSet;
+use crate::source::{check_len, ObjectSource, Origin};
+use crate::{envelope, Error, ObjectId, Result};
 
 /// No chunk is larger than this (the chunker's maximum); a quota must hold at least one.
 pub const MAX_CHUNK: u64 = 256 << 10;
+/// Cache segments: small enough that an emptied one is soon deleted whole.
+const SEGMENT_MAX: u64 = 64 << 20;
+
 pub struct HostCache {
-    dir: PathBuf,
-    packs: Packs,
+    packs: PackSet,
     quota: u64,
     index: Mutex<Index>,
     inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
-    fetchers: Mutex<HashMap<String, Fetcher>>,
-    opts: ClientOptions,
-    rt: tokio::runtime::Handle,
     pub stats: CacheCounters,
 }
 
@@ -46,7 +43,6 @@ struct Slot {
     size: u64,
     /// Last use, as a tick of `Index::clock`.
     used: u64,
-    loc: Loc,
     /// Hashed since this process started (on arrival or first read back): later reads skip
     /// the hash. `verify` re-hashes everything.
     verified: bool,
@@ -67,7 +63,7 @@ pub struct CacheCounters {
     pub refused: AtomicU64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CacheStats {
     pub objects: usize,
     pub bytes: u64,
@@ -80,90 +76,83 @@ pub struct CacheStats {
     pub refused: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VerifyReport {
     pub checked: usize,
     pub removed: Vec<String>,
 }
 
-/// Where a `get` found its object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    Cache,
-    Fetched,
-}
-
 impl HostCache {
-    /// Opens (creating) the cache at `dir` (`packs/`, and `remotes/` for the repositories'
-    /// trust state) with a quota in bytes.
-    pub fn open(
-        dir: &Path,
-        quota: u64,
-        opts: ClientOptions,
-        rt: tokio::runtime::Handle,
-    ) -> Result<HostCache> {
+    /// Opens (creating) the cache's segments in `dir` with a quota in bytes. One process
+    /// owns a cache directory (the daemon makes sure of that).
+    pub fn open(dir: &Path, quota: u64) -> Result<HostCache> {
         if quota < MAX_CHUNK {
-            return Err(invalid(
-                format!("cache quota {quota} bytes"),
-                format!("is smaller than one chunk ({MAX_CHUNK} bytes)"),
-            ));
+            return Err(Error::Invalid {
+                what: format!("cache quota {quota} bytes"),
+                reason: format!("is smaller than one chunk ({MAX_CHUNK} bytes)"),
+            });
         }
-        std::fs::create_dir_all(dir).at(dir)?;
-        let (packs, found) = Packs::open(&dir.join("packs"))?;
+        let packs = PackSet::open(dir, SEGMENT_MAX, true)?;
+        let mut found = packs.entries();
+        // Oldest segment and record first: the recovered LRU order.
+        let names: HashMap<u32, String> = packs
+            .segments()
+            .into_iter()
+            .map(|s| (s.seg, s.name))
+            .collect();
+        found.sort_by(|(_, a), (_, b)| {
+            (names.get(&a.seg), a.rec.offset).cmp(&(names.get(&b.seg), b.rec.offset))
+        });
         let mut index = Index::default();
         for (id, loc) in found {
             index.clock += 1;
-            let size = u64::from(loc.len);
-            let old = index.entries.insert(
+            let size = u64::from(loc.rec.len);
+            index.entries.insert(
                 id,
                 Slot {
                     size,
                     used: index.clock,
-                    loc,
                     verified: false,
                 },
             );
             index.bytes += size;
-            if let Some(o) = old {
-                // Stored twice (a race between two daemons is impossible, but a crash
-                // between put and index is not): keep the newer copy.
-                index.bytes -= o.size;
-                let _ = packs.remove(&o.loc);
-            }
         }
-        Ok(HostCache {
-            dir: dir.to_path_buf(),
+        let c = HostCache {
             packs,
             quota,
             index: Mutex::new(index),
             inflight: Mutex::new(HashMap::new()),
-            fetchers: Mutex::new(HashMap::new()),
-            opts,
-            rt,
             stats: CacheCounters::default(),
-        })
+        };
+        // A smaller quota than last time takes effect now.
+        c.evict_to(quota, None);
+        Ok(c)
     }
 
-    /// The cache directory (repositories' trust state lives under `remotes/`).
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// A view of `inner` through this cache.
+    pub fn over(self: &Arc<Self>, inner: Arc<dyn ObjectSource>) -> CachedSource {
+        CachedSource {
+            cache: self.clone(),
+            inner,
+        }
     }
 
     pub fn contains(&self, id: &ObjectId) -> bool {
         self.index().entries.contains_key(id)
     }
 
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.rt
-    }
-
     fn index(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The object's verified bytes, from the cache or fetched from `remote` (once, however
-    /// many callers ask at the same time). Call from a thread that is not a runtime worker.
-    pub fn get(&self, remote: &Remote, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
+    /// The object's verified bytes, from the cache or fetched from `inner` (once, however
+    /// many callers ask at the same time).
+    pub fn get(
+        &self,
+        inner: &dyn ObjectSource,
+        id: &ObjectId,
+        max_len: u64,
+    ) -> Result<(Vec<u8>, Origin)> {
         loop {
             if let Some(b) = self.read_cached(id) {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
@@ -175,7 +164,7 @@ impl HostCache {
                     Some(f) => (f.clone(), false),
                     // A download that finished between the cache check above and this lock
                     // (leaders index the object before they leave the in-flight table).
-                    None if self.index().entries.contains_key(id) => continue,
+                    None if self.contains(id) => continue,
                     None => {
                         let f = Arc::new(Flight::default());
                         g.insert(*id, f.clone());
@@ -189,8 +178,9 @@ impl HostCache {
                     done = flight.cv.wait(done).unwrap_or_else(|p| p.into_inner());
                 }
                 if let Some(Err(e)) = done.as_ref() {
-                    return Err(Error::Fetch {
-                        url: remote.join(&crate::push::object_rel(id))?.to_string(),
+                    return Err(Error::Unavailable {
+                        id: *id,
+                        from: inner.describe(),
                         reason: e.clone(),
                     });
                 }
@@ -199,7 +189,7 @@ impl HostCache {
                 continue;
             }
             self.stats.misses.fetch_add(1, Ordering::Relaxed);
-            let r = self.fetch(remote, id, max_len);
+            let r = self.fetch(inner, id, max_len);
             {
                 let mut done = flight.done.lock().unwrap_or_else(|p| p.into_inner());
                 *done = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -209,30 +199,30 @@ impl HostCache {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(id);
-            return r.map(|b| (b, Origin::Fetched));
+            return r.map(|b| (b, Origin::Remote));
         }
     }
 
     fn read_cached(&self, id: &ObjectId) -> Option<Vec<u8>> {
-        let (loc, checked) = {
+        let checked = {
             let mut g = self.index();
             g.clock += 1;
             let now = g.clock;
             let s = g.entries.get_mut(id)?;
             s.used = now;
-            (s.loc, s.verified)
+            s.verified
         };
         let read = self
             .packs
-            .get(&loc)
-            .map_err(|e| e.to_string())
+            .locate(id)
+            .ok_or(Error::NotFound(*id))
+            .and_then(|loc| self.packs.read(&loc))
             .and_then(|env| {
                 if checked {
-                    starling_store::unwrap_envelope(id, &env)
+                    envelope::unwrap(id, &env)
                 } else {
-                    starling_store::decode_envelope(id, &env)
+                    envelope::decode(id, &env)
                 }
-                .map_err(|e| e.to_string())
             });
         match read {
             Ok(b) => {
@@ -246,79 +236,67 @@ impl HostCache {
             Err(e) => {
                 // Damaged on disk: drop it and fetch again.
                 eprintln!("starling cache: object {id} unreadable ({e}); refetching");
-                self.drop_object(id);
+                self.drop_objects(&[*id]);
                 None
             }
         }
     }
 
-    fn fetcher(&self, remote: &Remote) -> Result<Fetcher> {
-        let mut g = self.fetchers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = g.get(remote.base.as_str()) {
-            return Ok(f.clone());
-        }
-        let f = Fetcher::new(remote.clone(), &self.opts)?;
-        g.insert(remote.base.to_string(), f.clone());
-        Ok(f)
-    }
-
-    fn fetch(&self, remote: &Remote, id: &ObjectId, max_len: u64) -> Result<Vec<u8>> {
-        let f = self.fetcher(remote)?;
-        let (env, url) = self.rt.block_on(f.get(id, max_len))?;
+    fn fetch(&self, inner: &dyn ObjectSource, id: &ObjectId, max_len: u64) -> Result<Vec<u8>> {
+        let (env, _) = inner.envelope(id, max_len)?;
         self.stats
             .fetched_bytes
             .fetch_add(env.len() as u64, Ordering::Relaxed);
         // Verified before it is kept: a damaged object is refused and never cached.
-        let data = starling_store::decode_envelope(id, &env).map_err(|e| {
-            self.stats.refused.fetch_add(1, Ordering::Relaxed);
-            Error::BadObject {
-                id: id.to_hex(),
-                url: url.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        let loc = self.packs.put(id, &env)?;
+        let data = check_len(id, &env, max_len)
+            .and_then(|()| envelope::decode(id, &env))
+            .map_err(|e| {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                Error::Unavailable {
+                    id: *id,
+                    from: inner.describe(),
+                    reason: e.to_string(),
+                }
+            })?;
+        self.packs.append(id, &env)?;
         let size = env.len() as u64;
         {
             let mut g = self.index();
             g.clock += 1;
             let used = g.clock;
+            let old = g.entries.insert(
+                *id,
+                Slot {
+                    size,
+                    used,
+                    verified: true,
+                },
+            );
             g.bytes += size;
-            let slot = Slot {
-                size,
-                used,
-                loc,
-                verified: true,
-            };
-            if let Some(old) = g.entries.insert(*id, slot) {
-                g.bytes -= old.size;
-                let _ = self.packs.remove(&old.loc);
+            if let Some(o) = old {
+                g.bytes -= o.size;
             }
         }
-        self.evict(id);
+        self.evict_to(self.quota, Some(id));
         Ok(data)
     }
 
-    /// Removes an object from the index and its bytes from the packs.
-    fn drop_object(&self, id: &ObjectId) -> bool {
-        let slot = {
+    /// Removes objects from the index and their bytes from the packs; how many were there.
+    fn drop_objects(&self, ids: &[ObjectId]) -> usize {
+        let mut gone = Vec::new();
+        {
             let mut g = self.index();
-            let s = g.entries.remove(id);
-            if let Some(s) = &s {
-                g.bytes -= s.size;
+            for id in ids {
+                if let Some(s) = g.entries.remove(id) {
+                    g.bytes -= s.size;
+                    gone.push(*id);
+                }
             }
-            s
-        };
-        match slot {
-            Some(s) => self.packs.remove(&s.loc).is_ok(),
-            None => false,
         }
-    }
-
-    /// Removes least recently used, unpinned objects until the cache fits its quota.
-    /// `keep` (just fetched) stays.
-    fn evict(&self, keep: &ObjectId) {
-        self.evict_to(self.quota, Some(keep));
+        if let Err(e) = self.packs.remove(&gone) {
+            eprintln!("starling cache: removing objects from the packs: {e}");
+        }
+        gone.len()
     }
 
     /// Removes least recently used objects, never pinned ones nor `keep`, until the cache
@@ -346,11 +324,8 @@ impl HostCache {
             }
             v
         };
-        for id in victims {
-            if self.drop_object(&id) {
-                self.stats.evicted.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let n = self.drop_objects(&victims);
+        self.stats.evicted.fetch_add(n as u64, Ordering::Relaxed);
     }
 
     pub fn pin(&self, ids: &[ObjectId]) {
@@ -397,21 +372,16 @@ impl HostCache {
     /// Re-hashes every cached object and removes the damaged ones (they are fetched again on
     /// next use).
     pub fn verify(&self) -> VerifyReport {
-        let ids: Vec<(ObjectId, Loc)> = self
-            .index()
-            .entries
-            .iter()
-            .map(|(id, s)| (*id, s.loc))
-            .collect();
+        let ids: Vec<ObjectId> = self.index().entries.keys().copied().collect();
         let mut removed = Vec::new();
-        for (id, loc) in &ids {
+        for id in &ids {
             let ok = self
                 .packs
-                .get(loc)
-                .ok()
-                .is_some_and(|env| starling_store::decode_envelope(id, &env).is_ok());
+                .locate(id)
+                .and_then(|loc| self.packs.read(&loc).ok())
+                .is_some_and(|env| envelope::decode(id, &env).is_ok());
             if !ok {
-                self.drop_object(id);
+                self.drop_objects(&[*id]);
                 removed.push(id.to_hex());
             }
         }
@@ -420,18 +390,95 @@ impl HostCache {
             removed,
         }
     }
+
+    /// Bytes the cache's segments occupy on disk (holes excluded).
+    pub fn disk_bytes(&self) -> u64 {
+        self.packs.disk_bytes()
+    }
+
+    /// Where a cached object's envelope lies (for tools and tests).
+    pub fn location(&self, id: &ObjectId) -> Option<crate::ObjectLocation> {
+        let loc = self.packs.locate(id)?;
+        Some(crate::ObjectLocation {
+            path: self.packs.segment_path(loc.seg)?,
+            offset: loc.rec.offset + crate::pack::HEADER,
+            len: u64::from(loc.rec.len),
+        })
+    }
+}
+
+/// A source seen through the host cache.
+#[derive(Clone)]
+pub struct CachedSource {
+    cache: Arc<HostCache>,
+    inner: Arc<dyn ObjectSource>,
+}
+
+impl CachedSource {
+    pub fn cache(&self) -> &Arc<HostCache> {
+        &self.cache
+    }
+}
+
+impl ObjectSource for CachedSource {
+    fn envelope(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
+        // Readers of envelopes keep them (a copy into a store): make sure it is cached,
+        // then hand out the cached record.
+        let (_, origin) = self.cache.get(self.inner.as_ref(), id, max_len)?;
+        let loc = self.cache.packs.locate(id).ok_or(Error::NotFound(*id))?;
+        Ok((self.cache.packs.read(&loc)?, origin))
+    }
+
+    fn read(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
+        self.cache.get(self.inner.as_ref(), id, max_len)
+    }
+
+    fn pin(&self, ids: &[ObjectId]) {
+        self.cache.pin(ids);
+    }
+
+    fn unpin(&self, ids: &[ObjectId]) {
+        self.cache.unpin(ids);
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (through the host cache)", self.inner.describe())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A repository directory holding `n` incompressible objects of `size` bytes.
-    fn origin(dir: &Path, n: usize, size: usize) -> (Remote, Vec<ObjectId>) {
-        let st = starling_store::Store::open_or_init(dir.join("src")).unwrap();
+    /// A source that counts what it is asked and can be told to lie about one object.
+    struct Origin0 {
+        objects: HashMap<ObjectId, Vec<u8>>,
+        asked: AtomicU64,
+        damaged: Mutex<Option<ObjectId>>,
+    }
+
+    impl ObjectSource for Origin0 {
+        fn envelope(&self, id: &ObjectId, _max: u64) -> Result<(Vec<u8>, Origin)> {
+            self.asked.fetch_add(1, Ordering::Relaxed);
+            // Slow enough that concurrent first reads overlap.
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let mut env = self.objects.get(id).cloned().ok_or(Error::NotFound(*id))?;
+            if *self.damaged.lock().unwrap() == Some(*id) {
+                let n = env.len();
+                env[n - 3] ^= 1;
+            }
+            Ok((env, Origin::Remote))
+        }
+        fn describe(&self) -> String {
+            "test origin".into()
+        }
+    }
+
+    /// `n` incompressible objects of `size` bytes.
+    fn origin(n: usize, size: usize) -> (Arc<Origin0>, Vec<ObjectId>) {
+        let mut objects = HashMap::new();
         let mut ids = Vec::new();
         for i in 0..n {
-            // xorshift: incompressible, so envelope sizes are the data sizes.
             let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (i as u64 + 1);
             let data: Vec<u8> = (0..size)
                 .map(|_| {
@@ -441,40 +488,35 @@ mod tests {
                     (x >> 24) as u8
                 })
                 .collect();
-            let id = st.put(&data).unwrap().id;
-            let rel = crate::push::object_rel(&id);
-            let dest = dir.join("repo").join(&rel);
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::write(&dest, st.get_envelope(&id).unwrap()).unwrap();
+            let id = ObjectId::of(&data);
+            objects.insert(id, envelope::encode(&data, 3));
             ids.push(id);
         }
-        let remote = Remote::parse(dir.join("repo").to_str().unwrap()).unwrap();
-        (remote, ids)
+        (
+            Arc::new(Origin0 {
+                objects,
+                asked: AtomicU64::new(0),
+                damaged: Mutex::new(None),
+            }),
+            ids,
+        )
     }
 
     #[test]
     fn quota_evicts_least_recently_used_but_never_pinned() {
         let dir = tempfile::tempdir().unwrap();
-        let (remote, ids) = origin(dir.path(), 5, 200_000);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let open = |q| {
-            HostCache::open(
-                &dir.path().join("cache"),
-                q,
-                ClientOptions::default(),
-                rt.handle().clone(),
-            )
-        };
+        let (src, ids) = origin(5, 200_000);
+        let open = |q| HostCache::open(&dir.path().join("cache"), q).map(Arc::new);
         assert!(open(1000).is_err(), "quota below one chunk refused");
         let c = open(450_000).unwrap();
-        let fetch = |c: &HostCache, i: usize| c.get(&remote, &ids[i], 200_000).unwrap().1;
-        let get = |i: usize| fetch(&c, i);
-        assert_eq!(get(0), Origin::Fetched);
-        assert_eq!(get(0), Origin::Cache);
+        let view = c.over(src.clone());
+        let get = |v: &CachedSource, i: usize| v.read(&ids[i], 200_000).unwrap().1;
+        assert_eq!(get(&view, 0), Origin::Remote);
+        assert_eq!(get(&view, 0), Origin::Cache);
         c.pin(&ids[..1]);
-        get(1);
-        get(2);
-        get(3);
+        get(&view, 1);
+        get(&view, 2);
+        get(&view, 3);
         // 4 objects do not fit: the oldest unpinned ones went, the pinned one stayed.
         let held: Vec<bool> = ids.iter().map(|i| c.contains(i)).collect();
         assert!(held[0], "pinned object evicted: {held:?}");
@@ -483,65 +525,62 @@ mod tests {
         assert!(c.stats().bytes <= 450_000, "{:?}", c.stats());
         assert!(c.stats().evicted >= 1);
         // An evicted object comes back from the origin.
-        assert_eq!(get(1), Origin::Fetched);
+        assert_eq!(get(&view, 1), Origin::Remote);
         // gc leaves only what is pinned.
         let s = c.gc(0);
         assert_eq!(s.objects, 1, "{s:?}");
         c.unpin(&ids[..1]);
         assert_eq!(c.gc(0).objects, 0);
-        // Evicted bytes go back to the file system (holes punched, empty segments deleted).
-        assert!(c.packs.disk_bytes() < 64 << 10, "{}", c.packs.disk_bytes());
+        // Evicted bytes go back to the file system (holes punched).
+        assert!(c.disk_bytes() < 64 << 10, "{}", c.disk_bytes());
+        drop(view);
         drop(c);
         // The index survives a restart; damage on disk is found by verify and dropped.
         let c = open(10 << 20).unwrap();
-        fetch(&c, 2);
-        fetch(&c, 4);
+        let view = c.over(src.clone());
+        get(&view, 2);
+        get(&view, 4);
+        drop(view);
         drop(c);
         let c = open(10 << 20).unwrap();
         assert_eq!(c.stats().objects, 2);
-        // Damage the last byte of object 4's envelope inside its pack segment.
-        let loc = c.index().entries[&ids[4]].loc;
-        let p = dir
-            .path()
-            .join(format!("cache/packs/{:08}.pack", loc.segment));
-        let mut b = std::fs::read(&p).unwrap();
-        let at = (loc.offset + 48 + u64::from(loc.len) - 1) as usize;
+        let loc = c.location(&ids[4]).unwrap();
+        let mut b = std::fs::read(&loc.path).unwrap();
+        let at = (loc.offset + loc.len - 1) as usize;
         b[at] ^= 0xff;
-        std::fs::write(&p, b).unwrap();
+        std::fs::write(&loc.path, b).unwrap();
         let r = c.verify();
         assert_eq!((r.checked, r.removed.len()), (2, 1));
-        assert_eq!(fetch(&c, 4), Origin::Fetched);
+        assert_eq!(r.removed, vec![ids[4].to_hex()]);
+        assert_eq!(get(&c.over(src.clone()), 4), Origin::Remote);
+        // A smaller quota at the next start evicts down to it.
+        drop(c);
+        let c = open(MAX_CHUNK).unwrap();
+        assert_eq!(c.stats().objects, 1, "{:?}", c.stats());
     }
 
     #[test]
     fn concurrent_first_reads_fetch_once_and_bad_objects_are_not_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (remote, ids) = origin(dir.path(), 2, 100_000);
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let c = HostCache::open(
-            &dir.path().join("cache"),
-            10 << 20,
-            ClientOptions::default(),
-            rt.handle().clone(),
-        )
-        .unwrap();
+        let (src, ids) = origin(2, 100_000);
+        let c = Arc::new(HostCache::open(&dir.path().join("cache"), 10 << 20).unwrap());
+        let view = c.over(src.clone());
         std::thread::scope(|s| {
             for _ in 0..16 {
-                s.spawn(|| c.get(&remote, &ids[0], 100_000).unwrap());
+                s.spawn(|| view.read(&ids[0], 100_000).unwrap());
             }
         });
         assert_eq!(c.stats().misses, 1, "{:?}", c.stats());
+        assert_eq!(src.asked.load(Ordering::Relaxed), 1);
         // A damaged object at the origin is refused and not cached.
-        let p = dir
-            .path()
-            .join("repo")
-            .join(crate::push::object_rel(&ids[1]));
-        let mut b = std::fs::read(&p).unwrap();
-        let n = b.len();
-        b[n - 3] ^= 1;
-        std::fs::write(&p, b).unwrap();
-        assert!(c.get(&remote, &ids[1], 100_000).is_err());
+        *src.damaged.lock().unwrap() = Some(ids[1]);
+        let e = view.read(&ids[1], 100_000).unwrap_err();
+        assert!(e.to_string().contains("test origin"), "{e}");
         assert!(!c.contains(&ids[1]));
         assert_eq!(c.stats().refused, 1);
+        // An object larger than the reader allows is refused before it is decoded.
+        *src.damaged.lock().unwrap() = None;
+        assert!(view.read(&ids[1], 1000).is_err());
+        assert!(!c.contains(&ids[1]));
     }
 }
