@@ -23,15 +23,33 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw).stdout
 
 
+def once(cmds):
+    """Wall time of one run of the command list (its setup excluded)."""
+    steps = cmds()
+    t = time.monotonic()
+    for c in steps:
+        run(c) if isinstance(c, list) else c()
+    return time.monotonic() - t
+
+
 def timed(cmds):
-    """Median wall time of running the command list REPEAT times (setup excluded)."""
-    times = []
+    """Median wall time of REPEAT runs, and every run's time."""
+    times = [once(cmds) for _ in range(REPEAT)]
+    return statistics.median(times), times
+
+
+def timed_pair(a, b):
+    """Two ways measured alternately (a, b, a, b, ...), so a noisy moment hits both: medians
+    and every run's times."""
+    ta, tb = [], []
     for _ in range(REPEAT):
-        t = time.monotonic()
-        for c in cmds():
-            run(c) if isinstance(c, list) else c()
-        times.append(time.monotonic() - t)
-    return statistics.median(times)
+        ta.append(once(a))
+        tb.append(once(b))
+    return (statistics.median(ta), ta), (statistics.median(tb), tb)
+
+
+def runs(ts):
+    return ", ".join(f"{t:.2f}" for t in ts)
 
 
 def du(path):
@@ -75,7 +93,6 @@ def main():
             shutil.rmtree(store, ignore_errors=True)
             return [[BIN, "--store", store, "image", "import", images["b"], "deb:b"]]
 
-        t_starling = timed(starling_import)
         mnt, out_raw, copy = (os.path.join(work, n) for n in ("mnt", "classic.raw", "copy"))
         os.makedirs(mnt, exist_ok=True)
 
@@ -89,14 +106,16 @@ def main():
                 lambda: os.remove(out_raw),
             ]
 
-        t_classic = timed(classic)
+        (t_starling, r_starling), (t_classic, r_classic) = timed_pair(starling_import, classic)
+        objects = int(run([BIN, "--store", store, "store", "stats", "--json"]).decode().split('"objects":')[1].split(",")[0])
+        files = sum(len(f) for _, _, f in os.walk(store))
 
         # 2. store growth for the second image
         shutil.rmtree(store, ignore_errors=True)
         run([BIN, "--store", store, "image", "import", images["b"], "deb:b"])
-        before = du(os.path.join(store, "objects"))
+        before = du(os.path.join(store, "packs"))
         run([BIN, "--store", store, "image", "import", images["c"], "deb:c"])
-        growth = du(os.path.join(store, "objects")) - before
+        growth = du(os.path.join(store, "packs")) - before
         db, dc = file_digests(b), file_digests(c)
         changed = [p for p in dc if db.get(p, (None,))[0] != dc[p][0]]
         changed_bytes = sum(dc[p][1] for p in changed)
@@ -121,8 +140,7 @@ def main():
                 os.remove(e2)
             return [["mkfs.ext4", "-q", "-d", b, e2, "1G"]]
 
-        t_export = timed(starling_export)
-        t_mkfs = timed(mkfs)
+        (t_export, r_export), (t_mkfs, r_mkfs) = timed_pair(starling_export, mkfs)
         run(["e2fsck", "-fn", e1])
 
         gib = 1 << 30
@@ -131,7 +149,7 @@ def main():
             "# Disk images: starling vs qemu-img + loop mount, and vs mkfs.ext4 -d",
             "",
             f"Command: `sudo python3 bench/disk_convert.py` (run {time.strftime('%Y-%m-%d')}, 2 cores, shared VM; "
-            f"median of {REPEAT} runs, warm page cache; absolute times are noisy, ratios are the result).",
+            f"median of {REPEAT} runs, the two ways alternating, warm page cache; absolute times are noisy, ratios are the result).",
             "",
             "Inputs: Debian bookworm minbase + a few packages (rootfs-b) and a variant that differs by a few "
             "packages (rootfs-c), each made into a 1 GiB ext4 with `mkfs.ext4 -d` and converted to qcow2 "
@@ -144,13 +162,15 @@ def main():
             f"| starling image import b.qcow2 (userspace ext4 reader, into the store) | {t_starling:.2f} | 1.00x |",
             f"| qemu-img convert to raw + loop mount + cp -a | {t_classic:.2f} | {t_classic / t_starling:.2f}x |",
             "",
-            f"- starling import time / classic: **{t_starling / t_classic:.2f}**",
+            f"- starling import time / classic: **{t_starling / t_classic:.2f}** (goal <= 1.0)",
+            f"- every run (s): starling {runs(r_starling)}; classic {runs(r_classic)}",
+            f"- the store after the import: {objects} objects in {files} files (pack segments, their indexes, refs)",
             "",
             "## Store growth for the second image (c.qcow2 after b.qcow2)",
             "",
             "| measure | MiB |",
             "|---|---|",
-            f"| store growth (objects/, zstd-compressed) | {growth / mib:.2f} |",
+            f"| store growth (packs/, zstd-compressed) | {growth / mib:.2f} |",
             f"| files that changed between b and c ({len(changed)} files), raw | {changed_bytes / mib:.2f} |",
             f"| the same changed files as tar.zst (zstd -3) | {changed_zst / mib:.2f} |",
             "",
@@ -164,6 +184,7 @@ def main():
             f"| starling image export deb:b out.ext4 (from the store) | {t_export:.2f} | {t_export / t_mkfs:.2f}x |",
             "",
             f"- starling export / mkfs.ext4 -d: **{t_export / t_mkfs:.2f}** (goal <= 1.2); e2fsck -fn clean.",
+            f"- every run (s): starling {runs(r_export)}; mkfs.ext4 -d {runs(r_mkfs)}",
             "",
         ]
         os.makedirs(os.path.join(TOP, "bench/results"), exist_ok=True)

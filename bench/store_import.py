@@ -10,11 +10,12 @@ import time, with ratios against the anchors. Then sweeps starling's chunking pa
 Needs root (the trees hold root-owned files and devices), ostree, casync, and a release build
 (`cargo build --release`).
 """
-import os, shutil, subprocess, sys, tempfile, time
+import os, shutil, statistics, subprocess, sys, tempfile, time
 
 TOP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(TOP, "target/release/starling")
 VARIANTS = ["a", "b", "c"]
+REPEAT = int(os.environ.get("REPEAT", "3"))
 
 
 def run(cmd, **kw):
@@ -95,11 +96,19 @@ def main():
             run(["find", t, "(", "-type", "c", "-o", "-type", "b", "-o", "-type", "p", "-o", "-type", "s", ")", "-delete"])
             trees.append(t)
         logical = sum(du(t)[0] for t in trees)
-        for name, fn in (("starling", starling), ("ostree (archive)", ostree), ("casync", casync)):
-            sub = os.path.join(work, name.split()[0])
-            os.makedirs(sub)
-            rows[name] = fn(sub, trees)
-            print(name, rows[name], file=sys.stderr)
+        # The tools take turns, REPEAT rounds, each into a fresh store: a noisy moment on this
+        # shared machine hits all of them. Medians, and every run kept.
+        tools = (("starling", starling), ("ostree (archive)", ostree), ("casync", casync))
+        times = {name: [] for name, _ in tools}
+        for r in range(REPEAT):
+            for name, fn in tools:
+                sub = os.path.join(work, f"{name.split()[0]}-{r}")
+                os.makedirs(sub)
+                t, size = fn(sub, trees)
+                times[name].append(t)
+                rows[name] = (statistics.median(times[name]), size)
+                shutil.rmtree(sub)
+                print(name, t, size, file=sys.stderr)
         sweep = []
         for label, extra in (
             ("avg 16 KiB", ["--chunk-avg", "16384"]),
@@ -137,7 +146,10 @@ def main():
     best_bytes = min(rows["ostree (archive)"][1][0], rows["casync"][1][0])
     out.append("")
     out.append(f"- starling store bytes / smaller anchor's: **{s_app / best_bytes:.2f}** (goal <= 1.00)")
-    out.append(f"- starling import time / ostree's: **{s_time / o_time:.2f}** (goal <= 1.00)\n")
+    c_time = rows["casync"][0]
+    out.append(f"- starling import time / ostree's: **{s_time / o_time:.2f}** (goal <= 1.00); / casync's: **{s_time / c_time:.2f}**")
+    out.append(f"- times are medians of {REPEAT} rounds, the tools taking turns; every run (s): "
+               + "; ".join(f"{n} " + ", ".join(f"{t:.2f}" for t in ts) for n, ts in times.items()) + "\n")
     out.append("## starling parameter sweep (same inputs)\n")
     out.append("| parameters | import time (s) | store bytes (MiB) | on disk (MiB) |")
     out.append("|---|---|---|---|")

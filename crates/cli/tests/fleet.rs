@@ -117,6 +117,86 @@ fn inventory_matches_dpkg_query() {
         .unwrap()
         .iter()
         .any(|f| f["path"] == "/usr/bin/python3.11" && f["change"] == "added"));
+
+    // The same, read from a repository in place: nothing is pulled, and only the objects
+    // on the paths read (trees down to the package database, its chunks) are fetched.
+    let repo = env.path("repo");
+    env.ok(&["repo", "init", s(&repo)]);
+    env.ok(&["push", "deb:a", s(&repo)]);
+    env.ok(&["push", "deb:b", s(&repo)]);
+    let server = Server::start(&env, &repo);
+    let client = env.path("client-store");
+    let root = repo.join("metadata/1.root.json");
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("--store")
+            .arg(&client)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let remote = json(&run(&[
+        "image",
+        "inventory",
+        "--json",
+        &server.url,
+        "deb:a",
+        "deb:b",
+        "--root",
+        s(&root),
+    ]));
+    assert_eq!(remote, inv, "a repository's inventory is the store's");
+    let rd = json(&run(&[
+        "image",
+        "diff",
+        "--json",
+        &server.url,
+        "deb:a",
+        "deb:b",
+    ]));
+    assert_eq!(rd["packages"], d["packages"]);
+    assert_eq!(rd["files"], d["files"]);
+    let hits = json(&run(&[
+        "image",
+        "search",
+        &server.url,
+        "--package",
+        "python3-minimal",
+        "--json",
+    ]));
+    assert_eq!(hits.as_array().unwrap().len(), 1, "{hits}");
+    assert!(hits[0]["tags"].to_string().contains("deb:b"), "{hits}");
+    let listed = json(&run(&["image", "ls", "--json"]));
+    assert_eq!(
+        listed.as_array().map_or(0, Vec::len),
+        0,
+        "nothing pulled: {listed}"
+    );
+    let objects_in_repo = walk_count(&repo.join("objects"));
+    let fetched = server
+        .requests()
+        .keys()
+        .filter(|p| p.starts_with("/objects/"))
+        .count();
+    assert!(
+        fetched * 10 < objects_in_repo,
+        "fetched {fetched} of {objects_in_repo} objects"
+    );
+}
+
+fn walk_count(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        n += if p.is_dir() { walk_count(&p) } else { 1 };
+    }
+    n
 }
 
 #[test]
