@@ -20,6 +20,7 @@ use starling_store::ObjectId;
 use crate::chunks::ChunkCache;
 use crate::inodes::{Inode, Inodes, Kind};
 use crate::objects::{Counters, FsError, ObjResult, Objects};
+use crate::persist::{FsState, FS_STATE_FORMAT};
 use crate::record::Recorder;
 use starling_store::MAX_MANIFEST;
 
@@ -37,9 +38,11 @@ pub struct ImageFs {
     next_handle: AtomicU64,
     recorder: Option<Arc<Recorder>>,
     label: String,
+    commit: ObjectId,
 }
 
 struct OpenFile {
+    ino: u64,
     pinned: Vec<ObjectId>,
     next: u64,
     sequential: u32,
@@ -140,6 +143,21 @@ impl ImageFs {
         recorder: Option<Arc<Recorder>>,
         label: String,
     ) -> ObjResult<ImageFs> {
+        let fs = Self::open(objects, commit, counters, recorder, label, Vec::new())?;
+        if fs.stats.hardlinks > 0 {
+            fs.inodes.count_links()?;
+        }
+        Ok(fs)
+    }
+
+    fn open(
+        objects: Arc<Objects>,
+        commit: &ObjectId,
+        counters: Arc<Counters>,
+        recorder: Option<Arc<Recorder>>,
+        label: String,
+        loads: Vec<u64>,
+    ) -> ObjResult<ImageFs> {
         let bytes = objects.manifest(commit)?;
         let c = Commit::decode(commit, &bytes)?;
         if let Some(r) = &recorder {
@@ -147,9 +165,9 @@ impl ImageFs {
             r.touch(&c.root, MAX_MANIFEST);
         }
         let chunks = Arc::new(ChunkCache::new(32 << 20));
-        let fs = ImageFs {
+        Ok(ImageFs {
             readahead: ReadAhead::start(objects.clone(), chunks.clone()),
-            inodes: Inodes::new(objects, c.root_meta.clone(), c.root),
+            inodes: Inodes::restored(objects, c.root_meta.clone(), c.root, loads),
             chunks,
             counters,
             stats: c.stats,
@@ -157,10 +175,69 @@ impl ImageFs {
             next_handle: AtomicU64::new(1),
             recorder,
             label,
-        };
-        if c.stats.hardlinks > 0 {
+            commit: *commit,
+        })
+    }
+
+    /// What a restored file system needs to answer the node ids and file handles its client
+    /// already holds (see [`crate::persist`]).
+    pub fn save(&self) -> FsState {
+        let mut handles: Vec<(u64, u64)> = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(h, f)| (*h, f.ino))
+            .collect();
+        handles.sort_unstable();
+        FsState {
+            format: FS_STATE_FORMAT,
+            commit: self.commit,
+            loads: self.inodes.loads(),
+            handles,
+            next_handle: self.next_handle.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The file system `state` was saved from, numbering inodes and handles as it did. The
+    /// directory loads are replayed when a request first needs them; hard-link counts are
+    /// recounted now (that walk loads every directory anyway).
+    pub fn restore(
+        objects: Arc<Objects>,
+        state: &FsState,
+        counters: Arc<Counters>,
+        label: String,
+    ) -> ObjResult<ImageFs> {
+        state.check()?;
+        let fs = Self::open(
+            objects,
+            &state.commit,
+            counters,
+            None,
+            label,
+            state.loads.clone(),
+        )?;
+        if fs.stats.hardlinks > 0 {
+            fs.inodes.replay()?;
             fs.inodes.count_links()?;
         }
+        {
+            let mut open = fs.open.lock().unwrap_or_else(|p| p.into_inner());
+            for (h, ino) in &state.handles {
+                // Chunks of files open across a restore are not pinned again: pins only keep
+                // a size-limited cache from evicting what a reader is about to read.
+                open.insert(
+                    *h,
+                    OpenFile {
+                        ino: *ino,
+                        pinned: Vec::new(),
+                        next: 0,
+                        sequential: 0,
+                    },
+                );
+            }
+        }
+        fs.next_handle.store(state.next_handle, Ordering::Relaxed);
         Ok(fs)
     }
 
@@ -170,7 +247,8 @@ impl ImageFs {
 
     fn node(&self, ino: u64) -> io::Result<Arc<Inode>> {
         self.inodes
-            .get(ino)
+            .node(ino)
+            .map_err(|e| eio(&self.label, e))?
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
 
@@ -392,6 +470,7 @@ impl FileSystem for ImageFs {
         self.open.lock().unwrap_or_else(|p| p.into_inner()).insert(
             h,
             OpenFile {
+                ino: inode,
                 pinned: ids,
                 next: 0,
                 sequential: 0,

@@ -3,7 +3,7 @@
 //! workload walks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use starling_image::manifest::{FileData, Meta, Node, Tree};
@@ -75,10 +75,21 @@ impl Inode {
     }
 }
 
+/// Inode numbers are handed out in the order directories are loaded (each directory's
+/// entries get the next numbers when its tree is first read), so the table is a function of
+/// that order alone: recording it (`loads`) and loading the same directories again in the
+/// same order in another process (`replay`) gives every inode its old number. That is how a
+/// restored or forked monitor answers the node ids its guest already holds.
 pub struct Inodes {
     objects: Arc<Objects>,
     table: RwLock<Vec<Arc<Inode>>>,
     links: Mutex<HashMap<Vec<u8>, u64>>,
+    /// Directories in the order their entries were numbered.
+    loads: Mutex<Vec<u64>>,
+    /// Loads still to replay (a restored table), taken whole by the first request that
+    /// needs one: a directory loaded out of order would number its entries differently.
+    pending: Mutex<Option<Vec<u64>>>,
+    replayed: AtomicBool,
 }
 
 impl Inodes {
@@ -96,11 +107,79 @@ impl Inodes {
             objects,
             table: RwLock::new(vec![root]),
             links: Mutex::new(HashMap::new()),
+            loads: Mutex::new(Vec::new()),
+            pending: Mutex::new(None),
+            replayed: AtomicBool::new(true),
         }
+    }
+
+    /// A table that numbers like the one that recorded `loads` (see [`Inodes`]); the loads
+    /// are replayed when first needed.
+    pub fn restored(
+        objects: Arc<Objects>,
+        root_meta: Meta,
+        root_tree: ObjectId,
+        loads: Vec<u64>,
+    ) -> Inodes {
+        let i = Inodes::new(objects, root_meta, root_tree);
+        if !loads.is_empty() {
+            *i.pending.lock().unwrap_or_else(|p| p.into_inner()) = Some(loads);
+            i.replayed.store(false, Ordering::Release);
+        }
+        i
+    }
+
+    /// The directories loaded so far, in order.
+    pub fn loads(&self) -> Vec<u64> {
+        // A table still waiting for its replay has those loads ahead of the new ones.
+        let pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = self.loads.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(p) = pending.as_ref() {
+            v.extend_from_slice(p);
+        }
+        v
+    }
+
+    /// Replays the loads of a restored table (once; requests that need it wait).
+    pub fn replay(&self) -> ObjResult<()> {
+        if self.replayed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(list) = pending.take() else {
+            return Ok(());
+        };
+        for (i, ino) in list.iter().enumerate() {
+            let done = self
+                .get(*ino)
+                .ok_or_else(|| {
+                    FsError::Invalid(format!(
+                        "restored inode table: directory {ino} is not numbered by the loads before it"
+                    ))
+                })
+                .and_then(|dir| self.load(&dir).map(|_| ()));
+            if let Err(e) = done {
+                // Tried again by the next request (an object may be reachable again).
+                *pending = Some(list[i..].to_vec());
+                return Err(e);
+            }
+        }
+        self.replayed.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub fn objects(&self) -> &Arc<Objects> {
         &self.objects
+    }
+
+    /// The inode numbered `ino`, replaying a restored table's loads first if it is not
+    /// numbered yet.
+    pub fn node(&self, ino: u64) -> ObjResult<Option<Arc<Inode>>> {
+        if let Some(n) = self.get(ino) {
+            return Ok(Some(n));
+        }
+        self.replay()?;
+        Ok(self.get(ino))
     }
 
     pub fn get(&self, ino: u64) -> Option<Arc<Inode>> {
@@ -118,6 +197,19 @@ impl Inodes {
     /// A directory's entries, loading its tree on first use. Concurrent first uses of one
     /// directory load it once (the others wait on its lock).
     pub fn children(&self, dir: &Inode) -> ObjResult<Arc<Vec<Child>>> {
+        if let Some(c) = dir
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return Ok(c.clone());
+        }
+        self.replay()?;
+        self.load(dir)
+    }
+
+    fn load(&self, dir: &Inode) -> ObjResult<Arc<Vec<Child>>> {
         let Kind::Dir { tree } = &dir.kind else {
             return Err(FsError::Invalid(format!(
                 "inode {} is not a directory",
@@ -175,6 +267,10 @@ impl Inodes {
                 target: ChildTarget::Ino(ino),
             });
         }
+        self.loads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(dir.ino);
         drop(table);
         dir.nlink.store(2 + subdirs, Ordering::Relaxed);
         let c = Arc::new(out);

@@ -6,9 +6,14 @@ pub mod chunks;
 pub mod imagefs;
 pub mod inodes;
 pub mod objects;
+pub mod persist;
 pub mod record;
 pub mod session;
 
 pub use imagefs::ImageFs;
 pub use objects::{CounterValues, Counters, FsError, Objects};
+pub use persist::FsState;
 pub use session::{mount, MountError, Mounted};
+
+#[cfg(test)]
+mod tests;

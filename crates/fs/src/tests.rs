@@ -1,0 +1,261 @@
+//! The file system driven through its FUSE interface over a real store: answers match the
+//! imported tree, writes are refused, damage is EIO, and a restored file system answers the
+//! node ids and handles its client already holds.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::sync::Arc;
+
+use fuse_backend_rs::api::filesystem::{Context, FileSystem, ZeroCopyWriter};
+use fuse_backend_rs::common::file_traits::FileReadWriteVolatile;
+use starling_image::chunk::Progress;
+use starling_image::import::{import, ImportOptions};
+use starling_store::{ObjectId, Store};
+
+use crate::{Counters, FsState, ImageFs, Objects};
+
+/// Collects what a read hands out.
+struct Sink(Vec<u8>);
+
+impl io::Write for Sink {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.0.extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl ZeroCopyWriter for Sink {
+    fn write_from(
+        &mut self,
+        _f: &mut dyn FileReadWriteVolatile,
+        _count: usize,
+        _off: u64,
+    ) -> io::Result<usize> {
+        Err(io::Error::other("not used by ImageFs"))
+    }
+    fn available_bytes(&self) -> usize {
+        usize::MAX
+    }
+}
+
+fn tree(root: &Path, hardlink: bool) {
+    std::fs::create_dir_all(root.join("a/deep")).unwrap();
+    std::fs::create_dir_all(root.join("b")).unwrap();
+    std::fs::write(root.join("a/deep/big"), pattern(300_000)).unwrap();
+    std::fs::write(root.join("a/small"), b"hello").unwrap();
+    std::fs::write(root.join("b/one"), b"1").unwrap();
+    if hardlink {
+        std::fs::hard_link(root.join("b/one"), root.join("b/two")).unwrap();
+    }
+    symlink("../a/small", root.join("b/link")).unwrap();
+    xattr::set(root.join("a/small"), "user.note", b"kept").unwrap();
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Store>,
+    version: ObjectId,
+}
+
+/// An image of [`tree`]; with a hard link, every directory is loaded at mount (to count
+/// links), without one only what requests reach.
+fn fixture(hardlink: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    tree(&src, hardlink);
+    let store = Store::open_or_init(dir.path().join("store")).unwrap();
+    let r = import(
+        &store,
+        &ImportOptions {
+            source: &src,
+            format: None,
+            name: "t",
+            tag: "v1",
+            labels: Default::default(),
+            chunking: Default::default(),
+            partition: None,
+        },
+        &Progress::default(),
+    )
+    .unwrap();
+    Fixture {
+        _dir: dir,
+        store: Arc::new(store),
+        version: r.version,
+    }
+}
+
+fn open(f: &Fixture) -> ImageFs {
+    let objects = Arc::new(Objects::new(f.store.clone(), Arc::new(Counters::default())));
+    ImageFs::new(objects, &f.version, Arc::default(), None, "test".into()).unwrap()
+}
+
+fn lookup(fs: &ImageFs, parent: u64, name: &str) -> io::Result<u64> {
+    let c = CString::new(name).unwrap();
+    fs.lookup(&Context::new(), parent, &c).map(|e| e.inode)
+}
+
+fn path(fs: &ImageFs, p: &str) -> u64 {
+    p.split('/')
+        .filter(|c| !c.is_empty())
+        .fold(1, |ino, c| lookup(fs, ino, c).unwrap())
+}
+
+fn read_all(fs: &ImageFs, ino: u64, handle: u64) -> io::Result<Vec<u8>> {
+    let mut out = Sink(Vec::new());
+    let mut off = 0;
+    loop {
+        let n = fs.read(
+            &Context::new(),
+            ino,
+            handle,
+            &mut out,
+            128 << 10,
+            off,
+            None,
+            0,
+        )?;
+        if n == 0 {
+            return Ok(out.0);
+        }
+        off += n as u64;
+    }
+}
+
+fn errno(r: io::Result<impl Sized>) -> i32 {
+    r.err().and_then(|e| e.raw_os_error()).unwrap_or(0)
+}
+
+#[test]
+fn answers_match_the_tree_and_writes_are_refused() {
+    let f = fixture(true);
+    let fs = open(&f);
+    let ctx = Context::new();
+    let big = path(&fs, "a/deep/big");
+    let (h, _, _) = fs.open(&ctx, big, libc::O_RDONLY as u32, 0).unwrap();
+    assert_eq!(read_all(&fs, big, h.unwrap()).unwrap(), pattern(300_000));
+    let (st, _) = fs.getattr(&ctx, big, None).unwrap();
+    assert_eq!(st.st_size, 300_000);
+    assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFREG);
+    let link = path(&fs, "b/link");
+    assert_eq!(fs.readlink(&ctx, link).unwrap(), b"../a/small");
+    // Hard links: one inode, link count 2.
+    let (one, two) = (path(&fs, "b/one"), path(&fs, "b/two"));
+    assert_eq!(one, two);
+    assert_eq!(fs.getattr(&ctx, one, None).unwrap().0.st_nlink, 2);
+    let small = path(&fs, "a/small");
+    let name = CString::new("user.note").unwrap();
+    match fs.getxattr(&ctx, small, &name, 64).unwrap() {
+        fuse_backend_rs::api::filesystem::GetxattrReply::Value(v) => assert_eq!(v, b"kept"),
+        _ => panic!("xattr value expected"),
+    }
+    assert_eq!(errno(lookup(&fs, 1, "absent")), libc::ENOENT);
+    assert_eq!(errno(lookup(&fs, small, "x")), libc::ENOTDIR);
+    assert_eq!(
+        errno(fs.open(&ctx, small, libc::O_WRONLY as u32, 0)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(fs.open(&ctx, small, (libc::O_RDONLY | libc::O_TRUNC) as u32, 0)),
+        libc::EROFS
+    );
+    assert_eq!(
+        errno(fs.access(&ctx, small, libc::W_OK as u32)),
+        libc::EROFS
+    );
+    let mut names = Vec::new();
+    fs.readdir(&ctx, 1, 0, 4096, 0, &mut |d| {
+        names.push(String::from_utf8_lossy(d.name).into_owned());
+        Ok(1)
+    })
+    .unwrap();
+    assert_eq!(names, [".", "..", "a", "b"]);
+}
+
+#[test]
+fn missing_content_is_eio_and_counted() {
+    let f = fixture(false);
+    let fs = open(&f);
+    let big = path(&fs, "a/deep/big");
+    // Remove the file's chunks from the store behind the file system's back.
+    let (objs, _) = f.store.list_objects().unwrap();
+    let chunks: Vec<ObjectId> = objs
+        .iter()
+        .map(|o| o.id)
+        .filter(|id| {
+            f.store
+                .get(id)
+                .map(|b| b.len() > 16 << 10 && !b.starts_with(b"SLTR"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(!chunks.is_empty());
+    f.store.remove_objects(&chunks).unwrap();
+    let (h, _, _) = fs.open(&Context::new(), big, 0, 0).unwrap();
+    assert_eq!(errno(read_all(&fs, big, h.unwrap())), libc::EIO);
+    assert!(fs.counters().values().errors >= 1);
+}
+
+#[test]
+fn a_restored_file_system_answers_old_node_ids_and_handles() {
+    for hardlink in [false, true] {
+        restore_round_trip(&fixture(hardlink), hardlink);
+    }
+}
+
+fn restore_round_trip(f: &Fixture, hardlink: bool) {
+    let fs = open(f);
+    let ctx = Context::new();
+    // Walk in an order that numbers b's entries before a's.
+    let one = path(&fs, "b/one");
+    let big = path(&fs, "a/deep/big");
+    let small = path(&fs, "a/small");
+    let (h, _, _) = fs.open(&ctx, big, 0, 0).unwrap();
+    let h = h.unwrap();
+    let state = fs.save();
+    assert!(state.loads.len() >= 3, "{state:?}");
+    // Through its encoding, as a snapshot carries it.
+    let bytes = postcard::to_allocvec(&state).unwrap();
+    let state: FsState = postcard::from_bytes(&bytes).unwrap();
+
+    let objects = Arc::new(Objects::new(f.store.clone(), Arc::new(Counters::default())));
+    let back = ImageFs::restore(objects, &state, Arc::default(), "restored".into()).unwrap();
+    // The old ids, before any lookup: the loads are replayed on demand.
+    assert_eq!(back.getattr(&ctx, big, None).unwrap().0.st_size, 300_000);
+    assert_eq!(back.getattr(&ctx, small, None).unwrap().0.st_size, 5);
+    assert_eq!(back.getattr(&ctx, one, None).unwrap().0.st_size, 1);
+    assert_eq!(read_all(&back, big, h).unwrap(), pattern(300_000));
+    back.release(&ctx, big, 0, h, false, false, None).unwrap();
+    // New lookups agree with the old numbering, and new handles do not collide.
+    assert_eq!(path(&back, "a/deep/big"), big);
+    let (h2, _, _) = back.open(&ctx, small, 0, 0).unwrap();
+    assert!(h2.unwrap() > h);
+    if !hardlink {
+        // A fresh file system walked in another order numbers differently: the replay is
+        // what makes the ids agree.
+        let fresh = open(f);
+        assert_ne!(path(&fresh, "a/small"), small);
+    }
+
+    let mut bad = state.clone();
+    bad.format = 9;
+    let objects = Arc::new(Objects::new(f.store.clone(), Arc::new(Counters::default())));
+    assert!(ImageFs::restore(objects, &bad, Arc::default(), "x".into()).is_err());
+}
