@@ -7,6 +7,7 @@ pub mod api;
 pub mod args;
 pub mod client;
 pub mod mounts;
+pub mod objects;
 pub mod server;
 pub mod sources;
 
@@ -28,6 +29,13 @@ pub struct Config {
     pub timeout: Duration,
 }
 
+impl Config {
+    /// Where monitors read their images' objects (beside the API socket).
+    pub fn objects_socket(&self) -> PathBuf {
+        self.socket.with_file_name("objects.sock")
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error("{0}")]
@@ -42,3 +50,6 @@ pub enum DaemonError {
     #[error("{0}")]
     Internal(String),
 }
+
+#[cfg(test)]
+mod tests;

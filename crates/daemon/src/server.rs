@@ -18,7 +18,7 @@ use crate::{Config, DaemonError};
 
 pub struct Daemon {
     pub config: Config,
-    pub objects: HostObjects,
+    pub objects: Arc<HostObjects>,
     pub mounts: Mounts,
     shutdown: tokio::sync::Notify,
 }
@@ -152,6 +152,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         rt.handle().clone(),
     )
     .with_context(|| format!("host cache in {}", config.state.display()))?;
+    let objects = Arc::new(objects);
     let mounts = Mounts::new(&config.state);
     for mp in mounts.clean_stale() {
         eprintln!(
@@ -174,9 +175,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         std::fs::remove_file(&config.socket)
             .with_context(|| format!("removing stale socket {}", config.socket.display()))?;
     }
+    let object_socket = config.objects_socket();
+    crate::objects::ObjectServer::new(objects.clone())
+        .listen(&object_socket)
+        .with_context(|| format!("object socket {}", object_socket.display()))?;
     let d = Arc::new(Daemon {
         config: config.clone(),
-        objects,
+        objects: objects.clone(),
         mounts,
         shutdown: tokio::sync::Notify::new(),
     });
@@ -208,5 +213,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     eprintln!("starlingd: shutting down; unmounting");
     d.mounts.unmount_all();
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&object_socket);
     result
 }

@@ -24,6 +24,7 @@ pub const MAX_CHUNK: u64 = 256 << 10;
 const SEGMENT_MAX: u64 = 64 << 20;
 
 pub struct HostCache {
+    _owner: crate::lock::StoreLock,
     packs: PackSet,
     quota: u64,
     index: Mutex<Index>,
@@ -92,6 +93,15 @@ impl HostCache {
                 reason: format!("is smaller than one chunk ({MAX_CHUNK} bytes)"),
             });
         }
+        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        // Before anything is read: a second owner would cut the first one's segment short.
+        let owner = crate::lock::own(
+            &dir.join("owner.lock"),
+            "another process using this cache (a running starlingd)",
+        )?;
         let packs = PackSet::open(dir, SEGMENT_MAX, true)?;
         let mut found = packs.entries();
         // Oldest segment and record first: the recovered LRU order.
@@ -118,6 +128,7 @@ impl HostCache {
             index.bytes += size;
         }
         let c = HostCache {
+            _owner: owner,
             packs,
             quota,
             index: Mutex::new(index),
@@ -509,6 +520,11 @@ mod tests {
         let open = |q| HostCache::open(&dir.path().join("cache"), q).map(Arc::new);
         assert!(open(1000).is_err(), "quota below one chunk refused");
         let c = open(450_000).unwrap();
+        let e = open(450_000)
+            .err()
+            .expect("a second owner is refused")
+            .to_string();
+        assert!(e.contains("starlingd"), "{e}");
         let view = c.over(src.clone());
         let get = |v: &CachedSource, i: usize| v.read(&ids[i], 200_000).unwrap().1;
         assert_eq!(get(&view, 0), Origin::Remote);

@@ -27,6 +27,7 @@ pub mod refs;
 mod source;
 mod store;
 mod txn;
+pub mod wire;
 
 pub use collect::Collected;
 pub use envelope::{

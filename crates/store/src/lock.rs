@@ -24,6 +24,12 @@ pub enum LockMode {
     Exclusive,
 }
 
+/// An exclusive lock on `path` for a process that must own a directory alone (the host
+/// cache's daemon); fails at once, naming `what` holds it, when another process does.
+pub fn own(path: &Path, what: &'static str) -> Result<StoreLock> {
+    acquire(path, LockMode::Exclusive, false, what)
+}
+
 pub(crate) fn acquire(
     path: &Path,
     mode: LockMode,

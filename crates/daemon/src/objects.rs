@@ -1,0 +1,116 @@
+//! The object socket: monitors of VMs whose root is an image read its objects here, through
+//! the host cache (see `starling_store::wire` for the protocol). One thread per connection,
+//! at most [`MAX_CONNECTIONS`] at once; the socket is the daemon user's alone.
+
+use std::collections::HashMap;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use starling_repo::pull::Remote;
+use starling_store::wire::{self, Status};
+use starling_store::{ObjectSource, Store};
+
+use crate::sources::HostObjects;
+
+/// Each monitor keeps a few connections; more than this at once is refused.
+pub const MAX_CONNECTIONS: usize = 256;
+/// A connection that sends nothing for this long is closed (the client reconnects).
+const IDLE: Duration = Duration::from_secs(600);
+
+pub struct ObjectServer {
+    host: Arc<HostObjects>,
+    stores: Mutex<HashMap<String, Arc<Store>>>,
+    live: AtomicUsize,
+}
+
+impl ObjectServer {
+    pub fn new(host: Arc<HostObjects>) -> Arc<ObjectServer> {
+        Arc::new(ObjectServer {
+            host,
+            stores: Mutex::new(HashMap::new()),
+            live: AtomicUsize::new(0),
+        })
+    }
+
+    /// The source a request names: `repo:URL` through the host cache, `store:PATH` a local
+    /// store.
+    pub fn source(&self, name: &str) -> Result<Arc<dyn ObjectSource>, String> {
+        if let Some(url) = name.strip_prefix("repo:") {
+            let remote = Remote::parse(url).map_err(|e| e.to_string())?;
+            return self.host.remote(&remote).map_err(|e| e.to_string());
+        }
+        if let Some(path) = name.strip_prefix("store:") {
+            let mut g = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = g.get(path) {
+                return Ok(s.clone());
+            }
+            let s = Arc::new(Store::open(path).map_err(|e| e.to_string())?);
+            g.insert(path.to_string(), s.clone());
+            return Ok(s);
+        }
+        Err(format!(
+            "object source {name:?} is neither repo:URL nor store:PATH"
+        ))
+    }
+
+    /// Listens on `path` (replacing a stale socket), in a thread of its own.
+    pub fn listen(self: &Arc<Self>, path: &Path) -> std::io::Result<()> {
+        let _ = std::fs::remove_file(path);
+        let l = UnixListener::bind(path)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("starlingd-objects".into())
+            .spawn(move || {
+                for c in l.incoming() {
+                    let Ok(c) = c else { continue };
+                    if me.live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                        me.live.fetch_sub(1, Ordering::AcqRel);
+                        eprintln!(
+                            "starlingd: object socket: more than {MAX_CONNECTIONS} connections; refusing one"
+                        );
+                        continue;
+                    }
+                    let me2 = me.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("starlingd-objconn".into())
+                        .spawn(move || {
+                            me2.serve(c);
+                            me2.live.fetch_sub(1, Ordering::AcqRel);
+                        });
+                    if spawned.is_err() {
+                        me.live.fetch_sub(1, Ordering::AcqRel);
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
+    fn serve(&self, mut c: UnixStream) {
+        let _ = c.set_read_timeout(Some(IDLE));
+        if wire::accept_hello(&mut c).is_err() {
+            return;
+        }
+        while let Ok(Some(req)) = wire::read_request(&mut c) {
+            let r = self
+                .source(&req.source)
+                .map_err(|e| (Status::Failed, e))
+                .and_then(|src| {
+                    src.envelope(&req.id, req.max_len).map_err(|e| match e {
+                        starling_store::Error::NotFound(_) => (Status::NotFound, e.to_string()),
+                        e => (Status::Failed, e.to_string()),
+                    })
+                });
+            let sent = match &r {
+                Ok((env, origin)) => wire::write_reply(&mut c, Ok((env, *origin))),
+                Err((st, msg)) => wire::write_reply(&mut c, Err((*st, msg.clone()))),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+    }
+}
