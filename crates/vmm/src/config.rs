@@ -5,8 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::Console;
 use crate::Error;
+
+/// Where the serial console goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Console {
+    Stdio,
+    File(PathBuf),
+    Off,
+}
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";
 pub const MIN_MEM_MIB: u64 = 16;

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::api::CloneInfo;
 use crate::config::VmConfig;
-use crate::service::{CloneInfo, Services};
-use crate::vm::RestoreSpec;
+use crate::service::Services;
+use crate::spec::RestoreSpec;
 
 /// How long clones get to start before the fork is reported failed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

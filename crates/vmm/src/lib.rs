@@ -22,6 +22,7 @@ pub mod process;
 pub mod service;
 pub mod signals;
 pub mod snapshot;
+pub mod spec;
 #[doc(hidden)]
 pub mod test_guest;
 pub mod vcpu;
@@ -30,11 +31,12 @@ pub mod vm;
 
 use std::path::PathBuf;
 
-pub use config::{DiskConfig, VmConfig, VsockConfig};
-pub use devices::Console;
+pub use api::{CloneInfo, ForkInfo, SnapshotInfo, VmStatus};
+pub use config::{Console, DiskConfig, VmConfig, VsockConfig};
 pub use exit::ExitReason;
 pub use flavour::Flavour;
-pub use vm::{ForkInfo, RestoreSpec, SnapshotInfo, Vm, VmHandle, VmStatus};
+pub use spec::RestoreSpec;
+pub use vm::{Vm, VmHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

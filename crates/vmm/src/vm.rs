@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use serde::{Deserialize, Serialize};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::acpi::{self, MmioDevice};
+use crate::api::{
+    ActivateRequest, Activity, Controller, ForkInfo, ForkRequest, Refusal, SnapshotInfo,
+    SnapshotRequest, VmStatus,
+};
 use crate::boot::{self, cpu, KernelEntry};
 use crate::bus::{lock, Bus};
 use crate::config::VmConfig;
@@ -21,8 +24,9 @@ use crate::devices::{Console, DebugExit, PowerButton, Rtc, SerialPort, I8042};
 use crate::exit::{ExitReason, ExitSignal};
 use crate::layout::*;
 use crate::memory::GuestRam;
-use crate::service::{CloneInfo, ForkRequest, Identity, Services};
+use crate::service::{GuestFork, Identity, Services};
 use crate::snapshot::{self, kvm as kstate, LayerSnap, SerialSnap, VmState};
+use crate::spec::RestoreSpec;
 use crate::vcpu::{self, RunState, VcpuControl, VcpuThread};
 use crate::virtio::layers::LayeredDisk;
 use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, IrqLine, MmioTransport, VirtioDevice};
@@ -97,61 +101,22 @@ enum Request {
 #[derive(Clone)]
 pub struct VmHandle(pub Arc<Shared>);
 
-#[derive(Debug, Serialize)]
-pub struct VmStatus {
-    pub state: &'static str,
-    pub vcpus: u8,
-    pub mem_mib: u64,
-    pub kvm: &'static str,
-    pub uptime_ms: u128,
-    pub clone_id: u32,
-    /// For a restored VM or clone: from the start of the restore to its vCPUs running.
-    pub restored_in_us: Option<u128>,
-    /// For a lazily restored VM: pages fetched, zero pages filled, bytes received.
-    pub lazy: Option<serde_json::Value>,
-    /// The guest said `ready` to the monitor's service (booted, waiting to be activated).
-    pub guest_ready: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    pub dir: PathBuf,
-    /// Bytes of RAM written (pages that hold data).
-    pub memory_bytes: u64,
-    pub state_bytes: u64,
-    /// How long the guest was paused.
-    pub paused_us: u128,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ForkInfo {
-    pub dir: PathBuf,
-    pub clones: Vec<CloneInfo>,
-    /// How long the parent was paused.
-    pub paused_us: u128,
-    /// From the request to every clone running.
-    pub total_us: u128,
-}
-
 impl VmHandle {
     pub fn status(&self) -> VmStatus {
         let s = &self.0;
         VmStatus {
             state: match (s.exit.reason(), s.control.state()) {
-                (Some(_), _) | (_, RunState::Stopping) => "stopping",
-                (None, RunState::Paused) => "paused",
-                (None, RunState::Running) => "running",
+                (Some(_), _) | (_, RunState::Stopping) => Activity::Stopping,
+                (None, RunState::Paused) => Activity::Paused,
+                (None, RunState::Running) => Activity::Running,
             },
             vcpus: s.vcpus,
             mem_mib: s.mem_mib,
-            kvm: s.flavour,
-            uptime_ms: s.started.elapsed().as_millis(),
+            kvm: s.flavour.into(),
+            uptime_ms: s.started.elapsed().as_millis() as u64,
             clone_id: s.clone_id,
-            restored_in_us: s.restored_in.get().map(|d| d.as_micros()),
-            lazy: s
-                .lazy
-                .as_ref()
-                .and_then(|l| serde_json::to_value(&**l).ok()),
+            restored_in_us: s.restored_in.get().map(|d| d.as_micros() as u64),
+            lazy: s.lazy.as_ref().map(|l| l.snapshot()),
             guest_ready: s.services.guest_ready(),
         }
     }
@@ -215,45 +180,37 @@ impl VmHandle {
     }
 }
 
-fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { what, source }
+impl Controller for VmHandle {
+    fn status(&self) -> VmStatus {
+        VmHandle::status(self)
+    }
+    fn pause(&self) -> VmStatus {
+        VmHandle::pause(self);
+        VmHandle::status(self)
+    }
+    fn resume(&self) -> VmStatus {
+        VmHandle::resume(self);
+        VmHandle::status(self)
+    }
+    fn stop(&self) {
+        VmHandle::stop(self, None);
+    }
+    fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotInfo, Refusal> {
+        VmHandle::snapshot(self, &req.dir, req.stop).map_err(Refusal::conflict)
+    }
+    fn fork(&self, req: &ForkRequest) -> Result<ForkInfo, Refusal> {
+        VmHandle::fork(self, req.count, req.dir.as_deref()).map_err(Refusal::conflict)
+    }
+    fn activate(&self, req: &ActivateRequest) -> Result<VmStatus, Refusal> {
+        let env: Vec<(String, String)> = req.env.clone().into_iter().collect();
+        let line = crate::service::activation_line(&env, req.args.as_deref())
+            .map_err(Refusal::bad_request)?;
+        VmHandle::activate(self, line).map_err(Refusal::conflict)
+    }
 }
 
-/// How to restore a snapshot: where it is and what changes for the new VM.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreSpec {
-    /// The snapshot directory (its `state`, and its `memory` unless `memory_fd` is given).
-    pub dir: PathBuf,
-    /// Map this inherited descriptor (a parent's frozen memfd) instead of `dir/memory`.
-    #[serde(default)]
-    pub memory_fd: Option<i32>,
-    /// Restore as clone K: fresh identity, the fork's pending answer is K.
-    #[serde(default)]
-    pub clone_id: Option<u32>,
-    /// The new VM's own directory: disk overlays, and (unless given below) its API socket,
-    /// vsock socket and, for clones, console log.
-    #[serde(default)]
-    pub run_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub api_socket: Option<PathBuf>,
-    #[serde(default)]
-    pub vsock_path: Option<PathBuf>,
-    #[serde(default)]
-    pub console: Option<Console>,
-    /// An inherited pipe to write this clone's id to once its vCPUs run.
-    #[serde(default)]
-    pub ready_fd: Option<i32>,
-    /// Start with the vCPUs paused (a docked substrate, waiting for `activate` or `resume`).
-    #[serde(default)]
-    pub paused: bool,
-    /// Answer the guest's `ready` with this (`activate …`, see service.rs) right away.
-    #[serde(default)]
-    pub activate: Option<String>,
-    /// Fetch state and memory from this memory server (`ADDR#HASH`: the state must have that
-    /// BLAKE3) instead of `dir`, each page when the guest first touches it.
-    #[serde(default)]
-    pub lazy: Option<String>,
+fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
 }
 
 /// A descriptor the parent handed over (`memory_fd`, `ready_fd`), taken as this process's own
@@ -720,7 +677,7 @@ impl Vm {
         }
         let (req_tx, req_rx) = mpsc::channel();
         *lock(&self.shared.requests) = Some(req_tx);
-        let (fork_tx, fork_rx) = mpsc::channel::<ForkRequest>();
+        let (fork_tx, fork_rx) = mpsc::channel::<GuestFork>();
         self.services.set_fork_sender(Some(fork_tx));
 
         if self.start_paused {
@@ -745,7 +702,11 @@ impl Vm {
         }
         // Served once the vCPUs run: whoever sees the socket sees a running VM.
         let api = match &self.config.api_socket {
-            Some(p) => match crate::api::serve(p, VmHandle(self.shared.clone()), done.clone()) {
+            Some(p) => match crate::api::server::serve(
+                p,
+                Arc::new(VmHandle(self.shared.clone())),
+                done.clone(),
+            ) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     vcpu::stop_all(&mut threads, &self.shared.control);
@@ -831,7 +792,7 @@ impl Vm {
                     dir,
                     memory_bytes,
                     state_bytes,
-                    paused_us,
+                    paused_us: paused_us as u64,
                 }));
             }
             Request::Fork { count, dir, reply } => {
@@ -867,8 +828,8 @@ impl Vm {
                                     let r = pending.wait(&services).map(|clones| ForkInfo {
                                         dir,
                                         clones,
-                                        paused_us,
-                                        total_us: t.elapsed().as_micros(),
+                                        paused_us: paused_us as u64,
+                                        total_us: t.elapsed().as_micros() as u64,
                                     });
                                     let _ = reply.send(r);
                                 });

@@ -3,22 +3,13 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::bus::BusDevice;
+pub use crate::config::Console;
 use crate::snapshot::SerialSnap;
-
-/// Where the console goes.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Console {
-    Stdio,
-    File(PathBuf),
-    Off,
-}
 
 pub struct IrqTrigger(pub EventFd);
 
