@@ -288,7 +288,7 @@ impl MemoryServer {
         Ok(MemoryServer {
             state: state_bytes,
             map,
-            bytes: state.mem_bytes,
+            bytes: state.info.mem_bytes(),
             source: Source::Dir(memory),
             served: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -320,7 +320,7 @@ impl MemoryServer {
         Ok(MemoryServer {
             state: state_bytes,
             map,
-            bytes: state.mem_bytes,
+            bytes: state.info.mem_bytes(),
             source: Source::Upstream(Box::new(Upstream {
                 addr: addr.clone(),
                 conn: Mutex::new(c),

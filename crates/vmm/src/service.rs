@@ -126,8 +126,8 @@ pub struct Services {
     guest_forked: std::sync::atomic::AtomicU32,
     /// The guest asked `ready` (it is booted and waits for its configuration).
     ready: std::sync::atomic::AtomicBool,
-    /// Wakes the run loop when a fork request is sent.
-    wake: Arc<vmm_sys_util::eventfd::EventFd>,
+    /// Wakes the run loop when a fork request is sent (and, in `vm.rs`, for API requests).
+    pub(crate) wake: Arc<vmm_sys_util::eventfd::EventFd>,
     /// The configuration `ready` is answered with, once the VM is activated.
     activation: (Mutex<Option<String>>, std::sync::Condvar),
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Console;
 
-/// How to restore a snapshot: where it is and what changes for the new VM.
+/// How to restore a snapshot: where it is and what belongs to the new VM.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreSpec {
@@ -19,14 +19,18 @@ pub struct RestoreSpec {
     /// Restore as clone K: fresh identity, the fork's pending answer is K.
     #[serde(default)]
     pub clone_id: Option<u32>,
-    /// The new VM's own directory: disk overlays, and (unless given below) its API socket,
-    /// vsock socket and, for clones, console log.
+    /// The new VM's own directory: disk overlays, and its vsock socket unless `vsock_path`
+    /// is given (default: a new directory per process under the temporary directory).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+    /// Serve the API on this socket (none if not given).
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
+    /// The host side of the VM's vsock device, if it has one (default: `RUN_DIR/vsock.sock`).
     #[serde(default)]
     pub vsock_path: Option<PathBuf>,
+    /// Where the serial console goes (default: stdio). Never taken from the snapshot: a
+    /// console file belongs to the VM that wrote it.
     #[serde(default)]
     pub console: Option<Console>,
     /// An inherited pipe to write this clone's id to once its vCPUs run.
