@@ -11,12 +11,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
-use crate::vm_cmd::api;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
+use starling_vmm::api::Client;
 use starling_vmm::{Console, DiskConfig, RestoreSpec, VmConfig, VsockConfig};
 
 #[derive(Subcommand)]
@@ -210,7 +210,8 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
         // clears the directory).
         starling_vmm::fork::die_with_parent(&mut cmd);
         let mut vm = cmd.spawn().context("starting the VM")?;
-        let snapped = (|| -> Result<(u128, serde_json::Value)> {
+        let boot = Client::new(&sock);
+        let snapped = (|| -> Result<(u128, starling_vmm::SnapshotInfo)> {
             let deadline = t + Duration::from_secs(a.timeout);
             loop {
                 if let Some(status) = vm.try_wait()? {
@@ -231,23 +232,14 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
                         tail(&dir.join("boot.log"))
                     );
                 }
-                if let Ok((200, st)) =
-                    starling_vmm::api::call(&sock, "GET", "/v1/vm", &serde_json::Value::Null)
-                {
-                    if st["guest_ready"] == true {
-                        break;
-                    }
+                if boot.status().is_ok_and(|st| st.guest_ready) {
+                    break;
                 }
                 // A boot takes seconds; polling faster only takes CPU from it.
                 std::thread::sleep(Duration::from_millis(100));
             }
             let boot_ms = t.elapsed().as_millis();
-            let snap = api(
-                &sock,
-                "POST",
-                "/v1/vm/snapshot",
-                serde_json::json!({"dir": dir.join("snap"), "stop": true}),
-            )?;
+            let snap = boot.snapshot(&dir.join("snap"), true)?;
             Ok((boot_ms, snap))
         })();
         let (boot_ms, snap) = match snapped {
@@ -271,7 +263,7 @@ fn create(store: &Path, a: CreateArgs) -> Result<ExitCode> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             boot_ms,
-            snapshot_memory_bytes: snap["memory_bytes"].as_u64().unwrap_or(0),
+            snapshot_memory_bytes: snap.memory_bytes,
         })
     })();
     let info = match made {
@@ -338,13 +330,7 @@ fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<(Pat
 }
 
 fn alive(slot: &Path) -> bool {
-    starling_vmm::api::call(
-        &slot.join("api.sock"),
-        "GET",
-        "/v1/vm",
-        &serde_json::Value::Null,
-    )
-    .is_ok()
+    Client::new(slot.join("api.sock")).answers()
 }
 
 fn slots(dir: &Path) -> Vec<PathBuf> {
@@ -381,20 +367,12 @@ fn activate(
     }
     let (slot, warm) = match taken {
         Some(slot) => {
-            let body = serde_json::json!({
-                "env": env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-                "args": args,
-            });
-            if let Err(e) = api(&slot.join("api.sock"), "POST", "/v1/vm/activate", body) {
+            let vm = Client::new(slot.join("api.sock"));
+            if let Err(e) = vm.activate(env, args) {
                 // A substrate that cannot be activated is of no use to anyone.
-                let _ = api(
-                    &slot.join("api.sock"),
-                    "POST",
-                    "/v1/vm/stop",
-                    serde_json::Value::Null,
-                );
+                let _ = vm.stop();
                 let _ = std::fs::remove_dir_all(&slot);
-                return Err(e);
+                return Err(e.into());
             }
             (slot, true)
         }
@@ -501,9 +479,9 @@ fn rm(name: &str, force: bool) -> Result<ExitCode> {
                 unfinished.display()
             );
         }
-        let boot = unfinished.join("boot.sock");
-        if starling_vmm::api::call(&boot, "GET", "/v1/vm", &serde_json::Value::Null).is_ok() {
-            let _ = api(&boot, "POST", "/v1/vm/stop", serde_json::Value::Null);
+        let boot = Client::new(unfinished.join("boot.sock"));
+        if boot.answers() {
+            let _ = boot.stop();
         }
         std::fs::remove_dir_all(&unfinished)
             .with_context(|| format!("removing {}", unfinished.display()))?;
@@ -524,12 +502,7 @@ fn rm(name: &str, force: bool) -> Result<ExitCode> {
     }
     for s in &all {
         if alive(s) {
-            let _ = api(
-                &s.join("api.sock"),
-                "POST",
-                "/v1/vm/stop",
-                serde_json::Value::Null,
-            );
+            let _ = Client::new(s.join("api.sock")).stop();
         }
     }
     std::fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use starling_vmm::api::Client;
 use starling_vmm::{Console, DiskConfig, VmConfig, VsockConfig};
 
 #[derive(Subcommand)]
@@ -275,45 +276,36 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             json,
         } => {
             let dir = std::path::absolute(&dir)?;
-            let v = api(
-                &vm,
-                "POST",
-                "/v1/vm/snapshot",
-                serde_json::json!({"dir": dir, "stop": stop}),
-            )?;
+            let v = Client::new(vm).snapshot(&dir, stop)?;
             if json {
-                println!("{v}");
+                println!("{}", serde_json::to_string(&v)?);
             } else {
                 eprintln!(
                     "snapshot in {}: {} bytes of state, {} bytes of memory; the guest was paused {} µs",
                     dir.display(),
-                    v["state_bytes"],
-                    v["memory_bytes"],
-                    v["paused_us"]
+                    v.state_bytes,
+                    v.memory_bytes,
+                    v.paused_us
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Restore(a) => restore(a),
         VmCmd::Status { vm } => {
-            let (code, v) = starling_vmm::api::call(&vm, "GET", "/v1/vm", &serde_json::Value::Null)
-                .with_context(|| format!("VM API socket {}", vm.display()))?;
-            if code != 200 {
-                bail!("VM {}: {}", vm.display(), v["error"]);
-            }
-            println!("{v}");
+            let v = Client::new(vm).status()?;
+            println!("{}", serde_json::to_string(&v)?);
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Pause { vm } => {
-            api(&vm, "POST", "/v1/vm/pause", serde_json::Value::Null)?;
+            Client::new(vm).pause()?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Resume { vm } => {
-            api(&vm, "POST", "/v1/vm/resume", serde_json::Value::Null)?;
+            Client::new(vm).resume()?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::Stop { vm } => {
-            api(&vm, "POST", "/v1/vm/stop", serde_json::Value::Null)?;
+            Client::new(vm).stop()?;
             Ok(ExitCode::SUCCESS)
         }
         VmCmd::TestGuest { out } => {
@@ -344,52 +336,32 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             json,
         } => {
             let dir = dir.map(std::path::absolute).transpose()?;
-            let v = api(
-                &vm,
-                "POST",
-                "/v1/vm/fork",
-                serde_json::json!({"count": count, "dir": dir}),
-            )?;
+            let v = Client::new(vm).fork(count, dir.as_deref())?;
             if json {
-                println!("{v}");
+                println!("{}", serde_json::to_string(&v)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            for c in v["clones"].as_array().into_iter().flatten() {
+            let shown = |p: &Option<PathBuf>| {
+                p.as_ref()
+                    .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+            };
+            for c in &v.clones {
                 println!(
                     "clone {} pid {} dir {} api {} vsock {}",
-                    c["id"],
-                    c["pid"],
-                    c["dir"].as_str().unwrap_or("-"),
-                    c["api_socket"].as_str().unwrap_or("-"),
-                    c["vsock"].as_str().unwrap_or("-")
+                    c.id,
+                    c.pid,
+                    c.dir.display(),
+                    shown(&c.api_socket),
+                    shown(&c.vsock)
                 );
             }
             eprintln!(
                 "{count} clones running {} µs after the request; the parent was paused {} µs",
-                v["total_us"], v["paused_us"]
+                v.total_us, v.paused_us
             );
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Calls the VMM API of the VM at `sock`; an error answer becomes the error.
-pub(crate) fn api(
-    sock: &std::path::Path,
-    method: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> Result<serde_json::Value> {
-    let (code, v) = starling_vmm::api::call(sock, method, path, &body)
-        .with_context(|| format!("VM API socket {}", sock.display()))?;
-    if code != 200 {
-        bail!(
-            "VM {}: {}",
-            sock.display(),
-            v["error"].as_str().unwrap_or("request refused")
-        );
-    }
-    Ok(v)
 }
 
 fn console_arg(s: &str) -> Result<Console> {

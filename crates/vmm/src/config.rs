@@ -5,8 +5,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::devices::Console;
 use crate::Error;
+
+/// Where the serial console goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Console {
+    Stdio,
+    File(PathBuf),
+    Off,
+}
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";
 pub const MIN_MEM_MIB: u64 = 16;
@@ -159,18 +167,7 @@ impl VmConfig {
                 });
             }
         }
-        if self.hostname.is_empty()
-            || self.hostname.len() > 63
-            || !self
-                .hostname
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(Error::Invalid(format!(
-                "hostname {:?}: 1 to 63 letters, digits and hyphens",
-                self.hostname
-            )));
-        }
+        check_hostname(&self.hostname)?;
         if self.disks.len() + 2 > crate::layout::VIRTIO_IRQS.len() {
             return Err(Error::Invalid(format!(
                 "{} disks are too many",
@@ -179,6 +176,19 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+/// A hostname the service may hand out: 1 to 63 letters, digits and hyphens.
+pub fn check_hostname(name: &str) -> Result<(), Error> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Error::Invalid(format!(
+            "hostname {name:?}: 1 to 63 letters, digits and hyphens"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::config::VmConfig;
-use crate::service::{CloneInfo, Services};
-use crate::vm::RestoreSpec;
+use crate::api::CloneInfo;
+use crate::config::Console;
+use crate::service::Services;
+use crate::spec::RestoreSpec;
 
 /// How long clones get to start before the fork is reported failed.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -215,12 +216,21 @@ fn pipe() -> std::io::Result<(File, File)> {
     Ok(unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) })
 }
 
+/// What each clone gets in its own directory, as its parent has: an API socket, a vsock
+/// socket, a console (off when the parent's is).
+#[derive(Clone, Copy, Debug)]
+pub struct CloneWiring {
+    pub api: bool,
+    pub vsock: bool,
+    pub console: bool,
+}
+
 /// Starts `count` clones of the snapshot in `dir` (its `state`) over `memory`.
 pub fn spawn_clones(
     dir: &Path,
     count: u32,
     memory: &File,
-    parent: &VmConfig,
+    wiring: &CloneWiring,
 ) -> std::io::Result<PendingClones> {
     let program = clone_program();
     let (ready_r, ready_w) = pipe()?;
@@ -238,6 +248,13 @@ pub fn spawn_clones(
             memory_fd: Some(memory.as_raw_fd()),
             clone_id: Some(id),
             run_dir: Some(cdir.clone()),
+            api_socket: wiring.api.then(|| cdir.join("api.sock")),
+            vsock_path: wiring.vsock.then(|| cdir.join("vsock.sock")),
+            console: Some(if wiring.console {
+                Console::File(cdir.join("console.log"))
+            } else {
+                Console::Off
+            }),
             ready_fd: Some(ready_w.as_raw_fd()),
             ..Default::default()
         };
@@ -262,8 +279,8 @@ pub fn spawn_clones(
                     id,
                     pid: child.id(),
                     dir: cdir.clone(),
-                    api_socket: parent.api_socket.as_ref().map(|_| cdir.join("api.sock")),
-                    vsock: parent.vsock.as_ref().map(|_| cdir.join("vsock.sock")),
+                    api_socket: spec.api_socket.clone(),
+                    vsock: spec.vsock_path.clone(),
                 },
                 child,
             )),

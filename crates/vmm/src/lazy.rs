@@ -288,7 +288,7 @@ impl MemoryServer {
         Ok(MemoryServer {
             state: state_bytes,
             map,
-            bytes: state.mem_bytes,
+            bytes: state.info.mem_bytes(),
             source: Source::Dir(memory),
             served: AtomicU64::new(0),
             sent: AtomicU64::new(0),
@@ -320,7 +320,7 @@ impl MemoryServer {
         Ok(MemoryServer {
             state: state_bytes,
             map,
-            bytes: state.mem_bytes,
+            bytes: state.info.mem_bytes(),
             source: Source::Upstream(Box::new(Upstream {
                 addr: addr.clone(),
                 conn: Mutex::new(c),
@@ -511,11 +511,22 @@ impl MemoryServer {
 }
 
 /// What a lazily restored VM fetched: pages with data, and zero pages filled in place.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct FaultStats {
     pub pages_fetched: AtomicU64,
     pub zero_pages: AtomicU64,
     pub bytes_received: AtomicU64,
+}
+
+impl FaultStats {
+    /// The counters now, as the API reports them.
+    pub fn snapshot(&self) -> crate::api::LazyStats {
+        crate::api::LazyStats {
+            pages_fetched: self.pages_fetched.load(Ordering::Relaxed),
+            zero_pages: self.zero_pages.load(Ordering::Relaxed),
+            bytes_received: self.bytes_received.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Connects to the memory server holding `remote` and returns the snapshot's state (checked

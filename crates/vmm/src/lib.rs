@@ -1,13 +1,20 @@
 //! Starling's microVM monitor on KVM and the rust-vmm crates.
 //!
-//! A VM is built from a [`VmConfig`] by [`Vm::build`] (every input checked before the guest
-//! starts) and run by [`Vm::run`] until the guest powers off, resets or exits, or the operator
-//! stops it through a [`VmHandle`] (API socket, signals). [`Vm::restore`] builds one from a
-//! snapshot instead; [`VmHandle::snapshot`] and [`VmHandle::fork`] take one while it runs.
+//! A VM is built by `builder.rs` from a [`VmConfig`] ([`Vm::build`], every input checked
+//! before the guest starts) or from a snapshot ([`Vm::restore`], a [`RestoreSpec`]), and run by
+//! [`Vm::run`] until the guest powers off, resets or exits, or the operator stops it through a
+//! [`VmHandle`] (API socket, signals); [`VmHandle::snapshot`] and [`VmHandle::fork`] save it
+//! while it runs. What is saved is each component's own state (`persist.rs`: the `Persist`
+//! trait, implemented beside each device), put together in `snapshot/`.
+//!
+//! Data that crosses process boundaries lives in leaf modules: `config.rs` (what a VM is
+//! booted from), `spec.rs` (what a restore is given), `api/mod.rs` (the API's requests and
+//! answers, served by `api/server.rs` and asked by the typed `api/client.rs`).
 
 pub mod acpi;
 pub mod api;
 pub mod boot;
+pub mod builder;
 pub mod bus;
 pub mod config;
 pub mod devices;
@@ -17,11 +24,14 @@ pub mod fork;
 pub mod fuzzing;
 pub mod layout;
 pub mod lazy;
+pub mod machine;
 pub mod memory;
+pub mod persist;
 pub mod process;
 pub mod service;
 pub mod signals;
 pub mod snapshot;
+pub mod spec;
 #[doc(hidden)]
 pub mod test_guest;
 pub mod vcpu;
@@ -30,11 +40,12 @@ pub mod vm;
 
 use std::path::PathBuf;
 
-pub use config::{DiskConfig, VmConfig, VsockConfig};
-pub use devices::Console;
+pub use api::{CloneInfo, ForkInfo, SnapshotInfo, VmStatus};
+pub use config::{Console, DiskConfig, VmConfig, VsockConfig};
 pub use exit::ExitReason;
 pub use flavour::Flavour;
-pub use vm::{ForkInfo, RestoreSpec, SnapshotInfo, Vm, VmHandle, VmStatus};
+pub use spec::RestoreSpec;
+pub use vm::{Vm, VmHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -21,6 +21,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::ForkInfo;
 use crate::bus::lock;
 
 pub use crate::virtio::vsock::SERVICE_PORT;
@@ -107,26 +108,16 @@ pub fn activation_line(env: &[(String, String)], args: Option<&str>) -> Result<S
     Ok(line)
 }
 
-/// A fork the service asks the run loop for; the answer (sent once the clones run) is the
+/// A fork the guest asks the run loop for; the answer (sent once the clones run) is the
 /// fork's outcome or why not.
-pub struct ForkRequest {
+pub struct GuestFork {
     pub count: u32,
-    pub reply: mpsc::Sender<Result<crate::vm::ForkInfo, String>>,
-}
-
-/// A clone as its parent knows it.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct CloneInfo {
-    pub id: u32,
-    pub pid: u32,
-    pub dir: std::path::PathBuf,
-    pub api_socket: Option<std::path::PathBuf>,
-    pub vsock: Option<std::path::PathBuf>,
+    pub reply: mpsc::Sender<Result<ForkInfo, String>>,
 }
 
 pub struct Services {
     pub identity: Mutex<Identity>,
-    forks: Mutex<Option<mpsc::Sender<ForkRequest>>>,
+    forks: Mutex<Option<mpsc::Sender<GuestFork>>>,
     /// Clones forked from this VM not yet joined, in the order they were forked, with their
     /// exit status once reaped.
     children: Mutex<Vec<(Child, Option<i32>)>>,
@@ -135,8 +126,8 @@ pub struct Services {
     guest_forked: std::sync::atomic::AtomicU32,
     /// The guest asked `ready` (it is booted and waits for its configuration).
     ready: std::sync::atomic::AtomicBool,
-    /// Wakes the run loop when a fork request is sent.
-    wake: Arc<vmm_sys_util::eventfd::EventFd>,
+    /// Wakes the run loop when a fork request is sent (and, in `vm.rs`, for API requests).
+    pub(crate) wake: Arc<vmm_sys_util::eventfd::EventFd>,
     /// The configuration `ready` is answered with, once the VM is activated.
     activation: (Mutex<Option<String>>, std::sync::Condvar),
 }
@@ -182,7 +173,7 @@ impl Services {
     }
 
     /// Where fork requests go while the VM runs (None: forks are refused).
-    pub fn set_fork_sender(&self, tx: Option<mpsc::Sender<ForkRequest>>) {
+    pub fn set_fork_sender(&self, tx: Option<mpsc::Sender<GuestFork>>) {
         *lock(&self.forks) = tx;
     }
 
@@ -299,11 +290,11 @@ impl Services {
         }
     }
 
-    fn fork(&self, count: u32) -> Result<crate::vm::ForkInfo, String> {
+    fn fork(&self, count: u32) -> Result<ForkInfo, String> {
         let (tx, rx) = mpsc::channel();
         let sender = lock(&self.forks).clone().ok_or("the VM is not running")?;
         sender
-            .send(ForkRequest { count, reply: tx })
+            .send(GuestFork { count, reply: tx })
             .map_err(|_| "the VM is stopping".to_string())?;
         let _ = self.wake.write(1);
         rx.recv().map_err(|_| "the VM is stopping".to_string())?

@@ -1,59 +1,69 @@
-//! Building a VM (memory, irqchip, devices) and either booting it (kernel, ACPI, vCPU setup)
-//! or restoring it from a snapshot; running it until the guest or the operator ends it, and
-//! pausing, snapshotting and forking it on the way.
+//! A built VM running: its vCPU threads, the threads serving devices with host-side input,
+//! the API, and the run loop that waits for the end and serves pause, resume, snapshot and
+//! fork requests in between (one at a time, so none lands in the middle of another).
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
-use serde::{Deserialize, Serialize};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::acpi::{self, MmioDevice};
-use crate::boot::{self, cpu, KernelEntry};
-use crate::bus::{lock, Bus};
-use crate::config::VmConfig;
-use crate::devices::{Console, DebugExit, PowerButton, Rtc, SerialPort, I8042};
+use crate::api::{
+    ActivateRequest, Activity, Controller, ForkInfo, ForkRequest, Refusal, SnapshotInfo,
+    SnapshotRequest, VmStatus,
+};
+use crate::boot::KernelEntry;
+use crate::bus::lock;
+use crate::config::Console;
+use crate::devices::SerialPort;
 use crate::exit::{ExitReason, ExitSignal};
-use crate::layout::*;
-use crate::memory::GuestRam;
-use crate::service::{CloneInfo, ForkRequest, Identity, Services};
-use crate::snapshot::{self, kvm as kstate, LayerSnap, SerialSnap, VmState};
+use crate::machine::{io_err, Machine};
+use crate::service::{GuestFork, Services};
+use crate::snapshot::{save, VmInfo};
 use crate::vcpu::{self, RunState, VcpuControl, VcpuThread};
-use crate::virtio::layers::LayeredDisk;
-use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, IrqLine, MmioTransport, VirtioDevice};
 use crate::{flavour, Error};
-
-const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 
 /// A built VM, ready to run.
 pub struct Vm {
-    config: VmConfig,
-    kvm: Kvm,
-    vm: VmFd,
-    vcpus: Vec<Arc<Mutex<VcpuFd>>>,
-    pio: Bus,
-    mmio: Bus,
-    serial: Arc<Mutex<SerialPort>>,
-    transports: Vec<Arc<Mutex<MmioTransport>>>,
-    vsock: Option<(Arc<Mutex<MmioTransport>>, Arc<vmm_sys_util::epoll::Epoll>)>,
+    machine: Machine,
+    /// What the VM is (what its snapshots record).
+    info: VmInfo,
     shared: Arc<Shared>,
+    services: Arc<Services>,
+    wiring: Wiring,
     /// The kernel's entry point (booted VMs).
     pub kernel: Option<KernelEntry>,
-    ram: GuestRam,
-    services: Arc<Services>,
-    /// Where this VM keeps disk overlays and its clones' directories.
-    run_dir: PathBuf,
+    /// Snapshots and forks taken so far (their overlay directories are numbered).
     forks: u32,
     /// Told once the vCPUs run (a clone telling the parent that forked it).
     ready_fd: Option<std::fs::File>,
     start_paused: bool,
     /// For a lazily restored VM, the pages with data it may not have fetched yet.
     lazy_pages: Option<Vec<u64>>,
+}
+
+/// How the VM is tied to this host: not part of what it is, so not in its snapshots (a
+/// restore or a clone brings its own).
+pub struct Wiring {
+    pub api_socket: Option<PathBuf>,
+    pub console: Console,
+    /// Where the VM keeps disk overlays and its clones' directories.
+    pub run_dir: PathBuf,
+}
+
+/// What the builder hands over.
+pub struct VmParts {
+    pub machine: Machine,
+    pub info: VmInfo,
+    pub exit: Arc<ExitSignal>,
+    pub services: Arc<Services>,
+    pub wiring: Wiring,
+    pub clone_id: u32,
+    pub lazy: Option<Arc<crate::lazy::FaultStats>>,
+    /// When a restore began (restored VMs).
+    pub restored_from: Option<Instant>,
+    pub kernel: Option<KernelEntry>,
 }
 
 /// What the API and signal handlers act on while the VM runs.
@@ -97,61 +107,22 @@ enum Request {
 #[derive(Clone)]
 pub struct VmHandle(pub Arc<Shared>);
 
-#[derive(Debug, Serialize)]
-pub struct VmStatus {
-    pub state: &'static str,
-    pub vcpus: u8,
-    pub mem_mib: u64,
-    pub kvm: &'static str,
-    pub uptime_ms: u128,
-    pub clone_id: u32,
-    /// For a restored VM or clone: from the start of the restore to its vCPUs running.
-    pub restored_in_us: Option<u128>,
-    /// For a lazily restored VM: pages fetched, zero pages filled, bytes received.
-    pub lazy: Option<serde_json::Value>,
-    /// The guest said `ready` to the monitor's service (booted, waiting to be activated).
-    pub guest_ready: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct SnapshotInfo {
-    pub dir: PathBuf,
-    /// Bytes of RAM written (pages that hold data).
-    pub memory_bytes: u64,
-    pub state_bytes: u64,
-    /// How long the guest was paused.
-    pub paused_us: u128,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ForkInfo {
-    pub dir: PathBuf,
-    pub clones: Vec<CloneInfo>,
-    /// How long the parent was paused.
-    pub paused_us: u128,
-    /// From the request to every clone running.
-    pub total_us: u128,
-}
-
 impl VmHandle {
     pub fn status(&self) -> VmStatus {
         let s = &self.0;
         VmStatus {
             state: match (s.exit.reason(), s.control.state()) {
-                (Some(_), _) | (_, RunState::Stopping) => "stopping",
-                (None, RunState::Paused) => "paused",
-                (None, RunState::Running) => "running",
+                (Some(_), _) | (_, RunState::Stopping) => Activity::Stopping,
+                (None, RunState::Paused) => Activity::Paused,
+                (None, RunState::Running) => Activity::Running,
             },
             vcpus: s.vcpus,
             mem_mib: s.mem_mib,
-            kvm: s.flavour,
-            uptime_ms: s.started.elapsed().as_millis(),
+            kvm: s.flavour.into(),
+            uptime_ms: s.started.elapsed().as_millis() as u64,
             clone_id: s.clone_id,
-            restored_in_us: s.restored_in.get().map(|d| d.as_micros()),
-            lazy: s
-                .lazy
-                .as_ref()
-                .and_then(|l| serde_json::to_value(&**l).ok()),
+            restored_in_us: s.restored_in.get().map(|d| d.as_micros() as u64),
+            lazy: s.lazy.as_ref().map(|l| l.snapshot()),
             guest_ready: s.services.guest_ready(),
         }
     }
@@ -215,493 +186,84 @@ impl VmHandle {
     }
 }
 
-fn kvm_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> Error {
-    move |source| Error::Kvm { what, source }
-}
-
-/// How to restore a snapshot: where it is and what changes for the new VM.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreSpec {
-    /// The snapshot directory (its `state`, and its `memory` unless `memory_fd` is given).
-    pub dir: PathBuf,
-    /// Map this inherited descriptor (a parent's frozen memfd) instead of `dir/memory`.
-    #[serde(default)]
-    pub memory_fd: Option<i32>,
-    /// Restore as clone K: fresh identity, the fork's pending answer is K.
-    #[serde(default)]
-    pub clone_id: Option<u32>,
-    /// The new VM's own directory: disk overlays, and (unless given below) its API socket,
-    /// vsock socket and, for clones, console log.
-    #[serde(default)]
-    pub run_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub api_socket: Option<PathBuf>,
-    #[serde(default)]
-    pub vsock_path: Option<PathBuf>,
-    #[serde(default)]
-    pub console: Option<Console>,
-    /// An inherited pipe to write this clone's id to once its vCPUs run.
-    #[serde(default)]
-    pub ready_fd: Option<i32>,
-    /// Start with the vCPUs paused (a docked substrate, waiting for `activate` or `resume`).
-    #[serde(default)]
-    pub paused: bool,
-    /// Answer the guest's `ready` with this (`activate …`, see service.rs) right away.
-    #[serde(default)]
-    pub activate: Option<String>,
-    /// Fetch state and memory from this memory server (`ADDR#HASH`: the state must have that
-    /// BLAKE3) instead of `dir`, each page when the guest first touches it.
-    #[serde(default)]
-    pub lazy: Option<String>,
-}
-
-/// A descriptor the parent handed over (`memory_fd`, `ready_fd`), taken as this process's own
-/// and kept from its own children.
-fn inherited(fd: i32) -> Result<std::fs::File, Error> {
-    if fd < 3 {
-        return Err(Error::Invalid(format!(
-            "descriptor {fd} is not an inherited one"
-        )));
+impl Controller for VmHandle {
+    fn status(&self) -> VmStatus {
+        VmHandle::status(self)
     }
-    // SAFETY: the parent that spawned this process handed this descriptor over for this
-    // purpose; nothing else in this process owns it.
-    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    crate::fork::set_cloexec(fd, true).map_err(|e| Error::Io {
-        what: format!("inherited descriptor {fd}"),
-        source: e,
-    })?;
-    Ok(f)
-}
-
-fn default_run_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("starling-vm-{}", std::process::id()))
-}
-
-/// What `assemble` is given besides the config.
-struct Parts {
-    ram: GuestRam,
-    exit: Option<Arc<ExitSignal>>,
-    lazy: Option<Arc<crate::lazy::FaultStats>>,
-    disks: Vec<LayeredDisk>,
-    serial: Option<SerialSnap>,
-    identity: Identity,
-    run_dir: PathBuf,
-    restored_from: Option<Instant>,
+    fn pause(&self) -> VmStatus {
+        VmHandle::pause(self);
+        VmHandle::status(self)
+    }
+    fn resume(&self) -> VmStatus {
+        VmHandle::resume(self);
+        VmHandle::status(self)
+    }
+    fn stop(&self) {
+        VmHandle::stop(self, None);
+    }
+    fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotInfo, Refusal> {
+        VmHandle::snapshot(self, &req.dir, req.stop).map_err(Refusal::conflict)
+    }
+    fn fork(&self, req: &ForkRequest) -> Result<ForkInfo, Refusal> {
+        VmHandle::fork(self, req.count, req.dir.as_deref()).map_err(Refusal::conflict)
+    }
+    fn activate(&self, req: &ActivateRequest) -> Result<VmStatus, Refusal> {
+        let env: Vec<(String, String)> = req.env.clone().into_iter().collect();
+        let line = crate::service::activation_line(&env, req.args.as_deref())
+            .map_err(Refusal::bad_request)?;
+        VmHandle::activate(self, line).map_err(Refusal::conflict)
+    }
 }
 
 impl Vm {
-    /// Builds the VM and loads its kernel; every input problem (kernel, initrd, memory, disks)
-    /// is reported here, before any guest code runs.
-    pub fn build(config: VmConfig) -> Result<Vm, Error> {
-        config.validate()?;
-        let ram =
-            GuestRam::fresh(config.mem_mib << 20, config.hugepages).map_err(|e| Error::Io {
-                what: format!("allocating {} MiB of guest memory", config.mem_mib),
-                source: e,
-            })?;
-        let mut disks = Vec::new();
-        for d in &config.disks {
-            disks.push(
-                LayeredDisk::open_base(&d.path, d.read_only).map_err(|e| Error::Disk {
-                    path: d.path.clone(),
-                    reason: e.to_string(),
-                })?,
-            );
-        }
-        let identity = Identity::fresh(0, config.hostname.clone());
-        let run_dir = config.run_dir.clone().unwrap_or_else(default_run_dir);
-        let (mut vm, announced) = Self::assemble(
-            config,
-            Parts {
-                ram,
-                exit: None,
-                lazy: None,
-                disks,
-                serial: None,
-                identity,
-                run_dir,
-                restored_from: None,
-            },
-        )?;
-        let mem = &vm.ram.mem;
-        let kernel = boot::load_kernel(mem, &vm.config.kernel)?;
-        let initrd = match &vm.config.initrd {
-            Some(p) => {
-                let max = kernel
-                    .setup_header
-                    .map(|h| u64::from(h.initrd_addr_max))
-                    .filter(|&m| m != 0)
-                    .unwrap_or(MMIO_HOLE_START);
-                Some(boot::load_initrd(mem, p, kernel.end, max)?)
-            }
-            None => None,
-        };
-        let cmdline_size = boot::load_cmdline(mem, &vm.config.cmdline)?;
-        let rsdp = acpi::write_tables(mem, vm.config.vcpus, &announced)?;
-        boot::write_boot_params(mem, &kernel, cmdline_size, initrd, rsdp)?;
-
-        let base_cpuid = vm
-            .kvm
-            .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-        for id in 0..vm.config.vcpus {
-            let fd = vm
-                .vm
-                .create_vcpu(u64::from(id))
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            let cpuid = cpu::cpuid_for(&base_cpuid, id, vm.config.vcpus);
-            cpu::setup_vcpu(&fd, mem, &cpuid, (id == 0).then_some(&kernel))?;
-            vm.vcpus.push(Arc::new(Mutex::new(fd)));
-        }
-        vm.kernel = Some(kernel);
-        Ok(vm)
-    }
-
-    /// Builds a VM from a snapshot: the state file is checked (format version, checksum)
-    /// before anything is created, RAM is mapped copy-on-write, and the vCPUs, interrupt
-    /// controllers, clock and devices continue where they were.
-    pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
-        let t0 = Instant::now();
-        let lazy = match &spec.lazy {
-            Some(r) => Some(crate::lazy::fetch_state(&r.parse()?)?),
-            None => None,
-        };
-        let snap_err = |reason: String| Error::Snapshot {
-            path: spec.dir.clone(),
-            reason,
-        };
-        let (state, lazy) = match lazy {
-            Some((state, map, client)) => (state, Some((map, client))),
-            None => (
-                snapshot::file::read(&spec.dir.join(snapshot::STATE_FILE))?,
-                None,
-            ),
-        };
-        if state.vcpus.len() != usize::from(state.config.vcpus)
-            || state.disks.len() != state.config.disks.len()
-            || state.mem_bytes != state.config.mem_mib << 20
-        {
-            return Err(snap_err("the state does not match its own config".into()));
-        }
-        if lazy.is_some() && !state.config.disks.is_empty() {
-            // Disk paths in a state from another host name files of that host.
-            return Err(snap_err(
-                "lazy restores of VMs with disks are not supported (the disks are on the \
-                 snapshot's host)"
-                    .into(),
-            ));
-        }
-        for l in state.disks.iter().flatten() {
-            let plain_name = l.path.components().count() == 1
-                && matches!(
-                    l.path.components().next(),
-                    Some(std::path::Component::Normal(_))
-                );
-            if l.path.is_relative() && !plain_name {
-                return Err(snap_err(format!(
-                    "disk layer {} is not a file of the snapshot directory",
-                    l.path.display()
-                )));
-            }
-        }
-        let exit = Arc::new(ExitSignal::new().map_err(io("creating the exit event"))?);
-        let mut lazy_pages = None;
-        let (ram, fault_stats) = match (lazy, spec.memory_fd) {
-            (Some((map, client)), _) => {
-                let ram = GuestRam::anonymous(state.mem_bytes)
-                    .map_err(|e| snap_err(format!("memory: {e}")))?;
-                let mut pages: Vec<u64> = map.keys().copied().collect();
-                pages.sort_unstable();
-                lazy_pages = Some(pages);
-                let stats = crate::lazy::serve_faults(&ram, client, map, exit.clone())?;
-                (ram, Some(stats))
-            }
-            (None, fd) => {
-                let memory = match fd {
-                    Some(fd) => inherited(fd)?,
-                    None => {
-                        let p = spec.dir.join(snapshot::MEMORY_FILE);
-                        std::fs::File::open(&p)
-                            .map_err(|e| snap_err(format!("{}: {e}", p.display())))?
-                    }
-                };
-                let ram = GuestRam::private_over(memory, state.mem_bytes)
-                    .map_err(|e| snap_err(format!("memory: {e}")))?;
-                (ram, None)
-            }
-        };
-
-        let clone_id = spec.clone_id.unwrap_or(0);
-        let run_dir = spec.run_dir.clone().unwrap_or_else(default_run_dir);
-        let mut config = state.config.clone();
-        config.api_socket = spec.api_socket.clone().or_else(|| {
-            (spec.clone_id.is_some() && config.api_socket.is_some())
-                .then(|| run_dir.join("api.sock"))
-        });
-        if let Some(v) = config.vsock.as_mut() {
-            v.path = spec
-                .vsock_path
-                .clone()
-                .unwrap_or_else(|| run_dir.join("vsock.sock"));
-        }
-        config.console = match (&spec.console, spec.clone_id) {
-            (Some(c), _) => c.clone(),
-            (None, Some(_)) if config.console != Console::Off => {
-                Console::File(run_dir.join("console.log"))
-            }
-            // A console file named by another host's state is not ours to write.
-            (None, _) if spec.lazy.is_some() => Console::Off,
-            (None, _) => config.console.clone(),
-        };
-        if spec.clone_id.is_some() {
-            let h = format!("{}-{clone_id}", state.config.hostname);
-            // Clones of clones: keep the distinguishing end within a hostname's 63 bytes.
-            config.hostname = h[h.len().saturating_sub(63)..]
-                .trim_start_matches('-')
-                .to_owned();
-        }
-        config.validate()?;
-        config.run_dir = Some(run_dir.clone());
-        std::fs::create_dir_all(&run_dir).map_err(|e| Error::Io {
-            what: format!("creating {}", run_dir.display()),
-            source: e,
-        })?;
-        let mut disks = Vec::new();
-        for (i, (layers, d)) in state.disks.iter().zip(&config.disks).enumerate() {
-            let layers: Vec<LayerSnap> = layers
-                .iter()
-                .map(|l| LayerSnap {
-                    path: if l.path.is_relative() {
-                        spec.dir.join(&l.path)
-                    } else {
-                        l.path.clone()
-                    },
-                    present: l.present.clone(),
-                    stamp: l.stamp,
-                })
-                .collect();
-            let top = overlay_path(&run_dir, i);
-            disks.push(
-                LayeredDisk::open_layers(&layers, Some(&top), d.read_only).map_err(|e| {
-                    Error::Disk {
-                        path: d.path.clone(),
-                        reason: e.to_string(),
-                    }
-                })?,
-            );
-        }
-        let identity = Identity::fresh(clone_id, config.hostname.clone());
-        let (mut vm, _) = Self::assemble(
-            config,
-            Parts {
-                ram,
-                exit: Some(exit),
-                lazy: fault_stats,
-                disks,
-                serial: Some(state.serial.clone()),
-                identity,
-                run_dir,
-                restored_from: Some(t0),
-            },
-        )?;
-        kstate::restore_vm(&vm.vm, &state.vm)?;
-        for (id, s) in state.vcpus.iter().enumerate() {
-            let fd = vm
-                .vm
-                .create_vcpu(id as u64)
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            kstate::restore_vcpu(&fd, s)?;
-            vm.vcpus.push(Arc::new(Mutex::new(fd)));
-        }
-        if state.transports.len() != vm.transports.len() {
-            return Err(snap_err(format!(
-                "{} virtio devices in the snapshot, {} configured",
-                state.transports.len(),
-                vm.transports.len()
-            )));
-        }
-        for (t, s) in vm.transports.iter().zip(&state.transports) {
-            let mut t = lock(t);
-            if let (Some(v), Some(vs)) = (t.device_as::<Vsock>(), state.vsock.as_ref()) {
-                v.restore(vs);
-            }
-            t.restore(s).map_err(snap_err)?;
-        }
-        if let Some((t, _)) = &vm.vsock {
-            // Restored connections may have bytes to deliver right away.
-            lock(t).process_backend();
-        }
-        if let Some(a) = &spec.activate {
-            vm.services.activate(a.clone());
-        }
-        vm.start_paused = spec.paused;
-        vm.ready_fd = spec.ready_fd.map(inherited).transpose()?;
-        vm.lazy_pages = lazy_pages;
-        Ok(vm)
-    }
-
-    /// Memory slots, interrupt controllers, legacy devices and virtio devices.
-    fn assemble(config: VmConfig, parts: Parts) -> Result<(Vm, Vec<MmioDevice>), Error> {
-        let Parts {
-            ram,
-            exit,
-            lazy,
-            disks,
-            serial: serial_state,
-            identity,
-            run_dir,
-            restored_from,
-        } = parts;
-        let kvm = Kvm::new().map_err(|source| Error::Kvm {
-            what: "opening /dev/kvm",
-            source,
-        })?;
-        let vm = kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?;
-        for (slot, region) in ram.mem.iter().enumerate() {
-            let host = region
-                .get_host_address(vm_memory::MemoryRegionAddress(0))
-                .map_err(|e| Error::Layout(e.to_string()))?;
-            let r = kvm_userspace_memory_region {
-                slot: slot as u32,
-                guest_phys_addr: region.start_addr().0,
-                memory_size: region.len(),
-                userspace_addr: host as u64,
-                flags: 0,
-            };
-            // SAFETY: the region is a live mapping owned by `ram`, which this Vm keeps alive
-            // for as long as the VM fd that references it (a freeze replaces the pages behind
-            // the same addresses, never the addresses).
-            unsafe { vm.set_user_memory_region(r) }
-                .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        }
-        vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm.create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
-
-        let exit = match exit {
-            Some(e) => e,
-            None => Arc::new(ExitSignal::new().map_err(io("creating the exit event"))?),
-        };
-        let mut pio = Bus::default();
-        let mut mmio = Bus::default();
-
-        let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an irqfd"))?;
-        vm.register_irqfd(&serial_evt, COM1_IRQ)
-            .map_err(kvm_err("KVM_IRQFD"))?;
-        let serial = match &serial_state {
-            Some(s) => SerialPort::restored(serial_evt, &config.console, s),
-            None => SerialPort::new(serial_evt, &config.console),
-        };
-        let serial = Arc::new(Mutex::new(serial.map_err(io("opening the console"))?));
-        pio.insert(u64::from(COM1_PORT), 8, serial.clone());
-        pio.insert(
-            u64::from(I8042_PORT),
-            5,
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-        );
-        pio.insert(u64::from(RTC_PORT), 2, Arc::new(Mutex::new(Rtc::default())));
-        pio.insert(
-            u64::from(ACPI_PM_PORT),
-            2,
-            Arc::new(Mutex::new(PowerButton(exit.clone()))),
-        );
-        pio.insert(
-            u64::from(DEBUG_EXIT_PORT),
-            1,
-            Arc::new(Mutex::new(DebugExit(exit.clone()))),
-        );
-
-        let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an eventfd"))?);
-        let services = Services::new(identity, wake.clone());
-        // Virtio devices: disks in order, then rng, then vsock.
-        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
-        for (disk, d) in disks.into_iter().zip(&config.disks) {
-            devices.push(Box::new(Block::new(disk, d.read_only)));
-        }
-        if config.rng {
-            devices.push(Box::new(Rng));
-        }
-        let mut vsock_epoll = None;
-        if let Some(v) = &config.vsock {
-            let mut dev = Vsock::new(v.cid, &v.path).map_err(|e| Error::Io {
-                what: format!("vsock socket {}", v.path.display()),
-                source: e,
-            })?;
-            dev.set_service(services.handler());
-            vsock_epoll = Some(dev.epoll());
-            devices.push(Box::new(dev));
-        }
-        let mut announced = Vec::new();
-        let mut vsock = None;
-        let mut transports = Vec::new();
-        for (i, dev) in devices.into_iter().enumerate() {
-            let addr = VIRTIO_MMIO_BASE + i as u64 * VIRTIO_MMIO_SIZE;
-            let irq = VIRTIO_IRQS[i];
-            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(io("creating an irqfd"))?;
-            vm.register_irqfd(&evt, irq).map_err(kvm_err("KVM_IRQFD"))?;
-            let is_vsock = dev.device_type() == crate::virtio::TYPE_VSOCK;
-            let t = Arc::new(Mutex::new(MmioTransport::new(
-                dev,
-                ram.mem.clone(),
-                IrqLine::new(evt),
-            )));
-            if is_vsock {
-                vsock = vsock_epoll.take().map(|e| (t.clone(), e));
-            }
-            transports.push(t.clone());
-            mmio.insert(addr, VIRTIO_MMIO_SIZE, t);
-            announced.push(MmioDevice {
-                addr,
-                len: VIRTIO_MMIO_SIZE,
-                irq,
-            });
-        }
-
+    pub fn new(p: VmParts) -> Vm {
         let shared = Arc::new(Shared {
             control: Arc::new(VcpuControl::new()),
-            exit,
-            started: restored_from.unwrap_or_else(Instant::now),
-            vcpus: config.vcpus,
-            mem_mib: config.mem_mib,
+            exit: p.exit,
+            started: p.restored_from.unwrap_or_else(Instant::now),
+            vcpus: p.info.vcpus,
+            mem_mib: p.info.mem_mib,
             flavour: flavour::detect().name(),
-            restored: restored_from.is_some(),
-            lazy,
+            restored: p.restored_from.is_some(),
+            lazy: p.lazy,
             restored_in: std::sync::OnceLock::new(),
-            clone_id: lock(&services.identity).clone_id,
+            clone_id: p.clone_id,
             requests: Mutex::new(None),
-            wake,
-            services: services.clone(),
+            wake: p.services.wake.clone(),
+            services: p.services.clone(),
         });
-        Ok((
-            Vm {
-                config,
-                kvm,
-                vm,
-                vcpus: Vec::new(),
-                pio,
-                mmio,
-                serial,
-                transports,
-                vsock,
-                shared,
-                kernel: None,
-                ram,
-                services,
-                run_dir,
-                forks: 0,
-                ready_fd: None,
-                start_paused: false,
-                lazy_pages: None,
-            },
-            announced,
-        ))
+        Vm {
+            machine: p.machine,
+            info: p.info,
+            shared,
+            services: p.services,
+            wiring: p.wiring,
+            kernel: p.kernel,
+            forks: 0,
+            ready_fd: None,
+            start_paused: false,
+            lazy_pages: None,
+        }
+    }
+
+    /// Start with the vCPUs paused (a docked substrate).
+    pub fn start_paused(&mut self, paused: bool) {
+        self.start_paused = paused;
+    }
+
+    /// A pipe to tell (4 bytes: the clone id) once the vCPUs run and the API answers.
+    pub fn set_ready_fd(&mut self, fd: Option<std::fs::File>) {
+        self.ready_fd = fd;
+    }
+
+    /// The pages a lazily restored VM has to fetch before it can be saved.
+    pub fn set_lazy_pages(&mut self, pages: Option<Vec<u64>>) {
+        self.lazy_pages = pages;
+    }
+
+    /// What the VM is.
+    pub fn info(&self) -> &VmInfo {
+        &self.info
     }
 
     pub fn handle(&self) -> VmHandle {
@@ -712,40 +274,52 @@ impl Vm {
     pub fn run(mut self) -> Result<ExitReason, Error> {
         vcpu::install_kick_handler()?;
         let done = Arc::new(AtomicBool::new(false));
-        if let Some((transport, epoll)) = &self.vsock {
-            spawn_vsock_thread(transport.clone(), epoll.clone(), done.clone())?;
+        for slot in &self.machine.devices.virtio {
+            if let Some(events) = &slot.events {
+                spawn_event_thread(
+                    &slot.id,
+                    slot.transport.clone(),
+                    events.clone(),
+                    done.clone(),
+                )?;
+            }
         }
-        if self.config.console == Console::Stdio {
-            spawn_stdin_thread(self.serial.clone(), done.clone());
+        if let (Console::Stdio, Some(serial)) = (&self.wiring.console, &self.machine.devices.serial)
+        {
+            spawn_stdin_thread(serial.clone(), done.clone());
         }
         let (req_tx, req_rx) = mpsc::channel();
         *lock(&self.shared.requests) = Some(req_tx);
-        let (fork_tx, fork_rx) = mpsc::channel::<ForkRequest>();
+        let (fork_tx, fork_rx) = mpsc::channel::<GuestFork>();
         self.services.set_fork_sender(Some(fork_tx));
 
         if self.start_paused {
             self.shared.control.set(RunState::Paused);
         }
         let mut threads = Vec::new();
-        for (id, fd) in self.vcpus.iter().enumerate() {
+        for (id, fd) in self.machine.vcpus.iter().enumerate() {
             threads.push(
                 VcpuThread::spawn(
                     id as u8,
                     fd.clone(),
-                    self.pio.clone(),
-                    self.mmio.clone(),
+                    self.machine.devices.pio.clone(),
+                    self.machine.devices.mmio.clone(),
                     self.shared.control.clone(),
                     self.shared.exit.clone(),
                 )
-                .map_err(io("starting a vCPU thread"))?,
+                .map_err(io_err("starting a vCPU thread"))?,
             );
         }
         if self.shared.restored {
             let _ = self.shared.restored_in.set(self.shared.started.elapsed());
         }
         // Served once the vCPUs run: whoever sees the socket sees a running VM.
-        let api = match &self.config.api_socket {
-            Some(p) => match crate::api::serve(p, VmHandle(self.shared.clone()), done.clone()) {
+        let api = match &self.wiring.api_socket {
+            Some(p) => match crate::api::server::serve(
+                p,
+                Arc::new(VmHandle(self.shared.clone())),
+                done.clone(),
+            ) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     vcpu::stop_all(&mut threads, &self.shared.control);
@@ -827,11 +401,11 @@ impl Vm {
                 } else if was == RunState::Running {
                     self.shared.control.set(RunState::Running);
                 }
-                let _ = reply.send(r.map(|(memory_bytes, state_bytes)| SnapshotInfo {
+                let _ = reply.send(r.map(|w| SnapshotInfo {
                     dir,
-                    memory_bytes,
-                    state_bytes,
-                    paused_us,
+                    memory_bytes: w.memory_bytes,
+                    state_bytes: w.state_bytes,
+                    paused_us: paused_us as u64,
                 }));
             }
             Request::Fork { count, dir, reply } => {
@@ -849,7 +423,7 @@ impl Vm {
                 }
                 // The parent runs on while its clones start.
                 let r = frozen.and_then(|(dir, memfd)| {
-                    crate::fork::spawn_clones(&dir, count, &memfd, &self.config)
+                    crate::fork::spawn_clones(&dir, count, &memfd, &self.clone_wiring())
                         .map_err(|e| Error::Io {
                             what: format!("starting clones in {}", dir.display()),
                             source: e,
@@ -867,8 +441,8 @@ impl Vm {
                                     let r = pending.wait(&services).map(|clones| ForkInfo {
                                         dir,
                                         clones,
-                                        paused_us,
-                                        total_us: t.elapsed().as_micros(),
+                                        paused_us: paused_us as u64,
+                                        total_us: t.elapsed().as_micros() as u64,
                                     });
                                     let _ = reply.send(r);
                                 });
@@ -881,191 +455,70 @@ impl Vm {
         }
     }
 
-    /// Captures everything but RAM. The vCPUs must be parked; the devices are held still
-    /// (their locks taken) while `with_ram` runs, so RAM and device state agree. Writable
-    /// disks are frozen onto a new overlay from `new_top(disk index)` when given.
-    fn capture<T>(
-        &mut self,
-        new_top: Option<&dyn Fn(usize) -> PathBuf>,
-        with_ram: impl FnOnce(&mut GuestRam) -> Result<T, Error>,
-    ) -> Result<(VmState, T), Error> {
+    /// What clones get of this VM's wiring: an API socket, a vsock socket and a console file
+    /// in their own directories where this VM has them.
+    fn clone_wiring(&self) -> crate::fork::CloneWiring {
+        crate::fork::CloneWiring {
+            api: self.wiring.api_socket.is_some(),
+            vsock: self.info.has(crate::virtio::TYPE_VSOCK),
+            console: self.wiring.console != Console::Off,
+        }
+    }
+
+    /// Pages a lazy VM never touched exist only on its memory server: fetch them all (the
+    /// fault thread serves these reads) before anything reads or remaps RAM.
+    fn fetch_untouched(&mut self) {
         if let Some(pages) = self.lazy_pages.take() {
-            // Pages a lazy VM never touched exist only on its memory server: fetch them all
-            // (the fault thread serves these reads) before anything reads or remaps RAM.
             for p in pages {
-                self.ram.touch(p);
+                self.machine.ram.touch(p);
             }
         }
-        let transports = self.transports.clone();
-        let mut guards: Vec<_> = transports.iter().map(|t| lock(t)).collect();
-        let mut disks = Vec::new();
-        let mut vsock = None;
-        let mut snaps = Vec::new();
-        for g in guards.iter_mut() {
-            snaps.push(g.snap());
-            if let Some(b) = g.device_as::<Block>() {
-                let i = disks.len();
-                let layers = match new_top {
-                    Some(f) => b.disk_mut().freeze(&f(i)).map_err(|e| Error::Disk {
-                        path: b.disk().path().to_owned(),
-                        reason: format!("freezing for a snapshot: {e}"),
-                    })?,
-                    None => b.disk().snap().map_err(|e| Error::Disk {
-                        path: b.disk().path().to_owned(),
-                        reason: format!("flushing for a snapshot: {e}"),
-                    })?,
-                };
-                disks.push(layers);
-            } else if let Some(v) = g.device_as::<Vsock>() {
-                vsock = Some(v.snap());
-            }
-        }
-        let serial = lock(&self.serial).snap();
-        let mut vcpus = Vec::new();
-        let mut msr_list = None;
-        for fd in &self.vcpus {
-            let fd = lock(fd);
-            if msr_list.is_none() {
-                msr_list = Some(kstate::msr_indices(&self.kvm, &fd)?);
-            }
-            vcpus.push(kstate::capture_vcpu(
-                &fd,
-                msr_list.as_deref().unwrap_or(&[]),
-            )?);
-        }
-        let vm = kstate::capture_vm(&self.vm)?;
-        let out = with_ram(&mut self.ram)?;
-        drop(guards);
-        Ok((
-            VmState {
-                config: self.config.clone(),
-                mem_bytes: self.ram.bytes(),
-                vcpus,
-                vm,
-                serial,
-                transports: snaps,
-                vsock,
-                disks,
-                clone_id: self.shared.clone_id,
-                memory_map: None,
-            },
-            out,
-        ))
     }
 
-    /// Writes `dir/memory` and `dir/state` (last: a directory with a state file is a whole
-    /// snapshot). Disk overlays the snapshot needs are linked into `dir`.
-    fn snapshot_to(&mut self, dir: &Path, stop: bool) -> Result<(u64, u64), Error> {
-        let io_at = |what: String| move |source| Error::Io { what, source };
-        if non_empty(dir) {
-            return Err(Error::Snapshot {
-                path: dir.to_owned(),
-                reason: "the directory is not empty (a snapshot is never written over)".into(),
-            });
-        }
-        std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
-        let r = self.write_snapshot(dir, stop);
-        if r.is_err() {
-            // Nothing half-written stays behind to look like a snapshot or block a retry.
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        r
-    }
-
-    fn write_snapshot(&mut self, dir: &Path, stop: bool) -> Result<(u64, u64), Error> {
-        let io_at = |what: String| move |source| Error::Io { what, source };
+    /// Writes a snapshot into `dir`; unless the VM stops after it, writable disks continue on
+    /// new overlays in the run directory.
+    fn snapshot_to(&mut self, dir: &Path, stop: bool) -> Result<save::Written, Error> {
+        self.fetch_untouched();
         self.forks += 1;
-        let run_dir = self.run_dir.clone();
-        let n = self.forks;
-        let top = move |i: usize| {
-            run_dir
-                .join(format!("snap-{n}"))
-                .join(format!("disk{i}.overlay"))
-        };
-        let mem_path = dir.join(snapshot::MEMORY_FILE);
-        let (mut state, (mem_bytes, map)) =
-            self.capture(if stop { None } else { Some(&top) }, |ram| {
-                ram.write_to(&mem_path)
-                    .map_err(io_at(format!("writing {}", mem_path.display())))
-            })?;
-        let map_path = dir.join(snapshot::MEMORY_MAP_FILE);
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&map_path)
-                .map_err(io_at(format!("writing {}", map_path.display())))?;
-            f.write_all(&map)
-                .and_then(|()| f.sync_all())
-                .map_err(io_at(format!("writing {}", map_path.display())))?;
-        }
-        state.memory_map = Some(*blake3::hash(&map).as_bytes());
-        // Overlays become part of the snapshot; base files are referred to where they are.
-        for (i, layers) in state.disks.iter_mut().enumerate() {
-            for (j, l) in layers.iter_mut().enumerate().skip(1) {
-                let name = format!("disk{i}.layer{j}");
-                let to = dir.join(&name);
-                if std::fs::hard_link(&l.path, &to).is_err() {
-                    std::fs::copy(&l.path, &to).map_err(io_at(format!(
-                        "copying {} into the snapshot",
-                        l.path.display()
-                    )))?;
-                }
-                l.path = PathBuf::from(name);
-            }
-        }
-        let state_path = dir.join(snapshot::STATE_FILE);
-        snapshot::file::write(&state_path, &state)?;
-        let state_bytes = std::fs::metadata(&state_path).map_or(0, |m| m.len());
-        Ok((mem_bytes, state_bytes))
+        let freeze = self.wiring.run_dir.join(format!("snap-{}", self.forks));
+        save::snapshot(
+            &mut self.machine,
+            &self.info,
+            self.shared.clone_id,
+            dir,
+            (!stop).then_some(freeze.as_path()),
+        )
     }
 
     /// Freezes RAM and disks and writes the state for the clones; returns their directory
     /// and the frozen memory.
     fn freeze_for_fork(&mut self, dir: Option<PathBuf>) -> Result<(PathBuf, std::fs::File), Error> {
+        self.fetch_untouched();
         self.forks += 1;
-        let dir = dir.unwrap_or_else(|| self.run_dir.join(format!("fork-{}", self.forks)));
-        let io_at = |what: String| move |source| Error::Io { what, source };
-        if non_empty(&dir) {
-            return Err(Error::Invalid(format!(
-                "fork directory {} is not empty (clones never share one)",
-                dir.display()
-            )));
-        }
-        std::fs::create_dir_all(&dir).map_err(io_at(format!("creating {}", dir.display())))?;
+        let dir = dir.unwrap_or_else(|| self.wiring.run_dir.join(format!("fork-{}", self.forks)));
         // The parent's own overlays stay in its run directory: removing a fork's directory
         // must not take a disk layer from under the parent.
-        let parent_dir = self.run_dir.join(format!("overlays-{}", self.forks));
-        let top = |i: usize| parent_dir.join(format!("disk{i}.overlay"));
-        let (state, memfd) = self.capture(Some(&top), |ram| {
-            ram.freeze().map_err(io_at("freezing guest memory".into()))
-        })?;
-        snapshot::file::write(&dir.join(snapshot::STATE_FILE), &state)?;
+        let freeze = self.wiring.run_dir.join(format!("overlays-{}", self.forks));
+        let memfd = save::freeze_for_fork(
+            &mut self.machine,
+            &self.info,
+            self.shared.clone_id,
+            &dir,
+            &freeze,
+        )?;
         Ok((dir, memfd))
     }
 }
 
-/// A directory that exists and holds something: never written into by a snapshot or a fork.
-fn non_empty(dir: &Path) -> bool {
-    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
-}
-
-fn overlay_path(run_dir: &Path, disk: usize) -> PathBuf {
-    run_dir.join(format!("disk{disk}.overlay"))
-}
-
-fn io(what: &'static str) -> impl Fn(std::io::Error) -> Error {
-    move |source| Error::Io {
-        what: what.into(),
-        source,
-    }
-}
-
-fn spawn_vsock_thread(
-    transport: Arc<Mutex<MmioTransport>>,
+/// Serves a device's host-side input (vsock's host sockets) on a thread of its own.
+fn spawn_event_thread(
+    id: &str,
+    transport: Arc<Mutex<crate::virtio::MmioTransport>>,
     epoll: Arc<vmm_sys_util::epoll::Epoll>,
     done: Arc<AtomicBool>,
 ) -> Result<(), Error> {
     std::thread::Builder::new()
-        .name("vsock".into())
+        .name(id.into())
         .spawn(move || {
             let mut events = vec![vmm_sys_util::epoll::EpollEvent::default(); 32];
             while !done.load(Ordering::SeqCst) {
@@ -1078,7 +531,7 @@ fn spawn_vsock_thread(
             }
         })
         .map(|_| ())
-        .map_err(io("starting the vsock thread"))
+        .map_err(io_err("starting a device thread"))
 }
 
 fn spawn_stdin_thread(serial: Arc<Mutex<SerialPort>>, done: Arc<AtomicBool>) {

@@ -3,21 +3,22 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::bus::BusDevice;
-use crate::snapshot::SerialSnap;
+use serde::{Deserialize, Serialize};
 
-/// Where the console goes.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Console {
-    Stdio,
-    File(PathBuf),
-    Off,
+use crate::bus::BusDevice;
+pub use crate::config::Console;
+use crate::persist::{Persist, SaveContext};
+use crate::Error;
+
+/// The UART as saved: its nine registers (vm-superio's order) and the input not yet read.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SerialState {
+    pub regs: [u8; 9],
+    pub in_buffer: Vec<u8>,
 }
 
 pub struct IrqTrigger(pub EventFd);
@@ -62,8 +63,36 @@ impl SerialPort {
         )))
     }
 
-    /// The UART as a snapshot took it, writing to `console`.
-    pub fn restored(irq: EventFd, console: &Console, s: &SerialSnap) -> std::io::Result<Self> {
+    /// Queues input bytes for the guest; returns how many fit.
+    pub fn input(&mut self, bytes: &[u8]) -> usize {
+        self.0.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+}
+
+impl<'a> Persist<'a> for SerialPort {
+    type State = SerialState;
+    /// Its interrupt and where its output goes now.
+    type Args = (EventFd, &'a Console);
+
+    fn save(&mut self, _ctx: &SaveContext) -> Result<SerialState, Error> {
+        let s = self.0.state();
+        Ok(SerialState {
+            regs: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        })
+    }
+
+    fn restore((irq, console): Self::Args, s: &SerialState) -> Result<SerialPort, Error> {
         let r = s.regs;
         let state = vm_superio::serial::SerialState {
             baud_divisor_low: r[0],
@@ -77,37 +106,13 @@ impl SerialPort {
             scratch: r[8],
             in_buffer: s.in_buffer.clone(),
         };
-        Serial::from_state(
-            &state,
-            IrqTrigger(irq),
-            vm_superio::serial::NoEvents,
-            console_out(console)?,
-        )
-        .map(SerialPort)
-        .map_err(|e| std::io::Error::other(format!("serial state: {e:?}")))
-    }
-
-    pub fn snap(&self) -> SerialSnap {
-        let s = self.0.state();
-        SerialSnap {
-            regs: [
-                s.baud_divisor_low,
-                s.baud_divisor_high,
-                s.interrupt_enable,
-                s.interrupt_identification,
-                s.line_control,
-                s.line_status,
-                s.modem_control,
-                s.modem_status,
-                s.scratch,
-            ],
-            in_buffer: s.in_buffer,
-        }
-    }
-
-    /// Queues input bytes for the guest; returns how many fit.
-    pub fn input(&mut self, bytes: &[u8]) -> usize {
-        self.0.enqueue_raw_bytes(bytes).unwrap_or(0)
+        let out = console_out(console).map_err(|e| Error::Io {
+            what: "opening the console".into(),
+            source: e,
+        })?;
+        Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
+            .map(SerialPort)
+            .map_err(|e| Error::Invalid(format!("serial state: {e:?}")))
     }
 }
 

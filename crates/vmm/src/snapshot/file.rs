@@ -10,8 +10,10 @@ use super::VmState;
 use crate::Error;
 
 const MAGIC: &[u8; 8] = b"STRLSNAP";
-/// Bumped whenever `VmState` or anything in it changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever `VmState` or anything in it changes shape. 1: the VM's whole config and
+/// device states kept apart from the devices (up to 2026-11); 2: `VmInfo`, and each virtio
+/// device's transport and own state together.
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER: usize = 8 + 4 + 4 + 8 + 32;
 /// Largest decoded state accepted (32 vCPUs and a few disks' bitmaps fit many times over).
 const MAX_STATE: usize = 64 << 20;
@@ -114,4 +116,25 @@ pub fn write(path: &Path, state: &VmState) -> Result<(), Error> {
 pub fn read(path: &Path) -> Result<VmState, Error> {
     let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
     decode(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_format_version_is_refused_by_number_before_decoding() {
+        // A state file of format 1 (the one that held the VM's whole config): its payload is
+        // never looked at.
+        let mut old = frame(b"whatever format 1 held");
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let e = decode(Path::new("snap/state"), &old)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("snap/state")
+                && e.contains("state format version 1; this Starling reads version 2"),
+            "{e}"
+        );
+    }
 }

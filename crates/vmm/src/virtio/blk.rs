@@ -2,13 +2,16 @@
 //! (fsync) and get-id; read-only disks refuse writes with VIRTIO_BLK_S_IOERR and offer
 //! VIRTIO_BLK_F_RO.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::layers::LayeredDisk;
-use super::{write_to_chain, Chain, QueueBroken, Queues, VirtioDevice, TYPE_BLOCK};
+use super::layers::{LayerState, LayeredDisk};
+use super::{write_to_chain, Chain, DeviceEnv, QueueBroken, Queues, VirtioDevice, TYPE_BLOCK};
+use crate::persist::{Persist, SaveContext};
+use crate::Error;
 
 const SECTOR: u64 = 512;
 const QUEUE_SIZE: u16 = 256;
@@ -198,6 +201,84 @@ impl VirtioDevice for Block {
             self.complete(q, chain)?;
         }
         Ok(!chains.is_empty())
+    }
+}
+
+/// A disk as saved: its layers bottom-up (frozen when the VM went on) and whether the guest
+/// may write it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BlockState {
+    pub read_only: bool,
+    pub layers: Vec<LayerState>,
+}
+
+impl<'a> Persist<'a> for Block {
+    type State = BlockState;
+    type Args = &'a DeviceEnv<'a>;
+
+    /// The disk's layers: flushed, or frozen with the disk continuing on a new overlay
+    /// (`ID.overlay` in the freeze directory); overlays go into the snapshot directory as
+    /// `ID.layerN`, base files are referred to where they are.
+    fn save(&mut self, ctx: &SaveContext) -> Result<BlockState, Error> {
+        let path = self.disk.path().to_owned();
+        let bad = |what: &str, e: std::io::Error| Error::Disk {
+            path: path.clone(),
+            reason: format!("{what} for a snapshot: {e}"),
+        };
+        let mut layers = match ctx.freeze_dir {
+            Some(dir) => {
+                let top = dir.join(format!("{}.overlay", ctx.id));
+                self.disk.freeze(&top).map_err(|e| bad("freezing", e))?
+            }
+            None => self.disk.layers().map_err(|e| bad("flushing", e))?,
+        };
+        if let Some(dir) = ctx.snapshot_dir {
+            for (j, l) in layers.iter_mut().enumerate().skip(1) {
+                let name = format!("{}.layer{j}", ctx.id);
+                let to = dir.join(&name);
+                if std::fs::hard_link(&l.path, &to).is_err() {
+                    std::fs::copy(&l.path, &to).map_err(|e| Error::Io {
+                        what: format!("copying {} into the snapshot", l.path.display()),
+                        source: e,
+                    })?;
+                }
+                l.path = PathBuf::from(name);
+            }
+        }
+        Ok(BlockState {
+            read_only: self.read_only,
+            layers,
+        })
+    }
+
+    /// The disk over the saved layers (relative ones from the snapshot directory), with a
+    /// new overlay of its own (`ID.overlay` in the run directory) when writable.
+    fn restore(env: &'a DeviceEnv<'a>, state: &BlockState) -> Result<Block, Error> {
+        let mut layers = state.layers.clone();
+        for l in &mut layers {
+            let plain_name = l.path.components().count() == 1
+                && matches!(l.path.components().next(), Some(Component::Normal(_)));
+            if l.path.is_relative() {
+                if !plain_name {
+                    return Err(Error::Snapshot {
+                        path: env.snapshot_dir.to_owned(),
+                        reason: format!(
+                            "disk layer {} is not a file of the snapshot directory",
+                            l.path.display()
+                        ),
+                    });
+                }
+                l.path = env.snapshot_dir.join(&l.path);
+            }
+        }
+        let top = env.run_dir.join(format!("{}.overlay", env.id));
+        let disk = LayeredDisk::open_layers(&layers, Some(&top), state.read_only).map_err(|e| {
+            Error::Disk {
+                path: layers.first().map(|l| l.path.clone()).unwrap_or_default(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok(Block::new(disk, state.read_only))
     }
 }
 

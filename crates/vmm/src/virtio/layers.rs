@@ -8,9 +8,21 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::snapshot::LayerSnap;
+use serde::{Deserialize, Serialize};
 
 pub const BLOCK: u64 = 4096;
+
+/// One layer of a disk as saved: the base file (every block present) or a copy-on-write
+/// overlay with the blocks it holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LayerState {
+    pub path: PathBuf,
+    /// None for the base; otherwise one bit per block present.
+    pub present: Option<Vec<u64>>,
+    /// The base's size and modification time (seconds, nanoseconds) when the snapshot was
+    /// taken: a base written since then would silently corrupt every restore, so it is refused.
+    pub stamp: Option<(u64, i64, i64)>,
+}
 
 struct Layer {
     file: File,
@@ -59,7 +71,7 @@ impl LayeredDisk {
     /// The layers of a snapshot (all read-only), with a new overlay at `top` for a writable
     /// disk.
     pub fn open_layers(
-        snaps: &[LayerSnap],
+        snaps: &[LayerState],
         top: Option<&Path>,
         read_only: bool,
     ) -> std::io::Result<Self> {
@@ -127,6 +139,10 @@ impl LayeredDisk {
         &self.layers[0].path
     }
 
+    pub fn read_only(&self) -> bool {
+        self.read_only
+    }
+
     fn push_overlay(&mut self, path: &Path) -> std::io::Result<()> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -146,12 +162,12 @@ impl LayeredDisk {
     }
 
     /// The layers as they are now (written data flushed first).
-    pub fn snap(&self) -> std::io::Result<Vec<LayerSnap>> {
+    pub fn layers(&self) -> std::io::Result<Vec<LayerState>> {
         self.flush()?;
         self.layers
             .iter()
             .map(|l| {
-                Ok(LayerSnap {
+                Ok(LayerState {
                     path: l.path.clone(),
                     present: l.present.clone(),
                     stamp: match l.present {
@@ -165,8 +181,8 @@ impl LayeredDisk {
 
     /// Stops writing to the current layers, returns them, and continues on a new overlay at
     /// `new_top` (a read-only disk has nothing to freeze and keeps its layers).
-    pub fn freeze(&mut self, new_top: &Path) -> std::io::Result<Vec<LayerSnap>> {
-        let frozen = self.snap()?;
+    pub fn freeze(&mut self, new_top: &Path) -> std::io::Result<Vec<LayerState>> {
+        let frozen = self.layers()?;
         if !self.read_only {
             self.push_overlay(new_top)?;
         }

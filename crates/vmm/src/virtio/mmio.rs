@@ -3,12 +3,14 @@
 
 use std::sync::atomic::Ordering;
 
+use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
 use super::{IrqLine, Queues, VirtioDevice, INT_CONFIG, INT_USED_RING, VIRTIO_F_VERSION_1};
 use crate::bus::BusDevice;
-use crate::snapshot::{QueueSnap, TransportSnap};
+use crate::persist::{Persist, SaveContext};
+use crate::Error;
 
 const MAGIC: u32 = 0x7472_6976;
 const VENDOR: u32 = 0x5354_524c; // "STRL"
@@ -19,6 +21,36 @@ pub const STATUS_DRIVER_OK: u32 = 4;
 pub const STATUS_FEATURES_OK: u32 = 8;
 pub const STATUS_NEEDS_RESET: u32 = 0x40;
 pub const STATUS_FAILED: u32 = 0x80;
+
+/// A virtqueue as saved: virtio-queue's own state.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct QueueState {
+    pub max_size: u16,
+    pub next_avail: u16,
+    pub next_used: u16,
+    pub event_idx: bool,
+    pub size: u16,
+    pub ready: bool,
+    pub desc_table: u64,
+    pub avail_ring: u64,
+    pub used_ring: u64,
+}
+
+/// The transport as saved: its registers, interrupt status and queues.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub queue_sel: u32,
+    pub config_generation: u32,
+    pub interrupt_status: u32,
+    pub active: bool,
+    pub queues: Vec<QueueState>,
+    pub broken: Option<String>,
+}
 
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
@@ -64,91 +96,9 @@ impl MmioTransport {
         self.device.as_any().downcast_mut::<T>()
     }
 
-    /// The transport's registers and queues, for a snapshot.
-    pub fn snap(&self) -> TransportSnap {
-        let queues = self
-            .active
-            .as_ref()
-            .map_or(&self.queues, |a| &a.queues)
-            .iter()
-            .map(|q| {
-                let s = q.state();
-                QueueSnap {
-                    max_size: s.max_size,
-                    next_avail: s.next_avail,
-                    next_used: s.next_used,
-                    event_idx: s.event_idx_enabled,
-                    size: s.size,
-                    ready: s.ready,
-                    desc_table: s.desc_table,
-                    avail_ring: s.avail_ring,
-                    used_ring: s.used_ring,
-                }
-            })
-            .collect();
-        TransportSnap {
-            device_type: self.device.device_type(),
-            status: self.status,
-            device_features_sel: self.device_features_sel,
-            driver_features_sel: self.driver_features_sel,
-            driver_features: self.driver_features,
-            queue_sel: self.queue_sel,
-            config_generation: self.config_generation,
-            interrupt_status: self.irq.status.load(Ordering::SeqCst),
-            active: self.active.is_some(),
-            queues,
-            broken: self.broken.clone(),
-        }
-    }
-
-    /// Takes up a snapshot's registers and queues; an activated device is activated again
-    /// and its pending interrupt raised anew.
-    pub fn restore(&mut self, s: &TransportSnap) -> Result<(), String> {
-        if s.device_type != self.device.device_type() {
-            return Err(format!(
-                "device type {} in the snapshot, {} here",
-                s.device_type,
-                self.device.device_type()
-            ));
-        }
-        let mut queues = Vec::new();
-        for q in &s.queues {
-            let state = virtio_queue::QueueState {
-                max_size: q.max_size,
-                next_avail: q.next_avail,
-                next_used: q.next_used,
-                event_idx_enabled: q.event_idx,
-                size: q.size,
-                ready: q.ready,
-                desc_table: q.desc_table,
-                avail_ring: q.avail_ring,
-                used_ring: q.used_ring,
-            };
-            queues.push(Queue::try_from(state).map_err(|e| format!("queue: {e}"))?);
-        }
-        if queues.len() != self.device.queue_sizes().len() {
-            return Err("queue count differs from the device's".into());
-        }
-        self.status = s.status;
-        self.device_features_sel = s.device_features_sel;
-        self.driver_features_sel = s.driver_features_sel;
-        self.driver_features = s.driver_features;
-        self.queue_sel = s.queue_sel;
-        self.config_generation = s.config_generation;
-        self.broken = s.broken.clone();
-        if s.active {
-            self.active = Some(Queues {
-                mem: self.mem.clone(),
-                queues,
-            });
-            self.device.activate(self.irq.clone());
-        } else {
-            self.queues = queues;
-        }
-        if s.interrupt_status != 0 {
-            self.irq.signal(s.interrupt_status);
-        }
-        Ok(())
+    /// The device behind the transport.
+    pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
+        self.device.as_mut()
     }
 
     fn offered(&self) -> u64 {
@@ -321,6 +271,101 @@ impl MmioTransport {
                 .map_or((), |q| q.set_used_ring_address(None, Some(v))),
             _ => {}
         }
+    }
+}
+
+impl<'a> Persist<'a> for MmioTransport {
+    type State = TransportState;
+    /// The device (restored first), guest memory and the interrupt line.
+    type Args = (Box<dyn VirtioDevice>, GuestMemoryMmap, IrqLine);
+
+    fn save(&mut self, _ctx: &SaveContext) -> Result<TransportState, Error> {
+        let queues = self
+            .active
+            .as_ref()
+            .map_or(&self.queues, |a| &a.queues)
+            .iter()
+            .map(|q| {
+                let s = q.state();
+                QueueState {
+                    max_size: s.max_size,
+                    next_avail: s.next_avail,
+                    next_used: s.next_used,
+                    event_idx: s.event_idx_enabled,
+                    size: s.size,
+                    ready: s.ready,
+                    desc_table: s.desc_table,
+                    avail_ring: s.avail_ring,
+                    used_ring: s.used_ring,
+                }
+            })
+            .collect();
+        Ok(TransportState {
+            device_type: self.device.device_type(),
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            queue_sel: self.queue_sel,
+            config_generation: self.config_generation,
+            interrupt_status: self.irq.status.load(Ordering::SeqCst),
+            active: self.active.is_some(),
+            queues,
+            broken: self.broken.clone(),
+        })
+    }
+
+    /// The transport with the saved registers and queues; an activated device is activated
+    /// again and its pending interrupt raised anew.
+    fn restore((device, mem, irq): Self::Args, s: &TransportState) -> Result<MmioTransport, Error> {
+        if s.device_type != device.device_type() {
+            return Err(Error::Invalid(format!(
+                "device type {} in the snapshot, {} here",
+                s.device_type,
+                device.device_type()
+            )));
+        }
+        let mut queues = Vec::new();
+        for q in &s.queues {
+            let state = virtio_queue::QueueState {
+                max_size: q.max_size,
+                next_avail: q.next_avail,
+                next_used: q.next_used,
+                event_idx_enabled: q.event_idx,
+                size: q.size,
+                ready: q.ready,
+                desc_table: q.desc_table,
+                avail_ring: q.avail_ring,
+                used_ring: q.used_ring,
+            };
+            queues.push(Queue::try_from(state).map_err(|e| Error::Invalid(format!("queue: {e}")))?);
+        }
+        if queues.len() != device.queue_sizes().len() {
+            return Err(Error::Invalid(
+                "queue count differs from the device's".into(),
+            ));
+        }
+        let mut t = MmioTransport::new(device, mem, irq);
+        t.status = s.status;
+        t.device_features_sel = s.device_features_sel;
+        t.driver_features_sel = s.driver_features_sel;
+        t.driver_features = s.driver_features;
+        t.queue_sel = s.queue_sel;
+        t.config_generation = s.config_generation;
+        t.broken = s.broken.clone();
+        if s.active {
+            t.active = Some(Queues {
+                mem: t.mem.clone(),
+                queues,
+            });
+            t.device.activate(t.irq.clone());
+        } else {
+            t.queues = queues;
+        }
+        if s.interrupt_status != 0 {
+            t.irq.signal(s.interrupt_status);
+        }
+        Ok(t)
     }
 }
 

@@ -6,14 +6,20 @@ pub mod blk;
 pub mod layers;
 pub mod mmio;
 pub mod rng;
+pub mod state;
 pub mod vsock;
 
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use virtio_queue::{desc::split::Descriptor, Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::spec::RestoreSpec;
 
 pub use mmio::MmioTransport;
 
@@ -121,8 +127,29 @@ impl Queues {
     }
 }
 
+/// Takes the monitor's end of a new service connection (vsock host port `SERVICE_PORT`):
+/// the guest's port, and the requests it had sent and not had answered when a snapshot was
+/// taken (for connections restored from one).
+pub type ServiceHandler = Arc<dyn Fn(UnixStream, u32, Vec<String>) + Send + Sync>;
+
+/// What every virtio device is restored with (its `Persist::Args`): its name, where the
+/// snapshot is, and what belongs to the new VM.
+pub struct DeviceEnv<'a> {
+    /// The device's name in the VM (`disk0`, `vsock`, …).
+    pub id: &'a str,
+    /// The snapshot directory: files a state names relatively are there.
+    pub snapshot_dir: &'a Path,
+    /// The new VM's own directory: new files (disk overlays, default sockets) go there.
+    pub run_dir: &'a Path,
+    /// The restore's own choices (socket paths …).
+    pub spec: &'a RestoreSpec,
+    /// The monitor's vsock service, for connections that continue into the new VM.
+    pub service: &'a ServiceHandler,
+}
+
 /// What a virtio device implements; the transport does feature negotiation, queue setup,
-/// interrupts and status.
+/// interrupts and status. Its snapshot state is its `Persist` impl, beside it, named in
+/// `state.rs`.
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     fn queue_sizes(&self) -> &[u16];
@@ -141,7 +168,12 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
-    /// For the device-specific parts of a snapshot (disk layers, vsock connections).
+    /// Host-side input the device waits for: a thread of the monitor waits on it and runs
+    /// `backend` when it fires.
+    fn event_source(&self) -> Option<Arc<Epoll>> {
+        None
+    }
+    /// The device as its own type (its snapshot state is saved by type, `state.rs`).
     fn as_any(&mut self) -> &mut dyn std::any::Any;
 }
 

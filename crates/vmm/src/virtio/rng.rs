@@ -1,6 +1,10 @@
 //! virtio-rng (entropy source): fills each device-writable buffer from the host's getrandom.
 
-use super::{write_to_chain, QueueBroken, Queues, VirtioDevice, TYPE_RNG};
+use serde::{Deserialize, Serialize};
+
+use super::{write_to_chain, DeviceEnv, QueueBroken, Queues, VirtioDevice, TYPE_RNG};
+use crate::persist::{Persist, SaveContext};
+use crate::Error;
 
 const QUEUE_SIZE: u16 = 64;
 /// Bytes served per request at most; drivers ask for 64 at a time.
@@ -47,6 +51,23 @@ impl VirtioDevice for Rng {
             q.add_used(0, chain.head, written as u32)?;
         }
         Ok(!chains.is_empty())
+    }
+}
+
+/// Nothing beyond what its transport holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RngState {}
+
+impl<'a> Persist<'a> for Rng {
+    type State = RngState;
+    type Args = &'a DeviceEnv<'a>;
+
+    fn save(&mut self, _ctx: &SaveContext) -> Result<RngState, Error> {
+        Ok(RngState {})
+    }
+
+    fn restore(_env: &'a DeviceEnv<'a>, _state: &RngState) -> Result<Rng, Error> {
+        Ok(Rng)
     }
 }
 

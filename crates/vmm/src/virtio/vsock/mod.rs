@@ -14,9 +14,13 @@ use std::sync::Arc;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use crate::snapshot::{ConnSnap, VsockSnap};
+use serde::{Deserialize, Serialize};
 
-use super::{write_to_chain, Chain, QueueBroken, Queues, VirtioDevice, TYPE_VSOCK};
+use super::{write_to_chain, Chain, DeviceEnv, QueueBroken, Queues, VirtioDevice, TYPE_VSOCK};
+use crate::persist::{Persist, SaveContext};
+use crate::Error;
+
+pub use super::ServiceHandler;
 use packet::*;
 
 pub const HOST_CID: u64 = 2;
@@ -34,9 +38,6 @@ const LISTENER_TOKEN: u64 = u64::MAX;
 /// Host port of the monitor's own service (fork, join, identity); see service.rs.
 pub const SERVICE_PORT: u32 = 0x5354_0000;
 
-/// Takes the monitor's end of a new service connection: the guest's port, and the requests it
-/// had sent and not had answered when a snapshot was taken (for connections restored from one).
-pub type ServiceHandler = Arc<dyn Fn(UnixStream, u32, Vec<String>) + Send + Sync>;
 /// Longest service request line, and most requests outstanding on one connection.
 const MAX_REQUEST: usize = 4096;
 const MAX_OUTSTANDING: usize = 64;
@@ -117,6 +118,42 @@ impl Conn {
     }
 }
 
+/// The device as saved: the guest's CID and the connections.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct VsockState {
+    pub cid: u64,
+    pub conns: Vec<ConnState>,
+    /// Control packets (headers) not yet delivered to the guest.
+    pub control: Vec<Vec<u8>>,
+    pub next_port: u32,
+}
+
+/// One connection as saved.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnState {
+    pub local_port: u32,
+    pub peer_port: u32,
+    pub established: bool,
+    /// A connection to the monitor's own service (fork, join, identity): it survives into
+    /// restored VMs and clones; others are reset there (their host ends do not exist).
+    pub service: bool,
+    pub fwd_cnt: u32,
+    pub announced_fwd: u32,
+    pub rx_cnt: u32,
+    pub peer_buf_alloc: u32,
+    pub peer_fwd_cnt: u32,
+    pub host_done: bool,
+    pub guest_done: bool,
+    /// Guest bytes not yet taken by the host side.
+    pub pending: Vec<u8>,
+    /// Host bytes not yet given to the guest.
+    pub outbox: Vec<u8>,
+    /// Service requests the guest sent that had no answer yet (answered again on restore),
+    /// and the start of a request line not yet complete.
+    pub unanswered: Vec<String>,
+    pub partial: Vec<u8>,
+}
+
 pub struct Vsock {
     guest_cid: u64,
     path: PathBuf,
@@ -163,11 +200,6 @@ impl Vsock {
     /// Connections from the guest to host port SERVICE_PORT go to `handler`.
     pub fn set_service(&mut self, handler: ServiceHandler) {
         self.service = Some(handler);
-    }
-
-    /// The epoll set the device's event thread waits on before asking for `process(RX)`.
-    pub fn epoll(&self) -> Arc<Epoll> {
-        self.epoll.clone()
     }
 
     pub fn path(&self) -> &Path {
@@ -595,7 +627,7 @@ impl Vsock {
     /// The connections as they are now, for a snapshot (the device must be quiet). Service
     /// streams are drained into their outboxes first, so that what the service said before
     /// the instant goes with it; `in_flight(guest port)` says what a service had not answered.
-    pub fn snap(&mut self) -> VsockSnap {
+    fn snap(&mut self) -> VsockState {
         let mut conns = Vec::new();
         for c in self.conns.values_mut() {
             if matches!(c.state, State::AwaitingLine(_)) {
@@ -608,7 +640,7 @@ impl Vsock {
                     c.note_answers(&buf[..n]);
                 }
             }
-            conns.push(ConnSnap {
+            conns.push(ConnState {
                 local_port: c.local_port,
                 peer_port: c.peer_port,
                 established: c.state == State::Established,
@@ -626,7 +658,8 @@ impl Vsock {
                 partial: c.partial.clone(),
             });
         }
-        VsockSnap {
+        VsockState {
+            cid: self.guest_cid,
             conns,
             control: self.control.iter().map(|h| h.to_bytes().to_vec()).collect(),
             next_port: self.next_port,
@@ -636,7 +669,7 @@ impl Vsock {
     /// Takes up a snapshot's connections in a new monitor: service connections continue
     /// (with a new service end, told what was in flight); the others had host ends that do
     /// not exist here, so the guest's ends are reset.
-    pub fn restore(&mut self, snap: &VsockSnap) {
+    fn take_up(&mut self, snap: &VsockState) {
         self.next_port = snap.next_port.max(FIRST_LOCAL_PORT);
         self.control
             .extend(snap.control.iter().filter_map(|h| Header::parse(h)));
@@ -703,6 +736,33 @@ impl Vsock {
     }
 }
 
+impl<'a> Persist<'a> for Vsock {
+    type State = VsockState;
+    type Args = &'a DeviceEnv<'a>;
+
+    /// The connections (service streams drained first, see `snap`).
+    fn save(&mut self, _ctx: &SaveContext) -> Result<VsockState, Error> {
+        Ok(self.snap())
+    }
+
+    /// A new host socket (the restore's own path, or `vsock.sock` in its run directory) with
+    /// the service connections continuing and the others reset.
+    fn restore(env: &'a DeviceEnv<'a>, state: &VsockState) -> Result<Vsock, Error> {
+        let path = env
+            .spec
+            .vsock_path
+            .clone()
+            .unwrap_or_else(|| env.run_dir.join("vsock.sock"));
+        let mut v = Vsock::new(state.cid, &path).map_err(|e| Error::Io {
+            what: format!("vsock socket {}", path.display()),
+            source: e,
+        })?;
+        v.set_service(env.service.clone());
+        v.take_up(state);
+        Ok(v)
+    }
+}
+
 fn parse_connect(line: &[u8]) -> Option<u32> {
     let s = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
     s.strip_prefix("CONNECT ")?.trim().parse().ok()
@@ -754,6 +814,9 @@ impl VirtioDevice for Vsock {
     }
     fn device_type(&self) -> u32 {
         TYPE_VSOCK
+    }
+    fn event_source(&self) -> Option<Arc<Epoll>> {
+        Some(self.epoll.clone())
     }
     fn queue_sizes(&self) -> &[u16] {
         &QUEUE_SIZES

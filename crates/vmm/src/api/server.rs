@@ -1,0 +1,142 @@
+//! The API server: one thread accepting on the unix socket, a thread per connection, one
+//! request per connection, routed to a [`Controller`].
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::*;
+use crate::Error;
+
+/// Largest request body read (bodies are small JSON objects).
+const MAX_BODY: usize = 65536;
+
+pub struct ApiServer {
+    path: PathBuf,
+}
+
+impl ApiServer {
+    /// Call after setting the `done` flag given to `serve`: wakes the accepting thread.
+    pub fn shutdown(self) {
+        let _ = UnixStream::connect(&self.path);
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Starts serving the API at `path` (a stale socket file is replaced).
+pub fn serve(
+    path: &Path,
+    vm: Arc<dyn Controller>,
+    done: Arc<AtomicBool>,
+) -> Result<ApiServer, Error> {
+    let io = |source| Error::Io {
+        what: format!("API socket {}", path.display()),
+        source,
+    };
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            while let Ok((stream, _)) = listener.accept() {
+                if done.load(Ordering::SeqCst) {
+                    break;
+                }
+                let vm = vm.clone();
+                let _ = std::thread::Builder::new()
+                    .name("api-conn".into())
+                    .spawn(move || handle(stream, &*vm));
+            }
+        })
+        .map_err(io)?;
+    Ok(ApiServer {
+        path: path.to_owned(),
+    })
+}
+
+fn handle(stream: UnixStream, vm: &dyn Controller) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // Headers: only Content-Length matters.
+    let mut length = 0usize;
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length.min(MAX_BODY)];
+    let _ = reader.read_exact(&mut body);
+    let (code, text) = match route(method, target, &body, vm) {
+        Ok(json) => (200, json),
+        Err(r) => (r.code, json(&ErrorBody { error: r.message })),
+    };
+    let reason = match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        _ => "Method Not Allowed",
+    };
+    let mut out = &stream;
+    let _ = write!(
+        out,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+        text.len()
+    );
+}
+
+fn json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "{}".into())
+}
+
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(bytes).map_err(|e| Refusal::bad_request(format!("request body: {e}")))
+}
+
+/// The answer to one request: its JSON, or why not.
+fn route(method: &str, target: &str, bytes: &[u8], vm: &dyn Controller) -> Result<String, Refusal> {
+    match (method, target) {
+        ("GET", PATH_VM) => Ok(json(&vm.status())),
+        ("POST", PATH_PAUSE) => Ok(json(&vm.pause())),
+        ("POST", PATH_RESUME) => Ok(json(&vm.resume())),
+        ("POST", PATH_STOP) => {
+            vm.stop();
+            Ok(json(&Stopping {
+                state: Activity::Stopping,
+            }))
+        }
+        ("POST", PATH_SNAPSHOT) => vm.snapshot(&body(bytes)?).map(|v| json(&v)),
+        ("POST", PATH_FORK) => vm.fork(&body(bytes)?).map(|v| json(&v)),
+        ("POST", PATH_ACTIVATE) => vm.activate(&body(bytes)?).map(|v| json(&v)),
+        (
+            _,
+            PATH_VM | PATH_PAUSE | PATH_RESUME | PATH_STOP | PATH_SNAPSHOT | PATH_FORK
+            | PATH_ACTIVATE,
+        ) => Err(Refusal {
+            code: 405,
+            message: format!("{method} is not allowed on {target}"),
+        }),
+        _ => Err(Refusal {
+            code: 404,
+            message: format!("no such endpoint: {target}"),
+        }),
+    }
+}

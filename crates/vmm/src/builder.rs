@@ -1,0 +1,287 @@
+//! Building a VM, by either of two paths that share the machine: booting (`boot`: memory,
+//! devices from a [`VmConfig`], the kernel loaded, ACPI tables, vCPUs at the kernel's entry)
+//! and restoring (`restore`: the state file checked first, memory mapped copy-on-write or
+//! served lazily, the devices rebuilt from their own saved states, KVM state set back).
+//! Every input is checked before a guest instruction runs.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::boot::{self, cpu};
+use crate::config::{Console, VmConfig};
+use crate::devices::SerialPort;
+use crate::exit::ExitSignal;
+use crate::layout::*;
+use crate::machine::{io_err, kvm_err, Machine};
+use crate::memory::GuestRam;
+use crate::persist::Persist;
+use crate::service::{Identity, Services};
+use crate::snapshot::{self, kvm as kstate, DeviceInfo, VmInfo};
+use crate::spec::RestoreSpec;
+use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, DeviceEnv, VirtioDevice};
+use crate::vm::{Vm, VmParts, Wiring};
+use crate::{acpi, Error};
+
+impl Vm {
+    /// Builds the VM and loads its kernel (see [`boot`]).
+    pub fn build(config: VmConfig) -> Result<Vm, Error> {
+        boot(config)
+    }
+
+    /// Builds a VM from a snapshot (see [`restore`]).
+    pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
+        restore(spec)
+    }
+}
+
+fn default_run_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("starling-vm-{}", std::process::id()))
+}
+
+/// Builds a VM from its config and loads its kernel; every input problem (kernel, initrd,
+/// memory, disks) is reported here, before any guest code runs.
+pub fn boot(config: VmConfig) -> Result<Vm, Error> {
+    config.validate()?;
+    let ram = GuestRam::fresh(config.mem_mib << 20, config.hugepages).map_err(|e| Error::Io {
+        what: format!("allocating {} MiB of guest memory", config.mem_mib),
+        source: e,
+    })?;
+    let mut m = Machine::new(ram)?;
+    let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit event"))?);
+    let serial = SerialPort::new(m.irqfd(COM1_IRQ)?, &config.console)
+        .map_err(io_err("opening the console"))?;
+    m.attach_legacy(serial, &exit);
+    let identity = Identity::fresh(0, config.hostname.clone());
+    let services = Services::new(identity, wake_event()?);
+
+    // Virtio devices: disks in order, then rng, then vsock. One line per device kind.
+    let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
+    for (i, d) in config.disks.iter().enumerate() {
+        let disk = Block::open(&d.path, d.read_only).map_err(|e| Error::Disk {
+            path: d.path.clone(),
+            reason: e.to_string(),
+        })?;
+        devices.push((format!("disk{i}"), Box::new(disk)));
+    }
+    if config.rng {
+        devices.push(("rng".into(), Box::new(Rng)));
+    }
+    if let Some(v) = &config.vsock {
+        let mut vsock = Vsock::new(v.cid, &v.path).map_err(|e| Error::Io {
+            what: format!("vsock socket {}", v.path.display()),
+            source: e,
+        })?;
+        vsock.set_service(services.handler());
+        devices.push(("vsock".into(), Box::new(vsock)));
+    }
+    let mut info = VmInfo {
+        mem_mib: config.mem_mib,
+        vcpus: config.vcpus,
+        hostname: config.hostname.clone(),
+        devices: Vec::new(),
+    };
+    for (id, dev) in devices {
+        info.devices.push(DeviceInfo {
+            id: id.clone(),
+            device_type: dev.device_type(),
+        });
+        m.attach_virtio(id, dev, None)?;
+    }
+
+    let mem = &m.ram.mem;
+    let kernel = boot::load_kernel(mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(p) => {
+            let max = kernel
+                .setup_header
+                .map(|h| u64::from(h.initrd_addr_max))
+                .filter(|&m| m != 0)
+                .unwrap_or(MMIO_HOLE_START);
+            Some(boot::load_initrd(mem, p, kernel.end, max)?)
+        }
+        None => None,
+    };
+    let cmdline_size = boot::load_cmdline(mem, &config.cmdline)?;
+    let rsdp = acpi::write_tables(mem, config.vcpus, &m.devices.windows())?;
+    boot::write_boot_params(mem, &kernel, cmdline_size, initrd, rsdp)?;
+
+    let base_cpuid = m
+        .kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    for id in 0..config.vcpus {
+        let fd =
+            m.vm.create_vcpu(u64::from(id))
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let cpuid = cpu::cpuid_for(&base_cpuid, id, config.vcpus);
+        cpu::setup_vcpu(&fd, &m.ram.mem, &cpuid, (id == 0).then_some(&kernel))?;
+        m.vcpus.push(Arc::new(Mutex::new(fd)));
+    }
+    Ok(Vm::new(VmParts {
+        machine: m,
+        info,
+        exit,
+        services,
+        wiring: Wiring {
+            api_socket: config.api_socket,
+            console: config.console,
+            run_dir: config.run_dir.unwrap_or_else(default_run_dir),
+        },
+        clone_id: 0,
+        lazy: None,
+        restored_from: None,
+        kernel: Some(kernel),
+    }))
+}
+
+fn wake_event() -> Result<Arc<vmm_sys_util::eventfd::EventFd>, Error> {
+    vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+        .map(Arc::new)
+        .map_err(io_err("creating an eventfd"))
+}
+
+/// A descriptor the parent handed over (`memory_fd`, `ready_fd`), taken as this process's own
+/// and kept from its own children.
+fn inherited(fd: i32) -> Result<std::fs::File, Error> {
+    if fd < 3 {
+        return Err(Error::Invalid(format!(
+            "descriptor {fd} is not an inherited one"
+        )));
+    }
+    // SAFETY: the parent that spawned this process handed this descriptor over for this
+    // purpose; nothing else in this process owns it.
+    let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    crate::fork::set_cloexec(fd, true).map_err(|e| Error::Io {
+        what: format!("inherited descriptor {fd}"),
+        source: e,
+    })?;
+    Ok(f)
+}
+
+/// Builds a VM from a snapshot: the state file is checked (format version, checksum, its
+/// parts against each other) before anything is created, RAM is mapped copy-on-write (or
+/// served lazily), and the vCPUs, interrupt controllers, clock and devices continue where
+/// they were. What belongs to one running VM (sockets, console, disk overlays) comes from
+/// `spec` or its run directory, never from the snapshot.
+pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
+    let t0 = Instant::now();
+    let snap_err = |reason: String| Error::Snapshot {
+        path: spec.dir.clone(),
+        reason,
+    };
+    let (state, lazy) = match &spec.lazy {
+        Some(r) => {
+            let (state, map, client) = crate::lazy::fetch_state(&r.parse()?)?;
+            state.check().map_err(snap_err)?;
+            (state, Some((map, client)))
+        }
+        None => (snapshot::read(&spec.dir)?, None),
+    };
+    if lazy.is_some() && state.info.has(crate::virtio::TYPE_BLOCK) {
+        // Disk paths in a state from another host name files of that host.
+        return Err(snap_err(
+            "lazy restores of VMs with disks are not supported (the disks are on the \
+             snapshot's host)"
+                .into(),
+        ));
+    }
+    let exit = Arc::new(ExitSignal::new().map_err(io_err("creating the exit event"))?);
+    let mut lazy_pages = None;
+    let mem_bytes = state.info.mem_bytes();
+    let (ram, fault_stats) = match (lazy, spec.memory_fd) {
+        (Some((map, client)), _) => {
+            let ram =
+                GuestRam::anonymous(mem_bytes).map_err(|e| snap_err(format!("memory: {e}")))?;
+            let mut pages: Vec<u64> = map.keys().copied().collect();
+            pages.sort_unstable();
+            lazy_pages = Some(pages);
+            let stats = crate::lazy::serve_faults(&ram, client, map, exit.clone())?;
+            (ram, Some(stats))
+        }
+        (None, fd) => {
+            let memory = match fd {
+                Some(fd) => inherited(fd)?,
+                None => {
+                    let p = spec.dir.join(snapshot::MEMORY_FILE);
+                    std::fs::File::open(&p)
+                        .map_err(|e| snap_err(format!("{}: {e}", p.display())))?
+                }
+            };
+            let ram = GuestRam::private_over(memory, mem_bytes)
+                .map_err(|e| snap_err(format!("memory: {e}")))?;
+            (ram, None)
+        }
+    };
+
+    let clone_id = spec.clone_id.unwrap_or(0);
+    let mut info = state.info.clone();
+    if spec.clone_id.is_some() {
+        let h = format!("{}-{clone_id}", info.hostname);
+        // Clones of clones: keep the distinguishing end within a hostname's 63 bytes.
+        info.hostname = h[h.len().saturating_sub(63)..]
+            .trim_start_matches('-')
+            .to_owned();
+    }
+    let run_dir = spec.run_dir.clone().unwrap_or_else(default_run_dir);
+    std::fs::create_dir_all(&run_dir).map_err(|e| Error::Io {
+        what: format!("creating {}", run_dir.display()),
+        source: e,
+    })?;
+    let console = spec.console.clone().unwrap_or(Console::Stdio);
+
+    let mut m = Machine::new(ram)?;
+    kstate::restore_vm(&m.vm, &state.kvm)?;
+    for (id, s) in state.vcpus.iter().enumerate() {
+        let fd =
+            m.vm.create_vcpu(id as u64)
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        kstate::restore_vcpu(&fd, s)?;
+        m.vcpus.push(Arc::new(Mutex::new(fd)));
+    }
+    let serial = SerialPort::restore((m.irqfd(COM1_IRQ)?, &console), &state.serial)?;
+    m.attach_legacy(serial, &exit);
+    let services = Services::new(
+        Identity::fresh(clone_id, info.hostname.clone()),
+        wake_event()?,
+    );
+    let handler = services.handler();
+    for (d, s) in info.devices.iter().zip(&state.devices) {
+        let env = DeviceEnv {
+            id: &d.id,
+            snapshot_dir: &spec.dir,
+            run_dir: &run_dir,
+            spec,
+            service: &handler,
+        };
+        let device = s.device.restore(&env)?;
+        m.attach_virtio(d.id.clone(), device, Some(&s.transport))
+            .map_err(|e| match e {
+                Error::Invalid(reason) => snap_err(reason),
+                e => e,
+            })?;
+    }
+    m.devices.poll_backends();
+    if let Some(a) = &spec.activate {
+        services.activate(a.clone());
+    }
+    let mut vm = Vm::new(VmParts {
+        machine: m,
+        info,
+        exit,
+        services,
+        wiring: Wiring {
+            api_socket: spec.api_socket.clone(),
+            console,
+            run_dir,
+        },
+        clone_id,
+        lazy: fault_stats,
+        restored_from: Some(t0),
+        kernel: None,
+    });
+    vm.start_paused(spec.paused);
+    vm.set_ready_fd(spec.ready_fd.map(inherited).transpose()?);
+    vm.set_lazy_pages(lazy_pages);
+    Ok(vm)
+}

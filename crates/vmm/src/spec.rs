@@ -1,0 +1,49 @@
+//! How to restore a snapshot: where it is and what belongs to the new VM. The data
+//! `starling-vmm --restore-json` takes; depends on nothing but the config's data types.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Console;
+
+/// How to restore a snapshot: where it is and what belongs to the new VM.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    /// The snapshot directory (its `state`, and its `memory` unless `memory_fd` is given).
+    pub dir: PathBuf,
+    /// Map this inherited descriptor (a parent's frozen memfd) instead of `dir/memory`.
+    #[serde(default)]
+    pub memory_fd: Option<i32>,
+    /// Restore as clone K: fresh identity, the fork's pending answer is K.
+    #[serde(default)]
+    pub clone_id: Option<u32>,
+    /// The new VM's own directory: disk overlays, and its vsock socket unless `vsock_path`
+    /// is given (default: a new directory per process under the temporary directory).
+    #[serde(default)]
+    pub run_dir: Option<PathBuf>,
+    /// Serve the API on this socket (none if not given).
+    #[serde(default)]
+    pub api_socket: Option<PathBuf>,
+    /// The host side of the VM's vsock device, if it has one (default: `RUN_DIR/vsock.sock`).
+    #[serde(default)]
+    pub vsock_path: Option<PathBuf>,
+    /// Where the serial console goes (default: stdio). Never taken from the snapshot: a
+    /// console file belongs to the VM that wrote it.
+    #[serde(default)]
+    pub console: Option<Console>,
+    /// An inherited pipe to write this clone's id to once its vCPUs run.
+    #[serde(default)]
+    pub ready_fd: Option<i32>,
+    /// Start with the vCPUs paused (a docked substrate, waiting for `activate` or `resume`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Answer the guest's `ready` with this (`activate …`, see service.rs) right away.
+    #[serde(default)]
+    pub activate: Option<String>,
+    /// Fetch state and memory from this memory server (`ADDR#HASH`: the state must have that
+    /// BLAKE3) instead of `dir`, each page when the guest first touches it.
+    #[serde(default)]
+    pub lazy: Option<String>,
+}
