@@ -2,7 +2,7 @@
 //! or the PVH start info, each with the same memory map.
 
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 use super::{EntryMode, InitrdPlace, KernelEntry};
 use crate::layout::*;
@@ -100,7 +100,7 @@ fn write_zero_page(
         *slot = boot_e820_entry {
             addr: e.addr,
             size: e.size,
-            r#type: e.kind,
+            type_: e.kind,
         };
     }
     params.e820_entries = map.len() as u8;
