@@ -19,7 +19,7 @@ use crate::persist::Persist;
 use crate::service::{Identity, Services};
 use crate::snapshot::{self, kvm as kstate, DeviceInfo, VmInfo};
 use crate::spec::RestoreSpec;
-use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, DeviceEnv, VirtioDevice};
+use crate::virtio::{blk::Block, fs::Fs, rng::Rng, vsock::Vsock, DeviceEnv, VirtioDevice};
 use crate::vm::{Vm, VmParts, Wiring};
 use crate::{acpi, Error};
 
@@ -55,7 +55,7 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
     let identity = Identity::fresh(0, config.hostname.clone());
     let services = Services::new(identity, wake_event()?);
 
-    // Virtio devices: disks in order, then rng, then vsock. One line per device kind.
+    // Virtio devices: disks in order, then rng, vsock, file systems. One line per device kind.
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
         let disk = Block::open(&d.path, d.read_only).map_err(|e| Error::Disk {
@@ -74,6 +74,9 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         })?;
         vsock.set_service(services.handler());
         devices.push(("vsock".into(), Box::new(vsock)));
+    }
+    for (i, f) in config.fs.iter().enumerate() {
+        devices.push((format!("fs{i}"), Box::new(Fs::new(f.clone())?)));
     }
     let mut info = VmInfo {
         mem_mib: config.mem_mib,

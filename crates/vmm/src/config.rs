@@ -37,6 +37,49 @@ pub struct VsockConfig {
     pub path: PathBuf,
 }
 
+/// An image version as a guest file system (virtio-fs, read-only), mounted in the guest by
+/// its tag (`mount -t virtiofs TAG /mnt`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    pub tag: String,
+    /// Where its objects are: `repo:URL` or `store:PATH` (as the daemon's object socket
+    /// names sources).
+    pub source: String,
+    /// The image version (commit id, 64 hex digits).
+    pub version: String,
+    /// The daemon's object socket; without one, a `store:PATH` source is read directly.
+    #[serde(default)]
+    pub objects_socket: Option<PathBuf>,
+}
+
+impl FsConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |reason: String| {
+            Err(Error::Invalid(format!(
+                "virtio-fs {:?}: {reason}",
+                self.tag
+            )))
+        };
+        if self.tag.is_empty()
+            || self.tag.len() > crate::virtio::fs::TAG_LEN
+            || !self.tag.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return bad(format!(
+                "a tag is 1 to {} printable ASCII characters",
+                crate::virtio::fs::TAG_LEN
+            ));
+        }
+        if self.source.is_empty() || self.source.len() > starling_store::wire::MAX_SOURCE {
+            return bad("the source is empty or too long".into());
+        }
+        if self.version.len() != 64 || !self.version.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return bad(format!("version {:?} is not 64 hex digits", self.version));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -53,6 +96,9 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     #[serde(default)]
     pub vsock: Option<VsockConfig>,
+    /// Image versions served as file systems (the first one is usually the root).
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
     #[serde(default = "default_true")]
     pub rng: bool,
     #[serde(default = "default_console")]
@@ -102,6 +148,7 @@ impl VmConfig {
             vcpus: 1,
             disks: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
             rng: true,
             console: Console::Stdio,
             api_socket: None,

@@ -46,4 +46,8 @@ pub struct RestoreSpec {
     /// BLAKE3) instead of `dir`, each page when the guest first touches it.
     #[serde(default)]
     pub lazy: Option<String>,
+    /// The daemon's object socket for image roots (virtio-fs), when it is not where the
+    /// snapshot's host had it.
+    #[serde(default)]
+    pub objects_socket: Option<PathBuf>,
 }

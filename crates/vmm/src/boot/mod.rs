@@ -9,9 +9,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use linux_loader::loader::{self, BzImage, Cmdline, Elf, KernelLoader, PvhBootCapability};
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::layout::{self, CMDLINE_MAX_SIZE, CMDLINE_START, HIMEM_START};
 use crate::Error;

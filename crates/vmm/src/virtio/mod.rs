@@ -3,6 +3,7 @@
 //! that request, and a ring the driver corrupted marks the device as needing reset.
 
 pub mod blk;
+pub mod fs;
 pub mod layers;
 pub mod mmio;
 pub mod rng;

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::mmio::TransportState;
-use super::{blk, rng, vsock, DeviceEnv, VirtioDevice};
+use super::{blk, fs, rng, vsock, DeviceEnv, VirtioDevice};
 use crate::persist::{Persist, SaveContext};
 use crate::Error;
 
@@ -55,6 +55,8 @@ virtio_devices! {
     Rng(rng::Rng),
     /// virtio-vsock: the guest CID and the connections.
     Vsock(vsock::Vsock),
+    /// virtio-fs: the image it serves, the file system's numbering and handles.
+    Fs(fs::Fs),
 }
 
 #[cfg(test)]

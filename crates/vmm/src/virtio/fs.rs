@@ -1,0 +1,327 @@
+//! virtio-fs: an image version as a file system of the guest, served inside the monitor.
+//!
+//! The device lives in the monitor process (not a vhost-user daemon) because clones map the
+//! parent's memory privately: only the clone's own process sees the clone's pages. Requests
+//! are FUSE messages in descriptor chains; fuse-backend-rs's virtio-fs transport reads and
+//! writes them through bounds-checked guest memory and its server dispatches them to the
+//! image file system (`starling_fs::ImageFs`), read-only: every write opcode is refused.
+//! Objects come from the host's daemon (its one cache: fetched once per host, verified there
+//! and again here) or a local store.
+//!
+//! Requests are served by worker threads, never on a vCPU thread: a miss may wait on the
+//! network. Workers record what they completed; the device's event thread returns those
+//! chains to the driver. A snapshot waits until no request is in flight, so every reply is
+//! in guest memory when the memory is saved; replies not yet returned to the driver are part
+//! of the state and returned by the restored device. The file system's own state (the order
+//! directories were numbered in, open handles) lets a restored or forked monitor answer the
+//! node ids and handles the guest holds.
+
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use fuse_backend_rs::api::server::Server;
+use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
+use serde::{Deserialize, Serialize};
+use starling_fs::{Counters, FsState, ImageFs, Objects};
+use starling_store::wire::SocketSource;
+use starling_store::{ObjectId, ObjectSource, Store};
+use virtio_queue::{DescriptorChain, QueueT};
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::{DeviceEnv, QueueBroken, Queues, VirtioDevice};
+use crate::config::FsConfig;
+use crate::persist::{Persist, SaveContext};
+use crate::Error;
+
+pub const TYPE_FS: u32 = 26;
+const HIPRIO_QUEUE_SIZE: u16 = 128;
+const REQUEST_QUEUE_SIZE: u16 = 1024;
+/// Requests served at once: misses wait on the daemon (and the network behind it).
+const WORKERS: usize = 4;
+/// The tag's room in the config space.
+pub const TAG_LEN: usize = 36;
+/// How long an object read may take before the guest gets EIO.
+const OBJECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+type Mem = Arc<GuestMemoryMmap>;
+type FuseServer = Server<Arc<ImageFs>>;
+
+/// A chain handed back to the driver: queue, head, bytes written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    pub queue: u16,
+    pub head: u16,
+    pub len: u32,
+}
+
+struct Shared {
+    done: Mutex<Vec<Completion>>,
+    /// Requests handed to workers and not yet completed.
+    inflight: Mutex<usize>,
+    idle: Condvar,
+    evt: EventFd,
+}
+
+pub struct Fs {
+    config: FsConfig,
+    fs: Arc<ImageFs>,
+    server: Arc<FuseServer>,
+    shared: Arc<Shared>,
+    epoll: Arc<Epoll>,
+    work: Option<Sender<(u16, DescriptorChain<Mem>)>>,
+}
+
+/// Opens the objects an image root reads: through the daemon's object socket, or a local
+/// store directly (`store:PATH` without a socket).
+fn objects(config: &FsConfig) -> Result<Arc<Objects>, Error> {
+    let bad = |reason: String| Error::Invalid(format!("virtio-fs {}: {reason}", config.tag));
+    let source: Arc<dyn ObjectSource> = match &config.objects_socket {
+        Some(sock) => Arc::new(
+            SocketSource::new(sock, &config.source, OBJECT_TIMEOUT)
+                .map_err(|e| bad(e.to_string()))?,
+        ),
+        None => {
+            let path = config.source.strip_prefix("store:").ok_or_else(|| {
+                bad(format!(
+                    "source {:?} needs the daemon's object socket (only store:PATH is read directly)",
+                    config.source
+                ))
+            })?;
+            Arc::new(Store::open(path).map_err(|e| bad(e.to_string()))?)
+        }
+    };
+    Ok(Arc::new(Objects::new(
+        source,
+        Arc::new(Counters::default()),
+    )))
+}
+
+fn version(config: &FsConfig) -> Result<ObjectId, Error> {
+    config.version.parse().map_err(|_| {
+        Error::Invalid(format!(
+            "virtio-fs {}: version {:?} is not an object id",
+            config.tag, config.version
+        ))
+    })
+}
+
+impl Fs {
+    /// Serves the version `config` names; its commit is read now, so an unknown version or
+    /// an unreachable source is an error before the guest runs.
+    pub fn new(config: FsConfig) -> Result<Fs, Error> {
+        config.validate()?;
+        let fs = ImageFs::new(
+            objects(&config)?,
+            &version(&config)?,
+            Arc::new(Counters::default()),
+            None,
+            format!("virtio-fs {}", config.tag),
+        )
+        .map_err(|e| Error::Invalid(format!("virtio-fs {}: {e}", config.tag)))?;
+        Self::with(config, fs, Vec::new())
+    }
+
+    fn with(config: FsConfig, fs: ImageFs, pending: Vec<Completion>) -> Result<Fs, Error> {
+        let fs = Arc::new(fs);
+        let evt =
+            EventFd::new(libc::EFD_NONBLOCK).map_err(crate::machine::io_err("virtio-fs event"))?;
+        let epoll = Epoll::new().map_err(crate::machine::io_err("virtio-fs epoll"))?;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                std::os::fd::AsRawFd::as_raw_fd(&evt),
+                EpollEvent::new(EventSet::IN, 0),
+            )
+            .map_err(crate::machine::io_err("virtio-fs epoll"))?;
+        if !pending.is_empty() {
+            let _ = evt.write(1);
+        }
+        Ok(Fs {
+            config,
+            server: Arc::new(Server::new(fs.clone())),
+            fs,
+            shared: Arc::new(Shared {
+                done: Mutex::new(pending),
+                inflight: Mutex::new(0),
+                idle: Condvar::new(),
+                evt,
+            }),
+            epoll: Arc::new(epoll),
+            work: None,
+        })
+    }
+
+    fn start_workers(&mut self) {
+        let (tx, rx) = mpsc::channel::<(u16, DescriptorChain<Mem>)>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..WORKERS {
+            let (rx, server, shared) = (rx.clone(), self.server.clone(), self.shared.clone());
+            let _ = std::thread::Builder::new()
+                .name(format!("{}-fs{i}", self.config.tag))
+                .spawn(move || serve(&rx, &server, &shared));
+        }
+        self.work = Some(tx);
+    }
+
+    /// Waits until no request is in flight (a snapshot needs every reply in memory).
+    fn quiesce(&self) {
+        let mut n = lock(&self.shared.inflight);
+        while *n > 0 {
+            n = self.shared.idle.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A worker: takes requests until the device lets go of the queue's sender.
+fn serve(rx: &Mutex<Receiver<(u16, DescriptorChain<Mem>)>>, server: &FuseServer, shared: &Shared) {
+    loop {
+        let next = lock(rx).recv();
+        let Ok((queue, chain)) = next else { return };
+        let head = chain.head_index();
+        let mem = chain.memory();
+        let written = match (
+            Reader::from_descriptor_chain(mem, chain.clone()),
+            VirtioFsWriter::new(mem, chain.clone()),
+        ) {
+            (Ok(r), Ok(w)) => match server.handle_message(r, Writer::VirtioFs(w), None, None) {
+                Ok(n) => n as u32,
+                // A malformed request: the chain goes back to the driver unanswered.
+                Err(_) => 0,
+            },
+            _ => 0,
+        };
+        lock(&shared.done).push(Completion {
+            queue,
+            head,
+            len: written,
+        });
+        let _ = shared.evt.write(1);
+        let mut n = lock(&shared.inflight);
+        *n -= 1;
+        if *n == 0 {
+            shared.idle.notify_all();
+        }
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        // Ends the workers once they finish what they hold.
+        self.work.take();
+    }
+}
+
+impl VirtioDevice for Fs {
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn device_type(&self) -> u32 {
+        TYPE_FS
+    }
+    fn queue_sizes(&self) -> &[u16] {
+        &[HIPRIO_QUEUE_SIZE, REQUEST_QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        0
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        let mut cfg = [0u8; TAG_LEN + 4];
+        cfg[..self.config.tag.len()].copy_from_slice(self.config.tag.as_bytes());
+        cfg[TAG_LEN..].copy_from_slice(&1u32.to_le_bytes());
+        for (i, b) in data.iter_mut().enumerate() {
+            *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
+        }
+    }
+    fn activate(&mut self, _irq: super::IrqLine) {
+        if self.work.is_none() {
+            self.start_workers();
+        }
+    }
+    fn notify(&mut self, index: usize, q: &mut Queues) -> Result<bool, QueueBroken> {
+        if self.work.is_none() {
+            self.start_workers();
+        }
+        let mem: Mem = Arc::new(q.mem.clone());
+        let Some(queue) = q.queues.get_mut(index) else {
+            return Ok(false);
+        };
+        while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+            *lock(&self.shared.inflight) += 1;
+            let sent = self
+                .work
+                .as_ref()
+                .is_some_and(|w| w.send((index as u16, chain)).is_ok());
+            if !sent {
+                *lock(&self.shared.inflight) -= 1;
+            }
+        }
+        Ok(false)
+    }
+    fn backend(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
+        let _ = self.shared.evt.read();
+        let done = std::mem::take(&mut *lock(&self.shared.done));
+        for c in &done {
+            q.add_used(usize::from(c.queue), c.head, c.len)?;
+        }
+        Ok(!done.is_empty())
+    }
+    fn reset(&mut self) {
+        self.quiesce();
+        lock(&self.shared.done).clear();
+    }
+    fn event_source(&self) -> Option<Arc<Epoll>> {
+        Some(self.epoll.clone())
+    }
+}
+
+/// The device in a snapshot: which image it serves from where, the file system's numbering
+/// and handles, and replies not yet returned to the driver.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct FsDeviceState {
+    pub config: FsConfig,
+    pub fs: FsState,
+    pub completions: Vec<Completion>,
+}
+
+impl<'a> Persist<'a> for Fs {
+    type State = FsDeviceState;
+    type Args = &'a DeviceEnv<'a>;
+
+    fn save(&mut self, _ctx: &SaveContext) -> Result<FsDeviceState, Error> {
+        self.quiesce();
+        Ok(FsDeviceState {
+            config: self.config.clone(),
+            fs: self.fs.save(),
+            completions: lock(&self.shared.done).clone(),
+        })
+    }
+
+    fn restore(env: &'a DeviceEnv<'a>, state: &FsDeviceState) -> Result<Fs, Error> {
+        let mut config = state.config.clone();
+        if let Some(sock) = &env.spec.objects_socket {
+            config.objects_socket = Some(sock.clone());
+        }
+        config.validate()?;
+        if state.fs.commit != version(&config)? {
+            return Err(Error::Invalid(format!(
+                "virtio-fs {}: its file system state is of another version",
+                config.tag
+            )));
+        }
+        let fs = ImageFs::restore(
+            objects(&config)?,
+            &state.fs,
+            Arc::new(Counters::default()),
+            format!("virtio-fs {}", config.tag),
+        )
+        .map_err(|e| Error::Invalid(format!("virtio-fs {}: {e}", config.tag)))?;
+        Self::with(config, fs, state.completions.clone())
+    }
+}
