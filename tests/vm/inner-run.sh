@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs inside the Linux guest our VMM boots (tier 2): every check prints one "inner:" line.
 # With starling.agent on the kernel command line it serves vsock port 7000 with the guest agent
-# instead, for the fork and snapshot checks, and never returns.
+# instead, for the fork and snapshot checks, and never returns; with starling.agentfork it also
+# forks itself and joins its clones through the agent.
 if grep -q starling.pool /proc/cmdline; then
   # A pool's substrate: booted, page cache dropped, docked at `ready` until activated.
   answer=$(/bin/starling-agent ready)
@@ -18,3 +19,16 @@ if mount -t ext4 -o ro /dev/vda /mnt; then echo "inner: marker $(cat /mnt/marker
 echo "inner: hwrng $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
 echo "inner: urandom $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 /bin/vsock-hello 5000 "hello from the inner guest" | sed 's/^/inner: /'
+# The PVH boot forks itself into 2 clones through the guest agent and joins them; clone K ends
+# with status 20+K, written to the monitor's exit port 0x501 through /dev/port.
+if grep -q starling.agentfork /proc/cmdline; then
+  id=$(/bin/starling-agent fork 2) || id=failed
+  echo "inner: agentfork id=$id hostname=$(hostname) urandom=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  case $id in
+    0) echo "inner: agentjoin $(/bin/starling-agent join)" ;;
+    [1-9]*)
+      printf "\\$(printf %o $((20 + id)))" | dd of=/dev/port bs=1 seek=$((0x501)) 2>/dev/null
+      sleep 10
+      echo "inner: clone $id did not exit through port 0x501" ;;
+  esac
+fi
