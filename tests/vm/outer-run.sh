@@ -147,6 +147,6 @@ run_scenario() { # NAME SECONDS
 }
 
 scenarios=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^starling.scenarios=//p' | tr ',' ' ')
-for s in ${scenarios:-boot:200 fork:180 pool:180}; do
+for s in ${scenarios:-boot:240 fork:180 pool:180}; do
   run_scenario "${s%%:*}" "${s#*:}"
 done

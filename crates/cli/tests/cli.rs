@@ -200,16 +200,33 @@ fn default_store_location() {
             .unwrap()
     };
     let marker = |store: &std::path::Path| store.join("starling-store").exists();
-    let out = import(&[("HOME", &home)], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = import(&[("HOME", home.as_path())], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(marker(&home.join(".local/share/starling")));
-    let out = import(&[("HOME", &home), ("XDG_DATA_HOME", &xdg)], Some(""));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(marker(&xdg.join("starling")), "an empty STARLING_HOME is unset");
+    let out = import(
+        &[("HOME", home.as_path()), ("XDG_DATA_HOME", xdg.as_path())],
+        Some(""),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        marker(&xdg.join("starling")),
+        "an empty STARLING_HOME is unset"
+    );
     let out = import(&[], None);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("STARLING_HOME") && err.contains("HOME"), "{err}");
+    assert!(
+        err.contains("STARLING_HOME") && err.contains("HOME"),
+        "{err}"
+    );
     assert!(!dir.path().join(".local").exists());
 }
 

@@ -587,7 +587,10 @@ fn cache_gc_evicts_least_recently_used_but_never_what_an_open_file_pins() {
     let mp = mount();
     for i in 0..6 {
         let f = format!("f{i}");
-        assert_eq!(fs::read(mp.join(&f)).unwrap(), fs::read(src.join(&f)).unwrap());
+        assert_eq!(
+            fs::read(mp.join(&f)).unwrap(),
+            fs::read(src.join(&f)).unwrap()
+        );
     }
     // f5, read last, stays open: its chunks are pinned.
     let held = fs::File::open(mp.join("f5")).unwrap();
@@ -603,9 +606,18 @@ fn cache_gc_evicts_least_recently_used_but_never_what_an_open_file_pins() {
     let (f0, f5) = (requests("f0"), requests("f5"));
     assert!(f0.iter().chain(&f5).all(|&n| n == 1), "{f0:?} {f5:?}");
     let mp = mount();
-    assert_eq!(fs::read(mp.join("f0")).unwrap(), fs::read(src.join("f0")).unwrap());
-    assert_eq!(fs::read(mp.join("f5")).unwrap(), fs::read(src.join("f5")).unwrap());
-    assert!(requests("f0").iter().all(|&n| n == 2), "f0 was evicted and fetched again");
+    assert_eq!(
+        fs::read(mp.join("f0")).unwrap(),
+        fs::read(src.join("f0")).unwrap()
+    );
+    assert_eq!(
+        fs::read(mp.join("f5")).unwrap(),
+        fs::read(src.join("f5")).unwrap()
+    );
+    assert!(
+        requests("f0").iter().all(|&n| n == 2),
+        "f0 was evicted and fetched again"
+    );
     assert!(requests("f5").iter().all(|&n| n == 1), "f5 stayed cached");
     // Everything that can go: only what the open file pins stays.
     d.ok(&env, &["cache", "gc"]);
@@ -617,14 +629,23 @@ fn cache_gc_evicts_least_recently_used_but_never_what_an_open_file_pins() {
     // The kernel tells the daemon of the close (FUSE release) on its own time.
     let started = std::time::Instant::now();
     while d.cache(&env)["pinned"] != 0 {
-        assert!(started.elapsed().as_secs() < 10, "f5 still pinned after its close");
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "f5 still pinned after its close"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     d.ok(&env, &["cache", "gc"]);
     assert_eq!(d.cache(&env)["objects"], 0);
     let mp = mount();
-    assert_eq!(fs::read(mp.join("f5")).unwrap(), fs::read(src.join("f5")).unwrap());
-    assert!(requests("f5").iter().all(|&n| n == 2), "f5 fetched again once unpinned");
+    assert_eq!(
+        fs::read(mp.join("f5")).unwrap(),
+        fs::read(src.join("f5")).unwrap()
+    );
+    assert!(
+        requests("f5").iter().all(|&n| n == 2),
+        "f5 fetched again once unpinned"
+    );
 }
 
 /// The repository files of the chunks of `path` in image `image`.

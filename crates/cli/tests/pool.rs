@@ -234,7 +234,21 @@ fn pools_dock_activate_refill_and_remove() {
         .args(["--image", "tiny:v1"]));
     let base = pools.join("disk/rootfs.ext4");
     let base_before = std::fs::read(&base).unwrap();
-    let dumpe2fs = Command::new("dumpe2fs").arg("-h").arg(&base).output().unwrap();
+    // The base disk holds the image (read by e2fsprogs' own ext4 reader).
+    let motd = Command::new("debugfs")
+        .args(["-R", "cat /etc/motd"])
+        .arg(&base)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&motd.stdout),
+        "hello from the pool's image\n"
+    );
+    let dumpe2fs = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(&base)
+        .output()
+        .unwrap();
     assert!(dumpe2fs.status.success(), "dumpe2fs -h {}", base.display());
     let uuid = String::from_utf8_lossy(&dumpe2fs.stdout)
         .lines()
@@ -255,7 +269,10 @@ fn pools_dock_activate_refill_and_remove() {
         .unwrap();
         let slot = PathBuf::from(v["slot"].as_str().unwrap());
         wait_for_file(&slot.join("monitor.log"), "GuestExit(5)");
-        let log = wait_for_file(Path::new(v["console"].as_str().unwrap()), "substrate: whoami");
+        let log = wait_for_file(
+            Path::new(v["console"].as_str().unwrap()),
+            "substrate: whoami",
+        );
         assert!(
             log.contains(&format!(
                 "substrate: disk: superblock status 0 magic ef53 uuid {uuid}\n"

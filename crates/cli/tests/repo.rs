@@ -581,8 +581,15 @@ fn pushes_never_half_publish(
         .collect();
     assert_eq!(tags.len(), 5, "every concurrent push landed: {ls}");
     // Each round has 4 MiB of new, incompressible content, so that a push has work to be
-    // killed in the middle of; a kill that came after the push had finished proves nothing
-    // and is not counted.
+    // killed in the middle of, and the kills are spread over the time a whole push takes here
+    // (timed first); a kill that came after the push had finished proves nothing and is not
+    // counted.
+    fs::write(src.join("big"), pseudo_random(4 << 20, 99)).unwrap();
+    env.ok(&["image", "import", s(src), "t:v1"]);
+    let started = std::time::Instant::now();
+    let o = push("t:v1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = started.elapsed();
     let rounds = 8u64;
     let mut killed = 0;
     for i in 0..rounds {
@@ -593,7 +600,7 @@ fn pushes_never_half_publish(
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(5 + i * 15));
+        std::thread::sleep(whole * (i as u32 + 1) / (rounds as u32 + 2));
         let finished = k.try_wait().unwrap().is_some();
         let _ = k.kill();
         let status = k.wait().unwrap();

@@ -69,7 +69,7 @@ fn host_death(console: &str, work: &Path) -> Option<String> {
 
 /// The scenarios in order and the seconds each may take in all (outer-run.sh kills what is
 /// left of a scenario then and reports it done, so it is judged: a hung Starling fails).
-const SCENARIOS: [(&str, u64); 3] = [("boot", 200), ("fork", 180), ("pool", 180)];
+const SCENARIOS: [(&str, u64); 3] = [("boot", 240), ("fork", 180), ("pool", 180)];
 /// Booting the test host and loading its KVM modules, before the first scenario.
 const HOST_BOOT: u64 = 90;
 
@@ -147,7 +147,7 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         }
         for (s, _) in &left {
             if let Some(seg) = scenario(&console, s) {
-                finished.push((s, seg));
+                finished.push((*s, seg));
             }
         }
         if finished.len() == SCENARIOS.len() {
@@ -167,14 +167,17 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         };
         starling_testkit::note(
             "RETRY",
-            &format!("tier-2 test host {attempt} died ({death}); running {:?} again", {
-                let left: Vec<&str> = SCENARIOS
-                    .iter()
-                    .map(|(s, _)| *s)
-                    .filter(|s| finished.iter().all(|(f, _)| f != s))
-                    .collect();
-                left
-            }),
+            &format!(
+                "tier-2 test host {attempt} died ({death}); running {:?} again",
+                {
+                    let left: Vec<&str> = SCENARIOS
+                        .iter()
+                        .map(|(s, _)| *s)
+                        .filter(|s| finished.iter().all(|(f, _)| f != s))
+                        .collect();
+                    left
+                }
+            ),
         );
         eprintln!("the test host died: {death}; its console ended:\n{tail}");
         deaths.push(death);

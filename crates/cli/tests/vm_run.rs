@@ -269,7 +269,10 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a second snapshot wrote over the first");
+    assert!(
+        !out.status.success(),
+        "a second snapshot wrote over the first"
+    );
     assert!(
         err.contains(&snap.display().to_string()) && err.contains("not empty"),
         "{err}"
@@ -353,7 +356,9 @@ fn lazy_restore_from_a_memory_server_on_the_command_line() {
         }
     };
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    wait("ticks", &|| tick_numbers(&read(&log)).len() >= 5 && sock.exists());
+    wait("ticks", &|| {
+        tick_numbers(&read(&log)).len() >= 5 && sock.exists()
+    });
     let snap = d.join("snap");
     let out = starling()
         .args(["vm", "snapshot", "--stop"])
@@ -418,10 +423,18 @@ fn lazy_restore_from_a_memory_server_on_the_command_line() {
     wait("lazy ticks", &|| {
         tick_numbers(&read(&log2)).len() >= 5 && sock2.exists()
     });
-    let out = starling().args(["vm", "status"]).arg(&sock2).output().unwrap();
+    let out = starling()
+        .args(["vm", "status"])
+        .arg(&sock2)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let out = starling().args(["vm", "stop"]).arg(&sock2).output().unwrap();
+    let out = starling()
+        .args(["vm", "stop"])
+        .arg(&sock2)
+        .output()
+        .unwrap();
     assert!(out.status.success());
     assert!(restored.wait().unwrap().success());
     server.kill().unwrap();

@@ -228,7 +228,9 @@ mod tests {
             .map(Path::new)
             .find(|p| std::fs::read(p).is_ok_and(|d| is_static_elf(&d)))
         else {
-            starling_testkit::skip("no static busybox (Debian package busybox-static) on this host");
+            starling_testkit::skip(
+                "no static busybox (Debian package busybox-static) on this host",
+            );
             return;
         };
         if std::process::Command::new("cpio")

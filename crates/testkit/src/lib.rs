@@ -65,7 +65,10 @@ fn record(kind: &str, what: &str) {
             .open(&path)
             .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
         if let Err(e) = written {
-            eprintln!("cannot append to STARLING_SKIP_LOG {}: {e}", path.to_string_lossy());
+            eprintln!(
+                "cannot append to STARLING_SKIP_LOG {}: {e}",
+                path.to_string_lossy()
+            );
         }
     }
 }

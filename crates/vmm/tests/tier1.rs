@@ -18,14 +18,12 @@ use starling_vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VsockConfig};
 /// that rejects the guest fails every test.
 fn guests() -> Option<&'static TestGuest> {
     static G: OnceLock<Result<TestGuest, String>> = OnceLock::new();
-    let g = G.get_or_init(|| {
-        match starling_vmm::test_guest::missing() {
-            Some(why) => Err(why),
-            None => Ok(starling_vmm::test_guest::build(
-                &Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest"),
-            )
-            .unwrap_or_else(|e| panic!("the test guest does not build: {e}"))),
-        }
+    let g = G.get_or_init(|| match starling_vmm::test_guest::missing() {
+        Some(why) => Err(why),
+        None => Ok(starling_vmm::test_guest::build(
+            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest"),
+        )
+        .unwrap_or_else(|e| panic!("the test guest does not build: {e}"))),
     });
     match g {
         Ok(g) => Some(g),
