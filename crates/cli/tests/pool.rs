@@ -158,9 +158,14 @@ fn pools_dock_activate_refill_and_remove() {
             .to_owned();
         seeds.push(seed);
     }
+    let all = seeds.clone();
     seeds.sort();
     seeds.dedup();
-    assert_eq!(seeds.len(), 3, "every activated VM has its own identity");
+    assert_eq!(
+        seeds.len(),
+        3,
+        "every activated VM has its own identity: {all:?}"
+    );
     let ls: serde_json::Value =
         serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
     assert_eq!(ls[0]["waiting"], 2, "refilled to its size: {ls}");
