@@ -37,6 +37,26 @@ def block(name, key):
     return json.loads(m.group(1))[key]
 
 
+def block_or(name, key, pattern):
+    """From the figures line if the results file has one, else found in its text (results
+    written before their bench printed a figures line)."""
+    try:
+        return block(name, key)
+    except KeyError:
+        return find(name, pattern)
+
+
+def find_any(name, *patterns):
+    """The first of several ways a results file (of this or an earlier version of its bench)
+    prints a figure."""
+    for p in patterns[:-1]:
+        try:
+            return find(name, p)
+        except KeyError:
+            pass
+    return find(name, patterns[-1])
+
+
 def find(name, pattern, group=1):
     """A number the results file prints, found by a regular expression."""
     m = re.search(pattern, results(name))
@@ -61,14 +81,14 @@ def fixed(digits):
 # KEY: (how to get it, how to print it)
 FIGURES = {
     # Tier 1 snapshots (bench/vm_snapshot.py).
-    "vm-snapshot.restore_running_ms": (lambda: block("vm-snapshot.md", "restore_running_ms"), fixed(1)),
+    "vm-snapshot.restore_running_ms": (lambda: block_or("vm-snapshot.md", "restore_running_ms", r"\| Starling `starling-vmm --restore` \| ([\d.]+) \|"), fixed(1)),
     "vm-snapshot.restore_resident_ms": (lambda: block("vm-snapshot.md", "restore_resident_ms"), fixed(1)),
-    "vm-snapshot.restore_inner_ms": (lambda: block("vm-snapshot.md", "restore_inner_ms"), fixed(1)),
-    "vm-snapshot.restore_running_vs_qemu": (lambda: block("vm-snapshot.md", "restore_running_vs_qemu"), fixed(2)),
+    "vm-snapshot.restore_inner_ms": (lambda: block_or("vm-snapshot.md", "restore_inner_ms", r"median\s+([\d.]+) ms \(goal"), fixed(1)),
+    "vm-snapshot.restore_running_vs_qemu": (lambda: block_or("vm-snapshot.md", "restore_running_vs_qemu", r"\*\*ratio Starling / QEMU\*\* \| \*\*([\d.]+)x"), fixed(2)),
     "vm-snapshot.restore_resident_vs_qemu": (lambda: block("vm-snapshot.md", "restore_resident_vs_qemu"), fixed(2)),
-    "vm-snapshot.state_kib": (lambda: block("vm-snapshot.md", "state_bytes") / 1024, fixed(1)),
-    "vm-snapshot.fork_paused_ms": (lambda: block("vm-snapshot.md", "fork_paused_ms"), fixed(1)),
-    "vm-snapshot.fork_one_ms": (lambda: block("vm-snapshot.md", "fork_one_ms"), fixed(1)),
+    "vm-snapshot.state_kib": (lambda: block_or("vm-snapshot.md", "state_bytes", r"(\d+) bytes of state") / 1024, fixed(1)),
+    "vm-snapshot.fork_paused_ms": (lambda: block_or("vm-snapshot.md", "fork_paused_ms", r"one clone: parent paused \| ([\d.]+)"), fixed(1)),
+    "vm-snapshot.fork_one_ms": (lambda: block_or("vm-snapshot.md", "fork_one_ms", r"request to the clone running \| ([\d.]+)"), fixed(1)),
     "vm-snapshot.fork_100_ms": (lambda: block("vm-snapshot.md", "fork_100_ms"), fixed(0)),
     "vm-snapshot.clone_host_mib": (lambda: block("vm-snapshot.md", "clone_host_mib"), fixed(2)),
     "vm-snapshot.lazy_moved_vs_touched": (lambda: block("vm-snapshot.md", "lazy_moved_vs_touched"), fixed(2)),
@@ -78,7 +98,8 @@ FIGURES = {
     "repo-pull.pull_vs_curl": (lambda: find("repo-pull.md", r"starling pull / curl: \*\*([\d.]+)\*\*"), fixed(2)),
     "repo-pull.second_version_objects": (lambda: find("repo-pull.md", r"second version \(one file changed\): (\d+) of"), fixed(0)),
     # Lazy mounts (bench/fs_read.py).
-    "fs-read.read_vs_squashfuse": (lambda: find("fs-read.md", r"Starling read throughput / squashfuse's, both at 1 MiB read-ahead: ([\d.]+)"), fixed(2)),
+    "fs-read.read_vs_squashfuse": (lambda: find_any("fs-read.md", r"Starling read throughput / squashfuse's, both at 1 MiB read-ahead: ([\d.]+)",
+                                                    r"against squashfuse given the same 1 MiB read-ahead: ([\d.]+)"), fixed(2)),
     "fs-read.read_vs_squashfuse_128k": (lambda: find("fs-read.md", r"the same, both at the default 128 KiB: ([\d.]+)"), fixed(2)),
     "fs-read.walk_cold_vs_squashfuse": (lambda: find("fs-read.md", r"Starling walk time / squashfuse's, cold: ([\d.]+)"), fixed(2)),
     "fs-read.walk_warm_vs_squashfuse": (lambda: find("fs-read.md", r"the same, warm, same lifetimes: ([\d.]+)"), fixed(2)),
