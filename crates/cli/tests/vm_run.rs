@@ -18,6 +18,32 @@ fn guest(dir: &Path) -> Option<std::path::PathBuf> {
     Some(g.pvh)
 }
 
+/// A monitor (or server) the test started, killed when the test ends early: a failed assert
+/// must not leave a VM running (it would hold on to whatever its test runner held).
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn starling() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_starling"));
     c.env("STARLING_HOME", "/nonexistent-store-not-needed");
@@ -200,6 +226,7 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .arg("--kernel")
         .arg(&kernel)
         .spawn()
+        .map(Reaped)
         .unwrap();
     let ticks = |p: &Path| {
         std::fs::read_to_string(p)
@@ -292,6 +319,7 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .arg("--api-socket")
         .arg(&sock2)
         .spawn()
+        .map(Reaped)
         .unwrap();
     wait("restored ticks", &|| ticks(&log2) >= 3);
     starling_vmm::api::call(&sock2, "POST", "/v1/vm/stop", &serde_json::Value::Null).unwrap();
@@ -347,6 +375,7 @@ fn lazy_restore_from_a_memory_server_on_the_command_line() {
         .arg("--kernel")
         .arg(&kernel)
         .spawn()
+        .map(Reaped)
         .unwrap();
     let wait = |what: &str, f: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -383,6 +412,7 @@ fn lazy_restore_from_a_memory_server_on_the_command_line() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
+        .map(Reaped)
         .unwrap();
     let mut pinned = String::new();
     std::io::BufReader::new(server.stdout.take().unwrap())
@@ -419,6 +449,7 @@ fn lazy_restore_from_a_memory_server_on_the_command_line() {
         .arg("--api-socket")
         .arg(&sock2)
         .spawn()
+        .map(Reaped)
         .unwrap();
     wait("lazy ticks", &|| {
         tick_numbers(&read(&log2)).len() >= 5 && sock2.exists()
