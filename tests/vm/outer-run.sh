@@ -73,6 +73,11 @@ scenario_boot() {
     echo "host: pvh clone $k $(grep 'inner: agentfork' $c/console.log 2>/dev/null)"
     echo "host: pvh clone $k monitor $(grep -o 'GuestExit([0-9]*)' $c/monitor.log 2>/dev/null)"
   done
+  # What the PVH guest and its clones printed last, for when a check above comes up empty.
+  for f in /tmp/pvh.log /tmp/pvh-run/fork-1/clone-1/console.log /tmp/pvh-run/fork-1/clone-1/monitor.log; do
+    echo "host: tail of $f: $(tail -c 400 "$f" 2>&1 | tr -d '\r' | tr '\n' '|')"
+  done
+  ls -R /tmp/pvh-run 2>&1 | tr '\n' ' ' | sed 's/^/host: pvh run dir: /'; echo
 }
 
 scenario_fork() {
