@@ -1,15 +1,15 @@
 #!/bin/sh
 # Runs inside the Linux guest our VMM boots (tier 2): every check prints one "inner:" line.
 # With starling.agent on the kernel command line it serves vsock port 7000 with the guest agent
-# instead, for the fork and snapshot checks, and never returns; with starling.agentfork it also
+# instead, for the fork and snapshot checks, and never returns; with starling.selffork it also
 # forks itself and joins its clones through the agent.
-if grep -q starling.pool /proc/cmdline; then
+if grep -qE '(^| )starling[.]pool( |$)' /proc/cmdline; then
   # A pool's substrate: booted, page cache dropped, docked at `ready` until activated.
   answer=$(/bin/starling-agent ready)
   echo "inner: pool $answer hostname $(hostname) urandom $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   exit 0
 fi
-if grep -q starling.agent /proc/cmdline; then
+if grep -qE '(^| )starling[.]agent( |$)' /proc/cmdline; then
   echo 3 > /proc/sys/vm/drop_caches
   echo "inner: agent $(/bin/starling-agent identity)"
   exec /bin/starling-agent answer 7000
@@ -21,7 +21,7 @@ echo "inner: urandom $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 /bin/vsock-hello 5000 "hello from the inner guest" | sed 's/^/inner: /'
 # The PVH boot forks itself into 2 clones through the guest agent and joins them; clone K ends
 # with status 20+K, written to the monitor's exit port 0x501 through /dev/port.
-if grep -q starling.agentfork /proc/cmdline; then
+if grep -qE '(^| )starling[.]selffork( |$)' /proc/cmdline; then
   id=$(/bin/starling-agent fork 2) || id=failed
   echo "inner: agentfork id=$id hostname=$(hostname) urandom=$(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   case $id in

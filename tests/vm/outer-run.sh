@@ -63,7 +63,7 @@ scenario_boot() {
   echo '{"kernel": "/vm/vmlinux", "run_dir": "/tmp/pvh-run"}' > /tmp/pvh.json
   STARLING_VM_QUIET=1 timeout 120 /bin/starling vm run --config /tmp/pvh.json --kernel /vm/vmlinux \
     --initrd /vm/inner.img --disk /vm/disk.img,ro --vsock 3,/tmp/p.sock --vcpus 2 --mem 256M \
-    --console /tmp/pvh.log --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.agentfork"
+    --console /tmp/pvh.log --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.selffork"
   echo "host: pvh vm exit status $?"
   echo "host: pvh $(grep 'inner: marker' /tmp/pvh.log)"
   echo "host: pvh parent $(grep 'inner: agentfork' /tmp/pvh.log)"
