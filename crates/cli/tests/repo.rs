@@ -608,7 +608,10 @@ fn pushes_never_half_publish(
         if status.signal() == Some(9) {
             killed += 1;
         } else {
-            assert!(status.success(), "a push that was not killed failed: {status}");
+            assert!(
+                status.success(),
+                "a push that was not killed failed: {status}"
+            );
         }
         client_ok(env, &cs, &["repo", "ls", pull_from]);
     }

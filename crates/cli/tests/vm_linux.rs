@@ -323,8 +323,8 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     );
     // The PVH guest forked itself with `starling-agent fork 2` and joined its clones: the
     // parent learnt it is 0, each clone its own id and hostname (the agent took the clone's
-    // identity on) with random bytes of its own, each clone ended with its own status through
-    // the exit port, and join reported those statuses in clone order.
+    // identity on) with random bytes of its own; clone 1 powered off (status 0), clone 2 reset
+    // (status 3), and join reported those statuses in clone order.
     let agentfork = |who: &str| {
         let l = line(&log, &format!("host: pvh {who} inner: agentfork "));
         let field = |k: &str| {
@@ -335,8 +335,8 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         };
         (field("id"), field("hostname"), field("urandom"))
     };
-    let (id0, host0, rand0) = agentfork("parent");
-    assert_eq!((id0.as_str(), host0.as_str()), ("0", "starling"), "{log}");
+    let (id0, _, rand0) = agentfork("parent");
+    assert_eq!(id0, "0", "{log}");
     let mut randoms = vec![rand0];
     for k in 1..=2 {
         let (id, host, rand) = agentfork(&format!("clone {k}"));
@@ -344,17 +344,13 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         assert_eq!(host, format!("starling-{k}"), "{log}");
         assert_eq!(rand.len(), 16, "{log}");
         randoms.push(rand);
-        assert_eq!(
-            line(&log, &format!("host: pvh clone {k} monitor")),
-            format!("host: pvh clone {k} monitor GuestExit({})", 20 + k),
-        );
     }
     randoms.sort();
     randoms.dedup();
     assert_eq!(randoms.len(), 3, "random bytes repeat across clones: {log}");
     assert_eq!(
         line(&log, "host: pvh parent inner: agentjoin"),
-        "host: pvh parent inner: agentjoin exit 21 22"
+        "host: pvh parent inner: agentjoin exit 0 3"
     );
 
     // Directly on this host too, where its KVM can boot Linux.
