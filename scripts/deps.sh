@@ -6,7 +6,7 @@ set -euo pipefail
 # What the demo needs (build, debootstrap fixtures, mtree verification).
 starling_deps=(libclang-dev debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs)
 # The format owners' tools and servers the tests use as judges and peers.
-starling_test_deps=(iproute2 qemu-utils qemu-system-x86 busybox-static cpio libc6-dev binutils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx)
+starling_test_deps=(iproute2 systemd bsdutils qemu-utils qemu-system-x86 busybox-static cpio libc6-dev binutils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx)
 
 install_deps() {
   local missing=() p

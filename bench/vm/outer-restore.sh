@@ -1,7 +1,8 @@
 #!/bin/sh
 # Runs in the QEMU test host: one Debian guest booted and snapshotted by Starling, the same by
 # QEMU (migration to a file), then each restored ROUNDS times, alternating; restore-timer
-# measures from spawning the monitor until its API (QMP for QEMU) says the guest runs.
+# measures from spawning the monitor until its API (QMP for QEMU) says the guest runs, and until
+# all of its memory with data is resident (for Starling, every such page faulted in).
 ROUNDS=${ROUNDS:-5}
 CMDLINE="console=ttyS0 reboot=k panic=-1 pci=off quiet"
 T=/bin/restore-timer
@@ -23,7 +24,7 @@ wait
 echo "bench-size: qemu $(du -k /tmp/q.state | cut -f1)"
 
 for r in $(seq 1 $ROUNDS); do
-  out=$($T starling /tmp/r.api -- /bin/starling-vmm --restore-json \
+  out=$($T starling /tmp/r.api /tmp/ssnap -- /bin/starling-vmm --restore-json \
     "{\"dir\":\"/tmp/ssnap\",\"api_socket\":\"/tmp/r.api\",\"console\":\"off\",\"run_dir\":\"/tmp/run$r\"}")
   echo "bench: starling $out"
   /bin/starling vm stop /tmp/r.api

@@ -1,10 +1,15 @@
-/* Times a monitor from spawn until its guest runs, for the restore benchmark in the test host.
+/* Times a monitor from spawn until its guest runs, and until all its memory with data is
+ * resident, for the restore benchmark in the test host.
  *
- *   restore-timer starling API_SOCKET -- CMD ARGS...   poll GET /v1/vm until "running"
- *   restore-timer qemu QMP_SOCKET -- CMD ARGS...       poll query-status; "cont" once the
- *                                                      incoming migration left it paused
+ *   restore-timer starling API_SOCKET SNAPDIR -- CMD ARGS...
+ *       poll GET /v1/vm until "running"; then fault every page with data (SNAPDIR/memory.map)
+ *       into the monitor's mapping of SNAPDIR/memory, through /proc/PID/mem, one read per run
+ *       of pages (Starling maps the file MAP_PRIVATE: pages come in as first touched)
+ *   restore-timer qemu QMP_SOCKET -- CMD ARGS...
+ *       poll query-status; "cont" once the incoming migration left it paused (QEMU has read
+ *       its whole stream into RAM by then: resident = running)
  *   restore-timer qemu-save QMP_SOCKET FILE            stop, migrate to FILE, quit
- * Prints "elapsed_ms=N pid=P" (the monitor keeps running). Polls every 0.2 ms. */
+ * Prints "elapsed_ms=N resident_ms=M pid=P" (the monitor keeps running). Polls every 0.2 ms. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +36,63 @@ static int readall(int s, char *buf, int max) {
     while (n < max - 1 && (r = read(s, buf + n, max - 1 - n)) > 0) n += r;
     buf[n] = 0;
     return n;
+}
+
+/* Reads every run of pages with data (memory.map: u64 page number + 32-byte hash each, in
+ * order) out of pid's mapping of the memory file; returns the pages read or -1. */
+static long make_resident(pid_t pid, const char *snapdir) {
+    char path[4096], mem[64], line[4608];
+    snprintf(path, sizeof path, "%s/memory", snapdir);
+    char real[4096];
+    if (!realpath(path, real)) return -1;
+    snprintf(mem, sizeof mem, "/proc/%d/maps", pid);
+    FILE *maps = fopen(mem, "r");
+    if (!maps) return -1;
+    unsigned long start = 0, end = 0, off = 0;
+    int found = 0;
+    while (fgets(line, sizeof line, maps)) {
+        unsigned long s, e, o;
+        char file[4096] = "";
+        if (sscanf(line, "%lx-%lx %*s %lx %*s %*s %4095s", &s, &e, &o, file) >= 3 && !strcmp(file, real)) {
+            start = s; end = e; off = o; found = 1;
+            break;
+        }
+    }
+    fclose(maps);
+    if (!found) return -1;
+    snprintf(path, sizeof path, "%s/memory.map", snapdir);
+    FILE *map = fopen(path, "rb");
+    snprintf(mem, sizeof mem, "/proc/%d/mem", pid);
+    int fd = open(mem, O_RDONLY);
+    if (!map || fd < 0) return -1;
+    static char buf[1 << 20];
+    unsigned char entry[40];
+    long pages = 0;
+    unsigned long run_first = 0, run_len = 0;
+    for (;;) {
+        int more = fread(entry, 1, 40, map) == 40;
+        unsigned long page = 0;
+        if (more) memcpy(&page, entry, 8);
+        if (more && run_len && page == run_first + run_len) { run_len++; continue; }
+        /* Read the run just ended (within the mapping), in pieces of the buffer's size. */
+        for (unsigned long p = run_first; p < run_first + run_len; ) {
+            unsigned long at = p * 4096;
+            if (at < off || at >= off + (end - start)) { p++; continue; }
+            unsigned long n = (run_first + run_len - p) * 4096;
+            if (n > sizeof buf) n = sizeof buf;
+            if (at + n > off + (end - start)) n = off + (end - start) - at;
+            ssize_t r = pread(fd, buf, n, start + (at - off));
+            if (r <= 0) { fclose(map); close(fd); return -1; }
+            pages += r / 4096;
+            p += r / 4096;
+        }
+        if (!more) break;
+        run_first = page;
+        run_len = 1;
+    }
+    fclose(map);
+    close(fd);
+    return pages;
 }
 
 static int starling_running(const char *sock) {
@@ -86,9 +148,11 @@ int main(int argc, char **argv) {
         qmp(s, "{\"execute\":\"quit\"}\n", buf, sizeof buf);
         return 0;
     }
-    if (argc < 5 || strcmp(argv[3], "--")) { fprintf(stderr, "usage: see the source\n"); return 2; }
-    int qemu = !strcmp(argv[1], "qemu");
+    int qemu = argc > 1 && !strcmp(argv[1], "qemu");
+    int dash = qemu ? 3 : 4;
+    if (argc < dash + 2 || strcmp(argv[dash], "--")) { fprintf(stderr, "usage: see the source\n"); return 2; }
     const char *sock = argv[2];
+    const char *snapdir = qemu ? NULL : argv[3];
     unlink(sock);
     double t0 = now_ms();
     pid_t pid = fork();
@@ -96,7 +160,7 @@ int main(int argc, char **argv) {
         /* Not our stdout: a caller reading it (a shell's $(...)) would wait for the monitor. */
         int null = open("/dev/null", O_WRONLY);
         if (null >= 0) dup2(null, 1);
-        execv(argv[4], argv + 4);
+        execv(argv[dash + 1], argv + dash + 1);
         perror("exec");
         _exit(127);
     }
@@ -120,6 +184,8 @@ int main(int argc, char **argv) {
         }
         close(s);
     }
-    printf("elapsed_ms=%.2f pid=%d\n", now_ms() - t0, pid);
+    double running = now_ms() - t0;
+    if (snapdir && make_resident(pid, snapdir) < 0) { printf("failed: could not fault in %s/memory\n", snapdir); return 1; }
+    printf("elapsed_ms=%.2f resident_ms=%.2f pid=%d\n", running, now_ms() - t0, pid);
     return 0;
 }

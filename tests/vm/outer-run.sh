@@ -4,11 +4,21 @@
 # console passes through.
 #
 # The work is split into scenarios (boot, fork, pool), run in the order given by
-# `starling.scenarios=a,b` on the kernel command line (all by default), each framed by
-# "host: scenario NAME begins" / "host: scenario NAME done". Every step has a deadline well
-# inside the test host's own, so a scenario that begins and never ends means the test host
-# itself froze or panicked (its emulated SVM does, now and then); the test then runs the
-# scenarios left in a new test host.
+# `starling.scenarios=NAME:SECONDS,...` on the kernel command line, each framed by
+# "host: scenario NAME begins" / "host: scenario NAME done" and given SECONDS in all: a
+# scenario still running then has its processes killed and is reported done (and judged, so
+# a hung Starling fails the test). Steps have shorter deadlines of their own.
+#
+# A heartbeat goes to the second serial port every 2 s (a file of its own outside): when this
+# test host freezes or panics (its emulated SVM does, now and then) the heartbeat stops,
+# which is how the test tells a dead test host (run the scenarios left in a new one) from a
+# Starling that hangs (a failure). `starling.panic_after=N` panics this host after N seconds,
+# to exercise that path.
+( while :; do read up _ < /proc/uptime; echo "heartbeat $up" > /dev/ttyS1; sleep 2; done ) &
+panic_after=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^starling.panic_after=//p')
+if [ -n "$panic_after" ]; then
+  ( sleep "$panic_after"; echo "host: panicking on purpose (starling.panic_after)"; echo c > /proc/sysrq-trigger ) &
+fi
 echo "host: kvm modules: $(ls /sys/module | grep -E '^kvm' | tr '\n' ' ')"
 [ -e /dev/kvm ] || { echo "host: no /dev/kvm"; exit 1; }
 mkdir -p /tmp
@@ -21,6 +31,15 @@ wait_for() { # PID SECONDS: wait for a background job, killing it at the deadlin
   status=$?
   kill "$watchdog" 2>/dev/null
   return $status
+}
+
+kill_tree() { # PID: the process and all its descendants
+  kill -STOP "$1" 2>/dev/null
+  for stat in /proc/[0-9]*/stat; do
+    read -r pid _ _ ppid _ < "$stat" 2>/dev/null || continue
+    [ "$ppid" = "$1" ] && kill_tree "$pid"
+  done
+  kill -9 "$1" 2>/dev/null
 }
 
 scenario_boot() {
@@ -38,12 +57,26 @@ scenario_boot() {
   echo "host: VMM ended at uptime $up"
   wait_for $listener 10
   echo "host: vsock got: $(cat /tmp/from-guest)"
-  # The same kernel uncompressed (from `vm kernel fetch`), entered through its PVH note.
-  STARLING_VM_QUIET=1 timeout 90 /bin/starling vm run --kernel /vm/vmlinux --initrd /vm/inner.img \
-    --disk /vm/disk.img,ro --vcpus 2 --mem 256M --console /tmp/pvh.log \
-    --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet"
+  # The same kernel uncompressed (from `vm kernel fetch`), entered through its PVH note; its
+  # guest forks itself into 2 clones with starling-agent and joins them (clone 1 powers off,
+  # clone 2 resets); the clones' consoles are in the run directory the config names.
+  echo '{"kernel": "/vm/vmlinux", "run_dir": "/tmp/pvh-run"}' > /tmp/pvh.json
+  STARLING_VM_QUIET=1 timeout 120 /bin/starling vm run --config /tmp/pvh.json --kernel /vm/vmlinux \
+    --initrd /vm/inner.img --disk /vm/disk.img,ro --vsock 3,/tmp/p.sock --vcpus 2 --mem 256M \
+    --console /tmp/pvh.log --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.selffork"
   echo "host: pvh vm exit status $?"
   echo "host: pvh $(grep 'inner: marker' /tmp/pvh.log)"
+  echo "host: pvh parent $(grep 'inner: agentfork' /tmp/pvh.log)"
+  echo "host: pvh parent $(grep 'inner: agentjoin' /tmp/pvh.log)"
+  for k in 1 2; do
+    c=/tmp/pvh-run/fork-1/clone-$k
+    echo "host: pvh clone $k $(grep 'inner: agentfork' $c/console.log 2>/dev/null)"
+  done
+  # What the PVH guest and its clones printed last, for when a check above comes up empty.
+  for f in /tmp/pvh.log /tmp/pvh-run/fork-1/clone-1/console.log /tmp/pvh-run/fork-1/clone-1/monitor.log; do
+    echo "host: tail of $f: $(tail -c 400 "$f" 2>&1 | tr -d '\r' | tr '\n' '|')"
+  done
+  ls -R /tmp/pvh-run 2>&1 | tr '\n' ' ' | sed 's/^/host: pvh run dir: /'; echo
 }
 
 scenario_fork() {
@@ -103,9 +136,21 @@ scenario_pool() {
   timeout 60 /bin/starling pool rm deb --force 2>&1 | sed 's/^/host: pool: /'
 }
 
+run_scenario() { # NAME SECONDS
+  echo "host: scenario $1 begins"
+  ( "scenario_$1" ) &
+  job=$!
+  ( sleep "$2"
+    echo "host: scenario $1 overran its $2 s; its processes killed"
+    kill_tree $job
+    killall -9 starling starling-vmm 2>/dev/null ) &
+  dog=$!
+  wait $job
+  kill_tree $dog
+  echo "host: scenario $1 done"
+}
+
 scenarios=$(tr ' ' '\n' < /proc/cmdline | sed -n 's/^starling.scenarios=//p' | tr ',' ' ')
-for s in ${scenarios:-boot fork pool}; do
-  echo "host: scenario $s begins"
-  "scenario_$s"
-  echo "host: scenario $s done"
+for s in ${scenarios:-boot:240 fork:180 pool:180}; do
+  run_scenario "${s%%:*}" "${s#*:}"
 done

@@ -10,9 +10,10 @@
 # above, outer-run.sh). Then boots the test host and writes its console to WORKDIR/console.log.
 # Needs: qemu-system-x86, busybox-static, e2fsprogs, a C compiler with static glibc, apt-get.
 # The bench reuses it: INNER_RUN and OUTER_RUN replace the scripts the two inits run, and
-# OUTER_ADD lists more SRC:DEST files for the test host. TIER2_SCENARIOS (e.g. "fork,pool")
-# picks outer-run.sh's scenarios; TIER2_REUSE=1 boots the test host built by an earlier run in
-# WORKDIR without building it again.
+# OUTER_ADD lists more SRC:DEST files for the test host. TIER2_SCENARIOS (e.g.
+# "fork:180,pool:180") picks outer-run.sh's scenarios and their deadlines; TIER2_REUSE=1 boots
+# the test host built by an earlier run in WORKDIR without building it again; TIER2_PANIC_AFTER=N
+# panics the test host after N seconds (to exercise the test's replacement of dead hosts).
 set -euo pipefail
 starling=$(realpath "$1")
 work=$(realpath -m "$2")
@@ -57,9 +58,43 @@ else
     -o outer.img
 fi
 
+# The test host's heartbeat (outer-run.sh, every 2 s) arrives on its second serial port. With
+# TIER2_HEARTBEAT=1 (the test sets it; the benchmarks' own outer scripts beat no heart) a host
+# that stops beating for 30 s (120 s before the first beat) is dead: it is stopped and
+# WORKDIR/host-died says why, which is what the test takes as a dead host (and nothing else
+# but panic text on its console).
+rm -f heartbeat.log host-died
 timeout "${TIER2_TIMEOUT:-400}" qemu-system-x86_64 -accel "tcg,thread=${TIER2_TCG_THREAD:-multi}" -M q35 -cpu max \
-  -smp 2 -m 2048 -nographic -no-reboot -kernel vmlinuz -initrd outer.img \
-  -append "console=ttyS0 panic=-1 quiet${TIER2_SCENARIOS:+ starling.scenarios=$TIER2_SCENARIOS}" < /dev/null > console.log 2>&1 || {
-  echo "qemu failed or timed out (status $?); console in $work/console.log" >&2
+  -smp 2 -m 2048 -display none -no-reboot -kernel vmlinuz -initrd outer.img \
+  -serial mon:stdio -serial file:heartbeat.log \
+  -append "console=ttyS0 panic=-1 quiet${TIER2_SCENARIOS:+ starling.scenarios=$TIER2_SCENARIOS}${TIER2_PANIC_AFTER:+ starling.panic_after=$TIER2_PANIC_AFTER}" \
+  < /dev/null > console.log 2>&1 &
+qemu=$!
+[ -n "${TIER2_HEARTBEAT:-}" ] && (
+  started=$(date +%s)
+  while sleep 5; do
+    now=$(date +%s)
+    if [ -s heartbeat.log ]; then
+      last=$(stat -c %Y heartbeat.log) grace=30
+    else
+      last=$started grace=120
+    fi
+    if [ $((now - last)) -gt $grace ]; then
+      echo "no heartbeat from the test host for $((now - last)) s" > host-died
+      kill "$qemu" 2>/dev/null
+      exit 0
+    fi
+  done
+) &
+watchdog=$!
+[ -n "${TIER2_HEARTBEAT:-}" ] || watchdog=
+status=0
+wait "$qemu" || status=$?
+if [ -n "$watchdog" ]; then
+  kill "$watchdog" 2>/dev/null || true
+  wait "$watchdog" 2>/dev/null || true
+fi
+if [ "$status" != 0 ]; then
+  echo "qemu failed or timed out (status $status); console in $work/console.log" >&2
   exit 1
-}
+fi

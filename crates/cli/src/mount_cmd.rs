@@ -42,8 +42,8 @@ pub enum CacheCmd {
     },
     /// Evict unpinned objects down to a size (default: everything that can go)
     Gc {
-        #[arg(long, default_value = "0", value_parser = format::parse_size)]
-        target: u64,
+        #[arg(long, value_parser = format::parse_size)]
+        target: Option<u64>,
     },
     /// Re-hash every cached object; damaged ones are removed (and fetched again when used)
     Verify,
@@ -195,7 +195,7 @@ pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
             let s: CacheStats = c.post(
                 "/v1/cache/gc",
                 &GcRequest {
-                    target_bytes: target,
+                    target_bytes: target.unwrap_or(0),
                 },
             )?;
             println!("{} objects, {} left", s.objects, format::bytes(s.bytes));

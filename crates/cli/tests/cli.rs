@@ -171,3 +171,116 @@ fn export_to_stdout_streams_a_tar() {
     let e = env.fails(&["image", "export", "s", "-", "--format", "dir"]);
     assert!(e.contains("stdout"), "{e}");
 }
+
+/// Without --store or STARLING_HOME (or with it empty) the store is
+/// $XDG_DATA_HOME/starling, else ~/.local/share/starling; with neither HOME nor
+/// XDG_DATA_HOME the command says what to set.
+#[test]
+fn default_store_location() {
+    let dir = tempfile::tempdir_in(scratch_root()).unwrap();
+    let home = dir.path().join("home");
+    let xdg = dir.path().join("xdg");
+    fs::create_dir_all(&home).unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("x"), b"x").unwrap();
+    let import = |vars: &[(&str, &std::path::Path)], starling_home: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_starling"));
+        c.env_remove("STARLING_HOME")
+            .env_remove("XDG_DATA_HOME")
+            .env_remove("HOME");
+        if let Some(h) = starling_home {
+            c.env("STARLING_HOME", h);
+        }
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.args(["image", "import", src.to_str().unwrap(), "d:v1"])
+            .output()
+            .unwrap()
+    };
+    let marker = |store: &std::path::Path| store.join("starling-store").exists();
+    let out = import(&[("HOME", home.as_path())], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(marker(&home.join(".local/share/starling")));
+    let out = import(
+        &[("HOME", home.as_path()), ("XDG_DATA_HOME", xdg.as_path())],
+        Some(""),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        marker(&xdg.join("starling")),
+        "an empty STARLING_HOME is unset"
+    );
+    let out = import(&[], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("STARLING_HOME") && err.contains("HOME"),
+        "{err}"
+    );
+    assert!(!dir.path().join(".local").exists());
+}
+
+/// On a terminal an import shows its progress (files, bytes, rate) as it goes, redrawn in
+/// place; piped, nothing of it (see store_location_from_env_and_listing_of_an_empty_store).
+/// The terminal is a pseudo-terminal from script(1).
+#[test]
+fn progress_shows_on_a_terminal() {
+    if !have("script") {
+        skip("script(1) is missing (Debian package bsdutils)");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..20 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            fs::write(dir.join(format!("f{f}")), pseudo_random(4096, d * 1000 + f)).unwrap();
+        }
+    }
+    let cmd = format!(
+        "{} --store {} image import {} big:v1",
+        env!("CARGO_BIN_EXE_starling"),
+        env.store.display(),
+        src.display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    // Every frame the bar drew: "... import N files, BYTES, RATE/s [ELAPSED]".
+    let counts: Vec<u64> = tty
+        .split(['\r', '\n', '\u{1b}'])
+        .filter_map(|frame| {
+            let (before, _) = frame.split_once(" files, ")?;
+            before.rsplit(' ').next()?.parse().ok()
+        })
+        .collect();
+    assert!(
+        counts.iter().any(|&n| n > 0) && counts.windows(2).all(|w| w[0] <= w[1]),
+        "no frame counted files as they were imported: {counts:?}\n{tty:?}"
+    );
+    assert!(tty.contains("/s"), "{tty:?}");
+    assert!(
+        tty.contains('\r') || tty.contains('\u{1b}'),
+        "the bar redraws in place: {tty:?}"
+    );
+    // The version id is still printed.
+    assert!(
+        tty.split(|c: char| !c.is_ascii_hexdigit())
+            .any(|w| w.len() == 64),
+        "{tty:?}"
+    );
+}

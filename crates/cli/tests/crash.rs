@@ -175,11 +175,9 @@ fn gc_waits_for_a_concurrent_import() {
     // Seed the store, then leave garbage behind so gc has work.
     env.ok(&["image", "import", t1.to_str().unwrap(), "junk"]);
     env.ok(&["image", "rm", "junk"]);
-    fs::write(t1.join("bulk1/f1"), b"changed").unwrap();
-
-    let mut import = spawn(&env, &["image", "import", t1.to_str().unwrap(), "fresh"]);
-    // Wait until the import holds the writer lock (its transaction directory exists).
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Wait until an import holds the writer lock (its transaction directory exists), then
+    // race gc --no-wait against it. An import can finish before the race starts on a fast
+    // machine: try again with new content, a few times.
     let txn_exists = || {
         fs::read_dir(env.store.join("tmp"))
             .map(|rd| {
@@ -188,18 +186,27 @@ fn gc_waits_for_a_concurrent_import() {
             })
             .unwrap_or(false)
     };
-    while !txn_exists() {
-        assert!(Instant::now() < deadline, "import never started");
-        if import.try_wait().unwrap().is_some() {
+    let mut raced = false;
+    let mut import = None;
+    for attempt in 0..5 {
+        fs::write(t1.join("bulk1/f1"), format!("changed {attempt}")).unwrap();
+        let mut child = spawn(&env, &["image", "import", t1.to_str().unwrap(), "fresh"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !txn_exists() && child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "import never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if child.try_wait().unwrap().is_none() {
+            let e = env.fails(&["store", "gc", "--no-wait"]);
+            assert!(e.contains("locked"), "{e}");
+            raced = true;
+            import = Some(child);
             break;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        assert!(child.wait().unwrap().success());
     }
-    if import.try_wait().unwrap().is_none() {
-        let e = env.fails(&["store", "gc", "--no-wait"]);
-        assert!(e.contains("locked"), "{e}");
-    } else {
-        skip("import finished before gc --no-wait could race it");
+    if !raced {
+        skip("every import finished before gc --no-wait could race it (5 tries)");
     }
     let gc = Command::new(env!("CARGO_BIN_EXE_starling"))
         .arg("--store")
@@ -212,7 +219,9 @@ fn gc_waits_for_a_concurrent_import() {
         "{}",
         String::from_utf8_lossy(&gc.stderr)
     );
-    assert!(import.wait().unwrap().success());
+    if let Some(mut import) = import {
+        assert!(import.wait().unwrap().success());
+    }
     env.fsck_clean();
     export_matches(&env, "fresh", &[&t1]);
 }

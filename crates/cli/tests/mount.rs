@@ -385,8 +385,13 @@ fn one_fetch_per_object_per_host_and_every_byte_right() {
         }
     });
     assert!(repeated(&server).is_empty(), "{:?}", repeated(&server));
+    // Every file and directory of both versions was read: every object of either version
+    // crossed the wire, once. The local store holds exactly those two versions.
     let fetched_objects = object_requests(&server);
-    assert!(fetched_objects > 40, "{fetched_objects}");
+    let store_objects = json(&env.ok(&["store", "stats", "--json"]))["objects"]
+        .as_u64()
+        .unwrap() as usize;
+    assert_eq!(fetched_objects, store_objects);
     // The same tree through one mount with 64 concurrent readers, byte for byte.
     read_all_compare(&mps[0].0, &want1, 64);
     assert_same_tree(&want1, &mps[0].0);
@@ -475,13 +480,171 @@ fn corrupt_objects_are_refused_and_the_origin_may_come_and_go() {
     assert_eq!(fs::read_dir(&mp).unwrap().count(), 0, "stale mount cleaned");
     let log = fs::read_to_string(state.join("daemon.log")).unwrap();
     assert!(log.contains("stale mount"), "{log}");
-    // Cache verify finds damage on disk and removes it.
+    // Cache verify: nothing damaged, nothing removed; then one byte of one cached object is
+    // flipped on disk (f1's chunk, found in the cache's files by its bytes as the origin
+    // serves them): verify names it, removes it (exit status 1), and the next read fetches it
+    // again from the origin and is right.
     let cached = d.cache(&env)["objects"].as_u64().unwrap();
     assert!(cached > 0);
     let v = d.ok(&env, &["cache", "verify"]);
+    assert_eq!(v.trim(), format!("{cached} objects checked, 0 removed"));
+    let flipped = flip_cached(&state, &good);
+    assert_eq!(flipped, 1, "f1's chunk is in the cache's files once");
+    let o = d.run(&env, &["cache", "verify"]);
+    let v = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(1), "{v}");
+    let chunk_id = f1_chunks[0]
+        .strip_prefix(repo.join("objects"))
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .replace('/', "");
+    assert_eq!(
+        v.lines().collect::<Vec<_>>(),
+        [
+            format!("{cached} objects checked, 1 removed"),
+            format!("removed damaged {chunk_id}")
+        ],
+    );
+    assert_eq!(d.cache(&env)["objects"].as_u64().unwrap(), cached - 1);
+    let chunk_url = format!("/objects/{}/{}", &chunk_id[..2], &chunk_id[2..]);
+    let before = server.requests().get(&chunk_url).copied().unwrap_or(0);
+    d.ok(&env, &["mount", &server.url, "t:v1", s(&mp)]);
+    assert_eq!(fs::read(mp.join("f1")).unwrap(), vec![1u8; 150_001]);
+    assert_eq!(
+        server.requests().get(&chunk_url).copied().unwrap_or(0),
+        before + 1,
+        "the removed object was fetched again"
+    );
+    let v = d.ok(&env, &["cache", "verify"]);
+    assert_eq!(v.trim(), format!("{cached} objects checked, 0 removed"));
+}
+
+/// Flips one byte in the middle of every copy of `bytes` in the files under `dir`; returns
+/// how many copies there were.
+fn flip_cached(dir: &Path, bytes: &[u8]) -> usize {
+    let mut found = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(p);
+            } else if ft.is_file() {
+                use std::os::unix::fs::FileExt;
+                let data = fs::read(&p).unwrap();
+                let file = fs::OpenOptions::new().write(true).open(&p).unwrap();
+                let mut at = 0;
+                while let Some(i) = data[at..].windows(bytes.len()).position(|w| w == bytes) {
+                    let mid = at + i + bytes.len() / 2;
+                    file.write_all_at(&[data[mid] ^ 0x20], mid as u64).unwrap();
+                    at += i + bytes.len();
+                    found += 1;
+                }
+            }
+        }
+    }
+    found
+}
+
+/// `cache gc`: evicts least recently used objects down to its target, never one an open file
+/// pins; what it evicted is fetched again when read, what it kept is not.
+#[test]
+fn cache_gc_evicts_least_recently_used_but_never_what_an_open_file_pins() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..6u64 {
+        fs::write(src.join(format!("f{i}")), pseudo_random(200_000, 40 + i)).unwrap();
+    }
+    let (server, repo, root) = serve(&env, &src, "t:v1");
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let requests = |file: &str| -> Vec<usize> {
+        let r = server.requests();
+        chunk_paths(&env, &repo, "t:v1", file)
+            .iter()
+            .map(|p| {
+                let rel = p.strip_prefix(&repo).unwrap().display().to_string();
+                r.get(&format!("/{rel}")).copied().unwrap_or(0)
+            })
+            .collect()
+    };
+    // A new mount for every round of reads: the kernel keeps a file's pages per mount.
+    let mut rounds = 0;
+    let mut mount = || {
+        rounds += 1;
+        let mp = mountpoint(&env, &format!("mp{rounds}"));
+        d.ok(
+            &env,
+            &["mount", &server.url, "t:v1", s(&mp), "--root", &root],
+        );
+        mp
+    };
+    let mp = mount();
+    for i in 0..6 {
+        let f = format!("f{i}");
+        assert_eq!(
+            fs::read(mp.join(&f)).unwrap(),
+            fs::read(src.join(&f)).unwrap()
+        );
+    }
+    // f5, read last, stays open: its chunks are pinned.
+    let held = fs::File::open(mp.join("f5")).unwrap();
+    let full = d.cache(&env);
+    let bytes = full["bytes"].as_u64().unwrap();
+    let target = bytes / 2;
+    d.ok(&env, &["cache", "gc", "--target", &target.to_string()]);
+    let half = d.cache(&env);
+    assert!(half["bytes"].as_u64().unwrap() <= target, "{half}");
+    assert!(half["objects"].as_u64().unwrap() < full["objects"].as_u64().unwrap());
+    assert!(half["evicted"].as_u64().unwrap() > 0, "{half}");
+    // The least recently used file went, the most recently used stayed.
+    let (f0, f5) = (requests("f0"), requests("f5"));
+    assert!(f0.iter().chain(&f5).all(|&n| n == 1), "{f0:?} {f5:?}");
+    let mp = mount();
+    assert_eq!(
+        fs::read(mp.join("f0")).unwrap(),
+        fs::read(src.join("f0")).unwrap()
+    );
+    assert_eq!(
+        fs::read(mp.join("f5")).unwrap(),
+        fs::read(src.join("f5")).unwrap()
+    );
     assert!(
-        v.contains(&format!("{cached} objects checked, 0 removed")),
-        "{v}"
+        requests("f0").iter().all(|&n| n == 2),
+        "f0 was evicted and fetched again"
+    );
+    assert!(requests("f5").iter().all(|&n| n == 1), "f5 stayed cached");
+    // Everything that can go: only what the open file pins stays.
+    d.ok(&env, &["cache", "gc"]);
+    let pinned = d.cache(&env);
+    let f5_chunks = f5.len() as u64;
+    assert_eq!(pinned["objects"].as_u64().unwrap(), f5_chunks, "{pinned}");
+    assert_eq!(pinned["pinned"].as_u64().unwrap(), f5_chunks, "{pinned}");
+    drop(held);
+    // The kernel tells the daemon of the close (FUSE release) on its own time.
+    let started = std::time::Instant::now();
+    while d.cache(&env)["pinned"] != 0 {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "f5 still pinned after its close"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    d.ok(&env, &["cache", "gc"]);
+    assert_eq!(d.cache(&env)["objects"], 0);
+    let mp = mount();
+    assert_eq!(
+        fs::read(mp.join("f5")).unwrap(),
+        fs::read(src.join("f5")).unwrap()
+    );
+    assert!(
+        requests("f5").iter().all(|&n| n == 2),
+        "f5 fetched again once unpinned"
     );
 }
 

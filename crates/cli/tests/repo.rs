@@ -89,20 +89,24 @@ fn push_serve_pull_over_http() {
     f.extend_from_slice(b" changed");
     fs::write(src.join("tiny"), f).unwrap();
     fs::write(src.join("new-file"), vec![7u8; 300_000]).unwrap();
-    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let imported = json(&env.ok(&["image", "import", "--json", s(&src), "t:v1"]));
+    // The store held only the first version: what the import added is what is new.
+    let new = imported["new_objects"].as_u64().unwrap();
     let p = json(&env.ok(&["push", "--json", "t:v1", s(&repo)]));
-    assert!(
-        p["uploaded"].as_u64().unwrap() < p["objects"].as_u64().unwrap() / 2,
-        "{p}"
+    assert_eq!(
+        p["uploaded"].as_u64().unwrap(),
+        new,
+        "a push uploads exactly the objects new since the version the repository has: {p}"
     );
     let r = json(&client_ok(
         &env,
         &cs,
         &["pull", "--json", &server.url, "t:v1"],
     ));
-    assert!(
-        r["fetched"].as_u64().unwrap() < r["objects"].as_u64().unwrap() / 2,
-        "{r}"
+    assert_eq!(
+        r["fetched"].as_u64().unwrap(),
+        new,
+        "a pull fetches exactly the objects the client lacks: {r}"
     );
     let ls = json(&client_ok(
         &env,
@@ -576,20 +580,46 @@ fn pushes_never_half_publish(
         .map(|r| r["tag"].as_str().unwrap())
         .collect();
     assert_eq!(tags.len(), 5, "every concurrent push landed: {ls}");
-    fs::write(src.join("big"), vec![3u8; 4 << 20]).unwrap();
-    for i in 0..8u64 {
-        fs::write(src.join("round"), format!("{i}")).unwrap();
+    // Each round has 4 MiB of new, incompressible content, so that a push has work to be
+    // killed in the middle of, and the kills are spread over the time a whole push takes here
+    // (timed first); a kill that came after the push had finished proves nothing and is not
+    // counted (the status says whether SIGKILL ended it).
+    fs::write(src.join("big"), pseudo_random(4 << 20, 99)).unwrap();
+    env.ok(&["image", "import", s(src), "t:v1"]);
+    let started = std::time::Instant::now();
+    let o = push("t:v1").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let whole = started.elapsed();
+    let rounds = 8u64;
+    let mut killed = 0;
+    for i in 0..rounds {
+        fs::write(src.join("big"), pseudo_random(4 << 20, 100 + i)).unwrap();
         env.ok(&["image", "import", s(src), "t:v1"]);
         let mut k = push("t:v1")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(5 + i * 15));
+        std::thread::sleep(whole * (i as u32 + 1) / (rounds as u32 + 2));
         let _ = k.kill();
-        let _ = k.wait();
+        let status = k.wait().unwrap();
+        // A push that ended before the kill landed keeps its own status.
+        use std::os::unix::process::ExitStatusExt;
+        if status.signal() == Some(9) {
+            killed += 1;
+        } else {
+            assert!(
+                status.success(),
+                "a push that was not killed failed: {status}"
+            );
+        }
         client_ok(env, &cs, &["repo", "ls", pull_from]);
     }
+    eprintln!("{killed} of {rounds} pushes were killed before they finished");
+    assert!(
+        killed >= rounds / 2,
+        "only {killed} of {rounds} pushes were killed mid-way: the test no longer tests killed pushes"
+    );
     let o = push("t:v1").output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let want = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
@@ -883,16 +913,20 @@ fn s3_push_is_pulled_over_http_and_survives_concurrent_and_killed_pushes() {
 
     // A second version uploads only what changed.
     fs::write(src.join("new-file"), vec![9u8; 100_000]).unwrap();
-    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let imported = json(&env.ok(&["image", "import", "--json", s(&src), "t:v1"]));
+    let new = imported["new_objects"].as_u64().unwrap();
     let p = json(&ok_with(
         &env,
         &vars,
         &["push", "--json", "t:v1", dest, "--keys", s(&keys)],
     ));
-    let uploaded = p["uploaded"].as_u64().unwrap();
-    assert!((2..=4).contains(&uploaded), "{p}");
+    assert_eq!(
+        p["uploaded"].as_u64().unwrap(),
+        new,
+        "uploads are the objects new since the previous version: {p}"
+    );
     let r = json(&client_ok(&env, &cs, &["pull", "--json", &http, "t:v1"]));
-    assert_eq!(r["fetched"].as_u64().unwrap(), uploaded, "{r}");
+    assert_eq!(r["fetched"].as_u64().unwrap(), new, "{r}");
 
     // Wrong bucket: a clear error naming it.
     let o = with_vars(

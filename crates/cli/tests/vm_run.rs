@@ -6,8 +6,42 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The tier-1 test guest (PVH build), or None after a loud skip (a failure under CI) when this
+/// host has no /dev/kvm or C compiler.
 fn guest(dir: &Path) -> Option<std::path::PathBuf> {
-    starling_vmm::test_guest::build_or_skip(dir).map(|g| g.pvh)
+    if let Some(why) = starling_vmm::test_guest::missing() {
+        starling_testkit::skip(&why);
+        return None;
+    }
+    let g = starling_vmm::test_guest::build(dir)
+        .unwrap_or_else(|e| panic!("the test guest does not build: {e}"));
+    Some(g.pvh)
+}
+
+/// A monitor (or server) the test started, killed when the test ends early: a failed assert
+/// must not leave a VM running (it would hold on to whatever its test runner held).
+struct Reaped(std::process::Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 fn starling() -> Command {
@@ -192,6 +226,7 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .arg("--kernel")
         .arg(&kernel)
         .spawn()
+        .map(Reaped)
         .unwrap();
     let ticks = |p: &Path| {
         std::fs::read_to_string(p)
@@ -237,12 +272,13 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         assert_eq!(st.0, 200);
     }
 
+    // A snapshot the VM goes on after; a second one into the same directory, taken while the
+    // VM still runs, is refused naming the directory, and leaves the first as it was.
     let snap = d.join("snap");
     let out = starling()
         .args(["vm", "snapshot"])
         .arg(&sock)
         .arg(&snap)
-        .arg("--stop")
         .output()
         .unwrap();
     assert!(
@@ -250,16 +286,28 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(vm.wait().unwrap().success());
-    // A second snapshot into the same directory is refused, naming it.
+    let state = std::fs::read(snap.join("state")).unwrap();
+    let ticks_then = ticks(&log);
+    wait("ticks after the snapshot", &|| ticks(&log) > ticks_then + 2);
     let out = starling()
         .args(["vm", "snapshot"])
         .arg(&sock)
         .arg(&snap)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("api.sock"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second snapshot wrote over the first"
+    );
+    assert!(
+        err.contains(&snap.display().to_string()) && err.contains("not empty"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(snap.join("state")).unwrap(), state);
+    let out = starling().args(["vm", "stop"]).arg(&sock).output().unwrap();
+    assert!(out.status.success());
+    assert!(vm.wait().unwrap().success());
 
     let log2 = d.join("restored.log");
     let sock2 = d.join("restored.sock");
@@ -271,6 +319,7 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .arg("--api-socket")
         .arg(&sock2)
         .spawn()
+        .map(Reaped)
         .unwrap();
     wait("restored ticks", &|| ticks(&log2) >= 3);
     starling_vmm::api::call(&sock2, "POST", "/v1/vm/stop", &serde_json::Value::Null).unwrap();
@@ -289,4 +338,149 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing"));
+}
+
+/// The tick numbers of a console, in order.
+fn tick_numbers(console: &str) -> Vec<u64> {
+    console
+        .lines()
+        .filter(|l| l.ends_with("pattern ok"))
+        .filter_map(|l| l.strip_prefix("tick ")?.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// `vm memory-server` and `vm restore --lazy` as programs: the server prints the address
+/// pinned to the snapshot's state; a restore given it continues the guest from a directory
+/// that holds nothing of the snapshot, fetching only the pages the guest touches; an address
+/// without the state's hash is refused before anything runs.
+#[test]
+fn lazy_restore_from_a_memory_server_on_the_command_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
+    let d = dir.path();
+    let sock = d.join("api.sock");
+    let log = d.join("console.log");
+    // 512 KiB of ballast written once and never read again: never fetched.
+    let mut vm = starling()
+        .args(["vm", "run", "--mem", "32M", "--cmdline", "counter ballast"])
+        .arg("--vsock")
+        .arg(format!("3,{}", d.join("v.sock").display()))
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--console")
+        .arg(&log)
+        .arg("--kernel")
+        .arg(&kernel)
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait("ticks", &|| {
+        tick_numbers(&read(&log)).len() >= 5 && sock.exists()
+    });
+    let snap = d.join("snap");
+    let out = starling()
+        .args(["vm", "snapshot", "--stop"])
+        .arg(&sock)
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(vm.wait().unwrap().success());
+    let before = tick_numbers(&read(&log));
+    let pages_with_data = std::fs::metadata(snap.join("memory.map")).unwrap().len() / 40;
+
+    let listen = format!("unix:{}", d.join("mem.sock").display());
+    let mut server = starling()
+        .args(["vm", "memory-server"])
+        .arg(&snap)
+        .args(["--listen", &listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let mut pinned = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut pinned)
+        .unwrap();
+    let pinned = pinned.trim().to_owned();
+    let (addr, hash) = pinned.split_once('#').expect("ADDR#HASH");
+    assert_eq!(addr, listen);
+    assert_eq!(hash.len(), 64, "{pinned}");
+
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let out = starling()
+        .args(["vm", "restore"])
+        .arg(&elsewhere)
+        .args(["--lazy", &listen, "--console", "off"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no state hash"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let log2 = d.join("lazy.log");
+    let sock2 = d.join("lazy.sock");
+    let mut restored = starling()
+        .args(["vm", "restore"])
+        .arg(&elsewhere)
+        .args(["--lazy", &pinned])
+        .arg("--console")
+        .arg(&log2)
+        .arg("--api-socket")
+        .arg(&sock2)
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    wait("lazy ticks", &|| {
+        tick_numbers(&read(&log2)).len() >= 5 && sock2.exists()
+    });
+    let out = starling()
+        .args(["vm", "status"])
+        .arg(&sock2)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = starling()
+        .args(["vm", "stop"])
+        .arg(&sock2)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(restored.wait().unwrap().success());
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    let after = tick_numbers(&read(&log2));
+    let joined: Vec<u64> = before.iter().chain(&after).copied().collect();
+    assert!(
+        joined.windows(2).all(|w| w[1] == w[0] + 1),
+        "the lazily restored VM did not continue where the snapshot was: {before:?} then {after:?}"
+    );
+    let fetched = status["lazy"]["pages_fetched"].as_u64().unwrap();
+    assert!(
+        fetched > 0 && fetched + 100 < pages_with_data,
+        "{fetched} of {pages_with_data} pages with data fetched (the 128 pages of ballast are \
+         never touched): {status}"
+    );
 }

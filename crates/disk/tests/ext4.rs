@@ -33,7 +33,9 @@ fn e2fsck(path: &std::path::Path) {
             String::from_utf8_lossy(&o.stdout),
             String::from_utf8_lossy(&o.stderr)
         ),
-        Err(e) => eprintln!("SKIP e2fsck check: e2fsck not runnable ({e}); install e2fsprogs"),
+        Err(e) => starling_testkit::skip(&format!(
+            "the e2fsck check: e2fsck not runnable ({e}); install e2fsprogs"
+        )),
     }
 }
 

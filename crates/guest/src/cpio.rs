@@ -106,7 +106,7 @@ mod tests {
             .output()
             .is_err()
         {
-            eprintln!("SKIP: GNU cpio not installed");
+            starling_testkit::skip("GNU cpio not installed (Debian package cpio)");
             return;
         }
         let mut w = CpioWriter::new(Vec::new());

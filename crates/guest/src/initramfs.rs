@@ -228,7 +228,9 @@ mod tests {
             .map(Path::new)
             .find(|p| std::fs::read(p).is_ok_and(|d| is_static_elf(&d)))
         else {
-            eprintln!("SKIP: no static busybox (busybox-static) on this host");
+            starling_testkit::skip(
+                "no static busybox (Debian package busybox-static) on this host",
+            );
             return;
         };
         if std::process::Command::new("cpio")
@@ -236,7 +238,7 @@ mod tests {
             .output()
             .is_err()
         {
-            eprintln!("SKIP: GNU cpio not installed");
+            starling_testkit::skip("GNU cpio not installed (Debian package cpio)");
             return;
         }
         let dir = tempfile::tempdir().unwrap();

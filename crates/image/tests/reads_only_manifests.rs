@@ -17,9 +17,15 @@ use starling_store::{ObjectId, Store};
 fn rootfs() -> Option<(PathBuf, PathBuf)> {
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/debian-rootfs.sh");
-    let out = Command::new("bash").arg(&script).output().ok()?;
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run the fixture script");
     if !out.status.success() {
-        eprintln!("\n*** SKIPPED: Debian rootfs could not be built ***\n");
+        starling_testkit::skip(&format!(
+            "Debian rootfs could not be built: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
         return None;
     }
     let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());

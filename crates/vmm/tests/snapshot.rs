@@ -15,16 +15,29 @@ use std::time::{Duration, Instant};
 use starling_vmm::test_guest::TestGuest;
 use starling_vmm::{Console, ExitReason, RestoreSpec, Vm, VmConfig, VsockConfig};
 
+/// The test guest, compiled once per test run (with its PVH note and without); None after a
+/// loud skip (a failure under CI) when this host has no /dev/kvm or C compiler. A compiler
+/// that rejects the guest fails every test.
 fn guests() -> Option<&'static TestGuest> {
-    static G: OnceLock<Option<TestGuest>> = OnceLock::new();
-    G.get_or_init(|| {
+    static G: OnceLock<Result<TestGuest, String>> = OnceLock::new();
+    let g = G.get_or_init(|| {
         // Set once, before any clone is started, to the same value.
         std::env::set_var("STARLING_VMM", env!("CARGO_BIN_EXE_starling-vmm"));
-        starling_vmm::test_guest::build_or_skip(
-            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-guest"),
-        )
-    })
-    .as_ref()
+        match starling_vmm::test_guest::missing() {
+            Some(why) => Err(why),
+            None => Ok(starling_vmm::test_guest::build(
+                &Path::new(env!("CARGO_TARGET_TMPDIR")).join("snapshot-guest"),
+            )
+            .unwrap_or_else(|e| panic!("the test guest does not build: {e}"))),
+        }
+    });
+    match g {
+        Ok(g) => Some(g),
+        Err(why) => {
+            starling_testkit::skip(why);
+            None
+        }
+    }
 }
 
 macro_rules! guests_or_skip {
@@ -600,7 +613,7 @@ fn lazy_clone_on_another_host_over_tcp() {
     let id = std::process::id() % 10000;
     let (a, b) = (format!("stla{id}"), format!("stlb{id}"));
     if !ip(&["netns", "add", &a]) {
-        eprintln!("SKIP: cannot create network namespaces here (needs root and iproute2)");
+        starling_testkit::skip("cannot create network namespaces here (needs root and iproute2)");
         return;
     }
     assert!(ip(&["netns", "add", &b]));

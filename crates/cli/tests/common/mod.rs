@@ -120,8 +120,11 @@ pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// The test cannot run here: a failure under CI (CI=true), else one loud line that test.sh
+/// lists at the end of the run (see starling-testkit).
+#[track_caller]
 pub fn skip(why: &str) {
-    eprintln!("\n*** SKIPPED: {why} ***\n");
+    starling_testkit::skip(why);
 }
 
 pub fn require_tool(tool: &str, package: &str) {
@@ -229,7 +232,8 @@ fn set_time(p: &Path, sec: i64, nsec: i64) {
     .expect("utimensat");
 }
 
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+/// Incompressible bytes, the same for the same seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {

@@ -453,11 +453,55 @@ static void fork_mode(u64 n) {
     puts("join: "); puts(line); puts("\n");
 }
 
+/* substrate disk: the pool's image as /dev/vda (ext4). Before `ready` the block device is set up
+ * as a booting guest would; after activation the guest reads the ext4 superblock (bytes 1024..
+ * 2047: sectors 2-3) and prints its magic and UUID, then reads sector 0 (unused by ext4), writes
+ * its own line there and reads it back: each activated VM must find the image's sector 0, not
+ * what an earlier VM of the pool wrote. */
+static u64 sub_blk;
+static struct vq *sub_blkq;
+
+static void substrate_disk_setup(void) {
+    u32 f;
+    sub_blk = find_device(2);
+    if (!sub_blk || dev_init(sub_blk, 1, &sub_blkq, &f)) { puts("substrate: disk: none\n"); sub_blk = 0; }
+}
+
+static void print_sector_text(const char *what, const u8 *d) {
+    puts("substrate: disk: "); puts(what); puts(" \"");
+    for (int i = 0; i < 64 && d[i] >= 32 && d[i] < 127; i++) putc(d[i]);
+    puts("\"\n");
+}
+
+static void substrate_disk_check(u64 activation_n) {
+    if (!sub_blk) return;
+    u8 *d = buffers[2];
+    memset_(d, 0, 1024);
+    u8 st = blk_io(sub_blk, sub_blkq, 0, 2, d, 1024, 0);
+    puts("substrate: disk: superblock status "); putdec(st);
+    puts(" magic "); puthex(d[56] | d[57] << 8, 4);
+    puts(" uuid ");
+    for (int i = 104; i < 120; i++) puthex(d[i], 2);
+    puts("\n");
+    memset_(d, 0, 512);
+    st = blk_io(sub_blk, sub_blkq, 0, 0, d, 512, 0);
+    print_sector_text("sector 0 before", d);
+    memset_(d, 0, 512);
+    memcpy_(d, "written by activation N=", 24);
+    d[24] = '0' + activation_n % 10;
+    st = blk_io(sub_blk, sub_blkq, 1, 0, d, 512, 0);
+    puts("substrate: disk: write status "); putdec(st); puts("\n");
+    memset_(d, 0, 512);
+    blk_io(sub_blk, sub_blkq, 0, 0, d, 512, 0);
+    print_sector_text("sector 0 after", d);
+}
+
 /* substrate: boot, set state, tell the monitor it is ready and wait for the configuration a
  * pool activation hands over; print it and exit with its code=N (if any). */
-static void substrate_mode(void) {
+static void substrate_mode(const char *cmd) {
     char line[300], act[300];
     if (vsock_setup() || svc_open(4000)) { puts("substrate: no service\n"); return; }
+    if (has_word(cmd, "disk")) substrate_disk_setup();
     for (int i = 0; i < 500; i++) counter++;
     pattern_fill(0x5ab);
     puts("substrate: ready\n");
@@ -465,6 +509,10 @@ static void substrate_mode(void) {
     counter++;
     puts("substrate: "); puts(act); puts("\n");
     puts("substrate: counter "); putdec(counter); puts(pattern_is(0x5ab) ? " pattern ok\n" : " pattern BAD\n");
+    u64 n = 0;
+    for (const char *s = act; *s; s++)
+        if (s > act && s[-1] == ' ' && streq_prefix(s, "N=")) n = parse_dec(s + 2);
+    substrate_disk_check(n);
     if (svc_call(4000, "whoami\n", line, sizeof line) > 0) { puts("substrate: whoami "); puts(line); puts("\n"); }
     svc_close(4000);
     for (const char *s = act; *s; s++)
@@ -483,7 +531,7 @@ void guest_main(u64 boot_info, u64 pvh) {
         puts("virtio-mmio at 0x"); puthex(base, 8); puts(": device "); putdec(mr(base + DEVICE_ID)); puts("\n");
     }
     if (has_word(cmd, "counter")) counter_mode(cmd);
-    if (has_word(cmd, "substrate")) substrate_mode();
+    if (has_word(cmd, "substrate")) substrate_mode(cmd);
     if (has_word(cmd, "idle")) {
         /* Touch a little memory, then halt for good: an idle VM (the kernel's irqchip keeps
          * the halted vCPU off the host CPU). */

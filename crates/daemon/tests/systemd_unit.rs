@@ -1,0 +1,210 @@
+//! The `starlingd` binary as its systemd unit (dist/systemd/starlingd.service) runs it.
+//!
+//! PID 1 on this project's machines (and CI's) is not systemd, so `systemd-run` cannot start
+//! the unit. This harness does what systemd would with it instead: `systemd-analyze verify`
+//! judges the unit file (every directive known, the command executable); the directories
+//! systemd creates for RuntimeDirectory= and StateDirectory= are made (under a scratch root
+//! standing in for /run and /var/lib), ExecStart runs with LimitNOFILE applied (prlimit), and
+//! the unit's KillSignal stops it within TimeoutStopSec, with the exit status that keeps
+//! Restart=on-failure from restarting it.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use starling_daemon::api::CacheStats;
+use starling_daemon::client::Client;
+
+fn unit_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd/starlingd.service")
+}
+
+/// The unit's `[Service]` section as KEY → values (a key may repeat).
+fn service_section(text: &str) -> BTreeMap<String, Vec<String>> {
+    let mut section = String::new();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_owned();
+        } else if section == "Service" {
+            let (k, v) = line.split_once('=').expect("KEY=VALUE");
+            out.entry(k.trim().to_owned())
+                .or_default()
+                .push(v.trim().to_owned());
+        }
+    }
+    out
+}
+
+fn one<'a>(service: &'a BTreeMap<String, Vec<String>>, key: &str) -> &'a str {
+    match service.get(key).map(Vec::as_slice) {
+        Some([v]) => v,
+        other => panic!("{key}= should be given once in the unit, is {other:?}"),
+    }
+}
+
+/// The value following `flag` in an argument list.
+fn flag<'a>(args: &'a [String], flag: &str) -> &'a str {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .unwrap_or_else(|| panic!("ExecStart has no {flag}: {args:?}"))
+}
+
+#[test]
+fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
+    let unit = std::fs::read_to_string(unit_path()).unwrap();
+    let service = service_section(&unit);
+    let exec: Vec<String> = one(&service, "ExecStart")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(exec[0], "/usr/local/bin/starlingd", "{exec:?}");
+    let binary = env!("CARGO_BIN_EXE_starlingd");
+    let scratch = tempfile::tempdir().unwrap();
+
+    // systemd's own judgement of the unit, the command pointed at the built binary (verify
+    // checks that it is executable). It exits 0 on unknown keys and only warns: any output is
+    // a finding.
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        starling_testkit::skip("systemd-analyze is missing (Debian package systemd)");
+        return;
+    }
+    let checked = scratch.path().join("starlingd.service");
+    std::fs::write(&checked, unit.replace("/usr/local/bin/starlingd", binary)).unwrap();
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&checked)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+
+    // Where systemd puts what the unit asks for, and what the command uses: the socket in
+    // RuntimeDirectory, the state in StateDirectory, both the daemon's own defaults (so that
+    // `starling` finds a daemon systemd started without being told where).
+    let runtime = Path::new("/run").join(one(&service, "RuntimeDirectory"));
+    let state_dir = Path::new("/var/lib").join(one(&service, "StateDirectory"));
+    let (socket, state) = (flag(&exec, "--socket"), flag(&exec, "--state"));
+    assert!(Path::new(socket).starts_with(&runtime), "{socket}");
+    assert!(Path::new(state).starts_with(&state_dir), "{state}");
+    assert_eq!(socket, starling_daemon::DEFAULT_SOCKET);
+    assert_eq!(state, starling_daemon::DEFAULT_STATE);
+    let quota = starling_daemon::args::parse_size(flag(&exec, "--quota")).unwrap();
+
+    // The same paths under the scratch root; systemd makes the two directories (0755) before
+    // ExecStart runs and nothing else.
+    let rooted = |p: &str| scratch.path().join(p.trim_start_matches('/'));
+    std::fs::create_dir_all(rooted(runtime.to_str().unwrap())).unwrap();
+    std::fs::create_dir_all(rooted(state_dir.to_str().unwrap())).unwrap();
+    let args: Vec<String> = exec[1..]
+        .iter()
+        .map(|a| {
+            if a.starts_with('/') {
+                rooted(a).display().to_string()
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    // LimitNOFILE, as far as this process may raise it (systemd has CAP_SYS_RESOURCE; a
+    // container's hard limit may be lower).
+    let unit_nofile: u64 = one(&service, "LimitNOFILE").parse().unwrap();
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    if hard < unit_nofile {
+        starling_testkit::skip_part(&format!(
+            "LimitNOFILE={unit_nofile} applied as {hard}: this process's hard limit, which only \
+             CAP_SYS_RESOURCE (systemd has it) may raise"
+        ));
+    }
+    let nofile = unit_nofile.min(hard).to_string();
+    let nofile = nofile.as_str();
+    let mut daemon = Command::new("prlimit")
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg("--")
+        .arg(binary)
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("prlimit (util-linux)");
+    let mut ready = String::new();
+    BufReader::new(daemon.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let socket = rooted(socket);
+    if !ready.starts_with("ready") {
+        let out = daemon.wait_with_output().unwrap();
+        panic!(
+            "starlingd did not start ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(ready.trim(), format!("ready {}", socket.display()));
+
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        open_files
+            .split_whitespace()
+            .filter(|w| *w == nofile)
+            .count()
+            == 2,
+        "{open_files}"
+    );
+    let client = Client::new(&socket).unwrap();
+    let stats: CacheStats = client.get("/v1/cache").unwrap();
+    assert_eq!(stats.quota, quota);
+    assert_eq!(stats.objects, 0);
+    let mounts: serde_json::Value = client.get("/v1/mounts").unwrap();
+    assert_eq!(mounts, serde_json::json!([]));
+    assert!(
+        rooted(state).join("cache").is_dir(),
+        "the host cache is in the state directory"
+    );
+
+    // systemctl stop: KillSignal, then SIGKILL after TimeoutStopSec.
+    assert_eq!(one(&service, "KillSignal"), "SIGTERM");
+    let timeout: u64 = one(&service, "TimeoutStopSec").parse().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&daemon),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(timeout),
+            "starlingd outlived TimeoutStopSec={timeout}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(one(&service, "Restart"), "on-failure");
+    assert!(
+        status.success(),
+        "a stop that Restart=on-failure would take for a failure: {status}"
+    );
+    assert!(!socket.exists(), "the socket is removed on the way out");
+}
