@@ -93,6 +93,8 @@ pub enum Error {
     PackageDb { image: String, reason: String },
     #[error("tag record {0} is corrupt: {1}")]
     BadTagRecord(String, String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

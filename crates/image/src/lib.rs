@@ -24,6 +24,7 @@ pub mod overlay;
 pub mod path;
 pub mod pkg;
 pub mod reference;
+pub mod scratch;
 pub mod search;
 mod stage;
 pub mod tags;

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
-use starling_store::{ObjectId, Store};
+use starling_store::{ObjectId, Store, Txn};
 
 use crate::browse::Browser;
 use crate::chunk::{ChunkParams, Progress};
@@ -19,6 +19,7 @@ use crate::{now_unix_ns, tags};
 
 const OVERLAY_XATTRS: &[u8] = b"trusted.overlay.";
 
+#[derive(Debug)]
 pub struct OverlayCommit {
     pub version: ObjectId,
     /// Paths put, removed.
@@ -123,11 +124,25 @@ pub fn commit_upper(
     tag: &str,
     what: &str,
 ) -> Result<OverlayCommit> {
+    commit_with(store, base, name, tag, what, |txn| {
+        crate::import::stage_dir(txn, upper, &ChunkParams::default(), &Progress::default())
+    })
+}
+
+/// Commits an upper layer that `stage` reads (with its content stored in the transaction),
+/// applied onto `base` with overlayfs' rules, as `name:tag`.
+pub(crate) fn commit_with(
+    store: &Store,
+    base: &ObjectId,
+    name: &str,
+    tag: &str,
+    what: &str,
+    stage: impl FnOnce(&Txn<'_>) -> Result<StageDir>,
+) -> Result<OverlayCommit> {
     let _writer = store.lock_writer()?;
     let old = Commit::decode(base, &store.get(base)?)?;
     let txn = store.begin()?;
-    let staged =
-        crate::import::stage_dir(&txn, upper, &ChunkParams::default(), &Progress::default())?;
+    let staged = stage(&txn)?;
     let mut browser = Browser::new(store);
     let mut walk = Walk {
         browser: &mut browser,

@@ -14,6 +14,13 @@ pub enum Console {
     Stdio,
     File(PathBuf),
     Off,
+    /// Output appended to `log` (kept to its last few MiB) and sent to whoever is attached
+    /// to `socket`, whose input goes to the guest; one attached client at a time (a new one
+    /// takes over), as `docker attach` does.
+    Socket {
+        socket: PathBuf,
+        log: PathBuf,
+    },
 }
 
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off";

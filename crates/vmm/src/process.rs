@@ -12,8 +12,29 @@ pub enum Start {
 
 /// Runs the VM to its end and returns the process exit status: the guest's (see
 /// `ExitReason::status`), 2 when the VM cannot be built, 1 when running it fails. Messages go to
-/// stderr prefixed `starling:`; `STARLING_VM_QUIET` silences the ending line.
+/// stderr prefixed `starling:`; `STARLING_VM_QUIET` silences the ending line. With
+/// `STARLING_EXIT_FILE`, the status is also written there (`{"status": N, "reason": "…"}`,
+/// atomically), for a supervisor that is not this process's parent (a restarted daemon).
 pub fn run_to_exit(start: Start) -> u8 {
+    let (status, reason) = run(start);
+    if let Some(path) = std::env::var_os("STARLING_EXIT_FILE") {
+        let path = std::path::PathBuf::from(path);
+        let body = serde_json::json!({ "status": status, "reason": reason }).to_string();
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, body)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .is_err()
+        {
+            eprintln!(
+                "starling: could not write the exit status to {}",
+                path.display()
+            );
+        }
+    }
+    status
+}
+
+fn run(start: Start) -> (u8, String) {
     let built = match start {
         Start::Boot(config) => Vm::build(config),
         Start::Restore(spec) => Vm::restore(&spec),
@@ -22,23 +43,23 @@ pub fn run_to_exit(start: Start) -> u8 {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("starling: the VM was not started: {e}");
-            return 2;
+            return (2, format!("not started: {e}"));
         }
     };
     if let Err(e) = crate::signals::stop_on_signals(vm.handle()) {
         eprintln!("starling: installing signal handling: {e}");
-        return 2;
+        return (2, format!("not started: {e}"));
     }
     match vm.run() {
         Ok(reason) => {
             if std::env::var_os("STARLING_VM_QUIET").is_none() {
                 eprintln!("starling: VM ended: {reason:?}");
             }
-            reason.status().clamp(0, 255) as u8
+            (reason.status().clamp(0, 255) as u8, format!("{reason:?}"))
         }
         Err(e) => {
             eprintln!("starling: {e}");
-            1
+            (1, e.to_string())
         }
     }
 }

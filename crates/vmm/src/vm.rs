@@ -288,6 +288,18 @@ impl Vm {
         {
             spawn_stdin_thread(serial.clone(), done.clone());
         }
+        if let (Console::Socket { socket, .. }, Some(serial)) =
+            (&self.wiring.console, &self.machine.devices.serial)
+        {
+            if let Some(l) = lock(serial).1.take() {
+                crate::devices::serial::serve_attach(
+                    l,
+                    socket.clone(),
+                    serial.clone(),
+                    done.clone(),
+                );
+            }
+        }
         let (req_tx, req_rx) = mpsc::channel();
         *lock(&self.shared.requests) = Some(req_tx);
         let (fork_tx, fork_rx) = mpsc::channel::<GuestFork>();

@@ -1,7 +1,7 @@
 //! Importers: a source (directory or tar archive) becomes a new image version.
 
 mod dir;
-mod disk;
+pub(crate) mod disk;
 mod oci;
 pub(crate) mod tar;
 
