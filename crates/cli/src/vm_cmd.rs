@@ -225,12 +225,10 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
     match cmd {
         VmCmd::Run(a) => run_vm(a),
         VmCmd::Kernel(KernelCmd::Fetch { package, out, json }) => {
-            let f = crate::vm_artifacts::kernel_fetch(store, &package, out.as_deref())?;
+            let f = starling_guest::kernel::fetch(store, &package, out.as_deref())
+                .with_context(|| format!("fetching kernel package {package}"))?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"image": f.image, "release": f.release, "package": f.package, "version": f.version})
-                );
+                println!("{}", serde_json::to_string(&f)?);
             } else {
                 println!("{}", f.image);
                 eprintln!("fetched {} {} into the store", f.package, f.version);
@@ -247,9 +245,9 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             vmlinux,
             out,
         } => {
-            let (size, loaded) = crate::vm_artifacts::initramfs(
+            let (size, loaded) = starling_guest::kernel::initramfs(
                 store,
-                crate::vm_artifacts::InitramfsArgs {
+                starling_guest::kernel::InitramfsFromStore {
                     kernel_image: &kernel_image,
                     modules,
                     busybox,
@@ -259,7 +257,8 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
                     vmlinuz_out: vmlinuz.as_deref(),
                     vmlinux_out: vmlinux.as_deref(),
                 },
-            )?;
+            )
+            .with_context(|| format!("building {}", out.display()))?;
             eprintln!(
                 "wrote {} ({} bytes); modules in load order: {}",
                 out.display(),

@@ -27,6 +27,7 @@ pub mod lazy;
 pub mod machine;
 pub mod memory;
 pub mod persist;
+pub mod pool;
 pub mod process;
 pub mod service;
 pub mod signals;
