@@ -76,6 +76,16 @@ impl Geometry {
                 return Geometry::new(total + BLOCKS_PER_GROUP, inodes_used);
             }
         }
+        // A single short group can be smaller than its own inode table.
+        if geo.group_len(groups - 1) < geo.meta_blocks(groups - 1) {
+            return Err(invalid(
+                "the ext4 size",
+                format!(
+                    "{} bytes cannot hold the tables of {inodes_used} inodes",
+                    total * BS
+                ),
+            ));
+        }
         Ok(geo)
     }
 
@@ -169,5 +179,9 @@ mod tests {
     fn sizes_out_of_range_are_refused() {
         assert!(Geometry::new(63, 1).is_err());
         assert!(Geometry::new(1 << 32, 1).is_err());
+        // 256 blocks, but 5000 inodes (and room for more) want a 348-block inode table.
+        let e = Geometry::new(256, 5000).err().unwrap().to_string();
+        assert!(e.contains("cannot hold the tables of 5000 inodes"), "{e}");
+        assert!(Geometry::new(256, 100).is_ok());
     }
 }
