@@ -2,25 +2,29 @@
 //! unpacks them (files placed, obsolete files removed, conffiles kept when changed locally,
 //! the dpkg database updated), overlays of a directory, removals. Maintainer scripts are not
 //! run; the report says which packages have them. Content is stored once for all images.
+//!
+//! Here: the entry point, one transaction for every target image, and the staged-tree edits
+//! the overlay and packages share; [`dpkg`] unpacks packages, [`relations`] checks their
+//! dependencies, [`derive`] sets the hostname and adds users.
+
+mod derive;
+mod dpkg;
+mod relations;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Read;
 use std::path::Path;
 
-use md5::{Digest, Md5};
 use serde::Serialize;
 use starling_store::{ObjectId, Store, Txn};
 
 use crate::browse::Browser;
 use crate::chunk::{store_content, ChunkParams, Progress};
-use crate::deb::Deb;
 use crate::diff::Diff;
 use crate::edit::{Edit, Editor, Edits};
 use crate::error::{Error, Result};
 use crate::manifest::{Commit, FileData, Meta, Node, Tree, TreeStats};
 use crate::path;
-use crate::pkg::control::{self, Paragraph};
-use crate::pkg::{version, Inventories, PkgDb, DPKG_STATUS};
+use crate::pkg::Inventories;
 use crate::reference::ImageRef;
 use crate::stage::{StageDir, Staged};
 use crate::{now_unix_ns, tags, versions};
@@ -58,16 +62,8 @@ pub struct UpdateReport {
     pub warnings: Vec<String>,
 }
 
-/// A package ready to install: its metadata, its files staged in the transaction.
-struct Prepared {
-    deb: Deb,
-    tree: StageDir,
-    /// Every path the package ships (directories too), `/`-rooted, sorted.
-    paths: Vec<String>,
-    /// md5 of each conffile as shipped.
-    conffile_md5: BTreeMap<String, String>,
-}
-
+/// Makes a new version of each target and moves its tag there, unless `dry_run`; the new
+/// versions are stored in one transaction.
 pub fn update(
     store: &Store,
     targets: &[Target],
@@ -75,39 +71,16 @@ pub fn update(
     progress: &Progress,
 ) -> Result<Vec<UpdateReport>> {
     if let Some(h) = &opts.hostname {
-        if h.is_empty()
-            || h.len() > 63
-            || !h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            || h.starts_with('-')
-        {
-            return Err(Error::BadQuery {
-                what: "hostname",
-                input: h.clone(),
-                reason: "use 1 to 63 letters, digits and inner hyphens".into(),
-            });
-        }
+        derive::check_hostname(h)?;
     }
     for u in &opts.add_users {
-        let ok = !u.is_empty()
-            && u.len() <= 32
-            && u.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-            && u.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-        if !ok {
-            return Err(Error::BadQuery {
-                what: "user name",
-                input: u.clone(),
-                reason:
-                    "use lower-case letters, digits, '_' and '-', starting with a letter or '_'"
-                        .into(),
-            });
-        }
+        derive::check_user_name(u)?;
     }
     let _writer = store.lock_writer()?;
     let txn = store.begin()?;
     let mut prepared = Vec::new();
     for p in &opts.debs {
-        prepared.push(prepare(&txn, p, &opts.chunking, progress)?);
+        prepared.push(dpkg::prepare(&txn, p, &opts.chunking, progress)?);
     }
     let overlay = match opts.overlay {
         Some(dir) => Some(crate::import::stage_dir(
@@ -139,7 +112,7 @@ pub fn update(
         let mut edits = Edits::default();
         let now = now_unix_ns();
         if !prepared.is_empty() {
-            install_debs(
+            dpkg::install_debs(
                 &mut inv,
                 &maker,
                 &old,
@@ -155,7 +128,7 @@ pub fn update(
             stage_edits(o, true, &mut Vec::new(), &BTreeSet::new(), &mut children);
             merge_edits(&mut edits.children, children);
         }
-        customize(
+        derive::customize(
             &mut inv.browser,
             &maker,
             &old,
@@ -244,8 +217,9 @@ pub fn update(
     Ok(reports)
 }
 
-/// Stores files the update makes itself (dpkg database entries) through the normal chunking,
-/// and makes their chunks readable before the transaction commits (for the diff).
+/// Stores files the update makes itself (dpkg database entries, edited configuration files)
+/// through the normal chunking, and makes their chunks readable before the transaction
+/// commits (for the diff).
 struct Maker<'t, 'a> {
     txn: &'t Txn<'a>,
     params: &'t ChunkParams,
@@ -276,193 +250,10 @@ impl Maker<'_, '_> {
     }
 }
 
-/// Hostname and users, written into the image's own configuration files.
-fn customize(
-    b: &mut Browser<'_>,
-    maker: &Maker<'_, '_>,
-    old: &Commit,
-    opts: &UpdateOptions<'_>,
-    edits: &mut Edits,
-    warnings: &mut Vec<String>,
-    now: i64,
-) -> Result<()> {
-    let stamp = |mut m: Meta| {
-        m.mtime_sec = now / 1_000_000_000;
-        m.mtime_nsec = (now % 1_000_000_000) as u32;
-        m
-    };
-    let existing = |b: &mut Browser<'_>, p: &str| -> Result<Option<(Meta, Vec<u8>)>> {
-        match b.lookup(&old.root, p.as_bytes(), false)? {
-            Some(Node::File { meta, size, data }) => {
-                Ok(Some((meta, b.read(&data, size, 16 << 20, p)?)))
-            }
-            _ => Ok(None),
-        }
-    };
-    let plain = |mode| Meta {
-        mode,
-        ..Meta::default()
-    };
-    if let Some(h) = &opts.hostname {
-        let meta = existing(b, "/etc/hostname")?.map_or(plain(0o644), |e| e.0);
-        let node = maker.file(b, format!("{h}\n").into_bytes(), stamp(meta))?;
-        edits.set(b"/etc/hostname", Edit::Put(node), &default_dir())?;
-        if let Some((meta, hosts)) = existing(b, "/etc/hosts")? {
-            let text = String::from_utf8_lossy(&hosts);
-            let mut lines: Vec<String> = text
-                .lines()
-                .filter(|l| !l.starts_with("127.0.1.1"))
-                .map(String::from)
-                .collect();
-            let at = lines
-                .iter()
-                .position(|l| l.starts_with("127.0.0.1"))
-                .map_or(0, |i| i + 1);
-            lines.insert(at, format!("127.0.1.1\t{h}"));
-            let node = maker.file(b, (lines.join("\n") + "\n").into_bytes(), stamp(meta))?;
-            edits.set(b"/etc/hosts", Edit::Put(node), &default_dir())?;
-        }
-    }
-    if opts.add_users.is_empty() {
-        return Ok(());
-    }
-    let Some((pmeta, passwd)) = existing(b, "/etc/passwd")? else {
-        warnings.push("no /etc/passwd: users not added".into());
-        return Ok(());
-    };
-    let (gmeta, group) = existing(b, "/etc/group")?.unwrap_or((plain(0o644), Vec::new()));
-    let shadow = existing(b, "/etc/shadow")?;
-    let mut passwd = String::from_utf8_lossy(&passwd).into_owned();
-    let mut group = String::from_utf8_lossy(&group).into_owned();
-    let mut shadow_text = shadow
-        .as_ref()
-        .map(|s| String::from_utf8_lossy(&s.1).into_owned());
-    let ids = |text: &str, field: usize| -> BTreeSet<u32> {
-        text.lines()
-            .filter_map(|l| l.split(':').nth(field)?.parse().ok())
-            .collect()
-    };
-    for u in &opts.add_users {
-        if passwd
-            .lines()
-            .any(|l| l.split(':').next() == Some(u.as_str()))
-        {
-            warnings.push(format!("user {u} exists already"));
-            continue;
-        }
-        let used: BTreeSet<u32> = ids(&passwd, 2).union(&ids(&group, 2)).copied().collect();
-        let id = (1000..60000).find(|i| !used.contains(i)).unwrap_or(60000);
-        for text in [&mut passwd, &mut group] {
-            if !text.is_empty() && !text.ends_with('\n') {
-                text.push('\n');
-            }
-        }
-        passwd.push_str(&format!("{u}:x:{id}:{id}::/home/{u}:/bin/bash\n"));
-        group.push_str(&format!("{u}:x:{id}:\n"));
-        if let Some(sh) = shadow_text.as_mut() {
-            if !sh.is_empty() && !sh.ends_with('\n') {
-                sh.push('\n');
-            }
-            sh.push_str(&format!(
-                "{u}:!:{}:0:99999:7:::\n",
-                now / 86_400_000_000_000
-            ));
-        }
-        let home = Meta {
-            mode: 0o755,
-            uid: id,
-            gid: id,
-            ..stamp(Meta::default())
-        };
-        edits.set(
-            format!("/home/{u}").as_bytes(),
-            Edit::Dir {
-                meta: home,
-                set_meta: true,
-                children: BTreeMap::new(),
-            },
-            &default_dir(),
-        )?;
-    }
-    let node = maker.file(b, passwd.into_bytes(), stamp(pmeta))?;
-    edits.set(b"/etc/passwd", Edit::Put(node), &default_dir())?;
-    let node = maker.file(b, group.into_bytes(), stamp(gmeta))?;
-    edits.set(b"/etc/group", Edit::Put(node), &default_dir())?;
-    if let (Some((smeta, _)), Some(text)) = (shadow, shadow_text) {
-        let node = maker.file(b, text.into_bytes(), stamp(smeta))?;
-        edits.set(b"/etc/shadow", Edit::Put(node), &default_dir())?;
-    }
-    Ok(())
-}
-
 fn default_dir() -> Meta {
     Meta {
         mode: 0o755,
         ..Meta::default()
-    }
-}
-
-/// Reads a .deb and stages its files.
-fn prepare(
-    txn: &Txn<'_>,
-    path: &Path,
-    params: &ChunkParams,
-    progress: &Progress,
-) -> Result<Prepared> {
-    let deb = Deb::open(path)?;
-    let mut tree = StageDir {
-        meta: default_dir(),
-        children: Default::default(),
-    };
-    crate::import::tar::apply(txn, deb.data()?, path, &mut tree, None, params, progress)?;
-    tree.canonicalize_hardlinks(path)?;
-    let mut paths = Vec::new();
-    list_paths(&tree, &mut Vec::new(), &mut paths);
-    // The conffiles as shipped, hashed from the data member (they are small).
-    let conffiles: BTreeSet<String> = deb.conffiles().into_iter().collect();
-    let mut conffile_md5 = BTreeMap::new();
-    if !conffiles.is_empty() {
-        let mut ar = tar::Archive::new(deb.data()?);
-        for e in ar.entries().map_err(|e| bad_deb(path, e))? {
-            let mut e = e.map_err(|e| bad_deb(path, e))?;
-            let p = format!(
-                "/{}",
-                String::from_utf8_lossy(&e.path_bytes()).trim_start_matches("./")
-            );
-            if conffiles.contains(&p) {
-                let mut b = Vec::new();
-                e.read_to_end(&mut b).map_err(|e| bad_deb(path, e))?;
-                conffile_md5.insert(p, hex_md5(&b));
-            }
-        }
-    }
-    Ok(Prepared {
-        deb,
-        tree,
-        paths,
-        conffile_md5,
-    })
-}
-
-fn bad_deb(path: &Path, e: std::io::Error) -> Error {
-    Error::BadDeb {
-        path: path.to_path_buf(),
-        reason: format!("data member: {e}"),
-    }
-}
-
-fn hex_md5(b: &[u8]) -> String {
-    hex::encode(Md5::digest(b))
-}
-
-fn list_paths(d: &StageDir, comps: &mut Vec<Vec<u8>>, out: &mut Vec<String>) {
-    for (name, child) in &d.children {
-        comps.push(name.clone());
-        out.push(format!("/{}", path::display(&path::join(comps))));
-        if let Staged::Dir(sub) = child {
-            list_paths(sub, comps, out);
-        }
-        comps.pop();
     }
 }
 
@@ -526,340 +317,6 @@ fn merge_edits(dst: &mut BTreeMap<Vec<u8>, Edit>, src: BTreeMap<Vec<u8>, Edit>) 
                 dst.insert(k, v);
             }
         }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn install_debs(
-    inv: &mut Inventories<'_>,
-    maker: &Maker<'_, '_>,
-    old: &Commit,
-    display: &str,
-    debs: &[Prepared],
-    edits: &mut Edits,
-    warnings: &mut Vec<String>,
-    now: i64,
-) -> Result<()> {
-    let current = inv.of(&old.root, display)?;
-    if current.db != PkgDb::Dpkg {
-        return Err(Error::PackageDb {
-            image: display.into(),
-            reason: format!(
-                "has a {} database; .deb packages need dpkg",
-                current.db.name()
-            ),
-        });
-    }
-    let (status_meta, status_text) =
-        match inv
-            .browser
-            .lookup(&old.root, DPKG_STATUS.as_bytes(), true)?
-        {
-            Some(Node::File { meta, size, data }) => {
-                (meta, inv.browser.read(&data, size, 256 << 20, DPKG_STATUS)?)
-            }
-            _ => unreachable!("inventory found the status file"),
-        };
-    let mut status =
-        control::parse(&String::from_utf8_lossy(&status_text)).map_err(|e| Error::PackageDb {
-            image: display.into(),
-            reason: format!("{DPKG_STATUS}: {e}"),
-        })?;
-    // What is installed after this run, for dependency checks: current, then the new debs.
-    let mut provided: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
-    for p in &status {
-        if !installed(p) {
-            continue;
-        }
-        if let Some(n) = p.get("Package") {
-            provided
-                .entry(n.into())
-                .or_default()
-                .push(p.get("Version").map(String::from));
-        }
-        for v in relations(p.get("Provides").unwrap_or(""))
-            .into_iter()
-            .flatten()
-        {
-            provided.entry(v.0).or_default().push(v.2);
-        }
-    }
-    for d in debs {
-        provided.insert(d.deb.name().into(), vec![Some(d.deb.version().into())]);
-        for v in relations(d.deb.control.get("Provides").unwrap_or(""))
-            .into_iter()
-            .flatten()
-        {
-            provided.entry(v.0).or_default().push(v.2);
-        }
-    }
-    for d in debs {
-        let deb = &d.deb;
-        let name = deb.name().to_string();
-        for field in ["Pre-Depends", "Depends"] {
-            for alts in relations(deb.control.get(field).unwrap_or("")) {
-                let ok = alts.iter().any(|(n, op, v)| {
-                    provided.get(n).is_some_and(|vs| {
-                        vs.iter().any(|have| match (op, v, have) {
-                            (None, _, _) => true,
-                            (Some(op), Some(want), Some(have)) => relation_holds(have, op, want),
-                            _ => false,
-                        })
-                    })
-                });
-                if !ok {
-                    let text: Vec<String> = alts
-                        .iter()
-                        .map(|(n, op, v)| match (op, v) {
-                            (Some(o), Some(v)) => format!("{n} ({o} {v})"),
-                            _ => n.clone(),
-                        })
-                        .collect();
-                    warnings.push(format!(
-                        "unsatisfied dependency of {name}: {field}: {}",
-                        text.join(" | ")
-                    ));
-                }
-            }
-        }
-        let scripts = deb.scripts();
-        if !scripts.is_empty() {
-            warnings.push(format!(
-                "{name} has maintainer scripts ({}) that were not run",
-                scripts.join(", ")
-            ));
-        }
-        let multi_same = deb.control.get("Multi-Arch") == Some("same");
-        let info_name = if multi_same {
-            format!("{name}:{}", deb.architecture())
-        } else {
-            name.clone()
-        };
-        let old_idx = status
-            .iter()
-            .position(|p| p.get("Package") == Some(name.as_str()));
-        let old_para = old_idx.map(|i| status[i].clone());
-        // Conffiles: keep what was changed locally, as dpkg --force-confold does.
-        let old_conf: BTreeMap<String, String> = old_para
-            .as_ref()
-            .and_then(|p| p.get("Conffiles"))
-            .map(|c| {
-                c.lines()
-                    .filter_map(|l| {
-                        let mut w = l.split_whitespace();
-                        Some((w.next()?.to_string(), w.next()?.to_string()))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut keep = BTreeSet::new();
-        for (path, new_md5) in &d.conffile_md5 {
-            let Some(Node::File { size, data, .. }) =
-                inv.browser.lookup(&old.root, path.as_bytes(), false)?
-            else {
-                continue;
-            };
-            let cur = hex_md5(&inv.browser.read(&data, size, 64 << 20, path)?);
-            let unchanged_locally = old_conf.get(path) == Some(&cur);
-            if !unchanged_locally && cur != *new_md5 {
-                keep.insert(path.clone());
-                warnings.push(format!(
-                    "{name}: kept locally changed {path}; the package's version is {path}.dpkg-dist"
-                ));
-            }
-        }
-        let mut children = BTreeMap::new();
-        stage_edits(&d.tree, false, &mut Vec::new(), &keep, &mut children);
-        merge_edits(&mut edits.children, children);
-        for p in &keep {
-            if let Some(n) = find_staged(&d.tree, p) {
-                edits.set(
-                    format!("{p}.dpkg-dist").as_bytes(),
-                    Edit::Put(n),
-                    &default_dir(),
-                )?;
-            }
-        }
-        // Files of the old version the new one no longer ships (not directories, not
-        // conffiles, which dpkg keeps and marks obsolete).
-        let new_paths: BTreeSet<&str> = d.paths.iter().map(String::as_str).collect();
-        let old_list_path = format!("/var/lib/dpkg/info/{info_name}.list");
-        if old_para.is_some() {
-            if let Some(b) = inv.browser.read_path(&old.root, &old_list_path, 64 << 20)? {
-                for p in String::from_utf8_lossy(&b).lines() {
-                    if p == "/." || new_paths.contains(p) || old_conf.contains_key(p) {
-                        continue;
-                    }
-                    if let Some(n) = inv.browser.lookup(&old.root, p.as_bytes(), false)? {
-                        if !matches!(n, Node::Dir { .. }) {
-                            edits.set(p.as_bytes(), Edit::Remove, &default_dir())?;
-                        }
-                    }
-                }
-            }
-            // Old control files in info/ that the new version does not have.
-            for ext in crate::deb::SCRIPTS.iter().chain(
-                [
-                    "md5sums",
-                    "conffiles",
-                    "triggers",
-                    "shlibs",
-                    "symbols",
-                    "templates",
-                ]
-                .iter(),
-            ) {
-                let p = format!("/var/lib/dpkg/info/{info_name}.{ext}");
-                if deb.file(ext).is_none()
-                    && inv
-                        .browser
-                        .lookup(&old.root, p.as_bytes(), false)?
-                        .is_some()
-                {
-                    edits.set(p.as_bytes(), Edit::Remove, &default_dir())?;
-                }
-            }
-        }
-        // The dpkg database: file list, control files, status paragraph.
-        let info_meta = |mode| Meta {
-            mode,
-            uid: 0,
-            gid: 0,
-            mtime_sec: now / 1_000_000_000,
-            mtime_nsec: (now % 1_000_000_000) as u32,
-            xattrs: Vec::new(),
-        };
-        let mut list = String::from("/.\n");
-        for p in &d.paths {
-            list.push_str(p);
-            list.push('\n');
-        }
-        let node = maker.file(&mut inv.browser, list.into_bytes(), info_meta(0o644))?;
-        edits.set(old_list_path.as_bytes(), Edit::Put(node), &default_dir())?;
-        for (fname, bytes, mode) in &deb.control_files {
-            if fname.contains('/') {
-                continue;
-            }
-            let p = format!("/var/lib/dpkg/info/{info_name}.{fname}");
-            let mode = if crate::deb::SCRIPTS.contains(&fname.as_str()) {
-                0o755
-            } else {
-                *mode & 0o777
-            };
-            let node = maker.file(&mut inv.browser, bytes.clone(), info_meta(mode))?;
-            edits.set(p.as_bytes(), Edit::Put(node), &default_dir())?;
-        }
-        let mut para = deb.control.clone();
-        para.remove("Status");
-        let mut fields = vec![
-            ("Package".to_string(), name.clone()),
-            ("Status".to_string(), "install ok installed".to_string()),
-        ];
-        fields.extend(
-            para.fields
-                .into_iter()
-                .filter(|(k, _)| !k.eq_ignore_ascii_case("Package")),
-        );
-        let mut para = Paragraph { fields };
-        if !d.conffile_md5.is_empty() {
-            let mut c = String::new();
-            for (p, m) in &d.conffile_md5 {
-                c.push('\n');
-                c.push_str(&format!("{p} {m}"));
-            }
-            let at = para
-                .fields
-                .iter()
-                .position(|(k, _)| k == "Description")
-                .unwrap_or(para.fields.len());
-            para.fields.insert(at, ("Conffiles".into(), c));
-        }
-        match old_idx {
-            Some(i) => status[i] = para,
-            None => status.push(para),
-        }
-    }
-    status.sort_by(|a, b| {
-        a.get("Package")
-            .cmp(&b.get("Package"))
-            .then(a.get("Architecture").cmp(&b.get("Architecture")))
-    });
-    let text: String = status.iter().map(|p| p.render() + "\n").collect();
-    let meta = Meta {
-        mtime_sec: now / 1_000_000_000,
-        mtime_nsec: (now % 1_000_000_000) as u32,
-        ..status_meta
-    };
-    let node = maker.file(&mut inv.browser, text.into_bytes(), meta)?;
-    edits.set(DPKG_STATUS.as_bytes(), Edit::Put(node), &default_dir())?;
-    Ok(())
-}
-
-fn find_staged(d: &StageDir, p: &str) -> Option<Node> {
-    let comps = path::split(p.as_bytes())?;
-    let (last, parents) = comps.split_last()?;
-    let mut cur = d;
-    for c in parents {
-        match cur.children.get(c)? {
-            Staged::Dir(s) => cur = s,
-            _ => return None,
-        }
-    }
-    match cur.children.get(last)? {
-        Staged::Node(n) => Some(n.clone()),
-        _ => None,
-    }
-}
-
-fn installed(p: &Paragraph) -> bool {
-    p.get("Status").and_then(|s| s.split_whitespace().nth(2)) == Some("installed")
-}
-
-/// A relation field (`a (>= 1) | b, c:any`) as alternatives of (name, op, version).
-type Relation = (String, Option<String>, Option<String>);
-
-fn relations(field: &str) -> Vec<Vec<Relation>> {
-    field
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|group| {
-            group
-                .split('|')
-                .map(|alt| {
-                    let alt = alt.trim();
-                    let (name, rest) = alt
-                        .split_once('(')
-                        .map_or((alt, ""), |(n, r)| (n.trim(), r));
-                    let name = name.split_whitespace().next().unwrap_or("");
-                    let name = name.split(':').next().unwrap_or(name).to_string();
-                    let rest = rest.trim_end_matches(')').trim();
-                    let op_len = rest
-                        .find(|c: char| !"<>=".contains(c))
-                        .unwrap_or(rest.len());
-                    let (op, ver) = rest.split_at(op_len);
-                    let ver = ver.trim();
-                    if op.is_empty() || ver.is_empty() {
-                        (name, None, None)
-                    } else {
-                        (name, Some(op.to_string()), Some(ver.to_string()))
-                    }
-                })
-                .collect()
-        })
-        .collect()
-}
-
-fn relation_holds(have: &str, op: &str, want: &str) -> bool {
-    use std::cmp::Ordering::*;
-    let o = version::cmp_deb(have, want);
-    match op {
-        "<<" => o == Less,
-        "<=" | "<" => o != Greater,
-        "=" => o == Equal,
-        ">=" | ">" => o != Less,
-        ">>" => o == Greater,
-        _ => false,
     }
 }
 
