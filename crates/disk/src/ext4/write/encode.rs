@@ -353,6 +353,10 @@ mod tests {
         let mut p = 0;
         while p < block.len() {
             let rec_len = le16(block, p + DE_REC_LEN) as usize;
+            assert!(
+                rec_len >= DE_NAME && p + rec_len <= block.len(),
+                "entry at {p}: rec_len {rec_len}"
+            );
             let n = block[p + DE_NAME_LEN] as usize;
             out.push((
                 le32(block, p + DE_INODE),
