@@ -5,49 +5,13 @@
 //! descriptors, in-inode and block xattrs (POSIX ACLs converted to the xattr form), nanosecond
 //! times with the epoch bits, old and new device number encodings, inline data for files.
 
+mod layout;
 mod read;
 mod write;
 pub(crate) mod xattr;
 
 pub use read::{Ext4, FileReader, Inode, Kind};
 pub use write::{Ext4Builder, Fill, NewInode, NewKind, Sink, WriteOptions, WriteReport};
-
-pub(crate) const SUPERBLOCK_OFFSET: u64 = 1024;
-pub(crate) const MAGIC: u16 = 0xEF53;
-pub(crate) const ROOT_INO: u32 = 2;
-pub(crate) const EXTENT_MAGIC: u16 = 0xF30A;
-
-pub(crate) const INCOMPAT_FILETYPE: u32 = 0x2;
-pub(crate) const INCOMPAT_RECOVER: u32 = 0x4;
-pub(crate) const INCOMPAT_JOURNAL_DEV: u32 = 0x8;
-pub(crate) const INCOMPAT_META_BG: u32 = 0x10;
-pub(crate) const INCOMPAT_EXTENTS: u32 = 0x40;
-pub(crate) const INCOMPAT_64BIT: u32 = 0x80;
-pub(crate) const INCOMPAT_MMP: u32 = 0x100;
-pub(crate) const INCOMPAT_FLEX_BG: u32 = 0x200;
-pub(crate) const INCOMPAT_CSUM_SEED: u32 = 0x2000;
-pub(crate) const INCOMPAT_LARGEDIR: u32 = 0x4000;
-pub(crate) const INCOMPAT_INLINE_DATA: u32 = 0x8000;
-pub(crate) const INCOMPAT_CASEFOLD: u32 = 0x20000;
-
-pub(crate) const RO_COMPAT_SPARSE_SUPER: u32 = 0x1;
-pub(crate) const RO_COMPAT_LARGE_FILE: u32 = 0x2;
-pub(crate) const RO_COMPAT_DIR_NLINK: u32 = 0x20;
-pub(crate) const RO_COMPAT_EXTRA_ISIZE: u32 = 0x40;
-pub(crate) const RO_COMPAT_BIGALLOC: u32 = 0x200;
-pub(crate) const COMPAT_EXT_ATTR: u32 = 0x8;
-
-pub(crate) const FL_EXTENTS: u32 = 0x80000;
-pub(crate) const FL_INLINE_DATA: u32 = 0x1000_0000;
-
-pub(crate) const S_IFMT: u16 = 0o170000;
-pub(crate) const S_IFSOCK: u16 = 0o140000;
-pub(crate) const S_IFLNK: u16 = 0o120000;
-pub(crate) const S_IFREG: u16 = 0o100000;
-pub(crate) const S_IFBLK: u16 = 0o060000;
-pub(crate) const S_IFDIR: u16 = 0o040000;
-pub(crate) const S_IFCHR: u16 = 0o020000;
-pub(crate) const S_IFIFO: u16 = 0o010000;
 
 /// Seconds and the `_extra` field of an ext4 timestamp: two epoch bits extend the signed
 /// 32-bit seconds to 34 bits, the other 30 bits are nanoseconds.

@@ -3,7 +3,8 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use super::xattr::{self, XATTR_MAGIC};
+use super::layout::*;
+use super::xattr;
 use super::*;
 use crate::device::BlockDev;
 use crate::error::{corrupt, unsupported, Error, Result};
@@ -52,7 +53,7 @@ pub struct Inode {
     pub flags: u32,
     /// i_blocks: 512-byte sectors owned, data and metadata.
     sectors: u64,
-    block: [u8; 60],
+    block: [u8; I_BLOCK_LEN],
     file_acl: u64,
     /// The in-inode xattr area (after i_extra_isize), empty for 128-byte inodes.
     ibody: Vec<u8>,
@@ -102,7 +103,7 @@ impl Inode {
     }
     /// Device number of a char or block device, in stat's encoding.
     pub fn rdev(&self) -> u64 {
-        let (b0, b1) = (le32(&self.block, 0), le32(&self.block, 4));
+        let (b0, b1) = (le32(&self.block, IB_OLD_DEV), le32(&self.block, IB_NEW_DEV));
         if b0 != 0 {
             makedev((b0 >> 8) & 0xff, b0 & 0xff)
         } else {
@@ -114,25 +115,25 @@ impl Inode {
 impl Ext4 {
     pub fn open(dev: Arc<dyn BlockDev>) -> Result<Ext4> {
         let what = "the ext4 superblock";
-        let mut sb = [0u8; 1024];
+        let mut sb = [0u8; SUPERBLOCK_SIZE];
         dev.read_at(&mut sb, SUPERBLOCK_OFFSET)
             .map_err(|source| Error::Read {
                 what: "the ext4 superblock",
                 offset: SUPERBLOCK_OFFSET,
                 source,
             })?;
-        if le16(&sb, 56) != MAGIC {
+        if le16(&sb, SB_MAGIC) != MAGIC {
             return Err(Error::NoFilesystem(
                 "no ext2/3/4 file system (superblock magic 0xEF53 not found at byte 1080)".into(),
             ));
         }
-        let log = le32(&sb, 24);
+        let log = le32(&sb, SB_LOG_BLOCK_SIZE);
         if log > 6 {
             return Err(corrupt(what, format!("block size 2^{} KiB", log)));
         }
         let block_size = 1024u64 << log;
-        let incompat = le32(&sb, 96);
-        let ro_compat = le32(&sb, 100);
+        let incompat = le32(&sb, SB_FEATURE_INCOMPAT);
+        let ro_compat = le32(&sb, SB_FEATURE_RO_COMPAT);
         if incompat & INCOMPAT_RECOVER != 0 {
             return Err(unsupported(
                 "this ext4 file system",
@@ -153,19 +154,25 @@ impl Ext4 {
             return Err(unsupported("this ext4 file system", "bigalloc"));
         }
         let is64 = incompat & INCOMPAT_64BIT != 0;
-        let blocks_count = le32(&sb, 4) as u64
+        let blocks_count = le32(&sb, SB_BLOCKS_COUNT_LO) as u64
             | if is64 {
-                (le32(&sb, 336) as u64) << 32
+                (le32(&sb, SB_BLOCKS_COUNT_HI) as u64) << 32
             } else {
                 0
             };
-        let inodes_count = le32(&sb, 0);
-        let first_data_block = le32(&sb, 20) as u64;
-        let blocks_per_group = le32(&sb, 32) as u64;
-        let inodes_per_group = le32(&sb, 40);
-        let rev = le32(&sb, 76);
-        let inode_size = if rev == 0 { 128 } else { le16(&sb, 88) as u64 };
-        if !(128..=block_size).contains(&inode_size) || !inode_size.is_power_of_two() {
+        let inodes_count = le32(&sb, SB_INODES_COUNT);
+        let first_data_block = le32(&sb, SB_FIRST_DATA_BLOCK) as u64;
+        let blocks_per_group = le32(&sb, SB_BLOCKS_PER_GROUP) as u64;
+        let inodes_per_group = le32(&sb, SB_INODES_PER_GROUP);
+        let rev = le32(&sb, SB_REV_LEVEL);
+        let inode_size = if rev == 0 {
+            GOOD_OLD_INODE_SIZE as u64
+        } else {
+            le16(&sb, SB_INODE_SIZE) as u64
+        };
+        if !(GOOD_OLD_INODE_SIZE as u64..=block_size).contains(&inode_size)
+            || !inode_size.is_power_of_two()
+        {
             return Err(corrupt(what, format!("inode size {inode_size}")));
         }
         if blocks_per_group == 0 || blocks_per_group > 8 * block_size {
@@ -197,13 +204,17 @@ impl Ext4 {
                 "inode count exceeds groups × inodes per group",
             ));
         }
-        let desc_size = if is64 { le16(&sb, 254) as u64 } else { 32 };
-        if !(32..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
+        let desc_size = if is64 {
+            le16(&sb, SB_DESC_SIZE) as u64
+        } else {
+            GROUP_DESC_SIZE as u64
+        };
+        if !(GROUP_DESC_SIZE as u64..=1024).contains(&desc_size) || !desc_size.is_power_of_two() {
             return Err(corrupt(what, format!("group descriptor size {desc_size}")));
         }
         let per_block = block_size / desc_size;
         let sparse = ro_compat & RO_COMPAT_SPARSE_SUPER != 0;
-        let first_meta_bg = le32(&sb, 260) as u64;
+        let first_meta_bg = le32(&sb, SB_FIRST_META_BG) as u64;
         let mut inode_tables = Vec::with_capacity(groups as usize);
         let mut block = vec![0u8; block_size as usize];
         let mut loaded = u64::MAX;
@@ -223,9 +234,9 @@ impl Ext4 {
             }
             let o = ((g % per_block) * desc_size) as usize;
             let d = &block[o..o + desc_size as usize];
-            let mut table = le32(d, 8) as u64;
+            let mut table = le32(d, BG_INODE_TABLE_LO) as u64;
             if is64 && desc_size >= 64 {
-                table |= (le32(d, 0x28) as u64) << 32;
+                table |= (le32(d, BG_INODE_TABLE_HI) as u64) << 32;
             }
             let table_blocks = (inodes_per_group as u64 * inode_size).div_ceil(block_size);
             if table < first_data_block || table.saturating_add(table_blocks) > blocks_count {
@@ -236,9 +247,10 @@ impl Ext4 {
             }
             inode_tables.push(table);
         }
-        let volume_name = String::from_utf8_lossy(&sb[120..136])
-            .trim_end_matches('\0')
-            .to_string();
+        let volume_name =
+            String::from_utf8_lossy(&sb[SB_VOLUME_NAME..SB_VOLUME_NAME + SB_VOLUME_NAME_LEN])
+                .trim_end_matches('\0')
+                .to_string();
         Ok(Ext4 {
             dev,
             block_size,
@@ -285,36 +297,38 @@ impl Ext4 {
                 offset: off,
                 source,
             })?;
-        let extra_isize = if self.inode_size > 128 {
-            le16(&b, 128) as usize
+        let large = self.inode_size > GOOD_OLD_INODE_SIZE as u64;
+        let extra_isize = if large {
+            le16(&b, I_EXTRA_ISIZE) as usize
         } else {
             0
         };
-        if self.inode_size > 128 && (extra_isize % 4 != 0 || 128 + extra_isize > b.len()) {
+        if large && (extra_isize % 4 != 0 || GOOD_OLD_INODE_SIZE + extra_isize > b.len()) {
             return Err(corrupt(
                 format!("ext4 inode {ino}"),
                 format!("i_extra_isize {extra_isize}"),
             ));
         }
-        let extra = |o: usize| (extra_isize >= o + 4 - 128).then(|| le32(&b, o));
-        let (mtime_sec, mtime_nsec) = decode_time(le32(&b, 16), extra(136));
-        let mut block = [0u8; 60];
-        block.copy_from_slice(&b[40..100]);
+        // A field past the old inode exists only if i_extra_isize covers it.
+        let extra = |o: usize| (extra_isize >= o + 4 - GOOD_OLD_INODE_SIZE).then(|| le32(&b, o));
+        let (mtime_sec, mtime_nsec) = decode_time(le32(&b, I_MTIME), extra(I_MTIME_EXTRA));
+        let mut block = [0u8; I_BLOCK_LEN];
+        block.copy_from_slice(&b[I_BLOCK..I_BLOCK + I_BLOCK_LEN]);
         Ok(Inode {
             ino,
-            mode: le16(&b, 0),
-            uid: le16(&b, 2) as u32 | (le16(&b, 120) as u32) << 16,
-            gid: le16(&b, 24) as u32 | (le16(&b, 122) as u32) << 16,
-            size: le32(&b, 4) as u64 | (le32(&b, 108) as u64) << 32,
-            links: le16(&b, 26),
+            mode: le16(&b, I_MODE),
+            uid: le16(&b, I_UID) as u32 | (le16(&b, I_UID_HIGH) as u32) << 16,
+            gid: le16(&b, I_GID) as u32 | (le16(&b, I_GID_HIGH) as u32) << 16,
+            size: le32(&b, I_SIZE_LO) as u64 | (le32(&b, I_SIZE_HIGH) as u64) << 32,
+            links: le16(&b, I_LINKS_COUNT),
             mtime_sec,
             mtime_nsec,
-            flags: le32(&b, 32),
-            sectors: le32(&b, 28) as u64 | (le16(&b, 116) as u64) << 32,
+            flags: le32(&b, I_FLAGS),
+            sectors: le32(&b, I_BLOCKS_LO) as u64 | (le16(&b, I_BLOCKS_HIGH) as u64) << 32,
             block,
-            file_acl: le32(&b, 104) as u64 | (le16(&b, 118) as u64) << 32,
-            ibody: if self.inode_size > 128 {
-                b[128 + extra_isize..].to_vec()
+            file_acl: le32(&b, I_FILE_ACL_LO) as u64 | (le16(&b, I_FILE_ACL_HIGH) as u64) << 32,
+            ibody: if large {
+                b[GOOD_OLD_INODE_SIZE + extra_isize..].to_vec()
             } else {
                 Vec::new()
             },
@@ -340,23 +354,23 @@ impl Ext4 {
             .map_err(|e| corrupt(what(), e.to_string()))?;
         for blk in data.chunks(self.block_size as usize) {
             let mut p = 0usize;
-            while p + 8 <= blk.len() {
-                let ino = le32(blk, p);
-                let rec_len = le16(blk, p + 4) as usize;
+            while p + DE_NAME <= blk.len() {
+                let ino = le32(blk, p + DE_INODE);
+                let rec_len = le16(blk, p + DE_REC_LEN) as usize;
                 let rec_len = if rec_len == 0 || rec_len == 65535 {
                     blk.len() - p
                 } else {
                     rec_len
                 };
-                let name_len = blk[p + 6] as usize;
-                if rec_len < 8 || p + rec_len > blk.len() || 8 + name_len > rec_len {
+                let name_len = blk[p + DE_NAME_LEN] as usize;
+                if rec_len < DE_NAME || p + rec_len > blk.len() || DE_NAME + name_len > rec_len {
                     return Err(corrupt(
                         what(),
                         format!("bad entry record length {rec_len}"),
                     ));
                 }
                 if ino != 0 {
-                    let name = &blk[p + 8..p + 8 + name_len];
+                    let name = &blk[p + DE_NAME..p + DE_NAME + name_len];
                     if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
                         return Err(corrupt(
                             what(),
@@ -389,7 +403,7 @@ impl Ext4 {
             0
         };
         let fast = inode.flags & (FL_EXTENTS | FL_INLINE_DATA) == 0
-            && inode.size < 60
+            && inode.size < FAST_SYMLINK_MAX as u64
             && inode.sectors.saturating_sub(acl_sectors) == 0;
         let target = if fast {
             inode.block[..inode.size as usize].to_vec()
@@ -412,8 +426,9 @@ impl Ext4 {
         let what = || format!("ext4 inode {}'s xattrs", inode.ino);
         let mut out = Vec::new();
         let ib = &inode.ibody;
-        if ib.len() >= 4 && le32(ib, 0) == XATTR_MAGIC {
-            parse_entries(&ib[4..], 0, &ib[4..], &mut out).map_err(|d| corrupt(what(), d))?;
+        let h = XATTR_IBODY_HEADER;
+        if ib.len() >= h && le32(ib, XH_MAGIC) == XATTR_MAGIC {
+            parse_entries(&ib[h..], 0, &ib[h..], &mut out).map_err(|d| corrupt(what(), d))?;
         }
         if inode.file_acl != 0 {
             if inode.file_acl >= self.blocks_count {
@@ -423,14 +438,15 @@ impl Ext4 {
                 ));
             }
             let blk = self.read_block(inode.file_acl, "an xattr block")?;
-            if le32(&blk, 0) != XATTR_MAGIC {
+            if le32(&blk, XH_MAGIC) != XATTR_MAGIC {
                 return Err(corrupt(what(), "xattr block has a bad magic number"));
             }
-            parse_entries(&blk, 32, &blk, &mut out).map_err(|d| corrupt(what(), d))?;
+            parse_entries(&blk, XATTR_BLOCK_HEADER, &blk, &mut out)
+                .map_err(|d| corrupt(what(), d))?;
         }
         let mut res = Vec::with_capacity(out.len());
         for (index, name, value) in out {
-            if index == 7 && name == b"data" {
+            if index == XATTR_INDEX_SYSTEM && name == b"data" {
                 continue;
             }
             let full = xattr::full_name(index, &name)
@@ -453,16 +469,17 @@ impl Ext4 {
         let what = || format!("ext4 inode {}", inode.ino);
         if inode.flags & FL_INLINE_DATA != 0 {
             let mut data = inode.block.to_vec();
-            if inode.size > 60 {
+            if inode.size > I_BLOCK_LEN as u64 {
                 let ib = &inode.ibody;
+                let h = XATTR_IBODY_HEADER;
                 let mut entries = Vec::new();
-                if ib.len() >= 4 && le32(ib, 0) == XATTR_MAGIC {
-                    parse_entries(&ib[4..], 0, &ib[4..], &mut entries)
+                if ib.len() >= h && le32(ib, XH_MAGIC) == XATTR_MAGIC {
+                    parse_entries(&ib[h..], 0, &ib[h..], &mut entries)
                         .map_err(|d| corrupt(what(), d))?;
                 }
                 let extra = entries
                     .into_iter()
-                    .find(|(i, n, _)| *i == 7 && n == b"data")
+                    .find(|(i, n, _)| *i == XATTR_INDEX_SYSTEM && n == b"data")
                     .map(|e| e.2)
                     .unwrap_or_default();
                 data.extend_from_slice(&extra);
@@ -529,28 +546,29 @@ impl Ext4 {
         depth_left: u16,
         map: &mut Vec<Mapping>,
     ) -> Result<(), String> {
-        if node.len() < 12 || le16(node, 0) != EXTENT_MAGIC {
+        if node.len() < EXTENT_HEADER || le16(node, EH_MAGIC) != EXTENT_MAGIC {
             return Err("bad extent header magic".into());
         }
-        let entries = le16(node, 2) as usize;
-        let depth = le16(node, 6);
-        if 12 + entries * 12 > node.len() {
+        let entries = le16(node, EH_ENTRIES) as usize;
+        let depth = le16(node, EH_DEPTH);
+        if EXTENT_HEADER + entries * EXTENT_ENTRY > node.len() {
             return Err(format!("{entries} extent entries do not fit their node"));
         }
         if depth >= depth_left {
             return Err(format!("extent tree depth {depth} is too deep"));
         }
         for i in 0..entries {
-            let e = &node[12 + i * 12..24 + i * 12];
-            let logical = le32(e, 0) as u64;
+            let at = EXTENT_HEADER + i * EXTENT_ENTRY;
+            let e = &node[at..at + EXTENT_ENTRY];
+            let logical = le32(e, EE_BLOCK) as u64;
             if depth == 0 {
-                let raw_len = le16(e, 4) as u64;
-                let (len, unwritten) = if raw_len > 32768 {
-                    (raw_len - 32768, true)
+                let raw_len = le16(e, EE_LEN) as u64;
+                let (len, unwritten) = if raw_len > EXT_INIT_MAX_LEN {
+                    (raw_len - EXT_INIT_MAX_LEN, true)
                 } else {
                     (raw_len, false)
                 };
-                let physical = (le16(e, 6) as u64) << 32 | le32(e, 8) as u64;
+                let physical = (le16(e, EE_START_HI) as u64) << 32 | le32(e, EE_START_LO) as u64;
                 if len > 0 {
                     map.push(Mapping {
                         logical,
@@ -560,7 +578,7 @@ impl Ext4 {
                     });
                 }
             } else {
-                let child = (le16(e, 8) as u64) << 32 | le32(e, 4) as u64;
+                let child = (le16(e, EI_LEAF_HI) as u64) << 32 | le32(e, EI_LEAF_LO) as u64;
                 if child >= self.blocks_count {
                     return Err(format!(
                         "extent index points at block {child}, outside the file system"
@@ -587,11 +605,11 @@ impl Ext4 {
     ) -> Result<(), String> {
         let per = self.block_size / 4;
         let mut logical = 0u64;
-        for i in 0..12 {
+        for i in 0..IB_DIRECT_BLOCKS {
             self.push_ptr(map, logical, le32(&inode.block, i * 4) as u64)?;
             logical += 1;
         }
-        for (level, slot) in [(1u32, 12usize), (2, 13), (3, 14)] {
+        for (level, slot) in [(1u32, IB_IND_BLOCK), (2, IB_DIND_BLOCK), (3, IB_TIND_BLOCK)] {
             if logical >= nblocks {
                 break;
             }
@@ -702,18 +720,18 @@ fn parse_entries(
         if le32(entries, p) == 0 {
             return Ok(());
         }
-        if p + 16 > entries.len() {
+        if p + XATTR_ENTRY_HEADER > entries.len() {
             return Err("entry runs past its area".into());
         }
-        let name_len = entries[p] as usize;
-        let index = entries[p + 1];
-        let offs = le16(entries, p + 2) as usize;
-        let value_inum = le32(entries, p + 4);
-        let size = le32(entries, p + 8) as usize;
+        let name_len = entries[p + XE_NAME_LEN] as usize;
+        let index = entries[p + XE_NAME_INDEX];
+        let offs = le16(entries, p + XE_VALUE_OFFS) as usize;
+        let value_inum = le32(entries, p + XE_VALUE_INUM);
+        let size = le32(entries, p + XE_VALUE_SIZE) as usize;
         if value_inum != 0 {
             return Err("values kept in separate inodes (ea_inode)".into());
         }
-        let name_end = p + 16 + name_len;
+        let name_end = p + XATTR_ENTRY_HEADER + name_len;
         if name_end > entries.len() {
             return Err("entry name runs past its area".into());
         }
@@ -725,8 +743,12 @@ fn parse_entries(
                 .ok_or_else(|| format!("value at {offs}+{size} runs past its area"))?
                 .to_vec()
         };
-        out.push((index, entries[p + 16..name_end].to_vec(), value));
-        p += (16 + name_len + 3) & !3;
+        out.push((
+            index,
+            entries[p + XATTR_ENTRY_HEADER..name_end].to_vec(),
+            value,
+        ));
+        p += (XATTR_ENTRY_HEADER + name_len + 3) & !3;
         if out.len() > 65536 {
             return Err("too many entries".into());
         }

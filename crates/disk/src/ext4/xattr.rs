@@ -1,10 +1,8 @@
 //! Extended attributes as ext4 stores them: name indexes for the common prefixes, entry hashes,
 //! and POSIX ACLs in ext4's compact form (the xattr API uses another layout).
 
+use super::layout::*;
 use super::{le16, le32, put16, put32};
-
-pub(crate) const XATTR_MAGIC: u32 = 0xEA02_0000;
-pub(crate) const ENTRY_HEADER: usize = 16;
 
 const PREFIXES: [(u8, &[u8]); 4] = [
     (1, b"user."),
@@ -149,7 +147,7 @@ pub(crate) fn layout(
     let mut vend = region;
     let mut hashes = Vec::new();
     for (index, name, value) in entries {
-        let esize = (ENTRY_HEADER + name.len() + 3) & !3;
+        let esize = (XATTR_ENTRY_HEADER + name.len() + 3) & !3;
         let vsize = (value.len() + 3) & !3;
         if name.len() > 255 || pos + esize + 4 > vend.checked_sub(vsize)? {
             return None;
@@ -159,14 +157,18 @@ pub(crate) fn layout(
         let h = entry_hash(name, value);
         hashes.push(h);
         let e = &mut buf[pos..pos + esize];
-        e[0] = name.len() as u8;
-        e[1] = *index;
+        e[XE_NAME_LEN] = name.len() as u8;
+        e[XE_NAME_INDEX] = *index;
         let offs = if rel_to_first { vend - base } else { vend };
-        put16(e, 2, if value.is_empty() { 0 } else { offs as u16 });
-        put32(e, 4, 0);
-        put32(e, 8, value.len() as u32);
-        put32(e, 12, h);
-        e[ENTRY_HEADER..ENTRY_HEADER + name.len()].copy_from_slice(name);
+        put16(
+            e,
+            XE_VALUE_OFFS,
+            if value.is_empty() { 0 } else { offs as u16 },
+        );
+        put32(e, XE_VALUE_INUM, 0);
+        put32(e, XE_VALUE_SIZE, value.len() as u32);
+        put32(e, XE_HASH, h);
+        e[XATTR_ENTRY_HEADER..XATTR_ENTRY_HEADER + name.len()].copy_from_slice(name);
         pos += esize;
     }
     Some((buf, hashes))
