@@ -1,6 +1,8 @@
-/* starling-agent: the guest side of the monitor's vsock service (host CID 2, port 0x53540000).
- * Static C so that it runs in a busybox initramfs. See docs/api/vmm.md for the protocol.
+/* starling-agent: the guest side of Starling's VMs. Static C so that it runs in a busybox
+ * initramfs and in any image. Protocols: docs/api/vmm.md (the monitor's service) and
+ * docs/api/agent.md (exec).
  *
+ * The monitor's service (host CID 2, vsock port 0x53540000):
  *   starling-agent whoami        print this VM's identity line
  *   starling-agent identity      take the identity on: reseed the kernel RNG with the fresh
  *                                seed, set the hostname and the clock; print the line
@@ -13,15 +15,38 @@
  *   starling-agent answer PORT   serve vsock PORT: each connection gets "id=K random=HEX", K
  *                                this VM's clone id and HEX 16 bytes of /dev/urandom read after
  *                                the identity was taken on (clones reseed first)
+ * Running an image (`starling run`; the run init in crates/guest/init/run-init.sh):
+ *   starling-agent serve ROOT    serve exec requests on vsock port 0x53540001 (EXEC_PORT),
+ *                                running each command chrooted into ROOT (kept as a directory
+ *                                fd, so it still works after the init switch_roots into ROOT)
+ *   starling-agent run ROOT [DIR]  the command mode, as PID 1: run the command in DIR/cmd
+ *                                (default /scratch/starling) inside ROOT on the console; end
+ *                                the VM with its status
+ *   starling-agent exit N        end the VM with status N (the monitor's debug-exit port 0x501)
  * Exit status: 0, or 1 with a message on stderr. */
+#define _GNU_SOURCE
 #include <linux/random.h>
 #include <linux/vm_sockets.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/io.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <fcntl.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -122,6 +147,693 @@ static int answer(int port) {
     }
 }
 
+
+/* ---- exec service and run mode ---------------------------------------------------------- */
+
+#define EXEC_PORT 0x53540001u
+/* Bounds on what the host sends (docs/api/agent.md). */
+#define MAX_ARGC 4096u
+#define MAX_ENVC 4096u
+#define MAX_STRING (128u * 1024)
+#define MAX_STRINGS_TOTAL (2u * 1024 * 1024)
+#define MAX_FRAME (64u * 1024)
+#define MAX_SESSIONS 64
+/* Frame types. Host to agent: */
+#define F_STDIN 1
+#define F_STDIN_EOF 2
+#define F_RESIZE 7
+/* Agent to host: */
+#define F_STDOUT 3
+#define F_STDERR 4
+#define F_EXIT 5
+#define F_ERROR 6
+#define FLAG_PTY 1u
+/* The monitor's debug-exit port: the byte written becomes the VM's exit status. */
+#define EXIT_PORT 0x501
+/* Statuses of the run mode's own failures (the init's are in run-init.sh). */
+#define ST_RUN_PREPARE 247
+#define ST_RUN_CONFIG 248
+#define STOP_GRACE_S 10
+#define POWEROFF_GRACE_S 20
+#define DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+/* Test mode (STARLING_AGENT_UNIX set): serve listens on that unix socket, and nothing ever
+ * touches ports or powers the machine off. */
+static int test_mode(void) { return getenv("STARLING_AGENT_UNIX") != NULL; }
+
+static const char *state_dir(void) {
+    const char *s = getenv("STARLING_AGENT_STATE");
+    return s && *s ? s : "/run/starling-agent";
+}
+
+/* Ends the VM with `status` through the debug-exit port; powers off if that did nothing. */
+static void end_vm(int status) {
+    sync();
+    if (test_mode()) exit(status);
+    if (ioperm(EXIT_PORT, 1, 1) == 0) {
+        outb((unsigned char)status, EXIT_PORT);
+        sleep(2);
+    }
+    fprintf(stderr, "starling-agent: port %#x did not end the VM (not Starling's monitor?): "
+            "powering off; status %d is lost\n", EXIT_PORT, status);
+    reboot(RB_POWER_OFF);
+    for (;;) pause();
+}
+
+static int read_full(int fd, void *buf, size_t n) {
+    char *p = buf;
+    while (n) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return -1;
+        p += r; n -= (size_t)r;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const void *buf, size_t n) {
+    const char *p = buf;
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0 && errno == EAGAIN) { struct pollfd pf = { fd, POLLOUT, 0 }; poll(&pf, 1, -1); continue; }
+        if (w <= 0) return -1;
+        p += w; n -= (size_t)w;
+    }
+    return 0;
+}
+
+static void put_u32(unsigned char *b, uint32_t v) {
+    b[0] = v; b[1] = v >> 8; b[2] = v >> 16; b[3] = v >> 24;
+}
+
+static uint32_t get_u32(const unsigned char *b) {
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+static int read_u32(int fd, uint32_t *v) {
+    unsigned char b[4];
+    if (read_full(fd, b, 4)) return -1;
+    *v = get_u32(b);
+    return 0;
+}
+
+static int send_frame(int fd, int type, const void *data, uint32_t n) {
+    unsigned char h[5];
+    h[0] = (unsigned char)type;
+    put_u32(h + 1, n);
+    struct iovec v[2] = { { h, 5 }, { (void *)data, n } };
+    size_t want = 5 + n;
+    ssize_t w;
+    do w = writev(fd, v, n ? 2 : 1); while (w < 0 && errno == EINTR);
+    if (w < 0) return -1;
+    if ((size_t)w == want) return 0;
+    /* Short write: finish it the slow way. */
+    if ((size_t)w < 5) {
+        if (write_full(fd, h + w, 5 - (size_t)w)) return -1;
+        w = 5;
+    }
+    return write_full(fd, (const char *)data + (w - 5), want - (size_t)w);
+}
+
+static void send_error(int fd, const char *fmt, ...) {
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (n < 0) n = 0;
+    if ((size_t)n >= sizeof msg) n = sizeof msg - 1;
+    send_frame(fd, F_ERROR, msg, (uint32_t)n);
+}
+
+static void send_status(int fd, int status) {
+    unsigned char b[4];
+    put_u32(b, (uint32_t)status);
+    send_frame(fd, F_EXIT, b, 4);
+}
+
+static int wait_status(int st) {
+    if (WIFEXITED(st)) return WEXITSTATUS(st);
+    if (WIFSIGNALED(st)) return 128 + WTERMSIG(st);
+    return 1;
+}
+
+/* What a child does before exec: default signal dispositions, nothing blocked. */
+static void reset_signals(void) {
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
+}
+
+/* Enters ROOT (a directory fd), with cwd "/". */
+static int enter_root(int rootfd) {
+    if (fchdir(rootfd) < 0 || chroot(".") < 0 || chdir("/") < 0) return -1;
+    return 0;
+}
+
+/* The command's environment: defaults, then `env` (K=V each, overriding). */
+static void set_env(char **env, uint32_t envc, const char *term) {
+    clearenv();
+    setenv("PATH", DEFAULT_PATH, 1);
+    setenv("HOME", "/root", 1);
+    if (term) setenv("TERM", term, 1);
+    for (uint32_t i = 0; i < envc; i++) putenv(env[i]);
+}
+
+/* How an exec failure reads, and the status it gives: 127 not found, 126 otherwise. */
+static int exec_failure(int err, const char *cmd, char *msg, size_t max) {
+    if (err == ENOENT || err == ENOTDIR) {
+        snprintf(msg, max, "%s: command not found", cmd);
+        return 127;
+    }
+    snprintf(msg, max, "%s: cannot execute: %s", cmd, strerror(err));
+    return 126;
+}
+
+/* Reads a u32 count and that many length-prefixed strings (NUL-terminated copies), within
+ * the bounds; on a violation sends an error frame and returns -1. */
+static char **read_strings(int fd, const char *what, uint32_t max_count, uint32_t *count,
+                           size_t *total) {
+    uint32_t n;
+    if (read_u32(fd, &n)) return NULL;
+    if (n > max_count) {
+        send_error(fd, "request refused: %u %ss (at most %u)", n, what, max_count);
+        return NULL;
+    }
+    char **v = calloc((size_t)n + 1, sizeof *v);
+    if (!v) { send_error(fd, "out of memory"); return NULL; }
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t len;
+        if (read_u32(fd, &len)) return NULL;
+        if (len > MAX_STRING) {
+            send_error(fd, "request refused: %s %u is %u bytes (at most %u)", what, i, len, MAX_STRING);
+            return NULL;
+        }
+        *total += len;
+        if (*total > MAX_STRINGS_TOTAL) {
+            send_error(fd, "request refused: arguments and environment exceed %u bytes",
+                       MAX_STRINGS_TOTAL);
+            return NULL;
+        }
+        v[i] = malloc((size_t)len + 1);
+        if (!v[i]) { send_error(fd, "out of memory"); return NULL; }
+        if (read_full(fd, v[i], len)) return NULL;
+        v[i][len] = 0;
+        if (memchr(v[i], 0, len)) {
+            send_error(fd, "request refused: %s %u holds a NUL byte", what, i);
+            return NULL;
+        }
+    }
+    *count = n;
+    return v;
+}
+
+/* Reads one request line ("exec" or "stop") of at most `max` - 1 bytes. */
+static int read_line(int fd, char *buf, size_t max) {
+    size_t n = 0;
+    for (;;) {
+        char c;
+        if (read_full(fd, &c, 1)) return -1;
+        if (c == '\n') break;
+        if (n + 1 >= max) return -2;
+        buf[n++] = c;
+    }
+    buf[n] = 0;
+    return 0;
+}
+
+struct child_err { int stage; int err; }; /* stage 1: entering ROOT, 2: exec */
+
+/* Relays one command's stdio over the connection until it exits; returns its status, or -1
+ * when the host broke the protocol (an error frame has been sent). */
+static int relay(int conn, pid_t pid, int in_fd, int out_fd, int err_fd, int pty) {
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    static char buf[MAX_FRAME];
+    char *pending = malloc(MAX_FRAME);
+    size_t plen = 0, poff = 0;
+    int eof_wanted = 0, conn_open = 1, done = 0, status = 0, broken = 0;
+    time_t kill_at = 0;
+    if (!pending) { send_error(conn, "out of memory"); kill(-pid, SIGKILL); }
+    fcntl(in_fd, F_SETFL, fcntl(in_fd, F_GETFL) | O_NONBLOCK);
+    for (;;) {
+        if (done) {
+            /* What the command wrote before it exited is in the pipes: drain it, without
+             * waiting for background processes that still hold them. */
+            int fds[2] = { out_fd, err_fd };
+            for (int i = 0; i < 2; i++) {
+                if (fds[i] < 0) continue;
+                fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+                ssize_t r;
+                while ((r = read(fds[i], buf, sizeof buf)) > 0)
+                    if (conn_open) send_frame(conn, i ? F_STDERR : F_STDOUT, buf, (uint32_t)r);
+            }
+            break;
+        }
+        /* Before polling: an end of input asked for must not wait for another event. */
+        if (plen == 0 && eof_wanted && in_fd >= 0) {
+            if (pty) {
+                struct termios t;
+                char eof = tcgetattr(in_fd, &t) == 0 ? (char)t.c_cc[VEOF] : 4;
+                if (write(in_fd, &eof, 1) < 0) { /* nothing reads it any more */ }
+            } else {
+                close(in_fd);
+                in_fd = -1;
+            }
+            eof_wanted = 0;
+        }
+        struct pollfd p[5];
+        int np = 0, i_conn = -1, i_in = -1, i_out = -1, i_err = -1, i_pid = -1;
+        if (conn_open && plen == 0 && !broken) { i_conn = np; p[np++] = (struct pollfd){ conn, POLLIN, 0 }; }
+        if (plen && in_fd >= 0) { i_in = np; p[np++] = (struct pollfd){ in_fd, POLLOUT, 0 }; }
+        if (out_fd >= 0) { i_out = np; p[np++] = (struct pollfd){ out_fd, POLLIN, 0 }; }
+        if (err_fd >= 0) { i_err = np; p[np++] = (struct pollfd){ err_fd, POLLIN, 0 }; }
+        if (pidfd >= 0) { i_pid = np; p[np++] = (struct pollfd){ pidfd, POLLIN, 0 }; }
+        int timeout = (pidfd < 0 || kill_at) ? 100 : -1;
+        if (poll(p, np, timeout) < 0 && errno != EINTR) break;
+        if (kill_at && time(NULL) >= kill_at) { kill(-pid, SIGKILL); kill_at = 0; }
+        if (i_pid >= 0 ? (p[i_pid].revents & POLLIN) != 0 : 1) {
+            int st;
+            if (waitpid(pid, &st, WNOHANG) == pid) { status = wait_status(st); done = 1; }
+        }
+        for (int k = 0; k < 2; k++) {
+            int idx = k ? i_err : i_out;
+            int *fd = k ? &err_fd : &out_fd;
+            if (idx < 0 || !(p[idx].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+            ssize_t r = read(*fd, buf, sizeof buf);
+            if (r > 0) {
+                if (conn_open && send_frame(conn, k ? F_STDERR : F_STDOUT, buf, (uint32_t)r))
+                    conn_open = 0;
+            } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
+                /* EOF (EIO from a pty master once the last slave closed). */
+                if (*fd != in_fd) close(*fd);
+                *fd = -1;
+            }
+        }
+        if (i_in >= 0 && (p[i_in].revents & (POLLOUT | POLLERR | POLLHUP))) {
+            ssize_t w = write(in_fd, pending + poff, plen - poff);
+            if (w > 0) {
+                poff += (size_t)w;
+                if (poff == plen) plen = poff = 0;
+            } else if (w < 0 && errno != EAGAIN && errno != EINTR) {
+                /* The command closed its stdin: what is left goes nowhere. */
+                plen = poff = 0;
+                if (!pty) { close(in_fd); in_fd = -1; }
+            }
+        }
+        if (i_conn >= 0 && (p[i_conn].revents & (POLLIN | POLLHUP | POLLERR))) {
+            unsigned char h[5];
+            if (read_full(conn, h, 5)) {
+                /* The host went away: hang the command up, and kill it if it lingers. */
+                conn_open = 0;
+                kill(-pid, SIGHUP);
+                kill_at = time(NULL) + STOP_GRACE_S;
+                continue;
+            }
+            uint32_t len = get_u32(h + 1);
+            if (len > MAX_FRAME) {
+                send_error(conn, "frame of %u bytes refused (at most %u)", len, MAX_FRAME);
+                broken = 1;
+            } else if (h[0] == F_STDIN) {
+                if (read_full(conn, pending, len)) { conn_open = 0; continue; }
+                plen = in_fd >= 0 ? len : 0;
+                poff = 0;
+            } else if (h[0] == F_STDIN_EOF && len == 0) {
+                eof_wanted = 1;
+            } else if (h[0] == F_RESIZE && len == 4) {
+                unsigned char b[4];
+                if (read_full(conn, b, 4)) { conn_open = 0; continue; }
+                struct winsize ws = { .ws_row = (unsigned short)(b[0] | b[1] << 8),
+                                      .ws_col = (unsigned short)(b[2] | b[3] << 8) };
+                if (pty) ioctl(out_fd >= 0 ? out_fd : in_fd, TIOCSWINSZ, &ws);
+            } else {
+                send_error(conn, "frame type %u with %u bytes refused", h[0], len);
+                broken = 1;
+            }
+            if (broken) {
+                kill(-pid, SIGKILL);
+                conn_open = 0;
+            }
+        }
+    }
+    free(pending);
+    if (pidfd >= 0) close(pidfd);
+    if (in_fd >= 0) close(in_fd);
+    if (out_fd >= 0 && out_fd != in_fd) close(out_fd);
+    if (err_fd >= 0) close(err_fd);
+    return broken ? -1 : status;
+}
+
+/* One exec request (after its "exec" line). */
+static void exec_request(int conn, int rootfd) {
+    uint32_t argc = 0, envc = 0, flags;
+    size_t total = 0;
+    char **argv = read_strings(conn, "argument", MAX_ARGC, &argc, &total);
+    if (!argv) return;
+    if (argc == 0) { send_error(conn, "request refused: no command (argc is 0)"); return; }
+    char **env = read_strings(conn, "environment entry", MAX_ENVC, &envc, &total);
+    if (!env) return;
+    for (uint32_t i = 0; i < envc; i++)
+        if (!strchr(env[i], '=') || env[i][0] == '=') {
+            send_error(conn, "request refused: environment entry %u is not K=V", i);
+            return;
+        }
+    if (read_u32(conn, &flags)) return;
+    if (flags & ~FLAG_PTY) { send_error(conn, "request refused: unknown flags %#x", flags); return; }
+    int pty = flags & FLAG_PTY;
+
+    int ep[2], in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 }, master = -1, slave = -1;
+    if (pipe2(ep, O_CLOEXEC) < 0) { send_error(conn, "pipe: %s", strerror(errno)); return; }
+    if (pty) {
+        master = openat(rootfd, "dev/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (master < 0) master = openat(rootfd, "dev/pts/ptmx", O_RDWR | O_NOCTTY | O_CLOEXEC);
+        int unlock = 0;
+        if (master < 0 || ioctl(master, TIOCSPTLCK, &unlock) < 0 ||
+            (slave = ioctl(master, TIOCGPTPEER, O_RDWR | O_NOCTTY)) < 0) {
+            send_error(conn, "no pseudo-terminal in the VM (devpts at /dev/pts?): %s", strerror(errno));
+            send_status(conn, 126);
+            return;
+        }
+        fcntl(master, F_SETFL, fcntl(master, F_GETFL) | O_NONBLOCK);
+    } else if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0) {
+        send_error(conn, "pipe: %s", strerror(errno));
+        return;
+    }
+    pid_t pid = fork();
+    if (pid < 0) { send_error(conn, "fork: %s", strerror(errno)); send_status(conn, 126); return; }
+    if (pid == 0) {
+        reset_signals();
+        setsid();
+        if (pty) {
+            ioctl(slave, TIOCSCTTY, 0);
+            dup2(slave, 0); dup2(slave, 1); dup2(slave, 2);
+        } else {
+            dup2(in[0], 0); dup2(out[1], 1); dup2(err[1], 2);
+        }
+        struct child_err ce = { 1, 0 };
+        if (enter_root(rootfd) == 0) {
+            set_env(env, envc, pty ? "xterm-256color" : NULL);
+            execvp(argv[0], argv);
+            ce.stage = 2;
+        }
+        ce.err = errno;
+        if (write(ep[1], &ce, sizeof ce) < 0) { /* the parent reports no status then */ }
+        _exit(127);
+    }
+    close(ep[1]);
+    if (pty) close(slave);
+    else { close(in[0]); close(out[1]); close(err[1]); }
+    struct child_err ce;
+    ssize_t r;
+    do r = read(ep[0], &ce, sizeof ce); while (r < 0 && errno == EINTR);
+    close(ep[0]);
+    if (r == (ssize_t)sizeof ce) {
+        char msg[512];
+        int st;
+        waitpid(pid, &st, 0);
+        int status = 126;
+        if (ce.stage == 1) snprintf(msg, sizeof msg, "entering the image root: %s", strerror(ce.err));
+        else status = exec_failure(ce.err, argv[0], msg, sizeof msg);
+        send_frame(conn, F_ERROR, msg, (uint32_t)strlen(msg));
+        send_status(conn, status);
+        return;
+    }
+    int status = pty ? relay(conn, pid, master, master, -1, 1) : relay(conn, pid, in[1], out[0], err[0], 0);
+    if (status >= 0) send_status(conn, status);
+}
+
+/* The run command's process group, if one is going (written by `run`). */
+static pid_t run_pgid(void) {
+    char path[4096], line[32] = { 0 };
+    snprintf(path, sizeof path, "%s/run.pid", state_dir());
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, line, sizeof line - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    pid_t pid = (pid_t)atol(line);
+    if (pid <= 1 || kill(pid, 0) < 0 || getpgid(pid) != pid) return 0;
+    return pid;
+}
+
+static void answer_line(int conn, const char *line) {
+    if (write_full(conn, line, strlen(line))) { /* the host went away */ }
+}
+
+/* "stop": end the run command (SIGTERM, SIGKILL after 10 s), or power the VM off. */
+static void stop_request(int conn, int rootfd) {
+    pid_t pg = run_pgid();
+    if (pg) {
+        answer_line(conn, "ok command\n");
+        close(conn);
+        kill(-pg, SIGTERM);
+        for (int i = 0; i < STOP_GRACE_S * 10; i++) {
+            if (kill(-pg, 0) < 0) return;
+            usleep(100000);
+        }
+        kill(-pg, SIGKILL);
+        return;
+    }
+    if (test_mode()) {
+        answer_line(conn, "error no command is running (test mode: not powering off)\n");
+        return;
+    }
+    answer_line(conn, "ok poweroff\n");
+    close(conn);
+    pid_t pid = fork();
+    if (pid == 0) {
+        reset_signals();
+        setsid();
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) { dup2(null, 0); }
+        if (enter_root(rootfd) == 0) execl("/sbin/poweroff", "poweroff", (char *)NULL);
+        _exit(127);
+    }
+    /* The image's poweroff (systemd's) stops the VM in order; if it fails or the VM is still
+     * here after 20 s, the kernel powers off. */
+    int st = 0;
+    for (int i = 0; pid > 0 && i < POWEROFF_GRACE_S * 10; i++) {
+        pid_t w = waitpid(pid, &st, WNOHANG);
+        if (w == pid && (!WIFEXITED(st) || WEXITSTATUS(st) != 0)) break;
+        usleep(100000);
+    }
+    fprintf(stderr, "starling-agent: powering off\n");
+    sync();
+    reboot(RB_POWER_OFF);
+}
+
+/* Closing a socket with unread input resets it, and the host could lose the frames that say
+ * why a request was refused: say we are done, then discard what the host still sends (at most
+ * 8 MiB, for at most 2 s) before closing. */
+static void linger(int conn) {
+    static char sink[MAX_FRAME];
+    size_t total = 0;
+    shutdown(conn, SHUT_WR);
+    time_t until = time(NULL) + 2;
+    while (total < (8u << 20) && time(NULL) <= until) {
+        struct pollfd p = { conn, POLLIN, 0 };
+        if (poll(&p, 1, 200) <= 0) continue;
+        ssize_t r = read(conn, sink, sizeof sink);
+        if (r <= 0) break;
+        total += (size_t)r;
+    }
+    close(conn);
+}
+
+static void session(int conn, int rootfd) {
+    char line[16];
+    int r = read_line(conn, line, sizeof line);
+    if (r == -2) send_error(conn, "request refused: the request line is too long");
+    if (r) return;
+    if (!strcmp(line, "exec")) exec_request(conn, rootfd);
+    else if (!strcmp(line, "stop")) stop_request(conn, rootfd);
+    else send_error(conn, "request refused: unknown request '%s' (exec or stop)", line);
+}
+
+static int listener(void) {
+    const char *path = getenv("STARLING_AGENT_UNIX");
+    int l;
+    if (path) {
+        struct sockaddr_un a = { .sun_family = AF_UNIX };
+        if (strlen(path) >= sizeof a.sun_path) { fprintf(stderr, "starling-agent: %s: path too long\n", path); exit(1); }
+        strcpy(a.sun_path, path);
+        unlink(path);
+        l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 16) < 0) {
+            fprintf(stderr, "starling-agent: listening on %s: %s\n", path, strerror(errno)); exit(1);
+        }
+        return l;
+    }
+    struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_ANY, .svm_port = EXEC_PORT };
+    l = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) < 0 || listen(l, 16) < 0) {
+        fprintf(stderr, "starling-agent: listening on vsock port %#x: %s\n", EXEC_PORT, strerror(errno)); exit(1);
+    }
+    return l;
+}
+
+static int serve(const char *root) {
+    int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) { fprintf(stderr, "starling-agent: %s: %s\n", root, strerror(errno)); return 1; }
+    signal(SIGPIPE, SIG_IGN);
+    int l = listener();
+    int active = 0;
+    for (;;) {
+        int c = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+        while (active > 0 && waitpid(-1, NULL, WNOHANG) > 0) active--;
+        if (c < 0) { if (errno != EINTR) usleep(10000); continue; }
+        if (active >= MAX_SESSIONS) {
+            send_error(c, "request refused: %d sessions are going already", MAX_SESSIONS);
+            close(c);
+            continue;
+        }
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(l);
+            session(c, rootfd);
+            linger(c);
+            _exit(0);
+        }
+        if (pid > 0) active++;
+        close(c);
+    }
+}
+
+/* Reads a file of NUL-terminated strings (at most 2 MiB, 4096 strings). NULL with a message
+ * when it cannot, or (optional files) with *missing set when it is absent. */
+static char **read_nul_list(const char *path, uint32_t *count, int *missing) {
+    *count = 0;
+    if (missing) *missing = 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        if (missing && errno == ENOENT) { *missing = 1; return NULL; }
+        fprintf(stderr, "starling-agent: %s: %s\n", path, strerror(errno));
+        return NULL;
+    }
+    char *data = malloc(MAX_STRINGS_TOTAL + 1);
+    size_t n = 0;
+    ssize_t r;
+    while (data && (r = read(fd, data + n, MAX_STRINGS_TOTAL + 1 - n)) > 0) n += (size_t)r;
+    close(fd);
+    if (!data || n > MAX_STRINGS_TOTAL) {
+        fprintf(stderr, "starling-agent: %s: larger than %u bytes\n", path, MAX_STRINGS_TOTAL);
+        return NULL;
+    }
+    if (n && data[n - 1] != 0) data[n++] = 0; /* a last string without its NUL */
+    char **v = calloc(MAX_ARGC + 1, sizeof *v);
+    if (!v) return NULL;
+    for (size_t i = 0; i < n; i += strlen(data + i) + 1) {
+        if (*count == MAX_ARGC) {
+            fprintf(stderr, "starling-agent: %s: more than %u strings\n", path, MAX_ARGC);
+            return NULL;
+        }
+        v[(*count)++] = data + i;
+    }
+    return v;
+}
+
+/* Mounts `type` at ROOT/rel unless something is mounted there already. */
+static int ensure_mount(const char *root, int rootfd, const char *rel, const char *type,
+                        unsigned long flags, const char *opts) {
+    struct stat r, d;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", root, rel);
+    if (fstat(rootfd, &r) < 0) return -1;
+    if (fstatat(rootfd, rel, &d, 0) < 0) {
+        if (mkdirat(rootfd, rel, 0755) < 0 || fstatat(rootfd, rel, &d, 0) < 0) {
+            fprintf(stderr, "starling-agent: creating %s: %s\n", path, strerror(errno));
+            return -1;
+        }
+    }
+    /* A mount point already when its device differs from its parent's. */
+    struct stat p = r;
+    const char *slash = strrchr(rel, '/');
+    if (slash) {
+        char parent[256];
+        snprintf(parent, sizeof parent, "%.*s", (int)(slash - rel), rel);
+        if (fstatat(rootfd, parent, &p, 0) < 0) return -1;
+    }
+    if (p.st_dev != d.st_dev) return 0;
+    if (mount(type, path, type, flags, opts) < 0) {
+        fprintf(stderr, "starling-agent: mounting %s at %s: %s\n", type, path, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+/* The command mode: PID 1 of a VM whose init found a command to run. Never returns. */
+static void run(const char *root, const char *dir) {
+    char path[4096];
+    uint32_t argc, envc = 0;
+    int missing;
+    snprintf(path, sizeof path, "%s/cmd", dir);
+    char **argv = read_nul_list(path, &argc, NULL);
+    if (argv && argc == 0) fprintf(stderr, "starling-agent: %s holds no command\n", path);
+    if (!argv || argc == 0) end_vm(ST_RUN_CONFIG);
+    snprintf(path, sizeof path, "%s/env", dir);
+    char **env = read_nul_list(path, &envc, &missing);
+    if (!env && !missing) end_vm(ST_RUN_CONFIG);
+    for (uint32_t i = 0; i < envc; i++)
+        if (!strchr(env[i], '=') || env[i][0] == '=') {
+            fprintf(stderr, "starling-agent: %s: entry %u is not K=V\n", path, i);
+            end_vm(ST_RUN_CONFIG);
+        }
+    int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0) { fprintf(stderr, "starling-agent: %s: %s\n", root, strerror(errno)); end_vm(ST_RUN_PREPARE); }
+    const unsigned long nse = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    if (ensure_mount(root, rootfd, "proc", "proc", nse, NULL) ||
+        ensure_mount(root, rootfd, "sys", "sysfs", nse, NULL) ||
+        ensure_mount(root, rootfd, "dev", "devtmpfs", MS_NOSUID, "mode=0755") ||
+        ensure_mount(root, rootfd, "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777") ||
+        ensure_mount(root, rootfd, "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"))
+        end_vm(ST_RUN_PREPARE);
+    /* Terminals and shared memory: wanted, not needed. */
+    ensure_mount(root, rootfd, "dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666");
+    ensure_mount(root, rootfd, "dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777");
+    const char *console = getenv("STARLING_AGENT_CONSOLE");
+    if (!console || !*console) console = "/dev/console";
+    pid_t pid = fork();
+    if (pid < 0) { perror("starling-agent: fork"); end_vm(ST_RUN_PREPARE); }
+    if (pid == 0) {
+        reset_signals();
+        setsid();
+        int fd = open(console, O_RDWR);
+        if (fd >= 0) {
+            if (ioctl(fd, TIOCSCTTY, 1) < 0 && !test_mode())
+                fprintf(stderr, "starling-agent: %s as the controlling terminal: %s\n", console, strerror(errno));
+            dup2(fd, 0); dup2(fd, 1); dup2(fd, 2);
+            if (fd > 2) close(fd);
+        } else {
+            fprintf(stderr, "starling-agent: %s: %s\n", console, strerror(errno));
+        }
+        if (enter_root(rootfd) < 0) {
+            fprintf(stderr, "starling-agent: entering %s: %s\n", root, strerror(errno));
+            _exit(126);
+        }
+        set_env(env, envc, "vt220");
+        execvp(argv[0], argv);
+        char msg[512];
+        int status = exec_failure(errno, argv[0], msg, sizeof msg);
+        fprintf(stderr, "starling-agent: %s\n", msg);
+        _exit(status);
+    }
+    /* Where `serve` finds the command's process group for "stop". */
+    mkdir(state_dir(), 0700);
+    snprintf(path, sizeof path, "%s/run.pid", state_dir());
+    FILE *f = fopen(path, "w");
+    if (f) { fprintf(f, "%d\n", (int)pid); fclose(f); }
+    int st = 0;
+    for (;;) {
+        /* As PID 1, every orphan is ours to reap. */
+        pid_t w = waitpid(-1, &st, 0);
+        if (w == pid) break;
+        if (w < 0 && errno == ECHILD) { st = 1 << 8; break; }
+    }
+    unlink(path);
+    end_vm(wait_status(st));
+}
+
 int main(int argc, char **argv) {
     char line[1024];
     if (argc == 2 && !strcmp(argv[1], "whoami")) {
@@ -147,6 +859,14 @@ int main(int argc, char **argv) {
         int s = service(); call(s, "ready", line, sizeof line); whoami(1); puts(line); return 0;
     }
     if (argc == 3 && !strcmp(argv[1], "answer")) return answer(atoi(argv[2]));
-    fprintf(stderr, "usage: starling-agent whoami|identity|fork N|join|ready|answer PORT\n");
+    if (argc == 3 && !strcmp(argv[1], "serve")) return serve(argv[2]);
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "run")) run(argv[2], argc == 4 ? argv[3] : "/scratch/starling");
+    if (argc == 3 && !strcmp(argv[1], "exit")) {
+        char *end;
+        long n = strtol(argv[2], &end, 10);
+        if (*end || n < 0 || n > 255) { fprintf(stderr, "starling-agent: exit %s: a status 0..255\n", argv[2]); return 2; }
+        end_vm((int)n);
+    }
+    fprintf(stderr, "usage: starling-agent whoami|identity|fork N|join|ready|answer PORT|serve ROOT|run ROOT [DIR]|exit N\n");
     return 2;
 }

@@ -47,8 +47,25 @@ exec sh
 pub struct Initramfs {
     busybox: PathBuf,
     modules: Vec<(String, PathBuf)>,
-    files: Vec<(PathBuf, String)>,
+    files: Vec<(FileSource, String)>,
     init: Option<Vec<u8>>,
+}
+
+/// Where an extra file's content comes from.
+enum FileSource {
+    /// A host file (its permission bits come along).
+    Path(PathBuf),
+    /// Bytes held here, with their permission bits.
+    Bytes(Vec<u8>, u32),
+}
+
+fn check_dest(dest: &str) -> Result<(), Error> {
+    if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
+        return Err(Error::Invalid(format!(
+            "{dest}: destinations are absolute paths without '..'"
+        )));
+    }
+    Ok(())
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
@@ -82,6 +99,14 @@ pub fn is_static_elf(data: &[u8]) -> bool {
     })
 }
 
+/// The host's statically linked busybox (Debian package busybox-static), if it has one.
+pub fn host_busybox() -> Option<PathBuf> {
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| std::fs::read(p).is_ok_and(|d| is_static_elf(&d)))
+}
+
 impl Initramfs {
     /// Starts from a static busybox binary.
     pub fn new(busybox: &Path) -> Result<Self, Error> {
@@ -110,17 +135,31 @@ impl Initramfs {
         Ok(())
     }
 
+    /// Adds modules already in load order (e.g. from [`ModuleTree::load_order`]).
+    pub fn set_modules(&mut self, modules: Vec<(String, PathBuf)>) {
+        for (name, path) in modules {
+            if !self.modules.iter().any(|(n, _)| *n == name) {
+                self.modules.push((name, path));
+            }
+        }
+    }
+
     /// Adds a host file at `dest` (an absolute path inside the initramfs).
     pub fn add_file(&mut self, src: &Path, dest: &str) -> Result<(), Error> {
-        if !dest.starts_with('/') || dest.split('/').any(|c| c == "..") {
-            return Err(Error::Invalid(format!(
-                "{dest}: destinations are absolute paths without '..'"
-            )));
-        }
+        check_dest(dest)?;
         if !src.is_file() {
             return Err(Error::Invalid(format!("{}: not a file", src.display())));
         }
-        self.files.push((src.to_owned(), dest.to_owned()));
+        self.files
+            .push((FileSource::Path(src.to_owned()), dest.to_owned()));
+        Ok(())
+    }
+
+    /// Adds `data` at `dest` (an absolute path inside the initramfs) with permissions `mode`.
+    pub fn add_bytes(&mut self, data: Vec<u8>, dest: &str, mode: u32) -> Result<(), Error> {
+        check_dest(dest)?;
+        self.files
+            .push((FileSource::Bytes(data, mode), dest.to_owned()));
         Ok(())
     }
 
@@ -206,10 +245,15 @@ impl Initramfs {
             .map_err(io)?;
         for (src, dest) in &self.files {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(src)
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0o644);
-            c.file(dest, mode, &read(src)?).map_err(io)?;
+            match src {
+                FileSource::Path(src) => {
+                    let mode = std::fs::metadata(src)
+                        .map(|m| m.permissions().mode())
+                        .unwrap_or(0o644);
+                    c.file(dest, mode, &read(src)?).map_err(io)?;
+                }
+                FileSource::Bytes(data, mode) => c.file(dest, *mode, data).map_err(io)?,
+            }
         }
         let init = self.init.as_deref().unwrap_or(DEFAULT_INIT.as_bytes());
         c.file("/init", 0o755, init).map_err(io)?;

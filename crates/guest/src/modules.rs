@@ -155,12 +155,12 @@ fn modinfo(data: &[u8]) -> Option<&[u8]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Builds a relocatable ELF object with a .modinfo section using the system assembler;
     /// None when there is no assembler (an assembler that rejects the source fails the test).
-    fn module(dir: &Path, name: &str, deps: &str) -> Option<PathBuf> {
+    pub(crate) fn module(dir: &Path, name: &str, deps: &str) -> Option<PathBuf> {
         let src = dir.join(format!("{name}.s"));
         std::fs::write(
             &src,

@@ -1,0 +1,64 @@
+#!/bin/busybox sh
+# /init of the run initramfs (`starling run`): the image, served read-only by the monitor's
+# virtio-fs device (tag "root"), under an overlay whose upper layer is the VM's scratch disk
+# (/dev/vda: /upper, /work, /starling/ for us), becomes the root. With a command in
+# /scratch/starling/cmd the agent runs it as PID 1 and the VM ends with its status; otherwise
+# the image's own /sbin/init takes over. Each failure prints one "starling-init:" line and ends
+# the VM with its own status (docs/ARCHITECTURE.md, "Booting an image"):
+#   249 basic mounts   250 a kernel module   251 the image (virtio-fs)   252 the scratch disk
+#   253 the overlay    254 handing /dev, /proc, /sys to the image   126 no /sbin/init, no command
+/bin/busybox echo "starling-init: started"
+/bin/busybox mkdir -p /proc /sys /dev /lower /scratch /newroot /run /tmp
+/bin/busybox --install -s /bin
+export PATH=/bin
+
+# End the VM with status $1 after saying $2 (the agent writes the monitor's exit port).
+fail() {
+  echo "starling-init: $2"
+  /bin/starling-agent exit "$1"
+  poweroff -f
+}
+
+mount -t proc proc /proc || fail 249 "cannot mount /proc"
+mount -t sysfs sysfs /sys || fail 249 "cannot mount /sys"
+mount -t devtmpfs devtmpfs /dev || fail 249 "cannot mount /dev (devtmpfs)"
+while read -r m; do
+  [ -n "$m" ] || continue
+  insmod "/lib/modules/$m.ko" || fail 250 "cannot load kernel module $m"
+done < /etc/starling/modules
+
+mount -t virtiofs root /lower -o ro ||
+  fail 251 "cannot mount the image (virtio-fs tag root) at /lower"
+if [ -b /dev/vda ]; then
+  mount -t ext4 /dev/vda /scratch ||
+    fail 252 "cannot mount the scratch disk /dev/vda (ext4) at /scratch"
+  [ -d /scratch/upper ] && [ -d /scratch/work ] ||
+    fail 252 "the scratch disk /dev/vda has no /upper and /work directories"
+else
+  # No scratch disk: changes live in memory and go with the VM.
+  mount -t tmpfs -o mode=0755 scratch /scratch ||
+    fail 252 "cannot mount a tmpfs at /scratch (no scratch disk /dev/vda)"
+  mkdir -p /scratch/upper /scratch/work
+fi
+mount -t overlay overlay -o lowerdir=/lower,upperdir=/scratch/upper,workdir=/scratch/work /newroot ||
+  fail 253 "cannot mount the overlay of the image and /scratch/upper at /newroot"
+
+/bin/starling-agent serve /newroot &
+
+if [ -f /scratch/starling/cmd ]; then
+  exec /bin/starling-agent run /newroot /scratch/starling
+fi
+# /sbin/init is often an absolute symbolic link (to /lib/systemd/systemd): it resolves only
+# inside the image, so a link is enough here.
+if [ -L /newroot/sbin/init ] || [ -e /newroot/sbin/init ]; then
+  for d in dev proc sys; do
+    [ -d "/newroot/$d" ] || mkdir "/newroot/$d" ||
+      fail 254 "cannot create /$d in the image"
+    mount --move "/$d" "/newroot/$d" ||
+      fail 254 "cannot move /$d into the image"
+  done
+  exec switch_root /newroot /sbin/init
+fi
+echo "starling-init: the image has no /sbin/init; give a command: starling run IMAGE -- CMD"
+/bin/starling-agent exit 126
+poweroff -f
