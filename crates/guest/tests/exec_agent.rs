@@ -230,7 +230,7 @@ fn oversized_and_malformed_requests_are_refused() {
     );
     // Arguments over 2 MiB in all.
     let big = vec![b'a'; 100 << 10];
-    let many: Vec<&[u8]> = std::iter::repeat(&big[..]).take(30).collect();
+    let many: Vec<&[u8]> = std::iter::repeat_n(&big[..], 30).collect();
     let e = only_error(&agent.raw(&request_bytes(&many, 0)));
     assert!(e.contains("exceed 2097152 bytes"), "{e}");
     // Unknown flags, unknown requests, an over-long request line.
