@@ -45,6 +45,32 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 pub use starling_daemon::args::parse_size;
 
+/// `512M`, `1.5G`: sizes in a narrow column.
+pub fn bytes_short(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if v >= 10.0 || v.fract() == 0.0 {
+        format!("{v:.0}{}", UNITS[u])
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+/// `45s`, `12m`, `3h`, `2d`: how long, as `docker ps` says it.
+pub fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -52,6 +78,10 @@ mod tests {
         assert_eq!(super::bytes(512), "512 B");
         assert_eq!(super::bytes(1536), "1.5 KiB");
         assert_eq!(super::time(0), "1970-01-01 00:00:00");
+        assert_eq!(super::bytes_short(512 << 20), "512M");
+        assert_eq!(super::bytes_short(3 << 29), "1.5G");
+        assert_eq!(super::duration(59), "59s");
+        assert_eq!(super::duration(7200), "2h");
         assert_eq!(
             super::time(1_700_000_000_000_000_000),
             "2023-11-14 22:13:20"

@@ -8,6 +8,7 @@ mod mount_cmd;
 mod pool_cmd;
 mod progress;
 mod repo_cmd;
+mod run_cmd;
 mod store_cmd;
 mod vm_artifacts;
 mod vm_cmd;
@@ -83,9 +84,56 @@ enum Command {
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// Store the changes made in a writable mount as a new version NAME:TAG (parent: the
-    /// mounted version) in the local store
+    /// Boot an image as a VM: its root fetched on demand through the host cache, its writes
+    /// on a copy-on-write layer; with `-- CMD` the command runs and its status is ours
+    Run(run_cmd::RunArgs),
+    /// The VMs starlingd keeps (running ones; -a for all)
+    Ps {
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Stop VMs: the guest is asked to power off, and stopped after 10 s if it has not
+    Stop {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Stop VMs at once
+    Kill {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Remove VMs that ended (and their writable layers); --force stops running ones first
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short, long)]
+        force: bool,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Run a command in a running VM (through its guest agent), like `docker exec`
+    Exec(run_cmd::ExecArgs),
+    /// A VM's console output (-f: keep following it)
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Store the changes of a VM's writable layer, or of a writable mount, as a new version
+    /// NAME:TAG (parent: the version it runs or mounts) in the local store
     Commit {
+        /// A VM's name, or the mountpoint of a writable mount
+        #[arg(value_name = "VM|MOUNTPOINT")]
         mountpoint: PathBuf,
         /// NAME:TAG
         image: String,
@@ -169,7 +217,31 @@ fn main() -> ExitCode {
             image,
             json,
             socket,
-        } => mount_cmd::commit(&socket, &store, &mountpoint, &image, json),
+        } => {
+            // A VM name has no '/'; a mountpoint is a directory.
+            let as_vm = mountpoint
+                .to_str()
+                .filter(|n| !n.contains('/') && !mountpoint.is_dir());
+            match as_vm {
+                Some(name) => run_cmd::commit_vm(&socket, &store, name, &image, json),
+                None => mount_cmd::commit(&socket, &store, &mountpoint, &image, json),
+            }
+        }
+        Command::Run(a) => run_cmd::run(&store, a),
+        Command::Ps { all, json, socket } => run_cmd::ps(&socket, all, json),
+        Command::Stop { names, socket } => run_cmd::stop(&socket, &names, false),
+        Command::Kill { names, socket } => run_cmd::stop(&socket, &names, true),
+        Command::Rm {
+            names,
+            force,
+            socket,
+        } => run_cmd::rm(&socket, &names, force),
+        Command::Exec(a) => run_cmd::exec(a),
+        Command::Logs {
+            name,
+            follow,
+            socket,
+        } => run_cmd::logs(&socket, &name, follow),
         Command::Mounts { json, socket } => mount_cmd::mounts(&socket, json),
         Command::Cache { cmd, socket } => mount_cmd::cache(&socket, cmd),
         Command::Vm(c) => vm_cmd::run(&store, c),
@@ -178,8 +250,25 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("starling: {e:#}");
+            eprintln!("starling: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each said once: library errors often include their
+/// cause's text in their own message already.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }

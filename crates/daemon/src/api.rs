@@ -109,3 +109,125 @@ pub struct GcRequest {
 pub struct ErrorBody {
     pub error: String,
 }
+
+/// `POST /v1/vms`: boot an image as a VM (`starling run`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRequest {
+    /// The VM's name (default: from the image, with a random suffix).
+    #[serde(default)]
+    pub name: Option<String>,
+    pub source: Source,
+    /// The store kernels are looked up in (`--kernel REF`, `debian-kernel:*`).
+    pub store: PathBuf,
+    #[serde(default = "default_mem")]
+    pub mem_mib: u64,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// A kernel image in the store (`debian-kernel:RELEASE`) or a directory holding
+    /// `boot/vmlinuz-RELEASE` and `lib/modules/RELEASE/`; default: the image's own, else the
+    /// newest kernel image in the store.
+    #[serde(default)]
+    pub kernel: Option<String>,
+    /// Appended to the kernel's command line (e.g. `systemd.unit=rescue.target`).
+    #[serde(default)]
+    pub kernel_args: Option<String>,
+    /// The command to run as the image's init would (empty: boot the image's /sbin/init).
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// `KEY=VALUE` for the command.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Remove the VM when it ends.
+    #[serde(default)]
+    pub rm: bool,
+    /// Size of the writable layer (a sparse scratch disk), bytes.
+    #[serde(default = "default_disk")]
+    pub disk_bytes: u64,
+}
+
+fn default_mem() -> u64 {
+    512
+}
+fn default_vcpus() -> u8 {
+    1
+}
+fn default_disk() -> u64 {
+    8 << 30
+}
+
+impl RunRequest {
+    /// How the user named the image (for messages that suggest a next command).
+    pub fn image_arg(&self) -> String {
+        match &self.source {
+            Source::Store { image, .. } => image.clone(),
+            Source::Repo { url, image, .. } => format!("{url} {image}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// The monitor runs but does not answer its API yet.
+    Starting,
+    Running,
+    Paused,
+    Exited,
+    /// The monitor is gone without a recorded end.
+    Dead,
+}
+
+impl VmState {
+    pub fn word(&self) -> &'static str {
+        match self {
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Paused => "paused",
+            VmState::Exited => "exited",
+            VmState::Dead => "dead",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub name: String,
+    /// `NAME:TAG@SHORT` or `NAME@SHORT`.
+    pub image: String,
+    pub version: String,
+    /// `repo:URL` or `store:PATH`.
+    pub source: String,
+    pub state: VmState,
+    pub exit_status: Option<i32>,
+    pub exit_reason: Option<String>,
+    pub pid: Option<u32>,
+    pub created_unix: u64,
+    pub ended_unix: Option<u64>,
+    pub mem_mib: u64,
+    pub vcpus: u8,
+    /// The monitor's resident memory (guest pages it touched and its own).
+    pub rss_bytes: Option<u64>,
+    pub cmd: Vec<String>,
+    pub rm: bool,
+    pub dir: PathBuf,
+    pub console_socket: PathBuf,
+    pub console_log: PathBuf,
+    pub vsock_socket: PathBuf,
+    pub api_socket: PathBuf,
+}
+
+/// `POST /v1/vms/NAME/stop`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StopRequest {
+    /// Stop at once instead of asking the guest to power off first.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/vms/NAME/commit`: the VM's writable layer as a new image version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmCommitRequest {
+    pub store: PathBuf,
+    /// NAME:TAG for the new version.
+    pub image: String,
+}

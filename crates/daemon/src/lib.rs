@@ -3,13 +3,17 @@
 //! socket (`api`, documented in docs/api/starlingd.openapi.yaml). `client` is the other end,
 //! used by the `starling` command.
 
+pub mod agent;
 pub mod api;
 pub mod args;
 pub mod client;
+pub mod kernels;
 pub mod mounts;
 pub mod objects;
+pub mod run;
 pub mod server;
 pub mod sources;
+pub mod vms;
 
 use std::path::PathBuf;
 use std::time::Duration;

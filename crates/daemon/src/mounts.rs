@@ -438,7 +438,7 @@ impl Mounts {
 
 /// Copies every object of version `id` that `store` lacks from `objects` (verified on the
 /// way in), in one transaction. Returns how many were copied.
-fn copy_image(
+pub(crate) fn copy_image(
     objects: &dyn ObjectSource,
     id: &ObjectId,
     store: &Store,

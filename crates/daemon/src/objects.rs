@@ -2,16 +2,14 @@
 //! the host cache (see `starling_store::wire` for the protocol). One thread per connection,
 //! at most [`MAX_CONNECTIONS`] at once; the socket is the daemon user's alone.
 
-use std::collections::HashMap;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use starling_repo::pull::Remote;
 use starling_store::wire::{self, Status};
-use starling_store::{ObjectSource, Store};
+use starling_store::ObjectSource;
 
 use crate::sources::HostObjects;
 
@@ -22,7 +20,6 @@ const IDLE: Duration = Duration::from_secs(600);
 
 pub struct ObjectServer {
     host: Arc<HostObjects>,
-    stores: Mutex<HashMap<String, Arc<Store>>>,
     live: AtomicUsize,
 }
 
@@ -30,30 +27,13 @@ impl ObjectServer {
     pub fn new(host: Arc<HostObjects>) -> Arc<ObjectServer> {
         Arc::new(ObjectServer {
             host,
-            stores: Mutex::new(HashMap::new()),
             live: AtomicUsize::new(0),
         })
     }
 
-    /// The source a request names: `repo:URL` through the host cache, `store:PATH` a local
-    /// store.
+    /// The source a request names (see [`HostObjects::object_source`]).
     pub fn source(&self, name: &str) -> Result<Arc<dyn ObjectSource>, String> {
-        if let Some(url) = name.strip_prefix("repo:") {
-            let remote = Remote::parse(url).map_err(|e| e.to_string())?;
-            return self.host.remote(&remote).map_err(|e| e.to_string());
-        }
-        if let Some(path) = name.strip_prefix("store:") {
-            let mut g = self.stores.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(s) = g.get(path) {
-                return Ok(s.clone());
-            }
-            let s = Arc::new(Store::open(path).map_err(|e| e.to_string())?);
-            g.insert(path.to_string(), s.clone());
-            return Ok(s);
-        }
-        Err(format!(
-            "object source {name:?} is neither repo:URL nor store:PATH"
-        ))
+        self.host.object_source(name)
     }
 
     /// Listens on `path` (replacing a stale socket), in a thread of its own.

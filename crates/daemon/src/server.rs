@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,6 +18,7 @@ use crate::{Config, DaemonError};
 
 pub struct Daemon {
     pub config: Config,
+    pub vms: crate::vms::Vms,
     pub objects: Arc<HostObjects>,
     pub mounts: Mounts,
     shutdown: tokio::sync::Notify,
@@ -109,6 +110,49 @@ async fn cache_verify(State(d): Shared) -> Result<Json<VerifyReport>, DaemonErro
     Ok(Json(blocking(move || Ok(d.objects.cache.verify())).await?))
 }
 
+async fn list_vms(State(d): Shared) -> Result<Json<Vec<VmInfo>>, DaemonError> {
+    Ok(Json(blocking(move || Ok(d.vms.list())).await?))
+}
+
+async fn get_vm(State(d): Shared, Path(name): Path<String>) -> Result<Json<VmInfo>, DaemonError> {
+    Ok(Json(blocking(move || d.vms.get(&name)).await?))
+}
+
+async fn create_vm(
+    State(d): Shared,
+    Json(req): Json<RunRequest>,
+) -> Result<(StatusCode, Json<VmInfo>), DaemonError> {
+    let info = blocking(move || crate::run::create(&d, &req)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn stop_vm(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<StopRequest>,
+) -> Result<Json<VmInfo>, DaemonError> {
+    Ok(Json(blocking(move || d.vms.stop(&name, req.force)).await?))
+}
+
+async fn remove_vm(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<StopRequest>,
+) -> Result<Json<VmInfo>, DaemonError> {
+    Ok(Json(
+        blocking(move || d.vms.remove(&name, req.force)).await?,
+    ))
+}
+
+async fn commit_vm(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<VmCommitRequest>,
+) -> Result<(StatusCode, Json<CommitInfo>), DaemonError> {
+    let info = blocking(move || crate::run::commit(&d, &name, &req)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
 async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {
     d.shutdown.notify_one();
     (
@@ -129,6 +173,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/cache/gc", post(cache_gc))
         .route("/v1/cache/verify", post(cache_verify))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/vms", get(list_vms).post(create_vm))
+        .route("/v1/vms/{name}", get(get_vm).delete(remove_vm))
+        .route("/v1/vms/{name}/stop", post(stop_vm))
+        .route("/v1/vms/{name}/commit", post(commit_vm))
         .with_state(d)
 }
 
@@ -179,8 +227,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     crate::objects::ObjectServer::new(objects.clone())
         .listen(&object_socket)
         .with_context(|| format!("object socket {}", object_socket.display()))?;
+    let (vms, said) = crate::vms::Vms::open(&config.state);
+    for line in said {
+        eprintln!("starlingd: {line}");
+    }
     let d = Arc::new(Daemon {
         config: config.clone(),
+        vms,
         objects: objects.clone(),
         mounts,
         shutdown: tokio::sync::Notify::new(),

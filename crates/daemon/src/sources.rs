@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use starling_repo::fetch::RemoteSource;
 use starling_repo::pull::{ClientOptions, Remote};
 use starling_store::cache::{CachedSource, HostCache};
-use starling_store::ObjectSource;
+use starling_store::{ObjectSource, Store};
 
 pub struct HostObjects {
     pub cache: Arc<HostCache>,
@@ -18,6 +18,7 @@ pub struct HostObjects {
     pub opts: ClientOptions,
     rt: tokio::runtime::Handle,
     remotes: Mutex<HashMap<String, CachedSource>>,
+    stores: Mutex<HashMap<String, Arc<Store>>>,
 }
 
 impl HostObjects {
@@ -34,6 +35,7 @@ impl HostObjects {
             opts,
             rt,
             remotes: Mutex::new(HashMap::new()),
+            stores: Mutex::new(HashMap::new()),
         })
     }
 
@@ -56,5 +58,26 @@ impl HostObjects {
         let s = self.cache.over(Arc::new(inner));
         g.insert(remote.base.to_string(), s.clone());
         Ok(Arc::new(s))
+    }
+
+    /// The source a name gives: `repo:URL` through the host cache, `store:PATH` a local store
+    /// (as the object socket and VM records name them).
+    pub fn object_source(&self, name: &str) -> Result<Arc<dyn ObjectSource>, String> {
+        if let Some(url) = name.strip_prefix("repo:") {
+            let remote = Remote::parse(url).map_err(|e| e.to_string())?;
+            return self.remote(&remote).map_err(|e| e.to_string());
+        }
+        if let Some(path) = name.strip_prefix("store:") {
+            let mut g = self.stores.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(s) = g.get(path) {
+                return Ok(s.clone());
+            }
+            let s = Arc::new(Store::open(path).map_err(|e| e.to_string())?);
+            g.insert(path.to_string(), s.clone());
+            return Ok(s);
+        }
+        Err(format!(
+            "object source {name:?} is neither repo:URL nor store:PATH"
+        ))
     }
 }

@@ -13,6 +13,7 @@ pub mod diff;
 pub mod edit;
 pub mod error;
 pub mod export;
+pub mod extract;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod import;

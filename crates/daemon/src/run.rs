@@ -1,0 +1,117 @@
+//! `starling run` on the daemon's side: resolve the image, choose its kernel, build (or
+//! reuse) the boot artifact, and start the VM; and committing a VM's writable layer.
+
+use std::time::Duration;
+
+use crate::api::{CommitInfo, RunRequest, VmCommitRequest, VmInfo, VmState};
+use crate::server::Daemon;
+use crate::DaemonError;
+
+/// Memory a VM may have (MiB): below it the kernel does not boot, above it is a typo.
+const MEM_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 20);
+
+pub fn create(d: &Daemon, req: &RunRequest) -> Result<VmInfo, DaemonError> {
+    if !MEM_RANGE.contains(&req.mem_mib) {
+        return Err(DaemonError::BadRequest(format!(
+            "--mem {} MiB: give between {} MiB and {} GiB",
+            req.mem_mib,
+            MEM_RANGE.start(),
+            MEM_RANGE.end() >> 10
+        )));
+    }
+    let host_mib = host_memory_mib();
+    if host_mib.is_some_and(|h| req.mem_mib > h) {
+        return Err(DaemonError::BadRequest(format!(
+            "--mem {} MiB is more than this host has ({} MiB)",
+            req.mem_mib,
+            host_mib.unwrap_or(0)
+        )));
+    }
+    let image = crate::vms::resolve(&req.source, &d.objects)?;
+    let kernel =
+        crate::kernels::choose(&d.config.state, &req.store, req.kernel.as_deref(), &image)?;
+    let artifact = starling_guest::run::artifact(&d.config.state.join("boot"), &kernel.dir)
+        .map_err(|e| DaemonError::BadRequest(format!("kernel from {}: {e}", kernel.origin)))?;
+    d.vms.create(
+        req,
+        image,
+        (artifact.kernel, artifact.initrd),
+        &d.config.objects_socket(),
+    )
+}
+
+fn host_memory_mib() -> Option<u64> {
+    let m = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = m
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
+}
+
+/// Stores VM `name`'s writable layer as a new version of the image it runs: the guest's
+/// writes are synced (through its agent) and the VM paused while its scratch disk is read,
+/// then it goes on.
+pub fn commit(d: &Daemon, name: &str, req: &VmCommitRequest) -> Result<CommitInfo, DaemonError> {
+    let info = d.vms.get(name)?;
+    let rec = d.vms.record(name)?;
+    let (new_name, tag) = starling_image::reference::ImageRef::parse_tag(&req.image)
+        .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+    let base: starling_store::ObjectId = rec
+        .version
+        .parse()
+        .map_err(|_| DaemonError::Internal(format!("VM {name}: bad version in its record")))?;
+    let running = matches!(info.state, VmState::Running | VmState::Starting);
+    let api = starling_vmm::api::client::Client::new(&info.api_socket);
+    if running {
+        let synced = crate::agent::exec(&info.vsock_socket, &["sync"], Duration::from_secs(60));
+        match synced {
+            Ok(0) => {}
+            Ok(s) => {
+                return Err(DaemonError::Upstream(format!(
+                    "VM {name}: sync in the guest ended with status {s}"
+                )))
+            }
+            Err(e) => {
+                return Err(DaemonError::Upstream(format!(
+                    "VM {name}: its agent did not sync the guest's writes: {e}"
+                )))
+            }
+        }
+        api.pause()
+            .map_err(|e| DaemonError::Upstream(format!("pausing VM {name}: {e}")))?;
+    }
+    let result = (|| {
+        let source = d
+            .objects
+            .object_source(&rec.source)
+            .map_err(DaemonError::BadRequest)?;
+        let store = starling_store::Store::open_or_init(&req.store)
+            .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        let copied = crate::mounts::copy_image(source.as_ref(), &base, &store)?;
+        let r = starling_image::scratch::commit(
+            &store,
+            &base,
+            &d.vms.paths(name).scratch(),
+            &new_name,
+            &tag,
+            &format!("commit of VM {name}"),
+        )
+        .map_err(|e| DaemonError::Internal(e.to_string()))?;
+        Ok(CommitInfo {
+            image: format!("{new_name}:{tag}"),
+            version: r.version.to_hex(),
+            parent: base.to_hex(),
+            put: r.put,
+            removed: r.removed,
+            copied,
+        })
+    })();
+    if running {
+        let _ = api.resume();
+    }
+    result
+}
