@@ -2,6 +2,8 @@
 //! torture tree, and the independent comparator (bsdtar's mtree output and getfattr dumps).
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;

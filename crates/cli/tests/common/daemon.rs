@@ -1,0 +1,105 @@
+//! `starling daemon` for tests: its own state directory and socket, the CLI pointed at it.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Output, Stdio};
+
+use super::{json, s, Env};
+
+/// `starling daemon` with its own state directory and socket; stopped (SIGTERM: a clean
+/// shutdown that unmounts) on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(env: &Env, state: &Path, extra: &[&str]) -> Daemon {
+        Daemon::try_start(env, state, extra).unwrap_or_else(|e| panic!("daemon: {e}"))
+    }
+
+    pub fn try_start(env: &Env, state: &Path, extra: &[&str]) -> Result<Daemon, String> {
+        fs::create_dir_all(state).unwrap();
+        let socket = state.join("api.sock");
+        let log = state.join("daemon.log");
+        let mut child = env
+            .cmd()
+            .args(["daemon", "--state", s(state), "--socket", s(&socket)])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starling daemon");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if !line.starts_with("ready") {
+            let _ = child.wait();
+            return Err(fs::read_to_string(&log).unwrap_or_default());
+        }
+        Ok(Daemon {
+            child: Some(child),
+            state: state.to_path_buf(),
+            socket,
+        })
+    }
+
+    pub fn run(&self, env: &Env, args: &[&str]) -> Output {
+        env.cmd()
+            .args(args)
+            .env("STARLING_SOCKET", &self.socket)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ok(&self, env: &Env, args: &[&str]) -> String {
+        let o = self.run(env, args);
+        assert!(
+            o.status.success(),
+            "{args:?}: {}\ndaemon log:\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            fs::read_to_string(self.state.join("daemon.log")).unwrap_or_default()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn fails(&self, env: &Env, args: &[&str]) -> String {
+        let o = self.run(env, args);
+        assert!(!o.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    pub fn mounts(&self, env: &Env) -> serde_json::Value {
+        json(&self.ok(env, &["mounts", "--json"]))
+    }
+
+    pub fn cache(&self, env: &Env) -> serde_json::Value {
+        json(&self.ok(env, &["cache", "stats", "--json"]))
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = rustix::process::Pid::from_child(&c);
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let _ = c.wait();
+        }
+    }
+
+    /// Dies without cleaning up (SIGKILL), leaving its mounts stale.
+    pub fn crash(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    pub fn drop(&mut self) {
+        self.stop();
+    }
+}
+
