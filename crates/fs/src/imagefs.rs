@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64};
+use fuse_backend_rs::abi::fuse_abi::{stat64, statvfs64, CreateIn};
 use fuse_backend_rs::api::filesystem::{
     Context, DirEntry, Entry, FileSystem, FsOptions, GetxattrReply, ListxattrReply, OpenOptions,
-    ZeroCopyWriter,
+    SetattrValid, ZeroCopyReader, ZeroCopyWriter,
 };
 use starling_image::manifest::{Commit, FileData};
 use starling_store::ObjectId;
@@ -126,6 +126,12 @@ fn load_chunk(
     let b = objects.chunk(id, len)?;
     chunks.insert(*id, b.clone());
     Ok(b)
+}
+
+/// What every write is answered: the image is read-only (not ENOSYS, which tells a kernel
+/// the operation is missing and makes it try others or give up on it for good).
+fn erofs<T>() -> io::Result<T> {
+    Err(io::Error::from_raw_os_error(libc::EROFS))
 }
 
 fn eio(label: &str, what: FsError) -> io::Error {
@@ -511,10 +517,26 @@ impl FileSystem for ImageFs {
         _lock_owner: Option<u64>,
         _flags: u32,
     ) -> io::Result<usize> {
+        // No client asks for more than its reply can hold (a kernel's buffer is the size it
+        // asks for); a request that does would only make chunks load for nothing.
+        if size as usize > w.available_bytes() {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
         let n = self.node(inode)?;
         let Kind::File { size: fsize, data } = &n.kind else {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         };
+        // Reads come through a handle OPEN gave for this inode (and a restored file system
+        // keeps the handles its client holds).
+        let open = self
+            .open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&handle)
+            .is_some_and(|f| f.ino == inode);
+        if !open {
+            return Err(io::Error::from_raw_os_error(libc::EBADF));
+        }
         Counters::add(&self.counters.reads, 1);
         if offset >= *fsize {
             return Ok(0);
@@ -643,6 +665,84 @@ impl FileSystem for ImageFs {
         st.f_namemax = 255;
         st.f_flag = libc::ST_RDONLY;
         Ok(st)
+    }
+
+    // Writes of every kind are refused.
+    fn setattr(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _attr: stat64,
+        _handle: Option<u64>,
+        _valid: SetattrValid,
+    ) -> io::Result<(stat64, Duration)> {
+        erofs()
+    }
+
+    fn symlink(&self, _: &Context, _: &CStr, _: u64, _: &CStr) -> io::Result<Entry> {
+        erofs()
+    }
+
+    fn mknod(&self, _: &Context, _: u64, _: &CStr, _: u32, _: u32, _: u32) -> io::Result<Entry> {
+        erofs()
+    }
+
+    fn mkdir(&self, _: &Context, _: u64, _: &CStr, _: u32, _: u32) -> io::Result<Entry> {
+        erofs()
+    }
+
+    fn unlink(&self, _: &Context, _: u64, _: &CStr) -> io::Result<()> {
+        erofs()
+    }
+
+    fn rmdir(&self, _: &Context, _: u64, _: &CStr) -> io::Result<()> {
+        erofs()
+    }
+
+    fn rename(&self, _: &Context, _: u64, _: &CStr, _: u64, _: &CStr, _: u32) -> io::Result<()> {
+        erofs()
+    }
+
+    fn link(&self, _: &Context, _: u64, _: u64, _: &CStr) -> io::Result<Entry> {
+        erofs()
+    }
+
+    fn create(
+        &self,
+        _: &Context,
+        _: u64,
+        _: &CStr,
+        _: CreateIn,
+    ) -> io::Result<(Entry, Option<u64>, OpenOptions, Option<u32>)> {
+        erofs()
+    }
+
+    fn write(
+        &self,
+        _ctx: &Context,
+        _inode: u64,
+        _handle: u64,
+        _r: &mut dyn ZeroCopyReader,
+        _size: u32,
+        _offset: u64,
+        _lock_owner: Option<u64>,
+        _delayed_write: bool,
+        _flags: u32,
+        _fuse_flags: u32,
+    ) -> io::Result<usize> {
+        erofs()
+    }
+
+    fn fallocate(&self, _: &Context, _: u64, _: u64, _: u32, _: u64, _: u64) -> io::Result<()> {
+        erofs()
+    }
+
+    fn setxattr(&self, _: &Context, _: u64, _: &CStr, _: &[u8], _: u32) -> io::Result<()> {
+        erofs()
+    }
+
+    fn removexattr(&self, _: &Context, _: u64, _: &CStr) -> io::Result<()> {
+        erofs()
     }
 
     fn access(&self, _ctx: &Context, inode: u64, mask: u32) -> io::Result<()> {

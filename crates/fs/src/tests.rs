@@ -151,6 +151,12 @@ fn answers_match_the_tree_and_writes_are_refused() {
     let big = path(&fs, "a/deep/big");
     let (h, _, _) = fs.open(&ctx, big, libc::O_RDONLY as u32, 0).unwrap();
     assert_eq!(read_all(&fs, big, h.unwrap()).unwrap(), pattern(300_000));
+    // Only through a handle OPEN gave for this inode.
+    assert_eq!(errno(read_all(&fs, big, h.unwrap() + 1)), libc::EBADF);
+    assert_eq!(
+        errno(read_all(&fs, path(&fs, "a/small"), h.unwrap())),
+        libc::EBADF
+    );
     let (st, _) = fs.getattr(&ctx, big, None).unwrap();
     assert_eq!(st.st_size, 300_000);
     assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFREG);
@@ -180,6 +186,16 @@ fn answers_match_the_tree_and_writes_are_refused() {
         errno(fs.access(&ctx, small, libc::W_OK as u32)),
         libc::EROFS
     );
+    // Every write opcode is refused as a read-only file system refuses it (ENOSYS would tell
+    // a kernel the operation is missing, not that the file system is read-only).
+    let n = CString::new("new").unwrap();
+    assert_eq!(errno(fs.mkdir(&ctx, 1, &n, 0o755, 0)), libc::EROFS);
+    assert_eq!(errno(fs.unlink(&ctx, 1, &n)), libc::EROFS);
+    assert_eq!(errno(fs.rmdir(&ctx, 1, &n)), libc::EROFS);
+    assert_eq!(errno(fs.symlink(&ctx, &n, 1, &n)), libc::EROFS);
+    assert_eq!(errno(fs.rename(&ctx, 1, &n, 1, &n, 0)), libc::EROFS);
+    assert_eq!(errno(fs.setxattr(&ctx, small, &name, b"v", 0)), libc::EROFS);
+    assert_eq!(errno(fs.removexattr(&ctx, small, &name)), libc::EROFS);
     let mut names = Vec::new();
     fs.readdir(&ctx, 1, 0, 4096, 0, &mut |d| {
         names.push(String::from_utf8_lossy(d.name).into_owned());

@@ -1,11 +1,12 @@
 //! Entry points for fuzzing the request parsers a guest controls: a virtio queue with arbitrary
-//! descriptor tables and rings driving the block, rng and vsock devices. Used by `fuzz/` and
-//! replayed over the committed corpus by the tests.
+//! descriptor tables and rings driving the block, rng, vsock and fs devices. Used by `fuzz/`
+//! and replayed over the committed corpus by the tests.
 
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::virtio::{blk::Block, rng::Rng, vsock::Vsock, Queues, VirtioDevice};
+use crate::config::FsConfig;
+use crate::virtio::{blk::Block, fs::Fs, rng::Rng, vsock::Vsock, Queues, VirtioDevice};
 
 const MEM_SIZE: usize = 64 * 1024;
 
@@ -38,24 +39,8 @@ pub fn virtio_queue(data: &[u8]) -> Outcome {
         return outcome;
     }
     let size = 1u16 << (size_exp % 9);
-    let mut qs = Vec::new();
-    for _ in 0..3 {
-        let Ok(mut q) = Queue::new(256) else {
-            return outcome;
-        };
-        q.set_size(size);
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
-        if !q.is_valid(&mem) {
-            return outcome;
-        }
-        qs.push(q);
-    }
-    let mut queues = Queues {
-        mem: mem.clone(),
-        queues: qs,
+    let Some(mut queues) = queues(&mem, size, 3) else {
+        return outcome;
     };
     let result = match which % 4 {
         0 => {
@@ -81,7 +66,35 @@ pub fn virtio_queue(data: &[u8]) -> Outcome {
         }
     };
     outcome.broken = result.is_err();
-    // All three queues share one ring layout, so the used ring read back is the served one's.
+    read_back(&mem, size, &mut outcome);
+    outcome
+}
+
+/// `n` queues of `size` over the one ring layout (descriptors at 0x1000, available ring at
+/// 0x3000, used ring at 0x4000); None if that layout does not fit.
+fn queues(mem: &GuestMemoryMmap, size: u16, n: usize) -> Option<Queues> {
+    let mut qs = Vec::new();
+    for _ in 0..n {
+        let mut q = Queue::new(256).ok()?;
+        q.set_size(size);
+        q.set_desc_table_address(Some(DESC as u32), Some(0));
+        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
+        q.set_used_ring_address(Some(USED as u32), Some(0));
+        q.set_ready(true);
+        if !q.is_valid(mem) {
+            return None;
+        }
+        qs.push(q);
+    }
+    Some(Queues {
+        mem: mem.clone(),
+        queues: qs,
+    })
+}
+
+/// The used ring and guest memory into `outcome`. All queues share one ring layout, so the
+/// used ring read back is the served one's.
+fn read_back(mem: &GuestMemoryMmap, size: u16, outcome: &mut Outcome) {
     let idx: u16 = mem.read_obj(GuestAddress(USED + 2)).unwrap_or(0);
     for i in 0..idx.min(size) {
         let at = USED + 4 + 8 * u64::from(i);
@@ -91,16 +104,115 @@ pub fn virtio_queue(data: &[u8]) -> Outcome {
     }
     outcome.memory = vec![0u8; MEM_SIZE];
     let _ = mem.read_slice(&mut outcome.memory, GuestAddress(0));
+}
+
+/// The small tree the virtio-fs fuzz target serves, written with plain file operations (the
+/// callers import it into a store with starling-image, which the monitor does not depend
+/// on). Imported into a fresh store, its inode numbers are fixed: 1 the root, then the root's
+/// entries in name order (`big` 2, `d` 3, `hello` 4), then `d/link` 5 once `d` is loaded.
+pub fn fs_tree(root: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(root.join("d"))?;
+    std::fs::write(root.join("big"), fs_tree_big())?;
+    std::fs::write(root.join("hello"), b"hello\n")?;
+    std::os::unix::fs::symlink("../hello", root.join("d/link"))?;
+    let path = std::ffi::CString::new(root.join("hello").as_os_str().as_encoded_bytes())
+        .map_err(std::io::Error::other)?;
+    let (name, value) = (c"user.x", b"fuzz");
+    // SAFETY: both strings are NUL-terminated and the value is a live slice of its length.
+    let r = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `big`'s content in [`fs_tree`]: 100,000 bytes a chunker splits in more than one chunk.
+pub fn fs_tree_big() -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    (0..100_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Input layout as for [`virtio_queue`]: byte 0 picks the queue (even: hiprio, odd:
+/// requests), byte 1 the queue size exponent, the rest is copied over guest memory from
+/// 0x1000. A virtio-fs device serving `version` from the store at `store` (see [`fs_tree`])
+/// is notified, waited for until no request is in flight, and returns its completions.
+/// `popped` counts the chains it took: each must be back in the used ring.
+pub fn virtio_fs(store: &std::path::Path, version: &str, data: &[u8]) -> Outcome {
+    let mut outcome = Outcome::default();
+    let (Some((&which, rest)), true) = (data.split_first(), data.len() >= 2) else {
+        return outcome;
+    };
+    let size = 1u16 << (rest[0] % 9);
+    let rest = &rest[1..];
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
+        return outcome;
+    };
+    let n = rest.len().min(MEM_SIZE - 0x1000);
+    if mem.write_slice(&rest[..n], GuestAddress(DESC)).is_err() {
+        return outcome;
+    }
+    let Some(mut queues) = queues(&mem, size, 2) else {
+        return outcome;
+    };
+    let Ok(mut fs) = Fs::new(FsConfig {
+        tag: "fuzz".into(),
+        source: format!("store:{}", store.display()),
+        version: version.into(),
+        objects_socket: None,
+    }) else {
+        return outcome;
+    };
+    let index = usize::from(which & 1);
+    // The driver's chains are made available one at a time, each served before the next, so
+    // that an input always does the same (the device serves a batch on parallel workers).
+    let avail: u16 = mem.read_obj(GuestAddress(AVAIL + 2)).unwrap_or(0);
+    let steps: Vec<u16> = if avail <= size {
+        (1..=avail).collect()
+    } else {
+        vec![avail]
+    };
+    let mut result = Ok(false);
+    for idx in steps {
+        if mem.write_obj(idx, GuestAddress(AVAIL + 2)).is_err() {
+            break;
+        }
+        result = fs.notify(index, &mut queues);
+        fs.quiesce();
+        if result.is_err() {
+            break;
+        }
+    }
+    let result = result.and_then(|_| fs.backend(&mut queues));
+    outcome.broken = result.is_err();
+    outcome.popped = queues.queues[index].next_avail();
+    read_back(&mem, size, &mut outcome);
     outcome
 }
 
 /// What a fuzz input did: used-ring entries (descriptor id, length), whether the device
-/// declared the ring broken, and guest memory afterwards (for status bytes).
+/// declared the ring broken, guest memory afterwards (for status bytes), and (virtio-fs)
+/// how many chains the device took from the available ring.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub used: Vec<(u32, u32)>,
     pub broken: bool,
     pub memory: Vec<u8>,
+    pub popped: u16,
 }
 
 /// Fuzz entry for the snapshot state decoder: `data` as a whole state file, and `data` as the

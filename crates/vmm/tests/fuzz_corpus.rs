@@ -127,3 +127,193 @@ fn state_decoder_refuses_damage_without_panicking() {
         );
     }
 }
+
+/// The virtio-fs fuzz target's image (fuzzing::fs_tree) in a fresh store, once per run.
+fn fs_image() -> &'static (tempfile::TempDir, std::path::PathBuf, String) {
+    use starling_image::chunk::Progress;
+    use starling_image::import::{import, ImportOptions};
+    static IMAGE: std::sync::OnceLock<(tempfile::TempDir, std::path::PathBuf, String)> =
+        std::sync::OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        starling_vmm::fuzzing::fs_tree(&src).unwrap();
+        let store = dir.path().join("store");
+        let s = starling_store::Store::open_or_init(&store).unwrap();
+        let r = import(
+            &s,
+            &ImportOptions {
+                source: &src,
+                format: None,
+                name: "fuzz",
+                tag: "v1",
+                labels: Default::default(),
+                chunking: Default::default(),
+                partition: None,
+            },
+            &Progress::default(),
+        )
+        .unwrap();
+        (dir, store, r.version.to_string())
+    })
+}
+
+fn fs_seed(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus/virtiofs")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn fs_run(data: &[u8]) -> Outcome {
+    let (_, store, version) = fs_image();
+    let o = starling_vmm::fuzzing::virtio_fs(store, version, data);
+    assert!(
+        o.broken || o.used.len() == usize::from(o.popped),
+        "{} chains taken, {} returned: {:?}",
+        o.popped,
+        o.used.len(),
+        o.used
+    );
+    o
+}
+
+fn le32(o: &Outcome, at: usize) -> u32 {
+    u32::from_le_bytes(o.memory[at..at + 4].try_into().unwrap())
+}
+
+fn le64(o: &Outcome, at: usize) -> u64 {
+    u64::from_le_bytes(o.memory[at..at + 8].try_into().unwrap())
+}
+
+/// The reply to the seed's request `k` (fuse_out_header at 0x6000 + 0x100 k): its used
+/// length, its header's length and errno, checked against the request's unique (k + 1).
+fn fs_reply(o: &Outcome, k: usize, head: u32) -> (u32, u32, i32) {
+    let used = o
+        .used
+        .iter()
+        .find(|u| u.0 == head)
+        .unwrap_or_else(|| panic!("request {k} (head {head}) not returned: {:?}", o.used))
+        .1;
+    let at = 0x6000 + 0x100 * k;
+    if used >= 16 {
+        assert_eq!(le64(o, at + 8), k as u64 + 1, "unique of reply {k}");
+    }
+    (used, le32(o, at), -(le32(o, at + 4) as i32))
+}
+
+/// The seeds of fuzz/corpus/virtiofs (made by fuzz/virtiofs_seeds.py) are real FUSE
+/// messages; the device answers them as the image says.
+#[test]
+fn virtiofs_seeds_are_answered_from_the_image() {
+    let big = starling_vmm::fuzzing::fs_tree_big();
+    let o = fs_run(&fs_seed("init"));
+    assert_eq!(o.used, vec![(0, 80)]);
+    assert_eq!(fs_reply(&o, 0, 0), (80, 80, 0));
+    assert_eq!(le32(&o, 0x6010), 7, "major");
+
+    let o = fs_run(&fs_seed("lookup-read"));
+    assert_eq!(o.used.len(), 8, "{:?}", o.used);
+    // LOOKUP big: node 2, 100000 bytes.
+    assert_eq!(fs_reply(&o, 0, 0), (144, 144, 0));
+    assert_eq!(le64(&o, 0x6010), 2);
+    assert_eq!(le64(&o, 0x6010 + 40 + 8), big.len() as u64);
+    assert_eq!(fs_reply(&o, 1, 2), (120, 120, 0), "GETATTR");
+    assert_eq!(fs_reply(&o, 2, 4), (32, 32, 0), "OPEN");
+    assert_eq!(le64(&o, 0x6210), 1, "the first handle");
+    assert_eq!(fs_reply(&o, 3, 6), (16 + 8192, 16 + 8192, 0), "READ");
+    assert_eq!(&o.memory[0xa000..0xc000], &big[..8192]);
+    let (used, len, err) = fs_reply(&o, 4, 9);
+    assert_eq!((used, err), (len, 0), "READDIRPLUS");
+    assert!(used > 16 + 4 * 152, "., .., big, d, hello: {used}");
+    assert_eq!(fs_reply(&o, 5, 12), (144, 144, 0), "LOOKUP d/link");
+    assert_eq!(le64(&o, 0x6510), 5);
+    assert_eq!(fs_reply(&o, 6, 14), (24, 24, 0), "READLINK");
+    assert_eq!(&o.memory[0x6610..0x6618], b"../hello");
+    assert_eq!(fs_reply(&o, 7, 16), (16, 16, 0), "RELEASE");
+
+    let o = fs_run(&fs_seed("xattr-statfs"));
+    assert_eq!(fs_reply(&o, 1, 2), (24, 24, 0), "GETXATTR size");
+    assert_eq!(le32(&o, 0x6110), 4);
+    assert_eq!(fs_reply(&o, 2, 4), (20, 20, 0), "GETXATTR value");
+    assert_eq!(&o.memory[0x6210..0x6214], b"fuzz");
+    assert_eq!(fs_reply(&o, 3, 6), (23, 23, 0), "LISTXATTR");
+    assert_eq!(&o.memory[0x6310..0x6317], b"user.x\0");
+    assert_eq!(fs_reply(&o, 4, 8), (96, 96, 0), "STATFS");
+
+    let o = fs_run(&fs_seed("writes"));
+    assert_eq!(o.used.len(), 6);
+    for (k, head) in [0u32, 2, 4, 6, 8, 10].into_iter().enumerate() {
+        assert_eq!(fs_reply(&o, k, head), (16, 16, libc::EROFS), "write {k}");
+    }
+
+    let o = fs_run(&fs_seed("forget-hiprio"));
+    assert_eq!(o.used, vec![(0, 0), (1, 0)], "FORGETs get no reply");
+
+    let o = fs_run(&fs_seed("hostile"));
+    assert_eq!(o.used.len(), 5, "{:?}", o.used);
+    assert_eq!(fs_reply(&o, 0, 0), (16, 16, libc::EINVAL), "len past chain");
+    assert_eq!(fs_reply(&o, 1, 2), (16, 16, libc::EINVAL), "len short");
+    assert_eq!(fs_reply(&o, 2, 4), (16, 16, libc::EINVAL), "READ 1 GiB");
+    assert_eq!(
+        o.used.iter().find(|u| u.0 == 7).map(|u| u.1),
+        Some(0),
+        "outside guest memory: returned unanswered"
+    );
+    assert!(o.used.iter().any(|u| u.0 == 9), "the loop came back");
+}
+
+#[test]
+fn virtiofs_seeds_cut_short_or_flipped_always_come_back() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/virtiofs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let data = std::fs::read(e.unwrap().path()).unwrap();
+        for cut in [
+            0,
+            1,
+            2,
+            40,
+            0x2004,
+            0x4000 + 2,
+            data.len() / 2,
+            data.len() - 1,
+        ] {
+            fs_run(&data[..cut.min(data.len())]);
+        }
+        // Descriptor fields (address, length, flags, next), the available ring, and the
+        // headers and bodies of the first requests.
+        let offsets = [
+            1usize,
+            2,
+            6,
+            10,
+            12,
+            14,
+            16 + 8,
+            16 + 12,
+            0x2004,
+            0x2005,
+            0x2006,
+            0x4002,
+            0x4006,
+            0x400a,
+            0x4012,
+            0x4028,
+            0x4030,
+            0x4102,
+            0x412a,
+        ];
+        for (i, off) in offsets.iter().enumerate() {
+            for x in [0xa5u8.rotate_left(i as u32), 0xff] {
+                let mut d = data.clone();
+                if let Some(b) = d.get_mut(*off) {
+                    *b ^= x;
+                }
+                fs_run(&d);
+            }
+        }
+        n += 1;
+    }
+    assert!(n >= 6, "corpus has {n} seeds");
+}

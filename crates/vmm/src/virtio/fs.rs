@@ -16,10 +16,12 @@
 //! directories were numbered in, open handles) lets a restored or forked monitor answer the
 //! node ids and handles the guest holds.
 
+use std::mem::size_of;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use serde::{Deserialize, Serialize};
@@ -27,7 +29,8 @@ use starling_fs::{Counters, FsState, ImageFs, Objects};
 use starling_store::wire::SocketSource;
 use starling_store::{ObjectId, ObjectSource, Store};
 use virtio_queue::{DescriptorChain, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::bitmap::BitmapSlice;
+use vm_memory::{ByteValued, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -47,7 +50,7 @@ pub const TAG_LEN: usize = 36;
 const OBJECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Mem = Arc<GuestMemoryMmap>;
-type FuseServer = Server<Arc<ImageFs>>;
+pub(crate) type FuseServer = Server<Arc<ImageFs>>;
 
 /// A chain handed back to the driver: queue, head, bytes written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,7 +170,7 @@ impl Fs {
     }
 
     /// Waits until no request is in flight (a snapshot needs every reply in memory).
-    fn quiesce(&self) {
+    pub(crate) fn quiesce(&self) {
         let mut n = lock(&self.shared.inflight);
         while *n > 0 {
             n = self.shared.idle.wait(n).unwrap_or_else(|p| p.into_inner());
@@ -185,18 +188,11 @@ fn serve(rx: &Mutex<Receiver<(u16, DescriptorChain<Mem>)>>, server: &FuseServer,
         let next = lock(rx).recv();
         let Ok((queue, chain)) = next else { return };
         let head = chain.head_index();
-        let mem = chain.memory();
-        let written = match (
-            Reader::from_descriptor_chain(mem, chain.clone()),
-            VirtioFsWriter::new(mem, chain.clone()),
-        ) {
-            (Ok(r), Ok(w)) => match server.handle_message(r, Writer::VirtioFs(w), None, None) {
-                Ok(n) => n as u32,
-                // A malformed request: the chain goes back to the driver unanswered.
-                Err(_) => 0,
-            },
-            _ => 0,
-        };
+        // A panic in the parser or the file system must not lose the chain (the driver would
+        // wait for it forever, and a snapshot would wait for the request in flight).
+        let written =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(server, &chain)))
+                .unwrap_or(0);
         lock(&shared.done).push(Completion {
             queue,
             head,
@@ -208,6 +204,47 @@ fn serve(rx: &Mutex<Receiver<(u16, DescriptorChain<Mem>)>>, server: &FuseServer,
         if *n == 0 {
             shared.idle.notify_all();
         }
+    }
+}
+
+/// Serves one request; returns the bytes written into the chain (0: not answered, the chain
+/// goes back to the driver as it came).
+pub(crate) fn handle(server: &FuseServer, chain: &DescriptorChain<Mem>) -> u32 {
+    let mem = chain.memory();
+    let (Ok(mut peek), Ok(r), Ok(w)) = (
+        Reader::from_descriptor_chain(mem, chain.clone()),
+        Reader::from_descriptor_chain(mem, chain.clone()),
+        VirtioFsWriter::new(mem, chain.clone()),
+    ) else {
+        // A descriptor outside guest memory, or lengths that overflow.
+        return 0;
+    };
+    // The server trusts the header's length as far as the bodies it reads by it; a length
+    // past the readable part of the chain (or shorter than the header) is refused here.
+    let readable = peek.available_bytes();
+    let Ok(header) = peek.read_obj::<InHeader>() else {
+        return 0;
+    };
+    let len = header.len as usize;
+    if len > readable || len < size_of::<InHeader>() {
+        return reply_error(w, header.unique, libc::EINVAL);
+    }
+    match server.handle_message(r, Writer::VirtioFs(w), None, None) {
+        Ok(n) => u32::try_from(n).unwrap_or(0),
+        // A malformed request: the chain goes back to the driver unanswered.
+        Err(_) => 0,
+    }
+}
+
+fn reply_error<S: BitmapSlice>(mut w: VirtioFsWriter<'_, S>, unique: u64, errno: i32) -> u32 {
+    let out = OutHeader {
+        len: size_of::<OutHeader>() as u32,
+        error: -errno,
+        unique,
+    };
+    match std::io::Write::write_all(&mut w, out.as_slice()) {
+        Ok(()) => out.len,
+        Err(_) => 0,
     }
 }
 

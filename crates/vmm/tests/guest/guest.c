@@ -1,6 +1,6 @@
 /* Starling's tier-1 test guest: boots through the same path as Linux (PVH or 64-bit ELF),
  * prints to the 8250 serial port, drives the virtio-mmio devices the VMM announces (block,
- * rng, vsock) by polling, feeds them malformed requests, and ends the VM the way its command
+ * rng, vsock, fs) by polling, feeds them malformed requests, and ends the VM the way its command
  * line says. Every result is a line on the serial console that the test parses. */
 
 typedef unsigned char u8;
@@ -519,6 +519,514 @@ static void substrate_mode(const char *cmd) {
         if (s > act && s[-1] == ' ' && streq_prefix(s, "code=")) outb(0x501, parse_dec(s + 5));
 }
 
+/* ---- virtio-fs: FUSE messages as Linux sends them (include/uapi/linux/fuse.h, 7.31+) ---- */
+struct fuse_in_header { u32 len, opcode; u64 unique, nodeid; u32 uid, gid, pid; u16 total_extlen, padding; };
+struct fuse_out_header { u32 len; int error; u64 unique; };
+struct fuse_attr {
+    u64 ino, size, blocks, atime, mtime, ctime;
+    u32 atimensec, mtimensec, ctimensec, mode, nlink, uid, gid, rdev, blksize, flags;
+};
+struct fuse_entry_out {
+    u64 nodeid, generation, entry_valid, attr_valid;
+    u32 entry_valid_nsec, attr_valid_nsec;
+    struct fuse_attr attr;
+};
+struct fuse_attr_out { u64 attr_valid; u32 attr_valid_nsec, dummy; struct fuse_attr attr; };
+struct fuse_init_in { u32 major, minor, max_readahead, flags, flags2, unused[11]; };
+struct fuse_init_out {
+    u32 major, minor, max_readahead, flags;
+    u16 max_background, congestion_threshold;
+    u32 max_write, time_gran;
+    u16 max_pages, map_alignment;
+    u32 flags2, unused[7];
+};
+struct fuse_getattr_in { u32 getattr_flags, dummy; u64 fh; };
+struct fuse_open_in { u32 flags, open_flags; };
+struct fuse_open_out { u64 fh; u32 open_flags, backing_id; };
+struct fuse_read_in { u64 fh, offset; u32 size, read_flags; u64 lock_owner; u32 flags, padding; };
+struct fuse_write_in { u64 fh, offset; u32 size, write_flags; u64 lock_owner; u32 flags, padding; };
+struct fuse_release_in { u64 fh; u32 flags, release_flags; u64 lock_owner; };
+struct fuse_forget_in { u64 nlookup; };
+struct fuse_getxattr_in { u32 size, padding; };
+struct fuse_getxattr_out { u32 size, padding; };
+struct fuse_kstatfs { u64 blocks, bfree, bavail, files, ffree; u32 bsize, namelen, frsize, padding, spare[6]; };
+struct fuse_mkdir_in { u32 mode, umask; };
+struct fuse_create_in { u32 flags, mode, umask, open_flags; };
+struct fuse_rename_in { u64 newdir; };
+struct fuse_setattr_in {
+    u32 valid, padding;
+    u64 fh, size, lock_owner, atime, mtime, ctime;
+    u32 atimensec, mtimensec, ctimensec, mode, unused4, uid, gid, unused5;
+};
+struct fuse_dirent { u64 ino, off; u32 namelen, type; };
+_Static_assert(sizeof(struct fuse_in_header) == 40, "fuse_in_header");
+_Static_assert(sizeof(struct fuse_entry_out) == 128, "fuse_entry_out");
+_Static_assert(sizeof(struct fuse_attr_out) == 104, "fuse_attr_out");
+_Static_assert(sizeof(struct fuse_init_in) == 64, "fuse_init_in");
+_Static_assert(sizeof(struct fuse_init_out) == 64, "fuse_init_out");
+_Static_assert(sizeof(struct fuse_read_in) == 40, "fuse_read_in");
+_Static_assert(sizeof(struct fuse_kstatfs) == 80, "fuse_kstatfs");
+_Static_assert(sizeof(struct fuse_setattr_in) == 88, "fuse_setattr_in");
+
+enum {
+    FUSE_LOOKUP = 1, FUSE_FORGET = 2, FUSE_GETATTR = 3, FUSE_SETATTR = 4, FUSE_READLINK = 5,
+    FUSE_SYMLINK = 6, FUSE_MKDIR = 9, FUSE_UNLINK = 10, FUSE_RMDIR = 11, FUSE_RENAME = 12,
+    FUSE_OPEN = 14, FUSE_READ = 15, FUSE_WRITE = 16, FUSE_STATFS = 17, FUSE_RELEASE = 18,
+    FUSE_GETXATTR = 22, FUSE_LISTXATTR = 23, FUSE_REMOVEXATTR = 24, FUSE_INIT = 26,
+    FUSE_OPENDIR = 27, FUSE_RELEASEDIR = 29, FUSE_CREATE = 35, FUSE_READDIRPLUS = 44,
+};
+#define FUSE_GETATTR_FH 1u
+#define FATTR_SIZE (1u << 3)
+/* What the guest offers at INIT (a Linux 6.x kernel offers these and more). */
+#define FS_INIT_FLAGS (0x1u | 0x10u | 0x2000u | 0x4000u | 0x40000u | 0x400000u | 0x800000u | 0x40000000u)
+
+static u64 fs_base;
+static struct vq *fs_hp, *fs_rq;
+static u64 fs_unique;
+static u8 fs_in[8192] __attribute__((aligned(64)));
+static u8 fs_out[4096] __attribute__((aligned(64)));
+static u8 fs_data[131072] __attribute__((aligned(4096)));
+#define FS_SPINS 20000000L
+#define FS_CHUNK 131072u
+
+static void putoct(u64 v) {
+    char b[24]; int n = 0;
+    do { b[n++] = '0' + (v & 7); v >>= 3; } while (v);
+    putc('0');
+    while (n) putc(b[--n]);
+}
+
+/* The content checksum the test computes too: FNV-1a (64-bit) over little-endian 64-bit
+ * words, the last one zero-padded (word-wise: byte-wise costs too much at ring-0 speed). */
+struct hash { u64 h, w; u32 n; };
+static void hash_init(struct hash *s) { s->h = 0xcbf29ce484222325UL; s->w = 0; s->n = 0; }
+static void hash_mix(struct hash *s, u64 w) { s->h = (s->h ^ w) * 0x100000001b3UL; }
+static void hash_bytes(struct hash *s, const u8 *p, u64 len) {
+    while (len && s->n) {
+        s->w |= (u64)*p++ << (8 * s->n); len--;
+        if (++s->n == 8) { hash_mix(s, s->w); s->w = 0; s->n = 0; }
+    }
+    while (len >= 8) { u64 w; __builtin_memcpy(&w, p, 8); hash_mix(s, w); p += 8; len -= 8; }
+    while (len) { s->w |= (u64)*p++ << (8 * s->n); s->n++; len--; }
+}
+static u64 hash_end(struct hash *s) { if (s->n) hash_mix(s, s->w); return s->h; }
+
+/* A request in fs_in: the header, then what fs_put adds. */
+static u32 fs_begin(u32 opcode, u64 nodeid) {
+    struct fuse_in_header *h = (void *)fs_in;
+    memset_(h, 0, sizeof *h);
+    h->opcode = opcode; h->nodeid = nodeid; h->unique = ++fs_unique;
+    return sizeof *h;
+}
+static u32 fs_put(u32 at, const void *p, u32 n) { memcpy_(fs_in + at, p, n); return at + n; }
+static u32 fs_put_str(u32 at, const char *s) { u32 n = 0; while (s[n]) n++; return fs_put(at, s, n + 1); }
+
+/* Posts fs_in[0..len) (its header's len set to `len`) with `outlen` writable bytes of fs_out and
+ * `datalen` of `data` after them; returns the used length, -1 if the chain never came back. */
+static long fs_post(struct vq *q, u32 len, u32 outlen, u8 *data, u32 datalen) {
+    ((struct fuse_in_header *)fs_in)->len = len;
+    int n = 0;
+    q->d[0] = (struct desc){(u64)fs_in, len, 0, 0};
+    if (outlen) { q->d[0].flags = F_NEXT; q->d[0].next = 1; q->d[1] = (struct desc){(u64)fs_out, outlen, F_WRITE, 0}; n = 1; }
+    if (datalen) { q->d[n].flags |= F_NEXT; q->d[n].next = n + 1; q->d[n + 1] = (struct desc){(u64)data, datalen, F_WRITE, 0}; }
+    vq_post(fs_base, q, 0);
+    return 0;
+}
+static long fs_send(struct vq *q, u32 len, u32 outlen, u8 *data, u32 datalen) {
+    fs_post(q, len, outlen, data, datalen);
+    return vq_wait(q, FS_SPINS);
+}
+
+/* The reply's error (0 or a positive errno); anything that is not a reply to the request just
+ * sent is printed raw and answered with -1. */
+static int fs_reply(const char *what, long used) {
+    struct fuse_out_header *o = (void *)fs_out;
+    if (used >= 16 && o->unique == fs_unique && o->len == (u64)used && o->error <= 0) return -o->error;
+    puts("fs "); puts(what); puts(" unexpected used=");
+    if (used < 0) puts("timeout"); else putdec(used);
+    puts(" len="); putdec(o->len); puts(" error="); if (o->error < 0) { putc('-'); putdec(-o->error); } else putdec(o->error);
+    puts(" unique="); putdec(o->unique); puts(" want="); putdec(fs_unique); puts("\n");
+    return -1;
+}
+static void fs_errno(const char *what, const char *path, int err) {
+    puts("fs "); puts(what); if (path) { puts(" "); puts(path); }
+    puts(" errno="); if (err < 0) puts("?"); else putdec(err); puts("\n");
+}
+static void fs_attr(const struct fuse_attr *a) {
+    puts(" ino="); putdec(a->ino); puts(" mode="); putoct(a->mode); puts(" size="); putdec(a->size);
+    puts(" nlink="); putdec(a->nlink);
+}
+
+static int fs_setup(const char *cmd) {
+    fs_base = find_device(26);
+    if (!fs_base) { puts("fs: none\n"); return -1; }
+    struct vq *qs[2]; u32 f;
+    if (dev_init(fs_base, 2, qs, &f)) { puts("fs: init failed\n"); return -1; }
+    fs_hp = qs[0]; fs_rq = qs[1];
+    puts("fs: tag ");
+    for (int i = 0; i < 36; i++) { u8 c = *(volatile u8 *)(fs_base + CONFIG + i); if (!c) break; putc(c); }
+    puts(" queues "); putdec(mr(fs_base + CONFIG + 36)); puts("\n");
+    struct fuse_init_in in = {7, 38, 131072, FS_INIT_FLAGS, 0, {0}};
+    u32 at = fs_put(fs_begin(FUSE_INIT, 0), &in, sizeof in);
+    long r = fs_send(fs_rq, at, 16 + sizeof(struct fuse_init_out), 0, 0);
+    int err = fs_reply("init", r);
+    if (err) { fs_errno("init", 0, err); return -1; }
+    struct fuse_init_out *o = (void *)(fs_out + 16);
+    puts("fs init major="); putdec(o->major); puts(" minor="); putdec(o->minor);
+    puts(" flags=0x"); puthex(o->flags, 8); puts(" max_write="); putdec(o->max_write);
+    puts(" max_pages="); putdec(o->max_pages); puts(" used="); putdec(r); puts("\n");
+    (void)cmd;
+    return 0;
+}
+
+/* Looks `path` up a component at a time from the root; 0 and the last entry, or the errno. */
+static int fs_lookup(const char *path, struct fuse_entry_out *e) {
+    u64 node = 1;
+    for (const char *p = path; *p;) {
+        if (*p == '/') { p++; continue; }
+        char name[64]; u32 n = 0;
+        while (p[n] && p[n] != '/' && n < 63) { name[n] = p[n]; n++; }
+        name[n] = 0; p += n;
+        u32 at = fs_put_str(fs_begin(FUSE_LOOKUP, node), name);
+        int err = fs_reply("lookup", fs_send(fs_rq, at, 16 + sizeof *e, 0, 0));
+        if (err) return err;
+        memcpy_(e, fs_out + 16, sizeof *e);
+        node = e->nodeid;
+    }
+    return 0;
+}
+static u64 fs_lookup_print(const char *what, const char *path) {
+    struct fuse_entry_out e;
+    int err = fs_lookup(path, &e);
+    if (err) { fs_errno(what, path, err); return 0; }
+    puts("fs "); puts(what); puts(" "); puts(path); fs_attr(&e.attr);
+    puts(e.nodeid == e.attr.ino ? "\n" : " nodeid-differs\n");
+    return e.nodeid;
+}
+
+static int fs_getattr(u64 node, u64 fh, int with_fh, struct fuse_attr *a) {
+    struct fuse_getattr_in in = {with_fh ? FUSE_GETATTR_FH : 0, 0, fh};
+    u32 at = fs_put(fs_begin(FUSE_GETATTR, node), &in, sizeof in);
+    int err = fs_reply("getattr", fs_send(fs_rq, at, 16 + sizeof(struct fuse_attr_out), 0, 0));
+    if (!err) memcpy_(a, &((struct fuse_attr_out *)(fs_out + 16))->attr, sizeof *a);
+    return err;
+}
+
+/* OPEN with `flags`: 0 and the handle, or the errno. */
+static int fs_open(u64 node, u32 flags, u64 *fh) {
+    struct fuse_open_in in = {flags, 0};
+    u32 at = fs_put(fs_begin(FUSE_OPEN, node), &in, sizeof in);
+    int err = fs_reply("open", fs_send(fs_rq, at, 16 + sizeof(struct fuse_open_out), 0, 0));
+    if (!err) *fh = ((struct fuse_open_out *)(fs_out + 16))->fh;
+    return err;
+}
+
+static int fs_release(u64 node, u64 fh) {
+    struct fuse_release_in in = {fh, 0, 0, 0};
+    u32 at = fs_put(fs_begin(FUSE_RELEASE, node), &in, sizeof in);
+    return fs_reply("release", fs_send(fs_rq, at, 16, 0, 0));
+}
+
+static u32 fs_read_req(u64 node, u64 fh, u64 off, u32 size) {
+    struct fuse_read_in in = {fh, off, size, 0, 0, 0, 0};
+    return fs_put(fs_begin(FUSE_READ, node), &in, sizeof in);
+}
+
+/* Reads [off, off + len) (to the end of the file if shorter) in requests of FS_CHUNK bytes;
+ * the bytes read, or minus the errno. */
+static long fs_read(u64 node, u64 fh, u64 off, u64 len, struct hash *h, u32 *requests) {
+    u64 got = 0;
+    *requests = 0;
+    while (got < len) {
+        u32 size = len - got < FS_CHUNK ? (u32)(len - got) : FS_CHUNK;
+        u32 at = fs_read_req(node, fh, off + got, size);
+        long r = fs_send(fs_rq, at, 16, fs_data, size);
+        int err = fs_reply("read", r);
+        if (err) return -(long)(err < 0 ? 1000 : err);
+        (*requests)++;
+        u64 n = (u64)r - 16;
+        if (n > size) return -1001;
+        hash_bytes(h, fs_data, n);
+        got += n;
+        if (n < size) break;
+    }
+    return got;
+}
+static void fs_read_print(const char *what, u64 node, u64 fh, u64 off, u64 len) {
+    struct hash h; u32 reqs; hash_init(&h);
+    long n = fs_read(node, fh, off, len, &h, &reqs);
+    puts("fs "); puts(what);
+    if (n < 0) { puts(" errno="); putdec(-n); puts("\n"); return; }
+    puts(" len="); putdec(n); puts(" sum="); puthex(hash_end(&h), 16);
+    puts(" requests="); putdec(reqs); puts("\n");
+}
+
+static void fs_readdirplus(const char *path, u64 node) {
+    struct fuse_open_in oin = {0, 0};
+    u32 at = fs_put(fs_begin(FUSE_OPENDIR, node), &oin, sizeof oin);
+    int err = fs_reply("opendir", fs_send(fs_rq, at, 16 + sizeof(struct fuse_open_out), 0, 0));
+    if (err) { fs_errno("opendir", path, err); return; }
+    u64 fh = ((struct fuse_open_out *)(fs_out + 16))->fh;
+    u64 off = 0; u32 entries = 0, requests = 0;
+    for (;;) {
+        struct fuse_read_in in = {fh, off, 4096, 0, 0, 0, 0};
+        at = fs_put(fs_begin(FUSE_READDIRPLUS, node), &in, sizeof in);
+        long r = fs_send(fs_rq, at, 16, fs_data, 4096);
+        err = fs_reply("readdirplus", r);
+        if (err) { fs_errno("readdirplus", path, err); return; }
+        requests++;
+        u32 n = r - 16, p = 0;
+        if (!n) break;
+        while (p + sizeof(struct fuse_entry_out) + sizeof(struct fuse_dirent) <= n) {
+            struct fuse_entry_out *e = (void *)(fs_data + p);
+            struct fuse_dirent *d = (void *)(fs_data + p + sizeof *e);
+            char *name = (char *)d + sizeof *d;
+            puts("fs dirent "); puts(path); puts(" name=");
+            for (u32 i = 0; i < d->namelen && i < 64; i++) putc(name[i]);
+            puts(" type="); putdec(d->type); fs_attr(&e->attr); puts("\n");
+            entries++; off = d->off;
+            p += (sizeof *e + sizeof *d + d->namelen + 7) & ~7u;
+        }
+        /* A directory of a few entries fits in one request; stop a server that never ends. */
+        if (requests > 8) break;
+    }
+    puts("fs readdirplus "); puts(path); puts(" entries="); putdec(entries); puts(" requests="); putdec(requests); puts("\n");
+    at = fs_put(fs_begin(FUSE_RELEASEDIR, node), &(struct fuse_release_in){fh, 0, 0, 0}, sizeof(struct fuse_release_in));
+    fs_reply("releasedir", fs_send(fs_rq, at, 16, 0, 0));
+}
+
+static void fs_print_bytes(const u8 *p, u32 n, char nul_as) {
+    for (u32 i = 0; i < n && i < 200; i++) putc(p[i] ? (p[i] >= 32 && p[i] < 127 ? p[i] : '?') : nul_as);
+}
+
+static void fs_xattrs(const char *path, u64 node) {
+    struct fuse_getxattr_in in = {0, 0};
+    /* The size probe, then the value, a missing name, and a buffer too small. */
+    u32 at = fs_put_str(fs_put(fs_begin(FUSE_GETXATTR, node), &in, sizeof in), "user.x");
+    int err = fs_reply("getxattr", fs_send(fs_rq, at, 16 + sizeof(struct fuse_getxattr_out), 0, 0));
+    if (err) fs_errno("getxattr-size", path, err);
+    else { puts("fs getxattr-size "); puts(path); puts(" user.x size="); putdec(((struct fuse_getxattr_out *)(fs_out + 16))->size); puts("\n"); }
+    in.size = 256;
+    at = fs_put_str(fs_put(fs_begin(FUSE_GETXATTR, node), &in, sizeof in), "user.x");
+    long r = fs_send(fs_rq, at, 16 + 256, 0, 0);
+    err = fs_reply("getxattr", r);
+    if (err) fs_errno("getxattr", path, err);
+    else { puts("fs getxattr "); puts(path); puts(" user.x value="); fs_print_bytes(fs_out + 16, r - 16, '.'); puts("\n"); }
+    at = fs_put_str(fs_put(fs_begin(FUSE_GETXATTR, node), &in, sizeof in), "user.none");
+    fs_errno("getxattr-missing", path, fs_reply("getxattr", fs_send(fs_rq, at, 16 + 256, 0, 0)));
+    in.size = 1;
+    at = fs_put_str(fs_put(fs_begin(FUSE_GETXATTR, node), &in, sizeof in), "user.x");
+    fs_errno("getxattr-small", path, fs_reply("getxattr", fs_send(fs_rq, at, 16 + 256, 0, 0)));
+    in.size = 0;
+    at = fs_put(fs_begin(FUSE_LISTXATTR, node), &in, sizeof in);
+    err = fs_reply("listxattr", fs_send(fs_rq, at, 16 + sizeof(struct fuse_getxattr_out), 0, 0));
+    if (err) fs_errno("listxattr-size", path, err);
+    else { puts("fs listxattr-size "); puts(path); puts(" size="); putdec(((struct fuse_getxattr_out *)(fs_out + 16))->size); puts("\n"); }
+    in.size = 256;
+    at = fs_put(fs_begin(FUSE_LISTXATTR, node), &in, sizeof in);
+    r = fs_send(fs_rq, at, 16 + 256, 0, 0);
+    err = fs_reply("listxattr", r);
+    if (err) fs_errno("listxattr", path, err);
+    else { puts("fs listxattr "); puts(path); puts(" names="); fs_print_bytes(fs_out + 16, r - 16, ','); puts("\n"); }
+}
+
+/* Every write opcode must be refused with EROFS. */
+static void fs_writes(u64 file, u64 dir) {
+    struct fuse_mkdir_in mk = {0755, 0};
+    u32 at = fs_put_str(fs_put(fs_begin(FUSE_MKDIR, 1), &mk, sizeof mk), "newdir");
+    fs_errno("mkdir", 0, fs_reply("mkdir", fs_send(fs_rq, at, 16 + sizeof(struct fuse_entry_out), 0, 0)));
+    struct fuse_create_in cr = {0x41 /* O_WRONLY | O_CREAT */, 0100644, 0, 0};
+    at = fs_put_str(fs_put(fs_begin(FUSE_CREATE, dir), &cr, sizeof cr), "newfile");
+    fs_errno("create", 0, fs_reply("create", fs_send(fs_rq, at, 16 + sizeof(struct fuse_entry_out) + sizeof(struct fuse_open_out), 0, 0)));
+    struct fuse_write_in wr = {12345, 0, 5, 0, 0, 0, 0};
+    at = fs_put(fs_put(fs_begin(FUSE_WRITE, file), &wr, sizeof wr), "hello", 5);
+    fs_errno("write", 0, fs_reply("write", fs_send(fs_rq, at, 16 + 8, 0, 0)));
+    struct fuse_setattr_in sa;
+    memset_(&sa, 0, sizeof sa);
+    sa.valid = FATTR_SIZE;
+    at = fs_put(fs_begin(FUSE_SETATTR, file), &sa, sizeof sa);
+    fs_errno("setattr", 0, fs_reply("setattr", fs_send(fs_rq, at, 16 + sizeof(struct fuse_attr_out), 0, 0)));
+    at = fs_put_str(fs_begin(FUSE_UNLINK, 1), "hello.txt");
+    fs_errno("unlink", 0, fs_reply("unlink", fs_send(fs_rq, at, 16, 0, 0)));
+    at = fs_put_str(fs_begin(FUSE_RMDIR, 1), "dir");
+    fs_errno("rmdir", 0, fs_reply("rmdir", fs_send(fs_rq, at, 16, 0, 0)));
+    at = fs_put_str(fs_put_str(fs_begin(FUSE_SYMLINK, 1), "newlink"), "hello.txt");
+    fs_errno("symlink", 0, fs_reply("symlink", fs_send(fs_rq, at, 16 + sizeof(struct fuse_entry_out), 0, 0)));
+    struct fuse_rename_in rn = {1};
+    at = fs_put_str(fs_put_str(fs_put(fs_begin(FUSE_RENAME, 1), &rn, sizeof rn), "hello.txt"), "renamed");
+    fs_errno("rename", 0, fs_reply("rename", fs_send(fs_rq, at, 16, 0, 0)));
+    at = fs_put_str(fs_begin(FUSE_REMOVEXATTR, file), "user.x");
+    fs_errno("removexattr", 0, fs_reply("removexattr", fs_send(fs_rq, at, 16, 0, 0)));
+}
+
+/* Requests no driver sends: each must come back (answered with an error or not at all), and
+ * the device must go on serving. */
+static void fs_hostile(u64 file, u64 fh) {
+    struct fuse_out_header *o = (void *)fs_out;
+    /* The request outside guest memory (64 MiB here), then the reply buffer. */
+    u32 at = fs_put_str(fs_begin(FUSE_LOOKUP, 1), "hello.txt");
+    ((struct fuse_in_header *)fs_in)->len = at;
+    fs_rq->d[0] = (struct desc){0xfffffff000UL, at, F_NEXT, 1};
+    fs_rq->d[1] = (struct desc){(u64)fs_out, 16 + sizeof(struct fuse_entry_out), F_WRITE, 0};
+    vq_post(fs_base, fs_rq, 0);
+    long r = vq_wait(fs_rq, FS_SPINS);
+    puts("fs hostile request-outside-memory used="); if (r < 0) puts("lost"); else putdec(r); puts("\n");
+    fs_rq->d[0] = (struct desc){(u64)fs_in, at, F_NEXT, 1};
+    fs_rq->d[1] = (struct desc){0x3f000000UL, 4096, F_WRITE, 0};
+    vq_post(fs_base, fs_rq, 0);
+    r = vq_wait(fs_rq, FS_SPINS);
+    puts("fs hostile reply-outside-memory used="); if (r < 0) puts("lost"); else putdec(r); puts("\n");
+    /* A header whose length runs past the chain, and one shorter than a header. */
+    at = fs_put_str(fs_begin(FUSE_LOOKUP, 1), "hello.txt");
+    ((struct fuse_in_header *)fs_in)->len = 4000;
+    fs_rq->d[0] = (struct desc){(u64)fs_in, at, F_NEXT, 1};
+    fs_rq->d[1] = (struct desc){(u64)fs_out, 16 + sizeof(struct fuse_entry_out), F_WRITE, 0};
+    o->len = 0; o->error = 0;
+    vq_post(fs_base, fs_rq, 0);
+    r = vq_wait(fs_rq, FS_SPINS);
+    puts("fs hostile len-beyond-chain used="); if (r < 0) puts("lost"); else putdec(r);
+    puts(" errno="); putdec(r >= 16 ? -o->error : 0); puts("\n");
+    ((struct fuse_in_header *)fs_in)->len = 8;
+    o->len = 0; o->error = 0;
+    vq_post(fs_base, fs_rq, 0);
+    r = vq_wait(fs_rq, FS_SPINS);
+    puts("fs hostile len-short used="); if (r < 0) puts("lost"); else putdec(r);
+    puts(" errno="); putdec(r >= 16 ? -o->error : 0); puts("\n");
+    /* READ of 1 GiB into a 4 KiB buffer. */
+    at = fs_read_req(file, fh, 0, 1u << 30);
+    o->len = 0; o->error = 0;
+    r = fs_send(fs_rq, at, 16, fs_data, 4096);
+    puts("fs hostile read-1g used="); if (r < 0) puts("lost"); else putdec(r);
+    puts(" errno="); putdec(r >= 16 ? -o->error : 0); puts("\n");
+    /* A descriptor loop: 0 -> 1 -> 0 -> ... */
+    at = fs_put_str(fs_begin(FUSE_LOOKUP, 1), "hello.txt");
+    ((struct fuse_in_header *)fs_in)->len = at;
+    fs_rq->d[0] = (struct desc){(u64)fs_in, at, F_NEXT, 1};
+    fs_rq->d[1] = (struct desc){(u64)fs_out, 256, F_NEXT | F_WRITE, 0};
+    vq_post(fs_base, fs_rq, 0);
+    r = vq_wait(fs_rq, FS_SPINS);
+    puts("fs hostile descriptor-loop used="); if (r < 0) puts("lost"); else putdec(r); puts("\n");
+    /* Still serving. */
+    struct fuse_attr a;
+    int err = fs_getattr(file, 0, 0, &a);
+    if (err) fs_errno("after-hostile getattr", 0, err);
+    else { puts("fs after-hostile getattr"); fs_attr(&a); puts("\n"); }
+}
+
+/* fs: the protocol over the image the test imported (tests/virtiofs.rs builds the tree). */
+static void fs_mode(const char *cmd) {
+    if (fs_setup(cmd)) return;
+    fs_lookup_print("lookup", "/hello.txt");
+    u64 dir = fs_lookup_print("lookup", "/dir");
+    u64 big = fs_lookup_print("lookup", "/dir/big.bin");
+    u64 link = fs_lookup_print("lookup", "/dir/link");
+    u64 small = fs_lookup_print("lookup", "/dir/small.txt");
+    fs_lookup_print("lookup", "/dir/sub");
+    u64 deep = fs_lookup_print("lookup", "/dir/sub/deep.txt");
+    fs_lookup_print("lookup", "/dir/absent");
+    fs_lookup_print("lookup", "/hello.txt/x");
+    if (!dir || !big || !link || !small || !deep) { puts("fs: the tree is not what the test imports\n"); return; }
+    struct fuse_attr a;
+    int err = fs_getattr(big, 0, 0, &a);
+    if (err) fs_errno("getattr", "/dir/big.bin", err);
+    else { puts("fs getattr /dir/big.bin"); fs_attr(&a); puts("\n"); }
+    u64 fh = 0, fh2 = 0, hfh = 0;
+    err = fs_open(big, 0, &fh);
+    if (err) { fs_errno("open", "/dir/big.bin", err); return; }
+    puts("fs open /dir/big.bin fh="); putdec(fh); puts("\n");
+    fs_errno("open-wronly", "/dir/small.txt", fs_open(small, 1, &fh2));
+    fs_errno("open-rdwr", "/dir/small.txt", fs_open(small, 2, &fh2));
+    fs_errno("open-trunc", "/dir/small.txt", fs_open(small, 01000, &fh2));
+    fs_errno("open-dir", "/dir", fs_open(dir, 0, &fh2));
+    fs_read_print("read /dir/big.bin", big, fh, 0, ~0UL >> 1);
+    fs_read_print("read /dir/big.bin@100000+70000", big, fh, 100000, 70000);
+    fs_read_print("read /dir/big.bin@eof", big, fh, a.size, 4096);
+    fs_read_print("read-badfh /dir/big.bin", big, fh + 1000, 0, 4096);
+    fs_read_print("read-otherfh /dir/small.txt", small, fh, 0, 4096);
+    struct fuse_entry_out he;
+    if (!fs_lookup("/hello.txt", &he) && !fs_open(he.nodeid, 0, &hfh)) {
+        fs_read_print("read /hello.txt", he.nodeid, hfh, 0, 4096);
+        fs_errno("release /hello.txt", 0, fs_release(he.nodeid, hfh));
+    }
+    fs_readdirplus("/dir", dir);
+    u32 at = fs_begin(FUSE_READLINK, link);
+    long r = fs_send(fs_rq, at, 16 + 256, 0, 0);
+    err = fs_reply("readlink", r);
+    if (err) fs_errno("readlink", "/dir/link", err);
+    else { puts("fs readlink /dir/link target="); fs_print_bytes(fs_out + 16, r - 16, '?'); puts("\n"); }
+    at = fs_begin(FUSE_READLINK, small);
+    fs_errno("readlink-file", "/dir/small.txt", fs_reply("readlink", fs_send(fs_rq, at, 16 + 256, 0, 0)));
+    fs_xattrs("/dir/small.txt", small);
+    at = fs_begin(FUSE_STATFS, 1);
+    r = fs_send(fs_rq, at, 16 + sizeof(struct fuse_kstatfs), 0, 0);
+    err = fs_reply("statfs", r);
+    if (err) fs_errno("statfs", 0, err);
+    else {
+        struct fuse_kstatfs *s = (void *)(fs_out + 16);
+        puts("fs statfs blocks="); putdec(s->blocks); puts(" files="); putdec(s->files);
+        puts(" bsize="); putdec(s->bsize); puts(" namelen="); putdec(s->namelen);
+        puts(" frsize="); putdec(s->frsize); puts("\n");
+    }
+    /* FORGET goes on the hiprio queue and gets no reply. */
+    at = fs_put(fs_begin(FUSE_FORGET, deep), &(struct fuse_forget_in){1}, sizeof(struct fuse_forget_in));
+    ((struct fuse_in_header *)fs_in)->len = at;
+    fs_hp->d[0] = (struct desc){(u64)fs_in, at, 0, 0};
+    vq_post(fs_base, fs_hp, 0);
+    r = vq_wait(fs_hp, FS_SPINS);
+    puts("fs forget ino="); putdec(deep); puts(" used="); if (r < 0) puts("lost"); else putdec(r); puts("\n");
+    fs_writes(small, dir);
+    fs_hostile(big, fh);
+    fs_errno("release /dir/big.bin", 0, fs_release(big, fh));
+    puts("fs done\n");
+}
+
+/* fsheld: looks up and opens a file, then waits (the monitor's `ready`) while the test takes a
+ * snapshot or forks; once activated, uses the node id and handle it held before (GETATTR and
+ * READ), looks up what it never looked up, and ends with the activation's code=N. A READ
+ * posted before `ready` is collected after it: its reply may be one the device saved. */
+static void fsheld_mode(const char *cmd) {
+    char act[300], line[200];
+    if (vsock_setup() || svc_open(5000)) { puts("fs: no service\n"); return; }
+    if (fs_setup(cmd)) return;
+    struct fuse_entry_out e;
+    int err = fs_lookup("/dir/big.bin", &e);
+    if (err) { fs_errno("held lookup", "/dir/big.bin", err); return; }
+    u64 node = e.nodeid, fh = 0;
+    err = fs_open(node, 0, &fh);
+    if (err) { fs_errno("held open", "/dir/big.bin", err); return; }
+    struct hash h; u32 reqs; hash_init(&h);
+    long n = fs_read(node, fh, 0, ~0UL >> 1, &h, &reqs);
+    puts("fs held ino="); putdec(node); puts(" fh="); putdec(fh); puts(" len="); putdec(n);
+    puts(" sum="); puthex(hash_end(&h), 16); puts("\n");
+    /* The posted READ: 4096 bytes at 200000. */
+    fs_post(fs_rq, fs_read_req(node, fh, 200000, 4096), 16, fs_data, 4096);
+    puts("fs ready\n");
+    if (svc_call(5000, "ready\n", act, sizeof act) < 0) { puts("fs: no answer\n"); return; }
+    puts("fs activated: "); puts(act); puts("\n");
+    long r = vq_wait(fs_rq, FS_SPINS);
+    err = fs_reply("posted read", r);
+    if (err) fs_errno("posted read", 0, err);
+    else { hash_init(&h); hash_bytes(&h, fs_data, r - 16); puts("fs posted read len="); putdec(r - 16); puts(" sum="); puthex(hash_end(&h), 16); puts("\n"); }
+    struct fuse_attr a;
+    err = fs_getattr(node, fh, 1, &a);
+    if (err) fs_errno("after getattr", 0, err);
+    else { puts("fs after getattr"); fs_attr(&a); puts("\n"); }
+    fs_read_print("after read", node, fh, 0, ~0UL >> 1);
+    u64 other = fs_lookup_print("after lookup", "/other/deep/file.txt");
+    u64 ofh = 0;
+    if (other && !fs_open(other, 0, &ofh)) {
+        puts("fs after open fh="); putdec(ofh); puts("\n");
+        fs_read_print("after read-other /other/deep/file.txt", other, ofh, 0, ~0UL >> 1);
+    }
+    fs_lookup_print("after relookup", "/dir/big.bin");
+    fs_errno("after release", 0, fs_release(node, fh));
+    if (svc_call(5000, "whoami\n", line, sizeof line) > 0) { puts("fs whoami "); puts(line); puts("\n"); }
+    svc_close(5000);
+    puts("fs done\n");
+    for (const char *s = act; *s; s++)
+        if (s > act && s[-1] == ' ' && streq_prefix(s, "code=")) outb(0x501, parse_dec(s + 5));
+}
+
 void guest_main(u64 boot_info, u64 pvh) {
     const char *cmd = pvh ? (const char *)*(u64 *)(boot_info + 24)
                           : (const char *)(u64)*(u32 *)(boot_info + 0x228);
@@ -532,6 +1040,8 @@ void guest_main(u64 boot_info, u64 pvh) {
     }
     if (has_word(cmd, "counter")) counter_mode(cmd);
     if (has_word(cmd, "substrate")) substrate_mode(cmd);
+    if (has_word(cmd, "fsheld")) fsheld_mode(cmd);
+    if (has_word(cmd, "fs")) fs_mode(cmd);
     if (has_word(cmd, "idle")) {
         /* Touch a little memory, then halt for good: an idle VM (the kernel's irqchip keeps
          * the halted vCPU off the host CPU). */
