@@ -112,7 +112,9 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
         kernel_args: a.kernel_args.clone(),
         cmd: a.cmd.clone(),
         env: a.env.clone(),
-        rm: a.rm,
+        // Attached, this command removes the VM once it has its status (the daemon would
+        // remove it before we could ask); detached, the daemon does when it ends.
+        rm: a.rm && a.detach,
         disk_bytes: a.disk_size,
     };
     let c = client(&a.socket)?;

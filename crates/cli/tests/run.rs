@@ -36,6 +36,27 @@ fn image(env: &Env, name: &str, with_init: bool) {
     env.ok(&["image", "import", s(&tree), name]);
 }
 
+/// Kills the monitors of the VMs under `state` when the test ends (VMs outlive their daemon
+/// by design; a failed assert must not leave one spinning).
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(rd) = fs::read_dir(self.0.join("vms")) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let rec = fs::read(e.path().join("vm.json")).unwrap_or_default();
+            let pid = serde_json::from_slice::<serde_json::Value>(&rec)
+                .ok()
+                .and_then(|v| v["pid"].as_i64());
+            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
 fn vm(d: &Daemon, env: &Env, name: &str) -> serde_json::Value {
     let all = json(&d.ok(env, &["ps", "-a", "--json"]));
     all.as_array()
@@ -66,6 +87,7 @@ fn a_command_runs_and_its_status_is_the_runs() {
     let env = Env::new();
     let Some(kernel) = guest(&env) else { return };
     image(&env, "tiny:1", false);
+    let _reaper = Reaper(env.path("state"));
     let d = Daemon::start(&env, &env.path("state"), &[]);
     let o = d.run(
         &env,
@@ -83,11 +105,19 @@ fn a_command_runs_and_its_status_is_the_runs() {
         ],
     );
     let out = String::from_utf8_lossy(&o.stdout);
-    assert_eq!(o.status.code(), Some(7), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(7),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     // The console came back on stdout; the guest saw its devices: the scratch disk (2), the
     // vsock (19) and the image's virtio-fs root (26), and the daemon's command line.
     for dev in [2, 19, 26] {
-        assert!(out.contains(&format!(": device {dev}\n")), "device {dev} missing:\n{out}");
+        assert!(
+            out.contains(&format!(": device {dev}\n")),
+            "device {dev} missing:\n{out}"
+        );
     }
     assert!(out.contains("cmdline: console=ttyS0"), "{out}");
     assert!(out.contains(" exit=7"), "{out}");
@@ -108,8 +138,23 @@ fn a_command_runs_and_its_status_is_the_runs() {
     assert!(dir.join("scratch.img").exists());
 
     // The name is taken until the VM is removed.
-    let e = d.fails(&env, &["run", "--name", "first", "--kernel", s(&kernel), "tiny:1", "--", "x"]);
-    assert!(e.contains("first") && e.contains("starling rm first"), "{e}");
+    let e = d.fails(
+        &env,
+        &[
+            "run",
+            "--name",
+            "first",
+            "--kernel",
+            s(&kernel),
+            "tiny:1",
+            "--",
+            "x",
+        ],
+    );
+    assert!(
+        e.contains("first") && e.contains("starling rm first"),
+        "{e}"
+    );
     assert_eq!(d.ok(&env, &["rm", "first"]).trim(), "first");
     assert!(!dir.exists(), "{} left behind", dir.display());
     assert!(vm(&d, &env, "first").is_null());
@@ -117,9 +162,26 @@ fn a_command_runs_and_its_status_is_the_runs() {
     // --rm: nothing stays.
     let o = d.run(
         &env,
-        &["run", "--rm", "--name", "gone", "--kernel", s(&kernel), "tiny:1", "--", "/bin/true"],
+        &[
+            "run",
+            "--rm",
+            "--name",
+            "gone",
+            "--kernel",
+            s(&kernel),
+            "--kernel-args",
+            "exit=0",
+            "tiny:1",
+            "--",
+            "/bin/true",
+        ],
     );
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     wait_for("--rm removes the VM", Duration::from_secs(10), || {
         vm(&d, &env, "gone").is_null()
     });
@@ -130,6 +192,7 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
     let env = Env::new();
     let Some(kernel) = guest(&env) else { return };
     image(&env, "noinit:1", false);
+    let _reaper = Reaper(env.path("state"));
     let d = Daemon::start(&env, &env.path("state"), &[]);
     let vms = d.state.join("vms");
     let run = |extra: &[&str]| -> String {
@@ -153,16 +216,45 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
     let text = env.path("not-a-kernel");
     fs::write(&text, "just text\n").unwrap();
     let e = run(&["--kernel", s(&text), "noinit:1", "--", "/bin/true"]);
-    assert!(e.contains("not-a-kernel") && e.contains("neither a bzImage nor an ELF"), "{e}");
-    let e = run(&["--kernel", "debian-kernel:9.9-none", "noinit:1", "--", "/bin/true"]);
+    assert!(
+        e.contains("not-a-kernel") && e.contains("neither a bzImage nor an ELF"),
+        "{e}"
+    );
+    let e = run(&[
+        "--kernel",
+        "debian-kernel:9.9-none",
+        "noinit:1",
+        "--",
+        "/bin/true",
+    ]);
     assert!(e.contains("debian-kernel"), "{e}");
-    let e = run(&["--kernel", k, "--mem", "100T", "noinit:1", "--", "/bin/true"]);
+    let e = run(&[
+        "--kernel",
+        k,
+        "--mem",
+        "100T",
+        "noinit:1",
+        "--",
+        "/bin/true",
+    ]);
     assert!(e.contains("--mem"), "{e}");
-    let e = run(&["--kernel", k, "--name", "a/b", "noinit:1", "--", "/bin/true"]);
-    assert!(e.contains("a/b"), "{e}");
     // No kernel anywhere: the image has none and the store has no kernel image.
     let e = run(&["noinit:1", "--", "/bin/true"]);
     assert!(e.contains("vm kernel fetch"), "{e}");
+    let e = d.fails(
+        &env,
+        &[
+            "run",
+            "--name",
+            "a/b",
+            "--kernel",
+            k,
+            "noinit:1",
+            "--",
+            "/bin/true",
+        ],
+    );
+    assert!(e.contains("a/b"), "{e}");
     // exec and stop name a VM that does not exist.
     let e = d.fails(&env, &["exec", "nosuch", "--", "true"]);
     assert!(e.contains("nosuch"), "{e}");
@@ -176,10 +268,24 @@ fn vms_outlive_the_cli_and_the_daemon() {
     let Some(kernel) = guest(&env) else { return };
     image(&env, "tiny:1", true);
     let state = env.path("state");
+    let _reaper = Reaper(state.clone());
     let mut d = Daemon::start(&env, &state, &[]);
     let k = s(&kernel);
     let name = d
-        .ok(&env, &["run", "-d", "--name", "spinner", "--kernel", k, "--kernel-args", "spin", "tiny:1"])
+        .ok(
+            &env,
+            &[
+                "run",
+                "-d",
+                "--name",
+                "spinner",
+                "--kernel",
+                k,
+                "--kernel-args",
+                "spin",
+                "tiny:1",
+            ],
+        )
         .trim()
         .to_string();
     assert_eq!(name, "spinner");
@@ -191,18 +297,41 @@ fn vms_outlive_the_cli_and_the_daemon() {
         d.ok(&env, &["logs", "spinner"]).contains("spinning")
     });
     let table = d.ok(&env, &["ps"]);
-    let row = table.lines().find(|l| l.starts_with("spinner")).unwrap_or_else(|| panic!("{table}"));
-    assert!(row.contains("tiny:1@") && row.contains("running") && row.contains(&pid.to_string()), "{row}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("spinner"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("tiny:1@") && row.contains("running") && row.contains(&pid.to_string()),
+        "{row}"
+    );
     assert!(row.contains("/sbin/init"), "{row}");
 
     // exec on a guest without an agent: a clear error, in bounded time.
     let t = Instant::now();
     let e = d.fails(&env, &["exec", "spinner", "--", "true"]);
     assert!(e.contains("spinner") && e.contains("agent"), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(30), "exec hung {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "exec hung {:?}",
+        t.elapsed()
+    );
 
     // A second VM that will end while no daemon watches.
-    d.ok(&env, &["run", "-d", "--name", "short", "--kernel", k, "--kernel-args", "spin", "tiny:1"]);
+    d.ok(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "short",
+            "--kernel",
+            k,
+            "--kernel-args",
+            "spin",
+            "tiny:1",
+        ],
+    );
     let short_pid = vm(&d, &env, "short")["pid"].as_u64().unwrap();
 
     // The daemon goes; the VMs stay.
@@ -213,12 +342,20 @@ fn vms_outlive_the_cli_and_the_daemon() {
         rustix::process::Signal::KILL,
     )
     .unwrap();
-    wait_for("the killed monitor to go", Duration::from_secs(10), || !pid_alive(short_pid));
+    wait_for("the killed monitor to go", Duration::from_secs(10), || {
+        !pid_alive(short_pid)
+    });
 
     let d = Daemon::start(&env, &state, &[]);
     let log = fs::read_to_string(state.join("daemon.log")).unwrap();
-    assert!(log.contains(&format!("re-adopted VM spinner (pid {pid})")), "{log}");
-    assert!(log.contains("VM short ended while no daemon watched it"), "{log}");
+    assert!(
+        log.contains(&format!("re-adopted VM spinner (pid {pid})")),
+        "{log}"
+    );
+    assert!(
+        log.contains("VM short ended while no daemon watched it"),
+        "{log}"
+    );
     let v = vm(&d, &env, "spinner");
     assert_eq!(v["state"], "running", "{v}");
     assert_eq!(v["pid"].as_u64(), Some(pid));
@@ -233,5 +370,8 @@ fn vms_outlive_the_cli_and_the_daemon() {
     assert_ne!(v["state"], "running", "{v}");
     assert!(v["pid"].is_null(), "{v}");
     d.ok(&env, &["rm", "spinner", "short"]);
-    assert!(json(&d.ok(&env, &["ps", "-a", "--json"])).as_array().unwrap().is_empty());
+    assert!(json(&d.ok(&env, &["ps", "-a", "--json"]))
+        .as_array()
+        .unwrap()
+        .is_empty());
 }

@@ -92,11 +92,17 @@ pub fn check_name(name: &str) -> Result<(), DaemonError> {
 }
 
 /// Start time of process `pid` (field 22 of /proc/PID/stat), if it runs.
+/// The start time of process `pid` (clock ticks after boot), None when it is gone or a zombie
+/// (a monitor that died while no daemon was its parent may never be reaped).
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces and parentheses: fields follow the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Resident memory of process `pid`, bytes.

@@ -98,8 +98,7 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
-    pub fn drop(&mut self) {
+    fn drop(&mut self) {
         self.stop();
     }
 }
-
