@@ -136,6 +136,42 @@ scenario_pool() {
   timeout 60 /bin/starling pool rm deb --force 2>&1 | sed 's/^/host: pool: /'
 }
 
+scenario_run() {
+  # starling run: a repository on loopback (from the run disk), starlingd, the Debian image
+  # booted with its root over virtio-fs from the host cache, a command's status and output.
+  mkdir -p /run-disk
+  mount -t ext4 -o ro,noload /dev/vda /run-disk || { echo "host: run: no run disk"; return; }
+  ip link set lo up
+  export STARLING_HOME=/tmp/run-store STARLING_SOCKET=/tmp/sd.sock
+  /bin/starling repo serve /run-disk/repo --listen 127.0.0.1:8080 > /tmp/serve.out 2> /tmp/serve.log &
+  /bin/starling daemon --state /tmp/sd --socket /tmp/sd.sock > /tmp/sd.out 2> /tmp/sd.log &
+  i=0
+  until grep -q ready /tmp/sd.out 2>/dev/null && grep -q http /tmp/serve.out 2>/dev/null || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+  url=http://127.0.0.1:8080/
+  root=/run-disk/repo/metadata/1.root.json
+  run() { # NAME IMAGE CMD...: one line per output line, then the status
+    name=$1 image=$2; shift 2
+    read up _ < /proc/uptime
+    echo "host: run $name starts at uptime $up"
+    timeout 150 /bin/starling run --name "$name" --kernel /run-disk/kernel --mem 256M --root $root \
+      $url "$image" -- "$@" < /dev/null > /tmp/run-$name.out 2>&1
+    status=$?
+    read up _ < /proc/uptime
+    tr -d '\r' < /tmp/run-$name.out | sed "s/^/host: run $name out: /"
+    echo "host: run $name status $status at uptime $up"
+  }
+  fetched() { /bin/starling cache stats --json | tr ',' '\n' | sed -n 's/.*"fetched_bytes": *\([0-9]*\).*/\1/p' | head -1; }
+  run one debian:bookworm /bin/sh -c 'python3 -c "print(6 * 7)"; echo debian $(cat /etc/debian_version); echo scratch > /root/written; cat /root/written; exit 3'
+  echo "host: run cache after one: $(/bin/starling cache stats --json | tr -d '\n ')"
+  run two debian:bookworm /bin/sh -c 'echo second; test -e /root/written && echo leaked || echo own layer'
+  echo "host: run cache after two: $(/bin/starling cache stats --json | tr -d '\n ')"
+  old=$(sed -n 's/^\([0-9a-f]\{64\}\)$/\1/p' /run-disk/version-a.txt | head -1)
+  run old "debian@$old" /bin/sh -c 'echo old $(cat /etc/debian_version); command -v python3 || echo no python3'
+  /bin/starling ps -a 2>&1 | sed 's/^/host: run ps: /'
+  tail -5 /tmp/sd.log | sed 's/^/host: run daemon log: /'
+  tail -20 /tmp/sd/vms/one/console.log 2>/dev/null | tr -d '\r' | sed 's/^/host: run one console: /'
+}
+
 run_scenario() { # NAME SECONDS
   echo "host: scenario $1 begins"
   ( "scenario_$1" ) &

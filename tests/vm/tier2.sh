@@ -12,7 +12,8 @@
 # The bench reuses it: INNER_RUN and OUTER_RUN replace the scripts the two inits run, and
 # OUTER_ADD lists more SRC:DEST files for the test host. TIER2_SCENARIOS (e.g.
 # "fork:180,pool:180") picks outer-run.sh's scenarios and their deadlines; TIER2_REUSE=1 boots
-# the test host built by an earlier run in WORKDIR without building it again; TIER2_PANIC_AFTER=N
+# the test host built by an earlier run in WORKDIR without building it again; TIER2_RUN_ROOTFS
+# ("DIR_A DIR_B") builds the run scenario's disk (below); TIER2_PANIC_AFTER=N
 # panics the test host after N seconds (to exercise the test's replacement of dead hosts).
 set -euo pipefail
 starling=$(realpath "$1")
@@ -47,10 +48,29 @@ else
     vmm_add=(--add "$work/starling-vmm.bin:/bin/starling-vmm")
   fi
   libs=()
+  # The HTTP client will not start without a CA bundle (rustls-platform-verifier), even for
+  # the loopback http:// repository of the run scenario.
+  [ -s /etc/ssl/certs/ca-certificates.crt ] &&
+    libs+=(--add "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt")
   for lib in $(ldd starling.bin | grep -o '/[^ ]*'); do
     libs+=(--add "$(realpath "$lib"):$lib")
   done
-  "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel \
+  # The run scenario's disk (TIER2_RUN_ROOTFS="DIR_A DIR_B": two versions of a Debian root):
+  # a TUF repository holding debian:bookworm at both versions, served inside the test host,
+  # and the kernel tree `starling run --kernel` takes. Seen there as /dev/vda.
+  if [ -n "${TIER2_RUN_ROOTFS:-}" ]; then
+    set -- $TIER2_RUN_ROOTFS
+    rm -rf run-disk && mkdir -p run-disk
+    "$starling" repo init run-disk/repo > /dev/null
+    "$starling" image import "$1" debian:bookworm > run-disk/version-a.txt
+    "$starling" push debian:bookworm run-disk/repo > /dev/null
+    "$starling" image import "$2" debian:bookworm > run-disk/version-b.txt
+    "$starling" push debian:bookworm run-disk/repo > /dev/null
+    "$starling" image export "$image" run-disk/kernel > /dev/null
+    rm -f run.img && mkfs.ext4 -q -F -d run-disk run.img 2G
+  fi
+
+  "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel,virtio_pci,virtio_blk \
     --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" \
     --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/vmlinux:/vm/vmlinux" --add "$work/inner.img:/vm/inner.img" \
     --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \
@@ -67,6 +87,7 @@ rm -f heartbeat.log host-died
 timeout "${TIER2_TIMEOUT:-400}" qemu-system-x86_64 -accel "tcg,thread=${TIER2_TCG_THREAD:-multi}" -M q35 -cpu max \
   -smp 2 -m 2048 -display none -no-reboot -kernel vmlinuz -initrd outer.img \
   -serial mon:stdio -serial file:heartbeat.log \
+  $( [ -s run.img ] && echo "-drive file=run.img,if=virtio,format=raw,readonly=on" ) \
   -append "console=ttyS0 panic=-1 quiet${TIER2_SCENARIOS:+ starling.scenarios=$TIER2_SCENARIOS}${TIER2_PANIC_AFTER:+ starling.panic_after=$TIER2_PANIC_AFTER}" \
   < /dev/null > console.log 2>&1 &
 qemu=$!

@@ -15,6 +15,8 @@ export PATH=/bin
 # End the VM with status $1 after saying $2 (the agent writes the monitor's exit port).
 fail() {
   echo "starling-init: $2"
+  # The kernel's last words say why (a driver that did not bind, a bad superblock).
+  dmesg 2>/dev/null | tail -n 8 | sed 's/^/starling-init: kernel: /'
   /bin/starling-agent exit "$1"
   poweroff -f
 }

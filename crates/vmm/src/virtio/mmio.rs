@@ -211,6 +211,10 @@ impl MmioTransport {
             0x044 => q.map_or(0, |q| u32::from(q.ready())),
             0x060 => self.irq.status.load(Ordering::SeqCst),
             0x070 => self.status,
+            // SHMLenLow/High, SHMBaseLow/High: no shared memory regions. All ones says so;
+            // a zero length would be a region at 0 (virtio-fs would try to map a DAX window
+            // there and fail its probe).
+            0x0b0..=0x0bc => u32::MAX,
             0x0fc => self.config_generation,
             _ => 0,
         }
@@ -400,5 +404,56 @@ impl BusDevice for MmioTransport {
             return;
         };
         self.write_reg(offset, u32::from_le_bytes(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::QueueBroken;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::EventFd;
+
+    struct Bare;
+
+    impl VirtioDevice for Bare {
+        fn device_type(&self) -> u32 {
+            26
+        }
+        fn queue_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _offset: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn notify(&mut self, _index: usize, _q: &mut Queues) -> Result<bool, QueueBroken> {
+            Ok(false)
+        }
+        fn as_any(&mut self) -> &mut dyn std::any::Any {
+            self
+        }
+    }
+
+    fn reg(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn no_shared_memory_region_is_offered() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap();
+        let irq = IrqLine::new(EventFd::new(0).unwrap());
+        let mut t = MmioTransport::new(Box::new(Bare), mem, irq);
+        assert_eq!(reg(&mut t, 0x000), MAGIC);
+        assert_eq!(reg(&mut t, 0x008), 26);
+        // Linux's virtio-fs maps a DAX window when a region's length is not all ones, and
+        // fails its probe on a zero-length one at address 0 (seen booting Debian's kernel).
+        for off in [0x0b0, 0x0b4, 0x0b8, 0x0bc] {
+            assert_eq!(reg(&mut t, off), u32::MAX, "register {off:#x}");
+        }
     }
 }
