@@ -159,6 +159,7 @@ scenario_run() {
     read up _ < /proc/uptime
     tr -d '\r' < /tmp/run-$name.out | sed "s/^/host: run $name out: /"
     echo "host: run $name status $status at uptime $up"
+    tail -c 600 /tmp/sd/vms/$name/monitor.log 2>/dev/null | tr -d '\r' | sed "s/^/host: run $name monitor: /"
   }
   fetched() { /bin/starling cache stats --json | tr ',' '\n' | sed -n 's/.*"fetched_bytes": *\([0-9]*\).*/\1/p' | head -1; }
   run one debian:bookworm /bin/sh -c 'python3 -c "print(6 * 7)"; echo debian $(cat /etc/debian_version); echo scratch > /root/written; cat /root/written; exit 3'
@@ -169,7 +170,6 @@ scenario_run() {
   run old "debian@$old" /bin/sh -c 'echo old $(cat /etc/debian_version); command -v python3 || echo no python3'
   /bin/starling ps -a 2>&1 | sed 's/^/host: run ps: /'
   tail -5 /tmp/sd.log | sed 's/^/host: run daemon log: /'
-  tail -20 /tmp/sd/vms/one/console.log 2>/dev/null | tr -d '\r' | sed 's/^/host: run one console: /'
 }
 
 run_scenario() { # NAME SECONDS

@@ -69,7 +69,7 @@ fn host_death(console: &str, work: &Path) -> Option<String> {
 
 /// The scenarios in order and the seconds each may take in all (outer-run.sh kills what is
 /// left of a scenario then and reports it done, so it is judged: a hung Starling fails).
-const SCENARIOS: [(&str, u64); 3] = [("boot", 240), ("fork", 180), ("pool", 180)];
+const SCENARIOS: [(&str, u64); 4] = [("boot", 240), ("fork", 180), ("pool", 180), ("run", 300)];
 /// Booting the test host and loading its KVM modules, before the first scenario.
 const HOST_BOOT: u64 = 90;
 
@@ -103,6 +103,23 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     // scenario, and a scenario that ended is judged as it is, never run again.
     // TIER2_PANIC_FIRST=N panics the first test host after N seconds, to see the replacement
     // work.
+    // The run scenario's two versions of Debian: the cached minbase fixtures (the second has
+    // python3).
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/debian-rootfs.sh");
+    let rootfs = Command::new("bash")
+        .arg(&fixtures)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            format!("{dir}/rootfs-a {dir}/rootfs-b")
+        });
+    if rootfs.is_none() {
+        starling_testkit::skip("tier 2 run scenario: the Debian rootfs fixtures cannot be built");
+        return;
+    }
     let mut finished: Vec<(&str, String)> = Vec::new();
     let mut prologue = String::new();
     let mut deaths: Vec<String> = Vec::new();
@@ -129,6 +146,8 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         }
         if attempt > 1 {
             cmd.env("TIER2_REUSE", "1");
+        } else if let Some(rootfs) = &rootfs {
+            cmd.env("TIER2_RUN_ROOTFS", rootfs);
         }
         let out = cmd.output().unwrap();
         let console = std::fs::read_to_string(work.path().join("console.log")).unwrap_or_default();
@@ -351,6 +370,75 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     assert_eq!(
         line(&log, "host: pvh parent inner: agentjoin"),
         "host: pvh parent inner: agentjoin exit 0 3"
+    );
+
+    // starling run: a Debian image from a repository on loopback, its root over virtio-fs
+    // from the host cache. The command's output and status come back; only what the guest
+    // read was fetched (a small part of the image); a second VM of the same version fetches
+    // nothing and does not see the first one's writes; the older version boots as itself.
+    assert_eq!(
+        line(&log, "host: run one out: 42"),
+        "host: run one out: 42",
+        "{log}"
+    );
+    assert!(line(&log, "host: run one out: debian ").starts_with("host: run one out: debian 12."));
+    assert_eq!(
+        line(&log, "host: run one out: scratch"),
+        "host: run one out: scratch"
+    );
+    assert!(
+        line(&log, "host: run one status ").starts_with("host: run one status 3 "),
+        "{log}"
+    );
+    let fetched = |after: &str| -> u64 {
+        let l = line(&log, &format!("host: run cache after {after}: "));
+        let v: serde_json::Value =
+            serde_json::from_str(l.split_once(": ").map_or("", |x| x.1)).unwrap_or_default();
+        v["fetched_bytes"].as_u64().unwrap_or_else(|| panic!("{l}"))
+    };
+    let image_bytes: u64 = {
+        let (dir, _) = rootfs
+            .as_deref()
+            .and_then(|r| r.split_once(' '))
+            .unwrap_or_default();
+        let out = Command::new("du")
+            .args(["-sb", "--apparent-size"])
+            .arg(Path::new(dir).with_file_name("rootfs-b"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap()
+    };
+    let one = fetched("one");
+    assert!(
+        one > 0 && one * 10 <= image_bytes,
+        "fetched {one} of an image of {image_bytes} bytes"
+    );
+    assert_eq!(
+        fetched("two"),
+        one,
+        "the second VM of the same version fetched again"
+    );
+    assert_eq!(
+        line(&log, "host: run two out: own layer"),
+        "host: run two out: own layer"
+    );
+    assert!(
+        line(&log, "host: run two status ").starts_with("host: run two status 0 "),
+        "{log}"
+    );
+    assert!(line(&log, "host: run old out: old ").starts_with("host: run old out: old 12."));
+    assert_eq!(
+        line(&log, "host: run old out: no python3"),
+        "host: run old out: no python3"
+    );
+    starling_testkit::note(
+        "TIER2",
+        &format!("starling run fetched {one} bytes for an image of {image_bytes}"),
     );
 
     // Directly on this host too, where its KVM can boot Linux.
