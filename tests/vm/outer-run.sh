@@ -167,7 +167,24 @@ scenario_run() {
   run two debian:bookworm /bin/sh -c 'echo second; test -e /root/written && echo leaked || echo own layer'
   echo "host: run cache after two: $(/bin/starling cache stats --json | tr -d '\n ')"
   old=$(sed -n 's/^\([0-9a-f]\{64\}\)$/\1/p' /run-disk/version-a.txt | head -1)
-  run old "debian@$old" /bin/sh -c 'echo old $(cat /etc/debian_version); command -v python3 || echo no python3'
+  # A detached VM of the old version (no python3, no less in it: it boots as itself): exec, a
+  # package installed through exec
+  # with the .deb on stdin, the VM's layer committed as a new image, whose inventory has it.
+  /bin/starling run -d --name pkg --kernel /run-disk/kernel --mem 256M --root $root $url "debian@$old" \
+    -- /bin/sleep 600 > /tmp/pkg.out 2>&1
+  echo "host: run pkg detached: $(cat /tmp/pkg.out)"
+  i=0
+  until /bin/starling exec pkg -- /bin/true > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
+  out=$(timeout 30 /bin/starling exec pkg -- /bin/sh -c 'echo old $(cat /etc/debian_version) $(command -v python3 || echo no-python3); exit 4' 2>&1)
+  st=$?
+  echo "host: run exec said $out, status $st"
+  out=$(timeout 120 /bin/starling exec -i pkg -- /bin/sh -c \
+    'cat > /tmp/less.deb && dpkg -i /tmp/less.deb > /dev/null && rm /tmp/less.deb && echo installed' \
+    < /run-disk/less.deb 2>&1)
+  echo "host: run exec dpkg: $out"
+  timeout 200 /bin/starling commit pkg debian:with-less 2>&1 | sed 's/^/host: run commit: /'
+  timeout 60 /bin/starling image inventory debian:with-less 2>&1 | grep -w less | sed 's/^/host: run inventory: /'
+  timeout 30 /bin/starling stop pkg | sed 's/^/host: run stopped: /'
   /bin/starling ps -a 2>&1 | sed 's/^/host: run ps: /'
   tail -5 /tmp/sd.log | sed 's/^/host: run daemon log: /'
 }

@@ -67,6 +67,11 @@ else
     "$starling" image import "$2" debian:bookworm > run-disk/version-b.txt
     "$starling" push debian:bookworm run-disk/repo > /dev/null
     "$starling" image export "$image" run-disk/kernel > /dev/null
+    # A package for a VM to install through `starling exec` (and `commit` to keep).
+    debs="${STARLING_TEST_CACHE:-/var/cache/starling-test}/debs"
+    mkdir -p "$debs"
+    ls "$debs"/less_*.deb > /dev/null 2>&1 || (cd "$debs" && apt-get download less > /dev/null)
+    cp "$(ls "$debs"/less_*.deb | head -1)" run-disk/less.deb
     rm -f run.img && mkfs.ext4 -q -F -d run-disk run.img 2G
   fi
 
