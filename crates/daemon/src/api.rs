@@ -123,9 +123,10 @@ pub struct RunRequest {
     pub mem_mib: u64,
     #[serde(default = "default_vcpus")]
     pub vcpus: u8,
-    /// A kernel image in the store (`debian-kernel:RELEASE`) or a directory holding
-    /// `boot/vmlinuz-RELEASE` and `lib/modules/RELEASE/`; default: the image's own, else the
-    /// newest kernel image in the store.
+    /// A kernel image in the store (`debian-kernel:RELEASE`), a directory holding
+    /// `boot/vmlinuz-RELEASE` and `lib/modules/RELEASE/`, or a kernel file (bzImage or ELF)
+    /// with what the run init needs built in; default: the image's own, else the newest
+    /// kernel image in the store.
     #[serde(default)]
     pub kernel: Option<String>,
     /// Appended to the kernel's command line (e.g. `systemd.unit=rescue.target`).
