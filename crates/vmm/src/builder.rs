@@ -144,7 +144,7 @@ fn wake_event() -> Result<Arc<vmm_sys_util::eventfd::EventFd>, Error> {
         .map_err(io_err("creating an eventfd"))
 }
 
-/// A descriptor the parent handed over (`memory_fd`, `ready_fd`), taken as this process's own
+/// A descriptor the parent handed over (`memory_fd`, `ready_fd`, `release_fd`), taken as this process's own
 /// and kept from its own children.
 fn inherited(fd: i32) -> Result<std::fs::File, Error> {
     if fd < 3 {
@@ -285,6 +285,7 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     });
     vm.start_paused(spec.paused);
     vm.set_ready_fd(spec.ready_fd.map(inherited).transpose()?);
+    vm.hold_until_closed(spec.release_fd.map(inherited).transpose()?);
     vm.set_lazy_pages(lazy_pages);
     Ok(vm)
 }

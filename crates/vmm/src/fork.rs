@@ -1,6 +1,9 @@
 //! Starting clones: one `starling-vmm` process per clone, each restoring the parent's state
-//! over the parent's frozen memfd (inherited, mapped MAP_PRIVATE) in a directory of its own,
-//! and telling the parent through a pipe once its vCPUs run.
+//! over the parent's frozen memfd (inherited, mapped MAP_PRIVATE) in a directory of its own.
+//! Clones restore with their vCPUs held paused and say so through a pipe; once every one has,
+//! the parent releases them all at once (it closes the write end of a second pipe whose read
+//! end each clone holds) and each says again once it runs. So clones still restoring never
+//! compete for the CPUs with clones already running a busy guest.
 
 use std::fs::File;
 use std::io::Read;
@@ -94,6 +97,8 @@ impl Restoring {
 pub struct PendingClones {
     started: Instant,
     ready: File,
+    /// The write end of the clones' release pipe: closing it lets them all run.
+    release: Option<File>,
     clones: Vec<(CloneInfo, Child)>,
 }
 
@@ -234,6 +239,7 @@ pub fn spawn_clones(
 ) -> std::io::Result<PendingClones> {
     let program = clone_program();
     let (ready_r, ready_w) = pipe()?;
+    let (release_r, release_w) = pipe()?;
     let started = Instant::now();
     let mut clones = Vec::new();
     let mut result = Ok(());
@@ -256,6 +262,7 @@ pub fn spawn_clones(
                 Console::Off
             }),
             ready_fd: Some(ready_w.as_raw_fd()),
+            release_fd: Some(release_r.as_raw_fd()),
             ..Default::default()
         };
         let log = match File::create(cdir.join("monitor.log")) {
@@ -265,12 +272,17 @@ pub fn spawn_clones(
                 break;
             }
         };
-        // The clone's memory and the pipe it says it runs through.
+        // The clone's memory, the pipe it says it is ready through and the one that
+        // releases it.
         let child = restore_command(
             &program,
             &spec,
             log,
-            &[memory.as_raw_fd(), ready_w.as_raw_fd()],
+            &[
+                memory.as_raw_fd(),
+                ready_w.as_raw_fd(),
+                release_r.as_raw_fd(),
+            ],
         )
         .and_then(|mut cmd| spawn(cmd.env("STARLING_VM_QUIET", "1"), &program));
         match child {
@@ -291,9 +303,11 @@ pub fn spawn_clones(
         }
     }
     drop(ready_w);
+    drop(release_r);
     let pending = PendingClones {
         started,
         ready: ready_r,
+        release: Some(release_w),
         clones,
     };
     match result {
@@ -306,25 +320,32 @@ pub fn spawn_clones(
 }
 
 impl PendingClones {
+    /// Stops every clone (before their release: none of them ran).
     fn kill(self) {
         for (_, mut c) in self.clones {
             let _ = c.kill();
             let _ = c.wait();
         }
+        drop(self.release);
     }
 
-    /// Waits until every clone runs; they are then the parent's to join. A clone that fails
-    /// to start fails the fork (the others are stopped) with its own message.
+    /// Waits until every clone is restored, releases them all at once, and waits until
+    /// every one runs; they are then the parent's to join. A clone that fails to start fails
+    /// the fork (the others are stopped, never released) with its own message.
     pub fn wait(mut self, services: &Services) -> Result<Vec<CloneInfo>, String> {
         let want = self.clones.len();
-        let mut got = 0;
-        while got < want {
-            if next_ready(&mut self.ready, self.started + START_TIMEOUT) != Heard::Ready {
-                let why = self.failure();
-                self.kill();
-                return Err(why);
+        // Each clone says so twice: held and ready, then released.
+        for round in 0..2 {
+            for _ in 0..want {
+                if next_ready(&mut self.ready, self.started + START_TIMEOUT) != Heard::Ready {
+                    let why = self.failure();
+                    self.kill();
+                    return Err(why);
+                }
             }
-            got += 1;
+            if round == 0 {
+                self.release = None;
+            }
         }
         let infos = self.clones.iter().map(|(i, _)| i.clone()).collect();
         for (_, child) in self.clones {

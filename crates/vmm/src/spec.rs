@@ -33,9 +33,15 @@ pub struct RestoreSpec {
     /// console file belongs to the VM that wrote it.
     #[serde(default)]
     pub console: Option<Console>,
-    /// An inherited pipe to write this clone's id to once its vCPUs run.
+    /// An inherited pipe to write this clone's id to once its vCPUs run (with `release_fd`:
+    /// once when they are ready to, and again once released).
     #[serde(default)]
     pub ready_fd: Option<i32>,
+    /// An inherited pipe's read end: the vCPUs stay paused until it closes. A fork's clones
+    /// are released together once every one is restored, so that clones still restoring do
+    /// not compete for the CPUs with clones already running.
+    #[serde(default)]
+    pub release_fd: Option<i32>,
     /// Start with the vCPUs paused (a docked substrate, waiting for `activate` or `resume`).
     #[serde(default)]
     pub paused: bool,

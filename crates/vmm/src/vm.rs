@@ -38,6 +38,8 @@ pub struct Vm {
     forks: u32,
     /// Told once the vCPUs run (a clone telling the parent that forked it).
     ready_fd: Option<std::fs::File>,
+    /// Held paused until this pipe closes (a fork's clones, released together).
+    release: Option<std::fs::File>,
     start_paused: bool,
     /// For a lazily restored VM, the pages with data it may not have fetched yet.
     lazy_pages: Option<Vec<u64>>,
@@ -241,6 +243,7 @@ impl Vm {
             kernel: p.kernel,
             forks: 0,
             ready_fd: None,
+            release: None,
             start_paused: false,
             lazy_pages: None,
         }
@@ -251,9 +254,16 @@ impl Vm {
         self.start_paused = paused;
     }
 
-    /// A pipe to tell (4 bytes: the clone id) once the vCPUs run and the API answers.
+    /// A pipe to tell (4 bytes: the clone id) once the vCPUs run and the API answers; for
+    /// a held VM, once when it is ready to be released and again once it is.
     pub fn set_ready_fd(&mut self, fd: Option<std::fs::File>) {
         self.ready_fd = fd;
+    }
+
+    /// Hold the vCPUs paused until `fd` (a pipe's read end) closes: a fork releases all its
+    /// clones at once, so that none still restoring competes with others already running.
+    pub fn hold_until_closed(&mut self, fd: Option<std::fs::File>) {
+        self.release = fd;
     }
 
     /// The pages a lazily restored VM has to fetch before it can be saved.
@@ -305,7 +315,7 @@ impl Vm {
         let (fork_tx, fork_rx) = mpsc::channel::<GuestFork>();
         self.services.set_fork_sender(Some(fork_tx));
 
-        if self.start_paused {
+        if self.start_paused || self.release.is_some() {
             self.shared.control.set(RunState::Paused);
         }
         let mut threads = Vec::new();
@@ -322,7 +332,7 @@ impl Vm {
                 .map_err(io_err("starting a vCPU thread"))?,
             );
         }
-        if self.shared.restored {
+        if self.shared.restored && self.release.is_none() {
             let _ = self.shared.restored_in.set(self.shared.started.elapsed());
         }
         // Served once the vCPUs run: whoever sees the socket sees a running VM.
@@ -341,25 +351,35 @@ impl Vm {
             },
             None => None,
         };
-        // Whoever forked this clone may use it now: its vCPUs run and its API answers.
-        if let Some(mut f) = self.ready_fd.take() {
-            use std::io::Write;
-            let _ = f.write_all(&self.shared.clone_id.to_le_bytes());
-        }
+        // Whoever forked this clone may use it now: its vCPUs run (or, held, are ready to)
+        // and its API answers.
+        self.tell_ready();
 
         // Wait for the end, serving pause, snapshot and fork requests meanwhile.
         let reason = loop {
             if let Some(r) = self.shared.exit.reason() {
                 break r;
             }
-            let mut pfd = [&self.shared.exit.evt, &*self.shared.wake].map(|e| libc::pollfd {
-                fd: std::os::fd::AsRawFd::as_raw_fd(e),
+            use std::os::fd::AsRawFd;
+            let release = self.release.as_ref().map_or(-1, |f| f.as_raw_fd());
+            let mut pfd = [
+                self.shared.exit.evt.as_raw_fd(),
+                self.shared.wake.as_raw_fd(),
+                release,
+            ]
+            .map(|fd| libc::pollfd {
+                fd,
                 events: libc::POLLIN,
                 revents: 0,
             });
-            // SAFETY: two valid pollfds on the stack, count 2. The timeout only paces the
-            // reaping of clones.
-            unsafe { libc::poll(pfd.as_mut_ptr(), 2, 200) };
+            let n = if release < 0 { 2 } else { 3 };
+            // SAFETY: `n` valid pollfds on the stack. The timeout only paces the reaping of
+            // clones.
+            unsafe { libc::poll(pfd.as_mut_ptr(), n, 200) };
+            if pfd[2].revents != 0 {
+                // Closed (or written to): the clones of this fork go on together.
+                self.release_hold(true);
+            }
             let _ = self.shared.exit.evt.read();
             let _ = self.shared.wake.read();
             self.services.reap();
@@ -388,13 +408,44 @@ impl Vm {
         Ok(reason)
     }
 
+    /// Tells whoever started this VM that it is ready: for a held VM, once when it is ready
+    /// to be released (the pipe stays open for the second word) and once when it is.
+    fn tell_ready(&mut self) {
+        use std::io::Write;
+        let id = self.shared.clone_id.to_le_bytes();
+        if self.release.is_some() {
+            if let Some(f) = self.ready_fd.as_mut() {
+                let _ = f.write_all(&id);
+            }
+        } else if let Some(mut f) = self.ready_fd.take() {
+            let _ = f.write_all(&id);
+        }
+    }
+
+    /// Ends a hold: whoever started the VM hears that it is released, and the vCPUs run
+    /// (`run`: the release came; otherwise an API pause or resume came first and decides).
+    /// Told first: once the vCPUs of a hundred clones spin, this thread may wait long for a
+    /// CPU, and the vCPU it wakes would take its CPU before it wrote.
+    fn release_hold(&mut self, run: bool) {
+        if self.release.take().is_none() {
+            return;
+        }
+        let _ = self.shared.restored_in.set(self.shared.started.elapsed());
+        self.tell_ready();
+        if run {
+            self.shared.control.set(RunState::Running);
+        }
+    }
+
     fn serve_request(&mut self, req: Request, threads: &[VcpuThread]) {
         match req {
             Request::Pause(ack) => {
+                self.release_hold(false);
                 vcpu::pause_all(threads, &self.shared.control);
                 let _ = ack.send(());
             }
             Request::Resume(ack) => {
+                self.release_hold(false);
                 self.shared.control.set(RunState::Running);
                 let _ = ack.send(());
             }
