@@ -1,4 +1,5 @@
 //! `starling`: the command line. Each subcommand group lives in its own module.
+#![forbid(unsafe_code)]
 
 mod fleet_cmd;
 mod format;

@@ -238,6 +238,26 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
         "/bin/true",
     ]);
     assert!(e.contains("--mem"), "{e}");
+    let e = run(&["--kernel", k, "--vcpus", "0", "noinit:1", "--", "/bin/true"]);
+    assert!(e.contains("--vcpus 0"), "{e}");
+    let e = run(&[
+        "--kernel",
+        k,
+        "--disk-size",
+        "1M",
+        "noinit:1",
+        "--",
+        "/bin/true",
+    ]);
+    assert!(e.contains("--disk-size"), "{e}");
+    // A command the guest's agent would refuse is refused here, by its size.
+    let mut many = vec!["--kernel", k, "noinit:1", "--", "/bin/echo"];
+    many.extend(std::iter::repeat_n("a", 5000));
+    let e = run(&many);
+    assert!(
+        e.contains("5001 arguments") && e.contains("at most 4096"),
+        "{e}"
+    );
     // No kernel anywhere: the image has none and the store has no kernel image.
     let e = run(&["noinit:1", "--", "/bin/true"]);
     assert!(e.contains("vm kernel fetch"), "{e}");

@@ -393,7 +393,7 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     let fetched = |after: &str| -> u64 {
         let l = line(&log, &format!("host: run cache after {after}: "));
         let v: serde_json::Value =
-            serde_json::from_str(l.split_once(": ").map_or("", |x| x.1)).unwrap_or_default();
+            serde_json::from_str(l.find('{').map_or("", |i| &l[i..])).unwrap_or_default();
         v["fetched_bytes"].as_u64().unwrap_or_else(|| panic!("{l}"))
     };
     let image_bytes: u64 = {

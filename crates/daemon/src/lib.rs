@@ -2,6 +2,7 @@
 //! object is fetched once per host) and the lazy mounts, and answers a JSON API on a unix
 //! socket (`api`, documented in docs/api/starlingd.openapi.yaml). `client` is the other end,
 //! used by the `starling` command.
+#![forbid(unsafe_code)]
 
 pub mod agent;
 pub mod api;

@@ -1,4 +1,5 @@
 //! starlingd: the host daemon (see the library docs).
+#![forbid(unsafe_code)]
 
 use clap::Parser;
 use starling_daemon::args::DaemonArgs;

@@ -19,6 +19,7 @@ pub fn create(d: &Daemon, req: &RunRequest) -> Result<VmInfo, DaemonError> {
             MEM_RANGE.end() >> 10
         )));
     }
+    check_request(req)?;
     let host_mib = host_memory_mib();
     if host_mib.is_some_and(|h| req.mem_mib > h) {
         return Err(DaemonError::BadRequest(format!(
@@ -38,6 +39,57 @@ pub fn create(d: &Daemon, req: &RunRequest) -> Result<VmInfo, DaemonError> {
         (artifact.kernel, artifact.initrd),
         &d.config.objects_socket(),
     )
+}
+
+/// Scratch disks below this hold nothing useful; above, a typo.
+const DISK_RANGE: std::ops::RangeInclusive<u64> = (64 << 20)..=(16 << 40);
+
+/// What the guest's agent would refuse, refused here with the flag's name instead.
+fn check_request(req: &RunRequest) -> Result<(), DaemonError> {
+    use starling_guest::exec::{MAX_ARGC, MAX_ENVC, MAX_STRING, MAX_STRINGS_TOTAL};
+    let bad = |m: String| Err(DaemonError::BadRequest(m));
+    let max_vcpus = starling_vmm::config::MAX_VCPUS;
+    if req.vcpus == 0 || req.vcpus > max_vcpus {
+        return bad(format!("--vcpus {}: give 1 to {max_vcpus}", req.vcpus));
+    }
+    if !DISK_RANGE.contains(&req.disk_bytes) {
+        return bad(format!(
+            "--disk-size {} bytes: give 64M to 16T",
+            req.disk_bytes
+        ));
+    }
+    if req.cmd.len() > MAX_ARGC || req.env.len() > MAX_ENVC {
+        return bad(format!(
+            "{} arguments and {} environment entries: at most {MAX_ARGC} and {MAX_ENVC}",
+            req.cmd.len(),
+            req.env.len()
+        ));
+    }
+    let mut total = 0;
+    for (what, list) in [("argument", &req.cmd), ("--env", &req.env)] {
+        for s in list.iter() {
+            total += s.len();
+            if s.len() > MAX_STRING || s.contains('\0') {
+                return bad(format!(
+                    "{what} {:?}…: at most {MAX_STRING} bytes and no NUL byte",
+                    s.chars().take(40).collect::<String>()
+                ));
+            }
+        }
+    }
+    if total > MAX_STRINGS_TOTAL {
+        return bad(format!(
+            "the command and environment are {total} bytes (at most {MAX_STRINGS_TOTAL})"
+        ));
+    }
+    if let Some(e) = req
+        .env
+        .iter()
+        .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+    {
+        return bad(format!("--env {e:?}: give KEY=VALUE"));
+    }
+    Ok(())
 }
 
 fn host_memory_mib() -> Option<u64> {

@@ -477,8 +477,15 @@ impl Vms {
             )));
         }
         let paths = self.paths(&name);
-        std::fs::create_dir_all(&paths.0)
-            .map_err(|e| DaemonError::Internal(format!("{}: {e}", paths.0.display())))?;
+        // create_dir, not create_dir_all: of two requests for one name, one gets it.
+        std::fs::create_dir_all(&self.dir)
+            .and_then(|()| std::fs::create_dir(&paths.0))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => DaemonError::Conflict(format!(
+                    "a VM named {name} exists (remove it with `starling rm {name}`)"
+                )),
+                _ => DaemonError::Internal(format!("{}: {e}", paths.0.display())),
+            })?;
         let done = self.start(&name, req, &image, boot, objects_socket, &paths);
         if done.is_err() {
             let _ = std::fs::remove_dir_all(&paths.0);

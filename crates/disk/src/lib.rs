@@ -8,6 +8,7 @@
 //!
 //! All parsing treats the image as hostile: every offset and length is checked and bad input is
 //! an [`Error`] naming what is wrong, never a panic.
+#![forbid(unsafe_code)]
 
 pub mod device;
 pub mod error;

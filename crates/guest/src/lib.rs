@@ -4,6 +4,7 @@
 //! kernel's payload decompressed on the host (`vmlinux.rs`), the guest agent (`agent/`, C,
 //! compiled by build.rs into [`AGENT`]) and its host-side exec client (`exec.rs`), and the
 //! boot artifact that runs an image as a VM's root (`run.rs`, with `init/run-init.sh`).
+#![forbid(unsafe_code)]
 
 pub mod cpio;
 pub mod exec;

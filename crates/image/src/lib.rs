@@ -5,6 +5,7 @@
 //! - [`import`], [`export`]: sources in and out; [`chunk`] cuts file content.
 //! - [`versions`], [`tags`], [`reference`]: naming, listing and moving versions.
 //! - [`maint`]: stats, fsck and gc; [`walk`]: the one walk over what versions reference.
+#![forbid(unsafe_code)]
 
 pub mod browse;
 pub mod chunk;

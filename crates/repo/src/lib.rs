@@ -1,6 +1,7 @@
 //! TUF-signed image repositories on plain HTTP: `init`, `push` (objects the repository lacks,
 //! then signed metadata), `serve`, and `pull` (TUF verification first, then every object
 //! checked against its content address as it arrives).
+#![forbid(unsafe_code)]
 
 pub mod backend;
 pub mod error;

@@ -13,6 +13,7 @@
 //! repository (in `repo`) and by the host cache ([`cache`]), a decorator over any source on
 //! the same pack engine. The store knows nothing of trees or images: the `image` crate gives
 //! objects meaning and tells the store what to keep.
+#![forbid(unsafe_code)]
 
 pub mod cache;
 mod collect;

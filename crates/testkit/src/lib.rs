@@ -12,6 +12,7 @@
 //! [`skip_part`] is for what no machine of this kind can do (booting Linux on a software
 //! KVM): recorded the same way, never a failure. [`note`] records what must be seen even when
 //! the test passes (a tier-2 test host that died and was replaced).
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 
