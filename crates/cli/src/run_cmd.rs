@@ -299,28 +299,27 @@ pub fn ps(socket: &Path, all: bool, json: bool) -> Result<ExitCode> {
 
 pub fn stop(socket: &Path, names: &[String], force: bool) -> Result<ExitCode> {
     let c = client(socket)?;
-    let mut failed = false;
-    for n in names {
-        match c.post::<_, VmInfo>(&format!("/v1/vms/{n}/stop"), &StopRequest { force }) {
-            Ok(v) => println!("{}", v.name),
-            Err(e) => {
-                eprintln!("starling: {e}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(each_vm(names, |n| {
+        c.post(&format!("/v1/vms/{n}/stop"), &StopRequest { force })
+    }))
 }
 
 pub fn rm(socket: &Path, names: &[String], force: bool) -> Result<ExitCode> {
     let c = client(socket)?;
+    Ok(each_vm(names, |n| {
+        c.delete(&format!("/v1/vms/{n}"), &StopRequest { force })
+    }))
+}
+
+/// Asks the daemon about each VM in turn, as `docker stop A B` does: prints each name done,
+/// each error on one line, and goes on; status 2 if any failed.
+fn each_vm<E: std::fmt::Display>(
+    names: &[String],
+    mut ask: impl FnMut(&str) -> std::result::Result<VmInfo, E>,
+) -> ExitCode {
     let mut failed = false;
     for n in names {
-        match c.delete::<_, VmInfo>(&format!("/v1/vms/{n}"), &StopRequest { force }) {
+        match ask(n) {
             Ok(v) => println!("{}", v.name),
             Err(e) => {
                 eprintln!("starling: {e}");
@@ -328,11 +327,11 @@ pub fn rm(socket: &Path, names: &[String], force: bool) -> Result<ExitCode> {
             }
         }
     }
-    Ok(if failed {
+    if failed {
         ExitCode::from(2)
     } else {
         ExitCode::SUCCESS
-    })
+    }
 }
 
 pub fn logs(socket: &Path, name: &str, follow: bool) -> Result<ExitCode> {
