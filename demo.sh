@@ -84,10 +84,11 @@ step "starling run: the published image boots as a VM, its root fetched on deman
 # This machine's KVM cannot boot Linux in useful time (shared/MACHINES.md), so a QEMU test host
 # does: inside it, the repository above is served on loopback, starlingd runs, and `starling run`
 # boots both versions of debian:bookworm from a kernel + small initramfs, runs commands in them,
-# execs into one and commits its changes (tests/vm/outer-run.sh, scenario run; a few minutes).
+# execs into one and commits its changes, snapshots, restores and forks one, and takes the
+# repository away under it (tests/vm/outer-run.sh, scenario run; a few minutes).
 work=$out/tier2
 mkdir -p "$work"
-if STARLING_HOME=$work/store TIER2_SCENARIOS=run:420 TIER2_TIMEOUT=700 TIER2_RUN_ROOTFS="$a $b" \
+if STARLING_HOME=$work/store TIER2_SCENARIOS=run:660 TIER2_TIMEOUT=950 TIER2_RUN_ROOTFS="$a $b $cache/rootfs-d" \
   tests/vm/tier2.sh "$starling" "$work" >"$work.out" 2>&1; then
   grep -a '^host: run ' "$work/console.log" | tr -d '\r' | grep -v 'PCI: Fatal' | sed 's/^host: //'
 else

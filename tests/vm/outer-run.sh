@@ -144,6 +144,7 @@ scenario_run() {
   ip link set lo up
   export STARLING_HOME=/tmp/run-store STARLING_SOCKET=/tmp/sd.sock
   /bin/starling repo serve /run-disk/repo --listen 127.0.0.1:8080 > /tmp/serve.out 2> /tmp/serve.log &
+  serve=$!
   /bin/starling daemon --state /tmp/sd --socket /tmp/sd.sock > /tmp/sd.out 2> /tmp/sd.log &
   i=0
   until grep -q ready /tmp/sd.out 2>/dev/null && grep -q http /tmp/serve.out 2>/dev/null || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
@@ -185,6 +186,91 @@ scenario_run() {
   timeout 200 /bin/starling commit pkg debian:with-less 2>&1 | sed 's/^/host: run commit: /'
   timeout 60 /bin/starling image inventory debian:with-less 2>&1 | grep -w less | sed 's/^/host: run inventory: /'
   timeout 30 /bin/starling stop pkg | sed 's/^/host: run stopped: /'
+  # No command: the image's own init boots (systemd, to its default target); exec talks to
+  # it and stop asks it to power off.
+  if /bin/starling run -d --name sysd --kernel /run-disk/kernel --mem 256M --root $root $url debian:systemd \
+    > /tmp/sysd.out 2>&1; then
+    # The agent answers from the initramfs on; systemd has booted far enough to be asked once
+    # it made /run/systemd/system (sd_booted(3)).
+    i=0
+    until /bin/starling exec sysd -- /bin/test -d /run/systemd/system > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
+    out=$(timeout 240 /bin/starling exec sysd -- /bin/sh -c \
+      'systemctl is-system-running --wait; systemctl is-active multi-user.target; readlink /proc/1/exe' 2>&1 | tr '\n' ' ')
+    read up _ < /proc/uptime
+    echo "host: run systemd: $out at uptime $up"
+    echo "host: run systemd failed units: $(timeout 30 /bin/starling exec sysd -- systemctl --failed --no-legend --plain 2>&1 | tr '\n' '|')"
+    timeout 60 /bin/starling stop sysd 2>&1 | sed 's/^/host: run systemd stopped: /'
+    /bin/starling ps -a | grep '^sysd ' | sed 's/^/host: run systemd ps: /'
+    tail -c 1500 /tmp/sd/vms/sysd/console.log | tr -d '\r' | sed 's/^/host: run systemd console: /'
+  else
+    echo "host: run systemd: not started: $(cat /tmp/sysd.out)"
+  fi
+  # Snapshot and restore of a VM whose root is virtio-fs, with a file held open across them:
+  # python3 reads the first 4 KiB before the snapshot and the rest after the restore, with the
+  # guest's page cache dropped in between so that the read reaches the device with the
+  # guest's old handle.
+  /bin/starling run -d --name held --kernel /run-disk/kernel --mem 256M --root $root $url debian:bookworm \
+    -- /usr/bin/python3 -c 'import hashlib, os, time
+f = open("/usr/share/common-licenses/GPL-3", "rb")
+a = f.read(4096)
+open("/tmp/ready", "w").close()
+while not os.path.exists("/tmp/go"):
+    time.sleep(0.1)
+b = f.read()
+open("/tmp/held", "w").write(hashlib.sha256(a + b).hexdigest())
+time.sleep(100000)' > /tmp/held.out 2>&1
+  echo "host: run held detached: $(cat /tmp/held.out)"
+  i=0
+  until /bin/starling exec held -- /bin/test -e /tmp/ready > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
+  timeout 120 /bin/starling vm snapshot /tmp/sd/vms/held/api.sock /tmp/held-snap --stop 2>&1 | sed 's/^/host: run snapshot: /'
+  /bin/starling vm restore /tmp/held-snap --api-socket /tmp/hr.api --vsock-path /tmp/hr.sock \
+    --console /tmp/hr.log --run-dir /tmp/hr-run > /tmp/hr.out 2>&1 &
+  i=0
+  until [ -S /tmp/hr.api ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+  out=$(timeout 60 /bin/starling exec /tmp/hr.sock -- /bin/sh -c 'echo 3 > /proc/sys/vm/drop_caches; touch /tmp/go
+    i=0; until [ -e /tmp/held ] || [ $i -ge 200 ]; do sleep 0.1; i=$((i+1)); done
+    echo $(cat /tmp/held) $(sha256sum < /usr/share/common-licenses/GPL-3)' 2>&1)
+  echo "host: run restored held: $out"
+  # The restored VM forked: each clone writes its own content to one path of its root and
+  # reads it back from its own copy-on-write layer (synced, the page cache dropped).
+  timeout 60 /bin/starling vm fork /tmp/hr.api -n 2 --dir /tmp/hforks 2>&1 | sed 's/^/host: run fork: /'
+  for k in 1 2; do
+    out=$(timeout 30 /bin/starling exec /tmp/hforks/clone-$k/vsock.sock -- /bin/sh -c "echo clone $k wrote > /root/same-path; sync" 2>&1)
+    echo "host: run clone $k write: status $? $out"
+  done
+  for k in 1 2; do
+    out=$(timeout 30 /bin/starling exec /tmp/hforks/clone-$k/vsock.sock -- /bin/sh -c \
+      'echo 3 > /proc/sys/vm/drop_caches; cat /root/same-path; cat /usr/share/common-licenses/GPL-3 | wc -c' 2>&1)
+    st=$?
+    echo "host: run clone $k reads: $(echo "$out" | tr '\n' ' ')"
+    if [ $st != 0 ]; then
+      echo "host: run clone $k read status $st; its monitor: $(timeout 10 /bin/starling vm status /tmp/hforks/clone-$k/api.sock 2>&1 | tr -d '\n')"
+      tail -c 1000 /tmp/hforks/clone-$k/monitor.log | sed "s/^/host: run clone $k monitor: /"
+    fi
+  done
+  echo "host: run restored reads: $(timeout 30 /bin/starling exec /tmp/hr.sock -- /bin/sh -c 'cat /root/same-path 2>/dev/null || echo nothing')"
+  for k in 1 2; do
+    timeout 20 /bin/starling vm stop /tmp/hforks/clone-$k/api.sock
+    tail -c 300 /tmp/hforks/clone-$k/console.log 2>/dev/null | tr -d '\r' | sed "s/^/host: run clone $k console: /"
+    tail -c 300 /tmp/hforks/clone-$k/monitor.log 2>/dev/null | tr -d '\r' | sed "s/^/host: run clone $k monitor: /"
+  done
+  # The repository goes away under the restored VM: files the host cache holds still read
+  # (the guest's page cache dropped), files it does not fail with EIO within the daemon's
+  # request timeout (20 s) when the server stalls, at once when it is gone.
+  gone() { # WHAT FILE
+    read t0 _ < /proc/uptime
+    out=$(timeout 90 /bin/starling exec /tmp/hr.sock -- /bin/sh -c "echo 3 > /proc/sys/vm/drop_caches
+      cat /etc/debian_version; f=\$(echo $2); cat \$f | wc -c" 2>&1 | tr '\n' ' ')
+    read t1 _ < /proc/uptime
+    echo "host: run repo $1: $out in $(echo "$t0 $t1" | awk '{printf "%d", $2 - $1 + 0.5}') s"
+  }
+  kill -STOP $serve
+  gone stalled '/usr/lib/python3.*/argparse.py'
+  kill -9 $serve
+  gone gone '/usr/lib/python3.*/zipfile.py'
+  echo "host: run restored still answers: $(timeout 30 /bin/starling exec /tmp/hr.sock -- /bin/echo yes 2>&1)"
+  timeout 20 /bin/starling vm stop /tmp/hr.api
+  tail -c 600 /tmp/hr.log | tr -d '\r' | sed 's/^/host: run restored console: /'
   /bin/starling ps -a 2>&1 | sed 's/^/host: run ps: /'
   tail -5 /tmp/sd.log | sed 's/^/host: run daemon log: /'
 }

@@ -13,7 +13,8 @@
 # OUTER_ADD lists more SRC:DEST files for the test host. TIER2_SCENARIOS (e.g.
 # "fork:180,pool:180") picks outer-run.sh's scenarios and their deadlines; TIER2_REUSE=1 boots
 # the test host built by an earlier run in WORKDIR without building it again; TIER2_RUN_ROOTFS
-# ("DIR_A DIR_B") builds the run scenario's disk (below); TIER2_PANIC_AFTER=N
+# ("DIR_A DIR_B [DIR_SYSTEMD]") builds the run scenario's disk (below), with the contents of
+# the directory TIER2_RUN_ADD added; TIER2_PANIC_AFTER=N
 # panics the test host after N seconds (to exercise the test's replacement of dead hosts).
 set -euo pipefail
 starling=$(realpath "$1")
@@ -55,8 +56,9 @@ else
   for lib in $(ldd starling.bin | grep -o '/[^ ]*'); do
     libs+=(--add "$(realpath "$lib"):$lib")
   done
-  # The run scenario's disk (TIER2_RUN_ROOTFS="DIR_A DIR_B": two versions of a Debian root):
-  # a TUF repository holding debian:bookworm at both versions, served inside the test host,
+  # The run scenario's disk (TIER2_RUN_ROOTFS="DIR_A DIR_B [DIR_SYSTEMD]": two versions of a
+  # Debian root, and one with systemd): a TUF repository holding debian:bookworm at both
+  # versions (and debian:systemd), served inside the test host,
   # and the kernel tree `starling run --kernel` takes. Seen there as /dev/vda.
   if [ -n "${TIER2_RUN_ROOTFS:-}" ]; then
     set -- $TIER2_RUN_ROOTFS
@@ -66,12 +68,18 @@ else
     "$starling" push debian:bookworm run-disk/repo > /dev/null
     "$starling" image import "$2" debian:bookworm > run-disk/version-b.txt
     "$starling" push debian:bookworm run-disk/repo > /dev/null
+    if [ -n "${3:-}" ]; then # a root that boots with systemd
+      "$starling" image import "$3" debian:systemd > /dev/null
+      "$starling" push debian:systemd run-disk/repo > /dev/null
+    fi
     "$starling" image export "$image" run-disk/kernel > /dev/null
     # A package for a VM to install through `starling exec` (and `commit` to keep).
     debs="${STARLING_TEST_CACHE:-/var/cache/starling-test}/debs"
     mkdir -p "$debs"
     ls "$debs"/less_*.deb > /dev/null 2>&1 || (cd "$debs" && apt-get download less > /dev/null)
     cp "$(ls "$debs"/less_*.deb | head -1)" run-disk/less.deb
+    # More for the disk (the benchmark's ext4 export and its initramfs).
+    [ -z "${TIER2_RUN_ADD:-}" ] || cp -a "$TIER2_RUN_ADD"/. run-disk/
     rm -f run.img && mkfs.ext4 -q -F -d run-disk run.img 2G
   fi
 

@@ -281,7 +281,7 @@ pub fn ps(socket: &Path, all: bool, json: bool) -> Result<ExitCode> {
         let cmd = if v.cmd.is_empty() {
             "/sbin/init".to_string()
         } else {
-            v.cmd.join(" ")
+            command_column(&v.cmd)
         };
         println!(
             "{:<20} {:<36} {:<14} {:>10} {:>9} {:>8}  {}",
@@ -295,6 +295,27 @@ pub fn ps(socket: &Path, all: bool, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A command on one line of at most `COMMAND_WIDTH` characters (control characters escaped,
+/// the rest cut with `…`, as `docker ps` does): `ps --json` has it whole.
+fn command_column(argv: &[String]) -> String {
+    const COMMAND_WIDTH: usize = 60;
+    let line: String = argv
+        .join(" ")
+        .chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect();
+    match line.char_indices().nth(COMMAND_WIDTH - 1) {
+        Some((i, _)) if line.chars().count() > COMMAND_WIDTH => format!("{}…", &line[..i]),
+        _ => line,
+    }
 }
 
 pub fn stop(socket: &Path, names: &[String], force: bool) -> Result<ExitCode> {
@@ -389,7 +410,9 @@ pub fn commit_vm(
 
 #[derive(clap::Args)]
 pub struct ExecArgs {
-    /// The VM (see `starling ps`)
+    /// The VM (see `starling ps`), or the vsock socket of a VM the daemon does not manage (a
+    /// clone from `vm fork`, a `vm restore`: any path with a `/`)
+    #[arg(value_name = "VM|SOCKET")]
     pub name: String,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -411,14 +434,20 @@ pub struct ExecArgs {
 /// 0x53540001, docs/api/agent.md); its exit status is ours.
 pub fn exec(a: ExecArgs) -> Result<ExitCode> {
     use starling_guest::exec::{self as agent, Event, Request, EXEC_PORT};
-    let vm: VmInfo = client(&a.socket)?.get(&format!("/v1/vms/{}", a.name))?;
-    if !matches!(vm.state, VmState::Running) {
-        bail!(
-            "VM {} is {}: exec needs a running VM (see `starling ps -a`)",
-            a.name,
-            vm.state.word()
-        );
-    }
+    // VM names never hold a `/` (vms.rs), so a path is a vsock socket.
+    let vsock = if a.name.contains('/') {
+        PathBuf::from(&a.name)
+    } else {
+        let vm: VmInfo = client(&a.socket)?.get(&format!("/v1/vms/{}", a.name))?;
+        if !matches!(vm.state, VmState::Running) {
+            bail!(
+                "VM {} is {}: exec needs a running VM (see `starling ps -a`)",
+                a.name,
+                vm.state.word()
+            );
+        }
+        vm.vsock_socket
+    };
     let mut req = Request::new(&a.cmd);
     req.tty = a.tty;
     for e in &a.env {
@@ -427,7 +456,7 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
             _ => bail!("--env {e:?}: give KEY=VALUE"),
         }
     }
-    let stream = agent::connect(&vm.vsock_socket, EXEC_PORT).with_context(|| {
+    let stream = agent::connect(&vsock, EXEC_PORT).with_context(|| {
         format!(
             "VM {}: its agent does not answer (has the guest finished booting?)",
             a.name
@@ -488,5 +517,23 @@ pub fn exec(a: ExecArgs) -> Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_column;
+
+    #[test]
+    fn a_command_is_one_short_line() {
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(command_column(&argv(&["/bin/true"])), "/bin/true");
+        assert_eq!(
+            command_column(&argv(&["python3", "-c", "import os\nprint(1)"])),
+            "python3 -c import os\\nprint(1)"
+        );
+        let long = command_column(&argv(&["sh", "-c", &"x".repeat(200)]));
+        assert_eq!(long.chars().count(), 60);
+        assert!(long.ends_with('…') && !long.contains('\n'), "{long}");
     }
 }

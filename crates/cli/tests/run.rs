@@ -278,6 +278,12 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
     // exec and stop name a VM that does not exist.
     let e = d.fails(&env, &["exec", "nosuch", "--", "true"]);
     assert!(e.contains("nosuch"), "{e}");
+    // A path is a VM outside the daemon, by its vsock socket.
+    let e = d.fails(&env, &["exec", "/nonexistent/vsock.sock", "--", "true"]);
+    assert!(
+        e.contains("/nonexistent/vsock.sock") && e.contains("agent does not answer"),
+        "{e}"
+    );
     let e = d.fails(&env, &["stop", "nosuch"]);
     assert!(e.contains("nosuch"), "{e}");
 }

@@ -69,7 +69,7 @@ fn host_death(console: &str, work: &Path) -> Option<String> {
 
 /// The scenarios in order and the seconds each may take in all (outer-run.sh kills what is
 /// left of a scenario then and reports it done, so it is judged: a hung Starling fails).
-const SCENARIOS: [(&str, u64); 4] = [("boot", 240), ("fork", 180), ("pool", 180), ("run", 420)];
+const SCENARIOS: [(&str, u64); 4] = [("boot", 240), ("fork", 180), ("pool", 180), ("run", 660)];
 /// Booting the test host and loading its KVM modules, before the first scenario.
 const HOST_BOOT: u64 = 90;
 
@@ -104,7 +104,7 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     // TIER2_PANIC_FIRST=N panics the first test host after N seconds, to see the replacement
     // work.
     // The run scenario's two versions of Debian: the cached minbase fixtures (the second has
-    // python3).
+    // python3), and one that boots with systemd.
     let fixtures =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/debian-rootfs.sh");
     let rootfs = Command::new("bash")
@@ -114,7 +114,7 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         .filter(|o| o.status.success())
         .map(|o| {
             let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
-            format!("{dir}/rootfs-a {dir}/rootfs-b")
+            format!("{dir}/rootfs-a {dir}/rootfs-b {dir}/rootfs-d")
         });
     if rootfs.is_none() {
         starling_testkit::skip("tier 2 run scenario: the Debian rootfs fixtures cannot be built");
@@ -451,6 +451,67 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         "{log}"
     );
     assert_eq!(line(&log, "host: run stopped: "), "host: run stopped: pkg");
+    // No command: the image's systemd boots to its default target; exec talks to it, stop
+    // powers it off.
+    let sd = line(&log, "host: run systemd: ");
+    assert!(
+        (sd.contains(": running ") || sd.contains(": degraded "))
+            && sd.contains(" active ")
+            && sd.contains("/systemd "),
+        "{sd}\n{log}"
+    );
+    assert_eq!(
+        line(&log, "host: run systemd stopped: "),
+        "host: run systemd stopped: sysd"
+    );
+    // Snapshot and restore of a virtio-fs-rooted VM: the file python3 held open reads on
+    // after the restore (page cache dropped) to the same bytes as a fresh open.
+    let held: Vec<String> = line(&log, "host: run restored held: ")
+        .trim_start_matches("host: run restored held: ")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        held.len() == 3 && held[0].len() == 64 && held[0] == held[1],
+        "the held file read differently after the restore: {held:?}\n{log}"
+    );
+    // The restored VM forked: each clone reads back what it wrote to the same path, and the
+    // shared root; the VM forked from sees neither.
+    for k in 1..=2 {
+        assert_eq!(
+            line(&log, &format!("host: run clone {k} write: ")),
+            format!("host: run clone {k} write: status 0 ")
+        );
+        let l = line(&log, &format!("host: run clone {k} reads: "));
+        let rest = l
+            .strip_prefix(&format!("host: run clone {k} reads: clone {k} wrote "))
+            .unwrap_or_else(|| panic!("{l}\n{log}"));
+        assert!(rest.trim().parse::<u64>().is_ok_and(|n| n > 30_000), "{l}");
+    }
+    assert_eq!(
+        line(&log, "host: run restored reads: "),
+        "host: run restored reads: nothing"
+    );
+    // The repository stalls, then goes away: a cached file still reads; an uncached one is EIO
+    // within the daemon's request timeout (20 s), then at once; the VM goes on.
+    let gone = |what: &str, limit: u64| {
+        let l = line(&log, &format!("host: run repo {what}: "));
+        let secs: u64 = l
+            .rsplit(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("{l}"));
+        assert!(
+            l.contains(": 12.") && l.contains("Input/output error") && secs <= limit,
+            "{l}"
+        );
+    };
+    gone("stalled", 40);
+    gone("gone", 10);
+    assert_eq!(
+        line(&log, "host: run restored still answers: "),
+        "host: run restored still answers: yes"
+    );
     starling_testkit::note(
         "TIER2",
         &format!("starling run fetched {one} bytes for an image of {image_bytes}"),

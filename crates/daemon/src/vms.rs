@@ -531,7 +531,9 @@ impl Vms {
         let cid = self.next_cid();
         let mut config = VmConfig::new(kernel);
         config.initrd = Some(initrd);
-        config.cmdline = format!("{} quiet", starling_vmm::config::DEFAULT_CMDLINE);
+        // Only critical kernel messages on the console, which is the command's output: the
+        // run init prints the kernel's log itself when the boot fails.
+        config.cmdline = format!("{} quiet loglevel=3", starling_vmm::config::DEFAULT_CMDLINE);
         if let Some(extra) = &req.kernel_args {
             if extra.contains('\n') || extra.len() > 1024 {
                 return Err(DaemonError::BadRequest(

@@ -134,6 +134,7 @@ impl Machine {
         let addr = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE;
         let line = IrqLine::new(self.irqfd(irq)?);
         let events = device.event_source();
+        let counters = device.fs_counters();
         let mem = self.ram.mem.clone();
         let transport = match state {
             None => MmioTransport::new(device, mem, line),
@@ -160,6 +161,7 @@ impl Machine {
                 irq,
             },
             events,
+            counters,
         });
         Ok(())
     }
@@ -183,12 +185,22 @@ pub struct VirtioSlot {
     pub window: MmioDevice,
     /// Host-side input the device waits for (see `VirtioDevice::event_source`).
     pub events: Option<Arc<Epoll>>,
+    /// A file-system device's figures (see `VirtioDevice::fs_counters`).
+    pub counters: Option<Arc<starling_fs::Counters>>,
 }
 
 impl Devices {
     /// The MMIO windows, as ACPI announces them.
     pub fn windows(&self) -> Vec<MmioDevice> {
         self.virtio.iter().map(|s| s.window).collect()
+    }
+
+    /// The file-system devices' figures, by device name.
+    pub fn fs_counters(&self) -> Vec<(String, Arc<starling_fs::Counters>)> {
+        self.virtio
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), s.counters.clone()?)))
+            .collect()
     }
 
     /// Lets every device with host-side input serve what is already waiting (restored

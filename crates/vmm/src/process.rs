@@ -50,10 +50,18 @@ fn run(start: Start) -> (u8, String) {
         eprintln!("starling: installing signal handling: {e}");
         return (2, format!("not started: {e}"));
     }
+    let handle = vm.handle();
     match vm.run() {
         Ok(reason) => {
             if std::env::var_os("STARLING_VM_QUIET").is_none() {
                 eprintln!("starling: VM ended: {reason:?}");
+                for f in handle.0.fs_stats() {
+                    eprintln!(
+                        "starling: virtio-fs {}: the guest read {} bytes in {} reads; objects \
+                         behind them: {} bytes fetched, {} bytes from the host cache; {} errors",
+                        f.device, f.read_bytes, f.reads, f.fetched_bytes, f.cached_bytes, f.errors
+                    );
+                }
             }
             (reason.status().clamp(0, 255) as u8, format!("{reason:?}"))
         }

@@ -87,6 +87,26 @@ pub struct Shared {
     /// CPU in its monitor).
     wake: Arc<EventFd>,
     pub services: Arc<Services>,
+    fs_counters: Vec<(String, Arc<starling_fs::Counters>)>,
+}
+
+impl Shared {
+    pub fn fs_stats(&self) -> Vec<crate::api::FsStats> {
+        self.fs_counters
+            .iter()
+            .map(|(device, c)| {
+                let v = c.values();
+                crate::api::FsStats {
+                    device: device.clone(),
+                    read_bytes: v.served,
+                    fetched_bytes: v.fetched,
+                    cached_bytes: v.cached,
+                    reads: v.reads,
+                    errors: v.errors,
+                }
+            })
+            .collect()
+    }
 }
 
 /// What needs the run loop (it owns the vCPU threads).
@@ -126,6 +146,7 @@ impl VmHandle {
             restored_in_us: s.restored_in.get().map(|d| d.as_micros() as u64),
             lazy: s.lazy.as_ref().map(|l| l.snapshot()),
             guest_ready: s.services.guest_ready(),
+            fs: s.fs_stats(),
         }
     }
 
@@ -233,6 +254,7 @@ impl Vm {
             requests: Mutex::new(None),
             wake: p.services.wake.clone(),
             services: p.services.clone(),
+            fs_counters: p.machine.devices.fs_counters(),
         });
         Vm {
             machine: p.machine,

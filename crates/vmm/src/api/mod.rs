@@ -51,6 +51,25 @@ pub struct VmStatus {
     pub lazy: Option<LazyStats>,
     /// The guest said `ready` to the monitor's service (booted, waiting to be activated).
     pub guest_ready: bool,
+    /// Each virtio-fs device's figures since this monitor started.
+    #[serde(default)]
+    pub fs: Vec<FsStats>,
+}
+
+/// A virtio-fs device's figures: what the guest read through it, and where the objects
+/// behind that came from (fetched from the origin by the daemon, or its host cache).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsStats {
+    pub device: String,
+    /// File bytes returned to the guest's reads.
+    pub read_bytes: u64,
+    /// Object bytes fetched from the origin for this VM (manifests included).
+    pub fetched_bytes: u64,
+    /// Object bytes found in the host cache or a local store.
+    pub cached_bytes: u64,
+    /// READ requests, and requests answered with an error.
+    pub reads: u64,
+    pub errors: u64,
 }
 
 /// What a lazily restored VM fetched: pages with data, zero pages filled in place, bytes

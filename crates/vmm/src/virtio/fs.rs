@@ -70,6 +70,8 @@ struct Shared {
 
 pub struct Fs {
     config: FsConfig,
+    /// What the guest read, and where the objects behind it came from (the VM's status).
+    counters: Arc<Counters>,
     fs: Arc<ImageFs>,
     server: Arc<FuseServer>,
     shared: Arc<Shared>,
@@ -79,7 +81,7 @@ pub struct Fs {
 
 /// Opens the objects an image root reads: through the daemon's object socket, or a local
 /// store directly (`store:PATH` without a socket).
-fn objects(config: &FsConfig) -> Result<Arc<Objects>, Error> {
+fn objects(config: &FsConfig, counters: &Arc<Counters>) -> Result<Arc<Objects>, Error> {
     let bad = |reason: String| Error::Invalid(format!("virtio-fs {}: {reason}", config.tag));
     let source: Arc<dyn ObjectSource> = match &config.objects_socket {
         Some(sock) => Arc::new(
@@ -96,10 +98,7 @@ fn objects(config: &FsConfig) -> Result<Arc<Objects>, Error> {
             Arc::new(Store::open(path).map_err(|e| bad(e.to_string()))?)
         }
     };
-    Ok(Arc::new(Objects::new(
-        source,
-        Arc::new(Counters::default()),
-    )))
+    Ok(Arc::new(Objects::new(source, counters.clone())))
 }
 
 fn version(config: &FsConfig) -> Result<ObjectId, Error> {
@@ -116,18 +115,24 @@ impl Fs {
     /// an unreachable source is an error before the guest runs.
     pub fn new(config: FsConfig) -> Result<Fs, Error> {
         config.validate()?;
+        let counters = Arc::new(Counters::default());
         let fs = ImageFs::new(
-            objects(&config)?,
+            objects(&config, &counters)?,
             &version(&config)?,
-            Arc::new(Counters::default()),
+            counters.clone(),
             None,
             format!("virtio-fs {}", config.tag),
         )
         .map_err(|e| Error::Invalid(format!("virtio-fs {}: {e}", config.tag)))?;
-        Self::with(config, fs, Vec::new())
+        Self::with(config, fs, counters, Vec::new())
     }
 
-    fn with(config: FsConfig, fs: ImageFs, pending: Vec<Completion>) -> Result<Fs, Error> {
+    fn with(
+        config: FsConfig,
+        fs: ImageFs,
+        counters: Arc<Counters>,
+        pending: Vec<Completion>,
+    ) -> Result<Fs, Error> {
         let fs = Arc::new(fs);
         let evt =
             EventFd::new(libc::EFD_NONBLOCK).map_err(crate::machine::io_err("virtio-fs event"))?;
@@ -144,6 +149,7 @@ impl Fs {
         }
         Ok(Fs {
             config,
+            counters,
             server: Arc::new(Server::new(fs.clone())),
             fs,
             shared: Arc::new(Shared {
@@ -259,6 +265,9 @@ impl VirtioDevice for Fs {
     fn as_any(&mut self) -> &mut dyn std::any::Any {
         self
     }
+    fn fs_counters(&self) -> Option<Arc<Counters>> {
+        Some(self.counters.clone())
+    }
     fn device_type(&self) -> u32 {
         TYPE_FS
     }
@@ -352,13 +361,14 @@ impl<'a> Persist<'a> for Fs {
                 config.tag
             )));
         }
+        let counters = Arc::new(Counters::default());
         let fs = ImageFs::restore(
-            objects(&config)?,
+            objects(&config, &counters)?,
             &state.fs,
-            Arc::new(Counters::default()),
+            counters.clone(),
             format!("virtio-fs {}", config.tag),
         )
         .map_err(|e| Error::Invalid(format!("virtio-fs {}: {e}", config.tag)))?;
-        Self::with(config, fs, state.completions.clone())
+        Self::with(config, fs, counters, state.completions.clone())
     }
 }

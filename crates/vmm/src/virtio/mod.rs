@@ -174,6 +174,11 @@ pub trait VirtioDevice: Send {
     fn event_source(&self) -> Option<Arc<Epoll>> {
         None
     }
+    /// A file-system device's figures: bytes the guest read, and the object bytes behind them
+    /// fetched from the origin or read from the host cache (the VM's status shows them).
+    fn fs_counters(&self) -> Option<Arc<starling_fs::Counters>> {
+        None
+    }
     /// The device as its own type (its snapshot state is saved by type, `state.rs`).
     fn as_any(&mut self) -> &mut dyn std::any::Any;
 }
