@@ -198,6 +198,7 @@ scenario_run() {
       'systemctl is-system-running --wait; systemctl is-active multi-user.target; readlink /proc/1/exe' 2>&1 | tr '\n' ' ')
     read up _ < /proc/uptime
     echo "host: run systemd: $out at uptime $up"
+    timeout 30 /bin/starling exec sysd -- /bin/sh -c 'echo self $(stat -c "%d:%i" / /run) pid1 $(stat -c "%d:%i" /proc/1/root /proc/1/root/run); grep -E " / | /run " /proc/self/mountinfo; echo ---; grep -E " / | /run " /proc/1/mountinfo; ls /run/systemd | tr "\n" " "' 2>&1 | sed 's/^/host: run systemd view: /'
     echo "host: run systemd failed units: $(timeout 30 /bin/starling exec sysd -- systemctl --failed --no-legend --plain 2>&1 | tr '\n' '|')"
     timeout 60 /bin/starling stop sysd 2>&1 | sed 's/^/host: run systemd stopped: /'
     /bin/starling ps -a | grep '^sysd ' | sed 's/^/host: run systemd ps: /'
@@ -255,8 +256,8 @@ time.sleep(100000)' > /tmp/held.out 2>&1
     tail -c 300 /tmp/hforks/clone-$k/monitor.log 2>/dev/null | tr -d '\r' | sed "s/^/host: run clone $k monitor: /"
   done
   # The repository goes away under the restored VM: files the host cache holds still read
-  # (the guest's page cache dropped), files it does not fail with EIO within the daemon's
-  # request timeout (20 s) when the server stalls, at once when it is gone.
+  # (the guest's page cache dropped), files it does not fail with EIO once a stalled server
+  # sent nothing for 5 s, at once when it is gone.
   gone() { # WHAT FILE
     read t0 _ < /proc/uptime
     out=$(timeout 90 /bin/starling exec /tmp/hr.sock -- /bin/sh -c "echo 3 > /proc/sys/vm/drop_caches

@@ -10,6 +10,9 @@ use crate::error::{invalid, Error, Result};
 use crate::pull::{ClientOptions, Remote};
 use crate::push::object_rel;
 
+/// No byte from the server for this long fails the request.
+const STALL: Duration = Duration::from_secs(5);
+
 /// A download task's outcome: the object, and its envelope with the URL it came from.
 pub(crate) type Fetched = (ObjectId, Result<(Vec<u8>, String)>);
 
@@ -25,6 +28,9 @@ impl Fetcher {
     pub fn new(remote: Remote, opts: &ClientOptions) -> Result<Fetcher> {
         let client = reqwest::Client::builder()
             .timeout(opts.timeout)
+            // A server that stops sending (stalled, its host gone) fails a read in seconds,
+            // while a slow but moving download has the whole timeout.
+            .read_timeout(STALL.min(opts.timeout))
             .connect_timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| invalid("HTTP client", e.to_string()))?;

@@ -22,6 +22,12 @@ use crate::{envelope, Error, ObjectId, Result};
 pub const MAX_CHUNK: u64 = 256 << 10;
 /// Cache segments: small enough that an emptied one is soon deleted whole.
 const SEGMENT_MAX: u64 = 64 << 20;
+/// How long a failed download is remembered: asking again within it fails at once, so a
+/// reader the kernel retries (readahead, then the page itself) waits out a stalled origin
+/// once, not once per retry.
+const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
+/// Failures remembered at most (beyond it the expired ones go, then all).
+const MAX_FAILURES: usize = 4096;
 
 pub struct HostCache {
     _owner: crate::lock::StoreLock,
@@ -29,6 +35,8 @@ pub struct HostCache {
     quota: u64,
     index: Mutex<Index>,
     inflight: Mutex<HashMap<ObjectId, Arc<Flight>>>,
+    /// Recent failed downloads: when, and why.
+    failures: Mutex<HashMap<ObjectId, (std::time::Instant, String)>>,
     pub stats: CacheCounters,
 }
 
@@ -133,6 +141,7 @@ impl HostCache {
             quota,
             index: Mutex::new(index),
             inflight: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
             stats: CacheCounters::default(),
         };
         // A smaller quota than last time takes effect now.
@@ -254,7 +263,43 @@ impl HostCache {
     }
 
     fn fetch(&self, inner: &dyn ObjectSource, id: &ObjectId, max_len: u64) -> Result<Vec<u8>> {
-        let (env, _) = inner.envelope(id, max_len)?;
+        let unavailable = |reason: String| Error::Unavailable {
+            id: *id,
+            from: inner.describe(),
+            reason,
+        };
+        {
+            let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((when, why)) = failures.get(id) {
+                if when.elapsed() < FAILURE_MEMORY {
+                    return Err(unavailable(format!(
+                        "{why} ({:.1} s ago; not asked again for {} s)",
+                        when.elapsed().as_secs_f64(),
+                        FAILURE_MEMORY.as_secs()
+                    )));
+                }
+            }
+        }
+        let (env, _) = match inner.envelope(id, max_len) {
+            Ok(x) => {
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(id);
+                x
+            }
+            Err(e) => {
+                let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                if failures.len() >= MAX_FAILURES {
+                    failures.retain(|_, (when, _)| when.elapsed() < FAILURE_MEMORY);
+                    if failures.len() >= MAX_FAILURES {
+                        failures.clear();
+                    }
+                }
+                failures.insert(*id, (std::time::Instant::now(), e.to_string()));
+                return Err(e);
+            }
+        };
         self.stats
             .fetched_bytes
             .fetch_add(env.len() as u64, Ordering::Relaxed);
@@ -594,6 +639,16 @@ mod tests {
         assert!(e.to_string().contains("test origin"), "{e}");
         assert!(!c.contains(&ids[1]));
         assert_eq!(c.stats().refused, 1);
+        // An origin that fails is asked once: a second read within FAILURE_MEMORY fails at
+        // once with the first one's reason, and other objects are not held up.
+        *src.damaged.lock().unwrap() = None;
+        let missing = ObjectId::of(b"not at the origin");
+        let asked = src.asked.load(Ordering::Relaxed);
+        let first = view.read(&missing, 1000).unwrap_err().to_string();
+        let again = view.read(&missing, 1000).unwrap_err().to_string();
+        assert_eq!(src.asked.load(Ordering::Relaxed), asked + 1);
+        assert!(again.contains("not asked again"), "{first} / {again}");
+        view.read(&ids[0], 100_000).unwrap();
         // An object larger than the reader allows is refused before it is decoded.
         *src.damaged.lock().unwrap() = None;
         assert!(view.read(&ids[1], 1000).is_err());
