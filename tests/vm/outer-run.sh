@@ -190,15 +190,15 @@ scenario_run() {
   # it and stop asks it to power off.
   if /bin/starling run -d --name sysd --kernel /run-disk/kernel --mem 256M --root $root $url debian:systemd \
     > /tmp/sysd.out 2>&1; then
-    # The agent answers from the initramfs on; systemd has booted far enough to be asked once
-    # it made /run/systemd/system (sd_booted(3)).
+    # The agent answers from the initramfs on; systemd can be asked once it made
+    # /run/systemd/system (sd_booted(3)) and its private bus socket.
     i=0
-    until /bin/starling exec sysd -- /bin/test -d /run/systemd/system > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
+    until /bin/starling exec sysd -- /bin/sh -c 'test -d /run/systemd/system && test -S /run/systemd/private' > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
     out=$(timeout 240 /bin/starling exec sysd -- /bin/sh -c \
       'systemctl is-system-running --wait; systemctl is-active multi-user.target; readlink /proc/1/exe' 2>&1 | tr '\n' ' ')
     read up _ < /proc/uptime
     echo "host: run systemd: $out at uptime $up"
-    timeout 30 /bin/starling exec sysd -- /bin/sh -c 'echo self $(stat -c "%d:%i" / /run) pid1 $(stat -c "%d:%i" /proc/1/root /proc/1/root/run); grep -E " / | /run " /proc/self/mountinfo; echo ---; grep -E " / | /run " /proc/1/mountinfo; ls /run/systemd | tr "\n" " "' 2>&1 | sed 's/^/host: run systemd view: /'
+    timeout 30 /bin/starling exec sysd -- /bin/sh -c 'echo root $(stat -c "%d:%i" /) pid1 $(stat -L -c "%d:%i" /proc/1/root) $(systemctl is-system-running 2>&1)' 2>&1 | sed 's/^/host: run systemd view: /'
     echo "host: run systemd failed units: $(timeout 30 /bin/starling exec sysd -- systemctl --failed --no-legend --plain 2>&1 | tr '\n' '|')"
     timeout 60 /bin/starling stop sysd 2>&1 | sed 's/^/host: run systemd stopped: /'
     /bin/starling ps -a | grep '^sysd ' | sed 's/^/host: run systemd ps: /'
@@ -255,6 +255,21 @@ time.sleep(100000)' > /tmp/held.out 2>&1
     tail -c 300 /tmp/hforks/clone-$k/console.log 2>/dev/null | tr -d '\r' | sed "s/^/host: run clone $k console: /"
     tail -c 300 /tmp/hforks/clone-$k/monitor.log 2>/dev/null | tr -d '\r' | sed "s/^/host: run clone $k monitor: /"
   done
+  # A pool of the image, made by the daemon: booted once to the run init's `ready` and
+  # docked; each activation runs the pool's command with its own environment, without booting.
+  export STARLING_POOLS=/tmp/pools
+  timeout 240 /bin/starling pool create deb --image $url debian:bookworm --root $root \
+    --kernel /run-disk/kernel --mem 256M --size 1 --timeout 180 \
+    -- /bin/sh -c 'echo pool job $JOB on $(cat /etc/debian_version)' 2>&1 | sed 's/^/host: run pool: /'
+  for n in 1 2; do
+    out=$(timeout 60 /bin/starling pool run deb --env JOB=$n --json 2>&1)
+    console=$(echo "$out" | sed -n 's/.*"console":"\([^"]*\)".*/\1/p')
+    i=0
+    until grep -aq "pool job" "$console" 2>/dev/null || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+    echo "host: run pool job $n: $(grep -a 'pool job' "$console" 2>/dev/null | tr -d '\r') booted again: $(grep -ac 'starling-init: started' "$console" 2>/dev/null)"
+    [ -n "$console" ] || echo "host: run pool run $n said: $out"
+  done
+  timeout 60 /bin/starling pool rm deb --force 2>&1 | sed 's/^/host: run pool: /'
   # The repository goes away under the restored VM: files the host cache holds still read
   # (the guest's page cache dropped), files it does not fail with EIO once a stalled server
   # sent nothing for 5 s, at once when it is gone.

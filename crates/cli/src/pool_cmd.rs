@@ -1,7 +1,9 @@
 //! `starling pool …`: substrate pools, a thin layer over `starling_vmm::pool` (which holds
-//! their lifecycle). The one thing a pool needs from the store is done here: a stored image
-//! becomes the VM's ext4 disk in the pool's directory before the library boots it.
+//! their lifecycle). A pool of an image (`--image [URL] IMAGE -- CMD`) is made by starlingd,
+//! which boots it as `starling run` would (daemon/src/pools.rs); a pool of a kernel and
+//! initramfs is made here, with a stored image as its ext4 disk (`--disk-image`) if asked.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use starling_vmm::{DiskConfig, VmConfig};
 pub enum PoolCmd {
     /// Boot a VM until its guest is ready, dock its snapshot in memory and keep SIZE
     /// substrates restored from it waiting
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// Activate a VM from the pool without booting: it gets its environment and arguments as
     /// the answer to its `ready`, and runs on from there
     Run {
@@ -46,13 +48,39 @@ pub enum PoolCmd {
 #[derive(Args)]
 pub struct CreateArgs {
     name: String,
-    /// Kernel: a bzImage or an ELF vmlinux
-    #[arg(long)]
-    kernel: PathBuf,
+    /// `[URL] IMAGE`: substrates of an image, booted as `starling run` boots it (its root
+    /// fetched on demand through starlingd's host cache) and docked once the run init says
+    /// `ready`; activated, each runs CMD (or `pool run --args` through /bin/sh -c)
+    #[arg(long, num_args = 1..=2, value_name = "[URL] IMAGE", conflicts_with_all = ["initrd", "cmdline", "disk_image", "disks"])]
+    image: Vec<String>,
+    /// The command an activated substrate of --image runs
+    #[arg(last = true, value_name = "CMD", requires = "image")]
+    cmd: Vec<String>,
+    /// Kernel: a bzImage or an ELF vmlinux; with --image also a kernel image in the store or
+    /// a kernel tree (as `starling run --kernel`)
+    #[arg(long, required_unless_present = "image", value_name = "FILE|REF|DIR")]
+    kernel: Option<String>,
     #[arg(long)]
     initrd: Option<PathBuf>,
-    #[arg(long, default_value = starling_vmm::config::DEFAULT_CMDLINE)]
-    cmdline: String,
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// With --image: appended to the kernel's command line
+    #[arg(
+        long,
+        value_name = "ARGS",
+        allow_hyphen_values = true,
+        requires = "image"
+    )]
+    kernel_args: Option<String>,
+    /// With --image: `KEY=VALUE` for CMD (repeatable; an activation's --env adds to it)
+    #[arg(short, long = "env", value_name = "KEY=VALUE", requires = "image")]
+    env: Vec<String>,
+    /// With --image: trusted root metadata, needed on first contact with the repository
+    #[arg(long, value_name = "ROOT.json", requires = "image")]
+    root: Option<PathBuf>,
+    /// With --image: size of each substrate's writable layer (a sparse scratch disk)
+    #[arg(long, default_value = "8G", value_parser = crate::format::parse_size)]
+    disk_size: u64,
     /// Guest memory (e.g. 256M)
     #[arg(long, default_value = "256M", value_parser = crate::vm_cmd::parse_mem)]
     mem: u64,
@@ -61,8 +89,8 @@ pub struct CreateArgs {
     /// A stored image as the VM's disk (/dev/vda, ext4; each activated VM writes to its own
     /// copy-on-write overlay)
     #[arg(long)]
-    image: Option<String>,
-    /// A raw disk image, FILE or FILE,ro (repeatable, after --image)
+    disk_image: Option<String>,
+    /// A raw disk image, FILE or FILE,ro (repeatable, after --disk-image)
     #[arg(long = "disk", value_parser = crate::vm_cmd::parse_disk)]
     disks: Vec<DiskConfig>,
     /// Substrates kept waiting
@@ -71,6 +99,8 @@ pub struct CreateArgs {
     /// Seconds the first boot may take to reach `ready`
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+    socket: PathBuf,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -83,7 +113,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
 pub fn run(store: &Path, cmd: PoolCmd) -> Result<ExitCode> {
     let pools = Pools::new(pool::default_root());
     match cmd {
-        PoolCmd::Create(a) => create(&pools, store, a),
+        PoolCmd::Create(a) => create(&pools, store, *a),
         PoolCmd::Run {
             name,
             env,
@@ -106,14 +136,21 @@ pub fn run(store: &Path, cmd: PoolCmd) -> Result<ExitCode> {
 }
 
 fn create(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCode> {
+    if !a.image.is_empty() {
+        return create_of_image(pools, store, a);
+    }
+    let kernel = PathBuf::from(a.kernel.clone().unwrap_or_default());
     let draft = pools.begin(&a.name)?;
     let made = (|| -> Result<pool::PoolInfo> {
-        let mut vm = VmConfig::new(a.kernel.clone());
+        let mut vm = VmConfig::new(kernel);
         vm.initrd = a.initrd.clone();
-        vm.cmdline = a.cmdline.clone();
+        vm.cmdline = a
+            .cmdline
+            .clone()
+            .unwrap_or_else(|| starling_vmm::config::DEFAULT_CMDLINE.into());
         vm.mem_mib = a.mem;
         vm.vcpus = a.vcpus;
-        if let Some(image) = &a.image {
+        if let Some(image) = &a.disk_image {
             let disk = draft.dir().join("rootfs.ext4");
             crate::vm_artifacts::export_ext4(store, image, &disk)?;
             vm.disks.push(DiskConfig {
@@ -126,14 +163,58 @@ fn create(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCode> {
             vm,
             size: a.size,
             boot_timeout: Duration::from_secs(a.timeout),
-            image: a.image.clone(),
+            image: a.disk_image.clone(),
         })?)
     })();
     let info = made.with_context(|| format!("creating pool {}", a.name))?;
+    created(&info);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn created(info: &pool::PoolInfo) {
     eprintln!(
         "pool {}: booted to ready in {} ms, {} bytes of memory docked, {} substrates waiting",
-        a.name, info.boot_ms, info.snapshot_memory_bytes, info.size
+        info.name, info.boot_ms, info.snapshot_memory_bytes, info.size
     );
+}
+
+/// A pool of an image: starlingd boots it as `starling run` would and docks it.
+fn create_of_image(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCode> {
+    use crate::run_cmd::{check_env, kernel_arg, source};
+    use starling_daemon::api::{PoolRequest, RunRequest};
+    check_env(&a.env)?;
+    let run = RunRequest {
+        name: None,
+        source: source(store, &a.image, a.root.as_deref())?,
+        store: std::path::absolute(store)?,
+        mem_mib: a.mem,
+        vcpus: a.vcpus,
+        kernel: kernel_arg(a.kernel.as_ref())?,
+        kernel_args: a.kernel_args.clone(),
+        cmd: a.cmd.clone(),
+        env: a.env.clone(),
+        rm: false,
+        disk_bytes: a.disk_size,
+    };
+    let req = PoolRequest {
+        name: a.name.clone(),
+        run,
+        size: a.size,
+        boot_timeout_secs: a.timeout,
+        pools: std::path::absolute(pools.root())?,
+    };
+    if std::io::stderr().is_terminal() {
+        eprintln!(
+            "pool {}: booting {} until it is ready (at most {} s) …",
+            a.name,
+            req.run.image_arg(),
+            a.timeout
+        );
+    }
+    let info: pool::PoolInfo = starling_daemon::client::Client::new(&a.socket)?
+        .post("/v1/pools", &req)
+        .with_context(|| format!("creating pool {}", a.name))?;
+    created(&info);
     Ok(ExitCode::SUCCESS)
 }
 

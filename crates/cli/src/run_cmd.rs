@@ -69,15 +69,16 @@ fn client(socket: &Path) -> Result<Client> {
     Ok(Client::new(socket)?)
 }
 
-pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
-    let source = match a.image.as_slice() {
+/// `[URL] IMAGE` (and the repository's trusted root) as the daemon takes it.
+pub(crate) fn source(store: &Path, image: &[String], root: Option<&Path>) -> Result<Source> {
+    Ok(match image {
         [url, image] => Source::Repo {
             url: url.clone(),
             image: image.clone(),
-            root: a.root.as_deref().map(abs).transpose()?,
+            root: root.map(abs).transpose()?,
         },
         [image] => {
-            if a.root.is_some() {
+            if root.is_some() {
                 bail!("--root is for repository images (give URL IMAGE)");
             }
             Source::Store {
@@ -86,29 +87,41 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
             }
         }
         _ => bail!("give [URL] IMAGE"),
-    };
-    for e in &a.env {
+    })
+}
+
+/// `--kernel REF|DIR|FILE`: a path made absolute for the daemon, a reference as it is.
+pub(crate) fn kernel_arg(kernel: Option<&String>) -> Result<Option<String>> {
+    kernel
+        .map(|k| {
+            if Path::new(k).exists() {
+                abs(Path::new(k)).map(|p| p.display().to_string())
+            } else {
+                Ok(k.clone())
+            }
+        })
+        .transpose()
+}
+
+pub(crate) fn check_env(env: &[String]) -> Result<()> {
+    for e in env {
         if !e.contains('=') {
             bail!("--env {e:?}: give KEY=VALUE");
         }
     }
+    Ok(())
+}
+
+pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
+    let source = source(store, &a.image, a.root.as_deref())?;
+    check_env(&a.env)?;
     let req = RunRequest {
         name: a.name.clone(),
         source,
         store: abs(store)?,
         mem_mib: a.mem >> 20,
         vcpus: a.vcpus,
-        kernel: a
-            .kernel
-            .as_ref()
-            .map(|k| {
-                if Path::new(k).exists() {
-                    abs(Path::new(k)).map(|p| p.display().to_string())
-                } else {
-                    Ok(k.clone())
-                }
-            })
-            .transpose()?,
+        kernel: kernel_arg(a.kernel.as_ref())?,
         kernel_args: a.kernel_args.clone(),
         cmd: a.cmd.clone(),
         env: a.env.clone(),

@@ -2,8 +2,12 @@
 //! sets some state, says `ready` to the monitor's service and prints the configuration it gets
 //! back, then exits with its code=N).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use common::StopPools;
 use std::time::{Duration, Instant};
 
 /// The tier-1 test guest (PVH build), or None after a loud skip (a failure under CI) when this
@@ -57,29 +61,6 @@ fn wait_for_file(p: &Path, needle: &str) -> String {
     }
 }
 
-/// Stops every monitor a pool started, even when the test fails half-way (substrates live in
-/// their own sessions and would outlive it).
-struct StopAll(PathBuf);
-
-impl Drop for StopAll {
-    fn drop(&mut self) {
-        for sock in std::fs::read_dir(&self.0)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .flat_map(|p| {
-                std::fs::read_dir(p.path().join("slots"))
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-            })
-            .map(|s| s.path().join("api.sock"))
-        {
-            let _ = starling_vmm::api::call(&sock, "POST", "/v1/vm/stop", &serde_json::Value::Null);
-        }
-    }
-}
-
 #[test]
 fn pools_dock_activate_refill_and_remove() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,7 +68,7 @@ fn pools_dock_activate_refill_and_remove() {
         return;
     };
     let pools = dir.path().join("pools");
-    let _stop = StopAll(pools.clone());
+    let _stop = StopPools(pools.clone());
     let create = |name: &str, cmdline: &str, size: &str| {
         let mut c = starling(&pools);
         c.args([
@@ -236,7 +217,7 @@ fn pools_dock_activate_refill_and_remove() {
         .arg("tiny:v1"));
     ok(create("disk", "substrate disk", "1")
         .env("STARLING_HOME", &store)
-        .args(["--image", "tiny:v1"]));
+        .args(["--disk-image", "tiny:v1"]));
     let base = pools.join("disk/rootfs.ext4");
     let base_before = std::fs::read(&base).unwrap();
     // The base disk holds the image (read by e2fsprogs' own ext4 reader).

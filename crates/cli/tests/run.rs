@@ -401,3 +401,96 @@ fn vms_outlive_the_cli_and_the_daemon() {
         .unwrap()
         .is_empty());
 }
+
+/// `pool create NAME --image IMAGE -- CMD`: starlingd boots the VM `starling run` would (boot
+/// artifact, virtio-fs root, scratch disk; here the test guest in its `substrate` mode as the
+/// kernel) until its guest says `ready`, and docks it; `pool run` activates a substrate.
+#[test]
+fn a_pool_of_an_image_is_booted_by_the_daemon_and_activated() {
+    let env = Env::new();
+    let Some(kernel) = guest(&env) else { return };
+    image(&env, "tiny:1", false);
+    let pools = env.path("pools");
+    let _stop = StopPools(pools.clone());
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let cli = |args: &[&str]| {
+        env.cmd()
+            .args(args)
+            .env("STARLING_SOCKET", &d.socket)
+            .env("STARLING_POOLS", &pools)
+            .output()
+            .unwrap()
+    };
+    let create = |name: &str, image: &str, cmd: &[&str]| {
+        let mut a = vec![
+            "pool",
+            "create",
+            name,
+            "--image",
+            image,
+            "--kernel",
+            s(&kernel),
+            "--kernel-args",
+            "substrate",
+            "--mem",
+            "64M",
+        ];
+        if !cmd.is_empty() {
+            a.push("--");
+            a.extend(cmd);
+        }
+        cli(&a)
+    };
+    let o = create("web", "tiny:1", &["/bin/true"]);
+    assert!(
+        o.status.success(),
+        "{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        fs::read_to_string(d.state.join("daemon.log")).unwrap_or_default()
+    );
+    let ls = json(&String::from_utf8_lossy(
+        &cli(&["pool", "ls", "--json"]).stdout,
+    ));
+    assert_eq!(ls[0]["name"], "web", "{ls}");
+    assert_eq!(ls[0]["waiting"], 1, "{ls}");
+    assert!(
+        ls[0]["image"].as_str().unwrap_or("").starts_with("tiny:1@"),
+        "{ls}"
+    );
+    // The boot VM had the run VM's devices: scratch disk (2), vsock (19), virtio-fs root (26).
+    let boot = fs::read_to_string(pools.join("web/boot.log")).unwrap();
+    for dev in [2, 19, 26] {
+        assert!(boot.contains(&format!(": device {dev}\n")), "{boot}");
+    }
+    assert!(boot.contains("substrate: ready"), "{boot}");
+    let v = json(&String::from_utf8_lossy(
+        &cli(&[
+            "pool", "run", "web", "--env", "code=5", "--args", "job 1", "--json",
+        ])
+        .stdout,
+    ));
+    assert_eq!(v["warm"], true, "{v}");
+    let slot = PathBuf::from(v["slot"].as_str().unwrap());
+    wait_for("the activated VM's end", Duration::from_secs(60), || {
+        fs::read_to_string(slot.join("monitor.log"))
+            .unwrap_or_default()
+            .contains("GuestExit(5)")
+    });
+    let console = fs::read_to_string(v["console"].as_str().unwrap()).unwrap();
+    assert!(
+        console.contains("substrate: activate code=5 -- job 1"),
+        "{console}"
+    );
+
+    // Errors: each names the problem, before a guest runs, and leaves no pool behind.
+    let e = String::from_utf8_lossy(&create("nocmd", "tiny:1", &[]).stderr).into_owned();
+    assert!(e.contains("needs a command"), "{e}");
+    let e = String::from_utf8_lossy(&create("web", "tiny:1", &["/bin/true"]).stderr).into_owned();
+    assert!(e.contains("exists"), "{e}");
+    let e =
+        String::from_utf8_lossy(&create("ghost", "nosuch:1", &["/bin/true"]).stderr).into_owned();
+    assert!(e.contains("nosuch"), "{e}");
+    for p in ["nocmd", "ghost"] {
+        assert!(!pools.join(p).exists(), "{p} was left behind");
+    }
+}

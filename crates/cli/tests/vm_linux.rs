@@ -492,6 +492,20 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         line(&log, "host: run restored reads: "),
         "host: run restored reads: nothing"
     );
+    // A pool of the image, made by the daemon: docked at the run init's `ready`, each
+    // activation runs the pool's command with its own environment, without booting again.
+    assert!(
+        line(&log, "host: run pool: pool deb: booted to ready").contains("1 substrates waiting"),
+        "{log}"
+    );
+    for n in 1..=2 {
+        assert!(
+            line(&log, &format!("host: run pool job {n}: "))
+                .starts_with(&format!("host: run pool job {n}: pool job {n} on 12."))
+                && line(&log, &format!("host: run pool job {n}: ")).ends_with("booted again: 0"),
+            "{log}"
+        );
+    }
     // The repository stalls, then goes away: a cached file still reads; an uncached one is EIO
     // once the stalled server sent nothing for 5 s (waited out once, not per kernel retry),
     // then at once; the VM goes on.

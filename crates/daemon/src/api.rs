@@ -166,6 +166,23 @@ impl RunRequest {
     }
 }
 
+/// `POST /v1/pools`: a pool of an image's substrates. Each is booted as `starling run` boots
+/// the image (the same boot artifact, root and scratch disk) until its guest says `ready`,
+/// then docked; activated (`starling pool run`), it runs `run.cmd` with the activation's
+/// environment, or the activation's arguments as its command (`/bin/sh -c ARGS`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PoolRequest {
+    pub name: String,
+    /// The VM, as for `starling run` (its name and `rm` are not used).
+    pub run: RunRequest,
+    /// Substrates kept waiting.
+    pub size: u32,
+    /// Seconds the first boot may take to reach `ready`.
+    pub boot_timeout_secs: u64,
+    /// The pools directory (the caller's `STARLING_POOLS`), where `pool run` finds it.
+    pub pools: PathBuf,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {

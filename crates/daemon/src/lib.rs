@@ -11,6 +11,7 @@ pub mod client;
 pub mod kernels;
 pub mod mounts;
 pub mod objects;
+pub mod pools;
 pub mod run;
 pub mod server;
 pub mod sources;

@@ -11,6 +11,22 @@ use crate::DaemonError;
 const MEM_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 20);
 
 pub fn create(d: &Daemon, req: &RunRequest) -> Result<VmInfo, DaemonError> {
+    let (image, boot) = prepare(d, req)?;
+    d.vms.create(req, image, boot, &d.config.objects_socket())
+}
+
+/// Checks a request, resolves its image and builds (or finds) its boot artifact: kernel and
+/// initramfs.
+pub fn prepare(
+    d: &Daemon,
+    req: &RunRequest,
+) -> Result<
+    (
+        crate::vms::Resolved,
+        (std::path::PathBuf, std::path::PathBuf),
+    ),
+    DaemonError,
+> {
     if !MEM_RANGE.contains(&req.mem_mib) {
         return Err(DaemonError::BadRequest(format!(
             "--mem {} MiB: give between {} MiB and {} GiB",
@@ -33,12 +49,7 @@ pub fn create(d: &Daemon, req: &RunRequest) -> Result<VmInfo, DaemonError> {
         crate::kernels::choose(&d.config.state, &req.store, req.kernel.as_deref(), &image)?;
     let artifact = starling_guest::run::artifact(&d.config.state.join("boot"), &kernel.dir)
         .map_err(|e| DaemonError::BadRequest(format!("kernel from {}: {e}", kernel.origin)))?;
-    d.vms.create(
-        req,
-        image,
-        (artifact.kernel, artifact.initrd),
-        &d.config.objects_socket(),
-    )
+    Ok((image, (artifact.kernel, artifact.initrd)))
 }
 
 /// Scratch disks below this hold nothing useful; above, a typo.

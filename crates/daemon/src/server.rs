@@ -126,6 +126,14 @@ async fn create_vm(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
+async fn create_pool(
+    State(d): Shared,
+    Json(req): Json<PoolRequest>,
+) -> Result<(StatusCode, Json<starling_vmm::pool::PoolInfo>), DaemonError> {
+    let info = blocking(move || crate::pools::create(&d, &req)).await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
 async fn stop_vm(
     State(d): Shared,
     Path(name): Path<String>,
@@ -174,6 +182,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/cache/verify", post(cache_verify))
         .route("/v1/shutdown", post(shutdown))
         .route("/v1/vms", get(list_vms).post(create_vm))
+        .route("/v1/pools", post(create_pool))
         .route("/v1/vms/{name}", get(get_vm).delete(remove_vm))
         .route("/v1/vms/{name}/stop", post(stop_vm))
         .route("/v1/vms/{name}/commit", post(commit_vm))

@@ -510,53 +510,18 @@ impl Vms {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .map_err(|e| internal(e.to_string()))?;
-        let mut config_files: Vec<(&str, Vec<u8>)> = Vec::new();
-        if !req.cmd.is_empty() {
-            config_files.push(("cmd", nul_joined(&req.cmd)));
-        }
-        if !req.env.is_empty() {
-            config_files.push(("env", nul_joined(&req.env)));
-        }
-        let cfg: Vec<(&str, &[u8])> = config_files
-            .iter()
-            .map(|(n, b)| (*n, b.as_slice()))
-            .collect();
-        starling_image::scratch::create(
-            &paths.scratch(),
-            req.disk_bytes,
-            &image.commit.root_meta,
-            &cfg,
-        )
-        .map_err(|e| internal(format!("scratch disk: {e}")))?;
+        scratch_disk(&paths.scratch(), req, image, false)?;
         let cid = self.next_cid();
-        let mut config = VmConfig::new(kernel);
-        config.initrd = Some(initrd);
-        // Only critical kernel messages on the console, which is the command's output: the
-        // run init prints the kernel's log itself when the boot fails.
-        config.cmdline = format!("{} quiet loglevel=3", starling_vmm::config::DEFAULT_CMDLINE);
-        if let Some(extra) = &req.kernel_args {
-            if extra.contains('\n') || extra.len() > 1024 {
-                return Err(DaemonError::BadRequest(
-                    "--kernel-args: one line of at most 1024 bytes".into(),
-                ));
-            }
-            config.cmdline = format!("{} {extra}", config.cmdline);
-        }
-        config.mem_mib = req.mem_mib;
-        config.vcpus = req.vcpus;
-        config.disks.push(DiskConfig {
-            path: paths.scratch(),
-            read_only: false,
-        });
+        let mut config = run_config(
+            req,
+            image,
+            (kernel, initrd),
+            &paths.scratch(),
+            objects_socket,
+        )?;
         config.vsock = Some(VsockConfig {
             cid,
             path: paths.vsock(),
-        });
-        config.fs.push(FsConfig {
-            tag: "root".into(),
-            source: image.source.clone(),
-            version: image.version.to_hex(),
-            objects_socket: Some(objects_socket.to_path_buf()),
         });
         config.console = Console::Socket {
             socket: paths.console_socket(),
@@ -711,4 +676,65 @@ fn nul_joined(items: &[String]) -> Vec<u8> {
         out.push(0);
     }
     out
+}
+
+/// A `starling run` VM's monitor config but for its vsock, console and sockets: the boot
+/// artifact, the kernel's command line, the scratch disk and the image as its root.
+pub fn run_config(
+    req: &RunRequest,
+    image: &Resolved,
+    (kernel, initrd): (PathBuf, PathBuf),
+    scratch: &Path,
+    objects_socket: &Path,
+) -> Result<VmConfig, DaemonError> {
+    let mut config = VmConfig::new(kernel);
+    config.initrd = Some(initrd);
+    // Only critical kernel messages on the console, which is the command's output: the run
+    // init prints the kernel's log itself when the boot fails.
+    config.cmdline = format!("{} quiet loglevel=3", starling_vmm::config::DEFAULT_CMDLINE);
+    if let Some(extra) = &req.kernel_args {
+        if extra.contains('\n') || extra.len() > 1024 {
+            return Err(DaemonError::BadRequest(
+                "--kernel-args: one line of at most 1024 bytes".into(),
+            ));
+        }
+        config.cmdline = format!("{} {extra}", config.cmdline);
+    }
+    config.mem_mib = req.mem_mib;
+    config.vcpus = req.vcpus;
+    config.disks.push(DiskConfig {
+        path: scratch.to_path_buf(),
+        read_only: false,
+    });
+    config.fs.push(FsConfig {
+        tag: "root".into(),
+        source: image.source.clone(),
+        version: image.version.to_hex(),
+        objects_socket: Some(objects_socket.to_path_buf()),
+    });
+    Ok(config)
+}
+
+/// A VM's scratch disk: empty upper and work directories for the guest's overlay, and in
+/// `/starling/` what the run init is told (the command, its environment; `pool`: dock at the
+/// guest's `ready` first, run.rs's init takes the activation's environment and arguments).
+pub fn scratch_disk(
+    path: &Path,
+    req: &RunRequest,
+    image: &Resolved,
+    pool: bool,
+) -> Result<(), DaemonError> {
+    let mut files: Vec<(&str, Vec<u8>)> = Vec::new();
+    if !req.cmd.is_empty() {
+        files.push(("cmd", nul_joined(&req.cmd)));
+    }
+    if !req.env.is_empty() {
+        files.push(("env", nul_joined(&req.env)));
+    }
+    if pool {
+        files.push(("pool", Vec::new()));
+    }
+    let cfg: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
+    starling_image::scratch::create(path, req.disk_bytes, &image.commit.root_meta, &cfg)
+        .map_err(|e| DaemonError::Internal(format!("scratch disk: {e}")))
 }

@@ -287,10 +287,18 @@ static void reset_signals(void) {
     for (int s = 1; s < NSIG; s++) signal(s, SIG_DFL);
 }
 
-/* Enters ROOT (a directory fd), with cwd "/". */
+/* Enters ROOT (a directory fd), with cwd "/". Once the image's own init runs as PID 1 in
+ * that file system, its root as PID 1 sees it (/proc/1/root, as nsenter does): tools such as
+ * systemctl compare their root with PID 1's and act "offline" when they differ. */
 static int enter_root(int rootfd) {
-    if (fchdir(rootfd) < 0 || chroot(".") < 0 || chdir("/") < 0) return -1;
-    return 0;
+    int use = rootfd;
+    int init_root = openat(rootfd, "proc/1/root", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat a, b;
+    if (init_root >= 0 && fstat(init_root, &a) == 0 && fstat(rootfd, &b) == 0 && a.st_dev == b.st_dev)
+        use = init_root;
+    int r = (fchdir(use) < 0 || chroot(".") < 0 || chdir("/") < 0) ? -1 : 0;
+    if (init_root >= 0) close(init_root);
+    return r;
 }
 
 /* The command's environment: defaults, then `env` (K=V each, overriding). */
@@ -601,6 +609,21 @@ static void stop_request(int conn, int rootfd) {
     }
     answer_line(conn, "ok poweroff\n");
     close(conn);
+    /* systemd as PID 1 powers off in order on SIGRTMIN+4 (systemd(1)), without the bus that
+     * `poweroff` would need; the agent itself is stopped on the way. */
+    char exe[256];
+    ssize_t n = readlinkat(rootfd, "proc/1/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = 0;
+        if (strstr(exe, "/systemd") && kill(1, SIGRTMIN + 4) == 0) {
+            sleep(POWEROFF_GRACE_S);
+            fprintf(stderr, "starling-agent: systemd did not power off within %d s: powering off\n",
+                    POWEROFF_GRACE_S);
+            sync();
+            reboot(RB_POWER_OFF);
+            return;
+        }
+    }
     pid_t pid = fork();
     if (pid == 0) {
         reset_signals();

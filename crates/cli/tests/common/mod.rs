@@ -609,3 +609,26 @@ impl Drop for Server {
         self.stop();
     }
 }
+
+/// Stops every monitor a pool started, even when the test fails half-way (substrates live in
+/// their own sessions and would outlive it).
+pub struct StopPools(pub PathBuf);
+
+impl Drop for StopPools {
+    fn drop(&mut self) {
+        for sock in std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|p| {
+                std::fs::read_dir(p.path().join("slots"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .map(|s| s.path().join("api.sock"))
+        {
+            let _ = starling_vmm::api::call(&sock, "POST", "/v1/vm/stop", &serde_json::Value::Null);
+        }
+    }
+}
