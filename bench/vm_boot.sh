@@ -9,14 +9,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 starling=$(realpath "${1:-$root/target/release/starling}")
 work=${WORK:-/var/tmp/starling-vm-bench}
 rm -rf "$work" && mkdir -p "$work"
-qemu=$(command -v qemu-system-x86_64)
-# QEMU finds its firmware relative to its binary (BINDIR/../share/qemu): keep Debian's paths.
-add=("$qemu:/usr/bin/qemu-system-x86_64")
-for lib in $(ldd "$qemu" | grep -o '/[^ ]*'); do add+=("$(realpath "$lib"):$lib"); done
-for f in bios-microvm.bin linuxboot_dma.bin kvmvapic.bin pvh.bin; do
-  add+=("$(realpath /usr/share/qemu/$f):/usr/share/qemu/$f")
-done
-add+=("$(realpath /usr/share/seabios/bios-256k.bin):/usr/share/qemu/bios-256k.bin")
+add=()
+. "$root/bench/vm/qemu-files.sh"
 STARLING_HOME=${STARLING_HOME:-/var/cache/starling-test/vm/store} \
   INNER_RUN="$root/bench/vm/inner-bench.sh" OUTER_RUN="$root/bench/vm/outer-bench.sh" \
   OUTER_ADD="${add[*]}" TIER2_TIMEOUT=900 \

@@ -13,12 +13,8 @@ starling=$(realpath "${1:-$root/target/release/starling}")
 work=${WORK:-/var/tmp/starling-vm-restore-bench}
 rm -rf "$work" && mkdir -p "$work"
 cc -static -O2 -o "$work/restore-timer" "$root/bench/vm/restore-timer.c"
-qemu=$(command -v qemu-system-x86_64)
-add=("$qemu:/usr/bin/qemu-system-x86_64" "$work/restore-timer:/bin/restore-timer")
-for lib in $(ldd "$qemu" | grep -o '/[^ ]*'); do add+=("$(realpath "$lib"):$lib"); done
-for f in bios-microvm.bin linuxboot_dma.bin kvmvapic.bin pvh.bin; do
-  add+=("$(realpath /usr/share/qemu/$f):/usr/share/qemu/$f")
-done
+add=("$work/restore-timer:/bin/restore-timer")
+. "$root/bench/vm/qemu-files.sh"
 STARLING_HOME=${STARLING_HOME:-/var/cache/starling-test/vm/store} \
   INNER_RUN="$root/bench/vm/inner-idle.sh" OUTER_RUN="$root/bench/vm/outer-restore.sh" \
   OUTER_ADD="${add[*]}" TIER2_TIMEOUT=900 \

@@ -33,13 +33,8 @@ kimage=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"
 "$starling" vm initramfs --kernel-image "$kimage" --modules virtio_mmio,virtio_blk \
   --add "$root/bench/vm/blk-run.sh:/etc/starling/run" -o "$work/run-add/bench/blk.img" > /dev/null
 
-qemu=$(command -v qemu-system-x86_64)
-# QEMU finds its firmware relative to its binary (BINDIR/../share/qemu): keep Debian's paths.
-add=("$qemu:/usr/bin/qemu-system-x86_64")
-for lib in $(ldd "$qemu" | grep -o '/[^ ]*'); do add+=("$(realpath "$lib"):$lib"); done
-for f in bios-microvm.bin linuxboot_dma.bin kvmvapic.bin pvh.bin; do
-  add+=("$(realpath /usr/share/qemu/$f):/usr/share/qemu/$f")
-done
+add=()
+. "$root/bench/vm/qemu-files.sh"
 echo "vm_run: the test host (a few minutes)" >&2
 OUTER_RUN="$root/bench/vm/outer-run-bench.sh" OUTER_ADD="${add[*]}" TIER2_TIMEOUT=2400 \
   TIER2_RUN_ROOTFS="$cache/rootfs-a $work/rootfs" TIER2_RUN_ADD="$work/run-add" \

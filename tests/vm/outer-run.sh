@@ -265,7 +265,7 @@ time.sleep(100000)' > /tmp/held.out 2>&1
     out=$(timeout 60 /bin/starling pool run deb --env JOB=$n --json 2>&1)
     console=$(echo "$out" | sed -n 's/.*"console":"\([^"]*\)".*/\1/p')
     i=0
-    until grep -aq "pool job" "$console" 2>/dev/null || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+    until grep -aq "pool job" "$console" 2>/dev/null || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done
     echo "host: run pool job $n: $(grep -a 'pool job' "$console" 2>/dev/null | tr -d '\r') booted again: $(grep -ac 'starling-init: started' "$console" 2>/dev/null)"
     [ -n "$console" ] || echo "host: run pool run $n said: $out"
   done

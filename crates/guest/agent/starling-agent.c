@@ -186,10 +186,31 @@ static const char *state_dir(void) {
     return s && *s ? s : "/run/starling-agent";
 }
 
-/* Ends the VM with `status` through the debug-exit port; powers off if that did nothing. */
+/* Asks the monitor's service to end the VM with `status` (`exit N`); false if it did not
+ * say `ok` within 2 s (another monitor, no vsock). Never exits: PID 1 must not. */
+static int service_exit(int status) {
+    int s = socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return 0;
+    struct timeval tv = { .tv_sec = 2 };
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct sockaddr_vm a = { .svm_family = AF_VSOCK, .svm_cid = VMADDR_CID_HOST, .svm_port = SERVICE_PORT };
+    char req[32], ans[8] = {0};
+    int n = snprintf(req, sizeof req, "exit %d\n", status);
+    int ok = connect(s, (struct sockaddr *)&a, sizeof a) == 0 && write(s, req, n) == n &&
+             read(s, ans, sizeof ans - 1) >= 2 && !strncmp(ans, "ok", 2);
+    close(s);
+    return ok;
+}
+
+/* Ends the VM with `status`: through the monitor's service, else its debug-exit port (a
+ * user-mode port write after ioperm); powers off if neither did. */
 static void end_vm(int status) {
     sync();
     if (test_mode()) exit(status);
+    if (service_exit(status)) {
+        sleep(5);
+    }
     if (ioperm(EXIT_PORT, 1, 1) == 0) {
         outb((unsigned char)status, EXIT_PORT);
         sleep(2);

@@ -7,7 +7,7 @@
 # the VM with its own status (docs/ARCHITECTURE.md, "Booting an image"):
 #   249 basic mounts   250 a kernel module   251 the image (virtio-fs)   252 the scratch disk
 #   253 the overlay    254 handing /dev, /proc, /sys to the image   126 no /sbin/init, no command
-#   248 a pool's substrate was not activated
+#   246 a pool's substrate was not activated
 # With /scratch/starling/pool (a pool's substrate, `starling pool create --image`) the guest
 # first says `ready` to the monitor's service and is docked there until activated.
 /bin/busybox echo "starling-init: started"
@@ -53,7 +53,7 @@ mount -t overlay overlay -o lowerdir=/lower,upperdir=/scratch/upper,workdir=/scr
 if [ -f /scratch/starling/pool ]; then
   # The activation's answer is `activate K=V … [-- ARGS]`: the words join the command's
   # environment; ARGS, when given, replace its command (through /bin/sh -c).
-  answer=$(/bin/starling-agent ready) || fail 248 "the monitor's service did not answer ready"
+  answer=$(/bin/starling-agent ready) || fail 246 "the monitor's service did not answer ready"
   words=${answer#activate}
   args=
   case "$words" in

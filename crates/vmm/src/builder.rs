@@ -53,7 +53,7 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         .map_err(io_err("opening the console"))?;
     m.attach_legacy(serial, &exit);
     let identity = Identity::fresh(0, config.hostname.clone());
-    let services = Services::new(identity, wake_event()?);
+    let services = Services::new(identity, wake_event()?, exit.clone());
 
     // Virtio devices: disks in order, then rng, vsock, file systems. One line per device kind.
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
@@ -247,6 +247,7 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     let services = Services::new(
         Identity::fresh(clone_id, info.hostname.clone()),
         wake_event()?,
+        exit.clone(),
     );
     let handler = services.handler();
     for (d, s) in info.devices.iter().zip(&state.devices) {

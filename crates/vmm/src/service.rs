@@ -9,6 +9,8 @@
 //!                  says it is booted and idle, and waits here for its configuration; a pool
 //!                  snapshots it in that state, and every VM activated from the pool answers
 //!                  with its own environment and arguments
+//!   exit N       → `ok`, and the VM ends with status N (what the debug-exit port does, for a
+//!                  guest that cannot write the port: the run agent, which is PID 1 in user mode)
 //!   anything else→ `error …`
 //!
 //! A request still unanswered when a snapshot is taken is answered again by the monitor that
@@ -130,11 +132,18 @@ pub struct Services {
     pub(crate) wake: Arc<vmm_sys_util::eventfd::EventFd>,
     /// The configuration `ready` is answered with, once the VM is activated.
     activation: (Mutex<Option<String>>, std::sync::Condvar),
+    /// Where `exit N` ends the VM.
+    exit: Arc<crate::exit::ExitSignal>,
 }
 
 impl Services {
-    pub fn new(identity: Identity, wake: Arc<vmm_sys_util::eventfd::EventFd>) -> Arc<Self> {
+    pub fn new(
+        identity: Identity,
+        wake: Arc<vmm_sys_util::eventfd::EventFd>,
+        exit: Arc<crate::exit::ExitSignal>,
+    ) -> Arc<Self> {
         Arc::new(Services {
+            exit,
             identity: Mutex::new(identity),
             forks: Mutex::new(None),
             children: Mutex::new(Vec::new()),
@@ -275,7 +284,14 @@ impl Services {
             },
             (Some("join"), None, _) => self.join(),
             (Some("ready"), None, _) => self.await_activation(),
-            _ => format!("error unknown request {req:?} (whoami, fork N, join)"),
+            (Some("exit"), Some(n), None) => match n.parse::<u8>() {
+                Ok(code) => {
+                    self.exit.raise(crate::exit::ExitReason::GuestExit(code));
+                    "ok".into()
+                }
+                Err(_) => format!("error exit: {n:?} is not a status (0..255)"),
+            },
+            _ => format!("error unknown request {req:?} (whoami, fork N, join, ready, exit N)"),
         }
     }
 
@@ -379,7 +395,8 @@ mod tests {
         assert_ne!(a.mac[3..], b.mac[3..]);
         assert_eq!(a.mac[0] & 3, 2, "locally administered unicast");
         let wake = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let s = Services::new(a, Arc::new(wake));
+        let exit = Arc::new(crate::exit::ExitSignal::new().unwrap());
+        let s = Services::new(a, Arc::new(wake), exit.clone());
         assert!(s
             .answer("whoami")
             .starts_with("id=1 hostname=vm-1 mac=02:53:54:"));
@@ -391,5 +408,9 @@ mod tests {
         assert!(s.answer("launch").starts_with("error unknown"));
         assert_eq!(s.answer("join"), "exit");
         assert_eq!(s.answer_resumed("fork 3"), "1");
+        assert!(s.answer("exit 256").starts_with("error exit"));
+        assert_eq!(exit.reason(), None);
+        assert_eq!(s.answer("exit 9"), "ok");
+        assert_eq!(exit.reason(), Some(crate::exit::ExitReason::GuestExit(9)));
     }
 }
