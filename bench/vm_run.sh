@@ -15,16 +15,17 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 starling=$(realpath "${1:-$root/target/release/starling}")
 work=${WORK:-/var/tmp/starling-run-bench}
-rm -rf "$work" && mkdir -p "$work"
 export STARLING_HOME=${STARLING_HOME:-/var/cache/starling-test/vm/store}
 cache=$("$root/tests/fixtures/debian-rootfs.sh")
+# REPARSE=1: write the results again from the last run's console (WORK kept).
+if [ -z "${REPARSE:-}" ]; then
+rm -rf "$work" && mkdir -p "$work"
 
 echo "vm_run: the bench image" >&2
 cp -a "$cache/rootfs-b" "$work/rootfs"
 mkdir -p "$work/rootfs/var/bench"
 head -c $((128 << 20)) /dev/urandom > "$work/rootfs/var/bench/big"
 install -m 0755 "$root/bench/vm/io.sh" "$work/rootfs/var/bench/io.sh"
-image_bytes=$(du -sb --apparent-size "$work/rootfs" | cut -f1)
 "$starling" image import "$work/rootfs" bench-run:root > /dev/null
 mkdir -p "$work/run-add/bench"
 "$starling" image export bench-run:root "$work/run-add/bench/root.ext4" --size 1G > /dev/null
@@ -38,7 +39,9 @@ add=()
 echo "vm_run: the test host (a few minutes)" >&2
 OUTER_RUN="$root/bench/vm/outer-run-bench.sh" OUTER_ADD="${add[*]}" TIER2_TIMEOUT=2400 \
   TIER2_RUN_ROOTFS="$cache/rootfs-a $work/rootfs" TIER2_RUN_ADD="$work/run-add" \
-  "$root/tests/vm/tier2.sh" "$starling" "$work"
+  "$root/tests/vm/tier2.sh" "$starling" "$work" || echo "vm_run: the test host failed; what it measured is kept" >&2
+fi
+image_bytes=$(du -sb --apparent-size "$work/rootfs" | cut -f1)
 python3 - "$work/console.log" "$root/bench/results/vm-run.md" "$image_bytes" <<'PY'
 import datetime, re, statistics, sys
 log, out, image_bytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -49,16 +52,18 @@ def find(prefix):
         if i >= 0:
             return l[i + len("bench: "):]
     sys.exit(f"no 'bench: {prefix}' line in {log}")
-runs = {}
+runs, failed = {}, []
 for l in lines:
     m = re.search(r"bench: (\S+)-(true|io) round=\d+ status=(\d+) secs=(\S+)(.*)", l)
     if not m:
         continue
     mon, kind, status, secs, rest = m.groups()
     if status != "0":
-        sys.exit(f"a run failed: {l}")
+        failed.append(l[l.find("bench: ") + 7:])
+        continue
     io = dict(kv.split("=") for kv in re.findall(r"\w+=\d+", rest))
     runs.setdefault((mon, kind), []).append((float(secs), io))
+host_died = "Kernel panic" in open(log, errors="replace").read()
 mons = ["starling-run", "starling-blk", "qemu-blk"]
 for mon in mons:
     for kind in ["true", "io"]:
@@ -95,7 +100,7 @@ text = f"""# starling run: a root over virtio-fs from the host cache vs the same
 
 Run {datetime.date.today()} with `sudo bench/vm_run.sh` (release build), inside the QEMU test host of
 tier 2 (TCG, nested SVM: see shared/MACHINES.md), every monitor in one run, alternating,
-{len(runs[("starling-run", "true")])} rounds; medians. Absolute times are those of a nested, emulated machine: the ratios are
+{len(runs[("starling-run", "true")])} rounds; medians of the runs that ended well. Absolute times are those of a nested, emulated machine: the ratios are
 the result. Image: Debian bookworm minbase + python3-minimal + a {big >> 20} MiB file
 ({image_bytes / 2**20:.1f} MiB of files). Guests: the same Debian cloud kernel (bzImage), 1 vCPU,
 256 MiB. `starling run` boots its boot artifact (kernel + run initramfs) with the root over
@@ -137,6 +142,24 @@ empty), then `cat` of the {big >> 20} MiB file:
 
 - **walk, starling run / Starling virtio-blk: {walk['starling-run'] / walk['starling-blk']:.2f}x**; / QEMU: {walk['starling-run'] / walk['qemu-blk']:.2f}x (goal ≤ 2x)
 - **sequential read, starling run / Starling virtio-blk: {mbs['starling-run'] / mbs['starling-blk']:.2f}**; / QEMU: {mbs['starling-run'] / mbs['qemu-blk']:.2f} (goal ≥ 0.8)
+
+## What this says
+
+The warm boot is near QEMU's (1.2x) but 1.6x Starling's own virtio-blk boot, and the walk
+and the read miss their goals by far. In this nested, emulated host every guest exit costs
+milliseconds: virtio-fs pays one round trip per FUSE request (a LOOKUP per name, READs of
+at most 128 KiB), where ext4 on virtio-blk reads its inode tables and data in large blocks;
+Starling's own virtio-blk reads at a fraction of QEMU's speed too (one request handled per
+notification, no event-index suppression), which points at the monitor's queue handling
+first. Before switching the root to the known alternative (an EROFS image synthesized from
+the manifest, its data blocks mapped to chunks in the host cache, on virtio-blk), these
+figures need a host whose KVM boots Linux (shared/MACHINES.md): the exit cost that dominates
+here is a few microseconds there. Not switched yet.
+
+## Runs that did not end well
+
+{chr(10).join("- " + f for f in failed) if failed else "none"}{chr(10) + chr(10) + "The test host itself panicked before the last rounds ended (its emulated SVM does, now and then): those rounds are missing." if host_died else ""}
+Status 3 is a reset of the guest: it printed nothing after the run init's first line.
 
 ## The boot artifact
 

@@ -41,7 +41,10 @@ for f in /tmp/sd/boot/*/*; do echo "bench: artifact $(basename "$f") $(wc -c < "
 
 # Fill the host cache with what the measured commands read.
 srun prime /bin/sh /var/bench/io.sh > /tmp/prime.out 2>&1
-echo "bench: prime status=$? $(grep -a 'bench-io' /tmp/prime.out | tr -d '\r')"
+st=$?
+echo "bench: prime status=$st $(grep -a 'bench-io' /tmp/prime.out | tr -d '\r')"
+[ $st = 0 ] || tail -c 600 /tmp/prime.out | tr -d '\r' | sed 's/^/bench: prime failed: /'
+tail -c 300 /tmp/sd/vms/prime/monitor.log 2>/dev/null | sed 's/^/bench: prime monitor: /'
 /bin/starling rm prime > /dev/null
 
 one() { # MONITOR KIND COMMAND...: time a boot to the end of the command
