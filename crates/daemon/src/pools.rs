@@ -50,11 +50,7 @@ pub fn create(d: &Daemon, req: &PoolRequest) -> Result<PoolInfo, DaemonError> {
             vm: config,
             size: req.size,
             boot_timeout: Duration::from_secs(req.boot_timeout_secs),
-            image: Some(format!(
-                "{}@{}",
-                image.display,
-                &image.version.to_hex()[..12]
-            )),
+            image: Some(image.display.clone()),
         })
         .map_err(pool_err)
 }

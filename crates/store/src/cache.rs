@@ -22,10 +22,14 @@ use crate::{envelope, Error, ObjectId, Result};
 pub const MAX_CHUNK: u64 = 256 << 10;
 /// Cache segments: small enough that an emptied one is soon deleted whole.
 const SEGMENT_MAX: u64 = 64 << 20;
-/// How long a failed download is remembered: asking again within it fails at once, so a
+/// How long a slow failed download is remembered: asking again within it fails at once, so a
 /// reader the kernel retries (readahead, then the page itself) waits out a stalled origin
 /// once, not once per retry.
 const FAILURE_MEMORY: std::time::Duration = std::time::Duration::from_secs(5);
+/// A failure that took at least this long (a stall, a timeout) is remembered; a quick one (a
+/// refused connection, a missing object) costs nothing to ask again, so an origin that
+/// comes back is used at once.
+const SLOW_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Failures remembered at most (beyond it the expired ones go, then all).
 const MAX_FAILURES: usize = 4096;
 
@@ -280,6 +284,7 @@ impl HostCache {
                 }
             }
         }
+        let asked = std::time::Instant::now();
         let (env, _) = match inner.envelope(id, max_len) {
             Ok(x) => {
                 self.failures
@@ -288,6 +293,7 @@ impl HostCache {
                     .remove(id);
                 x
             }
+            Err(e) if asked.elapsed() < SLOW_FAILURE => return Err(e),
             Err(e) => {
                 let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
                 if failures.len() >= MAX_FAILURES {
@@ -511,6 +517,8 @@ mod tests {
         objects: HashMap<ObjectId, Vec<u8>>,
         asked: AtomicU64,
         damaged: Mutex<Option<ObjectId>>,
+        /// This one fails, slowly (a stalled origin).
+        stall: Mutex<Option<ObjectId>>,
     }
 
     impl ObjectSource for Origin0 {
@@ -518,6 +526,10 @@ mod tests {
             self.asked.fetch_add(1, Ordering::Relaxed);
             // Slow enough that concurrent first reads overlap.
             std::thread::sleep(std::time::Duration::from_millis(20));
+            if *self.stall.lock().unwrap() == Some(*id) {
+                std::thread::sleep(SLOW_FAILURE);
+                return Err(Error::NotFound(*id));
+            }
             let mut env = self.objects.get(id).cloned().ok_or(Error::NotFound(*id))?;
             if *self.damaged.lock().unwrap() == Some(*id) {
                 let n = env.len();
@@ -553,6 +565,7 @@ mod tests {
                 objects,
                 asked: AtomicU64::new(0),
                 damaged: Mutex::new(None),
+                stall: Mutex::new(None),
             }),
             ids,
         )
@@ -639,13 +652,22 @@ mod tests {
         assert!(e.to_string().contains("test origin"), "{e}");
         assert!(!c.contains(&ids[1]));
         assert_eq!(c.stats().refused, 1);
-        // An origin that fails is asked once: a second read within FAILURE_MEMORY fails at
-        // once with the first one's reason, and other objects are not held up.
+        // A quick failure (a missing object) is asked again at once...
         *src.damaged.lock().unwrap() = None;
         let missing = ObjectId::of(b"not at the origin");
         let asked = src.asked.load(Ordering::Relaxed);
-        let first = view.read(&missing, 1000).unwrap_err().to_string();
-        let again = view.read(&missing, 1000).unwrap_err().to_string();
+        view.read(&missing, 1000).unwrap_err();
+        view.read(&missing, 1000).unwrap_err();
+        assert_eq!(src.asked.load(Ordering::Relaxed), asked + 2);
+        // ... a slow one (a stalled origin) is asked once: a second read within
+        // FAILURE_MEMORY fails at once with the first one's reason; other objects go on.
+        let stalled = ObjectId::of(b"stalled");
+        *src.stall.lock().unwrap() = Some(stalled);
+        let asked = src.asked.load(Ordering::Relaxed);
+        let first = view.read(&stalled, 1000).unwrap_err().to_string();
+        let t = std::time::Instant::now();
+        let again = view.read(&stalled, 1000).unwrap_err().to_string();
+        assert!(t.elapsed() < SLOW_FAILURE);
         assert_eq!(src.asked.load(Ordering::Relaxed), asked + 1);
         assert!(again.contains("not asked again"), "{first} / {again}");
         view.read(&ids[0], 100_000).unwrap();
