@@ -94,6 +94,11 @@ FIGURES = {
     "vm-snapshot.lazy_moved_vs_touched": (lambda: block("vm-snapshot.md", "lazy_moved_vs_touched"), fixed(2)),
     # Tier 2 restore of a booted Debian guest (bench/vm_restore.sh).
     "vm-restore.running_vs_qemu": (lambda: find("vm-restore.md", r"\*\*Starling / QEMU: ([\d.]+)x"), fixed(2)),
+    # starling run against virtio-blk in the test host (bench/vm_run.sh).
+    "vm-run.cold_fetched_vs_read": (lambda: find("vm-run.md", r"\*\*fetched / read: ([\d.]+)\*\*"), fixed(2)),
+    "vm-run.warm_vs_qemu": (lambda: find("vm-run.md", r"/ QEMU virtio-blk: ([\d.]+)x"), fixed(2)),
+    "vm-run.walk_vs_blk": (lambda: find("vm-run.md", r"\*\*walk, starling run / Starling virtio-blk: ([\d.]+)x\*\*"), fixed(1)),
+    "vm-run.read_vs_blk": (lambda: find("vm-run.md", r"\*\*sequential read, starling run / Starling virtio-blk: ([\d.]+)\*\*"), fixed(2)),
     # Pull (bench/repo_pull.py).
     "repo-pull.pull_vs_curl": (lambda: find("repo-pull.md", r"starling pull / curl: \*\*([\d.]+)\*\*"), fixed(2)),
     "repo-pull.second_version_objects": (lambda: find("repo-pull.md", r"second version \(one file changed\): (\d+) of"), fixed(0)),
