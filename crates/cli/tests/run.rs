@@ -238,6 +238,20 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
         "/bin/true",
     ]);
     assert!(e.contains("--mem"), "{e}");
+    let long = "x".repeat(2000);
+    let e = run(&[
+        "--kernel",
+        k,
+        "--kernel-args",
+        &long,
+        "noinit:1",
+        "--",
+        "/bin/true",
+    ]);
+    assert!(
+        e.contains("--kernel-args") && e.contains("1024 bytes"),
+        "{e}"
+    );
     let e = run(&["--kernel", k, "--vcpus", "0", "noinit:1", "--", "/bin/true"]);
     assert!(e.contains("--vcpus 0"), "{e}");
     let e = run(&[

@@ -44,7 +44,7 @@ pub fn create(d: &Daemon, req: &PoolRequest) -> Result<PoolInfo, DaemonError> {
     let scratch = draft.dir().join("scratch.img");
     crate::vms::scratch_disk(&scratch, &req.run, &image, true)?;
     let config =
-        crate::vms::run_config(&req.run, &image, boot, &scratch, &d.config.objects_socket())?;
+        crate::vms::run_config(&req.run, &image, boot, &scratch, &d.config.objects_socket());
     draft
         .create(CreateOptions {
             vm: config,

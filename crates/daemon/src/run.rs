@@ -52,6 +52,9 @@ pub fn prepare(
     Ok((image, (artifact.kernel, artifact.initrd)))
 }
 
+/// What `--kernel-args` may add to the kernel's command line.
+const MAX_KERNEL_ARGS: usize = 1024;
+
 /// Scratch disks below this hold nothing useful; above, a typo.
 const DISK_RANGE: std::ops::RangeInclusive<u64> = (64 << 20)..=(16 << 40);
 
@@ -62,6 +65,15 @@ fn check_request(req: &RunRequest) -> Result<(), DaemonError> {
     let max_vcpus = starling_vmm::config::MAX_VCPUS;
     if req.vcpus == 0 || req.vcpus > max_vcpus {
         return bad(format!("--vcpus {}: give 1 to {max_vcpus}", req.vcpus));
+    }
+    if req
+        .kernel_args
+        .as_ref()
+        .is_some_and(|a| a.contains('\n') || a.len() > MAX_KERNEL_ARGS)
+    {
+        return bad(format!(
+            "--kernel-args: one line of at most {MAX_KERNEL_ARGS} bytes"
+        ));
     }
     if !DISK_RANGE.contains(&req.disk_bytes) {
         return bad(format!(

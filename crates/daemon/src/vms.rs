@@ -518,7 +518,7 @@ impl Vms {
             (kernel, initrd),
             &paths.scratch(),
             objects_socket,
-        )?;
+        );
         config.vsock = Some(VsockConfig {
             cid,
             path: paths.vsock(),
@@ -686,18 +686,14 @@ pub fn run_config(
     (kernel, initrd): (PathBuf, PathBuf),
     scratch: &Path,
     objects_socket: &Path,
-) -> Result<VmConfig, DaemonError> {
+) -> VmConfig {
     let mut config = VmConfig::new(kernel);
     config.initrd = Some(initrd);
     // Only critical kernel messages on the console, which is the command's output: the run
     // init prints the kernel's log itself when the boot fails.
     config.cmdline = format!("{} quiet loglevel=3", starling_vmm::config::DEFAULT_CMDLINE);
+    // Checked with the rest of the request (run.rs): one line, bounded.
     if let Some(extra) = &req.kernel_args {
-        if extra.contains('\n') || extra.len() > 1024 {
-            return Err(DaemonError::BadRequest(
-                "--kernel-args: one line of at most 1024 bytes".into(),
-            ));
-        }
         config.cmdline = format!("{} {extra}", config.cmdline);
     }
     config.mem_mib = req.mem_mib;
@@ -712,7 +708,7 @@ pub fn run_config(
         version: image.version.to_hex(),
         objects_socket: Some(objects_socket.to_path_buf()),
     });
-    Ok(config)
+    config
 }
 
 /// A VM's scratch disk: empty upper and work directories for the guest's overlay, and in
