@@ -87,6 +87,9 @@ pub fn mount(socket: &Path, store: &Path, a: MountArgs) -> Result<ExitCode> {
     let info: MountInfo = Client::new(socket)?
         .post("/v1/mounts", &req)
         .with_context(|| format!("mounting at {mountpoint}"))?;
+    if let Some(note) = &info.note {
+        eprintln!("starling: {note}");
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {

@@ -136,6 +136,9 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
         eprintln!("starling: starting {} …", req.image_arg());
     }
     let vm: VmInfo = c.post("/v1/vms", &req)?;
+    if let Some(note) = &vm.note {
+        eprintln!("starling: {note}");
+    }
     if a.detach {
         println!("{}", vm.name);
         return Ok(ExitCode::SUCCESS);

@@ -508,3 +508,106 @@ fn a_pool_of_an_image_is_booted_by_the_daemon_and_activated() {
         assert!(!pools.join(p).exists(), "{p} was left behind");
     }
 }
+
+/// The repository goes away: an image this host resolved before still boots from what the
+/// host cache holds, and says so; one it never resolved, or whose metadata expired since,
+/// fails with a clear error before a guest runs, leaving nothing.
+#[test]
+fn an_unreachable_repository_still_boots_what_the_host_verified_and_cached() {
+    let env = Env::new();
+    let Some(kernel) = guest(&env) else { return };
+    image(&env, "tiny:1", false);
+    image(&env, "other:1", false);
+    let repo = env.path("repo");
+    env.ok(&["repo", "init", s(&repo)]);
+    env.ok(&["push", "tiny:1", s(&repo)]);
+    env.ok(&["push", "other:1", s(&repo)]);
+    let root = repo.join("metadata/1.root.json");
+    let mut server = Server::start(&env, &repo);
+    let state = env.path("state");
+    let _reaper = Reaper(state.clone());
+    let d = Daemon::start(&env, &state, &["--timeout", "2"]);
+    let url = server.url.clone();
+    let run = |name: &str, image: &str| {
+        d.run(
+            &env,
+            &[
+                "run",
+                "--name",
+                name,
+                "--kernel",
+                s(&kernel),
+                "--kernel-args",
+                "exit=5",
+                "--root",
+                s(&root),
+                &url,
+                image,
+                "--",
+                "/bin/true",
+            ],
+        )
+    };
+    let o = run("online", "tiny:1");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert!(!err.contains("unreachable"), "{err}");
+    let version = vm(&d, &env, "online")["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    server.stop();
+    let o = run("offline", "tiny:1");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.code(), Some(5), "{err}");
+    assert_eq!(err.matches("is unreachable").count(), 1, "said once: {err}");
+    assert!(
+        err.contains(&format!("tiny:1 is tiny@{}", &version[..12]))
+            && err.contains("as this host verified it at"),
+        "{err}"
+    );
+    assert_eq!(vm(&d, &env, "offline")["version"], version.as_str());
+
+    // Never resolved here: nothing to stand in.
+    let o = run("never", "other:1");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("is unreachable") && err.contains("other:1 was never resolved on this host"),
+        "{err}"
+    );
+    assert!(vm(&d, &env, "never").is_null());
+    assert!(!state.join("vms/never").exists());
+
+    // What it was verified under has expired: refused, as TUF refuses expired metadata.
+    let mut remembered = Vec::new();
+    walk(&state, &mut |p| {
+        if p.file_name().is_some_and(|n| n == "resolved.json") {
+            remembered.push(p.to_path_buf());
+        }
+    });
+    assert_eq!(remembered.len(), 1, "{remembered:?}");
+    let mut v = json(&fs::read_to_string(&remembered[0]).unwrap());
+    v["tiny:1"]["expires_unix"] = serde_json::json!(1_000_000_000);
+    fs::write(&remembered[0], v.to_string()).unwrap();
+    let o = run("expired", "tiny:1");
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("tiny:1 cannot start from the cache") && err.contains("expired at 2001-"),
+        "{err}"
+    );
+    assert!(vm(&d, &env, "expired").is_null());
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, f);
+        } else {
+            f(&p);
+        }
+    }
+}

@@ -81,6 +81,10 @@ pub struct MountInfo {
     /// The upper (changes) directory of a writable mount.
     #[serde(default)]
     pub upper: Option<PathBuf>,
+    /// Said when the mount was made from what the host last verified, its repository
+    /// unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,6 +236,10 @@ pub struct VmInfo {
     pub console_log: PathBuf,
     pub vsock_socket: PathBuf,
     pub api_socket: PathBuf,
+    /// Said when the VM was created from what the host last verified, its repository
+    /// unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// `POST /v1/vms/NAME/stop`.

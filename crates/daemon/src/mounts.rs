@@ -163,6 +163,7 @@ impl Mounts {
         let mp = starling_fs::session::check_mountpoint(&req.mountpoint)
             .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
         let counters = Arc::new(Counters::default());
+        let mut offline = None;
         let (objects, version, source, image): (Arc<dyn ObjectSource>, _, _, _) = match &req.source
         {
             Source::Store { store, image } => {
@@ -183,20 +184,21 @@ impl Mounts {
                     Remote::parse(url).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
                 let r =
                     ImageRef::parse(image).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-                let id = host
+                let res = host
                     .runtime()
-                    .block_on(async {
-                        let repo =
-                            pull::open_at(host.dir(), &remote, root.as_deref(), &host.opts).await?;
-                        pull::resolve(&repo, &r).await
-                    })
-                    .map_err(|e| match e {
-                        starling_repo::Error::UnknownImage(_) => {
-                            DaemonError::NotFound(e.to_string())
-                        }
-                        _ => DaemonError::Upstream(e.to_string()),
-                    })?
-                    .1;
+                    .block_on(pull::resolve_at(
+                        host.dir(),
+                        &remote,
+                        root.as_deref(),
+                        &host.opts,
+                        &r,
+                    ))
+                    .map_err(crate::vms::upstream)?;
+                if let Some(note) = &res.offline {
+                    eprintln!("starlingd: {note}");
+                }
+                offline = res.offline;
+                let id = res.version;
                 (
                     host.remote(&remote)
                         .map_err(|e| DaemonError::BadRequest(e.to_string()))?,
@@ -283,6 +285,7 @@ impl Mounts {
             record: req.record.clone(),
             writable: req.writable,
             upper: layer.as_ref().map(|l| l.join("upper")),
+            note: offline,
         };
         let mut t = self.lock();
         t.insert(

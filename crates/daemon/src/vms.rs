@@ -170,6 +170,18 @@ pub struct Resolved {
     pub version: ObjectId,
     pub commit: Commit,
     pub display: String,
+    /// Set when the repository was unreachable and the version is the one this host last
+    /// verified: what to tell the user.
+    pub offline: Option<String>,
+}
+
+/// A repository's error as the daemon's: an image it does not have is not found, the rest is
+/// upstream's.
+pub fn upstream(e: starling_repo::Error) -> DaemonError {
+    match e {
+        starling_repo::Error::UnknownImage(_) => DaemonError::NotFound(e.to_string()),
+        _ => DaemonError::Upstream(e.to_string()),
+    }
 }
 
 /// The image a request names, resolved through the store or the repository's verified
@@ -188,27 +200,23 @@ pub fn resolve(source: &Source, host: &HostObjects) -> Result<Resolved, DaemonEr
                 version: v.id,
                 commit: v.commit,
                 objects: Arc::new(st),
+                offline: None,
             })
         }
         Source::Repo { url, image, root } => {
             let remote = starling_repo::pull::Remote::parse(url).map_err(|e| bad(e.to_string()))?;
             let r = ImageRef::parse(image).map_err(|e| bad(e.to_string()))?;
-            let (rec, id) = host
+            let res = host
                 .runtime()
-                .block_on(async {
-                    let repo = starling_repo::pull::open_at(
-                        host.dir(),
-                        &remote,
-                        root.as_deref(),
-                        &host.opts,
-                    )
-                    .await?;
-                    starling_repo::pull::resolve(&repo, &r).await
-                })
-                .map_err(|e| match e {
-                    starling_repo::Error::UnknownImage(_) => DaemonError::NotFound(e.to_string()),
-                    _ => DaemonError::Upstream(e.to_string()),
-                })?;
+                .block_on(starling_repo::pull::resolve_at(
+                    host.dir(),
+                    &remote,
+                    root.as_deref(),
+                    &host.opts,
+                    &r,
+                ))
+                .map_err(upstream)?;
+            let id = res.version;
             let objects = host.remote(&remote).map_err(|e| bad(e.to_string()))?;
             let bytes = objects
                 .get(&id, MAX_MANIFEST)
@@ -217,14 +225,18 @@ pub fn resolve(source: &Source, host: &HostObjects) -> Result<Resolved, DaemonEr
                 Commit::decode(&id, &bytes).map_err(|e| DaemonError::Upstream(e.to_string()))?;
             let display = match &r {
                 ImageRef::Tag { name, tag } => format!("{name}:{tag}@{}", id.short(12)),
-                ImageRef::Version { .. } => format!("{}@{}", rec.name, id.short(12)),
+                ImageRef::Version { .. } => format!("{}@{}", res.name, id.short(12)),
             };
+            if let Some(note) = &res.offline {
+                eprintln!("starlingd: {note}");
+            }
             Ok(Resolved {
                 source: format!("repo:{}", remote.base),
                 objects,
                 version: id,
                 commit,
                 display,
+                offline: res.offline,
             })
         }
     }
@@ -369,6 +381,7 @@ impl Vms {
             console_log: paths.console_log(),
             vsock_socket: paths.vsock(),
             api_socket: paths.api(),
+            note: None,
         }
     }
 
@@ -600,7 +613,9 @@ impl Vms {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        self.get(name)
+        let mut info = self.get(name)?;
+        info.note = image.offline.clone();
+        Ok(info)
     }
 
     /// Stops a VM: `force` stops it at once, else the guest is asked to power off (through

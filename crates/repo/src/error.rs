@@ -35,6 +35,13 @@ pub enum Error {
     Conflict(String),
     #[error("no image {0} in the repository")]
     UnknownImage(String),
+    /// The repository could not be reached and nothing verified before can stand in.
+    #[error("repository {repo} is unreachable ({reason}); {fallback}")]
+    Unreachable {
+        repo: String,
+        reason: String,
+        fallback: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

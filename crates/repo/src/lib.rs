@@ -11,6 +11,7 @@ pub mod meta;
 pub mod pull;
 pub mod push;
 pub mod record;
+pub mod remembered;
 pub mod serve;
 
 pub use error::{Error, Result};

@@ -82,7 +82,7 @@ pub fn datastore(store: &Store, remote: &Remote) -> PathBuf {
     datastore_in(store.root(), remote)
 }
 
-fn datastore_in(dir: &Path, remote: &Remote) -> PathBuf {
+pub(crate) fn datastore_in(dir: &Path, remote: &Remote) -> PathBuf {
     let h = crate::meta::sha2_hex(remote.base.as_str().as_bytes());
     dir.join("remotes").join(&h[..16])
 }
@@ -219,6 +219,80 @@ pub async fn resolve(repo: &tough::Repository, what: &ImageRef) -> Result<(Image
         )
     })?;
     Ok((rec, id))
+}
+
+/// An image reference resolved for a host (the daemon's mounts and VMs).
+#[derive(Debug, Clone)]
+pub struct Resolution {
+    /// The image record's name.
+    pub name: String,
+    pub version: ObjectId,
+    /// Set when the repository could not be reached and the version is the one this host
+    /// last verified (see [`crate::remembered`]): says so, for the user.
+    pub offline: Option<String>,
+}
+
+/// Resolves `what` through the repository's verified metadata (the trust state under
+/// `dir/remotes/`) and remembers the answer; when the repository cannot be reached, answers
+/// what this host last verified, while the metadata it was verified under has not expired.
+pub async fn resolve_at(
+    dir: &Path,
+    remote: &Remote,
+    trusted_root: Option<&Path>,
+    opts: &ClientOptions,
+    what: &ImageRef,
+) -> Result<Resolution> {
+    let online = async {
+        let repo = open_at(dir, remote, trusted_root, opts).await?;
+        let (rec, id) = resolve(&repo, what).await?;
+        Ok::<_, Error>((repo, rec, id))
+    }
+    .await;
+    use crate::remembered;
+    match online {
+        Ok((repo, rec, id)) => {
+            // Best effort: a host that cannot write its trust state still runs what it verified.
+            let _ = remembered::remember(dir, remote, what, &rec.name, &id, &repo);
+            Ok(Resolution {
+                name: rec.name,
+                version: id,
+                offline: None,
+            })
+        }
+        Err(e) if remembered::is_unreachable(&e) => {
+            let unreachable = |fallback: String| Error::Unreachable {
+                repo: remote.base.to_string(),
+                reason: e.to_string(),
+                fallback,
+            };
+            let Some(last) = remembered::recall(dir, remote, what) else {
+                return Err(unreachable(format!(
+                    "{what} was never resolved on this host, so nothing cached can stand in"
+                )));
+            };
+            remembered::usable(&last)
+                .map_err(|why| unreachable(format!("{what} cannot start from the cache: {why}")))?;
+            let version: ObjectId = last.version.parse().map_err(|_| {
+                unreachable(format!(
+                    "{what}: its remembered version is not an object id"
+                ))
+            })?;
+            Ok(Resolution {
+                offline: Some(format!(
+                    "repository {} is unreachable; {what} is {}@{} as this host verified it at {} \
+                     (that metadata expires at {}); only what the host cache holds can be read",
+                    remote.base,
+                    last.name,
+                    version.short(12),
+                    remembered::when(last.verified_unix),
+                    remembered::when(last.expires_unix)
+                )),
+                name: last.name,
+                version,
+            })
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Pulls `what` (NAME[:TAG] or NAME@VERSION, any version the tag ever held) and tags it
