@@ -1,6 +1,7 @@
 //! `starling image …`
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -49,15 +50,20 @@ pub enum ImageCmd {
     /// Export a version (NAME[:TAG] or NAME@VERSION) to a directory, tar archive or disk image
     Export {
         image: String,
-        /// Destination: an absent or empty directory, an archive or image path (- for stdout)
+        /// Destination: an absent or empty directory, an archive or image file (- for stdout
+        /// when it is not a terminal); an existing file only with --force
         dest: PathBuf,
         /// [default: by DEST's extension: .tar/.tar.gz/.tgz/.tar.zst or - → tar, .qcow2 → qcow2,
-        /// .erofs → erofs, .ext4/.raw/.img → ext4; else dir]
+        /// .erofs → erofs, .ext4/.raw/.img → ext4; none (or an existing directory) → dir; any
+        /// other extension is refused]
         #[arg(long, value_enum)]
         format: Option<OutFormat>,
         /// ext4/qcow2: file system size (e.g. 2G, 512M) [default: fits the image with headroom]
         #[arg(long, value_parser = format::parse_size)]
         size: Option<u64>,
+        /// Replace a file already at DEST (an archive or disk image)
+        #[arg(long)]
+        force: bool,
     },
     /// List images (one row per tag)
     Ls {
@@ -107,6 +113,35 @@ pub enum OutFormat {
     Erofs,
     /// OCI image layout directory (also: DEST given as oci:DIR[:REF])
     Oci,
+}
+
+/// The export destinations whose name says their format.
+const KNOWN_EXTENSIONS: [&str; 9] = [
+    ".tar", ".tar.gz", ".tgz", ".tar.zst", ".ext4", ".raw", ".img", ".qcow2", ".erofs",
+];
+
+/// The format an export destination's name gives: `-` and archive extensions a tar, disk
+/// extensions their image, no extension (or an existing directory) a directory; None for an
+/// extension no format has (`out.tar.xz`, `out.zip`), which must not become a directory.
+fn format_by_name(dest: &Path) -> Option<OutFormat> {
+    let d = dest.to_string_lossy();
+    if d == "-"
+        || [".tar", ".tar.gz", ".tgz", ".tar.zst"]
+            .iter()
+            .any(|s| d.ends_with(s))
+    {
+        Some(OutFormat::Tar)
+    } else if d.ends_with(".qcow2") {
+        Some(OutFormat::Qcow2)
+    } else if d.ends_with(".erofs") {
+        Some(OutFormat::Erofs)
+    } else if [".ext4", ".raw", ".img"].iter().any(|s| d.ends_with(s)) {
+        Some(OutFormat::Ext4)
+    } else if dest.extension().is_none() || dest.is_dir() {
+        Some(OutFormat::Dir)
+    } else {
+        None
+    }
 }
 
 pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
@@ -185,6 +220,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             dest,
             format,
             size,
+            force,
         } => {
             let store = Store::open(store_dir)?;
             let parsed = ImageRef::parse(&image)?;
@@ -212,22 +248,46 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                 Some(OutFormat::Ext4) => ExportFormat::Ext4 { size },
                 Some(OutFormat::Qcow2) => ExportFormat::Qcow2 { size },
                 Some(OutFormat::Erofs) => ExportFormat::Erofs,
-                None => {
-                    let d = dest.to_string_lossy();
-                    let tarish = [".tar", ".tar.gz", ".tgz", ".tar.zst"];
-                    if d == "-" || tarish.iter().any(|s| d.ends_with(s)) {
-                        ExportFormat::Tar
-                    } else if d.ends_with(".qcow2") {
-                        ExportFormat::Qcow2 { size }
-                    } else if d.ends_with(".erofs") {
-                        ExportFormat::Erofs
-                    } else if [".ext4", ".raw", ".img"].iter().any(|s| d.ends_with(s)) {
-                        ExportFormat::Ext4 { size }
-                    } else {
-                        ExportFormat::Dir
-                    }
-                }
+                None => match format_by_name(&dest) {
+                    Some(OutFormat::Tar) => ExportFormat::Tar,
+                    Some(OutFormat::Qcow2) => ExportFormat::Qcow2 { size },
+                    Some(OutFormat::Erofs) => ExportFormat::Erofs,
+                    Some(OutFormat::Ext4) => ExportFormat::Ext4 { size },
+                    Some(OutFormat::Dir | OutFormat::Oci) => ExportFormat::Dir,
+                    None => bail!(
+                        "{}: no format has the extension {:?}; give --format \
+                         (dir, tar, ext4, qcow2, erofs, oci) or name it {}",
+                        dest.display(),
+                        dest.extension().unwrap_or_default(),
+                        KNOWN_EXTENSIONS.join(", ")
+                    ),
+                },
             };
+            if dest.as_os_str() == "-" && std::io::stdout().is_terminal() {
+                bail!(
+                    "not writing an archive to a terminal; redirect standard output \
+                     (> out.tar) or give a file name"
+                );
+            }
+            let file_format = matches!(
+                format,
+                ExportFormat::Tar
+                    | ExportFormat::Ext4 { .. }
+                    | ExportFormat::Qcow2 { .. }
+                    | ExportFormat::Erofs
+            );
+            if file_format && dest.as_os_str() != "-" && !force {
+                if let Ok(m) = std::fs::symlink_metadata(&dest) {
+                    if m.is_dir() {
+                        bail!(
+                            "{} is a directory; give a file name for this format, or \
+                             --format dir",
+                            dest.display()
+                        );
+                    }
+                    bail!("{} exists; give --force to replace it", dest.display());
+                }
+            }
             if size.is_some()
                 && !matches!(
                     format,

@@ -262,3 +262,68 @@ fn store_from_the_future_is_refused() {
     let e = env.fails(&["image", "ls"]);
     assert!(e.contains("version 9"), "{e}");
 }
+
+/// Export destinations say what they get: an extension no format has is refused (not turned
+/// into a directory named out.tar.xz), an existing file is replaced only with --force, and an
+/// archive is never written to a terminal.
+#[test]
+fn export_destinations_are_explicit() {
+    let env = seeded();
+    for name in ["out.tar.xz", "out.zip"] {
+        let dest = env.path(name);
+        let e = env.fails(&["image", "export", "seed", s(&dest)]);
+        assert!(
+            e.contains("no format has the extension")
+                && e.contains("--format")
+                && e.contains(".tar.zst"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "one line: {e}");
+        assert!(!dest.exists(), "{} was created", dest.display());
+    }
+    // Named explicitly, any name will do.
+    let odd = env.path("tree.v1");
+    env.ok(&["image", "export", "seed", s(&odd), "--format", "dir"]);
+    assert!(odd.join("f").is_file());
+
+    // An existing file is kept unless --force.
+    let disk = env.path("mine.ext4");
+    fs::write(&disk, b"mine").unwrap();
+    let e = env.fails(&["image", "export", "seed", s(&disk)]);
+    assert!(e.contains("mine.ext4 exists; give --force"), "{e}");
+    assert_eq!(fs::read(&disk).unwrap(), b"mine");
+    let tar = env.path("out.tar");
+    env.ok(&["image", "export", "seed", s(&tar)]);
+    let e = env.fails(&["image", "export", "seed", s(&tar)]);
+    assert!(e.contains("out.tar exists; give --force"), "{e}");
+    fs::write(&tar, b"stale").unwrap();
+    env.ok(&["image", "export", "seed", s(&tar), "--force"]);
+    assert!(tool("tar", &["-tf", s(&tar)])
+        .lines()
+        .any(|l| l.trim_start_matches("./") == "f"));
+    // A directory where a file format was asked for.
+    let dir = env.path("d.qcow2");
+    fs::create_dir(&dir).unwrap();
+    let e = env.fails(&["image", "export", "seed", s(&dir)]);
+    assert!(e.contains("d.qcow2 is a directory"), "{e}");
+
+    // Standard output that is a terminal (script(1) gives the command one).
+    if !have("script") {
+        skip("script (bsdutils) missing: the terminal case is not tried");
+        return;
+    }
+    let cmd = format!(
+        "{} --store {} image export seed -",
+        env!("CARGO_BIN_EXE_starling"),
+        s(&env.store)
+    );
+    let o = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("not writing an archive to a terminal") && out.len() < 1000,
+        "{out}"
+    );
+}
