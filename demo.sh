@@ -83,12 +83,13 @@ chroot "$out/mnt" python3 -c 'import sys; print("python", sys.version.split()[0]
 step "starling run: the published image boots as a VM, its root fetched on demand (in a nested test host)"
 # This machine's KVM cannot boot Linux in useful time (shared/MACHINES.md), so a QEMU test host
 # does: inside it, the repository above is served on loopback, starlingd runs, and `starling run`
-# boots both versions of debian:bookworm from a kernel + small initramfs, runs commands in them,
-# execs into one and commits its changes, snapshots, restores and forks one, and takes the
-# repository away under it (tests/vm/outer-run.sh, scenario run; a few minutes).
+# boots both versions of debian:bookworm and a systemd image from a kernel + small initramfs,
+# runs commands in them, execs into one and commits its changes, snapshots, restores and forks
+# one, docks a pool of the image, and takes the repository away under it
+# (tests/vm/outer-run.sh, scenario run; about ten minutes).
 work=$out/tier2
 mkdir -p "$work"
-if STARLING_HOME=$work/store TIER2_SCENARIOS=run:660 TIER2_TIMEOUT=950 TIER2_RUN_ROOTFS="$a $b $cache/rootfs-d" \
+if STARLING_HOME=$work/store TIER2_SCENARIOS=run:780 TIER2_TIMEOUT=1100 TIER2_RUN_ROOTFS="$a $b $cache/rootfs-d" \
   tests/vm/tier2.sh "$starling" "$work" >"$work.out" 2>&1; then
   grep -a '^host: run ' "$work/console.log" | tr -d '\r' | grep -v 'PCI: Fatal' | sed 's/^host: //'
 else

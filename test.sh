@@ -28,14 +28,20 @@ summary() {
 }
 trap summary EXIT
 
+# Builds the cached Debian fixtures up front so their build time is not charged to one test;
+# meanwhile (they mostly wait on the mirror) the formatting and lint checks run.
+fixtures_log=$(mktemp "${TMPDIR:-/tmp}/starling-fixtures.XXXXXX")
+tests/fixtures/debian-rootfs.sh > "$fixtures_log" 2>&1 &
+fixtures=$!
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-# Builds the cached Debian fixtures up front so their build time is not charged to one test.
-if ! tests/fixtures/debian-rootfs.sh >/dev/null; then
+if ! wait "$fixtures"; then
+  cat "$fixtures_log" >&2
   if [ "${CI:-}" = true ]; then
     echo "ERROR: the Debian fixtures could not be built; CI needs them" >&2
     exit 1
   fi
   echo "WARNING: Debian fixtures could not be built; tests using them will skip" >&2
 fi
+rm -f "$fixtures_log"
 cargo test --workspace "$@"

@@ -150,85 +150,103 @@ scenario_run() {
   until grep -q ready /tmp/sd.out 2>/dev/null && grep -q http /tmp/serve.out 2>/dev/null || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
   url=http://127.0.0.1:8080/
   root=/run-disk/repo/metadata/1.root.json
+  # The emulated SVM of this test host (QEMU TCG) now and then triple-faults a guest that
+  # boots fine otherwise (rip 0xfff0 after KVM's reset on AMD, nothing on the console; twice
+  # in one CI run, and this test host's own kernel has died in its KVM code the same way).
+  # Such a boot is retried once and reported ("host: run retried ..."; the test counts and
+  # notes them); a second one fails the step. A guest that asked for the reset itself (a
+  # panicking or rebooting kernel: the monitor says so first) is not retried.
+  triple() {
+    grep -q 'triple-faulted' /tmp/sd/vms/$1/monitor.log 2>/dev/null &&
+      ! grep -q 'asked for a reset' /tmp/sd/vms/$1/monitor.log
+  }
+  retried() { # NAME: report a triple-faulted guest and remove its VM
+    echo "host: run retried $1: $(grep -o 'vCPU .*triple-faulted.*' /tmp/sd/vms/$1/monitor.log | head -1)"
+    tail -c 2500 /tmp/sd/vms/$1/console.log | tr -d '\r' | sed "s/^/host: run retried $1 console: /"
+    tail -c 1000 /tmp/sd/vms/$1/monitor.log | tr -d '\r' | sed "s/^/host: run retried $1 monitor: /"
+    /bin/starling rm --force "$1" > /dev/null 2>&1
+  }
   run() { # NAME IMAGE CMD...: one line per output line, then the status
     name=$1 image=$2; shift 2
-    read up _ < /proc/uptime
-    echo "host: run $name starts at uptime $up"
-    timeout 150 /bin/starling run --name "$name" --kernel /run-disk/kernel --mem 256M --root $root \
-      $url "$image" -- "$@" < /dev/null > /tmp/run-$name.out 2>&1
-    status=$?
+    for attempt in 1 2; do
+      read up _ < /proc/uptime
+      echo "host: run $name starts at uptime $up"
+      timeout 150 /bin/starling run --name "$name" --kernel /run-disk/kernel --mem 256M --root $root \
+        $url "$image" -- "$@" < /dev/null > /tmp/run-$name.out 2>&1
+      status=$?
+      [ $attempt = 1 ] && triple $name && { retried $name; continue; }
+      break
+    done
     read up _ < /proc/uptime
     tr -d '\r' < /tmp/run-$name.out | sed "s/^/host: run $name out: /"
     echo "host: run $name status $status at uptime $up"
     tail -c 600 /tmp/sd/vms/$name/monitor.log 2>/dev/null | tr -d '\r' | sed "s/^/host: run $name monitor: /"
   }
-  fetched() { /bin/starling cache stats --json | tr ',' '\n' | sed -n 's/.*"fetched_bytes": *\([0-9]*\).*/\1/p' | head -1; }
+  detach() { # NAME IMAGE [CMD...]: a detached VM
+    name=$1 image=$2; shift 2
+    [ $# -gt 0 ] && set -- -- "$@"
+    /bin/starling run -d --name $name --kernel /run-disk/kernel --mem 256M --root $root $url "$image" \
+      "$@" > /tmp/$name.out 2>&1
+    echo "host: run $name detached: $(cat /tmp/$name.out)"
+  }
+  answers() { # NAME: waits until the VM's agent answers (or its guest triple-faulted)
+    i=0
+    until /bin/starling exec $1 -- /bin/true > /dev/null 2>&1 || triple $1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
+  }
   run one debian:bookworm /bin/sh -c 'python3 -c "print(6 * 7)"; echo debian $(cat /etc/debian_version); echo scratch > /root/written; cat /root/written; exit 3'
   echo "host: run cache after one: $(/bin/starling cache stats --json | tr -d '\n ')"
   run two debian:bookworm /bin/sh -c 'echo second; test -e /root/written && echo leaked || echo own layer'
   echo "host: run cache after two: $(/bin/starling cache stats --json | tr -d '\n ')"
+  # The old version (no python3, no less in it) boots as itself.
   old=$(sed -n 's/^\([0-9a-f]\{64\}\)$/\1/p' /run-disk/version-a.txt | head -1)
-  # A detached VM of the old version (no python3, no less in it: it boots as itself): exec, a
-  # package installed through exec
-  # with the .deb on stdin, the VM's layer committed as a new image, whose inventory has it.
-  /bin/starling run -d --name pkg --kernel /run-disk/kernel --mem 256M --root $root $url "debian@$old" \
-    -- /bin/sleep 600 > /tmp/pkg.out 2>&1
-  echo "host: run pkg detached: $(cat /tmp/pkg.out)"
-  i=0
-  until /bin/starling exec pkg -- /bin/true > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
-  out=$(timeout 30 /bin/starling exec pkg -- /bin/sh -c 'echo old $(cat /etc/debian_version) $(command -v python3 || echo no-python3); exit 4' 2>&1)
-  st=$?
-  echo "host: run exec said $out, status $st"
-  out=$(timeout 120 /bin/starling exec -i pkg -- /bin/sh -c \
+  run old "debian@$old" /bin/sh -c 'echo old $(cat /etc/debian_version) $(command -v python3 || echo no-python3); exit 4'
+  # No command: the image's own init boots (systemd, to its default target); exec talks to
+  # it and stop asks it to power off. systemd can be asked once it made /run/systemd/system
+  # (sd_booted(3)) and its private bus socket (asked every 2 s: each exec while an
+  # emulated-SVM guest boots is a risk of its own, see above).
+  systemd_up() {
+    detach sysd debian:systemd
+    i=0
+    until /bin/starling exec sysd -- /bin/sh -c 'test -d /run/systemd/system && test -S /run/systemd/private' > /dev/null 2>&1 || triple sysd || [ $i -ge 75 ]; do sleep 2; i=$((i+1)); done
+    out=$(timeout 240 /bin/starling exec sysd -- /bin/sh -c \
+      'systemctl is-system-running --wait; systemctl is-active multi-user.target; readlink /proc/1/exe' 2>&1 | tr '\n' ' ')
+  }
+  systemd_up
+  triple sysd && { retried sysd; systemd_up; }
+  read up _ < /proc/uptime
+  echo "host: run systemd: $out at uptime $up"
+  timeout 30 /bin/starling exec sysd -- /bin/sh -c 'echo root $(stat -c "%d:%i" /) pid1 $(stat -L -c "%d:%i" /proc/1/root) $(systemctl is-system-running 2>&1)' 2>&1 | sed 's/^/host: run systemd view: /'
+  echo "host: run systemd failed units: $(timeout 30 /bin/starling exec sysd -- systemctl --failed --no-legend --plain 2>&1 | tr '\n' '|')"
+  # A package installed through exec with the .deb on stdin (no less in this image), the VM's
+  # layer committed as a new image, whose inventory has it.
+  out=$(timeout 120 /bin/starling exec -i sysd -- /bin/sh -c \
     'cat > /tmp/less.deb && dpkg -i /tmp/less.deb > /dev/null && rm /tmp/less.deb && echo installed' \
     < /run-disk/less.deb 2>&1)
   echo "host: run exec dpkg: $out"
-  timeout 200 /bin/starling commit pkg debian:with-less 2>&1 | sed 's/^/host: run commit: /'
+  timeout 200 /bin/starling commit sysd debian:with-less 2>&1 | sed 's/^/host: run commit: /'
   timeout 60 /bin/starling image inventory debian:with-less 2>&1 | grep -w less | sed 's/^/host: run inventory: /'
-  timeout 30 /bin/starling stop pkg | sed 's/^/host: run stopped: /'
-  # No command: the image's own init boots (systemd, to its default target); exec talks to
-  # it and stop asks it to power off.
-  if /bin/starling run -d --name sysd --kernel /run-disk/kernel --mem 256M --root $root $url debian:systemd \
-    > /tmp/sysd.out 2>&1; then
-    # The agent answers from the initramfs on; systemd can be asked once it made
-    # /run/systemd/system (sd_booted(3)) and its private bus socket.
-    i=0
-    until /bin/starling exec sysd -- /bin/sh -c 'test -d /run/systemd/system && test -S /run/systemd/private' > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
-    out=$(timeout 240 /bin/starling exec sysd -- /bin/sh -c \
-      'systemctl is-system-running --wait; systemctl is-active multi-user.target; readlink /proc/1/exe' 2>&1 | tr '\n' ' ')
-    read up _ < /proc/uptime
-    echo "host: run systemd: $out at uptime $up"
-    timeout 30 /bin/starling exec sysd -- /bin/sh -c 'echo root $(stat -c "%d:%i" /) pid1 $(stat -L -c "%d:%i" /proc/1/root) $(systemctl is-system-running 2>&1)' 2>&1 | sed 's/^/host: run systemd view: /'
-    echo "host: run systemd failed units: $(timeout 30 /bin/starling exec sysd -- systemctl --failed --no-legend --plain 2>&1 | tr '\n' '|')"
-    timeout 60 /bin/starling stop sysd 2>&1 | sed 's/^/host: run systemd stopped: /'
-    /bin/starling ps -a | grep '^sysd ' | sed 's/^/host: run systemd ps: /'
-    tail -c 1500 /tmp/sd/vms/sysd/console.log | tr -d '\r' | sed 's/^/host: run systemd console: /'
-  else
-    echo "host: run systemd: not started: $(cat /tmp/sysd.out)"
-  fi
+  timeout 60 /bin/starling stop sysd 2>&1 | sed 's/^/host: run systemd stopped: /'
+  /bin/starling ps -a | grep '^sysd ' | sed 's/^/host: run systemd ps: /'
+  tail -c 1500 /tmp/sd/vms/sysd/console.log | tr -d '\r' | sed 's/^/host: run systemd console: /'
+  # A detached VM whose command holds a file open for the snapshot below: it reads the first
+  # 4 KiB now and the rest once something is written to the FIFO /tmp/go.
+  held='exec 3< /usr/share/common-licenses/GPL-3; dd bs=4096 count=1 <&3 > /tmp/a 2> /dev/null
+    mkfifo /tmp/go; touch /tmp/ready; read _ < /tmp/go
+    cat <&3 > /tmp/b; cat /tmp/a /tmp/b | sha256sum | cut -d" " -f1 > /tmp/held; exec sleep 100000'
+  detach held debian:bookworm /bin/sh -c "$held"
+  answers held
+  triple held && { retried held; detach held debian:bookworm /bin/sh -c "$held"; answers held; }
   # Snapshot and restore of a VM whose root is virtio-fs, with a file held open across them:
-  # python3 reads the first 4 KiB before the snapshot and the rest after the restore, with the
-  # guest's page cache dropped in between so that the read reaches the device with the
-  # guest's old handle.
-  /bin/starling run -d --name held --kernel /run-disk/kernel --mem 256M --root $root $url debian:bookworm \
-    -- /usr/bin/python3 -c 'import hashlib, os, time
-f = open("/usr/share/common-licenses/GPL-3", "rb")
-a = f.read(4096)
-open("/tmp/ready", "w").close()
-while not os.path.exists("/tmp/go"):
-    time.sleep(0.1)
-b = f.read()
-open("/tmp/held", "w").write(hashlib.sha256(a + b).hexdigest())
-time.sleep(100000)' > /tmp/held.out 2>&1
-  echo "host: run held detached: $(cat /tmp/held.out)"
+  # the guest's page cache is dropped after the restore, so that the rest of the file is read
+  # through the device with the guest's old handle.
   i=0
-  until /bin/starling exec held -- /bin/test -e /tmp/ready > /dev/null 2>&1 || [ $i -ge 120 ]; do sleep 1; i=$((i+1)); done
+  until /bin/starling exec held -- /bin/test -e /tmp/ready > /dev/null 2>&1 || [ $i -ge 60 ]; do sleep 1; i=$((i+1)); done
   timeout 120 /bin/starling vm snapshot /tmp/sd/vms/held/api.sock /tmp/held-snap --stop 2>&1 | sed 's/^/host: run snapshot: /'
   /bin/starling vm restore /tmp/held-snap --api-socket /tmp/hr.api --vsock-path /tmp/hr.sock \
     --console /tmp/hr.log --run-dir /tmp/hr-run > /tmp/hr.out 2>&1 &
   i=0
   until [ -S /tmp/hr.api ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-  out=$(timeout 60 /bin/starling exec /tmp/hr.sock -- /bin/sh -c 'echo 3 > /proc/sys/vm/drop_caches; touch /tmp/go
+  out=$(timeout 60 /bin/starling exec /tmp/hr.sock -- /bin/sh -c 'echo 3 > /proc/sys/vm/drop_caches; echo go > /tmp/go
     i=0; until [ -e /tmp/held ] || [ $i -ge 200 ]; do sleep 0.1; i=$((i+1)); done
     echo $(cat /tmp/held) $(sha256sum < /usr/share/common-licenses/GPL-3)' 2>&1)
   echo "host: run restored held: $out"
@@ -258,16 +276,30 @@ time.sleep(100000)' > /tmp/held.out 2>&1
   # A pool of the image, made by the daemon: booted once to the run init's `ready` and
   # docked; each activation runs the pool's command with its own environment, without booting.
   export STARLING_POOLS=/tmp/pools
-  timeout 240 /bin/starling pool create deb --image $url debian:bookworm --root $root \
-    --kernel /run-disk/kernel --mem 256M --size 1 --timeout 180 \
-    -- /bin/sh -c 'echo pool job $JOB on $(cat /etc/debian_version)' 2>&1 | sed 's/^/host: run pool: /'
+  pool_create() {
+    timeout 240 /bin/starling pool create deb --image $url debian:bookworm --root $root \
+      --kernel /run-disk/kernel --mem 256M --size 1 --timeout 180 \
+      -- /bin/sh -c 'echo pool job $JOB on $(cat /etc/debian_version)' > /tmp/pool.out 2>&1
+  }
+  pool_create
+  if grep -q 'triple-faulted' /tmp/pool.out && ! grep -q 'asked for a reset' /tmp/pool.out; then
+    echo "host: run retried pool: $(grep -o 'vCPU .*triple-faulted.*' /tmp/pool.out | head -1)"
+    timeout 60 /bin/starling pool rm deb --force > /dev/null 2>&1
+    pool_create
+  fi
+  sed 's/^/host: run pool: /' /tmp/pool.out
   for n in 1 2; do
     out=$(timeout 60 /bin/starling pool run deb --env JOB=$n --json 2>&1)
     console=$(echo "$out" | sed -n 's/.*"console":"\([^"]*\)".*/\1/p')
     i=0
     until grep -aq "pool job" "$console" 2>/dev/null || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done
     echo "host: run pool job $n: $(grep -a 'pool job' "$console" 2>/dev/null | tr -d '\r') booted again: $(grep -ac 'starling-init: started' "$console" 2>/dev/null)"
-    [ -n "$console" ] || echo "host: run pool run $n said: $out"
+    if ! grep -aq "pool job" "$console" 2>/dev/null; then
+      echo "host: run pool run $n said: $out"
+      slot=$(echo "$out" | sed -n 's/.*"slot":"\([^"]*\)".*/\1/p')
+      tail -c 1500 "$console" 2>/dev/null | tr -d '\r' | sed "s/^/host: run pool run $n console: /"
+      tail -c 1000 "$slot/monitor.log" 2>/dev/null | tr -d '\r' | sed "s/^/host: run pool run $n monitor: /"
+    fi
   done
   timeout 60 /bin/starling pool rm deb --force 2>&1 | sed 's/^/host: run pool: /'
   # The repository goes away under the restored VM: files the host cache holds still read

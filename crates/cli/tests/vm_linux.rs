@@ -69,7 +69,7 @@ fn host_death(console: &str, work: &Path) -> Option<String> {
 
 /// The scenarios in order and the seconds each may take in all (outer-run.sh kills what is
 /// left of a scenario then and reports it done, so it is judged: a hung Starling fails).
-const SCENARIOS: [(&str, u64); 4] = [("boot", 240), ("fork", 180), ("pool", 180), ("run", 660)];
+const SCENARIOS: [(&str, u64); 4] = [("boot", 240), ("fork", 180), ("pool", 180), ("run", 780)];
 /// Booting the test host and loading its KVM modules, before the first scenario.
 const HOST_BOOT: u64 = 90;
 
@@ -376,6 +376,20 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     // from the host cache. The command's output and status come back; only what the guest
     // read was fetched (a small part of the image); a second VM of the same version fetches
     // nothing and does not see the first one's writes; the older version boots as itself.
+    // A boot whose guest triple-faulted is retried once (the test host's emulated SVM does
+    // that now and then to guests that boot fine otherwise); it is noted, and more than two
+    // in one run are not put down to the emulation.
+    let retried: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("host: run retried ") && l.contains("triple-faulted"))
+        .collect();
+    if !retried.is_empty() {
+        starling_testkit::note(
+            "TIER2",
+            &format!("guests that triple-faulted, their boots retried: {retried:?}"),
+        );
+    }
+    assert!(retried.len() <= 2, "{retried:?}\n{log}");
     assert_eq!(
         line(&log, "host: run one out: 42"),
         "host: run one out: 42",
@@ -431,12 +445,24 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         line(&log, "host: run two status ").starts_with("host: run two status 0 "),
         "{log}"
     );
-    // exec into a detached VM of the older version (no python3 there), a .deb installed
-    // through exec's stdin, the VM's layer committed: the new image's inventory lists it.
-    let said = line(&log, "host: run exec said ");
+    // The older version boots as itself (no python3 there).
     assert!(
-        said.starts_with("host: run exec said old 12.") && said.ends_with(" no-python3, status 4"),
-        "{said}"
+        line(&log, "host: run old out: old 12.").ends_with(" no-python3"),
+        "{log}"
+    );
+    assert!(
+        line(&log, "host: run old status ").starts_with("host: run old status 4 "),
+        "{log}"
+    );
+    // No command: the image's systemd boots to its default target; exec talks to it, a .deb
+    // installed through exec's stdin, the VM's layer committed: the new image's inventory
+    // lists it; stop powers it off.
+    let sd = line(&log, "host: run systemd: ");
+    assert!(
+        (sd.contains(": running ") || sd.contains(": degraded "))
+            && sd.contains(" active ")
+            && sd.contains("/systemd "),
+        "{sd}\n{log}"
     );
     assert_eq!(
         line(&log, "host: run exec dpkg: "),
@@ -450,21 +476,11 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         line(&log, "host: run inventory: less ").contains("amd64"),
         "{log}"
     );
-    assert_eq!(line(&log, "host: run stopped: "), "host: run stopped: pkg");
-    // No command: the image's systemd boots to its default target; exec talks to it, stop
-    // powers it off.
-    let sd = line(&log, "host: run systemd: ");
-    assert!(
-        (sd.contains(": running ") || sd.contains(": degraded "))
-            && sd.contains(" active ")
-            && sd.contains("/systemd "),
-        "{sd}\n{log}"
-    );
     assert_eq!(
         line(&log, "host: run systemd stopped: "),
         "host: run systemd stopped: sysd"
     );
-    // Snapshot and restore of a virtio-fs-rooted VM: the file python3 held open reads on
+    // Snapshot and restore of a virtio-fs-rooted VM: the file a shell held open reads on
     // after the restore (page cache dropped) to the same bytes as a fresh open.
     let held: Vec<String> = line(&log, "host: run restored held: ")
         .trim_start_matches("host: run restored held: ")

@@ -19,7 +19,10 @@ impl BusDevice for PowerButton {
     fn write(&mut self, offset: u64, data: &[u8]) {
         match (offset, data.first()) {
             (0, Some(&SLEEP_S5)) => self.0.raise(ExitReason::PowerOff),
-            (0, Some(&RESET_VALUE)) => self.0.raise(ExitReason::Reset),
+            (0, Some(&RESET_VALUE)) => {
+                reset_said(&self.0, "the ACPI reset register");
+                self.0.raise(ExitReason::Reset)
+            }
             _ => {}
         }
     }
@@ -39,11 +42,20 @@ impl BusDevice for DebugExit {
     }
 }
 
+/// Says once how the guest asked for a reset (a rebooting or panicking kernel): a triple
+/// fault reported after it is the guest's reboot path going on, not the cause.
+fn reset_said(exit: &ExitSignal, how: &str) {
+    if exit.reason().is_none() {
+        eprintln!("starling-vmm: the guest asked for a reset through {how}");
+    }
+}
+
 struct ResetLine(Arc<ExitSignal>);
 
 impl Trigger for ResetLine {
     type E = std::convert::Infallible;
     fn trigger(&self) -> Result<(), Self::E> {
+        reset_said(&self.0, "the i8042 reset command");
         self.0.raise(ExitReason::Reset);
         Ok(())
     }
