@@ -89,7 +89,7 @@ step "starling run: the published image boots as a VM, its root fetched on deman
 # (tests/vm/outer-run.sh, scenario run; about ten minutes).
 work=$out/tier2
 mkdir -p "$work"
-if STARLING_HOME=$work/store TIER2_SCENARIOS=run:780 TIER2_TIMEOUT=1100 TIER2_RUN_ROOTFS="$a $b $cache/rootfs-d" \
+if STARLING_HOME=$work/store TIER2_SCENARIOS=run:600,hold:420 TIER2_TIMEOUT=1150 TIER2_RUN_ROOTFS="$a $b $cache/rootfs-d" \
   tests/vm/tier2.sh "$starling" "$work" >"$work.out" 2>&1; then
   grep -a '^host: run ' "$work/console.log" | tr -d '\r' | grep -v 'PCI: Fatal' | sed 's/^host: //'
 else

@@ -118,7 +118,7 @@ fn pools_dock_activate_refill_and_remove() {
         let console = PathBuf::from(v["console"].as_str().unwrap());
         // The guest prints a byte at a time: read its console once it has ended.
         let slot = PathBuf::from(v["slot"].as_str().unwrap());
-        wait_for_file(&slot.join("monitor.log"), "GuestExit(7)");
+        wait_for_file(&slot.join("monitor.log"), "the guest exited with status 7");
         let log = wait_for_file(&console, "substrate: whoami");
         assert!(
             log.contains(&format!(
@@ -254,7 +254,7 @@ fn pools_dock_activate_refill_and_remove() {
         ])))
         .unwrap();
         let slot = PathBuf::from(v["slot"].as_str().unwrap());
-        wait_for_file(&slot.join("monitor.log"), "GuestExit(5)");
+        wait_for_file(&slot.join("monitor.log"), "the guest exited with status 5");
         let log = wait_for_file(
             Path::new(v["console"].as_str().unwrap()),
             "substrate: whoami",

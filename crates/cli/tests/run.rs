@@ -488,7 +488,7 @@ fn a_pool_of_an_image_is_booted_by_the_daemon_and_activated() {
     wait_for("the activated VM's end", Duration::from_secs(60), || {
         fs::read_to_string(slot.join("monitor.log"))
             .unwrap_or_default()
-            .contains("GuestExit(5)")
+            .contains("the guest exited with status 5")
     });
     let console = fs::read_to_string(v["console"].as_str().unwrap()).unwrap();
     assert!(
@@ -577,6 +577,10 @@ fn an_unreachable_repository_still_boots_what_the_host_verified_and_cached() {
         err.contains("is unreachable") && err.contains("other:1 was never resolved on this host"),
         "{err}"
     );
+    // One line, the URL it tried and the OS's reason, each once.
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("(fetching http://127.0.0.1:"), "{err}");
+    assert!(!err.contains("Transport"), "{err}");
     assert!(vm(&d, &env, "never").is_null());
     assert!(!state.join("vms/never").exists());
 

@@ -77,7 +77,9 @@ fn exit_status_follows_the_guest_and_config_files_work() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("GuestExit(9)"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("VM ended: the guest exited with status 9")
+    );
 
     // The same VM as a config file; relative paths are taken from the file's directory.
     std::fs::copy(&kernel, dir.path().join("k.elf")).unwrap();
@@ -148,7 +150,7 @@ fn ctrl_c_stops_the_vm_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("Stopped(Some(2))"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("VM ended: stopped by signal 2"));
 }
 
 #[test]

@@ -262,7 +262,7 @@ pub async fn resolve_at(
         Err(e) if remembered::is_unreachable(&e) => {
             let unreachable = |fallback: String| Error::Unreachable {
                 repo: remote.base.to_string(),
-                reason: e.to_string(),
+                reason: remembered::why_unreachable(&e),
                 fallback,
             };
             let Some(last) = remembered::recall(dir, remote, what) else {

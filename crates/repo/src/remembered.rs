@@ -130,6 +130,28 @@ pub fn when(unix: i64) -> String {
     jiff::Timestamp::from_second(unix).map_or_else(|_| unix.to_string(), |t| t.to_string())
 }
 
+/// Why the repository could not be reached, once: the URL being fetched and the innermost
+/// cause (the OS error, the timeout), not every layer's restatement of it.
+pub fn why_unreachable(e: &Error) -> String {
+    let Error::Tuf { source, .. } = e else {
+        return e.to_string();
+    };
+    let mut url = None;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    let mut innermost = e.to_string();
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<TransportError>() {
+            url = Some(t.url().to_string());
+        }
+        innermost = err.to_string();
+        cur = err.source();
+    }
+    match url {
+        Some(u) if !innermost.contains(&u) => format!("fetching {u}: {innermost}"),
+        _ => innermost,
+    }
+}
+
 /// Whether `e` says the repository could not be reached (connection, timeout, server error),
 /// as opposed to metadata that failed verification or an image it does not have.
 pub fn is_unreachable(e: &Error) -> bool {
@@ -191,6 +213,23 @@ mod tests {
             source: "signature threshold not met".into(),
         }));
         assert!(!is_unreachable(&Error::UnknownImage("a:b".into())));
+    }
+
+    #[test]
+    fn why_names_the_url_and_the_innermost_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = Error::Tuf {
+            what: "verifying the metadata".into(),
+            source: Box::new(Wrapped(TransportError::new_with_cause(
+                TransportErrorKind::Other,
+                "http://h/timestamp.json",
+                io,
+            ))),
+        };
+        assert_eq!(
+            why_unreachable(&e),
+            "fetching http://h/timestamp.json: Connection refused"
+        );
     }
 
     #[test]

@@ -23,6 +23,22 @@ pub enum ExitReason {
     VcpuFailed(u8),
 }
 
+impl std::fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitReason::PowerOff => write!(f, "the guest powered off"),
+            ExitReason::Reset => write!(
+                f,
+                "the guest reset (a reboot, a kernel panic with panic=-1, or a triple fault)"
+            ),
+            ExitReason::GuestExit(n) => write!(f, "the guest exited with status {n}"),
+            ExitReason::Stopped(None) => write!(f, "stopped"),
+            ExitReason::Stopped(Some(sig)) => write!(f, "stopped by signal {sig}"),
+            ExitReason::VcpuFailed(id) => write!(f, "vCPU {id} failed (the log above says how)"),
+        }
+    }
+}
+
 impl ExitReason {
     /// The process exit status that follows the guest: 0 for poweroff, the guest's own status,
     /// 3 for a reset (a panicking kernel with `panic=-1` resets), 128+N for signal N, 1 for a

@@ -54,7 +54,7 @@ fn run(start: Start) -> (u8, String) {
     match vm.run() {
         Ok(reason) => {
             if std::env::var_os("STARLING_VM_QUIET").is_none() {
-                eprintln!("starling: VM ended: {reason:?}");
+                eprintln!("starling: VM ended: {reason}");
                 for f in handle.0.fs_stats() {
                     eprintln!(
                         "starling: virtio-fs {}: the guest read {} bytes in {} reads; objects \
@@ -63,7 +63,7 @@ fn run(start: Start) -> (u8, String) {
                     );
                 }
             }
-            (reason.status().clamp(0, 255) as u8, format!("{reason:?}"))
+            (reason.status().clamp(0, 255) as u8, reason.to_string())
         }
         Err(e) => {
             eprintln!("starling: {e}");
