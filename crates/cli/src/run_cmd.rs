@@ -211,16 +211,13 @@ impl Drop for RawTerminal {
 /// Ctrl-] leaves the console, as in telnet and virsh.
 const DETACH: u8 = 0x1d;
 
-/// Shows the VM's console from its start (the log so far, then live) and, with `input`, sends
+/// Shows the VM's console from its start (the monitor replays its log, then live) and, with `input`, sends
 /// this terminal's input to it; returns when the VM ends or the user detaches.
 fn attach(vm: &VmInfo, input: bool) -> Result<()> {
+    // The monitor sends the console from its start (its log), then live.
     let mut sock = UnixStream::connect(&vm.console_socket)
         .with_context(|| format!("attaching to {}", vm.console_socket.display()))?;
-    // Everything before the attach is in the log.
-    let so_far = std::fs::read(&vm.console_log).unwrap_or_default();
     let mut out = std::io::stdout();
-    out.write_all(&so_far)?;
-    out.flush()?;
     let _raw = if input && std::io::stdin().is_terminal() {
         eprint!("starling: attached to {} (Ctrl-] to detach)\r\n", vm.name);
         Some(RawTerminal::enter())

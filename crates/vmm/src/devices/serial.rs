@@ -60,24 +60,44 @@ const LOG_MAX: u64 = 16 << 20;
 /// output (the log still has it) rather than stalling the guest's vCPU.
 const CLIENT_QUEUE: usize = 1024;
 
-/// Output to the log and, through a queue and a writer thread, to the attached client.
-struct SocketOut {
+/// The log of a socket console: written by the vCPU thread, read back whole for a client
+/// that attaches (under this lock, so the replay and the stream meet exactly).
+struct LogState {
     log: File,
     log_path: PathBuf,
+    /// Bytes in the log file now (it is cut back beyond `LOG_MAX`).
     written: u64,
-    client: SyncSender<Vec<u8>>,
+    /// Bytes ever written: where each queued chunk ends, in this count.
+    total: u64,
+}
+
+/// Who gets a socket console's output: the attached client and how far it has it.
+struct ConsoleShared {
+    log: Mutex<LogState>,
+    client: Mutex<Option<(UnixStream, u64)>>,
+}
+
+/// Output to the log and, through a queue and a writer thread, to the attached client.
+struct SocketOut {
+    shared: Arc<ConsoleShared>,
+    client: SyncSender<(u64, Vec<u8>)>,
 }
 
 impl Write for SocketOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.written + buf.len() as u64 > LOG_MAX {
-            keep_newest_half(&self.log_path)?;
-            self.log = File::options().append(true).open(&self.log_path)?;
-            self.written = self.log.metadata()?.len();
-        }
-        self.log.write_all(buf)?;
-        self.written += buf.len() as u64;
-        match self.client.try_send(buf.to_vec()) {
+        let end = {
+            let mut st = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+            if st.written + buf.len() as u64 > LOG_MAX {
+                keep_newest_half(&st.log_path)?;
+                st.log = File::options().append(true).open(&st.log_path)?;
+                st.written = st.log.metadata()?.len();
+            }
+            st.log.write_all(buf)?;
+            st.written += buf.len() as u64;
+            st.total += buf.len() as u64;
+            st.total
+        };
+        match self.client.try_send((end, buf.to_vec())) {
             Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
         }
         Ok(buf.len())
@@ -98,29 +118,31 @@ fn keep_newest_half(path: &Path) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// The attached client of each socket console: who gets output, replaced by a new attach.
-type Attached = Arc<Mutex<Option<UnixStream>>>;
+static CONSOLES: Mutex<Vec<(PathBuf, Arc<ConsoleShared>)>> = Mutex::new(Vec::new());
 
-static ATTACHED: Mutex<Vec<(PathBuf, Attached)>> = Mutex::new(Vec::new());
-
-fn attached(socket: &Path) -> Attached {
-    let mut g = ATTACHED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, a)) = g.iter().find(|(p, _)| p == socket) {
-        return a.clone();
-    }
-    let a: Attached = Arc::default();
-    g.push((socket.to_path_buf(), a.clone()));
-    a
+/// The shared state of the socket console at `socket` (made by its output, found by its
+/// attach thread).
+fn shared(socket: &Path) -> Option<Arc<ConsoleShared>> {
+    let g = CONSOLES.lock().unwrap_or_else(|p| p.into_inner());
+    g.iter().find(|(p, _)| p == socket).map(|(_, c)| c.clone())
 }
 
-/// Sends queued output to the attached client, if any.
-fn client_writer(rx: Receiver<Vec<u8>>, client: Attached) {
-    for chunk in rx {
-        let mut g = client.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = g.as_mut() {
-            if c.write_all(&chunk).is_err() {
-                *g = None;
-            }
+/// Sends queued output to the attached client, if any: only what it does not have yet (the
+/// replay at its attach may have covered a chunk still queued).
+fn client_writer(rx: Receiver<(u64, Vec<u8>)>, shared: Arc<ConsoleShared>) {
+    for (end, chunk) in rx {
+        let mut g = shared.client.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((c, has)) = g.as_mut() else {
+            continue;
+        };
+        if end <= *has {
+            continue;
+        }
+        let start = chunk.len().saturating_sub((end - *has) as usize);
+        if c.write_all(&chunk[start..]).is_err() {
+            *g = None;
+        } else {
+            *has = end;
         }
     }
 }
@@ -137,23 +159,47 @@ fn console_out(console: &Console) -> std::io::Result<(ConsoleOut, Option<UnixLis
             let file = File::options().create(true).append(true).open(log)?;
             std::fs::set_permissions(log, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             let (tx, rx) = sync_channel(CLIENT_QUEUE);
-            let client = attached(socket);
-            std::thread::Builder::new()
-                .name("console-out".into())
-                .spawn(move || client_writer(rx, client))?;
             let written = file.metadata()?.len();
-            return Ok((
-                ConsoleOut(Box::new(SocketOut {
+            let shared = Arc::new(ConsoleShared {
+                log: Mutex::new(LogState {
                     log: file,
                     log_path: log.clone(),
                     written,
-                    client: tx,
-                })),
+                    total: written,
+                }),
+                client: Mutex::new(None),
+            });
+            {
+                let mut g = CONSOLES.lock().unwrap_or_else(|p| p.into_inner());
+                g.retain(|(p, _)| p != socket);
+                g.push((socket.clone(), shared.clone()));
+            }
+            let for_writer = shared.clone();
+            std::thread::Builder::new()
+                .name("console-out".into())
+                .spawn(move || client_writer(rx, for_writer))?;
+            return Ok((
+                ConsoleOut(Box::new(SocketOut { shared, client: tx })),
                 Some(listener),
             ));
         }
     };
     Ok((ConsoleOut(out), None))
+}
+
+/// Makes `writer` the attached client: it is sent the console from its start (the log as it
+/// is now), then what follows (queued output it already holds is not sent twice). The client
+/// lock is taken before the log's is let go, so output written after the read waits in the
+/// queue for this client instead of being dropped.
+fn attach_client(console: &ConsoleShared, mut writer: UnixStream) -> std::io::Result<()> {
+    let st = console.log.lock().unwrap_or_else(|p| p.into_inner());
+    let replay = std::fs::read(&st.log_path).unwrap_or_default();
+    let upto = st.total;
+    let mut g = console.client.lock().unwrap_or_else(|p| p.into_inner());
+    drop(st);
+    writer.write_all(&replay)?;
+    *g = Some((writer, upto));
+    Ok(())
 }
 
 /// Serves a socket console: each client that connects becomes the attached one (the
@@ -164,7 +210,9 @@ pub fn serve_attach(
     serial: Arc<Mutex<SerialPort>>,
     done: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let client = attached(&socket);
+    let Some(console) = shared(&socket) else {
+        return;
+    };
     let _ = std::thread::Builder::new()
         .name("console-attach".into())
         .spawn(move || {
@@ -176,7 +224,9 @@ pub fn serve_attach(
                 let Ok(writer) = conn.try_clone() else {
                     continue;
                 };
-                *client.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+                if attach_client(&console, writer).is_err() {
+                    continue;
+                }
                 let serial = serial.clone();
                 let done = done.clone();
                 let _ = std::thread::Builder::new()
@@ -271,5 +321,57 @@ impl BusDevice for SerialPort {
         if let Some(&v) = data.first() {
             let _ = self.0.write(offset as u8, v);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client attaching while the guest writes gets the console exactly: the log before
+    /// it, the output after it, nothing twice, nothing missing.
+    #[test]
+    fn an_attach_mid_output_gets_every_byte_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("console.sock");
+        let log = dir.path().join("console.log");
+        let (mut out, _listener) = console_out(&Console::Socket {
+            socket: socket.clone(),
+            log: log.clone(),
+        })
+        .unwrap();
+        let console = shared(&socket).unwrap();
+        let writer = std::thread::spawn(move || {
+            // Paced below the queue's bound (a client that cannot keep up misses output by
+            // design; that is not what this tests).
+            for i in 0..4000 {
+                out.write_all(format!("line {i}\n").as_bytes()).unwrap();
+                if i % 40 == 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        attach_client(&console, theirs).unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let mut ours = ours;
+            ours.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut buf = [0u8; 65536];
+            while let Ok(n) = ours.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            got
+        });
+        writer.join().unwrap();
+        let got = reader.join().unwrap();
+        let want = std::fs::read(&log).unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the attached stream differs from the log");
     }
 }
