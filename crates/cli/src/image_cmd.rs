@@ -116,32 +116,33 @@ pub enum OutFormat {
 }
 
 /// The export destinations whose name says their format.
-const KNOWN_EXTENSIONS: [&str; 9] = [
-    ".tar", ".tar.gz", ".tgz", ".tar.zst", ".ext4", ".raw", ".img", ".qcow2", ".erofs",
+const BY_EXTENSION: [(&str, OutFormat); 9] = [
+    (".tar", OutFormat::Tar),
+    (".tar.gz", OutFormat::Tar),
+    (".tgz", OutFormat::Tar),
+    (".tar.zst", OutFormat::Tar),
+    (".qcow2", OutFormat::Qcow2),
+    (".erofs", OutFormat::Erofs),
+    (".ext4", OutFormat::Ext4),
+    (".raw", OutFormat::Ext4),
+    (".img", OutFormat::Ext4),
 ];
 
-/// The format an export destination's name gives: `-` and archive extensions a tar, disk
-/// extensions their image, no extension (or an existing directory) a directory; None for an
-/// extension no format has (`out.tar.xz`, `out.zip`), which must not become a directory.
+/// The format an export destination's name gives: `-` a tar, a known extension its format,
+/// no extension (or an existing directory) a directory; None for an extension no format has
+/// (`out.tar.xz`, `out.zip`), which must not become a directory.
 fn format_by_name(dest: &Path) -> Option<OutFormat> {
     let d = dest.to_string_lossy();
-    if d == "-"
-        || [".tar", ".tar.gz", ".tgz", ".tar.zst"]
-            .iter()
-            .any(|s| d.ends_with(s))
-    {
-        Some(OutFormat::Tar)
-    } else if d.ends_with(".qcow2") {
-        Some(OutFormat::Qcow2)
-    } else if d.ends_with(".erofs") {
-        Some(OutFormat::Erofs)
-    } else if [".ext4", ".raw", ".img"].iter().any(|s| d.ends_with(s)) {
-        Some(OutFormat::Ext4)
-    } else if dest.extension().is_none() || dest.is_dir() {
-        Some(OutFormat::Dir)
-    } else {
-        None
+    if d == "-" {
+        return Some(OutFormat::Tar);
     }
+    if let Some((_, f)) = BY_EXTENSION.iter().find(|(ext, _)| d.ends_with(ext)) {
+        return Some(*f);
+    }
+    if dest.extension().is_none() || dest.is_dir() {
+        return Some(OutFormat::Dir);
+    }
+    None
 }
 
 pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
@@ -259,7 +260,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                          (dir, tar, ext4, qcow2, erofs, oci) or name it {}",
                         dest.display(),
                         dest.extension().unwrap_or_default(),
-                        KNOWN_EXTENSIONS.join(", ")
+                        BY_EXTENSION.map(|(ext, _)| ext).join(", ")
                     ),
                 },
             };

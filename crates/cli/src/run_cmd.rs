@@ -211,10 +211,10 @@ impl Drop for RawTerminal {
 /// Ctrl-] leaves the console, as in telnet and virsh.
 const DETACH: u8 = 0x1d;
 
-/// Shows the VM's console from its start (the monitor replays its log, then live) and, with `input`, sends
-/// this terminal's input to it; returns when the VM ends or the user detaches.
+/// Shows the VM's console from its start (the monitor sends its log, then live output) and,
+/// with `input`, sends this terminal's input to it; returns when the VM ends or the user
+/// detaches.
 fn attach(vm: &VmInfo, input: bool) -> Result<()> {
-    // The monitor sends the console from its start (its log), then live.
     let mut sock = UnixStream::connect(&vm.console_socket)
         .with_context(|| format!("attaching to {}", vm.console_socket.display()))?;
     let mut out = std::io::stdout();

@@ -593,7 +593,7 @@ fn an_unreachable_repository_still_boots_what_the_host_verified_and_cached() {
     });
     assert_eq!(remembered.len(), 1, "{remembered:?}");
     let mut v = json(&fs::read_to_string(&remembered[0]).unwrap());
-    v["tiny:1"]["expires_unix"] = serde_json::json!(1_000_000_000);
+    v["refs"]["tiny:1"]["expires_unix"] = serde_json::json!(1_000_000_000);
     fs::write(&remembered[0], v.to_string()).unwrap();
     let o = run("expired", "tiny:1");
     let err = String::from_utf8_lossy(&o.stderr).to_string();

@@ -9,7 +9,7 @@ use starling_fs::record::Recorder;
 use starling_fs::{Counters, ImageFs, Mounted, Objects};
 use starling_image::reference::ImageRef;
 use starling_image::walk::Walker;
-use starling_repo::pull::{self, Remote};
+use starling_repo::pull::Remote;
 use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 
 use crate::api::{CommitInfo, CommitRequest, MountInfo, MountRequest, Source};
@@ -184,19 +184,7 @@ impl Mounts {
                     Remote::parse(url).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
                 let r =
                     ImageRef::parse(image).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-                let res = host
-                    .runtime()
-                    .block_on(pull::resolve_at(
-                        host.dir(),
-                        &remote,
-                        root.as_deref(),
-                        &host.opts,
-                        &r,
-                    ))
-                    .map_err(crate::vms::upstream)?;
-                if let Some(note) = &res.offline {
-                    eprintln!("starlingd: {note}");
-                }
+                let res = crate::vms::resolve_repo(host, &remote, root.as_deref(), &r)?;
                 offline = res.offline;
                 let id = res.version;
                 (

@@ -175,13 +175,32 @@ pub struct Resolved {
     pub offline: Option<String>,
 }
 
-/// A repository's error as the daemon's: an image it does not have is not found, the rest is
-/// upstream's.
-pub fn upstream(e: starling_repo::Error) -> DaemonError {
-    match e {
-        starling_repo::Error::UnknownImage(_) => DaemonError::NotFound(e.to_string()),
-        _ => DaemonError::Upstream(e.to_string()),
+/// Resolves a reference through a repository for the daemon's mounts and VMs: an image it
+/// does not have is not found, other failures are upstream's, and a version that stands in
+/// for an unreachable repository is logged.
+pub fn resolve_repo(
+    host: &HostObjects,
+    remote: &starling_repo::pull::Remote,
+    root: Option<&Path>,
+    r: &ImageRef,
+) -> Result<starling_repo::pull::Resolution, DaemonError> {
+    let res = host
+        .runtime()
+        .block_on(starling_repo::pull::resolve_at(
+            host.dir(),
+            remote,
+            root,
+            &host.opts,
+            r,
+        ))
+        .map_err(|e| match e {
+            starling_repo::Error::UnknownImage(_) => DaemonError::NotFound(e.to_string()),
+            _ => DaemonError::Upstream(e.to_string()),
+        })?;
+    if let Some(note) = &res.offline {
+        eprintln!("starlingd: {note}");
     }
+    Ok(res)
 }
 
 /// The image a request names, resolved through the store or the repository's verified
@@ -206,16 +225,7 @@ pub fn resolve(source: &Source, host: &HostObjects) -> Result<Resolved, DaemonEr
         Source::Repo { url, image, root } => {
             let remote = starling_repo::pull::Remote::parse(url).map_err(|e| bad(e.to_string()))?;
             let r = ImageRef::parse(image).map_err(|e| bad(e.to_string()))?;
-            let res = host
-                .runtime()
-                .block_on(starling_repo::pull::resolve_at(
-                    host.dir(),
-                    &remote,
-                    root.as_deref(),
-                    &host.opts,
-                    &r,
-                ))
-                .map_err(upstream)?;
+            let res = resolve_repo(host, &remote, root.as_deref(), &r)?;
             let id = res.version;
             let objects = host.remote(&remote).map_err(|e| bad(e.to_string()))?;
             let bytes = objects
@@ -227,9 +237,6 @@ pub fn resolve(source: &Source, host: &HostObjects) -> Result<Resolved, DaemonEr
                 ImageRef::Tag { name, tag } => format!("{name}:{tag}@{}", id.short(12)),
                 ImageRef::Version { .. } => format!("{}@{}", res.name, id.short(12)),
             };
-            if let Some(note) = &res.offline {
-                eprintln!("starlingd: {note}");
-            }
             Ok(Resolved {
                 source: format!("repo:{}", remote.base),
                 objects,

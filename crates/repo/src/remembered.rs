@@ -45,6 +45,16 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// The file's format version; a file of another version remembers nothing (it is rewritten
+/// on the next online resolve).
+const FORMAT: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct File {
+    format: u32,
+    refs: BTreeMap<String, Remembered>,
+}
+
 fn load(path: &Path) -> BTreeMap<String, Remembered> {
     let Ok(meta) = std::fs::metadata(path) else {
         return BTreeMap::new();
@@ -54,7 +64,9 @@ fn load(path: &Path) -> BTreeMap<String, Remembered> {
     }
     std::fs::read(path)
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|b| serde_json::from_slice::<File>(&b).ok())
+        .filter(|f| f.format == FORMAT)
+        .map(|f| f.refs)
         .unwrap_or_default()
 }
 
@@ -97,7 +109,11 @@ pub fn remember(
             None => break,
         };
     }
-    let bytes = serde_json::to_vec_pretty(&all).map_err(|e| Error::Invalid {
+    let bytes = serde_json::to_vec_pretty(&File {
+        format: FORMAT,
+        refs: all,
+    })
+    .map_err(|e| Error::Invalid {
         what: path.display().to_string(),
         reason: e.to_string(),
     })?;
@@ -254,5 +270,10 @@ mod tests {
         assert!(load(&p).is_empty());
         std::fs::write(&p, vec![b' '; MAX_FILE as usize + 1]).unwrap();
         assert!(load(&p).is_empty());
+        // Another format version.
+        std::fs::write(&p, br#"{"format": 2, "refs": {}}"#).unwrap();
+        assert!(load(&p).is_empty());
+        std::fs::write(&p, br#"{"format": 1, "refs": {"a:b": {"name": "a", "version": "00", "verified_unix": 1, "expires_unix": 2}}}"#).unwrap();
+        assert_eq!(load(&p).len(), 1);
     }
 }
