@@ -53,6 +53,8 @@ def find(prefix):
             return l[i + len("bench: "):]
     sys.exit(f"no 'bench: {prefix}' line in {log}")
 runs, failed = {}, []
+asked = [l[l.find("requests: ") + 10:] for l in lines if re.search(r"starling-run-io round=\d+ requests: ", l)]
+thp = next((l[l.find("bench: host thp ") + 16:] for l in lines if "bench: host thp " in l), "unknown")
 for l in lines:
     m = re.search(r"bench: (\S+)-(true|io) round=\d+ status=(\d+) secs=(\S+)(.*)", l)
     if not m:

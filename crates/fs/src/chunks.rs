@@ -33,6 +33,11 @@ impl ChunkCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `id` is held (without counting as a use).
+    pub fn contains(&self, id: &ObjectId) -> bool {
+        self.lock().map.contains_key(id)
+    }
+
     pub fn get(&self, id: &ObjectId) -> Option<Arc<Vec<u8>>> {
         let mut g = self.lock();
         g.tick += 1;

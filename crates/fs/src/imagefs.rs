@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +39,8 @@ pub struct ImageFs {
     recorder: Option<Arc<Recorder>>,
     label: String,
     commit: ObjectId,
+    /// The client does without OPENDIR (told at INIT).
+    no_opendir: AtomicBool,
 }
 
 struct OpenFile {
@@ -179,6 +181,7 @@ impl ImageFs {
             stats: c.stats,
             open: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            no_opendir: AtomicBool::new(false),
             recorder,
             label,
             commit: *commit,
@@ -398,18 +401,64 @@ impl ImageFs {
     }
 }
 
+impl ImageFs {
+    /// Whether a READ of `size` bytes at `offset` of `ino` is answered from memory, waiting
+    /// on no object: a transport may answer it on the thread that saw it, sparing the hand-off
+    /// to a worker and back (for virtio-fs, two thread wake-ups per request).
+    pub fn read_is_ready(&self, ino: u64, offset: u64, size: u32) -> bool {
+        let Some(n) = self.inodes.get(ino) else {
+            return false;
+        };
+        let Kind::File { size: fsize, data } = &n.kind else {
+            // Answered with an error at once.
+            return true;
+        };
+        let FileData::Chunks(c) = data else {
+            return true;
+        };
+        let end = (*fsize).min(offset.saturating_add(u64::from(size)));
+        let offs = n.offsets();
+        let mut i = offs.partition_point(|&o| o <= offset).saturating_sub(1);
+        while i < c.len() && offs.get(i).is_some_and(|&o| o < end) {
+            if !self.chunks.contains(&c[i].id) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// ENOSYS when the image has no extended attributes at all: a FUSE client then answers
+    /// every later xattr call itself, as a file system without xattr support. Overlayfs asks
+    /// each file it looks up for `trusted.overlay.metacopy`, and each ask is a round trip.
+    fn xattrs_exist(&self) -> io::Result<()> {
+        if self.stats.xattrs == Some(0) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        }
+        Ok(())
+    }
+}
+
 impl FileSystem for ImageFs {
     type Inode = u64;
     type Handle = u64;
 
     fn init(&self, capable: FsOptions) -> io::Result<FsOptions> {
+        // Every READDIR is a READDIRPLUS (not only a directory's first, as READDIRPLUS_AUTO
+        // would have it): entries come with their attributes, so a walk needs no LOOKUP per
+        // name. Each request is a round trip (for virtio-fs, a guest exit).
         let want = FsOptions::ASYNC_READ
             | FsOptions::PARALLEL_DIROPS
             | FsOptions::DO_READDIRPLUS
-            | FsOptions::READDIRPLUS_AUTO
             | FsOptions::CACHE_SYMLINKS
             | FsOptions::MAX_PAGES
             | FsOptions::EXPORT_SUPPORT;
+        // A client that can do without OPENDIR (and so RELEASEDIR) is told so at its first
+        // one: directories need no handle here.
+        self.no_opendir.store(
+            capable.contains(FsOptions::ZERO_MESSAGE_OPENDIR),
+            Ordering::Relaxed,
+        );
         Ok(capable & want)
     }
 
@@ -589,6 +638,11 @@ impl FileSystem for ImageFs {
         if !n.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
+        if self.no_opendir.load(Ordering::Relaxed) {
+            // The kernel stops sending OPENDIR and RELEASEDIR, and caches directories as
+            // KEEP_CACHE | CACHE_DIR below would have asked.
+            return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+        }
         Ok((None, OpenOptions::KEEP_CACHE | OpenOptions::CACHE_DIR))
     }
 
@@ -623,6 +677,7 @@ impl FileSystem for ImageFs {
         name: &CStr,
         size: u32,
     ) -> io::Result<GetxattrReply> {
+        self.xattrs_exist()?;
         let n = self.node(inode)?;
         let x = n
             .meta
@@ -640,6 +695,7 @@ impl FileSystem for ImageFs {
     }
 
     fn listxattr(&self, _ctx: &Context, inode: u64, size: u32) -> io::Result<ListxattrReply> {
+        self.xattrs_exist()?;
         let n = self.node(inode)?;
         let mut names = Vec::new();
         for x in &n.meta.xattrs {

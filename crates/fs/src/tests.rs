@@ -77,9 +77,13 @@ struct Fixture {
 /// An image of [`tree`]; with a hard link, every directory is loaded at mount (to count
 /// links), without one only what requests reach.
 fn fixture(hardlink: bool) -> Fixture {
+    fixture_of(|src| tree(src, hardlink))
+}
+
+fn fixture_of(make: impl FnOnce(&Path)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let src = dir.path().join("src");
-    tree(&src, hardlink);
+    make(&src);
     let store = Store::open_or_init(dir.path().join("store")).unwrap();
     let r = import(
         &store,
@@ -274,4 +278,54 @@ fn restore_round_trip(f: &Fixture, hardlink: bool) {
     bad.format = 9;
     let objects = Arc::new(Objects::new(f.store.clone(), Arc::new(Counters::default())));
     assert!(ImageFs::restore(objects, &bad, Arc::default(), "x".into()).is_err());
+}
+
+/// Requests a client can be spared: READDIRPLUS always (no LOOKUP per name after a listing),
+/// no OPENDIR/RELEASEDIR for a client that can do without, and no xattr round trips for an
+/// image without any (overlayfs asks every file it looks up for one).
+#[test]
+fn a_client_is_spared_requests_the_image_cannot_need() {
+    use fuse_backend_rs::api::filesystem::FsOptions;
+    let ctx = Context::new();
+    let name = CString::new("user.note").unwrap();
+
+    // With xattrs: counted in the commit, answered, directories opened as before.
+    let with = fixture(false);
+    let commit =
+        starling_image::versions::load_commit(&*with.store, &with.version).unwrap();
+    assert_eq!(commit.stats.xattrs, Some(1));
+    let fs = open(&with);
+    let offered = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO | FsOptions::ASYNC_READ;
+    let got = fs.init(offered).unwrap();
+    assert!(got.contains(FsOptions::DO_READDIRPLUS), "{got:?}");
+    assert!(!got.contains(FsOptions::READDIRPLUS_AUTO), "{got:?}");
+    assert!(fs.opendir(&ctx, 1, 0).is_ok());
+    let small = path(&fs, "a/small");
+    assert!(fs.getxattr(&ctx, small, &name, 64).is_ok());
+    assert!(fs.listxattr(&ctx, small, 64).is_ok());
+
+    // A client that does without OPENDIR is told so.
+    let fs = open(&with);
+    fs.init(offered | FsOptions::ZERO_MESSAGE_OPENDIR).unwrap();
+    assert_eq!(errno(fs.opendir(&ctx, 1, 0)), libc::ENOSYS);
+    let mut n = 0;
+    fs.readdirplus(&ctx, 1, 0, 4096, 0, &mut |_, _| {
+        n += 1;
+        Ok(1)
+    })
+    .unwrap();
+    assert_eq!(n, 4, ". .. a b, listed without a handle");
+
+    // Without xattrs: none to ask for.
+    let without = fixture_of(|src| {
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        std::fs::write(src.join("d/f"), b"x").unwrap();
+    });
+    let commit =
+        starling_image::versions::load_commit(&*without.store, &without.version).unwrap();
+    assert_eq!(commit.stats.xattrs, Some(0));
+    let fs = open(&without);
+    let f = path(&fs, "d/f");
+    assert_eq!(errno(fs.getxattr(&ctx, f, &name, 64)), libc::ENOSYS);
+    assert_eq!(errno(fs.listxattr(&ctx, f, 64)), libc::ENOSYS);
 }

@@ -34,6 +34,13 @@ done < /etc/starling/modules
 
 mount -t virtiofs root /lower -o ro ||
   fail 251 "cannot mount the image (virtio-fs tag root) at /lower"
+# FUSE starts its read-ahead at the block layer's default, 128 KiB: one request (one exit, one
+# round trip to the monitor) per 128 KiB read. The device answers READs of up to 1 MiB. The
+# kernel lowers the read-ahead to what INIT's reply says when that reply arrives, which the
+# mount does not wait for; the listing does (every request waits for INIT).
+ls /lower > /dev/null
+bdi=/sys/class/bdi/$(awk '$5 == "/lower" { print $3 }' /proc/self/mountinfo)/read_ahead_kb
+if [ -w "$bdi" ]; then echo 1024 > "$bdi"; fi
 if [ -b /dev/vda ]; then
   mount -t ext4 /dev/vda /scratch ||
     fail 252 "cannot mount the scratch disk /dev/vda (ext4) at /scratch"

@@ -16,7 +16,8 @@ use crate::error::{Error, Result};
 pub const TREE_MAGIC: &[u8; 4] = b"SLTR";
 pub const COMMIT_MAGIC: &[u8; 4] = b"SLCM";
 pub const TREE_FORMAT_VERSION: u16 = 1;
-pub const COMMIT_FORMAT_VERSION: u16 = 1;
+/// 2: `TreeStats::xattrs`. Version 1 commits are still read (their xattr count unknown).
+pub const COMMIT_FORMAT_VERSION: u16 = 2;
 
 /// Inode metadata shared by every kind of entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -169,6 +170,10 @@ pub struct TreeStats {
     pub special: u64,
     /// Sum of regular file sizes (hardlinked content counted once).
     pub bytes: u64,
+    /// Entries (the root included) carrying extended attributes; `None` in commits written
+    /// before it was counted. With `Some(0)` a file system can tell its client there are
+    /// none to ask for (a FUSE client otherwise asks on every lookup under overlayfs).
+    pub xattrs: Option<u64>,
 }
 
 /// Where a bootable image keeps its kernel, for the VM track.
@@ -269,13 +274,99 @@ impl Commit {
     }
 
     pub fn decode(id: &ObjectId, bytes: &[u8]) -> Result<Commit> {
+        if bytes.get(4..6) == Some(&1u16.to_le_bytes()[..]) {
+            let v1: CommitV1 = decode("commit", COMMIT_MAGIC, 1, id, bytes)?;
+            return Ok(v1.into());
+        }
         decode("commit", COMMIT_MAGIC, COMMIT_FORMAT_VERSION, id, bytes)
+    }
+}
+
+/// A commit as format version 1 wrote it: its stats had no xattr count.
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct CommitV1 {
+    root: ObjectId,
+    root_meta: Meta,
+    parent: Option<ObjectId>,
+    created_unix_ns: i64,
+    name: String,
+    labels: BTreeMap<String, String>,
+    boot: Option<BootHints>,
+    stats: TreeStatsV1,
+    source: String,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(test, derive(Serialize))]
+struct TreeStatsV1 {
+    files: u64,
+    dirs: u64,
+    symlinks: u64,
+    hardlinks: u64,
+    special: u64,
+    bytes: u64,
+}
+
+impl From<CommitV1> for Commit {
+    fn from(c: CommitV1) -> Commit {
+        let s = c.stats;
+        Commit {
+            root: c.root,
+            root_meta: c.root_meta,
+            parent: c.parent,
+            created_unix_ns: c.created_unix_ns,
+            name: c.name,
+            labels: c.labels,
+            boot: c.boot,
+            stats: TreeStats {
+                files: s.files,
+                dirs: s.dirs,
+                symlinks: s.symlinks,
+                hardlinks: s.hardlinks,
+                special: s.special,
+                bytes: s.bytes,
+                xattrs: None,
+            },
+            source: c.source,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn version_1_commits_are_read_with_their_xattr_count_unknown() {
+        let v1 = CommitV1 {
+            root: ObjectId::of(b"root"),
+            root_meta: Meta::default(),
+            parent: None,
+            created_unix_ns: 7,
+            name: "old".into(),
+            labels: BTreeMap::new(),
+            boot: None,
+            stats: TreeStatsV1 {
+                files: 3,
+                dirs: 2,
+                symlinks: 1,
+                hardlinks: 0,
+                special: 0,
+                bytes: 99,
+            },
+            source: "dir:/x".into(),
+        };
+        let bytes = encode(COMMIT_MAGIC, 1, &v1);
+        let c = Commit::decode(&ObjectId::of(&bytes), &bytes).unwrap();
+        assert_eq!((c.name.as_str(), c.stats.files, c.stats.bytes), ("old", 3, 99));
+        assert_eq!(c.stats.xattrs, None);
+        assert_eq!(c.source, "dir:/x");
+        // What this build writes is version 2, and reads back whole.
+        let again = c.encode();
+        assert_eq!(&again[4..6], &2u16.to_le_bytes());
+        assert_eq!(Commit::decode(&ObjectId::of(&again), &again).unwrap(), c);
+    }
 
     fn entry(name: &[u8]) -> Entry {
         Entry {

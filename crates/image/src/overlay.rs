@@ -158,7 +158,11 @@ pub(crate) fn commit_with(
     for (id, bytes) in &new_trees {
         browser.preload(*id, Tree::decode(id, bytes)?);
     }
-    let stats = crate::update::tree_stats(&mut browser, &new_root, &mut HashMap::new())?;
+    let root_meta = strip(&staged.meta);
+    let mut stats = crate::update::tree_stats(&mut browser, &new_root, &mut HashMap::new())?;
+    if !root_meta.xattrs.is_empty() {
+        stats.xattrs = stats.xattrs.map(|n| n + 1);
+    }
     for bytes in new_trees.values() {
         txn.put(bytes)?;
     }
@@ -166,7 +170,7 @@ pub(crate) fn commit_with(
         root: new_root,
         // The upper root carries the mounted root's attributes (the daemon gives it the
         // image root's when it creates the layer), changed or not.
-        root_meta: strip(&staged.meta),
+        root_meta,
         parent: Some(*base),
         created_unix_ns: now_unix_ns(),
         name: name.to_string(),

@@ -186,7 +186,7 @@ pub struct VirtioSlot {
     /// Host-side input the device waits for (see `VirtioDevice::event_source`).
     pub events: Option<Arc<Epoll>>,
     /// A file-system device's figures (see `VirtioDevice::fs_counters`).
-    pub counters: Option<Arc<starling_fs::Counters>>,
+    pub counters: Option<crate::virtio::FsFigures>,
 }
 
 impl Devices {
@@ -196,7 +196,7 @@ impl Devices {
     }
 
     /// The file-system devices' figures, by device name.
-    pub fn fs_counters(&self) -> Vec<(String, Arc<starling_fs::Counters>)> {
+    pub fn fs_counters(&self) -> Vec<(String, crate::virtio::FsFigures)> {
         self.virtio
             .iter()
             .filter_map(|s| Some((s.id.clone(), s.counters.clone()?)))

@@ -56,10 +56,21 @@ fn run(start: Start) -> (u8, String) {
             if std::env::var_os("STARLING_VM_QUIET").is_none() {
                 eprintln!("starling: VM ended: {reason}");
                 for f in handle.0.fs_stats() {
+                    let ops: Vec<String> = f.ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
                     eprintln!(
                         "starling: virtio-fs {}: the guest read {} bytes in {} reads; objects \
-                         behind them: {} bytes fetched, {} bytes from the host cache; {} errors",
-                        f.device, f.read_bytes, f.reads, f.fetched_bytes, f.cached_bytes, f.errors
+                         behind them: {} bytes fetched, {} bytes from the host cache; {} errors; \
+                         {} requests ({}) answered in {} ms; largest READ {} bytes",
+                        f.device,
+                        f.read_bytes,
+                        f.reads,
+                        f.fetched_bytes,
+                        f.cached_bytes,
+                        f.errors,
+                        f.requests,
+                        ops.join(", "),
+                        f.busy_us / 1000,
+                        f.largest_read
                     );
                 }
             }

@@ -87,15 +87,16 @@ pub struct Shared {
     /// CPU in its monitor).
     wake: Arc<EventFd>,
     pub services: Arc<Services>,
-    fs_counters: Vec<(String, Arc<starling_fs::Counters>)>,
+    fs_counters: Vec<(String, crate::virtio::FsFigures)>,
 }
 
 impl Shared {
     pub fn fs_stats(&self) -> Vec<crate::api::FsStats> {
         self.fs_counters
             .iter()
-            .map(|(device, c)| {
-                let v = c.values();
+            .map(|(device, f)| {
+                let v = f.counters.values();
+                let (ops, busy) = f.requests.values();
                 crate::api::FsStats {
                     device: device.clone(),
                     read_bytes: v.served,
@@ -103,6 +104,10 @@ impl Shared {
                     cached_bytes: v.cached,
                     reads: v.reads,
                     errors: v.errors,
+                    requests: ops.values().sum(),
+                    busy_us: u64::try_from(busy.as_micros()).unwrap_or(u64::MAX),
+                    largest_read: f.requests.largest_read(),
+                    ops,
                 }
             })
             .collect()

@@ -255,7 +255,6 @@ fn the_guest_speaks_fuse_to_the_device_through_real_virtqueues() {
     const ASYNC_READ: u64 = 0x1;
     const EXPORT_SUPPORT: u64 = 0x10;
     const DO_READDIRPLUS: u64 = 0x2000;
-    const READDIRPLUS_AUTO: u64 = 0x4000;
     const PARALLEL_DIROPS: u64 = 0x4_0000;
     const MAX_PAGES: u64 = 0x40_0000;
     const CACHE_SYMLINKS: u64 = 0x80_0000;
@@ -264,7 +263,6 @@ fn the_guest_speaks_fuse_to_the_device_through_real_virtqueues() {
         ASYNC_READ
             | EXPORT_SUPPORT
             | DO_READDIRPLUS
-            | READDIRPLUS_AUTO
             | PARALLEL_DIROPS
             | MAX_PAGES
             | CACHE_SYMLINKS,

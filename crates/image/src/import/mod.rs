@@ -137,7 +137,10 @@ pub fn import(
             "tar".to_string(),
         ),
     };
-    let mut stats = TreeStats::default();
+    let mut stats = TreeStats {
+        xattrs: Some(u64::from(!root.meta.xattrs.is_empty())),
+        ..TreeStats::default()
+    };
     let root_tree = root.write(&txn, &pending, &mut stats)?;
     let source = format!("{kind}:{}", absolute(source).display());
     labels.extend(opts.labels.clone());

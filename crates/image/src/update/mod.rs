@@ -162,7 +162,10 @@ pub fn update(
             warnings,
         };
         if new_root != old.root && !opts.dry_run {
-            let stats = tree_stats(&mut inv.browser, &new_root, &mut stats_cache)?;
+            let mut stats = tree_stats(&mut inv.browser, &new_root, &mut stats_cache)?;
+            if !old.root_meta.xattrs.is_empty() {
+                stats.xattrs = stats.xattrs.map(|n| n + 1);
+            }
             let what: Vec<String> = prepared
                 .iter()
                 .map(|p| format!("{}={}", p.deb.name(), p.deb.version()))
@@ -330,8 +333,14 @@ pub(crate) fn tree_stats(
         return Ok(*s);
     }
     let t = b.tree(id)?;
-    let mut s = TreeStats::default();
+    let mut s = TreeStats {
+        xattrs: Some(0),
+        ..TreeStats::default()
+    };
     for e in &t.entries {
+        if e.node.meta().is_some_and(|m| !m.xattrs.is_empty()) {
+            s.xattrs = s.xattrs.map(|n| n + 1);
+        }
         match &e.node {
             Node::Dir { tree, .. } => {
                 s.dirs += 1;
@@ -342,6 +351,7 @@ pub(crate) fn tree_stats(
                 s.symlinks += sub.symlinks;
                 s.hardlinks += sub.hardlinks;
                 s.special += sub.special;
+                s.xattrs = s.xattrs.zip(sub.xattrs).map(|(a, b)| a + b);
             }
             Node::File { size, .. } => {
                 s.files += 1;

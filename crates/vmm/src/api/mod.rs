@@ -70,6 +70,17 @@ pub struct FsStats {
     /// READ requests, and requests answered with an error.
     pub reads: u64,
     pub errors: u64,
+    /// Every FUSE request the device answered, by opcode name, and the time its workers
+    /// spent on them (microseconds; parallel requests add up).
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub ops: std::collections::BTreeMap<String, u64>,
+    #[serde(default)]
+    pub busy_us: u64,
+    /// The largest READ reply (bytes): how far the guest's read-ahead reaches.
+    #[serde(default)]
+    pub largest_read: u64,
 }
 
 /// What a lazily restored VM fetched: pages with data, zero pages filled in place, bytes

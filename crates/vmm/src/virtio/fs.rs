@@ -17,11 +17,12 @@
 //! node ids and handles the guest holds.
 
 use std::mem::size_of;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader, ReadIn};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,72 @@ const OBJECT_TIMEOUT: Duration = Duration::from_secs(30);
 type Mem = Arc<GuestMemoryMmap>;
 pub(crate) type FuseServer = Server<Arc<ImageFs>>;
 
+/// FUSE opcodes by name, as far as the protocol numbers them (7 and 19 were never used).
+const OPCODES: [&str; 53] = [
+    "", "LOOKUP", "FORGET", "GETATTR", "SETATTR", "READLINK", "SYMLINK", "", "MKNOD", "MKDIR",
+    "UNLINK", "RMDIR", "RENAME", "LINK", "OPEN", "READ", "WRITE", "STATFS", "RELEASE", "",
+    "FSYNC", "SETXATTR", "GETXATTR", "LISTXATTR", "REMOVEXATTR", "FLUSH", "INIT", "OPENDIR",
+    "READDIR", "RELEASEDIR", "FSYNCDIR", "GETLK", "SETLK", "SETLKW", "ACCESS", "CREATE",
+    "INTERRUPT", "BMAP", "DESTROY", "IOCTL", "POLL", "NOTIFY_REPLY", "BATCH_FORGET",
+    "FALLOCATE", "READDIRPLUS", "RENAME2", "LSEEK", "COPY_FILE_RANGE", "SETUPMAPPING",
+    "REMOVEMAPPING", "SYNCFS", "TMPFILE", "STATX",
+];
+
+/// What the guest asked the device, by opcode, and the time the device spent answering: the
+/// figures that say whether a slow workload is many requests or slow ones.
+pub struct Requests {
+    by_op: [AtomicU64; OPCODES.len() + 1],
+    busy_ns: AtomicU64,
+    /// The largest reply to a READ: how far the guest's read-ahead reaches.
+    largest_read: AtomicU64,
+}
+
+impl Default for Requests {
+    fn default() -> Self {
+        Requests {
+            by_op: std::array::from_fn(|_| AtomicU64::new(0)),
+            busy_ns: AtomicU64::new(0),
+            largest_read: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Requests {
+    fn count(&self, opcode: u32, written: u32, took: Duration) {
+        if opcode == 15 {
+            self.largest_read
+                .fetch_max(u64::from(written), Ordering::Relaxed);
+        }
+        // Unknown opcodes share the last slot.
+        let i = usize::try_from(opcode).map_or(OPCODES.len(), |i| i.min(OPCODES.len()));
+        self.by_op[i].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The largest READ reply so far (bytes, its header included).
+    pub fn largest_read(&self) -> u64 {
+        self.largest_read.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered, by opcode name (only those seen), and the time spent on them.
+    pub fn values(&self) -> (std::collections::BTreeMap<String, u64>, Duration) {
+        let mut ops = std::collections::BTreeMap::new();
+        for (i, n) in self.by_op.iter().enumerate() {
+            let n = n.load(Ordering::Relaxed);
+            if n > 0 {
+                let name = match OPCODES.get(i) {
+                    Some(name) if !name.is_empty() => (*name).to_string(),
+                    _ => "other".to_string(),
+                };
+                *ops.entry(name).or_insert(0) += n;
+            }
+        }
+        let busy = Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed));
+        (ops, busy)
+    }
+}
+
 /// A chain handed back to the driver: queue, head, bytes written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Completion {
@@ -72,6 +139,7 @@ pub struct Fs {
     config: FsConfig,
     /// What the guest read, and where the objects behind it came from (the VM's status).
     counters: Arc<Counters>,
+    requests: Arc<Requests>,
     fs: Arc<ImageFs>,
     server: Arc<FuseServer>,
     shared: Arc<Shared>,
@@ -150,6 +218,7 @@ impl Fs {
         Ok(Fs {
             config,
             counters,
+            requests: Arc::new(Requests::default()),
             server: Arc::new(Server::new(fs.clone())),
             fs,
             shared: Arc::new(Shared {
@@ -168,9 +237,10 @@ impl Fs {
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..WORKERS {
             let (rx, server, shared) = (rx.clone(), self.server.clone(), self.shared.clone());
+            let requests = self.requests.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("{}-fs{i}", self.config.tag))
-                .spawn(move || serve(&rx, &server, &shared));
+                .spawn(move || serve(&rx, &server, &shared, &requests));
         }
         self.work = Some(tx);
     }
@@ -189,16 +259,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// A worker: takes requests until the device lets go of the queue's sender.
-fn serve(rx: &Mutex<Receiver<(u16, DescriptorChain<Mem>)>>, server: &FuseServer, shared: &Shared) {
+fn serve(
+    rx: &Mutex<Receiver<(u16, DescriptorChain<Mem>)>>,
+    server: &FuseServer,
+    shared: &Shared,
+    requests: &Requests,
+) {
     loop {
         let next = lock(rx).recv();
         let Ok((queue, chain)) = next else { return };
         let head = chain.head_index();
         // A panic in the parser or the file system must not lose the chain (the driver would
         // wait for it forever, and a snapshot would wait for the request in flight).
-        let written =
+        let started = Instant::now();
+        let (written, opcode) =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(server, &chain)))
-                .unwrap_or(0);
+                .unwrap_or((0, u32::MAX));
+        requests.count(opcode, written, started.elapsed());
         lock(&shared.done).push(Completion {
             queue,
             head,
@@ -214,8 +291,8 @@ fn serve(rx: &Mutex<Receiver<(u16, DescriptorChain<Mem>)>>, server: &FuseServer,
 }
 
 /// Serves one request; returns the bytes written into the chain (0: not answered, the chain
-/// goes back to the driver as it came).
-pub(crate) fn handle(server: &FuseServer, chain: &DescriptorChain<Mem>) -> u32 {
+/// goes back to the driver as it came) and the request's opcode (`u32::MAX` when unreadable).
+pub(crate) fn handle(server: &FuseServer, chain: &DescriptorChain<Mem>) -> (u32, u32) {
     let mem = chain.memory();
     let (Ok(mut peek), Ok(r), Ok(w)) = (
         Reader::from_descriptor_chain(mem, chain.clone()),
@@ -223,23 +300,41 @@ pub(crate) fn handle(server: &FuseServer, chain: &DescriptorChain<Mem>) -> u32 {
         VirtioFsWriter::new(mem, chain.clone()),
     ) else {
         // A descriptor outside guest memory, or lengths that overflow.
-        return 0;
+        return (0, u32::MAX);
     };
     // The server trusts the header's length as far as the bodies it reads by it; a length
     // past the readable part of the chain (or shorter than the header) is refused here.
     let readable = peek.available_bytes();
     let Ok(header) = peek.read_obj::<InHeader>() else {
-        return 0;
+        return (0, u32::MAX);
     };
     let len = header.len as usize;
     if len > readable || len < size_of::<InHeader>() {
-        return reply_error(w, header.unique, libc::EINVAL);
+        return (reply_error(w, header.unique, libc::EINVAL), header.opcode);
     }
-    match server.handle_message(r, Writer::VirtioFs(w), None, None) {
+    // Opcodes the protocol never numbered are answered here: fuse-backend-rs turns an opcode
+    // into its enum by transmute when it traces, and these two have no variant.
+    if header.opcode == 7 || header.opcode == 19 {
+        return (reply_error(w, header.unique, libc::ENOSYS), header.opcode);
+    }
+    let written = match server.handle_message(r, Writer::VirtioFs(w), None, None) {
         Ok(n) => u32::try_from(n).unwrap_or(0),
         // A malformed request: the chain goes back to the driver unanswered.
         Err(_) => 0,
-    }
+    };
+    (written, header.opcode)
+}
+
+/// Whether `chain` is a READ the file system answers from memory (see
+/// `ImageFs::read_is_ready`); a chain that does not parse goes the workers' way.
+fn read_is_ready(fs: &ImageFs, chain: &DescriptorChain<Mem>) -> bool {
+    let Ok(mut r) = Reader::from_descriptor_chain(chain.memory(), chain.clone()) else {
+        return false;
+    };
+    let (Ok(header), Ok(read)) = (r.read_obj::<InHeader>(), r.read_obj::<ReadIn>()) else {
+        return false;
+    };
+    header.opcode == 15 && fs.read_is_ready(header.nodeid, read.offset, read.size)
 }
 
 fn reply_error<S: BitmapSlice>(mut w: VirtioFsWriter<'_, S>, unique: u64, errno: i32) -> u32 {
@@ -265,8 +360,11 @@ impl VirtioDevice for Fs {
     fn as_any(&mut self) -> &mut dyn std::any::Any {
         self
     }
-    fn fs_counters(&self) -> Option<Arc<Counters>> {
-        Some(self.counters.clone())
+    fn fs_counters(&self) -> Option<super::FsFigures> {
+        Some(super::FsFigures {
+            counters: self.counters.clone(),
+            requests: self.requests.clone(),
+        })
     }
     fn device_type(&self) -> u32 {
         TYPE_FS
@@ -298,7 +396,21 @@ impl VirtioDevice for Fs {
         let Some(queue) = q.queues.get_mut(index) else {
             return Ok(false);
         };
+        let mut answered = Vec::new();
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
+            // A READ of data in memory is answered here, on the vCPU's thread, as virtio-blk
+            // answers: handing it to a worker and back costs two thread wake-ups, more than
+            // the copy. Anything that may wait on an object goes to the workers.
+            if index > 0 && read_is_ready(&self.fs, &chain) {
+                let started = Instant::now();
+                let (written, opcode) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || handle(&self.server, &chain),
+                ))
+                .unwrap_or((0, u32::MAX));
+                self.requests.count(opcode, written, started.elapsed());
+                answered.push((chain.head_index(), written));
+                continue;
+            }
             *lock(&self.shared.inflight) += 1;
             let sent = self
                 .work
@@ -308,7 +420,10 @@ impl VirtioDevice for Fs {
                 *lock(&self.shared.inflight) -= 1;
             }
         }
-        Ok(false)
+        for (head, len) in &answered {
+            q.add_used(index, *head, *len)?;
+        }
+        Ok(!answered.is_empty())
     }
     fn backend(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
         let _ = self.shared.evt.read();

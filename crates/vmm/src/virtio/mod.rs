@@ -151,6 +151,14 @@ pub struct DeviceEnv<'a> {
 /// What a virtio device implements; the transport does feature negotiation, queue setup,
 /// interrupts and status. Its snapshot state is its `Persist` impl, beside it, named in
 /// `state.rs`.
+/// A file-system device's figures: the file system's (bytes read, where objects came from)
+/// and the device's (requests by opcode, time spent answering).
+#[derive(Clone)]
+pub struct FsFigures {
+    pub counters: Arc<starling_fs::Counters>,
+    pub requests: Arc<fs::Requests>,
+}
+
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     fn queue_sizes(&self) -> &[u16];
@@ -176,7 +184,7 @@ pub trait VirtioDevice: Send {
     }
     /// A file-system device's figures: bytes the guest read, and the object bytes behind them
     /// fetched from the origin or read from the host cache (the VM's status shows them).
-    fn fs_counters(&self) -> Option<Arc<starling_fs::Counters>> {
+    fn fs_counters(&self) -> Option<FsFigures> {
         None
     }
     /// The device as its own type (its snapshot state is saved by type, `state.rs`).
