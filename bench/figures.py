@@ -97,6 +97,7 @@ FIGURES = {
     # starling run against virtio-blk in the test host (bench/vm_run.sh).
     "vm-run.cold_fetched_vs_read": (lambda: find("vm-run.md", r"\*\*fetched / read: ([\d.]+)\*\*"), fixed(2)),
     "vm-run.warm_vs_qemu": (lambda: find("vm-run.md", r"/ QEMU virtio-blk: ([\d.]+)x"), fixed(2)),
+    "vm-run.warm_vs_blk": (lambda: find("vm-run.md", r"\*\*starling run / Starling virtio-blk: ([\d.]+)x\*\*"), fixed(2)),
     "vm-run.walk_vs_blk": (lambda: find("vm-run.md", r"\*\*walk, starling run / Starling virtio-blk: ([\d.]+)x\*\*"), fixed(1)),
     "vm-run.read_vs_blk": (lambda: find("vm-run.md", r"\*\*sequential read, starling run / Starling virtio-blk: ([\d.]+)\*\*"), fixed(2)),
     # Pull (bench/repo_pull.py).

@@ -54,6 +54,8 @@ def find(prefix):
     sys.exit(f"no 'bench: {prefix}' line in {log}")
 runs, failed = {}, []
 asked = [l[l.find("requests: ") + 10:] for l in lines if re.search(r"starling-run-io round=\d+ requests: ", l)]
+counts = [re.search(r"; (\d+) requests \(", a) for a in asked]
+requests_now = ", ".join(sorted({c.group(1) for c in counts if c})) or "(not in this run's log)"
 thp = next((l[l.find("bench: host thp ") + 16:] for l in lines if "bench: host thp " in l), "unknown")
 for l in lines:
     m = re.search(r"bench: (\S+)-(true|io) round=\d+ status=(\d+) secs=(\S+)(.*)", l)
@@ -145,18 +147,35 @@ empty), then `cat` of the {big >> 20} MiB file:
 - **walk, starling run / Starling virtio-blk: {walk['starling-run'] / walk['starling-blk']:.2f}x**; / QEMU: {walk['starling-run'] / walk['qemu-blk']:.2f}x (goal ≤ 2x)
 - **sequential read, starling run / Starling virtio-blk: {mbs['starling-run'] / mbs['starling-blk']:.2f}**; / QEMU: {mbs['starling-run'] / mbs['qemu-blk']:.2f} (goal ≥ 0.8)
 
+## What the guest asked (the walk-and-read run, from the monitor's log)
+
+{chr(10).join("- round " + str(k + 1) + ": " + a for k, a in enumerate(asked)) if asked else "(no request figures in this run's log)"}
+
+Host: transparent huge pages {thp} (Starling's guest RAM is a memfd: huge pages reach it only
+with `shmem_enabled` at `advise`, which the test host is given, as docs/ARCHITECTURE.md asks of
+hosts; QEMU's anonymous RAM has them under `enabled` already).
+
 ## What this says
 
-The warm boot is near QEMU's (1.2x) but 1.6x Starling's own virtio-blk boot, and the walk
-and the read miss their goals by far. In this nested, emulated host every guest exit costs
-milliseconds: virtio-fs pays one round trip per FUSE request (a LOOKUP per name, READs of
-at most 128 KiB), where ext4 on virtio-blk reads its inode tables and data in large blocks;
-Starling's own virtio-blk reads at a fraction of QEMU's speed too (one request handled per
-notification, no event-index suppression), which points at the monitor's queue handling
-first. Before switching the root to the known alternative (an EROFS image synthesized from
-the manifest, its data blocks mapped to chunks in the host cache, on virtio-blk), these
-figures need a host whose KVM boots Linux (shared/MACHINES.md): the exit cost that dominates
-here is a few microseconds there. Not switched yet.
+In this nested, emulated host every guest exit and every thread wake-up costs about a
+millisecond, so virtio-fs is as fast as its request count is small. What was done for it
+(docs/ARCHITECTURE.md, "The root"): every listing is a READDIRPLUS (no LOOKUP per name); a
+kernel that can do without OPENDIR/RELEASEDIR is told so; an image whose commit counts no
+xattrs answers GETXATTR with ENOSYS once, so overlayfs's `trusted.overlay.metacopy` question
+on every file it looks up stops reaching the device (it was half of the walk's requests); the
+run init raises the mount's read-ahead to 1 MiB (READs of 1 MiB, not 128 KiB); READs of data
+in memory are answered on the vCPU thread, sparing two thread wake-ups each. The
+walk-and-read run went from 14,102 requests (2026-11-26, before) to {requests_now}; what is left is
+mostly one READDIRPLUS per 4 KiB of directory listing.
+
+What is left in a READ is per-byte work in the monitor: every object comes from the daemon
+over its socket and is decoded and hashed again before a byte reaches the guest, where
+virtio-blk does one `pread` from the page cache; under TCG those copies and BLAKE3 cost far
+more than on hardware. The candidates: hand cached objects over as file descriptors (no socket
+copy), rely on the daemon's verification for objects it serves from its own cache, or the
+known alternative (an EROFS image synthesized from the manifest, its data blocks mapped to
+chunks in the host cache, on virtio-blk). Not switched; run-to-run spread here is as large as
+what separates the warm boot and the read from their goals.
 
 ## Runs that did not end well
 

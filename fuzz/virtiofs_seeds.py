@@ -22,7 +22,9 @@ F_NEXT, F_WRITE = 1, 2
 
 OP = dict(LOOKUP=1, FORGET=2, GETATTR=3, SETATTR=4, READLINK=5, MKDIR=9, UNLINK=10, OPEN=14,
           READ=15, WRITE=16, STATFS=17, RELEASE=18, GETXATTR=22, LISTXATTR=23, INIT=26,
-          OPENDIR=27, CREATE=35, BATCH_FORGET=42, READDIRPLUS=44)
+          OPENDIR=27, CREATE=35, BATCH_FORGET=42, READDIRPLUS=44,
+          # Numbers the protocol never gave an operation, and one past every operation.
+          UNNUMBERED_7=7, UNNUMBERED_19=19, PAST_ALL=0x7fff_ffff)
 
 
 class Seed:
@@ -132,3 +134,9 @@ s.desc(0x5000, 44, F_NEXT, loop + 1)
 s.desc(0x6400, 144, F_NEXT | F_WRITE, loop)
 s.heads.append(loop)
 s.write('hostile')
+
+s = Seed(1)
+s.request('UNNUMBERED_7', 1, b'', 16)
+s.request('UNNUMBERED_19', 1, b'', 16)
+s.request('PAST_ALL', 1, b'', 16)
+s.write('unnumbered')

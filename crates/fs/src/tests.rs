@@ -291,8 +291,7 @@ fn a_client_is_spared_requests_the_image_cannot_need() {
 
     // With xattrs: counted in the commit, answered, directories opened as before.
     let with = fixture(false);
-    let commit =
-        starling_image::versions::load_commit(&*with.store, &with.version).unwrap();
+    let commit = starling_image::versions::load_commit(&*with.store, &with.version).unwrap();
     assert_eq!(commit.stats.xattrs, Some(1));
     let fs = open(&with);
     let offered = FsOptions::DO_READDIRPLUS | FsOptions::READDIRPLUS_AUTO | FsOptions::ASYNC_READ;
@@ -321,8 +320,7 @@ fn a_client_is_spared_requests_the_image_cannot_need() {
         std::fs::create_dir_all(src.join("d")).unwrap();
         std::fs::write(src.join("d/f"), b"x").unwrap();
     });
-    let commit =
-        starling_image::versions::load_commit(&*without.store, &without.version).unwrap();
+    let commit = starling_image::versions::load_commit(&*without.store, &without.version).unwrap();
     assert_eq!(commit.stats.xattrs, Some(0));
     let fs = open(&without);
     let f = path(&fs, "d/f");

@@ -359,7 +359,10 @@ mod tests {
         };
         let bytes = encode(COMMIT_MAGIC, 1, &v1);
         let c = Commit::decode(&ObjectId::of(&bytes), &bytes).unwrap();
-        assert_eq!((c.name.as_str(), c.stats.files, c.stats.bytes), ("old", 3, 99));
+        assert_eq!(
+            (c.name.as_str(), c.stats.files, c.stats.bytes),
+            ("old", 3, 99)
+        );
         assert_eq!(c.stats.xattrs, None);
         assert_eq!(c.source, "dir:/x");
         // What this build writes is version 2, and reads back whole.

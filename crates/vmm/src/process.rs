@@ -56,7 +56,8 @@ fn run(start: Start) -> (u8, String) {
             if std::env::var_os("STARLING_VM_QUIET").is_none() {
                 eprintln!("starling: VM ended: {reason}");
                 for f in handle.0.fs_stats() {
-                    let ops: Vec<String> = f.ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
+                    let ops: Vec<String> =
+                        f.ops.iter().map(|(op, n)| format!("{op} {n}")).collect();
                     eprintln!(
                         "starling: virtio-fs {}: the guest read {} bytes in {} reads; objects \
                          behind them: {} bytes fetched, {} bytes from the host cache; {} errors; \

@@ -261,6 +261,16 @@ fn virtiofs_seeds_are_answered_from_the_image() {
         "outside guest memory: returned unanswered"
     );
     assert!(o.used.iter().any(|u| u.0 == 9), "the loop came back");
+
+    // Opcodes without an operation: ENOSYS, never a transmute into fuse-backend-rs's enum.
+    let o = fs_run(&fs_seed("unnumbered"));
+    assert_eq!(fs_reply(&o, 0, 0), (16, 16, libc::ENOSYS), "opcode 7");
+    assert_eq!(fs_reply(&o, 1, 2), (16, 16, libc::ENOSYS), "opcode 19");
+    assert_eq!(
+        fs_reply(&o, 2, 4),
+        (16, 16, libc::ENOSYS),
+        "opcode past all"
+    );
 }
 
 #[test]

@@ -260,12 +260,7 @@ fn the_guest_speaks_fuse_to_the_device_through_real_virtqueues() {
     const CACHE_SYMLINKS: u64 = 0x80_0000;
     assert_eq!(
         field(init, "flags"),
-        ASYNC_READ
-            | EXPORT_SUPPORT
-            | DO_READDIRPLUS
-            | PARALLEL_DIROPS
-            | MAX_PAGES
-            | CACHE_SYMLINKS,
+        ASYNC_READ | EXPORT_SUPPORT | DO_READDIRPLUS | PARALLEL_DIROPS | MAX_PAGES | CACHE_SYMLINKS,
         "{init}"
     );
     assert_eq!(field(init, "max_pages"), 256, "{init}");

@@ -8,9 +8,11 @@
 //! Objects come from the host's daemon (its one cache: fetched once per host, verified there
 //! and again here) or a local store.
 //!
-//! Requests are served by worker threads, never on a vCPU thread: a miss may wait on the
-//! network. Workers record what they completed; the device's event thread returns those
-//! chains to the driver. A snapshot waits until no request is in flight, so every reply is
+//! Requests that may wait on an object are served by worker threads, never on a vCPU
+//! thread: a miss may wait on the network. Workers record what they completed; the device's
+//! event thread returns those chains to the driver. A READ of data already in memory is
+//! answered on the vCPU thread that saw the notification, as virtio-blk answers: the two
+//! thread wake-ups of the workers' way cost more than the copy. A snapshot waits until no request is in flight, so every reply is
 //! in guest memory when the memory is saved; replies not yet returned to the driver are part
 //! of the state and returned by the restored device. The file system's own state (the order
 //! directories were numbered in, open handles) lets a restored or forked monitor answer the
@@ -55,13 +57,59 @@ pub(crate) type FuseServer = Server<Arc<ImageFs>>;
 
 /// FUSE opcodes by name, as far as the protocol numbers them (7 and 19 were never used).
 const OPCODES: [&str; 53] = [
-    "", "LOOKUP", "FORGET", "GETATTR", "SETATTR", "READLINK", "SYMLINK", "", "MKNOD", "MKDIR",
-    "UNLINK", "RMDIR", "RENAME", "LINK", "OPEN", "READ", "WRITE", "STATFS", "RELEASE", "",
-    "FSYNC", "SETXATTR", "GETXATTR", "LISTXATTR", "REMOVEXATTR", "FLUSH", "INIT", "OPENDIR",
-    "READDIR", "RELEASEDIR", "FSYNCDIR", "GETLK", "SETLK", "SETLKW", "ACCESS", "CREATE",
-    "INTERRUPT", "BMAP", "DESTROY", "IOCTL", "POLL", "NOTIFY_REPLY", "BATCH_FORGET",
-    "FALLOCATE", "READDIRPLUS", "RENAME2", "LSEEK", "COPY_FILE_RANGE", "SETUPMAPPING",
-    "REMOVEMAPPING", "SYNCFS", "TMPFILE", "STATX",
+    "",
+    "LOOKUP",
+    "FORGET",
+    "GETATTR",
+    "SETATTR",
+    "READLINK",
+    "SYMLINK",
+    "",
+    "MKNOD",
+    "MKDIR",
+    "UNLINK",
+    "RMDIR",
+    "RENAME",
+    "LINK",
+    "OPEN",
+    "READ",
+    "WRITE",
+    "STATFS",
+    "RELEASE",
+    "",
+    "FSYNC",
+    "SETXATTR",
+    "GETXATTR",
+    "LISTXATTR",
+    "REMOVEXATTR",
+    "FLUSH",
+    "INIT",
+    "OPENDIR",
+    "READDIR",
+    "RELEASEDIR",
+    "FSYNCDIR",
+    "GETLK",
+    "SETLK",
+    "SETLKW",
+    "ACCESS",
+    "CREATE",
+    "INTERRUPT",
+    "BMAP",
+    "DESTROY",
+    "IOCTL",
+    "POLL",
+    "NOTIFY_REPLY",
+    "BATCH_FORGET",
+    "FALLOCATE",
+    "READDIRPLUS",
+    "RENAME2",
+    "LSEEK",
+    "COPY_FILE_RANGE",
+    "SETUPMAPPING",
+    "REMOVEMAPPING",
+    "SYNCFS",
+    "TMPFILE",
+    "STATX",
 ];
 
 /// What the guest asked the device, by opcode, and the time the device spent answering: the
@@ -403,10 +451,11 @@ impl VirtioDevice for Fs {
             // the copy. Anything that may wait on an object goes to the workers.
             if index > 0 && read_is_ready(&self.fs, &chain) {
                 let started = Instant::now();
-                let (written, opcode) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
-                    || handle(&self.server, &chain),
-                ))
-                .unwrap_or((0, u32::MAX));
+                let (written, opcode) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        handle(&self.server, &chain)
+                    }))
+                    .unwrap_or((0, u32::MAX));
                 self.requests.count(opcode, written, started.elapsed());
                 answered.push((chain.head_index(), written));
                 continue;
