@@ -24,7 +24,7 @@ OP = dict(LOOKUP=1, FORGET=2, GETATTR=3, SETATTR=4, READLINK=5, MKDIR=9, UNLINK=
           READ=15, WRITE=16, STATFS=17, RELEASE=18, GETXATTR=22, LISTXATTR=23, INIT=26,
           OPENDIR=27, CREATE=35, BATCH_FORGET=42, READDIRPLUS=44,
           # Numbers the protocol never gave an operation, and one past every operation.
-          UNNUMBERED_7=7, UNNUMBERED_19=19, PAST_ALL=0x7fff_ffff)
+          UNNUMBERED_0=0, UNNUMBERED_7=7, UNNUMBERED_19=19, PAST_ALL=0x7fff_ffff)
 
 
 class Seed:
@@ -139,4 +139,5 @@ s = Seed(1)
 s.request('UNNUMBERED_7', 1, b'', 16)
 s.request('UNNUMBERED_19', 1, b'', 16)
 s.request('PAST_ALL', 1, b'', 16)
+s.request('UNNUMBERED_0', 1, b'', 16)
 s.write('unnumbered')

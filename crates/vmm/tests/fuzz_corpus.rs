@@ -262,7 +262,8 @@ fn virtiofs_seeds_are_answered_from_the_image() {
     );
     assert!(o.used.iter().any(|u| u.0 == 9), "the loop came back");
 
-    // Opcodes without an operation: ENOSYS, never a transmute into fuse-backend-rs's enum.
+    // Opcodes without an operation (7, 19, 0, past the last): ENOSYS, never a transmute into
+    // fuse-backend-rs's enum.
     let o = fs_run(&fs_seed("unnumbered"));
     assert_eq!(fs_reply(&o, 0, 0), (16, 16, libc::ENOSYS), "opcode 7");
     assert_eq!(fs_reply(&o, 1, 2), (16, 16, libc::ENOSYS), "opcode 19");
@@ -271,6 +272,7 @@ fn virtiofs_seeds_are_answered_from_the_image() {
         (16, 16, libc::ENOSYS),
         "opcode past all"
     );
+    assert_eq!(fs_reply(&o, 3, 6), (16, 16, libc::ENOSYS), "opcode 0");
 }
 
 #[test]

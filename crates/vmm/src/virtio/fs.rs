@@ -24,7 +24,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use fuse_backend_rs::abi::fuse_abi::{InHeader, OutHeader, ReadIn};
+use fuse_backend_rs::abi::fuse_abi::{InHeader, Opcode, OutHeader, ReadIn};
 use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter, Writer};
 use serde::{Deserialize, Serialize};
@@ -55,7 +55,7 @@ const OBJECT_TIMEOUT: Duration = Duration::from_secs(30);
 type Mem = Arc<GuestMemoryMmap>;
 pub(crate) type FuseServer = Server<Arc<ImageFs>>;
 
-/// FUSE opcodes by name, as far as the protocol numbers them (7 and 19 were never used).
+/// FUSE opcodes by name, as far as the protocol numbers them (0, 7 and 19 name nothing).
 const OPCODES: [&str; 53] = [
     "",
     "LOOKUP",
@@ -133,7 +133,7 @@ impl Default for Requests {
 
 impl Requests {
     fn count(&self, opcode: u32, written: u32, took: Duration) {
-        if opcode == 15 {
+        if opcode == Opcode::Read as u32 {
             self.largest_read
                 .fetch_max(u64::from(written), Ordering::Relaxed);
         }
@@ -317,13 +317,7 @@ fn serve(
         let next = lock(rx).recv();
         let Ok((queue, chain)) = next else { return };
         let head = chain.head_index();
-        // A panic in the parser or the file system must not lose the chain (the driver would
-        // wait for it forever, and a snapshot would wait for the request in flight).
-        let started = Instant::now();
-        let (written, opcode) =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(server, &chain)))
-                .unwrap_or((0, u32::MAX));
-        requests.count(opcode, written, started.elapsed());
+        let written = answer(server, requests, &chain);
         lock(&shared.done).push(Completion {
             queue,
             head,
@@ -336,6 +330,18 @@ fn serve(
             shared.idle.notify_all();
         }
     }
+}
+
+/// Serves one request and counts it; returns the bytes written into the chain. A panic in the
+/// parser or the file system must not lose the chain (the driver would wait for it forever,
+/// and a snapshot would wait for the request in flight): it goes back unanswered.
+fn answer(server: &FuseServer, requests: &Requests, chain: &DescriptorChain<Mem>) -> u32 {
+    let started = Instant::now();
+    let (written, opcode) =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(server, chain)))
+            .unwrap_or((0, u32::MAX));
+    requests.count(opcode, written, started.elapsed());
+    written
 }
 
 /// Serves one request; returns the bytes written into the chain (0: not answered, the chain
@@ -360,9 +366,13 @@ pub(crate) fn handle(server: &FuseServer, chain: &DescriptorChain<Mem>) -> (u32,
     if len > readable || len < size_of::<InHeader>() {
         return (reply_error(w, header.unique, libc::EINVAL), header.opcode);
     }
-    // Opcodes the protocol never numbered are answered here: fuse-backend-rs turns an opcode
-    // into its enum by transmute when it traces, and these two have no variant.
-    if header.opcode == 7 || header.opcode == 19 {
+    // Opcodes that name no operation are answered here: fuse-backend-rs turns an opcode below
+    // its last into its enum by transmute when it traces, and these have no variant.
+    let unnamed = usize::try_from(header.opcode)
+        .ok()
+        .and_then(|i| OPCODES.get(i))
+        .is_some_and(|name| name.is_empty());
+    if unnamed {
         return (reply_error(w, header.unique, libc::ENOSYS), header.opcode);
     }
     let written = match server.handle_message(r, Writer::VirtioFs(w), None, None) {
@@ -382,7 +392,7 @@ fn read_is_ready(fs: &ImageFs, chain: &DescriptorChain<Mem>) -> bool {
     let (Ok(header), Ok(read)) = (r.read_obj::<InHeader>(), r.read_obj::<ReadIn>()) else {
         return false;
     };
-    header.opcode == 15 && fs.read_is_ready(header.nodeid, read.offset, read.size)
+    header.opcode == Opcode::Read as u32 && fs.read_is_ready(header.nodeid, read.offset, read.size)
 }
 
 fn reply_error<S: BitmapSlice>(mut w: VirtioFsWriter<'_, S>, unique: u64, errno: i32) -> u32 {
@@ -450,13 +460,7 @@ impl VirtioDevice for Fs {
             // answers: handing it to a worker and back costs two thread wake-ups, more than
             // the copy. Anything that may wait on an object goes to the workers.
             if index > 0 && read_is_ready(&self.fs, &chain) {
-                let started = Instant::now();
-                let (written, opcode) =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        handle(&self.server, &chain)
-                    }))
-                    .unwrap_or((0, u32::MAX));
-                self.requests.count(opcode, written, started.elapsed());
+                let written = answer(&self.server, &self.requests, &chain);
                 answered.push((chain.head_index(), written));
                 continue;
             }
