@@ -130,6 +130,11 @@ fn load_chunk(
     Ok(b)
 }
 
+/// The chunk holding `offset`, given the chunks' start offsets: the last start <= offset.
+fn chunk_at(offs: &[u64], offset: u64) -> usize {
+    offs.partition_point(|&o| o <= offset).saturating_sub(1)
+}
+
 /// What every write is answered: the image is read-only (not ENOSYS, which tells a kernel
 /// the operation is missing and makes it try others or give up on it for good).
 fn erofs<T>() -> io::Result<T> {
@@ -418,14 +423,11 @@ impl ImageFs {
         };
         let end = (*fsize).min(offset.saturating_add(u64::from(size)));
         let offs = n.offsets();
-        let mut i = offs.partition_point(|&o| o <= offset).saturating_sub(1);
-        while i < c.len() && offs.get(i).is_some_and(|&o| o < end) {
-            if !self.chunks.contains(&c[i].id) {
-                return false;
-            }
-            i += 1;
-        }
-        true
+        let from = chunk_at(offs, offset);
+        // At or past the end, nothing to load: an empty span.
+        let to = offs.partition_point(|&o| o < end).max(from);
+        c.get(from..to)
+            .is_some_and(|span| span.iter().all(|r| self.chunks.contains(&r.id)))
     }
 
     /// ENOSYS when the image has no extended attributes at all: a FUSE client then answers
@@ -600,8 +602,7 @@ impl FileSystem for ImageFs {
             }
             FileData::Chunks(c) => {
                 let offs = n.offsets();
-                // The chunk holding `offset`: the last start <= offset.
-                let mut i = offs.partition_point(|&o| o <= offset).saturating_sub(1);
+                let mut i = chunk_at(offs, offset);
                 // A reader going forward gets the next chunks loaded in the background.
                 if self.sequential(handle, offset, end) {
                     let mut j = i;

@@ -327,3 +327,28 @@ fn a_client_is_spared_requests_the_image_cannot_need() {
     assert_eq!(errno(fs.getxattr(&ctx, f, &name, 64)), libc::ENOSYS);
     assert_eq!(errno(fs.listxattr(&ctx, f, 64)), libc::ENOSYS);
 }
+
+/// A READ is ready when every chunk it spans is in memory (a transport may then answer it on
+/// the thread that saw it); at or past the end there is nothing to wait for.
+#[test]
+fn a_read_is_ready_once_its_chunks_are_in_memory() {
+    let f = fixture(false);
+    let fs = open(&f);
+    let big = path(&fs, "a/deep/big");
+    assert!(!fs.read_is_ready(big, 0, 4096), "nothing loaded yet");
+    assert!(fs.read_is_ready(big, 300_000, 4096), "at the end");
+    assert!(fs.read_is_ready(big, 1 << 40, 4096), "past the end");
+    let (h, _, _) = fs
+        .open(&Context::new(), big, libc::O_RDONLY as u32, 0)
+        .unwrap();
+    read_all(&fs, big, h.unwrap()).unwrap();
+    assert!(fs.read_is_ready(big, 0, 4096));
+    assert!(
+        fs.read_is_ready(big, 250_000, 1 << 20),
+        "the last chunks, size past the end"
+    );
+    assert!(
+        !fs.read_is_ready(999, 0, 1),
+        "an inode not numbered yet goes to a worker"
+    );
+}

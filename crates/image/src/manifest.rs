@@ -176,6 +176,15 @@ pub struct TreeStats {
     pub xattrs: Option<u64>,
 }
 
+impl TreeStats {
+    /// Counts an entry's extended attributes into `xattrs` (left unknown if it is).
+    pub fn count_xattrs(&mut self, meta: &Meta) {
+        if let (Some(n), false) = (&mut self.xattrs, meta.xattrs.is_empty()) {
+            *n += 1;
+        }
+    }
+}
+
 /// Where a bootable image keeps its kernel, for the VM track.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootHints {

@@ -160,9 +160,7 @@ pub(crate) fn commit_with(
     }
     let root_meta = strip(&staged.meta);
     let mut stats = crate::update::tree_stats(&mut browser, &new_root, &mut HashMap::new())?;
-    if !root_meta.xattrs.is_empty() {
-        stats.xattrs = stats.xattrs.map(|n| n + 1);
-    }
+    stats.count_xattrs(&root_meta);
     for bytes in new_trees.values() {
         txn.put(bytes)?;
     }

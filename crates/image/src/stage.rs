@@ -241,7 +241,7 @@ impl StageDir {
             let node = match child {
                 Staged::Dir(d) => {
                     stats.dirs += 1;
-                    count_xattrs(stats, &d.meta);
+                    stats.count_xattrs(&d.meta);
                     Node::Dir {
                         meta: d.meta.clone(),
                         tree: d.write(txn, pending, stats)?,
@@ -253,7 +253,7 @@ impl StageDir {
                         source: std::io::Error::other("file content was not stored"),
                     })?;
                     count(&mut *stats, size, "file");
-                    count_xattrs(stats, meta);
+                    stats.count_xattrs(meta);
                     Node::File {
                         meta: meta.clone(),
                         size,
@@ -267,7 +267,7 @@ impl StageDir {
                     };
                     count(&mut *stats, size, n.kind_name());
                     if let Some(meta) = n.meta() {
-                        count_xattrs(stats, meta);
+                        stats.count_xattrs(meta);
                     }
                     n.clone()
                 }
@@ -279,12 +279,6 @@ impl StageDir {
         }
         let bytes = Tree { entries }.encode();
         Ok(txn.put(&bytes)?.id)
-    }
-}
-
-fn count_xattrs(stats: &mut TreeStats, meta: &Meta) {
-    if !meta.xattrs.is_empty() {
-        *stats.xattrs.get_or_insert(0) += 1;
     }
 }
 

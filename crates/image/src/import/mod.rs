@@ -138,9 +138,10 @@ pub fn import(
         ),
     };
     let mut stats = TreeStats {
-        xattrs: Some(u64::from(!root.meta.xattrs.is_empty())),
+        xattrs: Some(0),
         ..TreeStats::default()
     };
+    stats.count_xattrs(&root.meta);
     let root_tree = root.write(&txn, &pending, &mut stats)?;
     let source = format!("{kind}:{}", absolute(source).display());
     labels.extend(opts.labels.clone());

@@ -163,9 +163,7 @@ pub fn update(
         };
         if new_root != old.root && !opts.dry_run {
             let mut stats = tree_stats(&mut inv.browser, &new_root, &mut stats_cache)?;
-            if !old.root_meta.xattrs.is_empty() {
-                stats.xattrs = stats.xattrs.map(|n| n + 1);
-            }
+            stats.count_xattrs(&old.root_meta);
             let what: Vec<String> = prepared
                 .iter()
                 .map(|p| format!("{}={}", p.deb.name(), p.deb.version()))
@@ -338,8 +336,8 @@ pub(crate) fn tree_stats(
         ..TreeStats::default()
     };
     for e in &t.entries {
-        if e.node.meta().is_some_and(|m| !m.xattrs.is_empty()) {
-            s.xattrs = s.xattrs.map(|n| n + 1);
+        if let Some(meta) = e.node.meta() {
+            s.count_xattrs(meta);
         }
         match &e.node {
             Node::Dir { tree, .. } => {
