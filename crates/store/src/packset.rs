@@ -533,12 +533,15 @@ impl PackSet {
                 self.drop_segment(seg, &name)?;
                 continue;
             }
+            // A sealed segment's index goes first: an index that still listed killed records
+            // after a crash would make the store hold objects it no longer has (an import
+            // then skips writing them). Records left alive but unlisted are only garbage.
+            if sealed {
+                self.seal(seg)?;
+            }
             let (f, p) = self.file_rw(seg)?;
             for r in &recs {
                 pack::kill(&f, &p, r)?;
-            }
-            if sealed {
-                self.seal(seg)?;
             }
         }
         Ok(removed)
