@@ -245,8 +245,17 @@ impl PackSet {
     }
 
     /// Forgets everything and loads the directory again (after another process collected).
+    /// Segment numbers are never reused: a number held from before the reload names nothing
+    /// afterwards rather than another segment.
     pub fn reload(&self) -> Result<()> {
-        *self.write_inner() = Inner::default();
+        {
+            let mut g = self.write_inner();
+            let next = g.next;
+            *g = Inner {
+                next,
+                ..Inner::default()
+            };
+        }
         self.load_new()?;
         Ok(())
     }
@@ -593,13 +602,13 @@ impl PackSet {
         v
     }
 
-    /// Deletes a segment whose live objects were copied elsewhere (a repack).
-    pub fn retire(&self, seg: u32) -> Result<()> {
-        let name = match self.read_inner().segs.get(&seg) {
-            Some(s) => s.name.clone(),
-            None => return Ok(()),
+    /// Deletes a segment whose live objects were copied elsewhere (a repack), named by its
+    /// file name: a name, unlike a number, means the same segment across reloads.
+    pub fn retire(&self, name: &str) -> Result<()> {
+        let Some(seg) = self.read_inner().by_name.get(name).copied() else {
+            return Ok(());
         };
-        self.drop_segment(seg, &name)
+        self.drop_segment(seg, name)
     }
 
     /// Bytes the segment files occupy on disk (holes excluded).
