@@ -95,6 +95,17 @@ FIGURES = {
     # Tier 2 restore of a booted Debian guest (bench/vm_restore.sh).
     "vm-restore.running_vs_qemu": (lambda: find("vm-restore.md", r"\*\*Starling / QEMU: ([\d.]+)x"), fixed(2)),
     # starling run against virtio-blk in the test host (bench/vm_run.sh).
+    "vm-firecracker.boot_vs_fc": (lambda: block("vm-firecracker.md", "boot_vs_fc"), fixed(2)),
+    "vm-firecracker.boot_vs_fc_memory_first": (lambda: block("vm-firecracker.md", "boot_vs_fc_memory_first"), fixed(2)),
+    "vm-firecracker.restore_vs_fc": (lambda: block("vm-firecracker.md", "restore_vs_fc"), fixed(2)),
+    "vm-firecracker.restore_vs_fc_memory_first": (lambda: block("vm-firecracker.md", "restore_vs_fc_memory_first"), fixed(2)),
+    "vm-firecracker.snapshot_faster": (lambda: block("vm-firecracker.md", "snapshot_faster"), fixed(0)),
+    "vm-firecracker.snapshot_smaller": (lambda: block("vm-firecracker.md", "snapshot_smaller"), fixed(0)),
+    "vm-firecracker.copies_vs_fc": (lambda: block("vm-firecracker.md", "copies_vs_fc"), fixed(2)),
+    "vm-firecracker.memory_vs_fc": (lambda: block("vm-firecracker.md", "memory_vs_fc"), fixed(2)),
+    "cli-overhead.restore_ms": (lambda: block("cli-overhead.md", "restore_cli_over_vmm_ms"), fixed(1)),
+    "cli-overhead.run_ms": (lambda: block("cli-overhead.md", "run_cli_over_vmm_ms"), fixed(1)),
+    "cli-overhead.pool_run_ms": (lambda: block("cli-overhead.md", "pool_run_outside_activation_ms"), fixed(1)),
     "vm-run.cold_fetched_vs_read": (lambda: find("vm-run.md", r"\*\*fetched / read: ([\d.]+)\*\*"), fixed(2)),
     "vm-run.warm_vs_qemu": (lambda: find("vm-run.md", r"/ QEMU virtio-blk: ([\d.]+)x"), fixed(2)),
     "vm-run.warm_vs_blk": (lambda: find("vm-run.md", r"\*\*starling run / Starling virtio-blk: ([\d.]+)x\*\*"), fixed(2)),

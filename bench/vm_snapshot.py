@@ -32,6 +32,8 @@ import tempfile
 import threading
 import time
 
+from vmbench import api, ended, wait
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
 VMM = os.path.join(BIN, "starling-vmm")
@@ -49,36 +51,6 @@ def spawn(args, **kw):
     p = subprocess.Popen(args, **kw)
     STARTED.append(p)
     return p
-
-
-def api(sock, method, path, body=None):
-    s = socket.socket(socket.AF_UNIX)
-    s.connect(sock)
-    data = json.dumps(body) if body is not None else ""
-    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: vmm\r\nContent-Length: {len(data)}\r\n\r\n{data}".encode())
-    resp = b""
-    while True:
-        b = s.recv(65536)
-        if not b:
-            break
-        resp += b
-    s.close()
-    head, _, body = resp.decode().partition("\r\n\r\n")
-    return int(head[9:12]), json.loads(body)
-
-
-def wait(what, f, timeout=60, step=0.0005):
-    t = time.monotonic()
-    while True:
-        try:
-            r = f()
-            if r:
-                return r
-        except OSError:
-            pass
-        if time.monotonic() - t > timeout:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(step)
 
 
 def ticks(path):
@@ -272,14 +244,6 @@ def forks(kernel, work):
     api(sock, "POST", "/v1/vm/stop")
     p.wait()
     return one, hundreds
-
-
-def ended(pid):
-    """Whether a process is gone (or a zombie: its memory is freed)."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return True
 
 
 def mem_available_kib():

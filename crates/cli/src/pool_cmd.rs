@@ -19,7 +19,8 @@ pub enum PoolCmd {
     /// substrates restored from it waiting
     Create(Box<CreateArgs>),
     /// Activate a VM from the pool without booting: it gets its environment and arguments as
-    /// the answer to its `ready`, and runs on from there
+    /// the answer to its `ready`, and runs on from there (a replacement docks in the
+    /// background)
     Run {
         name: String,
         /// Environment for the guest (K=V, repeatable)
@@ -254,11 +255,18 @@ fn ls(pools: &Pools, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string(&list)?);
     } else {
-        println!("NAME\tSIZE\tWAITING\tACTIVE\tMEMORY\tDOCKED BYTES");
+        println!("NAME\tSIZE\tWAITING\tSTARTING\tACTIVE\tFAILED\tMEMORY\tDOCKED BYTES");
         for p in list {
             println!(
-                "{}\t{}\t{}\t{}\t{}M\t{}",
-                p.name, p.size, p.waiting, p.active, p.mem_mib, p.snapshot_memory_bytes
+                "{}\t{}\t{}\t{}\t{}\t{}\t{}M\t{}",
+                p.name,
+                p.size,
+                p.waiting,
+                p.starting,
+                p.active,
+                p.failed,
+                p.mem_mib,
+                p.snapshot_memory_bytes
             );
         }
     }

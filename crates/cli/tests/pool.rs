@@ -98,8 +98,24 @@ fn pools_dock_activate_refill_and_remove() {
         "the docked VM was never activated"
     );
 
+    // Replacements dock in the background: `pool ls` shows them starting, then waiting.
+    let waiting = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ls: serde_json::Value =
+                serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
+            if ls[0]["waiting"] == want {
+                assert_eq!(ls[0]["failed"], 0, "{ls}");
+                return ls;
+            }
+            assert!(Instant::now() < deadline, "never {want} waiting: {ls}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
     let mut seeds = Vec::new();
     for i in 0..3 {
+        waiting(2);
+        let started = Instant::now();
         let out = ok(starling(&pools).args([
             "pool",
             "run",
@@ -112,9 +128,13 @@ fn pools_dock_activate_refill_and_remove() {
             "serve --port 80",
             "--json",
         ]));
+        let took = started.elapsed();
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["warm"], true, "{v}");
-        eprintln!("activation {i}: {} us", v["activated_us"]);
+        eprintln!(
+            "activation {i}: {} us, `pool run` {took:?}",
+            v["activated_us"]
+        );
         let console = PathBuf::from(v["console"].as_str().unwrap());
         // The guest prints a byte at a time: read its console once it has ended.
         let slot = PathBuf::from(v["slot"].as_str().unwrap());
@@ -147,9 +167,8 @@ fn pools_dock_activate_refill_and_remove() {
         3,
         "every activated VM has its own identity: {all:?}"
     );
-    let ls: serde_json::Value =
-        serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
-    assert_eq!(ls[0]["waiting"], 2, "refilled to its size: {ls}");
+    let ls = waiting(2);
+    assert_eq!(ls[0]["starting"], 0, "refilled to its size: {ls}");
 
     // A pool with nothing waiting restores a fresh VM per run.
     ok(&mut create("cold", "substrate", "0"));
@@ -174,6 +193,49 @@ fn pools_dock_activate_refill_and_remove() {
     let e = fails(starling(&pools).args(["pool", "run", "web", "--env", "A=two words"]));
     assert!(e.contains("single words"), "{e}");
     assert!(fails(&mut create("bad/name", "substrate", "1")).contains("pool name"));
+
+    // A replacement that cannot dock does not fail the activation that started it: the
+    // listing counts it failed, and its slot's monitor.log says why.
+    ok(&mut create("brittle", "substrate", "1"));
+    std::fs::remove_file(pools.join("brittle/snap/state")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        starling(&pools).args(["pool", "run", "brittle", "--env", "code=0", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(v["warm"], true, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ls = loop {
+        let ls: serde_json::Value =
+            serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
+        let p = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "brittle")
+            .unwrap()
+            .clone();
+        if p["failed"] == 1 {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed dock never showed: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (&ls["waiting"], &ls["starting"]),
+        (&0.into(), &0.into()),
+        "{ls}"
+    );
+    let failed_log = std::fs::read_dir(pools.join("brittle/slots"))
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path().join("monitor.log")).unwrap_or_default())
+        .find(|l| l.contains("state"))
+        .unwrap_or_default();
+    assert!(failed_log.contains("No such file"), "{failed_log:?}");
+    ok(starling(&pools).args(["pool", "rm", "brittle", "--force"]));
 
     // An interrupted create (its command killed while the guest boots) takes its boot VM
     // along, and what it left is refused as a pool but cleared by rm --force.

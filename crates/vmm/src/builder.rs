@@ -169,6 +169,12 @@ fn inherited(fd: i32) -> Result<std::fs::File, Error> {
 /// `spec` or its run directory, never from the snapshot.
 pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     let t0 = Instant::now();
+    if let Some(p) = spec.ready_file.as_ref().filter(|p| !p.is_absolute()) {
+        return Err(Error::Invalid(format!(
+            "ready_file {}: give an absolute path",
+            p.display()
+        )));
+    }
     let snap_err = |reason: String| Error::Snapshot {
         path: spec.dir.clone(),
         reason,
@@ -286,6 +292,7 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     });
     vm.start_paused(spec.paused);
     vm.set_ready_fd(spec.ready_fd.map(inherited).transpose()?);
+    vm.set_ready_file(spec.ready_file.clone());
     vm.hold_until_closed(spec.release_fd.map(inherited).transpose()?);
     vm.set_lazy_pages(lazy_pages);
     Ok(vm)

@@ -64,6 +64,13 @@ pub fn start_restore(mut spec: RestoreSpec, log: File) -> std::io::Result<Restor
     })
 }
 
+/// Starts `starling-vmm --restore-json SPEC` as [`start_restore`] does, without a ready pipe:
+/// for a monitor nobody waits for (it says it is ready through `spec.ready_file`, if given).
+pub fn start_restore_detached(spec: RestoreSpec, log: File) -> std::io::Result<Child> {
+    let program = clone_program();
+    restore_command(&program, &spec, log, &[]).and_then(|mut cmd| spawn(&mut cmd, &program))
+}
+
 impl Restoring {
     /// The running monitor, or — when it ended or did not say ready within `timeout` (it is
     /// then killed) — why not.

@@ -103,6 +103,12 @@ pub struct PoolSummary {
     pub waiting: u32,
     /// VMs activated from the pool that still run.
     pub active: u32,
+    /// Replacement substrates being restored in the background.
+    #[serde(default)]
+    pub starting: u32,
+    /// Replacements that never docked (their slot's `monitor.log` says why).
+    #[serde(default)]
+    pub failed: u32,
     pub mem_mib: u64,
     pub image: Option<String>,
     pub snapshot_memory_bytes: u64,
@@ -280,9 +286,9 @@ impl Pools {
             }
         };
         let activated_us = t.elapsed().as_micros();
-        // Keep the pool at its size.
+        // Keep the pool at its size, without making this caller wait for it.
         if warm {
-            dock(&dir)?;
+            dock_in_background(&dir)?;
         }
         Ok(Activation {
             pool: name.into(),
@@ -309,15 +315,14 @@ impl Pools {
             let Ok(info) = serde_json::from_slice::<PoolInfo>(&info) else {
                 continue;
             };
-            let (mut waiting, mut active) = (0, 0);
+            let (mut waiting, mut active, mut starting, mut failed) = (0, 0, 0, 0);
             for s in slots(&e.path()) {
-                if !alive(&s) {
-                    continue;
-                }
-                if s.join("free").exists() {
-                    waiting += 1;
-                } else {
-                    active += 1;
+                match slot_state(&s) {
+                    SlotState::Waiting => waiting += 1,
+                    SlotState::Active => active += 1,
+                    SlotState::Starting => starting += 1,
+                    SlotState::Failed => failed += 1,
+                    SlotState::Ended => {}
                 }
             }
             out.push(PoolSummary {
@@ -325,6 +330,8 @@ impl Pools {
                 size: info.size,
                 waiting,
                 active,
+                starting,
+                failed,
                 mem_mib: info.mem_mib,
                 image: info.image,
                 snapshot_memory_bytes: info.snapshot_memory_bytes,
@@ -359,7 +366,7 @@ impl Pools {
         let all = slots(&dir);
         let active = all
             .iter()
-            .filter(|s| !s.join("free").exists() && alive(s))
+            .filter(|s| slot_state(s) == SlotState::Active)
             .count();
         if active > 0 && !force {
             return Err(PoolError::StillRunning {
@@ -484,26 +491,50 @@ impl Draft {
     }
 }
 
-/// Restores one more substrate from the pool's snapshot, paused; returns its slot directory.
+/// Restores one more substrate from the pool's snapshot, paused, and waits until it is docked;
+/// returns its slot directory.
 fn dock(dir: &Path) -> Result<PathBuf, PoolError> {
     spawn_slot(dir, true, None)
 }
 
-/// A new slot with a monitor restored from the pool's snapshot: docked (paused, marked
-/// `free`) or activated at once with `activate` as the answer to the guest's `ready`.
-fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<PathBuf, PoolError> {
+/// Starts restoring a replacement substrate without waiting for it: its monitor marks the
+/// slot `free` itself once docked (one that fails leaves its slot unmarked, with its
+/// `monitor.log`, and is cleared by the next activation or listing).
+fn dock_in_background(dir: &Path) -> Result<PathBuf, PoolError> {
+    let slot = new_slot(dir)?;
+    let spec = slot_spec(dir, &slot, true, None);
+    let spec = RestoreSpec {
+        ready_file: Some(slot.join("free")),
+        ..spec
+    };
+    monitor()?;
+    let log = std::fs::File::create(slot.join("monitor.log"))
+        .map_err(io(format!("creating {}/monitor.log", slot.display())))?;
+    // Not waited for: it ends as the VM it becomes ends. Its pid tells a listing whether a
+    // slot not marked yet is still starting.
+    let child =
+        crate::fork::start_restore_detached(spec, log).map_err(io("starting a substrate"))?;
+    std::fs::write(slot.join("pid"), child.id().to_string())
+        .map_err(io(format!("writing {}/pid", slot.display())))?;
+    Ok(slot)
+}
+
+fn new_slot(dir: &Path) -> Result<PathBuf, PoolError> {
     let slots = dir.join("slots");
     std::fs::create_dir_all(&slots).map_err(io(format!("creating {}", slots.display())))?;
     let mut n = std::fs::read_dir(&slots).map_or(0, |d| d.count() as u32);
-    let slot = loop {
+    loop {
         let s = slots.join(n.to_string());
         match std::fs::create_dir(&s) {
-            Ok(()) => break s,
+            Ok(()) => return Ok(s),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
             Err(e) => return Err(io(format!("creating {}", s.display()))(e)),
         }
-    };
-    let spec = RestoreSpec {
+    }
+}
+
+fn slot_spec(dir: &Path, slot: &Path, paused: bool, activate: Option<String>) -> RestoreSpec {
+    RestoreSpec {
         dir: dir.join("snap"),
         run_dir: Some(slot.join("run")),
         api_socket: Some(slot.join("api.sock")),
@@ -512,7 +543,14 @@ fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<Path
         paused,
         activate,
         ..Default::default()
-    };
+    }
+}
+
+/// A new slot with a monitor restored from the pool's snapshot: docked (paused, marked
+/// `free`) or activated at once with `activate` as the answer to the guest's `ready`.
+fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<PathBuf, PoolError> {
+    let slot = new_slot(dir)?;
+    let spec = slot_spec(dir, &slot, paused, activate);
     monitor()?;
     let log = std::fs::File::create(slot.join("monitor.log"))
         .map_err(io(format!("creating {}/monitor.log", slot.display())))?;
@@ -533,6 +571,62 @@ fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<Path
 
 fn alive(slot: &Path) -> bool {
     Client::new(slot.join("api.sock")).answers()
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum SlotState {
+    /// Docked, answering, marked `free`.
+    Waiting,
+    /// Taken by an activation and still running.
+    Active,
+    /// Restoring in the background (not marked yet, and answering or young).
+    Starting,
+    /// Unmarked, not answering and older than a restore may take.
+    Failed,
+    /// An activated VM that ended (its console stays for whoever activated it).
+    Ended,
+}
+
+fn slot_state(slot: &Path) -> SlotState {
+    let up = alive(slot);
+    if slot.join("free").exists() {
+        return if up {
+            SlotState::Waiting
+        } else {
+            SlotState::Failed
+        };
+    }
+    if slot.join("taken").exists() {
+        return if up {
+            SlotState::Active
+        } else {
+            SlotState::Ended
+        };
+    }
+    if up || restoring(slot) {
+        SlotState::Starting
+    } else {
+        SlotState::Failed
+    }
+}
+
+/// Whether the monitor started for `slot` in the background still runs: the process its
+/// `pid` file names is a monitor of this slot (a reused pid is another program's), or, before
+/// that file is written, the slot is younger than a restore may take.
+fn restoring(slot: &Path) -> bool {
+    match std::fs::read_to_string(slot.join("pid")) {
+        Ok(pid) => {
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", pid.trim())).unwrap_or_default();
+            let needle = slot.as_os_str().as_encoded_bytes();
+            !needle.is_empty() && cmdline.windows(needle.len()).any(|w| w == needle)
+        }
+        Err(_) => std::fs::metadata(slot)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_none_or(|age| age < START_TIMEOUT),
+    }
 }
 
 /// A pool's slot directories, in number order.

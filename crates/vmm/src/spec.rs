@@ -42,6 +42,11 @@ pub struct RestoreSpec {
     /// not compete for the CPUs with clones already running.
     #[serde(default)]
     pub release_fd: Option<i32>,
+    /// Create this empty file once the VM is ready, when `ready_fd` hears it (after the
+    /// release, for a held VM): a substrate docked in the background marks its pool slot
+    /// free itself, so whoever docked it need not wait. Relative paths are refused.
+    #[serde(default)]
+    pub ready_file: Option<PathBuf>,
     /// Start with the vCPUs paused (a docked substrate, waiting for `activate` or `resume`).
     #[serde(default)]
     pub paused: bool,

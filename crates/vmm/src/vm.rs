@@ -38,6 +38,7 @@ pub struct Vm {
     forks: u32,
     /// Told once the vCPUs run (a clone telling the parent that forked it).
     ready_fd: Option<std::fs::File>,
+    ready_file: Option<PathBuf>,
     /// Held paused until this pipe closes (a fork's clones, released together).
     release: Option<std::fs::File>,
     start_paused: bool,
@@ -270,6 +271,7 @@ impl Vm {
             kernel: p.kernel,
             forks: 0,
             ready_fd: None,
+            ready_file: None,
             release: None,
             start_paused: false,
             lazy_pages: None,
@@ -283,6 +285,10 @@ impl Vm {
 
     /// A pipe to tell (4 bytes: the clone id) once the vCPUs run and the API answers; for
     /// a held VM, once when it is ready to be released and again once it is.
+    pub fn set_ready_file(&mut self, path: Option<PathBuf>) {
+        self.ready_file = path;
+    }
+
     pub fn set_ready_fd(&mut self, fd: Option<std::fs::File>) {
         self.ready_fd = fd;
     }
@@ -446,6 +452,13 @@ impl Vm {
             }
         } else if let Some(mut f) = self.ready_fd.take() {
             let _ = f.write_all(&id);
+        }
+        if self.release.is_none() {
+            if let Some(p) = self.ready_file.take() {
+                if let Err(e) = std::fs::File::create(&p) {
+                    eprintln!("starling: cannot mark ready at {}: {e}", p.display());
+                }
+            }
         }
     }
 

@@ -8,6 +8,8 @@
 //!                      serve a snapshot's memory (lazy restores), from its directory or from
 //!                      another memory server; prints ADDR#HASH, the address pinned to the state
 //!
+//!   starling-vmm --version | --help
+//!
 //! Exit status: the guest's (see docs/api/vmm.md); 2 when the VM cannot be built.
 
 use std::process::ExitCode;
@@ -15,7 +17,7 @@ use std::process::ExitCode;
 use starling_vmm::process::{run_to_exit, Start};
 use starling_vmm::{RestoreSpec, VmConfig};
 
-const USAGE: &str = "usage: starling-vmm --config FILE | --config-json JSON | --restore DIR | --restore-json SPEC | --memory-server DIR|ADDR#HASH --listen ADDR";
+const USAGE: &str = "usage: starling-vmm --config FILE | --config-json JSON | --restore DIR | --restore-json SPEC | --memory-server DIR|ADDR#HASH --listen ADDR | --version";
 
 /// Serves memory until killed; returns only on error. The first line on stdout is the pinned
 /// address clients restore from (`ADDR#HASH`).
@@ -35,6 +37,16 @@ fn memory_server(source: &str, listen: &str) -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let start = match args.as_slice() {
+        [flag] if flag == "--version" || flag == "-V" => {
+            println!("starling-vmm {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!(
+                "{USAGE}\n\nBoots or restores one microVM in this process; see docs/api/vmm.md."
+            );
+            return ExitCode::SUCCESS;
+        }
         [flag, file] if flag == "--config" => VmConfig::from_file(file.as_ref())
             .map(Start::Boot)
             .map_err(|e| e.to_string()),

@@ -1,0 +1,227 @@
+#!/usr/bin/env python3
+"""What the `starling` command line adds on the VM path, over the monitor alone (tier 1, this
+host's /dev/kvm, the project's test guest at 256 MiB). Each pair alternates, RUNS runs each:
+
+  - `starling vm restore DIR` vs `starling-vmm --restore-json SPEC` (what the CLI execs):
+    spawn until the API reports the guest running;
+  - `starling vm run --kernel K` vs `starling-vmm --config-json CONFIG`: spawn until the first
+    line of the guest's serial console is in its file;
+  - `starling pool run NAME` on a pool of one waiting substrate: the command's wall time less
+    the activation time it reports itself (what is left: process start, finding the pool, and
+    docking the replacement substrate before it returns);
+  - process start alone: `starling --version` vs `starling-vmm --version` (and /bin/true).
+
+Also the sizes of the release binaries. Writes bench/results/cli-overhead.md.
+
+  cargo build --release && sudo python3 bench/cli_overhead.py [target/release]
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from vmbench import api, kvm_flavour, wait
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
+VMM = os.path.join(BIN, "starling-vmm")
+STARLING = os.path.join(BIN, "starling")
+RUNS = int(os.environ.get("RUNS", "40"))
+STARTED = []
+
+
+def spawn(args):
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    STARTED.append(p)
+    return p
+
+
+def stop(sock, p):
+    try:
+        api(sock, "POST", "/v1/vm/stop")
+    except OSError:
+        p.kill()
+    p.wait(timeout=30)
+
+
+def running(sock):
+    code, st = api(sock, "GET", "/v1/vm")
+    return code == 200 and st["state"] == "running"
+
+
+def restore_once(snap, d, via_cli):
+    os.makedirs(d)
+    sock = os.path.join(d, "api.sock")
+    run_dir = os.path.join(d, "run")
+    if via_cli:
+        args = [STARLING, "vm", "restore", snap, "--api-socket", sock, "--run-dir", run_dir, "--console", "off"]
+    else:
+        spec = {"dir": snap, "run_dir": run_dir, "api_socket": sock, "console": "off"}
+        args = [VMM, "--restore-json", json.dumps(spec)]
+    t = time.monotonic()
+    p = spawn(args)
+    wait("restored VM running", lambda: running(sock))
+    ms = (time.monotonic() - t) * 1e3
+    stop(sock, p)
+    return ms
+
+
+def first_line(path):
+    with open(path, "rb") as f:
+        return b"\n" in f.read()
+
+
+def boot_once(kernel, d, via_cli):
+    os.makedirs(d)
+    sock = os.path.join(d, "api.sock")
+    console = os.path.join(d, "console.log")
+    if via_cli:
+        args = [STARLING, "vm", "run", "--kernel", kernel, "--cmdline", "counter", "--mem", "256M",
+                "--no-rng", "--console", console, "--api-socket", sock]
+    else:
+        config = {"kernel": kernel, "cmdline": "counter", "mem_mib": 256, "rng": False,
+                  "console": {"file": console}, "api_socket": sock}
+        args = [VMM, "--config-json", json.dumps(config)]
+    t = time.monotonic()
+    p = spawn(args)
+    wait("the first console line", lambda: first_line(console))
+    ms = (time.monotonic() - t) * 1e3
+    wait("the API", lambda: os.path.exists(sock))
+    stop(sock, p)
+    return ms
+
+
+def start_once(args):
+    t = time.monotonic()
+    subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return (time.monotonic() - t) * 1e3
+
+
+def pool_run_once(env):
+    t = time.monotonic()
+    out = subprocess.run([STARLING, "pool", "run", "warm", "--env", "code=0", "--json"], env=env,
+                         capture_output=True, text=True, check=True)
+    wall = (time.monotonic() - t) * 1e3
+    a = json.loads(out.stdout)
+    # The activated substrate exits by itself (code=0); wait so runs do not overlap.
+    sock = a["api_socket"]
+    wait("the activated VM to end", lambda: not os.path.exists(sock) or not _alive(sock), timeout=60, step=0.005)
+    return wall - a["activated_us"] / 1e3
+
+
+def _alive(sock):
+    try:
+        api(sock, "GET", "/v1/vm")
+        return True
+    except OSError:
+        return False
+
+
+def med(xs):
+    return statistics.median(xs)
+
+
+def pair(name, f):
+    cli, direct = [], []
+    for i in range(RUNS):
+        # Alternate which goes first so neither always runs on a warmer machine.
+        order = [(True, cli), (False, direct)] if i % 2 == 0 else [(False, direct), (True, cli)]
+        for via_cli, out in order:
+            out.append(f(via_cli, i))
+    return cli, direct
+
+
+def main():
+    work = tempfile.mkdtemp(prefix="starling-cli-bench-", dir="/dev/shm")
+    try:
+        kernel = subprocess.check_output([STARLING, "vm", "test-guest", os.path.join(work, "guest")], text=True).strip()
+        # A booted guest's snapshot to restore.
+        d = os.path.join(work, "boot")
+        os.makedirs(d)
+        sock = os.path.join(d, "api.sock")
+        config = {"kernel": kernel, "cmdline": "counter", "mem_mib": 256, "rng": False,
+                  "console": {"file": os.path.join(d, "console.log")}, "api_socket": sock}
+        p = spawn([VMM, "--config-json", json.dumps(config)])
+        wait("ticks", lambda: open(os.path.join(d, "console.log")).read().count("tick ") >= 3, step=0.01)
+        snap = os.path.join(work, "snap")
+        code, r = api(sock, "POST", "/v1/vm/snapshot", {"dir": snap, "stop": True})
+        assert code == 200, r
+        p.wait(timeout=30)
+
+        restores = pair("restore", lambda cli, i: restore_once(snap, os.path.join(work, f"r{i}{'c' if cli else 'd'}"), cli))
+        boots = pair("boot", lambda cli, i: boot_once(kernel, os.path.join(work, f"b{i}{'c' if cli else 'd'}"), cli))
+        starts = pair("start", lambda cli, i: start_once([STARLING if cli else VMM, "--version"]))
+        true_ms = [start_once(["/bin/true"]) for _ in range(RUNS)]
+
+        pools = os.path.join(work, "pools")
+        env = dict(os.environ, STARLING_POOLS=pools, STARLING_HOME=os.path.join(work, "no-store"))
+        subprocess.run([STARLING, "pool", "create", "warm", "--mem", "32M", "--cmdline", "substrate", "--size", "1",
+                        "--kernel", kernel], env=env, check=True, stdout=subprocess.DEVNULL)
+        pool_runs = [pool_run_once(env) for _ in range(RUNS)]
+        subprocess.run([STARLING, "pool", "rm", "warm", "--force"], env=env, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        for p in STARTED:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+    sizes = {b: os.path.getsize(os.path.join(BIN, b)) for b in ("starling", "starling-vmm", "starlingd")
+             if os.path.exists(os.path.join(BIN, b))}
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    flavour = kvm_flavour()
+    rows = [
+        ("`vm restore` → API reports running", restores),
+        ("`vm run` → first console line", boots),
+        ("process start (`--version`)", starts),
+    ]
+    listed = lambda xs: ", ".join(f"{x:.2f}" for x in xs)
+    table = "\n".join(
+        f"| {name} | {med(c):.2f} | {med(d):.2f} | **{med(c) - med(d):+.2f}** | {med(c) / med(d):.2f} |"
+        for name, (c, d) in rows)
+    every = "\n".join(f"- {name}: starling {listed(c)}; starling-vmm {listed(d)}" for name, (c, d) in rows)
+    figures = {
+        "restore_cli_over_vmm_ms": round(med(restores[0]) - med(restores[1]), 2),
+        "run_cli_over_vmm_ms": round(med(boots[0]) - med(boots[1]), 2),
+        "pool_run_outside_activation_ms": round(med(pool_runs), 2),
+        "starling_bytes": sizes.get("starling"),
+    }
+    text = f"""# What the command line adds on the VM path (tier 1)
+
+Command: `cargo build --release && sudo python3 bench/cli_overhead.py` (commit {commit},
+{time.strftime('%Y-%m-%d')}). Host: /dev/kvm is `{flavour}`, 2 cores. Guest: the project's test
+guest (`crates/vmm/tests/guest`), 256 MiB. {RUNS} runs of each, the two sides alternating;
+medians in ms. `starling vm run`/`vm restore` parse their flags, then exec `starling-vmm` with
+the same JSON the direct side passes, so the difference is the front end's own cost.
+
+| | `starling` | `starling-vmm` | difference (goal ≤ +0.5) | ratio |
+|---|---:|---:|---:|---:|
+{table}
+
+`starling pool run` on a pool with one substrate waiting, wall time less the activation time
+the command reports (what is left: process start, finding the pool, docking the replacement
+before it returns): median **{med(pool_runs):.2f} ms** (goal ≤ 0.5); every run:
+{listed(pool_runs)}.
+
+`/bin/true`, for scale: {med(true_ms):.2f} ms.
+
+Release binaries (bytes): {", ".join(f"`{k}` {v:,}" for k, v in sizes.items())}.
+
+Every run (ms):
+{every}
+
+<!-- figures {json.dumps(figures)} -->
+"""
+    out = os.path.join(ROOT, "bench/results/cli-overhead.md")
+    open(out, "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

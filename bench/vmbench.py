@@ -1,0 +1,67 @@
+"""Helpers the VM benchmarks share: HTTP over a monitor's unix socket, polling, process state."""
+import json
+import os
+import socket
+import time
+
+
+def api(sock, method, path, body=None, timeout=120):
+    """One request on a new connection; returns (status, parsed JSON body or None). Reads
+    exactly the response (by Content-Length: Firecracker keeps connections open)."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(timeout)
+    s.connect(sock)
+    data = json.dumps(body) if body is not None else ""
+    s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+              f"Content-Length: {len(data)}\r\n\r\n{data}".encode())
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        b = s.recv(65536)
+        if not b:
+            break
+        buf += b
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    code = int(lines[0].split()[1])
+    length = None
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        if k.strip().lower() == "content-length":
+            length = int(v)
+    if length is None and code in (204, 304):
+        length = 0
+    while length is None or len(rest) < length:
+        b = s.recv(65536)
+        if not b:
+            break
+        rest += b
+    s.close()
+    return code, json.loads(rest) if rest.strip() else None
+
+
+def wait(what, f, timeout=60, step=0.0005):
+    """Polls f until it returns something true (errors count as not yet); exits the bench
+    after `timeout` seconds."""
+    t = time.monotonic()
+    while True:
+        try:
+            r = f()
+            if r:
+                return r
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() - t > timeout:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(step)
+
+
+def ended(pid):
+    """Whether a process is gone (or a zombie: its memory is freed)."""
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def kvm_flavour():
+    return next((k for k in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.exists(f"/sys/module/{k}")), "unknown")
