@@ -242,6 +242,21 @@ fn bad_disk_images_are_refused_and_store_untouched() {
     let e = env.fails(&["image", "import", s(&badsb), "bad:sb"]);
     assert!(e.contains("superblock is corrupt"), "{e}");
 
+    // A qcow2 cut short anywhere in what it maps is refused by name, never imported with
+    // zeros where the missing clusters were.
+    let goodq = env.path("good.qcow2");
+    env.ok(&["image", "export", "t:v1", s(&goodq)]);
+    let qbytes = fs::read(&goodq).unwrap();
+    for share in [40, 70, 95] {
+        let cutq = env.path(&format!("cut{share}.qcow2"));
+        fs::write(&cutq, &qbytes[..qbytes.len() * share / 100]).unwrap();
+        let e = env.fails(&["image", "import", s(&cutq), "bad:cutq"]);
+        assert!(
+            e.contains("qcow2") && e.contains("truncated") && e.contains(&format!("cut{share}")),
+            "cut to {share}%: {e}"
+        );
+    }
+
     let mut q = b"QFI\xfb".to_vec();
     q.resize(4096, 0xff);
     let badq = env.path("bad.qcow2");

@@ -111,7 +111,7 @@ fn qcow2_precheck(f: &File) -> std::result::Result<(), String> {
         let kind = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
         let len = u32::from_be_bytes([e[4], e[5], e[6], e[7]]) as u64;
         if kind == 0 {
-            return Ok(());
+            return qcow2_clusters_in_file(f, &h, version, cluster_bits);
         }
         if kind == 0x6803_f857 && !len.is_multiple_of(48) {
             return Err(format!(
@@ -121,6 +121,99 @@ fn qcow2_precheck(f: &File) -> std::result::Result<(), String> {
         at += 8 + len.div_ceil(8) * 8;
     }
     Err("too many header extensions".into())
+}
+
+/// Every table and data cluster the image maps lies inside the file. imago reads a cluster
+/// past the end of the file as zeros, so a qcow2 cut short would otherwise import as an image
+/// with holes (an all-zero directory block reads as an empty directory).
+fn qcow2_clusters_in_file(
+    f: &File,
+    h: &[u8; 104],
+    version: u32,
+    cluster_bits: u32,
+) -> std::result::Result<(), String> {
+    let be64 = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[o..o + 8]);
+        u64::from_be_bytes(b)
+    };
+    let file_len = f.metadata().map_err(|e| e.to_string())?.len();
+    let cluster = 1u64 << cluster_bits;
+    let truncated = |what: String, end: u64| {
+        format!(
+            "{what} ends at byte {end}, past the end of the file ({file_len} bytes): the image \
+             is truncated"
+        )
+    };
+    let l1_entries = u64::from(u32::from_be_bytes([h[36], h[37], h[38], h[39]]));
+    let l1_at = be64(40);
+    // qemu's own limit on the L1 table (32 MiB).
+    if l1_entries > (32 << 20) / 8 {
+        return Err(format!("L1 table of {l1_entries} entries"));
+    }
+    let l1_end = l1_at.saturating_add(l1_entries * 8);
+    if l1_end > file_len {
+        return Err(truncated("the L1 table".into(), l1_end));
+    }
+    let incompatible = if version >= 3 { be64(72) } else { 0 };
+    // Data clusters of an external data file are not in this file.
+    let external_data = incompatible & (1 << 2) != 0;
+    let l2_entry = if incompatible & (1 << 4) != 0 { 16 } else { 8 };
+    const OFFSET: u64 = 0x00ff_ffff_ffff_fe00;
+    const COMPRESSED: u64 = 1 << 62;
+    let mut l1 = vec![0u8; (l1_entries * 8) as usize];
+    f.read_exact_at(&mut l1, l1_at).map_err(|e| e.to_string())?;
+    let mut l2 = vec![0u8; cluster as usize];
+    // Each distinct table is read once: L1 entries sharing one (hostile input) cost nothing
+    // more, so the whole check reads at most the file.
+    let mut seen = std::collections::HashSet::new();
+    for (i, e) in l1.chunks_exact(8).enumerate() {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(e);
+        let l2_at = u64::from_be_bytes(b) & OFFSET;
+        if l2_at == 0 {
+            continue;
+        }
+        if l2_at.saturating_add(cluster) > file_len {
+            return Err(truncated(
+                format!("L2 table {i}"),
+                l2_at.saturating_add(cluster),
+            ));
+        }
+        if external_data || !seen.insert(l2_at) {
+            continue;
+        }
+        f.read_exact_at(&mut l2, l2_at).map_err(|e| e.to_string())?;
+        for (j, e) in l2.chunks_exact(l2_entry).enumerate() {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&e[..8]);
+            let entry = u64::from_be_bytes(b);
+            let guest = ((i as u64) * (cluster / l2_entry as u64) + j as u64) * cluster;
+            if entry & COMPRESSED != 0 {
+                // The compressed descriptor's offset field is 62 - (cluster_bits - 8) bits.
+                let at = entry & ((1u64 << (62 - (cluster_bits - 8))) - 1);
+                if at >= file_len {
+                    return Err(truncated(
+                        format!("the compressed cluster at guest offset {guest}"),
+                        at,
+                    ));
+                }
+                continue;
+            }
+            let at = entry & OFFSET;
+            // Unallocated, or reading as zeros whatever it points at (v3 zero flag).
+            if at == 0 || (version >= 3 && entry & 1 != 0) {
+                continue;
+            }
+            if at.saturating_add(cluster) > file_len {
+                return Err(truncated(
+                    format!("the data cluster at guest offset {guest}"),
+                    at.saturating_add(cluster),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub struct RawDev {
