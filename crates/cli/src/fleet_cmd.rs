@@ -205,8 +205,15 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
     match cmd {
         FleetCmd::Update { images, changes } => {
             let mut targets = Vec::new();
+            let store = Store::open(store_dir)?;
             for i in &images {
-                let (name, tag) = ImageRef::parse_tag(i)?;
+                // A bare NAME is the tag it means here (NAME:latest, else its only tag).
+                let ImageRef::Tag { name, tag } = versions::concrete(&store, &ImageRef::parse(i)?)?
+                else {
+                    anyhow::bail!(
+                        "image update {i}: name the tag to move (NAME[:TAG]), not a version"
+                    );
+                };
                 targets.push(Target {
                     from: ImageRef::Tag {
                         name: name.clone(),

@@ -67,6 +67,9 @@ pub enum ImageCmd {
     },
     /// List images (one row per tag)
     Ls {
+        /// Only this image: NAME (all its tags) or NAME:TAG
+        #[arg(value_name = "NAME[:TAG]")]
+        filter: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -239,7 +242,11 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             };
             let oci_name = oci_ref.clone().unwrap_or_else(|| match &parsed {
                 ImageRef::Tag { tag, .. } => tag.clone(),
-                ImageRef::Version { .. } => resolved.id.short(12),
+                ImageRef::Version { .. } | ImageRef::Name { .. } => resolved
+                    .display
+                    .split_once(':')
+                    .and_then(|(_, rest)| rest.split_once('@'))
+                    .map_or_else(|| resolved.id.short(12), |(tag, _)| tag.to_string()),
             });
             let format = match format {
                 _ if oci_dest => ExportFormat::Oci { ref_name: oci_name },
@@ -324,12 +331,23 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                 );
             }
         }
-        ImageCmd::Ls { json } => {
-            let rows = match Store::open(store_dir) {
+        ImageCmd::Ls { filter, json } => {
+            let filter = filter.as_deref().map(ImageRef::parse).transpose()?;
+            let mut rows = match Store::open(store_dir) {
                 Ok(store) => versions::list(&store)?,
                 Err(starling_store::Error::NotAStore(_)) => Vec::new(),
                 Err(e) => return Err(e.into()),
             };
+            match &filter {
+                None => {}
+                Some(ImageRef::Name { name }) => rows.retain(|r| &r.name == name),
+                Some(ImageRef::Tag { name, tag }) => {
+                    rows.retain(|r| &r.name == name && &r.tag == tag)
+                }
+                Some(ImageRef::Version { .. }) => {
+                    anyhow::bail!("image ls: filter by NAME or NAME:TAG, not by version")
+                }
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
@@ -398,7 +416,13 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
         }
         ImageCmd::History { image, json } => {
             let store = Store::open(store_dir)?;
-            let (name, tag) = ImageRef::parse_tag(&image)?;
+            let ImageRef::Tag { name, tag } =
+                versions::concrete(&store, &ImageRef::parse(&image)?)?
+            else {
+                anyhow::bail!(
+                    "image history {image}: give a tag (NAME[:TAG]); a version has no history of its own"
+                );
+            };
             let rows = versions::history(&store, &name, &tag)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);

@@ -46,7 +46,7 @@ impl Images {
         let Some(url) = url else {
             return Ok(Images::Local(Store::open(store_dir)?));
         };
-        let store = Store::open_or_init(store_dir)?;
+        let store = crate::repo_cmd::trust_store(store_dir, url, root)?;
         let remote = Remote::parse(url)?;
         let rt = starling_repo::runtime()?;
         let opts = ClientOptions::default();
@@ -84,6 +84,7 @@ impl Images {
                 let commit = versions::load_commit(source, &id)?;
                 let display = match r {
                     ImageRef::Tag { name, tag } => format!("{name}:{tag}@{}", id.short(12)),
+                    ImageRef::Name { .. } => format!("{}:{}@{}", rec.name, rec.tag, id.short(12)),
                     ImageRef::Version { .. } => format!("{}@{}", rec.name, id.short(12)),
                 };
                 Ok(Resolved {

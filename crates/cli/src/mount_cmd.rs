@@ -94,10 +94,9 @@ pub fn mount(socket: &Path, store: &Path, a: MountArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         println!(
-            "{} {}@{}",
+            "{} {}",
             info.mountpoint.display(),
-            info.image,
-            &info.version[..12]
+            shown(&info.image, &info.version)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -152,6 +151,19 @@ pub fn umount(socket: &Path, mountpoint: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// An image as mounted: the reference as given (without a version it named) and the version,
+/// `web:v1@9b0ab408970e`, `web@9b0ab408970e` (not the version twice when the reference was
+/// one), or the bare version when the reference was an id.
+fn shown(image: &str, version: &str) -> String {
+    let short = version.get(..12).unwrap_or(version);
+    let base = image.split('@').next().unwrap_or(image);
+    if version.starts_with(base) {
+        short.to_string()
+    } else {
+        format!("{base}@{short}")
+    }
+}
+
 pub fn mounts(socket: &Path, json: bool) -> Result<ExitCode> {
     let list: Vec<MountInfo> = Client::new(socket)?.get("/v1/mounts")?;
     if json {
@@ -160,10 +172,9 @@ pub fn mounts(socket: &Path, json: bool) -> Result<ExitCode> {
     }
     for m in &list {
         println!(
-            "{}  {}@{}  from {}  served {}  fetched {}  cached {}",
+            "{}  {}  from {}  served {}  fetched {}  cached {}",
             m.mountpoint.display(),
-            m.image,
-            &m.version[..12],
+            shown(&m.image, &m.version),
             m.source,
             format::bytes(m.counters.served),
             format::bytes(m.counters.fetched),
@@ -215,4 +226,16 @@ pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_mounted_image_names_its_version_once() {
+        let v = "9b0ab408970e1234567890";
+        assert_eq!(super::shown("web:v1", v), "web:v1@9b0ab408970e");
+        assert_eq!(super::shown("web@9b0ab408970e", v), "web@9b0ab408970e");
+        assert_eq!(super::shown("web@9b0a", v), "web@9b0ab408970e");
+        assert_eq!(super::shown("9b0ab4", v), "9b0ab408970e");
+    }
 }

@@ -132,7 +132,7 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
             rt.block_on(starling_repo::serve::serve(dir, &listen))?;
         }
         RepoCmd::Ls { url, root, json } => {
-            let store = Store::open_or_init(store_dir)?;
+            let store = trust_store(store_dir, &url, root.as_deref())?;
             let remote = Remote::parse(&url)?;
             let recs = rt.block_on(async {
                 let repo = starling_repo::pull::open(
@@ -168,6 +168,23 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The store that keeps a repository's trust state, created only when there is a root to
+/// trust: without `--root` and without a store this is a first contact, refused before
+/// anything is written.
+pub(crate) fn trust_store(store_dir: &Path, url: &str, root: Option<&Path>) -> Result<Store> {
+    if root.is_some() {
+        return Ok(Store::open_or_init(store_dir)?);
+    }
+    match Store::open(store_dir) {
+        Ok(s) => Ok(s),
+        Err(starling_store::Error::NotAStore(_)) => anyhow::bail!(
+            "repository {url}: first contact: give the repository's trusted root metadata with \
+             --root ROOT.json"
+        ),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// `--keys`, or `DIR.keys` beside a directory repository.
@@ -232,7 +249,7 @@ pub fn pull(
         timeout: std::time::Duration::from_secs(timeout.max(1)),
         ..ClientOptions::default()
     };
-    let store = Store::open_or_init(store_dir)?;
+    let store = trust_store(store_dir, url, root.as_deref())?;
     let remote = Remote::parse(url)?;
     let what = ImageRef::parse(image)?;
     let rt = starling_repo::runtime()?;

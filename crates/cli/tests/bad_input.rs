@@ -166,7 +166,7 @@ fn bad_sources_are_refused_and_store_untouched() {
     );
     check(
         &["image", "export", "nosuch", env.path("o").to_str().unwrap()],
-        "no image nosuch:latest",
+        "no image nosuch",
     );
     check(
         &[

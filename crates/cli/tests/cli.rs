@@ -119,6 +119,82 @@ fn tags_history_rm_and_gc() {
     assert_eq!(hist.as_array().unwrap().len(), 1);
 }
 
+/// References as docker and podman users expect: a bare NAME is NAME:latest or NAME's only tag
+/// (several without latest: refused, listing them), a bare id prefix names a version, and
+/// `image ls NAME[:TAG]` filters.
+#[test]
+fn bare_names_ids_and_listing_filters() {
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "one").unwrap();
+    let v1 = env
+        .ok(&["image", "import", src.to_str().unwrap(), "web:v1"])
+        .trim()
+        .to_string();
+    fs::write(src.join("f"), "two").unwrap();
+    let v2 = env
+        .ok(&["image", "import", src.to_str().unwrap(), "api:prod"])
+        .trim()
+        .to_string();
+
+    // The only tag.
+    let i = json(&env.ok(&["image", "inspect", "web", "--json"]));
+    assert_eq!(i["version"], v1.as_str(), "{i}");
+    assert_eq!(
+        json(&env.ok(&["image", "history", "web", "--json"]))[0]["version"],
+        v1.as_str()
+    );
+    // A bare id prefix, as docker takes an image id.
+    let i = json(&env.ok(&["image", "inspect", &v2[..10], "--json"]));
+    assert_eq!(i["version"], v2.as_str(), "{i}");
+    let out = env.path("by-id");
+    env.ok(&["image", "export", &v1[..8], out.to_str().unwrap()]);
+    assert_eq!(fs::read_to_string(out.join("f")).unwrap(), "one");
+
+    // Several tags and no latest: refused, naming them; with latest, latest.
+    env.ok(&["image", "tag", "web:v1", "web:v2"]);
+    let e = env.fails(&["image", "inspect", "web"]);
+    assert!(e.contains("v1, v2") && e.contains("web:TAG"), "{e}");
+    let e = env.fails(&["image", "history", "web"]);
+    assert!(e.contains("v1, v2"), "{e}");
+    env.ok(&["image", "tag", &format!("api@{}", &v2[..8]), "web:latest"]);
+    assert_eq!(
+        json(&env.ok(&["image", "inspect", "web", "--json"]))["version"],
+        v2.as_str()
+    );
+
+    // Unknown names, tags and ids say so (a missing tag with the tags there are).
+    let e = env.fails(&["image", "inspect", "api:dev"]);
+    assert!(e.contains("no image api:dev (api has tags prod)"), "{e}");
+    let e = env.fails(&["image", "inspect", "nosuch"]);
+    assert!(e.contains("no image nosuch"), "{e}");
+    let e = env.fails(&["image", "inspect", "ffff0000"]);
+    assert!(e.contains("no version"), "{e}");
+
+    // Listing filters.
+    let names = |filter: &[&str]| -> Vec<String> {
+        let mut args = vec!["image", "ls", "--json"];
+        args.extend_from_slice(filter);
+        json(&env.ok(&args))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}:{}",
+                    r["name"].as_str().unwrap(),
+                    r["tag"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    assert_eq!(names(&[]), ["api:prod", "web:latest", "web:v1", "web:v2"]);
+    assert_eq!(names(&["web"]), ["web:latest", "web:v1", "web:v2"]);
+    assert_eq!(names(&["web:v2"]), ["web:v2"]);
+    assert!(names(&["nosuch"]).is_empty());
+}
+
 #[test]
 fn store_location_from_env_and_listing_of_an_empty_store() {
     let dir = tempfile::tempdir_in(scratch_root()).unwrap();
@@ -136,6 +212,23 @@ fn store_location_from_env_and_listing_of_an_empty_store() {
         !dir.path().join("home-store").exists(),
         "ls must not create a store"
     );
+    // Nor does a first contact with a repository that cannot go on without --root.
+    for args in [
+        &["repo", "ls", "http://127.0.0.1:9/"][..],
+        &["pull", "http://127.0.0.1:9/", "web"][..],
+        &["image", "inventory", "http://127.0.0.1:9/", "web"][..],
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("first contact") && err.contains("--root"),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !dir.path().join("home-store").exists(),
+            "{args:?} created a store"
+        );
+    }
     let src = dir.path().join("src");
     fs::create_dir(&src).unwrap();
     fs::write(src.join("x"), b"x").unwrap();

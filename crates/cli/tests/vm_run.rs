@@ -324,8 +324,12 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .map(Reaped)
         .unwrap();
     wait("restored ticks", &|| ticks(&log2) >= 3);
+    // Without --run-dir the monitor makes one of its own, and takes it away when it ends.
+    let run_dir = std::env::temp_dir().join(format!("starling-vm-{}", restored.0.id()));
+    assert!(run_dir.is_dir(), "{} while the VM runs", run_dir.display());
     starling_vmm::api::call(&sock2, "POST", "/v1/vm/stop", &serde_json::Value::Null).unwrap();
     assert!(restored.wait().unwrap().success());
+    assert!(!run_dir.exists(), "{} outlived its VM", run_dir.display());
     let first: u64 = std::fs::read_to_string(&log2)
         .unwrap()
         .lines()

@@ -235,7 +235,9 @@ pub fn resolve(source: &Source, host: &HostObjects) -> Result<Resolved, DaemonEr
                 Commit::decode(&id, &bytes).map_err(|e| DaemonError::Upstream(e.to_string()))?;
             let display = match &r {
                 ImageRef::Tag { name, tag } => format!("{name}:{tag}@{}", id.short(12)),
-                ImageRef::Version { .. } => format!("{}@{}", res.name, id.short(12)),
+                ImageRef::Version { .. } | ImageRef::Name { .. } => {
+                    format!("{}@{}", res.name, id.short(12))
+                }
             };
             Ok(Resolved {
                 source: format!("repo:{}", remote.base),

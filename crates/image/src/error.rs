@@ -23,6 +23,8 @@ pub enum Error {
     BadRef { input: String, reason: String },
     #[error("no image {0}")]
     UnknownImage(String),
+    #[error("image {name} has no tag latest and several others ({tags}): name one as {name}:TAG")]
+    NoDefaultTag { name: String, tags: String },
     #[error("{name} has no version matching {prefix:?}")]
     UnknownVersion { name: String, prefix: String },
     #[error("version prefix {prefix:?} of {name} is ambiguous: {candidates}")]

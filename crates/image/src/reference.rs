@@ -1,5 +1,8 @@
-//! Image references as users type them: `NAME`, `NAME:TAG`, `NAME@VERSION` (a unique prefix of
-//! a version id).
+//! Image references as users type them, the same grammar everywhere (docs/ARCHITECTURE.md,
+//! "References"): `NAME:TAG`; `NAME@VERSION` (a unique prefix of a version id, 4 to 64 hex
+//! digits); and a bare `NAME`, which means `NAME:latest`, else NAME's only tag, else (no image
+//! has that name and it is 4+ hex digits) the one version whose id starts with it, as docker
+//! and podman take an image id.
 
 use std::fmt;
 
@@ -9,8 +12,18 @@ pub const DEFAULT_TAG: &str = "latest";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ImageRef {
-    Tag { name: String, tag: String },
-    Version { name: String, prefix: String },
+    Tag {
+        name: String,
+        tag: String,
+    },
+    Version {
+        name: String,
+        prefix: String,
+    },
+    /// A bare name: resolved against the store (`versions::concrete`).
+    Name {
+        name: String,
+    },
 }
 
 impl ImageRef {
@@ -32,9 +45,11 @@ impl ImageRef {
                 prefix: ver.to_string(),
             });
         }
-        let (name, tag) = match input.rsplit_once(':') {
-            Some((n, t)) => (n, t),
-            None => (input, DEFAULT_TAG),
+        let Some((name, tag)) = input.rsplit_once(':') else {
+            check_name(input).map_err(|r| bad(&r))?;
+            return Ok(ImageRef::Name {
+                name: input.to_string(),
+            });
         };
         check_name(name).map_err(|r| bad(&r))?;
         check_tag(tag).map_err(|r| bad(&r))?;
@@ -44,10 +59,12 @@ impl ImageRef {
         })
     }
 
-    /// Parses a reference that must name a tag (the destination of import and tag).
+    /// Parses a reference that must name a tag (the destination of import and tag; a bare
+    /// name is `NAME:latest` there).
     pub fn parse_tag(input: &str) -> Result<(String, String)> {
         match ImageRef::parse(input)? {
             ImageRef::Tag { name, tag } => Ok((name, tag)),
+            ImageRef::Name { name } => Ok((name, DEFAULT_TAG.to_string())),
             ImageRef::Version { .. } => Err(Error::BadRef {
                 input: input.to_string(),
                 reason: "expected NAME[:TAG], not a version".into(),
@@ -57,7 +74,9 @@ impl ImageRef {
 
     pub fn name(&self) -> &str {
         match self {
-            ImageRef::Tag { name, .. } | ImageRef::Version { name, .. } => name,
+            ImageRef::Tag { name, .. }
+            | ImageRef::Version { name, .. }
+            | ImageRef::Name { name } => name,
         }
     }
 }
@@ -67,8 +86,34 @@ impl fmt::Display for ImageRef {
         match self {
             ImageRef::Tag { name, tag } => write!(f, "{name}:{tag}"),
             ImageRef::Version { name, prefix } => write!(f, "{name}@{prefix}"),
+            ImageRef::Name { name } => write!(f, "{name}"),
         }
     }
+}
+
+/// The tag a bare `name` means among its `tags`: `latest`, else the only one; `None` when it
+/// has none; an error listing them when it has several and no `latest`.
+pub fn default_tag(name: &str, tags: &[String]) -> Result<Option<String>> {
+    if tags.iter().any(|t| t == DEFAULT_TAG) {
+        return Ok(Some(DEFAULT_TAG.to_string()));
+    }
+    match tags {
+        [] => Ok(None),
+        [only] => Ok(Some(only.clone())),
+        many => {
+            let mut sorted = many.to_vec();
+            sorted.sort();
+            Err(Error::NoDefaultTag {
+                name: name.to_string(),
+                tags: sorted.join(", "),
+            })
+        }
+    }
+}
+
+/// Whether a bare name may also be read as a version id prefix (4 to 64 lower-case hex digits).
+pub fn is_version_prefix(s: &str) -> bool {
+    (4..=64).contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Names: lower-case letters, digits and `.`, `_`, `-`, in `/`-separated components that each
@@ -128,10 +173,13 @@ mod tests {
     fn parses_and_rejects() {
         assert_eq!(
             ImageRef::parse("debian/bookworm").unwrap(),
-            ImageRef::Tag {
+            ImageRef::Name {
                 name: "debian/bookworm".into(),
-                tag: "latest".into()
             }
+        );
+        assert_eq!(
+            ImageRef::parse_tag("debian/bookworm").unwrap(),
+            ("debian/bookworm".into(), "latest".into())
         );
         assert_eq!(ImageRef::parse("web:v1.2").unwrap().to_string(), "web:v1.2");
         assert!(matches!(

@@ -6,7 +6,7 @@ use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 
 use crate::error::{Error, Result};
 use crate::manifest::Commit;
-use crate::reference::ImageRef;
+use crate::reference::{default_tag, is_version_prefix, ImageRef};
 use crate::tags;
 
 /// A version found by a reference.
@@ -49,6 +49,14 @@ fn versions_by_name(store: &Store) -> Result<std::collections::HashMap<String, V
 /// Resolves many references, reading the tag records once (for fleet commands that name
 /// hundreds of versions).
 pub fn resolve_many(store: &Store, refs: &[ImageRef]) -> Result<Vec<Resolved>> {
+    let refs: Vec<ImageRef> = if refs.iter().any(|r| matches!(r, ImageRef::Name { .. })) {
+        let all = tags::all(store)?;
+        refs.iter()
+            .map(|r| concrete_among(store, r, &all))
+            .collect::<Result<_>>()?
+    } else {
+        refs.to_vec()
+    };
     let by_name = if refs.iter().any(|r| matches!(r, ImageRef::Version { .. })) {
         versions_by_name(store)?
     } else {
@@ -56,7 +64,7 @@ pub fn resolve_many(store: &Store, refs: &[ImageRef]) -> Result<Vec<Resolved>> {
     };
     refs.iter()
         .map(|r| match r {
-            ImageRef::Tag { .. } => resolve(store, r),
+            ImageRef::Tag { .. } | ImageRef::Name { .. } => resolve(store, r),
             ImageRef::Version { name, prefix } => pick(
                 store,
                 name,
@@ -97,11 +105,83 @@ fn pick(store: &Store, name: &str, prefix: &str, versions: &[ObjectId]) -> Resul
     }
 }
 
-pub fn resolve(store: &Store, r: &ImageRef) -> Result<Resolved> {
+/// What a bare name means here (see [`ImageRef`]): `NAME:latest`, else NAME's only tag, else
+/// (no image has that name and it is 4+ hex digits) the version whose id starts with it. Other
+/// references are returned as they are.
+pub fn concrete(store: &Store, r: &ImageRef) -> Result<ImageRef> {
     match r {
+        ImageRef::Name { .. } => concrete_among(store, r, &tags::all(store)?),
+        _ => Ok(r.clone()),
+    }
+}
+
+/// [`concrete`] given every tag record (read once for many references).
+fn concrete_among(store: &Store, r: &ImageRef, all: &[tags::TagRecord]) -> Result<ImageRef> {
+    let ImageRef::Name { name } = r else {
+        return Ok(r.clone());
+    };
+    let mine: Vec<String> = all
+        .iter()
+        .filter(|t| &t.name == name)
+        .map(|t| t.tag.clone())
+        .collect();
+    if let Some(tag) = default_tag(name, &mine)? {
+        return Ok(ImageRef::Tag {
+            name: name.clone(),
+            tag,
+        });
+    }
+    if !is_version_prefix(name) {
+        return Err(Error::UnknownImage(name.clone()));
+    }
+    let mut hits: Vec<(ObjectId, String)> = versions_by_name(store)?
+        .into_iter()
+        .flat_map(|(n, vs)| {
+            vs.into_iter()
+                .filter(|v| v.to_hex().starts_with(name.as_str()))
+                .map(move |v| (v, n.clone()))
+        })
+        .collect();
+    hits.sort();
+    hits.dedup_by_key(|h| h.0);
+    match hits.as_slice() {
+        [] => Err(Error::UnknownImage(format!(
+            "{name} (no image has that name, and no version's id starts with it)"
+        ))),
+        [(id, owner)] => Ok(ImageRef::Version {
+            name: owner.clone(),
+            prefix: id.to_hex(),
+        }),
+        many => Err(Error::AmbiguousVersion {
+            name: "the store".into(),
+            prefix: name.clone(),
+            candidates: many
+                .iter()
+                .map(|(v, n)| format!("{n}@{}", v.short(16)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
+pub fn resolve(store: &Store, r: &ImageRef) -> Result<Resolved> {
+    let r = &concrete(store, r)?;
+    match r {
+        ImageRef::Name { .. } => unreachable!("concrete() resolves bare names"),
         ImageRef::Tag { name, tag } => {
-            let rec =
-                tags::read(store, name, tag)?.ok_or_else(|| Error::UnknownImage(r.to_string()))?;
+            let Some(rec) = tags::read(store, name, tag)? else {
+                let mut others: Vec<String> = tags::all(store)?
+                    .into_iter()
+                    .filter(|t| &t.name == name)
+                    .map(|t| t.tag)
+                    .collect();
+                others.sort();
+                return Err(Error::UnknownImage(if others.is_empty() {
+                    r.to_string()
+                } else {
+                    format!("{r} ({name} has tags {})", others.join(", "))
+                }));
+            };
             Ok(Resolved {
                 id: rec.target,
                 commit: load_commit(store, &rec.target)?,
@@ -196,7 +276,9 @@ pub fn tag(store: &Store, source: &ImageRef, name: &str, tag: &str) -> Result<Ob
 pub fn remove(store: &Store, r: &ImageRef) -> Result<String> {
     let _w = store.lock_writer()?;
     let _r = store.lock_refs()?;
+    let r = &concrete(store, r)?;
     match r {
+        ImageRef::Name { .. } => unreachable!("concrete() resolves bare names"),
         ImageRef::Tag { name, tag } => {
             if tags::remove(store, name, tag)? {
                 Ok(format!("removed tag {name}:{tag}"))

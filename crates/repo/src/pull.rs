@@ -106,18 +106,19 @@ pub async fn open_at(
     opts: &ClientOptions,
 ) -> Result<tough::Repository> {
     let ds = datastore_in(dir, remote);
-    std::fs::create_dir_all(&ds).at(&ds)?;
     let stored = ds.join("root.json");
     let root = if stored.exists() {
         std::fs::read(&stored).at(&stored)?
     } else if let Some(p) = trusted_root {
         std::fs::read(p).at(p)?
     } else {
+        // Refused before anything is written for a repository never trusted here.
         return Err(invalid(
             format!("repository {}", remote.base),
             "first contact: give the repository's trusted root metadata with --root ROOT.json",
         ));
     };
+    std::fs::create_dir_all(&ds).at(&ds)?;
     let loader = RepositoryLoader::new(&root, remote.join("metadata/")?, remote.join("targets/")?)
         .datastore(&ds);
     let loader = if remote.is_file() {
@@ -183,6 +184,54 @@ pub struct PullReport {
 /// tag's current version) or `NAME@VERSION` (any version a tag of that name ever held).
 pub async fn resolve(repo: &tough::Repository, what: &ImageRef) -> Result<(ImageRecord, ObjectId)> {
     let (rec, version) = match what {
+        ImageRef::Name { name } => {
+            let all = records(repo).await?;
+            let tags: Vec<String> = all
+                .iter()
+                .filter(|r| r.name == *name)
+                .map(|r| r.tag.clone())
+                .collect();
+            let chosen = starling_image::reference::default_tag(name, &tags)?;
+            if let Some(tag) = chosen {
+                let rec = all
+                    .into_iter()
+                    .find(|r| r.name == *name && r.tag == tag)
+                    .ok_or_else(|| Error::UnknownImage(what.to_string()))?;
+                let v = rec.target.clone();
+                (rec, v)
+            } else if starling_image::reference::is_version_prefix(name) {
+                // A bare version id: the one version of any image whose id starts with it.
+                let mut hits: Vec<(ImageRecord, String)> = Vec::new();
+                for rec in all {
+                    for h in &rec.history {
+                        if h.version.starts_with(name.as_str())
+                            && !hits.iter().any(|(_, v)| *v == h.version)
+                        {
+                            hits.push((rec.clone(), h.version.clone()));
+                        }
+                    }
+                }
+                match hits.len() {
+                    1 => hits.remove(0),
+                    0 => return Err(Error::UnknownImage(what.to_string())),
+                    _ => {
+                        return Err(Error::Image(
+                            starling_image::error::Error::AmbiguousVersion {
+                                name: "the repository".into(),
+                                prefix: name.clone(),
+                                candidates: hits
+                                    .iter()
+                                    .map(|(r, v)| format!("{}@{}", r.name, &v[..16.min(v.len())]))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            },
+                        ))
+                    }
+                }
+            } else {
+                return Err(Error::UnknownImage(what.to_string()));
+            }
+        }
         ImageRef::Tag { name, tag } => {
             let n = TargetName::new(target_name(name, tag)).map_err(tuf("target name"))?;
             let rec = read_record(repo, &n)

@@ -44,11 +44,14 @@ pub async fn push(
     keys: &KeyDir,
     as_name: Option<(String, String)>,
 ) -> Result<PushReport> {
+    let what = &versions::concrete(store, what)?;
     let resolved = versions::resolve(store, what)?;
     let (name, tag) = match (as_name, what) {
         (Some(nt), _) => nt,
         (None, ImageRef::Tag { name, tag }) => (name.clone(), tag.clone()),
-        (None, ImageRef::Version { name, .. }) => (name.clone(), "latest".to_string()),
+        (None, ImageRef::Version { name, .. } | ImageRef::Name { name }) => {
+            (name.clone(), "latest".to_string())
+        }
     };
     let policy = keys.policy()?;
     // Fail on missing keys before uploading anything.

@@ -35,7 +35,8 @@ impl Vm {
     }
 }
 
-fn default_run_dir() -> PathBuf {
+/// The run directory of a VM whose caller named none: one per monitor process.
+pub(crate) fn default_run_dir() -> PathBuf {
     std::env::temp_dir().join(format!("starling-vm-{}", std::process::id()))
 }
 

@@ -35,6 +35,28 @@ pub fn run_to_exit(start: Start) -> u8 {
 }
 
 fn run(start: Start) -> (u8, String) {
+    let defaulted = match &start {
+        Start::Boot(c) => c.run_dir.is_none(),
+        Start::Restore(s) => s.run_dir.is_none(),
+    };
+    let ended = run_vm(start);
+    if defaulted {
+        // The run directory this process made for itself goes when the VM does, with the
+        // vsock socket it bound there; anything else in it (disk overlays a snapshot may
+        // still need) keeps it.
+        let dir = crate::builder::default_run_dir();
+        let sock = dir.join("vsock.sock");
+        if std::fs::symlink_metadata(&sock)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        {
+            let _ = std::fs::remove_file(&sock);
+        }
+        let _ = std::fs::remove_dir(&dir);
+    }
+    ended
+}
+
+fn run_vm(start: Start) -> (u8, String) {
     let built = match start {
         Start::Boot(config) => Vm::build(config),
         Start::Restore(spec) => Vm::restore(&spec),
