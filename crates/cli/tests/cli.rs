@@ -165,8 +165,13 @@ fn bare_names_ids_and_listing_filters() {
     );
 
     // Unknown names, tags and ids say so (a missing tag with the tags there are).
-    let e = env.fails(&["image", "inspect", "api:dev"]);
-    assert!(e.contains("no image api:dev (api has tags prod)"), "{e}");
+    for cmd in ["inspect", "history"] {
+        let e = env.fails(&["image", cmd, "api:dev"]);
+        assert!(
+            e.contains("no image api:dev (api has tags prod)"),
+            "{cmd}: {e}"
+        );
+    }
     let e = env.fails(&["image", "inspect", "nosuch"]);
     assert!(e.contains("no image nosuch"), "{e}");
     let e = env.fails(&["image", "inspect", "ffff0000"]);

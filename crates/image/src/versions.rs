@@ -164,23 +164,28 @@ fn concrete_among(store: &Store, r: &ImageRef, all: &[tags::TagRecord]) -> Resul
     }
 }
 
+/// "no image NAME:TAG", with the tags NAME has when it has some.
+fn unknown_tag(store: &Store, name: &str, tag: &str) -> Result<Error> {
+    let mut others: Vec<String> = tags::all(store)?
+        .into_iter()
+        .filter(|t| t.name == name)
+        .map(|t| t.tag)
+        .collect();
+    others.sort();
+    Ok(Error::UnknownImage(if others.is_empty() {
+        format!("{name}:{tag}")
+    } else {
+        format!("{name}:{tag} ({name} has tags {})", others.join(", "))
+    }))
+}
+
 pub fn resolve(store: &Store, r: &ImageRef) -> Result<Resolved> {
     let r = &concrete(store, r)?;
     match r {
         ImageRef::Name { .. } => unreachable!("concrete() resolves bare names"),
         ImageRef::Tag { name, tag } => {
             let Some(rec) = tags::read(store, name, tag)? else {
-                let mut others: Vec<String> = tags::all(store)?
-                    .into_iter()
-                    .filter(|t| &t.name == name)
-                    .map(|t| t.tag)
-                    .collect();
-                others.sort();
-                return Err(Error::UnknownImage(if others.is_empty() {
-                    r.to_string()
-                } else {
-                    format!("{r} ({name} has tags {})", others.join(", "))
-                }));
+                return Err(unknown_tag(store, name, tag)?);
             };
             Ok(Resolved {
                 id: rec.target,
@@ -235,8 +240,9 @@ pub struct HistoryRow {
 
 /// The versions a tag has held, newest first.
 pub fn history(store: &Store, name: &str, tag: &str) -> Result<Vec<HistoryRow>> {
-    let rec = tags::read(store, name, tag)?
-        .ok_or_else(|| Error::UnknownImage(format!("{name}:{tag}")))?;
+    let Some(rec) = tags::read(store, name, tag)? else {
+        return Err(unknown_tag(store, name, tag)?);
+    };
     let mut rows = Vec::new();
     for h in rec.history.iter().rev() {
         let c = load_commit(store, &h.version)?;
