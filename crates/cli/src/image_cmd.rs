@@ -227,7 +227,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             force,
         } => {
             let store = Store::open(store_dir)?;
-            let parsed = ImageRef::parse(&image)?;
+            let parsed = versions::concrete(&store, &ImageRef::parse(&image)?)?;
             let resolved = versions::resolve(&store, &parsed)?;
             // oci:DIR[:REF] names the layout and the image's name in it.
             let oci_dest = dest.to_str().is_some_and(|d| d.starts_with("oci:"));
@@ -242,11 +242,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             };
             let oci_name = oci_ref.clone().unwrap_or_else(|| match &parsed {
                 ImageRef::Tag { tag, .. } => tag.clone(),
-                ImageRef::Version { .. } | ImageRef::Name { .. } => resolved
-                    .display
-                    .split_once(':')
-                    .and_then(|(_, rest)| rest.split_once('@'))
-                    .map_or_else(|| resolved.id.short(12), |(tag, _)| tag.to_string()),
+                ImageRef::Version { .. } | ImageRef::Name { .. } => resolved.id.short(12),
             });
             let format = match format {
                 _ if oci_dest => ExportFormat::Oci { ref_name: oci_name },

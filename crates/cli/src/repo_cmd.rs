@@ -179,10 +179,9 @@ pub(crate) fn trust_store(store_dir: &Path, url: &str, root: Option<&Path>) -> R
     }
     match Store::open(store_dir) {
         Ok(s) => Ok(s),
-        Err(starling_store::Error::NotAStore(_)) => anyhow::bail!(
-            "repository {url}: first contact: give the repository's trusted root metadata with \
-             --root ROOT.json"
-        ),
+        Err(starling_store::Error::NotAStore(_)) => {
+            anyhow::bail!("repository {url}: {}", starling_repo::pull::FIRST_CONTACT)
+        }
         Err(e) => Err(e.into()),
     }
 }

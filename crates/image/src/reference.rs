@@ -111,6 +111,36 @@ pub fn default_tag(name: &str, tags: &[String]) -> Result<Option<String>> {
     }
 }
 
+/// The one version a bare id `prefix` names among `candidates` (image name, version id in
+/// hex), each version counted once whatever names hold it; `None` when none starts with it, an
+/// error listing them when several do. `place` says where they were looked for.
+pub fn one_version(
+    prefix: &str,
+    place: &str,
+    candidates: impl IntoIterator<Item = (String, String)>,
+) -> Result<Option<(String, String)>> {
+    let mut hits: Vec<(String, String)> = candidates
+        .into_iter()
+        .filter(|(_, v)| v.starts_with(prefix))
+        .map(|(n, v)| (v, n))
+        .collect();
+    hits.sort();
+    hits.dedup_by(|a, b| a.0 == b.0);
+    match hits.len() {
+        0 => Ok(None),
+        1 => Ok(hits.pop().map(|(v, n)| (n, v))),
+        _ => Err(Error::AmbiguousVersion {
+            name: place.to_string(),
+            prefix: prefix.to_string(),
+            candidates: hits
+                .iter()
+                .map(|(v, n)| format!("{n}@{}", &v[..16.min(v.len())]))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
+}
+
 /// Whether a bare name may also be read as a version id prefix (4 to 64 lower-case hex digits).
 pub fn is_version_prefix(s: &str) -> bool {
     (4..=64).contains(&s.len()) && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -6,7 +6,7 @@ use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 
 use crate::error::{Error, Result};
 use crate::manifest::Commit;
-use crate::reference::{default_tag, is_version_prefix, ImageRef};
+use crate::reference::{default_tag, is_version_prefix, one_version, ImageRef};
 use crate::tags;
 
 /// A version found by a reference.
@@ -120,12 +120,7 @@ fn concrete_among(store: &Store, r: &ImageRef, all: &[tags::TagRecord]) -> Resul
     let ImageRef::Name { name } = r else {
         return Ok(r.clone());
     };
-    let mine: Vec<String> = all
-        .iter()
-        .filter(|t| &t.name == name)
-        .map(|t| t.tag.clone())
-        .collect();
-    if let Some(tag) = default_tag(name, &mine)? {
+    if let Some(tag) = default_tag(name, &tags_of(all, name))? {
         return Ok(ImageRef::Tag {
             name: name.clone(),
             tag,
@@ -134,44 +129,34 @@ fn concrete_among(store: &Store, r: &ImageRef, all: &[tags::TagRecord]) -> Resul
     if !is_version_prefix(name) {
         return Err(Error::UnknownImage(name.clone()));
     }
-    let mut hits: Vec<(ObjectId, String)> = versions_by_name(store)?
+    let candidates = versions_by_name(store)?
         .into_iter()
-        .flat_map(|(n, vs)| {
-            vs.into_iter()
-                .filter(|v| v.to_hex().starts_with(name.as_str()))
-                .map(move |v| (v, n.clone()))
-        })
-        .collect();
-    hits.sort();
-    hits.dedup_by_key(|h| h.0);
-    match hits.as_slice() {
-        [] => Err(Error::UnknownImage(format!(
+        .flat_map(|(n, vs)| vs.into_iter().map(move |v| (n.clone(), v.to_hex())));
+    match one_version(name, "the store", candidates)? {
+        Some((owner, id)) => Ok(ImageRef::Version {
+            name: owner,
+            prefix: id,
+        }),
+        None => Err(Error::UnknownImage(format!(
             "{name} (no image has that name, and no version's id starts with it)"
         ))),
-        [(id, owner)] => Ok(ImageRef::Version {
-            name: owner.clone(),
-            prefix: id.to_hex(),
-        }),
-        many => Err(Error::AmbiguousVersion {
-            name: "the store".into(),
-            prefix: name.clone(),
-            candidates: many
-                .iter()
-                .map(|(v, n)| format!("{n}@{}", v.short(16)))
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
     }
+}
+
+/// NAME's tags, sorted.
+fn tags_of(all: &[tags::TagRecord], name: &str) -> Vec<String> {
+    let mut mine: Vec<String> = all
+        .iter()
+        .filter(|t| t.name == name)
+        .map(|t| t.tag.clone())
+        .collect();
+    mine.sort();
+    mine
 }
 
 /// "no image NAME:TAG", with the tags NAME has when it has some.
 fn unknown_tag(store: &Store, name: &str, tag: &str) -> Result<Error> {
-    let mut others: Vec<String> = tags::all(store)?
-        .into_iter()
-        .filter(|t| t.name == name)
-        .map(|t| t.tag)
-        .collect();
-    others.sort();
+    let others = tags_of(&tags::all(store)?, name);
     Ok(Error::UnknownImage(if others.is_empty() {
         format!("{name}:{tag}")
     } else {

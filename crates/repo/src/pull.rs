@@ -98,6 +98,10 @@ pub async fn open(
     open_at(store.root(), remote, trusted_root, opts).await
 }
 
+/// Why a repository never trusted here cannot be opened without its root metadata.
+pub const FIRST_CONTACT: &str =
+    "first contact: give the repository's trusted root metadata with --root ROOT.json";
+
 /// As [`open`], with the trust state kept under `dir/remotes/` (the host cache's).
 pub async fn open_at(
     dir: &Path,
@@ -115,7 +119,7 @@ pub async fn open_at(
         // Refused before anything is written for a repository never trusted here.
         return Err(invalid(
             format!("repository {}", remote.base),
-            "first contact: give the repository's trusted root metadata with --root ROOT.json",
+            FIRST_CONTACT,
         ));
     };
     std::fs::create_dir_all(&ds).at(&ds)?;
@@ -201,33 +205,22 @@ pub async fn resolve(repo: &tough::Repository, what: &ImageRef) -> Result<(Image
                 (rec, v)
             } else if starling_image::reference::is_version_prefix(name) {
                 // A bare version id: the one version of any image whose id starts with it.
-                let mut hits: Vec<(ImageRecord, String)> = Vec::new();
-                for rec in all {
-                    for h in &rec.history {
-                        if h.version.starts_with(name.as_str())
-                            && !hits.iter().any(|(_, v)| *v == h.version)
-                        {
-                            hits.push((rec.clone(), h.version.clone()));
-                        }
-                    }
-                }
-                match hits.len() {
-                    1 => hits.remove(0),
-                    0 => return Err(Error::UnknownImage(what.to_string())),
-                    _ => {
-                        return Err(Error::Image(
-                            starling_image::error::Error::AmbiguousVersion {
-                                name: "the repository".into(),
-                                prefix: name.clone(),
-                                candidates: hits
-                                    .iter()
-                                    .map(|(r, v)| format!("{}@{}", r.name, &v[..16.min(v.len())]))
-                                    .collect::<Vec<_>>()
-                                    .join(", "),
-                            },
-                        ))
-                    }
-                }
+                let candidates: Vec<(String, String)> = all
+                    .iter()
+                    .flat_map(|r| {
+                        r.history
+                            .iter()
+                            .map(|h| (r.name.clone(), h.version.clone()))
+                    })
+                    .collect();
+                let (owner, version) =
+                    starling_image::reference::one_version(name, "the repository", candidates)?
+                        .ok_or_else(|| Error::UnknownImage(what.to_string()))?;
+                let rec = all
+                    .into_iter()
+                    .find(|r| r.name == owner && r.history.iter().any(|h| h.version == version))
+                    .ok_or_else(|| Error::UnknownImage(what.to_string()))?;
+                (rec, version)
             } else {
                 return Err(Error::UnknownImage(what.to_string()));
             }

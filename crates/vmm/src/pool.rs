@@ -498,18 +498,10 @@ fn dock(dir: &Path) -> Result<PathBuf, PoolError> {
 }
 
 /// Starts restoring a replacement substrate without waiting for it: its monitor marks the
-/// slot `free` itself once docked (one that fails leaves its slot unmarked, with its
-/// `monitor.log`, and is cleared by the next activation or listing).
+/// slot `free` itself once docked; one that never docks leaves its slot unmarked with its
+/// `monitor.log`, and listings count it failed.
 fn dock_in_background(dir: &Path) -> Result<PathBuf, PoolError> {
-    let slot = new_slot(dir)?;
-    let spec = slot_spec(dir, &slot, true, None);
-    let spec = RestoreSpec {
-        ready_file: Some(slot.join("free")),
-        ..spec
-    };
-    monitor()?;
-    let log = std::fs::File::create(slot.join("monitor.log"))
-        .map_err(io(format!("creating {}/monitor.log", slot.display())))?;
+    let (slot, spec, log) = prepare_slot(dir, true, None, true)?;
     // Not waited for: it ends as the VM it becomes ends. Its pid tells a listing whether a
     // slot not marked yet is still starting.
     let child =
@@ -519,22 +511,27 @@ fn dock_in_background(dir: &Path) -> Result<PathBuf, PoolError> {
     Ok(slot)
 }
 
-fn new_slot(dir: &Path) -> Result<PathBuf, PoolError> {
+/// A new slot directory, the spec restoring the pool's snapshot into it (its monitor creating
+/// `free` itself once docked when `marks_itself`), and its monitor's log file.
+fn prepare_slot(
+    dir: &Path,
+    paused: bool,
+    activate: Option<String>,
+    marks_itself: bool,
+) -> Result<(PathBuf, RestoreSpec, std::fs::File), PoolError> {
+    monitor()?;
     let slots = dir.join("slots");
     std::fs::create_dir_all(&slots).map_err(io(format!("creating {}", slots.display())))?;
     let mut n = std::fs::read_dir(&slots).map_or(0, |d| d.count() as u32);
-    loop {
+    let slot = loop {
         let s = slots.join(n.to_string());
         match std::fs::create_dir(&s) {
-            Ok(()) => return Ok(s),
+            Ok(()) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
             Err(e) => return Err(io(format!("creating {}", s.display()))(e)),
         }
-    }
-}
-
-fn slot_spec(dir: &Path, slot: &Path, paused: bool, activate: Option<String>) -> RestoreSpec {
-    RestoreSpec {
+    };
+    let spec = RestoreSpec {
         dir: dir.join("snap"),
         run_dir: Some(slot.join("run")),
         api_socket: Some(slot.join("api.sock")),
@@ -542,18 +539,18 @@ fn slot_spec(dir: &Path, slot: &Path, paused: bool, activate: Option<String>) ->
         console: Some(Console::File(slot.join("console.log"))),
         paused,
         activate,
+        ready_file: marks_itself.then(|| slot.join("free")),
         ..Default::default()
-    }
+    };
+    let log = std::fs::File::create(slot.join("monitor.log"))
+        .map_err(io(format!("creating {}/monitor.log", slot.display())))?;
+    Ok((slot, spec, log))
 }
 
 /// A new slot with a monitor restored from the pool's snapshot: docked (paused, marked
 /// `free`) or activated at once with `activate` as the answer to the guest's `ready`.
 fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<PathBuf, PoolError> {
-    let slot = new_slot(dir)?;
-    let spec = slot_spec(dir, &slot, paused, activate);
-    monitor()?;
-    let log = std::fs::File::create(slot.join("monitor.log"))
-        .map_err(io(format!("creating {}/monitor.log", slot.display())))?;
+    let (slot, spec, log) = prepare_slot(dir, paused, activate, false)?;
     let started = crate::fork::start_restore(spec, log).map_err(io("starting a substrate"))?;
     started
         .wait(START_TIMEOUT)

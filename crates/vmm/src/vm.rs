@@ -283,12 +283,14 @@ impl Vm {
         self.start_paused = paused;
     }
 
-    /// A pipe to tell (4 bytes: the clone id) once the vCPUs run and the API answers; for
-    /// a held VM, once when it is ready to be released and again once it is.
+    /// A file to create when the VM is ready, as `set_ready_fd`'s pipe hears it (for a held
+    /// VM, once it is released).
     pub fn set_ready_file(&mut self, path: Option<PathBuf>) {
         self.ready_file = path;
     }
 
+    /// A pipe to tell (4 bytes: the clone id) once the vCPUs run and the API answers; for
+    /// a held VM, once when it is ready to be released and again once it is.
     pub fn set_ready_fd(&mut self, fd: Option<std::fs::File>) {
         self.ready_fd = fd;
     }
