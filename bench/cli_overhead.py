@@ -24,22 +24,13 @@ import sys
 import tempfile
 import time
 
-from vmbench import api, kvm_flavour, wait
+from vmbench import api, checked_out, kill_started, kvm_flavour, spawn, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 RUNS = int(os.environ.get("RUNS", "40"))
-STARTED = []
-
-
-def spawn(args):
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    STARTED.append(p)
-    return p
-
-
 def stop(sock, p):
     try:
         api(sock, "POST", "/v1/vm/stop")
@@ -165,16 +156,12 @@ def main():
         subprocess.run([STARLING, "pool", "rm", "warm", "--force"], env=env, check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
-        for p in STARTED:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_started()
         shutil.rmtree(work, ignore_errors=True)
 
     sizes = {b: os.path.getsize(os.path.join(BIN, b)) for b in ("starling", "starling-vmm", "starlingd")
              if os.path.exists(os.path.join(BIN, b))}
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = checked_out(ROOT)
     flavour = kvm_flavour()
     rows = [
         ("`vm restore` → API reports running", restores),

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from vmbench import api as http, ended, kvm_flavour, wait
+from vmbench import api as http, checked_out, ended, kill_started, kvm_flavour, spawn, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
@@ -46,17 +46,6 @@ RUNS = int(os.environ.get("RUNS", "20"))
 COPIES = int(os.environ.get("COPIES", "20"))
 COPY_ROUNDS = int(os.environ.get("COPY_ROUNDS", "5"))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "bench/results/vm-firecracker.md"))
-STARTED = []
-
-
-def spawn(args, **kw):
-    kw.setdefault("stdin", subprocess.DEVNULL)
-    kw.setdefault("stderr", subprocess.DEVNULL)
-    p = subprocess.Popen(args, **kw)
-    STARTED.append(p)
-    return p
-
-
 def end(p):
     if p.poll() is None:
         p.kill()
@@ -293,14 +282,10 @@ def main():
         end(sp)
         end(fp)
     finally:
-        for p in STARTED:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill_started()
         shutil.rmtree(work, ignore_errors=True)
 
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = checked_out(ROOT)
     flavour = kvm_flavour()
     listed = lambda xs: ", ".join(f"{x:.1f}" for x in xs)
     row = lambda name, pair, unit="ms": (

@@ -2,6 +2,7 @@
 import json
 import os
 import socket
+import subprocess
 import time
 
 
@@ -65,3 +66,30 @@ def ended(pid):
 
 def kvm_flavour():
     return next((k for k in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.exists(f"/sys/module/{k}")), "unknown")
+
+
+# Every monitor a bench started, so that a failing run leaves none behind (a spinning guest
+# would eat a core of whatever runs next): `kill_started` in the bench's `finally`.
+STARTED = []
+
+
+def spawn(args, **kw):
+    """Starts a process with no terminal I/O unless asked for, and remembers it."""
+    for stream in ("stdin", "stdout", "stderr"):
+        kw.setdefault(stream, subprocess.DEVNULL)
+    p = subprocess.Popen(args, **kw)
+    STARTED.append(p)
+    return p
+
+
+def kill_started():
+    for p in STARTED:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def checked_out(root):
+    """The checked-out commit, for a results file."""
+    return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
