@@ -117,6 +117,67 @@ pub struct RestoreArgs {
     /// relative disk layers are found)
     #[arg(long)]
     lazy: Option<String>,
+    /// Put network device DEVICE on another TAP (`net0=tap3`), or none (`net0=`) [default:
+    /// the snapshot's TAP]
+    #[arg(long = "tap", value_parser = parse_tap)]
+    taps: Vec<(String, String)>,
+}
+
+/// A `--net` value: no device, or one over a TAP.
+#[derive(Clone, Debug)]
+pub(crate) enum NetArg {
+    None,
+    Tap(starling_vmm::NetConfig),
+}
+
+const NET_FORMS: &str = "none or tap=NAME[,mac=MAC][,rx=RATE][,tx=RATE]";
+
+pub(crate) fn parse_net(s: &str) -> Result<NetArg, String> {
+    if s == "none" {
+        return Ok(NetArg::None);
+    }
+    let mut parts = s.split(',');
+    let Some(tap) = parts.next().and_then(|p| p.strip_prefix("tap=")) else {
+        return Err(format!("{s:?}: expected {NET_FORMS}"));
+    };
+    let mut n = starling_vmm::NetConfig {
+        tap: tap.to_owned(),
+        mac: None,
+        rx: None,
+        tx: None,
+    };
+    let rate = |v: &str| -> Result<starling_vmm::config::Limit, String> {
+        let bytes = crate::format::parse_size(v).map_err(|e| format!("{s:?}: {e}"))?;
+        Ok(starling_vmm::config::Limit::bytes_per_sec(bytes))
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("mac", v)) => n.mac = Some(v.parse()?),
+            Some(("rx", v)) => n.rx = Some(rate(v)?),
+            Some(("tx", v)) => n.tx = Some(rate(v)?),
+            _ => {
+                return Err(format!(
+                    "{s:?}: unknown option {p:?} (expected {NET_FORMS})"
+                ))
+            }
+        }
+    }
+    n.validate().map_err(|e| e.to_string())?;
+    Ok(NetArg::Tap(n))
+}
+
+fn parse_tap(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((dev, tap)) if dev.starts_with("net") && !dev[3..].is_empty() => {
+            if !tap.is_empty() {
+                starling_vmm::virtio::net::tap::check_name(tap)?;
+            }
+            Ok((dev.to_owned(), tap.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected DEVICE=TAP, e.g. net0=tap3 (or net0= for no TAP)"
+        )),
+    }
 }
 
 #[derive(Subcommand)]
@@ -181,6 +242,11 @@ pub struct RunArgs {
     /// No virtio-rng device
     #[arg(long)]
     no_rng: bool,
+    /// A network device: `none` (the default) or `tap=NAME[,mac=MAC][,rx=RATE][,tx=RATE]`
+    /// (an existing TAP, or one this process may create; RATE in bytes a second, e.g. 10M).
+    /// Repeatable: eth0, eth1, … in order
+    #[arg(long = "net", value_parser = parse_net)]
+    net: Vec<NetArg>,
     /// Serve the VMM API (state, pause, resume, stop) on this unix socket
     #[arg(long)]
     api_socket: Option<PathBuf>,
@@ -380,6 +446,7 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
         console: Some(console_arg(&a.console)?),
         run_dir: a.run_dir,
         lazy: a.lazy,
+        taps: a.taps.into_iter().collect(),
         ..Default::default()
     };
     exec_vmm("--restore-json", &serde_json::to_string(&spec)?)?;
@@ -468,6 +535,16 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
     }
     if a.vsock.is_some() {
         config.vsock = a.vsock;
+    }
+    if !a.net.is_empty() {
+        config.net = a
+            .net
+            .into_iter()
+            .filter_map(|n| match n {
+                NetArg::None => None,
+                NetArg::Tap(c) => Some(c),
+            })
+            .collect();
     }
     if a.api_socket.is_some() {
         config.api_socket = a.api_socket;

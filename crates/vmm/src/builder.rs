@@ -19,7 +19,9 @@ use crate::persist::Persist;
 use crate::service::{Identity, Services};
 use crate::snapshot::{self, kvm as kstate, DeviceInfo, VmInfo};
 use crate::spec::RestoreSpec;
-use crate::virtio::{blk::Block, fs::Fs, rng::Rng, vsock::Vsock, DeviceEnv, VirtioDevice};
+use crate::virtio::{
+    blk::Block, fs::Fs, net::Net, rng::Rng, vsock::Vsock, DeviceEnv, VirtioDevice,
+};
 use crate::vm::{Vm, VmParts, Wiring};
 use crate::{acpi, Error};
 
@@ -56,7 +58,8 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
     let identity = Identity::fresh(0, config.hostname.clone());
     let services = Services::new(identity, wake_event()?, exit.clone());
 
-    // Virtio devices: disks in order, then rng, vsock, file systems. One line per device kind.
+    // Virtio devices: disks in order, then rng, vsock, file systems, network devices. One
+    // line per device kind.
     let mut devices: Vec<(String, Box<dyn VirtioDevice>)> = Vec::new();
     for (i, d) in config.disks.iter().enumerate() {
         let disk = Block::open(&d.path, d.read_only).map_err(|e| Error::Disk {
@@ -78,6 +81,9 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
     }
     for (i, f) in config.fs.iter().enumerate() {
         devices.push((format!("fs{i}"), Box::new(Fs::new(f.clone())?)));
+    }
+    for (i, n) in config.net.iter().enumerate() {
+        devices.push((format!("net{i}"), Box::new(Net::new(n)?)));
     }
     let mut info = VmInfo {
         mem_mib: config.mem_mib,

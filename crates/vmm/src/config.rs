@@ -87,6 +87,162 @@ impl FsConfig {
     }
 }
 
+/// A bucket of `size` tokens refilled over `refill_ms` (so `size` per `refill_ms` on average,
+/// with bursts up to `size`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub size: u64,
+    pub refill_ms: u64,
+}
+
+/// One direction's limits: bytes, frames, or both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    #[serde(default)]
+    pub bandwidth: Option<Bucket>,
+    #[serde(default)]
+    pub ops: Option<Bucket>,
+}
+
+impl Limit {
+    /// A limit of `bytes_per_sec` bytes a second, with bursts of a second's worth.
+    pub fn bytes_per_sec(bytes_per_sec: u64) -> Limit {
+        Limit {
+            bandwidth: Some(Bucket {
+                size: bytes_per_sec,
+                refill_ms: 1000,
+            }),
+            ops: None,
+        }
+    }
+
+    pub fn validate(&self, what: &str) -> Result<(), String> {
+        for (name, b) in [("bandwidth", self.bandwidth), ("ops", self.ops)] {
+            if let Some(b) = b {
+                if b.size == 0 || b.refill_ms == 0 || b.refill_ms > 3_600_000 {
+                    return Err(format!(
+                        "{what} {name} limit: size must be above 0 and refill_ms between 1 \
+                         and 3600000 (got {} per {} ms)",
+                        b.size, b.refill_ms
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A network device (virtio-net) over a TAP on the host.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// The TAP interface (opened, or created if this process may and it does not exist).
+    pub tap: String,
+    /// The guest's MAC address [default: a random locally administered one].
+    #[serde(default)]
+    pub mac: Option<Mac>,
+    /// Limits on what the guest receives.
+    #[serde(default)]
+    pub rx: Option<Limit>,
+    /// Limits on what the guest sends.
+    #[serde(default)]
+    pub tx: Option<Limit>,
+}
+
+impl NetConfig {
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |reason: String| Err(Error::Invalid(format!("network device: {reason}")));
+        if let Err(e) = crate::virtio::net::tap::check_name(&self.tap) {
+            return bad(e);
+        }
+        if let Some(m) = &self.mac {
+            if m.0[0] & 1 != 0 {
+                return bad(format!("MAC {m} is a multicast address"));
+            }
+        }
+        for (what, l) in [("rx", &self.rx), ("tx", &self.tx)] {
+            if let Some(l) = l {
+                if let Err(e) = l.validate(what) {
+                    return bad(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An Ethernet address, written `02:00:00:00:00:01`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A random locally administered unicast address.
+    pub fn random() -> Mac {
+        let mut b = [0u8; 6];
+        let mut seed = blake3::Hasher::new();
+        seed.update(&std::process::id().to_le_bytes());
+        seed.update(&format!("{:?}", std::time::SystemTime::now()).into_bytes());
+        let mut r = [0u8; 8];
+        // SAFETY: the pointer and length describe `r`, which we own.
+        if unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) } == 8 {
+            seed.update(&r);
+        }
+        b.copy_from_slice(&seed.finalize().as_bytes()[..6]);
+        b[0] = (b[0] & 0xfe) | 0x02;
+        Mac(b)
+    }
+}
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mac, String> {
+        let mut b = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut b {
+            let p = parts.next().unwrap_or("");
+            if p.len() != 2 {
+                return Err(format!(
+                    "MAC {s:?}: expected six hex bytes like 02:00:00:00:00:01"
+                ));
+            }
+            *byte = u8::from_str_radix(p, 16)
+                .map_err(|_| format!("MAC {s:?}: expected six hex bytes like 02:00:00:00:00:01"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!(
+                "MAC {s:?}: expected six hex bytes like 02:00:00:00:00:01"
+            ));
+        }
+        Ok(Mac(b))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -106,6 +262,9 @@ pub struct VmConfig {
     /// Image versions served as file systems (the first one is usually the root).
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// Network devices, in order (eth0, eth1, … in the guest).
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     #[serde(default = "default_true")]
     pub rng: bool,
     #[serde(default = "default_console")]
@@ -156,6 +315,7 @@ impl VmConfig {
             disks: Vec::new(),
             vsock: None,
             fs: Vec::new(),
+            net: Vec::new(),
             rng: true,
             console: Console::Stdio,
             api_socket: None,
@@ -222,10 +382,18 @@ impl VmConfig {
             }
         }
         check_hostname(&self.hostname)?;
-        if self.disks.len() + 2 > crate::layout::VIRTIO_IRQS.len() {
+        for n in &self.net {
+            n.validate()?;
+        }
+        let devices = self.disks.len() + self.net.len() + self.fs.len() + 2;
+        if devices > crate::layout::VIRTIO_IRQS.len() {
             return Err(Error::Invalid(format!(
-                "{} disks are too many",
-                self.disks.len()
+                "{} disks, {} network devices and {} file systems are too many devices \
+                 (at most {} in all)",
+                self.disks.len(),
+                self.net.len(),
+                self.fs.len(),
+                crate::layout::VIRTIO_IRQS.len() - 2
             )));
         }
         Ok(())

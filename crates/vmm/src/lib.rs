@@ -42,7 +42,7 @@ pub mod vm;
 use std::path::PathBuf;
 
 pub use api::{CloneInfo, ForkInfo, SnapshotInfo, VmStatus};
-pub use config::{Console, DiskConfig, VmConfig, VsockConfig};
+pub use config::{Console, DiskConfig, Mac, NetConfig, VmConfig, VsockConfig};
 pub use exit::ExitReason;
 pub use flavour::Flavour;
 pub use spec::RestoreSpec;
@@ -56,6 +56,8 @@ pub enum Error {
     Initrd { path: PathBuf, reason: String },
     #[error("disk {path}: {reason}")]
     Disk { path: PathBuf, reason: String },
+    #[error("network device (TAP {tap}): {reason}")]
+    Net { tap: String, reason: String },
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
     #[error("VM config {path}: {reason}")]

@@ -135,6 +135,7 @@ impl Machine {
         let line = IrqLine::new(self.irqfd(irq)?);
         let events = device.event_source();
         let counters = device.fs_counters();
+        let net = device.net_figures();
         let mem = self.ram.mem.clone();
         let transport = match state {
             None => MmioTransport::new(device, mem, line),
@@ -162,6 +163,7 @@ impl Machine {
             },
             events,
             counters,
+            net,
         });
         Ok(())
     }
@@ -187,6 +189,8 @@ pub struct VirtioSlot {
     pub events: Option<Arc<Epoll>>,
     /// A file-system device's figures (see `VirtioDevice::fs_counters`).
     pub counters: Option<crate::virtio::FsFigures>,
+    /// A network device's identity and counters (see `VirtioDevice::net_figures`).
+    pub net: Option<crate::virtio::NetFigures>,
 }
 
 impl Devices {
@@ -200,6 +204,14 @@ impl Devices {
         self.virtio
             .iter()
             .filter_map(|s| Some((s.id.clone(), s.counters.clone()?)))
+            .collect()
+    }
+
+    /// The network devices' figures, by device name.
+    pub fn net_figures(&self) -> Vec<(String, crate::virtio::NetFigures)> {
+        self.virtio
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), s.net.clone()?)))
             .collect()
     }
 

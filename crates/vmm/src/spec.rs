@@ -57,6 +57,12 @@ pub struct RestoreSpec {
     /// BLAKE3) instead of `dir`, each page when the guest first touches it.
     #[serde(default)]
     pub lazy: Option<String>,
+    /// A TAP for each network device named here (`net0` → `tap3`; an empty name leaves the
+    /// device detached, link down). Devices not named keep the snapshot's TAP, except in a
+    /// clone, whose devices are detached unless named (two VMs on one TAP would see each
+    /// other's frames).
+    #[serde(default)]
+    pub taps: std::collections::BTreeMap<String, String>,
     /// The daemon's object socket for image roots (virtio-fs), when it is not where the
     /// snapshot's host had it.
     #[serde(default)]

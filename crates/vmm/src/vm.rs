@@ -89,6 +89,7 @@ pub struct Shared {
     wake: Arc<EventFd>,
     pub services: Arc<Services>,
     fs_counters: Vec<(String, crate::virtio::FsFigures)>,
+    net_figures: Vec<(String, crate::virtio::NetFigures)>,
 }
 
 impl Shared {
@@ -109,6 +110,27 @@ impl Shared {
                     busy_us: u64::try_from(busy.as_micros()).unwrap_or(u64::MAX),
                     largest_read: f.requests.largest_read(),
                     ops,
+                }
+            })
+            .collect()
+    }
+
+    pub fn net_stats(&self) -> Vec<crate::api::NetStats> {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.net_figures
+            .iter()
+            .map(|(device, f)| {
+                let c = &f.counters;
+                crate::api::NetStats {
+                    device: device.clone(),
+                    tap: f.tap.clone(),
+                    mac: f.mac.to_string(),
+                    rx_frames: c.rx_frames.load(Relaxed),
+                    rx_bytes: c.rx_bytes.load(Relaxed),
+                    tx_frames: c.tx_frames.load(Relaxed),
+                    tx_bytes: c.tx_bytes.load(Relaxed),
+                    dropped: c.dropped.load(Relaxed),
+                    bad_chains: c.bad_chains.load(Relaxed),
                 }
             })
             .collect()
@@ -153,6 +175,7 @@ impl VmHandle {
             lazy: s.lazy.as_ref().map(|l| l.snapshot()),
             guest_ready: s.services.guest_ready(),
             fs: s.fs_stats(),
+            net: s.net_stats(),
         }
     }
 
@@ -261,6 +284,7 @@ impl Vm {
             wake: p.services.wake.clone(),
             services: p.services.clone(),
             fs_counters: p.machine.devices.fs_counters(),
+            net_figures: p.machine.devices.net_figures(),
         });
         Vm {
             machine: p.machine,

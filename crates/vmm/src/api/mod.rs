@@ -54,6 +54,26 @@ pub struct VmStatus {
     /// Each virtio-fs device's figures since this monitor started.
     #[serde(default)]
     pub fs: Vec<FsStats>,
+    /// Each network device: its TAP, MAC and traffic since this monitor started.
+    #[serde(default)]
+    pub net: Vec<NetStats>,
+}
+
+/// A network device's figures.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetStats {
+    pub device: String,
+    /// The TAP it is on (none: detached, link down).
+    pub tap: Option<String>,
+    pub mac: String,
+    pub rx_frames: u64,
+    pub rx_bytes: u64,
+    pub tx_frames: u64,
+    pub tx_bytes: u64,
+    /// Frames lost: no guest buffer for them, detached, or refused by the TAP.
+    pub dropped: u64,
+    /// Descriptor chains from the guest that broke the device's rules.
+    pub bad_chains: u64,
 }
 
 /// A virtio-fs device's figures: what the guest read through it, and where the objects

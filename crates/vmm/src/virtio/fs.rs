@@ -441,7 +441,7 @@ impl VirtioDevice for Fs {
             *b = cfg.get(offset as usize + i).copied().unwrap_or(0);
         }
     }
-    fn activate(&mut self, _irq: super::IrqLine) {
+    fn activate(&mut self, _irq: super::IrqLine, _features: u64) {
         if self.work.is_none() {
             self.start_workers();
         }

@@ -150,7 +150,7 @@ impl MmioTransport {
                 mem: self.mem.clone(),
                 queues: std::mem::take(&mut self.queues),
             });
-            self.device.activate(self.irq.clone());
+            self.device.activate(self.irq.clone(), self.driver_features);
         }
         self.status = v;
     }
@@ -362,7 +362,7 @@ impl<'a> Persist<'a> for MmioTransport {
                 mem: t.mem.clone(),
                 queues,
             });
-            t.device.activate(t.irq.clone());
+            t.device.activate(t.irq.clone(), t.driver_features);
         } else {
             t.queues = queues;
         }

@@ -6,6 +6,7 @@ pub mod blk;
 pub mod fs;
 pub mod layers;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod state;
 pub mod vsock;
@@ -24,6 +25,7 @@ use crate::spec::RestoreSpec;
 
 pub use mmio::MmioTransport;
 
+pub const TYPE_NET: u32 = net::TYPE_NET;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
@@ -159,6 +161,14 @@ pub struct FsFigures {
     pub requests: Arc<fs::Requests>,
 }
 
+/// A network device's identity and counters, for the VM's status.
+#[derive(Clone)]
+pub struct NetFigures {
+    pub tap: Option<String>,
+    pub mac: crate::config::Mac,
+    pub counters: Arc<net::NetCounters>,
+}
+
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     fn queue_sizes(&self) -> &[u16];
@@ -166,8 +176,8 @@ pub trait VirtioDevice: Send {
     fn features(&self) -> u64;
     fn read_config(&self, offset: u64, data: &mut [u8]);
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// The driver set DRIVER_OK; `irq` stays valid until reset.
-    fn activate(&mut self, _irq: IrqLine) {}
+    /// The driver set DRIVER_OK having accepted `features`; `irq` stays valid until reset.
+    fn activate(&mut self, _irq: IrqLine, _features: u64) {}
     /// The driver notified queue `index`; returns whether used buffers were added.
     fn notify(&mut self, index: usize, q: &mut Queues) -> Result<bool, QueueBroken>;
     /// The device's own event source fired (host-side input); returns whether used buffers
@@ -185,6 +195,10 @@ pub trait VirtioDevice: Send {
     /// A file-system device's figures: bytes the guest read, and the object bytes behind them
     /// fetched from the origin or read from the host cache (the VM's status shows them).
     fn fs_counters(&self) -> Option<FsFigures> {
+        None
+    }
+    /// A network device's TAP, MAC and counters (the VM's status shows them).
+    fn net_figures(&self) -> Option<NetFigures> {
         None
     }
     /// The device as its own type (its snapshot state is saved by type, `state.rs`).

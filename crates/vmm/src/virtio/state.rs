@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::mmio::TransportState;
-use super::{blk, fs, rng, vsock, DeviceEnv, VirtioDevice};
+use super::{blk, fs, net, rng, vsock, DeviceEnv, VirtioDevice};
 use crate::persist::{Persist, SaveContext};
 use crate::Error;
 
@@ -57,6 +57,8 @@ virtio_devices! {
     Vsock(vsock::Vsock),
     /// virtio-fs: the image it serves, the file system's numbering and handles.
     Fs(fs::Fs),
+    /// virtio-net: its MAC, TAP name and rate limits.
+    Net(net::Net),
 }
 
 #[cfg(test)]

@@ -913,6 +913,165 @@ static void fs_hostile(u64 file, u64 fh) {
     else { puts("fs after-hostile getattr"); fs_attr(&a); puts("\n"); }
 }
 
+
+/* ---- virtio-net: answers ARP for its address, ICMP echo and UDP echo (port 7) until a UDP
+ * datagram says "quit". With `netmrg` it takes mergeable receive buffers of 1024 bytes
+ * (frames span several); with `nethostile` it first sends chains that break the rules. ---- */
+#define NET_HDR 12
+#define NET_BUFS 8
+static u64 net_base;
+static struct vq *net_rxq, *net_txq;
+static u8 net_mac[6];
+static u8 net_ip[4] = {10, 77, 0, 2};
+static u32 net_buf_len;
+static u8 net_rx[NET_BUFS][2048] __attribute__((aligned(64)));
+static u8 net_tx[2048] __attribute__((aligned(64)));
+static u8 net_frame[8192];
+
+static void net_post_rx(int slot) {
+    net_rxq->d[slot] = (struct desc){(u64)net_rx[slot], net_buf_len, F_WRITE, 0};
+    net_rxq->avail_ring[net_rxq->avail_idx % QSIZE] = slot;
+    barrier();
+    net_rxq->avail_idx++;
+    barrier();
+    mw(net_base + QUEUE_NOTIFY, 0);
+}
+
+/* Sends `len` bytes of frame (after the header) from net_tx; returns the used length or -1. */
+static long net_send_chain(struct desc *chain, int n) {
+    for (int i = 0; i < n; i++) {
+        net_txq->d[i] = chain[i];
+        if (i + 1 < n) { net_txq->d[i].flags |= F_NEXT; net_txq->d[i].next = i + 1; }
+    }
+    vq_post(net_base, net_txq, 0);
+    return vq_wait(net_txq, 10000000);
+}
+
+static void net_send(u32 len) {
+    memset_(net_tx, 0, NET_HDR);
+    struct desc d = {(u64)net_tx, NET_HDR + len, 0, 0};
+    net_send_chain(&d, 1);
+}
+
+static u16 csum(const u8 *p, u32 n, u32 sum) {
+    for (u32 i = 0; i + 1 < n; i += 2) sum += (p[i] << 8) | p[i + 1];
+    if (n & 1) sum += p[n - 1] << 8;
+    while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+    return ~sum;
+}
+
+/* Receives one frame (however many buffers it took) into net_frame; its length or -1. */
+static long net_recv(long spins) {
+    long len = vq_wait(net_rxq, spins);
+    if (len < 0) return -1;
+    u16 slot = net_rxq->used_ring[(u16)(net_rxq->last_used - 1) % QSIZE].id;
+    u16 nbufs = net_rx[slot][10] | (net_rx[slot][11] << 8);
+    if (len < NET_HDR || nbufs == 0) { puts("net: short rx buffer "); putdec(len); puts("\n"); net_post_rx(slot); return 0; }
+    u32 at = 0;
+    for (u16 b = 0;;) {
+        if (at + len > sizeof net_frame) return -1;
+        memcpy_(net_frame + at, net_rx[slot], len);
+        at += len;
+        net_post_rx(slot);
+        if (++b == nbufs) break;
+        len = vq_wait(net_rxq, spins);
+        if (len < 0) return -1;
+        slot = net_rxq->used_ring[(u16)(net_rxq->last_used - 1) % QSIZE].id;
+    }
+    return at - NET_HDR;
+}
+
+static void net_hostile(void) {
+    /* 1: a device-writable descriptor in a TX chain; 2: shorter than the header; 3: outside
+     * guest memory; 4: longer than any frame. Each must come back used, and nothing else. */
+    struct desc c1[2] = {{(u64)net_tx, NET_HDR, 0, 0}, {(u64)net_tx + 64, 64, F_WRITE, 0}};
+    struct desc c2 = {(u64)net_tx, 4, 0, 0};
+    struct desc c3 = {0xfff000000000UL, 1500, 0, 0};
+    struct desc c4[2] = {{(u64)fs_data, 40000, 0, 0}, {(u64)fs_data, 40000, 0, 0}};
+    long r1 = net_send_chain(c1, 2), r2 = net_send_chain(&c2, 1), r3 = net_send_chain(&c3, 1),
+         r4 = net_send_chain(c4, 2);
+    puts("net: hostile tx used "); putdec(r1 >= 0); putdec(r2 >= 0); putdec(r3 >= 0); putdec(r4 >= 0);
+    puts("\n");
+}
+
+static void net_mode(const char *cmd) {
+    net_base = find_device(1);
+    if (!net_base) { puts("net: none\n"); return; }
+    int mrg = has_word(cmd, "netmrg");
+    net_buf_len = mrg ? 1024 : 2048;
+    /* Features: MAC (5), STATUS (16), and MRG_RXBUF (15) if asked; no offloads. */
+    mw(net_base + STATUS, 0);
+    mw(net_base + STATUS, 1);
+    mw(net_base + STATUS, 1 | 2);
+    mw(net_base + DEV_FEATURES_SEL, 0);
+    u32 offered = mr(net_base + DEV_FEATURES);
+    mw(net_base + DRV_FEATURES_SEL, 0);
+    mw(net_base + DRV_FEATURES, offered & ((1u << 5) | (1u << 16) | (mrg ? 1u << 15 : 0)));
+    mw(net_base + DRV_FEATURES_SEL, 1); mw(net_base + DRV_FEATURES, 1);
+    mw(net_base + STATUS, 1 | 2 | 8);
+    if (!(mr(net_base + STATUS) & 8)) { puts("net: features refused\n"); return; }
+    net_rxq = &queues[nqueues++]; vq_init(net_base, 0, net_rxq);
+    net_txq = &queues[nqueues++]; vq_init(net_base, 1, net_txq);
+    mw(net_base + STATUS, 1 | 2 | 8 | 4);
+    for (int i = 0; i < 6; i++) net_mac[i] = *(volatile u8 *)(net_base + CONFIG + i);
+    u16 status = *(volatile u16 *)(net_base + CONFIG + 6);
+    puts("net: mac ");
+    for (int i = 0; i < 6; i++) { puthex(net_mac[i], 2); if (i < 5) putc(':'); }
+    puts(" link "); puts(status & 1 ? "up" : "down"); puts(mrg ? " mergeable\n" : "\n");
+    if (has_word(cmd, "nethostile")) net_hostile();
+    for (int i = 0; i < NET_BUFS; i++) net_post_rx(i);
+    puts("net: serving\n");
+    for (;;) {
+        long n = net_recv(2000000000L);
+        if (n < 0) { puts("net: receive timed out\n"); return; }
+        u8 *f = net_frame + NET_HDR;
+        u8 *t = net_tx + NET_HDR;
+        if (n < 14) continue;
+        u16 type = (f[12] << 8) | f[13];
+        if (type == 0x0806 && n >= 42 && f[21] == 1 && f[38] == net_ip[0] && f[39] == net_ip[1] &&
+            f[40] == net_ip[2] && f[41] == net_ip[3]) {
+            memcpy_(t, f + 6, 6); memcpy_(t + 6, net_mac, 6); t[12] = 8; t[13] = 6;
+            memcpy_(t + 14, f + 14, 6); t[20] = 0; t[21] = 2;              /* ARP reply */
+            memcpy_(t + 22, net_mac, 6); memcpy_(t + 28, net_ip, 4);       /* sender: us */
+            memcpy_(t + 32, f + 22, 10);                                   /* target: them */
+            net_send(42);
+            puts("net: arp reply\n");
+            continue;
+        }
+        if (type != 0x0800 || n < 34) continue;
+        u8 *ip = f + 14;
+        u32 ihl = (ip[0] & 15) * 4;
+        u32 total = (ip[2] << 8) | ip[3];
+        if (ihl < 20 || total > n - 14 || total < ihl + 8 || total + 14 > sizeof net_tx - NET_HDR) continue;
+        if (ip[16] != net_ip[0] || ip[17] != net_ip[1] || ip[18] != net_ip[2] || ip[19] != net_ip[3]) continue;
+        memcpy_(t, f + 6, 6); memcpy_(t + 6, net_mac, 6); t[12] = 8; t[13] = 0;
+        u8 *oip = t + 14;
+        memcpy_(oip, ip, total);
+        memcpy_(oip + 12, ip + 16, 4); memcpy_(oip + 16, ip + 12, 4);
+        oip[8] = 64; oip[10] = 0; oip[11] = 0;
+        u16 c = csum(oip, ihl, 0); oip[10] = c >> 8; oip[11] = c;
+        u8 *l4 = oip + ihl;
+        if (ip[9] == 1 && l4[0] == 8) {                                    /* echo request */
+            l4[0] = 0; l4[2] = 0; l4[3] = 0;
+            c = csum(l4, total - ihl, 0); l4[2] = c >> 8; l4[3] = c;
+            net_send(14 + total);
+            puts("net: ping seq "); putdec((l4[6] << 8) | l4[7]); puts(" "); putdec(total - ihl - 8); puts(" bytes\n");
+        } else if (ip[9] == 17 && l4[2] == 0 && l4[3] == 7) {              /* UDP echo */
+            u8 p0 = l4[0], p1 = l4[1];
+            l4[0] = 0; l4[1] = 7; l4[2] = p0; l4[3] = p1; l4[6] = 0; l4[7] = 0;
+            u32 plen = total - ihl - 8;
+            if (plen == 4 && l4[8] == 'q' && l4[9] == 'u' && l4[10] == 'i' && l4[11] == 't') {
+                net_send(14 + total);
+                puts("net: quit\n");
+                return;
+            }
+            net_send(14 + total);
+            u64 sum = 0; for (u32 i = 0; i < plen; i++) sum += l4[8 + i];
+            puts("net: udp echo "); putdec(plen); puts(" bytes sum "); putdec(sum); puts("\n");
+        }
+    }
+}
+
 /* fs: the protocol over the image the test imported (tests/virtiofs.rs builds the tree). */
 static void fs_mode(const char *cmd) {
     if (fs_setup(cmd)) return;
@@ -1054,6 +1213,7 @@ void guest_main(u64 boot_info, u64 pvh) {
     if (has_word(cmd, "blk")) test_blk(cmd);
     if (has_word(cmd, "rng")) test_rng();
     if (has_word(cmd, "vsock")) test_vsock(cmd);
+    if (has_word(cmd, "net")) net_mode(cmd);
     puts("guest done\n");
     if (has_word(cmd, "poweroff")) outb(0x600, (5 << 2) | (1 << 5));
     if (has_word(cmd, "reset")) outb(0x64, 0xfe);

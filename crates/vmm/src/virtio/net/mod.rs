@@ -1,0 +1,570 @@
+//! virtio-net over a TAP, in userspace (the host kernel may have no vhost-net): each frame
+//! crosses with its 12-byte virtio-net header, which the TAP speaks too, so checksum and
+//! segmentation offloads (CSUM, TSO4/6 both ways) and mergeable receive buffers cost no
+//! copy beyond the one between guest memory and the TAP. Every chain the guest posts is
+//! checked (direction, length, addresses); a bad one is returned unused and counted, never
+//! read past, and only bytes the TAP returned for this frame reach the guest.
+//!
+//! A device may have no backend ("detached": link down, frames dropped), as a clone's has
+//! until it is given a TAP of its own.
+
+pub mod limiter;
+pub mod tap;
+
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use vm_memory::{Bytes, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::{write_to_chain, Chain, DeviceEnv, IrqLine, QueueBroken, Queues, VirtioDevice};
+use crate::config::{Limit, Mac, NetConfig};
+use crate::persist::{Persist, SaveContext};
+use crate::Error;
+use limiter::Limiter;
+
+pub const TYPE_NET: u32 = 1;
+
+/// The virtio-net header with VIRTIO_F_VERSION_1 (num_buffers always present).
+pub const HDR_LEN: usize = 12;
+/// The largest frame either way: a 64 KiB GSO frame, its Ethernet and VLAN headers and ours.
+pub const MAX_FRAME: usize = HDR_LEN + 65_535 + 14 + 4;
+const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+
+pub const F_CSUM: u64 = 1 << 0;
+pub const F_GUEST_CSUM: u64 = 1 << 1;
+pub const F_MAC: u64 = 1 << 5;
+pub const F_GUEST_TSO4: u64 = 1 << 7;
+pub const F_GUEST_TSO6: u64 = 1 << 8;
+pub const F_GUEST_ECN: u64 = 1 << 9;
+pub const F_HOST_TSO4: u64 = 1 << 11;
+pub const F_HOST_TSO6: u64 = 1 << 12;
+pub const F_HOST_ECN: u64 = 1 << 13;
+pub const F_MRG_RXBUF: u64 = 1 << 15;
+pub const F_STATUS: u64 = 1 << 16;
+
+const HDR_F_NEEDS_CSUM: u8 = 1;
+const GSO_NONE: u8 = 0;
+const GSO_TCPV4: u8 = 1;
+const GSO_TCPV6: u8 = 4;
+const GSO_ECN: u8 = 0x80;
+
+/// Epoll tokens.
+const TAP_TOKEN: u64 = 1;
+const TIMER_TOKEN: u64 = 2;
+
+/// What the device has passed and dropped, for the VM's status.
+#[derive(Debug, Default)]
+pub struct NetCounters {
+    pub rx_frames: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_frames: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// Frames the TAP gave that no guest buffer could hold, or that the TAP refused.
+    pub dropped: AtomicU64,
+    /// Chains that broke the device's rules (direction, length, addresses).
+    pub bad_chains: AtomicU64,
+}
+
+impl NetCounters {
+    fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub struct Net {
+    tap_name: Option<String>,
+    /// The TAP (or, for tests, any descriptor that passes one frame per read and write).
+    backend: Option<File>,
+    is_tap: bool,
+    mac: Mac,
+    limits: (Option<Limit>, Option<Limit>),
+    rx_limiter: Option<Limiter>,
+    tx_limiter: Option<Limiter>,
+    epoll: Arc<Epoll>,
+    timer: Timer,
+    acked: u64,
+    /// A frame read from the TAP and not yet delivered (no buffers, or no tokens).
+    rx_frame: Vec<u8>,
+    rx_len: usize,
+    tx_buf: Vec<u8>,
+    /// TX chains wait for tokens: the timer will run the queue again.
+    tx_waiting: bool,
+    counters: Arc<NetCounters>,
+}
+
+impl Net {
+    /// A device over TAP `config.tap` (see [`tap::open`] for its errors).
+    pub fn new(config: &NetConfig) -> Result<Net, Error> {
+        config.validate()?;
+        let file = tap::open(&config.tap).map_err(|reason| Error::Net {
+            tap: config.tap.clone(),
+            reason,
+        })?;
+        let mut n = Net::with_backend(
+            Some(file),
+            config.mac.unwrap_or_else(Mac::random),
+            (config.rx, config.tx),
+        )?;
+        n.tap_name = Some(config.tap.clone());
+        n.is_tap = true;
+        Ok(n)
+    }
+
+    /// A device over `backend` (None: detached), which must pass one frame, header first,
+    /// per read and write, and be non-blocking.
+    pub fn with_backend(
+        backend: Option<File>,
+        mac: Mac,
+        limits: (Option<Limit>, Option<Limit>),
+    ) -> Result<Net, Error> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |e| Error::Io {
+                what: format!("network device: {what}"),
+                source: e,
+            }
+        };
+        let epoll = Epoll::new().map_err(io("epoll"))?;
+        let timer = Timer::new().map_err(io("timer"))?;
+        if let Some(f) = &backend {
+            // Edge-triggered: a full guest queue must not make the event thread spin; reading
+            // resumes when the guest posts buffers (a notify) or tokens are back (the timer).
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    f.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TAP_TOKEN),
+                )
+                .map_err(io("epoll"))?;
+        }
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                timer.0.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, TIMER_TOKEN),
+            )
+            .map_err(io("epoll"))?;
+        Ok(Net {
+            tap_name: None,
+            backend,
+            is_tap: false,
+            mac,
+            limits,
+            rx_limiter: limits.0.as_ref().map(Limiter::new),
+            tx_limiter: limits.1.as_ref().map(Limiter::new),
+            epoll: Arc::new(epoll),
+            timer,
+            acked: 0,
+            rx_frame: vec![0; MAX_FRAME],
+            rx_len: 0,
+            tx_buf: Vec::with_capacity(MAX_FRAME),
+            tx_waiting: false,
+            counters: Arc::default(),
+        })
+    }
+
+    pub fn mac(&self) -> Mac {
+        self.mac
+    }
+
+    pub fn tap_name(&self) -> Option<&str> {
+        self.tap_name.as_deref()
+    }
+
+    pub fn counters(&self) -> Arc<NetCounters> {
+        self.counters.clone()
+    }
+
+    fn has(&self, f: u64) -> bool {
+        self.acked & f != 0
+    }
+
+    /// Sends what the guest queued, until the queue is empty or the limiter says wait.
+    fn process_tx(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
+        let mut used = false;
+        self.tx_waiting = false;
+        while let Some(chain) = q.pop_one(TX) {
+            let frame = match self.read_tx_chain(&q.mem, &chain) {
+                Ok(len) => len,
+                Err(()) => {
+                    NetCounters::add(&self.counters.bad_chains, 1);
+                    q.add_used(TX, chain.head, 0)?;
+                    used = true;
+                    continue;
+                }
+            };
+            if let Some(l) = self.tx_limiter.as_mut() {
+                if let Err(wait) = l.admit((frame - HDR_LEN) as u64) {
+                    q.undo_pop(TX);
+                    self.tx_waiting = true;
+                    self.timer.arm(wait);
+                    break;
+                }
+            }
+            match self
+                .backend
+                .as_mut()
+                .map(|b| b.write(&self.tx_buf[..frame]))
+            {
+                Some(Ok(_)) => {
+                    NetCounters::add(&self.counters.tx_frames, 1);
+                    NetCounters::add(&self.counters.tx_bytes, (frame - HDR_LEN) as u64);
+                }
+                // Detached, a full TAP queue or a frame the host refused: dropped, as a wire
+                // would.
+                _ => NetCounters::add(&self.counters.dropped, 1),
+            }
+            q.add_used(TX, chain.head, 0)?;
+            used = true;
+        }
+        Ok(used)
+    }
+
+    /// Gathers a TX chain into `tx_buf`; its length, or Err for a chain that breaks the rules
+    /// (device-writable parts, shorter than the header, longer than a frame, outside memory,
+    /// offloads the driver did not negotiate).
+    fn read_tx_chain(&mut self, mem: &GuestMemoryMmap, chain: &Chain) -> Result<usize, ()> {
+        let mut total = 0usize;
+        for d in &chain.descs {
+            if d.is_write_only() {
+                return Err(());
+            }
+            total = total.checked_add(d.len() as usize).ok_or(())?;
+            if total > MAX_FRAME {
+                return Err(());
+            }
+        }
+        if total < HDR_LEN {
+            return Err(());
+        }
+        self.tx_buf.resize(total, 0);
+        let mut at = 0;
+        for d in &chain.descs {
+            let n = d.len() as usize;
+            mem.read_slice(&mut self.tx_buf[at..at + n], d.addr())
+                .map_err(|_| ())?;
+            at += n;
+        }
+        let flags = self.tx_buf[0];
+        let gso = self.tx_buf[1];
+        if flags & HDR_F_NEEDS_CSUM != 0 && !self.has(F_CSUM) {
+            return Err(());
+        }
+        let allowed = match gso & !GSO_ECN {
+            GSO_NONE => true,
+            GSO_TCPV4 => self.has(F_HOST_TSO4),
+            GSO_TCPV6 => self.has(F_HOST_TSO6),
+            _ => false,
+        };
+        if !allowed || (gso & GSO_ECN != 0 && !self.has(F_HOST_ECN)) {
+            return Err(());
+        }
+        // num_buffers means nothing on the way out.
+        self.tx_buf[10] = 0;
+        self.tx_buf[11] = 0;
+        Ok(total)
+    }
+
+    /// Delivers frames from the TAP while the guest has buffers and the limiter allows.
+    fn process_rx(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
+        let mut used = false;
+        loop {
+            if self.rx_len == 0 {
+                let Some(b) = self.backend.as_mut() else {
+                    break;
+                };
+                match b.read(&mut self.rx_frame) {
+                    Ok(n) if n < HDR_LEN => {
+                        NetCounters::add(&self.counters.dropped, 1);
+                        continue;
+                    }
+                    Ok(n) => self.rx_len = n,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    // WouldBlock: drained (the edge-triggered epoll fires on new frames).
+                    Err(_) => break,
+                }
+            }
+            if let Some(l) = self.rx_limiter.as_mut() {
+                if let Err(wait) = l.admit((self.rx_len - HDR_LEN) as u64) {
+                    self.timer.arm(wait);
+                    break;
+                }
+            }
+            match self.deliver(q)? {
+                Delivery::Done => {
+                    NetCounters::add(&self.counters.rx_frames, 1);
+                    NetCounters::add(&self.counters.rx_bytes, (self.rx_len - HDR_LEN) as u64);
+                    used = true;
+                }
+                Delivery::Dropped => {
+                    NetCounters::add(&self.counters.dropped, 1);
+                    used = true;
+                }
+                Delivery::NoBuffers => break,
+            }
+            self.rx_len = 0;
+        }
+        Ok(used)
+    }
+
+    /// Writes the pending frame into one chain, or (mergeable buffers) as many as it takes.
+    fn deliver(&mut self, q: &mut Queues) -> Result<Delivery, QueueBroken> {
+        let len = self.rx_len;
+        let mergeable = self.has(F_MRG_RXBUF);
+        let mut chains: Vec<(Chain, usize)> = Vec::new();
+        let mut room = 0usize;
+        while room < len {
+            let Some(chain) = q.pop_one(RX) else {
+                for _ in 0..chains.len() {
+                    q.undo_pop(RX);
+                }
+                return Ok(Delivery::NoBuffers);
+            };
+            let cap = chain
+                .descs
+                .iter()
+                .filter(|d| d.is_write_only())
+                .fold(0usize, |a, d| a.saturating_add(d.len() as usize));
+            let first_too_small = chains.is_empty() && cap < HDR_LEN;
+            if cap == 0 || first_too_small || (!mergeable && cap < len) {
+                // A buffer that cannot hold (the start of) a frame: returned empty, and
+                // without mergeable buffers the frame is lost, as on a wire.
+                NetCounters::add(&self.counters.bad_chains, u64::from(cap < HDR_LEN));
+                q.add_used(RX, chain.head, 0)?;
+                if !mergeable || !chains.is_empty() {
+                    for (c, _) in chains {
+                        q.add_used(RX, c.head, 0)?;
+                    }
+                    return Ok(Delivery::Dropped);
+                }
+                continue;
+            }
+            room = room.saturating_add(cap);
+            chains.push((chain, cap));
+            if !mergeable {
+                break;
+            }
+        }
+        let count = chains.len() as u16;
+        self.rx_frame[10..12].copy_from_slice(&count.to_le_bytes());
+        let mut at = 0;
+        for (chain, cap) in &chains {
+            let n = (*cap).min(len - at);
+            let written =
+                write_to_chain(&q.mem, &chain.descs, 0, &self.rx_frame[at..at + n]).unwrap_or(0);
+            if written != n {
+                NetCounters::add(&self.counters.bad_chains, 1);
+            }
+            q.add_used(RX, chain.head, written as u32)?;
+            at += n;
+        }
+        Ok(Delivery::Done)
+    }
+
+    fn config_space(&self) -> [u8; 8] {
+        let mut c = [0u8; 8];
+        c[..6].copy_from_slice(&self.mac.0);
+        let link_up: u16 = u16::from(self.backend.is_some());
+        c[6..8].copy_from_slice(&link_up.to_le_bytes());
+        c
+    }
+}
+
+enum Delivery {
+    Done,
+    Dropped,
+    NoBuffers,
+}
+
+impl VirtioDevice for Net {
+    fn as_any(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+    fn device_type(&self) -> u32 {
+        TYPE_NET
+    }
+    fn queue_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+    fn features(&self) -> u64 {
+        let offloads = if self.is_tap || self.backend.is_none() {
+            F_CSUM
+                | F_GUEST_CSUM
+                | F_GUEST_TSO4
+                | F_GUEST_TSO6
+                | F_GUEST_ECN
+                | F_HOST_TSO4
+                | F_HOST_TSO6
+                | F_HOST_ECN
+        } else {
+            0
+        };
+        offloads | F_MAC | F_MRG_RXBUF | F_STATUS
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::blk::read_config_bytes(&self.config_space(), offset, data);
+    }
+    fn activate(&mut self, _irq: IrqLine, features: u64) {
+        self.acked = features;
+        if let (true, Some(f)) = (self.is_tap, &self.backend) {
+            let mut flags = 0;
+            if self.has(F_GUEST_CSUM) {
+                flags |= tap::TUN_F_CSUM;
+                if self.has(F_GUEST_TSO4) {
+                    flags |= tap::TUN_F_TSO4;
+                }
+                if self.has(F_GUEST_TSO6) {
+                    flags |= tap::TUN_F_TSO6;
+                }
+                if self.has(F_GUEST_ECN) && flags & (tap::TUN_F_TSO4 | tap::TUN_F_TSO6) != 0 {
+                    flags |= tap::TUN_F_TSO_ECN;
+                }
+            }
+            // A TAP that refuses keeps the safe default (no offloads): frames arrive whole.
+            let _ = tap::set_offload(f, flags);
+        }
+    }
+    fn notify(&mut self, index: usize, q: &mut Queues) -> Result<bool, QueueBroken> {
+        match index {
+            TX => self.process_tx(q),
+            // New receive buffers: a frame may have been waiting for them.
+            RX => self.process_rx(q),
+            _ => Ok(false),
+        }
+    }
+    fn backend(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
+        self.timer.clear();
+        let mut used = false;
+        if self.tx_waiting {
+            used |= self.process_tx(q)?;
+        }
+        used |= self.process_rx(q)?;
+        Ok(used)
+    }
+    fn event_source(&self) -> Option<Arc<Epoll>> {
+        Some(self.epoll.clone())
+    }
+    fn net_figures(&self) -> Option<super::NetFigures> {
+        Some(super::NetFigures {
+            tap: self.tap_name.clone(),
+            mac: self.mac,
+            counters: self.counters.clone(),
+        })
+    }
+    fn reset(&mut self) {
+        self.acked = 0;
+        self.rx_len = 0;
+        self.tx_waiting = false;
+        self.timer.disarm();
+        self.timer.clear();
+        if let (true, Some(f)) = (self.is_tap, &self.backend) {
+            let _ = tap::set_offload(f, 0);
+        }
+    }
+}
+
+/// A non-blocking timerfd that wakes the device's event thread when tokens are back.
+struct Timer(File);
+
+impl Timer {
+    fn new() -> std::io::Result<Timer> {
+        // SAFETY: plain syscall; the returned descriptor is checked and then owned by the File.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a new descriptor nothing else owns.
+        Ok(Timer(unsafe {
+            <File as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+
+    fn arm(&self, after: Duration) {
+        let after = after.max(Duration::from_micros(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(after.subsec_nanos() as i32),
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec for the call; the old value is not asked for.
+        unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    }
+
+    fn disarm(&self) {
+        // SAFETY: an all-zero itimerspec disarms the timer; the old value is not asked for.
+        let spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+        // SAFETY: `spec` is valid for the call.
+        unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+    }
+
+    fn clear(&mut self) {
+        let mut b = [0u8; 8];
+        let _ = self.0.read(&mut b);
+    }
+}
+
+/// What a network device keeps across a snapshot: its MAC, its TAP's name and its limits.
+/// Frames in flight are not kept (a wire loses them too).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NetState {
+    pub tap: Option<String>,
+    pub mac: [u8; 6],
+    pub rx: Option<Limit>,
+    pub tx: Option<Limit>,
+}
+
+impl<'a> Persist<'a> for Net {
+    type State = NetState;
+    type Args = &'a DeviceEnv<'a>;
+
+    fn save(&mut self, _ctx: &SaveContext) -> Result<NetState, Error> {
+        Ok(NetState {
+            tap: self.tap_name.clone(),
+            mac: self.mac.0,
+            rx: self.limits.0,
+            tx: self.limits.1,
+        })
+    }
+
+    /// The same TAP by name, unless the restore names another; a clone keeps none unless
+    /// given one (two VMs on one TAP would see each other's frames), and gets a MAC of its
+    /// own.
+    fn restore(env: &'a DeviceEnv<'a>, s: &NetState) -> Result<Net, Error> {
+        let clone = env.spec.clone_id.is_some();
+        let given = env.spec.taps.get(env.id).cloned();
+        let tap = match given {
+            Some(t) if t.is_empty() => None,
+            Some(t) => Some(t),
+            None if clone => None,
+            None => s.tap.clone(),
+        };
+        let mac = if clone { Mac::random() } else { Mac(s.mac) };
+        match tap {
+            Some(name) => Net::new(&NetConfig {
+                tap: name,
+                mac: Some(mac),
+                rx: s.rx,
+                tx: s.tx,
+            }),
+            None => Net::with_backend(None, mac, (s.rx, s.tx)),
+        }
+    }
+}
