@@ -70,6 +70,80 @@ pub fn virtio_queue(data: &[u8]) -> Outcome {
     outcome
 }
 
+/// The frame the virtio-net fuzz entry's backend offers the guest: a virtio-net header and a
+/// 1514-byte Ethernet frame whose byte K is K % 251.
+pub fn net_rx_frame() -> Vec<u8> {
+    let mut f = vec![0u8; crate::virtio::net::HDR_LEN];
+    f.extend((0..1514u32).map(|k| (k % 251) as u8));
+    f
+}
+
+/// Input layout as [`virtio_queue`]'s; byte 0 picks the queue and features: bit 0 set = the
+/// receive queue (the backend has [`net_rx_frame`] waiting), clear = transmit; bit 1 =
+/// mergeable receive buffers; bit 2 = checksum and TSO offloads accepted.
+pub fn virtio_net(data: &[u8]) -> Outcome {
+    use crate::virtio::net::{self, Net};
+    let mut outcome = Outcome::default();
+    let Some((&which, rest)) = data.split_first() else {
+        return outcome;
+    };
+    let Some((&size_exp, rest)) = rest.split_first() else {
+        return outcome;
+    };
+    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
+        return outcome;
+    };
+    let n = rest.len().min(MEM_SIZE - 0x1000);
+    if mem.write_slice(&rest[..n], GuestAddress(DESC)).is_err() {
+        return outcome;
+    }
+    let size = 1u16 << (size_exp % 9);
+    let Some(mut queues) = queues(&mem, size, 2) else {
+        return outcome;
+    };
+    let Ok((ours, peer)) = std::os::unix::net::UnixDatagram::pair() else {
+        return outcome;
+    };
+    if ours.set_nonblocking(true).is_err() || peer.set_nonblocking(true).is_err() {
+        return outcome;
+    }
+    let backend = std::fs::File::from(std::os::fd::OwnedFd::from(ours));
+    let Ok(mut dev) = Net::with_backend(
+        Some(backend),
+        crate::config::Mac([2, 0, 0, 0, 0, 1]),
+        (None, None),
+    ) else {
+        return outcome;
+    };
+    let mut features = crate::virtio::VIRTIO_F_VERSION_1;
+    if which & 2 != 0 {
+        features |= net::F_MRG_RXBUF;
+    }
+    if which & 4 != 0 {
+        features |= net::F_CSUM | net::F_HOST_TSO4 | net::F_HOST_TSO6 | net::F_GUEST_CSUM;
+    }
+    let irq = crate::virtio::IrqLine::new(
+        match vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK) {
+            Ok(e) => e,
+            Err(_) => return outcome,
+        },
+    );
+    dev.activate(irq, features);
+    let result = if which & 1 != 0 {
+        let _ = peer.send(&net_rx_frame());
+        dev.notify(0, &mut queues)
+    } else {
+        dev.notify(1, &mut queues)
+    };
+    outcome.broken = result.is_err();
+    let mut buf = vec![0u8; net::MAX_FRAME];
+    while let Ok(n) = peer.recv(&mut buf) {
+        outcome.sent.push(buf[..n].to_vec());
+    }
+    read_back(&mem, size, &mut outcome);
+    outcome
+}
+
 /// `n` queues of `size` over the one ring layout (descriptors at 0x1000, available ring at
 /// 0x3000, used ring at 0x4000); None if that layout does not fit.
 fn queues(mem: &GuestMemoryMmap, size: u16, n: usize) -> Option<Queues> {
@@ -213,6 +287,8 @@ pub struct Outcome {
     pub broken: bool,
     pub memory: Vec<u8>,
     pub popped: u16,
+    /// virtio-net: the frames (header first) the device passed to its backend.
+    pub sent: Vec<Vec<u8>>,
 }
 
 /// Fuzz entry for the snapshot state decoder: `data` as a whole state file, and `data` as the

@@ -568,3 +568,81 @@ impl<'a> Persist<'a> for Net {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixDatagram;
+
+    use super::*;
+    use crate::spec::RestoreSpec;
+    use crate::virtio::ServiceHandler;
+
+    fn pair() -> (File, UnixDatagram) {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        (File::from(std::os::fd::OwnedFd::from(a)), b)
+    }
+
+    fn restored(state: &NetState, spec: &RestoreSpec) -> Net {
+        let dir = std::env::temp_dir();
+        let service: ServiceHandler = Arc::new(|_, _, _| {});
+        let env = DeviceEnv {
+            id: "net0",
+            snapshot_dir: &dir,
+            run_dir: &dir,
+            spec,
+            service: &service,
+        };
+        Net::restore(&env, state).unwrap()
+    }
+
+    #[test]
+    fn restores_keep_the_mac_and_clones_get_their_own_and_no_tap() {
+        let (f, _peer) = pair();
+        let limit = Some(Limit::bytes_per_sec(1 << 20));
+        let mut n = Net::with_backend(Some(f), "02:00:00:00:00:07".parse().unwrap(), (limit, None))
+            .unwrap();
+        let state = n.save(&SaveContext::default()).unwrap();
+        assert_eq!(state.mac, [2, 0, 0, 0, 0, 7]);
+        assert_eq!(state.rx, limit);
+        // Without a TAP in the state, a plain restore is detached with the same MAC.
+        let back = restored(&state, &RestoreSpec::default());
+        assert_eq!(back.mac().to_string(), "02:00:00:00:00:07");
+        assert_eq!(back.config_space()[6..8], [0, 0], "link down when detached");
+        // A clone of a VM on a TAP does not take the TAP, and has a MAC of its own.
+        let on_tap = NetState {
+            tap: Some("tap-of-parent".into()),
+            ..state.clone()
+        };
+        let spec = RestoreSpec {
+            clone_id: Some(3),
+            ..Default::default()
+        };
+        let clone = restored(&on_tap, &spec);
+        assert!(clone.tap_name().is_none());
+        assert_ne!(clone.mac().0, state.mac);
+        assert_eq!(clone.mac().0[0] & 3, 2, "locally administered unicast");
+        // The restore may take the device off its TAP by name.
+        let spec = RestoreSpec {
+            taps: [("net0".to_string(), String::new())].into(),
+            ..Default::default()
+        };
+        assert!(restored(&on_tap, &spec).tap_name().is_none());
+        // Naming a TAP that cannot be opened fails the restore by the TAP's name.
+        let spec = RestoreSpec {
+            taps: [("net0".to_string(), "no/such".to_string())].into(),
+            ..Default::default()
+        };
+        let dir = std::env::temp_dir();
+        let service: ServiceHandler = Arc::new(|_, _, _| {});
+        let env = DeviceEnv {
+            id: "net0",
+            snapshot_dir: &dir,
+            run_dir: &dir,
+            spec: &spec,
+            service: &service,
+        };
+        let e = Net::restore(&env, &on_tap).err().unwrap().to_string();
+        assert!(e.contains("\"no/such\""), "{e}");
+    }
+}
