@@ -9,6 +9,21 @@ if grep -qE '(^| )starling[.]pool( |$)' /proc/cmdline; then
   echo "inner: pool $answer hostname $(hostname) urandom $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
   exit 0
 fi
+if grep -qE '(^| )starling[.]net( |$)' /proc/cmdline; then
+  # virtio-net: a static address on eth0, a file served over HTTP (8080) and files taken
+  # with nc (9000), their MD5s printed.
+  ip link set lo up
+  ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
+  echo "inner: net eth0 $(cat /sys/class/net/eth0/address) features $(cat /sys/bus/virtio/drivers/virtio_net/virtio*/features)"
+  mkdir -p /www && head -c 2000000 /dev/urandom > /www/blob
+  echo "inner: net blob $(md5sum < /www/blob | cut -c1-32) $(wc -c < /www/blob)"
+  httpd -p 8080 -h /www
+  echo "inner: net serving"
+  while :; do
+    nc -l -p 9000 > /tmp/up
+    echo "inner: net upload $(md5sum < /tmp/up | cut -c1-32) $(wc -c < /tmp/up)"
+  done
+fi
 if grep -qE '(^| )starling[.]agent( |$)' /proc/cmdline; then
   echo 3 > /proc/sys/vm/drop_caches
   echo "inner: agent $(/bin/starling-agent identity)"

@@ -344,6 +344,50 @@ scenario_hold() {
   wait $daemon
 }
 
+scenario_net() {
+  # virtio-net: the Debian guest on a TAP of this host. The host pings it, fetches a file
+  # from its httpd and sends it one with nc (TCP both ways, with the offloads its driver
+  # took); snapshot --stop and restore in a new monitor on the same TAP: the guest keeps its
+  # address and takes new connections. A clone of it comes up off the TAP.
+  tunctl -t tap0 > /dev/null && ip addr add 10.77.0.1/24 dev tap0 && ip link set tap0 up
+  STARLING_VM_QUIET=1 /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img \
+    --api-socket /tmp/n.api --mem 256M --console /tmp/net.log --net tap=tap0,mac=02:00:0a:4d:00:02 \
+    --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.net" &
+  vm=$!
+  i=0
+  until grep -q "inner: net serving" /tmp/net.log 2>/dev/null || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done
+  grep 'inner: net' /tmp/net.log | tr -d '\r' | sed 's/^/host: net guest /'
+  echo "host: net ping $(timeout 30 ping -c 3 -W 5 10.77.0.2 2>&1 | grep 'packets')"
+  fetch() { # WHAT
+    rm -f /tmp/got
+    timeout 60 wget -q -O /tmp/got http://10.77.0.2:8080/blob 2>&1 | sed "s/^/host: net $1 wget: /"
+    echo "host: net $1 http $(md5sum < /tmp/got | cut -c1-32) $(wc -c < /tmp/got)"
+  }
+  fetch first
+  head -c 1000000 /dev/urandom > /tmp/up
+  echo "host: net sent $(md5sum < /tmp/up | cut -c1-32)"
+  timeout 60 nc 10.77.0.2 9000 < /tmp/up
+  i=0
+  until grep -q "inner: net upload" /tmp/net.log || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+  grep 'inner: net upload' /tmp/net.log | tr -d '\r' | sed 's/^/host: net guest /'
+  timeout 60 /bin/starling vm fork /tmp/n.api -n 1 --dir /tmp/nforks > /dev/null 2>&1
+  echo "host: net clone status $(timeout 20 /bin/starling vm status /tmp/nforks/clone-1/api.sock)"
+  timeout 20 /bin/starling vm stop /tmp/nforks/clone-1/api.sock
+  echo "host: net status $(timeout 20 /bin/starling vm status /tmp/n.api)"
+  timeout 60 /bin/starling vm snapshot /tmp/n.api /tmp/nsnap --stop 2>&1 | sed 's/^/host: net snapshot: /'
+  wait_for $vm 20
+  STARLING_VM_QUIET=1 /bin/starling vm restore /tmp/nsnap --api-socket /tmp/nr.api \
+    --console /tmp/net-restored.log &
+  vm=$!
+  i=0
+  until [ -S /tmp/nr.api ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
+  echo "host: net restored ping $(timeout 30 ping -c 2 -W 5 10.77.0.2 2>&1 | grep 'packets')"
+  fetch restored
+  timeout 20 /bin/starling vm stop /tmp/nr.api
+  wait_for $vm 20
+  echo "host: net restored vm exit status $?"
+}
+
 run_scenario() { # NAME SECONDS
   echo "host: scenario $1 begins"
   ( "scenario_$1" ) &

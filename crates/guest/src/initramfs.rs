@@ -12,13 +12,14 @@ use crate::cpio::CpioWriter;
 use crate::modules::ModuleTree;
 use crate::Error;
 
-/// Modules for the devices Starling's VMM gives a guest: virtio-mmio transport, block, rng
-/// and vsock.
+/// Modules for the devices Starling's VMM gives a guest: virtio-mmio transport, block, rng,
+/// vsock and network.
 pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_mmio",
     "virtio_blk",
     "virtio_rng",
     "vmw_vsock_virtio_transport",
+    "virtio_net",
 ];
 
 /// The line /init prints first: boot-time measurements stop at it.
