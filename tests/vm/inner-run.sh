@@ -12,9 +12,15 @@ fi
 if grep -qE '(^| )starling[.]net( |$)' /proc/cmdline; then
   # virtio-net: a static address on eth0, a file served over HTTP (8080) and files taken
   # with nc (9000), their MD5s printed.
+  # (On Starling's network, --net nat, the initramfs has configured eth0 from ip=.)
   ip link set lo up
-  ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
+  if ! ip -4 addr show dev eth0 | grep -q inet; then
+    ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up
+  fi
   echo "inner: net eth0 $(cat /sys/class/net/eth0/address) features $(cat /sys/bus/virtio/drivers/virtio_net/virtio*/features)"
+  echo "inner: net addr $(ip -4 -o addr show dev eth0 | awk '{print $4}') route $(ip route | grep default)"
+  gw=$(ip route | awk '/default/ {print $3}')
+  [ -n "$gw" ] && echo "inner: net gateway $(ping -c 1 -W 5 "$gw" > /dev/null 2>&1 && echo answers || echo silent)"
   mkdir -p /www && head -c 2000000 /dev/urandom > /www/blob
   echo "inner: net blob $(md5sum < /www/blob | cut -c1-32) $(wc -c < /www/blob)"
   httpd -p 8080 -h /www

@@ -386,6 +386,26 @@ scenario_net() {
   timeout 20 /bin/starling vm stop /tmp/nr.api
   wait_for $vm 20
   echo "host: net restored vm exit status $?"
+  # --net nat: Starling's bridge, an address from its leases handed over as ip=, which the
+  # initramfs applies; the host reaches the guest's httpd at that address, the guest its
+  # gateway; the VM's TAP goes with it.
+  /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img \
+    --api-socket /tmp/nn.api --mem 256M --console /tmp/nat.log --net nat -p 8088:8080 \
+    --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.net" 2> /tmp/nat.err &
+  vm=$!
+  i=0
+  until grep -q "inner: net serving" /tmp/nat.log 2>/dev/null || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done
+  echo "host: nat said $(cat /tmp/nat.err)"
+  grep -E 'starling-initramfs: eth0|inner: net (addr|gateway|blob)' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
+  addr=$(sed -n 's/.*inner: net addr \([0-9.]*\).*/\1/p' /tmp/nat.log | head -1)
+  rm -f /tmp/got
+  timeout 60 wget -q -O /tmp/got "http://$addr:8080/blob" 2>&1 | sed 's/^/host: nat wget: /'
+  echo "host: nat http $(md5sum < /tmp/got | cut -c1-32) $(wc -c < /tmp/got)"
+  echo "host: nat bridge ports $(ip -o link show master starling0 | awk -F': ' '{print $2}' | tr '\n' ' ')"
+  timeout 20 /bin/starling vm stop /tmp/nn.api
+  wait_for $vm 20
+  echo "host: nat vm exit status $?"
+  echo "host: nat tap after the VM: $(ip link show stap1 > /dev/null 2>&1 && echo still there || echo gone)"
 }
 
 run_scenario() { # NAME SECONDS

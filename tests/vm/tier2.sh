@@ -83,7 +83,7 @@ else
     rm -f run.img && mkfs.ext4 -q -F -d run-disk run.img 2G
   fi
 
-  "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel,virtio_pci,virtio_blk,tun \
+  "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel,virtio_pci,virtio_blk,tun,bridge,nf_tables,nft_chain_nat,nft_nat,nft_masq \
     --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" \
     --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/vmlinux:/vm/vmlinux" --add "$work/inner.img:/vm/inner.img" \
     --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \

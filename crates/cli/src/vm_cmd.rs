@@ -127,14 +127,17 @@ pub struct RestoreArgs {
 #[derive(Clone, Debug)]
 pub(crate) enum NetArg {
     None,
+    Nat,
     Tap(starling_vmm::NetConfig),
 }
 
-const NET_FORMS: &str = "none or tap=NAME[,mac=MAC][,rx=RATE][,tx=RATE]";
+const NET_FORMS: &str = "none, nat or tap=NAME[,mac=MAC][,rx=RATE][,tx=RATE]";
 
 pub(crate) fn parse_net(s: &str) -> Result<NetArg, String> {
-    if s == "none" {
-        return Ok(NetArg::None);
+    match s {
+        "none" => return Ok(NetArg::None),
+        "nat" => return Ok(NetArg::Nat),
+        _ => {}
     }
     let mut parts = s.split(',');
     let Some(tap) = parts.next().and_then(|p| p.strip_prefix("tap=")) else {
@@ -145,6 +148,7 @@ pub(crate) fn parse_net(s: &str) -> Result<NetArg, String> {
         mac: None,
         rx: None,
         tx: None,
+        owned: false,
     };
     let rate = |v: &str| -> Result<starling_vmm::config::Limit, String> {
         let bytes = crate::format::parse_size(v).map_err(|e| format!("{s:?}: {e}"))?;
@@ -242,11 +246,16 @@ pub struct RunArgs {
     /// No virtio-rng device
     #[arg(long)]
     no_rng: bool,
-    /// A network device: `none` (the default) or `tap=NAME[,mac=MAC][,rx=RATE][,tx=RATE]`
-    /// (an existing TAP, or one this process may create; RATE in bytes a second, e.g. 10M).
+    /// A network device: `none` (the default), `nat` (Starling's bridge: an address of the
+    /// VM's own, outbound NAT, `-p` ports; needs root) or
+    /// `tap=NAME[,mac=MAC][,rx=RATE][,tx=RATE]` (your TAP; RATE in bytes a second, e.g. 10M).
     /// Repeatable: eth0, eth1, … in order
     #[arg(long = "net", value_parser = parse_net)]
     net: Vec<NetArg>,
+    /// Publish a guest port on the host, as HOSTPORT:GUESTPORT[/tcp|/udp] (with --net nat;
+    /// repeatable)
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<starling_net::Publish>,
     /// Serve the VMM API (state, pause, resume, stop) on this unix socket
     #[arg(long)]
     api_socket: Option<PathBuf>,
@@ -515,6 +524,59 @@ fn vsock(cmd: VsockCmd) -> Result<ExitCode> {
     }
 }
 
+/// The network devices `--net` asks for; `nat` puts the VM on Starling's network (its
+/// address on the kernel command line as `ip=`, which Starling's initramfs applies).
+fn net_devices(
+    args: Vec<NetArg>,
+    publish: &[starling_net::Publish],
+    config: &mut VmConfig,
+) -> Result<Vec<starling_vmm::NetConfig>> {
+    let nats = args.iter().filter(|n| matches!(n, NetArg::Nat)).count();
+    if nats > 1 {
+        bail!("--net nat may be given once: a VM has one address on Starling's network");
+    }
+    if nats == 0 && !publish.is_empty() {
+        bail!("-p publishes a port of a VM on Starling's network: add --net nat");
+    }
+    let mut devices = Vec::new();
+    for n in args {
+        match n {
+            NetArg::None => {}
+            NetArg::Tap(c) => devices.push(c),
+            NetArg::Nat => {
+                let att = starling_net::attach(std::process::id(), publish)?;
+                if std::env::var_os("STARLING_VM_QUIET").is_none() {
+                    let ports: Vec<String> = publish.iter().map(|p| p.to_string()).collect();
+                    eprintln!(
+                        "starling: VM address {} on {} ({}){}",
+                        att.address,
+                        starling_net::BRIDGE,
+                        att.tap,
+                        if ports.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", publishing {}", ports.join(" "))
+                        }
+                    );
+                }
+                config.cmdline = format!(
+                    "{} {}",
+                    config.cmdline,
+                    att.kernel_ip_param(&config.hostname)
+                );
+                devices.push(starling_vmm::NetConfig {
+                    tap: att.tap.clone(),
+                    mac: None,
+                    rx: None,
+                    tx: None,
+                    owned: true,
+                });
+            }
+        }
+    }
+    Ok(devices)
+}
+
 fn run_vm(a: RunArgs) -> Result<ExitCode> {
     let mut config = match &a.config {
         Some(p) => VmConfig::from_file(p)?,
@@ -537,14 +599,9 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
         config.vsock = a.vsock;
     }
     if !a.net.is_empty() {
-        config.net = a
-            .net
-            .into_iter()
-            .filter_map(|n| match n {
-                NetArg::None => None,
-                NetArg::Tap(c) => Some(c),
-            })
-            .collect();
+        config.net = net_devices(a.net, &a.publish, &mut config)?;
+    } else if !a.publish.is_empty() {
+        bail!("-p publishes a port of a VM on Starling's network: add --net nat");
     }
     if a.api_socket.is_some() {
         config.api_socket = a.api_socket;

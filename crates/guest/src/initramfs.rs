@@ -27,7 +27,7 @@ pub const INIT_MARKER: &str = "starling-initramfs: /init started";
 
 const DEFAULT_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox echo "starling-initramfs: /init started"
-/bin/busybox mkdir -p /proc /sys /dev /tmp /mnt /run /bin /sbin
+/bin/busybox mkdir -p /proc /sys /dev /tmp /mnt /run /bin /sbin /etc
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -36,6 +36,26 @@ for m in $(cat /etc/starling/modules); do
   insmod /lib/modules/$m.ko || echo "starling-initramfs: insmod $m failed"
 done
 echo "starling-initramfs: modules loaded"
+# The kernel's ip=ADDR::GATEWAY:NETMASK:HOST:DEV:off[:DNS0[:DNS1]] (what `--net nat` adds),
+# applied here: the kernel's own autoconfiguration runs before virtio_net is loaded.
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    ip=*::*)
+      old_ifs=$IFS; IFS=:; set -- ${arg#ip=}; IFS=$old_ifs
+      addr=$1 gw=$3 mask=$4 host=$5 dev=${6:-eth0} dns0=$8 dns1=$9
+      ip link set lo up
+      if ifconfig "$dev" "$addr" netmask "$mask" up; then
+        [ -n "$gw" ] && ip route add default via "$gw" dev "$dev"
+        [ -n "$host" ] && hostname "$host"
+        : > /etc/resolv.conf
+        for d in $dns0 $dns1; do echo "nameserver $d" >> /etc/resolv.conf; done
+        echo "starling-initramfs: $dev $addr via ${gw:-no gateway}"
+      else
+        echo "starling-initramfs: could not configure $dev as $addr"
+      fi
+      ;;
+  esac
+done
 if [ -x /etc/starling/run ]; then
   /etc/starling/run
   echo "starling-initramfs: run ended with status $?"

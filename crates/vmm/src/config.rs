@@ -149,6 +149,10 @@ pub struct NetConfig {
     /// Limits on what the guest sends.
     #[serde(default)]
     pub tx: Option<Limit>,
+    /// The TAP was made for this VM (`--net nat`): the monitor makes it non-persistent once
+    /// it holds it, so that it goes away with the monitor.
+    #[serde(default)]
+    pub owned: bool,
 }
 
 impl NetConfig {

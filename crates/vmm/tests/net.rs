@@ -91,6 +91,7 @@ fn config(kernel: &Path, cmdline: &str, dir: &Path, tap: &str, mac: &str) -> VmC
         mac: Some(mac.parse().unwrap()),
         rx: None,
         tx: None,
+        owned: false,
     });
     c
 }

@@ -923,6 +923,8 @@ static u64 net_base;
 static struct vq *net_rxq, *net_txq;
 static u8 net_mac[6];
 static u8 net_ip[4] = {10, 77, 0, 2};
+static u8 net_gw[4] = {10, 77, 0, 1};
+static u8 net_gw_mac[6];
 static u32 net_buf_len;
 static u8 net_rx[NET_BUFS][2048] __attribute__((aligned(64)));
 static u8 net_tx[2048] __attribute__((aligned(64)));
@@ -981,6 +983,80 @@ static long net_recv(long spins) {
     return at - NET_HDR;
 }
 
+
+/* Parses a dotted quad at s into out; returns the character after it, or 0. */
+static const char *parse_ip(const char *s, u8 *out) {
+    for (int i = 0; i < 4; i++) {
+        u32 v = 0; int digits = 0;
+        while (*s >= '0' && *s <= '9') { v = v * 10 + (*s++ - '0'); digits++; }
+        if (!digits || v > 255) return 0;
+        out[i] = v;
+        if (i < 3) { if (*s != '.') return 0; s++; }
+    }
+    return s;
+}
+
+static void putip(const u8 *ip) {
+    for (int i = 0; i < 4; i++) { putdec(ip[i]); if (i < 3) putc('.'); }
+}
+
+/* Takes the address and gateway from the kernel's ip=ADDR::GW:MASK:... parameter. */
+static void net_parse_ip_param(const char *cmd) {
+    for (const char *s = cmd; *s; s++) {
+        if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "ip=")) {
+            u8 a[4], g[4];
+            const char *r = parse_ip(s + 3, a);
+            if (!r || r[0] != ':' || r[1] != ':') return;
+            r = parse_ip(r + 2, g);
+            if (!r) return;
+            memcpy_(net_ip, a, 4); memcpy_(net_gw, g, 4);
+            return;
+        }
+    }
+}
+
+static long net_recv(long spins);
+
+/* Asks for the gateway's MAC (ARP), answering nothing else meanwhile; 0 on success. */
+static int net_arp_gateway(void) {
+    u8 *t = net_tx + NET_HDR;
+    for (int tries = 0; tries < 5; tries++) {
+        memset_(t, 0xff, 6); memcpy_(t + 6, net_mac, 6); t[12] = 8; t[13] = 6;
+        t[14] = 0; t[15] = 1; t[16] = 8; t[17] = 0; t[18] = 6; t[19] = 4; t[20] = 0; t[21] = 1;
+        memcpy_(t + 22, net_mac, 6); memcpy_(t + 28, net_ip, 4);
+        memset_(t + 32, 0, 6); memcpy_(t + 38, net_gw, 4);
+        net_send(42);
+        for (int k = 0; k < 20; k++) {
+            long n = net_recv(50000000L);
+            if (n < 0) break;
+            u8 *f = net_frame + NET_HDR;
+            if (n >= 42 && f[12] == 8 && f[13] == 6 && f[21] == 2 && f[28] == net_gw[0] &&
+                f[29] == net_gw[1] && f[30] == net_gw[2] && f[31] == net_gw[3]) {
+                memcpy_(net_gw_mac, f + 22, 6);
+                return 0;
+            }
+        }
+    }
+    return -1;
+}
+
+/* Sends a UDP datagram from port 4000 to dst:port through the gateway. */
+static void net_udp_to(const u8 *dst, u16 port, const char *msg, u32 len) {
+    u8 *t = net_tx + NET_HDR;
+    memcpy_(t, net_gw_mac, 6); memcpy_(t + 6, net_mac, 6); t[12] = 8; t[13] = 0;
+    u8 *ip = t + 14;
+    u32 total = 20 + 8 + len;
+    memset_(ip, 0, 20);
+    ip[0] = 0x45; ip[2] = total >> 8; ip[3] = total; ip[8] = 64; ip[9] = 17;
+    memcpy_(ip + 12, net_ip, 4); memcpy_(ip + 16, dst, 4);
+    u16 c = csum(ip, 20, 0); ip[10] = c >> 8; ip[11] = c;
+    u8 *u = ip + 20;
+    u[0] = 4000 >> 8; u[1] = 4000 & 255; u[2] = port >> 8; u[3] = port; u[4] = (8 + len) >> 8; u[5] = 8 + len;
+    u[6] = 0; u[7] = 0;
+    memcpy_(u + 8, msg, len);
+    net_send(14 + total);
+}
+
 static void net_hostile(void) {
     /* 1: a device-writable descriptor in a TX chain; 2: shorter than the header; 3: outside
      * guest memory; 4: longer than any frame. Each must come back used, and nothing else. */
@@ -1019,7 +1095,19 @@ static void net_mode(const char *cmd) {
     for (int i = 0; i < 6; i++) { puthex(net_mac[i], 2); if (i < 5) putc(':'); }
     puts(" link "); puts(status & 1 ? "up" : "down"); puts(mrg ? " mergeable\n" : "\n");
     if (has_word(cmd, "nethostile")) net_hostile();
+    net_parse_ip_param(cmd);
+    puts("net: address "); putip(net_ip); puts(" gateway "); putip(net_gw); puts("\n");
     for (int i = 0; i < NET_BUFS; i++) net_post_rx(i);
+    for (const char *s = cmd; *s; s++)
+        if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "netsend=")) {
+            u8 dst[4];
+            const char *r = parse_ip(s + 8, dst);
+            if (!r || *r != ':') break;
+            u16 port = parse_dec(r + 1);
+            if (net_arp_gateway()) { puts("net: no answer from the gateway\n"); break; }
+            net_udp_to(dst, port, "hello from the guest", 20);
+            puts("net: sent to "); putip(dst); puts("\n");
+        }
     puts("net: serving\n");
     for (;;) {
         long n = net_recv(2000000000L);
@@ -1056,6 +1144,11 @@ static void net_mode(const char *cmd) {
             c = csum(l4, total - ihl, 0); l4[2] = c >> 8; l4[3] = c;
             net_send(14 + total);
             puts("net: ping seq "); putdec((l4[6] << 8) | l4[7]); puts(" "); putdec(total - ihl - 8); puts(" bytes\n");
+        } else if (ip[9] == 17 && l4[2] == 4000 >> 8 && l4[3] == (4000 & 255)) {
+            puts("net: udp from "); putip(ip + 12); puts(":"); putdec((l4[0] << 8) | l4[1]);
+            puts(" says \"");
+            for (u32 i = 8; i < total - ihl && i < 72; i++) putc(l4[i]);
+            puts("\"\n");
         } else if (ip[9] == 17 && l4[2] == 0 && l4[3] == 7) {              /* UDP echo */
             u8 p0 = l4[0], p1 = l4[1];
             l4[0] = 0; l4[1] = 7; l4[2] = p0; l4[3] = p1; l4[6] = 0; l4[7] = 0;

@@ -86,6 +86,8 @@ pub struct Net {
     is_tap: bool,
     mac: Mac,
     limits: (Option<Limit>, Option<Limit>),
+    /// The TAP was made for this VM by `--net nat` (it goes with the monitor).
+    owned: bool,
     rx_limiter: Option<Limiter>,
     tx_limiter: Option<Limiter>,
     epoll: Arc<Epoll>,
@@ -108,6 +110,12 @@ impl Net {
             tap: config.tap.clone(),
             reason,
         })?;
+        if config.owned {
+            tap::set_persist(&file, false).map_err(|e| Error::Net {
+                tap: config.tap.clone(),
+                reason: format!("taking it over: {e}"),
+            })?;
+        }
         let mut n = Net::with_backend(
             Some(file),
             config.mac.unwrap_or_else(Mac::random),
@@ -115,6 +123,7 @@ impl Net {
         )?;
         n.tap_name = Some(config.tap.clone());
         n.is_tap = true;
+        n.owned = config.owned;
         Ok(n)
     }
 
@@ -158,6 +167,7 @@ impl Net {
             is_tap: false,
             mac,
             limits,
+            owned: false,
             rx_limiter: limits.0.as_ref().map(Limiter::new),
             tx_limiter: limits.1.as_ref().map(Limiter::new),
             epoll: Arc::new(epoll),
@@ -526,6 +536,10 @@ impl Timer {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct NetState {
     pub tap: Option<String>,
+    /// The TAP was made for the VM (`--net nat`) and went with its monitor: a restore does
+    /// not make one of that name, which would be on no network.
+    #[serde(default)]
+    pub owned: bool,
     pub mac: [u8; 6],
     pub rx: Option<Limit>,
     pub tx: Option<Limit>,
@@ -538,6 +552,7 @@ impl<'a> Persist<'a> for Net {
     fn save(&mut self, _ctx: &SaveContext) -> Result<NetState, Error> {
         Ok(NetState {
             tap: self.tap_name.clone(),
+            owned: self.owned,
             mac: self.mac.0,
             rx: self.limits.0,
             tx: self.limits.1,
@@ -546,14 +561,14 @@ impl<'a> Persist<'a> for Net {
 
     /// The same TAP by name, unless the restore names another; a clone keeps none unless
     /// given one (two VMs on one TAP would see each other's frames), and gets a MAC of its
-    /// own.
+    /// own; nor does a VM whose TAP was made for it (`--net nat`), which went with it.
     fn restore(env: &'a DeviceEnv<'a>, s: &NetState) -> Result<Net, Error> {
         let clone = env.spec.clone_id.is_some();
         let given = env.spec.taps.get(env.id).cloned();
         let tap = match given {
             Some(t) if t.is_empty() => None,
             Some(t) => Some(t),
-            None if clone => None,
+            None if clone || s.owned => None,
             None => s.tap.clone(),
         };
         let mac = if clone { Mac::random() } else { Mac(s.mac) };
@@ -563,6 +578,7 @@ impl<'a> Persist<'a> for Net {
                 mac: Some(mac),
                 rx: s.rx,
                 tx: s.tx,
+                owned: false,
             }),
             None => Net::with_backend(None, mac, (s.rx, s.tx)),
         }

@@ -11,6 +11,7 @@ use std::os::unix::fs::OpenOptionsExt;
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -101,6 +102,28 @@ pub fn open(name: &str) -> Result<File, String> {
     }
     set_offload(&file, 0).map_err(|e| format!("TAP {name}: {e}"))?;
     Ok(file)
+}
+
+/// Makes TAP `name` (for a VM to open later), persistent until [`set_persist`] says
+/// otherwise; a TAP that exists already is refused ("exists": it belongs to someone else).
+pub fn create_persistent(name: &str) -> Result<(), String> {
+    check_name(name)?;
+    if std::path::Path::new("/sys/class/net").join(name).exists() {
+        return Err(format!("interface {name} exists already"));
+    }
+    let file = open(name)?;
+    set_persist(&file, true).map_err(|e| format!("TAP {name}: making it persistent: {e}"))
+}
+
+/// Whether the TAP outlives the last descriptor open on it. A monitor that takes over a TAP
+/// made for its VM turns this off, so that the TAP goes when the monitor does, however it
+/// ends.
+pub fn set_persist(file: &File, on: bool) -> std::io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed.
+    if unsafe { libc::ioctl(file.as_raw_fd(), TUNSETPERSIST, libc::c_ulong::from(on)) } < 0 {
+        return Err(Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Which offloads the TAP may hand frames over with (TUN_F_* bits): those the guest's driver

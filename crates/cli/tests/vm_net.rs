@@ -1,0 +1,258 @@
+//! `starling vm run --net nat -p …`: a VM on Starling's bridge with an address of its own,
+//! outbound NAT and a published port, in network namespaces the test makes (a "host" and an
+//! "outside" joined by a veth pair; nothing touches this machine's interfaces). The tier-1
+//! test guest takes its address from the `ip=` parameter Starling adds, answers UDP echo and
+//! sends a datagram out through the gateway.
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("st{tag}{}", std::process::id());
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Netns(name);
+        ns.run(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let mut full = vec!["ip", "netns", "exec", &self.0];
+        full.extend_from_slice(args);
+        sh(&full)
+    }
+
+    /// Runs `f` on a thread inside this namespace (sockets it opens live there).
+    fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = PathBuf::from("/run/netns").join(&self.0);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).unwrap();
+            rustix::thread::move_into_link_name_space(
+                std::os::fd::AsFd::as_fd(&fd),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .unwrap();
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn missing() -> Option<String> {
+    if let Some(why) = starling_vmm::test_guest::missing() {
+        return Some(why);
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Some("VM networks need root".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("no `ip` (iproute2)".into());
+    }
+    None
+}
+
+fn wait_for(log: &Path, text: &str) -> String {
+    let t = Instant::now();
+    loop {
+        let s = std::fs::read_to_string(log).unwrap_or_default();
+        if s.contains(text) {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no {text:?} on the console after 30 s:\n{s}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `starling vm run` of the test guest on the NAT network, in namespace `ns`.
+fn vm_run(ns: &Netns, state: &Path, kernel: &Path, log: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        &ns.0,
+        env!("CARGO_BIN_EXE_starling"),
+        "vm",
+        "run",
+    ])
+    .arg("--kernel")
+    .arg(kernel)
+    .args(["--mem", "64M", "--console"])
+    .arg(log)
+    .args(extra)
+    .env("STARLING_NET_STATE", state)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    c
+}
+
+#[test]
+fn nat_network_gives_an_address_outbound_nat_and_published_ports() {
+    if let Some(why) = missing() {
+        return starling_testkit::skip(&why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = starling_vmm::test_guest::build(dir.path()).unwrap().pvh;
+    let state = dir.path().join("net-state");
+    let host = Netns::new("h");
+    let outside = Netns::new("o");
+    host.run(&[
+        "ip", "link", "add", "vh", "type", "veth", "peer", "name", "vo", "netns", &outside.0,
+    ]);
+    host.run(&["ip", "addr", "add", "192.168.77.1/24", "dev", "vh"]);
+    host.run(&["ip", "link", "set", "vh", "up"]);
+    outside.run(&["ip", "addr", "add", "192.168.77.2/24", "dev", "vo"]);
+    outside.run(&["ip", "link", "set", "vo", "up"]);
+    // The outside server: answers the first datagram and says where it came from.
+    let server = outside.enter(|| UdpSocket::bind("192.168.77.2:9999").unwrap());
+    server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let served = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        let (n, from) = server.recv_from(&mut buf).expect("the guest's datagram");
+        server.send_to(b"hi guest", from).unwrap();
+        (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
+    });
+
+    let log = dir.path().join("console.log");
+    let mut vm = vm_run(
+        &host,
+        &state,
+        &kernel,
+        &log,
+        &[
+            "--net",
+            "nat",
+            "-p",
+            "17007:7/udp",
+            "--cmdline",
+            "net netsend=192.168.77.2:9999 exit=0",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let out = wait_for(&log, "net: serving");
+    assert!(
+        out.contains("net: address 10.213.0.2 gateway 10.213.0.1\n"),
+        "{out}"
+    );
+    // Outbound: the guest's datagram left masqueraded as the host, and the answer came back.
+    let (said, from) = served.join().unwrap();
+    assert_eq!(said, "hello from the guest");
+    assert_eq!(from.ip().to_string(), "192.168.77.1", "masqueraded source");
+    let out = wait_for(&log, "net: udp from");
+    assert!(
+        out.contains("net: udp from 192.168.77.2:9999 says \"hi guest\""),
+        "{out}"
+    );
+    // Published: the outside reaches the guest's UDP echo at the host's port 17007.
+    let echoed = outside.enter(|| {
+        let s = UdpSocket::bind("192.168.77.2:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.send_to(b"through the published port", "192.168.77.1:17007")
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let (n, from) = s.recv_from(&mut buf).expect("the echo through the port");
+        (buf[..n].to_vec(), from.to_string())
+    });
+    assert_eq!(echoed.0, b"through the published port");
+    assert_eq!(echoed.1, "192.168.77.1:17007");
+    let ports = host.run(&["ip", "-o", "link", "show", "master", "starling0"]);
+    assert!(ports.contains("stap1"), "{ports}");
+
+    // The port is taken while the VM runs: a second VM asking for it is refused, by name.
+    let second = vm_run(
+        &host,
+        &state,
+        &kernel,
+        &dir.path().join("second.log"),
+        &["--net", "nat", "-p", "17007:7/udp"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("port 17007:7/udp is already published by VM 10.213.0.2"),
+        "{err}"
+    );
+
+    // Told to quit through the published port, the VM ends; its TAP goes with the monitor.
+    outside.enter(|| {
+        let s = UdpSocket::bind("192.168.77.2:0").unwrap();
+        s.send_to(b"quit", "192.168.77.1:17007").unwrap();
+    });
+    let status = vm.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let gone = Command::new("ip")
+        .args(["netns", "exec", &host.0, "ip", "link", "show", "stap1"])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the TAP outlived its VM");
+    // The next VM gets the address back (the ended VM's lease reaped) and the port too.
+    let third = vm_run(
+        &host,
+        &state,
+        &kernel,
+        &dir.path().join("third.log"),
+        &["--net", "nat", "-p", "17007:7/udp", "--cmdline", "exit=0"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(third.status.success(), "{err}");
+    assert!(
+        err.contains("VM address 10.213.0.2 on starling0 (stap1)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn network_flags_are_checked_before_anything_is_made() {
+    let out = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .args(["vm", "run", "--kernel", "/nonexistent", "-p", "80:80"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("add --net nat"), "{err}");
+    for (bad, says) in [
+        ("--net=bogus", "expected none, nat or tap=NAME"),
+        ("--net=tap=a/b", "TAP name \"a/b\""),
+        ("--net=tap=t0,mac=zz", "MAC \"zz\""),
+        ("--net=tap=t0,speed=1", "unknown option \"speed=1\""),
+        ("-p=80", "expected HOSTPORT:GUESTPORT"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .args(["vm", "run", "--kernel", "/nonexistent", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}
