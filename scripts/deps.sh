@@ -3,9 +3,10 @@
 # Sourced by demo.sh and test.sh; safe to run again.
 set -euo pipefail
 
-# What the demo needs (build: the guest agent is compiled statically; debootstrap fixtures;
+# What the demo needs (build: libnftnl and libmnl for VM networks, the guest agent compiled
+# statically; debootstrap fixtures;
 # mtree verification; the nested test host that boots `starling run`).
-starling_deps=(libclang-dev gcc libc6-dev binutils debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs busybox-static qemu-system-x86)
+starling_deps=(libclang-dev libnftnl-dev libmnl-dev pkg-config gcc libc6-dev binutils debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs busybox-static qemu-system-x86)
 # The format owners' tools and servers the tests use as judges and peers.
 starling_test_deps=(iproute2 iputils-ping systemd bsdutils qemu-utils qemu-system-x86 busybox-static cpio libc6-dev binutils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx)
 

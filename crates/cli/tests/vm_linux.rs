@@ -394,6 +394,43 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         line(&log, "host: net restored vm exit status"),
         "host: net restored vm exit status 0"
     );
+    // --net nat: the address from Starling's leases, applied by the initramfs from ip=; the
+    // guest's default route is the bridge, which answers; the host fetches from the guest at
+    // that address; the VM's TAP was on the bridge and went with the VM.
+    assert_eq!(
+        line(&log, "host: nat said "),
+        "host: nat said starling: VM address 10.213.0.2 on starling0 (stap1), publishing \
+         8088:8080/tcp"
+    );
+    assert_eq!(
+        line(&log, "host: nat guest starling-initramfs: eth0"),
+        "host: nat guest starling-initramfs: eth0 10.213.0.2 via 10.213.0.1"
+    );
+    assert!(
+        line(&log, "host: nat guest inner: net addr ").starts_with(
+            "host: nat guest inner: net addr 10.213.0.2/16 route default via 10.213.0.1"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        line(&log, "host: nat guest inner: net gateway"),
+        "host: nat guest inner: net gateway answers"
+    );
+    let nat_blob = line(&log, "host: nat guest inner: net blob ")
+        .trim_start_matches("host: nat guest inner: net blob ")
+        .to_owned();
+    assert_eq!(
+        line(&log, "host: nat http "),
+        format!("host: nat http {nat_blob}")
+    );
+    assert!(
+        line(&log, "host: nat bridge ports").contains("stap1"),
+        "{log}"
+    );
+    assert_eq!(
+        line(&log, "host: nat tap after the VM:"),
+        "host: nat tap after the VM: gone"
+    );
 
     // The uncompressed kernel extracted by `vm kernel fetch`, booted through its PVH note.
     assert_eq!(
