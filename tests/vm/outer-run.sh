@@ -396,7 +396,7 @@ scenario_net() {
   i=0
   until grep -q "inner: net serving" /tmp/nat.log 2>/dev/null || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done
   echo "host: nat said $(cat /tmp/nat.err)"
-  grep -E 'starling-initramfs: eth0|inner: net (addr|gateway|blob)' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
+  grep -E 'starling-net: eth0|inner: net (addr|gateway|blob)' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
   addr=$(sed -n 's/.*inner: net addr \([0-9.]*\).*/\1/p' /tmp/nat.log | head -1)
   rm -f /tmp/got
   timeout 60 wget -q -O /tmp/got "http://$addr:8080/blob" 2>&1 | sed 's/^/host: nat wget: /'

@@ -403,8 +403,8 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
          8088:8080/tcp"
     );
     assert_eq!(
-        line(&log, "host: nat guest starling-initramfs: eth0"),
-        "host: nat guest starling-initramfs: eth0 10.213.0.2 via 10.213.0.1"
+        line(&log, "host: nat guest starling-net: eth0"),
+        "host: nat guest starling-net: eth0 10.213.0.2 via 10.213.0.1"
     );
     assert!(
         line(&log, "host: nat guest inner: net addr ").starts_with(

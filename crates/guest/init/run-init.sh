@@ -31,6 +31,10 @@ while read -r m; do
   [ -n "$m" ] || continue
   insmod "/lib/modules/$m.ko" || fail 250 "cannot load kernel module $m"
 done < /etc/starling/modules
+# The address `--net nat` gives (ip= on the command line); the image sees the name servers
+# through a bind mount over its own /etc/resolv.conf, as docker does, so a commit keeps the
+# image's file.
+/etc/starling/net-setup /run/resolv.conf
 
 mount -t virtiofs root /lower -o ro ||
   fail 251 "cannot mount the image (virtio-fs tag root) at /lower"
@@ -54,6 +58,10 @@ else
 fi
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/scratch/upper,workdir=/scratch/work /newroot ||
   fail 253 "cannot mount the overlay of the image and /scratch/upper at /newroot"
+
+if [ -s /run/resolv.conf ] && [ -f /newroot/etc/resolv.conf ] && [ ! -L /newroot/etc/resolv.conf ]; then
+  mount --bind /run/resolv.conf /newroot/etc/resolv.conf
+fi
 
 /bin/starling-agent serve /newroot &
 

@@ -22,6 +22,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "virtio_net",
 ];
 
+/// Applies the kernel's `ip=` parameter once the modules are in (every initramfs has it as
+/// /etc/starling/net-setup; the default init and the run init call it).
+pub const NET_SETUP: &str = include_str!("../init/net-setup.sh");
+
 /// The line /init prints first: boot-time measurements stop at it.
 pub const INIT_MARKER: &str = "starling-initramfs: /init started";
 
@@ -36,26 +40,7 @@ for m in $(cat /etc/starling/modules); do
   insmod /lib/modules/$m.ko || echo "starling-initramfs: insmod $m failed"
 done
 echo "starling-initramfs: modules loaded"
-# The kernel's ip=ADDR::GATEWAY:NETMASK:HOST:DEV:off[:DNS0[:DNS1]] (what `--net nat` adds),
-# applied here: the kernel's own autoconfiguration runs before virtio_net is loaded.
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in
-    ip=*::*)
-      old_ifs=$IFS; IFS=:; set -- ${arg#ip=}; IFS=$old_ifs
-      addr=$1 gw=$3 mask=$4 host=$5 dev=${6:-eth0} dns0=$8 dns1=$9
-      ip link set lo up
-      if ifconfig "$dev" "$addr" netmask "$mask" up; then
-        [ -n "$gw" ] && ip route add default via "$gw" dev "$dev"
-        [ -n "$host" ] && hostname "$host"
-        : > /etc/resolv.conf
-        for d in $dns0 $dns1; do echo "nameserver $d" >> /etc/resolv.conf; done
-        echo "starling-initramfs: $dev $addr via ${gw:-no gateway}"
-      else
-        echo "starling-initramfs: could not configure $dev as $addr"
-      fi
-      ;;
-  esac
-done
+/etc/starling/net-setup
 if [ -x /etc/starling/run ]; then
   /etc/starling/run
   echo "starling-initramfs: run ended with status $?"
@@ -263,6 +248,8 @@ impl Initramfs {
             list.push('\n');
         }
         c.file("/etc/starling/modules", 0o644, list.as_bytes())
+            .map_err(io)?;
+        c.file("/etc/starling/net-setup", 0o755, NET_SETUP.as_bytes())
             .map_err(io)?;
         for (src, dest) in &self.files {
             use std::os::unix::fs::PermissionsExt;

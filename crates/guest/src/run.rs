@@ -68,6 +68,7 @@ pub const RUN_MODULES: &[(&str, &str)] = &[
     ("virtiofs", "virtio-fs"),
     ("overlay", "overlayfs"),
     ("vmw_vsock_virtio_transport", "virtio-vsock"),
+    ("virtio_net", "virtio-net"),
 ];
 
 /// Bump when the layout of the artifact changes without its inputs changing.
@@ -190,6 +191,7 @@ pub fn artifact(cache_dir: &Path, kernel_tree: &Path) -> Result<RunArtifact, Err
     }
     part(b"agent", crate::AGENT);
     part(b"init", RUN_INIT.as_bytes());
+    part(b"net-setup", crate::initramfs::NET_SETUP.as_bytes());
     part(
         b"busybox",
         &std::fs::read(&busybox).map_err(io_at(&busybox))?,
@@ -300,6 +302,9 @@ mod tests {
                 "vmw_vsock_virtio_transport",
                 "vmw_vsock_virtio_transport_common,vsock,virtio,virtio_ring",
             ),
+            ("failover", ""),
+            ("net_failover", "failover"),
+            ("virtio_net", "net_failover,failover,virtio,virtio_ring"),
         ] {
             if !leave_out.contains(&name) {
                 module(&drivers, name, deps)?;
@@ -402,6 +407,9 @@ mod tests {
             "vsock",
             "vmw_vsock_virtio_transport_common",
             "vmw_vsock_virtio_transport",
+            "failover",
+            "net_failover",
+            "virtio_net",
         ];
         assert_eq!(
             std::fs::read_to_string(x.join("etc/starling/modules")).unwrap(),
