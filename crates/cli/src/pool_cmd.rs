@@ -196,6 +196,9 @@ fn create_of_image(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCod
         env: a.env.clone(),
         rm: false,
         disk_bytes: a.disk_size,
+        // A substrate's address would have to be given at activation (not yet).
+        net: starling_daemon::api::RunNet::None,
+        publish: Vec::new(),
     };
     let req = PoolRequest {
         name: a.name.clone(),

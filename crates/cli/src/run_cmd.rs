@@ -57,6 +57,13 @@ pub struct RunArgs {
     /// Trusted root metadata, needed on first contact with the repository
     #[arg(long, value_name = "ROOT.json")]
     pub root: Option<PathBuf>,
+    /// The VM's network: `nat` (an address of its own on Starling's bridge, outbound NAT,
+    /// `-p` ports) or `none`
+    #[arg(long, default_value = "nat", value_parser = ["nat", "none"])]
+    pub net: String,
+    /// Publish a guest port on the host, as HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable)
+    #[arg(short = 'p', long = "publish", value_name = "HOSTPORT:GUESTPORT")]
+    pub publish: Vec<starling_net::Publish>,
     #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
@@ -129,6 +136,12 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
         // remove it before we could ask); detached, the daemon does when it ends.
         rm: a.rm && a.detach,
         disk_bytes: a.disk_size,
+        net: if a.net == "none" {
+            RunNet::None
+        } else {
+            RunNet::Nat
+        },
+        publish: a.publish.clone(),
     };
     let c = client(&a.socket)?;
     let tty = std::io::stdout().is_terminal();
@@ -271,8 +284,8 @@ pub fn ps(socket: &Path, all: bool, json: bool) -> Result<ExitCode> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     println!(
-        "{:<20} {:<36} {:<14} {:>10} {:>9} {:>8}  COMMAND",
-        "NAME", "IMAGE", "STATE", "UP", "MEMORY", "PID"
+        "{:<20} {:<36} {:<14} {:>10} {:>9} {:>8}  {:<15} {:<20} COMMAND",
+        "NAME", "IMAGE", "STATE", "UP", "MEMORY", "PID", "ADDRESS", "PORTS"
     );
     for v in &vms {
         let state = match (v.state, v.exit_status) {
@@ -296,14 +309,33 @@ pub fn ps(socket: &Path, all: bool, json: bool) -> Result<ExitCode> {
         } else {
             command_column(&v.cmd)
         };
+        // As docker shows them: HOST->GUEST/PROTO.
+        let ports: Vec<String> = v
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = if p.proto == starling_net::Proto::Udp {
+                    "udp"
+                } else {
+                    "tcp"
+                };
+                format!("{}->{}/{proto}", p.host, p.guest)
+            })
+            .collect();
         println!(
-            "{:<20} {:<36} {:<14} {:>10} {:>9} {:>8}  {}",
+            "{:<20} {:<36} {:<14} {:>10} {:>9} {:>8}  {:<15} {:<20} {}",
             v.name,
             v.image,
             state,
             up,
             mem,
             v.pid.map_or("-".into(), |p| p.to_string()),
+            v.address.map_or("-".into(), |a| a.to_string()),
+            if ports.is_empty() {
+                "-".to_string()
+            } else {
+                ports.join(",")
+            },
             cmd
         );
     }

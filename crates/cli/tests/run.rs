@@ -88,7 +88,7 @@ fn a_command_runs_and_its_status_is_the_runs() {
     let Some(kernel) = guest(&env) else { return };
     image(&env, "tiny:1", false);
     let _reaper = Reaper(env.path("state"));
-    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let d = Daemon::start_isolated(&env, &env.path("state"), &[]);
     let o = d.run(
         &env,
         &[
@@ -193,7 +193,7 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
     let Some(kernel) = guest(&env) else { return };
     image(&env, "noinit:1", false);
     let _reaper = Reaper(env.path("state"));
-    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let d = Daemon::start_isolated(&env, &env.path("state"), &[]);
     let vms = d.state.join("vms");
     let run = |extra: &[&str]| -> String {
         let mut args = vec!["run", "--name", "bad"];
@@ -309,7 +309,7 @@ fn vms_outlive_the_cli_and_the_daemon() {
     image(&env, "tiny:1", true);
     let state = env.path("state");
     let _reaper = Reaper(state.clone());
-    let mut d = Daemon::start(&env, &state, &[]);
+    let mut d = Daemon::start_isolated(&env, &state, &[]);
     let k = s(&kernel);
     let name = d
         .ok(
@@ -386,7 +386,7 @@ fn vms_outlive_the_cli_and_the_daemon() {
         !pid_alive(short_pid)
     });
 
-    let d = Daemon::start(&env, &state, &[]);
+    let d = Daemon::start_isolated(&env, &state, &[]);
     let log = fs::read_to_string(state.join("daemon.log")).unwrap();
     assert!(
         log.contains(&format!("re-adopted VM spinner (pid {pid})")),
@@ -526,6 +526,8 @@ fn an_unreachable_repository_still_boots_what_the_host_verified_and_cached() {
     let mut server = Server::start(&env, &repo);
     let state = env.path("state");
     let _reaper = Reaper(state.clone());
+    // On this machine's network (the repository is on its loopback), so without one of the
+    // VMs' own.
     let d = Daemon::start(&env, &state, &["--timeout", "2"]);
     let url = server.url.clone();
     let run = |name: &str, image: &str| {
@@ -533,6 +535,8 @@ fn an_unreachable_repository_still_boots_what_the_host_verified_and_cached() {
             &env,
             &[
                 "run",
+                "--net",
+                "none",
                 "--name",
                 name,
                 "--kernel",
@@ -614,4 +618,119 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
             f(&p);
         }
     }
+}
+
+/// `starling run` puts the VM on Starling's network by default: the guest (the test guest,
+/// which takes its address from the `ip=` the daemon adds) answers UDP at its address from
+/// the daemon's side, `ps` shows the address and the published port, and both go when the
+/// VM ends. `--net none` gives no network device.
+#[test]
+fn run_gives_the_vm_an_address_and_ps_shows_it() {
+    let env = Env::new();
+    let Some(kernel) = guest(&env) else { return };
+    if !rustix::process::geteuid().is_root() {
+        return skip("VM networks need root");
+    }
+    image(&env, "tiny:1", false);
+    let _reaper = Reaper(env.path("state"));
+    let d = Daemon::start_isolated(&env, &env.path("state"), &[]);
+    d.ok(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "--kernel",
+            s(&kernel),
+            "-p",
+            "17007:7/udp",
+            "--kernel-args",
+            "net exit=0",
+            "tiny:1",
+            "--",
+            "/bin/true",
+        ],
+    );
+    wait_for("the guest serving", Duration::from_secs(30), || {
+        d.ok(&env, &["logs", "web"]).contains("net: serving")
+    });
+    let logs = d.ok(&env, &["logs", "web"]);
+    assert!(
+        logs.contains("net: address 10.213.0.2 gateway 10.213.0.1"),
+        "{logs}"
+    );
+    let v = vm(&d, &env, "web");
+    assert_eq!(v["address"], "10.213.0.2", "{v}");
+    assert_eq!(v["ports"][0]["host"], 17007, "{v}");
+    let table = d.ok(&env, &["ps"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("web"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("10.213.0.2") && row.contains("17007->7/udp"),
+        "{row}"
+    );
+    // From the daemon's side of the bridge, the guest answers at its address; then quits.
+    let ns = d.netns().unwrap();
+    let echoed = std::thread::spawn(move || {
+        let f = fs::File::open(ns).unwrap();
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&f),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .unwrap();
+        let sock = std::net::UdpSocket::bind("10.213.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        sock.send_to(b"to the guest", "10.213.0.2:7").unwrap();
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf).expect("the guest's echo");
+        sock.send_to(b"quit", "10.213.0.2:7").unwrap();
+        buf[..n].to_vec()
+    })
+    .join()
+    .unwrap();
+    assert_eq!(echoed, b"to the guest");
+    wait_for("the VM to end", Duration::from_secs(30), || {
+        vm(&d, &env, "web")["state"] == "exited"
+    });
+    let v = vm(&d, &env, "web");
+    assert!(v["address"].is_null(), "{v}");
+    // --net none: no network device in the guest, no address.
+    let o = d.run(
+        &env,
+        &[
+            "run",
+            "--net",
+            "none",
+            "--kernel",
+            s(&kernel),
+            "--kernel-args",
+            "net exit=0",
+            "tiny:1",
+            "--",
+            "/bin/true",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("net: none"), "{out}");
+    assert!(!out.contains(" ip="), "{out}");
+    let e = d.fails(
+        &env,
+        &[
+            "run",
+            "--net",
+            "none",
+            "-p",
+            "80:80",
+            "--kernel",
+            s(&kernel),
+            "tiny:1",
+            "--",
+            "x",
+        ],
+    );
+    assert!(e.contains("not with --net none"), "{e}");
 }

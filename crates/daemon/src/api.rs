@@ -148,6 +148,22 @@ pub struct RunRequest {
     /// Size of the writable layer (a sparse scratch disk), bytes.
     #[serde(default = "default_disk")]
     pub disk_bytes: u64,
+    /// The VM's network: Starling's NAT bridge (the default) or none.
+    #[serde(default)]
+    pub net: RunNet,
+    /// Guest ports published on the host (with `net: nat`).
+    #[serde(default)]
+    pub publish: Vec<starling_net::Publish>,
+}
+
+/// A `starling run` VM's network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunNet {
+    /// An address of its own on Starling's bridge, outbound NAT, published ports.
+    #[default]
+    Nat,
+    None,
 }
 
 fn default_mem() -> u64 {
@@ -236,6 +252,11 @@ pub struct VmInfo {
     pub console_log: PathBuf,
     pub vsock_socket: PathBuf,
     pub api_socket: PathBuf,
+    /// Its address on Starling's network (`--net nat`), and the ports published to it.
+    #[serde(default)]
+    pub address: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub ports: Vec<starling_net::Publish>,
     /// Said when the VM was created from what the host last verified, its repository
     /// unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -105,6 +105,14 @@ fn check_request(req: &RunRequest) -> Result<(), DaemonError> {
             "the command and environment are {total} bytes (at most {MAX_STRINGS_TOTAL})"
         ));
     }
+    if req.net == crate::api::RunNet::None && !req.publish.is_empty() {
+        return bad(
+            "-p publishes a port of a VM on Starling's network: not with --net none".into(),
+        );
+    }
+    if let Err(e) = starling_net::publish::check_unique(&req.publish) {
+        return bad(e.to_string());
+    }
     if let Some(e) = req
         .env
         .iter()

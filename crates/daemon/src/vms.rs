@@ -27,7 +27,7 @@ use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 use starling_vmm::config::{Console, DiskConfig, FsConfig, VsockConfig};
 use starling_vmm::VmConfig;
 
-use crate::api::{RunRequest, Source, VmInfo, VmState};
+use crate::api::{RunNet, RunRequest, Source, VmInfo, VmState};
 use crate::sources::HostObjects;
 use crate::DaemonError;
 
@@ -60,6 +60,32 @@ pub struct VmRecord {
     pub ended_unix: Option<u64>,
     pub exit_status: Option<i32>,
     pub exit_reason: Option<String>,
+    /// Its place on Starling's network while it runs (`--net nat`).
+    #[serde(default)]
+    pub net: Option<NetRecord>,
+}
+
+/// A VM's lease on Starling's network, as `starling_net::attach` gave it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetRecord {
+    pub index: u32,
+    pub tap: String,
+    pub address: std::net::Ipv4Addr,
+    pub published: Vec<starling_net::Publish>,
+}
+
+impl NetRecord {
+    fn attachment(&self) -> starling_net::Attachment {
+        starling_net::Attachment {
+            index: self.index,
+            tap: self.tap.clone(),
+            address: self.address,
+            gateway: starling_net::leases::gateway(),
+            prefix: starling_net::PREFIX,
+            dns: Vec::new(),
+            published: self.published.clone(),
+        }
+    }
 }
 
 pub struct Vms {
@@ -343,6 +369,9 @@ impl Vms {
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
         rec.ended_unix = Some(now_unix());
+        if let Some(n) = rec.net.take() {
+            let _ = starling_net::detach(&n.attachment());
+        }
         match exit {
             Some(e) => {
                 rec.exit_status = Some(e.status);
@@ -390,6 +419,12 @@ impl Vms {
             console_log: paths.console_log(),
             vsock_socket: paths.vsock(),
             api_socket: paths.api(),
+            address: rec.net.as_ref().map(|n| n.address),
+            ports: rec
+                .net
+                .as_ref()
+                .map(|n| n.published.clone())
+                .unwrap_or_default(),
             note: None,
         }
     }
@@ -555,7 +590,46 @@ impl Vms {
         config
             .validate()
             .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-        write_json(&paths.config(), &config)?;
+        // On Starling's network: the lease is the daemon's until the monitor is running,
+        // then the monitor's (so that it is reaped with the monitor, whatever ends it).
+        let net = match req.net {
+            RunNet::None => None,
+            RunNet::Nat => {
+                let att =
+                    starling_net::attach(std::process::id(), &req.publish).map_err(net_error)?;
+                config.cmdline = format!("{} {}", config.cmdline, att.kernel_ip_param(name));
+                config.net.push(starling_vmm::NetConfig {
+                    tap: att.tap.clone(),
+                    mac: None,
+                    rx: None,
+                    tx: None,
+                    owned: true,
+                });
+                Some(att)
+            }
+        };
+        let started = self.spawn_monitor(name, req, image, cid, &config, paths, net.as_ref());
+        if started.is_err() {
+            if let Some(att) = &net {
+                let _ = starling_net::detach(att);
+            }
+        }
+        started
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_monitor(
+        &self,
+        name: &str,
+        req: &RunRequest,
+        image: &Resolved,
+        cid: u64,
+        config: &VmConfig,
+        paths: &VmPaths,
+        net: Option<&starling_net::Attachment>,
+    ) -> Result<VmInfo, DaemonError> {
+        let internal = |e: String| DaemonError::Internal(e);
+        write_json(&paths.config(), config)?;
 
         let log =
             std::fs::File::create(paths.monitor_log()).map_err(|e| internal(e.to_string()))?;
@@ -576,6 +650,9 @@ impl Vms {
             .spawn()
             .map_err(|e| internal(format!("starting starling-vmm: {e}")))?;
         let pid = child.id();
+        if let Some(att) = net {
+            starling_net::adopt(att.index, pid).map_err(net_error)?;
+        }
         let rec = VmRecord {
             format: RECORD_FORMAT,
             name: name.to_string(),
@@ -593,6 +670,12 @@ impl Vms {
             ended_unix: None,
             exit_status: None,
             exit_reason: None,
+            net: net.map(|a| NetRecord {
+                index: a.index,
+                tap: a.tap.clone(),
+                address: a.address,
+                published: a.published.clone(),
+            }),
         };
         write_json(&paths.record(), &rec)?;
         self.lock().insert(name.to_string(), rec);
@@ -690,6 +773,18 @@ impl Vms {
             .get(name)
             .cloned()
             .ok_or_else(|| DaemonError::NotFound(format!("no VM named {name}")))
+    }
+}
+
+/// A network error as the client should see it: what it asked for that cannot be had
+/// (permission, a port taken, no addresses left) is its to fix.
+fn net_error(e: starling_net::Error) -> DaemonError {
+    match e {
+        starling_net::Error::PortTaken(..) => DaemonError::Conflict(e.to_string()),
+        starling_net::Error::Netlink(_) | starling_net::Error::State { .. } => {
+            DaemonError::Internal(e.to_string())
+        }
+        _ => DaemonError::BadRequest(e.to_string()),
     }
 }
 

@@ -150,6 +150,18 @@ impl Leases {
         Ok(lease)
     }
 
+    pub fn adopt(&mut self, index: u32, pid: u32) -> Result<(), Error> {
+        let lease = self
+            .stored
+            .leases
+            .iter_mut()
+            .find(|l| l.index == index)
+            .ok_or_else(|| Error::Invalid(format!("no lease {index} to hand over")))?;
+        lease.pid = pid;
+        lease.started = started(pid).unwrap_or(0);
+        Ok(())
+    }
+
     pub fn release(&mut self, index: u32) -> Result<(), Error> {
         self.stored.leases.retain(|l| l.index != index);
         Ok(())

@@ -143,6 +143,14 @@ pub fn attach_in(state: &Path, pid: u32, publish: &[Publish]) -> Result<Attachme
     })
 }
 
+/// Hands lease `index` to process `pid` (the monitor, once its owner has started it): the
+/// lease is then reaped when that process ends.
+pub fn adopt(index: u32, pid: u32) -> Result<(), Error> {
+    let mut leases = leases::Leases::lock(&state_dir())?;
+    leases.adopt(index, pid)?;
+    leases.save()
+}
+
 /// Takes a VM off the network now (its monitor failed to start, or it ended and its owner
 /// is still there): its published ports, its TAP, its lease.
 pub fn detach(att: &Attachment) -> Result<(), Error> {

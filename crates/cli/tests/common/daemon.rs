@@ -20,12 +20,32 @@ impl Daemon {
         Daemon::try_start(env, state, extra).unwrap_or_else(|e| panic!("daemon: {e}"))
     }
 
+    /// A daemon in a network namespace of its own (as root): its VMs' networks (`--net nat`,
+    /// `starling run`'s default) are made there, never on this machine's interfaces. It does
+    /// not reach servers on this machine's loopback.
+    pub fn start_isolated(env: &Env, state: &Path, extra: &[&str]) -> Daemon {
+        Daemon::spawn(env, state, extra, true).unwrap_or_else(|e| panic!("daemon: {e}"))
+    }
+
     pub fn try_start(env: &Env, state: &Path, extra: &[&str]) -> Result<Daemon, String> {
+        Daemon::spawn(env, state, extra, false)
+    }
+
+    fn spawn(env: &Env, state: &Path, extra: &[&str], isolated: bool) -> Result<Daemon, String> {
         fs::create_dir_all(state).unwrap();
         let socket = state.join("api.sock");
         let log = state.join("daemon.log");
-        let mut child = env
-            .cmd()
+        let mut cmd = if isolated && rustix::process::geteuid().is_root() {
+            let mut c = std::process::Command::new("unshare");
+            c.args(["--net", "--", env!("CARGO_BIN_EXE_starling")])
+                .arg("--store")
+                .arg(&env.store);
+            c
+        } else {
+            env.cmd()
+        };
+        let mut child = cmd
+            .env("STARLING_NET_STATE", state.join("net"))
             .args(["daemon", "--state", s(state), "--socket", s(&socket)])
             .args(extra)
             .stdout(Stdio::piped())
@@ -78,6 +98,13 @@ impl Daemon {
 
     pub fn cache(&self, env: &Env) -> serde_json::Value {
         json(&self.ok(env, &["cache", "stats", "--json"]))
+    }
+
+    /// The daemon's network namespace (/proc/PID/ns/net), where its VMs' networks are.
+    pub fn netns(&self) -> Option<PathBuf> {
+        self.child
+            .as_ref()
+            .map(|c| PathBuf::from(format!("/proc/{}/ns/net", c.id())))
     }
 
     pub fn stop(&mut self) {
