@@ -204,7 +204,7 @@ scenario_run() {
   run_setup /tmp/sd || return
   run one debian:bookworm /bin/sh -c 'python3 -c "print(6 * 7)"; echo debian $(cat /etc/debian_version); echo scratch > /root/written; cat /root/written; exit 3'
   echo "host: run cache after one: $(/bin/starling cache stats --json | tr -d '\n ')"
-  run two debian:bookworm /bin/sh -c 'echo second; test -e /root/written && echo leaked || echo own layer'
+  run two debian:bookworm /bin/sh -c 'echo second; test -e /root/written && echo leaked || echo own layer; echo net $(hostname -I)'
   echo "host: run cache after two: $(/bin/starling cache stats --json | tr -d '\n ')"
   # The old version (no python3, no less in it) boots as itself.
   old=$(sed -n 's/^\([0-9a-f]\{64\}\)$/\1/p' /run-disk/version-a.txt | head -1)

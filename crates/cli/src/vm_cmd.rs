@@ -433,6 +433,19 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
                 "{count} clones running {} µs after the request; the parent was paused {} µs",
                 v.total_us, v.paused_us
             );
+            if let Some(c) = v.clones.first() {
+                let on_tap = c
+                    .api_socket
+                    .as_ref()
+                    .and_then(|a| Client::new(a).status().ok());
+                if on_tap.is_some_and(|s| s.net.iter().any(|n| n.tap.is_none())) {
+                    eprintln!(
+                        "the clones' network devices are detached (link down): the parent's \
+                         TAP stays with the parent; `vm restore --tap net0=TAP` a snapshot to \
+                         run a copy on a TAP of its own"
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

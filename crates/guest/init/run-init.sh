@@ -34,7 +34,8 @@ done < /etc/starling/modules
 # The address `--net nat` gives (ip= on the command line); the image sees the name servers
 # through a bind mount over its own /etc/resolv.conf, as docker does, so a commit keeps the
 # image's file.
-/etc/starling/net-setup /run/resolv.conf
+# (Quiet when it works: the console is the command's output.)
+/etc/starling/net-setup /run/resolv.conf > /dev/null
 
 mount -t virtiofs root /lower -o ro ||
   fail 251 "cannot mount the image (virtio-fs tag root) at /lower"

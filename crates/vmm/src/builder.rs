@@ -98,6 +98,7 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         });
         m.attach_virtio(id, dev, None)?;
     }
+    nic_identity(&m, &services);
 
     let mem = &m.ram.mem;
     let kernel = boot::load_kernel(mem, &config.kernel)?;
@@ -143,6 +144,14 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         restored_from: None,
         kernel: Some(kernel),
     }))
+}
+
+/// The MAC the service tells the guest (`whoami`) is its first network device's, when it
+/// has one (a clone's device has a new one: see `virtio/net`).
+fn nic_identity(m: &Machine, services: &Services) {
+    if let Some((_, f)) = m.devices.net_figures().first() {
+        crate::bus::lock(&services.identity).mac = f.mac.0;
+    }
 }
 
 fn wake_event() -> Result<Arc<vmm_sys_util::eventfd::EventFd>, Error> {
@@ -278,6 +287,7 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
                 e => e,
             })?;
     }
+    nic_identity(&m, &services);
     m.devices.poll_backends();
     if let Some(a) = &spec.activate {
         services.activate(a.clone());

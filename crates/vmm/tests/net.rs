@@ -178,6 +178,11 @@ fn ping_and_udp_echo_over_a_tap_with_hostile_chains_refused() {
     let (reason, host, status) = in_netns("stn0", move || {
         let vm = Vm::build(c).expect("build");
         let handle = vm.handle();
+        // The service's whoami tells the guest the MAC its network device has.
+        assert_eq!(
+            handle.0.services.identity.lock().unwrap().mac,
+            [2, 0xaa, 0xbb, 0xcc, 0xdd, 1]
+        );
         let driver = std::thread::spawn(move || host_side(log, false));
         let reason = vm.run().expect("run");
         (reason, driver.join().unwrap(), handle.status())
@@ -278,4 +283,71 @@ fn a_busy_tap_a_tun_and_bad_names_are_refused_by_name() {
         e.contains("01:00:00:00:00:01 is a multicast address"),
         "{e}"
     );
+}
+
+/// Sends `n` datagrams of 1000 bytes to the guest's UDP echo one after another, each waiting
+/// for its echo; returns how long that took. Then tells the guest to quit.
+fn echo_rounds(log: PathBuf, n: usize) -> Duration {
+    wait_for(&log, "net: serving");
+    let sock = UdpSocket::bind("10.77.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let payload = vec![0x5au8; 1000];
+    let mut buf = [0u8; 2048];
+    let t = Instant::now();
+    for k in 0..n {
+        sock.send_to(&payload, "10.77.0.2:7").unwrap();
+        let got = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("echo {k}: {e}"));
+        assert_eq!(got, 1000);
+    }
+    let took = t.elapsed();
+    sock.send_to(b"quit", "10.77.0.2:7").unwrap();
+    took
+}
+
+/// The rate limits hold traffic back, each direction by its own bucket. 40 echoes of 1000
+/// bytes (about 41.7 KB each way, 41 frames from the guest with its ARP answer) cannot take
+/// less than 3.1 s with the guest receiving 10 KB a second (a 10 KB burst, then the rest at
+/// that rate), nor with it sending 10 frames a second (10 at once, then 31 more); without
+/// limits they take what the test guest's own byte-by-byte copying costs (about 1 s here).
+#[test]
+fn rate_limits_hold_each_direction_to_its_bucket() {
+    use starling_vmm::config::{Bucket, Limit};
+    let Some(g) = guests() else { return };
+    if let Some(why) = net_missing() {
+        return starling_testkit::skip(&why);
+    }
+    let run = |tap: &'static str, rx: Option<Limit>, tx: Option<Limit>| -> Duration {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut c = config(&g.pvh, "net exit=0", dir.path(), tap, "02:aa:bb:cc:dd:05");
+        c.net[0].rx = rx;
+        c.net[0].tx = tx;
+        in_netns(tap, move || {
+            let vm = Vm::build(c).expect("build");
+            let driver = std::thread::spawn(move || echo_rounds(log, 40));
+            assert_eq!(vm.run().expect("run"), ExitReason::GuestExit(0));
+            driver.join().unwrap()
+        })
+    };
+    let free = run("stn5", None, None);
+    let rx = run("stn6", Some(Limit::bytes_per_sec(10_000)), None);
+    let tx = run(
+        "stn7",
+        None,
+        Some(Limit {
+            bandwidth: None,
+            ops: Some(Bucket {
+                size: 10,
+                refill_ms: 1000,
+            }),
+        }),
+    );
+    eprintln!("40 echoes: {free:?} free, {rx:?} with rx 10 KB/s, {tx:?} with tx 10 frames/s");
+    // Token arithmetic gives the floors (a little under, for timer granularity).
+    assert!(rx >= Duration::from_millis(2900), "{rx:?}");
+    assert!(tx >= Duration::from_millis(2900), "{tx:?}");
+    assert!(free < rx && free < tx, "{free:?} {rx:?} {tx:?}");
 }

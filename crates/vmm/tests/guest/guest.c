@@ -946,7 +946,7 @@ static long net_send_chain(struct desc *chain, int n) {
         if (i + 1 < n) { net_txq->d[i].flags |= F_NEXT; net_txq->d[i].next = i + 1; }
     }
     vq_post(net_base, net_txq, 0);
-    return vq_wait(net_txq, 10000000);
+    return vq_wait(net_txq, 2000000000L);
 }
 
 static void net_send(u32 len) {
