@@ -202,7 +202,7 @@ scenario_run() {
   # starling run: a repository on loopback (from the run disk), starlingd, the Debian image
   # booted with its root over virtio-fs from the host cache, a command's status and output.
   run_setup /tmp/sd || return
-  run one debian:bookworm /bin/sh -c 'python3 -c "print(6 * 7)"; echo debian $(cat /etc/debian_version); echo scratch > /root/written; cat /root/written; exit 3'
+  run one debian:bookworm /bin/sh -c 'python3 -c "print(6 * 7)"; echo debian $(cat /etc/debian_version); echo scratch > /root/written; cat /root/written; echo net $(hostname -I); exit 3'
   echo "host: run cache after one: $(/bin/starling cache stats --json | tr -d '\n ')"
   run two debian:bookworm /bin/sh -c 'echo second; test -e /root/written && echo leaked || echo own layer; echo net $(hostname -I)'
   echo "host: run cache after two: $(/bin/starling cache stats --json | tr -d '\n ')"

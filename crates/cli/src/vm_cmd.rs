@@ -107,8 +107,9 @@ pub struct RestoreArgs {
     /// Where the serial console goes: stdio, off or a file path
     #[arg(long, default_value = "stdio")]
     console: String,
-    /// The restored VM's own directory (disk overlays, sockets) [default: a new one per
-    /// process under the temporary directory]
+    /// The restored VM's own directory (disk overlays, sockets) [default: a private one per
+    /// process in the user's runtime directory, $XDG_RUNTIME_DIR/starling/vm-PID,
+    /// /run/starling/UID/vm-PID for root, else $TMPDIR/starling-UID/vm-PID]
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// Take state and memory from this memory server (tcp://HOST:PORT#HASH or

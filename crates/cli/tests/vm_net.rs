@@ -256,3 +256,45 @@ fn network_flags_are_checked_before_anything_is_made() {
         assert!(err.contains(says), "{bad}: {err}");
     }
 }
+
+/// Without CAP_NET_ADMIN, `--net nat` fails with one line that says what it needs and what
+/// to use instead, before a VM is started.
+#[test]
+fn nat_without_cap_net_admin_says_what_it_needs() {
+    if let Some(why) = missing() {
+        return starling_testkit::skip(&why);
+    }
+    if Command::new("setpriv").arg("--version").output().is_err() {
+        return starling_testkit::skip("no setpriv (util-linux)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("net-state");
+    std::fs::create_dir_all(&state).unwrap();
+    rustix::fs::chown(
+        &state,
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let host = Netns::new("p");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &host.0])
+        .args([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_starling"))
+        .args(["vm", "run", "--kernel", "/bin/true", "--net", "nat"])
+        .env("STARLING_NET_STATE", &state)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("needs CAP_NET_ADMIN (run as root)") && err.contains("--net tap=NAME"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}

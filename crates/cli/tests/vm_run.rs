@@ -324,9 +324,16 @@ fn snapshot_restore_and_fork_from_the_command_line() {
         .map(Reaped)
         .unwrap();
     wait("restored ticks", &|| ticks(&log2) >= 3);
-    // Without --run-dir the monitor makes one of its own, and takes it away when it ends.
-    let run_dir = std::env::temp_dir().join(format!("starling-vm-{}", restored.0.id()));
+    // Without --run-dir the monitor makes one of its own, private, in the user's runtime
+    // directory, and takes it away when it ends.
+    let run_dir = starling_vmm::builder::default_run_dir_of(restored.0.id());
     assert!(run_dir.is_dir(), "{} while the VM runs", run_dir.display());
+    {
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(&run_dir).unwrap().mode() & 0o777;
+        let root = std::fs::metadata(run_dir.parent().unwrap()).unwrap().mode() & 0o777;
+        assert_eq!((mode, root), (0o700, 0o700), "{}", run_dir.display());
+    }
     starling_vmm::api::call(&sock2, "POST", "/v1/vm/stop", &serde_json::Value::Null).unwrap();
     assert!(restored.wait().unwrap().success());
     assert!(!run_dir.exists(), "{} outlived its VM", run_dir.display());

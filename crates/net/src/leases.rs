@@ -217,6 +217,24 @@ mod tests {
         assert_eq!(l.take(me, &[]).unwrap().index, 2);
         l.release(1).unwrap();
         assert_eq!(l.take(me, &[]).unwrap().index, 1);
+        // Every address taken: the next VM is refused, naming the network.
+        let full: Vec<Lease> = (1..=MAX_VMS)
+            .map(|index| Lease {
+                index,
+                pid: me,
+                started: started(me).unwrap_or(0),
+                tap: format!("stap{index}"),
+                address: address(index),
+                published: Vec::new(),
+            })
+            .collect();
+        l.stored.leases = full;
+        let e = l.take(me, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("all 65533 addresses of 10.213.0.0/16 are in use"),
+            "{e}"
+        );
+        l.stored.leases.clear();
         std::fs::write(dir.path().join(FILE), b"{\"format\": 9, \"leases\": []}").unwrap();
         drop(l);
         let e = Leases::lock(dir.path()).err().unwrap().to_string();

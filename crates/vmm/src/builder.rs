@@ -4,7 +4,7 @@
 //! served lazily, the devices rebuilt from their own saved states, KVM state set back).
 //! Every input is checked before a guest instruction runs.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -37,9 +37,108 @@ impl Vm {
     }
 }
 
-/// The run directory of a VM whose caller named none: one per monitor process.
+/// The run directory of a VM whose caller named none: one per monitor process, in the
+/// user's private runtime directory (see [`runtime_root`]).
 pub(crate) fn default_run_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("starling-vm-{}", std::process::id()))
+    default_run_dir_of(std::process::id())
+}
+
+/// The run directory a monitor with process id `pid` makes when its caller names none.
+pub fn default_run_dir_of(pid: u32) -> PathBuf {
+    runtime_root_path().join(format!("vm-{pid}"))
+}
+
+/// Where defaulted run directories go: `$XDG_RUNTIME_DIR/starling`, else
+/// `/run/starling/UID` for root, else `TMPDIR/starling-UID`.
+fn runtime_root_path() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
+        Some(x) if x.is_absolute() && x.is_dir() => x.join("starling"),
+        _ if uid == 0 => PathBuf::from(format!("/run/starling/{uid}")),
+        _ => std::env::temp_dir().join(format!("starling-{uid}")),
+    }
+}
+
+/// Makes the user's runtime directory for VMs (0700, created if missing) and checks it is
+/// theirs: a directory, not a link, owned by this user, open to nobody else. Guest memory
+/// files, disk overlays and sockets go under it.
+fn runtime_root() -> Result<PathBuf, Error> {
+    let root = runtime_root_path();
+    ensure_private_dir(&root)?;
+    Ok(root)
+}
+
+/// Creates `root` (0700) if missing; refuses it unless it is a directory (not a link) of this
+/// user; takes group and other access away.
+fn ensure_private_dir(root: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let bad =
+        |reason: String| Error::Invalid(format!("runtime directory {}: {reason}", root.display()));
+    if let Some(parent) = root.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| bad(e.to_string()))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(bad(e.to_string())),
+    }
+    let m = std::fs::symlink_metadata(root).map_err(|e| bad(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    if !m.is_dir() {
+        return Err(bad(
+            "not a directory (a link, or a file): refusing to use it".into(),
+        ));
+    }
+    if m.uid() != uid {
+        return Err(bad(format!(
+            "owned by user {}, not {uid}: refusing to put VM files there",
+            m.uid()
+        )));
+    }
+    if m.mode() & 0o077 != 0 {
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Makes a VM's run directory: the defaulted one private under [`runtime_root`] (a link or
+/// another user's directory there is refused), one the caller named as it is.
+pub(crate) fn make_run_dir(named: Option<&PathBuf>) -> Result<PathBuf, Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = named else {
+        let dir = runtime_root()?.join(format!("vm-{}", std::process::id()));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => {}
+            // A monitor of an earlier boot with this pid left it: the root is ours alone.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let m = std::fs::symlink_metadata(&dir).map_err(|e| Error::Io {
+                    what: format!("run directory {}", dir.display()),
+                    source: e,
+                })?;
+                if !m.is_dir() {
+                    return Err(Error::Invalid(format!(
+                        "run directory {}: not a directory",
+                        dir.display()
+                    )));
+                }
+            }
+            Err(e) => {
+                return Err(Error::Io {
+                    what: format!("creating {}", dir.display()),
+                    source: e,
+                })
+            }
+        }
+        return Ok(dir);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
+        what: format!("creating {}", dir.display()),
+        source: e,
+    })?;
+    Ok(dir.clone())
 }
 
 /// Builds a VM from its config and loads its kernel; every input problem (kernel, initrd,
@@ -137,7 +236,7 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         wiring: Wiring {
             api_socket: config.api_socket,
             console: config.console,
-            run_dir: config.run_dir.unwrap_or_else(default_run_dir),
+            run_dir: make_run_dir(config.run_dir.as_ref())?,
         },
         clone_id: 0,
         lazy: None,
@@ -248,11 +347,7 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
             .trim_start_matches('-')
             .to_owned();
     }
-    let run_dir = spec.run_dir.clone().unwrap_or_else(default_run_dir);
-    std::fs::create_dir_all(&run_dir).map_err(|e| Error::Io {
-        what: format!("creating {}", run_dir.display()),
-        source: e,
-    })?;
+    let run_dir = make_run_dir(spec.run_dir.as_ref())?;
     let console = spec.console.clone().unwrap_or(Console::Stdio);
 
     let mut m = Machine::new(ram)?;
@@ -313,4 +408,37 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     vm.hold_until_closed(spec.release_fd.map(inherited).transpose()?);
     vm.set_lazy_pages(lazy_pages);
     Ok(vm)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    #[test]
+    fn the_runtime_directory_is_private_and_a_link_or_a_stranger_s_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("a/starling");
+        ensure_private_dir(&root).unwrap();
+        assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+        // Opened up behind our back: closed again.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&root).unwrap();
+        assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+        // A link planted where it goes is refused, not followed.
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(t.path().join("a"), &link).unwrap();
+        let e = ensure_private_dir(&link).unwrap_err().to_string();
+        assert!(e.contains("not a directory (a link"), "{e}");
+        // Another user's directory is refused (as root: give it away first).
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } == 0 {
+            let theirs = t.path().join("theirs");
+            std::fs::create_dir(&theirs).unwrap();
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+            let e = ensure_private_dir(&theirs).unwrap_err().to_string();
+            assert!(e.contains("owned by user 65534"), "{e}");
+        }
+    }
 }

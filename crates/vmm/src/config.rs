@@ -283,7 +283,8 @@ pub struct VmConfig {
     #[serde(default = "default_hostname")]
     pub hostname: String,
     /// Where the VM keeps disk overlays and its clones' directories (default: a directory
-    /// per monitor process under the temporary directory).
+    /// per monitor process, private, in the user's runtime directory: see
+    /// `builder::default_run_dir_of`).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
 }

@@ -20,7 +20,8 @@ pub struct RestoreSpec {
     #[serde(default)]
     pub clone_id: Option<u32>,
     /// The new VM's own directory: disk overlays, and its vsock socket unless `vsock_path`
-    /// is given (default: a new directory per process under the temporary directory).
+    /// is given (default: a private directory per process in the user's runtime directory,
+    /// see `builder::default_run_dir_of`).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
     /// Serve the API on this socket (none if not given).
