@@ -110,6 +110,11 @@ FIGURES = {
     "vm-run.warm_vs_qemu": (lambda: find("vm-run.md", r"/ QEMU virtio-blk: ([\d.]+)x"), fixed(2)),
     "vm-run.warm_vs_blk": (lambda: find("vm-run.md", r"\*\*starling run / Starling virtio-blk: ([\d.]+)x\*\*"), fixed(2)),
     "vm-run.walk_vs_blk": (lambda: find("vm-run.md", r"\*\*walk, starling run / Starling virtio-blk: ([\d.]+)x\*\*"), fixed(1)),
+    "vm-net.to_guest_vs_qemu": (lambda: block("vm-net.md", "to_guest_vs_qemu"), fixed(2)),
+    "vm-net.from_guest_vs_qemu": (lambda: block("vm-net.md", "from_guest_vs_qemu"), fixed(2)),
+    "vm-net.rtt_vs_qemu": (lambda: block("vm-net.md", "rtt_vs_qemu"), fixed(2)),
+    "vm-net.http_vs_qemu": (lambda: block("vm-net.md", "http_vs_qemu"), fixed(2)),
+    "vm-net.cpu_per_gib_vs_qemu": (lambda: block("vm-net.md", "cpu_per_gib_vs_qemu"), fixed(2)),
     "vm-run.read_vs_blk": (lambda: find("vm-run.md", r"\*\*sequential read, starling run / Starling virtio-blk: ([\d.]+)\*\*"), fixed(2)),
     # Pull (bench/repo_pull.py).
     "repo-pull.pull_vs_curl": (lambda: find("repo-pull.md", r"starling pull / curl: \*\*([\d.]+)\*\*"), fixed(2)),

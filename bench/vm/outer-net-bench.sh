@@ -3,12 +3,12 @@
 # on a TAP of this host, under Starling's monitor (virtio-net in userspace) and under QEMU
 # (`-netdev tap,vhost=off`, virtio-net on virtio-mmio, microvm), same kernel, 1 vCPU, 256 MiB,
 # taking turns for ROUNDS rounds. Each round, one "bench:" line per measure:
-# - to-guest: 64 MiB sent by nc to the guest's sink (TCP, host -> guest);
-# - from-guest: the guest's 64 MiB file fetched by wget (TCP, guest -> host);
+# - to-guest: 16 MiB sent by nc to the guest's sink (TCP, host -> guest);
+# - from-guest: the guest's 16 MiB file fetched by wget (TCP, guest -> host);
 # - rtt: ping, 20 echoes 0.2 s apart, the average;
 # - http: 20 wget of a 1 KiB file one after another, the time of each;
 # - the monitor's CPU time (user + system) over the two transfers.
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-2}
 mkdir -p /tmp
 now() { read up _ < /proc/uptime; echo "$up"; }
 secs() { echo "$1 $2" | awk '{printf "%.3f", $2 - $1}'; }
@@ -46,7 +46,7 @@ for r in $(seq 1 $ROUNDS); do
     ping -c 3 -W 5 10.77.0.2 > /dev/null 2>&1
     c0=$(cpu $vm)
     t0=$(now)
-    head -c $((64 << 20)) /dev/zero | timeout 300 nc 10.77.0.2 9000
+    head -c $((16 << 20)) /dev/zero | timeout 300 nc 10.77.0.2 9000
     t1=$(now)
     timeout 300 wget -q -O /dev/null http://10.77.0.2:8080/big
     t2=$(now)
