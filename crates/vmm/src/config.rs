@@ -185,15 +185,7 @@ impl Mac {
     /// A random locally administered unicast address.
     pub fn random() -> Mac {
         let mut b = [0u8; 6];
-        let mut seed = blake3::Hasher::new();
-        seed.update(&std::process::id().to_le_bytes());
-        seed.update(&format!("{:?}", std::time::SystemTime::now()).into_bytes());
-        let mut r = [0u8; 8];
-        // SAFETY: the pointer and length describe `r`, which we own.
-        if unsafe { libc::getrandom(r.as_mut_ptr().cast(), r.len(), 0) } == 8 {
-            seed.update(&r);
-        }
-        b.copy_from_slice(&seed.finalize().as_bytes()[..6]);
+        crate::service::getrandom(&mut b);
         b[0] = (b[0] & 0xfe) | 0x02;
         Mac(b)
     }

@@ -25,21 +25,7 @@ const USED: u64 = 0x4000;
 /// table, then available ring at 0x3000, data anywhere).
 pub fn virtio_queue(data: &[u8]) -> Outcome {
     let mut outcome = Outcome::default();
-    let Some((&which, rest)) = data.split_first() else {
-        return outcome;
-    };
-    let Some((&size_exp, rest)) = rest.split_first() else {
-        return outcome;
-    };
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
-        return outcome;
-    };
-    let n = rest.len().min(MEM_SIZE - 0x1000);
-    if mem.write_slice(&rest[..n], GuestAddress(DESC)).is_err() {
-        return outcome;
-    }
-    let size = 1u16 << (size_exp % 9);
-    let Some(mut queues) = queues(&mem, size, 3) else {
+    let Some((which, size, mem, mut queues)) = laid_out(data, 3) else {
         return outcome;
     };
     let result = match which % 4 {
@@ -84,21 +70,7 @@ pub fn net_rx_frame() -> Vec<u8> {
 pub fn virtio_net(data: &[u8]) -> Outcome {
     use crate::virtio::net::{self, Net};
     let mut outcome = Outcome::default();
-    let Some((&which, rest)) = data.split_first() else {
-        return outcome;
-    };
-    let Some((&size_exp, rest)) = rest.split_first() else {
-        return outcome;
-    };
-    let Ok(mem) = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]) else {
-        return outcome;
-    };
-    let n = rest.len().min(MEM_SIZE - 0x1000);
-    if mem.write_slice(&rest[..n], GuestAddress(DESC)).is_err() {
-        return outcome;
-    }
-    let size = 1u16 << (size_exp % 9);
-    let Some(mut queues) = queues(&mem, size, 2) else {
+    let Some((which, size, mem, mut queues)) = laid_out(data, 2) else {
         return outcome;
     };
     let Ok((ours, peer)) = std::os::unix::net::UnixDatagram::pair() else {
@@ -142,6 +114,20 @@ pub fn virtio_net(data: &[u8]) -> Outcome {
     }
     read_back(&mem, size, &mut outcome);
     outcome
+}
+
+/// The input layout the queue entries share: byte 0 for the caller, byte 1 the queue size
+/// exponent, the rest copied over guest memory from 0x1000; with `n` queues over it. None if
+/// the input is too short or the layout does not fit.
+fn laid_out(data: &[u8], n: usize) -> Option<(u8, u16, GuestMemoryMmap, Queues)> {
+    let (&which, rest) = data.split_first()?;
+    let (&size_exp, rest) = rest.split_first()?;
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).ok()?;
+    let len = rest.len().min(MEM_SIZE - 0x1000);
+    mem.write_slice(&rest[..len], GuestAddress(DESC)).ok()?;
+    let size = 1u16 << (size_exp % 9);
+    let queues = queues(&mem, size, n)?;
+    Some((which, size, mem, queues))
 }
 
 /// `n` queues of `size` over the one ring layout (descriptors at 0x1000, available ring at

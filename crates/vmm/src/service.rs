@@ -75,7 +75,8 @@ impl Identity {
     }
 }
 
-fn getrandom(buf: &mut [u8]) {
+/// Fills `buf` from the kernel's random source (retrying until it has).
+pub(crate) fn getrandom(buf: &mut [u8]) {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: writes at most buf.len()-done bytes into the rest of `buf`.

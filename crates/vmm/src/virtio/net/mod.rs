@@ -599,7 +599,7 @@ mod tests {
         (File::from(std::os::fd::OwnedFd::from(a)), b)
     }
 
-    fn restored(state: &NetState, spec: &RestoreSpec) -> Net {
+    fn restored(state: &NetState, spec: &RestoreSpec) -> Result<Net, Error> {
         let dir = std::env::temp_dir();
         let service: ServiceHandler = Arc::new(|_, _, _| {});
         let env = DeviceEnv {
@@ -609,7 +609,7 @@ mod tests {
             spec,
             service: &service,
         };
-        Net::restore(&env, state).unwrap()
+        Net::restore(&env, state)
     }
 
     #[test]
@@ -622,7 +622,7 @@ mod tests {
         assert_eq!(state.mac, [2, 0, 0, 0, 0, 7]);
         assert_eq!(state.rx, limit);
         // Without a TAP in the state, a plain restore is detached with the same MAC.
-        let back = restored(&state, &RestoreSpec::default());
+        let back = restored(&state, &RestoreSpec::default()).unwrap();
         assert_eq!(back.mac().to_string(), "02:00:00:00:00:07");
         assert_eq!(back.config_space()[6..8], [0, 0], "link down when detached");
         // A clone of a VM on a TAP does not take the TAP, and has a MAC of its own.
@@ -634,7 +634,7 @@ mod tests {
             clone_id: Some(3),
             ..Default::default()
         };
-        let clone = restored(&on_tap, &spec);
+        let clone = restored(&on_tap, &spec).unwrap();
         assert!(clone.tap_name().is_none());
         assert_ne!(clone.mac().0, state.mac);
         assert_eq!(clone.mac().0[0] & 3, 2, "locally administered unicast");
@@ -643,22 +643,13 @@ mod tests {
             taps: [("net0".to_string(), String::new())].into(),
             ..Default::default()
         };
-        assert!(restored(&on_tap, &spec).tap_name().is_none());
+        assert!(restored(&on_tap, &spec).unwrap().tap_name().is_none());
         // Naming a TAP that cannot be opened fails the restore by the TAP's name.
         let spec = RestoreSpec {
             taps: [("net0".to_string(), "no/such".to_string())].into(),
             ..Default::default()
         };
-        let dir = std::env::temp_dir();
-        let service: ServiceHandler = Arc::new(|_, _, _| {});
-        let env = DeviceEnv {
-            id: "net0",
-            snapshot_dir: &dir,
-            run_dir: &dir,
-            spec: &spec,
-            service: &service,
-        };
-        let e = Net::restore(&env, &on_tap).err().unwrap().to_string();
+        let e = restored(&on_tap, &spec).err().unwrap().to_string();
         assert!(e.contains("\"no/such\""), "{e}");
     }
 }
