@@ -6,6 +6,7 @@ mod format;
 mod image_cmd;
 mod images;
 mod mount_cmd;
+mod net_helper;
 mod pool_cmd;
 mod progress;
 mod repo_cmd;
@@ -84,6 +85,12 @@ enum Command {
         /// starlingd's API socket
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
+    },
+    /// What a VM's monitor runs to put its clones on its network (not a user's command)
+    #[command(hide = true)]
+    NetHelper {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Boot an image as a VM: its root fetched on demand through the host cache, its writes
     /// on a copy-on-write layer; with `-- CMD` the command runs and its status is ours
@@ -228,6 +235,7 @@ fn main() -> ExitCode {
                 None => mount_cmd::commit(&socket, &store, &mountpoint, &image, json),
             }
         }
+        Command::NetHelper { args } => net_helper::run(&args),
         Command::Run(a) => run_cmd::run(&store, a),
         Command::Ps { all, json, socket } => run_cmd::ps(&socket, all, json),
         Command::Stop { names, socket } => run_cmd::stop(&socket, &names, false),

@@ -122,6 +122,10 @@ pub struct RestoreArgs {
     /// the snapshot's TAP]
     #[arg(long = "tap", value_parser = parse_tap)]
     taps: Vec<(String, String)>,
+    /// `nat`: put the first network device on Starling's network with an address of its
+    /// own (the guest's agent takes it on when told it was restored: `starling-agent watch`)
+    #[arg(long, value_name = "nat")]
+    net: Option<String>,
 }
 
 /// A `--net` value: no device, or one over a TAP.
@@ -150,6 +154,7 @@ pub(crate) fn parse_net(s: &str) -> Result<NetArg, String> {
         rx: None,
         tx: None,
         owned: false,
+        ip: None,
     };
     let rate = |v: &str| -> Result<starling_vmm::config::Limit, String> {
         let bytes = crate::format::parse_size(v).map_err(|e| format!("{s:?}: {e}"))?;
@@ -462,7 +467,7 @@ fn console_arg(s: &str) -> Result<Console> {
 }
 
 fn restore(a: RestoreArgs) -> Result<ExitCode> {
-    let spec = starling_vmm::RestoreSpec {
+    let mut spec = starling_vmm::RestoreSpec {
         dir: std::path::absolute(&a.dir)?,
         api_socket: a.api_socket,
         vsock_path: a.vsock_path,
@@ -472,10 +477,43 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
         taps: a.taps.into_iter().collect(),
         ..Default::default()
     };
+    match a.net.as_deref() {
+        None => {}
+        Some("nat") => {
+            // This process becomes the monitor (exec below), so the lease is the monitor's.
+            let att = starling_net::attach(std::process::id(), &[])?;
+            if std::env::var_os("STARLING_VM_QUIET").is_none() {
+                eprintln!(
+                    "starling: VM address {} on {} ({})",
+                    att.address,
+                    starling_net::BRIDGE,
+                    att.tap
+                );
+            }
+            let ip = att.kernel_ip_param("");
+            spec.networks.insert(
+                "net0".into(),
+                starling_vmm::spec::NetAttach {
+                    tap: att.tap.clone(),
+                    ip: ip.trim_start_matches("ip=").to_owned(),
+                },
+            );
+            set_net_helper();
+        }
+        Some(other) => bail!("--net {other:?}: a restore takes `--net nat` (or --tap DEVICE=TAP)"),
+    }
     exec_vmm("--restore-json", &serde_json::to_string(&spec)?)?;
     Ok(ExitCode::from(starling_vmm::process::run_to_exit(
         starling_vmm::process::Start::Restore(spec),
     )))
+}
+
+/// Names this program as the monitor's network helper, so that its clones get addresses of
+/// their own on the network (`starling net-helper`, starling-vmm's `clone_net`).
+pub(crate) fn set_net_helper() {
+    if let Ok(exe) = std::env::current_exe() {
+        std::env::set_var(starling_vmm::clone_net::HELPER_VAR, exe);
+    }
 }
 
 /// Replaces this process with `starling-vmm FLAG ARG` when it is installed beside this binary
@@ -578,13 +616,16 @@ fn net_devices(
                     config.cmdline,
                     att.kernel_ip_param(&config.hostname)
                 );
+                let ip = att.kernel_ip_param(&config.hostname);
                 devices.push(starling_vmm::NetConfig {
                     tap: att.tap.clone(),
                     mac: None,
                     rx: None,
                     tx: None,
                     owned: true,
+                    ip: Some(ip.trim_start_matches("ip=").to_owned()),
                 });
+                set_net_helper();
             }
         }
     }

@@ -597,13 +597,15 @@ impl Vms {
             RunNet::Nat => {
                 let att =
                     starling_net::attach(std::process::id(), &req.publish).map_err(net_error)?;
-                config.cmdline = format!("{} {}", config.cmdline, att.kernel_ip_param(name));
+                let ip = att.kernel_ip_param(name);
+                config.cmdline = format!("{} {ip}", config.cmdline);
                 config.net.push(starling_vmm::NetConfig {
                     tap: att.tap.clone(),
                     mac: None,
                     rx: None,
                     tx: None,
                     owned: true,
+                    ip: Some(ip.trim_start_matches("ip=").to_owned()),
                 });
                 Some(att)
             }
@@ -641,6 +643,9 @@ impl Vms {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2);
+        if let (Some(_), Some(helper)) = (net, net_helper_program()) {
+            cmd.env(starling_vmm::clone_net::HELPER_VAR, helper);
+        }
         {
             use std::os::unix::process::CommandExt;
             // Its own session: a VM outlives the daemon and the CLI that started it.
@@ -852,4 +857,15 @@ pub fn scratch_disk(
     let cfg: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     starling_image::scratch::create(path, req.disk_bytes, &image.commit.root_meta, &cfg)
         .map_err(|e| DaemonError::Internal(format!("scratch disk: {e}")))
+}
+
+/// The program a monitor runs to give its clones addresses (`starling net-helper`): this
+/// program when it is `starling` (`starling daemon`), else the `starling` beside it.
+fn net_helper_program() -> Option<std::path::PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    if exe.file_name().is_some_and(|n| n == "starling") {
+        return Some(exe);
+    }
+    let beside = exe.parent()?.join("starling");
+    beside.is_file().then_some(beside)
 }

@@ -5,7 +5,15 @@
  * The monitor's service (host CID 2, vsock port 0x53540000):
  *   starling-agent whoami        print this VM's identity line
  *   starling-agent identity      take the identity on: reseed the kernel RNG with the fresh
- *                                seed, set the hostname and the clock; print the line
+ *                                seed, set the hostname and the clock, and the address (ip=)
+ *                                if the line has one; print the line
+ *   starling-agent watch         stay in the background and take the identity on whenever the
+ *                                VM was restored or forked from outside (the monitor answers
+ *                                `watch` only then); print each line taken on
+ *   starling-agent net IP        take address IP (the kernel's ip= form,
+ *                                ADDR::GW:MASK:HOST:DEV:off[:DNS..]) on: TCP connections from
+ *                                the old address are aborted, the neighbour cache flushed, the
+ *                                new address announced (gratuitous ARP)
  *   starling-agent fork N        fork the VM into N clones; prints 0 here and K in clone K,
  *                                each having taken its identity on
  *   starling-agent join          wait for the clones; print "exit C1 C2 ..."
@@ -27,6 +35,14 @@
 #define _GNU_SOURCE
 #include <linux/random.h>
 #include <linux/vm_sockets.h>
+#include <linux/if_packet.h>
+#include <linux/inet_diag.h>
+#include <linux/netlink.h>
+#include <linux/sock_diag.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
@@ -88,6 +104,153 @@ static const char *field(const char *line, const char *key, char *out, size_t ma
 
 static int hexval(char c) { return c >= 'a' ? c - 'a' + 10 : c - '0'; }
 
+/* ---- the guest's address (clones and restores get theirs from `whoami`) ---- */
+
+/* Aborts the TCP connections whose local address is `old` (ss -K's way: dump them over
+ * NETLINK_SOCK_DIAG, then SOCK_DESTROY each). Run after the address is gone, so that the
+ * resets they would send cannot be routed: a clone must not reset its parent's peers.
+ * Returns how many were aborted, or -1 if the kernel cannot (CONFIG_INET_DIAG_DESTROY). */
+static int abort_tcp_from(struct in_addr old) {
+    int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+    if (nl < 0) return -1;
+    struct { struct nlmsghdr h; struct inet_diag_req_v2 r; } req;
+    memset(&req, 0, sizeof req);
+    req.h.nlmsg_len = sizeof req;
+    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+    req.r.sdiag_family = AF_INET;
+    req.r.sdiag_protocol = IPPROTO_TCP;
+    req.r.idiag_states = ~(1u << 10); /* all but LISTEN */
+    if (send(nl, &req, sizeof req, 0) < 0) { close(nl); return -1; }
+    /* Collected first, destroyed after: no request may interleave with the dump. */
+    struct inet_diag_sockid ids[256];
+    int n = 0, done = 0;
+    static char buf[32768];
+    while (!done) {
+        ssize_t len = recv(nl, buf, sizeof buf, 0);
+        if (len <= 0) break;
+        for (struct nlmsghdr *h = (void *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
+            if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) { done = 1; break; }
+            struct inet_diag_msg *m = NLMSG_DATA(h);
+            if (m->id.idiag_src[0] == old.s_addr && n < 256) ids[n++] = m->id;
+        }
+    }
+    int aborted = 0, unsupported = 0;
+    for (int i = 0; i < n; i++) {
+        memset(&req, 0, sizeof req);
+        req.h.nlmsg_len = sizeof req;
+        req.h.nlmsg_type = SOCK_DESTROY;
+        req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+        req.r.sdiag_family = AF_INET;
+        req.r.sdiag_protocol = IPPROTO_TCP;
+        req.r.idiag_states = ~0u;
+        req.r.id = ids[i];
+        if (send(nl, &req, sizeof req, 0) < 0) continue;
+        char ack[512];
+        ssize_t len = recv(nl, ack, sizeof ack, 0);
+        struct nlmsghdr *h = (void *)ack;
+        if (len >= (ssize_t)(sizeof *h + sizeof(int)) && h->nlmsg_type == NLMSG_ERROR) {
+            int err = *(int *)NLMSG_DATA(h);
+            if (err == 0) aborted++;
+            else if (err == -EOPNOTSUPP) unsupported = 1;
+        }
+    }
+    close(nl);
+    return unsupported && !aborted ? -1 : aborted;
+}
+
+/* Announces `addr` at `mac` on interface `index` (gratuitous ARP: a request for itself). */
+static void announce(int index, const unsigned char mac[6], struct in_addr addr) {
+    int p = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, htons(0x0806));
+    if (p < 0) { perror("starling-agent: announcing the address"); return; }
+    unsigned char arp[28] = {0, 1, 8, 0, 6, 4, 0, 1};
+    memcpy(arp + 8, mac, 6); memcpy(arp + 14, &addr, 4);
+    memset(arp + 18, 0, 6); memcpy(arp + 24, &addr, 4);
+    struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_protocol = htons(0x0806),
+                              .sll_ifindex = index, .sll_halen = 6 };
+    memset(to.sll_addr, 0xff, 6);
+    if (sendto(p, arp, sizeof arp, 0, (struct sockaddr *)&to, sizeof to) < 0)
+        perror("starling-agent: announcing the address");
+    close(p);
+}
+
+static int set_flags(int s, const char *dev, int up) {
+    struct ifreq r; memset(&r, 0, sizeof r);
+    snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
+    if (ioctl(s, SIOCGIFFLAGS, &r) < 0) return -1;
+    if (up) r.ifr_flags |= IFF_UP; else r.ifr_flags &= ~IFF_UP;
+    return ioctl(s, SIOCSIFFLAGS, &r);
+}
+
+static int set_in_addr(int s, const char *dev, unsigned long req, struct in_addr a) {
+    struct ifreq r; memset(&r, 0, sizeof r);
+    snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
+    struct sockaddr_in *sa = (struct sockaddr_in *)&r.ifr_addr;
+    sa->sin_family = AF_INET; sa->sin_addr = a;
+    return ioctl(s, req, &r);
+}
+
+/* Takes the address in `ip` (ADDR::GW:MASK:HOST:DEV:AUTOCONF[:DNS..]) on; 0 on success. */
+static int apply_net(const char *ip) {
+    char f[9][64] = {{0}};
+    int k = 0; size_t at = 0;
+    for (const char *p = ip; *p && k < 9; p++) {
+        if (*p == ':') { k++; at = 0; continue; }
+        if (at + 1 < sizeof f[0]) f[k][at++] = *p;
+    }
+    struct in_addr addr, gw, mask;
+    const char *dev = f[5][0] ? f[5] : "eth0";
+    if (!inet_aton(f[0], &addr) || !inet_aton(f[3], &mask) || strlen(dev) >= IFNAMSIZ) {
+        fprintf(stderr, "starling-agent: address %s: not ADDR::GW:MASK:HOST:DEV:off\n", ip);
+        return -1;
+    }
+    int have_gw = f[2][0] && inet_aton(f[2], &gw);
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) { perror("starling-agent: socket"); return -1; }
+    struct ifreq r; memset(&r, 0, sizeof r);
+    snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
+    struct in_addr old = {0};
+    if (ioctl(s, SIOCGIFADDR, &r) == 0) old = ((struct sockaddr_in *)&r.ifr_addr)->sin_addr;
+    /* Down and up: the neighbour cache and the routes through the device go with the old
+     * address. The same address again (a restore) is only announced. */
+    int same = old.s_addr == addr.s_addr;
+    if (!same && (set_flags(s, dev, 0) < 0 || set_in_addr(s, dev, SIOCSIFADDR, addr) < 0 ||
+        set_in_addr(s, dev, SIOCSIFNETMASK, mask) < 0 || set_flags(s, dev, 1) < 0)) {
+        fprintf(stderr, "starling-agent: setting address %s on %s: %s\n", f[0], dev, strerror(errno));
+        close(s); return -1;
+    }
+    if (have_gw && !same) {
+        struct rtentry rt; memset(&rt, 0, sizeof rt);
+        struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
+        g->sin_family = AF_INET; g->sin_addr = gw;
+        ((struct sockaddr_in *)&rt.rt_dst)->sin_family = AF_INET;
+        ((struct sockaddr_in *)&rt.rt_genmask)->sin_family = AF_INET;
+        rt.rt_flags = RTF_UP | RTF_GATEWAY;
+        rt.rt_dev = (char *)dev;
+        if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST)
+            fprintf(stderr, "starling-agent: default route via %s: %s\n", f[2], strerror(errno));
+    }
+    int aborted = 0;
+    if (old.s_addr && !same) aborted = abort_tcp_from(old);
+    memset(&r, 0, sizeof r);
+    snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
+    if (ioctl(s, SIOCGIFHWADDR, &r) == 0) {
+        unsigned char mac[6];
+        memcpy(mac, r.ifr_hwaddr.sa_data, 6);
+        memset(&r, 0, sizeof r);
+        snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
+        if (ioctl(s, SIOCGIFINDEX, &r) == 0) announce(r.ifr_ifindex, mac, addr);
+    }
+    close(s);
+    char was[INET_ADDRSTRLEN] = "none";
+    if (old.s_addr) inet_ntop(AF_INET, &old, was, sizeof was);
+    fprintf(stderr, "starling-agent: %s address %s (was %s)", dev, f[0], was);
+    if (aborted > 0) fprintf(stderr, ", %d TCP connection%s from the old one aborted", aborted, aborted == 1 ? "" : "s");
+    if (aborted < 0) fprintf(stderr, ", its TCP connections left (the kernel cannot abort them)");
+    fprintf(stderr, "\n");
+    return 0;
+}
+
 /* Takes the identity in `line` on. */
 static void apply(const char *line) {
     char v[128];
@@ -108,6 +271,8 @@ static void apply(const char *line) {
         struct timespec ts = { .tv_sec = ns / 1000000000ULL, .tv_nsec = ns % 1000000000ULL };
         if (clock_settime(CLOCK_REALTIME, &ts) < 0) perror("starling-agent: clock_settime");
     }
+    char ip[256];
+    if (field(line, "ip", ip, sizeof ip)) apply_net(ip);
 }
 
 static long whoami(int apply_it) {
@@ -902,6 +1067,17 @@ int main(int argc, char **argv) {
         if (fd >= 0) { if (write(fd, "3", 1) < 0) perror("starling-agent: drop_caches"); close(fd); }
         int s = service(); call(s, "ready", line, sizeof line); whoami(1); puts(line); return 0;
     }
+    if (argc == 2 && !strcmp(argv[1], "watch")) {
+        for (;;) {
+            int s = service();
+            call(s, "watch", line, sizeof line);
+            close(s);
+            apply(line);
+            puts(line);
+            fflush(stdout);
+        }
+    }
+    if (argc == 3 && !strcmp(argv[1], "net")) return apply_net(argv[2]) ? 1 : 0;
     if (argc == 3 && !strcmp(argv[1], "answer")) return answer(atoi(argv[2]));
     if (argc == 3 && !strcmp(argv[1], "serve")) return serve(argv[2]);
     if ((argc == 3 || argc == 4) && !strcmp(argv[1], "run")) run(argv[2], argc == 4 ? argv[3] : "/scratch/starling");
@@ -911,6 +1087,6 @@ int main(int argc, char **argv) {
         if (*end || n < 0 || n > 255) { fprintf(stderr, "starling-agent: exit %s: a status 0..255\n", argv[2]); return 2; }
         end_vm((int)n);
     }
-    fprintf(stderr, "usage: starling-agent whoami|identity|fork N|join|ready|answer PORT|serve ROOT|run ROOT [DIR]|exit N\n");
+    fprintf(stderr, "usage: starling-agent whoami|identity|watch|net IP|fork N|join|ready|answer PORT|serve ROOT|run ROOT [DIR]|exit N\n");
     return 2;
 }

@@ -106,6 +106,23 @@ pub fn attach(pid: u32, publish: &[Publish]) -> Result<Attachment, Error> {
 }
 
 pub fn attach_in(state: &Path, pid: u32, publish: &[Publish]) -> Result<Attachment, Error> {
+    let mut all = attach_many_in(state, pid, 1, publish)?;
+    all.pop()
+        .ok_or_else(|| Error::Invalid("no attachment made".into()))
+}
+
+/// `count` attachments at once for process `pid` (a parent monitor forking clones, which
+/// hands each lease to its clone with [`adopt`]); `publish` goes to the first. All or none.
+pub fn attach_many(pid: u32, count: u32, publish: &[Publish]) -> Result<Vec<Attachment>, Error> {
+    attach_many_in(&state_dir(), pid, count, publish)
+}
+
+pub fn attach_many_in(
+    state: &Path,
+    pid: u32,
+    count: u32,
+    publish: &[Publish],
+) -> Result<Vec<Attachment>, Error> {
     publish::check_unique(publish)?;
     let rt = link::runtime()?;
     rt.block_on(link::ensure_bridge())?;
@@ -116,38 +133,70 @@ pub fn attach_in(state: &Path, pid: u32, publish: &[Publish]) -> Result<Attachme
         nat::remove_vm(gone.index);
         rt.block_on(link::remove_tap(&gone.tap));
     }
-    let lease = leases.take(pid, publish)?;
-    let tap = lease.tap.clone();
-    let result = (|| {
-        starling_vmm::virtio::net::tap::create_persistent(&tap)
-            .map_err(|e| Error::Netlink(e.to_string()))?;
-        rt.block_on(link::attach_to_bridge(&tap))?;
-        nat::publish(lease.index, lease.address, publish)?;
-        Ok(())
-    })();
+    let mut made: Vec<leases::Lease> = Vec::new();
+    let mut result = Ok(());
+    for i in 0..count {
+        let publish = if i == 0 { publish } else { &[] };
+        let lease = match leases.take(pid, publish) {
+            Ok(l) => l,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        made.push(lease.clone());
+        let tap = lease.tap.clone();
+        result = (|| {
+            // Starling owns the `stapN` names: one left without a lease (its lease file was
+            // removed by hand) goes, rather than failing every VM that draws its number.
+            rt.block_on(link::remove_tap(&tap));
+            starling_vmm::virtio::net::tap::create_persistent(&tap)
+                .map_err(|e| Error::Netlink(e.to_string()))?;
+            rt.block_on(link::attach_to_bridge(&tap))?;
+            nat::publish(lease.index, lease.address, publish)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            break;
+        }
+    }
     if let Err(e) = result {
-        nat::remove_vm(lease.index);
-        rt.block_on(link::remove_tap(&tap));
-        leases.release(lease.index)?;
+        for lease in made {
+            nat::remove_vm(lease.index);
+            rt.block_on(link::remove_tap(&lease.tap));
+            leases.release(lease.index)?;
+        }
         return Err(e);
     }
     leases.save()?;
-    Ok(Attachment {
-        index: lease.index,
-        tap,
-        address: lease.address,
-        gateway: leases::gateway(),
-        prefix: PREFIX,
-        dns: host_dns(),
-        published: publish.to_vec(),
-    })
+    let dns = host_dns();
+    Ok(made
+        .into_iter()
+        .enumerate()
+        .map(|(i, lease)| Attachment {
+            index: lease.index,
+            tap: lease.tap,
+            address: lease.address,
+            gateway: leases::gateway(),
+            prefix: PREFIX,
+            dns: dns.clone(),
+            published: if i == 0 { publish.to_vec() } else { Vec::new() },
+        })
+        .collect())
 }
 
 /// Hands lease `index` to process `pid` (the monitor, once its owner has started it): the
 /// lease is then reaped when that process ends.
 pub fn adopt(index: u32, pid: u32) -> Result<(), Error> {
+    adopt_all(&[(index, pid)])
+}
+
+/// [`adopt`] for several leases under one lock: (lease, pid) pairs.
+pub fn adopt_all(pairs: &[(u32, u32)]) -> Result<(), Error> {
     let mut leases = leases::Leases::lock(&state_dir())?;
-    leases.adopt(index, pid)?;
+    for &(index, pid) in pairs {
+        leases.adopt(index, pid)?;
+    }
     leases.save()
 }
 
@@ -158,12 +207,25 @@ pub fn detach(att: &Attachment) -> Result<(), Error> {
 }
 
 pub fn detach_in(state: &Path, att: &Attachment) -> Result<(), Error> {
-    nat::remove_vm(att.index);
-    if let Ok(rt) = link::runtime() {
-        rt.block_on(link::remove_tap(&att.tap));
-    }
+    detach_index_in(state, att.index)
+}
+
+/// Takes lease `index` off the network: its published ports, its TAP, its lease (nothing
+/// if there is no such lease).
+pub fn detach_index(index: u32) -> Result<(), Error> {
+    detach_index_in(&state_dir(), index)
+}
+
+fn detach_index_in(state: &Path, index: u32) -> Result<(), Error> {
     let mut leases = leases::Leases::lock(state)?;
-    leases.release(att.index)?;
+    let Some(lease) = leases.all().into_iter().find(|l| l.index == index) else {
+        return Ok(());
+    };
+    nat::remove_vm(index);
+    if let Ok(rt) = link::runtime() {
+        rt.block_on(link::remove_tap(&lease.tap));
+    }
+    leases.release(index)?;
     leases.save()
 }
 

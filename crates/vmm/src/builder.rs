@@ -249,7 +249,9 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
 /// has one (a clone's device has a new one: see `virtio/net`).
 fn nic_identity(m: &Machine, services: &Services) {
     if let Some((_, f)) = m.devices.net_figures().first() {
-        crate::bus::lock(&services.identity).mac = f.mac.0;
+        let mut id = crate::bus::lock(&services.identity);
+        id.mac = f.mac.0;
+        id.ip = f.ip.clone();
     }
 }
 

@@ -153,6 +153,12 @@ pub struct NetConfig {
     /// it holds it, so that it goes away with the monitor.
     #[serde(default)]
     pub owned: bool,
+    /// The guest's address on this device, as the kernel's `ip=` value
+    /// (`ADDR::GW:MASK:HOST:DEV:off:DNS`): given on the command line by whoever made the
+    /// network, and told to the guest's agent by `whoami` (a clone or a restore learns its new
+    /// one there).
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 impl NetConfig {
@@ -173,8 +179,26 @@ impl NetConfig {
                 }
             }
         }
+        if let Some(ip) = &self.ip {
+            if let Err(e) = check_ip_param(ip) {
+                return bad(e);
+            }
+        }
         Ok(())
     }
+}
+
+/// Longest `ip=` value taken (the kernel's own limit on its command line is 2048 bytes).
+const MAX_IP_PARAM: usize = 256;
+
+/// An address handed to the guest must be one word the agent can split out of `whoami`.
+pub fn check_ip_param(ip: &str) -> Result<(), String> {
+    if ip.is_empty() || ip.len() > MAX_IP_PARAM || !ip.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "address {ip:?}: one word of at most {MAX_IP_PARAM} printable characters (the kernel's ip= form)"
+        ));
+    }
+    Ok(())
 }
 
 /// An Ethernet address, written `02:00:00:00:00:01`.

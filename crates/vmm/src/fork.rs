@@ -243,6 +243,7 @@ pub fn spawn_clones(
     count: u32,
     memory: &File,
     wiring: &CloneWiring,
+    networks: Option<&crate::clone_net::CloneNetworks>,
 ) -> std::io::Result<PendingClones> {
     let program = clone_program();
     let (ready_r, ready_w) = pipe()?;
@@ -270,6 +271,7 @@ pub fn spawn_clones(
             }),
             ready_fd: Some(ready_w.as_raw_fd()),
             release_fd: Some(release_r.as_raw_fd()),
+            networks: networks.map(|n| n.for_clone(id)).unwrap_or_default(),
             ..Default::default()
         };
         let log = match File::create(cdir.join("monitor.log")) {

@@ -16,6 +16,7 @@ pub mod api;
 pub mod boot;
 pub mod builder;
 pub mod bus;
+pub mod clone_net;
 pub mod config;
 pub mod devices;
 pub mod exit;

@@ -1,7 +1,12 @@
 //! The monitor's own vsock service on host port `SERVICE_PORT` (0x53540000): how a guest
 //! forks itself, joins its clones and learns who it is. Text lines, one answer per request:
 //!
-//!   whoami       → `id=K hostname=H mac=M seed=HEX time=UNIX_NS`
+//!   whoami       → `id=K hostname=H mac=M seed=HEX time=UNIX_NS [ip=ADDR::GW:MASK:HOST:DEV:off:DNS]`
+//!                  (ip: the guest's address on its first network device, when the VM's network
+//!                  gave it one, in the kernel's `ip=` form)
+//!   watch        → no answer from this monitor: answered, with the `whoami` line, by the
+//!                  monitor that restores a snapshot taken meanwhile (a restored VM or a clone
+//!                  hears here that it is one, and takes its identity and address on)
 //!   fork N       → `0` in the parent, `1`..`N` in the clones (SnowFlock's sf_clone)
 //!   join         → `exit C1 C2 …`: the exit status of every clone forked so far, in clone-id
 //!                  order, once all have ended (sf_join)
@@ -42,6 +47,8 @@ pub struct Identity {
     pub hostname: String,
     pub mac: [u8; 6],
     pub seed: [u8; 32],
+    /// The guest's address (kernel `ip=` form), when its network gave it one.
+    pub ip: Option<String>,
 }
 
 impl Identity {
@@ -56,6 +63,7 @@ impl Identity {
             hostname,
             mac,
             seed,
+            ip: None,
         }
     }
 
@@ -65,13 +73,18 @@ impl Identity {
             .map_or(0, |d| d.as_nanos());
         let mac: Vec<String> = self.mac.iter().map(|b| format!("{b:02x}")).collect();
         let seed: String = self.seed.iter().map(|b| format!("{b:02x}")).collect();
-        format!(
+        let mut line = format!(
             "id={} hostname={} mac={} seed={} time={now}",
             self.clone_id,
             self.hostname,
             mac.join(":"),
             seed
-        )
+        );
+        if let Some(ip) = &self.ip {
+            line.push_str(" ip=");
+            line.push_str(ip);
+        }
+        line
     }
 }
 
@@ -285,6 +298,10 @@ impl Services {
             },
             (Some("join"), None, _) => self.join(),
             (Some("ready"), None, _) => self.await_activation(),
+            (Some("watch"), None, _) => loop {
+                // Answered only on restore (`answer_resumed`): this VM stays who it is.
+                std::thread::park();
+            },
             (Some("exit"), Some(n), None) => match n.parse::<u8>() {
                 Ok(code) => {
                     self.exit.raise(crate::exit::ExitReason::GuestExit(code));
@@ -292,7 +309,9 @@ impl Services {
                 }
                 Err(_) => format!("error exit: {n:?} is not a status (0..255)"),
             },
-            _ => format!("error unknown request {req:?} (whoami, fork N, join, ready, exit N)"),
+            _ => format!(
+                "error unknown request {req:?} (whoami, watch, fork N, join, ready, exit N)"
+            ),
         }
     }
 
@@ -303,6 +322,7 @@ impl Services {
             Some("fork") if id > 0 => id.to_string(),
             Some("fork") => "error fork: interrupted by a snapshot; ask again".into(),
             Some("join") => "exit".into(),
+            Some("watch") => lock(&self.identity).line(),
             _ => self.answer(req),
         }
     }
@@ -409,6 +429,14 @@ mod tests {
         assert!(s.answer("launch").starts_with("error unknown"));
         assert_eq!(s.answer("join"), "exit");
         assert_eq!(s.answer_resumed("fork 3"), "1");
+        assert!(!s.answer("whoami").contains(" ip="));
+        lock(&s.identity).ip = Some("10.213.0.7::10.213.0.1:255.255.0.0:vm-1:eth0:off".into());
+        let resumed = s.answer_resumed("watch");
+        assert!(resumed.starts_with("id=1 hostname=vm-1 "), "{resumed}");
+        assert!(
+            resumed.ends_with(" ip=10.213.0.7::10.213.0.1:255.255.0.0:vm-1:eth0:off"),
+            "{resumed}"
+        );
         assert!(s.answer("exit 256").starts_with("error exit"));
         assert_eq!(exit.reason(), None);
         assert_eq!(s.answer("exit 9"), "ok");

@@ -64,8 +64,22 @@ pub struct RestoreSpec {
     /// other's frames).
     #[serde(default)]
     pub taps: std::collections::BTreeMap<String, String>,
+    /// Network attachments made for this VM (`--net nat`): a device's TAP, made persistent
+    /// for it (the monitor takes it over, so that it goes with the VM), and the guest's address
+    /// on it, which the guest's agent learns from `whoami`. Overrides `taps` for that device.
+    #[serde(default)]
+    pub networks: std::collections::BTreeMap<String, NetAttach>,
     /// The daemon's object socket for image roots (virtio-fs), when it is not where the
     /// snapshot's host had it.
     #[serde(default)]
     pub objects_socket: Option<PathBuf>,
+}
+
+/// A TAP made for one VM and the address its guest takes there (see [`RestoreSpec::networks`]).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetAttach {
+    pub tap: String,
+    /// The kernel's `ip=` form: `ADDR::GW:MASK:HOST:DEV:off:DNS`.
+    pub ip: String,
 }

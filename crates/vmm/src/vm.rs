@@ -538,6 +538,14 @@ impl Vm {
                 }));
             }
             Request::Fork { count, dir, reply } => {
+                // Addresses first, while the parent still runs.
+                let networks = match self.clone_networks(count) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                };
                 let was = self.shared.control.state();
                 let t = Instant::now();
                 vcpu::pause_all(threads, &self.shared.control);
@@ -552,12 +560,18 @@ impl Vm {
                 }
                 // The parent runs on while its clones start.
                 let r = frozen.and_then(|(dir, memfd)| {
-                    crate::fork::spawn_clones(&dir, count, &memfd, &self.clone_wiring())
-                        .map_err(|e| Error::Io {
-                            what: format!("starting clones in {}", dir.display()),
-                            source: e,
-                        })
-                        .map(|p| (dir, p))
+                    crate::fork::spawn_clones(
+                        &dir,
+                        count,
+                        &memfd,
+                        &self.clone_wiring(),
+                        networks.as_ref(),
+                    )
+                    .map_err(|e| Error::Io {
+                        what: format!("starting clones in {}", dir.display()),
+                        source: e,
+                    })
+                    .map(|p| (dir, p))
                 });
                 match r {
                     Ok((dir, pending)) => {
@@ -567,7 +581,16 @@ impl Vm {
                             std::thread::Builder::new()
                                 .name("fork-wait".into())
                                 .spawn(move || {
-                                    let r = pending.wait(&services).map(|clones| ForkInfo {
+                                    let r = match (pending.wait(&services), networks) {
+                                        (Ok(clones), Some(n)) => n.adopt(&clones).map(|_| clones),
+                                        (Ok(clones), None) => Ok(clones),
+                                        (Err(e), Some(n)) => {
+                                            n.detach();
+                                            Err(e)
+                                        }
+                                        (Err(e), None) => Err(e),
+                                    };
+                                    let r = r.map(|clones| ForkInfo {
                                         dir,
                                         clones,
                                         paused_us: paused_us as u64,
@@ -577,11 +600,26 @@ impl Vm {
                                 });
                     }
                     Err(e) => {
+                        if let Some(n) = networks {
+                            n.detach();
+                        }
                         let _ = reply.send(Err(e.to_string()));
                     }
                 }
             }
         }
+    }
+
+    /// Leases for `count` clones when this VM's first network device was given its address
+    /// by a network (see `clone_net`).
+    fn clone_networks(
+        &self,
+        count: u32,
+    ) -> Result<Option<crate::clone_net::CloneNetworks>, String> {
+        let Some((device, f)) = self.shared.net_figures.first() else {
+            return Ok(None);
+        };
+        crate::clone_net::CloneNetworks::attach(device, f.ip.as_deref(), count, &self.info.hostname)
     }
 
     /// What clones get of this VM's wiring: an API socket, a vsock socket and a console file

@@ -92,6 +92,7 @@ fn config(kernel: &Path, cmdline: &str, dir: &Path, tap: &str, mac: &str) -> VmC
         rx: None,
         tx: None,
         owned: false,
+        ip: None,
     });
     c
 }

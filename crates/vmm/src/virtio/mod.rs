@@ -166,6 +166,8 @@ pub struct FsFigures {
 pub struct NetFigures {
     pub tap: Option<String>,
     pub mac: crate::config::Mac,
+    /// The guest's address (`ip=` form), when the VM's network gave it one.
+    pub ip: Option<String>,
     pub counters: Arc<net::NetCounters>,
 }
 

@@ -88,6 +88,8 @@ pub struct Net {
     limits: (Option<Limit>, Option<Limit>),
     /// The TAP was made for this VM by `--net nat` (it goes with the monitor).
     owned: bool,
+    /// The guest's address there (`ip=` form), for `whoami`.
+    ip: Option<String>,
     rx_limiter: Option<Limiter>,
     tx_limiter: Option<Limiter>,
     epoll: Arc<Epoll>,
@@ -124,6 +126,7 @@ impl Net {
         n.tap_name = Some(config.tap.clone());
         n.is_tap = true;
         n.owned = config.owned;
+        n.ip = config.ip.clone();
         Ok(n)
     }
 
@@ -168,6 +171,7 @@ impl Net {
             mac,
             limits,
             owned: false,
+            ip: None,
             rx_limiter: limits.0.as_ref().map(Limiter::new),
             tx_limiter: limits.1.as_ref().map(Limiter::new),
             epoll: Arc::new(epoll),
@@ -466,6 +470,7 @@ impl VirtioDevice for Net {
         Some(super::NetFigures {
             tap: self.tap_name.clone(),
             mac: self.mac,
+            ip: self.ip.clone(),
             counters: self.counters.clone(),
         })
     }
@@ -543,6 +548,9 @@ pub struct NetState {
     pub mac: [u8; 6],
     pub rx: Option<Limit>,
     pub tx: Option<Limit>,
+    /// The guest's address: kept by a restore on the same TAP.
+    #[serde(default)]
+    pub ip: Option<String>,
 }
 
 impl<'a> Persist<'a> for Net {
@@ -556,31 +564,38 @@ impl<'a> Persist<'a> for Net {
             mac: self.mac.0,
             rx: self.limits.0,
             tx: self.limits.1,
+            ip: self.ip.clone(),
         })
     }
 
-    /// The same TAP by name, unless the restore names another; a clone keeps none unless
-    /// given one (two VMs on one TAP would see each other's frames), and gets a MAC of its
-    /// own; nor does a VM whose TAP was made for it (`--net nat`), which went with it.
+    /// The same TAP by name, unless the restore names another or attaches the device to a
+    /// network made for it (`RestoreSpec::networks`: a TAP it takes over, and an address); a
+    /// clone keeps none unless given one (two VMs on one TAP would see each other's frames),
+    /// and gets a MAC of its own; nor does a VM whose TAP was made for it (`--net nat`), which
+    /// went with it. The address goes with the TAP it was given for.
     fn restore(env: &'a DeviceEnv<'a>, s: &NetState) -> Result<Net, Error> {
         let clone = env.spec.clone_id.is_some();
-        let given = env.spec.taps.get(env.id).cloned();
-        let tap = match given {
-            Some(t) if t.is_empty() => None,
-            Some(t) => Some(t),
-            None if clone || s.owned => None,
-            None => s.tap.clone(),
-        };
         let mac = if clone { Mac::random() } else { Mac(s.mac) };
-        match tap {
-            Some(name) => Net::new(&NetConfig {
-                tap: name,
-                mac: Some(mac),
-                rx: s.rx,
-                tx: s.tx,
-                owned: false,
-            }),
-            None => Net::with_backend(None, mac, (s.rx, s.tx)),
+        let config = |tap: String, owned: bool, ip: Option<String>| NetConfig {
+            tap,
+            mac: Some(mac),
+            rx: s.rx,
+            tx: s.tx,
+            owned,
+            ip,
+        };
+        if let Some(a) = env.spec.networks.get(env.id) {
+            return Net::new(&config(a.tap.clone(), true, Some(a.ip.clone())));
+        }
+        let given = env.spec.taps.get(env.id).cloned();
+        match given {
+            Some(t) if t.is_empty() => Net::with_backend(None, mac, (s.rx, s.tx)),
+            Some(t) => Net::new(&config(t, false, None)),
+            None if clone || s.owned => Net::with_backend(None, mac, (s.rx, s.tx)),
+            None => match s.tap.clone() {
+                Some(t) => Net::new(&config(t, false, s.ip.clone())),
+                None => Net::with_backend(None, mac, (s.rx, s.tx)),
+            },
         }
     }
 }
@@ -650,6 +665,31 @@ mod tests {
             ..Default::default()
         };
         let e = restored(&on_tap, &spec).err().unwrap().to_string();
+        assert!(e.contains("\"no/such\""), "{e}");
+        // A VM whose TAP and address were made for it comes back without either, unless
+        // the restore attaches it anew (here to a TAP that cannot be opened: named).
+        let made_for_it = NetState {
+            tap: Some("stap9".into()),
+            owned: true,
+            ip: Some("10.213.0.9::10.213.0.1:255.255.0.0:vm:eth0:off".into()),
+            ..state.clone()
+        };
+        let back = restored(&made_for_it, &RestoreSpec::default()).unwrap();
+        assert!(back.tap_name().is_none());
+        assert!(back.net_figures().unwrap().ip.is_none());
+        let spec = RestoreSpec {
+            clone_id: Some(1),
+            networks: [(
+                "net0".to_string(),
+                crate::spec::NetAttach {
+                    tap: "no/such".into(),
+                    ip: "10.213.0.10::10.213.0.1:255.255.0.0:vm-1:eth0:off".into(),
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
+        let e = restored(&made_for_it, &spec).err().unwrap().to_string();
         assert!(e.contains("\"no/such\""), "{e}");
     }
 }

@@ -1,0 +1,51 @@
+//! The agent re-addressing a guest (`starling-agent net`, what clones and restores run when
+//! `whoami` gives them an address) on this host's own kernel, in network namespaces the test
+//! makes (tests/net/readdress.sh): needs root.
+
+use std::process::Command;
+
+#[test]
+fn readdressing_aborts_old_connections_without_resetting_the_peer_and_announces() {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if !root {
+        starling_testkit::skip("network namespaces and veth pairs: needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("starling-agent");
+    std::fs::write(&agent, starling_guest::AGENT).unwrap();
+    std::fs::set_permissions(&agent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/net/readdress.sh");
+    let out = Command::new("unshare")
+        .args(["-n", "bash", script])
+        .arg(&agent)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}\n{err}");
+    let has = |s: &str| assert!(text.contains(s), "no {s:?} in:\n{text}\n{err}");
+    has("connected");
+    has("agent 0 starling-agent: eth0 address 10.9.0.6 (was 10.9.0.5), 1 TCP connection from the old one aborted");
+    has("client error 103"); // ECONNABORTED in the guest
+    has("host end quiet"); // and no reset reached the peer
+    has("garp 10.9.0.6 ");
+    has("inet 10.9.0.6/24");
+    has("default via 10.9.0.1 dev eth0");
+    has("bad address refused 1");
+    // The guest's MAC announced is its own.
+    let mac = text
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no link/ether in:\n{text}"));
+    has(&format!("garp 10.9.0.6 {mac}"));
+    assert_eq!(
+        text.matches("inet 10.9.0.6/24").count(),
+        2,
+        "the bad address changed nothing:\n{text}"
+    );
+}
