@@ -425,32 +425,36 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
                 p.as_ref()
                     .map_or_else(|| "-".to_string(), |p| p.display().to_string())
             };
+            let mut detached = false;
             for c in &v.clones {
+                let net = c
+                    .api_socket
+                    .as_ref()
+                    .and_then(|a| Client::new(a).status().ok())
+                    .and_then(|s| s.net.into_iter().next());
+                detached |= net.as_ref().is_some_and(|n| n.tap.is_none());
+                let address = net.and_then(|n| n.address);
                 println!(
-                    "clone {} pid {} dir {} api {} vsock {}",
+                    "clone {} pid {} dir {} api {} vsock {}{}",
                     c.id,
                     c.pid,
                     c.dir.display(),
                     shown(&c.api_socket),
-                    shown(&c.vsock)
+                    shown(&c.vsock),
+                    address.map_or_else(String::new, |a| format!(" address {a}"))
                 );
             }
             eprintln!(
                 "{count} clones running {} µs after the request; the parent was paused {} µs",
                 v.total_us, v.paused_us
             );
-            if let Some(c) = v.clones.first() {
-                let on_tap = c
-                    .api_socket
-                    .as_ref()
-                    .and_then(|a| Client::new(a).status().ok());
-                if on_tap.is_some_and(|s| s.net.iter().any(|n| n.tap.is_none())) {
-                    eprintln!(
-                        "the clones' network devices are detached (link down): the parent's \
-                         TAP stays with the parent; `vm restore --tap net0=TAP` a snapshot to \
-                         run a copy on a TAP of its own"
-                    );
-                }
+            if detached {
+                eprintln!(
+                    "the clones' network devices are detached (link down): the parent is on \
+                     its own TAP (--net tap=), which stays with it; `vm restore --tap \
+                     net0=TAP` a snapshot to run a copy on a TAP of its own (VMs on --net nat \
+                     fork clones with addresses of their own)"
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

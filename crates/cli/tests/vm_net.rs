@@ -298,3 +298,185 @@ fn nat_without_cap_net_admin_says_what_it_needs() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// Sends `msg` to the guest's UDP echo at `addr` from inside `ns`; the echo, if it came.
+fn echo(ns: &Netns, addr: &str, msg: &'static [u8]) -> Option<Vec<u8>> {
+    let addr = format!("{addr}:7");
+    ns.enter(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        for _ in 0..3 {
+            s.send_to(msg, &addr).unwrap();
+            let mut buf = [0u8; 256];
+            if let Ok((n, _)) = s.recv_from(&mut buf) {
+                return Some(buf[..n].to_vec());
+            }
+        }
+        None
+    })
+}
+
+/// `vm fork` of a VM on the NAT network: each clone gets a lease, a TAP on the bridge and an
+/// address of its own, which the (test) guest hears through its pending `watch` and takes on
+/// with its device's own MAC; every VM answers at its own address; the leases follow the
+/// clones' monitors, and each clone's TAP goes when it ends.
+#[test]
+fn clones_of_a_nat_vm_get_addresses_of_their_own() {
+    if let Some(why) = missing() {
+        return starling_testkit::skip(&why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = starling_vmm::test_guest::build(dir.path()).unwrap().pvh;
+    let state = dir.path().join("net-state");
+    let host = Netns::new("f");
+    let log = dir.path().join("console.log");
+    let api = dir.path().join("api.sock");
+    let vsock = format!("3,{}", dir.path().join("vsock.sock").display());
+    let mut vm = vm_run(
+        &host,
+        &state,
+        &kernel,
+        &log,
+        &[
+            "--net",
+            "nat",
+            "--api-socket",
+            api.to_str().unwrap(),
+            "--vsock",
+            &vsock,
+            "--cmdline",
+            "net netwatch exit=0",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut vms = Reaper(vec![vm.id()]);
+    let out = wait_for(&log, "net: serving");
+    assert!(out.contains("net: watching"), "{out}");
+    assert_eq!(
+        echo(&host, "10.213.0.2", b"parent").as_deref(),
+        Some(&b"parent"[..])
+    );
+
+    let fork = Command::new("ip")
+        .args(["netns", "exec", &host.0, env!("CARGO_BIN_EXE_starling")])
+        .args(["vm", "fork"])
+        .arg(&api)
+        .args(["-n", "2"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&fork.stdout);
+    let err = String::from_utf8_lossy(&fork.stderr);
+    assert!(fork.status.success(), "{said}{err}");
+    assert!(!err.contains("detached"), "{err}");
+    let mut clones = Vec::new();
+    for (k, addr) in [(1, "10.213.0.3"), (2, "10.213.0.4")] {
+        let line = said
+            .lines()
+            .find(|l| l.starts_with(&format!("clone {k} ")))
+            .unwrap_or_else(|| panic!("no clone {k} in {said}"));
+        assert!(line.ends_with(&format!(" address {addr}")), "{line}");
+        let cdir = PathBuf::from(
+            line.split(" dir ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap(),
+        );
+        let pid: u32 = line
+            .split(" pid ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        vms.0.push(pid);
+        let clog = cdir.join("console.log");
+        wait_for(&clog, &format!("net: readdressed {addr}"));
+        clones.push((addr, clog, pid));
+    }
+    // Every VM answers at its own address, and it is that VM that answers.
+    for (addr, clog, _) in &clones {
+        assert_eq!(
+            echo(&host, addr, b"clone").as_deref(),
+            Some(&b"clone"[..]),
+            "{addr}"
+        );
+        wait_for(clog, "net: udp echo 5 bytes");
+    }
+    assert_eq!(
+        echo(&host, "10.213.0.2", b"parent again").as_deref(),
+        Some(&b"parent again"[..])
+    );
+    // The host knows each clone by the clone's own MAC (its announcement), not the parent's.
+    let neigh = host.run(&["ip", "neigh", "show", "dev", "starling0"]);
+    let mac_of = |addr: &str| {
+        neigh
+            .lines()
+            .find(|l| l.starts_with(&format!("{addr} ")))
+            .and_then(|l| l.split("lladdr ").nth(1))
+            .map(|r| r.split(' ').next().unwrap().to_owned())
+            .unwrap_or_else(|| panic!("{addr} not in the host's neighbours: {neigh}"))
+    };
+    let macs = [
+        mac_of("10.213.0.2"),
+        mac_of("10.213.0.3"),
+        mac_of("10.213.0.4"),
+    ];
+    assert!(
+        macs[0] != macs[1] && macs[1] != macs[2] && macs[0] != macs[2],
+        "{neigh}"
+    );
+    let ports = host.run(&["ip", "-o", "link", "show", "master", "starling0"]);
+    for tap in ["stap1", "stap2", "stap3"] {
+        assert!(ports.contains(tap), "{ports}");
+    }
+    // The leases are the clones' monitors'.
+    let leases = std::fs::read_to_string(state.join("leases.json")).unwrap();
+    for (_, _, pid) in &clones {
+        assert!(leases.contains(&format!("\"pid\": {pid},")), "{leases}");
+    }
+    // A clone told to quit ends, and its TAP goes with it; the others still answer.
+    host.enter(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(b"quit", "10.213.0.3:7").unwrap();
+    });
+    let t = Instant::now();
+    while host
+        .run(&["ip", "-o", "link", "show", "master", "starling0"])
+        .contains("stap2")
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the clone's TAP outlived it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        echo(&host, "10.213.0.4", b"still").as_deref(),
+        Some(&b"still"[..])
+    );
+    for addr in ["10.213.0.4", "10.213.0.2"] {
+        host.enter(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"quit", format!("{addr}:7")).unwrap();
+        });
+    }
+    assert!(vm.wait().unwrap().success());
+}
+
+/// Kills the VMs a failing test leaves (clones are not the test's children).
+struct Reaper(Vec<u32>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for pid in &self.0 {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@
  *   starling-agent watch         stay in the background and take the identity on whenever the
  *                                VM was restored or forked from outside (the monitor answers
  *                                `watch` only then); print each line taken on
- *   starling-agent net IP        take address IP (the kernel's ip= form,
+ *   starling-agent net IP [MAC]  take address IP (the kernel's ip= form,
  *                                ADDR::GW:MASK:HOST:DEV:off[:DNS..]) on: TCP connections from
  *                                the old address are aborted, the neighbour cache flushed, the
  *                                new address announced (gratuitous ARP)
@@ -190,8 +190,10 @@ static int set_in_addr(int s, const char *dev, unsigned long req, struct in_addr
     return ioctl(s, req, &r);
 }
 
-/* Takes the address in `ip` (ADDR::GW:MASK:HOST:DEV:AUTOCONF[:DNS..]) on; 0 on success. */
-static int apply_net(const char *ip) {
+/* Takes the address in `ip` (ADDR::GW:MASK:HOST:DEV:AUTOCONF[:DNS..]) on, and the MAC `mac`
+ * (aa:bb:..; may be NULL): a clone's device has a MAC of its own, which the kernel's driver
+ * read only when it started, and two ports of a bridge must not claim one MAC. 0 on success. */
+static int apply_net(const char *ip, const char *mac_text) {
     char f[9][64] = {{0}};
     int k = 0; size_t at = 0;
     for (const char *p = ip; *p && k < 9; p++) {
@@ -211,9 +213,25 @@ static int apply_net(const char *ip) {
     snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
     struct in_addr old = {0};
     if (ioctl(s, SIOCGIFADDR, &r) == 0) old = ((struct sockaddr_in *)&r.ifr_addr)->sin_addr;
+    unsigned char want[6];
+    int new_mac = 0;
+    if (mac_text && sscanf(mac_text, "%hhx:%hhx:%hhx:%hhx:%hhx:%hhx", &want[0], &want[1], &want[2],
+                           &want[3], &want[4], &want[5]) == 6 && !(want[0] & 1)) {
+        memset(&r, 0, sizeof r);
+        snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
+        new_mac = ioctl(s, SIOCGIFHWADDR, &r) == 0 && memcmp(r.ifr_hwaddr.sa_data, want, 6) != 0;
+    }
     /* Down and up: the neighbour cache and the routes through the device go with the old
      * address. The same address again (a restore) is only announced. */
-    int same = old.s_addr == addr.s_addr;
+    int same = old.s_addr == addr.s_addr && !new_mac;
+    if (new_mac) {
+        memset(&r, 0, sizeof r);
+        snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
+        r.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+        memcpy(r.ifr_hwaddr.sa_data, want, 6);
+        if (set_flags(s, dev, 0) < 0 || ioctl(s, SIOCSIFHWADDR, &r) < 0)
+            fprintf(stderr, "starling-agent: setting %s's MAC to %s: %s\n", dev, mac_text, strerror(errno));
+    }
     if (!same && (set_flags(s, dev, 0) < 0 || set_in_addr(s, dev, SIOCSIFADDR, addr) < 0 ||
         set_in_addr(s, dev, SIOCSIFNETMASK, mask) < 0 || set_flags(s, dev, 1) < 0)) {
         fprintf(stderr, "starling-agent: setting address %s on %s: %s\n", f[0], dev, strerror(errno));
@@ -231,7 +249,7 @@ static int apply_net(const char *ip) {
             fprintf(stderr, "starling-agent: default route via %s: %s\n", f[2], strerror(errno));
     }
     int aborted = 0;
-    if (old.s_addr && !same) aborted = abort_tcp_from(old);
+    if (old.s_addr && old.s_addr != addr.s_addr) aborted = abort_tcp_from(old);
     memset(&r, 0, sizeof r);
     snprintf(r.ifr_name, IFNAMSIZ, "%s", dev);
     if (ioctl(s, SIOCGIFHWADDR, &r) == 0) {
@@ -271,8 +289,8 @@ static void apply(const char *line) {
         struct timespec ts = { .tv_sec = ns / 1000000000ULL, .tv_nsec = ns % 1000000000ULL };
         if (clock_settime(CLOCK_REALTIME, &ts) < 0) perror("starling-agent: clock_settime");
     }
-    char ip[256];
-    if (field(line, "ip", ip, sizeof ip)) apply_net(ip);
+    char ip[256], mac[32];
+    if (field(line, "ip", ip, sizeof ip)) apply_net(ip, field(line, "mac", mac, sizeof mac));
 }
 
 static long whoami(int apply_it) {
@@ -1077,7 +1095,7 @@ int main(int argc, char **argv) {
             fflush(stdout);
         }
     }
-    if (argc == 3 && !strcmp(argv[1], "net")) return apply_net(argv[2]) ? 1 : 0;
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "net")) return apply_net(argv[2], argc == 4 ? argv[3] : NULL) ? 1 : 0;
     if (argc == 3 && !strcmp(argv[1], "answer")) return answer(atoi(argv[2]));
     if (argc == 3 && !strcmp(argv[1], "serve")) return serve(argv[2]);
     if ((argc == 3 || argc == 4) && !strcmp(argv[1], "run")) run(argv[2], argc == 4 ? argv[3] : "/scratch/starling");
@@ -1087,6 +1105,6 @@ int main(int argc, char **argv) {
         if (*end || n < 0 || n > 255) { fprintf(stderr, "starling-agent: exit %s: a status 0..255\n", argv[2]); return 2; }
         end_vm((int)n);
     }
-    fprintf(stderr, "usage: starling-agent whoami|identity|watch|net IP|fork N|join|ready|answer PORT|serve ROOT|run ROOT [DIR]|exit N\n");
+    fprintf(stderr, "usage: starling-agent whoami|identity|watch|net IP [MAC]|fork N|join|ready|answer PORT|serve ROOT|run ROOT [DIR]|exit N\n");
     return 2;
 }

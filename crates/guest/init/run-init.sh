@@ -65,6 +65,9 @@ if [ -s /run/resolv.conf ] && [ -f /newroot/etc/resolv.conf ] && [ ! -L /newroot
 fi
 
 /bin/starling-agent serve /newroot &
+# A restored VM or a clone (vm fork, a pool's activation) hears here that it is one, and the
+# agent takes its identity and address on.
+/bin/starling-agent watch >/dev/null &
 
 if [ -f /scratch/starling/pool ]; then
   # The activation's answer is `activate K=V … [-- ARGS]`: the words join the command's

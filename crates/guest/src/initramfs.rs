@@ -41,6 +41,11 @@ for m in $(cat /etc/starling/modules); do
 done
 echo "starling-initramfs: modules loaded"
 /etc/starling/net-setup
+# A restored VM or a clone hears here that it is one: the agent takes its identity on (seed,
+# hostname, clock, and its own address and MAC on Starling's network).
+if [ -x /bin/starling-agent ] && [ -e /dev/vsock ]; then
+  /bin/starling-agent watch >/dev/null &
+fi
 if [ -x /etc/starling/run ]; then
   /etc/starling/run
   echo "starling-initramfs: run ended with status $?"

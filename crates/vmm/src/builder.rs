@@ -247,12 +247,15 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
 
 /// The MAC the service tells the guest (`whoami`) is its first network device's, when it
 /// has one (a clone's device has a new one: see `virtio/net`).
+/// The identity takes the first network device's MAC and address; requests resumed from a
+/// snapshot are answered from here on.
 fn nic_identity(m: &Machine, services: &Services) {
     if let Some((_, f)) = m.devices.net_figures().first() {
         let mut id = crate::bus::lock(&services.identity);
         id.mac = f.mac.0;
         id.ip = f.ip.clone();
     }
+    services.settle();
 }
 
 fn wake_event() -> Result<Arc<vmm_sys_util::eventfd::EventFd>, Error> {

@@ -148,6 +148,9 @@ pub struct Services {
     activation: (Mutex<Option<String>>, std::sync::Condvar),
     /// Where `exit N` ends the VM.
     exit: Arc<crate::exit::ExitSignal>,
+    /// The identity is complete (a restore sets the MAC and address from the network devices,
+    /// which are restored after the vsock device that resumes pending requests).
+    settled: (Mutex<bool>, std::sync::Condvar),
 }
 
 impl Services {
@@ -166,7 +169,31 @@ impl Services {
             ready: std::sync::atomic::AtomicBool::new(false),
             activation: (Mutex::new(None), std::sync::Condvar::new()),
             wake,
+            settled: (Mutex::new(false), std::sync::Condvar::new()),
         })
+    }
+
+    /// The identity is final: requests resumed from a snapshot may be answered.
+    pub fn settle(&self) {
+        *lock(&self.settled.0) = true;
+        self.settled.1.notify_all();
+    }
+
+    fn await_settled(&self) {
+        let mut s = lock(&self.settled.0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !*s {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            s = self
+                .settled
+                .1
+                .wait_timeout(s, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
     }
 
     pub fn guest_ready(&self) -> bool {
@@ -245,7 +272,11 @@ impl Services {
             Ok(s) => s,
             Err(_) => return,
         };
-        // Requests from before a snapshot: answered as this VM (a clone answers its fork).
+        // Requests from before a snapshot: answered as this VM (a clone answers its fork),
+        // once it knows all of who it is.
+        if !resumed.is_empty() {
+            self.await_settled();
+        }
         for req in resumed {
             if writeln!(out, "{}", self.answer_resumed(&req)).is_err() {
                 return;
@@ -418,6 +449,8 @@ mod tests {
         let wake = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let exit = Arc::new(crate::exit::ExitSignal::new().unwrap());
         let s = Services::new(a, Arc::new(wake), exit.clone());
+        s.settle();
+        s.await_settled();
         assert!(s
             .answer("whoami")
             .starts_with("id=1 hostname=vm-1 mac=02:53:54:"));

@@ -125,6 +125,11 @@ impl Shared {
                     device: device.clone(),
                     tap: f.tap.clone(),
                     mac: f.mac.to_string(),
+                    address: f
+                        .ip
+                        .as_deref()
+                        .and_then(|ip| ip.split(':').next())
+                        .map(str::to_owned),
                     rx_frames: c.rx_frames.load(Relaxed),
                     rx_bytes: c.rx_bytes.load(Relaxed),
                     tx_frames: c.tx_frames.load(Relaxed),

@@ -27,7 +27,7 @@ except OSError as e: print("client error", e.errno, flush=True)
 print(client.stdout.readline().strip(), flush=True)
 a, peer = l.accept()
 cap = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806)); cap.bind(("peer0", 0)); cap.settimeout(5)
-r = subprocess.run(["nsenter", "-t", g, "-n", agent, "net", "10.9.0.6::10.9.0.1:255.255.255.0:h:eth0:off"], capture_output=True, text=True)
+r = subprocess.run(["nsenter", "-t", g, "-n", agent, "net", "10.9.0.6::10.9.0.1:255.255.255.0:h:eth0:off", "02:aa:bb:cc:dd:ee"], capture_output=True, text=True)
 print("agent", r.returncode, r.stderr.strip(), flush=True)
 print(client.stdout.readline().strip(), flush=True)
 while True:

@@ -66,6 +66,9 @@ pub struct NetStats {
     /// The TAP it is on (none: detached, link down).
     pub tap: Option<String>,
     pub mac: String,
+    /// The guest's address there, when the VM's network gave it one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub rx_frames: u64,
     pub rx_bytes: u64,
     pub tx_frames: u64,

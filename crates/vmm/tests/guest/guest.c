@@ -1070,6 +1070,53 @@ static void net_hostile(void) {
     puts("\n");
 }
 
+/* Announces our address (gratuitous ARP: a request for it, from it). */
+static void net_garp(void) {
+    u8 *t = net_tx + NET_HDR;
+    memset_(t, 0xff, 6); memcpy_(t + 6, net_mac, 6); t[12] = 8; t[13] = 6;
+    t[14] = 0; t[15] = 1; t[16] = 8; t[17] = 0; t[18] = 6; t[19] = 4; t[20] = 0; t[21] = 1;
+    memcpy_(t + 22, net_mac, 6); memcpy_(t + 28, net_ip, 4);
+    memset_(t + 32, 0, 6); memcpy_(t + 38, net_ip, 4);
+    net_send(42);
+}
+
+/* netwatch: a `watch` request waits on the service while the guest serves; the monitor that
+ * restores a snapshot of it (a clone) answers with the clone's identity, whose ip= is the
+ * address this guest then takes on and announces. */
+#define WATCH_PORT 6000
+static int net_watching;
+
+static void net_watch_start(void) {
+    if (vsock_setup() || svc_open(WATCH_PORT)) { puts("net: no service to watch\n"); return; }
+    vs_fwd = svc_fwd;
+    vs_send(WATCH_PORT, SERVICE_PORT, OP_RW, 0, "watch\n", 6);
+    net_watching = 1;
+    puts("net: watching\n");
+}
+
+static void net_watch_poll(void) {
+    struct vs_hdr h;
+    int slot = vs_recv(&h, 1);
+    if (slot < 0) return;
+    if (h.op == OP_RW) {
+        char *p = (char *)buffers[4 + slot] + sizeof h;
+        svc_fwd += h.len;
+        for (u32 i = 0; i + 4 < h.len; i++)
+            if (p[i] == ' ' && p[i + 1] == 'i' && p[i + 2] == 'p' && p[i + 3] == '=') {
+                u8 a[4], g[4];
+                const char *r = parse_ip(p + i + 4, a);
+                if (r && r[0] == ':' && r[1] == ':' && parse_ip(r + 2, g)) {
+                    memcpy_(net_ip, a, 4); memcpy_(net_gw, g, 4);
+                    /* A clone's device has a MAC of its own: take it on, as the agent does. */
+                    for (int k = 0; k < 6; k++) net_mac[k] = *(volatile u8 *)(net_base + CONFIG + k);
+                    net_garp();
+                    puts("net: readdressed "); putip(net_ip); puts("\n");
+                }
+            }
+    }
+    vs_post_rx(slot);
+}
+
 static void net_mode(const char *cmd) {
     net_base = find_device(1);
     if (!net_base) { puts("net: none\n"); return; }
@@ -1108,10 +1155,21 @@ static void net_mode(const char *cmd) {
             net_udp_to(dst, port, "hello from the guest", 20);
             puts("net: sent to "); putip(dst); puts("\n");
         }
+    if (has_word(cmd, "netwatch")) net_watch_start();
     puts("net: serving\n");
+    long idle = 0;
     for (;;) {
-        long n = net_recv(2000000000L);
-        if (n < 0) { puts("net: receive timed out\n"); return; }
+        /* Watching: short waits, the service's answer checked between them. */
+        long spins = net_watching ? 200000L : 2000000000L;
+        long n = net_recv(spins);
+        if (n < 0) {
+            idle += spins;
+            if (idle >= 2000000000L) { puts("net: receive timed out\n"); return; }
+            if (net_watching) net_watch_poll();
+            continue;
+        }
+        idle = 0;
+        if (net_watching) net_watch_poll();
         u8 *f = net_frame + NET_HDR;
         u8 *t = net_tx + NET_HDR;
         if (n < 14) continue;
