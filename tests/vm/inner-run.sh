@@ -21,7 +21,16 @@ if grep -qE '(^| )starling[.]net( |$)' /proc/cmdline; then
   echo "inner: net addr $(ip -4 -o addr show dev eth0 | awk '{print $4}') route $(ip route | grep default)"
   gw=$(ip route | awk '/default/ {print $3}')
   [ -n "$gw" ] && echo "inner: net gateway $(ping -c 1 -W 5 "$gw" > /dev/null 2>&1 && echo answers || echo silent)"
-  mkdir -p /www && head -c 2000000 /dev/urandom > /www/blob
+  mkdir -p /www/cgi-bin && head -c 2000000 /dev/urandom > /www/blob
+  # Who answers: each clone of this VM says its own hostname, address and MAC (a CGI, so
+  # looked up when the request comes).
+  cat > /www/cgi-bin/who <<'WHO'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "$(hostname) $(ip -4 -o addr show dev eth0 | awk '{print $4}') $(cat /sys/class/net/eth0/address)"
+WHO
+  chmod +x /www/cgi-bin/who
+  echo "inner: net who $(/www/cgi-bin/who | tail -1)"
   echo "inner: net blob $(md5sum < /www/blob | cut -c1-32) $(wc -c < /www/blob)"
   httpd -p 8080 -h /www
   echo "inner: net serving"

@@ -389,19 +389,52 @@ scenario_net() {
   # --net nat: Starling's bridge, an address from its leases handed over as ip=, which the
   # initramfs applies; the host reaches the guest's httpd at that address, the guest its
   # gateway; the VM's TAP goes with it.
-  /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img \
+  /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img --vsock 3,/tmp/nn.sock \
     --api-socket /tmp/nn.api --mem 256M --console /tmp/nat.log --net nat -p 8088:8080 \
     --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.net" 2> /tmp/nat.err &
   vm=$!
   i=0
   until grep -q "inner: net serving" /tmp/nat.log 2>/dev/null || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done
   echo "host: nat said $(cat /tmp/nat.err)"
-  grep -E 'starling-net: eth0|inner: net (addr|gateway|blob)' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
+  grep -E 'starling-net: eth0|inner: net (addr|gateway|blob|who)' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
   addr=$(sed -n 's/.*inner: net addr \([0-9.]*\).*/\1/p' /tmp/nat.log | head -1)
   rm -f /tmp/got
   timeout 60 wget -q -O /tmp/got "http://$addr:8080/blob" 2>&1 | sed 's/^/host: nat wget: /'
   echo "host: nat http $(md5sum < /tmp/got | cut -c1-32) $(wc -c < /tmp/got)"
   echo "host: nat bridge ports $(ls /sys/class/net/starling0/brif | tr "\n" " ")"
+  # Ten clones of the serving VM, each with an address, TAP and MAC of its own (its agent
+  # hears `watch` answered and takes them on): the time from the fork to all ten answering
+  # HTTP at their addresses, then who answered at each.
+  # Milliseconds since boot (busybox's date has no %N; uptime has two decimals).
+  ms() { read up _ < /proc/uptime; echo $(( ${up%.*}${up#*.} * 10 )); }
+  t0=$(ms)
+  timeout 120 /bin/starling vm fork /tmp/nn.api -n 10 --dir /tmp/nnforks > /tmp/nnfork.out 2> /tmp/nnfork.err
+  addrs=$(sed -n 's/.* address //p' /tmp/nnfork.out)
+  echo "host: nat fork addresses $(echo $addrs)"
+  left=$addrs
+  i=0
+  while [ -n "$left" ] && [ $i -lt 300 ]; do
+    next=
+    for a in $left; do
+      # (busybox 1.35's wget crashes with -T: timeout bounds it)
+      timeout 3 wget -q -O /tmp/who.got "http://$a:8080/cgi-bin/who" 2>/dev/null || next="$next $a"
+    done
+    left=$next
+    i=$((i+1))
+  done
+  t1=$(ms)
+  echo "host: nat clones answering $(( $(echo $addrs | wc -w) - $(echo $left | wc -w) )) of $(echo $addrs | wc -w) in $((t1 - t0)) ms"
+  for a in $addrs 10.213.0.2; do
+    echo "host: nat who $a $(timeout 10 wget -q -O - "http://$a:8080/cgi-bin/who" 2>&1)"
+  done
+  grep -h 'starling-agent: eth0' /tmp/nnforks/clone-1/console.log | tr -d '\r' | sed 's/^/host: nat clone 1 said /'
+  rm -f /tmp/got
+  timeout 60 wget -q -O /tmp/got "http://$(echo $addrs | cut -d' ' -f1):8080/blob" 2>&1 | sed 's/^/host: nat clone wget: /'
+  echo "host: nat clone http $(md5sum < /tmp/got | cut -c1-32) $(wc -c < /tmp/got)"
+  echo "host: nat bridge ports with clones $(ls /sys/class/net/starling0/brif | wc -l)"
+  for k in $(seq 10); do timeout 20 /bin/starling vm stop /tmp/nnforks/clone-$k/api.sock > /dev/null 2>&1; done
+  sleep 1
+  echo "host: nat bridge ports after the clones $(ls /sys/class/net/starling0/brif | tr "\n" " ")"
   timeout 20 /bin/starling vm stop /tmp/nn.api
   wait_for $vm 20
   echo "host: nat vm exit status $?"

@@ -100,6 +100,10 @@ pub struct CreateArgs {
     /// Seconds the first boot may take to reach `ready`
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// `nat`: the pool's VMs are on Starling's network, each activation with an address, TAP
+    /// and MAC of its own, given when it is activated (root); `none`: no network
+    #[arg(long, default_value = "none", value_parser = ["none", "nat"])]
+    net: String,
     #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
     socket: PathBuf,
 }
@@ -160,12 +164,35 @@ fn create(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCode> {
             });
         }
         vm.disks.extend(a.disks.iter().cloned());
-        Ok(draft.create(CreateOptions {
+        // On the network: the first boot has an address (its TAP goes with it); docked
+        // substrates are off it until an activation gives each its own.
+        let att = if a.net == "nat" {
+            let att = starling_net::attach(std::process::id(), &[])?;
+            let ip = att.kernel_ip_param(&a.name);
+            vm.cmdline = format!("{} {ip}", vm.cmdline);
+            vm.net.push(starling_vmm::NetConfig {
+                tap: att.tap.clone(),
+                mac: None,
+                rx: None,
+                tx: None,
+                owned: true,
+                ip: Some(ip.trim_start_matches("ip=").to_owned()),
+            });
+            crate::vm_cmd::set_net_helper();
+            Some(att)
+        } else {
+            None
+        };
+        let made = draft.create(CreateOptions {
             vm,
             size: a.size,
             boot_timeout: Duration::from_secs(a.timeout),
             image: a.disk_image.clone(),
-        })?)
+        });
+        if let Some(att) = &att {
+            let _ = starling_net::detach(att);
+        }
+        Ok(made?)
     })();
     let info = made.with_context(|| format!("creating pool {}", a.name))?;
     created(&info);
@@ -196,8 +223,12 @@ fn create_of_image(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCod
         env: a.env.clone(),
         rm: false,
         disk_bytes: a.disk_size,
-        // A substrate's address would have to be given at activation (not yet).
-        net: starling_daemon::api::RunNet::None,
+        // The first boot's address; each activation gets its own (`pool run`).
+        net: if a.net == "nat" {
+            starling_daemon::api::RunNet::Nat
+        } else {
+            starling_daemon::api::RunNet::None
+        },
         publish: Vec::new(),
     };
     let req = PoolRequest {
@@ -229,16 +260,56 @@ fn activate(
     args: Option<&str>,
     json: bool,
 ) -> Result<ExitCode> {
-    let a = pools.activate(name, env, args)?;
+    let on_network = pools.info(name)?.network;
+    // The activated VM's lease: taken for the monitor that will run it, or for this process
+    // when a new one is restored (handed to that monitor once it runs).
+    let mut lease: Option<(starling_net::Attachment, u32)> = None;
+    let mut attach = |pid: u32| -> std::result::Result<starling_vmm::spec::NetAttach, String> {
+        let att = starling_net::attach(pid, &[]).map_err(|e| e.to_string())?;
+        let ip = att.kernel_ip_param(name);
+        let a = starling_vmm::spec::NetAttach {
+            tap: att.tap.clone(),
+            ip: ip.trim_start_matches("ip=").to_owned(),
+        };
+        lease = Some((att, pid));
+        Ok(a)
+    };
+    if on_network {
+        // Replacements docked from here may fork clones onto the network too.
+        crate::vm_cmd::set_net_helper();
+    }
+    let activated = pools.activate(
+        name,
+        env,
+        args,
+        on_network.then_some(&mut attach as starling_vmm::pool::Attacher),
+    );
+    let a = match activated {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some((att, _)) = &lease {
+                let _ = starling_net::detach(att);
+            }
+            return Err(e.into());
+        }
+    };
+    if let Some((att, pid)) = &lease {
+        if *pid != a.pid && a.pid != 0 {
+            starling_net::adopt(att.index, a.pid)?;
+        }
+    }
     if json {
         println!("{}", serde_json::to_string(&a)?);
     } else {
         println!(
-            "{} api {} vsock {} console {}",
+            "{} api {} vsock {} console {}{}",
             a.slot.display(),
             a.api_socket.display(),
             a.vsock.display(),
-            a.console.display()
+            a.console.display(),
+            a.address
+                .as_ref()
+                .map_or_else(String::new, |ip| format!(" address {ip}"))
         );
         eprintln!(
             "activated from pool {name} in {} µs ({})",

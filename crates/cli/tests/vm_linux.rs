@@ -73,7 +73,7 @@ const SCENARIOS: [(&str, u64); 6] = [
     ("boot", 240),
     ("fork", 180),
     ("pool", 180),
-    ("net", 240),
+    ("net", 330),
     ("run", 600),
     ("hold", 420),
 ];
@@ -430,6 +430,55 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     assert_eq!(
         line(&log, "host: nat tap after the VM:"),
         "host: nat tap after the VM: gone"
+    );
+    // Ten clones of the serving VM: addresses .3 to .12, each answering HTTP at its own with
+    // its own hostname and a MAC of its own (the agent took the device's on), the parent
+    // still at its own; the agent said what it did; bulk transfer from a clone; each clone's
+    // TAP goes with it.
+    let want: Vec<String> = (3..=12).map(|i| format!("10.213.0.{i}")).collect();
+    assert_eq!(
+        line(&log, "host: nat fork addresses "),
+        format!("host: nat fork addresses {}", want.join(" "))
+    );
+    assert!(
+        line(&log, "host: nat clones answering ")
+            .starts_with("host: nat clones answering 10 of 10 in "),
+        "{log}"
+    );
+    let mut macs = std::collections::BTreeSet::new();
+    for (k, addr) in want.iter().enumerate() {
+        let who = line(&log, &format!("host: nat who {addr} "));
+        let words: Vec<&str> = who.split_whitespace().collect();
+        let host = format!("starling-{}", k + 1);
+        let cidr = format!("{addr}/16");
+        assert_eq!(
+            words.get(4..6),
+            Some(&[host.as_str(), cidr.as_str()][..]),
+            "{who}"
+        );
+        macs.insert(words.get(6).map(|m| m.to_string()));
+    }
+    let parent = line(&log, "host: nat who 10.213.0.2 ");
+    assert!(parent.contains(" starling 10.213.0.2/16 "), "{parent}");
+    macs.insert(parent.split_whitespace().nth(6).map(str::to_owned));
+    assert_eq!(macs.len(), 11, "every VM has a MAC of its own: {macs:?}");
+    assert!(
+        line(&log, "host: nat clone 1 said ").starts_with(
+            "host: nat clone 1 said starling-agent: eth0 address 10.213.0.3 (was 10.213.0.2)"
+        ),
+        "{log}"
+    );
+    assert_eq!(
+        line(&log, "host: nat clone http "),
+        format!("host: nat clone http {nat_blob}")
+    );
+    assert_eq!(
+        line(&log, "host: nat bridge ports with clones "),
+        "host: nat bridge ports with clones 11"
+    );
+    assert_eq!(
+        line(&log, "host: nat bridge ports after the clones ").trim(),
+        "host: nat bridge ports after the clones stap1"
     );
 
     // The uncompressed kernel extracted by `vm kernel fetch`, booted through its PVH note.

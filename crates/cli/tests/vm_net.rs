@@ -480,3 +480,118 @@ impl Drop for Reaper {
         }
     }
 }
+
+/// A pool on the NAT network: the first boot has an address (its lease given back once it is
+/// docked); each activation gets an address, TAP and MAC of its own when it is activated (the
+/// substrate's device was detached while docked), which the test guest reads from `whoami`
+/// and serves at; the lease is the activated VM's monitor's, and its TAP goes with it.
+#[test]
+fn pool_activations_get_addresses_at_activation() {
+    if let Some(why) = missing() {
+        return starling_testkit::skip(&why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = starling_vmm::test_guest::build(dir.path()).unwrap().pvh;
+    let state = dir.path().join("net-state");
+    let pools = dir.path().join("pools");
+    let host = Netns::new("q");
+    let starling = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &host.0, env!("CARGO_BIN_EXE_starling")])
+            .args(args)
+            .env("STARLING_NET_STATE", &state)
+            .env("STARLING_POOLS", &pools)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {err}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let _stop = Stop(&host, &pools, &state);
+    starling(&[
+        "pool",
+        "create",
+        "web",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--mem",
+        "64M",
+        "--cmdline",
+        "substrate net",
+        "--net",
+        "nat",
+        "--size",
+        "1",
+    ]);
+    let leases = std::fs::read_to_string(state.join("leases.json")).unwrap();
+    assert!(
+        !leases.contains("\"index\""),
+        "the first boot's lease stays: {leases}"
+    );
+    let mut seen = Vec::new();
+    for n in 0..2 {
+        let out = starling(&["pool", "run", "web", "--env", &format!("N={n}")]);
+        let addr = out
+            .split(" address ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no address in {out:?}"))
+            .trim()
+            .to_owned();
+        let console = PathBuf::from(
+            out.split(" console ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap(),
+        );
+        let log = wait_for(&console, "net: serving");
+        assert!(
+            log.contains(&format!("net: address {addr} gateway 10.213.0.1")),
+            "{log}"
+        );
+        assert!(log.contains(" link up"), "{log}");
+        assert_eq!(
+            echo(&host, &addr, b"pooled").as_deref(),
+            Some(&b"pooled"[..]),
+            "{addr}"
+        );
+        assert!(!seen.contains(&addr), "{addr} given twice");
+        seen.push(addr);
+    }
+    // Each activation is on its own TAP, with its own MAC in the host's neighbours.
+    let neigh = host.run(&["ip", "neigh", "show", "dev", "starling0"]);
+    let macs: Vec<&str> = seen
+        .iter()
+        .map(|a| {
+            neigh
+                .lines()
+                .find(|l| l.starts_with(&format!("{a} ")))
+                .and_then(|l| l.split("lladdr ").nth(1))
+                .and_then(|r| r.split(' ').next())
+                .unwrap_or_else(|| panic!("{a} not in {neigh}"))
+        })
+        .collect();
+    assert_ne!(macs[0], macs[1], "{neigh}");
+    for a in &seen {
+        let a = a.clone();
+        host.enter(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"quit", format!("{a}:7")).unwrap();
+        });
+    }
+}
+
+/// Removes a test's pools (stopping their VMs).
+struct Stop<'a>(&'a Netns, &'a Path, &'a Path);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "exec", &self.0 .0, env!("CARGO_BIN_EXE_starling")])
+            .args(["pool", "rm", "web", "--force"])
+            .env("STARLING_NET_STATE", self.2)
+            .env("STARLING_POOLS", self.1)
+            .output();
+    }
+}

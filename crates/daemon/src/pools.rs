@@ -43,14 +43,38 @@ pub fn create(d: &Daemon, req: &PoolRequest) -> Result<PoolInfo, DaemonError> {
     let draft = Pools::new(&req.pools).begin(&req.name).map_err(pool_err)?;
     let scratch = draft.dir().join("scratch.img");
     crate::vms::scratch_disk(&scratch, &req.run, &image, true)?;
-    let config =
+    let mut config =
         crate::vms::run_config(&req.run, &image, boot, &scratch, &d.config.objects_socket());
-    draft
+    // On Starling's network: the first boot has an address (its TAP goes with it); each
+    // activation gets its own (`pool run`).
+    let att = match req.run.net {
+        crate::api::RunNet::None => None,
+        crate::api::RunNet::Nat => {
+            let att =
+                starling_net::attach(std::process::id(), &[]).map_err(crate::vms::net_error)?;
+            let ip = att.kernel_ip_param(&req.name);
+            config.cmdline = format!("{} {ip}", config.cmdline);
+            config.net.push(starling_vmm::NetConfig {
+                tap: att.tap.clone(),
+                mac: None,
+                rx: None,
+                tx: None,
+                owned: true,
+                ip: Some(ip.trim_start_matches("ip=").to_owned()),
+            });
+            Some(att)
+        }
+    };
+    let made = draft
         .create(CreateOptions {
             vm: config,
             size: req.size,
             boot_timeout: Duration::from_secs(req.boot_timeout_secs),
             image: Some(image.display.clone()),
         })
-        .map_err(pool_err)
+        .map_err(pool_err);
+    if let Some(att) = &att {
+        let _ = starling_net::detach(att);
+    }
+    made
 }

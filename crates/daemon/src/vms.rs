@@ -783,7 +783,7 @@ impl Vms {
 
 /// A network error as the client should see it: what it asked for that cannot be had
 /// (permission, a port taken, no addresses left) is its to fix.
-fn net_error(e: starling_net::Error) -> DaemonError {
+pub(crate) fn net_error(e: starling_net::Error) -> DaemonError {
     match e {
         starling_net::Error::PortTaken(..) => DaemonError::Conflict(e.to_string()),
         starling_net::Error::Netlink(_) | starling_net::Error::State { .. } => {

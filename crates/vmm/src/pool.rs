@@ -19,7 +19,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{Client, ClientError};
 use crate::config::{Console, VmConfig, VsockConfig};
-use crate::spec::RestoreSpec;
+use crate::spec::{NetAttach, RestoreSpec};
+
+/// How an activation gets onto the pool's network: given the pid of the monitor that will run
+/// the VM (a docked substrate's; or this process's, for a VM restored now, whose lease the
+/// caller hands to [`Activation::pid`]), a TAP made for it and its address.
+pub type Attacher<'a> = &'a mut dyn FnMut(u32) -> Result<NetAttach, String>;
 
 /// Most substrates one pool keeps waiting.
 pub const MAX_SIZE: u32 = 64;
@@ -92,6 +97,20 @@ pub struct PoolInfo {
     pub created_unix: u64,
     pub boot_ms: u128,
     pub snapshot_memory_bytes: u64,
+    /// The pool's VMs are on Starling's network: each activation gets its own address.
+    #[serde(default)]
+    pub network: bool,
+}
+
+impl Pools {
+    /// What pool `name` was made with (`pool.json`).
+    pub fn info(&self, name: &str) -> Result<PoolInfo, PoolError> {
+        let dir = self.dir(name)?;
+        let path = dir.join("pool.json");
+        let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| PoolError::Activation(format!("{}: {e}", path.display())))
+    }
 }
 
 /// A pool as listed.
@@ -126,6 +145,12 @@ pub struct Activation {
     pub api_socket: PathBuf,
     pub vsock: PathBuf,
     pub console: PathBuf,
+    /// The VM's monitor.
+    #[serde(default)]
+    pub pid: u32,
+    /// Its address on the pool's network, when it has one.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 /// What [`Pools::remove`] did.
@@ -251,6 +276,7 @@ impl Pools {
         name: &str,
         env: &[(String, String)],
         args: Option<&str>,
+        mut network: Option<Attacher>,
     ) -> Result<Activation, PoolError> {
         let dir = self.dir(name)?;
         let line = crate::service::activation_line(env, args).map_err(PoolError::Activation)?;
@@ -267,19 +293,31 @@ impl Pools {
             }
             let _ = std::fs::remove_dir_all(&slot);
         }
+        let mut attached = None;
         let (slot, warm) = match taken {
             Some(slot) => {
                 let vm = Client::new(slot.join("api.sock"));
-                if let Err(e) = vm.activate(env, args) {
+                let activated = (|| {
+                    if let Some(attach) = network.as_mut() {
+                        let pid = vm.status()?.pid;
+                        attached = Some(attach(pid).map_err(PoolError::Activation)?);
+                    }
+                    vm.activate(env, args, attached.as_ref())?;
+                    Ok::<_, PoolError>(())
+                })();
+                if let Err(e) = activated {
                     // A substrate that cannot be activated is of no use to anyone.
                     let _ = vm.stop();
                     let _ = std::fs::remove_dir_all(&slot);
-                    return Err(e.into());
+                    return Err(e);
                 }
                 (slot, true)
             }
             None => {
-                let slot = spawn_slot(&dir, false, Some(line))?;
+                if let Some(attach) = network.as_mut() {
+                    attached = Some(attach(std::process::id()).map_err(PoolError::Activation)?);
+                }
+                let slot = spawn_slot(&dir, false, Some(line), attached.as_ref())?;
                 std::fs::write(slot.join("taken"), b"")
                     .map_err(io(format!("marking {} taken", slot.display())))?;
                 (slot, false)
@@ -290,6 +328,9 @@ impl Pools {
         if warm {
             dock_in_background(&dir)?;
         }
+        let pid = Client::new(slot.join("api.sock"))
+            .status()
+            .map_or(0, |s| s.pid);
         Ok(Activation {
             pool: name.into(),
             api_socket: slot.join("api.sock"),
@@ -298,6 +339,8 @@ impl Pools {
             slot,
             warm,
             activated_us,
+            pid,
+            address: attached.and_then(|a| a.ip.split(':').next().map(str::to_owned)),
         })
     }
 
@@ -478,6 +521,7 @@ impl Draft {
                 .map_or(0, |d| d.as_secs()),
             boot_ms,
             snapshot_memory_bytes: snap.memory_bytes,
+            network: config.net.first().is_some_and(|n| n.ip.is_some()),
         };
         let json = serde_json::to_vec_pretty(&info)
             .map_err(|e| PoolError::Boot(format!("pool.json: {e}")))?;
@@ -494,7 +538,7 @@ impl Draft {
 /// Restores one more substrate from the pool's snapshot, paused, and waits until it is docked;
 /// returns its slot directory.
 fn dock(dir: &Path) -> Result<PathBuf, PoolError> {
-    spawn_slot(dir, true, None)
+    spawn_slot(dir, true, None, None)
 }
 
 /// Starts restoring a replacement substrate without waiting for it: its monitor marks the
@@ -549,8 +593,16 @@ fn prepare_slot(
 
 /// A new slot with a monitor restored from the pool's snapshot: docked (paused, marked
 /// `free`) or activated at once with `activate` as the answer to the guest's `ready`.
-fn spawn_slot(dir: &Path, paused: bool, activate: Option<String>) -> Result<PathBuf, PoolError> {
-    let (slot, spec, log) = prepare_slot(dir, paused, activate, false)?;
+fn spawn_slot(
+    dir: &Path,
+    paused: bool,
+    activate: Option<String>,
+    network: Option<&NetAttach>,
+) -> Result<PathBuf, PoolError> {
+    let (slot, mut spec, log) = prepare_slot(dir, paused, activate, false)?;
+    if let Some(a) = network {
+        spec.networks.insert("net0".into(), a.clone());
+    }
     let started = crate::fork::start_restore(spec, log).map_err(io("starting a substrate"))?;
     started
         .wait(START_TIMEOUT)
@@ -650,7 +702,10 @@ mod tests {
             let e = pools.begin(bad).err().unwrap().to_string();
             assert!(e.contains("pool name"), "{bad:?}: {e}");
         }
-        let e = pools.activate("nosuch", &[], None).unwrap_err().to_string();
+        let e = pools
+            .activate("nosuch", &[], None, None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no pool named nosuch"), "{e}");
         // A draft that is dropped leaves nothing; one that is kept blocks the name.
         drop(pools.begin("web").unwrap());

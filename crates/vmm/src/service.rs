@@ -200,6 +200,11 @@ impl Services {
         self.ready.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether the guest has had its configuration.
+    pub fn activated(&self) -> bool {
+        lock(&self.activation.0).is_some()
+    }
+
     /// Hands the guest its configuration (the answer to `ready`); false if it already had one.
     pub fn activate(&self, answer: String) -> bool {
         let mut a = lock(&self.activation.0);

@@ -90,6 +90,8 @@ pub struct Shared {
     pub services: Arc<Services>,
     fs_counters: Vec<(String, crate::virtio::FsFigures)>,
     net_figures: Vec<(String, crate::virtio::NetFigures)>,
+    /// The network devices' transports, for an activation that attaches one.
+    net_devices: Vec<Arc<Mutex<crate::virtio::mmio::MmioTransport>>>,
 }
 
 impl Shared {
@@ -121,11 +123,12 @@ impl Shared {
             .iter()
             .map(|(device, f)| {
                 let c = &f.counters;
+                let n = f.identity();
                 crate::api::NetStats {
                     device: device.clone(),
-                    tap: f.tap.clone(),
-                    mac: f.mac.to_string(),
-                    address: f
+                    tap: n.tap,
+                    mac: n.mac.to_string(),
+                    address: n
                         .ip
                         .as_deref()
                         .and_then(|ip| ip.split(':').next())
@@ -171,6 +174,7 @@ impl VmHandle {
                 (None, RunState::Paused) => Activity::Paused,
                 (None, RunState::Running) => Activity::Running,
             },
+            pid: std::process::id(),
             vcpus: s.vcpus,
             mem_mib: s.mem_mib,
             kvm: s.flavour.into(),
@@ -203,12 +207,43 @@ impl VmHandle {
     }
 
     /// Gives the guest its configuration (the answer to its `ready`) and resumes it.
-    pub fn activate(&self, answer: String) -> Result<VmStatus, String> {
+    pub fn activate(
+        &self,
+        answer: String,
+        network: Option<&crate::spec::NetAttach>,
+    ) -> Result<VmStatus, String> {
+        if self.0.services.activated() {
+            return Err("the VM was activated already".into());
+        }
+        if let Some(a) = network {
+            self.attach_network(a)?;
+        }
         if !self.0.services.activate(answer) {
             return Err("the VM was activated already".into());
         }
         self.resume();
         Ok(self.status())
+    }
+
+    /// Puts the first network device on TAP `a.tap` with address `a.ip` and a MAC of its own
+    /// (see `Net::attach`); the guest's identity follows, and its driver sees the link up.
+    fn attach_network(&self, a: &crate::spec::NetAttach) -> Result<(), String> {
+        let t = self
+            .0
+            .net_devices
+            .first()
+            .ok_or("the VM has no network device to put on a network")?;
+        let mac = crate::config::Mac::random();
+        let mut t = lock(t);
+        t.device_as::<crate::virtio::net::Net>()
+            .ok_or("the VM's first network device is not one")?
+            .attach(a, mac)
+            .map_err(|e| e.to_string())?;
+        t.config_changed();
+        let mut id = lock(&self.0.services.identity);
+        id.mac = mac.0;
+        id.ip = Some(a.ip.clone());
+        Ok(())
     }
 
     pub fn stop(&self, signal: Option<i32>) {
@@ -268,7 +303,7 @@ impl Controller for VmHandle {
         let env: Vec<(String, String)> = req.env.clone().into_iter().collect();
         let line = crate::service::activation_line(&env, req.args.as_deref())
             .map_err(Refusal::bad_request)?;
-        VmHandle::activate(self, line).map_err(Refusal::conflict)
+        VmHandle::activate(self, line, req.network.as_ref()).map_err(Refusal::conflict)
     }
 }
 
@@ -290,6 +325,14 @@ impl Vm {
             services: p.services.clone(),
             fs_counters: p.machine.devices.fs_counters(),
             net_figures: p.machine.devices.net_figures(),
+            net_devices: p
+                .machine
+                .devices
+                .virtio
+                .iter()
+                .filter(|s| s.net.is_some())
+                .map(|s| s.transport.clone())
+                .collect(),
         });
         Vm {
             machine: p.machine,
@@ -624,7 +667,8 @@ impl Vm {
         let Some((device, f)) = self.shared.net_figures.first() else {
             return Ok(None);
         };
-        crate::clone_net::CloneNetworks::attach(device, f.ip.as_deref(), count, &self.info.hostname)
+        let ip = f.identity().ip;
+        crate::clone_net::CloneNetworks::attach(device, ip.as_deref(), count, &self.info.hostname)
     }
 
     /// What clones get of this VM's wiring: an API socket, a vsock socket and a console file

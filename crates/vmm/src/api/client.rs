@@ -96,10 +96,12 @@ impl Client {
         &self,
         env: &[(String, String)],
         args: Option<&str>,
+        network: Option<&crate::spec::NetAttach>,
     ) -> Result<VmStatus, ClientError> {
         let req = ActivateRequest {
             env: env.iter().cloned().collect(),
             args: args.map(str::to_owned),
+            network: network.cloned(),
         };
         self.request("POST", PATH_ACTIVATE, Some(&req))
     }

@@ -39,6 +39,9 @@ pub enum Activity {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VmStatus {
     pub state: Activity,
+    /// The monitor's process.
+    #[serde(default)]
+    pub pid: u32,
     pub vcpus: u8,
     pub mem_mib: u64,
     /// The host's KVM flavour: `kvm_intel`, `kvm_amd` or `kvm_pvm`.
@@ -172,6 +175,10 @@ pub struct ActivateRequest {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub args: Option<String>,
+    /// Put the first network device on this TAP (made for the VM, which takes it over) with
+    /// this address, and a MAC of its own, before the guest hears its configuration.
+    #[serde(default)]
+    pub network: Option<crate::spec::NetAttach>,
 }
 
 /// `POST /v1/vm/stop`: `{"state": "stopping"}`.

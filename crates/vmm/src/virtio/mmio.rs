@@ -96,6 +96,15 @@ impl MmioTransport {
         self.device.as_any().downcast_mut::<T>()
     }
 
+    /// The device's configuration changed (a network device's link came up): the driver is
+    /// told with a config interrupt, and reads a new generation.
+    pub fn config_changed(&mut self) {
+        self.config_generation = self.config_generation.wrapping_add(1);
+        if self.status & STATUS_DRIVER_OK != 0 {
+            self.irq.signal(INT_CONFIG);
+        }
+    }
+
     /// The device behind the transport.
     pub fn device_mut(&mut self) -> &mut dyn VirtioDevice {
         self.device.as_mut()

@@ -161,14 +161,26 @@ pub struct FsFigures {
     pub requests: Arc<fs::Requests>,
 }
 
-/// A network device's identity and counters, for the VM's status.
+/// A network device's identity (it changes when a pool's activation attaches the device)
+/// and counters, for the VM's status.
 #[derive(Clone)]
 pub struct NetFigures {
+    pub live: Arc<std::sync::Mutex<NetIdentity>>,
+    pub counters: Arc<net::NetCounters>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NetIdentity {
     pub tap: Option<String>,
     pub mac: crate::config::Mac,
     /// The guest's address (`ip=` form), when the VM's network gave it one.
     pub ip: Option<String>,
-    pub counters: Arc<net::NetCounters>,
+}
+
+impl NetFigures {
+    pub fn identity(&self) -> NetIdentity {
+        crate::bus::lock(&self.live).clone()
+    }
 }
 
 pub trait VirtioDevice: Send {

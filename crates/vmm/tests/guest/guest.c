@@ -498,6 +498,8 @@ static void substrate_disk_check(u64 activation_n) {
 
 /* substrate: boot, set state, tell the monitor it is ready and wait for the configuration a
  * pool activation hands over; print it and exit with its code=N (if any). */
+static void net_mode(const char *cmd);
+
 static void substrate_mode(const char *cmd) {
     char line[300], act[300];
     if (vsock_setup() || svc_open(4000)) { puts("substrate: no service\n"); return; }
@@ -517,6 +519,12 @@ static void substrate_mode(const char *cmd) {
     svc_close(4000);
     for (const char *s = act; *s; s++)
         if (s > act && s[-1] == ' ' && streq_prefix(s, "code=")) outb(0x501, parse_dec(s + 5));
+    /* substrate net: serve on the network at the address the activation gave (its whoami
+     * line's ip=, not the first boot's), until told to quit. */
+    if (has_word(cmd, "net")) {
+        net_mode(line);
+        outb(0x501, 0);
+    }
 }
 
 /* ---- virtio-fs: FUSE messages as Linux sends them (include/uapi/linux/fuse.h, 7.31+) ---- */

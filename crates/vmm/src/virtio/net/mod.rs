@@ -90,6 +90,8 @@ pub struct Net {
     owned: bool,
     /// The guest's address there (`ip=` form), for `whoami`.
     ip: Option<String>,
+    /// TAP, MAC and address as the VM's status and identity see them.
+    live: Arc<std::sync::Mutex<super::NetIdentity>>,
     rx_limiter: Option<Limiter>,
     tx_limiter: Option<Limiter>,
     epoll: Arc<Epoll>,
@@ -127,6 +129,7 @@ impl Net {
         n.is_tap = true;
         n.owned = config.owned;
         n.ip = config.ip.clone();
+        n.publish();
         Ok(n)
     }
 
@@ -172,6 +175,11 @@ impl Net {
             limits,
             owned: false,
             ip: None,
+            live: Arc::new(std::sync::Mutex::new(super::NetIdentity {
+                tap: None,
+                mac,
+                ip: None,
+            })),
             rx_limiter: limits.0.as_ref().map(Limiter::new),
             tx_limiter: limits.1.as_ref().map(Limiter::new),
             epoll: Arc::new(epoll),
@@ -187,6 +195,70 @@ impl Net {
 
     pub fn mac(&self) -> Mac {
         self.mac
+    }
+
+    fn publish(&self) {
+        *crate::bus::lock(&self.live) = super::NetIdentity {
+            tap: self.tap_name.clone(),
+            mac: self.mac,
+            ip: self.ip.clone(),
+        };
+    }
+
+    /// Puts a detached device on a TAP made for this VM (a pool's activation on Starling's
+    /// network), with the guest's address there and a MAC of its own (VMs activated from
+    /// one snapshot would otherwise share one). The TAP goes with the monitor. The caller
+    /// tells the driver (a config change: the link is up).
+    pub fn attach(&mut self, a: &crate::spec::NetAttach, mac: Mac) -> Result<(), Error> {
+        let err = |reason: String| Error::Net {
+            tap: a.tap.clone(),
+            reason,
+        };
+        if let Some(t) = &self.tap_name {
+            return Err(err(format!("the device is on TAP {t} already")));
+        }
+        crate::config::check_ip_param(&a.ip).map_err(err)?;
+        let file = tap::open(&a.tap).map_err(err)?;
+        tap::set_persist(&file, false).map_err(|e| err(format!("taking it over: {e}")))?;
+        self.epoll
+            .ctl(
+                ControlOperation::Add,
+                file.as_raw_fd(),
+                EpollEvent::new(EventSet::IN | EventSet::EDGE_TRIGGERED, TAP_TOKEN),
+            )
+            .map_err(|e| err(format!("epoll: {e}")))?;
+        self.backend = Some(file);
+        self.is_tap = true;
+        self.tap_name = Some(a.tap.clone());
+        self.owned = true;
+        self.ip = Some(a.ip.clone());
+        self.mac = mac;
+        if self.acked != 0 {
+            self.set_offloads();
+        }
+        self.publish();
+        Ok(())
+    }
+
+    /// The TAP's offloads from what the driver accepted.
+    fn set_offloads(&self) {
+        if let (true, Some(f)) = (self.is_tap, &self.backend) {
+            let mut flags = 0;
+            if self.has(F_GUEST_CSUM) {
+                flags |= tap::TUN_F_CSUM;
+                if self.has(F_GUEST_TSO4) {
+                    flags |= tap::TUN_F_TSO4;
+                }
+                if self.has(F_GUEST_TSO6) {
+                    flags |= tap::TUN_F_TSO6;
+                }
+                if self.has(F_GUEST_ECN) && flags & (tap::TUN_F_TSO4 | tap::TUN_F_TSO6) != 0 {
+                    flags |= tap::TUN_F_TSO_ECN;
+                }
+            }
+            // A TAP that refuses keeps the safe default (no offloads): frames arrive whole.
+            let _ = tap::set_offload(f, flags);
+        }
     }
 
     pub fn tap_name(&self) -> Option<&str> {
@@ -428,23 +500,7 @@ impl VirtioDevice for Net {
     }
     fn activate(&mut self, _irq: IrqLine, features: u64) {
         self.acked = features;
-        if let (true, Some(f)) = (self.is_tap, &self.backend) {
-            let mut flags = 0;
-            if self.has(F_GUEST_CSUM) {
-                flags |= tap::TUN_F_CSUM;
-                if self.has(F_GUEST_TSO4) {
-                    flags |= tap::TUN_F_TSO4;
-                }
-                if self.has(F_GUEST_TSO6) {
-                    flags |= tap::TUN_F_TSO6;
-                }
-                if self.has(F_GUEST_ECN) && flags & (tap::TUN_F_TSO4 | tap::TUN_F_TSO6) != 0 {
-                    flags |= tap::TUN_F_TSO_ECN;
-                }
-            }
-            // A TAP that refuses keeps the safe default (no offloads): frames arrive whole.
-            let _ = tap::set_offload(f, flags);
-        }
+        self.set_offloads();
     }
     fn notify(&mut self, index: usize, q: &mut Queues) -> Result<bool, QueueBroken> {
         match index {
@@ -468,9 +524,7 @@ impl VirtioDevice for Net {
     }
     fn net_figures(&self) -> Option<super::NetFigures> {
         Some(super::NetFigures {
-            tap: self.tap_name.clone(),
-            mac: self.mac,
-            ip: self.ip.clone(),
+            live: self.live.clone(),
             counters: self.counters.clone(),
         })
     }
