@@ -411,6 +411,13 @@ scenario_net() {
   timeout 120 /bin/starling vm fork /tmp/nn.api -n 10 --dir /tmp/nnforks > /tmp/nnfork.out 2> /tmp/nnfork.err
   addrs=$(sed -n 's/.* address //p' /tmp/nnfork.out)
   echo "host: nat fork addresses $(echo $addrs)"
+  sed 's/^/host: nat fork said: /' /tmp/nnfork.err
+  for k in $(seq 10); do
+    grep -q "^clone $k .* address " /tmp/nnfork.out && continue
+    echo "host: nat clone $k: $(grep "^clone $k " /tmp/nnfork.out)"
+    tail -5 /tmp/nnforks/clone-$k/monitor.log 2>&1 | sed "s/^/host: nat clone $k monitor: /"
+    tail -c 400 /tmp/nnforks/clone-$k/console.log 2>&1 | tr -d '\r' | sed "s/^/host: nat clone $k console: /"
+  done
   left=$addrs
   i=0
   while [ -n "$left" ] && [ $i -lt 300 ]; do

@@ -595,3 +595,119 @@ impl Drop for Stop<'_> {
             .output();
     }
 }
+
+/// `vm restore --net nat` of a VM that was on Starling's network: the restore has a new lease
+/// and TAP (the old ones went with the VM), the guest hears its address through its pending
+/// `watch` and answers there.
+#[test]
+fn restore_on_the_nat_network_gets_a_new_address() {
+    if let Some(why) = missing() {
+        return starling_testkit::skip(&why);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = starling_vmm::test_guest::build(dir.path()).unwrap().pvh;
+    let state = dir.path().join("net-state");
+    let host = Netns::new("r");
+    let log = dir.path().join("console.log");
+    let api = dir.path().join("api.sock");
+    let vsock = format!("3,{}", dir.path().join("vsock.sock").display());
+    let mut vm = vm_run(
+        &host,
+        &state,
+        &kernel,
+        &log,
+        &[
+            "--net",
+            "nat",
+            "--api-socket",
+            api.to_str().unwrap(),
+            "--vsock",
+            &vsock,
+            "--cmdline",
+            "net netwatch exit=0",
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let mut vms = Reaper(vec![vm.id()]);
+    wait_for(&log, "net: serving");
+    // A second VM holds the next address, so the restore's cannot be the first VM's again
+    // by chance of reuse alone.
+    let snap = dir.path().join("snap");
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &host.0, env!("CARGO_BIN_EXE_starling")])
+            .args(args)
+            .env("STARLING_NET_STATE", &state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "vm",
+        "snapshot",
+        api.to_str().unwrap(),
+        snap.to_str().unwrap(),
+        "--stop",
+    ]);
+    assert!(vm.wait().unwrap().success());
+    // The ended VM's lease is reaped by the next attach: the restore may get .2 again, so a
+    // VM holding .2 first makes the restore's address a new one.
+    let holder_log = dir.path().join("holder.log");
+    let holder = vm_run(
+        &host,
+        &state,
+        &kernel,
+        &holder_log,
+        &["--net", "nat", "--cmdline", "net exit=0"],
+    )
+    .spawn()
+    .unwrap();
+    vms.0.push(holder.id());
+    wait_for(&holder_log, "net: address 10.213.0.2 ");
+    let rlog = dir.path().join("restored.log");
+    let restored = Command::new("ip")
+        .args(["netns", "exec", &host.0, env!("CARGO_BIN_EXE_starling")])
+        .args([
+            "vm",
+            "restore",
+            snap.to_str().unwrap(),
+            "--net",
+            "nat",
+            "--console",
+        ])
+        .arg(&rlog)
+        .args(["--vsock-path", dir.path().join("r.sock").to_str().unwrap()])
+        .env("STARLING_NET_STATE", &state)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    vms.0.push(restored.id());
+    wait_for(&rlog, "net: readdressed 10.213.0.3");
+    assert_eq!(
+        echo(&host, "10.213.0.3", b"restored").as_deref(),
+        Some(&b"restored"[..])
+    );
+    assert_eq!(
+        echo(&host, "10.213.0.2", b"holder").as_deref(),
+        Some(&b"holder"[..])
+    );
+    for addr in ["10.213.0.3", "10.213.0.2"] {
+        host.enter(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"quit", format!("{addr}:7")).unwrap();
+        });
+    }
+    let out = restored.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("VM address 10.213.0.3 on starling0 (stap2)"),
+        "{err}"
+    );
+    let _ = holder;
+}
