@@ -730,7 +730,7 @@ mod tests {
         };
         let back = restored(&made_for_it, &RestoreSpec::default()).unwrap();
         assert!(back.tap_name().is_none());
-        assert!(back.net_figures().unwrap().ip.is_none());
+        assert!(back.net_figures().unwrap().identity().ip.is_none());
         let spec = RestoreSpec {
             clone_id: Some(1),
             networks: [(
@@ -745,5 +745,26 @@ mod tests {
         };
         let e = restored(&made_for_it, &spec).err().unwrap().to_string();
         assert!(e.contains("\"no/such\""), "{e}");
+        // An activation attaching the detached device: a TAP that cannot be opened, or an
+        // address that is not one word, is refused by name and leaves it detached.
+        let mut detached = restored(&made_for_it, &RestoreSpec::default()).unwrap();
+        let mac: Mac = "02:00:00:00:00:09".parse().unwrap();
+        let bad_tap = crate::spec::NetAttach {
+            tap: "no/such".into(),
+            ip: "10.213.0.9::10.213.0.1:255.255.0.0:vm:eth0:off".into(),
+        };
+        let e = detached.attach(&bad_tap, mac).unwrap_err().to_string();
+        assert!(e.contains("\"no/such\""), "{e}");
+        let bad_ip = crate::spec::NetAttach {
+            tap: "stap9".into(),
+            ip: "10.213.0.9 rm -rf".into(),
+        };
+        let e = detached.attach(&bad_ip, mac).unwrap_err().to_string();
+        assert!(e.contains("one word"), "{e}");
+        assert!(detached.tap_name().is_none());
+        assert_eq!(
+            detached.net_figures().unwrap().identity().mac,
+            Mac(state.mac)
+        );
     }
 }
