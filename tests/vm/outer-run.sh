@@ -405,6 +405,13 @@ scenario_net() {
   # Ten clones of the serving VM, each with an address, TAP and MAC of its own (its agent
   # hears `watch` answered and takes them on): the time from the fork to all ten answering
   # HTTP at their addresses, then who answered at each.
+  # A TCP connection the fork copies into every clone: the host's end to the parent's nc
+  # (port 9000) stays idle through the fork, then sends; each clone's agent aborts its copy
+  # (no reset may reach the host), and the parent gets the data.
+  head -c 100000 /dev/urandom > /tmp/up2
+  ( sleep 25; cat /tmp/up2 ) | timeout 90 nc "$addr" 9000 &
+  held=$!
+  sleep 2
   # Milliseconds since boot (busybox's date has no %N; uptime has two decimals).
   ms() { read up _ < /proc/uptime; echo $(( ${up%.*}${up#*.} * 10 )); }
   t0=$(ms)
@@ -434,6 +441,11 @@ scenario_net() {
   for a in $addrs 10.213.0.2; do
     echo "host: nat who $a $(timeout 10 wget -q -O - "http://$a:8080/cgi-bin/who" 2>&1)"
   done
+  wait $held
+  echo "host: nat held connection ended $? sent $(md5sum < /tmp/up2 | cut -c1-32)"
+  i=0
+  until grep -q "inner: net upload" /tmp/nat.log || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+  grep 'inner: net upload' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
   grep -h 'starling-agent: eth0' /tmp/nnforks/clone-1/console.log | tr -d '\r' | sed 's/^/host: nat clone 1 said /'
   rm -f /tmp/got
   timeout 60 wget -q -O /tmp/got "http://$(echo $addrs | cut -d' ' -f1):8080/blob" 2>&1 | sed 's/^/host: nat clone wget: /'

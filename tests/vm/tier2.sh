@@ -38,7 +38,10 @@ else
   rm -rf disk-root && mkdir disk-root && echo "starling-tier2-marker" > disk-root/marker
   rm -f disk.img && mkfs.ext4 -q -F -d disk-root disk.img 4M
 
+  # tcp_diag beside the default modules: a clone's agent aborts the TCP connections from its
+  # parent's address with it (the net scenario checks).
   "$starling" vm initramfs --kernel-image "$image" --vmlinuz vmlinuz --vmlinux vmlinux \
+    --modules virtio_mmio,virtio_blk,virtio_rng,vmw_vsock_virtio_transport,virtio_net,tcp_diag \
     --add "$work/vsock-hello:/bin/vsock-hello" --add "$work/starling-agent:/bin/starling-agent" --add "${INNER_RUN:-$here/inner-run.sh}:/etc/starling/run" \
     -o inner.img
 

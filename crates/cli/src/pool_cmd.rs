@@ -168,16 +168,9 @@ fn create(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCode> {
         // substrates are off it until an activation gives each its own.
         let att = if a.net == "nat" {
             let att = starling_net::attach(std::process::id(), &[])?;
-            let ip = att.kernel_ip_param(&a.name);
+            let (device, ip) = att.device(&a.name);
             vm.cmdline = format!("{} {ip}", vm.cmdline);
-            vm.net.push(starling_vmm::NetConfig {
-                tap: att.tap.clone(),
-                mac: None,
-                rx: None,
-                tx: None,
-                owned: true,
-                ip: Some(ip.trim_start_matches("ip=").to_owned()),
-            });
+            vm.net.push(device);
             crate::vm_cmd::set_net_helper();
             Some(att)
         } else {
@@ -266,11 +259,7 @@ fn activate(
     let mut lease: Option<(starling_net::Attachment, u32)> = None;
     let mut attach = |pid: u32| -> std::result::Result<starling_vmm::spec::NetAttach, String> {
         let att = starling_net::attach(pid, &[]).map_err(|e| e.to_string())?;
-        let ip = att.kernel_ip_param(name);
-        let a = starling_vmm::spec::NetAttach {
-            tap: att.tap.clone(),
-            ip: ip.trim_start_matches("ip=").to_owned(),
-        };
+        let a = att.net_attach(name);
         lease = Some((att, pid));
         Ok(a)
     };

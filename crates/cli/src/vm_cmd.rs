@@ -494,14 +494,7 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
                     att.tap
                 );
             }
-            let ip = att.kernel_ip_param("");
-            spec.networks.insert(
-                "net0".into(),
-                starling_vmm::spec::NetAttach {
-                    tap: att.tap.clone(),
-                    ip: ip.trim_start_matches("ip=").to_owned(),
-                },
-            );
+            spec.networks.insert("net0".into(), att.net_attach(""));
             set_net_helper();
         }
         Some(other) => bail!("--net {other:?}: a restore takes `--net nat` (or --tap DEVICE=TAP)"),
@@ -615,20 +608,9 @@ fn net_devices(
                         }
                     );
                 }
-                config.cmdline = format!(
-                    "{} {}",
-                    config.cmdline,
-                    att.kernel_ip_param(&config.hostname)
-                );
-                let ip = att.kernel_ip_param(&config.hostname);
-                devices.push(starling_vmm::NetConfig {
-                    tap: att.tap.clone(),
-                    mac: None,
-                    rx: None,
-                    tx: None,
-                    owned: true,
-                    ip: Some(ip.trim_start_matches("ip=").to_owned()),
-                });
+                let (device, ip) = att.device(&config.hostname);
+                config.cmdline = format!("{} {ip}", config.cmdline);
+                devices.push(device);
                 set_net_helper();
             }
         }

@@ -462,11 +462,23 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     assert!(parent.contains(" starling 10.213.0.2/16 "), "{parent}");
     macs.insert(parent.split_whitespace().nth(6).map(str::to_owned));
     assert_eq!(macs.len(), 11, "every VM has a MAC of its own: {macs:?}");
+    // The connection the fork copied: each clone's copy aborted (tcp_diag, SOCK_DESTROY),
+    // and the parent's went on: the host sent through it after the clones took their
+    // addresses on, and the parent received it all.
+    assert_eq!(
+        line(&log, "host: nat clone 1 said "),
+        "host: nat clone 1 said starling-agent: eth0 address 10.213.0.3 (was 10.213.0.2), 1 \
+         TCP connection from the old one aborted"
+    );
+    let held = line(&log, "host: nat held connection ended ");
+    let sent = held.rsplit(' ').next().unwrap_or_default();
     assert!(
-        line(&log, "host: nat clone 1 said ").starts_with(
-            "host: nat clone 1 said starling-agent: eth0 address 10.213.0.3 (was 10.213.0.2)"
-        ),
-        "{log}"
+        held.starts_with("host: nat held connection ended 0 sent "),
+        "{held}"
+    );
+    assert_eq!(
+        line(&log, "host: nat guest inner: net upload "),
+        format!("host: nat guest inner: net upload {sent} 100000")
     );
     assert_eq!(
         line(&log, "host: nat clone http "),

@@ -325,32 +325,16 @@ fn clones_of_a_nat_vm_get_addresses_of_their_own() {
     if let Some(why) = missing() {
         return starling_testkit::skip(&why);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = starling_vmm::test_guest::build(dir.path()).unwrap().pvh;
-    let state = dir.path().join("net-state");
-    let host = Netns::new("f");
-    let log = dir.path().join("console.log");
-    let api = dir.path().join("api.sock");
-    let vsock = format!("3,{}", dir.path().join("vsock.sock").display());
-    let mut vm = vm_run(
-        &host,
-        &state,
-        &kernel,
-        &log,
-        &[
-            "--net",
-            "nat",
-            "--api-socket",
-            api.to_str().unwrap(),
-            "--vsock",
-            &vsock,
-            "--cmdline",
-            "net netwatch exit=0",
-        ],
-    )
-    .spawn()
-    .unwrap();
-    let mut vms = Reaper(vec![vm.id()]);
+    let Watching {
+        dir: _dir,
+        kernel: _,
+        state,
+        host,
+        log,
+        api,
+        mut vm,
+        mut vms,
+    } = Watching::start("f");
     let out = wait_for(&log, "net: serving");
     assert!(out.contains("net: watching"), "{out}");
     assert_eq!(
@@ -358,6 +342,10 @@ fn clones_of_a_nat_vm_get_addresses_of_their_own() {
         Some(&b"parent"[..])
     );
 
+    // The gateway's MAC is the bridge's own, set when it was made: ports joining must not
+    // change it (a bridge takes its lowest port's otherwise) under the VMs on it.
+    let bridge_mac = || host.run(&["cat", "/sys/class/net/starling0/address"]);
+    let gateway_mac = bridge_mac();
     let fork = Command::new("ip")
         .args(["netns", "exec", &host.0, env!("CARGO_BIN_EXE_starling")])
         .args(["vm", "fork"])
@@ -426,6 +414,11 @@ fn clones_of_a_nat_vm_get_addresses_of_their_own() {
         mac_of("10.213.0.3"),
         mac_of("10.213.0.4"),
     ];
+    assert_eq!(
+        bridge_mac(),
+        gateway_mac,
+        "the bridge's MAC changed as clones joined"
+    );
     assert!(
         macs[0] != macs[1] && macs[1] != macs[2] && macs[0] != macs[2],
         "{neigh}"
@@ -604,32 +597,16 @@ fn restore_on_the_nat_network_gets_a_new_address() {
     if let Some(why) = missing() {
         return starling_testkit::skip(&why);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let kernel = starling_vmm::test_guest::build(dir.path()).unwrap().pvh;
-    let state = dir.path().join("net-state");
-    let host = Netns::new("r");
-    let log = dir.path().join("console.log");
-    let api = dir.path().join("api.sock");
-    let vsock = format!("3,{}", dir.path().join("vsock.sock").display());
-    let mut vm = vm_run(
-        &host,
-        &state,
-        &kernel,
-        &log,
-        &[
-            "--net",
-            "nat",
-            "--api-socket",
-            api.to_str().unwrap(),
-            "--vsock",
-            &vsock,
-            "--cmdline",
-            "net netwatch exit=0",
-        ],
-    )
-    .spawn()
-    .unwrap();
-    let mut vms = Reaper(vec![vm.id()]);
+    let Watching {
+        dir,
+        kernel,
+        state,
+        host,
+        log,
+        api,
+        mut vm,
+        mut vms,
+    } = Watching::start("r");
     wait_for(&log, "net: serving");
     // A second VM holds the next address, so the restore's cannot be the first VM's again
     // by chance of reuse alone.
@@ -710,4 +687,58 @@ fn restore_on_the_nat_network_gets_a_new_address() {
         "{err}"
     );
     let _ = holder;
+}
+
+/// The test guest on the NAT network with an API socket and a vsock, serving UDP echo and
+/// watching for a new identity (`net netwatch`), in a "host" namespace of its own.
+struct Watching {
+    dir: tempfile::TempDir,
+    kernel: PathBuf,
+    state: PathBuf,
+    host: Netns,
+    log: PathBuf,
+    api: PathBuf,
+    vm: std::process::Child,
+    vms: Reaper,
+}
+
+impl Watching {
+    fn start(tag: &str) -> Watching {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = starling_vmm::test_guest::build(dir.path()).unwrap().pvh;
+        let state = dir.path().join("net-state");
+        let host = Netns::new(tag);
+        let log = dir.path().join("console.log");
+        let api = dir.path().join("api.sock");
+        let vsock = format!("3,{}", dir.path().join("vsock.sock").display());
+        let vm = vm_run(
+            &host,
+            &state,
+            &kernel,
+            &log,
+            &[
+                "--net",
+                "nat",
+                "--api-socket",
+                api.to_str().unwrap(),
+                "--vsock",
+                &vsock,
+                "--cmdline",
+                "net netwatch exit=0",
+            ],
+        )
+        .spawn()
+        .unwrap();
+        let vms = Reaper(vec![vm.id()]);
+        Watching {
+            dir,
+            kernel,
+            state,
+            host,
+            log,
+            api,
+            vm,
+            vms,
+        }
+    }
 }

@@ -52,16 +52,9 @@ pub fn create(d: &Daemon, req: &PoolRequest) -> Result<PoolInfo, DaemonError> {
         crate::api::RunNet::Nat => {
             let att =
                 starling_net::attach(std::process::id(), &[]).map_err(crate::vms::net_error)?;
-            let ip = att.kernel_ip_param(&req.name);
+            let (device, ip) = att.device(&req.name);
             config.cmdline = format!("{} {ip}", config.cmdline);
-            config.net.push(starling_vmm::NetConfig {
-                tap: att.tap.clone(),
-                mac: None,
-                rx: None,
-                tx: None,
-                owned: true,
-                ip: Some(ip.trim_start_matches("ip=").to_owned()),
-            });
+            config.net.push(device);
             Some(att)
         }
     };

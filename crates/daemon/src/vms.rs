@@ -597,16 +597,9 @@ impl Vms {
             RunNet::Nat => {
                 let att =
                     starling_net::attach(std::process::id(), &req.publish).map_err(net_error)?;
-                let ip = att.kernel_ip_param(name);
+                let (device, ip) = att.device(name);
                 config.cmdline = format!("{} {ip}", config.cmdline);
-                config.net.push(starling_vmm::NetConfig {
-                    tap: att.tap.clone(),
-                    mac: None,
-                    rx: None,
-                    tx: None,
-                    owned: true,
-                    ip: Some(ip.trim_start_matches("ip=").to_owned()),
-                });
+                config.net.push(device);
                 Some(att)
             }
         };

@@ -120,17 +120,20 @@ static int abort_tcp_from(struct in_addr old) {
     req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
     req.r.sdiag_family = AF_INET;
     req.r.sdiag_protocol = IPPROTO_TCP;
-    req.r.idiag_states = ~(1u << 10); /* all but LISTEN */
+    /* Connections, not LISTEN (10), TIME_WAIT (6) or CLOSE (7): nothing to abort there. */
+    req.r.idiag_states = ~((1u << 10) | (1u << 6) | (1u << 7));
     if (send(nl, &req, sizeof req, 0) < 0) { close(nl); return -1; }
     /* Collected first, destroyed after: no request may interleave with the dump. */
     struct inet_diag_sockid ids[256];
-    int n = 0, done = 0;
+    int n = 0, done = 0, failed = 0;
     static char buf[32768];
     while (!done) {
         ssize_t len = recv(nl, buf, sizeof buf, 0);
-        if (len <= 0) break;
+        if (len <= 0) { failed = 1; break; }
         for (struct nlmsghdr *h = (void *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
-            if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR) { done = 1; break; }
+            /* An error instead of a dump: no tcp_diag in this kernel. */
+            if (h->nlmsg_type == NLMSG_ERROR) { failed = *(int *)NLMSG_DATA(h) != 0; done = 1; break; }
+            if (h->nlmsg_type == NLMSG_DONE) { done = 1; break; }
             struct inet_diag_msg *m = NLMSG_DATA(h);
             if (m->id.idiag_src[0] == old.s_addr && n < 256) ids[n++] = m->id;
         }
@@ -156,7 +159,7 @@ static int abort_tcp_from(struct in_addr old) {
         }
     }
     close(nl);
-    return unsupported && !aborted ? -1 : aborted;
+    return failed || (unsupported && !aborted) ? -1 : aborted;
 }
 
 /* Announces `addr` at `mac` on interface `index` (gratuitous ARP: a request for itself). */
@@ -264,7 +267,7 @@ static int apply_net(const char *ip, const char *mac_text) {
     if (old.s_addr) inet_ntop(AF_INET, &old, was, sizeof was);
     fprintf(stderr, "starling-agent: %s address %s (was %s)", dev, f[0], was);
     if (aborted > 0) fprintf(stderr, ", %d TCP connection%s from the old one aborted", aborted, aborted == 1 ? "" : "s");
-    if (aborted < 0) fprintf(stderr, ", its TCP connections left (the kernel cannot abort them)");
+    if (aborted < 0) fprintf(stderr, ", its TCP connections left (this kernel cannot abort them: no tcp_diag or SOCK_DESTROY)");
     fprintf(stderr, "\n");
     return 0;
 }

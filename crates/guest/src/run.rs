@@ -71,6 +71,10 @@ pub const RUN_MODULES: &[(&str, &str)] = &[
     ("virtio_net", "virtio-net"),
 ];
 
+/// Loaded when the kernel has them as modules: `tcp_diag` lets the agent abort a clone's TCP
+/// connections from its parent's address (SOCK_DESTROY) when it takes its own address on.
+pub const OPTIONAL_RUN_MODULES: &[&str] = &["tcp_diag"];
+
 /// Bump when the layout of the artifact changes without its inputs changing.
 const ARTIFACT_FORMAT: &str = "starling-run-artifact 2";
 
@@ -148,6 +152,11 @@ fn run_modules(modules_dir: &Path, release: &str) -> Result<Vec<(String, PathBuf
             )));
         }
         wanted.push(*name);
+    }
+    for name in OPTIONAL_RUN_MODULES {
+        if tree.as_ref().is_some_and(|t| t.path(name).is_some()) {
+            wanted.push(*name);
+        }
     }
     match tree {
         Some(tree) => tree.load_order(&wanted),

@@ -85,6 +85,33 @@ impl Attachment {
     /// The kernel's `ip=` parameter for it (Documentation/admin-guide/nfs/nfsroot.rst):
     /// `ip=ADDR::GATEWAY:NETMASK:HOSTNAME:eth0:off[:DNS0[:DNS1]]`. Starling's initramfs and
     /// agent apply it when the kernel's own autoconfiguration cannot (virtio_net is a module).
+    /// The VM's network device on this attachment (its TAP taken over by the monitor, so that
+    /// it goes with the VM; the guest's address for `whoami`) and the `ip=` parameter for its
+    /// kernel command line.
+    pub fn device(&self, hostname: &str) -> (starling_vmm::NetConfig, String) {
+        let ip = self.kernel_ip_param(hostname);
+        let config = starling_vmm::NetConfig {
+            tap: self.tap.clone(),
+            mac: None,
+            rx: None,
+            tx: None,
+            owned: true,
+            ip: Some(ip.trim_start_matches("ip=").to_owned()),
+        };
+        (config, ip)
+    }
+
+    /// The attachment as a restore or an activation takes it (see `RestoreSpec::networks`).
+    pub fn net_attach(&self, hostname: &str) -> starling_vmm::spec::NetAttach {
+        starling_vmm::spec::NetAttach {
+            tap: self.tap.clone(),
+            ip: self
+                .kernel_ip_param(hostname)
+                .trim_start_matches("ip=")
+                .to_owned(),
+        }
+    }
+
     pub fn kernel_ip_param(&self, hostname: &str) -> String {
         let mask = Ipv4Addr::from(u32::MAX << (32 - u32::from(self.prefix)));
         let mut s = format!(

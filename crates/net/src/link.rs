@@ -42,8 +42,11 @@ async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, Error> {
     }
 }
 
-/// Makes the bridge if it is missing: `starling0`, the gateway address, up. A bridge that
-/// exists is left as it is but for being brought up.
+/// Makes the bridge if it is missing: `starling0`, the gateway address, up, with a MAC set
+/// when it is made (a bridge whose MAC was never set takes the lowest of its ports', so a VM
+/// joining would change the gateway's MAC under every other VM and flush the host's
+/// neighbour cache; setting it later flushes that cache too). A bridge that exists is left
+/// as it is but for being brought up.
 pub async fn ensure_bridge() -> Result<(), Error> {
     let handle = connect().await?;
     let index = match index_of(&handle, BRIDGE).await? {
@@ -51,7 +54,11 @@ pub async fn ensure_bridge() -> Result<(), Error> {
         None => {
             handle
                 .link()
-                .add(LinkBridge::new(BRIDGE).build())
+                .add(
+                    LinkBridge::new(BRIDGE)
+                        .address(starling_vmm::Mac::random().0.to_vec())
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(|e| nl_err(&format!("creating bridge {BRIDGE}"), e))?;

@@ -1172,7 +1172,7 @@ static void net_mode(const char *cmd) {
         long n = net_recv(spins);
         if (n < 0) {
             idle += spins;
-            if (idle >= 2000000000L) { puts("net: receive timed out\n"); return; }
+            if (idle >= 20000000000L) { puts("net: receive timed out\n"); return; }
             if (net_watching) net_watch_poll();
             continue;
         }
