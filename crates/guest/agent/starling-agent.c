@@ -114,28 +114,41 @@ static int abort_tcp_from(struct in_addr old) {
     int nl = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
     if (nl < 0) return -1;
     struct { struct nlmsghdr h; struct inet_diag_req_v2 r; } req;
-    memset(&req, 0, sizeof req);
-    req.h.nlmsg_len = sizeof req;
-    req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
-    req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
-    req.r.sdiag_family = AF_INET;
-    req.r.sdiag_protocol = IPPROTO_TCP;
-    /* Connections, not LISTEN (10), TIME_WAIT (6) or CLOSE (7): nothing to abort there. */
-    req.r.idiag_states = ~((1u << 10) | (1u << 6) | (1u << 7));
-    if (send(nl, &req, sizeof req, 0) < 0) { close(nl); return -1; }
-    /* Collected first, destroyed after: no request may interleave with the dump. */
-    struct inet_diag_sockid ids[256];
-    int n = 0, done = 0, failed = 0;
+    /* Collected first, destroyed after: no request may interleave with a dump. IPv6 sockets
+     * too: a dual-stack server's accepted connections are ::ffff:ADDR. */
+    struct { struct inet_diag_sockid id; unsigned char family; } ids[256];
+    int n = 0, failed = 0;
     static char buf[32768];
-    while (!done) {
-        ssize_t len = recv(nl, buf, sizeof buf, 0);
-        if (len <= 0) { failed = 1; break; }
-        for (struct nlmsghdr *h = (void *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
-            /* An error instead of a dump: no tcp_diag in this kernel. */
-            if (h->nlmsg_type == NLMSG_ERROR) { failed = *(int *)NLMSG_DATA(h) != 0; done = 1; break; }
-            if (h->nlmsg_type == NLMSG_DONE) { done = 1; break; }
-            struct inet_diag_msg *m = NLMSG_DATA(h);
-            if (m->id.idiag_src[0] == old.s_addr && n < 256) ids[n++] = m->id;
+    for (int f = 0; f < 2; f++) {
+        unsigned char family = f ? AF_INET6 : AF_INET;
+        memset(&req, 0, sizeof req);
+        req.h.nlmsg_len = sizeof req;
+        req.h.nlmsg_type = SOCK_DIAG_BY_FAMILY;
+        req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+        req.r.sdiag_family = family;
+        req.r.sdiag_protocol = IPPROTO_TCP;
+        /* Connections, not LISTEN (10), TIME_WAIT (6) or CLOSE (7): nothing to abort there. */
+        req.r.idiag_states = ~((1u << 10) | (1u << 6) | (1u << 7));
+        if (send(nl, &req, sizeof req, 0) < 0) { failed = 1; break; }
+        int done = 0;
+        while (!done) {
+            ssize_t len = recv(nl, buf, sizeof buf, 0);
+            if (len <= 0) { failed = 1; break; }
+            for (struct nlmsghdr *h = (void *)buf; NLMSG_OK(h, (size_t)len); h = NLMSG_NEXT(h, len)) {
+                /* An error instead of a dump: no tcp_diag in this kernel (or no IPv6). */
+                if (h->nlmsg_type == NLMSG_ERROR) {
+                    if (*(int *)NLMSG_DATA(h) != 0 && family == AF_INET) failed = 1;
+                    done = 1;
+                    break;
+                }
+                if (h->nlmsg_type == NLMSG_DONE) { done = 1; break; }
+                struct inet_diag_msg *m = NLMSG_DATA(h);
+                const uint32_t *a = m->id.idiag_src;
+                int ours = family == AF_INET
+                    ? a[0] == old.s_addr
+                    : a[0] == 0 && a[1] == 0 && a[2] == htonl(0xffff) && a[3] == old.s_addr;
+                if (ours && n < 256) { ids[n].id = m->id; ids[n].family = family; n++; }
+            }
         }
     }
     int aborted = 0, unsupported = 0;
@@ -144,10 +157,10 @@ static int abort_tcp_from(struct in_addr old) {
         req.h.nlmsg_len = sizeof req;
         req.h.nlmsg_type = SOCK_DESTROY;
         req.h.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-        req.r.sdiag_family = AF_INET;
+        req.r.sdiag_family = ids[i].family;
         req.r.sdiag_protocol = IPPROTO_TCP;
         req.r.idiag_states = ~0u;
-        req.r.id = ids[i];
+        req.r.id = ids[i].id;
         if (send(nl, &req, sizeof req, 0) < 0) continue;
         char ack[512];
         ssize_t len = recv(nl, ack, sizeof ack, 0);
