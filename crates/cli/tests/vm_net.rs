@@ -316,6 +316,27 @@ fn echo(ns: &Netns, addr: &str, msg: &'static [u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// Asserts that the test guest at `addr` echoes `msg` (UDP port 7), from inside `ns`.
+fn assert_echoes(ns: &Netns, addr: &str, msg: &'static [u8]) {
+    assert_eq!(
+        echo(ns, addr, msg).as_deref(),
+        Some(msg),
+        "no echo of {:?} from {addr}",
+        String::from_utf8_lossy(msg)
+    );
+}
+
+/// Tells the test guests at `addrs` to quit (a UDP "quit" to their port 7), from inside `ns`.
+fn quit(ns: &Netns, addrs: &[&str]) {
+    for a in addrs {
+        let to = format!("{a}:7");
+        ns.enter(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.send_to(b"quit", to).unwrap();
+        });
+    }
+}
+
 /// `vm fork` of a VM on the NAT network: each clone gets a lease, a TAP on the bridge and an
 /// address of its own, which the (test) guest hears through its pending `watch` and takes on
 /// with its device's own MAC; every VM answers at its own address; the leases follow the
@@ -337,10 +358,7 @@ fn clones_of_a_nat_vm_get_addresses_of_their_own() {
     } = Watching::start("f");
     let out = wait_for(&log, "net: serving");
     assert!(out.contains("net: watching"), "{out}");
-    assert_eq!(
-        echo(&host, "10.213.0.2", b"parent").as_deref(),
-        Some(&b"parent"[..])
-    );
+    assert_echoes(&host, "10.213.0.2", b"parent");
 
     // The gateway's MAC is the bridge's own, set when it was made: ports joining must not
     // change it (a bridge takes its lowest port's otherwise) under the VMs on it.
@@ -388,17 +406,10 @@ fn clones_of_a_nat_vm_get_addresses_of_their_own() {
     }
     // Every VM answers at its own address, and it is that VM that answers.
     for (addr, clog, _) in &clones {
-        assert_eq!(
-            echo(&host, addr, b"clone").as_deref(),
-            Some(&b"clone"[..]),
-            "{addr}"
-        );
+        assert_echoes(&host, addr, b"clone");
         wait_for(clog, "net: udp echo 5 bytes");
     }
-    assert_eq!(
-        echo(&host, "10.213.0.2", b"parent again").as_deref(),
-        Some(&b"parent again"[..])
-    );
+    assert_echoes(&host, "10.213.0.2", b"parent again");
     // The host knows each clone by the clone's own MAC (its announcement), not the parent's.
     let neigh = host.run(&["ip", "neigh", "show", "dev", "starling0"]);
     let mac_of = |addr: &str| {
@@ -433,10 +444,7 @@ fn clones_of_a_nat_vm_get_addresses_of_their_own() {
         assert!(leases.contains(&format!("\"pid\": {pid},")), "{leases}");
     }
     // A clone told to quit ends, and its TAP goes with it; the others still answer.
-    host.enter(|| {
-        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-        s.send_to(b"quit", "10.213.0.3:7").unwrap();
-    });
+    quit(&host, &["10.213.0.3"]);
     let t = Instant::now();
     while host
         .run(&["ip", "-o", "link", "show", "master", "starling0"])
@@ -448,16 +456,8 @@ fn clones_of_a_nat_vm_get_addresses_of_their_own() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        echo(&host, "10.213.0.4", b"still").as_deref(),
-        Some(&b"still"[..])
-    );
-    for addr in ["10.213.0.4", "10.213.0.2"] {
-        host.enter(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.send_to(b"quit", format!("{addr}:7")).unwrap();
-        });
-    }
+    assert_echoes(&host, "10.213.0.4", b"still");
+    quit(&host, &["10.213.0.4", "10.213.0.2"]);
     assert!(vm.wait().unwrap().success());
 }
 
@@ -544,11 +544,7 @@ fn pool_activations_get_addresses_at_activation() {
             "{log}"
         );
         assert!(log.contains(" link up"), "{log}");
-        assert_eq!(
-            echo(&host, &addr, b"pooled").as_deref(),
-            Some(&b"pooled"[..]),
-            "{addr}"
-        );
+        assert_echoes(&host, &addr, b"pooled");
         assert!(!seen.contains(&addr), "{addr} given twice");
         seen.push(addr);
     }
@@ -566,13 +562,7 @@ fn pool_activations_get_addresses_at_activation() {
         })
         .collect();
     assert_ne!(macs[0], macs[1], "{neigh}");
-    for a in &seen {
-        let a = a.clone();
-        host.enter(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.send_to(b"quit", format!("{a}:7")).unwrap();
-        });
-    }
+    quit(&host, &seen.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 /// Removes a test's pools (stopping their VMs).
@@ -665,20 +655,9 @@ fn restore_on_the_nat_network_gets_a_new_address() {
         .unwrap();
     vms.0.push(restored.id());
     wait_for(&rlog, "net: readdressed 10.213.0.3");
-    assert_eq!(
-        echo(&host, "10.213.0.3", b"restored").as_deref(),
-        Some(&b"restored"[..])
-    );
-    assert_eq!(
-        echo(&host, "10.213.0.2", b"holder").as_deref(),
-        Some(&b"holder"[..])
-    );
-    for addr in ["10.213.0.3", "10.213.0.2"] {
-        host.enter(move || {
-            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-            s.send_to(b"quit", format!("{addr}:7")).unwrap();
-        });
-    }
+    assert_echoes(&host, "10.213.0.3", b"restored");
+    assert_echoes(&host, "10.213.0.2", b"holder");
+    quit(&host, &["10.213.0.3", "10.213.0.2"]);
     let out = restored.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");

@@ -251,10 +251,7 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
 /// snapshot are answered from here on.
 fn nic_identity(m: &Machine, services: &Services) {
     if let Some((_, f)) = m.devices.net_figures().first() {
-        let n = f.identity();
-        let mut id = crate::bus::lock(&services.identity);
-        id.mac = n.mac.0;
-        id.ip = n.ip;
+        services.follow_nic(&f.identity());
     }
     services.settle();
 }

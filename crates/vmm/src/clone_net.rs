@@ -53,11 +53,6 @@ impl CloneNetworks {
             "giving the clones addresses",
         )?;
         let mut leases = Vec::new();
-        let mut nets = CloneNetworks {
-            helper,
-            device: device.to_owned(),
-            leases: Vec::new(),
-        };
         for line in out.lines() {
             let mut w = line.split_whitespace();
             match (w.next().and_then(|i| i.parse().ok()), w.next(), w.next()) {
@@ -76,7 +71,11 @@ impl CloneNetworks {
                 _ => {}
             }
         }
-        nets.leases = leases;
+        let nets = CloneNetworks {
+            helper,
+            device: device.to_owned(),
+            leases,
+        };
         if nets.leases.len() != count as usize {
             let got = nets.leases.len();
             let why = format!(

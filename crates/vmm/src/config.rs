@@ -191,6 +191,11 @@ impl NetConfig {
 /// Longest `ip=` value taken (the kernel's own limit on its command line is 2048 bytes).
 const MAX_IP_PARAM: usize = 256;
 
+/// The address in an `ip=` value (`ADDR::GW:MASK:…`).
+pub fn ip_param_address(ip: &str) -> &str {
+    ip.split(':').next().unwrap_or(ip)
+}
+
 /// An address handed to the guest must be one word the agent can split out of `whoami`.
 pub fn check_ip_param(ip: &str) -> Result<(), String> {
     if ip.is_empty() || ip.len() > MAX_IP_PARAM || !ip.chars().all(|c| c.is_ascii_graphic()) {

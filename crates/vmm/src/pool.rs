@@ -294,7 +294,7 @@ impl Pools {
             let _ = std::fs::remove_dir_all(&slot);
         }
         let mut attached = None;
-        let (slot, warm) = match taken {
+        let (slot, warm, pid) = match taken {
             Some(slot) => {
                 let vm = Client::new(slot.join("api.sock"));
                 let activated = (|| {
@@ -302,25 +302,26 @@ impl Pools {
                         let pid = vm.status()?.pid;
                         attached = Some(attach(pid).map_err(PoolError::Activation)?);
                     }
-                    vm.activate(env, args, attached.as_ref())?;
-                    Ok::<_, PoolError>(())
+                    Ok::<_, PoolError>(vm.activate(env, args, attached.as_ref())?.pid)
                 })();
-                if let Err(e) = activated {
-                    // A substrate that cannot be activated is of no use to anyone.
-                    let _ = vm.stop();
-                    let _ = std::fs::remove_dir_all(&slot);
-                    return Err(e);
+                match activated {
+                    Ok(pid) => (slot, true, pid),
+                    Err(e) => {
+                        // A substrate that cannot be activated is of no use to anyone.
+                        let _ = vm.stop();
+                        let _ = std::fs::remove_dir_all(&slot);
+                        return Err(e);
+                    }
                 }
-                (slot, true)
             }
             None => {
                 if let Some(attach) = network.as_mut() {
                     attached = Some(attach(std::process::id()).map_err(PoolError::Activation)?);
                 }
-                let slot = spawn_slot(&dir, false, Some(line), attached.as_ref())?;
+                let (slot, pid) = spawn_slot(&dir, false, Some(line), attached.as_ref())?;
                 std::fs::write(slot.join("taken"), b"")
                     .map_err(io(format!("marking {} taken", slot.display())))?;
-                (slot, false)
+                (slot, false, pid)
             }
         };
         let activated_us = t.elapsed().as_micros();
@@ -328,9 +329,6 @@ impl Pools {
         if warm {
             dock_in_background(&dir)?;
         }
-        let pid = Client::new(slot.join("api.sock"))
-            .status()
-            .map_or(0, |s| s.pid);
         Ok(Activation {
             pool: name.into(),
             api_socket: slot.join("api.sock"),
@@ -340,7 +338,7 @@ impl Pools {
             warm,
             activated_us,
             pid,
-            address: attached.and_then(|a| a.ip.split(':').next().map(str::to_owned)),
+            address: attached.map(|a| crate::config::ip_param_address(&a.ip).to_owned()),
         })
     }
 
@@ -538,7 +536,7 @@ impl Draft {
 /// Restores one more substrate from the pool's snapshot, paused, and waits until it is docked;
 /// returns its slot directory.
 fn dock(dir: &Path) -> Result<PathBuf, PoolError> {
-    spawn_slot(dir, true, None, None)
+    spawn_slot(dir, true, None, None).map(|(slot, _)| slot)
 }
 
 /// Starts restoring a replacement substrate without waiting for it: its monitor marks the
@@ -592,19 +590,20 @@ fn prepare_slot(
 }
 
 /// A new slot with a monitor restored from the pool's snapshot: docked (paused, marked
-/// `free`) or activated at once with `activate` as the answer to the guest's `ready`.
+/// `free`) or activated at once with `activate` as the answer to the guest's `ready`; the
+/// slot and its monitor's pid.
 fn spawn_slot(
     dir: &Path,
     paused: bool,
     activate: Option<String>,
     network: Option<&NetAttach>,
-) -> Result<PathBuf, PoolError> {
+) -> Result<(PathBuf, u32), PoolError> {
     let (slot, mut spec, log) = prepare_slot(dir, paused, activate, false)?;
     if let Some(a) = network {
         spec.networks.insert("net0".into(), a.clone());
     }
     let started = crate::fork::start_restore(spec, log).map_err(io("starting a substrate"))?;
-    started
+    let monitor = started
         .wait(START_TIMEOUT)
         .map_err(|why| PoolError::Substrate {
             log: tail(&slot.join("monitor.log")),
@@ -615,7 +614,7 @@ fn spawn_slot(
         std::fs::write(slot.join("free"), b"")
             .map_err(io(format!("marking {} free", slot.display())))?;
     }
-    Ok(slot)
+    Ok((slot, monitor.id()))
 }
 
 fn alive(slot: &Path) -> bool {

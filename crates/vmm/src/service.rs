@@ -173,6 +173,14 @@ impl Services {
         })
     }
 
+    /// The identity takes the first network device's MAC and address (at boot or restore, and
+    /// when an activation attaches the device).
+    pub fn follow_nic(&self, nic: &crate::virtio::NetIdentity) {
+        let mut id = lock(&self.identity);
+        id.mac = nic.mac.0;
+        id.ip = nic.ip.clone();
+    }
+
     /// The identity is final: requests resumed from a snapshot may be answered.
     pub fn settle(&self) {
         *lock(&self.settled.0) = true;

@@ -131,8 +131,7 @@ impl Shared {
                     address: n
                         .ip
                         .as_deref()
-                        .and_then(|ip| ip.split(':').next())
-                        .map(str::to_owned),
+                        .map(|ip| crate::config::ip_param_address(ip).to_owned()),
                     rx_frames: c.rx_frames.load(Relaxed),
                     rx_bytes: c.rx_bytes.load(Relaxed),
                     tx_frames: c.tx_frames.load(Relaxed),
@@ -233,16 +232,17 @@ impl VmHandle {
             .net_devices
             .first()
             .ok_or("the VM has no network device to put on a network")?;
-        let mac = crate::config::Mac::random();
         let mut t = lock(t);
-        t.device_as::<crate::virtio::net::Net>()
-            .ok_or("the VM's first network device is not one")?
-            .attach(a, mac)
+        let net = t
+            .device_as::<crate::virtio::net::Net>()
+            .ok_or("the VM's first network device is not one")?;
+        net.attach(a, crate::config::Mac::random())
             .map_err(|e| e.to_string())?;
+        let nic = crate::virtio::VirtioDevice::net_figures(net).map(|f| f.identity());
         t.config_changed();
-        let mut id = lock(&self.0.services.identity);
-        id.mac = mac.0;
-        id.ip = Some(a.ip.clone());
+        if let Some(nic) = nic {
+            self.0.services.follow_nic(&nic);
+        }
         Ok(())
     }
 
