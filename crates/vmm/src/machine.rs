@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{GuestMemory, GuestMemoryRegion};
 use vmm_sys_util::epoll::Epoll;
 use vmm_sys_util::eventfd::EventFd;
@@ -134,6 +134,12 @@ impl Machine {
         let addr = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE;
         let line = IrqLine::new(self.irqfd(irq)?);
         let events = device.event_source();
+        for (queue, kick) in device.queue_kicks() {
+            let notify = IoEventAddress::Mmio(addr + crate::virtio::mmio::QUEUE_NOTIFY);
+            self.vm
+                .register_ioevent(kick, &notify, queue as u32)
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
+        }
         let counters = device.fs_counters();
         let net = device.net_figures();
         let mem = self.ram.mem.clone();

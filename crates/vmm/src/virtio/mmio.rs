@@ -7,12 +7,17 @@ use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{IrqLine, Queues, VirtioDevice, INT_CONFIG, INT_USED_RING, VIRTIO_F_VERSION_1};
+use super::{
+    IrqLine, Queues, VirtioDevice, INT_CONFIG, INT_USED_RING, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::bus::BusDevice;
 use crate::persist::{Persist, SaveContext};
 use crate::Error;
 
 const MAGIC: u32 = 0x7472_6976;
+/// QueueNotify: the driver writes a queue's index here to kick it.
+pub const QUEUE_NOTIFY: u64 = 0x050;
 const VENDOR: u32 = 0x5354_524c; // "STRL"
 
 pub const STATUS_ACKNOWLEDGE: u32 = 1;
@@ -155,6 +160,10 @@ impl MmioTransport {
                 ));
                 return;
             }
+            let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+            for q in &mut self.queues {
+                q.set_event_idx(event_idx);
+            }
             self.active = Some(Queues {
                 mem: self.mem.clone(),
                 queues: std::mem::take(&mut self.queues),
@@ -183,8 +192,8 @@ impl MmioTransport {
             return;
         };
         match self.device.notify(index, active) {
-            Ok(true) => self.irq.signal(INT_USED_RING),
-            Ok(false) => {}
+            Ok(true) if active.needs_interrupt() => self.irq.signal(INT_USED_RING),
+            Ok(_) => {}
             Err(e) => self.fail(e.to_string()),
         }
     }
@@ -198,8 +207,8 @@ impl MmioTransport {
             return;
         };
         match self.device.backend(active) {
-            Ok(true) => self.irq.signal(INT_USED_RING),
-            Ok(false) => {}
+            Ok(true) if active.needs_interrupt() => self.irq.signal(INT_USED_RING),
+            Ok(_) => {}
             Err(e) => self.fail(e.to_string()),
         }
     }
@@ -259,7 +268,7 @@ impl MmioTransport {
                     q.set_ready(v == 1);
                 }
             }
-            0x050 if self.status & STATUS_DRIVER_OK != 0 => self.process(v as usize),
+            QUEUE_NOTIFY if self.status & STATUS_DRIVER_OK != 0 => self.process(v as usize),
             0x064 => {
                 self.irq.status.fetch_and(!v, Ordering::SeqCst);
             }

@@ -32,6 +32,9 @@ pub const TYPE_VSOCK: u32 = 19;
 
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
+/// The driver and the device tell each other how far to go before the next notification
+/// (`used_event`, `avail_event`): most kicks and interrupts of a busy queue are saved.
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Interrupt status bits.
 pub const INT_USED_RING: u32 = 1;
@@ -83,10 +86,7 @@ impl Queues {
     /// Takes every chain the driver made available on queue `index`.
     pub fn pop_all(&mut self, index: usize) -> Result<Vec<Chain>, QueueBroken> {
         let mem = &self.mem;
-        let q = self.queues.get_mut(index).ok_or_else(|| QueueBroken {
-            queue: index,
-            reason: "no such queue".into(),
-        })?;
+        let q = queue_mut(&mut self.queues, index)?;
         let iter = q.iter(mem).map_err(|e| QueueBroken {
             queue: index,
             reason: format!("available ring: {e}"),
@@ -99,14 +99,34 @@ impl Queues {
             .collect())
     }
 
-    /// Takes one chain from queue `index`, if any.
-    pub fn pop_one(&mut self, index: usize) -> Option<Chain> {
+    /// Takes one chain from queue `index`, if any. A driver that claims more chains than
+    /// the queue holds, or an available ring outside memory, broke the ring.
+    pub fn pop_one(&mut self, index: usize) -> Result<Option<Chain>, QueueBroken> {
         let mem = &self.mem;
-        let q = self.queues.get_mut(index)?;
-        q.pop_descriptor_chain(mem).map(|chain| Chain {
+        let q = queue_mut(&mut self.queues, index)?;
+        let broken = |reason: String| QueueBroken {
+            queue: index,
+            reason,
+        };
+        if !q.ready() {
+            return Ok(None);
+        }
+        let avail = q
+            .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+            .map_err(|e| broken(format!("available ring: {e}")))?;
+        if avail.0 == q.next_avail() {
+            return Ok(None);
+        }
+        let mut iter = q
+            .iter(mem)
+            .map_err(|e| broken(format!("available ring: {e}")))?;
+        let chain = iter
+            .next()
+            .ok_or_else(|| broken("available ring entry outside guest memory".into()))?;
+        Ok(Some(Chain {
             head: chain.head_index(),
             descs: chain.collect(),
-        })
+        }))
     }
 
     /// Puts a chain back (the device could not use it yet).
@@ -116,18 +136,91 @@ impl Queues {
         }
     }
 
+    /// Asks the driver to stop kicking queue `index` while the device drains it (without
+    /// EVENT_IDX; with it, the driver kicks only past the last `enable_notification`).
+    pub fn disable_notification(&mut self, index: usize) -> Result<(), QueueBroken> {
+        let mem = &self.mem;
+        let q = queue_mut(&mut self.queues, index)?;
+        q.disable_notification(mem).map_err(|e| QueueBroken {
+            queue: index,
+            reason: format!("used ring: {e}"),
+        })
+    }
+
+    /// Asks the driver to kick queue `index` for the next chain it posts; true when chains
+    /// were posted meanwhile (the device drains again rather than wait for a kick that may
+    /// never come).
+    pub fn enable_notification(&mut self, index: usize) -> Result<bool, QueueBroken> {
+        let mem = &self.mem;
+        let q = queue_mut(&mut self.queues, index)?;
+        q.enable_notification(mem).map_err(|e| QueueBroken {
+            queue: index,
+            reason: format!("rings: {e}"),
+        })
+    }
+
+    /// Asks the driver to kick queue `index` when it posts a chain beyond those it has
+    /// posted now (a device that put back chains too small for what it holds waits for more,
+    /// not for the ones it put back); true when the driver posted one meanwhile.
+    pub fn wait_for_more(&mut self, index: usize) -> Result<bool, QueueBroken> {
+        use std::sync::atomic::{fence, Ordering};
+        use vm_memory::{Address, Bytes};
+        let mem = &self.mem;
+        let q = queue_mut(&mut self.queues, index)?;
+        let broken = |e: String| QueueBroken {
+            queue: index,
+            reason: format!("rings: {e}"),
+        };
+        let seen = q
+            .avail_idx(mem, Ordering::Acquire)
+            .map_err(|e| broken(e.to_string()))?;
+        if q.event_idx_enabled() {
+            // avail_event sits after the used ring's entries (virtio 1.x §2.7.10).
+            let at = vm_memory::GuestAddress(q.used_ring())
+                .checked_add(4 + 8 * u64::from(q.size()))
+                .ok_or_else(|| broken("used ring outside memory".into()))?;
+            mem.write_obj(seen.0.to_le(), at)
+                .map_err(|e| broken(e.to_string()))?;
+        } else {
+            q.enable_notification(mem)
+                .map_err(|e| broken(e.to_string()))?;
+        }
+        fence(Ordering::SeqCst);
+        let now = q
+            .avail_idx(mem, Ordering::Acquire)
+            .map_err(|e| broken(e.to_string()))?;
+        Ok(now != seen)
+    }
+
+    /// Whether the driver wants an interrupt for what the device used since it was last
+    /// asked (EVENT_IDX's `used_event`; always without EVENT_IDX). Asks every queue, which
+    /// resets each one's count.
+    pub fn needs_interrupt(&mut self) -> bool {
+        let mem = &self.mem;
+        let mut needed = false;
+        for q in &mut self.queues {
+            // A used_event outside memory: interrupt, as a driver without EVENT_IDX would get.
+            needed |= q.needs_notification(mem).unwrap_or(true);
+        }
+        needed
+    }
+
     /// Returns a chain to the driver with `len` bytes written.
     pub fn add_used(&mut self, index: usize, head: u16, len: u32) -> Result<(), QueueBroken> {
         let mem = &self.mem;
-        let q = self.queues.get_mut(index).ok_or_else(|| QueueBroken {
-            queue: index,
-            reason: "no such queue".into(),
-        })?;
+        let q = queue_mut(&mut self.queues, index)?;
         q.add_used(mem, head, len).map_err(|e| QueueBroken {
             queue: index,
             reason: format!("used ring: {e}"),
         })
     }
+}
+
+fn queue_mut(queues: &mut [Queue], index: usize) -> Result<&mut Queue, QueueBroken> {
+    queues.get_mut(index).ok_or_else(|| QueueBroken {
+        queue: index,
+        reason: "no such queue".into(),
+    })
 }
 
 /// Takes the monitor's end of a new service connection (vsock host port `SERVICE_PORT`):
@@ -214,6 +307,13 @@ pub trait VirtioDevice: Send {
     /// A network device's TAP, MAC and counters (the VM's status shows them).
     fn net_figures(&self) -> Option<NetFigures> {
         None
+    }
+    /// Eventfds in the device's `event_source` to be signalled by KVM itself when the driver
+    /// kicks the queue of that index (ioeventfd): the kick costs the vCPU no exit to the
+    /// monitor, and the device's thread serves the queue (in `backend`) while the guest goes
+    /// on. Queues not named here are served on the vCPU that kicked.
+    fn queue_kicks(&self) -> Vec<(usize, &EventFd)> {
+        Vec::new()
     }
     /// The device as its own type (its snapshot state is saved by type, `state.rs`).
     fn as_any(&mut self) -> &mut dyn std::any::Any;

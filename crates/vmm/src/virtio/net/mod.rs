@@ -21,8 +21,12 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
 
-use super::{write_to_chain, Chain, DeviceEnv, IrqLine, QueueBroken, Queues, VirtioDevice};
+use super::{
+    write_to_chain, Chain, DeviceEnv, IrqLine, QueueBroken, Queues, VirtioDevice,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::config::{Limit, Mac, NetConfig};
 use crate::persist::{Persist, SaveContext};
 use crate::Error;
@@ -35,6 +39,8 @@ pub const HDR_LEN: usize = 12;
 /// The largest frame either way: a 64 KiB GSO frame, its Ethernet and VLAN headers and ours.
 pub const MAX_FRAME: usize = HDR_LEN + 65_535 + 14 + 4;
 const QUEUE_SIZE: u16 = 256;
+/// TX chains served in one round before the device's thread looks at RX again.
+const TX_BURST: usize = QUEUE_SIZE as usize;
 const RX: usize = 0;
 const TX: usize = 1;
 
@@ -59,6 +65,8 @@ const GSO_ECN: u8 = 0x80;
 /// Epoll tokens.
 const TAP_TOKEN: u64 = 1;
 const TIMER_TOKEN: u64 = 2;
+/// The driver's kicks of RX and TX (ioeventfds): tokens 3 and 4.
+const KICK_TOKEN: u64 = 3;
 
 /// What the device has passed and dropped, for the VM's status.
 #[derive(Debug, Default)]
@@ -96,13 +104,13 @@ pub struct Net {
     tx_limiter: Option<Limiter>,
     epoll: Arc<Epoll>,
     timer: Timer,
+    /// Signalled by KVM when the driver kicks RX or TX (see `queue_kicks`).
+    kicks: [EventFd; 2],
     acked: u64,
     /// A frame read from the TAP and not yet delivered (no buffers, or no tokens).
     rx_frame: Vec<u8>,
     rx_len: usize,
     tx_buf: Vec<u8>,
-    /// TX chains wait for tokens: the timer will run the queue again.
-    tx_waiting: bool,
     counters: Arc<NetCounters>,
 }
 
@@ -167,6 +175,17 @@ impl Net {
                 EpollEvent::new(EventSet::IN, TIMER_TOKEN),
             )
             .map_err(io("epoll"))?;
+        let kick = || EventFd::new(libc::EFD_NONBLOCK).map_err(io("kick eventfd"));
+        let kicks = [kick()?, kick()?];
+        for (i, k) in kicks.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    k.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, KICK_TOKEN + i as u64),
+                )
+                .map_err(io("epoll"))?;
+        }
         Ok(Net {
             tap_name: None,
             backend,
@@ -184,11 +203,11 @@ impl Net {
             tx_limiter: limits.1.as_ref().map(Limiter::new),
             epoll: Arc::new(epoll),
             timer,
+            kicks,
             acked: 0,
             rx_frame: vec![0; MAX_FRAME],
             rx_len: 0,
             tx_buf: Vec::with_capacity(MAX_FRAME),
-            tx_waiting: false,
             counters: Arc::default(),
         })
     }
@@ -273,45 +292,60 @@ impl Net {
         self.acked & f != 0
     }
 
-    /// Sends what the guest queued, until the queue is empty or the limiter says wait.
+    /// Sends what the guest queued, until the queue is empty or the limiter says wait. The
+    /// driver is asked not to kick while the queue is drained (a busy sender then costs one
+    /// kick per burst, not one per frame), and to kick again once it is empty.
     fn process_tx(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
         let mut used = false;
-        self.tx_waiting = false;
-        while let Some(chain) = q.pop_one(TX) {
-            let frame = match self.read_tx_chain(&q.mem, &chain) {
-                Ok(len) => len,
-                Err(()) => {
-                    NetCounters::add(&self.counters.bad_chains, 1);
-                    q.add_used(TX, chain.head, 0)?;
-                    used = true;
-                    continue;
-                }
-            };
-            if let Some(l) = self.tx_limiter.as_mut() {
-                if let Err(wait) = l.admit((frame - HDR_LEN) as u64) {
+        let mut burst = 0;
+        loop {
+            q.disable_notification(TX)?;
+            while let Some(chain) = q.pop_one(TX)? {
+                burst += 1;
+                if burst > TX_BURST {
+                    // A guest that keeps the queue full must not keep the device's thread
+                    // (and its RX) to itself: the rest is served on the next round.
                     q.undo_pop(TX);
-                    self.tx_waiting = true;
-                    self.timer.arm(wait);
-                    break;
+                    let _ = self.kicks[TX].write(1);
+                    return Ok(used);
                 }
-            }
-            match self
-                .backend
-                .as_mut()
-                .map(|b| b.write(&self.tx_buf[..frame]))
-            {
-                Some(Ok(_)) => {
-                    NetCounters::add(&self.counters.tx_frames, 1);
-                    NetCounters::add(&self.counters.tx_bytes, (frame - HDR_LEN) as u64);
+                let frame = match self.read_tx_chain(&q.mem, &chain) {
+                    Ok(len) => len,
+                    Err(()) => {
+                        NetCounters::add(&self.counters.bad_chains, 1);
+                        q.add_used(TX, chain.head, 0)?;
+                        used = true;
+                        continue;
+                    }
+                };
+                if let Some(l) = self.tx_limiter.as_mut() {
+                    if let Err(wait) = l.admit((frame - HDR_LEN) as u64) {
+                        // The timer runs the queue again; no kick is needed until then.
+                        q.undo_pop(TX);
+                        self.timer.arm(wait);
+                        return Ok(used);
+                    }
                 }
-                // Detached, a full TAP queue or a frame the host refused: dropped, as a wire
-                // would.
-                _ => NetCounters::add(&self.counters.dropped, 1),
+                match self
+                    .backend
+                    .as_mut()
+                    .map(|b| b.write(&self.tx_buf[..frame]))
+                {
+                    Some(Ok(_)) => {
+                        NetCounters::add(&self.counters.tx_frames, 1);
+                        NetCounters::add(&self.counters.tx_bytes, (frame - HDR_LEN) as u64);
+                    }
+                    // Detached, a full TAP queue or a frame the host refused: dropped, as a
+                    // wire would.
+                    _ => NetCounters::add(&self.counters.dropped, 1),
+                }
+                q.add_used(TX, chain.head, 0)?;
+                used = true;
             }
-            q.add_used(TX, chain.head, 0)?;
-            used = true;
+            if !q.enable_notification(TX)? {
+                return Ok(used);
+            }
         }
-        Ok(used)
     }
 
     /// Gathers a TX chain into `tx_buf`; its length, or Err for a chain that breaks the rules
@@ -394,6 +428,9 @@ impl Net {
                     NetCounters::add(&self.counters.dropped, 1);
                     used = true;
                 }
+                // Out of buffers (or of room for this frame): the driver is asked to kick
+                // when it posts more, unless it posted some meanwhile.
+                Delivery::NoBuffers if q.wait_for_more(RX)? => continue,
                 Delivery::NoBuffers => break,
             }
             self.rx_len = 0;
@@ -408,7 +445,7 @@ impl Net {
         let mut chains: Vec<(Chain, usize)> = Vec::new();
         let mut room = 0usize;
         while room < len {
-            let Some(chain) = q.pop_one(RX) else {
+            let Some(chain) = q.pop_one(RX)? else {
                 for _ in 0..chains.len() {
                     q.undo_pop(RX);
                 }
@@ -493,7 +530,7 @@ impl VirtioDevice for Net {
         } else {
             0
         };
-        offloads | F_MAC | F_MRG_RXBUF | F_STATUS
+        offloads | F_MAC | F_MRG_RXBUF | F_STATUS | VIRTIO_RING_F_EVENT_IDX
     }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         super::blk::read_config_bytes(&self.config_space(), offset, data);
@@ -510,14 +547,20 @@ impl VirtioDevice for Net {
             _ => Ok(false),
         }
     }
+    /// The TAP has frames, the limiter's timer fired, or the driver kicked: both queues are
+    /// served (a kick that was pending when a snapshot was taken is served this way too, when
+    /// the restored VM's devices are first polled).
     fn backend(&mut self, q: &mut Queues) -> Result<bool, QueueBroken> {
         self.timer.clear();
-        let mut used = false;
-        if self.tx_waiting {
-            used |= self.process_tx(q)?;
+        for k in &self.kicks {
+            let _ = k.read();
         }
+        let mut used = self.process_tx(q)?;
         used |= self.process_rx(q)?;
         Ok(used)
+    }
+    fn queue_kicks(&self) -> Vec<(usize, &EventFd)> {
+        vec![(RX, &self.kicks[RX]), (TX, &self.kicks[TX])]
     }
     fn event_source(&self) -> Option<Arc<Epoll>> {
         Some(self.epoll.clone())
@@ -531,7 +574,6 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.acked = 0;
         self.rx_len = 0;
-        self.tx_waiting = false;
         self.timer.disarm();
         self.timer.clear();
         if let (true, Some(f)) = (self.is_tap, &self.backend) {
@@ -679,6 +721,147 @@ mod tests {
             service: &service,
         };
         Net::restore(&env, state)
+    }
+
+    /// A driver's two queues in 64 KiB of memory, EVENT_IDX on: queue Q's descriptors at
+    /// 0x1000 + Q*0x4000, its available ring 0x1000 later, its used ring 0x2000 later, and
+    /// buffers from 0x9000.
+    struct Driver {
+        q: Queues,
+        posted: [u16; 2],
+    }
+
+    const SIZE: u16 = 16;
+
+    impl Driver {
+        fn new() -> Driver {
+            use virtio_queue::{Queue, QueueT};
+            use vm_memory::GuestAddress;
+            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap();
+            let queues = (0..2u32)
+                .map(|i| {
+                    let base = 0x1000 + i * 0x4000;
+                    let mut q = Queue::new(QUEUE_SIZE).unwrap();
+                    q.set_size(SIZE);
+                    q.set_desc_table_address(Some(base), Some(0));
+                    q.set_avail_ring_address(Some(base + 0x1000), Some(0));
+                    q.set_used_ring_address(Some(base + 0x2000), Some(0));
+                    q.set_ready(true);
+                    q.set_event_idx(true);
+                    q
+                })
+                .collect();
+            Driver {
+                q: Queues { mem, queues },
+                posted: [0; 2],
+            }
+        }
+
+        fn ring(queue: usize) -> u64 {
+            0x1000 + queue as u64 * 0x4000
+        }
+
+        /// Posts a one-descriptor chain of `len` bytes (device-writable for RX), holding
+        /// `data` for TX.
+        fn post(&mut self, queue: usize, len: u32, data: &[u8]) {
+            use vm_memory::GuestAddress;
+            let slot = self.posted[queue] % SIZE;
+            let buf = 0x9000 + (queue as u64 * 16 + u64::from(slot)) * 0x400;
+            self.q.mem.write_slice(data, GuestAddress(buf)).unwrap();
+            let flags: u16 = if queue == RX { 2 } else { 0 };
+            let desc = Driver::ring(queue) + 16 * u64::from(slot);
+            self.q.mem.write_obj(buf, GuestAddress(desc)).unwrap();
+            self.q.mem.write_obj(len, GuestAddress(desc + 8)).unwrap();
+            self.q
+                .mem
+                .write_obj(flags, GuestAddress(desc + 12))
+                .unwrap();
+            let avail = Driver::ring(queue) + 0x1000;
+            self.q
+                .mem
+                .write_obj(slot, GuestAddress(avail + 4 + 2 * u64::from(slot)))
+                .unwrap();
+            self.posted[queue] = self.posted[queue].wrapping_add(1);
+            self.set_avail_idx(queue, self.posted[queue]);
+        }
+
+        fn set_avail_idx(&self, queue: usize, idx: u16) {
+            let at = vm_memory::GuestAddress(Driver::ring(queue) + 0x1000 + 2);
+            self.q.mem.write_obj(idx, at).unwrap();
+        }
+
+        /// The driver's used_event: interrupt me once the device has used past it.
+        fn set_used_event(&self, queue: usize, v: u16) {
+            let at = Driver::ring(queue) + 0x1000 + 4 + 2 * u64::from(SIZE);
+            self.q
+                .mem
+                .write_obj(v, vm_memory::GuestAddress(at))
+                .unwrap();
+        }
+
+        /// The device's avail_event: kick me when you post the chain of this index.
+        fn avail_event(&self, queue: usize) -> u16 {
+            let at = Driver::ring(queue) + 0x2000 + 4 + 8 * u64::from(SIZE);
+            self.q.mem.read_obj(vm_memory::GuestAddress(at)).unwrap()
+        }
+
+        fn used_idx(&self, queue: usize) -> u16 {
+            let at = Driver::ring(queue) + 0x2000 + 2;
+            self.q.mem.read_obj(vm_memory::GuestAddress(at)).unwrap()
+        }
+    }
+
+    #[test]
+    fn event_idx_saves_kicks_and_interrupts_and_a_broken_ring_is_refused() {
+        let (f, peer) = pair();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut n = Net::with_backend(Some(f), Mac::random(), (None, None)).unwrap();
+        assert_ne!(n.features() & VIRTIO_RING_F_EVENT_IDX, 0, "offered");
+        n.activate(
+            IrqLine::new(EventFd::new(0).unwrap()),
+            F_MAC | F_MRG_RXBUF | VIRTIO_RING_F_EVENT_IDX,
+        );
+        let mut d = Driver::new();
+        let frame = |k: u8| {
+            let mut f = vec![0u8; HDR_LEN];
+            f.extend(std::iter::repeat_n(k, 60));
+            f
+        };
+        // Three frames, the driver wanting an interrupt once the first is used.
+        for k in 0..3 {
+            d.post(TX, 72, &frame(k));
+        }
+        d.set_used_event(TX, 0);
+        assert!(n.notify(TX, &mut d.q).unwrap());
+        let mut got = [0u8; 256];
+        for k in 0..3 {
+            let len = peer.recv(&mut got).unwrap();
+            assert_eq!(len, 72);
+            assert_eq!(got[HDR_LEN], k);
+        }
+        assert_eq!(d.used_idx(TX), 3);
+        assert_eq!(d.avail_event(TX), 3, "the next kick is asked for chain 3");
+        assert!(d.q.needs_interrupt(), "used went past used_event");
+        assert!(!d.q.needs_interrupt(), "nothing used since");
+        // The driver asks for no interrupt before 10 chains are used: one more gets none.
+        d.set_used_event(TX, 10);
+        d.post(TX, 72, &frame(3));
+        assert!(n.notify(TX, &mut d.q).unwrap());
+        assert_eq!(peer.recv(&mut got).unwrap(), 72);
+        assert!(!d.q.needs_interrupt());
+        // A frame from the host with no receive buffer waits; the device asks for a kick
+        // at the next buffer posted, and that buffer gets the frame.
+        peer.send(&frame(9)).unwrap();
+        assert!(!n.backend(&mut d.q).unwrap());
+        assert_eq!(d.avail_event(RX), 0);
+        d.post(RX, 1024, &[]);
+        assert!(n.notify(RX, &mut d.q).unwrap());
+        assert_eq!(d.used_idx(RX), 1);
+        // A driver claiming more chains than the queue holds broke the ring: refused at
+        // once, not served in a loop.
+        d.set_avail_idx(TX, d.posted[TX].wrapping_add(SIZE + 1));
+        let e = n.notify(TX, &mut d.q).unwrap_err();
+        assert!(e.to_string().contains("available ring"), "{e}");
     }
 
     #[test]

@@ -522,7 +522,7 @@ impl Vsock {
         }
         let mut used = false;
         while let Some(h) = self.control.front().copied() {
-            let Some(chain) = q.pop_one(RX) else {
+            let Some(chain) = q.pop_one(RX)? else {
                 return Ok(used);
             };
             let n = write_to_chain(&q.mem, &chain.descs, 0, &h.to_bytes()).unwrap_or(0);
@@ -544,7 +544,7 @@ impl Vsock {
                     }
                     break;
                 }
-                let Some(chain) = q.pop_one(RX) else {
+                let Some(chain) = q.pop_one(RX)? else {
                     self.disarm_all();
                     return Ok(used);
                 };
@@ -615,7 +615,7 @@ impl Vsock {
         }
         // Control packets queued while reading (closes) go out on the next round.
         while let Some(h) = self.control.front().copied() {
-            let Some(chain) = q.pop_one(RX) else { break };
+            let Some(chain) = q.pop_one(RX)? else { break };
             let n = write_to_chain(&q.mem, &chain.descs, 0, &h.to_bytes()).unwrap_or(0);
             q.add_used(RX, chain.head, n as u32)?;
             used = true;
