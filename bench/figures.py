@@ -115,6 +115,7 @@ FIGURES = {
     "vm-net.rtt_vs_qemu": (lambda: block("vm-net.md", "rtt_vs_qemu"), fixed(2)),
     "vm-net.http_vs_qemu": (lambda: block("vm-net.md", "http_vs_qemu"), fixed(2)),
     "vm-net.cpu_per_gib_vs_qemu": (lambda: block("vm-net.md", "cpu_per_gib_vs_qemu"), fixed(2)),
+    "vm-fork-net.answering_ms": (lambda: block("vm-fork-net.md", "answering_ms"), fixed(0)),
     "vm-run.read_vs_blk": (lambda: find("vm-run.md", r"\*\*sequential read, starling run / Starling virtio-blk: ([\d.]+)\*\*"), fixed(2)),
     # Pull (bench/repo_pull.py).
     "repo-pull.pull_vs_curl": (lambda: find("repo-pull.md", r"starling pull / curl: \*\*([\d.]+)\*\*"), fixed(2)),

@@ -69,6 +69,12 @@ f = {
     "rounds": min(len(runs["starling"]), len(runs["qemu"])),
 }
 ok = lambda c: "✓" if c else "✗"
+# Sections written by hand after the generated part (from the first "## ") are kept.
+try:
+    old = open(out).read()
+    tail = old[old.index("\n## "):] if "\n## " in old else ""
+except FileNotFoundError:
+    tail = ""
 with open(out, "w") as fh:
     fh.write(f"""# virtio-net: Starling's monitor vs QEMU's userspace virtio-net
 
@@ -90,6 +96,6 @@ the result.
 Failed rounds: {len(failed)}{''.join(chr(10) + '- ' + x for x in failed)}
 
 <!-- figures {json.dumps(f)} -->
-""")
+""" + tail)
 print(open(out).read())
 PY

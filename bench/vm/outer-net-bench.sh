@@ -2,13 +2,14 @@
 # Runs in the QEMU test host for bench/vm_net.sh: the same Debian guest (bench/vm/inner-net.sh)
 # on a TAP of this host, under Starling's monitor (virtio-net in userspace) and under QEMU
 # (`-netdev tap,vhost=off`, virtio-net on virtio-mmio, microvm), same kernel, 1 vCPU, 256 MiB,
-# taking turns for ROUNDS rounds. Each round, one "bench:" line per measure:
+# taking turns (each going first every other round) for ROUNDS rounds. Each round, one
+# "bench:" line per measure:
 # - to-guest: 16 MiB sent by nc to the guest's sink (TCP, host -> guest);
 # - from-guest: the guest's 16 MiB file fetched by wget (TCP, guest -> host);
 # - rtt: ping, 20 echoes 0.2 s apart, the average;
 # - http: 20 wget of a 1 KiB file one after another, the time of each;
 # - the monitor's CPU time (user + system) over the two transfers.
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-4}
 mkdir -p /tmp
 now() { read up _ < /proc/uptime; echo "$up"; }
 secs() { echo "$1 $2" | awk '{printf "%.3f", $2 - $1}'; }
@@ -41,7 +42,11 @@ start() { # MONITOR: boots the guest under it in the background; its pid in $vm
   }
 }
 for r in $(seq 1 $ROUNDS); do
-  for mon in starling qemu; do
+  # Each round the other goes first: a monitor that always followed the other would carry
+  # whatever the first left behind (the host's caches, the TAP's neighbours).
+  order="qemu starling"
+  [ $((r % 2)) -eq 0 ] && order="starling qemu"
+  for mon in $order; do
     start $mon || { kill -9 $vm 2>/dev/null; wait $vm 2>/dev/null; continue; }
     ping -c 3 -W 5 10.77.0.2 > /dev/null 2>&1
     c0=$(cpu $vm)

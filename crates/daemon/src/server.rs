@@ -192,6 +192,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
 /// Runs the daemon until it is told to stop; unmounts everything on the way out.
 pub fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
+    // Before any thread starts: every monitor the daemon starts (a VM's, a pool's first boot
+    // and its substrates, their clones) inherits the helper that gives clones on Starling's
+    // network addresses of their own.
+    crate::vms::name_net_helper();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()

@@ -636,9 +636,6 @@ impl Vms {
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2);
-        if let (Some(_), Some(helper)) = (net, net_helper_program()) {
-            cmd.env(starling_vmm::clone_net::HELPER_VAR, helper);
-        }
         {
             use std::os::unix::process::CommandExt;
             // Its own session: a VM outlives the daemon and the CLI that started it.
@@ -852,8 +849,20 @@ pub fn scratch_disk(
         .map_err(|e| DaemonError::Internal(format!("scratch disk: {e}")))
 }
 
-/// The program a monitor runs to give its clones addresses (`starling net-helper`): this
-/// program when it is `starling` (`starling daemon`), else the `starling` beside it.
+/// Names the program a monitor runs to give its clones addresses in the environment the
+/// daemon's monitors inherit (`STARLING_NET_HELPER`), unless the caller named one. Only
+/// monitors of VMs on Starling's network run it.
+pub fn name_net_helper() {
+    let var = starling_vmm::clone_net::HELPER_VAR;
+    if std::env::var_os(var).is_none() {
+        if let Some(helper) = net_helper_program() {
+            std::env::set_var(var, helper);
+        }
+    }
+}
+
+/// `starling net-helper`: this program when it is `starling` (`starling daemon`), else the
+/// `starling` beside it.
 fn net_helper_program() -> Option<std::path::PathBuf> {
     let exe = std::env::current_exe().ok()?;
     if exe.file_name().is_some_and(|n| n == "starling") {
