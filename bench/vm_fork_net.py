@@ -79,9 +79,11 @@ def inside(work, runs):
     results = []
     try:
         t = time.monotonic()
-        while b"net: serving" not in open(log, "rb").read() if os.path.exists(log) else True:
-            if time.monotonic() - t > 60 or vm.poll() is not None:
-                raise SystemExit(f"the parent did not come up: {vm.stderr.read().decode() if vm.poll() is not None else ''}")
+        while not (os.path.exists(log) and b"net: serving" in open(log, "rb").read()):
+            if vm.poll() is not None:
+                raise SystemExit(f"the parent ended: {vm.stderr.read().decode()}")
+            if time.monotonic() - t > 60:
+                raise SystemExit("the parent did not come up in 60 s")
             time.sleep(0.01)
         parent = re.search(rb"net: address (\S+)", open(log, "rb").read()).group(1).decode()
         echo_all([parent])
