@@ -138,6 +138,13 @@ fn nat_network_gives_an_address_outbound_nat_and_published_ports() {
         (String::from_utf8_lossy(&buf[..n]).into_owned(), from)
     });
 
+    // A service on the host's localhost, which the guest tries to reach (and must not; the
+    // guest sends there first: an answer arriving while it sends another would be missed).
+    let local = host.enter(|| UdpSocket::bind("127.0.0.1:9998").unwrap());
+    local
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+
     let log = dir.path().join("console.log");
     let mut vm = vm_run(
         &host,
@@ -150,7 +157,7 @@ fn nat_network_gives_an_address_outbound_nat_and_published_ports() {
             "-p",
             "17007:7/udp",
             "--cmdline",
-            "net netsend=192.168.77.2:9999 exit=0",
+            "net netsend=127.0.0.1:9998 netsend=192.168.77.2:9999 exit=0",
         ],
     )
     .spawn()
@@ -181,6 +188,37 @@ fn nat_network_gives_an_address_outbound_nat_and_published_ports() {
     });
     assert_eq!(echoed.0, b"through the published port");
     assert_eq!(echoed.1, "192.168.77.1:17007");
+    // And from the host itself, at localhost and at its own address (docker's users expect
+    // `localhost:PORT`); a datagram to another machine's port 17007 is not caught.
+    let other = outside.enter(|| UdpSocket::bind("192.168.77.2:17007").unwrap());
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for to in ["127.0.0.1:17007", "192.168.77.1:17007"] {
+        let echoed = host.enter(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.send_to(b"from the host", to).unwrap();
+            let mut buf = [0u8; 256];
+            let (n, from) = s.recv_from(&mut buf).expect("the echo through the port");
+            (buf[..n].to_vec(), from.to_string())
+        });
+        assert_eq!(echoed, (b"from the host".to_vec(), to.to_string()));
+    }
+    host.enter(|| {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.send_to(b"not for the VM", "192.168.77.2:17007").unwrap();
+    });
+    let mut buf = [0u8; 64];
+    let (n, _) = other.recv_from(&mut buf).expect("the other machine's port");
+    assert_eq!(&buf[..n], b"not for the VM");
+    // route_localnet's other side: what the guest sent to the host's 127.0.0.1 was dropped.
+    let mut buf = [0u8; 64];
+    let leaked = local.recv_from(&mut buf);
+    assert!(
+        leaked.is_err(),
+        "the guest reached the host's localhost: {leaked:?}"
+    );
     let ports = host.run(&["ip", "-o", "link", "show", "master", "starling0"]);
     assert!(ports.contains("stap1"), "{ports}");
 

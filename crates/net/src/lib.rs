@@ -155,6 +155,7 @@ pub fn attach_many_in(
     rt.block_on(link::ensure_bridge())?;
     nat::ensure_masquerade()?;
     set_forwarding()?;
+    set_route_localnet()?;
     let mut leases = leases::Leases::lock(state)?;
     for gone in leases.reap() {
         nat::remove_vm(gone.index);
@@ -267,6 +268,17 @@ fn set_forwarding() -> Result<(), Error> {
         return Ok(());
     }
     std::fs::write(p, "1").map_err(|e| Error::from_os("enabling IPv4 forwarding", &e))
+}
+
+/// Lets the bridge route 127.0.0.0/8, so the host's connections to `localhost:PORT` reach a
+/// published port (see `nat`, which also drops such addresses coming in from the bridge).
+fn set_route_localnet() -> Result<(), Error> {
+    let p = format!("/proc/sys/net/ipv4/conf/{BRIDGE}/route_localnet");
+    if std::fs::read_to_string(&p).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(&p, "1")
+        .map_err(|e| Error::from_os(&format!("allowing {BRIDGE} to route localhost"), &e))
 }
 
 /// The host's name servers from /etc/resolv.conf, without loopback ones (a resolver on the

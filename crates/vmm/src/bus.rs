@@ -10,22 +10,32 @@ pub trait BusDevice: Send {
 
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// A range of the bus: where it starts, how long it is, the device, and the device's offset
+/// at its start.
+type Range = (u64, u64, SharedDevice, u64);
+
 #[derive(Default, Clone)]
 pub struct Bus {
-    ranges: Vec<(u64, u64, SharedDevice)>,
+    ranges: Vec<Range>,
 }
 
 impl Bus {
     /// Adds a device at `[base, base+len)`; overlapping ranges are a programming error.
     pub fn insert(&mut self, base: u64, len: u64, dev: SharedDevice) {
+        self.insert_part(base, len, dev, 0);
+    }
+
+    /// Adds `[base, base+len)` as part of a device's window that starts `first` bytes into
+    /// it (a window split so that some of its registers are served without the device's lock).
+    pub fn insert_part(&mut self, base: u64, len: u64, dev: SharedDevice, first: u64) {
         assert!(
             !self
                 .ranges
                 .iter()
-                .any(|(b, l, _)| base < b + l && *b < base + len),
+                .any(|(b, l, _, _)| base < b + l && *b < base + len),
             "bus ranges overlap at 0x{base:x}"
         );
-        self.ranges.push((base, len, dev));
+        self.ranges.push((base, len, dev, first));
         self.ranges.sort_by_key(|r| r.0);
     }
 
@@ -34,8 +44,8 @@ impl Bus {
             .ranges
             .partition_point(|r| r.0 <= addr)
             .checked_sub(1)?;
-        let (base, len, dev) = &self.ranges[i];
-        (addr < base + len).then_some((addr - base, dev))
+        let (base, len, dev, first) = &self.ranges[i];
+        (addr < base + len).then_some((addr - base + first, dev))
     }
 
     /// Reads from the device at `addr`; unclaimed addresses read as all ones, like an open bus.
@@ -88,5 +98,9 @@ mod tests {
         bus.write(0x201, &[7]);
         bus.read(0x200, &mut b);
         assert_eq!(b[0], 7);
+        // A part of a window keeps the device's own offsets.
+        bus.insert_part(0x300, 4, Arc::new(Mutex::new(Echo(1))), 0x10);
+        bus.read(0x302, &mut b);
+        assert_eq!(b[0], 1 + 0x12);
     }
 }

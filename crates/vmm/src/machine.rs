@@ -133,6 +133,7 @@ impl Machine {
             .ok_or_else(|| Error::Invalid(format!("{} virtio devices are too many", index + 1)))?;
         let addr = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE;
         let line = IrqLine::new(self.irqfd(irq)?);
+        let irq_line = line.clone();
         let events = device.event_source();
         for (queue, kick) in device.queue_kicks() {
             let notify = IoEventAddress::Mmio(addr + crate::virtio::mmio::QUEUE_NOTIFY);
@@ -156,9 +157,13 @@ impl Machine {
             }
         };
         let transport = Arc::new(Mutex::new(transport));
-        self.devices
-            .mmio
-            .insert(addr, VIRTIO_MMIO_SIZE, transport.clone());
+        crate::virtio::mmio::map_window(
+            &mut self.devices.mmio,
+            addr,
+            VIRTIO_MMIO_SIZE,
+            &transport,
+            &irq_line,
+        );
         self.devices.virtio.push(VirtioSlot {
             id,
             transport,

@@ -2,6 +2,7 @@
 //! interrupt status and device status, per the virtio 1.x specification §4.2.
 
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use virtio_queue::{Queue, QueueT};
@@ -18,6 +19,9 @@ use crate::Error;
 const MAGIC: u32 = 0x7472_6976;
 /// QueueNotify: the driver writes a queue's index here to kick it.
 pub const QUEUE_NOTIFY: u64 = 0x050;
+/// InterruptStatus and InterruptACK, the two registers a driver's interrupt handler touches
+/// (see `InterruptRegisters`).
+pub const INTERRUPT_REGISTERS: std::ops::Range<u64> = 0x060..0x068;
 const VENDOR: u32 = 0x5354_524c; // "STRL"
 
 pub const STATUS_ACKNOWLEDGE: u32 = 1;
@@ -399,6 +403,48 @@ fn new_queues(device: &dyn VirtioDevice) -> Vec<Queue> {
         .collect()
 }
 
+/// InterruptStatus (read) and InterruptACK (write), served from the interrupt line's atomic
+/// status without the transport's lock: a device's event thread holds that lock while it
+/// serves a burst, and the guest's interrupt handler must not wait for the burst to end
+/// (it would stop the guest consuming what the device already delivered).
+pub struct InterruptRegisters(pub IrqLine);
+
+impl BusDevice for InterruptRegisters {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        match (offset, data.len()) {
+            (0, 4) => data.copy_from_slice(&self.0.status.load(Ordering::SeqCst).to_le_bytes()),
+            _ => data.fill(0),
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (4, Ok(bytes)) = (offset, <[u8; 4]>::try_from(data)) {
+            self.0
+                .status
+                .fetch_and(!u32::from_le_bytes(bytes), Ordering::SeqCst);
+        }
+    }
+}
+
+/// Puts a transport's window `[addr, addr+len)` on the bus, in three parts: its interrupt
+/// registers are served without the transport's lock (see `InterruptRegisters`).
+pub fn map_window(
+    bus: &mut crate::bus::Bus,
+    addr: u64,
+    len: u64,
+    transport: &Arc<Mutex<MmioTransport>>,
+    irq: &IrqLine,
+) {
+    let isr = INTERRUPT_REGISTERS;
+    bus.insert_part(addr, isr.start, transport.clone(), 0);
+    bus.insert(
+        addr + isr.start,
+        isr.end - isr.start,
+        Arc::new(Mutex::new(InterruptRegisters(irq.clone()))),
+    );
+    bus.insert_part(addr + isr.end, len - isr.end, transport.clone(), isr.end);
+}
+
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= 0x100 {
@@ -473,5 +519,47 @@ mod tests {
         for off in [0x0b0, 0x0b4, 0x0b8, 0x0bc] {
             assert_eq!(reg(&mut t, off), u32::MAX, "register {off:#x}");
         }
+    }
+
+    #[test]
+    fn interrupt_registers_answer_while_the_device_holds_the_transport() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 16)]).unwrap();
+        let irq = IrqLine::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        let t = Arc::new(Mutex::new(MmioTransport::new(
+            Box::new(Bare),
+            mem,
+            irq.clone(),
+        )));
+        let mut bus = crate::bus::Bus::default();
+        let base = 0x1000_0000;
+        map_window(&mut bus, base, 0x200, &t, &irq);
+        let read = move |bus: &crate::bus::Bus, off: u64| {
+            let mut b = [0u8; 4];
+            bus.read(base + off, &mut b);
+            u32::from_le_bytes(b)
+        };
+        // The rest of the window is the transport's, at its own offsets.
+        assert_eq!(read(&bus, 0x000), MAGIC);
+        assert_eq!(read(&bus, 0x008), 26);
+        irq.signal(INT_USED_RING | INT_CONFIG);
+        // A device's event thread holds the transport (a burst): the guest's interrupt
+        // handler still reads and acknowledges.
+        let held = t.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let b2 = bus.clone();
+        std::thread::spawn(move || {
+            let status = read(&b2, 0x060);
+            b2.write(base + 0x064, &INT_USED_RING.to_le_bytes());
+            tx.send((status, read(&b2, 0x060))).unwrap();
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(got, Ok((INT_USED_RING | INT_CONFIG, INT_CONFIG)));
+        // Odd sizes read as zero and write nothing.
+        let mut b = [0u8; 2];
+        bus.read(base + 0x060, &mut b);
+        assert_eq!(b, [0, 0]);
+        bus.write(base + 0x064, &[0xff]);
+        assert_eq!(read(&bus, 0x060), INT_CONFIG);
     }
 }
