@@ -4,12 +4,16 @@
 # (`-netdev tap,vhost=off`, virtio-net on virtio-mmio, microvm), same kernel, 1 vCPU, 256 MiB,
 # taking turns (each going first every other round) for ROUNDS rounds. Each round, one
 # "bench:" line per measure:
-# - to-guest: 16 MiB sent by nc to the guest's sink (TCP, host -> guest);
-# - from-guest: the guest's 16 MiB file fetched by wget (TCP, guest -> host);
+# - to-guest: 64 MiB sent by nc to the guest's sink (TCP, host -> guest);
+# - from-guest: the guest's 48 MiB file fetched by wget (TCP, guest -> host; the file is in
+#   the guest's RAM);
 # - rtt: ping, 20 echoes 0.2 s apart, the average;
 # - http: 20 wget of a 1 KiB file one after another, the time of each;
 # - the monitor's CPU time (user + system) over the two transfers.
-ROUNDS=${ROUNDS:-4}
+ROUNDS=${ROUNDS:-6}
+# Large enough that a transfer takes seconds, not a few of /proc/uptime's 10 ms ticks.
+TO_MIB=64
+FROM_MIB=48
 mkdir -p /tmp
 now() { read up _ < /proc/uptime; echo "$up"; }
 secs() { echo "$1 $2" | awk '{printf "%.3f", $2 - $1}'; }
@@ -41,6 +45,19 @@ start() { # MONITOR: boots the guest under it in the background; its pid in $vm
     return 1
   }
 }
+alive() { # MONITOR: whether the VM is still there (this emulated host has lost guests:
+  # a vCPU found at the reset vector); a lost one is a failed round, said at once
+  kill -0 $vm 2>/dev/null && return 0
+  echo "bench: $1 round=$r failed: the VM ended mid-round: $(tail -c 300 /tmp/guest.log | tr -d '\r' | tr '\n' '|')"
+  wait $vm 2>/dev/null
+  return 1
+}
+stalled() { # MONITOR WHAT: a guest that answered but stopped moving data (seen with both
+  # monitors' guests in this emulated host): a failed round
+  echo "bench: $1 round=$r failed: $2 did not finish in its time"
+  kill $vm 2>/dev/null
+  wait $vm 2>/dev/null
+}
 for r in $(seq 1 $ROUNDS); do
   # Each round the other goes first: a monitor that always followed the other would carry
   # whatever the first left behind (the host's caches, the TAP's neighbours).
@@ -59,16 +76,26 @@ for r in $(seq 1 $ROUNDS); do
     }
     c0=$(cpu $vm)
     t0=$(now)
-    head -c $((16 << 20)) /dev/zero | timeout 300 nc 10.77.0.2 9000
+    head -c $((TO_MIB << 20)) /dev/zero | timeout 120 nc 10.77.0.2 9000
+    [ $? -eq 124 ] && { stalled $mon "the transfer to the guest"; continue; }
     t1=$(now)
-    timeout 300 wget -q -O /dev/null http://10.77.0.2:8080/big
+    alive $mon || continue
+    timeout 120 wget -q -O /dev/null http://10.77.0.2:8080/big
+    [ $? -eq 124 ] && { stalled $mon "the transfer from the guest"; continue; }
     t2=$(now)
+    alive $mon || continue
     c1=$(cpu $vm)
     rtt=$(ping -c 20 -i 0.2 -W 5 10.77.0.2 | sed -n 's|.*min/avg/max = [0-9.]*/\([0-9.]*\)/.*|\1|p')
     h0=$(now)
-    for k in $(seq 1 20); do timeout 30 wget -q -O /dev/null http://10.77.0.2:8080/small; done
+    k=0
+    while [ $k -lt 20 ]; do
+      timeout 30 wget -q -O /dev/null http://10.77.0.2:8080/small
+      [ $? -eq 124 ] && break
+      k=$((k+1))
+    done
+    [ $k -lt 20 ] && { stalled $mon "an HTTP request"; continue; }
     h1=$(now)
-    echo "bench: $mon round=$r to_guest_secs=$(secs $t0 $t1) from_guest_secs=$(secs $t1 $t2) cpu_ticks=$((c1 - c0)) rtt_ms=${rtt:-none} http20_secs=$(secs $h0 $h1)"
+    echo "bench: $mon round=$r to_guest_mib=$TO_MIB from_guest_mib=$FROM_MIB to_guest_secs=$(secs $t0 $t1) from_guest_secs=$(secs $t1 $t2) cpu_ticks=$((c1 - c0)) rtt_ms=${rtt:-none} http20_secs=$(secs $h0 $h1)"
     kill $vm 2>/dev/null
     wait $vm 2>/dev/null
   done

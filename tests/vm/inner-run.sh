@@ -3,10 +3,27 @@
 # With starling.agent on the kernel command line it serves vsock port 7000 with the guest agent
 # instead, for the fork and snapshot checks, and never returns; with starling.selffork it also
 # forks itself and joins its clones through the agent.
+write_who() {
+  # Who answers: each clone or activation of this VM says its own hostname, address and MAC
+  # (a CGI, so looked up when the request comes).
+  mkdir -p /www/cgi-bin
+  cat > /www/cgi-bin/who <<'WHO'
+#!/bin/sh
+printf 'Content-Type: text/plain\r\n\r\n'
+echo "$(hostname) $(ip -4 -o addr show dev eth0 | awk '{print $4}') $(cat /sys/class/net/eth0/address)"
+WHO
+  chmod +x /www/cgi-bin/who
+}
 if grep -qE '(^| )starling[.]pool( |$)' /proc/cmdline; then
   # A pool's substrate: booted, page cache dropped, docked at `ready` until activated.
   answer=$(/bin/starling-agent ready)
   echo "inner: pool $answer hostname $(hostname) urandom $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+  if [ -e /sys/class/net/eth0 ]; then
+    # On the network: say who answers (the address and MAC the activation gave) over HTTP.
+    write_who
+    httpd -p 8080 -h /www
+    sleep 120
+  fi
   exit 0
 fi
 if grep -qE '(^| )starling[.]net( |$)' /proc/cmdline; then
@@ -21,15 +38,10 @@ if grep -qE '(^| )starling[.]net( |$)' /proc/cmdline; then
   echo "inner: net addr $(ip -4 -o addr show dev eth0 | awk '{print $4}') route $(ip route | grep default)"
   gw=$(ip route | awk '/default/ {print $3}')
   [ -n "$gw" ] && echo "inner: net gateway $(ping -c 1 -W 5 "$gw" > /dev/null 2>&1 && echo answers || echo silent)"
-  mkdir -p /www/cgi-bin && head -c 2000000 /dev/urandom > /www/blob
-  # Who answers: each clone of this VM says its own hostname, address and MAC (a CGI, so
-  # looked up when the request comes).
-  cat > /www/cgi-bin/who <<'WHO'
-#!/bin/sh
-printf 'Content-Type: text/plain\r\n\r\n'
-echo "$(hostname) $(ip -4 -o addr show dev eth0 | awk '{print $4}') $(cat /sys/class/net/eth0/address)"
-WHO
-  chmod +x /www/cgi-bin/who
+  # A server on the host, outside the guest's network (routed through the gateway).
+  [ -n "$gw" ] && echo "inner: net host server says $(timeout 10 wget -q -O - http://10.77.0.1:8099/hello 2>&1 | head -1)"
+  write_who
+  head -c 2000000 /dev/urandom > /www/blob
   echo "inner: net who $(/www/cgi-bin/who | tail -1)"
   echo "inner: net blob $(md5sum < /www/blob | cut -c1-32) $(wc -c < /www/blob)"
   httpd -p 8080 -h /www

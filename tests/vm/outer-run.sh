@@ -114,16 +114,18 @@ scenario_fork() {
 
 scenario_pool() {
   # Pool: a Debian guest booted to the agent's `ready`, docked, then activated twice without
-  # booting, each with its own environment.
+  # booting, each with its own environment, on Starling's network: each activation answers
+  # HTTP at the address it was given when activated.
   export STARLING_POOLS=/tmp/pools
   # The boot to `ready` has its own deadline (--timeout), so that a stuck boot reports its
   # console.
   read up _ < /proc/uptime
   echo "host: pool create at uptime $up"
   timeout 120 /bin/starling pool create deb --kernel /vm/vmlinuz --initrd /vm/inner.img --mem 256M --size 1 \
-    --timeout 90 --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.pool" 2>&1 | sed 's/^/host: pool: /'
+    --net nat --timeout 90 --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.pool" 2>&1 | sed 's/^/host: pool: /'
   read up _ < /proc/uptime
   echo "host: pool created at uptime $up"
+  apis=
   for n in 1 2; do
     out=$(timeout 60 /bin/starling pool run deb --env N=$n --args "job $n" --json)
     console=$(echo "$out" | sed 's/.*"console":"\([^"]*\)".*/\1/')
@@ -132,7 +134,19 @@ scenario_pool() {
     until grep -Eq "inner: pool .*urandom [0-9a-f]{16}" "$console" 2>/dev/null || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
     echo "host: pool run $n: $(grep 'inner: pool' "$console")"
     echo "host: pool run $n booted again: $(grep -c 'starling-initramfs: /init started' "$console")"
+    addr=$(echo "$out" | sed -n 's/.*"address":"\([0-9.]*\).*/\1/p')
+    got=
+    i=0
+    until [ -n "$got" ] || [ $i -ge 60 ]; do
+      got=$(timeout 3 wget -q -O - "http://$addr:8080/cgi-bin/who" 2>/dev/null)
+      [ -n "$got" ] || sleep 0.5
+      i=$((i+1))
+    done
+    echo "host: pool run $n at ${addr:-none} answers: $got"
+    apis="$apis $(echo "$out" | sed -n 's/.*"api_socket":"\([^"]*\)".*/\1/p')"
   done
+  # The activations end before the next scenario (their addresses go back to the leases).
+  for a in $apis; do timeout 20 /bin/starling vm stop "$a" > /dev/null 2>&1; done
   timeout 60 /bin/starling pool rm deb --force 2>&1 | sed 's/^/host: pool: /'
 }
 
@@ -387,8 +401,11 @@ scenario_net() {
   wait_for $vm 20
   echo "host: net restored vm exit status $?"
   # --net nat: Starling's bridge, an address from its leases handed over as ip=, which the
-  # initramfs applies; the host reaches the guest's httpd at that address, the guest its
-  # gateway; the VM's TAP goes with it.
+  # initramfs applies; the host reaches the guest's httpd at that address and through the
+  # published port (at localhost and at its own address), the guest its gateway and a
+  # server on this host outside its network; the VM's TAP goes with it.
+  mkdir -p /tmp/hostwww && echo "hello from the host" > /tmp/hostwww/hello
+  httpd -p 10.77.0.1:8099 -h /tmp/hostwww
   /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img --vsock 3,/tmp/nn.sock \
     --api-socket /tmp/nn.api --mem 256M --console /tmp/nat.log --net nat -p 8088:8080 \
     --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.net" 2> /tmp/nat.err &
@@ -396,11 +413,16 @@ scenario_net() {
   i=0
   until grep -q "inner: net serving" /tmp/nat.log 2>/dev/null || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done
   echo "host: nat said $(cat /tmp/nat.err)"
-  grep -E 'starling-net: eth0|inner: net (addr|gateway|blob|who)' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
+  grep -E 'starling-net: eth0|inner: net (addr|gateway|host|blob|who)' /tmp/nat.log | tr -d '\r' | sed 's/^/host: nat guest /'
   addr=$(sed -n 's/.*inner: net addr \([0-9.]*\).*/\1/p' /tmp/nat.log | head -1)
   rm -f /tmp/got
   timeout 60 wget -q -O /tmp/got "http://$addr:8080/blob" 2>&1 | sed 's/^/host: nat wget: /'
   echo "host: nat http $(md5sum < /tmp/got | cut -c1-32) $(wc -c < /tmp/got)"
+  for at in 127.0.0.1 10.77.0.1; do
+    rm -f /tmp/got
+    timeout 60 wget -q -O /tmp/got "http://$at:8088/blob" 2>&1 | sed "s/^/host: nat published $at wget: /"
+    echo "host: nat published $at http $(md5sum < /tmp/got | cut -c1-32) $(wc -c < /tmp/got)"
+  done
   echo "host: nat bridge ports $(ls /sys/class/net/starling0/brif | tr "\n" " ")"
   # Ten clones of the serving VM, each with an address, TAP and MAC of its own (its agent
   # hears `watch` answered and takes them on): the time from the fork to all ten answering

@@ -337,6 +337,21 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         );
     }
     assert_ne!(pool_random[0], pool_random[1], "{log}");
+    // On Starling's network: each activation answers HTTP at the address it got when it was
+    // activated, with a MAC of its own.
+    let mut pool_who = Vec::new();
+    for n in 1..=2 {
+        let l = line(&log, &format!("host: pool run {n} at "));
+        let rest = l.trim_start_matches(&format!("host: pool run {n} at "));
+        let (addr, answer) = rest.split_once(" answers: ").unwrap_or((rest, ""));
+        assert!(addr.starts_with("10.213.0."), "{l}");
+        let who: Vec<&str> = answer.split_whitespace().collect();
+        assert_eq!(who.len(), 3, "{l}");
+        assert_eq!(who[1], format!("{addr}/16"), "{l}");
+        pool_who.push((addr.to_owned(), who[2].to_owned()));
+    }
+    assert_ne!(pool_who[0].0, pool_who[1].0, "one address for two activations");
+    assert_ne!(pool_who[0].1, pool_who[1].1, "one MAC for two activations");
 
     // virtio-net: the Debian guest on a TAP of the test host, its virtio_net driver with the
     // offloads it takes (CSUM, GUEST_CSUM, TSO4/6 both ways, mergeable buffers: feature bits
@@ -419,6 +434,16 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     let nat_blob = line(&log, "host: nat guest inner: net blob ")
         .trim_start_matches("host: nat guest inner: net blob ")
         .to_owned();
+    assert_eq!(
+        line(&log, "host: nat guest inner: net host server says"),
+        "host: nat guest inner: net host server says hello from the host"
+    );
+    for at in ["127.0.0.1", "10.77.0.1"] {
+        assert_eq!(
+            line(&log, &format!("host: nat published {at} http ")),
+            format!("host: nat published {at} http {nat_blob}")
+        );
+    }
     assert_eq!(
         line(&log, "host: nat http "),
         format!("host: nat http {nat_blob}")

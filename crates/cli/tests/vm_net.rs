@@ -162,6 +162,8 @@ fn nat_network_gives_an_address_outbound_nat_and_published_ports() {
     )
     .spawn()
     .unwrap();
+    // A failing assertion must not leave the VM running.
+    let _reaper = Reaper(vec![vm.id()]);
     let out = wait_for(&log, "net: serving");
     assert!(
         out.contains("net: address 10.213.0.2 gateway 10.213.0.1\n"),
