@@ -404,6 +404,7 @@ scenario_net() {
   # initramfs applies; the host reaches the guest's httpd at that address and through the
   # published port (at localhost and at its own address), the guest its gateway and a
   # server on this host outside its network; the VM's TAP goes with it.
+  ip link set lo up
   mkdir -p /tmp/hostwww && echo "hello from the host" > /tmp/hostwww/hello
   httpd -p 10.77.0.1:8099 -h /tmp/hostwww
   /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img --vsock 3,/tmp/nn.sock \

@@ -350,7 +350,10 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         assert_eq!(who[1], format!("{addr}/16"), "{l}");
         pool_who.push((addr.to_owned(), who[2].to_owned()));
     }
-    assert_ne!(pool_who[0].0, pool_who[1].0, "one address for two activations");
+    assert_ne!(
+        pool_who[0].0, pool_who[1].0,
+        "one address for two activations"
+    );
     assert_ne!(pool_who[0].1, pool_who[1].1, "one MAC for two activations");
 
     // virtio-net: the Debian guest on a TAP of the test host, its virtio_net driver with the
