@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and installs Starling's three programs: `starling` (the command line), `starlingd`
 # (the host daemon) and `starling-vmm` (the monitor, one per VM; `starling` finds it beside
-# itself). Installed binaries carry no debug info: it goes to separate files under
+# itself), with `starling`'s man pages and its bash, zsh and fish completions. Installed binaries carry no debug info: it goes to separate files under
 # PREFIX/lib/debug (found by gdb and debuginfod-style tools through each binary's
 # .gnu_debuglink and build id), as Debian's -dbgsym packages do.
 #
@@ -38,4 +38,13 @@ for b in "${bins[@]}"; do
   awk -v b="$b" -v s="$(stat -c %s "$bindir/$b")" -v d="$(stat -c %s "$debugdir/$b.debug")" \
     'BEGIN { printf "%-13s %6.1f MiB   (debug info %6.1f MiB)\n", b, s / 1048576, d / 1048576 }'
 done
-echo "installed into $bindir (debug info in $debugdir)" >&2
+# Man pages and shell completions, generated from the command line's own definitions.
+mandir=$dest$prefix/share/man/man1
+"$bindir/starling" man "$mandir" 2>/dev/null
+gzip -9nf "$mandir"/starling*.1
+comp=$dest$prefix/share
+mkdir -p "$comp/bash-completion/completions" "$comp/zsh/site-functions" "$comp/fish/vendor_completions.d"
+"$bindir/starling" completions bash > "$comp/bash-completion/completions/starling"
+"$bindir/starling" completions zsh > "$comp/zsh/site-functions/_starling"
+"$bindir/starling" completions fish > "$comp/fish/vendor_completions.d/starling.fish"
+echo "installed into $bindir (debug info in $debugdir; man pages in $mandir, completions for bash, zsh and fish under $comp)" >&2

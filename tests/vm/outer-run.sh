@@ -278,10 +278,20 @@ scenario_hold() {
     --console /tmp/hr.log --run-dir /tmp/hr-run > /tmp/hr.out 2>&1 &
   i=0
   until [ -S /tmp/hr.api ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
-  out=$(timeout 60 /bin/starling exec /tmp/hr.sock -- /bin/sh -c 'echo 3 > /proc/sys/vm/drop_caches; echo go > /tmp/go
-    i=0; until [ -e /tmp/held ] || [ $i -ge 200 ]; do sleep 0.1; i=$((i+1)); done
+  # (The wait is long: in a slow run of this emulated host the snapshot alone paused the
+  # guest 12 s, and twice 20 s were not enough for the held read.)
+  out=$(timeout 120 /bin/starling exec /tmp/hr.sock -- /bin/sh -c 'echo 3 > /proc/sys/vm/drop_caches; echo go > /tmp/go
+    i=0; until [ -e /tmp/held ] || [ $i -ge 900 ]; do sleep 0.1; i=$((i+1)); done
     echo $(cat /tmp/held) $(sha256sum < /usr/share/common-licenses/GPL-3)' 2>&1)
   echo "host: run restored held: $out"
+  case $out in
+    *" "*" "*) ;;
+    *)
+      echo "host: run restored held: its monitor: $(timeout 10 /bin/starling vm status /tmp/hr.api 2>&1 | tr -d '\n')"
+      echo "host: run restored held: its processes: $(timeout 20 /bin/starling exec /tmp/hr.sock -- /bin/sh -c 'ps -o pid,stat,args' 2>&1 | tr '\n' '|')"
+      tail -c 600 /tmp/hr.out | sed 's/^/host: run restored held monitor: /'
+      ;;
+  esac
   # The restored VM forked: each clone writes its own content to one path of its root and
   # reads it back from its own copy-on-write layer (synced, the page cache dropped).
   timeout 60 /bin/starling vm fork /tmp/hr.api -n 2 --dir /tmp/hforks 2>&1 | sed 's/^/host: run fork: /'

@@ -100,7 +100,9 @@ pub enum FleetCmd {
     },
     /// Metadata and content id of one path in an image (symlinks not followed)
     Stat {
+        /// NAME[:TAG], NAME@VERSION or a version id prefix
         image: String,
+        /// An absolute path in the image, e.g. /etc/os-release
         path: String,
         #[arg(long)]
         json: bool,

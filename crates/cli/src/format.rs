@@ -43,7 +43,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-pub use starling_daemon::args::parse_size;
+pub use starling_daemon::args::{parse_duration, parse_size};
 
 /// `512M`, `1.5G`: sizes in a narrow column.
 pub fn bytes_short(n: u64) -> String {

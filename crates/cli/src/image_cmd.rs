@@ -23,6 +23,7 @@ pub enum ImageCmd {
     /// Import a directory, tar archive (.tar, .tar.gz, .tar.zst) or disk image (raw or qcow2
     /// with ext2/3/4, whole-disk or partitioned) as a new version of NAME[:TAG]
     Import {
+        /// What to import: a directory, archive or disk image file, or oci:LAYOUT[:REF]
         source: PathBuf,
         /// NAME[:TAG] (tag defaults to "latest")
         image: String,
@@ -49,6 +50,7 @@ pub enum ImageCmd {
     },
     /// Export a version (NAME[:TAG] or NAME@VERSION) to a directory, tar archive or disk image
     Export {
+        /// NAME[:TAG], NAME@VERSION or a version id prefix
         image: String,
         /// Destination: an absent or empty directory, an archive or image file (- for stdout
         /// when it is not a terminal); an existing file only with --force
@@ -75,6 +77,7 @@ pub enum ImageCmd {
     },
     /// Show a version's commit: id, parent, time, labels, counts
     Inspect {
+        /// NAME[:TAG], NAME@VERSION or a version id prefix
         image: String,
         #[arg(long)]
         json: bool,
@@ -87,9 +90,17 @@ pub enum ImageCmd {
         json: bool,
     },
     /// Point NAME[:TAG] at the version SOURCE names
-    Tag { source: String, target: String },
+    Tag {
+        /// The version to tag: NAME[:TAG], NAME@VERSION or a version id prefix
+        source: String,
+        /// The new tag: NAME[:TAG] ("latest" if no tag is given)
+        target: String,
+    },
     /// Remove a tag (NAME[:TAG]) or one old version (NAME@VERSION); `store gc` frees the space
-    Rm { image: String },
+    Rm {
+        /// NAME[:TAG] (a tag) or NAME@VERSION (one version)
+        image: String,
+    },
     #[command(flatten)]
     Fleet(crate::fleet_cmd::FleetCmd),
 }

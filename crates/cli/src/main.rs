@@ -1,6 +1,7 @@
 //! `starling`: the command line. Each subcommand group lives in its own module.
 #![forbid(unsafe_code)]
 
+mod cli_docs;
 mod fleet_cmd;
 mod format;
 mod image_cmd;
@@ -18,7 +19,7 @@ mod vm_cmd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -63,14 +64,15 @@ enum Command {
     },
     /// Fetch an image from a repository (URL or directory) into the local store, verified
     Pull {
+        /// The repository: http(s)://… or a directory
         url: String,
         /// NAME[:TAG] or NAME@VERSION (any version the tag ever held)
         image: String,
         /// Trusted root metadata, needed on first contact with the repository
         #[arg(long, value_name = "ROOT.json")]
         root: Option<PathBuf>,
-        /// Give up on a request that takes longer than this many seconds
-        #[arg(long, default_value_t = 30, value_name = "SECS")]
+        /// Give up on a request that takes longer than this, e.g. 30s, 2m
+        #[arg(long, default_value = "30s", value_parser = format::parse_duration, value_name = "DURATION")]
         timeout: u64,
         #[arg(long)]
         json: bool,
@@ -86,17 +88,24 @@ enum Command {
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
     },
-    /// What a VM's monitor runs to put its clones on its network (not a user's command)
-    #[command(hide = true)]
-    NetHelper {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+    /// Print a shell's completion script (bash: `source <(starling completions bash)`, or
+    /// install it where the shell looks, as scripts/install.sh does)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for starling and each of its commands (starling.1,
+    /// starling-image-import.1, …) into DIR
+    Man {
+        /// Where to write them (made if missing), e.g. /usr/local/share/man/man1
+        dir: PathBuf,
     },
     /// Boot an image as a VM: its root fetched on demand through the host cache, its writes
     /// on a copy-on-write layer; with `-- CMD` the command runs and its status is ours
     Run(run_cmd::RunArgs),
     /// The VMs starlingd keeps (running ones; -a for all)
     Ps {
+        /// Also the VMs that ended
         #[arg(short, long)]
         all: bool,
         #[arg(long)]
@@ -106,6 +115,7 @@ enum Command {
     },
     /// Stop VMs: the guest is asked to power off, and stopped after 10 s if it has not
     Stop {
+        /// The VMs' names
         #[arg(required = true)]
         names: Vec<String>,
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
@@ -113,6 +123,7 @@ enum Command {
     },
     /// Stop VMs at once
     Kill {
+        /// The VMs' names
         #[arg(required = true)]
         names: Vec<String>,
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
@@ -120,8 +131,10 @@ enum Command {
     },
     /// Remove VMs that ended (and their writable layers); --force stops running ones first
     Rm {
+        /// The VMs' names
         #[arg(required = true)]
         names: Vec<String>,
+        /// Stop running ones first (else they are refused)
         #[arg(short, long)]
         force: bool,
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
@@ -131,7 +144,9 @@ enum Command {
     Exec(run_cmd::ExecArgs),
     /// A VM's console output (-f: keep following it)
     Logs {
+        /// The VM's name
         name: String,
+        /// Keep following the console until the VM ends (Ctrl-C to stop)
         #[arg(short, long)]
         follow: bool,
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
@@ -152,6 +167,7 @@ enum Command {
     },
     /// Unmount a Starling mount
     Umount {
+        /// Where the image is mounted
         mountpoint: PathBuf,
         #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
         socket: PathBuf,
@@ -198,7 +214,15 @@ fn store_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 fn main() -> ExitCode {
     // Die quietly when a pipe reader goes away (`starling image ls | head`), as Unix tools do.
     sigpipe::reset();
-    let cli = Cli::parse();
+    // What a VM's monitor runs to put its clones on its network: not a user's command, so
+    // not in the command line's definitions (nor its help, man pages and completions).
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if argv.get(1).is_some_and(|a| a == NET_HELPER) {
+        return finish(net_helper::run(&argv[2..]));
+    }
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     let result = store_path(cli.store).and_then(|store| match cli.command {
         Command::Image(c) => image_cmd::run(&store, c),
         Command::Store(c) => store_cmd::run(&store, c),
@@ -235,7 +259,8 @@ fn main() -> ExitCode {
                 None => mount_cmd::commit(&socket, &store, &mountpoint, &image, json),
             }
         }
-        Command::NetHelper { args } => net_helper::run(&args),
+        Command::Completions { shell } => cli_docs::completions(shell),
+        Command::Man { dir } => cli_docs::man(&dir),
         Command::Run(a) => run_cmd::run(&store, a),
         Command::Ps { all, json, socket } => run_cmd::ps(&socket, all, json),
         Command::Stop { names, socket } => run_cmd::stop(&socket, &names, false),
@@ -256,6 +281,13 @@ fn main() -> ExitCode {
         Command::Vm(c) => vm_cmd::run(&store, c),
         Command::Pool(c) => pool_cmd::run(&store, c),
     });
+    finish(result)
+}
+
+/// The subcommand `STARLING_NET_HELPER` names (see `net_helper`).
+const NET_HELPER: &str = "net-helper";
+
+fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -263,6 +295,25 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The command line as clap parses it (and as the completions and man pages describe it):
+/// the derived definitions, with the help of the flags many commands share said once here.
+fn cli_command() -> clap::Command {
+    fn shared(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| {
+            if a.get_help().is_some() {
+                return a;
+            }
+            match a.get_long() {
+                Some("json") => a.help("Print JSON instead of text"),
+                Some("socket") => a.help("starlingd's API socket"),
+                _ => a,
+            }
+        })
+        .mut_subcommands(shared)
+    }
+    shared(Cli::command())
 }
 
 /// The error and its causes on one line, each said once: library errors often include their

@@ -42,6 +42,7 @@ pub enum CacheCmd {
     },
     /// Evict unpinned objects down to a size (default: everything that can go)
     Gc {
+        /// Evict down to this size (e.g. 5G) [default: 0, everything that can go]
         #[arg(long, value_parser = format::parse_size)]
         target: Option<u64>,
     },

@@ -22,6 +22,7 @@ pub enum PoolCmd {
     /// the answer to its `ready`, and runs on from there (a replacement docks in the
     /// background)
     Run {
+        /// The pool's name
         name: String,
         /// Environment for the guest (K=V, repeatable)
         #[arg(long = "env", value_parser = parse_env)]
@@ -40,7 +41,9 @@ pub enum PoolCmd {
     /// Remove a pool: stop its waiting substrates and delete its snapshot (refused while VMs
     /// activated from it run, unless --force, which stops them too)
     Rm {
+        /// The pool's name
         name: String,
+        /// Also stop the VMs activated from it
         #[arg(long)]
         force: bool,
     },
@@ -48,6 +51,7 @@ pub enum PoolCmd {
 
 #[derive(Args)]
 pub struct CreateArgs {
+    /// The pool's name (letters, digits, '-', '_')
     name: String,
     /// `[URL] IMAGE`: substrates of an image, booted as `starling run` boots it (its root
     /// fetched on demand through starlingd's host cache) and docked once the run init says
@@ -61,8 +65,10 @@ pub struct CreateArgs {
     /// a kernel tree (as `starling run --kernel`)
     #[arg(long, required_unless_present = "image", value_name = "FILE|REF|DIR")]
     kernel: Option<String>,
+    /// Initramfs (its init must run `starling-agent ready`)
     #[arg(long)]
     initrd: Option<PathBuf>,
+    /// Kernel command line [default: the monitor's]
     #[arg(long)]
     cmdline: Option<String>,
     /// With --image: appended to the kernel's command line
@@ -85,6 +91,7 @@ pub struct CreateArgs {
     /// Guest memory (e.g. 256M)
     #[arg(long, default_value = "256M", value_parser = crate::vm_cmd::parse_mem)]
     mem: u64,
+    /// Virtual CPUs
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
     /// A stored image as the VM's disk (/dev/vda, ext4; each activated VM writes to its own
@@ -97,8 +104,8 @@ pub struct CreateArgs {
     /// Substrates kept waiting
     #[arg(long, default_value_t = 1)]
     size: u32,
-    /// Seconds the first boot may take to reach `ready`
-    #[arg(long, default_value_t = 300)]
+    /// How long the first boot may take to reach `ready`, e.g. 90s, 5m
+    #[arg(long, default_value = "5m", value_parser = crate::format::parse_duration, value_name = "DURATION")]
     timeout: u64,
     /// `nat`: the pool's VMs are on Starling's network, each activation with an address, TAP
     /// and MAC of its own, given when it is activated (root); `none`: no network

@@ -12,6 +12,12 @@ use starling_repo::meta::Repo;
 use starling_repo::pull::{ClientOptions, Remote};
 use starling_store::Store;
 
+use crate::format::parse_duration;
+
+/// The default validity of timestamp, snapshot, targets and root metadata: the repository
+/// library's `Policy::default()` as a user writes it (a test keeps the two equal).
+const EXPIRES: [&str; 4] = ["1d", "30d", "90d", "365d"];
+
 #[derive(Subcommand)]
 pub enum RepoCmd {
     /// Create a repository: TUF root, targets, snapshot and timestamp roles with fresh ed25519
@@ -29,17 +35,17 @@ pub enum RepoCmd {
         /// Signatures the root role needs [default: --threshold]
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=16))]
         root_threshold: Option<u64>,
-        /// Validity of timestamp metadata, seconds
-        #[arg(long, default_value_t = Policy::default().timestamp_expires)]
+        /// Validity of timestamp metadata, e.g. 12h, 1d
+        #[arg(long, default_value = EXPIRES[0], value_parser = parse_duration, value_name = "DURATION")]
         timestamp_expires: u64,
-        /// Validity of snapshot metadata, seconds
-        #[arg(long, default_value_t = Policy::default().snapshot_expires)]
+        /// Validity of snapshot metadata, e.g. 30d
+        #[arg(long, default_value = EXPIRES[1], value_parser = parse_duration, value_name = "DURATION")]
         snapshot_expires: u64,
-        /// Validity of targets metadata, seconds
-        #[arg(long, default_value_t = Policy::default().targets_expires)]
+        /// Validity of targets metadata, e.g. 90d
+        #[arg(long, default_value = EXPIRES[2], value_parser = parse_duration, value_name = "DURATION")]
         targets_expires: u64,
-        /// Validity of root metadata, seconds
-        #[arg(long, default_value_t = Policy::default().root_expires)]
+        /// Validity of root metadata, e.g. 1y, 365d
+        #[arg(long, default_value = EXPIRES[3], value_parser = parse_duration, value_name = "DURATION")]
         root_expires: u64,
     },
     /// Keys of a repository
@@ -47,12 +53,15 @@ pub enum RepoCmd {
     Key(KeyCmd),
     /// Serve a repository directory over HTTP
     Serve {
+        /// The repository directory
         dir: PathBuf,
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Address and port to listen on
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
         listen: String,
     },
     /// Images, tags and versions a repository publishes (verified)
     Ls {
+        /// The repository: http(s)://… or a directory
         url: String,
         /// Trusted root metadata, needed on first contact
         #[arg(long, value_name = "ROOT.json")]
@@ -271,4 +280,23 @@ pub fn pull(
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_expiries_are_the_repository_policy() {
+        let p = starling_repo::keys::Policy::default();
+        let want = [
+            p.timestamp_expires,
+            p.snapshot_expires,
+            p.targets_expires,
+            p.root_expires,
+        ];
+        let got: Vec<u64> = super::EXPIRES
+            .iter()
+            .map(|s| super::parse_duration(s).unwrap())
+            .collect();
+        assert_eq!(got, want);
+    }
 }

@@ -28,6 +28,7 @@ pub struct RunArgs {
     /// Guest memory (e.g. 512M, 2G)
     #[arg(long, default_value = "512M", value_parser = format::parse_size)]
     pub mem: u64,
+    /// Virtual CPUs
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
     /// Remove the VM (and its writable layer) when it ends

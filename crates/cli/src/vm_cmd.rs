@@ -39,6 +39,7 @@ pub enum VmCmd {
         /// Also write the uncompressed kernel (ELF with a PVH note; boots faster) here
         #[arg(long)]
         vmlinux: Option<PathBuf>,
+        /// The initramfs to write
         #[arg(short, long)]
         out: PathBuf,
     },
@@ -48,8 +49,11 @@ pub enum VmCmd {
     /// Snapshot a running VM (given by its API socket) into DIR: a small state file and its
     /// memory; the VM then goes on, or stops with --stop
     Snapshot {
+        /// The VM's API socket (`--api-socket` of `vm run`/`restore`, or `STATE/vms/NAME/api.sock`)
         vm: PathBuf,
+        /// Where the snapshot goes (made; must not exist or be empty)
         dir: PathBuf,
+        /// End the VM once the snapshot is taken (else it goes on)
         #[arg(long)]
         stop: bool,
         #[arg(long)]
@@ -58,13 +62,25 @@ pub enum VmCmd {
     /// Restore a snapshot into a new VM that continues where the snapshot was taken
     Restore(RestoreArgs),
     /// A running VM's state (given by its API socket), as JSON
-    Status { vm: PathBuf },
+    Status {
+        /// The VM's API socket (`--api-socket` of `vm run`/`restore`, or `STATE/vms/NAME/api.sock`)
+        vm: PathBuf,
+    },
     /// Pause a running VM's vCPUs
-    Pause { vm: PathBuf },
+    Pause {
+        /// The VM's API socket (`--api-socket` of `vm run`/`restore`, or `STATE/vms/NAME/api.sock`)
+        vm: PathBuf,
+    },
     /// Resume a paused VM
-    Resume { vm: PathBuf },
+    Resume {
+        /// The VM's API socket (`--api-socket` of `vm run`/`restore`, or `STATE/vms/NAME/api.sock`)
+        vm: PathBuf,
+    },
     /// Stop a VM (its monitor exits 0)
-    Stop { vm: PathBuf },
+    Stop {
+        /// The VM's API socket (`--api-socket` of `vm run`/`restore`, or `STATE/vms/NAME/api.sock`)
+        vm: PathBuf,
+    },
     /// Build the project's tier-1 test guest (for benchmarks and demos)
     #[command(hide = true)]
     TestGuest { out: PathBuf },
@@ -83,7 +99,9 @@ pub enum VmCmd {
     /// instant, memory and disks shared copy-on-write; prints each clone's id, pid, directory,
     /// API and vsock sockets
     Fork {
+        /// The VM's API socket (`--api-socket` of `vm run`/`restore`, or `STATE/vms/NAME/api.sock`)
         vm: PathBuf,
+        /// How many clones
         #[arg(short = 'n', long = "count")]
         count: u32,
         /// Where the clones' directories go [default: the VM's run directory]
@@ -209,10 +227,20 @@ pub enum KernelCmd {
 #[derive(Subcommand)]
 pub enum VsockCmd {
     /// Connect to guest port PORT through the VM's vsock socket; stdin/stdout are the stream
-    Connect { socket: PathBuf, port: u32 },
+    Connect {
+        /// The VM's vsock socket (`--vsock CID,PATH`)
+        socket: PathBuf,
+        /// The guest's port
+        port: u32,
+    },
     /// Wait for one guest connection to host port PORT (on SOCKET_PORT); stdin/stdout are the
     /// stream
-    Listen { socket: PathBuf, port: u32 },
+    Listen {
+        /// The VM's vsock socket (`--vsock CID,PATH`)
+        socket: PathBuf,
+        /// The host port the guest connects to
+        port: u32,
+    },
 }
 
 fn parse_add(s: &str) -> Result<(PathBuf, String), String> {
@@ -229,6 +257,7 @@ pub struct RunArgs {
     /// Kernel: a bzImage or an ELF vmlinux (PVH note or 64-bit entry)
     #[arg(long, required_unless_present = "config")]
     kernel: Option<PathBuf>,
+    /// Initramfs (e.g. from `vm initramfs`)
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Kernel command line
@@ -237,6 +266,7 @@ pub struct RunArgs {
     /// Guest memory (e.g. 256M, 1G)
     #[arg(long, default_value = "256M", value_parser = parse_mem)]
     mem: u64,
+    /// Virtual CPUs
     #[arg(long, default_value_t = 1)]
     vcpus: u8,
     /// A raw disk image, as FILE or FILE,ro (repeatable; /dev/vda, /dev/vdb, … in order)

@@ -16,8 +16,9 @@ pub struct DaemonArgs {
     /// Host cache size limit (e.g. 20G); least recently used objects are evicted beyond it
     #[arg(long, default_value = "10G", value_parser = parse_size)]
     pub quota: u64,
-    /// Seconds before a request to a repository counts as failed (reads then fail with EIO)
-    #[arg(long, default_value_t = 20)]
+    /// How long a request to a repository may take before it counts as failed (reads then
+    /// fail with EIO), e.g. 20s, 2m
+    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: u64,
 }
 
@@ -61,6 +62,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
+/// A duration as people write it, in whole seconds: `90` (seconds), `90s`, `5m`, `2h`, `7d`,
+/// `1w`, `1h 30m`. Zero and anything under a second are refused (nothing here means "no
+/// time at all").
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        std::time::Duration::from_secs(t.parse().map_err(|_| format!("{s:?} is out of range"))?)
+    } else {
+        humantime::parse_duration(t)
+            .map_err(|e| format!("{s:?} is not a duration (e.g. 90s, 5m, 2h, 7d): {e}"))?
+    };
+    if d.as_secs() == 0 {
+        return Err(format!("{s:?}: a duration must be at least a second"));
+    }
+    if d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: give whole seconds"));
+    }
+    Ok(d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -72,5 +93,21 @@ mod tests {
             .unwrap_err()
             .contains("unknown size unit"));
         assert!(super::parse_size("big").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        use super::parse_duration as d;
+        assert_eq!(d("90"), Ok(90));
+        assert_eq!(d("90s"), Ok(90));
+        assert_eq!(d("5m"), Ok(300));
+        assert_eq!(d("1h 30m"), Ok(5400));
+        assert_eq!(d("7d"), Ok(7 * 86400));
+        assert_eq!(d("1w"), Ok(7 * 86400));
+        assert!(d("0").unwrap_err().contains("at least a second"));
+        assert!(d("500ms").unwrap_err().contains("at least a second"));
+        assert!(d("1.5s").is_err());
+        assert!(d("soon").unwrap_err().contains("is not a duration"));
+        assert!(d("").is_err());
     }
 }
