@@ -349,7 +349,7 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                 eprintln!("{} of {} versions match", hits.len(), stats.versions);
             }
             if hits.is_empty() {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(crate::exit::PROBLEMS));
             }
         }
         FleetCmd::Stat { image, path, json } => {

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli_docs;
+mod exit;
 mod fleet_cmd;
 mod format;
 mod image_cmd;
@@ -292,7 +293,7 @@ fn finish(result: anyhow::Result<ExitCode>) -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("starling: {}", one_line(&e));
-            ExitCode::from(2)
+            exit::code(&e)
         }
     }
 }

@@ -172,14 +172,16 @@ pub fn mounts(socket: &Path, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for m in &list {
+        // What each counts: docs/ARCHITECTURE.md, "Counters".
         println!(
-            "{}  {}  from {}  served {}  fetched {}  cached {}",
+            "{}  {}  from {}  served {}  fetched {}  cached {}  errors {}",
             m.mountpoint.display(),
             shown(&m.image, &m.version),
             m.source,
             format::bytes(m.counters.served),
             format::bytes(m.counters.fetched),
-            format::bytes(m.counters.cached)
+            format::bytes(m.counters.cached),
+            m.counters.errors
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -194,7 +196,7 @@ pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
                 println!(
-                    "{} objects, {} of {} quota; {} hits, {} misses, {} fetched, {} evicted, {} refused",
+                    "{} objects, {} of {} quota; {} hits, {} misses, {} fetched (compressed), {} evicted, {} refused",
                     s.objects,
                     format::bytes(s.bytes),
                     format::bytes(s.quota),
@@ -222,7 +224,7 @@ pub fn cache(socket: &Path, cmd: CacheCmd) -> Result<ExitCode> {
                 println!("removed damaged {id}");
             }
             if !r.removed.is_empty() {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(crate::exit::PROBLEMS));
             }
         }
     }

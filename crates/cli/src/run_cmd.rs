@@ -379,26 +379,23 @@ pub fn rm(socket: &Path, names: &[String], force: bool) -> Result<ExitCode> {
 }
 
 /// Asks the daemon about each VM in turn, as `docker stop A B` does: prints each name done,
-/// each error on one line, and goes on; status 2 if any failed.
-fn each_vm<E: std::fmt::Display>(
+/// each error on one line, and goes on; the first failure's status (`exit`) if any failed.
+fn each_vm<E: Into<anyhow::Error>>(
     names: &[String],
     mut ask: impl FnMut(&str) -> std::result::Result<VmInfo, E>,
 ) -> ExitCode {
-    let mut failed = false;
+    let mut failed = None;
     for n in names {
         match ask(n) {
             Ok(v) => println!("{}", v.name),
             Err(e) => {
+                let e = e.into();
                 eprintln!("starling: {e}");
-                failed = true;
+                failed.get_or_insert(crate::exit::class(&e));
             }
         }
     }
-    if failed {
-        ExitCode::from(2)
-    } else {
-        ExitCode::SUCCESS
-    }
+    failed.map_or(ExitCode::SUCCESS, ExitCode::from)
 }
 
 pub fn logs(socket: &Path, name: &str, follow: bool) -> Result<ExitCode> {

@@ -95,7 +95,7 @@ pub fn run(store_dir: &Path, cmd: StoreCmd) -> Result<ExitCode> {
                 }
             }
             if !r.clean() {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(crate::exit::PROBLEMS));
             }
         }
         StoreCmd::Gc {

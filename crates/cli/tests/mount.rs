@@ -357,6 +357,15 @@ fn corrupt_objects_are_refused_and_the_origin_may_come_and_go() {
     let e = fs::read(mp.join("f2")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(5), "EIO: {e}");
     assert!(started.elapsed().as_secs() < 15, "no hang");
+    // The mount's failed reads are counted where a user looks, not only in --json.
+    let listed = d.ok(&env, &["mounts"]);
+    let errors: u64 = listed
+        .split("  errors ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no error count in {listed}"));
+    assert!(errors >= 2, "{listed}");
     // ... and comes back on the same address: the mount recovers.
     let server = Server::start_on(&env, &repo, &addr);
     assert_eq!(fs::read(mp.join("f2")).unwrap(), vec![2u8; 150_002]);

@@ -277,11 +277,45 @@ for n in names:
 
 /// Pulls `t:v1` from `url` into a fresh client store, which must fail and leave that store
 /// without the image; returns the error text.
+/// A pull the attack must make fail, with the status of a verification failure (4).
 fn refused_pull(env: &Env, url: &str, repo: &Path) -> String {
     let cs = client_store(env);
-    let e = client_fails(env, &cs, &["pull", url, "t:v1", "--root", &root_of(repo)]);
+    let o = client(env, &cs, &["pull", url, "t:v1", "--root", &root_of(repo)]);
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(4), "{e}");
     assert_not_pulled(env, &cs);
     e
+}
+
+#[test]
+fn exit_statuses_say_what_went_wrong() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    let cs = client_store(&env);
+    let status = |args: &[&str]| {
+        let o = client(&env, &cs, args);
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let root = root_of(&repo);
+    // Not found (3): an image the repository does not publish, one the store does not have.
+    let (code, e) = status(&["pull", s(&repo), "nosuch:v1", "--root", &root]);
+    assert_eq!(code, Some(3), "{e}");
+    client_ok(&env, &cs, &["pull", s(&repo), "t:v1"]);
+    let (code, e) = status(&["image", "inspect", "nosuch:v1"]);
+    assert_eq!(code, Some(3), "{e}");
+    let (code, e) = status(&["image", "export", "t:v9", s(&env.path("out"))]);
+    assert_eq!(code, Some(3), "{e}");
+    // Unreachable (5): nothing listens there.
+    let (code, e) = status(&["pull", "http://127.0.0.1:9/", "t:v1", "--root", &root]);
+    assert_eq!(code, Some(5), "{e}");
+    // Usage (2): clap's, and a reference that is not one.
+    let (code, e) = status(&["image", "inspect", "--no-such-flag", "t:v1"]);
+    assert_eq!(code, Some(2), "{e}");
+    let (code, e) = status(&["image", "inspect", "T:V1!"]);
+    assert_eq!(code, Some(2), "{e}");
 }
 
 /// Every attack leaves the pulling store without the image.

@@ -300,6 +300,20 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
     );
     let e = d.fails(&env, &["stop", "nosuch"]);
     assert!(e.contains("nosuch"), "{e}");
+    // Not found is status 3, as the README's scheme says (the daemon's 404 carried through).
+    for args in [
+        &["stop", "nosuch"][..],
+        &["rm", "nosuch"],
+        &["logs", "nosuch"],
+    ] {
+        let o = d.run(&env, args);
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
 }
 
 #[test]

@@ -15,8 +15,9 @@ use crate::api::ErrorBody;
 pub enum ClientError {
     #[error("cannot reach starlingd at {0}: {1} (is the daemon running? start it with `starlingd` or `systemctl start starlingd`)")]
     Unreachable(PathBuf, String),
-    #[error("starlingd: {0}")]
-    Daemon(String),
+    /// The daemon refused the request; `status` is its HTTP status (404: no such thing).
+    #[error("starlingd: {message}")]
+    Daemon { status: u16, message: String },
     #[error("starlingd answered {0}: {1}")]
     Protocol(u16, String),
 }
@@ -101,7 +102,10 @@ impl Client {
         })?;
         if !(200..300).contains(&status) {
             return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => ClientError::Daemon(e.error),
+                Ok(e) => ClientError::Daemon {
+                    status,
+                    message: e.error,
+                },
                 Err(_) => ClientError::Protocol(status, String::from_utf8_lossy(&body).into()),
             });
         }

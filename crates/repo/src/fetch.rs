@@ -51,6 +51,12 @@ impl Fetcher {
             url: shown.clone(),
             reason,
         };
+        // More bytes than the object can have: the server is wrong, not unreachable.
+        let too_big = |reason: String| Error::BadObject {
+            id: id.to_hex(),
+            url: shown.clone(),
+            reason,
+        };
         if self.remote.is_file() {
             let p = url
                 .to_file_path()
@@ -59,7 +65,7 @@ impl Fetcher {
                 .await
                 .map_err(|e| fetch_err(e.to_string()))?;
             if md.len() > max {
-                return Err(fetch_err(format!(
+                return Err(too_big(format!(
                     "{} bytes is more than the {max} this object can have",
                     md.len()
                 )));
@@ -79,7 +85,7 @@ impl Fetcher {
             return Err(fetch_err(format!("HTTP {}", resp.status())));
         }
         if resp.content_length().is_some_and(|n| n > max) {
-            return Err(fetch_err(format!(
+            return Err(too_big(format!(
                 "declared {} bytes, more than the {max} this object can have",
                 resp.content_length().unwrap_or(0)
             )));
@@ -88,7 +94,7 @@ impl Fetcher {
         while let Some(piece) = resp.chunk().await.map_err(|e| fetch_err(e.to_string()))? {
             out.extend_from_slice(&piece);
             if out.len() as u64 > max {
-                return Err(fetch_err(format!(
+                return Err(too_big(format!(
                     "sent more than the {max} bytes this object can have"
                 )));
             }
