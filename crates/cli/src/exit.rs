@@ -37,7 +37,11 @@ fn one(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
         return match e {
             Repo::UnknownImage(_) => Some(NOT_FOUND),
             // tough reports a repository it could not reach as a metadata failure.
-            Repo::Tuf { source, .. } if unreachable_metadata(source.as_ref()) => Some(UNREACHABLE),
+            Repo::Tuf { source, .. }
+                if starling_repo::error::network_failure(source.as_ref()).is_some() =>
+            {
+                Some(UNREACHABLE)
+            }
             Repo::Tuf { .. } | Repo::BadObject { .. } => Some(UNTRUSTED),
             Repo::Fetch { .. } | Repo::Unreachable { .. } => Some(UNREACHABLE),
             _ => None,
@@ -61,33 +65,6 @@ fn one(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
         };
     }
     None
-}
-
-/// Whether tough failed to fetch metadata because the repository could not be reached (a
-/// refused connection, a timeout, an unreachable host), not because what came was wrong: tough
-/// reports both as transport errors, so the OS error under it decides.
-fn unreachable_metadata(e: &(dyn std::error::Error + 'static)) -> bool {
-    use std::io::ErrorKind as K;
-    let mut cause = Some(e);
-    while let Some(c) = cause {
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                K::ConnectionRefused
-                    | K::ConnectionReset
-                    | K::ConnectionAborted
-                    | K::NotConnected
-                    | K::TimedOut
-                    | K::HostUnreachable
-                    | K::NetworkUnreachable
-                    | K::AddrNotAvailable
-            ) {
-                return true;
-            }
-        }
-        cause = c.source();
-    }
-    false
 }
 
 #[cfg(test)]

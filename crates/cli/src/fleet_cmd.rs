@@ -33,8 +33,9 @@ pub enum FleetCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Files added, removed and changed (content, mode, owner, xattrs, link target, mtime)
-    /// and packages added, removed, upgraded from A to B; unchanged subtrees are skipped
+    /// What changed from A to B: a summary, the packages added, removed and upgraded, and on
+    /// request the files (content, mode, owner, xattrs, link target, mtime) one by one or
+    /// counted per directory; unchanged subtrees are skipped without being read
     Diff {
         /// [REPOSITORY] A B: two versions of the local store, or of a repository (URL or
         /// directory) read in place
@@ -43,6 +44,24 @@ pub enum FleetCmd {
         /// The repository's trusted root metadata (first contact only)
         #[arg(long, value_name = "ROOT.json")]
         root: Option<PathBuf>,
+        /// List every changed file after the summary
+        #[arg(long)]
+        files: bool,
+        /// Count the changed files per directory (`--stat=DEPTH` components deep, 2 if not given)
+        #[arg(
+            long,
+            value_name = "DEPTH",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "2"
+        )]
+        stat: Option<usize>,
+        /// Leave modification times out: a file whose only change is its mtime is unchanged
+        #[arg(long)]
+        ignore_times: bool,
+        /// Only the package changes
+        #[arg(long, conflicts_with_all = ["files", "stat"])]
+        packages: bool,
         #[arg(long)]
         json: bool,
     },
@@ -193,6 +212,106 @@ fn apply(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `image diff` shows beyond the summary.
+struct DiffView {
+    files: bool,
+    stat: Option<usize>,
+    ignore_times: bool,
+    packages: bool,
+}
+
+/// `image diff` as text: the summary, the packages, then what was asked for.
+fn diff_text(a: &str, b: &str, d: &starling_image::diff::Diff, view: &DiffView) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let sum = d.summary();
+    if !view.packages {
+        let _ = writeln!(out, "{a} → {b}");
+        let modified = if sum.files_mtime_only > 0 {
+            format!(
+                "{} changed ({} only in mtime)",
+                sum.files_modified, sum.files_mtime_only
+            )
+        } else {
+            format!("{} changed", sum.files_modified)
+        };
+        let _ = writeln!(
+            out,
+            "files:    {} added, {} removed, {modified}",
+            sum.files_added, sum.files_removed
+        );
+        let pk = match &sum.packages {
+            None => "not compared (no package database in both)".to_string(),
+            Some(by) if by.is_empty() => "no changes".to_string(),
+            Some(by) => by
+                .iter()
+                .map(|(k, n)| format!("{n} {k}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        };
+        let _ = writeln!(out, "packages: {pk}");
+    }
+    if let Some(ps) = &d.packages {
+        if !ps.is_empty() && !view.packages {
+            out.push('\n');
+        }
+        for p in ps {
+            let versions = match (&p.old, &p.new) {
+                (Some(o), Some(n)) => format!("{o} → {n}"),
+                (Some(o), None) => o.clone(),
+                (None, Some(n)) => n.clone(),
+                _ => String::new(),
+            };
+            let _ = writeln!(out, "{:<10} {} {versions}", p.change, p.name);
+        }
+    } else if view.packages {
+        let _ = writeln!(out, "packages not compared (no package database in both)");
+    }
+    if view.packages {
+        return out;
+    }
+    if let Some(depth) = view.stat {
+        out.push('\n');
+        let _ = writeln!(
+            out,
+            "{:>7} {:>7} {:>7}  DIRECTORY",
+            "ADDED", "REMOVED", "CHANGED"
+        );
+        for r in d.stat(depth) {
+            let _ = writeln!(
+                out,
+                "{:>7} {:>7} {:>7}  {}",
+                r.added, r.removed, r.modified, r.dir
+            );
+        }
+    }
+    if view.files {
+        out.push('\n');
+        for f in &d.files {
+            let sign = sign(f.change);
+            if f.details.is_empty() {
+                let _ = writeln!(out, "{sign} {} ({})", f.path, f.kind);
+            } else {
+                let _ = writeln!(
+                    out,
+                    "{sign} {} ({}: {})",
+                    f.path,
+                    f.kind,
+                    f.details.join(", ")
+                );
+            }
+        }
+    }
+    if !view.files && view.stat.is_none() && !d.files.is_empty() {
+        let mut hint = "\nthe files one by one: --files; per directory: --stat".to_string();
+        if sum.files_mtime_only > 0 && !view.ignore_times {
+            hint.push_str("; without mtime-only changes: --ignore-times");
+        }
+        let _ = writeln!(out, "{hint}");
+    }
+    out
 }
 
 fn sign(c: Change) -> char {
@@ -403,7 +522,15 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
                 }
             }
         }
-        FleetCmd::Diff { args, root, json } => {
+        FleetCmd::Diff {
+            args,
+            root,
+            files,
+            stat,
+            ignore_times,
+            packages,
+            json,
+        } => {
             let (repo, args) = split_repository(args);
             let [a, b] = args.as_slice() else {
                 anyhow::bail!(
@@ -415,50 +542,34 @@ pub fn run(store_dir: &Path, cmd: FleetCmd) -> Result<ExitCode> {
             let ra = src.resolve(&ImageRef::parse(a)?)?;
             let rb = src.resolve(&ImageRef::parse(b)?)?;
             let mut inv = Inventories::new(src.source());
-            let d = starling_image::diff::diff(
+            let mut d = starling_image::diff::diff(
                 &mut inv,
                 (&ra.commit.root, &ra.commit.root_meta),
                 (&rb.commit.root, &rb.commit.root_meta),
             )
             .with_context(|| format!("diff of {} and {}", ra.display, rb.display))?;
+            if ignore_times {
+                d = d.ignoring_times();
+            }
+            let view = DiffView {
+                files,
+                stat,
+                ignore_times,
+                packages,
+            };
             if json {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&serde_json::json!({
                         "a": ra.display, "b": rb.display,
+                        "summary": d.summary(),
                         "files": d.files, "packages": d.packages,
+                        "stat": stat.map(|n| d.stat(n)),
                         "trees_read": d.trees_read,
                     }))?
                 );
             } else {
-                for f in &d.files {
-                    let sign = sign(f.change);
-                    if f.details.is_empty() {
-                        println!("{sign} {} ({})", f.path, f.kind);
-                    } else {
-                        println!("{sign} {} ({}: {})", f.path, f.kind, f.details.join(", "));
-                    }
-                }
-                match &d.packages {
-                    None => println!("# packages: not compared (no package database in both)"),
-                    Some(p) if p.is_empty() => println!("# packages: no changes"),
-                    Some(ps) => {
-                        println!("# packages:");
-                        for p in ps {
-                            println!(
-                                "{} {} {}",
-                                p.change,
-                                p.name,
-                                match (&p.old, &p.new) {
-                                    (Some(o), Some(n)) => format!("{o} → {n}"),
-                                    (Some(o), None) => o.clone(),
-                                    (None, Some(n)) => n.clone(),
-                                    _ => String::new(),
-                                }
-                            );
-                        }
-                    }
-                }
+                print!("{}", diff_text(&ra.display, &rb.display, &d, &view));
             }
         }
     }

@@ -184,7 +184,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                 store.set_compression_level(level);
             }
             let progress = Arc::new(Progress::default());
-            let display = Display::start("importing", progress.clone());
+            let display = Display::start("importing", "files", progress.clone());
             let started = std::time::Instant::now();
             let report = import::import(
                 &store,
@@ -318,7 +318,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                 bail!("cannot export a directory to stdout; use --format tar");
             }
             let progress = Arc::new(Progress::default());
-            let display = Display::start("exporting", progress.clone());
+            let display = Display::start("exporting", "files", progress.clone());
             let report = export::export(&store, &resolved, &dest, format, &progress)
                 .with_context(|| format!("exporting {} to {}", resolved.display, dest.display()))?;
             drop(display);

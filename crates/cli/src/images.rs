@@ -46,8 +46,8 @@ impl Images {
         let Some(url) = url else {
             return Ok(Images::Local(Store::open(store_dir)?));
         };
-        let store = crate::repo_cmd::trust_store(store_dir, url, root)?;
         let remote = Remote::parse(url)?;
+        let store = crate::repo_cmd::trust_store(store_dir, url, root)?;
         let rt = starling_repo::runtime()?;
         let opts = ClientOptions::default();
         let repo = rt

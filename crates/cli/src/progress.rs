@@ -15,7 +15,8 @@ pub struct Display {
 }
 
 impl Display {
-    pub fn start(verb: &'static str, counters: Arc<Progress>) -> Display {
+    /// A spinner saying `verb`, how many `things` (files, objects) and bytes so far, and the rate.
+    pub fn start(verb: &'static str, things: &'static str, counters: Arc<Progress>) -> Display {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         if !std::io::stderr().is_terminal() {
             return Display {
@@ -38,7 +39,7 @@ impl Display {
                 let bytes = counters.bytes.load(Ordering::Relaxed);
                 let rate = bytes as f64 / started.elapsed().as_secs_f64().max(0.001);
                 b.set_message(format!(
-                    "{files} files, {}, {}/s",
+                    "{files} {things}, {}, {}/s",
                     crate::format::bytes(bytes),
                     crate::format::bytes(rate as u64)
                 ));

@@ -2,9 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
+use starling_image::chunk::Progress;
 use starling_image::reference::ImageRef;
 use starling_repo::backend::Backend;
 use starling_repo::keys::{KeyDir, Policy};
@@ -13,6 +15,7 @@ use starling_repo::pull::{ClientOptions, Remote};
 use starling_store::Store;
 
 use crate::format::parse_duration;
+use crate::progress::Display;
 
 /// The default validity of timestamp, snapshot, targets and root metadata: the repository
 /// library's `Policy::default()` as a user writes it (a test keeps the two equal).
@@ -141,8 +144,8 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
             rt.block_on(starling_repo::serve::serve(dir, &listen))?;
         }
         RepoCmd::Ls { url, root, json } => {
-            let store = trust_store(store_dir, &url, root.as_deref())?;
             let remote = Remote::parse(&url)?;
+            let store = trust_store(store_dir, &url, root.as_deref())?;
             let recs = rt.block_on(async {
                 let repo = starling_repo::pull::open(
                     &store,
@@ -227,19 +230,26 @@ pub fn push(
     let backend = Backend::parse(dest)?;
     let kd = KeyDir::open(&key_dir(&backend, keys)?)?;
     let rt = starling_repo::runtime()?;
+    let progress = Arc::new(Progress::default());
+    let display = Display::start("pushing", "objects", progress.clone());
     let r = rt
         .block_on(async {
             let repo = Repo::open(backend).await?;
-            starling_repo::push::push(&store, &what, &repo, &kd, as_name).await
+            starling_repo::push::push(&store, &what, &repo, &kd, as_name, &progress).await
         })
-        .with_context(|| format!("pushing {image} to {dest}"))?;
+        .with_context(|| format!("pushing {image} to {dest}"));
+    drop(display);
+    let r = r?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("{}:{} {}", r.name, r.tag, r.version);
         eprintln!(
-            "pushed {} objects ({} new, {} bytes); metadata version {}",
-            r.objects, r.uploaded, r.uploaded_bytes, r.metadata_version
+            "pushed {} objects ({} new, {}); metadata version {}",
+            r.objects,
+            r.uploaded,
+            crate::format::bytes(r.uploaded_bytes),
+            r.metadata_version
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -257,10 +267,12 @@ pub fn pull(
         timeout: std::time::Duration::from_secs(timeout.max(1)),
         ..ClientOptions::default()
     };
-    let store = trust_store(store_dir, url, root.as_deref())?;
     let remote = Remote::parse(url)?;
+    let store = trust_store(store_dir, url, root.as_deref())?;
     let what = ImageRef::parse(image)?;
     let rt = starling_repo::runtime()?;
+    let progress = Arc::new(Progress::default());
+    let display = Display::start("pulling", "objects", progress.clone());
     let r = rt
         .block_on(starling_repo::pull::pull(
             &store,
@@ -268,15 +280,20 @@ pub fn pull(
             &what,
             root.as_deref(),
             &opts,
+            &progress,
         ))
-        .with_context(|| format!("pulling {image} from {url}"))?;
+        .with_context(|| format!("pulling {image} from {url}"));
+    drop(display);
+    let r = r?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!("{}:{} {}", r.name, r.tag, r.version);
         eprintln!(
-            "{} objects, {} fetched ({} bytes)",
-            r.objects, r.fetched, r.fetched_bytes
+            "{} objects, {} fetched ({})",
+            r.objects,
+            r.fetched,
+            crate::format::bytes(r.fetched_bytes)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -117,6 +117,7 @@ fn inventory_matches_dpkg_query() {
         .unwrap()
         .iter()
         .any(|f| f["path"] == "/usr/bin/python3.11" && f["change"] == "added"));
+    diff_views(&env, &d);
 
     // The same, read from a repository in place: nothing is pulled, and only the objects
     // on the paths read (trees down to the package database, its chunks) are fetched.
@@ -654,4 +655,100 @@ fn rpm_inventory_matches_rpm_and_orders_versions() {
         "< 2.10",
     ]);
     assert_eq!(none.status.code(), Some(1), "3:2.10 is newer than 2.10");
+}
+
+/// `image diff` as text: the summary (counts equal to the JSON's) and the packages first, the
+/// files only on request, one by one or per directory; mtimes left out on request.
+fn diff_views(env: &Env, d: &serde_json::Value) {
+    let sum = &d["summary"];
+    let files = d["files"].as_array().unwrap();
+    let n = |k: &str| sum[k].as_u64().unwrap();
+    assert_eq!(
+        n("files_added") + n("files_removed") + n("files_modified"),
+        files.len() as u64
+    );
+    let text = env.ok(&["image", "diff", "deb:a", "deb:b"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains(" → "), "{text}");
+    let mtime = if n("files_mtime_only") > 0 {
+        format!(" ({} only in mtime)", n("files_mtime_only"))
+    } else {
+        String::new()
+    };
+    assert_eq!(
+        lines[1],
+        format!(
+            "files:    {} added, {} removed, {} changed{mtime}",
+            n("files_added"),
+            n("files_removed"),
+            n("files_modified")
+        )
+    );
+    assert!(
+        lines[2].starts_with("packages: ") && lines[2].contains(" added"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("added      less ")),
+        "{text}"
+    );
+    assert!(
+        !text.contains("+ /usr/bin/python3.11"),
+        "files only on request: {text}"
+    );
+    assert!(
+        text.trim_end().ends_with("--ignore-times") || text.contains("--stat"),
+        "{text}"
+    );
+
+    let listed = env.ok(&["image", "diff", "--files", "deb:a", "deb:b"]);
+    assert!(
+        listed.contains("\n+ /usr/bin/python3.11 (file)\n"),
+        "{listed}"
+    );
+    let file_lines = listed
+        .lines()
+        .filter(|l| l.starts_with("+ /") || l.starts_with("- /") || l.starts_with("M /"))
+        .count();
+    assert_eq!(file_lines, files.len());
+
+    let stat = env.ok(&["image", "diff", "--stat", "deb:a", "deb:b"]);
+    let row = stat
+        .lines()
+        .find(|l| l.ends_with("  /usr/bin"))
+        .unwrap_or_else(|| panic!("no /usr/bin row: {stat}"));
+    let added: u64 = row.split_whitespace().next().unwrap().parse().unwrap();
+    let want = files
+        .iter()
+        .filter(|f| {
+            let p = f["path"].as_str().unwrap();
+            f["change"] == "added" && p.starts_with("/usr/bin/") && !p[9..].contains('/')
+        })
+        .count() as u64;
+    assert_eq!(added, want, "{row}");
+
+    let pk = env.ok(&["image", "diff", "--packages", "deb:a", "deb:b"]);
+    assert_eq!(
+        pk.lines().count(),
+        d["packages"].as_array().unwrap().len(),
+        "{pk}"
+    );
+
+    let it = json(&env.ok(&[
+        "image",
+        "diff",
+        "--json",
+        "--ignore-times",
+        "deb:a",
+        "deb:b",
+    ]));
+    let it_files = it["files"].as_array().unwrap();
+    assert!(it_files
+        .iter()
+        .all(|f| !f["details"].to_string().contains("mtime")));
+    assert_eq!(
+        it_files.len() as u64,
+        files.len() as u64 - n("files_mtime_only")
+    );
+    assert_eq!(it["summary"]["files_mtime_only"], 0);
 }

@@ -311,6 +311,20 @@ fn exit_statuses_say_what_went_wrong() {
     // Unreachable (5): nothing listens there.
     let (code, e) = status(&["pull", "http://127.0.0.1:9/", "t:v1", "--root", &root]);
     assert_eq!(code, Some(5), "{e}");
+    // Said once, in one line: what was pulled, the URL fetched and the OS error.
+    assert_eq!(
+        e.trim_end(),
+        "starling: pulling t:v1 from http://127.0.0.1:9/: fetching \
+         http://127.0.0.1:9/metadata/2.root.json: Connection refused (os error 111)"
+    );
+    // A mistyped scheme is not a directory name.
+    let (code, e) = status(&["pull", "htp://host/", "t:v1", "--root", &root]);
+    assert_eq!(code, Some(2), "{e}");
+    assert_eq!(
+        e.trim_end(),
+        "starling: repository \"htp://host/\": unknown scheme \"htp\": give http://, https://, \
+         file:// or a directory"
+    );
     // Usage (2): clap's, and a reference that is not one.
     let (code, e) = status(&["image", "inspect", "--no-such-flag", "t:v1"]);
     assert_eq!(code, Some(2), "{e}");
@@ -1062,5 +1076,78 @@ fn thresholds_need_every_role_key() {
         &env,
         &cs2,
         &["repo", "ls", s(&repo), "--root", &root_of(&repo)],
+    );
+}
+
+/// On a terminal, push and pull say what they are doing as they go (objects, bytes, rate);
+/// piped, nothing of it. The terminal is a pseudo-terminal from script(1).
+#[test]
+fn push_and_pull_show_progress_on_a_terminal() {
+    if !have("script") {
+        skip("script(1) is missing (Debian package bsdutils)");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    for d in 0..10 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..200 {
+            fs::write(dir.join(format!("f{f}")), pseudo_random(4096, d * 1000 + f)).unwrap();
+        }
+    }
+    env.ok(&["image", "import", s(&src), "big:v1"]);
+    let repo = env.path("repo");
+    env.ok(&["repo", "init", s(&repo)]);
+    let on_tty = |store: &Path, args: &str| {
+        let cmd = format!(
+            "{} --store {} {args}",
+            env!("CARGO_BIN_EXE_starling"),
+            store.display()
+        );
+        let out = Command::new("script")
+            .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .output()
+            .unwrap();
+        let tty = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args}: {tty}");
+        tty
+    };
+    let frames = |tty: &str, verb: &str| -> Vec<u64> {
+        tty.split(['\r', '\n', '\u{1b}'])
+            .filter_map(|frame| {
+                let (before, _) = frame.split_once(" objects, ")?;
+                let (_, n) = before.split_once(verb)?;
+                n.trim().parse().ok()
+            })
+            .collect()
+    };
+    let tty = on_tty(&env.store, &format!("push big:v1 {}", repo.display()));
+    assert!(!frames(&tty, "pushing").is_empty(), "{tty:?}");
+    assert!(tty.contains("pushed "), "{tty:?}");
+    let cs = client_store(&env);
+    let tty = on_tty(
+        &cs,
+        &format!("pull {} big:v1 --root {}", repo.display(), root_of(&repo)),
+    );
+    let counts = frames(&tty, "pulling");
+    assert!(
+        !counts.is_empty() && counts.windows(2).all(|w| w[0] <= w[1]),
+        "{counts:?} {tty:?}"
+    );
+    // Human units in the summary.
+    assert!(tty.contains(" MiB)"), "{tty:?}");
+    // Piped: the summary only.
+    let cs2 = env.path("client2");
+    let o = client(
+        &env,
+        &cs2,
+        &["pull", s(&repo), "big:v1", "--root", &root_of(&repo)],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        !err.contains('\r') && !err.contains('\u{1b}') && !err.contains("pulling"),
+        "{err:?}"
     );
 }

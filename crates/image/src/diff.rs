@@ -53,6 +53,86 @@ pub struct Diff {
     pub trees_read: u64,
 }
 
+/// How much changed, by kind: what a reader wants before (or instead of) the list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub files_added: u64,
+    pub files_removed: u64,
+    pub files_modified: u64,
+    /// Of the modified, those whose only change is their modification time.
+    pub files_mtime_only: u64,
+    /// `None` when the packages were not compared.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packages: Option<BTreeMap<&'static str, u64>>,
+}
+
+/// Changes under one directory (`--stat`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DirStat {
+    pub dir: String,
+    pub added: u64,
+    pub removed: u64,
+    pub modified: u64,
+}
+
+impl Diff {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for f in &self.files {
+            match f.change {
+                Change::Added => s.files_added += 1,
+                Change::Removed => s.files_removed += 1,
+                Change::Modified => {
+                    s.files_modified += 1;
+                    if f.details.iter().all(|d| d == "mtime") {
+                        s.files_mtime_only += 1;
+                    }
+                }
+            }
+        }
+        s.packages = self.packages.as_ref().map(|ps| {
+            let mut by = BTreeMap::new();
+            for p in ps {
+                *by.entry(p.change).or_insert(0) += 1;
+            }
+            by
+        });
+        s
+    }
+
+    /// The same differences with modification times left out: an entry whose only change
+    /// was its mtime is no change at all (a rebuild that touched every file).
+    pub fn ignoring_times(mut self) -> Diff {
+        self.files.retain_mut(|f| {
+            f.details.retain(|d| d != "mtime");
+            f.change != Change::Modified || !f.details.is_empty()
+        });
+        self
+    }
+
+    /// Changes counted per directory, `depth` components deep (`/usr/lib` at 2), in path
+    /// order; an entry directly under a shallower directory counts there.
+    pub fn stat(&self, depth: usize) -> Vec<DirStat> {
+        let mut by: BTreeMap<String, DirStat> = BTreeMap::new();
+        for f in &self.files {
+            let comps: Vec<&str> = f.path.split('/').filter(|c| !c.is_empty()).collect();
+            // The directory holding the entry, cut to `depth`.
+            let parent = comps.len().saturating_sub(1).min(depth);
+            let dir = format!("/{}", comps[..parent].join("/"));
+            let e = by.entry(dir.clone()).or_insert_with(|| DirStat {
+                dir,
+                ..DirStat::default()
+            });
+            match f.change {
+                Change::Added => e.added += 1,
+                Change::Removed => e.removed += 1,
+                Change::Modified => e.modified += 1,
+            }
+        }
+        by.into_values().collect()
+    }
+}
+
 pub fn diff(
     inv: &mut Inventories<'_>,
     a: (&ObjectId, &Meta),
@@ -270,4 +350,84 @@ fn package_changes(a: &Inventory, b: &Inventory) -> Vec<PackageChange> {
     }
     out.sort_by(|x, y| x.name.cmp(&y.name));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(path: &str, change: Change, details: &[&str]) -> FileChange {
+        FileChange {
+            path: path.into(),
+            change,
+            kind: "file",
+            details: details.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    fn sample() -> Diff {
+        Diff {
+            files: vec![
+                change("/etc/a", Change::Modified, &["content", "mtime"]),
+                change("/etc/b", Change::Modified, &["mtime"]),
+                change("/usr/lib/x/y", Change::Added, &[]),
+                change("/usr/lib/z", Change::Removed, &[]),
+                change("/top", Change::Added, &[]),
+            ],
+            packages: Some(vec![
+                PackageChange {
+                    name: "p".into(),
+                    change: "upgraded",
+                    old: Some("1".into()),
+                    new: Some("2".into()),
+                },
+                PackageChange {
+                    name: "q".into(),
+                    change: "added",
+                    old: None,
+                    new: Some("1".into()),
+                },
+            ]),
+            trees_read: 0,
+        }
+    }
+
+    #[test]
+    fn summary_counts_by_kind_and_mtime_only() {
+        let s = sample().summary();
+        assert_eq!(
+            (
+                s.files_added,
+                s.files_removed,
+                s.files_modified,
+                s.files_mtime_only
+            ),
+            (2, 1, 2, 1)
+        );
+        let p = s.packages.unwrap();
+        assert_eq!((p["upgraded"], p["added"]), (1, 1));
+        assert!(!p.contains_key("removed"));
+    }
+
+    #[test]
+    fn ignoring_times_drops_mtime_only_changes_and_the_mtime_detail() {
+        let d = sample().ignoring_times();
+        let paths: Vec<_> = d.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["/etc/a", "/usr/lib/x/y", "/usr/lib/z", "/top"]);
+        assert_eq!(d.files[0].details, ["content"]);
+        assert_eq!(d.summary().files_mtime_only, 0);
+    }
+
+    #[test]
+    fn stat_groups_by_directory_prefix() {
+        let st = sample().stat(2);
+        let rows: Vec<_> = st
+            .iter()
+            .map(|r| (r.dir.as_str(), r.added, r.removed, r.modified))
+            .collect();
+        assert_eq!(
+            rows,
+            [("/", 1, 0, 0), ("/etc", 0, 0, 2), ("/usr/lib", 1, 1, 0)]
+        );
+    }
 }

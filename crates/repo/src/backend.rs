@@ -37,6 +37,15 @@ impl Backend {
     /// environment variables) or a directory path.
     pub fn parse(dest: &str) -> Result<Backend> {
         let Some(rest) = dest.strip_prefix("s3://") else {
+            if let Some((scheme, _)) = dest.split_once("://") {
+                // Publishing writes files: over HTTP, serve the directory (or bucket) instead.
+                return Err(invalid(
+                    format!("repository {dest:?}"),
+                    format!(
+                        "cannot publish to {scheme}://: give a directory or s3://BUCKET/PREFIX"
+                    ),
+                ));
+            }
             return Ok(Backend::Dir(PathBuf::from(dest)));
         };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));

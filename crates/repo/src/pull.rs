@@ -4,9 +4,11 @@
 //! Objects already in the local store are not fetched, so an interrupted pull resumes.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use starling_image::chunk::Progress;
 use starling_image::manifest::Commit;
 use starling_image::reference::ImageRef;
 use starling_image::tags;
@@ -37,6 +39,13 @@ impl Remote {
             if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://") {
                 url::Url::parse(s)
                     .map_err(|e| invalid(format!("repository URL {s:?}"), e.to_string()))?
+            } else if let Some((scheme, _)) = s.split_once("://") {
+                return Err(invalid(
+                    format!("repository {s:?}"),
+                    format!(
+                        "unknown scheme {scheme:?}: give http://, https://, file:// or a directory"
+                    ),
+                ));
             } else {
                 let p = std::fs::canonicalize(s).at(s)?;
                 url::Url::from_directory_path(&p)
@@ -345,6 +354,7 @@ pub async fn pull(
     what: &ImageRef,
     trusted_root: Option<&Path>,
     opts: &ClientOptions,
+    progress: &Progress,
 ) -> Result<PullReport> {
     let repo = open(store, remote, trusted_root, opts).await?;
     let (rec, id) = resolve(&repo, what).await?;
@@ -366,7 +376,7 @@ pub async fn pull(
     let mut walk = Walker::new([id]);
     while let Some(level) = walk.next_level() {
         let want: Vec<(ObjectId, u64)> = level.iter().map(|t| (*t, MAX_MANIFEST)).collect();
-        fetch_all(&txn, &fetcher, &want, &mut report).await?;
+        fetch_all(&txn, &fetcher, &want, &mut report, progress).await?;
         if level == [id] {
             let commit = Commit::decode(&id, &txn.get(&id)?)?;
             if commit.name != rec.name {
@@ -381,7 +391,7 @@ pub async fn pull(
         }
     }
     let chunks = walk.finish().chunks;
-    fetch_all(&txn, &fetcher, &chunks, &mut report).await?;
+    fetch_all(&txn, &fetcher, &chunks, &mut report, progress).await?;
     txn.commit()?;
     let _refs = store.lock_refs()?;
     tags::point(store, &rec.name, &rec.tag, id, "pull")?;
@@ -394,6 +404,7 @@ async fn fetch_all(
     f: &Fetcher,
     want: &[(ObjectId, u64)],
     report: &mut PullReport,
+    progress: &Progress,
 ) -> Result<()> {
     report.objects += want.len();
     let missing: Vec<(ObjectId, u64)> = want
@@ -416,11 +427,11 @@ async fn fetch_all(
             (id, r)
         });
         while let Some(done) = set.try_join_next() {
-            finish(store, done, report)?;
+            finish(store, done, report, progress)?;
         }
     }
     while let Some(done) = set.join_next().await {
-        finish(store, done, report)?;
+        finish(store, done, report, progress)?;
     }
     Ok(())
 }
@@ -429,6 +440,7 @@ fn finish(
     store: &Txn<'_>,
     done: Result<Fetched, tokio::task::JoinError>,
     report: &mut PullReport,
+    progress: &Progress,
 ) -> Result<()> {
     let (id, r) = done.map_err(|e| invalid("download task", e.to_string()))?;
     let (env, url) = r?;
@@ -441,5 +453,9 @@ fn finish(
         })?;
     report.fetched += 1;
     report.fetched_bytes += env.len() as u64;
+    progress.files.fetch_add(1, Ordering::Relaxed);
+    progress
+        .bytes
+        .fetch_add(env.len() as u64, Ordering::Relaxed);
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Publishing an image version: the objects the repository lacks (verified on the way out),
 //! then the tag's record, signed, under the repository lock.
 
+use std::sync::atomic::Ordering;
+
 use futures::{StreamExt, TryStreamExt};
+use starling_image::chunk::Progress;
 use starling_image::reference::ImageRef;
 use starling_image::{maint, versions};
 use starling_store::{ObjectId, Store};
@@ -43,6 +46,7 @@ pub async fn push(
     repo: &Repo,
     keys: &KeyDir,
     as_name: Option<(String, String)>,
+    progress: &Progress,
 ) -> Result<PushReport> {
     let what = &versions::concrete(store, what)?;
     let resolved = versions::resolve(store, what)?;
@@ -68,6 +72,10 @@ pub async fn push(
         let env = store.get_envelope(id)?;
         store.verify(id)?;
         let created = repo.backend.create(&object_rel(id), &env).await?;
+        progress.files.fetch_add(1, Ordering::Relaxed);
+        progress
+            .bytes
+            .fetch_add(env.len() as u64, Ordering::Relaxed);
         Ok::<_, crate::Error>(if created { env.len() as u64 } else { 0 })
     }))
     .buffer_unordered(UPLOADS)
