@@ -113,7 +113,9 @@ pub enum FleetCmd {
         /// Set the host name (/etc/hostname, and /etc/hosts' 127.0.1.1 line)
         #[arg(long, value_name = "NAME")]
         set_hostname: Option<String>,
-        /// Add a user with a locked password and a home directory (repeatable)
+        /// Add a user as the image's adduser would (its adduser.conf or login.defs: next free
+        /// id, home mode, skeleton), with a locked password; an existing user is refused
+        /// (repeatable)
         #[arg(long = "add-user", value_name = "USER")]
         add_users: Vec<String>,
     },

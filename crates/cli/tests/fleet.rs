@@ -433,6 +433,7 @@ fn derive_and_bad_input() {
     assert!(chroot(&root, &["id", "alice"]).contains("uid=1000(alice)"));
     let home = fs::metadata(root.join("home/alice")).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&home), 1000);
+    same_as_adduser(&env, &root, "alice");
     // The base is untouched.
     assert!(
         json(&env.ok(&["image", "history", "--json", "deb:a"]))
@@ -465,6 +466,23 @@ fn derive_and_bad_input() {
         "bad_name",
     ]);
     assert!(e.contains("invalid hostname"), "{e}");
+    // An existing user is refused, as adduser refuses it.
+    let e = env.fails(&["image", "derive", "deb:a", "x:y", "--add-user", "root"]);
+    assert_eq!(
+        e.trim_end(),
+        "starling: image x:y: user root exists already (uid 0)"
+    );
+    // A hostname the image has already is no change: no version.
+    let hn = fs::read_to_string(a.join("etc/hostname")).unwrap();
+    let out = env.ok(&[
+        "image",
+        "derive",
+        "deb:a",
+        "deb:a",
+        "--set-hostname",
+        hn.trim(),
+    ]);
+    assert!(out.contains("no change"), "{out}");
     if let Some(p) = debs(&["python3-minimal"]) {
         let out = env.run(&[
             "image",
@@ -751,4 +769,83 @@ fn diff_views(env: &Env, d: &serde_json::Value) {
         files.len() as u64 - n("files_mtime_only")
     );
     assert_eq!(it["summary"]["files_mtime_only"], 0);
+}
+
+/// What `derive --add-user` wrote for `user` in the exported `root` is what the image's own
+/// adduser writes in a copy of the base (account lines, home mode, skeleton copy), the day of
+/// the last password change and the comment aside.
+fn same_as_adduser(env: &Env, root: &Path, user: &str) {
+    let judge = env.path("adduser-root");
+    env.ok(&["image", "export", "deb:a", s(&judge)]);
+    let o = Command::new("chroot")
+        .arg(&judge)
+        .args(["adduser", "--disabled-password", "--gecos", "", user])
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "adduser in the base: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let line = |r: &Path, file: &str| -> Vec<String> {
+        let text = fs::read_to_string(r.join("etc").join(file)).unwrap();
+        let l = text
+            .lines()
+            .find(|l| l.split(':').next() == Some(user))
+            .unwrap_or_else(|| panic!("{user} not in {file} of {}", r.display()))
+            .to_string();
+        l.split(':').map(String::from).collect()
+    };
+    let mut ours = line(root, "passwd");
+    let mut theirs = line(&judge, "passwd");
+    // The comment (GECOS) aside.
+    ours[4].clear();
+    theirs[4].clear();
+    assert_eq!(ours, theirs, "passwd");
+    assert_eq!(line(root, "group"), line(&judge, "group"), "group");
+    assert_eq!(line(root, "gshadow"), line(&judge, "gshadow"), "gshadow");
+    let (mut ours, mut theirs) = (line(root, "shadow"), line(&judge, "shadow"));
+    // The day of the last change aside.
+    ours[2].clear();
+    theirs[2].clear();
+    assert_eq!(ours, theirs, "shadow");
+    // The home: mode, owner, and each file of the skeleton with its mode, owner and bytes.
+    let listing = |r: &Path| -> Vec<String> {
+        let home = r.join("home").join(user);
+        let mut out = Vec::new();
+        for p in std::iter::once(home.clone()).chain(walk(&home)) {
+            let m = fs::symlink_metadata(&p).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            let bytes = if m.is_file() {
+                fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            out.push(format!(
+                "{} {:o} {}:{} {:?}",
+                p.strip_prefix(&home).unwrap().display(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                bytes
+            ));
+        }
+        out.sort();
+        out
+    };
+    let ours = listing(root);
+    assert!(ours.len() > 1, "the skeleton was copied: {ours:?}");
+    assert_eq!(ours, listing(&judge), "home directory");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
 }

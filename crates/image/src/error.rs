@@ -93,6 +93,9 @@ pub enum Error {
     BadDeb { path: PathBuf, reason: String },
     #[error("image {image}: {reason}")]
     PackageDb { image: String, reason: String },
+    /// Users cannot be added as asked (the name is taken, no id is free).
+    #[error("image {image}: {reason}")]
+    Accounts { image: String, reason: String },
     #[error("tag record {0} is corrupt: {1}")]
     BadTagRecord(String, String),
     #[error("{0}")]

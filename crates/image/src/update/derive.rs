@@ -1,9 +1,8 @@
 //! Customizing a derived image in its own configuration files: the hostname (/etc/hostname
-//! and the 127.0.1.1 line of /etc/hosts) and new users (/etc/passwd, /etc/group, /etc/shadow
-//! with a locked password, and a home directory they own).
+//! and the 127.0.1.1 line of /etc/hosts) and new users (see `accounts`). A setting the image
+//! has already changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
-
+use super::accounts::{self, Accounts};
 use super::{default_dir, Maker, UpdateOptions};
 use crate::browse::Browser;
 use crate::edit::{Edit, Edits};
@@ -60,58 +59,13 @@ fn hosts_with_hostname(hosts: &str, h: &str) -> String {
     lines.join("\n") + "\n"
 }
 
-/// The account databases being edited.
-#[derive(Debug, Clone, PartialEq)]
-struct Accounts {
-    passwd: String,
-    group: String,
-    /// `None` when the image has no /etc/shadow.
-    shadow: Option<String>,
-}
-
-impl Accounts {
-    /// Adds user `u` with a group of the same name and id (the first id from 1000 that
-    /// neither a user nor a group has) and a locked password changed `days` after the epoch.
-    /// `None` if the user exists already.
-    fn add_user(&mut self, u: &str, days: i64) -> Option<u32> {
-        if self.passwd.lines().any(|l| l.split(':').next() == Some(u)) {
-            return None;
-        }
-        let ids = |text: &str| -> BTreeSet<u32> {
-            text.lines()
-                .filter_map(|l| l.split(':').nth(2)?.parse().ok())
-                .collect()
-        };
-        let used: BTreeSet<u32> = ids(&self.passwd)
-            .union(&ids(&self.group))
-            .copied()
-            .collect();
-        let id = (1000..60000).find(|i| !used.contains(i)).unwrap_or(60000);
-        append_line(
-            &mut self.passwd,
-            &format!("{u}:x:{id}:{id}::/home/{u}:/bin/bash"),
-        );
-        append_line(&mut self.group, &format!("{u}:x:{id}:"));
-        if let Some(sh) = self.shadow.as_mut() {
-            append_line(sh, &format!("{u}:!:{days}:0:99999:7:::"));
-        }
-        Some(id)
-    }
-}
-
-/// Appends `line` and a newline, after ending a last line that has none.
-fn append_line(text: &mut String, line: &str) {
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    text.push_str(line);
-    text.push('\n');
-}
-
-/// Hostname and users, written into the image's own configuration files.
+/// Hostname and users, written into the image's own configuration files. A user that
+/// exists already is refused (`image` names the image in the error).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn customize(
     b: &mut Browser<'_>,
     maker: &Maker<'_, '_>,
+    image: &str,
     old: &Commit,
     opts: &UpdateOptions<'_>,
     edits: &mut Edits,
@@ -131,53 +85,94 @@ pub(super) fn customize(
             _ => Ok(None),
         }
     };
+    let text = |b: &mut Browser<'_>, p: &str| -> Result<Option<String>> {
+        Ok(existing(b, p)?.map(|(_, t)| String::from_utf8_lossy(&t).into_owned()))
+    };
     let plain = |mode| Meta {
         mode,
         ..Meta::default()
     };
     if let Some(h) = &opts.hostname {
-        let meta = existing(b, "/etc/hostname")?.map_or(plain(0o644), |e| e.0);
-        let node = maker.file(b, format!("{h}\n").into_bytes(), stamp(meta))?;
-        edits.set(b"/etc/hostname", Edit::Put(node), &default_dir())?;
+        let now_file = existing(b, "/etc/hostname")?;
+        let wanted = format!("{h}\n").into_bytes();
+        if now_file.as_ref().map(|f| &f.1) != Some(&wanted) {
+            let meta = now_file.map_or(plain(0o644), |e| e.0);
+            let node = maker.file(b, wanted, stamp(meta))?;
+            edits.set(b"/etc/hostname", Edit::Put(node), &default_dir())?;
+        }
         if let Some((meta, hosts)) = existing(b, "/etc/hosts")? {
             let text = hosts_with_hostname(&String::from_utf8_lossy(&hosts), h);
-            let node = maker.file(b, text.into_bytes(), stamp(meta))?;
-            edits.set(b"/etc/hosts", Edit::Put(node), &default_dir())?;
+            if text.as_bytes() != hosts.as_slice() {
+                let node = maker.file(b, text.into_bytes(), stamp(meta))?;
+                edits.set(b"/etc/hosts", Edit::Put(node), &default_dir())?;
+            }
         }
     }
     if opts.add_users.is_empty() {
         return Ok(());
     }
     let Some((pmeta, passwd)) = existing(b, "/etc/passwd")? else {
-        warnings.push("no /etc/passwd: users not added".into());
-        return Ok(());
+        return Err(Error::Accounts {
+            image: image.to_string(),
+            reason: "has no /etc/passwd to add users to".into(),
+        });
     };
+    let policy = accounts::Policy::of(
+        text(b, "/etc/adduser.conf")?.as_deref(),
+        text(b, "/etc/login.defs")?.as_deref(),
+        text(b, "/etc/default/useradd")?.as_deref(),
+    );
     let (gmeta, group) = existing(b, "/etc/group")?.unwrap_or((plain(0o644), Vec::new()));
     let shadow = existing(b, "/etc/shadow")?;
+    let gshadow = existing(b, "/etc/gshadow")?;
+    let lossy = |f: &Option<(Meta, Vec<u8>)>| {
+        f.as_ref()
+            .map(|f| String::from_utf8_lossy(&f.1).into_owned())
+    };
     let mut accounts = Accounts {
         passwd: String::from_utf8_lossy(&passwd).into_owned(),
         group: String::from_utf8_lossy(&group).into_owned(),
-        shadow: shadow
-            .as_ref()
-            .map(|s| String::from_utf8_lossy(&s.1).into_owned()),
+        shadow: lossy(&shadow),
+        gshadow: lossy(&gshadow),
+    };
+    let skel = match &policy.skel {
+        Some(p) => match b.lookup(&old.root, p.as_bytes(), true)? {
+            Some(Node::Dir { tree, .. }) => Some((p.clone(), tree)),
+            _ => None,
+        },
+        None => None,
     };
     for u in &opts.add_users {
-        let Some(id) = accounts.add_user(u, now / 86_400_000_000_000) else {
-            warnings.push(format!("user {u} exists already"));
+        let nu = accounts
+            .add_user(u, now / 86_400_000_000_000, &policy)
+            .map_err(|reason| Error::Accounts {
+                image: image.to_string(),
+                reason,
+            })?;
+        if b.lookup(&old.root, nu.home.as_bytes(), false)?.is_some() {
+            // As adduser: an existing home is the user's, left as it is.
+            warnings.push(format!(
+                "{}: exists already; left as it is, the skeleton not copied",
+                nu.home
+            ));
             continue;
+        }
+        let children = match &skel {
+            Some((at, tree)) => accounts::skel_copy(b, tree, nu.uid, nu.gid, at, warnings)?,
+            None => Default::default(),
         };
         let home = Meta {
-            mode: 0o755,
-            uid: id,
-            gid: id,
+            mode: policy.dir_mode,
+            uid: nu.uid,
+            gid: nu.gid,
             ..stamp(Meta::default())
         };
         edits.set(
-            format!("/home/{u}").as_bytes(),
+            nu.home.as_bytes(),
             Edit::Dir {
                 meta: home,
                 set_meta: true,
-                children: BTreeMap::new(),
+                children,
             },
             &default_dir(),
         )?;
@@ -186,9 +181,16 @@ pub(super) fn customize(
     edits.set(b"/etc/passwd", Edit::Put(node), &default_dir())?;
     let node = maker.file(b, accounts.group.into_bytes(), stamp(gmeta))?;
     edits.set(b"/etc/group", Edit::Put(node), &default_dir())?;
-    if let (Some((smeta, _)), Some(text)) = (shadow, accounts.shadow) {
-        let node = maker.file(b, text.into_bytes(), stamp(smeta))?;
-        edits.set(b"/etc/shadow", Edit::Put(node), &default_dir())?;
+    for (path, file, text) in [
+        ("/etc/shadow", shadow, accounts.shadow),
+        ("/etc/gshadow", gshadow, accounts.gshadow),
+    ] {
+        if let (Some((meta, old_text)), Some(text)) = (file, text) {
+            if text.as_bytes() != old_text.as_slice() {
+                let node = maker.file(b, text.into_bytes(), stamp(meta))?;
+                edits.set(path.as_bytes(), Edit::Put(node), &default_dir())?;
+            }
+        }
     }
     Ok(())
 }
@@ -231,59 +233,5 @@ mod tests {
             hosts_with_hostname("::1\tlocalhost", "web"),
             "127.0.1.1\tweb\n::1\tlocalhost\n"
         );
-    }
-
-    fn debian_accounts() -> Accounts {
-        Accounts {
-            passwd: "root:x:0:0:root:/root:/bin/bash\n\
-                     nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
-                     first:x:1000:1000::/home/first:/bin/bash"
-                .into(),
-            group: "root:x:0:\nusers:x:100:\nstaff:x:1001:\n".into(),
-            shadow: Some("root:*:19000:0:99999:7:::\n".into()),
-        }
-    }
-
-    #[test]
-    fn a_new_user_gets_the_first_id_free_in_both_files() {
-        let mut a = debian_accounts();
-        // 1000 is a user, 1001 a group: 1002 is the first free for both.
-        assert_eq!(a.add_user("alice", 19_500), Some(1002));
-        assert_eq!(
-            a.passwd.lines().last(),
-            Some("alice:x:1002:1002::/home/alice:/bin/bash")
-        );
-        // The passwd file lacked a final newline; its last line is kept whole.
-        assert!(a
-            .passwd
-            .contains("first:x:1000:1000::/home/first:/bin/bash\nalice:"));
-        assert!(a.passwd.ends_with('\n'));
-        assert_eq!(a.group.lines().last(), Some("alice:x:1002:"));
-        assert_eq!(
-            a.shadow.as_deref().and_then(|s| s.lines().last()),
-            Some("alice:!:19500:0:99999:7:::")
-        );
-        assert_eq!(a.add_user("bob", 19_500), Some(1003));
-    }
-
-    #[test]
-    fn an_existing_user_is_refused_and_nothing_changes() {
-        let mut a = debian_accounts();
-        let before = a.clone();
-        assert_eq!(a.add_user("first", 1), None);
-        assert_eq!(a, before);
-    }
-
-    #[test]
-    fn without_shadow_only_passwd_and_group_change() {
-        let mut a = Accounts {
-            passwd: String::new(),
-            group: String::new(),
-            shadow: None,
-        };
-        assert_eq!(a.add_user("x", 1), Some(1000));
-        assert_eq!(a.passwd, "x:x:1000:1000::/home/x:/bin/bash\n");
-        assert_eq!(a.group, "x:x:1000:\n");
-        assert_eq!(a.shadow, None);
     }
 }

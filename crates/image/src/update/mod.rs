@@ -7,6 +7,7 @@
 //! the overlay and packages share; [`dpkg`] unpacks packages, [`relations`] checks their
 //! dependencies, [`derive`] sets the hostname and adds users.
 
+mod accounts;
 mod derive;
 mod dpkg;
 mod relations;
@@ -131,6 +132,7 @@ pub fn update(
         derive::customize(
             &mut inv.browser,
             &maker,
+            &display,
             &old,
             opts,
             &mut edits,
