@@ -2,7 +2,8 @@
 //! 0 ok, 1 a check found problems, 2 usage or refused input (and any failure not below),
 //! 3 not found, 4 verification or trust failure, 5 a service could not be reached (a
 //! repository, the network, starlingd). The class comes from the first error in the chain
-//! that has one, so context added on the way keeps it.
+//! that has one, so context added on the way keeps it. `run` and `exec` exit with the
+//! command's status, and 125 when they fail themselves.
 
 use std::process::ExitCode;
 
@@ -11,6 +12,9 @@ pub const USAGE: u8 = 2;
 pub const NOT_FOUND: u8 = 3;
 pub const UNTRUSTED: u8 = 4;
 pub const UNREACHABLE: u8 = 5;
+/// `run` and `exec` failing themselves (docker's 125), where any other status would be read
+/// as the command's own.
+pub const OWN_FAILURE: u8 = 125;
 
 pub fn code(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(class(e))

@@ -223,7 +223,20 @@ fn main() -> ExitCode {
     if argv.get(1).is_some_and(|a| a == NET_HELPER) {
         return finish(net_helper::run(&argv[2..]));
     }
-    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
+    // `run` and `exec` pass on the command's own status: their own failures (a bad flag
+    // included) exit 125, as docker's do, so that none reads as the command's.
+    let runs_a_command = matches!(subcommand(&argv), Some("run" | "exec"));
+    let cli = cli_command()
+        .try_get_matches_from(&argv)
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match cli {
+        Ok(c) => c,
+        Err(e) if runs_a_command && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(exit::OWN_FAILURE);
+        }
+        Err(e) => e.exit(),
+    };
     let result = store_path(cli.store).and_then(|store| match cli.command {
         Command::Image(c) => image_cmd::run(&store, c),
         Command::Store(c) => store_cmd::run(&store, c),
@@ -282,7 +295,26 @@ fn main() -> ExitCode {
         Command::Vm(c) => vm_cmd::run(&store, c),
         Command::Pool(c) => pool_cmd::run(&store, c),
     });
-    finish(result)
+    match result {
+        Err(e) if runs_a_command => {
+            eprintln!("starling: {}", one_line(&e));
+            ExitCode::from(exit::OWN_FAILURE)
+        }
+        r => finish(r),
+    }
+}
+
+/// The subcommand word of `argv`: the first argument that is not a global option.
+fn subcommand(argv: &[String]) -> Option<&str> {
+    let mut args = argv.iter().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--store" {
+            args.next();
+        } else if !a.starts_with('-') {
+            return Some(a);
+        }
+    }
+    None
 }
 
 /// The subcommand `STARLING_NET_HELPER` names (see `net_helper`).

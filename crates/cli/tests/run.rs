@@ -293,11 +293,28 @@ fn bad_requests_fail_before_a_guest_runs_and_leave_nothing() {
     let e = d.fails(&env, &["exec", "nosuch", "--", "true"]);
     assert!(e.contains("nosuch"), "{e}");
     // A path is a VM outside the daemon, by its vsock socket.
-    let e = d.fails(&env, &["exec", "/nonexistent/vsock.sock", "--", "true"]);
+    let o = d.run(&env, &["exec", "/nonexistent/vsock.sock", "--", "true"]);
+    let e = String::from_utf8_lossy(&o.stderr);
     assert!(
         e.contains("/nonexistent/vsock.sock") && e.contains("agent does not answer"),
         "{e}"
     );
+    // exec's own failures are 125 (docker's), never a status the command could have given:
+    // an unreachable agent, a missing VM, a bad flag.
+    assert_eq!(o.status.code(), Some(125), "{e}");
+    for args in [
+        &["exec", "nosuch", "--", "true"][..],
+        &["exec", "--no-such-flag", "x", "--", "true"],
+        &["run", "--no-such-flag", "tiny:1"],
+    ] {
+        let o = d.run(&env, args);
+        assert_eq!(
+            o.status.code(),
+            Some(125),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
     let e = d.fails(&env, &["stop", "nosuch"]);
     assert!(e.contains("nosuch"), "{e}");
     // Not found is status 3, as the README's scheme says (the daemon's 404 carried through).
@@ -590,7 +607,7 @@ fn an_unreachable_repository_still_boots_what_the_host_verified_and_cached() {
     // Never resolved here: nothing to stand in.
     let o = run("never", "other:1");
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert_eq!(o.status.code(), Some(125), "run's own failure: {err}");
     assert!(
         err.contains("is unreachable") && err.contains("other:1 was never resolved on this host"),
         "{err}"
@@ -615,7 +632,7 @@ fn an_unreachable_repository_still_boots_what_the_host_verified_and_cached() {
     fs::write(&remembered[0], v.to_string()).unwrap();
     let o = run("expired", "tiny:1");
     let err = String::from_utf8_lossy(&o.stderr).to_string();
-    assert_ne!(o.status.code(), Some(0), "{err}");
+    assert_eq!(o.status.code(), Some(125), "run's own failure: {err}");
     assert!(
         err.contains("tiny:1 cannot start from the cache") && err.contains("expired at 2001-"),
         "{err}"
