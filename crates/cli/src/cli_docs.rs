@@ -58,4 +58,64 @@ mod tests {
             missing.join("\n")
         );
     }
+
+    /// `--store` is offered by the commands that open a store and by no other, and given after
+    /// one of them it is the store used.
+    #[test]
+    fn only_commands_that_use_a_store_offer_it() {
+        fn walk(cmd: &clap::Command, path: &str, out: &mut Vec<(String, bool)>) {
+            let has = cmd.get_arguments().any(|a| a.get_id() == "store");
+            out.push((path.to_string(), has));
+            for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+                walk(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut cmd = crate::cli_command();
+        cmd.build();
+        let mut all = Vec::new();
+        walk(&cmd, "starling", &mut all);
+        let offers = |p: &str| {
+            all.iter()
+                .find(|(q, _)| q == p)
+                .unwrap_or_else(|| panic!("no command {p}"))
+                .1
+        };
+        for p in [
+            "starling",
+            "starling image ls",
+            "starling image import",
+            "starling pull",
+            "starling run",
+            "starling repo ls",
+            "starling vm kernel fetch",
+            "starling pool create",
+        ] {
+            assert!(offers(p), "{p} uses a store and should offer --store");
+        }
+        for p in [
+            "starling ps",
+            "starling exec",
+            "starling mounts",
+            "starling repo serve",
+            "starling repo init",
+            "starling vm run",
+            "starling vm fork",
+            "starling pool run",
+            "starling completions",
+        ] {
+            assert!(!offers(p), "{p} never opens a store but offers --store");
+        }
+        let m = crate::cli_command()
+            .try_get_matches_from(["starling", "--store", "/a", "image", "ls", "--store", "/b"])
+            .unwrap();
+        assert_eq!(crate::store_given(&m), Some("/b".into()));
+        let m = crate::cli_command()
+            .try_get_matches_from(["starling", "--store", "/a", "image", "ls"])
+            .unwrap();
+        assert_eq!(crate::store_given(&m), Some("/a".into()));
+        let e = crate::cli_command()
+            .try_get_matches_from(["starling", "ps", "--store", "/a"])
+            .expect_err("ps takes no --store");
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+    }
 }

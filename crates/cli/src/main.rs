@@ -29,8 +29,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
     about = "VM images as content, VMs as processes"
 )]
 struct Cli {
-    /// Store directory [default: $STARLING_HOME, else ~/.local/share/starling]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// Store directory [default: $STARLING_HOME, else ~/.local/share/starling]; also taken
+    /// after the commands that use a store
+    #[arg(long, value_name = "DIR")]
     store: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -226,9 +227,11 @@ fn main() -> ExitCode {
     // `run` and `exec` pass on the command's own status: their own failures (a bad flag
     // included) exit 125, as docker's do, so that none reads as the command's.
     let runs_a_command = matches!(subcommand(&argv), Some("run" | "exec"));
-    let cli = cli_command()
-        .try_get_matches_from(&argv)
-        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = cli_command().try_get_matches_from(&argv).and_then(|m| {
+        let mut cli = Cli::from_arg_matches(&m)?;
+        cli.store = store_given(&m).or(cli.store);
+        Ok(cli)
+    });
     let cli = match cli {
         Ok(c) => c,
         Err(e) if runs_a_command && e.use_stderr() => {
@@ -346,7 +349,54 @@ fn cli_command() -> clap::Command {
         })
         .mut_subcommands(shared)
     }
-    shared(Cli::command())
+    with_store(shared(Cli::command()), &[])
+}
+
+/// The commands that open a store (with all their subcommands): only these take `--store`
+/// after their name, and only their help, man pages and completions offer it.
+const STORE_USERS: [&[&str]; 10] = [
+    &["image"],
+    &["store"],
+    &["push"],
+    &["pull"],
+    &["mount"],
+    &["commit"],
+    &["run"],
+    &["repo", "ls"],
+    &["vm", "kernel"],
+    &["pool", "create"],
+];
+
+fn with_store(cmd: clap::Command, path: &[&str]) -> clap::Command {
+    let uses = !path.is_empty()
+        && STORE_USERS
+            .iter()
+            .any(|p| path.len() >= p.len() && path[..p.len()] == **p);
+    let cmd = if uses {
+        cmd.arg(
+            clap::Arg::new("store")
+                .long("store")
+                .value_name("DIR")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("Store directory [default: $STARLING_HOME, else ~/.local/share/starling]"),
+        )
+    } else {
+        cmd
+    };
+    cmd.mut_subcommands(|sub| {
+        let mut p = path.to_vec();
+        p.push(sub.get_name());
+        // The name lives in `sub`, which the closure consumes: keep a copy.
+        let names: Vec<String> = p.iter().map(|s| s.to_string()).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        with_store(sub, &refs)
+    })
+}
+
+/// `--store` as given after a subcommand, the innermost one winning.
+fn store_given(m: &clap::ArgMatches) -> Option<PathBuf> {
+    let inner = m.subcommand().and_then(|(_, sm)| store_given(sm));
+    inner.or_else(|| m.try_get_one::<PathBuf>("store").ok().flatten().cloned())
 }
 
 /// The error and its causes on one line, each said once: library errors often include their
