@@ -88,6 +88,7 @@ mod tests {
             "starling run",
             "starling repo ls",
             "starling vm kernel fetch",
+            "starling vm initramfs",
             "starling pool create",
         ] {
             assert!(offers(p), "{p} uses a store and should offer --store");

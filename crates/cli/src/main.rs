@@ -354,7 +354,7 @@ fn cli_command() -> clap::Command {
 
 /// The commands that open a store (with all their subcommands): only these take `--store`
 /// after their name, and only their help, man pages and completions offer it.
-const STORE_USERS: [&[&str]; 10] = [
+const STORE_USERS: [&[&str]; 11] = [
     &["image"],
     &["store"],
     &["push"],
@@ -364,6 +364,7 @@ const STORE_USERS: [&[&str]; 10] = [
     &["run"],
     &["repo", "ls"],
     &["vm", "kernel"],
+    &["vm", "initramfs"],
     &["pool", "create"],
 ];
 
