@@ -798,3 +798,159 @@ fn writable_mount_changes_commit_as_a_new_version() {
     assert_same_tree(&expected, &out2);
     d.ok(&env, &["umount", s(&mp)]);
 }
+
+/// The daemon's metrics scraped over HTTP like Prometheus would, by an independent parser
+/// (the Prometheus project's Python client, strict OpenMetrics), agree with `cache stats`
+/// and `mounts` and move as a mount reads; the log says what happened, one event a line.
+#[test]
+fn metrics_scraped_over_http_move_as_a_mount_reads_and_the_log_says_what_happened() {
+    if !fuse_available() {
+        return;
+    }
+    let parser = Path::new("/usr/lib/python3/dist-packages/prometheus_client/openmetrics");
+    if !parser.exists() {
+        skip("python3-prometheus-client is missing (Debian package python3-prometheus-client)");
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    for i in 0..8 {
+        // Odd seeds: `pseudo_random` makes a seed odd, so 6 and 7 would be the same file.
+        fs::write(
+            src.join(format!("data-{i}")),
+            pseudo_random(300_000, 1001 + 2 * i),
+        )
+        .unwrap();
+    }
+    let (mut server, _repo, root) = serve(&env, &src, "t:v1");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start(&env, &env.path("state"), &["--metrics-listen", &addr]);
+    let mp = mountpoint(&env, "mp");
+    d.ok(
+        &env,
+        &["mount", &server.url, "t:v1", s(&mp), "--root", &root],
+    );
+    // name{labels} -> value, for every sample the parser found.
+    let scrape = || -> serde_json::Value {
+        let script = r#"
+import json, sys, urllib.request
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+    ctype = r.headers["Content-Type"]
+    text = r.read().decode()
+assert ctype.startswith("application/openmetrics-text"), ctype
+out = {}
+for fam in text_string_to_metric_families(text):
+    for s in fam.samples:
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        out[f"{s.name}{{{labels}}}"] = s.value
+print(json.dumps(out))
+"#;
+        let o = Command::new("/usr/bin/python3")
+            .args(["-c", script, &format!("http://{addr}/metrics")])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "scrape: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        json(&String::from_utf8_lossy(&o.stdout))
+    };
+    let num = |m: &serde_json::Value, k: &str| -> f64 {
+        m[k].as_f64()
+            .unwrap_or_else(|| panic!("no sample {k} in {m:#}"))
+    };
+    let labels = format!("image=t:v1,mountpoint={}", mp.display());
+    let before = scrape();
+    let want = env.path("want");
+    env.ok(&["image", "export", "t:v1", s(&want)]);
+    // Everything but data-7, which stays unread (and so uncached) for later.
+    fs::remove_file(want.join("data-7")).unwrap();
+    read_all_compare(&mp, &want, 4);
+    let after = scrape();
+    let cache = d.cache(&env);
+    let mounts = d.mounts(&env);
+    let counters = &mounts[0]["counters"];
+    // The same numbers as `cache stats` and `mounts` (nothing reads in between).
+    for (metric, stat) in [
+        ("starling_cache_hits_total{}", "hits"),
+        ("starling_cache_misses_total{}", "misses"),
+        ("starling_cache_fetched_bytes_total{}", "fetched_bytes"),
+    ] {
+        assert_eq!(
+            num(&after, metric),
+            cache[stat].as_f64().unwrap(),
+            "{metric}"
+        );
+    }
+    for (metric, c) in [
+        ("starling_mount_served_bytes_total", "served"),
+        ("starling_mount_fetched_bytes_total", "fetched"),
+        ("starling_mount_errors_total", "errors"),
+    ] {
+        let k = format!("{metric}{{{labels}}}");
+        assert_eq!(num(&after, &k), counters[c].as_f64().unwrap(), "{k}");
+    }
+    // They moved as the mount read: every byte of the image served, objects fetched, each
+    // fetch timed.
+    let served = format!("starling_mount_served_bytes_total{{{labels}}}");
+    assert!(num(&after, &served) >= 8.0 * 300_000.0, "{after:#}");
+    assert!(
+        num(&after, "starling_cache_misses_total{}")
+            > num(&before, "starling_cache_misses_total{}")
+    );
+    assert_eq!(
+        num(&after, "starling_fetch_seconds_count{}"),
+        num(&after, "starling_cache_misses_total{}"),
+        "one timed fetch per miss"
+    );
+    assert_eq!(num(&after, "starling_mounts{}"), 1.0);
+    assert_eq!(num(&after, "starling_fetch_failures_total{}"), 0.0);
+
+    // The repository gone and the cache emptied: a read of what was never read fails, and
+    // that is counted and logged.
+    server.stop();
+    d.ok(&env, &["cache", "gc"]);
+    let mut buf = Vec::new();
+    assert!(fs::File::open(mp.join("data-7"))
+        .and_then(|mut f| f.read_to_end(&mut buf))
+        .is_err());
+    let failed = scrape();
+    assert!(
+        num(&failed, "starling_fetch_failures_total{}") >= 1.0,
+        "{failed:#}"
+    );
+    assert!(num(&failed, &format!("starling_mount_errors_total{{{labels}}}")) >= 1.0);
+    assert!(num(&failed, "starling_cache_evicted_total{}") >= 1.0);
+    d.ok(&env, &["umount", s(&mp)]);
+    assert_eq!(num(&scrape(), "starling_mounts{}"), 0.0);
+
+    // The log: one event a line, each naming what it is about.
+    let log = fs::read_to_string(d.state.join("daemon.log")).unwrap();
+    let event = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} event in the log:\n{log}"))
+            .to_string()
+    };
+    let mounted = event(" mounted ");
+    assert!(
+        mounted.contains(&format!("mountpoint={}", mp.display())) && mounted.contains("image=t:v1"),
+        "{mounted}"
+    );
+    let failed = event("fetch failed");
+    assert!(
+        failed.contains(&format!("repository={}", server.url.trim_end_matches('/'))),
+        "{failed}"
+    );
+    assert!(event("evicted").contains("objects="));
+    let unmounted = event(" unmounted ");
+    assert!(unmounted.contains("errors="), "{unmounted}");
+    assert!(event("starlingd ready").contains(&format!("metrics=http://{addr}/metrics")));
+}

@@ -20,6 +20,10 @@ pub struct DaemonArgs {
     /// fail with EIO), e.g. 20s, 2m
     #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub timeout: u64,
+    /// Serve the Prometheus metrics (`GET /metrics`, read-only) on this TCP address too,
+    /// e.g. 127.0.0.1:9464; the API socket always serves them
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl DaemonArgs {
@@ -29,6 +33,7 @@ impl DaemonArgs {
             socket: self.socket.clone(),
             quota: self.quota,
             timeout: Duration::from_secs(self.timeout.max(1)),
+            metrics_listen: self.metrics_listen,
         }
     }
 }

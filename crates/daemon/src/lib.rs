@@ -9,6 +9,8 @@ pub mod api;
 pub mod args;
 pub mod client;
 pub mod kernels;
+pub mod log;
+pub mod metrics;
 pub mod mounts;
 pub mod objects;
 pub mod pools;
@@ -33,6 +35,8 @@ pub struct Config {
     pub quota: u64,
     /// Per-request timeout towards repositories.
     pub timeout: Duration,
+    /// Where a scraper reads `GET /metrics` over TCP (the API socket serves it too).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl Config {

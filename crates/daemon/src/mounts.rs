@@ -95,7 +95,7 @@ impl Mounts {
         .and_then(|b| std::fs::write(&tmp, b).ok())
         .and_then(|_| std::fs::rename(&tmp, &self.state_file).ok());
         if ok.is_none() {
-            eprintln!("starlingd: could not write {}", self.state_file.display());
+            tracing::error!(file = %self.state_file.display(), "could not write the mount list");
         }
     }
 
@@ -108,10 +108,10 @@ impl Mounts {
         let list = match serde_json::from_slice::<MountList>(&b) {
             Ok(l) if l.format == MOUNT_LIST_FORMAT => l.detach,
             _ => {
-                eprintln!(
-                    "starlingd: {} is not a mount list of format {MOUNT_LIST_FORMAT}; \
-                     mounts a previous daemon left are not cleaned",
-                    self.state_file.display()
+                tracing::warn!(
+                    file = %self.state_file.display(),
+                    "not a mount list of format {MOUNT_LIST_FORMAT}; mounts a previous daemon \
+                     left are not cleaned"
                 );
                 return Vec::new();
             }
@@ -275,6 +275,14 @@ impl Mounts {
             upper: layer.as_ref().map(|l| l.join("upper")),
             note: offline,
         };
+        tracing::info!(
+            mountpoint = %mp.display(),
+            image = %info.image,
+            version = %info.version,
+            source = %info.source,
+            writable = info.writable,
+            "mounted"
+        );
         let mut t = self.lock();
         t.insert(
             mp,
@@ -308,6 +316,15 @@ impl Mounts {
         }
         save_record(&e);
         self.persist(&t);
+        let c = e.counters.values();
+        tracing::info!(
+            mountpoint = %mp.display(),
+            image = %info.image,
+            served = c.served,
+            fetched = c.fetched,
+            errors = c.errors,
+            "unmounted"
+        );
         Ok(info)
     }
 
@@ -377,7 +394,7 @@ fn unmount_entry(mp: &Path, e: &mut MountEntry) -> Result<(), String> {
 fn save_record(e: &MountEntry) {
     if let (Some(r), Some(path)) = (&e.recorder, &e.info.record) {
         if let Err(err) = r.save(path) {
-            eprintln!("starlingd: writing {}: {err}", path.display());
+            tracing::error!(file = %path.display(), error = %err, "could not write the access record");
         }
     }
 }

@@ -49,8 +49,8 @@ impl ObjectServer {
                     let Ok(c) = c else { continue };
                     if me.live.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
                         me.live.fetch_sub(1, Ordering::AcqRel);
-                        eprintln!(
-                            "starlingd: object socket: more than {MAX_CONNECTIONS} connections; refusing one"
+                        tracing::warn!(
+                            "object socket: more than {MAX_CONNECTIONS} connections; refusing one"
                         );
                         continue;
                     }

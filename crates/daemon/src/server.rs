@@ -169,8 +169,24 @@ async fn shutdown(State(d): Shared) -> (StatusCode, Json<serde_json::Value>) {
     )
 }
 
+async fn metrics(State(d): Shared) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&d),
+    )
+}
+
+/// What the metrics port serves: the metrics, nothing else.
+fn metrics_router(d: Arc<Daemon>) -> Router {
+    Router::new().route("/metrics", get(metrics)).with_state(d)
+}
+
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route(
             "/v1/mounts",
@@ -196,6 +212,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // and its substrates, their clones) inherits the helper that gives clones on Starling's
     // network addresses of their own.
     crate::vms::name_net_helper();
+    crate::log::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -216,10 +233,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let objects = Arc::new(objects);
     let mounts = Mounts::new(&config.state);
     for mp in mounts.clean_stale() {
-        eprintln!(
-            "starlingd: detached stale mount {} left by a previous daemon",
-            mp.display()
-        );
+        tracing::warn!(mountpoint = %mp.display(), "detached a stale mount left by a previous daemon");
     }
     if let Some(dir) = config.socket.parent() {
         std::fs::create_dir_all(dir)
@@ -242,7 +256,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("object socket {}", object_socket.display()))?;
     let (vms, said) = crate::vms::Vms::open(&config.state);
     for line in said {
-        eprintln!("starlingd: {line}");
+        tracing::info!("{line}");
     }
     let d = Arc::new(Daemon {
         config: config.clone(),
@@ -254,11 +268,28 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let result = rt.block_on(async {
         let listener = tokio::net::UnixListener::bind(&config.socket)
             .with_context(|| format!("listening on {}", config.socket.display()))?;
-        eprintln!(
-            "starlingd: state {}, cache quota {} bytes, listening on {}",
-            config.state.display(),
-            config.quota,
-            config.socket.display()
+        let metrics_addr = match config.metrics_listen {
+            Some(addr) => {
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("metrics address {addr}"))?;
+                let bound = l.local_addr()?;
+                let app = metrics_router(d.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "metrics listener failed");
+                    }
+                });
+                Some(bound)
+            }
+            None => None,
+        };
+        tracing::info!(
+            state = %config.state.display(),
+            quota = config.quota,
+            socket = %config.socket.display(),
+            metrics = %metrics_addr.map_or("the API socket only".into(), |a| format!("http://{a}/metrics")),
+            "starlingd ready"
         );
         println!("ready {}", config.socket.display());
         let d2 = d.clone();
@@ -276,7 +307,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .await
             .context("API server")
     });
-    eprintln!("starlingd: shutting down; unmounting");
+    tracing::info!("shutting down; unmounting");
     d.mounts.unmount_all();
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&object_socket);

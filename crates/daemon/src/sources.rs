@@ -10,8 +10,12 @@ use starling_repo::pull::{ClientOptions, Remote};
 use starling_store::cache::{CachedSource, HostCache};
 use starling_store::{ObjectSource, Store};
 
+use crate::metrics::{FetchMetrics, Timed};
+
 pub struct HostObjects {
     pub cache: Arc<HostCache>,
+    /// Every repository fetch's latency and failures (`GET /metrics`).
+    pub fetch: Arc<FetchMetrics>,
     /// The cache's directory: `packs/` (the cache's segments), `remotes/` (each repository's
     /// TUF trust state).
     dir: PathBuf,
@@ -31,6 +35,7 @@ impl HostObjects {
         let cache = HostCache::open(&dir.join("packs"), quota)?;
         Ok(HostObjects {
             cache: Arc::new(cache),
+            fetch: Arc::new(FetchMetrics::default()),
             dir: dir.to_path_buf(),
             opts,
             rt,
@@ -55,7 +60,11 @@ impl HostObjects {
             return Ok(Arc::new(s.clone()));
         }
         let inner = RemoteSource::new(remote.clone(), &self.opts, self.rt.clone())?;
-        let s = self.cache.over(Arc::new(inner));
+        let timed = Timed {
+            inner: Arc::new(inner),
+            metrics: self.fetch.clone(),
+        };
+        let s = self.cache.over(Arc::new(timed));
         g.insert(remote.base.to_string(), s.clone());
         Ok(Arc::new(s))
     }

@@ -224,7 +224,7 @@ pub fn resolve_repo(
             _ => DaemonError::Upstream(e.to_string()),
         })?;
     if let Some(note) = &res.offline {
-        eprintln!("starlingd: {note}");
+        tracing::warn!("{note}");
     }
     Ok(res)
 }
@@ -453,6 +453,12 @@ impl Vms {
             if rec.exit_status.is_none() && rec.pid.is_some() && !rec.alive() {
                 let paths = self.paths(&rec.name);
                 Self::ended(&paths, rec);
+                tracing::info!(
+                    vm = %rec.name,
+                    status = rec.exit_status,
+                    reason = rec.exit_reason.as_deref().unwrap_or(""),
+                    "VM ended"
+                );
                 let _ = write_json(&paths.record(), rec);
                 if rec.rm {
                     gone.push(rec.name.clone());
@@ -702,6 +708,13 @@ impl Vms {
         }
         let mut info = self.get(name)?;
         info.note = image.offline.clone();
+        tracing::info!(
+            vm = %info.name,
+            image = %info.image,
+            version = %info.version,
+            pid = info.pid,
+            "VM started"
+        );
         Ok(info)
     }
 
@@ -759,6 +772,7 @@ impl Vms {
         self.lock().remove(name);
         std::fs::remove_dir_all(self.paths(name).0)
             .map_err(|e| DaemonError::Internal(format!("removing VM {name}: {e}")))?;
+        tracing::info!(vm = %name, "VM removed");
         Ok(info)
     }
 

@@ -388,6 +388,13 @@ impl HostCache {
         };
         let n = self.drop_objects(&victims);
         self.stats.evicted.fetch_add(n as u64, Ordering::Relaxed);
+        if n > 0 {
+            tracing::info!(
+                objects = n,
+                target_bytes = target,
+                "host cache: evicted the least recently used to stay under its quota"
+            );
+        }
     }
 
     pub fn pin(&self, ids: &[ObjectId]) {
