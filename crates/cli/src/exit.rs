@@ -59,6 +59,15 @@ fn one(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
             _ => None,
         };
     }
+    if let Some(e) = cause.downcast_ref::<starling_registry::Error>() {
+        use starling_registry::Error as R;
+        return match e {
+            R::NotFound { .. } => Some(NOT_FOUND),
+            R::Unauthorized { .. } | R::BadContent { .. } => Some(UNTRUSTED),
+            R::Unreachable { .. } => Some(UNREACHABLE),
+            _ => None,
+        };
+    }
     if let Some(e) = cause.downcast_ref::<starling_daemon::client::ClientError>() {
         use starling_daemon::client::ClientError as C;
         return match e {

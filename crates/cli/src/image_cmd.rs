@@ -17,13 +17,15 @@ use starling_store::Store;
 
 use crate::format;
 use crate::progress::Display;
+use starling_registry::RegistryRef;
 
 #[derive(Subcommand)]
 pub enum ImageCmd {
     /// Import a directory, tar archive (.tar, .tar.gz, .tar.zst) or disk image (raw or qcow2
     /// with ext2/3/4, whole-disk or partitioned) as a new version of NAME[:TAG]
     Import {
-        /// What to import: a directory, archive or disk image file, or oci:LAYOUT[:REF]
+        /// What to import: a directory, archive or disk image file, oci:LAYOUT[:REF], or a
+        /// registry image docker://[HOST/]NAME[:TAG|@DIGEST] (its linux/amd64 image)
         source: PathBuf,
         /// NAME[:TAG] (tag defaults to "latest")
         image: String,
@@ -38,6 +40,15 @@ pub enum ImageCmd {
         labels: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// Registry credentials for docker:// [default: what `docker login` stored for the
+        /// registry, else none]
+        #[arg(
+            long,
+            env = "STARLING_REGISTRY_CREDS",
+            value_name = "USER:PASSWORD",
+            hide_env_values = true
+        )]
+        creds: Option<String>,
         /// Average chunk size in bytes (benchmarking; the default is the measured choice)
         #[arg(long, hide = true)]
         chunk_avg: Option<u32>,
@@ -53,7 +64,8 @@ pub enum ImageCmd {
         /// NAME[:TAG], NAME@VERSION or a version id prefix
         image: String,
         /// Destination: an absent or empty directory, an archive or image file (- for stdout
-        /// when it is not a terminal); an existing file only with --force
+        /// when it is not a terminal), oci:LAYOUT[:REF], or a registry docker://HOST/NAME:TAG;
+        /// an existing file only with --force
         dest: PathBuf,
         /// [default: by DEST's extension: .tar/.tar.gz/.tgz/.tar.zst or - → tar, .qcow2 → qcow2,
         /// .erofs → erofs, .ext4/.raw/.img → ext4; none (or an existing directory) → dir; any
@@ -66,6 +78,15 @@ pub enum ImageCmd {
         /// Replace a file already at DEST (an archive or disk image)
         #[arg(long)]
         force: bool,
+        /// Registry credentials for docker:// [default: what `docker login` stored for the
+        /// registry, else none]
+        #[arg(
+            long,
+            env = "STARLING_REGISTRY_CREDS",
+            value_name = "USER:PASSWORD",
+            hide_env_values = true
+        )]
+        creds: Option<String>,
     },
     /// List images (one row per tag)
     Ls {
@@ -169,6 +190,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             partition,
             labels,
             json,
+            creds,
             chunk_avg,
             inline_max,
             zstd_level,
@@ -183,6 +205,16 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             if let Some(level) = zstd_level {
                 store.set_compression_level(level);
             }
+            // A registry image is pulled into a layout first; the layout is what is imported.
+            let shown = source.display().to_string();
+            let pulled = match source.to_str().filter(|s| RegistryRef::is_registry(s)) {
+                Some(src) => Some(crate::registry_cmd::pull(&store, src, creds.as_deref())?),
+                None => None,
+            };
+            let (source, format) = match &pulled {
+                Some(p) => (p.source.clone(), Some(InFormat::Oci)),
+                None => (source, format),
+            };
             let progress = Arc::new(Progress::default());
             let display = Display::start("importing", "files", progress.clone());
             let started = std::time::Instant::now();
@@ -204,7 +236,8 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                 },
                 &progress,
             )
-            .with_context(|| format!("importing {} as {name}:{tag}", source.display()))?;
+            .with_context(|| format!("importing {shown} as {name}:{tag}"))?;
+            drop(pulled);
             drop(display);
             if json {
                 println!(
@@ -236,10 +269,18 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             format,
             size,
             force,
+            creds,
         } => {
             let store = Store::open(store_dir)?;
             let parsed = versions::concrete(&store, &ImageRef::parse(&image)?)?;
             let resolved = versions::resolve(&store, &parsed)?;
+            if let Some(d) = dest.to_str().filter(|d| RegistryRef::is_registry(d)) {
+                if format.is_some_and(|f| !matches!(f, OutFormat::Oci)) || size.is_some() {
+                    bail!("a registry takes OCI images: no --format other than oci, no --size");
+                }
+                crate::registry_cmd::push(&store, &resolved, d, creds.as_deref())?;
+                return Ok(ExitCode::SUCCESS);
+            }
             // oci:DIR[:REF] names the layout and the image's name in it.
             let oci_dest = dest.to_str().is_some_and(|d| d.starts_with("oci:"));
             let (dest, oci_ref) = match dest.to_str().and_then(|d| d.strip_prefix("oci:")) {

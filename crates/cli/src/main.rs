@@ -11,6 +11,7 @@ mod mount_cmd;
 mod net_helper;
 mod pool_cmd;
 mod progress;
+mod registry_cmd;
 mod repo_cmd;
 mod run_cmd;
 mod store_cmd;

@@ -1,0 +1,464 @@
+//! OCI registries: Debian's `docker-registry` (the CNCF distribution registry) on loopback,
+//! with skopeo and umoci as the independent judges. What skopeo copies in is what Starling
+//! pulls; what Starling pushes, skopeo copies out and umoci unpacks to the same tree; a
+//! tampered or truncated blob and a missing login are refused, with nothing stored.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+
+/// `docker-registry serve` on a free loopback port, its storage in the test's directory;
+/// with `htpasswd`, it asks for a login (basic auth). Killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    storage: PathBuf,
+}
+
+impl Registry {
+    fn start(env: &Env, name: &str, htpasswd: Option<(&str, &str)>) -> Registry {
+        let dir = env.path(name);
+        fs::create_dir_all(&dir).unwrap();
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr = format!("127.0.0.1:{port}");
+        let storage = dir.join("data");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\n",
+            storage.display()
+        );
+        if let Some((user, password)) = htpasswd {
+            let file = dir.join("htpasswd");
+            let line = tool("htpasswd", &["-Bbn", user, password]);
+            fs::write(&file, line.trim()).unwrap();
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                file.display()
+            ));
+        }
+        let cfg = dir.join("config.yml");
+        fs::write(&cfg, config).unwrap();
+        let child = Command::new("docker-registry")
+            .args(["serve", s(&cfg)])
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(dir.join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry");
+        let r = Registry {
+            child,
+            addr,
+            storage,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(&r.addr).is_ok() {
+                return r;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("docker-registry did not listen on {}", r.addr);
+    }
+
+    fn image(&self, name: &str) -> String {
+        format!("docker://{}/{name}", self.addr)
+    }
+
+    /// The file the registry keeps a blob in.
+    fn blob(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+}
+
+impl Registry {
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn require_registry_tools() -> bool {
+    require_tool("skopeo", "skopeo");
+    require_tool("umoci", "umoci");
+    require_tool("docker-registry", "docker-registry");
+    require_tool("htpasswd", "apache2-utils");
+    if !is_root() {
+        skip("umoci keeps owners and devices only as root");
+        return false;
+    }
+    true
+}
+
+/// A layout made by umoci alone (a tree repacked into an image named `v1`).
+fn umoci_layout(env: &Env, src: &Path) -> PathBuf {
+    let layout = env.path("umoci-layout");
+    tool("umoci", &["init", "--layout", s(&layout)]);
+    tool("umoci", &["new", "--image", &format!("{}:v1", s(&layout))]);
+    let bundle = env.path("umoci-bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v1", s(&layout)),
+            s(&bundle),
+        ],
+    );
+    tool(
+        "cp",
+        &["-a", &format!("{}/.", s(src)), s(&bundle.join("rootfs"))],
+    );
+    tool(
+        "umoci",
+        &[
+            "repack",
+            "--image",
+            &format!("{}:v1", s(&layout)),
+            s(&bundle),
+        ],
+    );
+    layout
+}
+
+fn skopeo(args: &[&str]) -> String {
+    tool("skopeo", args)
+}
+
+#[test]
+fn skopeo_and_starling_agree_through_a_registry() {
+    if !require_registry_tools() {
+        return;
+    }
+    let env = Env::new();
+    let reg = Registry::start(&env, "reg", None);
+    let src = env.path("src");
+    torture_tree(&src, false);
+    let layout = umoci_layout(&env, &src);
+
+    // In: skopeo copies umoci's image to the registry; Starling pulls it: the same tree as
+    // Starling reading umoci's layout directly (which oci.rs holds to umoci's own unpack).
+    skopeo(&[
+        "copy",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:v1", s(&layout)),
+        &format!("{}:v1", reg.image("team/app")),
+    ]);
+    let out = env.run(&[
+        "image",
+        "import",
+        &format!("{}:v1", reg.image("team/app")),
+        "app:v1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("pulled docker://") && err.contains("1 layers"),
+        "{err}"
+    );
+    env.ok(&[
+        "image",
+        "import",
+        &format!("oci:{}:v1", s(&layout)),
+        "app:direct",
+    ]);
+    assert_eq!(root_tree(&env, "app:v1"), root_tree(&env, "app:direct"));
+    // The temporary layout is gone.
+    let tmp = env.store.join("tmp");
+    assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "{tmp:?}");
+
+    // Out: Starling pushes a changed version; skopeo copies it out (checking every digest)
+    // and umoci unpacks it to the changed tree.
+    fs::write(src.join("tiny"), b"changed").unwrap();
+    fs::write(src.join("added"), pseudo_random(200_000, 9)).unwrap();
+    env.ok(&["image", "import", s(&src), "app:v2"]);
+    let pushed = env.run(&[
+        "image",
+        "export",
+        "app:v2",
+        &format!("{}:v2", reg.image("team/app")),
+    ]);
+    let err = String::from_utf8_lossy(&pushed.stderr);
+    assert!(pushed.status.success(), "{err}");
+    let digest = String::from_utf8_lossy(&pushed.stdout).trim().to_string();
+    assert!(digest.starts_with("sha256:"), "{digest}");
+    let copied = env.path("copied");
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("{}:v2", reg.image("team/app")),
+        &format!("oci:{}:v2", s(&copied)),
+    ]);
+    let inspect = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("{}:v2", reg.image("team/app")),
+    ]);
+    assert!(inspect.contains(&digest), "{inspect}");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v2", s(&copied)),
+            s(&env.path("unpacked")),
+        ],
+    );
+    // The tree umoci unpacks from the registry is the one it unpacks from Starling's own
+    // layout export (oci.rs holds that to the source), and it imports back to the same tree.
+    let direct = env.path("direct");
+    env.ok(&[
+        "image",
+        "export",
+        "app:v2",
+        &format!("oci:{}:v2", s(&direct)),
+    ]);
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v2", s(&direct)),
+            s(&env.path("direct-unpacked")),
+        ],
+    );
+    assert_same_tree(
+        &env.path("direct-unpacked/rootfs"),
+        &env.path("unpacked/rootfs"),
+    );
+    assert_eq!(
+        fs::read_to_string(env.path("unpacked/rootfs/tiny")).unwrap(),
+        "changed"
+    );
+    env.ok(&[
+        "image",
+        "import",
+        &format!("{}:v2", reg.image("team/app")),
+        "app:back",
+    ]);
+    assert_eq!(root_tree(&env, "app:v2"), root_tree(&env, "app:back"));
+    // A second push of the same image sends nothing new.
+    let again = env.run(&[
+        "image",
+        "export",
+        "app:v2",
+        &format!("{}:again", reg.image("team/app")),
+    ]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        again.status.success() && err.contains("0 blobs sent") && err.contains("2 already there"),
+        "{err}"
+    );
+    env.fsck_clean();
+}
+
+#[test]
+fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
+    if !require_registry_tools() {
+        return;
+    }
+    let env = Env::new();
+    let mut reg = Registry::start(&env, "reg", None);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), pseudo_random(300_000, 3)).unwrap();
+    env.ok(&["image", "import", s(&src), "seed:v1"]);
+    env.ok(&[
+        "image",
+        "export",
+        "seed:v1",
+        &format!("{}:v1", reg.image("seed")),
+    ]);
+    let manifest: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("{}:v1", reg.image("seed")),
+    ]))
+    .unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blob = reg.blob(&layer);
+    let good = fs::read(&blob).unwrap();
+    let client = env.path("client-store");
+    let seed_v1 = format!("{}:v1", reg.image("seed"));
+    let import = |store: &Path, extra: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("--store")
+            .arg(store)
+            .args(["image", "import", &seed_v1, "got:v1"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        )
+    };
+    let nothing_stored = |store: &Path| {
+        let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("--store")
+            .arg(store)
+            .args(["image", "ls", "--json"])
+            .output()
+            .unwrap();
+        let ls = String::from_utf8_lossy(&o.stdout);
+        assert!(ls.trim() == "[]" || !o.status.success(), "{ls}");
+        if store.join("tmp").exists() {
+            assert_eq!(fs::read_dir(store.join("tmp")).unwrap().count(), 0);
+        }
+    };
+
+    // A blob whose bytes are not its digest's: refused (4).
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 2] ^= 0x40;
+    fs::write(&blob, &bad).unwrap();
+    let (code, e) = import(&client, &[]);
+    assert_eq!(code, Some(4), "{e}");
+    assert!(
+        e.contains(&format!("blob {layer}")) && e.contains("digest"),
+        "{e}"
+    );
+    nothing_stored(&client);
+
+    // Cut short: refused the same way.
+    fs::write(&blob, &good[..n / 3]).unwrap();
+    let (code, e) = import(&client, &[]);
+    assert_eq!(code, Some(4), "{e}");
+    nothing_stored(&client);
+    fs::write(&blob, &good).unwrap();
+    assert_eq!(import(&client, &[]).0, Some(0));
+
+    // Not there: 3, naming the image.
+    let o = env.run(&[
+        "image",
+        "import",
+        &format!("{}:nosuch", reg.image("seed")),
+        "x:y",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{e}");
+    assert!(
+        e.trim_end()
+            .ends_with(&format!("has no image {}:nosuch", reg.image("seed"))),
+        "{e}"
+    );
+
+    // A registry that wants a login: refused without one (4, saying how), taken with one,
+    // and a push without one refused before anything is sent.
+    let locked = Registry::start(&env, "locked", Some(("alice", "s3cret")));
+    let o = env.run(&[
+        "image",
+        "export",
+        "seed:v1",
+        &format!("{}:v1", locked.image("seed")),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(e.contains("not authorized") && e.contains("--creds"), "{e}");
+    env.ok(&[
+        "image",
+        "export",
+        "seed:v1",
+        &format!("{}:v1", locked.image("seed")),
+        "--creds",
+        "alice:s3cret",
+    ]);
+    let other = env.path("other-store");
+    let (code, e) = {
+        let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("--store")
+            .arg(&other)
+            .args([
+                "image",
+                "import",
+                &format!("{}:v1", locked.image("seed")),
+                "got:v1",
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    assert_eq!(code, Some(4), "{e}");
+    assert!(e.contains("not authorized"), "{e}");
+    nothing_stored(&other);
+    // The login `docker login` would have stored is used.
+    let auth = env.path("auth.json");
+    fs::write(
+        &auth,
+        format!(
+            r#"{{"auths": {{"{}": {{"auth": "{}"}}}}}}"#,
+            locked.addr,
+            base64("alice:s3cret")
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--store")
+        .arg(&other)
+        .args([
+            "image",
+            "import",
+            &format!("{}:v1", locked.image("seed")),
+            "got:v1",
+        ])
+        .env("REGISTRY_AUTH_FILE", &auth)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(root_tree(&env, "seed:v1"), {
+        let j: serde_json::Value = serde_json::from_slice(
+            &Command::new(env!("CARGO_BIN_EXE_starling"))
+                .arg("--store")
+                .arg(&other)
+                .args(["image", "inspect", "--json", "got:v1"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        j["root_tree"].as_str().unwrap().to_string()
+    });
+
+    // Unreachable: 5, with the OS's reason.
+    reg.stop();
+    let (code, e) = import(&env.path("third"), &[]);
+    assert_eq!(code, Some(5), "{e}");
+    assert!(e.ends_with("Connection refused (os error 111)"), "{e}");
+}
+
+fn base64(s: &str) -> String {
+    let out = Command::new("base64")
+        .arg("-w0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(s.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -1,0 +1,161 @@
+use oci_client::errors::OciDistributionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid registry reference {input:?}: {reason}")]
+    Reference { input: String, reason: String },
+    /// The registry refused the credentials, or wants some.
+    #[error("registry {registry}: {reason}")]
+    Unauthorized { registry: String, reason: String },
+    /// The registry has no such image (or tag).
+    #[error("registry {registry} has no image {image}")]
+    NotFound { registry: String, image: String },
+    /// What came did not match its digest or size, or is not what an image is made of.
+    #[error("{what} from {registry}: {reason}")]
+    BadContent {
+        registry: String,
+        what: String,
+        reason: String,
+    },
+    /// The registry could not be reached (the OS error, or the timeout).
+    #[error("registry {registry} is unreachable: {reason}")]
+    Unreachable { registry: String, reason: String },
+    /// The registry answered with an error of its own.
+    #[error("registry {registry} refused {what}: {said}")]
+    Refused {
+        registry: String,
+        what: String,
+        said: String,
+    },
+    /// The request failed otherwise.
+    #[error("registry {registry}: {what}: {source}")]
+    Registry {
+        registry: String,
+        what: String,
+        #[source]
+        source: OciDistributionError,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("OCI layout {layout}: {reason}")]
+    Layout { layout: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An oci-client error as ours: authentication and missing images named as such, a digest
+/// that does not match as bad content, an unreachable registry by its OS error, the rest as
+/// a registry failure with what the registry said.
+pub(crate) fn from_oci(
+    registry: &str,
+    what: impl Into<String>,
+) -> impl FnOnce(OciDistributionError) -> Error + '_ {
+    let what = what.into();
+    move |e| {
+        use oci_client::errors::OciErrorCode as C;
+        use OciDistributionError as O;
+        let registry = registry.to_string();
+        let unauthorized = |detail: String| Error::Unauthorized {
+            reason: format!(
+                "{what}: not authorized ({detail}); give --creds USER:PASSWORD or log in with \
+                 `docker login {registry}`"
+            ),
+            registry: registry.clone(),
+        };
+        match e {
+            O::AuthenticationFailure(m) => unauthorized(m),
+            O::UnauthorizedError { .. } => unauthorized("HTTP 401".into()),
+            O::ImageManifestNotFoundError(_) | O::ServerError { code: 404, .. } => {
+                Error::NotFound {
+                    registry,
+                    image: what,
+                }
+            }
+            O::RegistryError { envelope, .. } => {
+                let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
+                let said = envelope
+                    .errors
+                    .iter()
+                    .map(|e| {
+                        if e.message.is_empty() {
+                            format!("{:?}", e.code)
+                        } else {
+                            e.message.clone()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                if codes
+                    .iter()
+                    .any(|c| matches!(c, C::ManifestUnknown | C::NameUnknown | C::NotFound))
+                {
+                    Error::NotFound {
+                        registry,
+                        image: what,
+                    }
+                } else if codes
+                    .iter()
+                    .any(|c| matches!(c, C::Unauthorized | C::Denied))
+                {
+                    unauthorized(said)
+                } else {
+                    Error::Refused {
+                        registry,
+                        what,
+                        said,
+                    }
+                }
+            }
+            O::DigestError(d) => Error::BadContent {
+                registry,
+                what,
+                reason: d.to_string(),
+            },
+            O::RequestError(r)
+                if r.status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+            {
+                unauthorized(format!("HTTP {}", r.status().map_or(0, |s| s.as_u16())))
+            }
+            O::RequestError(r) if r.status().is_some_and(|s| s.as_u16() == 404) => {
+                Error::NotFound {
+                    registry,
+                    image: what,
+                }
+            }
+            O::RequestError(r) if r.is_connect() || r.is_timeout() => {
+                let mut reason = r.to_string();
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
+                while let Some(c) = cause {
+                    reason = c.to_string();
+                    cause = c.source();
+                }
+                Error::Unreachable { registry, reason }
+            }
+            // The body ended before the length the registry announced (a cut blob): what
+            // came is wrong, though nothing failed on the network.
+            O::RequestError(r) if r.is_body() || r.is_decode() => {
+                let mut reason = r.to_string();
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
+                while let Some(c) = cause {
+                    reason = c.to_string();
+                    cause = c.source();
+                }
+                Error::BadContent {
+                    registry,
+                    what,
+                    reason,
+                }
+            }
+            other => Error::Registry {
+                registry,
+                what,
+                source: other,
+            },
+        }
+    }
+}
