@@ -120,6 +120,9 @@ FIGURES = {
     # Pull (bench/repo_pull.py).
     "repo-pull.pull_vs_curl": (lambda: find("repo-pull.md", r"starling pull / curl: \*\*([\d.]+)\*\*"), fixed(2)),
     "repo-pull.second_version_objects": (lambda: find("repo-pull.md", r"second version \(one file changed\): (\d+) of"), fixed(0)),
+    # Registry import (bench/registry_import.py).
+    "registry-import.direct_vs_two": (lambda: block("registry-import.md", "direct_vs_two"), fixed(2)),
+    "registry-import.direct_vs_skopeo": (lambda: block("registry-import.md", "direct_vs_skopeo"), fixed(1)),
     # Lazy mounts (bench/fs_read.py).
     "fs-read.read_vs_squashfuse": (lambda: find_any("fs-read.md", r"Starling read throughput / squashfuse's, both at 1 MiB read-ahead: ([\d.]+)",
                                                     r"against squashfuse given the same 1 MiB read-ahead: ([\d.]+)"), fixed(2)),

@@ -3,7 +3,6 @@
 //! which boots it as `starling run` would (daemon/src/pools.rs); a pool of a kernel and
 //! initramfs is made here, with a stored image as its ext4 disk (`--disk-image`) if asked.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -183,12 +182,17 @@ fn create(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCode> {
         } else {
             None
         };
+        let display = crate::progress::Display::spinner(format!(
+            "pool {}: booting the first VM, then docking {} substrates",
+            a.name, a.size
+        ));
         let made = draft.create(CreateOptions {
             vm,
             size: a.size,
             boot_timeout: Duration::from_secs(a.timeout),
             image: a.disk_image.clone(),
         });
+        drop(display);
         if let Some(att) = &att {
             let _ = starling_net::detach(att);
         }
@@ -238,17 +242,17 @@ fn create_of_image(pools: &Pools, store: &Path, a: CreateArgs) -> Result<ExitCod
         boot_timeout_secs: a.timeout,
         pools: std::path::absolute(pools.root())?,
     };
-    if std::io::stderr().is_terminal() {
-        eprintln!(
-            "pool {}: booting {} until it is ready (at most {} s) …",
-            a.name,
-            req.run.image_arg(),
-            a.timeout
-        );
-    }
-    let info: pool::PoolInfo = starling_daemon::client::Client::new(&a.socket)?
-        .post("/v1/pools", &req)
-        .with_context(|| format!("creating pool {}", a.name))?;
+    let display = crate::progress::Display::spinner(format!(
+        "pool {}: starlingd boots {} until it is ready (at most {} s), then docks {} substrates",
+        a.name,
+        req.run.image_arg(),
+        a.timeout,
+        a.size
+    ));
+    let info: Result<pool::PoolInfo, _> =
+        starling_daemon::client::Client::new(&a.socket)?.post("/v1/pools", &req);
+    drop(display);
+    let info = info.with_context(|| format!("creating pool {}", a.name))?;
     created(&info);
     Ok(ExitCode::SUCCESS)
 }

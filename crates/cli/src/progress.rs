@@ -55,6 +55,33 @@ impl Display {
     }
 }
 
+impl Display {
+    /// A spinner saying `what` with the time it has taken, for a long step that has nothing
+    /// to count (a pool's first boot); silent when stderr is not a terminal.
+    pub fn spinner(what: String) -> Display {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if !std::io::stderr().is_terminal() {
+            return Display {
+                bar: None,
+                stop,
+                ticker: None,
+            };
+        }
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.set_message(what);
+        bar.enable_steady_tick(Duration::from_millis(100));
+        Display {
+            bar: Some(bar),
+            stop,
+            ticker: None,
+        }
+    }
+}
+
 impl Drop for Display {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
