@@ -17,66 +17,64 @@ pub struct Display {
 impl Display {
     /// A spinner saying `verb`, how many `things` (files, objects) and bytes so far, and the rate.
     pub fn start(verb: &'static str, things: &'static str, counters: Arc<Progress>) -> Display {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        if !std::io::stderr().is_terminal() {
-            return Display {
-                bar: None,
-                stop,
-                ticker: None,
-            };
-        }
-        let bar = ProgressBar::new_spinner();
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
+        let Some(mut d) = Display::bar("{spinner} {prefix} {msg} [{elapsed}]") else {
+            return Display::silent();
+        };
+        let Some(bar) = d.bar.clone() else {
+            return d;
+        };
         bar.set_prefix(verb);
-        let (b, s) = (bar.clone(), stop.clone());
+        let s = d.stop.clone();
         let started = std::time::Instant::now();
-        let ticker = std::thread::spawn(move || {
+        d.ticker = Some(std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let files = counters.files.load(Ordering::Relaxed);
                 let bytes = counters.bytes.load(Ordering::Relaxed);
                 let rate = bytes as f64 / started.elapsed().as_secs_f64().max(0.001);
-                b.set_message(format!(
+                bar.set_message(format!(
                     "{files} {things}, {}, {}/s",
                     crate::format::bytes(bytes),
                     crate::format::bytes(rate as u64)
                 ));
-                b.tick();
+                bar.tick();
                 std::thread::sleep(Duration::from_millis(100));
             }
-        });
-        Display {
-            bar: Some(bar),
-            stop,
-            ticker: Some(ticker),
-        }
+        }));
+        d
     }
-}
 
-impl Display {
     /// A spinner saying `what` with the time it has taken, for a long step that has nothing
-    /// to count (a pool's first boot); silent when stderr is not a terminal.
+    /// to count (a pool's first boot).
     pub fn spinner(what: String) -> Display {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let Some(d) = Display::bar("{spinner} {msg} [{elapsed}]") else {
+            return Display::silent();
+        };
+        if let Some(bar) = &d.bar {
+            bar.set_message(what);
+            bar.enable_steady_tick(Duration::from_millis(100));
+        }
+        d
+    }
+
+    /// A spinner in `template`, or `None` when stderr is not a terminal.
+    fn bar(template: &str) -> Option<Display> {
         if !std::io::stderr().is_terminal() {
-            return Display {
-                bar: None,
-                stop,
-                ticker: None,
-            };
+            return None;
         }
         let bar = ProgressBar::new_spinner();
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
-        bar.set_message(what);
-        bar.enable_steady_tick(Duration::from_millis(100));
+        let mut d = Display::silent();
+        d.bar = Some(bar);
+        Some(d)
+    }
+
+    fn silent() -> Display {
         Display {
-            bar: Some(bar),
-            stop,
+            bar: None,
+            stop: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             ticker: None,
         }
     }

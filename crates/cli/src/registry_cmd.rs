@@ -1,6 +1,7 @@
 //! `image import docker://…` and `image export IMAGE docker://…`: OCI registries, through an
-//! OCI layout in the store's temporary directory (removed afterwards, whatever happens), so a
-//! registry image is imported and exported by the same verified layout code as `oci:DIR`.
+//! OCI layout in the store's temporary directory (removed when the command ends; one a killed
+//! command leaves goes at the next `store gc`), so a registry image is imported and exported
+//! by the same verified layout code as `oci:DIR`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,9 +17,11 @@ use crate::progress::Display;
 /// The name the image has inside the temporary layout.
 const REF: &str = "registry";
 
-/// A pulled registry image, as a layout to import from; the layout goes with it.
+/// A pulled registry image, as a layout to import from; the layout goes with it. The store's
+/// writer lock is held meanwhile: `store gc` empties `tmp/`, and must wait.
 pub struct Pulled {
     _dir: tempfile::TempDir,
+    _writer: starling_store::lock::StoreLock,
     /// `oci:DIR:REF`, what the importer reads.
     pub source: PathBuf,
 }
@@ -46,6 +49,7 @@ fn temp_layout(store: &Store) -> Result<tempfile::TempDir> {
 pub fn pull(store: &Store, src: &str, creds: Option<&str>) -> Result<Pulled> {
     let r = RegistryRef::parse(src)?;
     let opts = options(&r, creds)?;
+    let writer = store.lock_writer()?;
     let dir = temp_layout(store)?;
     let rt = starling_registry::runtime()?;
     let progress = Arc::new(Progress::default());
@@ -68,7 +72,11 @@ pub fn pull(store: &Store, src: &str, creds: Option<&str>) -> Result<Pulled> {
         crate::format::bytes(report.bytes)
     );
     let source = PathBuf::from(format!("oci:{}:{REF}", dir.path().display()));
-    Ok(Pulled { _dir: dir, source })
+    Ok(Pulled {
+        _dir: dir,
+        _writer: writer,
+        source,
+    })
 }
 
 /// Exports `resolved` as an OCI layout and pushes it to `dest` (`docker://…`).
@@ -80,6 +88,7 @@ pub fn push(
 ) -> Result<()> {
     let r = RegistryRef::parse(dest)?;
     let opts = options(&r, creds)?;
+    let _writer = store.lock_writer()?;
     let dir = temp_layout(store)?;
     let layout = dir.path().join("layout");
     let progress = Arc::new(Progress::default());

@@ -830,7 +830,9 @@ fn metrics_scraped_over_http_move_as_a_mount_reads_and_the_log_says_what_happene
     };
     let addr = format!("127.0.0.1:{port}");
     let d = Daemon::start(&env, &env.path("state"), &["--metrics-listen", &addr]);
-    let mp = mountpoint(&env, "mp");
+    // A quote and a backslash in the mountpoint: label values must be escaped for the
+    // scrape to parse at all.
+    let mp = mountpoint(&env, "mp \"q\" \\b");
     d.ok(
         &env,
         &["mount", &server.url, "t:v1", s(&mp), "--root", &root],

@@ -140,6 +140,21 @@ fn skopeo(args: &[&str]) -> String {
     tool("skopeo", args)
 }
 
+/// `starling --store STORE ARGS…` with `envs`: its status and standard error.
+fn starling_in(store: &Path, args: &[&str], envs: &[(&str, &Path)]) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).trim().to_string(),
+    )
+}
+
 #[test]
 fn skopeo_and_starling_agree_through_a_registry() {
     if !require_registry_tools() {
@@ -299,19 +314,7 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
     let good = fs::read(&blob).unwrap();
     let client = env.path("client-store");
     let seed_v1 = format!("{}:v1", reg.image("seed"));
-    let import = |store: &Path, extra: &[&str]| {
-        let o = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("--store")
-            .arg(store)
-            .args(["image", "import", &seed_v1, "got:v1"])
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        )
-    };
+    let import = |store: &Path| starling_in(store, &["image", "import", &seed_v1, "got:v1"], &[]);
     let nothing_stored = |store: &Path| {
         let o = Command::new(env!("CARGO_BIN_EXE_starling"))
             .arg("--store")
@@ -320,7 +323,7 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
             .output()
             .unwrap();
         let ls = String::from_utf8_lossy(&o.stdout);
-        assert!(ls.trim() == "[]" || !o.status.success(), "{ls}");
+        assert!(o.status.success() && ls.trim() == "[]", "{ls}");
         if store.join("tmp").exists() {
             assert_eq!(fs::read_dir(store.join("tmp")).unwrap().count(), 0);
         }
@@ -331,7 +334,7 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
     let n = bad.len();
     bad[n / 2] ^= 0x40;
     fs::write(&blob, &bad).unwrap();
-    let (code, e) = import(&client, &[]);
+    let (code, e) = import(&client);
     assert_eq!(code, Some(4), "{e}");
     assert!(
         e.contains(&format!("blob {layer}")) && e.contains("digest"),
@@ -339,13 +342,20 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
     );
     nothing_stored(&client);
 
-    // Cut short: refused the same way.
+    // Cut short, or longer than the manifest says: refused the same way.
     fs::write(&blob, &good[..n / 3]).unwrap();
-    let (code, e) = import(&client, &[]);
+    let (code, e) = import(&client);
     assert_eq!(code, Some(4), "{e}");
     nothing_stored(&client);
+    let mut long = good.clone();
+    long.extend_from_slice(&pseudo_random(100_000, 5));
+    fs::write(&blob, &long).unwrap();
+    let (code, e) = import(&client);
+    assert_eq!(code, Some(4), "{e}");
+    assert!(e.contains("more than the"), "{e}");
+    nothing_stored(&client);
     fs::write(&blob, &good).unwrap();
-    assert_eq!(import(&client, &[]).0, Some(0));
+    assert_eq!(import(&client).0, Some(0));
 
     // Not there: 3, naming the image.
     let o = env.run(&[
@@ -374,6 +384,11 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
     let e = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(4), "{e}");
     assert!(e.contains("not authorized") && e.contains("--creds"), "{e}");
+    // Refused before a blob was sent.
+    assert!(
+        !locked.storage.join("docker/registry/v2/blobs").exists(),
+        "a blob reached the registry without a login"
+    );
     env.ok(&[
         "image",
         "export",
@@ -383,23 +398,8 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
         "alice:s3cret",
     ]);
     let other = env.path("other-store");
-    let (code, e) = {
-        let o = Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("--store")
-            .arg(&other)
-            .args([
-                "image",
-                "import",
-                &format!("{}:v1", locked.image("seed")),
-                "got:v1",
-            ])
-            .output()
-            .unwrap();
-        (
-            o.status.code(),
-            String::from_utf8_lossy(&o.stderr).to_string(),
-        )
-    };
+    let locked_v1 = format!("{}:v1", locked.image("seed"));
+    let (code, e) = starling_in(&other, &["image", "import", &locked_v1, "got:v1"], &[]);
     assert_eq!(code, Some(4), "{e}");
     assert!(e.contains("not authorized"), "{e}");
     nothing_stored(&other);
@@ -414,19 +414,12 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
         ),
     )
     .unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_starling"))
-        .arg("--store")
-        .arg(&other)
-        .args([
-            "image",
-            "import",
-            &format!("{}:v1", locked.image("seed")),
-            "got:v1",
-        ])
-        .env("REGISTRY_AUTH_FILE", &auth)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (code, e) = starling_in(
+        &other,
+        &["image", "import", &locked_v1, "got:v1"],
+        &[("REGISTRY_AUTH_FILE", &auth)],
+    );
+    assert_eq!(code, Some(0), "{e}");
     assert_eq!(root_tree(&env, "seed:v1"), {
         let j: serde_json::Value = serde_json::from_slice(
             &Command::new(env!("CARGO_BIN_EXE_starling"))
@@ -443,7 +436,7 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
 
     // Unreachable: 5, with the OS's reason.
     reg.stop();
-    let (code, e) = import(&env.path("third"), &[]);
+    let (code, e) = import(&env.path("third"));
     assert_eq!(code, Some(5), "{e}");
     assert!(e.ends_with("Connection refused (os error 111)"), "{e}");
 }

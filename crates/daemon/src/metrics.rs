@@ -167,8 +167,11 @@ impl Collector for Snapshot {
             let mut me = e.encode_descriptor(name, help, None, probe.metric_type())?;
             for m in &self.mounts {
                 let labels = [
-                    ("mountpoint", m.mountpoint.display().to_string()),
-                    ("image", m.image.clone()),
+                    (
+                        "mountpoint",
+                        label_value(&m.mountpoint.display().to_string()),
+                    ),
+                    ("image", label_value(&m.image)),
                 ];
                 ConstCounter::new(get(m)).encode(me.encode_family(&labels)?)?;
             }
@@ -186,6 +189,21 @@ impl Collector for Snapshot {
         }
         Ok(())
     }
+}
+
+/// A label value as the exposition format quotes it: prometheus-client writes values as
+/// given, and one mountpoint with a `"` or a newline would spoil the whole scrape.
+fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The metrics as Prometheus' text exposition format (OpenMetrics flavour, which
@@ -225,4 +243,15 @@ pub fn render(d: &crate::server::Daemon) -> String {
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_as_the_format_says() {
+        assert_eq!(label_value("/mnt/plain"), "/mnt/plain");
+        assert_eq!(label_value("/mnt/a\"b\\c\nd"), "/mnt/a\\\"b\\\\c\\nd");
+    }
 }

@@ -67,8 +67,16 @@ pub(crate) fn from_oci(
             registry: registry.clone(),
         };
         match e {
-            O::AuthenticationFailure(m) => unauthorized(m),
+            O::AuthenticationFailure(m) => unauthorized(shown(&m)),
             O::UnauthorizedError { .. } => unauthorized("HTTP 401".into()),
+            O::ServerError { code, .. } if code == 401 || code == 403 => {
+                unauthorized(format!("HTTP {code}"))
+            }
+            O::ServerError { code, message, .. } if code != 404 => Error::Refused {
+                registry,
+                what,
+                said: format!("HTTP {code}: {}", shown(&message)),
+            },
             O::ImageManifestNotFoundError(_) | O::ServerError { code: 404, .. } => {
                 Error::NotFound {
                     registry,
@@ -77,18 +85,20 @@ pub(crate) fn from_oci(
             }
             O::RegistryError { envelope, .. } => {
                 let codes: Vec<&C> = envelope.errors.iter().map(|e| &e.code).collect();
-                let said = envelope
-                    .errors
-                    .iter()
-                    .map(|e| {
-                        if e.message.is_empty() {
-                            format!("{:?}", e.code)
-                        } else {
-                            e.message.clone()
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let said = shown(
+                    &envelope
+                        .errors
+                        .iter()
+                        .map(|e| {
+                            if e.message.is_empty() {
+                                format!("{:?}", e.code)
+                            } else {
+                                e.message.clone()
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                );
                 if codes
                     .iter()
                     .any(|c| matches!(c, C::ManifestUnknown | C::NameUnknown | C::NotFound))
@@ -157,5 +167,46 @@ pub(crate) fn from_oci(
                 source: other,
             },
         }
+    }
+}
+
+/// What a registry said, fit for one line of a terminal: control characters (escape
+/// sequences included) replaced, at most 200 characters.
+pub(crate) fn shown(text: &str) -> String {
+    const MAX: usize = 200;
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(MAX)
+        .collect();
+    if text.chars().count() > MAX {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_registry_says_is_cut_and_cleaned() {
+        assert_eq!(shown("manifest unknown"), "manifest unknown");
+        assert_eq!(shown("a\x1b[2Jb\nc"), "a [2Jb c");
+        let long = "x".repeat(10_000);
+        assert_eq!(shown(&long).chars().count(), 201);
+        let e = from_oci("r:1", "pulling x")(OciDistributionError::ServerError {
+            code: 500,
+            url: "http://r:1/v2/".into(),
+            message: format!("\x1b]0;pwned\x07{}", "y".repeat(5000)),
+        });
+        let text = e.to_string();
+        assert!(text.len() < 300 && !text.contains('\x1b'), "{text}");
+        let e = from_oci("r:1", "pulling x")(OciDistributionError::ServerError {
+            code: 403,
+            url: "http://r:1/v2/".into(),
+            message: "denied".into(),
+        });
+        assert!(matches!(e, Error::Unauthorized { .. }), "{e}");
     }
 }

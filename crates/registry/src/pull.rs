@@ -21,6 +21,8 @@ use crate::{Options, Progress, RegistryRef};
 
 /// Manifests and indexes are small JSON documents; more than this is refused.
 pub const MAX_MANIFEST: usize = 4 << 20;
+/// The whole of a manifest request, authentication included.
+const MANIFEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Image indexes pointing at indexes: followed this deep.
 const MAX_DEPTH: u32 = 2;
 /// The annotation an OCI layout names its images by.
@@ -61,10 +63,21 @@ pub async fn pull(
     let mut reference = r.inner.clone();
     let mut depth = 0;
     let (body, digest) = loop {
-        let (body, digest) = client
-            .pull_manifest_raw(&reference, &auth, &ACCEPTED)
-            .await
-            .map_err(from_oci(&registry, r.shown.clone()))?;
+        // oci-client reads a manifest response whole: a deadline on the whole request bounds
+        // what a registry that keeps sending can make it hold.
+        let (body, digest) = tokio::time::timeout(
+            MANIFEST_DEADLINE,
+            client.pull_manifest_raw(&reference, &auth, &ACCEPTED),
+        )
+        .await
+        .map_err(|_| Error::Unreachable {
+            registry: registry.clone(),
+            reason: format!(
+                "the manifest of {r} did not arrive within {} s",
+                MANIFEST_DEADLINE.as_secs()
+            ),
+        })?
+        .map_err(from_oci(&registry, r.shown.clone()))?;
         if body.len() > MAX_MANIFEST {
             return Err(bad(
                 "manifest",
@@ -130,6 +143,9 @@ pub async fn pull(
     write(&blob_path(dir, &digest), &body).await?;
     let mut wanted: Vec<OciDescriptor> = vec![manifest.config.clone()];
     wanted.extend(manifest.layers.iter().cloned());
+    // A digest listed twice (images repeat empty layers) is fetched once.
+    let mut seen = std::collections::HashSet::new();
+    wanted.retain(|d| seen.insert(d.digest.clone()));
     for d in &wanted {
         check_digest(&d.digest).map_err(|reason| bad("manifest", reason))?;
         if d.size < 0 {
@@ -152,6 +168,7 @@ pub async fn pull(
                 inner: file,
                 written: 0,
                 max: d.size as u64,
+                overflow: false,
                 progress,
             };
             let got = client
@@ -159,6 +176,13 @@ pub async fn pull(
                 .await;
             if let Err(e) = got {
                 let _ = tokio::fs::remove_file(&partial).await;
+                if out.overflow {
+                    return Err(Error::BadContent {
+                        registry: registry.clone(),
+                        what: format!("blob {}", d.digest),
+                        reason: format!("more than the {} bytes the manifest says", d.size),
+                    });
+                }
                 return Err(from_oci(&registry, format!("blob {}", d.digest))(e));
             }
             if out.written != d.size as u64 {
@@ -215,6 +239,8 @@ struct Bounded<'a> {
     inner: tokio::fs::File,
     written: u64,
     max: u64,
+    /// Set when the registry sent more than `max`.
+    overflow: bool,
     progress: &'a Progress,
 }
 
@@ -225,6 +251,7 @@ impl AsyncWrite for Bounded<'_> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         if self.written + buf.len() as u64 > self.max {
+            self.overflow = true;
             return Poll::Ready(Err(std::io::Error::other(format!(
                 "more than the {} bytes the manifest says",
                 self.max
