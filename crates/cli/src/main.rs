@@ -215,8 +215,7 @@ fn store_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 }
 
 fn main() -> ExitCode {
-    // Die quietly when a pipe reader goes away (`starling image ls | head`), as Unix tools do.
-    sigpipe::reset();
+    die_quietly_on_closed_stdout();
     // What a VM's monitor runs to put its clones on its network: not a user's command, so
     // not in the command line's definitions (nor its help, man pages and completions).
     let argv: Vec<String> = std::env::args_os()
@@ -306,6 +305,32 @@ fn main() -> ExitCode {
         }
         r => finish(r),
     }
+}
+
+/// `starling image ls | head`: when the reader of standard output goes away, end as Unix
+/// tools do (killed by SIGPIPE), saying nothing. SIGPIPE itself stays ignored (Rust's
+/// default) for everything else: hyper writes requests with writev, which has no
+/// MSG_NOSIGNAL, so with SIGPIPE's default a connection a registry, repository or client
+/// broke would kill the process (`starling daemon` included) instead of being an error.
+fn die_quietly_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let msg = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            sigpipe::reset();
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::PIPE,
+            );
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 /// The subcommand word of `argv`: the first argument that is not a global option.

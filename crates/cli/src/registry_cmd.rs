@@ -108,20 +108,101 @@ pub fn push(
     let rt = starling_registry::runtime()?;
     let progress = Arc::new(Progress::default());
     let display = Display::start("pushing", "blobs", progress.clone());
+    let mut known = BlobPlaces::load(store);
+    let elsewhere = known.of(r.registry());
     let report = rt
         .block_on(starling_registry::push::push(
-            &layout, REF, &r, &opts, &progress,
+            &layout, REF, &r, &opts, &elsewhere, &progress,
         ))
         .with_context(|| format!("pushing {} to {dest}", resolved.display));
     drop(display);
     let report = report?;
+    known.record(r.registry(), r.inner.repository(), &report.blobs);
+    known.save(store);
     println!("{}", report.manifest_digest);
+    let mut extra = String::new();
+    if report.mounted > 0 {
+        extra.push_str(&format!(
+            ", {} mounted from another repository",
+            report.mounted
+        ));
+    }
+    if report.resumed > 0 {
+        extra.push_str(&format!(
+            "; {} upload(s) resumed after a broken connection",
+            report.resumed
+        ));
+    }
+    if report.restarted > 0 {
+        extra.push_str(&format!(
+            "; {} upload(s) started again (the registry dropped the broken one)",
+            report.restarted
+        ));
+    }
     eprintln!(
-        "pushed {} to {dest}: {} blobs sent ({}), {} already there",
+        "pushed {} to {dest}: {} blobs sent ({}), {} already there{extra}",
         resolved.display,
         report.sent,
         crate::format::bytes(report.bytes),
         report.skipped
     );
     Ok(())
+}
+
+/// Where this host pushed which blob (`STORE/registry-blobs.json`): a push to another
+/// repository of the same registry mounts those blobs instead of sending them. Only a hint:
+/// a registry that no longer has one just takes the upload.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct BlobPlaces {
+    format: u32,
+    /// registry → blob digest → repository.
+    registries: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+/// Blobs remembered per registry; beyond this the record starts again.
+const MAX_PLACES: usize = 100_000;
+
+impl BlobPlaces {
+    fn path(store: &Store) -> PathBuf {
+        store.root().join("registry-blobs.json")
+    }
+
+    fn load(store: &Store) -> BlobPlaces {
+        std::fs::read(Self::path(store))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<BlobPlaces>(&b).ok())
+            .filter(|p| p.format == 1)
+            .unwrap_or_default()
+    }
+
+    fn of(&self, registry: &str) -> std::collections::HashMap<String, String> {
+        self.registries
+            .get(registry)
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, registry: &str, repository: &str, blobs: &[String]) {
+        let m = self.registries.entry(registry.to_string()).or_default();
+        if m.len() + blobs.len() > MAX_PLACES {
+            m.clear();
+        }
+        for b in blobs {
+            m.insert(b.clone(), repository.to_string());
+        }
+    }
+
+    /// Written whole (a temporary file renamed); a failure only loses the hint.
+    fn save(&mut self, store: &Store) {
+        self.format = 1;
+        let path = Self::path(store);
+        let tmp = path.with_extension("json.tmp");
+        let ok = serde_json::to_vec(self)
+            .ok()
+            .and_then(|b| std::fs::write(&tmp, b).ok())
+            .and_then(|_| std::fs::rename(&tmp, &path).ok());
+        if ok.is_none() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
 }

@@ -382,3 +382,37 @@ fn progress_shows_on_a_terminal() {
         "{tty:?}"
     );
 }
+
+/// `starling image ls | head`: the reader gone, starling ends as Unix tools do, killed by
+/// SIGPIPE and saying nothing (and a broken network connection stays an error it handles:
+/// SIGPIPE is not left at its default for that; see registry.rs's broken push).
+#[test]
+fn a_closed_stdout_ends_it_quietly_by_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"x").unwrap();
+    env.ok(&["image", "import", s(&src), "a:v1"]);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = env
+        .cmd()
+        .args(["image", "ls"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(13),
+        "{:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

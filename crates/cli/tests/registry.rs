@@ -267,6 +267,27 @@ fn skopeo_and_starling_agree_through_a_registry() {
         "app:back",
     ]);
     assert_eq!(root_tree(&env, "app:v2"), root_tree(&env, "app:back"));
+    // To another repository of the same registry: the blobs this host pushed are mounted
+    // from where they are, not sent again.
+    let other = env.run(&[
+        "image",
+        "export",
+        "app:v2",
+        &format!("{}:v2", reg.image("team/other")),
+    ]);
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        other.status.success()
+            && err.contains("0 blobs sent")
+            && err.contains("2 mounted from another repository"),
+        "{err}"
+    );
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &format!("{}:v2", reg.image("team/other")),
+        &format!("oci:{}:other", s(&copied)),
+    ]);
     // A second push of the same image sends nothing new.
     let again = env.run(&[
         "image",
@@ -454,4 +475,154 @@ fn base64(s: &str) -> String {
         })
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Where the flaky proxy cuts its one connection.
+#[derive(Clone, Copy)]
+enum Cut {
+    /// At the start of the `n`th chunk (`PATCH`), before a byte of it reaches the registry:
+    /// the registry's session stands where the last chunk left it.
+    BeforeChunk(usize),
+    /// After `n` bytes of a chunk have gone through: the registry holds part of it.
+    InChunk(usize),
+}
+
+/// A TCP proxy to `to` that cuts, once, the connection carrying a blob upload's chunk: a
+/// network that breaks in the middle of a push.
+struct Flaky {
+    addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn flaky_proxy(to: String, how: Cut) -> Flaky {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let cut = Arc::new(AtomicBool::new(false));
+    let patches = Arc::new(AtomicUsize::new(0));
+    let flag = cut.clone();
+    std::thread::spawn(move || {
+        for client in l.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(upstream) = TcpStream::connect(&to) else {
+                continue;
+            };
+            let (mut c_read, mut u_write) =
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+            let (mut u_read, mut c_write) = (upstream, client);
+            let (c_kill, u_kill) = (c_write.try_clone().unwrap(), u_write.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u_read, &mut c_write);
+            });
+            let (flag, patches) = (flag.clone(), patches.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                let mut counting: Option<usize> = None;
+                loop {
+                    let n = match c_read.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let piece = &buf[..n];
+                    let mut kill = |forward: &[u8]| {
+                        flag.store(true, Ordering::SeqCst);
+                        let _ = u_write.write_all(forward);
+                        let _ = u_kill.shutdown(Shutdown::Both);
+                        let _ = c_kill.shutdown(Shutdown::Both);
+                    };
+                    if !flag.load(Ordering::SeqCst) {
+                        let starts_chunk = piece.starts_with(b"PATCH /");
+                        if starts_chunk {
+                            let nth = patches.fetch_add(1, Ordering::SeqCst) + 1;
+                            counting = Some(0);
+                            if matches!(how, Cut::BeforeChunk(k) if k == nth) {
+                                kill(&[]);
+                                break;
+                            }
+                        }
+                        if let (Cut::InChunk(after), Some(c)) = (how, counting.as_mut()) {
+                            *c += n;
+                            if *c >= after {
+                                kill(&piece[..n / 2]);
+                                break;
+                            }
+                        }
+                    }
+                    if u_write.write_all(piece).is_err() {
+                        break;
+                    }
+                }
+                let _ = u_kill.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    Flaky { addr, cut }
+}
+
+/// A push through a network that breaks once, in two ways. Cut between two chunks, the upload
+/// goes on from where the registry is (its session says so). Cut inside a chunk, the
+/// distribution registry has part of it and cancels the session (it checks the bytes it holds
+/// against the offset its session token carries), so the blob is sent again from its start,
+/// as docker does. Either way the push completes and what the registry holds is whole.
+#[test]
+fn a_push_broken_in_the_middle_of_a_blob_goes_on_and_completes() {
+    if !require_registry_tools() {
+        return;
+    }
+    let env = Env::new();
+    let reg = Registry::start(&env, "reg", None);
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Incompressible: the layer is ~12 MB, three chunks.
+    fs::write(src.join("big"), pseudo_random(12 << 20, 11)).unwrap();
+    env.ok(&["image", "import", s(&src), "big:v1"]);
+    for (how, name, said) in [
+        (
+            Cut::BeforeChunk(2),
+            "resumed",
+            "1 upload(s) resumed after a broken connection",
+        ),
+        (
+            Cut::InChunk(1 << 20),
+            "restarted",
+            "1 upload(s) started again (the registry dropped the broken one)",
+        ),
+    ] {
+        let proxy = flaky_proxy(reg.addr.clone(), how);
+        let dest = format!("docker://{}/{name}:v1", proxy.addr);
+        let o = env.run(&["image", "export", "big:v1", &dest]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{name}: {:?} {err}", o.status);
+        assert!(
+            proxy.cut.load(std::sync::atomic::Ordering::SeqCst),
+            "{name}: the proxy never cut a chunk"
+        );
+        assert!(err.contains(said), "{name}: {err}");
+        // What the registry holds is whole: skopeo copies it (checking every digest) and
+        // umoci unpacks the file byte for byte.
+        let copied = env.path(&format!("copied-{name}"));
+        skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{}/{name}:v1", reg.addr),
+            &format!("oci:{}:v1", s(&copied)),
+        ]);
+        let unpacked = env.path(&format!("u-{name}"));
+        tool(
+            "umoci",
+            &[
+                "unpack",
+                "--image",
+                &format!("{}:v1", s(&copied)),
+                s(&unpacked),
+            ],
+        );
+        assert!(
+            fs::read(unpacked.join("rootfs/big")).unwrap() == fs::read(src.join("big")).unwrap(),
+            "{name}"
+        );
+    }
 }

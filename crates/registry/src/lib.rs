@@ -15,6 +15,7 @@ pub mod error;
 pub mod pull;
 pub mod push;
 pub mod reference;
+pub mod upload;
 
 pub use error::{Error, Result};
 pub use reference::RegistryRef;

@@ -1,28 +1,39 @@
 //! An OCI layout's image into a registry: the blobs the registry lacks (asked first, so a
-//! second push of a shared base sends only what changed), streamed in chunks from the
-//! layout, then the manifest under the tag.
+//! second push of a shared base sends only what changed; mounted from another repository of
+//! the registry where this host pushed them before; else uploaded in chunks that survive a
+//! broken connection, see `upload`), then the manifest under the tag.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::RegistryOperation;
 use sha2::{Digest, Sha256};
 
 use crate::error::{from_oci, Error, Result};
 use crate::pull::{blob_path, check_digest, hex, io, MAX_MANIFEST, REF_NAME};
+use crate::upload::{Sent, Uploader};
 use crate::{Options, Progress, RegistryRef};
 
 #[derive(Debug, serde::Serialize)]
 pub struct PushReport {
     pub manifest_digest: String,
-    /// Blobs (config and layers) sent, and those the registry had already.
+    /// Blobs (config and layers) sent, those the registry had already in the repository,
+    /// and those mounted from another repository of it.
     pub sent: usize,
     pub skipped: usize,
+    pub mounted: usize,
+    /// Uploads that went on after a broken chunk from where the registry was, and those
+    /// that had to start again.
+    pub resumed: u32,
+    pub restarted: u32,
     pub bytes: u64,
+    /// Every blob of the image, now in the repository (for the caller's record of where
+    /// blobs are, so a later push to another repository mounts them).
+    pub blobs: Vec<String>,
 }
 
 /// Pushes the image `ref_name` of the OCI layout at `dir` to `r` (its tag, `latest` if none).
@@ -31,6 +42,7 @@ pub async fn push(
     ref_name: &str,
     r: &RegistryRef,
     opts: &Options,
+    elsewhere: &HashMap<String, String>,
     progress: &Arc<Progress>,
 ) -> Result<PushReport> {
     let layout = |reason: String| Error::Layout {
@@ -89,18 +101,45 @@ pub async fn push(
         );
     }
     // Asked before anything is sent: a refusal says so at once.
-    client
+    let token = client
         .auth(&target, &auth, RegistryOperation::Push)
         .await
         .map_err(from_oci(&registry, format!("pushing to {r}")))?;
+    let uploader = Uploader {
+        http: reqwest::Client::builder()
+            .read_timeout(opts.timeout)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Refused {
+                registry: registry.clone(),
+                what: "an HTTP client".into(),
+                said: e.to_string(),
+            })?,
+        base: format!(
+            "{}://{registry}",
+            if r.is_loopback() { "http" } else { "https" }
+        ),
+        registry: registry.clone(),
+        repository: target.repository().to_string(),
+        auth: match (token, &opts.auth) {
+            (Some(t), _) => http::HeaderValue::from_str(&format!("Bearer {t}")).ok(),
+            (None, crate::auth::Credentials::Basic { user, password }) => {
+                use base64::Engine;
+                let b =
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+                http::HeaderValue::from_str(&format!("Basic {b}")).ok()
+            }
+            (None, crate::auth::Credentials::Anonymous) => None,
+        },
+    };
 
     let mut blobs: Vec<OciDescriptor> = vec![manifest.config.clone()];
     blobs.extend(manifest.layers.iter().cloned());
     for d in &blobs {
         check_digest(&d.digest).map_err(layout)?;
     }
-    let results: Vec<(bool, u64)> = futures::stream::iter(blobs.iter().map(|d| {
-        let (client, target, registry) = (&client, &target, &registry);
+    let results: Vec<(Option<Sent>, u64)> = futures::stream::iter(blobs.iter().map(|d| {
+        let (client, target, registry, uploader) = (&client, &target, &registry, &uploader);
         async move {
             let what = format!("blob {}", d.digest);
             if client
@@ -109,10 +148,10 @@ pub async fn push(
                 .map_err(from_oci(registry, what.clone()))?
             {
                 progress.files.fetch_add(1, Ordering::Relaxed);
-                return Ok((false, 0));
+                return Ok((None, 0));
             }
             let path = blob_path(dir, &d.digest);
-            let file = tokio::fs::File::open(&path)
+            let mut file = tokio::fs::File::open(&path)
                 .await
                 .map_err(io(format!("reading {}", path.display())))?;
             let size = file
@@ -120,17 +159,16 @@ pub async fn push(
                 .await
                 .map_err(io(format!("reading {}", path.display())))?
                 .len();
-            client
-                .push_blob_stream(
-                    target,
-                    chunks(file, progress.clone()),
-                    &d.digest,
-                    Some(size),
-                )
-                .await
-                .map_err(from_oci(registry, what))?;
+            let from = elsewhere
+                .get(&d.digest)
+                .filter(|repo| **repo != uploader.repository)
+                .map(String::as_str);
+            let sent = uploader
+                .send(&mut file, size, &d.digest, from, progress)
+                .await?;
             progress.files.fetch_add(1, Ordering::Relaxed);
-            Ok::<(bool, u64), Error>((true, size))
+            let bytes = if sent == Sent::Mounted { 0 } else { size };
+            Ok::<(Option<Sent>, u64), Error>((Some(sent), bytes))
         }
     }))
     .buffer_unordered(opts.parallel.max(1))
@@ -142,34 +180,29 @@ pub async fn push(
         .push_manifest_raw(&target, body, content_type)
         .await
         .map_err(from_oci(&registry, format!("manifest for {r}")))?;
+    let count = |f: fn(&Option<Sent>) -> bool| results.iter().filter(|(s, _)| f(s)).count();
     Ok(PushReport {
         manifest_digest: digest,
-        sent: results.iter().filter(|(s, _)| *s).count(),
-        skipped: results.iter().filter(|(s, _)| !*s).count(),
+        sent: count(|s| matches!(s, Some(Sent::Uploaded { .. }))),
+        skipped: count(Option::is_none),
+        mounted: count(|s| *s == Some(Sent::Mounted)),
+        resumed: results
+            .iter()
+            .map(|(s, _)| match s {
+                Some(Sent::Uploaded { resumed, .. }) => *resumed,
+                _ => 0,
+            })
+            .sum(),
+        restarted: results
+            .iter()
+            .map(|(s, _)| match s {
+                Some(Sent::Uploaded { restarted, .. }) => *restarted,
+                _ => 0,
+            })
+            .sum(),
         bytes: results.iter().map(|(_, n)| n).sum(),
+        blobs: blobs.iter().map(|d| d.digest.clone()).collect(),
     })
-}
-
-/// A file as a stream of 1 MiB pieces, counted as they go.
-fn chunks(
-    file: tokio::fs::File,
-    progress: Arc<Progress>,
-) -> impl futures::Stream<Item = std::result::Result<bytes::Bytes, OciDistributionError>> + Send + 'static
-{
-    futures::stream::unfold((file, progress), |(mut f, progress)| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 1 << 20];
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
-                Some((Ok(bytes::Bytes::from(buf)), (f, progress)))
-            }
-            Err(e) => Some((Err(OciDistributionError::IoError(e)), (f, progress))),
-        }
-    })
-    .boxed()
 }
 
 fn reqwest_header(v: &str) -> std::result::Result<http::HeaderValue, String> {
