@@ -261,10 +261,13 @@ scenario_hold() {
   # scenario runs alike after `run` or alone in a new test host).
   run_setup /tmp/sh || return
   # A detached VM whose command holds a file open for the snapshot below: it reads the first
-  # 4 KiB now and the rest once something is written to the FIFO /tmp/go.
+  # 4 KiB now and the rest once something is written to the FIFO /tmp/go. The result appears
+  # whole (renamed into place): the shell creates a redirect's file before the pipeline
+  # writes, and a reader polling for it once read it empty.
   held='exec 3< /usr/share/common-licenses/GPL-3; dd bs=4096 count=1 <&3 > /tmp/a 2> /dev/null
     mkfifo /tmp/go; touch /tmp/ready; read _ < /tmp/go
-    cat <&3 > /tmp/b; cat /tmp/a /tmp/b | sha256sum | cut -d" " -f1 > /tmp/held; exec sleep 100000'
+    cat <&3 > /tmp/b; cat /tmp/a /tmp/b | sha256sum | cut -d" " -f1 > /tmp/held.part
+    mv /tmp/held.part /tmp/held; exec sleep 100000'
   detach held debian:bookworm /bin/sh -c "$held"
   answers held
   triple held && { retried held; detach held debian:bookworm /bin/sh -c "$held"; answers held; }

@@ -39,14 +39,14 @@ fn one(cause: &(dyn std::error::Error + 'static)) -> Option<u8> {
     }
     if let Some(e) = cause.downcast_ref::<Repo>() {
         return match e {
-            Repo::UnknownImage(_) => Some(NOT_FOUND),
+            Repo::UnknownImage(_) | Repo::NotTrusted(_) => Some(NOT_FOUND),
             // tough reports a repository it could not reach as a metadata failure.
             Repo::Tuf { source, .. }
                 if starling_repo::error::network_failure(source.as_ref()).is_some() =>
             {
                 Some(UNREACHABLE)
             }
-            Repo::Tuf { .. } | Repo::BadObject { .. } => Some(UNTRUSTED),
+            Repo::Tuf { .. } | Repo::BadObject { .. } | Repo::OtherRoot { .. } => Some(UNTRUSTED),
             Repo::Fetch { .. } | Repo::Unreachable { .. } => Some(UNREACHABLE),
             _ => None,
         };

@@ -54,6 +54,9 @@ pub enum RepoCmd {
     /// Keys of a repository
     #[command(subcommand)]
     Key(KeyCmd),
+    /// The repositories this store trusts (their root metadata), and dropping one
+    #[command(subcommand)]
+    Trust(TrustCmd),
     /// Serve a repository directory over HTTP
     Serve {
         /// The repository directory
@@ -71,6 +74,21 @@ pub enum RepoCmd {
         root: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TrustCmd {
+    /// Every trusted repository: its URL, the current root's version, the first root's digest
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a repository: its roots, metadata and what it resolved (the next contact needs
+    /// --root again)
+    Rm {
+        /// The repository: http(s)://… or a directory, as it was trusted
+        url: String,
     },
 }
 
@@ -139,6 +157,35 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
                 .block_on(async { Repo::open(backend).await?.rotate_key(&kd, &role).await })
                 .with_context(|| format!("rotating the {role} keys of {repo}"))?;
             eprintln!("{role} keys rotated; root metadata version {v}");
+        }
+        RepoCmd::Trust(TrustCmd::Ls { json }) => {
+            let trusted = match Store::open(store_dir) {
+                Ok(store) => starling_repo::trust::list(store.root())?,
+                Err(starling_store::Error::NotAStore(_)) => Vec::new(),
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&trusted)?);
+            } else if trusted.is_empty() {
+                eprintln!("no repository is trusted here (pull --root ROOT.json trusts one)");
+            } else {
+                println!("{:<48} {:>5} ANCHOR", "REPOSITORY", "ROOT");
+                for t in &trusted {
+                    println!(
+                        "{:<48} {:>5} {}",
+                        t.url.as_deref().unwrap_or("(recorded before URLs were)"),
+                        t.root_version
+                            .map_or_else(|| "?".to_string(), |v| v.to_string()),
+                        t.anchor_sha256.as_deref().map_or("?", |h| &h[..12])
+                    );
+                }
+            }
+        }
+        RepoCmd::Trust(TrustCmd::Rm { url }) => {
+            let remote = Remote::parse(&url)?;
+            let store = Store::open(store_dir)?;
+            starling_repo::trust::remove(store.root(), &remote)?;
+            eprintln!("{url}: no longer trusted; the next pull needs --root");
         }
         RepoCmd::Serve { dir, listen } => {
             rt.block_on(starling_repo::serve::serve(dir, &listen))?;

@@ -111,9 +111,22 @@ fn mount_errors_are_clear() {
         .unwrap()
         .port();
     let url = format!("http://127.0.0.1:{port}/");
+    // A root that is not root metadata is refused first, by name.
     let root = env.path("root.json");
     fs::write(&root, b"{}").unwrap();
     let e = d.fails(&env, &["mount", &url, "t:v1", s(&mp), "--root", s(&root)]);
+    assert!(
+        e.contains(&format!("{}: is not root metadata", root.display())),
+        "{e}"
+    );
+    // A real root of a repository nothing serves: the error names its URL.
+    let unserved = env.path("unserved");
+    env.ok(&["repo", "init", s(&unserved)]);
+    let real_root = unserved.join("metadata/1.root.json");
+    let e = d.fails(
+        &env,
+        &["mount", &url, "t:v1", s(&mp), "--root", s(&real_root)],
+    );
     assert!(e.contains(&url), "{e}");
     // Unknown image in a real repository.
     let (_server, _repo, root) = serve(&env, &src, "t:v1");

@@ -1151,3 +1151,74 @@ fn push_and_pull_show_progress_on_a_terminal() {
         "{err:?}"
     );
 }
+
+/// A `--root` given again must be the root the repository is trusted with: another
+/// repository's root, or a file that is not root metadata, is refused naming both, never
+/// ignored. `repo trust ls|rm` shows and drops trust.
+#[test]
+fn another_root_is_refused_and_trust_is_listed_and_dropped() {
+    let env = Env::new();
+    let (repo, _) = published(&env);
+    let root = root_of(&repo);
+    let cs = client_store(&env);
+    let url = format!("{}/", repo.canonicalize().unwrap().display());
+    // Not root metadata, on first contact: refused before anything is trusted.
+    let targets = repo.join("metadata/timestamp.json");
+    let o = client(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", s(&targets)],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{e}");
+    assert!(
+        e.contains("is not root metadata (its signed._type is \"timestamp\")"),
+        "{e}"
+    );
+    client_ok(&env, &cs, &["pull", s(&repo), "t:v1", "--root", &root]);
+    // The same root again is fine.
+    client_ok(&env, &cs, &["pull", s(&repo), "t:v1", "--root", &root]);
+    // Another repository's root: refused, both named, the way out said.
+    let other = env.path("other-repo");
+    env.ok(&["repo", "init", s(&other)]);
+    let o = client(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&other)],
+    );
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(
+        e.contains("is trusted with root version 1 (sha256 ")
+            && e.contains(&format!("--root {} is root version 1", root_of(&other)))
+            && e.contains("repo trust rm"),
+        "{e}"
+    );
+    let ls = json(&client_ok(&env, &cs, &["repo", "trust", "ls", "--json"]));
+    let urls: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["url"].as_str())
+        .collect();
+    assert_eq!(urls, [format!("file://{url}").as_str()], "{ls}");
+    assert_eq!(ls[0]["root_version"], 1);
+    client_ok(&env, &cs, &["repo", "trust", "rm", s(&repo)]);
+    let e = client_fails(&env, &cs, &["pull", s(&repo), "t:v1"]);
+    assert!(e.contains("first contact"), "{e}");
+    let o = client(&env, &cs, &["repo", "trust", "rm", s(&repo)]);
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Dropped, the other root may be trusted (and then this repository's metadata fails
+    // its verification, as it must).
+    let o = client(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&other)],
+    );
+    assert_eq!(o.status.code(), Some(4));
+}

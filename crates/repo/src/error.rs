@@ -35,6 +35,11 @@ pub enum Error {
     Conflict(String),
     #[error("no image {0} in the repository")]
     UnknownImage(String),
+    #[error("repository {0} is not trusted here (`starling repo trust ls` lists those that are)")]
+    NotTrusted(String),
+    /// A `--root` that is not the root the repository is trusted with.
+    #[error("repository {repo} {reason}")]
+    OtherRoot { repo: String, reason: String },
     /// The repository could not be reached and nothing verified before can stand in.
     #[error("repository {repo} is unreachable ({reason}); {fallback}")]
     Unreachable {

@@ -13,6 +13,7 @@ pub mod push;
 pub mod record;
 pub mod remembered;
 pub mod serve;
+pub mod trust;
 
 pub use error::{Error, Result};
 

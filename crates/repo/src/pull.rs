@@ -119,19 +119,13 @@ pub async fn open_at(
     opts: &ClientOptions,
 ) -> Result<tough::Repository> {
     let ds = datastore_in(dir, remote);
-    let stored = ds.join("root.json");
-    let root = if stored.exists() {
-        std::fs::read(&stored).at(&stored)?
-    } else if let Some(p) = trusted_root {
-        std::fs::read(p).at(p)?
-    } else {
+    let Some(root) = crate::trust::root_for(dir, remote, trusted_root)? else {
         // Refused before anything is written for a repository never trusted here.
         return Err(invalid(
             format!("repository {}", remote.base),
             FIRST_CONTACT,
         ));
     };
-    std::fs::create_dir_all(&ds).at(&ds)?;
     let loader = RepositoryLoader::new(&root, remote.join("metadata/")?, remote.join("targets/")?)
         .datastore(&ds);
     let loader = if remote.is_file() {
