@@ -11,37 +11,106 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 
-/// `docker-registry serve` on a free loopback port, its storage in the test's directory;
-/// with `htpasswd`, it asks for a login (basic auth). Killed on drop.
+/// How a test registry wants its clients to log in.
+enum Login<'a> {
+    None,
+    /// HTTP basic authentication against an htpasswd file.
+    Basic(&'a str, &'a str),
+    /// The distribution spec's token authentication: the registry sends clients to a token
+    /// server (tests/fixtures/registry-token-server.py) and takes the JWTs it signs.
+    Token(&'a str, &'a str),
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `docker-registry serve` on a free loopback port, its storage in the test's directory,
+/// asking for the login given (and its token server running). Killed on drop.
 struct Registry {
     child: Child,
+    token_server: Option<Child>,
     addr: String,
     storage: PathBuf,
 }
 
 impl Registry {
     fn start(env: &Env, name: &str, htpasswd: Option<(&str, &str)>) -> Registry {
+        match htpasswd {
+            Some((u, p)) => Registry::with_login(env, name, Login::Basic(u, p)),
+            None => Registry::with_login(env, name, Login::None),
+        }
+    }
+
+    fn with_login(env: &Env, name: &str, login: Login) -> Registry {
         let dir = env.path(name);
         fs::create_dir_all(&dir).unwrap();
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let addr = format!("127.0.0.1:{port}");
+        let addr = format!("127.0.0.1:{}", free_port());
         let storage = dir.join("data");
+        let mut token_server = None;
         let mut config = format!(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
              http:\n  addr: {addr}\n",
             storage.display()
         );
-        if let Some((user, password)) = htpasswd {
-            let file = dir.join("htpasswd");
-            let line = tool("htpasswd", &["-Bbn", user, password]);
-            fs::write(&file, line.trim()).unwrap();
-            config.push_str(&format!(
-                "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
-                file.display()
-            ));
+        match login {
+            Login::None => {}
+            Login::Basic(user, password) => {
+                let file = dir.join("htpasswd");
+                let line = tool("htpasswd", &["-Bbn", user, password]);
+                fs::write(&file, line.trim()).unwrap();
+                config.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: test\n    path: {}\n",
+                    file.display()
+                ));
+            }
+            Login::Token(user, password) => {
+                let (key, cert) = (dir.join("token-key.pem"), dir.join("token-cert.pem"));
+                tool(
+                    "openssl",
+                    &[
+                        "req",
+                        "-x509",
+                        "-newkey",
+                        "rsa:2048",
+                        "-nodes",
+                        "-days",
+                        "1",
+                        "-subj",
+                        "/CN=starling-test-token",
+                        "-keyout",
+                        s(&key),
+                        "-out",
+                        s(&cert),
+                    ],
+                );
+                let tport = free_port();
+                let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../tests/fixtures/registry-token-server.py");
+                let mut child = Command::new("/usr/bin/python3")
+                    .arg(&script)
+                    .args([&tport.to_string(), s(&key), s(&cert), user, password])
+                    .arg("starling-test-issuer")
+                    .stdout(Stdio::piped())
+                    .stderr(fs::File::create(dir.join("token-server.log")).unwrap())
+                    .spawn()
+                    .expect("token server");
+                let mut line = String::new();
+                std::io::BufRead::read_line(
+                    &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                    &mut line,
+                )
+                .unwrap();
+                assert_eq!(line.trim(), "ready", "token server: {line}");
+                token_server = Some(child);
+                config.push_str(&format!(
+                    "auth:\n  token:\n    realm: http://127.0.0.1:{tport}/token\n    \
+                     service: starling-test\n    issuer: starling-test-issuer\n    \
+                     rootcertbundle: {}\n",
+                    cert.display()
+                ));
+            }
         }
         let cfg = dir.join("config.yml");
         fs::write(&cfg, config).unwrap();
@@ -53,6 +122,7 @@ impl Registry {
             .expect("docker-registry");
         let r = Registry {
             child,
+            token_server,
             addr,
             storage,
         };
@@ -84,6 +154,10 @@ impl Registry {
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(t) = self.token_server.as_mut() {
+            let _ = t.kill();
+            let _ = t.wait();
+        }
     }
 }
 
@@ -625,4 +699,79 @@ fn a_push_broken_in_the_middle_of_a_blob_goes_on_and_completes() {
             "{name}"
         );
     }
+}
+
+/// Token authentication as Docker Hub, ghcr.io and Harbor do it: the registry answers 401
+/// with a Bearer challenge naming a token server; without a login the token server refuses,
+/// with one it signs a token that the registry takes, for the push (chunked uploads
+/// included) and the pull.
+#[test]
+fn token_authentication_as_public_registries_do_it() {
+    if !require_registry_tools() {
+        return;
+    }
+    require_tool("openssl", "openssl");
+    let env = Env::new();
+    let reg = Registry::with_login(&env, "reg", Login::Token("bob", "t0ken-pw"));
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), pseudo_random(6 << 20, 21)).unwrap();
+    env.ok(&["image", "import", s(&src), "tok:v1"]);
+    let dest = format!("{}:v1", reg.image("team/tok"));
+    let o = env.run(&["image", "export", "tok:v1", &dest]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(4), "{e}");
+    assert!(e.contains("not authorized"), "{e}");
+    let o = env.run(&[
+        "image",
+        "export",
+        "tok:v1",
+        &dest,
+        "--creds",
+        "bob:t0ken-pw",
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{e}");
+    assert!(e.contains("2 blobs sent"), "{e}");
+    // skopeo, logged in, sees what was pushed.
+    let inspect = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--creds",
+        "bob:t0ken-pw",
+        &dest,
+    ]);
+    let digest = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    assert!(inspect.contains(&digest), "{inspect}");
+    // Pulled back with the login (and refused without): the same tree.
+    let other = env.path("other");
+    let (code, e) = starling_in(&other, &["image", "import", &dest, "tok:v1"], &[]);
+    assert_eq!(code, Some(4), "{e}");
+    let (code, e) = starling_in(
+        &other,
+        &[
+            "image",
+            "import",
+            &dest,
+            "tok:v1",
+            "--creds",
+            "bob:t0ken-pw",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{e}");
+    let j = String::from_utf8_lossy(
+        &Command::new(env!("CARGO_BIN_EXE_starling"))
+            .arg("--store")
+            .arg(&other)
+            .args(["image", "inspect", "--json", "tok:v1"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string();
+    assert_eq!(
+        json(&j)["root_tree"].as_str().unwrap(),
+        root_tree(&env, "tok:v1")
+    );
 }
