@@ -76,7 +76,9 @@ fn wait_for(log: &Path, text: &str) -> String {
     let t = Instant::now();
     loop {
         let s = std::fs::read_to_string(log).unwrap_or_default();
-        if s.contains(text) {
+        // The whole line: the console writes a byte at a time, and a loaded machine once
+        // showed "net: udp from" with the rest of its line still to come.
+        if s.find(text).is_some_and(|i| s[i..].contains('\n')) {
             return s;
         }
         assert!(
