@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,15 +16,27 @@ use crate::Error;
 /// Largest request body read (bodies are small JSON objects).
 const MAX_BODY: usize = 65536;
 
+/// How long a stopping monitor waits for the answers it still owes.
+const DRAIN: Duration = Duration::from_secs(2);
+
 pub struct ApiServer {
     path: PathBuf,
+    /// Connections being answered.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl ApiServer {
-    /// Call after setting the `done` flag given to `serve`: wakes the accepting thread.
+    /// Call after setting the `done` flag given to `serve`: wakes the accepting thread, then
+    /// waits (a bounded time) for the answers in flight. The request that stopped the VM
+    /// (`snapshot --stop`, `stop`) is one of them: without the wait the process could end
+    /// before its answer was written, and the client read an empty one.
     pub fn shutdown(self) {
         let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
+        let t = std::time::Instant::now();
+        while self.in_flight.load(Ordering::SeqCst) > 0 && t.elapsed() < DRAIN {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -40,6 +52,8 @@ pub fn serve(
     };
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path).map_err(io)?;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let counted = in_flight.clone();
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
@@ -48,14 +62,24 @@ pub fn serve(
                     break;
                 }
                 let vm = vm.clone();
-                let _ = std::thread::Builder::new()
-                    .name("api-conn".into())
-                    .spawn(move || handle(stream, &*vm));
+                let counted = counted.clone();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new().name("api-conn".into()).spawn({
+                    let counted = counted.clone();
+                    move || {
+                        handle(stream, &*vm);
+                        counted.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+                if spawned.is_err() {
+                    counted.fetch_sub(1, Ordering::SeqCst);
+                }
             }
         })
         .map_err(io)?;
     Ok(ApiServer {
         path: path.to_owned(),
+        in_flight,
     })
 }
 
