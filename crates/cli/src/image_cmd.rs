@@ -4,11 +4,10 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Subcommand, ValueEnum};
-use starling_image::chunk::{ChunkParams, Progress};
+use starling_image::chunk::ChunkParams;
 use starling_image::export::{self, ExportFormat};
 use starling_image::import::{self, ImportOptions, SourceFormat};
 use starling_image::reference::ImageRef;
@@ -16,7 +15,7 @@ use starling_image::versions;
 use starling_store::Store;
 
 use crate::format;
-use crate::progress::Display;
+use crate::progress::showing;
 use starling_registry::RegistryRef;
 
 #[derive(Subcommand)]
@@ -40,15 +39,8 @@ pub enum ImageCmd {
         labels: Vec<String>,
         #[arg(long)]
         json: bool,
-        /// Registry credentials for docker:// [default: what `docker login` stored for the
-        /// registry, else none]
-        #[arg(
-            long,
-            env = "STARLING_REGISTRY_CREDS",
-            value_name = "USER:PASSWORD",
-            hide_env_values = true
-        )]
-        creds: Option<String>,
+        #[command(flatten)]
+        login: crate::registry_cmd::Login,
         /// Average chunk size in bytes (benchmarking; the default is the measured choice)
         #[arg(long, hide = true)]
         chunk_avg: Option<u32>,
@@ -78,15 +70,8 @@ pub enum ImageCmd {
         /// Replace a file already at DEST (an archive or disk image)
         #[arg(long)]
         force: bool,
-        /// Registry credentials for docker:// [default: what `docker login` stored for the
-        /// registry, else none]
-        #[arg(
-            long,
-            env = "STARLING_REGISTRY_CREDS",
-            value_name = "USER:PASSWORD",
-            hide_env_values = true
-        )]
-        creds: Option<String>,
+        #[command(flatten)]
+        login: crate::registry_cmd::Login,
     },
     /// List images (one row per tag)
     Ls {
@@ -190,7 +175,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             partition,
             labels,
             json,
-            creds,
+            login,
             chunk_avg,
             inline_max,
             zstd_level,
@@ -208,37 +193,37 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             // A registry image is pulled into a layout first; the layout is what is imported.
             let shown = source.display().to_string();
             let pulled = match source.to_str().filter(|s| RegistryRef::is_registry(s)) {
-                Some(src) => Some(crate::registry_cmd::pull(&store, src, creds.as_deref())?),
+                Some(src) => Some(crate::registry_cmd::pull(
+                    &store,
+                    src,
+                    login.creds.as_deref(),
+                )?),
                 None => None,
             };
             let (source, format) = match &pulled {
                 Some(p) => (p.source.clone(), Some(InFormat::Oci)),
                 None => (source, format),
             };
-            let progress = Arc::new(Progress::default());
-            let display = Display::start("importing", "files", progress.clone());
             let started = std::time::Instant::now();
-            let report = import::import(
-                &store,
-                &ImportOptions {
-                    source: &source,
-                    format: format.map(|f| match f {
-                        InFormat::Dir => SourceFormat::Dir,
-                        InFormat::Tar => SourceFormat::Tar,
-                        InFormat::Disk => SourceFormat::Disk,
-                        InFormat::Oci => SourceFormat::Oci,
-                    }),
-                    name: &name,
-                    tag: &tag,
-                    labels,
-                    chunking,
-                    partition,
-                },
-                &progress,
-            )
+            let options = ImportOptions {
+                source: &source,
+                format: format.map(|f| match f {
+                    InFormat::Dir => SourceFormat::Dir,
+                    InFormat::Tar => SourceFormat::Tar,
+                    InFormat::Disk => SourceFormat::Disk,
+                    InFormat::Oci => SourceFormat::Oci,
+                }),
+                name: &name,
+                tag: &tag,
+                labels,
+                chunking,
+                partition,
+            };
+            let report = showing("importing", "files", |p| {
+                import::import(&store, &options, p)
+            })
             .with_context(|| format!("importing {shown} as {name}:{tag}"))?;
             drop(pulled);
-            drop(display);
             if json {
                 println!(
                     "{}",
@@ -269,7 +254,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             format,
             size,
             force,
-            creds,
+            login,
         } => {
             let store = Store::open(store_dir)?;
             let parsed = versions::concrete(&store, &ImageRef::parse(&image)?)?;
@@ -278,7 +263,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                 if format.is_some_and(|f| !matches!(f, OutFormat::Oci)) || size.is_some() {
                     bail!("a registry takes OCI images: no --format other than oci, no --size");
                 }
-                crate::registry_cmd::push(&store, &resolved, d, creds.as_deref())?;
+                crate::registry_cmd::push(&store, &resolved, d, login.creds.as_deref())?;
                 return Ok(ExitCode::SUCCESS);
             }
             // oci:DIR[:REF] names the layout and the image's name in it.
@@ -358,11 +343,10 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             if format == ExportFormat::Dir && dest.as_os_str() == "-" {
                 bail!("cannot export a directory to stdout; use --format tar");
             }
-            let progress = Arc::new(Progress::default());
-            let display = Display::start("exporting", "files", progress.clone());
-            let report = export::export(&store, &resolved, &dest, format, &progress)
-                .with_context(|| format!("exporting {} to {}", resolved.display, dest.display()))?;
-            drop(display);
+            let report = showing("exporting", "files", |p| {
+                export::export(&store, &resolved, &dest, format, p)
+            })
+            .with_context(|| format!("exporting {} to {}", resolved.display, dest.display()))?;
             for w in report.warnings.iter().take(20) {
                 eprintln!("warning: {w}");
             }

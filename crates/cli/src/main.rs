@@ -394,11 +394,10 @@ const STORE_USERS: [&[&str]; 11] = [
     &["pool", "create"],
 ];
 
-fn with_store(cmd: clap::Command, path: &[&str]) -> clap::Command {
-    let uses = !path.is_empty()
-        && STORE_USERS
-            .iter()
-            .any(|p| path.len() >= p.len() && path[..p.len()] == **p);
+fn with_store(cmd: clap::Command, path: &[String]) -> clap::Command {
+    let uses = STORE_USERS
+        .iter()
+        .any(|p| path.len() >= p.len() && path.iter().zip(p.iter()).all(|(a, b)| a == b));
     let cmd = if uses {
         cmd.arg(
             clap::Arg::new("store")
@@ -412,11 +411,8 @@ fn with_store(cmd: clap::Command, path: &[&str]) -> clap::Command {
     };
     cmd.mut_subcommands(|sub| {
         let mut p = path.to_vec();
-        p.push(sub.get_name());
-        // The name lives in `sub`, which the closure consumes: keep a copy.
-        let names: Vec<String> = p.iter().map(|s| s.to_string()).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        with_store(sub, &refs)
+        p.push(sub.get_name().to_string());
+        with_store(sub, &p)
     })
 }
 

@@ -14,9 +14,21 @@ pub struct Display {
     ticker: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Runs `work` with a fresh set of counters shown as `verb`, `things`, bytes and rate on a
+/// terminal; the display is gone when `work` returns, before any summary or error is said.
+pub fn showing<T>(
+    verb: &'static str,
+    things: &'static str,
+    work: impl FnOnce(&Arc<Progress>) -> T,
+) -> T {
+    let counters = Arc::new(Progress::default());
+    let _display = Display::start(verb, things, counters.clone());
+    work(&counters)
+}
+
 impl Display {
     /// A spinner saying `verb`, how many `things` (files, objects) and bytes so far, and the rate.
-    pub fn start(verb: &'static str, things: &'static str, counters: Arc<Progress>) -> Display {
+    fn start(verb: &'static str, things: &'static str, counters: Arc<Progress>) -> Display {
         let Some(mut d) = Display::bar("{spinner} {prefix} {msg} [{elapsed}]") else {
             return Display::silent();
         };

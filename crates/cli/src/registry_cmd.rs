@@ -4,15 +4,27 @@
 //! by the same verified layout code as `oci:DIR`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use starling_image::chunk::Progress;
 use starling_registry::auth::Credentials;
 use starling_registry::{Options, RegistryRef};
 use starling_store::Store;
 
-use crate::progress::Display;
+use crate::progress::showing;
+
+/// How `image import`/`image export` log in to a registry.
+#[derive(clap::Args)]
+pub struct Login {
+    /// Registry credentials for docker:// [default: what `docker login` stored for the
+    /// registry, else none]
+    #[arg(
+        long,
+        env = "STARLING_REGISTRY_CREDS",
+        value_name = "USER:PASSWORD",
+        hide_env_values = true
+    )]
+    pub creds: Option<String>,
+}
 
 /// The name the image has inside the temporary layout.
 const REF: &str = "registry";
@@ -52,19 +64,10 @@ pub fn pull(store: &Store, src: &str, creds: Option<&str>) -> Result<Pulled> {
     let writer = store.lock_writer()?;
     let dir = temp_layout(store)?;
     let rt = starling_registry::runtime()?;
-    let progress = Arc::new(Progress::default());
-    let display = Display::start("pulling", "blobs", progress.clone());
-    let report = rt
-        .block_on(starling_registry::pull::pull(
-            &r,
-            &opts,
-            dir.path(),
-            REF,
-            &progress,
-        ))
-        .with_context(|| format!("pulling {src}"));
-    drop(display);
-    let report = report?;
+    let report = showing("pulling", "blobs", |p| {
+        rt.block_on(starling_registry::pull::pull(&r, &opts, dir.path(), REF, p))
+    })
+    .with_context(|| format!("pulling {src}"))?;
     eprintln!(
         "pulled {src}: manifest {}, {} layers, {}",
         &report.manifest_digest,
@@ -91,32 +94,22 @@ pub fn push(
     let _writer = store.lock_writer()?;
     let dir = temp_layout(store)?;
     let layout = dir.path().join("layout");
-    let progress = Arc::new(Progress::default());
-    let display = Display::start("exporting", "files", progress.clone());
-    let exported = starling_image::export::export(
-        store,
-        resolved,
-        &layout,
-        starling_image::export::ExportFormat::Oci {
-            ref_name: REF.into(),
-        },
-        &progress,
-    )
-    .with_context(|| format!("exporting {} as an OCI image", resolved.display));
-    drop(display);
-    exported?;
+    let as_oci = starling_image::export::ExportFormat::Oci {
+        ref_name: REF.into(),
+    };
+    showing("exporting", "files", |p| {
+        starling_image::export::export(store, resolved, &layout, as_oci, p)
+    })
+    .with_context(|| format!("exporting {} as an OCI image", resolved.display))?;
     let rt = starling_registry::runtime()?;
-    let progress = Arc::new(Progress::default());
-    let display = Display::start("pushing", "blobs", progress.clone());
     let mut known = BlobPlaces::load(store);
     let elsewhere = known.of(r.registry());
-    let report = rt
-        .block_on(starling_registry::push::push(
-            &layout, REF, &r, &opts, &elsewhere, &progress,
+    let report = showing("pushing", "blobs", |p| {
+        rt.block_on(starling_registry::push::push(
+            &layout, REF, &r, &opts, &elsewhere, p,
         ))
-        .with_context(|| format!("pushing {} to {dest}", resolved.display));
-    drop(display);
-    let report = report?;
+    })
+    .with_context(|| format!("pushing {} to {dest}", resolved.display))?;
     known.record(r.registry(), r.inner.repository(), &report.blobs);
     known.save(store);
     println!("{}", report.manifest_digest);

@@ -2,11 +2,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use starling_image::chunk::Progress;
 use starling_image::reference::ImageRef;
 use starling_repo::backend::Backend;
 use starling_repo::keys::{KeyDir, Policy};
@@ -15,7 +13,7 @@ use starling_repo::pull::{ClientOptions, Remote};
 use starling_store::Store;
 
 use crate::format::parse_duration;
-use crate::progress::Display;
+use crate::progress::showing;
 
 /// The default validity of timestamp, snapshot, targets and root metadata: the repository
 /// library's `Policy::default()` as a user writes it (a test keeps the two equal).
@@ -277,16 +275,13 @@ pub fn push(
     let backend = Backend::parse(dest)?;
     let kd = KeyDir::open(&key_dir(&backend, keys)?)?;
     let rt = starling_repo::runtime()?;
-    let progress = Arc::new(Progress::default());
-    let display = Display::start("pushing", "objects", progress.clone());
-    let r = rt
-        .block_on(async {
+    let r = showing("pushing", "objects", |p| {
+        rt.block_on(async {
             let repo = Repo::open(backend).await?;
-            starling_repo::push::push(&store, &what, &repo, &kd, as_name, &progress).await
+            starling_repo::push::push(&store, &what, &repo, &kd, as_name, p).await
         })
-        .with_context(|| format!("pushing {image} to {dest}"));
-    drop(display);
-    let r = r?;
+    })
+    .with_context(|| format!("pushing {image} to {dest}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
@@ -318,20 +313,17 @@ pub fn pull(
     let store = trust_store(store_dir, url, root.as_deref())?;
     let what = ImageRef::parse(image)?;
     let rt = starling_repo::runtime()?;
-    let progress = Arc::new(Progress::default());
-    let display = Display::start("pulling", "objects", progress.clone());
-    let r = rt
-        .block_on(starling_repo::pull::pull(
+    let r = showing("pulling", "objects", |p| {
+        rt.block_on(starling_repo::pull::pull(
             &store,
             &remote,
             &what,
             root.as_deref(),
             &opts,
-            &progress,
+            p,
         ))
-        .with_context(|| format!("pulling {image} from {url}"));
-    drop(display);
-    let r = r?;
+    })
+    .with_context(|| format!("pulling {image} from {url}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -214,6 +214,21 @@ fn skopeo(args: &[&str]) -> String {
     tool("skopeo", args)
 }
 
+/// `root_tree` of an image in a store other than the test's.
+fn root_tree_in(store: &Path, image: &str) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--store")
+        .arg(store)
+        .args(["image", "inspect", "--json", image])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    json(&String::from_utf8_lossy(&o.stdout))["root_tree"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// `starling --store STORE ARGS…` with `envs`: its status and standard error.
 fn starling_in(store: &Path, args: &[&str], envs: &[(&str, &Path)]) -> (Option<i32>, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_starling"))
@@ -515,19 +530,7 @@ fn bad_registry_content_and_missing_logins_are_refused_and_nothing_is_stored() {
         &[("REGISTRY_AUTH_FILE", &auth)],
     );
     assert_eq!(code, Some(0), "{e}");
-    assert_eq!(root_tree(&env, "seed:v1"), {
-        let j: serde_json::Value = serde_json::from_slice(
-            &Command::new(env!("CARGO_BIN_EXE_starling"))
-                .arg("--store")
-                .arg(&other)
-                .args(["image", "inspect", "--json", "got:v1"])
-                .output()
-                .unwrap()
-                .stdout,
-        )
-        .unwrap();
-        j["root_tree"].as_str().unwrap().to_string()
-    });
+    assert_eq!(root_tree(&env, "seed:v1"), root_tree_in(&other, "got:v1"));
 
     // Unreachable: 5, with the OS's reason.
     reg.stop();
@@ -760,18 +763,5 @@ fn token_authentication_as_public_registries_do_it() {
         &[],
     );
     assert_eq!(code, Some(0), "{e}");
-    let j = String::from_utf8_lossy(
-        &Command::new(env!("CARGO_BIN_EXE_starling"))
-            .arg("--store")
-            .arg(&other)
-            .args(["image", "inspect", "--json", "tok:v1"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .to_string();
-    assert_eq!(
-        json(&j)["root_tree"].as_str().unwrap(),
-        root_tree(&env, "tok:v1")
-    );
+    assert_eq!(root_tree_in(&other, "tok:v1"), root_tree(&env, "tok:v1"));
 }

@@ -87,6 +87,20 @@ impl Credentials {
             .map_err(|_| bad(format!("the auth of {registry} is not user:password")))
     }
 
+    /// The `Authorization` header of requests made outside oci-client: its Bearer `token`
+    /// when the registry gave one, else these credentials as basic authentication.
+    pub(crate) fn authorization(&self, token: Option<&str>) -> Option<http::HeaderValue> {
+        let value = match (token, self) {
+            (Some(t), _) => format!("Bearer {t}"),
+            (None, Credentials::Basic { user, password }) => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+            (None, Credentials::Anonymous) => return None,
+        };
+        http::HeaderValue::from_str(&value).ok()
+    }
+
     pub(crate) fn registry_auth(&self) -> RegistryAuth {
         match self {
             Credentials::Anonymous => RegistryAuth::Anonymous,

@@ -59,13 +59,7 @@ pub(crate) fn from_oci(
         use oci_client::errors::OciErrorCode as C;
         use OciDistributionError as O;
         let registry = registry.to_string();
-        let unauthorized = |detail: String| Error::Unauthorized {
-            reason: format!(
-                "{what}: not authorized ({detail}); give --creds USER:PASSWORD or log in with \
-                 `docker login {registry}`"
-            ),
-            registry: registry.clone(),
-        };
+        let unauthorized = |detail: String| unauthorized(&registry, &what, &detail);
         match e {
             O::AuthenticationFailure(m) => unauthorized(shown(&m)),
             O::UnauthorizedError { .. } => unauthorized("HTTP 401".into()),
@@ -137,30 +131,17 @@ pub(crate) fn from_oci(
                     image: what,
                 }
             }
-            O::RequestError(r) if r.is_connect() || r.is_timeout() => {
-                let mut reason = r.to_string();
-                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
-                while let Some(c) = cause {
-                    reason = c.to_string();
-                    cause = c.source();
-                }
-                Error::Unreachable { registry, reason }
-            }
+            O::RequestError(r) if r.is_connect() || r.is_timeout() => Error::Unreachable {
+                registry,
+                reason: innermost(&r),
+            },
             // The body ended before the length the registry announced (a cut blob): what
             // came is wrong, though nothing failed on the network.
-            O::RequestError(r) if r.is_body() || r.is_decode() => {
-                let mut reason = r.to_string();
-                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
-                while let Some(c) = cause {
-                    reason = c.to_string();
-                    cause = c.source();
-                }
-                Error::BadContent {
-                    registry,
-                    what,
-                    reason,
-                }
-            }
+            O::RequestError(r) if r.is_body() || r.is_decode() => Error::BadContent {
+                registry,
+                what,
+                reason: innermost(&r),
+            },
             other => Error::Registry {
                 registry,
                 what,
@@ -168,6 +149,29 @@ pub(crate) fn from_oci(
             },
         }
     }
+}
+
+/// A refused login, with the next step.
+pub(crate) fn unauthorized(registry: &str, what: &str, detail: &str) -> Error {
+    Error::Unauthorized {
+        registry: registry.to_string(),
+        reason: format!(
+            "{what}: not authorized ({detail}); give --creds USER:PASSWORD or log in with \
+             `docker login {registry}`"
+        ),
+    }
+}
+
+/// The innermost cause of `e`: the OS error or the timeout under a client error whose own
+/// text names only the URL.
+pub(crate) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        reason = c.to_string();
+        cause = c.source();
+    }
+    reason
 }
 
 /// What a registry said, fit for one line of a terminal: control characters (escape

@@ -43,6 +43,9 @@ impl Default for Options {
 /// Blobs (as `files`) and bytes moved so far, for a progress display.
 pub use starling_image::chunk::Progress;
 
+/// A registry that does not accept a connection in this long is unreachable.
+pub(crate) const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The client for `r`: plain HTTP to a loopback registry, HTTPS to any other.
 pub(crate) fn client(r: &RegistryRef, opts: &Options) -> oci_client::Client {
     use oci_client::client::{ClientConfig, ClientProtocol};
@@ -54,7 +57,7 @@ pub(crate) fn client(r: &RegistryRef, opts: &Options) -> oci_client::Client {
     oci_client::Client::new(ClientConfig {
         protocol,
         read_timeout: Some(opts.timeout),
-        connect_timeout: Some(std::time::Duration::from_secs(10)),
+        connect_timeout: Some(CONNECT_TIMEOUT),
         max_concurrent_download: opts.parallel.max(1),
         max_concurrent_upload: opts.parallel.max(1),
         ..ClientConfig::default()

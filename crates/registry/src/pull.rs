@@ -87,7 +87,7 @@ pub async fn pull(
                 ),
             ));
         }
-        let have = format!("sha256:{}", hex(&Sha256::digest(&body)));
+        let have = sha256_digest(&body);
         if have != digest {
             return Err(bad("manifest", format!("has digest {have}, not {digest}")));
         }
@@ -295,8 +295,9 @@ pub(crate) fn blob_path(dir: &Path, digest: &str) -> PathBuf {
         .join(digest.trim_start_matches("sha256:"))
 }
 
-pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// `sha256:<hex>`, as OCI names content.
+pub(crate) fn sha256_digest(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
 }
 
 pub(crate) fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::RegistryOperation;
-use sha2::{Digest, Sha256};
 
 use crate::error::{from_oci, Error, Result};
-use crate::pull::{blob_path, check_digest, hex, io, MAX_MANIFEST, REF_NAME};
+use crate::pull::{blob_path, check_digest, io, sha256_digest, MAX_MANIFEST, REF_NAME};
 use crate::upload::{Sent, Uploader};
 use crate::{Options, Progress, RegistryRef};
 
@@ -81,7 +80,7 @@ pub async fn push(
     let body = tokio::fs::read(blob_path(dir, &digest))
         .await
         .map_err(io(format!("reading manifest {digest}")))?;
-    if body.len() > MAX_MANIFEST || format!("sha256:{}", hex(&Sha256::digest(&body))) != digest {
+    if body.len() > MAX_MANIFEST || sha256_digest(&body) != digest {
         return Err(layout(format!(
             "manifest {digest} does not match its digest"
         )));
@@ -108,7 +107,7 @@ pub async fn push(
     let uploader = Uploader {
         http: reqwest::Client::builder()
             .read_timeout(opts.timeout)
-            .connect_timeout(std::time::Duration::from_secs(10))
+            .connect_timeout(crate::CONNECT_TIMEOUT)
             .build()
             .map_err(|e| Error::Refused {
                 registry: registry.clone(),
@@ -121,16 +120,7 @@ pub async fn push(
         ),
         registry: registry.clone(),
         repository: target.repository().to_string(),
-        auth: match (token, &opts.auth) {
-            (Some(t), _) => http::HeaderValue::from_str(&format!("Bearer {t}")).ok(),
-            (None, crate::auth::Credentials::Basic { user, password }) => {
-                use base64::Engine;
-                let b =
-                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-                http::HeaderValue::from_str(&format!("Basic {b}")).ok()
-            }
-            (None, crate::auth::Credentials::Anonymous) => None,
-        },
+        auth: opts.auth.authorization(token.as_deref()),
     };
 
     let mut blobs: Vec<OciDescriptor> = vec![manifest.config.clone()];

@@ -18,7 +18,7 @@ use reqwest::header::{
 use reqwest::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::error::{shown, Error, Result};
+use crate::error::{innermost, shown, unauthorized, Error, Result};
 use crate::Progress;
 
 /// Bytes per PATCH.
@@ -233,24 +233,15 @@ impl Uploader {
     }
 
     fn network(&self, e: reqwest::Error) -> Error {
-        let mut reason = e.to_string();
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
-        while let Some(c) = cause {
-            reason = c.to_string();
-            cause = c.source();
-        }
         Error::Unreachable {
             registry: self.registry.clone(),
-            reason,
+            reason: innermost(&e),
         }
     }
 
     async fn status_error(&self, what: &str, s: StatusCode, res: reqwest::Response) -> Error {
         if s == StatusCode::UNAUTHORIZED || s == StatusCode::FORBIDDEN {
-            return Error::Unauthorized {
-                registry: self.registry.clone(),
-                reason: format!("{what}: not authorized (HTTP {})", s.as_u16()),
-            };
+            return unauthorized(&self.registry, what, &format!("HTTP {}", s.as_u16()));
         }
         let body = res.text().await.unwrap_or_default();
         self.failed(what, format!("HTTP {}: {}", s.as_u16(), shown(&body)))

@@ -104,7 +104,7 @@ pub struct NetworkFailure {
 /// bytes, a bad signature) is not one, although tough reports those as transport errors too.
 pub fn network_failure(e: &(dyn std::error::Error + 'static)) -> Option<NetworkFailure> {
     use std::io::ErrorKind as K;
-    let (mut url, mut network, mut reason) = (None, false, e.to_string());
+    let (mut url, mut network) = (None, false);
     let mut cause = Some(e);
     while let Some(c) = cause {
         if let Some(r) = c.downcast_ref::<reqwest::Error>() {
@@ -129,25 +129,24 @@ pub fn network_failure(e: &(dyn std::error::Error + 'static)) -> Option<NetworkF
                     | K::AddrNotAvailable
             );
         }
+        cause = c.source();
+    }
+    network.then(|| NetworkFailure {
+        url,
+        reason: innermost(e),
+    })
+}
+
+/// The innermost cause of `e`: the OS error, the timeout or the protocol error that a client
+/// error's own text (which names only the URL) leaves out.
+pub(crate) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
         reason = c.to_string();
         cause = c.source();
     }
-    network.then_some(NetworkFailure { url, reason })
-}
-
-/// A reqwest error as one line: its own text names the URL but not why (the OS error, the
-/// timeout or the protocol error is in its sources), and the caller names the URL already.
-pub(crate) fn http_reason(e: &reqwest::Error) -> String {
-    if let Some(f) = network_failure(e) {
-        return f.reason;
-    }
-    let mut innermost = None;
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        innermost = Some(c.to_string());
-        cause = c.source();
-    }
-    innermost.unwrap_or_else(|| e.to_string())
+    reason
 }
 
 #[cfg(test)]
@@ -172,7 +171,7 @@ mod tests {
         let f = network_failure(&e).expect("a refused connection is a network failure");
         assert_eq!(f.url.as_deref(), Some(url.as_str()));
         assert_eq!(f.reason, "Connection refused (os error 111)");
-        assert_eq!(http_reason(&e), "Connection refused (os error 111)");
+        assert_eq!(innermost(&e), "Connection refused (os error 111)");
         // Wrapped as tough wraps it, it becomes a fetch error naming the URL once.
         let wrapped = tough::TransportError::new_with_cause(
             tough::TransportErrorKind::Other,

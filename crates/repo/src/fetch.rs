@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use starling_store::{ObjectId, ObjectSource, Origin};
 
-use crate::error::{http_reason, invalid, Error, Result};
+use crate::error::{innermost, invalid, Error, Result};
 use crate::pull::{ClientOptions, Remote};
 use crate::push::object_rel;
 
@@ -80,7 +80,7 @@ impl Fetcher {
             .get(url.clone())
             .send()
             .await
-            .map_err(|e| fetch_err(http_reason(&e)))?;
+            .map_err(|e| fetch_err(innermost(&e)))?;
         if !resp.status().is_success() {
             return Err(fetch_err(format!("HTTP {}", resp.status())));
         }
@@ -91,7 +91,7 @@ impl Fetcher {
             )));
         }
         let mut out = Vec::new();
-        while let Some(piece) = resp.chunk().await.map_err(|e| fetch_err(http_reason(&e)))? {
+        while let Some(piece) = resp.chunk().await.map_err(|e| fetch_err(innermost(&e)))? {
             out.extend_from_slice(&piece);
             if out.len() as u64 > max {
                 return Err(too_big(format!(
