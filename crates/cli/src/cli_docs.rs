@@ -87,6 +87,8 @@ mod tests {
             "starling pull",
             "starling run",
             "starling repo ls",
+            "starling repo trust ls",
+            "starling repo trust rm",
             "starling vm kernel fetch",
             "starling vm initramfs",
             "starling pool create",

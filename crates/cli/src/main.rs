@@ -380,7 +380,7 @@ fn cli_command() -> clap::Command {
 
 /// The commands that open a store (with all their subcommands): only these take `--store`
 /// after their name, and only their help, man pages and completions offer it.
-const STORE_USERS: [&[&str]; 11] = [
+const STORE_USERS: [&[&str]; 12] = [
     &["image"],
     &["store"],
     &["push"],
@@ -389,6 +389,7 @@ const STORE_USERS: [&[&str]; 11] = [
     &["commit"],
     &["run"],
     &["repo", "ls"],
+    &["repo", "trust"],
     &["vm", "kernel"],
     &["vm", "initramfs"],
     &["pool", "create"],
