@@ -59,14 +59,50 @@ const READ_AHEAD_THREADS: usize = 4;
 /// finds them decoded in memory instead of waiting on one disk or network round trip each.
 struct ReadAhead {
     tx: Mutex<Option<std::sync::mpsc::Sender<(ObjectId, u32)>>>,
-    pending: Arc<Mutex<std::collections::HashSet<ObjectId>>>,
+    pending: Arc<Pending>,
+}
+
+/// The chunks a read-ahead thread was asked for and has not finished: a reader that needs
+/// one waits for it instead of fetching, decoding and hashing it a second time.
+#[derive(Default)]
+struct Pending {
+    ids: Mutex<std::collections::HashSet<ObjectId>>,
+    done: std::sync::Condvar,
+}
+
+/// The longest a reader waits on a read-ahead load before loading the chunk itself (the
+/// load is bounded by the source's own timeout; this only guards against a lost wake-up).
+const PENDING_WAIT: Duration = Duration::from_secs(60);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<ObjectId>> {
+        self.ids.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn finish(&self, id: &ObjectId) {
+        self.lock().remove(id);
+        self.done.notify_all();
+    }
+
+    /// Waits until `id` is not being loaded; whether it was.
+    fn wait(&self, id: &ObjectId) -> bool {
+        let g = self.lock();
+        if !g.contains(id) {
+            return false;
+        }
+        let _ = self
+            .done
+            .wait_timeout_while(g, PENDING_WAIT, |ids| ids.contains(id))
+            .unwrap_or_else(|p| p.into_inner());
+        true
+    }
 }
 
 impl ReadAhead {
     fn start(objects: Arc<Objects>, chunks: Arc<ChunkCache>) -> ReadAhead {
         let (tx, rx) = std::sync::mpsc::channel::<(ObjectId, u32)>();
         let rx = Arc::new(Mutex::new(rx));
-        let pending: Arc<Mutex<std::collections::HashSet<ObjectId>>> = Arc::default();
+        let pending: Arc<Pending> = Arc::default();
         for i in 0..READ_AHEAD_THREADS {
             let (rx, objects, chunks, pending) =
                 (rx.clone(), objects.clone(), chunks.clone(), pending.clone());
@@ -79,10 +115,7 @@ impl ReadAhead {
                         // Failures are left to the reader, which reports them.
                         let _ = load_chunk(objects.as_ref(), &chunks, &id, len);
                     }
-                    pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    pending.finish(&id);
                 });
         }
         ReadAhead {
@@ -92,16 +125,18 @@ impl ReadAhead {
     }
 
     fn want(&self, id: ObjectId, len: u32) {
-        if !self
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id)
-        {
+        if !self.pending.lock().insert(id) {
             return;
         }
-        if let Some(tx) = self.tx.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            let _ = tx.send((id, len));
+        let sent = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|tx| tx.send((id, len)).is_ok());
+        // No thread will load it: nobody may wait for it.
+        if !sent {
+            self.pending.finish(&id);
         }
     }
 }
@@ -318,11 +353,19 @@ impl ImageFs {
     }
 
     fn chunk(&self, id: &ObjectId, len: u32) -> io::Result<Arc<Vec<u8>>> {
+        // Every chunk a reader takes is recorded, those read ahead for it included.
+        if let Some(r) = &self.recorder {
+            r.touch(id, u64::from(len));
+        }
         if let Some(b) = self.chunks.get(id) {
             return Ok(b);
         }
-        if let Some(r) = &self.recorder {
-            r.touch(id, u64::from(len));
+        // Being loaded ahead of this reader: take that load's result (on its failure, or
+        // an eviction since, load it here and report the error).
+        if self.readahead.pending.wait(id) {
+            if let Some(b) = self.chunks.get(id) {
+                return Ok(b);
+            }
         }
         load_chunk(self.inodes.objects().as_ref(), &self.chunks, id, len).map_err(|e| {
             Counters::add(&self.counters.errors, 1);

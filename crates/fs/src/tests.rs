@@ -352,3 +352,49 @@ fn a_read_is_ready_once_its_chunks_are_in_memory() {
         "an inode not numbered yet goes to a worker"
     );
 }
+
+/// A source that takes its time over every object and counts how often each was asked.
+struct Slow {
+    store: Arc<Store>,
+    asked: std::sync::Mutex<std::collections::HashMap<ObjectId, u32>>,
+}
+
+impl starling_store::ObjectSource for Slow {
+    fn envelope(
+        &self,
+        id: &ObjectId,
+        max_len: u64,
+    ) -> starling_store::Result<(Vec<u8>, starling_store::Origin)> {
+        *self.asked.lock().unwrap().entry(*id).or_default() += 1;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        self.store.envelope(id, max_len)
+    }
+    fn describe(&self) -> String {
+        "slow".into()
+    }
+}
+
+/// A sequential reader that catches up with the read-ahead waits for the chunk being loaded
+/// instead of fetching, decoding and hashing it a second time.
+#[test]
+fn a_reader_takes_what_is_being_read_ahead_instead_of_fetching_it_again() {
+    let f = fixture_of(|src| {
+        std::fs::create_dir_all(src).unwrap();
+        std::fs::write(src.join("big"), pattern(8 << 20)).unwrap();
+    });
+    let slow = Arc::new(Slow {
+        store: f.store.clone(),
+        asked: Default::default(),
+    });
+    let objects = Arc::new(Objects::new(slow.clone(), Arc::new(Counters::default())));
+    let fs = ImageFs::new(objects, &f.version, Arc::default(), None, "test".into()).unwrap();
+    let big = path(&fs, "big");
+    let (h, _, _) = fs
+        .open(&Context::new(), big, libc::O_RDONLY as u32, 0)
+        .unwrap();
+    assert_eq!(read_all(&fs, big, h.unwrap()).unwrap(), pattern(8 << 20));
+    let asked = slow.asked.lock().unwrap();
+    let twice: Vec<_> = asked.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(asked.len() > 32, "{} objects", asked.len());
+    assert!(twice.is_empty(), "asked more than once: {twice:?}");
+}

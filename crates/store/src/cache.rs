@@ -228,6 +228,21 @@ impl HostCache {
     }
 
     fn read_cached(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        self.cached(id, true)
+    }
+
+    /// A cached object's envelope, read once and not decoded when it was checked before:
+    /// what a reader that verifies for itself is handed (a VM monitor over the object
+    /// socket). A miss is `None`, as for [`HostCache::get`]'s cache check.
+    pub fn cached_envelope(&self, id: &ObjectId) -> Option<Vec<u8>> {
+        let env = self.cached(id, false)?;
+        self.stats.hits.fetch_add(1, Ordering::Relaxed);
+        Some(env)
+    }
+
+    /// A cached object's content (`content`) or envelope; checked against its id on its
+    /// first read since the cache was opened, trusted after.
+    fn cached(&self, id: &ObjectId, content: bool) -> Option<Vec<u8>> {
         let checked = {
             let mut g = self.index();
             g.clock += 1;
@@ -241,12 +256,11 @@ impl HostCache {
             .locate(id)
             .ok_or(Error::NotFound(*id))
             .and_then(|loc| self.packs.read(&loc))
-            .and_then(|env| {
-                if checked {
-                    envelope::unwrap(id, &env)
-                } else {
-                    envelope::decode(id, &env)
-                }
+            .and_then(|env| match (checked, content) {
+                (true, false) => Ok(env),
+                (true, true) => envelope::unwrap(id, &env),
+                (false, true) => envelope::decode(id, &env),
+                (false, false) => envelope::decode(id, &env).map(|_| env),
             });
         match read {
             Ok(b) => {
@@ -491,8 +505,12 @@ impl CachedSource {
 
 impl ObjectSource for CachedSource {
     fn envelope(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
-        // Readers of envelopes keep them (a copy into a store): make sure it is cached,
-        // then hand out the cached record.
+        // Readers of envelopes keep them (a copy into a store) or verify them themselves:
+        // a hit is the record as it lies in the cache, read once; a miss is fetched and
+        // verified into the cache first, then its record handed out.
+        if let Some(env) = self.cache.cached_envelope(id) {
+            return Ok((env, Origin::Cache));
+        }
         let (_, origin) = self.cache.get(self.inner.as_ref(), id, max_len)?;
         let loc = self.cache.packs.locate(id).ok_or(Error::NotFound(*id))?;
         Ok((self.cache.packs.read(&loc)?, origin))
@@ -638,6 +656,47 @@ mod tests {
         drop(c);
         let c = open(MAX_CHUNK).unwrap();
         assert_eq!(c.stats().objects, 1, "{:?}", c.stats());
+    }
+
+    /// What the object socket hands a monitor: the cached record itself, read once; after a
+    /// restart each record is checked on its first read, and a damaged one fetched again.
+    #[test]
+    fn envelopes_are_served_as_cached_and_checked_once_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, ids) = origin(2, 100_000);
+        let open = || HostCache::open(&dir.path().join("cache"), 10 << 20).map(Arc::new);
+        let c = open().unwrap();
+        let view = c.over(src.clone());
+        let (env, o) = view.envelope(&ids[0], 100_000).unwrap();
+        assert_eq!(
+            (env.as_slice(), o),
+            (src.objects[&ids[0]].as_slice(), Origin::Remote)
+        );
+        let (again, o) = view.envelope(&ids[0], 100_000).unwrap();
+        assert_eq!((again, o), (env, Origin::Cache));
+        view.envelope(&ids[1], 100_000).unwrap();
+        assert_eq!((c.stats().hits, src.asked.load(Ordering::Relaxed)), (1, 2));
+        drop(view);
+        drop(c);
+        // Damage behind the cache's back while it was down.
+        let c = open().unwrap();
+        let loc = c.location(&ids[1]).unwrap();
+        let mut b = std::fs::read(&loc.path).unwrap();
+        let at = (loc.offset + loc.len - 1) as usize;
+        b[at] ^= 0xff;
+        std::fs::write(&loc.path, b).unwrap();
+        let view = c.over(src.clone());
+        assert_eq!(view.envelope(&ids[0], 100_000).unwrap().1, Origin::Cache);
+        let (env, o) = view.envelope(&ids[1], 100_000).unwrap();
+        assert_eq!(
+            (env.as_slice(), o),
+            (src.objects[&ids[1]].as_slice(), Origin::Remote)
+        );
+        assert_eq!(
+            src.asked.load(Ordering::Relaxed),
+            3,
+            "the damaged one fetched again"
+        );
     }
 
     #[test]

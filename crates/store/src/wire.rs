@@ -99,12 +99,14 @@ pub fn write_reply(
     s: &mut impl Write,
     r: std::result::Result<(&[u8], Origin), (Status, String)>,
 ) -> std::io::Result<()> {
-    let (status, origin, body): (u8, u8, Vec<u8>) = match r {
-        Ok((env, o)) => (Status::Ok as u8, origin_code(o), env.to_vec()),
+    // The envelope is written from where it lies (objects are up to megabytes each).
+    let message;
+    let (status, origin, body): (u8, u8, &[u8]) = match r {
+        Ok((env, o)) => (Status::Ok as u8, origin_code(o), env),
         Err((st, msg)) => {
-            let mut m = msg.into_bytes();
-            m.truncate(MAX_MESSAGE as usize);
-            (st as u8, 0, m)
+            message = msg;
+            let m = message.as_bytes();
+            (st as u8, 0, &m[..m.len().min(MAX_MESSAGE as usize)])
         }
     };
     let len = u32::try_from(body.len()).map_err(|_| bad("reply too large"))?;
@@ -113,7 +115,7 @@ pub fn write_reply(
     head[1] = origin;
     head[2..6].copy_from_slice(&len.to_le_bytes());
     s.write_all(&head)?;
-    s.write_all(&body)
+    s.write_all(body)
 }
 
 fn origin_code(o: Origin) -> u8 {
@@ -190,8 +192,15 @@ impl SocketSource {
         if u64::from(len) > limit {
             return Err(bad("the daemon sent more than the object can have"));
         }
-        let mut body = vec![0u8; len as usize];
-        s.read_exact(&mut body)?;
+        // Read into capacity (not a zeroed buffer first: one pass over the bytes less).
+        let mut body = Vec::with_capacity(len as usize);
+        (&mut *s).take(u64::from(len)).read_to_end(&mut body)?;
+        if body.len() != len as usize {
+            return Err(bad(&format!(
+                "the daemon's reply ended after {} of {len} bytes",
+                body.len()
+            )));
+        }
         Ok(Reply {
             status: head[0],
             origin: head[1],
@@ -330,6 +339,32 @@ mod tests {
         .unwrap();
         let e = gone.read(&id, 50_000).unwrap_err().to_string();
         assert!(e.contains("none.sock"), "{e}");
+    }
+
+    /// A daemon that dies half way through a reply: an error, never a short object.
+    #[test]
+    fn a_reply_cut_short_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("objects.sock");
+        let l = UnixListener::bind(&sock).unwrap();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                if accept_hello(&mut c).is_ok() && read_request(&mut c).is_ok() {
+                    let mut head = vec![Status::Ok as u8, 1];
+                    head.extend_from_slice(&1000u32.to_le_bytes());
+                    let _ = c.write_all(&head);
+                    let _ = c.write_all(&[7u8; 10]);
+                }
+            }
+        });
+        let src = SocketSource::new(&sock, "store:/x", Duration::from_secs(5)).unwrap();
+        let e = src.envelope(&ObjectId::of(b"x"), 5000).unwrap_err();
+        assert!(
+            matches!(e, Error::Unavailable { .. })
+                && e.to_string().contains("ended after 10 of 1000 bytes"),
+            "{e}"
+        );
     }
 
     #[test]
