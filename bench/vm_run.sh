@@ -95,6 +95,7 @@ for l in lines:
     if a:
         art[a.group(1)] = int(a.group(2))
 art_total = sum(art.values())
+timelines = [l[l.find("bench: timeline ") + 16:] for l in lines if "bench: timeline " in l]
 every = lambda m, k, f: ", ".join(f(x) for x in runs[(m, k)])
 rows_boot = "\n".join(f"| {m} | {boot[m]:.2f} | {every(m, 'true', lambda x: f'{x[0]:.2f}')} |" for m in mons)
 rows_io = "\n".join(
@@ -134,6 +135,12 @@ the guest powered off after `chroot /mnt /bin/true`):
 {rows_boot}
 
 - **starling run / Starling virtio-blk: {boot['starling-run'] / boot['starling-blk']:.2f}x**; / QEMU virtio-blk: {boot['starling-run'] / boot['qemu-blk']:.2f}x (goal ≤ 1.2x)
+
+Where the time goes: each console line of the `/bin/true` runs, stamped with when it reached
+the host (seconds after the command started; the guests run with `quiet loglevel=3`, so the
+lines are the inits' own):
+
+{chr(10).join("- " + t for t in timelines) if timelines else "(no timelines in this run's log)"}
 
 ## Metadata walk and sequential read, in the guest (bench/vm/io.sh)
 

@@ -60,14 +60,24 @@ echo "bench: prime status=$st $(grep -a 'bench-io' /tmp/prime.out | tr -d '\r')"
 tail -c 300 /tmp/sd/vms/prime/monitor.log 2>/dev/null | sed 's/^/bench: prime monitor: /'
 /bin/starling rm prime > /dev/null
 
+# Each console line with when it arrived (seconds since the command started): where a
+# boot's time goes, from the host's side.
+stamp() {
+  while IFS= read -r l; do echo "$(now) $l"; done
+}
 one() { # MONITOR KIND COMMAND...: time a boot to the end of the command
   mon=$1 kind=$2; shift 2
   t0=$(now)
-  "$@" < /dev/null > /tmp/one.out 2>&1
-  st=$?
+  { "$@" < /dev/null 2>&1; echo $? > /tmp/one.status; } | stamp > /tmp/one.out
+  st=$(cat /tmp/one.status)
   t1=$(now)
-  echo "bench: $mon-$kind round=$r status=$st secs=$(echo "$t0 $t1" | awk '{print $2 - $1}') $(grep -a 'bench-io' /tmp/one.out | tr -d '\r')"
-  [ $st = 0 ] || tail -c 400 /tmp/one.out | tr -d '\r' | sed "s/^/bench: $mon-$kind failed: /"
+  echo "bench: $mon-$kind round=$r status=$st secs=$(echo "$t0 $t1" | awk '{print $2 - $1}') $(grep -a 'bench-io' /tmp/one.out | tr -d '\r' | cut -d' ' -f2-)"
+  if [ "$kind" = true ]; then
+    tr -d '\r' < /tmp/one.out | awk -v t0="$t0" -v t1="$t1" -v who="$mon" -v r="$r" '
+      { t = $1; $1 = ""; line = line sprintf("%.2f%s; ", t - t0, substr($0, 1, 60)) }
+      END { printf "bench: timeline %s round=%s: %s%.2f end\n", who, r, line, t1 - t0 }'
+  fi
+  [ "$st" = 0 ] || tail -c 400 /tmp/one.out | tr -d '\r' | sed "s/^/bench: $mon-$kind failed: /"
 }
 for r in $(seq 1 $ROUNDS); do
   for kind in true io; do

@@ -75,21 +75,26 @@ impl ObjectServer {
             return;
         }
         while let Ok(Some(req)) = wire::read_request(&mut c) {
-            let r = self
-                .source(&req.source)
-                .map_err(|e| (Status::Failed, e))
-                .and_then(|src| {
-                    src.envelope(&req.id, req.max_len).map_err(|e| match e {
-                        starling_store::Error::NotFound(_) => (Status::NotFound, e.to_string()),
-                        e => (Status::Failed, e.to_string()),
-                    })
-                });
-            let sent = match &r {
-                Ok((env, origin)) => wire::write_reply(&mut c, Ok((env, *origin))),
-                Err((st, msg)) => wire::write_reply(&mut c, Err((*st, msg.clone()))),
-            };
-            if sent.is_err() {
-                return;
+            let src = self.source(&req.source);
+            // Each reply goes out as soon as it is known: the reader decodes one while the
+            // next is read here.
+            for (id, max_len) in &req.wanted {
+                let r = src
+                    .as_ref()
+                    .map_err(|e| (Status::Failed, e.clone()))
+                    .and_then(|src| {
+                        src.envelope(id, *max_len).map_err(|e| match e {
+                            starling_store::Error::NotFound(_) => (Status::NotFound, e.to_string()),
+                            e => (Status::Failed, e.to_string()),
+                        })
+                    });
+                let sent = match r {
+                    Ok((env, origin)) => wire::write_reply(&mut c, Ok((&env, origin))),
+                    Err(e) => wire::write_reply(&mut c, Err(e)),
+                };
+                if sent.is_err() {
+                    return;
+                }
             }
         }
     }

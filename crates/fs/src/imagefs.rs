@@ -54,6 +54,10 @@ struct OpenFile {
 /// windows, 4 or 8 threads, read alike on a 2-core machine).
 const READ_AHEAD: u64 = 4 << 20;
 const READ_AHEAD_THREADS: usize = 4;
+/// The most chunks one read-ahead thread asks for at once (1 MiB at the average chunk
+/// size): a source with a round trip per request (the daemon's object socket) answers them
+/// in one.
+const READ_AHEAD_BATCH: usize = 16;
 
 /// Background loading of the chunks after a sequential reader's position, so the reader
 /// finds them decoded in memory instead of waiting on one disk or network round trip each.
@@ -110,12 +114,28 @@ impl ReadAhead {
                 .name(format!("starling-ra-{i}"))
                 .spawn(move || loop {
                     let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok((id, len)) = next else { break };
-                    if chunks.get(&id).is_none() {
-                        // Failures are left to the reader, which reports them.
-                        let _ = load_chunk(objects.as_ref(), &chunks, &id, len);
+                    let Ok(first) = next else { break };
+                    // What else is queued goes in the same request.
+                    let mut batch = vec![first];
+                    {
+                        let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        while batch.len() < READ_AHEAD_BATCH {
+                            let Ok(more) = rx.try_recv() else { break };
+                            batch.push(more);
+                        }
                     }
-                    pending.finish(&id);
+                    let (held, load): (Vec<_>, Vec<_>) =
+                        batch.into_iter().partition(|(id, _)| chunks.contains(id));
+                    for (id, _) in held {
+                        pending.finish(&id);
+                    }
+                    // Failures are left to the reader, which reports them.
+                    objects.chunks_each(&load, &mut |i, r| {
+                        if let Ok(b) = r {
+                            chunks.insert(load[i].0, b);
+                        }
+                        pending.finish(&load[i].0);
+                    });
                 });
         }
         ReadAhead {

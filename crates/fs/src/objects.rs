@@ -38,7 +38,12 @@ impl Objects {
 
     fn read(&self, id: &ObjectId, max_len: u64, meta: bool) -> ObjResult<Arc<Vec<u8>>> {
         let (b, origin) = self.source.read(id, max_len)?;
-        let n = b.len() as u64;
+        self.count(b.len(), origin, meta);
+        Ok(Arc::new(b))
+    }
+
+    fn count(&self, n: usize, origin: Origin, meta: bool) {
+        let n = n as u64;
         match origin {
             Origin::Remote => {
                 Counters::add(&self.counters.fetched, n);
@@ -48,7 +53,6 @@ impl Objects {
             }
             Origin::Cache | Origin::Local => Counters::add(&self.counters.cached, n),
         }
-        Ok(Arc::new(b))
     }
 
     /// A commit or tree.
@@ -59,14 +63,27 @@ impl Objects {
     /// A chunk of `len` bytes (its length is checked).
     pub fn chunk(&self, id: &ObjectId, len: u32) -> ObjResult<Arc<Vec<u8>>> {
         let b = self.read(id, u64::from(len), false)?;
-        if b.len() != len as usize {
-            return Err(FsError::Invalid(format!(
-                "chunk {} is {} bytes, its file says {len}",
-                id.short(12),
-                b.len()
-            )));
-        }
-        Ok(b)
+        check_chunk(id, len, b)
+    }
+
+    /// Chunks (with their lengths, checked), each handed to `each` with its index as it
+    /// arrives: one request to a source with a round trip per request.
+    pub fn chunks_each(
+        &self,
+        wanted: &[(ObjectId, u32)],
+        each: &mut dyn FnMut(usize, ObjResult<Arc<Vec<u8>>>),
+    ) {
+        let asked: Vec<(ObjectId, u64)> = wanted
+            .iter()
+            .map(|(id, len)| (*id, u64::from(*len)))
+            .collect();
+        self.source.read_each(&asked, &mut |i, r| {
+            let r = r.map_err(FsError::from).and_then(|(b, origin)| {
+                self.count(b.len(), origin, false);
+                check_chunk(&wanted[i].0, wanted[i].1, Arc::new(b))
+            });
+            each(i, r);
+        });
     }
 
     /// Keeps objects an open file needs in a size-limited cache.
@@ -100,6 +117,17 @@ impl Objects {
 }
 
 const PREFETCH_THREADS: usize = 8;
+
+fn check_chunk(id: &ObjectId, len: u32, b: Arc<Vec<u8>>) -> ObjResult<Arc<Vec<u8>>> {
+    if b.len() != len as usize {
+        return Err(FsError::Invalid(format!(
+            "chunk {} is {} bytes, its file says {len}",
+            id.short(12),
+            b.len()
+        )));
+    }
+    Ok(b)
+}
 
 /// Per-mount traffic counters.
 #[derive(Default, Debug)]

@@ -357,6 +357,8 @@ fn a_read_is_ready_once_its_chunks_are_in_memory() {
 struct Slow {
     store: Arc<Store>,
     asked: std::sync::Mutex<std::collections::HashMap<ObjectId, u32>>,
+    /// How many objects each request asked for.
+    batches: std::sync::Mutex<Vec<usize>>,
 }
 
 impl starling_store::ObjectSource for Slow {
@@ -369,13 +371,24 @@ impl starling_store::ObjectSource for Slow {
         std::thread::sleep(std::time::Duration::from_millis(5));
         self.store.envelope(id, max_len)
     }
+    fn read_each(
+        &self,
+        wanted: &[(ObjectId, u64)],
+        each: &mut dyn FnMut(usize, starling_store::Result<(Vec<u8>, starling_store::Origin)>),
+    ) {
+        self.batches.lock().unwrap().push(wanted.len());
+        for (i, (id, max_len)) in wanted.iter().enumerate() {
+            each(i, self.read(id, *max_len));
+        }
+    }
     fn describe(&self) -> String {
         "slow".into()
     }
 }
 
 /// A sequential reader that catches up with the read-ahead waits for the chunk being loaded
-/// instead of fetching, decoding and hashing it a second time.
+/// instead of fetching, decoding and hashing it a second time; the read-ahead asks for
+/// several chunks per request.
 #[test]
 fn a_reader_takes_what_is_being_read_ahead_instead_of_fetching_it_again() {
     let f = fixture_of(|src| {
@@ -385,6 +398,7 @@ fn a_reader_takes_what_is_being_read_ahead_instead_of_fetching_it_again() {
     let slow = Arc::new(Slow {
         store: f.store.clone(),
         asked: Default::default(),
+        batches: Default::default(),
     });
     let objects = Arc::new(Objects::new(slow.clone(), Arc::new(Counters::default())));
     let fs = ImageFs::new(objects, &f.version, Arc::default(), None, "test".into()).unwrap();
@@ -397,4 +411,7 @@ fn a_reader_takes_what_is_being_read_ahead_instead_of_fetching_it_again() {
     let twice: Vec<_> = asked.iter().filter(|(_, n)| **n > 1).collect();
     assert!(asked.len() > 32, "{} objects", asked.len());
     assert!(twice.is_empty(), "asked more than once: {twice:?}");
+    let batches = slow.batches.lock().unwrap();
+    let most = batches.iter().max().copied().unwrap_or(0);
+    assert!((2..=16).contains(&most), "{batches:?}");
 }

@@ -34,6 +34,19 @@ pub trait ObjectSource: Send + Sync {
         Ok((envelope::decode(id, &env)?, origin))
     }
 
+    /// Reads several objects, handing each to `each` (with its index in `wanted`) as it
+    /// is ready, in order. A source with a round trip per request (the daemon's object
+    /// socket) asks for them in one; others read them one by one.
+    fn read_each(
+        &self,
+        wanted: &[(ObjectId, u64)],
+        each: &mut dyn FnMut(usize, Result<(Vec<u8>, Origin)>),
+    ) {
+        for (i, (id, max_len)) in wanted.iter().enumerate() {
+            each(i, self.read(id, *max_len));
+        }
+    }
+
     /// [`ObjectSource::read`] without the origin.
     fn get(&self, id: &ObjectId, max_len: u64) -> Result<Vec<u8>> {
         self.read(id, max_len).map(|(b, _)| b)
@@ -80,6 +93,13 @@ impl<S: ObjectSource + ?Sized> ObjectSource for std::sync::Arc<S> {
     }
     fn read(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
         (**self).read(id, max_len)
+    }
+    fn read_each(
+        &self,
+        wanted: &[(ObjectId, u64)],
+        each: &mut dyn FnMut(usize, Result<(Vec<u8>, Origin)>),
+    ) {
+        (**self).read_each(wanted, each)
     }
     fn pin(&self, ids: &[ObjectId]) {
         (**self).pin(ids)

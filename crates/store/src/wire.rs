@@ -4,11 +4,18 @@
 //!
 //! ```text
 //! hello     client → "SLOW" u32 LE version        server → "SLOW" u32 LE version
-//! request   u8 op (1 = envelope), u16 LE source length, source (UTF-8, at most 4 KiB),
+//! request   u8 op (1 = one envelope), u16 LE source length, source (UTF-8, at most 4 KiB),
 //!           [u8;32] object id, u64 LE largest uncompressed length the reader accepts
-//! reply     u8 status (0 ok, 1 not found, 2 failed), u8 origin (0 local, 1 cache, 2 remote),
-//!           u32 LE length, then the envelope (ok) or a UTF-8 message (else)
+//!         | u8 op (2 = several), u16 LE source length, source, u16 LE count (1 to 64),
+//!           then count × ([u8;32] object id, u64 LE largest length)
+//! reply     per object asked, in order: u8 status (0 ok, 1 not found, 2 failed), u8 origin
+//!           (0 local, 1 cache, 2 remote), u32 LE length, then the envelope (ok) or a UTF-8
+//!           message (else)
 //! ```
+//!
+//! Several objects in one request are what a sequential reader's read-ahead asks for: one
+//! round trip (two thread wake-ups on each side) per batch instead of per chunk, and the
+//! daemon writes each reply as soon as it has it.
 //!
 //! The source names where the daemon reads from (`repo:URL`, `store:PATH`); who may connect
 //! is the socket's permission. Every envelope is verified again by the reader
@@ -21,13 +28,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::source::{ObjectSource, Origin};
-use crate::{Error, ObjectId, Result};
+use crate::source::{check_len, ObjectSource, Origin};
+use crate::{envelope, Error, ObjectId, Result};
 
 const MAGIC: &[u8; 4] = b"SLOW";
 pub const WIRE_VERSION: u32 = 1;
 pub const OP_ENVELOPE: u8 = 1;
+pub const OP_ENVELOPES: u8 = 2;
 pub const MAX_SOURCE: usize = 4096;
+/// The most objects one request may ask for.
+pub const MAX_MANY: usize = 64;
 /// Largest message a failed reply may carry.
 pub const MAX_MESSAGE: u32 = 4096;
 
@@ -38,12 +48,12 @@ pub enum Status {
     Failed = 2,
 }
 
-/// One request, as the server reads it.
+/// One request, as the server reads it: the objects it asks for, each with the largest
+/// length the reader accepts, answered in this order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     pub source: String,
-    pub id: ObjectId,
-    pub max_len: u64,
+    pub wanted: Vec<(ObjectId, u64)>,
 }
 
 fn bad(what: &str) -> std::io::Error {
@@ -69,29 +79,38 @@ pub fn accept_hello(s: &mut (impl Read + Write)) -> std::io::Result<()> {
 /// Reads one request; `Ok(None)` when the client closed the connection between requests.
 pub fn read_request(s: &mut impl Read) -> std::io::Result<Option<Request>> {
     let mut op = [0u8; 1];
-    match s.read(&mut op)? {
+    let many = match s.read(&mut op)? {
         0 => return Ok(None),
-        _ if op[0] != OP_ENVELOPE => return Err(bad("unknown object request")),
-        _ => {}
-    }
-    let mut n = [0u8; 2];
-    s.read_exact(&mut n)?;
-    let n = u16::from_le_bytes(n) as usize;
+        _ if op[0] == OP_ENVELOPE => false,
+        _ if op[0] == OP_ENVELOPES => true,
+        _ => return Err(bad("unknown object request")),
+    };
+    let n = read_u16(s)? as usize;
     if n > MAX_SOURCE {
         return Err(bad("source name too long"));
     }
     let mut src = vec![0u8; n];
     s.read_exact(&mut src)?;
     let source = String::from_utf8(src).map_err(|_| bad("source name is not UTF-8"))?;
-    let mut id = [0u8; 32];
-    s.read_exact(&mut id)?;
-    let mut len = [0u8; 8];
-    s.read_exact(&mut len)?;
-    Ok(Some(Request {
-        source,
-        id: ObjectId::from_bytes(id),
-        max_len: u64::from_le_bytes(len),
-    }))
+    let count = if many { read_u16(s)? as usize } else { 1 };
+    if !(1..=MAX_MANY).contains(&count) {
+        return Err(bad("a request asks for 1 to 64 objects"));
+    }
+    let mut wanted = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut id = [0u8; 32];
+        s.read_exact(&mut id)?;
+        let mut len = [0u8; 8];
+        s.read_exact(&mut len)?;
+        wanted.push((ObjectId::from_bytes(id), u64::from_le_bytes(len)));
+    }
+    Ok(Some(Request { source, wanted }))
+}
+
+fn read_u16(s: &mut impl Read) -> std::io::Result<u16> {
+    let mut n = [0u8; 2];
+    s.read_exact(&mut n)?;
+    Ok(u16::from_le_bytes(n))
 }
 
 /// Writes a reply: the envelope and where it came from, or why not.
@@ -173,14 +192,33 @@ impl SocketSource {
         Ok(s)
     }
 
-    fn ask(&self, s: &mut UnixStream, id: &ObjectId, max_len: u64) -> std::io::Result<Reply> {
-        let mut req = Vec::with_capacity(43 + self.source.len());
-        req.push(OP_ENVELOPE);
+    /// Asks for `wanted` (at most [`MAX_MANY`]) in one request.
+    fn send(&self, s: &mut UnixStream, wanted: &[(ObjectId, u64)]) -> std::io::Result<()> {
+        let mut req = Vec::with_capacity(5 + self.source.len() + 40 * wanted.len());
+        req.push(if wanted.len() == 1 {
+            OP_ENVELOPE
+        } else {
+            OP_ENVELOPES
+        });
         req.extend_from_slice(&(self.source.len() as u16).to_le_bytes());
         req.extend_from_slice(self.source.as_bytes());
-        req.extend_from_slice(id.as_bytes());
-        req.extend_from_slice(&max_len.to_le_bytes());
-        s.write_all(&req)?;
+        if wanted.len() != 1 {
+            req.extend_from_slice(&(wanted.len() as u16).to_le_bytes());
+        }
+        for (id, max_len) in wanted {
+            req.extend_from_slice(id.as_bytes());
+            req.extend_from_slice(&max_len.to_le_bytes());
+        }
+        s.write_all(&req)
+    }
+
+    fn ask(&self, s: &mut UnixStream, id: &ObjectId, max_len: u64) -> std::io::Result<Reply> {
+        self.send(s, &[(*id, max_len)])?;
+        self.reply(s, max_len)
+    }
+
+    /// Reads the reply for an object of at most `max_len` bytes.
+    fn reply(&self, s: &mut UnixStream, max_len: u64) -> std::io::Result<Reply> {
         let mut head = [0u8; 6];
         s.read_exact(&mut head)?;
         let len = u32::from_le_bytes([head[2], head[3], head[4], head[5]]);
@@ -223,12 +261,73 @@ struct Reply {
     body: Vec<u8>,
 }
 
+impl SocketSource {
+    fn pooled(&self) -> std::io::Result<UnixStream> {
+        let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        pooled.map_or_else(|| self.connect(), Ok)
+    }
+
+    fn keep(&self, s: UnixStream) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+    }
+
+    /// A reply as the envelope and where it came from, or why not.
+    fn answer(&self, id: &ObjectId, r: Reply) -> Result<(Vec<u8>, Origin)> {
+        match r.status {
+            0 => Ok((
+                r.body,
+                match r.origin {
+                    0 => Origin::Local,
+                    1 => Origin::Cache,
+                    _ => Origin::Remote,
+                },
+            )),
+            1 => Err(Error::NotFound(*id)),
+            _ => Err(self.unavailable(id, String::from_utf8_lossy(&r.body).into())),
+        }
+    }
+
+    /// Asks for `wanted` (at most [`MAX_MANY`]) in one request and hands each verified
+    /// object to `each` as its reply arrives; how many were answered before the connection
+    /// failed, if it did.
+    fn ask_many(
+        &self,
+        wanted: &[(ObjectId, u64)],
+        each: &mut dyn FnMut(usize, Result<(Vec<u8>, Origin)>),
+    ) -> usize {
+        'connection: for fresh in [false, true] {
+            let s = if fresh { self.connect() } else { self.pooled() };
+            let Ok(mut s) = s else { continue };
+            if self.send(&mut s, wanted).is_err() {
+                continue;
+            }
+            for (i, (id, max_len)) in wanted.iter().enumerate() {
+                let Ok(r) = self.reply(&mut s, *max_len) else {
+                    // Broken before its first answer (the daemon restarted, or closed it
+                    // while idle): once more on a new connection.
+                    if i == 0 {
+                        continue 'connection;
+                    }
+                    return i;
+                };
+                let read = self.answer(id, r).and_then(|(env, origin)| {
+                    check_len(id, &env, *max_len)?;
+                    Ok((envelope::decode(id, &env)?, origin))
+                });
+                each(i, read);
+            }
+            self.keep(s);
+            return wanted.len();
+        }
+        0
+    }
+}
+
 impl ObjectSource for SocketSource {
     fn envelope(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
         let mut last = String::new();
         for _ in 0..2 {
-            let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut s = match pooled.map_or_else(|| self.connect(), Ok) {
+            let mut s = match self.pooled() {
                 Ok(s) => s,
                 Err(e) => {
                     last = e.to_string();
@@ -237,25 +336,30 @@ impl ObjectSource for SocketSource {
             };
             match self.ask(&mut s, id, max_len) {
                 Ok(r) => {
-                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(s);
-                    return match r.status {
-                        0 => Ok((
-                            r.body,
-                            match r.origin {
-                                0 => Origin::Local,
-                                1 => Origin::Cache,
-                                _ => Origin::Remote,
-                            },
-                        )),
-                        1 => Err(Error::NotFound(*id)),
-                        _ => Err(self.unavailable(id, String::from_utf8_lossy(&r.body).into())),
-                    };
+                    self.keep(s);
+                    return self.answer(id, r);
                 }
                 // A broken connection (the daemon restarted): try once more on a new one.
                 Err(e) => last = e.to_string(),
             }
         }
         Err(self.unavailable(id, last))
+    }
+
+    fn read_each(
+        &self,
+        wanted: &[(ObjectId, u64)],
+        each: &mut dyn FnMut(usize, Result<(Vec<u8>, Origin)>),
+    ) {
+        for (k, part) in wanted.chunks(MAX_MANY).enumerate() {
+            let base = k * MAX_MANY;
+            let done = self.ask_many(part, &mut |i, r| each(base + i, r));
+            // What a broken connection left unanswered: one by one, each reconnecting
+            // (and failing with the reason when the daemon is gone).
+            for (i, (id, max_len)) in part.iter().enumerate().skip(done) {
+                each(base + i, self.read(id, *max_len));
+            }
+        }
     }
 
     fn describe(&self) -> String {
@@ -281,19 +385,23 @@ mod tests {
                 if accept_hello(&mut c).is_err() {
                     continue;
                 }
-                for _ in 0..per_conn {
+                'conn: for _ in 0..per_conn {
                     let Ok(Some(req)) = read_request(&mut c) else {
                         break;
                     };
-                    let r = match objects.get(&req.id) {
-                        Some(env) if req.source == "store:/x" => {
-                            Ok((env.as_slice(), Origin::Cache))
+                    for (id, _) in &req.wanted {
+                        let r = match objects.get(id) {
+                            Some(env) if req.source == "store:/x" => {
+                                Ok((env.as_slice(), Origin::Cache))
+                            }
+                            Some(_) => {
+                                Err((Status::Failed, format!("unknown source {}", req.source)))
+                            }
+                            None => Err((Status::NotFound, String::new())),
+                        };
+                        if write_reply(&mut c, r).is_err() {
+                            break 'conn;
                         }
-                        Some(_) => Err((Status::Failed, format!("unknown source {}", req.source))),
-                        None => Err((Status::NotFound, String::new())),
-                    };
-                    if write_reply(&mut c, r).is_err() {
-                        break;
                     }
                 }
             }
@@ -341,6 +449,47 @@ mod tests {
         assert!(e.contains("none.sock"), "{e}");
     }
 
+    /// Many objects in one request: each verified and handed over in order, a damaged or
+    /// missing one failing alone; a daemon that drops the connection after every request
+    /// still answers everything (the rest asked one by one).
+    #[test]
+    fn many_objects_in_one_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let objects: Vec<Vec<u8>> = (0..150u32)
+            .map(|i| (0..3000u32).map(|x| (x * 31 + i * 7) as u8).collect())
+            .collect();
+        let mut served: std::collections::HashMap<ObjectId, Vec<u8>> = objects
+            .iter()
+            .map(|d| (ObjectId::of(d), crate::envelope::encode(d, 3)))
+            .collect();
+        let damaged = ObjectId::of(&objects[70]);
+        let env = served.get_mut(&damaged).unwrap();
+        let n = env.len();
+        env[n - 2] ^= 1;
+        let mut wanted: Vec<(ObjectId, u64)> =
+            objects.iter().map(|d| (ObjectId::of(d), 3000)).collect();
+        wanted.insert(100, (ObjectId::of(b"absent"), 10));
+        for per_conn in [usize::MAX, 1] {
+            let sock = dir.path().join(format!("objects-{per_conn}.sock"));
+            serve(&sock, served.clone(), per_conn);
+            let src = SocketSource::new(&sock, "store:/x", Duration::from_secs(5)).unwrap();
+            let mut got = Vec::new();
+            src.read_each(&wanted, &mut |i, r| got.push((i, r)));
+            assert_eq!(got.len(), wanted.len());
+            for (k, (i, r)) in got.into_iter().enumerate() {
+                assert_eq!(i, k, "in order");
+                match (i, r) {
+                    (70, Err(Error::Corrupt { .. })) => {}
+                    (100, Err(Error::NotFound(_))) => {}
+                    (i, Ok((b, Origin::Cache))) if i != 70 && i != 100 => {
+                        assert_eq!(b, objects[if i > 100 { i - 1 } else { i }]);
+                    }
+                    (i, r) => panic!("object {i}: {r:?}"),
+                }
+            }
+        }
+    }
+
     /// A daemon that dies half way through a reply: an error, never a short object.
     #[test]
     fn a_reply_cut_short_is_an_error() {
@@ -377,6 +526,31 @@ mod tests {
         truncated.truncate(4);
         assert!(read_request(&mut truncated.as_slice()).is_err());
         assert!(read_request(&mut [].as_slice()).unwrap().is_none());
+        // Several at once: 1 to 64 of them.
+        let many = |count: u16, items: usize| {
+            let mut r = vec![OP_ENVELOPES, 1, 0, b's'];
+            r.extend_from_slice(&count.to_le_bytes());
+            for i in 0..items {
+                r.extend_from_slice(&[i as u8; 32]);
+                r.extend_from_slice(&(i as u64).to_le_bytes());
+            }
+            r
+        };
+        let two = read_request(&mut many(2, 2).as_slice()).unwrap().unwrap();
+        assert_eq!(two.source, "s");
+        assert_eq!(
+            two.wanted,
+            vec![
+                (ObjectId::from_bytes([0; 32]), 0),
+                (ObjectId::from_bytes([1; 32]), 1)
+            ]
+        );
+        assert!(read_request(&mut many(0, 0).as_slice()).is_err());
+        assert!(read_request(&mut many(65, 65).as_slice()).is_err());
+        assert!(
+            read_request(&mut many(3, 2).as_slice()).is_err(),
+            "cut short"
+        );
         let mut hello = std::io::Cursor::new(b"HTTP/1.1".to_vec());
         struct Rw<'a>(&'a mut std::io::Cursor<Vec<u8>>, Vec<u8>);
         impl Read for Rw<'_> {
