@@ -113,17 +113,20 @@ impl ReadAhead {
             let _ = std::thread::Builder::new()
                 .name(format!("starling-ra-{i}"))
                 .spawn(move || loop {
-                    let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                    let Ok(first) = next else { break };
-                    // What else is queued goes in the same request.
-                    let mut batch = vec![first];
-                    {
+                    // The first chunk and what else is queued, under one hold of the
+                    // queue: a thread that let go in between could find it taken by one
+                    // waiting for the next chunk, and what it holds would wait with it
+                    // (the reader that needs it asks for nothing more meanwhile).
+                    let batch = {
                         let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+                        let Ok(first) = rx.recv() else { break };
+                        let mut batch = vec![first];
                         while batch.len() < READ_AHEAD_BATCH {
                             let Ok(more) = rx.try_recv() else { break };
                             batch.push(more);
                         }
-                    }
+                        batch
+                    };
                     let (held, load): (Vec<_>, Vec<_>) =
                         batch.into_iter().partition(|(id, _)| chunks.contains(id));
                     for (id, _) in held {
