@@ -976,3 +976,72 @@ print(json.dumps(out))
     assert!(unmounted.contains("errors="), "{unmounted}");
     assert!(event("starlingd ready").contains(&format!("metrics=http://{addr}/metrics")));
 }
+
+/// An image cannot grant privileges through a mount: a setuid program runs with the
+/// caller's ids and a device node does not open, on read-only and writable mounts alike
+/// (the overlay of a writable mount is where a setuid file of the image was honoured).
+#[test]
+fn an_image_cannot_grant_setuid_or_devices_through_a_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    fs::create_dir_all(&src).unwrap();
+    // Owned by nobody and setuid: run by root, it would print 65534 if honoured.
+    fs::copy("/usr/bin/id", src.join("suid-id")).unwrap();
+    std::os::unix::fs::chown(src.join("suid-id"), Some(65534), Some(65534)).unwrap();
+    fs::set_permissions(
+        src.join("suid-id"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o4755),
+    )
+    .unwrap();
+    // /dev/null's numbers: it would open if device nodes were honoured.
+    let o = Command::new("mknod")
+        .args([s(&src.join("null")), "c", "1", "3"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{o:?}");
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    let mp = mountpoint(&env, "mp");
+    for writable in [false, true] {
+        let mut args = vec!["mount", "t:v1", s(&mp)];
+        if writable {
+            args.insert(1, "--writable");
+        }
+        d.ok(&env, &args);
+        let meta = fs::metadata(mp.join("suid-id")).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777,
+            0o4755,
+            "the image's mode is shown as it is"
+        );
+        let o = Command::new(mp.join("suid-id")).arg("-u").output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            "0",
+            "setuid honoured (writable: {writable}): {o:?}"
+        );
+        let e = fs::OpenOptions::new()
+            .write(true)
+            .open(mp.join("null"))
+            .expect_err("a device node of the image opened");
+        assert_eq!(
+            e.raw_os_error(),
+            Some(13),
+            "EACCES; writable: {writable}: {e}"
+        );
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = info
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(s(&mp)))
+            .unwrap_or_else(|| panic!("{} not in mountinfo", mp.display()));
+        let opts = line.split(' ').nth(5).unwrap_or("");
+        assert!(
+            opts.contains("nosuid") && opts.contains("nodev"),
+            "writable: {writable}: {line}"
+        );
+        d.ok(&env, &["umount", s(&mp)]);
+    }
+}
