@@ -4,7 +4,7 @@
 # host of tier 2 (tests/vm/tier2.sh), where Starling's VMM and QEMU boot the same kernel.
 # Writes bench/results/vm-run.md.
 #
-#   cargo build --release && sudo bench/vm_run.sh [target/release/starling]
+#   cargo build --release && sudo [ROUNDS=N] [TRACE=1] bench/vm_run.sh [target/release/starling]
 #
 # The image: Debian bookworm minbase + python3-minimal (the fixture rootfs-b) with a 128 MiB
 # file of random bytes and the guest's bench command (bench/vm/io.sh) in /var/bench; published
@@ -34,6 +34,9 @@ kimage=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["image"
 "$starling" vm initramfs --kernel-image "$kimage" --modules virtio_mmio,virtio_blk \
   --add "$root/bench/vm/blk-run.sh:/etc/starling/run" -o "$work/run-add/bench/blk.img" > /dev/null
 
+# Settings for the test host's side (bench/vm/outer-run-bench.sh): ROUNDS (3), and TRACE=1
+# for one more boot of each side with the kernel's messages on.
+printf 'ROUNDS=%s\nTRACE=%s\n' "${ROUNDS:-3}" "${TRACE:-}" > "$work/run-add/bench/env"
 add=()
 . "$root/bench/vm/qemu-files.sh"
 echo "vm_run: the test host (a few minutes)" >&2

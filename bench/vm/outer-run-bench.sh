@@ -18,6 +18,8 @@ mkdir -p /run-disk /tmp
 echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled
 echo "bench: host thp enabled=$(cat /sys/kernel/mm/transparent_hugepage/enabled) shmem=$(cat /sys/kernel/mm/transparent_hugepage/shmem_enabled)"
 mount -t ext4 -o ro,noload /dev/vda /run-disk || { echo "bench: no run disk"; exit 1; }
+# ROUNDS and TRACE as bench/vm_run.sh was given them.
+[ -f /run-disk/bench/env ] && . /run-disk/bench/env
 ip link set lo up
 export STARLING_HOME=/tmp/run-store STARLING_SOCKET=/tmp/sd.sock
 /bin/starling repo serve /run-disk/repo --listen 127.0.0.1:8080 > /tmp/serve.out 2> /tmp/serve.log &
@@ -97,4 +99,18 @@ for r in $(seq 1 $ROUNDS); do
       -device virtio-blk-device,drive=root
   done
 done
+# Where a boot's time goes, in the kernel's own words and timestamps: one more boot of each
+# side with the kernel's messages on (not among the measured runs: printing slows a boot).
+if [ -n "${TRACE:-}" ]; then
+  t0=$(now)
+  { timeout 300 /bin/starling run --name trace --kernel /run-disk/kernel --vcpus 1 --mem 256M \
+      --kernel-args "loglevel=7" --root $root $url debian:bookworm -- /bin/true < /dev/null 2>&1; } |
+    stamp | tr -d '\r' | awk -v t0="$t0" '{ t = $1; $1 = ""; printf "bench: trace starling-run %.2f%s\n", t - t0, $0 }'
+  /bin/starling rm trace > /dev/null 2>&1
+  t0=$(now)
+  { env STARLING_VM_QUIET=1 /bin/starling vm run --kernel "$kernel" \
+      --initrd /run-disk/bench/blk.img --disk /run-disk/bench/root.ext4,ro --vcpus 1 --mem 256M \
+      --no-rng --console stdio --cmdline "console=ttyS0 reboot=k panic=-1 pci=off loglevel=7 bench.cmd=true" < /dev/null 2>&1; } |
+    stamp | tr -d '\r' | awk -v t0="$t0" '{ t = $1; $1 = ""; printf "bench: trace starling-blk %.2f%s\n", t - t0, $0 }'
+fi
 echo "bench: done"
