@@ -30,6 +30,10 @@ pub enum RepoCmd {
         /// Key directory [default: DIR.keys beside a directory repository; required for S3]
         #[arg(long, value_name = "DIR")]
         keys: Option<PathBuf>,
+        /// Writes the root keys here instead of into the key directory (a removable disk,
+        /// kept offline: publishing never needs them, a key rotation does)
+        #[arg(long, value_name = "DIR")]
+        offline_root: Option<PathBuf>,
         /// Signatures every role needs (each role gets that many keys)
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
         threshold: u64,
@@ -102,6 +106,10 @@ pub enum KeyCmd {
         /// Key directory [default: REPO.keys]
         #[arg(long, value_name = "DIR")]
         keys: Option<PathBuf>,
+        /// Where the root keys are, when `repo init --offline-root` kept them out of the key
+        /// directory
+        #[arg(long, value_name = "DIR")]
+        root_keys: Option<PathBuf>,
     },
 }
 
@@ -111,6 +119,7 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
         RepoCmd::Init {
             dest,
             keys,
+            offline_root,
             threshold,
             root_threshold,
             timestamp_expires,
@@ -131,7 +140,14 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
             if let Some(t) = root_threshold {
                 policy.thresholds.insert("root".into(), t);
             }
-            let kd = KeyDir::create(&keys, &policy)?;
+            if offline_root.as_deref().is_some_and(|r| same_dir(r, &keys)) {
+                anyhow::bail!(
+                    "--offline-root {}: it is the key directory itself; give a directory \
+                     elsewhere (a removable disk)",
+                    keys.display()
+                );
+            }
+            let kd = KeyDir::create(&keys, &policy, offline_root.as_deref())?;
             let repo = rt
                 .block_on(Repo::init(backend, &kd, &policy))
                 .with_context(|| format!("creating repository {dest}"))?;
@@ -148,9 +164,14 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
                 root_file.display()
             );
         }
-        RepoCmd::Key(KeyCmd::Rotate { role, repo, keys }) => {
+        RepoCmd::Key(KeyCmd::Rotate {
+            role,
+            repo,
+            keys,
+            root_keys,
+        }) => {
             let backend = Backend::parse(&repo)?;
-            let kd = KeyDir::open(&key_dir(&backend, keys)?)?;
+            let kd = KeyDir::open(&key_dir(&backend, keys)?, root_keys.as_deref())?;
             let v = rt
                 .block_on(async { Repo::open(backend).await?.rotate_key(&kd, &role).await })
                 .with_context(|| format!("rotating the {role} keys of {repo}"))?;
@@ -244,6 +265,12 @@ pub(crate) fn trust_store(store_dir: &Path, url: &str, root: Option<&Path>) -> R
 }
 
 /// `--keys`, or `DIR.keys` beside a directory repository.
+/// Whether two paths name one directory (either may not exist yet).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    let norm = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    norm(a) == norm(b)
+}
+
 fn key_dir(backend: &Backend, keys: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(k) = keys {
         return Ok(k);
@@ -273,7 +300,7 @@ pub fn push(
     let what = ImageRef::parse(image)?;
     let as_name = as_name.map(ImageRef::parse_tag).transpose()?;
     let backend = Backend::parse(dest)?;
-    let kd = KeyDir::open(&key_dir(&backend, keys)?)?;
+    let kd = KeyDir::open(&key_dir(&backend, keys)?, None)?;
     let rt = starling_repo::runtime()?;
     let r = showing("pushing", "objects", |p| {
         rt.block_on(async {

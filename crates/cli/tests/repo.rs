@@ -6,6 +6,7 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -774,6 +775,46 @@ fn key_rotation_is_followed_by_clients() {
         fs::read(env.path("repo.keys/timestamp.pk8")).unwrap(),
         old_timestamp_key
     );
+    // Rotated-out keys are gone, not kept beside the new ones.
+    let mut left: Vec<String> = fs::read_dir(env.path("repo.keys"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "1.root.json",
+            "policy.json",
+            "root.pk8",
+            "snapshot.pk8",
+            "targets.pk8",
+            "timestamp.pk8"
+        ]
+    );
+    // A key others may read is refused (as ssh refuses one), before anything is signed.
+    let ts_key = env.path("repo.keys/timestamp.pk8");
+    fs::set_permissions(&ts_key, fs::Permissions::from_mode(0o644)).unwrap();
+    let before = fs::read(repo.join("metadata/timestamp.json")).unwrap();
+    let e = env.fails(&["push", "t:v1", s(&repo)]);
+    assert!(
+        e.contains("timestamp.pk8") && e.contains("mode 0644") && e.contains("chmod 600"),
+        "{e}"
+    );
+    assert_eq!(
+        fs::read(repo.join("metadata/timestamp.json")).unwrap(),
+        before
+    );
+    fs::set_permissions(&ts_key, fs::Permissions::from_mode(0o600)).unwrap();
+    // What a rotation cut short left is named, not overwritten.
+    let stray = env.path("repo.keys/targets.pk8.new");
+    fs::write(&stray, b"x").unwrap();
+    let e = env.fails(&["repo", "key", "rotate", "targets", s(&repo)]);
+    assert!(
+        e.contains("targets.pk8.new") && e.contains("cut short"),
+        "{e}"
+    );
+    fs::remove_file(&stray).unwrap();
     fs::write(src.join("after-rotation"), b"x").unwrap();
     env.ok(&["image", "import", s(&src), "t:v1"]);
     env.ok(&["push", "t:v1", s(&repo)]);
@@ -795,6 +836,71 @@ fn key_rotation_is_followed_by_clients() {
     // An unknown role is refused by name.
     let e = env.fails(&["repo", "key", "rotate", "nosuchrole", s(&repo)]);
     assert!(e.contains("nosuchrole"), "{e}");
+}
+
+/// `repo init --offline-root DIR` keeps the root keys out of the online key directory:
+/// publishing goes on without them, a rotation asks for them, and clients follow it.
+#[test]
+fn root_keys_kept_offline() {
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    let repo = env.path("repo");
+    let keys = env.path("repo.keys");
+    let offline = env.path("usb-stick");
+    let e = env.fails(&["repo", "init", s(&repo), "--offline-root", s(&keys)]);
+    assert!(e.contains("key directory itself"), "{e}");
+    env.ok(&["repo", "init", s(&repo), "--offline-root", s(&offline)]);
+    assert!(!keys.join("root.pk8").exists(), "the root key went online");
+    let mode = fs::metadata(offline.join("root.pk8"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // Publishing needs no root key.
+    env.ok(&["push", "t:v1", s(&repo)]);
+    let cs = client_store(&env);
+    client_ok(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
+    // A rotation does, and says where to give it.
+    let e = env.fails(&["repo", "key", "rotate", "targets", s(&repo)]);
+    assert!(e.contains("--root-keys"), "{e}");
+    assert!(!repo.join("metadata/2.root.json").exists());
+    assert!(
+        !keys.join("targets.pk8.new").exists(),
+        "a failed rotation left keys"
+    );
+    for role in ["targets", "root"] {
+        env.ok(&[
+            "repo",
+            "key",
+            "rotate",
+            role,
+            s(&repo),
+            "--root-keys",
+            s(&offline),
+        ]);
+    }
+    assert!(repo.join("metadata/3.root.json").exists());
+    assert!(
+        !keys.join("root.pk8").exists(),
+        "the new root key went online"
+    );
+    fs::write(src.join("after-rotation"), b"x").unwrap();
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    let want = json(&env.ok(&["image", "inspect", "--json", "t:v1"]));
+    client_ok(&env, &cs, &["pull", s(&repo), "t:v1"]);
+    let got = json(&client_ok(
+        &env,
+        &cs,
+        &["image", "inspect", "--json", "t:v1"],
+    ));
+    assert_eq!(got["version"], want["version"]);
 }
 
 /// An S3-compatible server (moto, from PyPI) on a free loopback port; killed on drop.

@@ -53,17 +53,27 @@ impl Default for Policy {
     }
 }
 
+/// The online key directory, and where the root keys are when they are kept offline
+/// (`repo init --offline-root DIR`: a removable disk, only present for a rotation).
 pub struct KeyDir {
     pub dir: PathBuf,
+    pub root_dir: Option<PathBuf>,
 }
 
 impl KeyDir {
+    fn dir_of(&self, role: &str) -> &Path {
+        match (&self.root_dir, role) {
+            (Some(d), "root") => d,
+            _ => &self.dir,
+        }
+    }
+
     /// Key file `n` (1-based) of a role: `ROLE.pk8`, `ROLE.2.pk8`, ...
     pub fn path_n(&self, role: &str, n: u64) -> PathBuf {
         if n <= 1 {
-            self.dir.join(format!("{role}.pk8"))
+            self.dir_of(role).join(format!("{role}.pk8"))
         } else {
-            self.dir.join(format!("{role}.{n}.pk8"))
+            self.dir_of(role).join(format!("{role}.{n}.pk8"))
         }
     }
 
@@ -79,23 +89,27 @@ impl KeyDir {
             .collect()
     }
 
-    /// Creates the directory with a fresh key for every role. Refuses to overwrite keys.
-    pub fn create(dir: &Path, policy: &Policy) -> Result<KeyDir> {
-        std::fs::create_dir_all(dir).at(dir)?;
-        rustix::fs::chmod(dir, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
-            crate::error::Error::Io {
-                path: dir.to_path_buf(),
-                source: e.into(),
-            }
-        })?;
+    /// Creates the directory with a fresh key for every role (the root keys in `root_dir`
+    /// when given, never in `dir`). Refuses to overwrite keys.
+    pub fn create(dir: &Path, policy: &Policy, root_dir: Option<&Path>) -> Result<KeyDir> {
+        for d in std::iter::once(dir).chain(root_dir) {
+            std::fs::create_dir_all(d).at(d)?;
+            rustix::fs::chmod(d, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
+                crate::error::Error::Io {
+                    path: d.to_path_buf(),
+                    source: e.into(),
+                }
+            })?;
+        }
         let kd = KeyDir {
             dir: dir.to_path_buf(),
+            root_dir: root_dir.map(Path::to_path_buf),
         };
         for role in ROLES {
             if kd.path(role).exists() {
                 return Err(invalid(
-                    format!("key directory {}", dir.display()),
-                    format!("already holds a {role} key; give another --keys directory"),
+                    format!("key directory {}", kd.dir_of(role).display()),
+                    format!("already holds a {role} key; give another directory"),
                 ));
             }
         }
@@ -109,11 +123,18 @@ impl KeyDir {
         Ok(kd)
     }
 
-    pub fn open(dir: &Path) -> Result<KeyDir> {
+    /// Opens the online key directory; `root_dir` names the offline root keys' directory
+    /// (a rotation needs them). Without it, root keys are looked for in `dir` and may be
+    /// absent there: publishing needs none.
+    pub fn open(dir: &Path, root_dir: Option<&Path>) -> Result<KeyDir> {
         let kd = KeyDir {
             dir: dir.to_path_buf(),
+            root_dir: root_dir.map(Path::to_path_buf),
         };
         for role in ROLES {
+            if role == "root" && root_dir.is_none() {
+                continue;
+            }
             if !kd.path(role).exists() {
                 return Err(invalid(
                     format!("key directory {}", dir.display()),
@@ -124,25 +145,71 @@ impl KeyDir {
         Ok(kd)
     }
 
-    /// New keys for `role` (as many as its threshold), replacing the old ones (kept as
-    /// `*.pk8.old` for signing the next root during a rotation).
-    pub fn generate(&self, role: &str, policy: &Policy) -> Result<()> {
-        let old = self.paths(role);
-        for p in &old {
-            let o = p.with_extension("pk8.old");
-            std::fs::rename(p, &o).at(&o)?;
+    /// Keys for a role that has none yet (as many as its threshold).
+    fn generate(&self, role: &str, policy: &Policy) -> Result<()> {
+        for n in 1..=policy.threshold(role) {
+            self.generate_one(&self.path_n(role, n))?;
         }
-        // Older leftovers beyond the current set would otherwise pass for old keys.
-        for n in (old.len() as u64 + 1).. {
+        Ok(())
+    }
+
+    /// A rotation's new keys for `role` (`ROLE*.pk8.new`), beside the current ones, which
+    /// sign the new root before [`KeyDir::replace`] puts the new ones in their place.
+    pub fn stage(&self, role: &str, policy: &Policy) -> Result<()> {
+        let left = self.staged_paths(role);
+        if let Some(p) = left.first() {
+            return Err(invalid(
+                format!("key directory {}", self.dir_of(role).display()),
+                format!(
+                    "holds {} from a {role} key rotation that was cut short: if the \
+                     repository's newest root lists it, rename each ROLE*.pk8.new over its \
+                     ROLE*.pk8; if not, delete them; then rotate again",
+                    p.display()
+                ),
+            ));
+        }
+        for n in 1..=policy.threshold(role) {
+            self.generate_one(&self.path_n(role, n).with_extension("pk8.new"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the staged keys of a rotation that published nothing.
+    pub fn discard_staged(&self, role: &str) {
+        for p in self.staged_paths(role) {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// The keys [`KeyDir::stage`] made, in order.
+    pub fn staged_paths(&self, role: &str) -> Vec<PathBuf> {
+        (1..)
+            .map(|n| self.path_n(role, n).with_extension("pk8.new"))
+            .take_while(|p| p.exists())
+            .collect()
+    }
+
+    /// Puts the staged keys of `role` in place of the current ones, which are gone after
+    /// (a rotated-out key is deleted, not kept: whoever finds it later cannot sign with it).
+    pub fn replace(&self, role: &str) -> Result<()> {
+        let old = self.paths(role);
+        let staged = self.staged_paths(role);
+        for (n, p) in staged.iter().enumerate() {
+            let to = self.path_n(role, n as u64 + 1);
+            std::fs::rename(p, &to).at(&to)?;
+        }
+        for p in old.iter().skip(staged.len()) {
+            std::fs::remove_file(p).at(p)?;
+        }
+        // What earlier versions kept of rotated keys.
+        for n in 1.. {
             let o = self.path_n(role, n).with_extension("pk8.old");
             if std::fs::remove_file(&o).is_err() {
                 break;
             }
         }
-        for n in 1..=policy.threshold(role) {
-            self.generate_one(&self.path_n(role, n))?;
-        }
-        Ok(())
+        let dir = self.dir_of(role);
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
     }
 
     fn generate_one(&self, p: &Path) -> Result<()> {
@@ -168,10 +235,37 @@ impl KeyDir {
 
     /// Signing keys of a role (all of them; tough signs with each the role lists).
     pub fn sources(&self, role: &str) -> Result<Vec<Box<dyn KeySource>>> {
-        let paths = self.paths(role);
-        if paths.is_empty() {
+        self.sources_at(role, self.paths(role))
+    }
+
+    /// The keys at `paths`, each refused when others than its owner may read or write it
+    /// (as ssh refuses such a private key).
+    pub fn sources_at(&self, role: &str, paths: Vec<PathBuf>) -> Result<Vec<Box<dyn KeySource>>> {
+        for p in &paths {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(p).at(p)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(invalid(
+                    format!("{role} key {}", p.display()),
+                    format!(
+                        "is open to others (mode {:04o}): a signing key must be its owner's \
+                         alone; chmod 600 {} (and consider the key exposed)",
+                        mode & 0o7777,
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        if paths.is_empty() && role == "root" && self.root_dir.is_none() {
             return Err(invalid(
                 format!("key directory {}", self.dir.display()),
+                "has no root key: if this repository's root keys are kept offline, give \
+                 their directory with --root-keys DIR",
+            ));
+        }
+        if paths.is_empty() {
+            return Err(invalid(
+                format!("key directory {}", self.dir_of(role).display()),
                 format!(
                     "has no {role} key ({} is missing)",
                     self.path(role).display()
@@ -187,7 +281,8 @@ impl KeyDir {
     /// Refuses a key directory that cannot sign under `policy` (fewer keys than a role's
     /// threshold), before anything is uploaded.
     pub fn check(&self, policy: &Policy) -> Result<()> {
-        for role in ROLES {
+        // Publishing signs every role but root (which may be offline).
+        for role in ROLES.iter().filter(|r| **r != "root") {
             let have = self.paths(role).len() as u64;
             let need = policy.threshold(role);
             if have < need {
@@ -198,22 +293,6 @@ impl KeyDir {
             }
         }
         Ok(())
-    }
-
-    /// The keys a role had before its last rotation.
-    pub fn old_sources(&self, role: &str) -> Result<Vec<Box<dyn KeySource>>> {
-        let v: Vec<Box<dyn KeySource>> = (1..)
-            .map(|n| self.path_n(role, n).with_extension("pk8.old"))
-            .take_while(|p| p.exists())
-            .map(|path| Box::new(LocalKeySource { path }) as Box<dyn KeySource>)
-            .collect();
-        if v.is_empty() {
-            return Err(invalid(
-                format!("{role} key rotation"),
-                "the previous keys are missing",
-            ));
-        }
-        Ok(v)
     }
 
     pub fn policy(&self) -> Result<Policy> {

@@ -99,7 +99,7 @@ impl Repo {
             }
         }
         let repo = Repo { backend };
-        let root = make_root(1, keys, policy).await?;
+        let root = make_root(1, keys, policy, None).await?;
         let signed = SignedRole::new(
             root.clone(),
             &KeyHolder::Root(root.clone()),
@@ -292,42 +292,71 @@ impl Repo {
         let (version, old) = self.latest_root().await?;
         let old: tough::schema::Signed<Root> = serde_json::from_slice(&old)
             .map_err(|e| invalid(format!("{version}.root.json"), e.to_string()))?;
-        keys.generate(role, &policy)?;
-        let new_root = make_root(version + 1, keys, &policy).await?;
-        let rng = aws_lc_rs::rand::SystemRandom::new();
-        let old_keys = if role == "root" {
-            keys.old_sources("root")?
-        } else {
-            keys.sources("root")?
+        // The current root keys sign the new root (clients follow the chain): without
+        // them (kept offline and not given) nothing is generated.
+        let old_keys = keys.sources("root")?;
+        // The new keys wait beside the current ones until the new root that lists them is
+        // published; anything failing before that takes them away again.
+        keys.stage(role, &policy)?;
+        let signed = match sign_root(keys, &policy, role, version, &old, &old_keys).await {
+            Ok(b) => b,
+            Err(e) => {
+                keys.discard_staged(role);
+                return Err(e);
+            }
         };
-        let by_old = SignedRole::new(
-            new_root.clone(),
-            &KeyHolder::Root(old.signed.clone()),
-            &old_keys,
-            &rng,
-        )
-        .await
-        .map_err(tuf("signing the new root with the old root keys"))?;
-        let signed = SignedRole::new(
-            new_root.clone(),
-            &KeyHolder::Root(new_root),
-            &keys.sources("root")?,
-            &rng,
-        )
-        .await
-        .map_err(tuf("signing the new root"))?
-        .add_old_signatures(by_old.signed().signatures.clone())
-        .map_err(tuf("combining root signatures"))?;
         let name = format!("metadata/{}.root.json", version + 1);
-        if !self.backend.create(&name, signed.buffer()).await? {
+        // A failed upload may still have stored the root (the staged keys then stay, and
+        // the next rotation names them); a conflict stored nothing of ours.
+        if !self.backend.create(&name, &signed).await? {
+            keys.discard_staged(role);
             return Err(crate::Error::Conflict(format!(
                 "{}/{name}",
                 self.describe()
             )));
         }
+        keys.replace(role)?;
         self.publish_targets(keys, &policy, current, &[]).await?;
         Ok(version + 1)
     }
+}
+
+/// Root version `version + 1` naming `role`'s staged keys, signed by the current root keys
+/// and the new ones.
+async fn sign_root(
+    keys: &KeyDir,
+    policy: &Policy,
+    role: &str,
+    version: u64,
+    old: &tough::schema::Signed<Root>,
+    old_keys: &[Box<dyn tough::key_source::KeySource>],
+) -> Result<Vec<u8>> {
+    let new_root = make_root(version + 1, keys, policy, Some(role)).await?;
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let new_root_keys = if role == "root" {
+        keys.sources_at("root", keys.staged_paths("root"))?
+    } else {
+        keys.sources("root")?
+    };
+    let by_old = SignedRole::new(
+        new_root.clone(),
+        &KeyHolder::Root(old.signed.clone()),
+        old_keys,
+        &rng,
+    )
+    .await
+    .map_err(tuf("signing the new root with the old root keys"))?;
+    let signed = SignedRole::new(
+        new_root.clone(),
+        &KeyHolder::Root(new_root),
+        &new_root_keys,
+        &rng,
+    )
+    .await
+    .map_err(tuf("signing the new root"))?
+    .add_old_signatures(by_old.signed().signatures.clone())
+    .map_err(tuf("combining root signatures"))?;
+    Ok(signed.buffer().clone())
 }
 
 /// An editor over the given root metadata (tough reads it from a file), with the targets,
@@ -358,7 +387,13 @@ fn target_of(bytes: &[u8]) -> Target {
     }
 }
 
-async fn make_root(version: u64, keys: &KeyDir, policy: &Policy) -> Result<Root> {
+/// Root metadata naming every role's keys; `staged`'s are those of its rotation.
+async fn make_root(
+    version: u64,
+    keys: &KeyDir,
+    policy: &Policy,
+    staged: Option<&str>,
+) -> Result<Root> {
     let mut all = HashMap::new();
     let mut roles = HashMap::new();
     for (role, rt) in [
@@ -369,7 +404,12 @@ async fn make_root(version: u64, keys: &KeyDir, policy: &Policy) -> Result<Root>
     ] {
         let threshold = policy.threshold(role);
         let mut ids = Vec::new();
-        for (source, path) in keys.sources(role)?.into_iter().zip(keys.paths(role)) {
+        let paths = if staged == Some(role) {
+            keys.staged_paths(role)
+        } else {
+            keys.paths(role)
+        };
+        for (source, path) in keys.sources_at(role, paths.clone())?.into_iter().zip(paths) {
             let key = source
                 .as_sign()
                 .await
