@@ -183,6 +183,27 @@ pub fn artifact(cache_dir: &Path, kernel_tree: &Path) -> Result<RunArtifact, Err
     let busybox = host_busybox().ok_or_else(|| {
         Error::Invalid("no statically linked busybox on this host: install busybox-static".into())
     })?;
+    let at = |dir: &Path| -> Result<RunArtifact, Error> {
+        let kernel = dir.join("kernel");
+        let initrd = dir.join("initrd.img");
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io_at(p));
+        Ok(RunArtifact {
+            size_bytes: size(&kernel)? + size(&initrd)?,
+            kernel,
+            initrd,
+            release: release.clone(),
+        })
+    };
+    // Every `starling run` asks for its artifact: inputs that have not changed since they
+    // were hashed (same files, sizes, change times) name it without reading ~20 MB again.
+    let inputs: Vec<&Path> = std::iter::once(vmlinuz.as_path())
+        .chain(modules.iter().map(|(_, p)| p.as_path()))
+        .chain(std::iter::once(busybox.as_path()))
+        .collect();
+    let stamp = stamp_of(&release, &inputs);
+    if let Some(dir) = stamp.as_deref().and_then(|s| stamped(cache_dir, s)) {
+        return at(&dir);
+    }
     let bzimage = std::fs::read(&vmlinuz).map_err(io_at(&vmlinuz))?;
 
     let mut h = blake3::Hasher::new();
@@ -207,21 +228,90 @@ pub fn artifact(cache_dir: &Path, kernel_tree: &Path) -> Result<RunArtifact, Err
     );
     let hash = h.finalize().to_hex();
     let dir = cache_dir.join(&hash[..32]);
-    let at = |dir: &Path| -> Result<RunArtifact, Error> {
-        let kernel = dir.join("kernel");
-        let initrd = dir.join("initrd.img");
-        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).map_err(io_at(p));
-        Ok(RunArtifact {
-            size_bytes: size(&kernel)? + size(&initrd)?,
-            kernel,
-            initrd,
-            release: release.clone(),
-        })
-    };
-    if dir.is_dir() {
-        return at(&dir);
+    if !dir.is_dir() {
+        build(cache_dir, &dir, &vmlinuz, &bzimage, &busybox, modules)?;
     }
+    if let Some(s) = &stamp {
+        record_stamp(cache_dir, s, &hash[..32]);
+    }
+    at(&dir)
+}
 
+/// What names an artifact's inputs without reading them: the format, the release, the
+/// embedded agent and scripts, and each input file's identity, size and change times (a
+/// file written or replaced since has another). `None` when an input cannot be looked at.
+fn stamp_of(release: &str, inputs: &[&Path]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    static EMBEDDED: std::sync::OnceLock<blake3::Hash> = std::sync::OnceLock::new();
+    let embedded = EMBEDDED.get_or_init(|| {
+        let mut h = blake3::Hasher::new();
+        for part in [
+            crate::AGENT,
+            RUN_INIT.as_bytes(),
+            crate::initramfs::NET_SETUP.as_bytes(),
+        ] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.finalize()
+    });
+    let mut h = blake3::Hasher::new();
+    h.update(ARTIFACT_FORMAT.as_bytes());
+    h.update(&[0]);
+    h.update(release.as_bytes());
+    h.update(&[0]);
+    h.update(embedded.as_bytes());
+    for p in inputs {
+        let m = std::fs::metadata(p).ok()?;
+        h.update(p.as_os_str().as_encoded_bytes());
+        h.update(&[0]);
+        for v in [
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime() as u64,
+            m.mtime_nsec() as u64,
+            m.ctime() as u64,
+            m.ctime_nsec() as u64,
+        ] {
+            h.update(&v.to_le_bytes());
+        }
+    }
+    Some(h.finalize().to_hex()[..32].to_string())
+}
+
+const STAMPS: &str = "stamps";
+
+/// The artifact a stamp was recorded for, if it is still there.
+fn stamped(cache_dir: &Path, stamp: &str) -> Option<PathBuf> {
+    let name = std::fs::read_to_string(cache_dir.join(STAMPS).join(stamp)).ok()?;
+    let name = name.trim();
+    let ok = name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit());
+    let dir = cache_dir.join(name);
+    (ok && dir.join("kernel").is_file() && dir.join("initrd.img").is_file()).then_some(dir)
+}
+
+/// Best effort: without the record the next run hashes its inputs again.
+fn record_stamp(cache_dir: &Path, stamp: &str, artifact: &str) {
+    let dir = cache_dir.join(STAMPS);
+    let tmp = dir.join(format!(".{stamp}.{}", std::process::id()));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, artifact))
+        .and_then(|()| std::fs::rename(&tmp, dir.join(stamp)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+/// Builds the artifact `dir` in a temporary directory beside it and renames it into place.
+fn build(
+    cache_dir: &Path,
+    dir: &Path,
+    vmlinuz: &Path,
+    bzimage: &[u8],
+    busybox: &Path,
+    modules: Vec<(String, PathBuf)>,
+) -> Result<(), Error> {
     std::fs::create_dir_all(cache_dir).map_err(io_at(cache_dir))?;
     let tmp = tempfile::Builder::new()
         .prefix(".build-")
@@ -238,26 +328,26 @@ pub fn artifact(cache_dir: &Path, kernel_tree: &Path) -> Result<RunArtifact, Err
             vmlinuz.display()
         )));
     }
-    f.write_all(&bzimage)
+    f.write_all(bzimage)
         .and_then(|()| f.sync_all())
         .map_err(io_at(&kernel))?;
-    let mut ird = Initramfs::new(&busybox)?;
+    let mut ird = Initramfs::new(busybox)?;
     ird.set_modules(modules);
     ird.add_bytes(crate::AGENT.to_vec(), "/bin/starling-agent", 0o755)?;
     ird.init(RUN_INIT.as_bytes().to_vec());
     ird.write(&tmp.path().join("initrd.img"))?;
     let built = tmp.keep();
-    if let Err(e) = std::fs::rename(&built, &dir) {
+    if let Err(e) = std::fs::rename(&built, dir) {
         let _ = std::fs::remove_dir_all(&built);
         // Another builder of the same artifact got there first: theirs is as good.
         if !dir.is_dir() {
-            return Err(io_at(&dir)(e));
+            return Err(io_at(dir)(e));
         }
     }
     if let Ok(d) = std::fs::File::open(cache_dir) {
         let _ = d.sync_all();
     }
-    at(&dir)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -489,14 +579,25 @@ mod tests {
             std::fs::read(&other.kernel).unwrap(),
             bzimage(b"\x7fELF kernel two")
         );
-        // Exactly the two artifacts, no build directories left behind.
+        // Exactly the two artifacts (and the stamps naming them), no build directories left.
         let mut entries: Vec<String> = std::fs::read_dir(&cache)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|e| e != "stamps")
             .collect();
         entries.sort();
         assert_eq!(entries.len(), 2, "{entries:?}");
         assert!(entries.iter().all(|e| !e.starts_with('.')), "{entries:?}");
+        // A kernel written since its stamp was taken is hashed again, not taken for the old.
+        let vmlinuz = one.join(format!("boot/vmlinuz-{RELEASE}"));
+        std::fs::write(&vmlinuz, bzimage(b"\x7fELF kernel two")).unwrap();
+        let changed = artifact(&cache, &one).unwrap();
+        assert_eq!(changed.kernel, other.kernel, "keyed by content again");
+        // A stamp whose artifact went (removed by hand) leads to a rebuild.
+        std::fs::remove_dir_all(other.kernel.parent().unwrap()).unwrap();
+        let rebuilt = artifact(&cache, &two).unwrap();
+        assert_eq!(rebuilt, other);
+        assert!(rebuilt.initrd.is_file());
     }
 
     #[test]
