@@ -74,6 +74,17 @@ struct Pending {
     done: std::sync::Condvar,
 }
 
+/// Finishes every chunk of a read-ahead batch when dropped.
+struct FinishAll<'a>(&'a Pending, Vec<ObjectId>);
+
+impl Drop for FinishAll<'_> {
+    fn drop(&mut self) {
+        for id in &self.1 {
+            self.0.finish(id);
+        }
+    }
+}
+
 /// The longest a reader waits on a read-ahead load before loading the chunk itself (the
 /// load is bounded by the source's own timeout; this only guards against a lost wake-up).
 const PENDING_WAIT: Duration = Duration::from_secs(60);
@@ -127,6 +138,9 @@ impl ReadAhead {
                         }
                         batch
                     };
+                    // Whatever happens to this batch (a panic included), none of its
+                    // chunks stays pending for readers to wait on.
+                    let _finish = FinishAll(&pending, batch.iter().map(|(id, _)| *id).collect());
                     let (held, load): (Vec<_>, Vec<_>) =
                         batch.into_iter().partition(|(id, _)| chunks.contains(id));
                     for (id, _) in held {

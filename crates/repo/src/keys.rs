@@ -11,6 +11,8 @@ use tough::key_source::{KeySource, LocalKeySource};
 use crate::error::{invalid, IoContext, Result};
 
 pub const ROLES: [&str; 4] = ["root", "targets", "snapshot", "timestamp"];
+/// The most keys a role may have (thresholds go up to 16).
+const MAX_KEYS: u64 = 64;
 const POLICY: &str = "policy.json";
 
 /// How long each role's metadata stays valid, in seconds, and how many keys must sign.
@@ -171,7 +173,10 @@ impl KeyDir {
         for n in 1..=policy.threshold(role) {
             self.generate_one(&self.path_n(role, n).with_extension("pk8.new"))?;
         }
-        Ok(())
+        // Their names on disk before the root that lists them is uploaded: a power cut
+        // after the upload must not lose them.
+        let dir = self.dir_of(role);
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
     }
 
     /// Removes the staged keys of a rotation that published nothing.
@@ -181,11 +186,16 @@ impl KeyDir {
         }
     }
 
-    /// The keys [`KeyDir::stage`] made, in order.
+    /// The keys [`KeyDir::stage`] made, in order: every number is looked at (not only up
+    /// to the first gap), so what a `replace` cut short between two renames left is found.
     pub fn staged_paths(&self, role: &str) -> Vec<PathBuf> {
-        (1..)
-            .map(|n| self.path_n(role, n).with_extension("pk8.new"))
-            .take_while(|p| p.exists())
+        self.staged(role).into_iter().map(|(_, p)| p).collect()
+    }
+
+    fn staged(&self, role: &str) -> Vec<(u64, PathBuf)> {
+        (1..=MAX_KEYS)
+            .map(|n| (n, self.path_n(role, n).with_extension("pk8.new")))
+            .filter(|(_, p)| p.exists())
             .collect()
     }
 
@@ -193,9 +203,9 @@ impl KeyDir {
     /// (a rotated-out key is deleted, not kept: whoever finds it later cannot sign with it).
     pub fn replace(&self, role: &str) -> Result<()> {
         let old = self.paths(role);
-        let staged = self.staged_paths(role);
-        for (n, p) in staged.iter().enumerate() {
-            let to = self.path_n(role, n as u64 + 1);
+        let staged = self.staged(role);
+        for (n, p) in &staged {
+            let to = self.path_n(role, *n);
             std::fs::rename(p, &to).at(&to)?;
         }
         for p in old.iter().skip(staged.len()) {
