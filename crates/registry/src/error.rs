@@ -162,17 +162,7 @@ pub(crate) fn unauthorized(registry: &str, what: &str, detail: &str) -> Error {
     }
 }
 
-/// The innermost cause of `e`: the OS error or the timeout under a client error whose own
-/// text names only the URL.
-pub(crate) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut reason = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        reason = c.to_string();
-        cause = c.source();
-    }
-    reason
-}
+pub(crate) use starling_store::innermost;
 
 /// What a registry said, fit for one line of a terminal: control characters (escape
 /// sequences included) replaced, at most 200 characters.

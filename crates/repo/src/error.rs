@@ -137,17 +137,7 @@ pub fn network_failure(e: &(dyn std::error::Error + 'static)) -> Option<NetworkF
     })
 }
 
-/// The innermost cause of `e`: the OS error, the timeout or the protocol error that a client
-/// error's own text (which names only the URL) leaves out.
-pub(crate) fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut reason = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        reason = c.to_string();
-        cause = c.source();
-    }
-    reason
-}
+pub(crate) use starling_store::innermost;
 
 #[cfg(test)]
 mod tests {

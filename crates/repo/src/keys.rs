@@ -116,7 +116,7 @@ impl KeyDir {
             }
         }
         for role in ROLES {
-            kd.generate(role, policy)?;
+            kd.generate(role, policy, "pk8")?;
         }
         let p = dir.join(POLICY);
         let text =
@@ -147,12 +147,19 @@ impl KeyDir {
         Ok(kd)
     }
 
-    /// Keys for a role that has none yet (as many as its threshold).
-    fn generate(&self, role: &str, policy: &Policy) -> Result<()> {
+    /// As many fresh keys for `role` as its threshold, named with `ext`: `pk8`, or
+    /// `pk8.new` while a rotation waits for its root to be published.
+    fn generate(&self, role: &str, policy: &Policy, ext: &str) -> Result<()> {
         for n in 1..=policy.threshold(role) {
-            self.generate_one(&self.path_n(role, n))?;
+            self.generate_one(&self.path_n(role, n).with_extension(ext))?;
         }
         Ok(())
+    }
+
+    /// Makes the names of `role`'s key files durable.
+    fn sync_dir(&self, role: &str) -> Result<()> {
+        let dir = self.dir_of(role);
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
     }
 
     /// A rotation's new keys for `role` (`ROLE*.pk8.new`), beside the current ones, which
@@ -170,13 +177,10 @@ impl KeyDir {
                 ),
             ));
         }
-        for n in 1..=policy.threshold(role) {
-            self.generate_one(&self.path_n(role, n).with_extension("pk8.new"))?;
-        }
+        self.generate(role, policy, "pk8.new")?;
         // Their names on disk before the root that lists them is uploaded: a power cut
         // after the upload must not lose them.
-        let dir = self.dir_of(role);
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+        self.sync_dir(role)
     }
 
     /// Removes the staged keys of a rotation that published nothing.
@@ -218,8 +222,7 @@ impl KeyDir {
                 break;
             }
         }
-        let dir = self.dir_of(role);
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).at(dir)
+        self.sync_dir(role)
     }
 
     fn generate_one(&self, p: &Path) -> Result<()> {

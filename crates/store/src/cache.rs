@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use crate::packset::PackSet;
-use crate::source::{check_len, ObjectSource, Origin};
+use crate::source::{opened, ObjectSource, Origin};
 use crate::{envelope, Error, ObjectId, Result};
 
 /// No chunk is larger than this (the chunker's maximum); a quota must hold at least one.
@@ -324,16 +324,14 @@ impl HostCache {
             .fetched_bytes
             .fetch_add(env.len() as u64, Ordering::Relaxed);
         // Verified before it is kept: a damaged object is refused and never cached.
-        let data = check_len(id, &env, max_len)
-            .and_then(|()| envelope::decode(id, &env))
-            .map_err(|e| {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                Error::Unavailable {
-                    id: *id,
-                    from: inner.describe(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let data = opened(id, &env, max_len).map_err(|e| {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            Error::Unavailable {
+                id: *id,
+                from: inner.describe(),
+                reason: e.to_string(),
+            }
+        })?;
         self.packs.append(id, &env)?;
         let size = env.len() as u64;
         {

@@ -62,3 +62,16 @@ impl<T> IoContext<T> for rustix::io::Result<T> {
         })
     }
 }
+
+/// The innermost cause of `e`: the OS error, the timeout or the protocol error that an HTTP
+/// client error's own text (which names only the URL) leaves out. For the crates that fetch
+/// (repositories, registries), said once in their errors.
+pub fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut reason = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        reason = c.to_string();
+        cause = c.source();
+    }
+    reason
+}

@@ -35,7 +35,7 @@ pub use envelope::{
     decode as decode_envelope, encode as encode_envelope, parse_header as parse_envelope_header,
     unwrap as unwrap_envelope, Codec, ENVELOPE_VERSION, HEADER_LEN,
 };
-pub use error::{Error, Result};
+pub use error::{innermost, Error, Result};
 pub use id::ObjectId;
 pub use source::{check_len, ObjectSource, Origin, MAX_MANIFEST};
 pub use store::{

@@ -30,8 +30,7 @@ pub trait ObjectSource: Send + Sync {
     /// The object's bytes, verified against `id`.
     fn read(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
         let (env, origin) = self.envelope(id, max_len)?;
-        check_len(id, &env, max_len)?;
-        Ok((envelope::decode(id, &env)?, origin))
+        Ok((opened(id, &env, max_len)?, origin))
     }
 
     /// Reads several objects, handing each to `each` (with its index in `wanted`) as it
@@ -59,6 +58,13 @@ pub trait ObjectSource: Send + Sync {
 
     /// Names the source in messages (a store path, a repository URL).
     fn describe(&self) -> String;
+}
+
+/// An envelope's content, verified against `id`, once its declared length is within
+/// `max_len` (checked before anything is decompressed).
+pub fn opened(id: &ObjectId, env: &[u8], max_len: u64) -> Result<Vec<u8>> {
+    check_len(id, env, max_len)?;
+    envelope::decode(id, env)
 }
 
 /// Refuses an envelope that declares more than the reader allowed.

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::source::{check_len, ObjectSource, Origin};
-use crate::{envelope, Error, ObjectId, Result};
+use crate::source::{opened, ObjectSource, Origin};
+use crate::{Error, ObjectId, Result};
 
 const MAGIC: &[u8; 4] = b"SLOW";
 pub const WIRE_VERSION: u32 = 1;
@@ -212,11 +212,6 @@ impl SocketSource {
         s.write_all(&req)
     }
 
-    fn ask(&self, s: &mut UnixStream, id: &ObjectId, max_len: u64) -> std::io::Result<Reply> {
-        self.send(s, &[(*id, max_len)])?;
-        self.reply(s, max_len)
-    }
-
     /// Reads the reply for an object of at most `max_len` bytes.
     fn reply(&self, s: &mut UnixStream, max_len: u64) -> std::io::Result<Reply> {
         let mut head = [0u8; 6];
@@ -253,15 +248,7 @@ impl SocketSource {
             reason,
         }
     }
-}
 
-struct Reply {
-    status: u8,
-    origin: u8,
-    body: Vec<u8>,
-}
-
-impl SocketSource {
     fn pooled(&self) -> std::io::Result<UnixStream> {
         let pooled = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         pooled.map_or_else(|| self.connect(), Ok)
@@ -287,63 +274,60 @@ impl SocketSource {
         }
     }
 
-    /// Asks for `wanted` (at most [`MAX_MANY`]) in one request and hands each verified
-    /// object to `each` as its reply arrives; how many were answered before the connection
-    /// failed, if it did.
-    fn ask_many(
+    /// Asks for `wanted` (at most [`MAX_MANY`]) in one request and hands each reply to
+    /// `each` as it arrives: on a kept connection, or a new one when that one breaks before
+    /// its first answer (the daemon restarted, or closed it while idle). How many were
+    /// answered, and why the rest were not.
+    fn exchange(
         &self,
         wanted: &[(ObjectId, u64)],
-        each: &mut dyn FnMut(usize, Result<(Vec<u8>, Origin)>),
-    ) -> usize {
+        each: &mut dyn FnMut(usize, Reply),
+    ) -> (usize, String) {
+        let mut last = String::new();
         'connection: for fresh in [false, true] {
             let s = if fresh { self.connect() } else { self.pooled() };
-            let Ok(mut s) = s else { continue };
-            if self.send(&mut s, wanted).is_err() {
-                continue;
-            }
-            for (i, (id, max_len)) in wanted.iter().enumerate() {
-                let Ok(r) = self.reply(&mut s, *max_len) else {
-                    // Broken before its first answer (the daemon restarted, or closed it
-                    // while idle): once more on a new connection.
-                    if i == 0 {
-                        continue 'connection;
-                    }
-                    return i;
-                };
-                let read = self.answer(id, r).and_then(|(env, origin)| {
-                    check_len(id, &env, *max_len)?;
-                    Ok((envelope::decode(id, &env)?, origin))
-                });
-                each(i, read);
-            }
-            self.keep(s);
-            return wanted.len();
-        }
-        0
-    }
-}
-
-impl ObjectSource for SocketSource {
-    fn envelope(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
-        let mut last = String::new();
-        for _ in 0..2 {
-            let mut s = match self.pooled() {
+            let mut s = match s {
                 Ok(s) => s,
                 Err(e) => {
                     last = e.to_string();
                     continue;
                 }
             };
-            match self.ask(&mut s, id, max_len) {
-                Ok(r) => {
-                    self.keep(s);
-                    return self.answer(id, r);
-                }
-                // A broken connection (the daemon restarted): try once more on a new one.
-                Err(e) => last = e.to_string(),
+            if let Err(e) = self.send(&mut s, wanted) {
+                last = e.to_string();
+                continue;
             }
+            for (i, (_, max_len)) in wanted.iter().enumerate() {
+                match self.reply(&mut s, *max_len) {
+                    Ok(r) => each(i, r),
+                    Err(e) if i == 0 => {
+                        last = e.to_string();
+                        continue 'connection;
+                    }
+                    Err(e) => return (i, e.to_string()),
+                }
+            }
+            self.keep(s);
+            return (wanted.len(), last);
         }
-        Err(self.unavailable(id, last))
+        (0, last)
+    }
+}
+
+struct Reply {
+    status: u8,
+    origin: u8,
+    body: Vec<u8>,
+}
+
+impl ObjectSource for SocketSource {
+    fn envelope(&self, id: &ObjectId, max_len: u64) -> Result<(Vec<u8>, Origin)> {
+        let mut got = None;
+        let (_, why) = self.exchange(&[(*id, max_len)], &mut |_, r| got = Some(r));
+        match got {
+            Some(r) => self.answer(id, r),
+            None => Err(self.unavailable(id, why)),
+        }
     }
 
     fn read_each(
@@ -353,7 +337,13 @@ impl ObjectSource for SocketSource {
     ) {
         for (k, part) in wanted.chunks(MAX_MANY).enumerate() {
             let base = k * MAX_MANY;
-            let done = self.ask_many(part, &mut |i, r| each(base + i, r));
+            let (done, _) = self.exchange(part, &mut |i, r| {
+                let (id, max_len) = &part[i];
+                let read = self
+                    .answer(id, r)
+                    .and_then(|(env, origin)| Ok((opened(id, &env, *max_len)?, origin)));
+                each(base + i, read);
+            });
             // What a broken connection left unanswered: one by one, each reconnecting
             // (and failing with the reason when the daemon is gone).
             for (i, (id, max_len)) in part.iter().enumerate().skip(done) {
