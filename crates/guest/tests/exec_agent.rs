@@ -60,13 +60,14 @@ impl Agent {
         std::fs::write(&agent, starling_guest::AGENT).unwrap();
         std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::create_dir(dir.path().join("state")).unwrap();
-        let child = Command::new(&agent)
-            .arg("serve")
-            .arg(&root)
-            .env("STARLING_AGENT_UNIX", dir.path().join("agent.sock"))
-            .env("STARLING_AGENT_STATE", dir.path().join("state"))
-            .spawn()
-            .unwrap();
+        let child = starling_testkit::spawn_written(
+            Command::new(&agent)
+                .arg("serve")
+                .arg(&root)
+                .env("STARLING_AGENT_UNIX", dir.path().join("agent.sock"))
+                .env("STARLING_AGENT_STATE", dir.path().join("state")),
+        )
+        .unwrap();
         let a = Agent { child, dir };
         let started = Instant::now();
         while UnixStream::connect(a.socket()).is_err() {

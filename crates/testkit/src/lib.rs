@@ -15,6 +15,8 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
 
 /// Whether this run is CI's (`CI=true`, as CI sets it and `.ci/run` exports it).
 pub fn in_ci() -> bool {
@@ -40,6 +42,25 @@ pub fn skip_part(why: &str) {
 /// Something a passing test did that must still be seen (`kind` is one word, e.g. RETRY).
 pub fn note(kind: &str, what: &str) {
     record(kind, what);
+}
+
+/// Starts `cmd` whose program this test process has just written. Until another test
+/// thread's child execs, it holds every descriptor the process had open when it forked,
+/// the new program's write descriptor included, and exec fails with ETXTBSY: retried for a
+/// few seconds, as that child execs or exits within microseconds.
+pub fn spawn_written(cmd: &mut Command) -> std::io::Result<Child> {
+    let started = Instant::now();
+    loop {
+        match cmd.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && started.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// `KIND test-binary::test-name: what` on stderr and in the skip log.
