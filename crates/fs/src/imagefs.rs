@@ -510,6 +510,53 @@ impl ImageFs {
             .is_some_and(|span| span.iter().all(|r| self.chunks.contains(&r.id)))
     }
 
+    /// Whether a READDIR(PLUS) of `ino` from `offset` is answered from memory: the
+    /// directory's tree is loaded and every entry from there on is numbered. A transport may
+    /// answer it on the thread that saw it, as [`Self::read_is_ready`]'s READs: a walk's
+    /// every listing but a directory's first page is (its later pages and its end).
+    pub fn listing_is_ready(&self, ino: u64, offset: u64) -> bool {
+        let Some(dir) = self.inodes.get(ino) else {
+            return false;
+        };
+        if !dir.is_dir() {
+            // Answered with an error at once.
+            return true;
+        }
+        let Some(kids) = self.inodes.loaded_children(&dir) else {
+            return false;
+        };
+        self.inodes.get(dir.parent).is_some()
+            && kids
+                .iter()
+                .skip(offset.saturating_sub(2) as usize)
+                .all(|c| self.inodes.is_resolved(c))
+    }
+
+    /// Whether `ino` is numbered: a request about it alone (GETATTR, OPEN, READLINK, …)
+    /// is answered from memory. A restored file system numbers by replaying loads.
+    pub fn is_numbered(&self, ino: u64) -> bool {
+        self.inodes.get(ino).is_some()
+    }
+
+    /// Whether a LOOKUP of `name` in `parent` is answered from memory: the parent's tree is
+    /// loaded and the name, if there, resolved.
+    pub fn lookup_is_ready(&self, parent: u64, name: &[u8]) -> bool {
+        let Some(dir) = self.inodes.get(parent) else {
+            return false;
+        };
+        if !dir.is_dir() {
+            return true;
+        }
+        let Some(kids) = self.inodes.loaded_children(&dir) else {
+            return false;
+        };
+        match kids.iter().find(|c| c.name == name) {
+            Some(c) => self.inodes.is_resolved(c),
+            // ENOENT at once.
+            None => true,
+        }
+    }
+
     /// ENOSYS when the image has no extended attributes at all: a FUSE client then answers
     /// every later xattr call itself, as a file system without xattr support. Overlayfs asks
     /// each file it looks up for `trusted.overlay.metacopy`, and each ask is a round trip.

@@ -194,6 +194,27 @@ impl Inodes {
         self.table.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// A directory's entries if its tree is loaded, without loading it.
+    pub fn loaded_children(&self, dir: &Inode) -> Option<Arc<Vec<Child>>> {
+        dir.children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Whether the inode a child names is known without loading a tree (a hard link's
+    /// target is known once resolved).
+    pub fn is_resolved(&self, child: &Child) -> bool {
+        match &child.target {
+            ChildTarget::Ino(i) => self.get(*i).is_some(),
+            ChildTarget::Link(path) => self
+                .links
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(path),
+        }
+    }
+
     /// A directory's entries, loading its tree on first use. Concurrent first uses of one
     /// directory load it once (the others wait on its lock).
     pub fn children(&self, dir: &Inode) -> ObjResult<Arc<Vec<Child>>> {

@@ -353,6 +353,64 @@ fn a_read_is_ready_once_its_chunks_are_in_memory() {
     );
 }
 
+/// A listing (and a lookup) is ready once its directory's tree is loaded and the entries it
+/// answers are numbered: then it waits on no object (a transport answers it on the thread
+/// that saw it). A restored file system's nodes are not, until its loads are replayed.
+#[test]
+fn a_listing_is_ready_once_its_directory_is_loaded() {
+    let ctx = Context::new();
+    let restore = |f: &Fixture, fs: &ImageFs| {
+        let objects = Arc::new(Objects::new(f.store.clone(), Arc::new(Counters::default())));
+        ImageFs::restore(objects, &fs.save(), Arc::default(), "restored".into()).unwrap()
+    };
+
+    // With a hard link every tree is loaded at mount (and again at a restore), the link
+    // resolved.
+    let f = fixture(true);
+    let fs = open(&f);
+    let (a, b, one) = (path(&fs, "a"), path(&fs, "b"), path(&fs, "b/one"));
+    for fs in [&fs, &restore(&f, &fs)] {
+        for (ino, what) in [(1, "root"), (a, "a"), (b, "b, with the hard link")] {
+            assert!(fs.listing_is_ready(ino, 0), "{what}");
+            assert!(fs.listing_is_ready(ino, 1000), "{what}: past its end");
+        }
+        assert!(fs.lookup_is_ready(b, b"two"), "the hard link");
+        assert!(fs.listing_is_ready(one, 0), "ENOTDIR at once");
+        assert!(!fs.listing_is_ready(9999, 0) && !fs.is_numbered(9999));
+    }
+
+    // Without one a tree is loaded when a request first needs it.
+    let f = fixture(false);
+    let fs = open(&f);
+    assert!(
+        fs.is_numbered(1) && !fs.lookup_is_ready(1, b"a"),
+        "root not loaded"
+    );
+    let a = path(&fs, "a");
+    assert!(fs.listing_is_ready(1, 0), "root, loaded by the lookup");
+    assert!(
+        fs.lookup_is_ready(1, b"b") && fs.lookup_is_ready(1, b"none"),
+        "ENOENT at once"
+    );
+    assert!(!fs.listing_is_ready(a, 0), "a: not loaded yet");
+    assert!(!fs.lookup_is_ready(a, b"small"), "a: not loaded yet");
+    fs.readdirplus(&ctx, a, 0, 4096, 0, &mut |_, _| Ok(1))
+        .unwrap();
+    assert!(
+        fs.listing_is_ready(a, 0) && fs.listing_is_ready(a, 4),
+        "a: loaded"
+    );
+    assert!(fs.lookup_is_ready(a, b"small") && fs.lookup_is_ready(a, b"deep"));
+    let small = path(&fs, "a/small");
+
+    // Restored: nothing past the root is numbered until a request replays the loads.
+    let back = restore(&f, &fs);
+    assert!(!back.is_numbered(small) && !back.listing_is_ready(a, 0));
+    back.getattr(&ctx, small, None).unwrap();
+    assert!(back.is_numbered(small) && back.listing_is_ready(a, 0));
+    assert!(back.lookup_is_ready(a, b"small"));
+}
+
 /// A source that takes its time over every object and counts how often each was asked.
 struct Slow {
     store: Arc<Store>,

@@ -10,9 +10,10 @@
 //!
 //! Requests that may wait on an object are served by worker threads, never on a vCPU
 //! thread: a miss may wait on the network. Workers record what they completed; the device's
-//! event thread returns those chains to the driver. A READ of data already in memory is
-//! answered on the vCPU thread that saw the notification, as virtio-blk answers: the two
-//! thread wake-ups of the workers' way cost more than the copy. A snapshot waits until no request is in flight, so every reply is
+//! event thread returns those chains to the driver. What waits on no object (a READ of data
+//! already in memory, a listing or LOOKUP in a directory already loaded, a GETATTR of a node
+//! already numbered, …) is answered on the vCPU thread that saw the notification, as
+//! virtio-blk answers: the two thread wake-ups of the workers' way cost more than the work. A snapshot waits until no request is in flight, so every reply is
 //! in guest memory when the memory is saved; replies not yet returned to the driver are part
 //! of the state and returned by the restored device. The file system's own state (the order
 //! directories were numbered in, open handles) lets a restored or forked monitor answer the
@@ -383,17 +384,62 @@ pub(crate) fn handle(server: &FuseServer, chain: &DescriptorChain<Mem>) -> (u32,
     (written, header.opcode)
 }
 
-/// Whether `chain` is a READ the file system answers from memory (see
-/// `ImageFs::read_is_ready`); a chain that does not parse goes the workers' way.
-fn read_is_ready(fs: &ImageFs, chain: &DescriptorChain<Mem>) -> bool {
+/// Whether `chain` asks what the file system answers from memory, waiting on no object (see
+/// `ImageFs::read_is_ready`, `listing_is_ready`, `lookup_is_ready`, `is_numbered`); a chain
+/// that does not parse goes the workers' way, which answers it.
+fn is_ready(fs: &ImageFs, chain: &DescriptorChain<Mem>) -> bool {
     let Ok(mut r) = Reader::from_descriptor_chain(chain.memory(), chain.clone()) else {
         return false;
     };
-    let (Ok(header), Ok(read)) = (r.read_obj::<InHeader>(), r.read_obj::<ReadIn>()) else {
+    let Ok(header) = r.read_obj::<InHeader>() else {
         return false;
     };
-    header.opcode == Opcode::Read as u32 && fs.read_is_ready(header.nodeid, read.offset, read.size)
+    let node = header.nodeid;
+    // Compared as numbers: fuse-backend-rs's `Opcode::from` transmutes, and some numbers
+    // below its last name no variant.
+    let is = |o: Opcode| header.opcode == o as u32;
+    if is(Opcode::Read) || is(Opcode::Readdir) || is(Opcode::Readdirplus) {
+        // READDIR and READDIRPLUS carry the same body as READ (fuse_read_in).
+        let Ok(read) = r.read_obj::<ReadIn>() else {
+            return false;
+        };
+        return if is(Opcode::Read) {
+            fs.read_is_ready(node, read.offset, read.size)
+        } else {
+            fs.listing_is_ready(node, read.offset)
+        };
+    }
+    if is(Opcode::Lookup) {
+        let len = (header.len as usize).saturating_sub(size_of::<InHeader>());
+        if len == 0 || len > NAME_MAX + 1 {
+            return false;
+        }
+        let mut name = vec![0u8; len];
+        if std::io::Read::read_exact(&mut r, &mut name).is_err() {
+            return false;
+        }
+        let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        return fs.lookup_is_ready(node, &name[..end]);
+    }
+    let about_one_node = [
+        Opcode::Getattr,
+        Opcode::Open,
+        Opcode::Release,
+        Opcode::Flush,
+        Opcode::Readlink,
+        Opcode::Getxattr,
+        Opcode::Listxattr,
+        Opcode::Opendir,
+        Opcode::Releasedir,
+        Opcode::Access,
+        Opcode::Statfs,
+    ];
+    about_one_node.into_iter().any(is) && fs.is_numbered(node)
 }
+
+/// The longest name a LOOKUP answered on a vCPU thread may carry (longer ones go to the
+/// workers, which refuse them).
+const NAME_MAX: usize = 255;
 
 fn reply_error<S: BitmapSlice>(mut w: VirtioFsWriter<'_, S>, unique: u64, errno: i32) -> u32 {
     let out = OutHeader {
@@ -456,10 +502,10 @@ impl VirtioDevice for Fs {
         };
         let mut answered = Vec::new();
         while let Some(chain) = queue.pop_descriptor_chain(mem.clone()) {
-            // A READ of data in memory is answered here, on the vCPU's thread, as virtio-blk
+            // What waits on no object is answered here, on the vCPU's thread, as virtio-blk
             // answers: handing it to a worker and back costs two thread wake-ups, more than
-            // the copy. Anything that may wait on an object goes to the workers.
-            if index > 0 && read_is_ready(&self.fs, &chain) {
+            // the work. Anything that may wait on an object goes to the workers.
+            if index > 0 && is_ready(&self.fs, &chain) {
                 let written = answer(&self.server, &self.requests, &chain);
                 answered.push((chain.head_index(), written));
                 continue;
