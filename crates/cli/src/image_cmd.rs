@@ -34,6 +34,10 @@ pub enum ImageCmd {
         /// Disk images: partition number to import [default: the root partition]
         #[arg(long, value_name = "N")]
         partition: Option<u32>,
+        /// qcow2: read the backing file or external data file the image's header names (a
+        /// path on this host chosen by whoever made the image: refused unless asked)
+        #[arg(long)]
+        allow_backing: bool,
         /// Label to record on the version (repeatable)
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
@@ -173,6 +177,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
             image,
             format,
             partition,
+            allow_backing,
             labels,
             json,
             login,
@@ -218,6 +223,7 @@ pub fn run(store_dir: &Path, cmd: ImageCmd) -> Result<ExitCode> {
                 labels,
                 chunking,
                 partition,
+                allow_backing,
             };
             let report = showing("importing", "files", |p| {
                 import::import(&store, &options, p)

@@ -161,6 +161,12 @@ fn debian_disks_raw_qcow2_partitioned_and_backed() {
 
     env.ok(&["image", "import", s(&raw), "deb:raw"]);
     let root = root_tree(&env, "deb:raw");
+    // A backing file is a file of this host the image's maker named: read only when asked.
+    let e = env.fails(&["image", "import", s(&over), "deb:backed"]);
+    assert!(
+        e.contains("backing file") && e.contains(s(&qcow)) && e.contains("--allow-backing"),
+        "{e}"
+    );
     for (img, tag) in [
         (&qcow, "qcow2"),
         (&gpt, "gpt"),
@@ -171,6 +177,7 @@ fn debian_disks_raw_qcow2_partitioned_and_backed() {
             "image",
             "import",
             "--json",
+            "--allow-backing",
             s(img),
             &format!("deb:{tag}"),
         ]))
@@ -208,7 +215,7 @@ fn debian_disks_raw_qcow2_partitioned_and_backed() {
     let e = env.fails(&["image", "import", "--partition", "9", s(&gpt), "deb:p9"]);
     assert!(e.contains("no partition 9") && e.contains("2 ("), "{e}");
     fs::rename(&qcow, env.path("moved.qcow2")).unwrap();
-    let e = env.fails(&["image", "import", s(&over), "deb:orphan"]);
+    let e = env.fails(&["image", "import", "--allow-backing", s(&over), "deb:orphan"]);
     assert!(e.contains("a.qcow2"), "names the missing backing file: {e}");
     assert_eq!(env.ok(&["image", "ls", "--json"]), before);
     env.fsck_clean();
@@ -263,6 +270,53 @@ fn bad_disk_images_are_refused_and_store_untouched() {
     fs::write(&badq, &q).unwrap();
     let e = env.fails(&["image", "import", s(&badq), "bad:q"]);
     assert!(e.contains("qcow2"), "{e}");
+
+    // A qcow2 whose header names a file of this host (a backing file, an external data
+    // file) as its content: refused unless asked, the name said.
+    require_tool("qemu-img", "qemu-utils");
+    let secret = env.path("secret.raw");
+    fs::copy(&good, &secret).unwrap();
+    let steal = env.path("steal.qcow2");
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&secret),
+            "-F",
+            "raw",
+            s(&steal),
+        ],
+    );
+    let e = env.fails(&["image", "import", s(&steal), "bad:steal"]);
+    assert!(
+        e.contains("the backing file") && e.contains("secret.raw") && e.contains("--allow-backing"),
+        "{e}"
+    );
+    assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+    let data = env.path("data.qcow2");
+    let data_file = format!("data_file={}", s(&env.path("data.raw")));
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &data_file,
+            s(&data),
+            "64M",
+        ],
+    );
+    let e = env.fails(&["image", "import", s(&data), "bad:data"]);
+    assert!(
+        e.contains("an external data file") && e.contains("--allow-backing"),
+        "{e}"
+    );
 
     assert_eq!(env.ok(&["image", "ls", "--json"]), before);
     env.fsck_clean();

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use imago::file::File as ImagoFile;
 use imago::qcow2::Qcow2;
-use imago::{FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
+use imago::{DenyImplicitOpenGate, FormatAccess, FormatDriverBuilder, PermissiveImplicitOpenGate};
 
 use crate::error::{Error, Result};
 
@@ -38,9 +38,11 @@ impl ImageFormat {
 
 pub const QCOW2_MAGIC: &[u8; 4] = b"QFI\xfb";
 
-/// Opens a disk image, raw or qcow2 (by content). A qcow2 backing chain is followed; a missing
-/// backing file is an error that names it.
-pub fn open(path: &Path) -> Result<(Arc<dyn BlockDev>, ImageFormat)> {
+/// Opens a disk image, raw or qcow2 (by content). A qcow2 image whose header names a backing
+/// file or an external data file is refused unless `allow_backing`: the header is the image
+/// maker's, and the name any file of this host (its bytes would become the image's). When
+/// allowed, the chain is followed and a missing file is an error that names it.
+pub fn open(path: &Path, allow_backing: bool) -> Result<(Arc<dyn BlockDev>, ImageFormat)> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
         source,
@@ -49,16 +51,38 @@ pub fn open(path: &Path) -> Result<(Arc<dyn BlockDev>, ImageFormat)> {
     let mut magic = [0u8; 4];
     let n = f.read(&mut magic).map_err(io)?;
     if n == 4 && &magic == QCOW2_MAGIC {
-        qcow2_precheck(&f).map_err(|detail| Error::Corrupt {
-            what: format!("qcow2 image {}", path.display()),
+        let what = || format!("qcow2 image {}", path.display());
+        let names = qcow2_precheck(&f).map_err(|detail| Error::Corrupt {
+            what: what(),
             detail,
         })?;
-        let q = Qcow2::<ImagoFile>::builder_path(path)
-            .open(PermissiveImplicitOpenGate::default())
-            .map_err(|e| Error::Invalid {
-                what: format!("qcow2 image {}", path.display()),
-                detail: e.to_string(),
-            })?;
+        if !allow_backing {
+            if let Some(refused) = names.refused() {
+                return Err(Error::Invalid {
+                    what: what(),
+                    detail: format!(
+                        "its header names {refused}, a file of this host; read it only if \
+                         you trust whoever made the image: --allow-backing"
+                    ),
+                });
+            }
+        }
+        // Followed from the path (a relative backing name is the image's directory's); else
+        // read from the descriptor checked above, imago's gate denying every other open
+        // should the header name a file some other way.
+        let q = if allow_backing {
+            Qcow2::<ImagoFile>::builder_path(path).open(PermissiveImplicitOpenGate::default())
+        } else {
+            f.try_clone()
+                .and_then(ImagoFile::try_from)
+                .and_then(|file| {
+                    Qcow2::<ImagoFile>::builder(file).open(DenyImplicitOpenGate::default())
+                })
+        }
+        .map_err(|e| Error::Invalid {
+            what: what(),
+            detail: e.to_string(),
+        })?;
         let access = FormatAccess::new(q);
         Ok((
             Arc::new(Qcow2Dev {
@@ -74,9 +98,33 @@ pub fn open(path: &Path) -> Result<(Arc<dyn BlockDev>, ImageFormat)> {
     }
 }
 
-/// Checks the qcow2 header and its extension list before imago parses them: imago 0.2.6
-/// panics on a feature-name table whose length is not a multiple of 48 (found by fuzzing).
-fn qcow2_precheck(f: &File) -> std::result::Result<(), String> {
+/// Files other than itself a qcow2 header names.
+#[derive(Debug, Default)]
+struct Qcow2Names {
+    backing: Option<String>,
+    external_data: bool,
+}
+
+impl Qcow2Names {
+    /// What reading the image would open besides it, said for an error.
+    fn refused(&self) -> Option<String> {
+        match (&self.backing, self.external_data) {
+            (Some(b), _) => Some(format!("the backing file {b:?}")),
+            (None, true) => Some("an external data file".into()),
+            (None, false) => None,
+        }
+    }
+}
+
+/// The longest backing file name qcow2 allows.
+const QCOW2_BACKING_MAX: u64 = 1023;
+/// Incompatible feature bit: the guest data lives in an external data file.
+const QCOW2_EXTERNAL_DATA: u64 = 1 << 2;
+
+/// Checks the qcow2 header and its extension list before imago parses them (imago 0.2.6
+/// panics on a feature-name table whose length is not a multiple of 48, found by fuzzing),
+/// and says which other files it names.
+fn qcow2_precheck(f: &File) -> std::result::Result<Qcow2Names, String> {
     let mut h = [0u8; 104];
     let n = f.read_at(&mut h, 0).map_err(|e| e.to_string())?;
     if n < 72 {
@@ -111,7 +159,8 @@ fn qcow2_precheck(f: &File) -> std::result::Result<(), String> {
         let kind = u32::from_be_bytes([e[0], e[1], e[2], e[3]]);
         let len = u32::from_be_bytes([e[4], e[5], e[6], e[7]]) as u64;
         if kind == 0 {
-            return qcow2_clusters_in_file(f, &h, version, cluster_bits);
+            qcow2_clusters_in_file(f, &h, version, cluster_bits)?;
+            return qcow2_names(f, &h, version);
         }
         if kind == 0x6803_f857 && !len.is_multiple_of(48) {
             return Err(format!(
@@ -121,6 +170,34 @@ fn qcow2_precheck(f: &File) -> std::result::Result<(), String> {
         at += 8 + len.div_ceil(8) * 8;
     }
     Err("too many header extensions".into())
+}
+
+/// The backing file name (offset and length at bytes 8 and 16) and the external data file
+/// feature (version 3's incompatible features at byte 72).
+fn qcow2_names(f: &File, h: &[u8; 104], version: u32) -> std::result::Result<Qcow2Names, String> {
+    let be64 = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[o..o + 8]);
+        u64::from_be_bytes(b)
+    };
+    let at = be64(8);
+    let len = u64::from(u32::from_be_bytes([h[16], h[17], h[18], h[19]]));
+    let backing = if at == 0 {
+        None
+    } else {
+        if len == 0 || len > QCOW2_BACKING_MAX {
+            return Err(format!("backing file name of {len} bytes"));
+        }
+        let mut name = vec![0u8; len as usize];
+        f.read_exact_at(&mut name, at)
+            .map_err(|_| format!("backing file name at byte {at} is past the end of the file"))?;
+        Some(String::from_utf8_lossy(&name).into_owned())
+    };
+    let external_data = version == 3 && be64(72) & QCOW2_EXTERNAL_DATA != 0;
+    Ok(Qcow2Names {
+        backing,
+        external_data,
+    })
 }
 
 /// Every table and data cluster the image maps lies inside the file. imago reads a cluster

@@ -61,7 +61,7 @@ pub fn qcow2(data: &[u8]) {
     if std::fs::write(&path, data).is_err() {
         return;
     }
-    if let Ok((dev, _)) = crate::device::open(&path) {
+    if let Ok((dev, _)) = crate::device::open(&path, false) {
         let size = dev.size();
         let mut buf = vec![0u8; 4096];
         for off in [0, 65536, size / 2, size.saturating_sub(4096)] {

@@ -95,6 +95,7 @@ fn fixture_of(make: impl FnOnce(&Path)) -> Fixture {
             labels: Default::default(),
             chunking: Default::default(),
             partition: None,
+            allow_backing: false,
         },
         &Progress::default(),
     )

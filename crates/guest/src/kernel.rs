@@ -155,6 +155,7 @@ pub fn fetch(store_dir: &Path, package: &str, out: Option<&Path>) -> Result<Fetc
             .collect(),
             chunking: ChunkParams::default(),
             partition: None,
+            allow_backing: false,
         },
         &Progress::default(),
     )?;

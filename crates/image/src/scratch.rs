@@ -127,6 +127,8 @@ pub fn commit(
             txn,
             disk,
             None,
+            // The scratch disk is the monitor's raw file, never qcow2.
+            false,
             &ChunkParams::default(),
             &Progress::default(),
         )?;

@@ -70,6 +70,7 @@ fn inventory_search_and_diff_survive_without_file_content() {
             labels: Default::default(),
             chunking: Default::default(),
             partition: None,
+            allow_backing: false,
         };
         import(&store, &opts, &Progress::default()).unwrap();
     }

@@ -41,6 +41,7 @@ fn a_scratch_disk_is_clean_and_its_upper_layer_commits_like_an_overlay() {
             labels: Default::default(),
             chunking: Default::default(),
             partition: None,
+            allow_backing: false,
         },
         &Progress::default(),
     )

@@ -150,6 +150,7 @@ fn fs_image() -> &'static (tempfile::TempDir, std::path::PathBuf, String) {
                 labels: Default::default(),
                 chunking: Default::default(),
                 partition: None,
+                allow_backing: false,
             },
             &Progress::default(),
         )

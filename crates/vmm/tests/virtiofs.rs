@@ -137,6 +137,7 @@ fn image() -> Image {
             labels: Default::default(),
             chunking: Default::default(),
             partition: None,
+            allow_backing: false,
         },
         &Progress::default(),
     )

@@ -29,6 +29,7 @@ pub(crate) fn stage(
     txn: &Txn<'_>,
     source: &Path,
     partition: Option<u32>,
+    allow_backing: bool,
     params: &ChunkParams,
     progress: &Progress,
 ) -> Result<Staged> {
@@ -36,7 +37,7 @@ pub(crate) fn stage(
         source_path: source.to_path_buf(),
         source: e,
     };
-    let (dev, format) = starling_disk::device::open(source).map_err(disk)?;
+    let (dev, format) = starling_disk::device::open(source, allow_backing).map_err(disk)?;
     let (fsdev, part) = starling_disk::partition::root_filesystem(dev, partition).map_err(disk)?;
     let fs = Ext4::open(fsdev).map_err(disk)?;
     let root_inode = fs.root().map_err(disk)?;

@@ -55,6 +55,9 @@ pub struct ImportOptions<'a> {
     pub chunking: ChunkParams,
     /// Disk images: the partition to read (1-based); `None` picks the root partition.
     pub partition: Option<u32>,
+    /// Disk images: follow the backing file or external data file a qcow2 header names (files
+    /// of this host named by whoever made the image); refused otherwise.
+    pub allow_backing: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -123,8 +126,14 @@ pub fn import(
             (root, pending, "dir".to_string())
         }
         SourceFormat::Disk => {
-            let (root, pending, src) =
-                disk::stage(&txn, source, opts.partition, &opts.chunking, progress)?;
+            let (root, pending, src) = disk::stage(
+                &txn,
+                source,
+                opts.partition,
+                opts.allow_backing,
+                &opts.chunking,
+                progress,
+            )?;
             let kind = match src.partition {
                 Some(n) => format!("{}:partition{n}", src.format),
                 None => src.format.to_string(),
