@@ -73,7 +73,11 @@ fn run_vm(start: Start) -> (u8, String) {
         return (2, format!("not started: {e}"));
     }
     let handle = vm.handle();
-    match vm.run() {
+    let ended = vm.run();
+    // The attached console client is sent what the guest wrote last before this process
+    // exits and its stream closes.
+    crate::devices::serial::flush_attached(std::time::Duration::from_secs(5));
+    match ended {
         Ok(reason) => {
             if std::env::var_os("STARLING_VM_QUIET").is_none() {
                 eprintln!("starling: VM ended: {reason}");

@@ -1,12 +1,14 @@
 //! The 8250 UART on COM1 (vm-superio), its interrupt delivered through an irqfd, its output to
 //! stdout, a file or an attachable socket (with a log), its input from stdin or the socket.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
@@ -56,9 +58,10 @@ pub struct SerialPort(
 
 /// The console log is cut back to its newest half beyond this (a guest cannot fill the disk).
 const LOG_MAX: u64 = 16 << 20;
-/// Output queued for an attached client that reads slowly; beyond it the client misses
-/// output (the log still has it) rather than stalling the guest's vCPU.
-const CLIENT_QUEUE: usize = 1024;
+/// Output held for an attached client that reads slowly (bytes); beyond it the client is
+/// told how much it missed (the log still has it) rather than the guest's vCPU stalling. A
+/// command's output through `starling run` piped into a slow reader stays whole up to this.
+const CLIENT_BACKLOG: usize = 4 << 20;
 
 /// The log of a socket console: written by the vCPU thread, read back whole for a client
 /// that attaches (under this lock, so the replay and the stream meet exactly).
@@ -71,21 +74,37 @@ struct LogState {
     total: u64,
 }
 
-/// Who gets a socket console's output: the attached client and how far it has it.
+/// Who gets a socket console's output: the attached client and how far it has it (in
+/// `LogState::total`'s count), and the output not sent to it yet.
 struct ConsoleShared {
     log: Mutex<LogState>,
     client: Mutex<Option<(UnixStream, u64)>>,
+    /// Whether a client is attached: the vCPU's write keeps a backlog only then, and never
+    /// waits on `client` (held while a slow client is written to).
+    attached: AtomicBool,
+    backlog: Mutex<Backlog>,
+    /// Output added to the backlog, or the backlog emptied.
+    changed: Condvar,
 }
 
-/// Output to the log and, through a queue and a writer thread, to the attached client.
+/// Output for the attached client not sent yet: `bytes` begin at `start` in the count of
+/// bytes ever written.
+#[derive(Default)]
+struct Backlog {
+    bytes: VecDeque<u8>,
+    start: u64,
+    /// The writer thread is writing what it took last.
+    sending: bool,
+}
+
+/// Output to the log and, through the backlog and a writer thread, to the attached client.
 struct SocketOut {
     shared: Arc<ConsoleShared>,
-    client: SyncSender<(u64, Vec<u8>)>,
 }
 
 impl Write for SocketOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let end = {
+        {
             let mut st = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
             if st.written + buf.len() as u64 > LOG_MAX {
                 keep_newest_half(&st.log_path)?;
@@ -95,11 +114,18 @@ impl Write for SocketOut {
             st.log.write_all(buf)?;
             st.written += buf.len() as u64;
             st.total += buf.len() as u64;
-            st.total
-        };
-        match self.client.try_send((end, buf.to_vec())) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+            if self.shared.attached.load(Ordering::Acquire) {
+                // Under the log's lock, so an attach's replay and the backlog meet exactly.
+                let mut b = lock(&self.shared.backlog);
+                b.bytes.extend(buf);
+                let over = b.bytes.len().saturating_sub(CLIENT_BACKLOG);
+                if over > 0 {
+                    b.bytes.drain(..over);
+                    b.start += over as u64;
+                }
+            }
         }
+        self.shared.changed.notify_all();
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -127,22 +153,72 @@ fn shared(socket: &Path) -> Option<Arc<ConsoleShared>> {
     g.iter().find(|(p, _)| p == socket).map(|(_, c)| c.clone())
 }
 
-/// Sends queued output to the attached client, if any: only what it does not have yet (the
-/// replay at its attach may have covered a chunk still queued).
-fn client_writer(rx: Receiver<(u64, Vec<u8>)>, shared: Arc<ConsoleShared>) {
-    for (end, chunk) in rx {
-        let mut g = shared.client.lock().unwrap_or_else(|p| p.into_inner());
-        let Some((c, has)) = g.as_mut() else {
-            continue;
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends the backlog to the attached client as it grows, at the client's pace; a client more
+/// than [`CLIENT_BACKLOG`] behind is told how many bytes it missed.
+fn client_writer(shared: Arc<ConsoleShared>) {
+    loop {
+        let (from, chunk) = {
+            let mut b = lock(&shared.backlog);
+            while b.bytes.is_empty() {
+                b = shared.changed.wait(b).unwrap_or_else(|p| p.into_inner());
+            }
+            let chunk: Vec<u8> = b.bytes.drain(..).collect();
+            let from = b.start;
+            b.start += chunk.len() as u64;
+            b.sending = true;
+            (from, chunk)
         };
-        if end <= *has {
-            continue;
+        let mut g = lock(&shared.client);
+        if let Some((c, has)) = g.as_mut() {
+            let sent = if from > *has {
+                let note = format!(
+                    "\r\n[starling: {} bytes of console output not sent here: this reader fell \
+                     behind; the console log has them]\r\n",
+                    from - *has
+                );
+                c.write_all(note.as_bytes())
+                    .and_then(|()| c.write_all(&chunk))
+            } else {
+                // The replay at its attach may have covered the start of it.
+                let skip = usize::try_from(*has - from).unwrap_or(usize::MAX);
+                c.write_all(chunk.get(skip..).unwrap_or_default())
+            };
+            match sent {
+                Ok(()) => *has = from + chunk.len() as u64,
+                Err(_) => {
+                    *g = None;
+                    shared.attached.store(false, Ordering::Release);
+                }
+            }
         }
-        let start = chunk.len().saturating_sub((end - *has) as usize);
-        if c.write_all(&chunk[start..]).is_err() {
-            *g = None;
-        } else {
-            *has = end;
+        drop(g);
+        lock(&shared.backlog).sending = false;
+        shared.changed.notify_all();
+    }
+}
+
+/// Waits, up to `limit`, until every socket console's attached client has been sent the
+/// output so far: called when the VM has ended, before the process exits and the client's
+/// stream closes.
+pub fn flush_attached(limit: Duration) {
+    let consoles: Vec<Arc<ConsoleShared>> =
+        lock(&CONSOLES).iter().map(|(_, c)| c.clone()).collect();
+    let until = Instant::now() + limit;
+    for c in consoles {
+        let mut b = lock(&c.backlog);
+        while c.attached.load(Ordering::Acquire) && (!b.bytes.is_empty() || b.sending) {
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            b = c
+                .changed
+                .wait_timeout(b, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 }
@@ -158,7 +234,6 @@ fn console_out(console: &Console) -> std::io::Result<(ConsoleOut, Option<UnixLis
             std::fs::set_permissions(socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             let file = File::options().create(true).append(true).open(log)?;
             std::fs::set_permissions(log, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
-            let (tx, rx) = sync_channel(CLIENT_QUEUE);
             let written = file.metadata()?.len();
             let shared = Arc::new(ConsoleShared {
                 log: Mutex::new(LogState {
@@ -168,6 +243,9 @@ fn console_out(console: &Console) -> std::io::Result<(ConsoleOut, Option<UnixLis
                     total: written,
                 }),
                 client: Mutex::new(None),
+                attached: AtomicBool::new(false),
+                backlog: Mutex::new(Backlog::default()),
+                changed: Condvar::new(),
             });
             {
                 let mut g = CONSOLES.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,27 +255,33 @@ fn console_out(console: &Console) -> std::io::Result<(ConsoleOut, Option<UnixLis
             let for_writer = shared.clone();
             std::thread::Builder::new()
                 .name("console-out".into())
-                .spawn(move || client_writer(rx, for_writer))?;
-            return Ok((
-                ConsoleOut(Box::new(SocketOut { shared, client: tx })),
-                Some(listener),
-            ));
+                .spawn(move || client_writer(for_writer))?;
+            return Ok((ConsoleOut(Box::new(SocketOut { shared })), Some(listener)));
         }
     };
     Ok((ConsoleOut(out), None))
 }
 
 /// Makes `writer` the attached client: it is sent the console from its start (the log as it
-/// is now), then what follows (queued output it already holds is not sent twice). The client
-/// lock is taken before the log's is let go, so output written after the read waits in the
-/// queue for this client instead of being dropped.
+/// is now), then what follows through the backlog, which starts where the replay ends (both
+/// under the log's lock, which every write takes first).
 fn attach_client(console: &ConsoleShared, mut writer: UnixStream) -> std::io::Result<()> {
-    let st = console.log.lock().unwrap_or_else(|p| p.into_inner());
+    let st = lock(&console.log);
     let replay = std::fs::read(&st.log_path).unwrap_or_default();
     let upto = st.total;
-    let mut g = console.client.lock().unwrap_or_else(|p| p.into_inner());
+    {
+        let mut b = lock(&console.backlog);
+        b.bytes.clear();
+        b.start = upto;
+    }
+    console.attached.store(true, Ordering::Release);
+    let mut g = lock(&console.client);
     drop(st);
-    writer.write_all(&replay)?;
+    if let Err(e) = writer.write_all(&replay) {
+        *g = None;
+        console.attached.store(false, Ordering::Release);
+        return Err(e);
+    }
     *g = Some((writer, upto));
     Ok(())
 }
@@ -342,12 +426,10 @@ mod tests {
         .unwrap();
         let console = shared(&socket).unwrap();
         let writer = std::thread::spawn(move || {
-            // Paced below the queue's bound (a client that cannot keep up misses output by
-            // design; that is not what this tests).
+            // A byte at a time, as a guest writes.
             for i in 0..4000 {
-                out.write_all(format!("line {i}\n").as_bytes()).unwrap();
-                if i % 40 == 0 {
-                    std::thread::sleep(std::time::Duration::from_micros(500));
+                for b in format!("line {i}\n").bytes() {
+                    out.write_all(&[b]).unwrap();
                 }
             }
         });
@@ -373,5 +455,86 @@ mod tests {
         let want = std::fs::read(&log).unwrap();
         assert_eq!(got.len(), want.len());
         assert!(got == want, "the attached stream differs from the log");
+    }
+
+    fn attached(dir: &Path) -> (ConsoleOut, UnixStream, PathBuf) {
+        let socket = dir.join("console.sock");
+        let log = dir.join("console.log");
+        let (out, _listener) = console_out(&Console::Socket {
+            socket: socket.clone(),
+            log: log.clone(),
+        })
+        .unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        attach_client(&shared(&socket).unwrap(), theirs).unwrap();
+        (out, ours, log)
+    }
+
+    fn read_all(mut s: UnixStream) -> Vec<u8> {
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    /// A reader slower than the guest (a command's output piped into a slow program) gets
+    /// every byte, up to the backlog's bound, and the guest never waits for it.
+    #[test]
+    fn a_slow_reader_gets_every_byte_and_the_guest_does_not_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut out, ours, log) = attached(dir.path());
+        let want: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+        let started = Instant::now();
+        // Nothing reads meanwhile: a socket buffer holds a few hundred KiB at most.
+        for chunk in want.chunks(4096) {
+            out.write_all(chunk).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the writer waited"
+        );
+        flush_attached(Duration::from_millis(10));
+        let reader = std::thread::spawn(move || read_all(ours));
+        flush_attached(Duration::from_secs(10));
+        drop(out);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(got == want, "the slow reader's stream differs");
+        assert_eq!(std::fs::read(&log).unwrap(), want);
+    }
+
+    /// A reader more than the backlog behind is told how much it missed, then gets what
+    /// follows; the log has everything.
+    #[test]
+    fn a_reader_past_the_backlog_is_told_what_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut out, ours, log) = attached(dir.path());
+        let total = CLIENT_BACKLOG + (2 << 20);
+        let want: Vec<u8> = (0..total).map(|i| b'a' + (i % 26) as u8).collect();
+        for chunk in want.chunks(4096) {
+            out.write_all(chunk).unwrap();
+        }
+        out.write_all(b"THE END\n").unwrap();
+        let reader = std::thread::spawn(move || read_all(ours));
+        flush_attached(Duration::from_secs(10));
+        let got = reader.join().unwrap();
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            text.contains("bytes of console output not sent here"),
+            "no note"
+        );
+        assert!(text.ends_with("THE END\n"), "the end is missing");
+        assert!(got.len() < total, "nothing was dropped?");
+        assert!(
+            got.len() > CLIENT_BACKLOG,
+            "more than the bound was dropped"
+        );
+        assert_eq!(std::fs::read(&log).unwrap().len(), total + 8);
     }
 }
