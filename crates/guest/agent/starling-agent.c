@@ -31,6 +31,9 @@
  *                                (default /scratch/starling) inside ROOT on the console; end
  *                                the VM with its status
  *   starling-agent exit N        end the VM with status N (the monitor's debug-exit port 0x501)
+ *   starling-agent modules LIST DIR  load DIR/NAME.ko for each NAME in LIST (one a line, in
+ *                                load order) in this one process: an insmod each is an exec
+ *                                each, which a slow or nested machine feels at every boot
  * Exit status: 0, or 1 with a message on stderr. */
 #define _GNU_SOURCE
 #include <linux/random.h>
@@ -1077,8 +1080,31 @@ static void run(const char *root, const char *dir) {
     end_vm(wait_status(st));
 }
 
+/* Loads the modules LIST names from DIR; the first that fails is named on stdout (the console)
+ * as the run init's own lines are. A module already loaded is not a failure. */
+static int load_modules(const char *list, const char *dir) {
+    FILE *f = fopen(list, "r");
+    if (!f) { printf("starling-init: cannot read the module list %s: %s\n", list, strerror(errno)); return 1; }
+    char name[256], path[512];
+    while (fgets(name, sizeof name, f)) {
+        name[strcspn(name, "\r\n")] = 0;
+        if (!name[0]) continue;
+        snprintf(path, sizeof path, "%s/%s.ko", dir, name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || (syscall(SYS_finit_module, fd, "", 0) != 0 && errno != EEXIST)) {
+            printf("starling-init: cannot load kernel module %s: %s\n", name, strerror(errno));
+            fclose(f);
+            return 1;
+        }
+        close(fd);
+    }
+    fclose(f);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     char line[1024];
+    if (argc == 4 && !strcmp(argv[1], "modules")) return load_modules(argv[2], argv[3]);
     if (argc == 2 && !strcmp(argv[1], "whoami")) {
         int s = service(); call(s, "whoami", line, sizeof line); puts(line); return 0;
     }
@@ -1121,6 +1147,6 @@ int main(int argc, char **argv) {
         if (*end || n < 0 || n > 255) { fprintf(stderr, "starling-agent: exit %s: a status 0..255\n", argv[2]); return 2; }
         end_vm((int)n);
     }
-    fprintf(stderr, "usage: starling-agent whoami|identity|watch|net IP [MAC]|fork N|join|ready|answer PORT|serve ROOT|run ROOT [DIR]|exit N\n");
+    fprintf(stderr, "usage: starling-agent whoami|identity|watch|net IP [MAC]|fork N|join|ready|answer PORT|serve ROOT|run ROOT [DIR]|exit N|modules LIST DIR\n");
     return 2;
 }

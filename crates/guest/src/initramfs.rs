@@ -60,6 +60,8 @@ pub struct Initramfs {
     modules: Vec<(String, PathBuf)>,
     files: Vec<(FileSource, String)>,
     init: Option<Vec<u8>>,
+    /// Written gzip-compressed (the default) or as a plain cpio archive.
+    gzip: bool,
 }
 
 /// Where an extra file's content comes from.
@@ -133,7 +135,14 @@ impl Initramfs {
             modules: Vec::new(),
             files: Vec::new(),
             init: None,
+            gzip: true,
         })
+    }
+
+    /// Writes a plain cpio archive: a few MiB more on disk, and the guest kernel copies it
+    /// instead of decompressing it (most of its unpacking time on a slow or nested machine).
+    pub fn uncompressed(&mut self) {
+        self.gzip = false;
     }
 
     /// Adds modules (and their dependencies) from a kernel's module tree.
@@ -183,8 +192,8 @@ impl Initramfs {
         self.modules.iter().map(|(n, _)| n.as_str()).collect()
     }
 
-    /// Writes the gzip-compressed archive to `out` (through a temporary file, so a failure
-    /// leaves no half-written initramfs); returns its size.
+    /// Writes the archive (gzip-compressed unless [`Self::uncompressed`]) to `out` (through a
+    /// temporary file, so a failure leaves no half-written initramfs); returns its size.
     pub fn write(&self, out: &Path) -> Result<u64, Error> {
         let io = |source| Error::Io {
             path: out.to_owned(),
@@ -192,9 +201,15 @@ impl Initramfs {
         };
         let tmp = out.with_extension("partial");
         let file = std::fs::File::create(&tmp).map_err(io)?;
-        let result = self.write_to(GzEncoder::new(file, flate2::Compression::default()));
+        let result = if self.gzip {
+            self.write_to(GzEncoder::new(file, flate2::Compression::default()))
+                .and_then(|enc| enc.finish().map_err(io))
+        } else {
+            self.write_to(std::io::BufWriter::new(file))
+                .and_then(|w| w.into_inner().map_err(|e| io(e.into_error())))
+        };
         let file = match result {
-            Ok(enc) => enc.finish().map_err(io)?,
+            Ok(file) => file,
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);

@@ -417,3 +417,57 @@ fn a_pty_gives_the_command_a_terminal_of_the_hosts_size() {
     assert_eq!(o.status, 126);
     assert!(o.error.unwrap_or_default().contains("no pseudo-terminal"));
 }
+
+/// `starling-agent modules LIST DIR` (the run init's module loader): a module it cannot load
+/// is named on the console's stream and the status says so; blank lines are skipped. Loading
+/// a real module is the tier-2 boots' part (not this host's kernel).
+#[test]
+fn the_module_loader_names_the_module_it_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("starling-agent");
+    std::fs::write(&agent, starling_guest::AGENT).unwrap();
+    std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let list = dir.path().join("modules");
+    let load = |names: &str| {
+        std::fs::write(&list, names).unwrap();
+        let mut cmd = Command::new(&agent);
+        cmd.arg("modules").arg(&list).arg(dir.path().join("lib"));
+        let child = starling_testkit::spawn_written(
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped()),
+        )
+        .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(load("\n\n"), (Some(0), String::new()));
+    let (status, out) = load("\nnot_here\nnever_reached\n");
+    assert_eq!(status, Some(1), "{out}");
+    assert_eq!(
+        out,
+        "starling-init: cannot load kernel module not_here: No such file or directory\n"
+    );
+    std::fs::remove_file(&list).unwrap();
+    let (status, out) = load_missing_list(&agent, &list);
+    assert_eq!(status, Some(1), "{out}");
+    assert!(out.contains("cannot read the module list"), "{out}");
+}
+
+fn load_missing_list(agent: &Path, list: &Path) -> (Option<i32>, String) {
+    let child = starling_testkit::spawn_written(
+        Command::new(agent)
+            .arg("modules")
+            .arg(list)
+            .arg("/nowhere")
+            .stdout(std::process::Stdio::piped()),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
