@@ -14,6 +14,10 @@ use crate::objects::{FsError, ObjResult, Objects};
 /// Manifests (trees, commits) are never larger than this.
 pub const ROOT: u64 = 1;
 
+/// The most trees fetched in one request when many are loaded at once (the object socket's
+/// own bound per request).
+const LOAD_BATCH: usize = 64;
+
 pub enum Kind {
     File { size: u64, data: FileData },
     Dir { tree: ObjectId },
@@ -149,20 +153,10 @@ impl Inodes {
         let Some(list) = pending.take() else {
             return Ok(());
         };
-        for (i, ino) in list.iter().enumerate() {
-            let done = self
-                .get(*ino)
-                .ok_or_else(|| {
-                    FsError::Invalid(format!(
-                        "restored inode table: directory {ino} is not numbered by the loads before it"
-                    ))
-                })
-                .and_then(|dir| self.load(&dir).map(|_| ()));
-            if let Err(e) = done {
-                // Tried again by the next request (an object may be reachable again).
-                *pending = Some(list[i..].to_vec());
-                return Err(e);
-            }
+        if let Err((i, e)) = self.load_in_order(&list) {
+            // Tried again by the next request (an object may be reachable again).
+            *pending = Some(list[i..].to_vec());
+            return Err(e);
         }
         self.replayed.store(true, Ordering::Release);
         Ok(())
@@ -231,6 +225,64 @@ impl Inodes {
     }
 
     fn load(&self, dir: &Inode) -> ObjResult<Arc<Vec<Child>>> {
+        self.load_with(dir, None)
+    }
+
+    /// Loads `dirs` in this order (each numbered by a load before it), the trees of as many
+    /// as are numbered at a time fetched in one request: a mount of an image with hard links
+    /// loads every tree, and a restored one replays its loads, hundreds of round trips to
+    /// the host's daemon one by one. On failure, the index of the directory not loaded.
+    fn load_in_order(&self, dirs: &[u64]) -> Result<(), (usize, FsError)> {
+        let mut at = 0;
+        while at < dirs.len() {
+            let run: Vec<Arc<Inode>> = dirs[at..]
+                .iter()
+                .take(LOAD_BATCH)
+                .map_while(|ino| self.get(*ino))
+                .collect();
+            if run.is_empty() {
+                let ino = dirs[at];
+                return Err((
+                    at,
+                    FsError::Invalid(format!(
+                        "restored inode table: directory {ino} is not numbered by the loads before it"
+                    )),
+                ));
+            }
+            // Directories alike (empty ones, say) share a tree: asked once.
+            let mut wanted: Vec<ObjectId> = run
+                .iter()
+                .filter(|d| self.loaded_children(d).is_none())
+                .filter_map(|d| match &d.kind {
+                    Kind::Dir { tree } => Some(*tree),
+                    _ => None,
+                })
+                .collect();
+            wanted.sort_unstable();
+            wanted.dedup();
+            let mut fetched: HashMap<ObjectId, Arc<Vec<u8>>> = HashMap::new();
+            if !wanted.is_empty() {
+                self.objects.manifests_each(&wanted, &mut |i, r| {
+                    // A failure is met again by the load of its directory, which names it.
+                    if let Ok(b) = r {
+                        fetched.insert(wanted[i], b);
+                    }
+                });
+            }
+            for (k, d) in run.iter().enumerate() {
+                let bytes = match &d.kind {
+                    Kind::Dir { tree } => fetched.get(tree).cloned(),
+                    _ => None,
+                };
+                self.load_with(d, bytes).map_err(|e| (at + k, e))?;
+            }
+            at += run.len();
+        }
+        Ok(())
+    }
+
+    /// Loads `dir`'s tree: from `bytes` when they were fetched ahead, else from the source.
+    fn load_with(&self, dir: &Inode, bytes: Option<Arc<Vec<u8>>>) -> ObjResult<Arc<Vec<Child>>> {
         let Kind::Dir { tree } = &dir.kind else {
             return Err(FsError::Invalid(format!(
                 "inode {} is not a directory",
@@ -241,7 +293,10 @@ impl Inodes {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let bytes = self.objects.manifest(tree)?;
+        let bytes = match bytes {
+            Some(b) => b,
+            None => self.objects.manifest(tree)?,
+        };
         let t = Tree::decode(tree, &bytes)?;
         let mut out = Vec::with_capacity(t.entries.len());
         let mut subdirs = 0;
@@ -360,25 +415,37 @@ impl Inodes {
     /// Loads every directory and counts hard links, so files in a link group report their
     /// true link count. Only images that have hard links pay for this walk (at mount).
     pub fn count_links(&self) -> ObjResult<()> {
-        let mut stack = vec![ROOT];
-        while let Some(ino) = stack.pop() {
-            let dir = self
-                .get(ino)
-                .ok_or_else(|| FsError::Invalid("inode vanished".into()))?;
-            for c in self.children(&dir)?.iter() {
-                match &c.target {
-                    ChildTarget::Ino(i) => {
-                        if self.get(*i).is_some_and(|n| n.is_dir()) {
-                            stack.push(*i);
+        // Level by level, each level's trees fetched in batches.
+        let mut level = vec![ROOT];
+        let mut links = Vec::new();
+        while !level.is_empty() {
+            self.load_in_order(&level).map_err(|(_, e)| e)?;
+            let mut next = Vec::new();
+            for ino in &level {
+                let dir = self
+                    .get(*ino)
+                    .ok_or_else(|| FsError::Invalid("inode vanished".into()))?;
+                for c in self.children(&dir)?.iter() {
+                    match &c.target {
+                        ChildTarget::Ino(i) => {
+                            if self.get(*i).is_some_and(|n| n.is_dir()) {
+                                next.push(*i);
+                            }
                         }
-                    }
-                    ChildTarget::Link(_) => {
-                        let t = self.resolve(c)?;
-                        if let Some(n) = self.get(t) {
-                            n.nlink.fetch_add(1, Ordering::Relaxed);
-                        }
+                        ChildTarget::Link(path) => links.push(Child {
+                            name: c.name.clone(),
+                            target: ChildTarget::Link(path.clone()),
+                        }),
                     }
                 }
+            }
+            level = next;
+        }
+        // Every tree is loaded: resolving a link fetches nothing.
+        for c in &links {
+            let t = self.resolve(c)?;
+            if let Some(n) = self.get(t) {
+                n.nlink.fetch_add(1, Ordering::Relaxed);
             }
         }
         Ok(())

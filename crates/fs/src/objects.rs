@@ -60,6 +60,23 @@ impl Objects {
         self.read(id, MAX_MANIFEST, true)
     }
 
+    /// Commits or trees, each handed to `each` with its index as it arrives: one request to a
+    /// source with a round trip per request.
+    pub fn manifests_each(
+        &self,
+        wanted: &[ObjectId],
+        each: &mut dyn FnMut(usize, ObjResult<Arc<Vec<u8>>>),
+    ) {
+        let asked: Vec<(ObjectId, u64)> = wanted.iter().map(|id| (*id, MAX_MANIFEST)).collect();
+        self.source.read_each(&asked, &mut |i, r| {
+            let r = r.map_err(FsError::from).map(|(b, origin)| {
+                self.count(b.len(), origin, true);
+                Arc::new(b)
+            });
+            each(i, r);
+        });
+    }
+
     /// A chunk of `len` bytes (its length is checked).
     pub fn chunk(&self, id: &ObjectId, len: u32) -> ObjResult<Arc<Vec<u8>>> {
         let b = self.read(id, u64::from(len), false)?;

@@ -474,3 +474,63 @@ fn a_reader_takes_what_is_being_read_ahead_instead_of_fetching_it_again() {
     let most = batches.iter().max().copied().unwrap_or(0);
     assert!((2..=16).contains(&most), "{batches:?}");
 }
+
+/// An image with hard links loads every tree at mount (its link counts need them), and a
+/// restored one replays its loads: trees are fetched many per request, not one round trip
+/// each (hundreds, to the host's daemon, before a VM could start).
+#[test]
+fn an_image_with_hard_links_loads_its_trees_in_batches() {
+    let f = fixture_of(|src| {
+        for a in 0..10 {
+            for b in 0..14 {
+                let d = src.join(format!("d{a}/e{b}"));
+                std::fs::create_dir_all(&d).unwrap();
+                // Each tree its own (alike directories share one).
+                std::fs::write(d.join(format!("f{a}-{b}")), b"x").unwrap();
+            }
+        }
+        std::fs::write(src.join("d0/file"), b"x").unwrap();
+        std::fs::hard_link(src.join("d0/file"), src.join("d9/e13/link")).unwrap();
+    });
+    let slow = Arc::new(Slow {
+        store: f.store.clone(),
+        asked: Default::default(),
+        batches: Default::default(),
+    });
+    // Requests and objects asked since the last look; one-by-one reads are the objects not
+    // asked in a batch.
+    let seen = |from: &mut (usize, u32)| {
+        let batches = slow.batches.lock().unwrap();
+        let asked: u32 = slow.asked.lock().unwrap().values().sum();
+        let new = &batches[from.0..];
+        let batched: usize = new.iter().sum();
+        let single = (asked - from.1) as usize - batched;
+        let r = (new.len(), batched, single);
+        *from = (batches.len(), asked);
+        r
+    };
+    let mut at = (0, 0);
+    let objects = Arc::new(Objects::new(slow.clone(), Arc::new(Counters::default())));
+    let fs = ImageFs::new(objects, &f.version, Arc::default(), None, "test".into()).unwrap();
+    let (requests, batched, single) = seen(&mut at);
+    // 151 trees: the root, 10, then 140 in three requests of at most 64.
+    assert_eq!(batched, 151);
+    assert!(requests <= 5, "{requests} requests");
+    assert_eq!(single, 1, "only the commit is read alone");
+    let ctx = Context::new();
+    let link = path(&fs, "d9/e13/link");
+    assert_eq!(fs.getattr(&ctx, link, None).unwrap().0.st_nlink, 2);
+
+    let objects = Arc::new(Objects::new(slow.clone(), Arc::new(Counters::default())));
+    let back = ImageFs::restore(objects, &fs.save(), Arc::default(), "restored".into()).unwrap();
+    let (requests, batched, single) = seen(&mut at);
+    assert_eq!(batched, 151);
+    assert!(
+        requests <= 5,
+        "restored: {requests} requests: {:?}",
+        slow.batches.lock().unwrap()
+    );
+    assert_eq!(single, 1, "restored: only the commit is read alone");
+    assert_eq!(back.getattr(&ctx, link, None).unwrap().0.st_nlink, 2);
+    assert_eq!(path(&back, "d9/e13/link"), link);
+}
