@@ -190,7 +190,11 @@ the chunk being loaded, the read-ahead asks for up to 16 chunks per request, and
 sends the cached record as it read it (the monitor still hashes every object before a byte
 reaches the guest). The read went from 0.74 to the figure above.
 
-A warm boot: the timelines above show where it goes. Of `starling run`'s extra time over
+A warm boot: the timelines above show where it goes. Since 2026-11-27 the run initramfs is
+not compressed (the guest copied and gunzipped it at every boot), its modules load in one
+process, and the trees an image with hard links needs at mount come many per request (828
+round trips to the daemon before the monitor could start): the run init's part went from
+1.2–1.9 s to 0.9–1.1 s. Of `starling run`'s extra time over
 `vm run`, part is on the host before the guest starts (the daemon resolves the version
 through the repository's metadata, finds the boot artifact and writes the VM's scratch disk,
 whose ext4 writer built and scanned 128 MiB of empty inode tables for every VM until
