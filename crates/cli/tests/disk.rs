@@ -144,20 +144,7 @@ fn debian_disks_raw_qcow2_partitioned_and_backed() {
             &format!("seek={p2}"), "conv=notrunc,sparse", "status=none"]);
     }
     let over = env.path("over.qcow2");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&qcow),
-            "-F",
-            "qcow2",
-            s(&over),
-        ],
-    );
+    qcow2_over(&qcow, "qcow2", &over);
 
     env.ok(&["image", "import", s(&raw), "deb:raw"]);
     let root = root_tree(&env, "deb:raw");
@@ -277,20 +264,7 @@ fn bad_disk_images_are_refused_and_store_untouched() {
     let secret = env.path("secret.raw");
     fs::copy(&good, &secret).unwrap();
     let steal = env.path("steal.qcow2");
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&secret),
-            "-F",
-            "raw",
-            s(&steal),
-        ],
-    );
+    qcow2_over(&secret, "raw", &steal);
     let e = env.fails(&["image", "import", s(&steal), "bad:steal"]);
     assert!(
         e.contains("the backing file") && e.contains("secret.raw") && e.contains("--allow-backing"),
@@ -333,5 +307,23 @@ fn bad_disk_images_are_refused_and_store_untouched() {
     assert!(
         !env.path("x.ext4").exists(),
         "a failed export leaves no file"
+    );
+}
+
+/// A qcow2 image at `out` over the backing file `backing` (of format `format`), by qemu-img.
+fn qcow2_over(backing: &std::path::Path, format: &str, out: &std::path::Path) {
+    tool(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(backing),
+            "-F",
+            format,
+            s(out),
+        ],
     );
 }

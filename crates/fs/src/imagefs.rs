@@ -515,21 +515,31 @@ impl ImageFs {
     /// answer it on the thread that saw it, as [`Self::read_is_ready`]'s READs: a walk's
     /// every listing but a directory's first page is (its later pages and its end).
     pub fn listing_is_ready(&self, ino: u64, offset: u64) -> bool {
-        let Some(dir) = self.inodes.get(ino) else {
-            return false;
-        };
-        if !dir.is_dir() {
-            // Answered with an error at once.
-            return true;
+        match self.loaded_entries(ino) {
+            Err(ready) => ready,
+            Ok((dir, kids)) => {
+                self.inodes.get(dir.parent).is_some()
+                    && kids
+                        .iter()
+                        .skip(offset.saturating_sub(2) as usize)
+                        .all(|c| self.inodes.is_resolved(c))
+            }
         }
-        let Some(kids) = self.inodes.loaded_children(&dir) else {
-            return false;
-        };
-        self.inodes.get(dir.parent).is_some()
-            && kids
-                .iter()
-                .skip(offset.saturating_sub(2) as usize)
-                .all(|c| self.inodes.is_resolved(c))
+    }
+
+    /// A directory and its entries when it is numbered and its tree loaded; else whether a
+    /// request about it is ready all the same (not numbered: no, a worker's; not a
+    /// directory: yes, answered with an error at once).
+    fn loaded_entries(
+        &self,
+        ino: u64,
+    ) -> Result<(Arc<Inode>, Arc<Vec<crate::inodes::Child>>), bool> {
+        let dir = self.inodes.get(ino).ok_or(false)?;
+        if !dir.is_dir() {
+            return Err(true);
+        }
+        let kids = self.inodes.loaded_children(&dir).ok_or(false)?;
+        Ok((dir, kids))
     }
 
     /// Whether `ino` is numbered: a request about it alone (GETATTR, OPEN, READLINK, …)
@@ -541,19 +551,13 @@ impl ImageFs {
     /// Whether a LOOKUP of `name` in `parent` is answered from memory: the parent's tree is
     /// loaded and the name, if there, resolved.
     pub fn lookup_is_ready(&self, parent: u64, name: &[u8]) -> bool {
-        let Some(dir) = self.inodes.get(parent) else {
-            return false;
-        };
-        if !dir.is_dir() {
-            return true;
-        }
-        let Some(kids) = self.inodes.loaded_children(&dir) else {
-            return false;
-        };
-        match kids.iter().find(|c| c.name == name) {
-            Some(c) => self.inodes.is_resolved(c),
-            // ENOENT at once.
-            None => true,
+        match self.loaded_entries(parent) {
+            Err(ready) => ready,
+            Ok((_, kids)) => match kids.iter().find(|c| c.name == name) {
+                Some(c) => self.inodes.is_resolved(c),
+                // ENOENT at once.
+                None => true,
+            },
         }
     }
 

@@ -62,6 +62,9 @@ const LOG_MAX: u64 = 16 << 20;
 /// told how much it missed (the log still has it) rather than the guest's vCPU stalling. A
 /// command's output through `starling run` piped into a slow reader stays whole up to this.
 const CLIENT_BACKLOG: usize = 4 << 20;
+/// What the client's writer takes from the backlog at a time: what it holds while a slow
+/// client blocks it is not counted in the backlog, so it stays small.
+const CLIENT_CHUNK: usize = 64 << 10;
 
 /// The log of a socket console: written by the vCPU thread, read back whole for a client
 /// that attaches (under this lock, so the replay and the stream meet exactly).
@@ -166,7 +169,8 @@ fn client_writer(shared: Arc<ConsoleShared>) {
             while b.bytes.is_empty() {
                 b = shared.changed.wait(b).unwrap_or_else(|p| p.into_inner());
             }
-            let chunk: Vec<u8> = b.bytes.drain(..).collect();
+            let take = b.bytes.len().min(CLIENT_CHUNK);
+            let chunk: Vec<u8> = b.bytes.drain(..take).collect();
             let from = b.start;
             b.start += chunk.len() as u64;
             b.sending = true;
@@ -436,20 +440,7 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(5));
         let (ours, theirs) = UnixStream::pair().unwrap();
         attach_client(&console, theirs).unwrap();
-        let reader = std::thread::spawn(move || {
-            let mut got = Vec::new();
-            let mut ours = ours;
-            ours.set_read_timeout(Some(std::time::Duration::from_secs(2)))
-                .unwrap();
-            let mut buf = [0u8; 65536];
-            while let Ok(n) = ours.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                got.extend_from_slice(&buf[..n]);
-            }
-            got
-        });
+        let reader = std::thread::spawn(move || read_all(ours));
         writer.join().unwrap();
         let got = reader.join().unwrap();
         let want = std::fs::read(&log).unwrap();
@@ -470,6 +461,7 @@ mod tests {
         (out, ours, log)
     }
 
+    /// What the stream carries until it has been quiet for 2 s.
     fn read_all(mut s: UnixStream) -> Vec<u8> {
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut got = Vec::new();
