@@ -273,19 +273,7 @@ fn bad_disk_images_are_refused_and_store_untouched() {
     assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
     let data = env.path("data.qcow2");
     let data_file = format!("data_file={}", s(&env.path("data.raw")));
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            &data_file,
-            s(&data),
-            "64M",
-        ],
-    );
+    qcow2_create(&["-o", &data_file, s(&data), "64M"]);
     let e = env.fails(&["image", "import", s(&data), "bad:data"]);
     assert!(
         e.contains("an external data file") && e.contains("--allow-backing"),
@@ -312,18 +300,12 @@ fn bad_disk_images_are_refused_and_store_untouched() {
 
 /// A qcow2 image at `out` over the backing file `backing` (of format `format`), by qemu-img.
 fn qcow2_over(backing: &std::path::Path, format: &str, out: &std::path::Path) {
-    tool(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(backing),
-            "-F",
-            format,
-            s(out),
-        ],
-    );
+    qcow2_create(&["-b", s(backing), "-F", format, s(out)]);
+}
+
+/// `qemu-img create -f qcow2 ARGS…`.
+fn qcow2_create(args: &[&str]) {
+    let mut all = vec!["create", "-q", "-f", "qcow2"];
+    all.extend_from_slice(args);
+    tool("qemu-img", &all);
 }
