@@ -175,11 +175,7 @@ fn qcow2_precheck(f: &File) -> std::result::Result<Qcow2Names, String> {
 /// The backing file name (offset and length at bytes 8 and 16) and the external data file
 /// feature (version 3's incompatible features at byte 72).
 fn qcow2_names(f: &File, h: &[u8; 104], version: u32) -> std::result::Result<Qcow2Names, String> {
-    let be64 = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&h[o..o + 8]);
-        u64::from_be_bytes(b)
-    };
+    let be64 = |o: usize| be64(h, o);
     let at = be64(8);
     let len = u64::from(u32::from_be_bytes([h[16], h[17], h[18], h[19]]));
     let backing = if at == 0 {
@@ -200,6 +196,13 @@ fn qcow2_names(f: &File, h: &[u8; 104], version: u32) -> std::result::Result<Qco
     })
 }
 
+/// The big-endian u64 at `o` of a qcow2 header read whole.
+fn be64(h: &[u8; 104], o: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[o..o + 8]);
+    u64::from_be_bytes(b)
+}
+
 /// Every table and data cluster the image maps lies inside the file. imago reads a cluster
 /// past the end of the file as zeros, so a qcow2 cut short would otherwise import as an image
 /// with holes (an all-zero directory block reads as an empty directory).
@@ -209,11 +212,7 @@ fn qcow2_clusters_in_file(
     version: u32,
     cluster_bits: u32,
 ) -> std::result::Result<(), String> {
-    let be64 = |o: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&h[o..o + 8]);
-        u64::from_be_bytes(b)
-    };
+    let be64 = |o: usize| be64(h, o);
     let file_len = f.metadata().map_err(|e| e.to_string())?.len();
     let cluster = 1u64 << cluster_bits;
     let truncated = |what: String, end: u64| {

@@ -432,18 +432,15 @@ impl Inodes {
                                 next.push(*i);
                             }
                         }
-                        ChildTarget::Link(path) => links.push(Child {
-                            name: c.name.clone(),
-                            target: ChildTarget::Link(path.clone()),
-                        }),
+                        ChildTarget::Link(path) => links.push(path.clone()),
                     }
                 }
             }
             level = next;
         }
         // Every tree is loaded: resolving a link fetches nothing.
-        for c in &links {
-            let t = self.resolve(c)?;
+        for path in &links {
+            let t = self.resolve_path(path)?;
             if let Some(n) = self.get(t) {
                 n.nlink.fetch_add(1, Ordering::Relaxed);
             }

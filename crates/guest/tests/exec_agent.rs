@@ -428,13 +428,13 @@ fn the_module_loader_names_the_module_it_cannot_load() {
     std::fs::write(&agent, starling_guest::AGENT).unwrap();
     std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
     let list = dir.path().join("modules");
-    let load = |names: &str| {
-        std::fs::write(&list, names).unwrap();
-        let mut cmd = Command::new(&agent);
-        cmd.arg("modules").arg(&list).arg(dir.path().join("lib"));
+    let run = || {
         let child = starling_testkit::spawn_written(
-            cmd.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped()),
+            Command::new(&agent)
+                .arg("modules")
+                .arg(&list)
+                .arg(dir.path().join("lib"))
+                .stdout(std::process::Stdio::piped()),
         )
         .unwrap();
         let out = child.wait_with_output().unwrap();
@@ -442,6 +442,10 @@ fn the_module_loader_names_the_module_it_cannot_load() {
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    };
+    let load = |names: &str| {
+        std::fs::write(&list, names).unwrap();
+        run()
     };
     assert_eq!(load("\n\n"), (Some(0), String::new()));
     let (status, out) = load("\nnot_here\nnever_reached\n");
@@ -451,23 +455,7 @@ fn the_module_loader_names_the_module_it_cannot_load() {
         "starling-init: cannot load kernel module not_here: No such file or directory\n"
     );
     std::fs::remove_file(&list).unwrap();
-    let (status, out) = load_missing_list(&agent, &list);
+    let (status, out) = run();
     assert_eq!(status, Some(1), "{out}");
     assert!(out.contains("cannot read the module list"), "{out}");
-}
-
-fn load_missing_list(agent: &Path, list: &Path) -> (Option<i32>, String) {
-    let child = starling_testkit::spawn_written(
-        Command::new(agent)
-            .arg("modules")
-            .arg(list)
-            .arg("/nowhere")
-            .stdout(std::process::Stdio::piped()),
-    )
-    .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
 }

@@ -107,8 +107,8 @@ struct SocketOut {
 
 impl Write for SocketOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        {
-            let mut st = self.shared.log.lock().unwrap_or_else(|p| p.into_inner());
+        let grew = {
+            let mut st = lock(&self.shared.log);
             if st.written + buf.len() as u64 > LOG_MAX {
                 keep_newest_half(&st.log_path)?;
                 st.log = File::options().append(true).open(&st.log_path)?;
@@ -117,7 +117,8 @@ impl Write for SocketOut {
             st.log.write_all(buf)?;
             st.written += buf.len() as u64;
             st.total += buf.len() as u64;
-            if self.shared.attached.load(Ordering::Acquire) {
+            let attached = self.shared.attached.load(Ordering::Acquire);
+            if attached {
                 // Under the log's lock, so an attach's replay and the backlog meet exactly.
                 let mut b = lock(&self.shared.backlog);
                 b.bytes.extend(buf);
@@ -127,8 +128,13 @@ impl Write for SocketOut {
                     b.start += over as u64;
                 }
             }
+            attached
+        };
+        // The writer thread wakes only for output it has to send (a guest writes a byte at
+        // a time, and with nobody attached there is nothing to send).
+        if grew {
+            self.shared.changed.notify_all();
         }
-        self.shared.changed.notify_all();
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
