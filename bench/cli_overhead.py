@@ -2,14 +2,17 @@
 """What the `starling` command line adds on the VM path, over the monitor alone (tier 1, this
 host's /dev/kvm, the project's test guest at 256 MiB). Each pair alternates, RUNS runs each:
 
-  - `starling vm restore DIR` vs `starling-vmm --restore-json SPEC` (what the CLI execs):
-    spawn until the API reports the guest running;
+  - `starling vm restore DIR` vs `starling-vmm --restore-json SPEC` (the same spec; the CLI
+    runs the monitor in its own process): spawn until the API reports the guest running;
   - `starling vm run --kernel K` vs `starling-vmm --config-json CONFIG`: spawn until the first
     line of the guest's serial console is in its file;
   - `starling pool run NAME` on a pool of one waiting substrate: the command's wall time less
     the activation time it reports itself (what is left: process start, finding the pool, and
-    docking the replacement substrate before it returns);
-  - process start alone: `starling --version` vs `starling-vmm --version` (and /bin/true).
+    starting the replacement substrate before it returns), and that less the start of
+    `starling-vmm --version` (a process start any client pays);
+  - process start alone: `starling --version` vs `starling-vmm --version` (and /bin/true);
+  - memory: resident and private memory beyond guest RAM of an idle guest's monitor, run by
+    `starling vm run` vs `starling-vmm`.
 
 Also the sizes of the release binaries. Writes bench/results/cli-overhead.md.
 
@@ -24,13 +27,13 @@ import sys
 import tempfile
 import time
 
-from vmbench import api, checked_out, kill_started, kvm_flavour, spawn, wait
+from vmbench import api, checked_out, kill_started, kvm_flavour, resident_beyond, spawn, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
-RUNS = int(os.environ.get("RUNS", "40"))
+RUNS = int(os.environ.get("RUNS", "60"))
 def stop(sock, p):
     try:
         api(sock, "POST", "/v1/vm/stop")
@@ -86,13 +89,36 @@ def boot_once(kernel, d, via_cli):
     return ms
 
 
+def memory_once(kernel, d, via_cli):
+    """(resident, private) KiB beyond guest RAM of an idle guest's monitor."""
+    os.makedirs(d)
+    sock = os.path.join(d, "api.sock")
+    if via_cli:
+        args = [STARLING, "vm", "run", "--kernel", kernel, "--cmdline", "idle", "--mem", "256M",
+                "--no-rng", "--console", "off", "--api-socket", sock]
+    else:
+        config = {"kernel": kernel, "cmdline": "idle", "mem_mib": 256, "rng": False,
+                  "console": "off", "api_socket": sock}
+        args = [VMM, "--config-json", json.dumps(config)]
+    p = spawn(args)
+    wait("the API", lambda: running(sock) if os.path.exists(sock) else False)
+    time.sleep(0.3)
+    m = resident_beyond(p.pid, 256)
+    stop(sock, p)
+    return m
+
+
 def start_once(args):
     t = time.monotonic()
     subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     return (time.monotonic() - t) * 1e3
 
 
-def pool_run_once(env):
+def pool_run_once(env, pool_dir):
+    # Every run activates a docked substrate: the previous run's replacement first docks.
+    slots = os.path.join(pool_dir, "slots")
+    wait("a docked substrate", lambda: any(os.path.exists(os.path.join(slots, s, "free")) for s in os.listdir(slots)),
+         timeout=60, step=0.005)
     t = time.monotonic()
     out = subprocess.run([STARLING, "pool", "run", "warm", "--env", "code=0", "--json"], env=env,
                          capture_output=True, text=True, check=True)
@@ -147,12 +173,13 @@ def main():
         boots = pair("boot", lambda cli, i: boot_once(kernel, os.path.join(work, f"b{i}{'c' if cli else 'd'}"), cli))
         starts = pair("start", lambda cli, i: start_once([STARLING if cli else VMM, "--version"]))
         true_ms = [start_once(["/bin/true"]) for _ in range(RUNS)]
+        mems = pair("memory", lambda cli, i: memory_once(kernel, os.path.join(work, f"m{i}{'c' if cli else 'd'}"), cli))
 
         pools = os.path.join(work, "pools")
         env = dict(os.environ, STARLING_POOLS=pools, STARLING_HOME=os.path.join(work, "no-store"))
         subprocess.run([STARLING, "pool", "create", "warm", "--mem", "32M", "--cmdline", "substrate", "--size", "1",
                         "--kernel", kernel], env=env, check=True, stdout=subprocess.DEVNULL)
-        pool_runs = [pool_run_once(env) for _ in range(RUNS)]
+        pool_runs = [pool_run_once(env, os.path.join(pools, "warm")) for _ in range(RUNS)]
         subprocess.run([STARLING, "pool", "rm", "warm", "--force"], env=env, check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     finally:
@@ -177,6 +204,9 @@ def main():
         "restore_cli_over_vmm_ms": round(med(restores[0]) - med(restores[1]), 2),
         "run_cli_over_vmm_ms": round(med(boots[0]) - med(boots[1]), 2),
         "pool_run_outside_activation_ms": round(med(pool_runs), 2),
+        "pool_run_over_vmm_start_ms": round(med(pool_runs) - med(starts[1]), 2),
+        "cli_monitor_private_kib": med(m[1] for m in mems[0]),
+        "vmm_private_kib": med(m[1] for m in mems[1]),
         "starling_bytes": sizes.get("starling"),
     }
     text = f"""# What the command line adds on the VM path (tier 1)
@@ -184,17 +214,27 @@ def main():
 Command: `cargo build --release && sudo python3 bench/cli_overhead.py` (commit {commit},
 {time.strftime('%Y-%m-%d')}). Host: /dev/kvm is `{flavour}`, 2 cores. Guest: the project's test
 guest (`crates/vmm/tests/guest`), 256 MiB. {RUNS} runs of each, the two sides alternating;
-medians in ms. `starling vm run`/`vm restore` parse their flags, then exec `starling-vmm` with
-the same JSON the direct side passes, so the difference is the front end's own cost.
+medians in ms. `starling vm run`/`vm restore` parse their flags and run the monitor in their
+own process from the same configuration the direct side passes as JSON, so the difference is
+the front end's own cost: a bigger program to start, and its flags to parse.
 
 | | `starling` | `starling-vmm` | difference (goal ≤ +0.5) | ratio |
 |---|---:|---:|---:|---:|
 {table}
 
 `starling pool run` on a pool with one substrate waiting, wall time less the activation time
-the command reports (what is left: process start, finding the pool, docking the replacement
-before it returns): median **{med(pool_runs):.2f} ms** (goal ≤ 0.5); every run:
+the command reports (what is left: process start, finding the pool, starting the replacement
+substrate before it returns): median **{med(pool_runs):.2f} ms**; less the start of
+`starling-vmm --version` ({med(starts[1]):.2f} ms, a process start any client of the
+substrate's API pays): **{med(pool_runs) - med(starts[1]):+.2f} ms** (goal ≤ +0.5). Every run:
 {listed(pool_runs)}.
+
+Memory of an idle guest's monitor beyond guest RAM (KiB, medians of {RUNS}): run by
+`starling vm run`, {med(m[0] for m in mems[0]):.0f} resident of which
+**{med(m[1] for m in mems[0]):.0f}** private; run by `starling-vmm`,
+{med(m[0] for m in mems[1]):.0f} resident of which **{med(m[1] for m in mems[1]):.0f}** private.
+The rest of the resident memory is the program's pages, shared with every other process that
+runs it.
 
 `/bin/true`, for scale: {med(true_ms):.2f} ms.
 

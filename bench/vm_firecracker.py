@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 
-from vmbench import api as http, checked_out, ended, kill_started, kvm_flavour, spawn, wait
+from vmbench import api as http, checked_out, ended, kill_started, kvm_flavour, resident_beyond, spawn, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
@@ -207,16 +207,8 @@ def copies_fc(snap, work, i):
 
 
 def overhead_kib(pid):
-    """Resident memory of every mapping but guest RAM (the one mapping of at least its size)."""
-    total = 0
-    size = 0
-    for line in open(f"/proc/{pid}/smaps"):
-        parts = line.split()
-        if parts[0] == "Size:":
-            size = int(parts[1])
-        elif parts[0] == "Rss:" and size < MEM_MIB * 1024:
-            total += int(parts[1])
-    return total
+    """Resident memory of every mapping but guest RAM."""
+    return resident_beyond(pid, MEM_MIB)[0]
 
 
 def med(xs):

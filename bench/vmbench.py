@@ -93,3 +93,18 @@ def checked_out(root):
     """The checked-out commit, for a results file."""
     return subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
                           text=True).stdout.strip()
+
+
+def resident_beyond(pid, guest_mib):
+    """(resident KiB, of which private anonymous KiB) of every mapping of `pid` but guest RAM
+    (the mappings of at least guest_mib MiB)."""
+    rss = anon = size = 0
+    for line in open(f"/proc/{pid}/smaps"):
+        parts = line.split()
+        if parts[0] == "Size:":
+            size = int(parts[1])
+        elif size < guest_mib * 1024 and parts[0] == "Rss:":
+            rss += int(parts[1])
+        elif size < guest_mib * 1024 and parts[0] == "Anonymous:":
+            anon += int(parts[1])
+    return rss, anon

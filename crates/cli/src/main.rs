@@ -227,10 +227,16 @@ fn main() -> ExitCode {
     // `run` and `exec` pass on the command's own status: their own failures (a bad flag
     // included) exit 125, as docker's do, so that none reads as the command's.
     let runs_a_command = matches!(subcommand(&argv), Some("run" | "exec"));
-    let cli = cli_command().try_get_matches_from(&argv).and_then(|m| {
-        let mut cli = Cli::from_arg_matches(&m)?;
-        cli.store = store_given(&m).or(cli.store);
-        Ok(cli)
+    let quick = quick_parse(&argv).map(|command| Cli {
+        store: None,
+        command,
+    });
+    let cli = quick.map(Ok).unwrap_or_else(|| {
+        cli_command().try_get_matches_from(&argv).and_then(|m| {
+            let mut cli = Cli::from_arg_matches(&m)?;
+            cli.store = store_given(&m).or(cli.store);
+            Ok(cli)
+        })
     });
     let cli = match cli {
         Ok(c) => c,
@@ -331,6 +337,47 @@ fn die_quietly_on_closed_stdout() {
         }
         default(info);
     }));
+}
+
+/// `starling vm run`, `vm restore` and `pool run` parsed with their own definitions alone:
+/// building the whole command line (every command's flags) was a good part of what they
+/// added to a VM's start. Only a parse that succeeds is used; help and errors come from the
+/// whole command line, so that what a user reads is the same either way.
+fn quick_parse(argv: &[String]) -> Option<Command> {
+    use clap::Args;
+    let (group, name) = (argv.get(1)?.as_str(), argv.get(2)?.as_str());
+    let (group_cmd, leaf) = match (group, name) {
+        ("vm", "run") => (
+            "vm",
+            vm_cmd::RunArgs::augment_args(clap::Command::new("run")),
+        ),
+        ("vm", "restore") => (
+            "vm",
+            vm_cmd::RestoreArgs::augment_args(clap::Command::new("restore")),
+        ),
+        ("pool", "run") => (
+            "pool",
+            pool_cmd::RunArgs::augment_args(clap::Command::new("run")),
+        ),
+        _ => return None,
+    };
+    let m = clap::Command::new("starling")
+        .subcommand(clap::Command::new(group_cmd).subcommand(leaf))
+        .try_get_matches_from(argv)
+        .ok()?;
+    let (_, m) = m.subcommand()?;
+    let (_, m) = m.subcommand()?;
+    Some(match (group, name) {
+        ("vm", "run") => Command::Vm(vm_cmd::VmCmd::Run(
+            vm_cmd::RunArgs::from_arg_matches(m).ok()?,
+        )),
+        ("vm", _) => Command::Vm(vm_cmd::VmCmd::Restore(
+            vm_cmd::RestoreArgs::from_arg_matches(m).ok()?,
+        )),
+        _ => Command::Pool(pool_cmd::PoolCmd::Run(
+            pool_cmd::RunArgs::from_arg_matches(m).ok()?,
+        )),
+    })
 }
 
 /// The subcommand word of `argv`: the first argument that is not a global option.

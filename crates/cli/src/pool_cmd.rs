@@ -20,18 +20,7 @@ pub enum PoolCmd {
     /// Activate a VM from the pool without booting: it gets its environment and arguments as
     /// the answer to its `ready`, and runs on from there (a replacement docks in the
     /// background)
-    Run {
-        /// The pool's name
-        name: String,
-        /// Environment for the guest (K=V, repeatable)
-        #[arg(long = "env", value_parser = parse_env)]
-        env: Vec<(String, String)>,
-        /// Arguments for the guest (one line)
-        #[arg(long)]
-        args: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
+    Run(RunArgs),
     /// The pools, their substrates waiting and the VMs activated from them
     Ls {
         #[arg(long)]
@@ -46,6 +35,20 @@ pub enum PoolCmd {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The pool's name
+    name: String,
+    /// Environment for the guest (K=V, repeatable)
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Arguments for the guest (one line)
+    #[arg(long)]
+    args: Option<String>,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -125,12 +128,7 @@ pub fn run(store: &Path, cmd: PoolCmd) -> Result<ExitCode> {
     let pools = Pools::new(pool::default_root());
     match cmd {
         PoolCmd::Create(a) => create(&pools, store, *a),
-        PoolCmd::Run {
-            name,
-            env,
-            args,
-            json,
-        } => activate(&pools, &name, &env, args.as_deref(), json),
+        PoolCmd::Run(a) => activate(&pools, &a.name, &a.env, a.args.as_deref(), a.json),
         PoolCmd::Ls { json } => ls(&pools, json),
         PoolCmd::Rm { name, force } => {
             match pools.remove(&name, force)? {

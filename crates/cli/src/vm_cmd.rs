@@ -1,4 +1,8 @@
 //! `starling vm …`: run a microVM, get a kernel, build an initramfs.
+//!
+//! `vm run` and `vm restore` run the monitor in this process rather than exec `starling-vmm`:
+//! a second program start was most of what the command line added to a VM's start
+//! (bench/cli_overhead.py). Forks and pools still start `starling-vmm`, the smaller program.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -514,7 +518,7 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
     match a.net.as_deref() {
         None => {}
         Some("nat") => {
-            // This process becomes the monitor (exec below), so the lease is the monitor's.
+            // This process becomes the monitor, so the lease is the monitor's.
             let att = starling_net::attach(std::process::id(), &[])?;
             if std::env::var_os("STARLING_VM_QUIET").is_none() {
                 eprintln!(
@@ -529,7 +533,6 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
         }
         Some(other) => bail!("--net {other:?}: a restore takes `--net nat` (or --tap DEVICE=TAP)"),
     }
-    exec_vmm("--restore-json", &serde_json::to_string(&spec)?)?;
     Ok(ExitCode::from(starling_vmm::process::run_to_exit(
         starling_vmm::process::Start::Restore(spec),
     )))
@@ -541,21 +544,6 @@ pub(crate) fn set_net_helper() {
     if let Ok(exe) = std::env::current_exe() {
         std::env::set_var(starling_vmm::clone_net::HELPER_VAR, exe);
     }
-}
-
-/// Replaces this process with `starling-vmm FLAG ARG` when it is installed beside this binary
-/// (the VM's memory overhead is then the monitor's alone); returns when it is not.
-fn exec_vmm(flag: &str, arg: &str) -> Result<()> {
-    if let Some(vmm) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|d| d.join("starling-vmm")))
-        .filter(|p| p.is_file())
-    {
-        use std::os::unix::process::CommandExt;
-        let err = std::process::Command::new(&vmm).arg(flag).arg(arg).exec();
-        bail!("starting {}: {err}", vmm.display());
-    }
-    Ok(())
 }
 
 /// Copies stdin to the stream and the stream to stdout until both directions have ended.
@@ -680,7 +668,6 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
     if a.config.is_none() || a.console != "stdio" {
         config.console = console_arg(&a.console)?;
     }
-    exec_vmm("--config-json", &serde_json::to_string(&config)?)?;
     Ok(ExitCode::from(starling_vmm::process::run_to_exit(
         starling_vmm::process::Start::Boot(config),
     )))

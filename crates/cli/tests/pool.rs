@@ -170,6 +170,51 @@ fn pools_dock_activate_refill_and_remove() {
     let ls = waiting(2);
     assert_eq!(ls[0]["starting"], 0, "refilled to its size: {ls}");
 
+    // Waiting substrates whose monitors died are passed over (and cleared away): the run
+    // restores a new VM instead of failing on them.
+    let mut dead = Vec::new();
+    for e in std::fs::read_dir(pools.join("web/slots")).unwrap() {
+        let slot = e.unwrap().path();
+        if !slot.join("free").exists() {
+            continue;
+        }
+        let status: serde_json::Value = serde_json::from_str(&ok(starling(&pools)
+            .args(["vm", "status"])
+            .arg(slot.join("api.sock"))))
+        .unwrap();
+        let pid = status["pid"].as_i64().unwrap();
+        assert!(Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "monitor {pid} outlived SIGKILL");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        dead.push(slot);
+    }
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    let v: serde_json::Value = serde_json::from_str(&ok(
+        starling(&pools).args(["pool", "run", "web", "--env", "code=0", "--json"])
+    ))
+    .unwrap();
+    assert_eq!(v["warm"], false, "{v}");
+    let new_slot = PathBuf::from(v["slot"].as_str().unwrap());
+    for slot in &dead {
+        // A cleared slot's number may be taken again by the VM restored in its place.
+        assert!(
+            !slot.exists() || *slot == new_slot,
+            "{} left behind",
+            slot.display()
+        );
+    }
+    wait_for_file(
+        &new_slot.join("monitor.log"),
+        "the guest exited with status 0",
+    );
+
     // A pool with nothing waiting restores a fresh VM per run.
     ok(&mut create("cold", "substrate", "0"));
     let v: serde_json::Value = serde_json::from_str(&ok(

@@ -172,6 +172,12 @@ fn next_ready(ready: &mut File, deadline: Instant) -> Heard {
 /// Lets the child `cmd` starts inherit `fds` (ours stay close-on-exec, so that no other
 /// process started meanwhile by another thread gets them).
 fn inherit(cmd: &mut Command, fds: &[i32]) {
+    // Without a pre_exec hook std starts the child with posix_spawn (vfork), not fork: for a
+    // caller as big as `starling`, copying its page tables was most of `pool run`'s time
+    // after the activation (the replacement substrate it starts).
+    if fds.is_empty() {
+        return;
+    }
     let fds = fds.to_vec();
     // SAFETY: the closure runs in the child between fork and exec and only calls fcntl, which
     // is async-signal-safe, on descriptors the child inherited from us.

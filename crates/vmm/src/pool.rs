@@ -282,38 +282,44 @@ impl Pools {
         let line = crate::service::activation_line(env, args).map_err(PoolError::Activation)?;
         let t = Instant::now();
         let mut taken = None;
+        let mut attached = None;
         for slot in slots(&dir) {
             // Whoever renames the marker first has the substrate.
             if std::fs::rename(slot.join("free"), slot.join("taken")).is_err() {
                 continue;
             }
-            if alive(&slot) {
-                taken = Some(slot);
-                break;
-            }
-            let _ = std::fs::remove_dir_all(&slot);
-        }
-        let mut attached = None;
-        let (slot, warm, pid) = match taken {
-            Some(slot) => {
-                let vm = Client::new(slot.join("api.sock"));
-                let activated = (|| {
-                    if let Some(attach) = network.as_mut() {
-                        let pid = vm.status()?.pid;
-                        attached = Some(attach(pid).map_err(PoolError::Activation)?);
-                    }
-                    Ok::<_, PoolError>(vm.activate(env, args, attached.as_ref())?.pid)
-                })();
-                match activated {
-                    Ok(pid) => (slot, true, pid),
-                    Err(e) => {
-                        // A substrate that cannot be activated is of no use to anyone.
-                        let _ = vm.stop();
-                        let _ = std::fs::remove_dir_all(&slot);
-                        return Err(e);
-                    }
+            // No probe first: a monitor that is gone fails the first request at connect.
+            let vm = Client::new(slot.join("api.sock"));
+            let activated = (|| {
+                if let Some(attach) = network.as_mut() {
+                    let pid = vm.status()?.pid;
+                    attached = Some(attach(pid).map_err(PoolError::Activation)?);
+                }
+                Ok::<_, PoolError>(vm.activate(env, args, attached.as_ref())?.pid)
+            })();
+            match activated {
+                Ok(pid) => {
+                    taken = Some((slot, pid));
+                    break;
+                }
+                Err(PoolError::Vm(ClientError::Io { source, .. }))
+                    if matches!(
+                        source.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+                {
+                    let _ = std::fs::remove_dir_all(&slot);
+                }
+                Err(e) => {
+                    // A substrate that cannot be activated is of no use to anyone.
+                    let _ = vm.stop();
+                    let _ = std::fs::remove_dir_all(&slot);
+                    return Err(e);
                 }
             }
+        }
+        let (slot, warm, pid) = match taken {
+            Some((slot, pid)) => (slot, true, pid),
             None => {
                 if let Some(attach) = network.as_mut() {
                     attached = Some(attach(std::process::id()).map_err(PoolError::Activation)?);

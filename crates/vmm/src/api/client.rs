@@ -142,11 +142,12 @@ impl Client {
 /// One request: the status code and the body of the answer.
 fn exchange(sock: &Path, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     let mut s = UnixStream::connect(sock)?;
-    write!(
-        s,
+    // One write: the monitor's reader then has the whole request at once.
+    let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: vmm\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
-    )?;
+    );
+    s.write_all(request.as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let code = resp

@@ -1,6 +1,7 @@
 //! `starling-vmm`: one VM per process, as small as the monitor itself (no store, HTTP or TUF
-//! code mapped), so its memory beyond guest RAM stays a few MiB. `starling vm run` and
-//! `starling vm restore` exec it; a fork starts one per clone. It can also be run directly.
+//! code mapped), so its memory beyond guest RAM stays a few MiB. A fork starts one per clone,
+//! pools one per substrate, starlingd one per VM; `starling vm run` and `vm restore` run the
+//! same monitor in their own process. It can also be run directly.
 //!
 //!   starling-vmm --config FILE | --config-json JSON     boot a VM
 //!   starling-vmm --restore DIR | --restore-json SPEC    restore a snapshot (SPEC: RestoreSpec)

@@ -1,0 +1,11 @@
+//! The `starling` binary is linked position-dependent (not PIE). A PIE this size has the
+//! dynamic loader write ~0.9 MB of relocated pointers (.data.rel.ro) at every start: about a
+//! millisecond of page faults on a virtualised host, most of what `starling vm run` and
+//! `vm restore` added over the monitor alone (bench/cli_overhead.py). The libraries' code
+//! stays position-independent; heap, stack and shared libraries are still randomised.
+//! `starling-vmm` (forks, pools, the daemon's VMs) and `starlingd` stay PIE.
+fn main() {
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+        println!("cargo:rustc-link-arg-bin=starling=-no-pie");
+    }
+}
