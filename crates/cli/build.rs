@@ -3,9 +3,13 @@
 //! millisecond of page faults on a virtualised host, most of what `starling vm run` and
 //! `vm restore` added over the monitor alone (bench/cli_overhead.py). The libraries' code
 //! stays position-independent; heap, stack and shared libraries are still randomised.
-//! `starling-vmm` (forks, pools, the daemon's VMs) and `starlingd` stay PIE.
+//! `starling-vmm` (forks, pools, the daemon's VMs) and `starlingd` stay PIE (docs/SECURITY.md).
 fn main() {
-    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
+    println!("cargo:rerun-if-changed=build.rs");
+    // glibc targets only: musl's static PIE start files expect a PIE.
+    if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu")
+    {
         println!("cargo:rustc-link-arg-bin=starling=-no-pie");
     }
 }

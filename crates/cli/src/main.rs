@@ -486,3 +486,53 @@ fn one_line(e: &anyhow::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(line: &str) -> Vec<String> {
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// The quick parser may only take what the whole command line takes (and parses it the
+    /// same way: the definitions are the same derive); a new global flag, alias or env default
+    /// that made them differ fails here.
+    #[test]
+    fn the_quick_parse_takes_only_what_the_whole_command_line_takes() {
+        let taken = [
+            "starling vm run --kernel k --mem 64M --no-rng --console off",
+            "starling vm run --kernel k --cmdline a=b --vcpus 2 --api-socket /s",
+            "starling vm restore /snap --api-socket /s --console off",
+            "starling vm restore /snap --net nat",
+            "starling pool run web --env A=1 --env B=2 --args x --json",
+        ];
+        let refused = [
+            "starling vm run --bogus",
+            "starling vm restore",
+            "starling vm restore /a /b",
+            "starling vm run --help",
+            "starling vm restore --store /x /snap",
+            "starling pool run",
+            "starling pool run web --env novalue",
+            "starling vm run --mem lots",
+        ];
+        for line in taken {
+            let a = argv(line);
+            assert!(quick_parse(&a).is_some(), "quick refused {line}");
+            assert!(cli_command().try_get_matches_from(&a).is_ok(), "{line}");
+        }
+        for line in refused {
+            let a = argv(line);
+            assert!(quick_parse(&a).is_none(), "quick took {line}");
+        }
+        // Anything else goes to the whole command line.
+        for line in [
+            "starling --store /x vm run --kernel k",
+            "starling image ls",
+            "starling vm",
+        ] {
+            assert!(quick_parse(&argv(line)).is_none(), "{line}");
+        }
+    }
+}

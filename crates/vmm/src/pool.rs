@@ -288,7 +288,8 @@ impl Pools {
             if std::fs::rename(slot.join("free"), slot.join("taken")).is_err() {
                 continue;
             }
-            // No probe first: a monitor that is gone fails the first request at connect.
+            attached = None;
+            // No probe first: a monitor that is gone fails the first request.
             let vm = Client::new(slot.join("api.sock"));
             let activated = (|| {
                 if let Some(attach) = network.as_mut() {
@@ -302,12 +303,9 @@ impl Pools {
                     taken = Some((slot, pid));
                     break;
                 }
-                Err(PoolError::Vm(ClientError::Io { source, .. }))
-                    if matches!(
-                        source.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    ) =>
-                {
+                // Gone, or dying: not answering, or not with an answer. The next one.
+                Err(PoolError::Vm(ClientError::Io { .. } | ClientError::BadAnswer { .. })) => {
+                    let _ = vm.stop();
                     let _ = std::fs::remove_dir_all(&slot);
                 }
                 Err(e) => {
