@@ -248,6 +248,13 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         "{log}"
     );
     assert_eq!(line(&log, "inner: vcpus"), "inner: vcpus 2");
+    // CPUID's XSAVE sizes agree with the state the guest enables (boot/cpuid.rs): Linux keeps
+    // XSAVE on, AVX included (the test host's CPU model has it).
+    let fpu = line(&log, "inner: fpu");
+    assert!(
+        fpu.starts_with("inner: fpu 0 inconsistencies, avx, x86/fpu: Enabled xstate features"),
+        "{fpu}"
+    );
     assert_eq!(
         line(&log, "inner: marker"),
         "inner: marker starling-tier2-marker"

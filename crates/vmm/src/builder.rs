@@ -224,7 +224,7 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         let fd =
             m.vm.create_vcpu(u64::from(id))
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-        let cpuid = cpu::cpuid_for(&base_cpuid, id, config.vcpus);
+        let cpuid = boot::cpuid::cpuid_for(&base_cpuid, id, config.vcpus);
         cpu::setup_vcpu(&fd, &m.ram.mem, &cpuid, (id == 0).then_some(&kernel))?;
         m.vcpus.push(Arc::new(Mutex::new(fd)));
     }
@@ -354,11 +354,25 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     let console = spec.console.clone().unwrap_or(Console::Stdio);
 
     let mut m = Machine::new(ram)?;
+    let host_cpuid = m
+        .kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     kstate::restore_vm(&m.vm, &state.kvm)?;
     for (id, s) in state.vcpus.iter().enumerate() {
         let fd =
             m.vm.create_vcpu(id as u64)
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        if boot::cpuid::check_restorable(&s.cpuid, &host_cpuid).is_err() {
+            // Some KVMs (kvm_pvm) list less in KVM_GET_SUPPORTED_CPUID than a vCPU is
+            // given: ask this vCPU what it gets (the snapshot's CPUID replaces it below).
+            let given = boot::cpuid::cpuid_for(&host_cpuid, id as u8, state.vcpus.len() as u8);
+            fd.set_cpuid2(&given).map_err(kvm_err("KVM_SET_CPUID2"))?;
+            let got = fd
+                .get_cpuid2(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(kvm_err("KVM_GET_CPUID2"))?;
+            boot::cpuid::check_restorable(&s.cpuid, &got).map_err(snap_err)?;
+        }
         kstate::restore_vcpu(&fd, s)?;
         m.vcpus.push(Arc::new(Mutex::new(fd)));
     }

@@ -1,7 +1,9 @@
 //! Initial vCPU state: CPUID, MSRs, local APIC, FPU, and the registers and descriptor tables for
 //! the entry mode (64-bit long mode with identity-mapped first GiB, or 32-bit PVH).
 
-use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, CpuId, Msrs};
+use kvm_bindings::{
+    kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcrs, CpuId, Msrs,
+};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -36,27 +38,6 @@ const APIC_LVT1: usize = 0x360;
 const APIC_MODE_NMI: u32 = 0x4;
 const APIC_MODE_EXTINT: u32 = 0x7;
 
-/// CPUID for one vCPU: the host's supported set with this vCPU's APIC id and the count.
-pub fn cpuid_for(base: &CpuId, id: u8, count: u8) -> CpuId {
-    let mut cpuid = base.clone();
-    for e in cpuid.as_mut_slice() {
-        match e.function {
-            1 => {
-                e.ebx = (e.ebx & 0x0000_ffff) | (u32::from(id) << 24) | (u32::from(count) << 16);
-                // Running on a hypervisor.
-                e.ecx |= 1 << 31;
-                // Hyper-threading bit reflects more than one logical CPU in the package.
-                if count > 1 {
-                    e.edx |= 1 << 28;
-                }
-            }
-            0xb | 0x1f => e.edx = u32::from(id),
-            _ => {}
-        }
-    }
-    cpuid
-}
-
 /// Configures a vCPU for its first run. Application processors get CPUID, MSRs, FPU and LAPIC;
 /// the boot processor also gets the registers for `kernel`'s entry.
 pub fn setup_vcpu(
@@ -67,6 +48,14 @@ pub fn setup_vcpu(
 ) -> Result<(), Error> {
     let kvm = |what: &'static str| move |e: kvm_ioctls::Error| Error::Kvm { what, source: e };
     vcpu.set_cpuid2(cpuid).map_err(kvm("KVM_SET_CPUID2"))?;
+    if let Some(xcr0) = super::cpuid::initial_xcr0(cpuid) {
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0].value = xcr0;
+        vcpu.set_xcrs(&xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+    }
     let msrs = boot_msrs()?;
     let n = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
     if n != msrs.as_slice().len() {

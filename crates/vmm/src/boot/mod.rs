@@ -2,6 +2,7 @@
 //! entry), ELF with a PVH note (32-bit PVH entry) and plain 64-bit ELF (entered in long mode).
 
 pub mod cpu;
+pub mod cpuid;
 mod params;
 
 use std::fs::File;
