@@ -54,7 +54,11 @@ pub fn setup_vcpu(
             ..Default::default()
         };
         xcrs.xcrs[0].value = xcr0;
-        vcpu.set_xcrs(&xcrs).map_err(kvm("KVM_SET_XCRS"))?;
+        // Only a workaround for KVMs that miss the guest's XSETBV (see initial_xcr0): a KVM
+        // that refuses it boots the guest with XCR0 as it resets.
+        if let Err(e) = vcpu.set_xcrs(&xcrs) {
+            eprintln!("starling: KVM refused the first XCR0 {xcr0:#x} ({e}); left at reset");
+        }
     }
     let msrs = boot_msrs()?;
     let n = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;

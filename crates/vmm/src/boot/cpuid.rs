@@ -6,9 +6,9 @@
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
 
-/// The most vCPUs a VM may have (`VmConfig::vcpus` is a u8); the topology leaves reserve
-/// this many APIC ids in a package.
-const MAX_VCPUS: u32 = 256;
+/// APIC ids the topology leaves reserve in the package: every id a vCPU may have
+/// (`config::MAX_VCPUS`), so that the core level's shift does not depend on the VM's size.
+const PACKAGE_IDS: u32 = crate::config::MAX_VCPUS as u32;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Vendor {
@@ -34,7 +34,10 @@ fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
     match (e.ebx, e.edx, e.ecx) {
         // "GenuineIntel", "AuthenticAMD" in EBX, EDX, ECX order.
         (0x756e_6547, 0x4965_6e69, 0x6c65_746e) => Vendor::Intel,
-        (0x6874_7541, 0x6974_6e65, 0x444d_4163) => Vendor::Amd,
+        // "HygonGenuine" is AMD's design.
+        (0x6874_7541, 0x6974_6e65, 0x444d_4163) | (0x6f67_7948, 0x6e65_476e, 0x656e_6975) => {
+            Vendor::Amd
+        }
         _ => Vendor::Other,
     }
 }
@@ -58,22 +61,26 @@ fn id_bits(n: u32) -> u32 {
 pub fn cpuid_for(base: &CpuId, id: u8, count: u8) -> CpuId {
     let mut entries: Vec<kvm_cpuid_entry2> = base.as_slice().to_vec();
     normalize(&mut entries, u32::from(id), u32::from(count));
-    // The normalised set has at most one entry more than KVM's own, which fits its bound.
-    CpuId::from_entries(&entries).unwrap_or_else(|_| base.clone())
+    // At most two entries more than KVM's own set, far below the table's bound.
+    #[allow(clippy::expect_used)]
+    CpuId::from_entries(&entries).expect("a CPUID table within KVM_MAX_CPUID_ENTRIES")
 }
 
 fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, id: u32, count: u32) {
     let vendor = vendor(entries);
-    // KVM no longer lists leaf 0xB's core level (Linux 6.2); the guest needs both levels.
-    if entries.iter().any(|e| e.function == 0xb)
-        && !entries.iter().any(|e| e.function == 0xb && e.index == 1)
-    {
-        entries.push(kvm_cpuid_entry2 {
-            function: 0xb,
-            index: 1,
-            flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
-            ..Default::default()
-        });
+    // KVM no longer lists the topology leaves' core level (Linux 6.2); the guest needs both
+    // levels. Leaf 0x1F (V2 topology, preferred by Linux when present) says the same as 0xB.
+    for leaf in [0xb, 0x1f] {
+        if entries.iter().any(|e| e.function == leaf)
+            && !entries.iter().any(|e| e.function == leaf && e.index == 1)
+        {
+            entries.push(kvm_cpuid_entry2 {
+                function: leaf,
+                index: 1,
+                flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                ..Default::default()
+            });
+        }
     }
     for e in entries.iter_mut() {
         match (e.function, vendor) {
@@ -99,14 +106,14 @@ fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, id: u32, count: u32) {
                 // No architectural performance monitoring.
                 (e.eax, e.ebx, e.ecx, e.edx) = (0, 0, 0, 0);
             }
-            (0xb, _) => {
+            (0xb | 0x1f, _) => {
                 e.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
                 e.edx = id;
                 (e.eax, e.ebx, e.ecx) = match e.index {
                     // The thread level: one per core, no id bits.
                     0 => (0, 1, 1 << 8),
                     // The core level: every vCPU, the ids of all that may be.
-                    1 => (id_bits(MAX_VCPUS), count, (2 << 8) | 1),
+                    1 => (id_bits(PACKAGE_IDS), count, (2 << 8) | 1),
                     // No more levels.
                     i => (0, 0, i & 0xff),
                 };
@@ -121,10 +128,11 @@ fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, id: u32, count: u32) {
                 set_bits(&mut e.ecx, 12, 4, id_bits(count));
             }
             (0x8000_001e, Vendor::Amd) => {
-                // Extended APIC id; one thread per core, core id = APIC id.
+                // Extended APIC id; one thread per core, core id = APIC id; one node.
                 e.eax = id;
                 set_bits(&mut e.ebx, 0, 8, id);
                 set_bits(&mut e.ebx, 8, 8, 0);
+                set_bits(&mut e.ecx, 0, 11, 0);
             }
             _ => {}
         }
@@ -145,9 +153,35 @@ pub fn initial_xcr0(cpuid: &CpuId) -> Option<u64> {
         .find(|e| e.function == 1)
         .is_some_and(|e| e.ecx & (1 << 26) != 0);
     let leaf = entries.iter().find(|e| e.function == 0xd && e.index == 0)?;
-    let mask = u64::from(leaf.eax) | (u64::from(leaf.edx) << 32);
-    // x87 is always on; a mask without it is no XSAVE description at all.
-    (xsave && mask & 1 != 0).then_some(mask)
+    let mask = valid_xcr0(u64::from(leaf.eax) | (u64::from(leaf.edx) << 32));
+    (xsave && mask != 0).then_some(mask)
+}
+
+/// `offered` cut to an XCR0 that XSETBV accepts: x87 always; AVX only with SSE; the three
+/// AVX-512 components together and only with AVX; AMX's two together (some KVMs list its
+/// configuration without its data when the VMM has not asked for AMX). MPX is left out: Linux
+/// no longer uses it, and a guest that does enables it itself.
+fn valid_xcr0(offered: u64) -> u64 {
+    const X87: u64 = 1;
+    const SSE: u64 = 1 << 1;
+    const AVX: u64 = 1 << 2;
+    const MPX: u64 = 0b11 << 3;
+    const AVX512: u64 = 0b111 << 5;
+    const AMX: u64 = 0b11 << 17;
+    if offered & X87 == 0 {
+        return 0;
+    }
+    let mut x = offered & !MPX;
+    if x & SSE == 0 {
+        x &= !AVX;
+    }
+    if x & AVX == 0 || x & AVX512 != AVX512 {
+        x &= !AVX512;
+    }
+    if x & AMX != AMX {
+        x &= !AMX;
+    }
+    x
 }
 
 /// Feature registers a snapshot's guest may have used: (leaf, subleaf, register name, the
@@ -236,10 +270,11 @@ mod tests {
             entry(7, 0, [0, 0x0010_0000, 0, (1 << 29) | (1 << 26)]),
             entry(0xa, 0, [0x0703_0805, 0, 0, 0x603]),
             entry(0xb, 0, [1, 2, 0x100, 7]),
+            entry(0x1f, 0, [1, 2, 0x100, 7]),
             entry(0xd, 0, [0x207, 0x240, 0xa88, 0]),
             entry(0x8000_0001, 0, [0, 0, 0x1, 0x2c10_0800]),
             entry(0x8000_0008, 0, [0x3030, 0, 0x7007, 0]),
-            entry(0x8000_001e, 0, [9, 0x0100, 0, 0]),
+            entry(0x8000_001e, 0, [9, 0x0100, 0x0101, 0]),
         ]
     }
 
@@ -263,8 +298,15 @@ mod tests {
             let t0 = get(&e, 0xb, 0);
             let t1 = get(&e, 0xb, 1);
             assert_eq!((t0.eax, t0.ebx, t0.ecx, t0.edx), (0, 1, 0x100, 2));
-            assert_eq!((t1.eax, t1.ebx, t1.ecx, t1.edx), (8, 3, 0x201, 2));
+            assert_eq!((t1.eax, t1.ebx, t1.ecx, t1.edx), (5, 3, 0x201, 2));
             assert_ne!(t1.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX, 0);
+            for i in [0, 1] {
+                let (v1, v2) = (get(&e, 0xb, i), get(&e, 0x1f, i));
+                assert_eq!(
+                    (v1.eax, v1.ebx, v1.ecx, v1.edx),
+                    (v2.eax, v2.ebx, v2.ecx, v2.edx)
+                );
+            }
         }
         let mut one = host(INTEL);
         normalize(&mut one, 0, 1);
@@ -288,7 +330,7 @@ mod tests {
         assert_ne!(get(&amd, 7, 0).edx & (1 << 26), 0, "other bits kept");
         assert_eq!(get(&amd, 0x8000_0008, 0).ecx & 0xf0ff, 0x1001);
         let ext = get(&amd, 0x8000_001e, 0);
-        assert_eq!((ext.eax, ext.ebx & 0xffff), (1, 1));
+        assert_eq!((ext.eax, ext.ebx & 0xffff, ext.ecx & 0x7ff), (1, 1, 0));
         // AMD's leaves 6 and 0xA are left as KVM gives them.
         assert_eq!(get(&amd, 0xa, 0).eax, 0x0703_0805);
     }
@@ -299,6 +341,12 @@ mod tests {
         normalize(&mut e, 0, 1);
         let cpuid = CpuId::from_entries(&e).unwrap();
         assert_eq!(initial_xcr0(&cpuid), Some(0x207));
+        // What XSETBV would refuse is left out.
+        assert_eq!(valid_xcr0(0x2ff), 0x2e7, "MPX out, AVX-512 kept");
+        assert_eq!(valid_xcr0(0x20207 | (1 << 17)), 0x207, "AMX's config alone");
+        assert_eq!(valid_xcr0(0x60207), 0x60207);
+        assert_eq!(valid_xcr0(0x65), 0x1, "AVX and AVX-512 need SSE");
+        assert_eq!(valid_xcr0(0x6), 0);
         // No XSAVE, no XCR0.
         let mut plain = host(INTEL);
         plain[1].ecx &= !(1 << 26);
@@ -337,7 +385,8 @@ mod tests {
         assert!(e.contains("leaf 0x7.0 EBX bits 0x00010000"), "{e}");
         // Fewer XSAVE components here than the snapshot's guest used.
         let mut less = offered.clone();
-        less[6].eax = 0x7;
+        let xsave = less.iter_mut().find(|e| e.function == 0xd).unwrap();
+        xsave.eax = 0x7;
         let e = check_restorable(&saved, &CpuId::from_entries(&less).unwrap()).unwrap_err();
         assert!(e.contains("leaf 0xd.0 EAX bits 0x00000200"), "{e}");
         // Another vendor.
