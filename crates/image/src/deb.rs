@@ -12,6 +12,10 @@ use crate::pkg::control::{self, Paragraph};
 /// Members larger than this are refused (the data member is streamed, not held).
 const MAX_CONTROL: u64 = 64 << 20;
 
+/// What the control member may inflate to, tar headers included (its files are held in
+/// memory; dpkg's own are a few KiB).
+const MAX_CONTROL_TAR: u64 = 16 << 20;
+
 pub const SCRIPTS: [&str; 5] = ["preinst", "postinst", "prerm", "postrm", "config"];
 
 pub struct Deb {
@@ -153,7 +157,11 @@ impl Deb {
             compression_of(&cname).map_err(&bad)?,
         )
         .map_err(|e| bad(e.to_string()))?;
-        let mut ar = tar::Archive::new(reader);
+        let mut ar = crate::tar_bound::archive(Capped {
+            inner: reader,
+            left: MAX_CONTROL_TAR,
+            over: false,
+        });
         for e in ar
             .entries()
             .map_err(|e| bad(format!("control member: {e}")))?
@@ -201,6 +209,33 @@ impl Deb {
     }
 }
 
+/// A reader of at most `left` more bytes, failing (not ending) past them, and after.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.over {
+            // One byte more than is left tells a stream ending at the cap from a longer one.
+            let max = usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX);
+            let max = buf.len().min(max);
+            let n = self.inner.read(&mut buf[..max])?;
+            if n as u64 <= self.left {
+                self.left -= n as u64;
+                return Ok(n);
+            }
+            self.over = true;
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the control tarball inflates to more than {MAX_CONTROL_TAR} bytes"),
+        ))
+    }
+}
+
 fn read_at(f: &mut std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
     f.read_exact_at(buf, at)
@@ -220,4 +255,98 @@ fn compression_of(member: &str) -> Result<Compression, String> {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    /// A gzip-compressed tarball of `files` (name, content).
+    fn tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut b = tar::Builder::new(enc);
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap().finish().unwrap()
+    }
+
+    /// A .deb (an `ar` archive) of `members`, written in `dir`.
+    fn deb(dir: &Path, members: &[(&str, &[u8])]) -> PathBuf {
+        let mut out = b"!<arch>\n".to_vec();
+        for (name, data) in members {
+            writeln!(
+                out,
+                "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`",
+                name,
+                0,
+                0,
+                0,
+                "100644",
+                data.len()
+            )
+            .unwrap();
+            out.extend_from_slice(data);
+            if data.len() % 2 == 1 {
+                out.push(b'\n');
+            }
+        }
+        let path = dir.join("p.deb");
+        std::fs::write(&path, out).unwrap();
+        path
+    }
+
+    const CONTROL: &[u8] = b"Package: p\nVersion: 1.0-1\nArchitecture: amd64\n";
+
+    #[test]
+    fn a_small_deb_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = tar_gz(&[("./control", CONTROL), ("./postinst", b"#!/bin/sh\n")]);
+        let data = tar_gz(&[("./usr/share/p/x", b"x")]);
+        let path = deb(
+            dir.path(),
+            &[
+                ("debian-binary", b"2.0\n"),
+                ("control.tar.gz", &control),
+                ("data.tar.gz", &data),
+            ],
+        );
+        let d = Deb::open(&path).unwrap();
+        assert_eq!(
+            (d.name(), d.version(), d.architecture()),
+            ("p", "1.0-1", "amd64")
+        );
+        assert_eq!(d.scripts(), ["postinst"]);
+    }
+
+    #[test]
+    fn a_control_member_inflating_past_its_cap_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = vec![0u8; MAX_CONTROL_TAR as usize + 1];
+        let control = tar_gz(&[("./control", CONTROL), ("./md5sums", &big)]);
+        assert!((control.len() as u64) < MAX_CONTROL);
+        let data = tar_gz(&[("./x", b"x")]);
+        let path = deb(
+            dir.path(),
+            &[
+                ("debian-binary", b"2.0\n"),
+                ("control.tar.gz", &control),
+                ("data.tar.gz", &data),
+            ],
+        );
+        let err = Deb::open(&path).err().unwrap();
+        assert!(matches!(err, Error::BadDeb { .. }), "{err}");
+        assert!(
+            err.to_string().ends_with(
+                "p.deb: not a usable .deb: control member: \
+                 the control tarball inflates to more than 16777216 bytes"
+            ),
+            "{err}"
+        );
+    }
 }

@@ -30,6 +30,7 @@ pub mod scratch;
 pub mod search;
 mod stage;
 pub mod tags;
+mod tar_bound;
 pub mod update;
 pub mod versions;
 pub mod walk;

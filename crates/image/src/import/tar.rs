@@ -72,7 +72,8 @@ impl Layer {
 
 /// Reads tar entries from `reader` into `root`. With `layer`, OCI whiteout files
 /// (`.wh.NAME`, `.wh..wh..opq`) are recorded instead of staged. Returns whether there was
-/// any entry. `archive_path` names the source in errors.
+/// any entry. `archive_path` names the source in errors. Extension entries (long names, PAX
+/// headers) larger than [`crate::tar_bound::MAX_EXTENSION`] are refused.
 pub(crate) fn apply(
     txn: &Txn<'_>,
     reader: impl Read,
@@ -86,7 +87,7 @@ pub(crate) fn apply(
         archive: archive_path.to_path_buf(),
         reason: e.to_string(),
     };
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = crate::tar_bound::archive(reader);
     let mut saw_entry = false;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
@@ -281,6 +282,146 @@ mod tests {
         assert_eq!(parse_pax_time("1.1234567891").unwrap(), (1, 123_456_789));
         assert!(parse_pax_time("x").is_err());
         assert!(parse_pax_time("1.2e3").is_err());
+    }
+
+    /// `path` (`/`-separated) in `root`.
+    fn staged<'a>(root: &'a StageDir, path: &str) -> &'a Staged {
+        let (dirs, last) = path.rsplit_once('/').unwrap_or(("", path));
+        let mut d = root;
+        for c in dirs.split('/').filter(|c| !c.is_empty()) {
+            match d.children.get(c.as_bytes()) {
+                Some(Staged::Dir(sub)) => d = sub,
+                _ => panic!("no directory {c:?} in {path:?}"),
+            }
+        }
+        d.children.get(last.as_bytes()).expect(path)
+    }
+
+    #[test]
+    fn an_archive_declaring_an_8_gib_extension_entry_is_refused() {
+        use crate::tar_bound::tests::{bomb_prefix, header, Endless, GIB8};
+        let dir = tempfile::tempdir().unwrap();
+        let store = starling_store::Store::open_or_init(dir.path().join("store")).unwrap();
+        let txn = store.begin().unwrap();
+        for (kind, what) in [
+            (EntryType::GNULongName, "GNU long name"),
+            (EntryType::GNULongLink, "GNU long link name"),
+            (EntryType::XHeader, "PAX extended header"),
+        ] {
+            let bytes = bomb_prefix(&header(kind, "././@LongLink", GIB8));
+            let len = bytes.len() as u64;
+            let mut src = Endless::new(bytes);
+            let err = apply(
+                &txn,
+                &mut src,
+                Path::new("bomb.tar"),
+                &mut StageDir::default(),
+                None,
+                &ChunkParams::default(),
+                &Progress::default(),
+            )
+            .err()
+            .unwrap();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "bomb.tar: corrupt or truncated tar archive: \
+                     tar entry: a {what} of 8589934592 bytes (more than 1048576)"
+                )
+            );
+            assert!(
+                src.consumed <= len + 4 * 512,
+                "{what}: {} read",
+                src.consumed
+            );
+        }
+        drop(txn);
+
+        // The same in a .tar.gz of 8 MiB of zeros after the header, imported.
+        let bytes = bomb_prefix(&header(EntryType::GNULongName, "././@LongLink", GIB8));
+        let gz = dir.path().join("bomb.tar.gz");
+        let mut enc =
+            flate2::write::GzEncoder::new(File::create(&gz).unwrap(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &bytes).unwrap();
+        std::io::Write::write_all(&mut enc, &vec![0; 8 << 20]).unwrap();
+        enc.finish().unwrap();
+        let opts = crate::import::ImportOptions {
+            source: &gz,
+            format: None,
+            name: "bomb",
+            tag: "v1",
+            labels: Default::default(),
+            chunking: Default::default(),
+            partition: None,
+            allow_backing: false,
+        };
+        let err = crate::import::import(&store, &opts, &Progress::default())
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::BadTar { .. }), "{err}");
+        assert!(
+            err.to_string().ends_with(
+                "bomb.tar.gz: corrupt or truncated tar archive: \
+                 tar entry: a GNU long name of 8589934592 bytes (more than 1048576)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn long_names_links_and_pax_headers_import_through_the_bound() {
+        use crate::tar_bound::tests::header;
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(150));
+        let target = format!("/{}", "t".repeat(200));
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = header(EntryType::Regular, "x", 5);
+        b.append_data(&mut h, &long, &b"hello"[..]).unwrap();
+        let mut h = header(EntryType::Symlink, "x", 0);
+        b.append_link(&mut h, "link", &target).unwrap();
+        b.append_pax_extensions([("SCHILY.xattr.user.a", &b"1"[..]), ("mtime", &b"12.5"[..])])
+            .unwrap();
+        b.append(&header(EntryType::Regular, "with-pax", 2), &b"hi"[..])
+            .unwrap();
+        let bytes = b.into_inner().unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = starling_store::Store::open_or_init(dir.path().join("store")).unwrap();
+        let txn = store.begin().unwrap();
+        let mut root = StageDir::default();
+        let saw = apply(
+            &txn,
+            &bytes[..],
+            Path::new("ok.tar"),
+            &mut root,
+            None,
+            &ChunkParams::default(),
+            &Progress::default(),
+        )
+        .unwrap();
+        assert!(saw);
+        match staged(&root, &long) {
+            Staged::Node(Node::File { size: 5, data, .. }) => {
+                assert_eq!(
+                    data,
+                    &crate::manifest::FileData::Inline(ByteBuf::from(*b"hello"))
+                )
+            }
+            _ => panic!("{long} is not a 5-byte file"),
+        }
+        match staged(&root, "link") {
+            Staged::Node(Node::Symlink { target: t, .. }) => {
+                assert_eq!(t.as_slice(), target.as_bytes())
+            }
+            _ => panic!("link is not a symlink"),
+        }
+        match staged(&root, "with-pax") {
+            Staged::Node(Node::File { meta, .. }) => {
+                assert_eq!((meta.mtime_sec, meta.mtime_nsec), (12, 500_000_000));
+                assert_eq!(meta.xattrs.len(), 1);
+                assert_eq!(meta.xattrs[0].name.as_slice(), b"user.a");
+            }
+            _ => panic!("with-pax is not a file"),
+        }
     }
 
     #[test]

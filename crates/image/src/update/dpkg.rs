@@ -4,7 +4,6 @@
 //! database written: `info/PKG.list`, the control files, the status paragraph.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::Path;
 
 use md5::{Digest, Md5};
@@ -50,11 +49,11 @@ pub(super) fn prepare(
     tree.canonicalize_hardlinks(path)?;
     let mut paths = Vec::new();
     list_paths(&tree, &mut Vec::new(), &mut paths);
-    // The conffiles as shipped, hashed from the data member (they are small).
+    // The conffiles as shipped, hashed from the data member.
     let conffiles: BTreeSet<String> = deb.conffiles().into_iter().collect();
     let mut conffile_md5 = BTreeMap::new();
     if !conffiles.is_empty() {
-        let mut ar = tar::Archive::new(deb.data()?);
+        let mut ar = crate::tar_bound::archive(deb.data()?);
         for e in ar.entries().map_err(|e| bad_deb(path, e))? {
             let mut e = e.map_err(|e| bad_deb(path, e))?;
             let p = format!(
@@ -62,9 +61,10 @@ pub(super) fn prepare(
                 String::from_utf8_lossy(&e.path_bytes()).trim_start_matches("./")
             );
             if conffiles.contains(&p) {
-                let mut b = Vec::new();
-                e.read_to_end(&mut b).map_err(|e| bad_deb(path, e))?;
-                conffile_md5.insert(p, hex_md5(&b));
+                // Hashed as it streams: a conffile the data member declares huge is not held.
+                let mut md5 = Md5::new();
+                std::io::copy(&mut e, &mut md5).map_err(|e| bad_deb(path, e))?;
+                conffile_md5.insert(p, hex::encode(md5.finalize()));
             }
         }
     }
