@@ -531,19 +531,26 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn archives_the_tar_crate_builds_pass_unchanged() {
-        let long = format!("{}/{}", "d".repeat(120), "f".repeat(150));
-        let target = format!("/{}", "t".repeat(200));
+    /// A builder holding a long name ('L'), a long link target ('K') and a PAX header ('x'):
+    /// `long` (content "hello"), `link` to `target`, `with-pax` (an xattr, mtime 12.5).
+    pub(crate) fn with_extensions(long: &str, target: &str) -> tar::Builder<Vec<u8>> {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = header(EntryType::Regular, "x", 5);
-        b.append_data(&mut h, &long, &b"hello"[..]).unwrap();
+        b.append_data(&mut h, long, &b"hello"[..]).unwrap();
         let mut h = header(EntryType::Symlink, "x", 0);
-        b.append_link(&mut h, "link", &target).unwrap();
+        b.append_link(&mut h, "link", target).unwrap();
         b.append_pax_extensions([("SCHILY.xattr.user.a", &b"1"[..]), ("mtime", &b"12.5"[..])])
             .unwrap();
         b.append(&header(EntryType::Regular, "with-pax", 2), &b"hi"[..])
             .unwrap();
+        b
+    }
+
+    #[test]
+    fn archives_the_tar_crate_builds_pass_unchanged() {
+        let long = format!("{}/{}", "d".repeat(120), "f".repeat(150));
+        let target = format!("/{}", "t".repeat(200));
+        let mut b = with_extensions(&long, &target);
         let mut g = header(EntryType::XGlobalHeader, "pax_global_header", 0);
         let comment = b"17 comment=hello\n";
         g.set_size(comment.len() as u64);

@@ -370,19 +370,11 @@ mod tests {
 
     #[test]
     fn long_names_links_and_pax_headers_import_through_the_bound() {
-        use crate::tar_bound::tests::header;
         let long = format!("{}/{}", "d".repeat(120), "f".repeat(150));
         let target = format!("/{}", "t".repeat(200));
-        let mut b = tar::Builder::new(Vec::new());
-        let mut h = header(EntryType::Regular, "x", 5);
-        b.append_data(&mut h, &long, &b"hello"[..]).unwrap();
-        let mut h = header(EntryType::Symlink, "x", 0);
-        b.append_link(&mut h, "link", &target).unwrap();
-        b.append_pax_extensions([("SCHILY.xattr.user.a", &b"1"[..]), ("mtime", &b"12.5"[..])])
+        let bytes = crate::tar_bound::tests::with_extensions(&long, &target)
+            .into_inner()
             .unwrap();
-        b.append(&header(EntryType::Regular, "with-pax", 2), &b"hi"[..])
-            .unwrap();
-        let bytes = b.into_inner().unwrap();
 
         let dir = tempfile::tempdir().unwrap();
         let store = starling_store::Store::open_or_init(dir.path().join("store")).unwrap();
