@@ -27,26 +27,14 @@ import sys
 import tempfile
 import time
 
-from vmbench import api, checked_out, kill_started, kvm_flavour, resident_beyond, spawn, wait
+from vmbench import (api, checked_out, has_line, kill_started, kvm_flavour, resident_beyond, running, spawn,
+                     stop_vm, wait)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 RUNS = int(os.environ.get("RUNS", "60"))
-def stop(sock, p):
-    try:
-        api(sock, "POST", "/v1/vm/stop")
-    except OSError:
-        p.kill()
-    p.wait(timeout=30)
-
-
-def running(sock):
-    code, st = api(sock, "GET", "/v1/vm")
-    return code == 200 and st["state"] == "running"
-
-
 def restore_once(snap, d, via_cli):
     os.makedirs(d)
     sock = os.path.join(d, "api.sock")
@@ -60,13 +48,8 @@ def restore_once(snap, d, via_cli):
     p = spawn(args)
     wait("restored VM running", lambda: running(sock))
     ms = (time.monotonic() - t) * 1e3
-    stop(sock, p)
+    stop_vm(sock, p)
     return ms
-
-
-def first_line(path):
-    with open(path, "rb") as f:
-        return b"\n" in f.read()
 
 
 def boot_once(kernel, d, via_cli):
@@ -82,10 +65,10 @@ def boot_once(kernel, d, via_cli):
         args = [VMM, "--config-json", json.dumps(config)]
     t = time.monotonic()
     p = spawn(args)
-    wait("the first console line", lambda: first_line(console))
+    wait("the first console line", lambda: has_line(console))
     ms = (time.monotonic() - t) * 1e3
     wait("the API", lambda: os.path.exists(sock))
-    stop(sock, p)
+    stop_vm(sock, p)
     return ms
 
 
@@ -104,7 +87,7 @@ def memory_once(kernel, d, via_cli):
     wait("the API", lambda: running(sock) if os.path.exists(sock) else False)
     time.sleep(0.3)
     m = resident_beyond(p.pid, 256)
-    stop(sock, p)
+    stop_vm(sock, p)
     return m
 
 

@@ -108,3 +108,24 @@ def resident_beyond(pid, guest_mib):
         elif size < guest_mib * 1024 and parts[0] == "Anonymous:":
             anon += int(parts[1])
     return rss, anon
+
+
+def stop_vm(sock, p):
+    """Stops the VM behind API socket `sock` (its monitor `p`), killing it if the API is gone."""
+    try:
+        api(sock, "POST", "/v1/vm/stop")
+    except OSError:
+        p.kill()
+    p.wait(timeout=30)
+
+
+def running(sock):
+    """Whether the VM's API reports it running."""
+    code, st = api(sock, "GET", "/v1/vm")
+    return code == 200 and st["state"] == "running"
+
+
+def has_line(path):
+    """Whether the file holds a whole line (a guest's first console line)."""
+    with open(path, "rb") as f:
+        return b"\n" in f.read()

@@ -148,6 +148,10 @@ pub struct RestoreArgs {
     /// own (the guest's agent takes it on when told it was restored: `starling-agent watch`)
     #[arg(long, value_name = "nat")]
     net: Option<String>,
+    /// Run the monitor without its seccomp filter (for debugging a call it refuses; also
+    /// STARLING_SECCOMP=off). Clones of the VM inherit this
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 /// A `--net` value: no device, or one over a TAP.
@@ -302,6 +306,10 @@ pub struct RunArgs {
     /// A JSON VM config file (the same fields; flags given as well override it)
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Run the monitor without its seccomp filter (for debugging a call it refuses; also
+    /// STARLING_SECCOMP=off). Clones of the VM inherit this
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 pub(crate) fn parse_mem(s: &str) -> Result<u64, String> {
@@ -433,6 +441,12 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             let server = MemoryServer::open(&source)?;
             let pinned = server.pinned(&addr);
             std::sync::Arc::new(server).serve(&addr, || {
+                // Confined once listening, before the first client is taken.
+                if let Err(e) = starling_vmm::jail::confine(starling_vmm::jail::Kind::MemoryServer)
+                {
+                    eprintln!("starling: memory server: {e}");
+                    std::process::exit(2);
+                }
                 // Scripts read the pinned address from the first line, once it connects.
                 println!("{pinned}");
                 eprintln!(
@@ -505,6 +519,9 @@ fn console_arg(s: &str) -> Result<Console> {
 }
 
 fn restore(a: RestoreArgs) -> Result<ExitCode> {
+    if a.no_seccomp {
+        starling_vmm::jail::disable();
+    }
     let mut spec = starling_vmm::RestoreSpec {
         dir: std::path::absolute(&a.dir)?,
         api_socket: a.api_socket,
@@ -637,6 +654,9 @@ fn net_devices(
 }
 
 fn run_vm(a: RunArgs) -> Result<ExitCode> {
+    if a.no_seccomp {
+        starling_vmm::jail::disable();
+    }
     let mut config = match &a.config {
         Some(p) => VmConfig::from_file(p)?,
         None => VmConfig::new(a.kernel.clone().unwrap_or_default()),

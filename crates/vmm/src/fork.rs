@@ -125,6 +125,7 @@ fn restore_command(
         .stdout(Stdio::null())
         .stderr(log)
         .process_group(0);
+    crate::jail::pass_on(&mut cmd);
     inherit(&mut cmd, fds);
     Ok(cmd)
 }
@@ -370,13 +371,27 @@ impl PendingClones {
     }
 
     fn failure(&mut self) -> String {
-        for (info, c) in &mut self.clones {
-            if let Ok(Some(status)) = c.try_wait() {
-                let log = std::fs::read_to_string(info.dir.join("monitor.log")).unwrap_or_default();
-                let last = log.lines().last().unwrap_or("no message");
-                return format!("clone {} exited ({status}) before running: {last}", info.id);
+        // The ready pipe closes as the last clone exits, a moment before its status can be
+        // had: give it a second before calling the clones merely slow.
+        let end = Instant::now() + Duration::from_secs(1);
+        loop {
+            for (info, c) in &mut self.clones {
+                if let Ok(Some(status)) = c.try_wait() {
+                    let log =
+                        std::fs::read_to_string(info.dir.join("monitor.log")).unwrap_or_default();
+                    let last = log.lines().last().unwrap_or("no message");
+                    return format!("clone {} exited ({status}) before running: {last}", info.id);
+                }
             }
+            if Instant::now() >= end {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
-        format!("clones did not start within {START_TIMEOUT:?}")
+        if self.started.elapsed() >= START_TIMEOUT {
+            format!("clones did not start within {START_TIMEOUT:?}")
+        } else {
+            "clones closed their ready pipe without starting".to_owned()
+        }
     }
 }

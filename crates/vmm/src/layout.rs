@@ -38,6 +38,9 @@ pub const RTC_PORT: u16 = 0x70;
 pub const ACPI_PM_PORT: u16 = 0x600;
 /// A guest writes its exit status here (a byte): the monitor ends with that status.
 pub const DEBUG_EXIT_PORT: u16 = 0x501;
+/// With `STARLING_SECCOMP_PROBE=1` only (tests): a write here makes the monitor's vCPU thread
+/// call something its filter forbids (`jail::probe`).
+pub const SECCOMP_PROBE_PORT: u16 = 0x502;
 
 /// Interrupt lines handed to virtio devices, in order (avoiding the legacy ones in use).
 pub const VIRTIO_IRQS: [u32; 15] = [5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20];

@@ -23,6 +23,7 @@ pub mod exit;
 pub mod flavour;
 pub mod fork;
 pub mod fuzzing;
+pub mod jail;
 pub mod layout;
 pub mod lazy;
 pub mod machine;

@@ -117,6 +117,13 @@ impl Machine {
             1,
             Arc::new(Mutex::new(DebugExit(exit.clone()))),
         );
+        if std::env::var_os(crate::jail::PROBE_VAR).is_some_and(|v| v == "1") {
+            d.pio.insert(
+                u64::from(SECCOMP_PROBE_PORT),
+                1,
+                Arc::new(Mutex::new(crate::jail::Probe)),
+            );
+        }
     }
 
     /// Puts `device` in the next virtio-mmio window with the next interrupt line; with

@@ -72,6 +72,12 @@ fn run_vm(start: Start) -> (u8, String) {
         eprintln!("starling: installing signal handling: {e}");
         return (2, format!("not started: {e}"));
     }
+    // Confined once built: every file, device and mapping the VM needs is open, and whatever
+    // the guest makes the monitor do from here on passes the filter.
+    if let Err(e) = crate::jail::confine(crate::jail::Kind::Monitor) {
+        eprintln!("starling: the VM was not started: {e}");
+        return (2, format!("not started: {e}"));
+    }
     let handle = vm.handle();
     let ended = vm.run();
     // The attached console client is sent what the guest wrote last before this process

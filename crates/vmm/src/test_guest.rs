@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 
 /// The two builds of the guest.
 pub struct TestGuest {
@@ -68,4 +69,16 @@ pub fn missing() -> Option<String> {
         return Some("no C compiler (cc) to build the test guest".into());
     }
     None
+}
+
+/// For tests: the guest compiled once per process into `out` (the first caller's), or why
+/// this host cannot run it ([`missing`]; the caller skips loudly). A compiler that rejects
+/// the guest fails the test.
+pub fn once(out: &Path) -> Result<&'static TestGuest, &'static str> {
+    static G: OnceLock<Result<TestGuest, String>> = OnceLock::new();
+    let g = G.get_or_init(|| match missing() {
+        Some(why) => Err(why),
+        None => Ok(build(out).unwrap_or_else(|e| panic!("the test guest does not build: {e}"))),
+    });
+    g.as_ref().map_err(String::as_str)
 }

@@ -7,28 +7,17 @@
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use starling_vmm::test_guest::TestGuest;
 use starling_vmm::{Console, ExitReason, Mac, NetConfig, Vm, VmConfig};
 
+/// The test guest, compiled once per test run; None after a loud skip (a failure under CI)
+/// when this host has no /dev/kvm or C compiler.
 fn guests() -> Option<&'static TestGuest> {
-    static G: OnceLock<Result<TestGuest, String>> = OnceLock::new();
-    let g = G.get_or_init(|| match starling_vmm::test_guest::missing() {
-        Some(why) => Err(why),
-        None => Ok(starling_vmm::test_guest::build(
-            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest-net"),
-        )
-        .unwrap_or_else(|e| panic!("the test guest does not build: {e}"))),
-    });
-    match g {
-        Ok(g) => Some(g),
-        Err(why) => {
-            starling_testkit::skip(why);
-            None
-        }
-    }
+    starling_vmm::test_guest::once(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest-net"))
+        .map_err(starling_testkit::skip)
+        .ok()
 }
 
 /// What network tests need beyond KVM: root (for a network namespace and a TAP), the tun

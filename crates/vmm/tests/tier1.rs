@@ -6,32 +6,17 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use starling_vmm::test_guest::TestGuest;
 use starling_vmm::{Console, DiskConfig, ExitReason, Vm, VmConfig, VsockConfig};
 
-/// Compiles the test guest once per test run: with its PVH note and without (64-bit entry).
-/// The test guest, compiled once per test run (with its PVH note and without); None after a
-/// loud skip (a failure under CI) when this host has no /dev/kvm or C compiler. A compiler
-/// that rejects the guest fails every test.
+/// The test guest, compiled once per test run; None after a loud skip (a failure under CI)
+/// when this host has no /dev/kvm or C compiler.
 fn guests() -> Option<&'static TestGuest> {
-    static G: OnceLock<Result<TestGuest, String>> = OnceLock::new();
-    let g = G.get_or_init(|| match starling_vmm::test_guest::missing() {
-        Some(why) => Err(why),
-        None => Ok(starling_vmm::test_guest::build(
-            &Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest"),
-        )
-        .unwrap_or_else(|e| panic!("the test guest does not build: {e}"))),
-    });
-    match g {
-        Ok(g) => Some(g),
-        Err(why) => {
-            starling_testkit::skip(why);
-            None
-        }
-    }
+    starling_vmm::test_guest::once(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-guest"))
+        .map_err(starling_testkit::skip)
+        .ok()
 }
 
 macro_rules! guests_or_skip {

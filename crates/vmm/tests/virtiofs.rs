@@ -10,7 +10,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use starling_image::chunk::Progress;
@@ -23,25 +22,12 @@ use starling_vmm::{Console, ExitReason, RestoreSpec, Vm, VmConfig, VsockConfig};
 /// The test guest, compiled once per test run; None after a loud skip (a failure under CI)
 /// when this host has no /dev/kvm or C compiler.
 fn guests() -> Option<&'static TestGuest> {
-    static G: OnceLock<Result<TestGuest, String>> = OnceLock::new();
-    let g = G.get_or_init(|| {
-        // Clones are started from this binary's monitor; set once, before any fork.
-        std::env::set_var("STARLING_VMM", env!("CARGO_BIN_EXE_starling-vmm"));
-        match starling_vmm::test_guest::missing() {
-            Some(why) => Err(why),
-            None => Ok(starling_vmm::test_guest::build(
-                &Path::new(env!("CARGO_TARGET_TMPDIR")).join("virtiofs-guest"),
-            )
-            .unwrap_or_else(|e| panic!("the test guest does not build: {e}"))),
-        }
-    });
-    match g {
-        Ok(g) => Some(g),
-        Err(why) => {
-            starling_testkit::skip(why);
-            None
-        }
-    }
+    // Clones are started from this binary's monitor: set once, before any fork.
+    static ENV: std::sync::Once = std::sync::Once::new();
+    ENV.call_once(|| std::env::set_var("STARLING_VMM", env!("CARGO_BIN_EXE_starling-vmm")));
+    starling_vmm::test_guest::once(&Path::new(env!("CARGO_TARGET_TMPDIR")).join("virtiofs-guest"))
+        .map_err(starling_testkit::skip)
+        .ok()
 }
 
 macro_rules! guests_or_skip {

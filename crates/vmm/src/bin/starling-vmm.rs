@@ -29,6 +29,11 @@ fn memory_server(source: &str, listen: &str) -> Result<(), String> {
     let pinned = server.pinned(&listen);
     std::sync::Arc::new(server)
         .serve(&listen, || {
+            // Confined once listening, before the first client is taken.
+            if let Err(e) = starling_vmm::jail::confine(starling_vmm::jail::Kind::MemoryServer) {
+                eprintln!("starling: memory server: {e}");
+                std::process::exit(2);
+            }
             println!("{pinned}");
             eprintln!("starling: serving the memory of {source} on {listen}");
         })
@@ -36,6 +41,7 @@ fn memory_server(source: &str, listen: &str) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    starling_vmm::jail::explain_inherited_refusals();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let start = match args.as_slice() {
         [flag] if flag == "--version" || flag == "-V" => {

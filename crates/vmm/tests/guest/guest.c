@@ -1360,6 +1360,11 @@ void guest_main(u64 boot_info, u64 pvh) {
     if (has_word(cmd, "substrate")) substrate_mode(cmd);
     if (has_word(cmd, "fsheld")) fsheld_mode(cmd);
     if (has_word(cmd, "fs")) fs_mode(cmd);
+    if (has_word(cmd, "seccomp-probe")) {
+        /* Makes the monitor call what its filter forbids (STARLING_SECCOMP_PROBE=1 only). */
+        outb(0x502, 1);
+        puts("seccomp probe survived\n");
+    }
     if (has_word(cmd, "idle")) {
         /* Touch a little memory, then halt for good: an idle VM (the kernel's irqchip keeps
          * the halted vCPU off the host CPU). */
@@ -1369,6 +1374,12 @@ void guest_main(u64 boot_info, u64 pvh) {
     }
     for (const char *s = cmd; *s; s++)
         if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "fork=")) fork_mode(parse_dec(s + 5));
+    for (const char *s = cmd; *s; s++)
+        if ((s == cmd || s[-1] == ' ') && streq_prefix(s, "exits=")) {
+            /* VM exits and nothing else: port 0x80 has no device (benchmarks). */
+            for (u64 i = parse_dec(s + 6); i; i--) outb(0x80, 0);
+            puts("exits done\n");
+        }
     if (has_word(cmd, "blk")) test_blk(cmd);
     if (has_word(cmd, "rng")) test_rng();
     if (has_word(cmd, "vsock")) test_vsock(cmd);
