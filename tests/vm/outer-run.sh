@@ -90,7 +90,12 @@ scenario_fork() {
   echo "host: fork guest $(grep 'inner: agent' /tmp/fork.log)"
   ask() { timeout 20 /bin/starling vm vsock connect "$1" 7000 < /dev/null; }
   echo "host: fork parent before: $(ask /tmp/f.sock)"
-  timeout 60 /bin/starling vm fork /tmp/f.api -n 4 --dir /tmp/forks 2>&1 | sed 's/^/host: fork: /'
+  forked=$(timeout 60 /bin/starling vm fork /tmp/f.api -n 4 --dir /tmp/forks 2>&1)
+  echo "$forked" | sed 's/^/host: fork: /'
+  # The monitors run under their seccomp filter: the parent's, and the clone's inherited one.
+  jail() { awk '/^Seccomp:/{s=$2} /^Seccomp_filters:/{f=$2} /^NoNewPrivs:/{n=$2} END{print "seccomp " s " filters " f " no_new_privs " n}' "/proc/$1/status"; }
+  echo "host: fork parent monitor $(jail $vm)"
+  echo "host: fork clone 1 monitor $(jail "$(echo "$forked" | sed -n 's/^clone 1 pid \([0-9]*\).*/\1/p')")"
   for k in 1 2 3 4; do
     echo "host: clone $k answers: $(ask /tmp/forks/clone-$k/vsock.sock)"
     timeout 20 /bin/starling vm stop /tmp/forks/clone-$k/api.sock

@@ -303,6 +303,10 @@ pub struct RunArgs {
     /// Serve the VMM API (state, pause, resume, stop) on this unix socket
     #[arg(long)]
     api_socket: Option<PathBuf>,
+    /// How many clones the guest and every generation of its clones may fork in all, through
+    /// the monitor's service (forks through the API are not counted) [default: 1024]
+    #[arg(long, value_name = "N")]
+    fork_budget: Option<u32>,
     /// A JSON VM config file (the same fields; flags given as well override it)
     #[arg(long)]
     config: Option<PathBuf>,
@@ -684,6 +688,9 @@ fn run_vm(a: RunArgs) -> Result<ExitCode> {
     }
     if a.api_socket.is_some() {
         config.api_socket = a.api_socket;
+    }
+    if let Some(n) = a.fork_budget {
+        config.fork_budget = n;
     }
     if a.config.is_none() || a.console != "stdio" {
         config.console = console_arg(&a.console)?;

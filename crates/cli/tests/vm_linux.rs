@@ -314,6 +314,14 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         "random bytes repeat across clones: {randoms:?}"
     );
     assert!(line(&log, "host: fork: clone 4 pid ").contains("/tmp/forks/clone-4"));
+    // The monitors ran all this under their seccomp filter (the clone under its parent's).
+    for who in ["parent", "clone 1"] {
+        assert_eq!(
+            line(&log, &format!("host: fork {who} monitor")),
+            format!("host: fork {who} monitor seccomp 2 filters 1 no_new_privs 1"),
+            "{log}"
+        );
+    }
     // Snapshot with --stop, then restore in a new monitor: the guest answers as itself.
     assert_eq!(
         line(&log, "host: snapshotted vm exit status"),

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::boot::{self, cpu};
+use crate::budget::ForkBudget;
 use crate::config::{Console, VmConfig};
 use crate::devices::SerialPort;
 use crate::exit::ExitSignal;
@@ -155,7 +156,8 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         .map_err(io_err("opening the console"))?;
     m.attach_legacy(serial, &exit);
     let identity = Identity::fresh(0, config.hostname.clone());
-    let services = Services::new(identity, wake_event()?, exit.clone());
+    let budget = ForkBudget::new(config.fork_budget).map_err(io_err("making the fork budget"))?;
+    let services = Services::new(identity, wake_event()?, exit.clone(), budget);
 
     // Virtio devices: disks in order, then rng, vsock, file systems, network devices. One
     // line per device kind.
@@ -378,10 +380,17 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     }
     let serial = SerialPort::restore((m.irqfd(COM1_IRQ)?, &console), &state.serial)?;
     m.attach_legacy(serial, &exit);
+    let budget = match spec.budget_fd {
+        Some(fd) => ForkBudget::inherit(fd).map_err(io_err("taking the inherited fork budget"))?,
+        None => {
+            ForkBudget::new(crate::budget::DEFAULT).map_err(io_err("making the fork budget"))?
+        }
+    };
     let services = Services::new(
         Identity::fresh(clone_id, info.hostname.clone()),
         wake_event()?,
         exit.clone(),
+        budget,
     );
     let handler = services.handler();
     for (d, s) in info.devices.iter().zip(&state.devices) {

@@ -303,11 +303,19 @@ pub struct VmConfig {
     /// The guest's hostname as the monitor's service tells it (clones get `NAME-K`).
     #[serde(default = "default_hostname")]
     pub hostname: String,
+    /// How many clones the guest and every generation of its clones may fork in all
+    /// (`fork N` on the vsock service; `budget.rs`).
+    #[serde(default = "default_fork_budget")]
+    pub fork_budget: u32,
     /// Where the VM keeps disk overlays and its clones' directories (default: a directory
     /// per monitor process, private, in the user's runtime directory: see
     /// `builder::default_run_dir_of`).
     #[serde(default)]
     pub run_dir: Option<PathBuf>,
+}
+
+fn default_fork_budget() -> u32 {
+    crate::budget::DEFAULT
 }
 
 fn default_hostname() -> String {
@@ -347,6 +355,7 @@ impl VmConfig {
             api_socket: None,
             hugepages: true,
             hostname: default_hostname(),
+            fork_budget: default_fork_budget(),
             run_dir: None,
         }
     }

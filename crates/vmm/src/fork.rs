@@ -251,6 +251,7 @@ pub fn spawn_clones(
     memory: &File,
     wiring: &CloneWiring,
     networks: Option<&crate::clone_net::CloneNetworks>,
+    budget_fd: i32,
 ) -> std::io::Result<PendingClones> {
     let program = clone_program();
     let (ready_r, ready_w) = pipe()?;
@@ -279,6 +280,7 @@ pub fn spawn_clones(
             ready_fd: Some(ready_w.as_raw_fd()),
             release_fd: Some(release_r.as_raw_fd()),
             networks: networks.map(|n| n.for_clone(id)).unwrap_or_default(),
+            budget_fd: Some(budget_fd),
             ..Default::default()
         };
         let log = match File::create(cdir.join("monitor.log")) {
@@ -288,8 +290,8 @@ pub fn spawn_clones(
                 break;
             }
         };
-        // The clone's memory, the pipe it says it is ready through and the one that
-        // releases it.
+        // The clone's memory, the pipe it says it is ready through, the one that releases
+        // it, and the family's fork budget.
         let child = restore_command(
             &program,
             &spec,
@@ -298,6 +300,7 @@ pub fn spawn_clones(
                 memory.as_raw_fd(),
                 ready_w.as_raw_fd(),
                 release_r.as_raw_fd(),
+                budget_fd,
             ],
         )
         .and_then(|mut cmd| spawn(cmd.env("STARLING_VM_QUIET", "1"), &program));

@@ -14,6 +14,7 @@
 pub mod acpi;
 pub mod api;
 pub mod boot;
+pub mod budget;
 pub mod builder;
 pub mod bus;
 pub mod clone_net;

@@ -33,7 +33,7 @@ use crate::bus::lock;
 
 pub use crate::virtio::vsock::SERVICE_PORT;
 
-/// Most clones one fork request may ask for, and one VM may fork in all from inside.
+/// Most clones one fork request may ask for (a VM family's budget is `VmConfig::fork_budget`).
 pub const MAX_CLONES: u32 = 1024;
 /// Most service connections served at once (a thread each).
 const MAX_CONNECTIONS: usize = 64;
@@ -139,7 +139,8 @@ pub struct Services {
     children: Mutex<Vec<(Child, Option<i32>)>>,
     /// Service connections being served, and clones forked from inside the guest so far.
     connections: Arc<std::sync::atomic::AtomicUsize>,
-    guest_forked: std::sync::atomic::AtomicU32,
+    /// What the guests of this VM's family may still fork (shared with its clones).
+    budget: crate::budget::ForkBudget,
     /// The guest asked `ready` (it is booted and waits for its configuration).
     ready: std::sync::atomic::AtomicBool,
     /// Wakes the run loop when a fork request is sent (and, in `vm.rs`, for API requests).
@@ -158,6 +159,7 @@ impl Services {
         identity: Identity,
         wake: Arc<vmm_sys_util::eventfd::EventFd>,
         exit: Arc<crate::exit::ExitSignal>,
+        budget: crate::budget::ForkBudget,
     ) -> Arc<Self> {
         Arc::new(Services {
             exit,
@@ -165,7 +167,7 @@ impl Services {
             forks: Mutex::new(None),
             children: Mutex::new(Vec::new()),
             connections: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            guest_forked: std::sync::atomic::AtomicU32::new(0),
+            budget,
             ready: std::sync::atomic::AtomicBool::new(false),
             activation: (Mutex::new(None), std::sync::Condvar::new()),
             wake,
@@ -202,6 +204,10 @@ impl Services {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
+    }
+
+    pub fn fork_budget_left(&self) -> u32 {
+        self.budget.left()
     }
 
     pub fn guest_ready(&self) -> bool {
@@ -311,33 +317,28 @@ impl Services {
         }
     }
 
+    /// The fork budget's descriptor, which clones inherit.
+    pub fn budget_fd(&self) -> std::os::fd::RawFd {
+        self.budget.fd()
+    }
+
     fn answer(&self, req: &str) -> String {
         let mut words = req.split_whitespace();
         match (words.next(), words.next(), words.next()) {
             (Some("whoami"), None, _) => lock(&self.identity).line(),
             (Some("fork"), Some(n), None) => match n.parse::<u32>() {
-                Ok(count @ 1..=MAX_CLONES)
-                    if self
-                        .guest_forked
-                        .fetch_update(
-                            std::sync::atomic::Ordering::SeqCst,
-                            std::sync::atomic::Ordering::SeqCst,
-                            |f| (f + count <= MAX_CLONES).then_some(f + count),
-                        )
-                        .is_ok() =>
-                {
-                    match self.fork(count) {
-                        Ok(_) => "0".into(),
-                        Err(e) => {
-                            self.guest_forked
-                                .fetch_sub(count, std::sync::atomic::Ordering::SeqCst);
-                            format!("error fork: {e}")
-                        }
+                Ok(count @ 1..=MAX_CLONES) if self.budget.take(count) => match self.fork(count) {
+                    Ok(_) => "0".into(),
+                    Err(e) => {
+                        self.budget.give_back(count);
+                        format!("error fork: {e}")
                     }
-                }
-                Ok(1..=MAX_CLONES) => {
-                    format!("error fork: this VM may fork at most {MAX_CLONES} clones in all")
-                }
+                },
+                Ok(1..=MAX_CLONES) => format!(
+                    "error fork: this VM and its clones may fork {} more clones (their fork \
+                     budget)",
+                    self.budget.left()
+                ),
                 _ => format!("error fork: {n:?} is not a clone count (1..{MAX_CLONES})"),
             },
             (Some("join"), None, _) => self.join(),
@@ -461,7 +462,8 @@ mod tests {
         assert_eq!(a.mac[0] & 3, 2, "locally administered unicast");
         let wake = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let exit = Arc::new(crate::exit::ExitSignal::new().unwrap());
-        let s = Services::new(a, Arc::new(wake), exit.clone());
+        let budget = crate::budget::ForkBudget::new(3).unwrap();
+        let s = Services::new(a, Arc::new(wake), exit.clone(), budget);
         s.settle();
         s.await_settled();
         assert!(s
@@ -469,9 +471,12 @@ mod tests {
             .starts_with("id=1 hostname=vm-1 mac=02:53:54:"));
         assert!(s.answer("fork 0").starts_with("error fork"));
         assert!(s.answer("fork 2").contains("not running"));
-        s.guest_forked
-            .store(MAX_CLONES, std::sync::atomic::Ordering::SeqCst);
-        assert!(s.answer("fork 1").contains("at most 1024 clones in all"));
+        // The failed fork gave its two back: three are left, and no more.
+        assert!(s
+            .answer("fork 4")
+            .contains("may fork 3 more clones (their fork budget)"));
+        assert!(s.budget.take(3));
+        assert!(s.answer("fork 1").contains("may fork 0 more clones"));
         assert!(s.answer("launch").starts_with("error unknown"));
         assert_eq!(s.answer("join"), "exit");
         assert_eq!(s.answer_resumed("fork 3"), "1");

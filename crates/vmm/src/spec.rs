@@ -73,6 +73,10 @@ pub struct RestoreSpec {
     /// snapshot's host had it.
     #[serde(default)]
     pub objects_socket: Option<PathBuf>,
+    /// An inherited descriptor of the fork budget this VM shares with the VM it was cloned
+    /// from (`budget.rs`); without one a restore starts a budget of its own.
+    #[serde(default)]
+    pub budget_fd: Option<i32>,
 }
 
 /// A TAP made for one VM and the address its guest takes there (see [`RestoreSpec::networks`]).

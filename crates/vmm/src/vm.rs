@@ -182,6 +182,7 @@ impl VmHandle {
             restored_in_us: s.restored_in.get().map(|d| d.as_micros() as u64),
             lazy: s.lazy.as_ref().map(|l| l.snapshot()),
             guest_ready: s.services.guest_ready(),
+            fork_budget_left: s.services.fork_budget_left(),
             fs: s.fs_stats(),
             net: s.net_stats(),
         }
@@ -614,6 +615,7 @@ impl Vm {
                         &memfd,
                         &self.clone_wiring(),
                         networks.as_ref(),
+                        self.services.budget_fd(),
                     )
                     .map_err(|e| Error::Io {
                         what: format!("starting clones in {}", dir.display()),

@@ -275,6 +275,8 @@ fn fork_from_the_host_gives_clones_that_continue_apart() {
             "",
         );
         assert_eq!(st["clone_id"], id);
+        // Forks through the API are the operator's: the family's budget is untouched.
+        assert_eq!(st["fork_budget_left"], 1024);
         eprintln!("clone {id} restored in {} us", st["restored_in_us"]);
     }
     // The parent goes on as itself, its pattern untouched by the clones.
@@ -344,6 +346,65 @@ fn a_guest_forks_itself_and_joins_its_clones() {
     seeds.sort();
     seeds.dedup();
     assert_eq!(seeds.len(), 4, "every VM has its own RNG seed");
+}
+
+/// One fork budget for a VM and every generation of its clones: a guest whose clone forks the
+/// next clone, and so on, is refused once the family's budget (3 here) is spent, not after
+/// each clone has spent a fresh budget of its own.
+#[test]
+fn a_chain_of_guest_forks_spends_one_budget_across_generations() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(g, "forkchain", dir.path());
+    c.fork_budget = 3;
+    let reason = Vm::build(c).unwrap().run().unwrap();
+    // The first VM ends after the whole chain (each generation joins its clone).
+    assert_eq!(
+        reason,
+        ExitReason::GuestExit(20),
+        "{}",
+        read(&dir.path().join("console.log"))
+    );
+    let mut logs = Vec::new();
+    let mut clone_dir = dir.path().join("run");
+    for generation in 1..=3 {
+        clone_dir = clone_dir.join("fork-1/clone-1");
+        let log = read(&clone_dir.join("console.log"));
+        assert!(
+            log.contains(&format!("chain: generation {generation} started")),
+            "generation {generation}:\n{log}"
+        );
+        logs.push(log);
+    }
+    // Each generation's join reports its clone's exit: 20 + generation when it forked, 40 + 3
+    // for the one refused.
+    let root = read(&dir.path().join("console.log"));
+    assert!(
+        root.contains("chain: generation 0 joined: exit 21"),
+        "{root}"
+    );
+    assert!(
+        logs[0].contains("chain: generation 1 joined: exit 22"),
+        "{}",
+        logs[0]
+    );
+    assert!(
+        logs[1].contains("chain: generation 2 joined: exit 43"),
+        "{}",
+        logs[1]
+    );
+    assert!(
+        logs[2].contains(
+            "chain: generation 3 refused: error fork: this VM and its clones may fork 0 more \
+             clones (their fork budget)"
+        ),
+        "{}",
+        logs[2]
+    );
+    assert!(
+        !clone_dir.join("fork-1").exists(),
+        "a fourth generation was forked"
+    );
 }
 
 fn whoami_seed(console: &str, k: u32) -> String {

@@ -54,6 +54,9 @@ pub struct VmStatus {
     pub lazy: Option<LazyStats>,
     /// The guest said `ready` to the monitor's service (booted, waiting to be activated).
     pub guest_ready: bool,
+    /// Clones the guests of this VM's family may still fork (its shared fork budget).
+    #[serde(default)]
+    pub fork_budget_left: u32,
     /// Each virtio-fs device's figures since this monitor started.
     #[serde(default)]
     pub fs: Vec<FsStats>,

@@ -453,6 +453,35 @@ static void fork_mode(u64 n) {
     puts("join: "); puts(line); puts("\n");
 }
 
+/* forkchain: each generation forks one clone and waits for it; the clone, knowing its
+ * generation from the memory it inherited, forks the next, until the service refuses (the
+ * family's fork budget is spent). */
+static volatile u64 generation;
+static void forkchain_mode(void) {
+    char line[200];
+    if (vsock_setup() || svc_open(3000)) { puts("chain: no service\n"); return; }
+    for (;;) {
+        /* A monitor that let the chain go on (a budget per clone) fails the test, not hangs it. */
+        if (generation >= 6) { puts("chain: generation 6 was never refused\n"); outb(0x501, 60); return; }
+        if (svc_call(3000, "fork 1\n", line, sizeof line) < 0) { puts("chain: no answer\n"); return; }
+        if (line[0] < '0' || line[0] > '9') {
+            puts("chain: generation "); putdec(generation); puts(" refused: "); puts(line); puts("\n");
+            outb(0x501, 40 + generation);
+            return;
+        }
+        if (parse_dec(line) == 0) {
+            /* Ends after its clone does, so the whole chain has ended when the first does. */
+            puts("chain: generation "); putdec(generation); puts(" forked\n");
+            if (svc_call(3000, "join\n", line, sizeof line) < 0) { puts("chain: no join\n"); return; }
+            puts("chain: generation "); putdec(generation); puts(" joined: "); puts(line); puts("\n");
+            outb(0x501, 20 + generation);
+            return;
+        }
+        generation++;
+        puts("chain: generation "); putdec(generation); puts(" started\n");
+    }
+}
+
 /* substrate disk: the pool's image as /dev/vda (ext4). Before `ready` the block device is set up
  * as a booting guest would; after activation the guest reads the ext4 superblock (bytes 1024..
  * 2047: sectors 2-3) and prints its magic and UUID, then reads sector 0 (unused by ext4), writes
@@ -1358,6 +1387,7 @@ void guest_main(u64 boot_info, u64 pvh) {
     }
     if (has_word(cmd, "counter")) counter_mode(cmd);
     if (has_word(cmd, "substrate")) substrate_mode(cmd);
+    if (has_word(cmd, "forkchain")) forkchain_mode();
     if (has_word(cmd, "fsheld")) fsheld_mode(cmd);
     if (has_word(cmd, "fs")) fs_mode(cmd);
     if (has_word(cmd, "seccomp-probe")) {
