@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
-RUNS = int(os.environ.get("RUNS", "40"))
+RUNS = int(os.environ.get("RUNS", "60"))
 EXITS = 100_000
 
 
@@ -51,8 +51,11 @@ def restore_once(snap, d, jailed):
     p = spawn([VMM, "--restore-json", json.dumps(spec)], env=env(jailed))
     wait("restored VM running", lambda: running(sock))
     ms = (time.monotonic() - t) * 1e3
+    # The monitor's own measure, from reading the state file to its vCPUs running: the
+    # filter is compiled and installed in between, without the noise of a process start.
+    code, st = api(sock, "GET", "/v1/vm")
     stop_vm(sock, p)
-    return ms
+    return ms, st["restored_in_us"] / 1e3
 
 
 def boot_once(kernel, d, jailed):
@@ -131,7 +134,9 @@ def main():
         assert code == 200, r
         p.wait(timeout=30)
 
-        restores = pair(lambda j, i: restore_once(snap, os.path.join(work, f"r{i}{j}"), j))
+        both = pair(lambda j, i: restore_once(snap, os.path.join(work, f"r{i}{j}"), j))
+        restores = tuple([r[0] for r in side] for side in both)
+        inside = tuple([r[1] for r in side] for side in both)
         boots = pair(lambda j, i: boot_once(kernel, os.path.join(work, f"b{i}{j}"), j))
         parents = {j: parent(kernel, os.path.join(work, f"p{j}"), j) for j in (True, False)}
         forks = pair(lambda j, i: fork_once(parents[j][0]))
@@ -147,6 +152,7 @@ def main():
     flavour = kvm_flavour()
     rows = [
         ("restore → API reports running", restores),
+        ("restore, as the monitor measures it (`restored_in_us`)", inside),
         ("boot → first console line", boots),
         ("fork of 1 → clone running (API `total_us`)", forks),
     ]
@@ -157,6 +163,7 @@ def main():
     every = "\n".join(f"- {name}: filtered {listed(a)}; unfiltered {listed(b)}" for name, (a, b) in rows)
     figures = {
         "restore_jail_ms": round(med(restores[0]) - med(restores[1]), 2),
+        "restore_inside_jail_ms": round(med(inside[0]) - med(inside[1]), 2),
         "boot_jail_ms": round(med(boots[0]) - med(boots[1]), 2),
         "fork_jail_ms": round(med(forks[0]) - med(forks[1]), 2),
         "exits_ratio": round(med(exits[0]) / med(exits[1]), 3),

@@ -57,10 +57,34 @@ fn run(start: Start) -> (u8, String) {
 }
 
 fn run_vm(start: Start) -> (u8, String) {
+    // The seccomp filter is compiled and installed (for every thread) on a thread of its own
+    // while the VM is built, off the path to the guest's first instruction: installing it costs
+    // about half a millisecond (the kernel checks the program and precomputes which calls it
+    // always allows), and everything a build does is allowed anyway, since clones build under
+    // it. The guest runs only once it is in place.
+    let jail = std::thread::Builder::new()
+        .name("jail".into())
+        .spawn(|| crate::jail::confine(crate::jail::Kind::Monitor));
     let built = match start {
         Start::Boot(config) => Vm::build(config),
         Start::Restore(spec) => Vm::restore(&spec),
     };
+    let confined = match jail {
+        Ok(t) => t.join().unwrap_or_else(|_| {
+            Err(crate::jail::Error::Install {
+                kind: "monitor",
+                reason: "the installing thread panicked".into(),
+            })
+        }),
+        Err(e) => Err(crate::jail::Error::Install {
+            kind: "monitor",
+            reason: format!("starting the installing thread: {e}"),
+        }),
+    };
+    if let Err(e) = confined {
+        eprintln!("starling: the VM was not started: {e}");
+        return (2, format!("not started: {e}"));
+    }
     let vm = match built {
         Ok(vm) => vm,
         Err(e) => {
@@ -70,12 +94,6 @@ fn run_vm(start: Start) -> (u8, String) {
     };
     if let Err(e) = crate::signals::stop_on_signals(vm.handle()) {
         eprintln!("starling: installing signal handling: {e}");
-        return (2, format!("not started: {e}"));
-    }
-    // Confined once built: every file, device and mapping the VM needs is open, and whatever
-    // the guest makes the monitor do from here on passes the filter.
-    if let Err(e) = crate::jail::confine(crate::jail::Kind::Monitor) {
-        eprintln!("starling: the VM was not started: {e}");
         return (2, format!("not started: {e}"));
     }
     let handle = vm.handle();

@@ -1,6 +1,6 @@
 //! The monitor's jail: what a guest that escapes the device model finds around it. Today that
 //! is a seccomp filter per kind of process (`filters.rs`: the monitor, the memory server) with
-//! `no_new_privs`, installed on every thread once the VM is built and before the guest runs;
+//! `no_new_privs`, installed on every thread while the VM is built and before the guest runs;
 //! a forbidden call ends the process with one line naming it (`sigsys.rs`). Namespaces,
 //! cgroups and a privilege drop are not here yet (docs/SECURITY.md says what that leaves).
 //!
@@ -77,8 +77,9 @@ pub fn confined() -> bool {
     CONFINED.load(Ordering::Relaxed)
 }
 
-/// Confines every thread of this process to `kind`'s system calls, for good. Call it once the
-/// VM is built (its files open, its memory mapped) and before the guest runs.
+/// Confines every thread of this process (those it has and those it will start) to `kind`'s
+/// system calls, for good. A monitor calls it, from a thread of its own, while it builds the
+/// VM; the guest must not run before it returns.
 pub fn confine(kind: Kind) -> Result<Confined, Error> {
     if !seccomp_wanted() {
         eprintln!(
