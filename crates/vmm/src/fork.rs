@@ -261,7 +261,7 @@ pub fn spawn_clones(
     let mut result = Ok(());
     for id in 1..=count {
         let cdir = dir.join(format!("clone-{id}"));
-        if let Err(e) = std::fs::create_dir_all(&cdir) {
+        if let Err(e) = crate::private::create_dir_all(&cdir) {
             result = Err(e);
             break;
         }
@@ -283,7 +283,7 @@ pub fn spawn_clones(
             budget_fd: Some(budget_fd),
             ..Default::default()
         };
-        let log = match File::create(cdir.join("monitor.log")) {
+        let log = match crate::private::create_file(&cdir.join("monitor.log")) {
             Ok(f) => f,
             Err(e) => {
                 result = Err(e);

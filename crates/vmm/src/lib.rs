@@ -31,6 +31,7 @@ pub mod machine;
 pub mod memory;
 pub mod persist;
 pub mod pool;
+pub mod private;
 pub mod process;
 pub mod service;
 pub mod signals;

@@ -264,7 +264,7 @@ impl GuestRam {
     /// written and the page map: (page number, BLAKE3) of every page written, by which a lazy
     /// restore knows which pages to fetch and checks what it gets.
     pub fn write_to(&self, path: &Path) -> std::io::Result<(u64, Vec<u8>)> {
-        let out = File::create(path)?;
+        let out = crate::private::create_file(path)?;
         out.set_len(self.bytes)?;
         let mut written = 0;
         let mut map = Vec::new();

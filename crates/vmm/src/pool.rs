@@ -11,6 +11,7 @@
 //! paths the caller prepares (in the pool's directory, see [`Draft::dir`]); every activated
 //! VM writes to an overlay of its own.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -248,7 +249,7 @@ impl Pools {
                 dir,
             });
         }
-        std::fs::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        crate::private::create_dir_all(&dir).map_err(io(format!("creating {}", dir.display())))?;
         Ok(Draft {
             name: name.into(),
             dir,
@@ -458,7 +459,7 @@ impl Draft {
         let t = Instant::now();
         let json = serde_json::to_string(&config)
             .map_err(|e| PoolError::Boot(format!("VM config: {e}")))?;
-        let log = std::fs::File::create(dir.join("boot-monitor.log"))
+        let log = crate::private::create_file(&dir.join("boot-monitor.log"))
             .map_err(io("creating boot-monitor.log"))?;
         let mut cmd = Command::new(monitor()?);
         cmd.arg("--config-json")
@@ -567,11 +568,11 @@ fn prepare_slot(
 ) -> Result<(PathBuf, RestoreSpec, std::fs::File), PoolError> {
     monitor()?;
     let slots = dir.join("slots");
-    std::fs::create_dir_all(&slots).map_err(io(format!("creating {}", slots.display())))?;
+    crate::private::create_dir_all(&slots).map_err(io(format!("creating {}", slots.display())))?;
     let mut n = std::fs::read_dir(&slots).map_or(0, |d| d.count() as u32);
     let slot = loop {
         let s = slots.join(n.to_string());
-        match std::fs::create_dir(&s) {
+        match std::fs::DirBuilder::new().mode(0o700).create(&s) {
             Ok(()) => break s,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
             Err(e) => return Err(io(format!("creating {}", s.display()))(e)),
@@ -588,7 +589,7 @@ fn prepare_slot(
         ready_file: marks_itself.then(|| slot.join("free")),
         ..Default::default()
     };
-    let log = std::fs::File::create(slot.join("monitor.log"))
+    let log = crate::private::create_file(&slot.join("monitor.log"))
         .map_err(io(format!("creating {}/monitor.log", slot.display())))?;
     Ok((slot, spec, log))
 }

@@ -125,6 +125,13 @@ fn snapshot_then_restore_in_a_new_process_continues_exactly() {
         info["paused_us"]
     );
     assert!(state_bytes < 64 * 1024, "the state file is small");
+    // Guest memory and state are the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&snap), 0o700);
+    for f in ["memory", "memory.map", "state"] {
+        assert_eq!(mode(&snap.join(f)), 0o600, "{f}");
+    }
     assert!(mem_bytes < 8 << 20, "only pages with data are written");
     let before = read(&log);
 

@@ -97,7 +97,9 @@ pub fn write(path: &Path, state: &VmState) -> Result<(), Error> {
     };
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        // A temporary file left by a crash goes (a link is removed, not followed).
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = crate::private::create_file(&tmp).map_err(io)?;
         f.write_all(&bytes).map_err(io)?;
         f.sync_all().map_err(io)?;
     }

@@ -95,7 +95,7 @@ pub fn snapshot(
             reason: "the directory is not empty (a snapshot is never written over)".into(),
         });
     }
-    std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+    crate::private::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
     let r = write(m, info, clone_id, dir, freeze_dir);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(dir);
@@ -119,7 +119,7 @@ fn write(
     let map_path = dir.join(MEMORY_MAP_FILE);
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&map_path)
+        let mut f = crate::private::create_file(&map_path)
             .map_err(io_at(format!("writing {}", map_path.display())))?;
         f.write_all(&map)
             .and_then(|()| f.sync_all())
@@ -151,7 +151,7 @@ pub fn freeze_for_fork(
             dir.display()
         )));
     }
-    std::fs::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+    crate::private::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
     let (state, memfd) = capture(m, info, clone_id, Some(freeze_dir), None, |ram| {
         ram.freeze().map_err(io_at("freezing guest memory".into()))
     })?;
