@@ -21,7 +21,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Serialize;
@@ -120,6 +120,18 @@ impl<T: Read + Write + Send> Stream for T {}
 /// How long a memory server may take to answer: past it the page is failed (and the VM that
 /// needed it ends) rather than its vCPU waiting forever.
 const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most clients a memory server serves at once (a thread each); more are closed at once.
+const MAX_CLIENTS: usize = 256;
+
+/// Gives a client's place back when its thread ends.
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn connect(addr: &Addr) -> std::io::Result<Box<dyn Stream>> {
     Ok(match addr {
@@ -479,10 +491,24 @@ impl MemoryServer {
             what: format!("listening on {addr}"),
             source: e,
         };
+        let clients = Arc::new(AtomicUsize::new(0));
+        let refused_said = AtomicBool::new(false);
         let spawn = |me: Arc<Self>, mut s: Box<dyn Stream>| {
+            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                clients.fetch_sub(1, Ordering::SeqCst);
+                if !refused_said.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "starling memory server: {MAX_CLIENTS} clients at once; closing more \
+                         (said once)"
+                    );
+                }
+                return;
+            }
+            let place = Place(clients.clone());
             let _ = std::thread::Builder::new()
                 .name("memory-client".into())
                 .spawn(move || {
+                    let _place = place;
                     if let Err(e) = me.client(&mut *s) {
                         eprintln!("starling memory server: a client: {e}");
                     }
@@ -494,6 +520,8 @@ impl MemoryServer {
                 listening();
                 for s in l.incoming().flatten() {
                     let _ = s.set_nodelay(true);
+                    // A client that stops reading does not hold its thread forever.
+                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
                     spawn(self.clone(), Box::new(s));
                 }
             }
@@ -502,6 +530,7 @@ impl MemoryServer {
                 let l = UnixListener::bind(p).map_err(io)?;
                 listening();
                 for s in l.incoming().flatten() {
+                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
                     spawn(self.clone(), Box::new(s));
                 }
             }
@@ -682,6 +711,58 @@ fn fault_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_memory_server_serves_at_most_its_clients_at_once_and_takes_more_as_they_go() {
+        let t = tempfile::tempdir().unwrap();
+        let server = Arc::new(MemoryServer {
+            state: b"the state".to_vec(),
+            map: Vec::new(),
+            bytes: 0,
+            source: Source::Dir(tempfile::tempfile().unwrap()),
+            served: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        });
+        let addr = Addr::Unix(t.path().join("mem.sock"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let listen = addr.clone();
+        std::thread::spawn(move || server.serve(&listen, || tx.send(()).unwrap()));
+        rx.recv().unwrap();
+        let Addr::Unix(path) = &addr else {
+            unreachable!()
+        };
+        // Clients that connect and say nothing hold their places.
+        let mut idle: Vec<UnixStream> = (0..MAX_CLIENTS)
+            .map(|_| UnixStream::connect(path).unwrap())
+            .collect();
+        let ask_state = |s: &mut UnixStream| -> std::io::Result<Vec<u8>> {
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+            s.write_all(MAGIC)?;
+            s.write_all(&[OP_STATE])?;
+            let mut len = [0u8; 8];
+            s.read_exact(&mut len)?;
+            let mut b = vec![0u8; u64::from_le_bytes(len) as usize];
+            s.read_exact(&mut b)?;
+            Ok(b)
+        };
+        // One more is closed without an answer.
+        let mut extra = UnixStream::connect(path).unwrap();
+        assert!(ask_state(&mut extra).is_err());
+        // A place given back is taken by the next client, which is served.
+        drop(idle.pop());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let got = loop {
+            let mut next = UnixStream::connect(path).unwrap();
+            match ask_state(&mut next) {
+                Ok(b) => break b,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("no place was given back: {e}"),
+            }
+        };
+        assert_eq!(got, b"the state");
+    }
 
     #[test]
     fn pinned_addresses_parse_print_and_refuse() {
