@@ -28,7 +28,12 @@ impl ForkBudget {
     /// A new family's budget of `clones`.
     pub fn new(clones: u32) -> std::io::Result<Self> {
         // SAFETY: the name is a NUL-terminated literal; the flags are valid.
-        let fd = unsafe { libc::memfd_create(c"starling-fork-budget".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"starling-fork-budget".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -38,6 +43,13 @@ impl ForkBudget {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // A clone cannot shrink the page under the rest of the family (SIGBUS on their next
+        // fork): its size is sealed.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS on a memfd we own, made with MFD_ALLOW_SEALING.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let budget = Self::map(fd)?;
         // SAFETY: cell points into the live mapping.
         unsafe { &*budget.cell }.store(clones, Ordering::SeqCst);
@@ -45,21 +57,34 @@ impl ForkBudget {
     }
 
     /// The family's budget, from a descriptor the parent passed (a clone's start). Anything
-    /// but a memfd of one page is refused.
+    /// but a one-page file sealed against shrinking is refused.
     pub fn inherit(fd: RawFd) -> std::io::Result<Self> {
-        // SAFETY: the descriptor was handed to this process to own (the spec names it once).
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if fd < 3 {
+            return Err(std::io::Error::other(format!(
+                "fork budget descriptor {fd}: not an inherited descriptor"
+            )));
+        }
+        // Checked before it is taken: a descriptor that is something else is left alone.
         // SAFETY: an all-zero stat is a valid value of the plain C struct.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: fstat fills the struct for a descriptor we own.
-        if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        // SAFETY: fstat fills the struct; a bad descriptor is an error, nothing more.
+        if unsafe { libc::fstat(fd, &mut st) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != PAGE as libc::off_t {
-            return Err(std::io::Error::other(
-                "the fork budget descriptor is not a one-page file",
-            ));
+        // SAFETY: F_GET_SEALS takes no pointer.
+        let seals = unsafe { libc::fcntl(fd, libc::F_GET_SEALS) };
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || st.st_size != PAGE as libc::off_t
+            || seals < 0
+            || seals & libc::F_SEAL_SHRINK == 0
+        {
+            return Err(std::io::Error::other(format!(
+                "fork budget descriptor {fd}: not a sealed one-page file"
+            )));
         }
+        // SAFETY: the descriptor was handed to this process to own (the spec names it once)
+        // and is what a budget is.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // Passed on to clones explicitly, to nothing else this process starts.
         // SAFETY: F_SETFD on a descriptor we own.
         unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -148,9 +173,15 @@ mod tests {
         assert!(parent.take(1));
         assert_eq!(child.left(), 0);
 
-        // A descriptor that is not a budget is refused.
+        // A descriptor that is not a budget is refused, and left open.
         let f = tempfile::tempfile().unwrap();
-        let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
-        assert!(ForkBudget::inherit(fd).is_err());
+        f.set_len(PAGE as u64).unwrap();
+        let e = ForkBudget::inherit(f.as_raw_fd()).err().unwrap();
+        assert!(e.to_string().contains("not a sealed one-page file"), "{e}");
+        assert!(f.metadata().is_ok());
+        assert!(ForkBudget::inherit(0).is_err());
+        // Its size cannot be changed under the family.
+        // SAFETY: ftruncate on a descriptor the budget owns; it must fail.
+        assert_ne!(unsafe { libc::ftruncate(parent.fd(), 0) }, 0);
     }
 }

@@ -70,6 +70,28 @@ impl std::str::FromStr for Addr {
     }
 }
 
+impl Addr {
+    /// The same address with a host name resolved to its first IP address: names are
+    /// resolved before a process confines itself (resolving reads files and sends DNS queries,
+    /// which neither filter allows).
+    pub fn resolved(&self) -> Result<Addr, Error> {
+        match self {
+            Addr::Tcp(a) => {
+                use std::net::ToSocketAddrs;
+                let ip = a
+                    .to_socket_addrs()
+                    .map_err(|e| Error::Invalid(format!("memory server address {a}: {e}")))?
+                    .next()
+                    .ok_or_else(|| {
+                        Error::Invalid(format!("memory server address {a}: no address"))
+                    })?;
+                Ok(Addr::Tcp(ip.to_string()))
+            }
+            Addr::Unix(_) => Ok(self.clone()),
+        }
+    }
+}
+
 impl std::fmt::Display for Addr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -327,7 +349,8 @@ impl MemoryServer {
 
     /// Serves what another memory server serves, fetching each page from it once.
     pub fn upstream(remote: &Remote) -> Result<Self, Error> {
-        let addr = &remote.addr;
+        // Reconnections happen under the memory server's filter: no name lookups then.
+        let addr = &remote.addr.resolved()?;
         let (state_bytes, state, map, hashes, c) = fetch(remote)?;
         Ok(MemoryServer {
             state: state_bytes,
@@ -762,6 +785,18 @@ mod tests {
             }
         };
         assert_eq!(got, b"the state");
+    }
+
+    #[test]
+    fn host_names_are_resolved_to_an_address_and_paths_are_left_alone() {
+        let a: Addr = "tcp://localhost:7070".parse().unwrap();
+        let Addr::Tcp(ip) = a.resolved().unwrap() else {
+            panic!("not tcp")
+        };
+        let ip: std::net::SocketAddr = ip.parse().unwrap();
+        assert!(ip.ip().is_loopback() && ip.port() == 7070, "{ip}");
+        let u: Addr = "unix:/run/mem.sock".parse().unwrap();
+        assert_eq!(u.resolved().unwrap(), u);
     }
 
     #[test]

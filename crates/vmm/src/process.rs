@@ -56,7 +56,24 @@ fn run(start: Start) -> (u8, String) {
     ended
 }
 
-fn run_vm(start: Start) -> (u8, String) {
+fn run_vm(mut start: Start) -> (u8, String) {
+    // A memory server named by host name is looked up now, before the filter (which allows
+    // neither the files nor the DNS queries a lookup takes) and before the build meets it.
+    if let Start::Restore(spec) = &mut start {
+        if let Some(lazy) = &spec.lazy {
+            let resolved = lazy.parse::<crate::lazy::Remote>().and_then(|mut r| {
+                r.addr = r.addr.resolved()?;
+                Ok(r.to_string())
+            });
+            match resolved {
+                Ok(r) => spec.lazy = Some(r),
+                Err(e) => {
+                    eprintln!("starling: the VM was not started: {e}");
+                    return (2, format!("not started: {e}"));
+                }
+            }
+        }
+    }
     // The seccomp filter is compiled and installed (for every thread) on a thread of its own
     // while the VM is built, off the path to the guest's first instruction: installing it costs
     // about half a millisecond (the kernel checks the program and precomputes which calls it

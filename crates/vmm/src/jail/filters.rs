@@ -134,6 +134,8 @@ const MONITOR: &[i64] = &[
     libc::SYS_pipe2,
     libc::SYS_memfd_create,
     libc::SYS_copy_file_range,
+    // std::fs::copy's fallback across file systems (a disk layer copied into a snapshot).
+    libc::SYS_sendfile,
     // Events: device threads, irqfds, the API and vsock sockets.
     libc::SYS_timerfd_create,
     libc::SYS_timerfd_settime,
@@ -269,7 +271,6 @@ const OTHER_IOCTLS: &[u64] = &[
     0x8010aa02, // UFFDIO_WAKE
     0xc028aa03, // UFFDIO_COPY
     0xc020aa04, // UFFDIO_ZEROPAGE
-    0x40049409, // FICLONE (snapshot disks copied by reflink)
 ];
 
 /// prctl options: thread names, the seccomp state, and a child confining itself.

@@ -4,9 +4,9 @@
 //! a forbidden call ends the process with one line naming it (`sigsys.rs`). Namespaces,
 //! cgroups and a privilege drop are not here yet (docs/SECURITY.md says what that leaves).
 //!
-//! Processes a jailed monitor starts (clones, memory servers, the network helper) inherit its
+//! Processes a jailed monitor starts (clones, the network helper) inherit its
 //! filter: the monitor's list is therefore everything a `starling-vmm` does in its whole life,
-//! restores included, while the memory server adds its own, narrower one on top.
+//! restores included. A memory server confines itself with a narrower filter of its own.
 //! `STARLING_SECCOMP=off` runs without filters, for debugging; clones inherit the setting.
 
 mod filters;

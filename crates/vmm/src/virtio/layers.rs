@@ -6,6 +6,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -147,10 +148,12 @@ impl LayeredDisk {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
+        // What the guest writes to its disk: the owner's alone.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(path)?;
         file.set_len(self.len)?;
         self.layers.push(Layer {
