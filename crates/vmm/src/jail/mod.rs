@@ -96,6 +96,13 @@ pub fn confine(kind: Kind) -> Result<Confined, Error> {
         CONFINED.store(true, Ordering::Relaxed);
         return Ok(Confined::Inherited);
     }
+    if kind == Kind::MemoryServer {
+        // glibc reads /proc/sys/vm/overcommit_memory the first time it shrinks a thread
+        // arena's heap, and this filter allows no open: with one arena (the main one, which
+        // shrinks by brk) that never happens.
+        // SAFETY: mallopt takes two ints and changes only the allocator's settings.
+        unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    }
     let net_helper =
         kind == Kind::Monitor && std::env::var_os(crate::clone_net::HELPER_VAR).is_some();
     let program = filters::compile(kind, net_helper)?;
