@@ -98,11 +98,13 @@ fn run_vm(mut start: Start) -> (u8, String) {
             reason: format!("starting the installing thread: {e}"),
         }),
     };
-    if let Err(e) = confined {
-        eprintln!("starling: the VM was not started: {e}");
-        return (2, format!("not started: {e}"));
-    }
-    let vm = match built {
+    // A build that failed says why first (bad input is the likelier cause).
+    let why = match (built, confined) {
+        (Ok(vm), Ok(_)) => Ok(vm),
+        (Err(e), _) => Err(e.to_string()),
+        (Ok(_), Err(e)) => Err(e.to_string()),
+    };
+    let vm = match why {
         Ok(vm) => vm,
         Err(e) => {
             eprintln!("starling: the VM was not started: {e}");

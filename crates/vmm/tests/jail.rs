@@ -180,6 +180,12 @@ fn the_monitor_and_its_clones_run_under_one_filter_with_no_new_privs() {
         ("2".into(), "1".into(), "1".into()),
         "the monitor: (Seccomp, Seccomp_filters, NoNewPrivs)"
     );
+    // What the guest prints is the owner's alone.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&log).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     // A clone, started by the confined monitor, inherits its filter and adds none.
     let (code, info) = api(&sock, "POST", "/v1/vm/fork", r#"{"count": 1}"#);

@@ -236,7 +236,14 @@ pub fn flush_attached(limit: Duration) {
 fn console_out(console: &Console) -> std::io::Result<(ConsoleOut, Option<UnixListener>)> {
     let out: Box<dyn Write + Send> = match console {
         Console::Stdio => Box::new(std::io::stdout()),
-        Console::File(p) => Box::new(File::create(p)?),
+        // What the guest prints is its owner's: a console file the monitor creates is 0600.
+        Console::File(p) => Box::new(
+            std::os::unix::fs::OpenOptionsExt::mode(
+                File::options().write(true).create(true).truncate(true),
+                0o600,
+            )
+            .open(p)?,
+        ),
         Console::Off => Box::new(std::io::sink()),
         Console::Socket { socket, log } => {
             let _ = std::fs::remove_file(socket);
