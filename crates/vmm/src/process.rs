@@ -56,6 +56,12 @@ fn run(start: Start) -> (u8, String) {
     ended
 }
 
+/// Says why the VM was not started; its status and reason.
+fn not_started(e: impl std::fmt::Display) -> (u8, String) {
+    eprintln!("starling: the VM was not started: {e}");
+    (2, format!("not started: {e}"))
+}
+
 fn run_vm(mut start: Start) -> (u8, String) {
     // A memory server named by host name is looked up now, before the filter (which allows
     // neither the files nor the DNS queries a lookup takes) and before the build meets it.
@@ -67,10 +73,7 @@ fn run_vm(mut start: Start) -> (u8, String) {
             });
             match resolved {
                 Ok(r) => spec.lazy = Some(r),
-                Err(e) => {
-                    eprintln!("starling: the VM was not started: {e}");
-                    return (2, format!("not started: {e}"));
-                }
+                Err(e) => return not_started(e),
             }
         }
     }
@@ -98,18 +101,11 @@ fn run_vm(mut start: Start) -> (u8, String) {
             reason: format!("starting the installing thread: {e}"),
         }),
     };
-    // A build that failed says why first (bad input is the likelier cause).
-    let why = match (built, confined) {
-        (Ok(vm), Ok(_)) => Ok(vm),
-        (Err(e), _) => Err(e.to_string()),
-        (Ok(_), Err(e)) => Err(e.to_string()),
-    };
-    let vm = match why {
-        Ok(vm) => vm,
-        Err(e) => {
-            eprintln!("starling: the VM was not started: {e}");
-            return (2, format!("not started: {e}"));
-        }
+    let vm = match (built, confined) {
+        (Ok(vm), Ok(_)) => vm,
+        // A build that failed says why first (bad input is the likelier cause).
+        (Err(e), _) => return not_started(e),
+        (Ok(_), Err(e)) => return not_started(e),
     };
     if let Err(e) = crate::signals::stop_on_signals(vm.handle()) {
         eprintln!("starling: installing signal handling: {e}");

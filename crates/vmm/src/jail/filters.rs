@@ -179,6 +179,11 @@ const MEMORY_SERVER: &[i64] = &[libc::SYS_bind, libc::SYS_listen, libc::SYS_conn
 
 const KVMIO: u64 = 0xAE;
 
+const FIONBIO: u64 = 0x5421;
+const FIOCLEX: u64 = 0x5451;
+/// isatty.
+const TCGETS: u64 = 0x5401;
+
 const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
     (dir << 30) | ((size as u64) << 16) | (KVMIO << 8) | nr
 }
@@ -195,9 +200,10 @@ const fn iowr<T>(nr: u64) -> u64 {
     ioc(3, nr, std::mem::size_of::<T>())
 }
 
-/// The KVM requests a monitor makes: building a VM, running it, saving and restoring it.
-/// Numbers as linux/kvm.h defines them (and kvm-ioctls mirrors), with kvm-bindings' sizes.
-const KVM_IOCTLS: &[u64] = &[
+/// The requests a monitor makes: KVM's (building a VM, running it, saving and restoring it;
+/// numbers as linux/kvm.h defines them and kvm-ioctls mirrors, with kvm-bindings' sizes), then
+/// descriptor, terminal, TAP and userfaultfd requests.
+const MONITOR_IOCTLS: &[u64] = &[
     io(0x00),                                 // KVM_GET_API_VERSION
     io(0x01),                                 // KVM_CREATE_VM
     iowr::<kvm_msr_list>(0x02),               // KVM_GET_MSR_INDEX_LIST
@@ -247,15 +253,11 @@ const KVM_IOCTLS: &[u64] = &[
     iow::<kvm_xcrs>(0xa7),                    // KVM_SET_XCRS
     io(0xad),                                 // KVM_KVMCLOCK_CTRL
     ior::<kvm_xsave>(0xcf),                   // KVM_GET_XSAVE2
-];
-
-/// Descriptor, terminal, TAP and userfaultfd requests.
-const OTHER_IOCTLS: &[u64] = &[
-    0x5421,     // FIONBIO
-    0x541b,     // FIONREAD
-    0x5451,     // FIOCLEX
-    0x5450,     // FIONCLEX
-    0x5401,     // TCGETS (isatty)
+    FIONBIO,
+    0x541b, // FIONREAD
+    FIOCLEX,
+    0x5450, // FIONCLEX
+    TCGETS,
     0x5413,     // TIOCGWINSZ
     0x540f,     // TIOCGPGRP
     0x400454ca, // TUNSETIFF
@@ -273,6 +275,9 @@ const OTHER_IOCTLS: &[u64] = &[
     0xc020aa04, // UFFDIO_ZEROPAGE
 ];
 
+/// What a memory server asks of its descriptors: non-blocking, close-on-exec, isatty.
+const MEMORY_SERVER_IOCTLS: &[u64] = &[FIONBIO, FIOCLEX, TCGETS];
+
 /// prctl options: thread names, the seccomp state, and a child confining itself.
 const PRCTL_OPTIONS: &[i32] = &[
     libc::PR_SET_NAME,
@@ -286,30 +291,34 @@ const PRCTL_OPTIONS: &[i32] = &[
 /// Socket domains: local sockets, and TCP for memory servers on another host.
 const SOCKET_DOMAINS: &[i32] = &[libc::AF_UNIX, libc::AF_INET, libc::AF_INET6];
 
+/// One rule per allowed value of argument `index`, compared as the kernel reads these
+/// arguments: a 32-bit int (an ioctl request is an unsigned int, the upper half ignored).
 fn arg_is(
     index: u8,
-    len: SeccompCmpArgLen,
     values: impl IntoIterator<Item = u64>,
-) -> Vec<SeccompRule> {
+) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
     values
         .into_iter()
-        .filter_map(|v| {
-            SeccompCondition::new(index, len.clone(), SeccompCmpOp::Eq, v)
+        .map(|v| {
+            SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v)
                 .and_then(|c| SeccompRule::new(vec![c]))
-                .ok()
         })
         .collect()
 }
 
-fn rules(kind: Kind, net_helper: bool) -> BTreeMap<i64, Vec<SeccompRule>> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    let extra = match kind {
-        Kind::Monitor => MONITOR,
-        Kind::MemoryServer => MEMORY_SERVER,
+fn rules(
+    kind: Kind,
+    net_helper: bool,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+    let (extra, ioctls): (&[i64], &[u64]) = match kind {
+        Kind::Monitor => (MONITOR, MONITOR_IOCTLS),
+        Kind::MemoryServer => (MEMORY_SERVER, MEMORY_SERVER_IOCTLS),
     };
-    for &nr in RUNTIME.iter().chain(extra) {
-        rules.insert(nr, Vec::new());
-    }
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = RUNTIME
+        .iter()
+        .chain(extra)
+        .map(|&nr| (nr, Vec::new()))
+        .collect();
     // A monitor of a VM on Starling's network: its clones' network helper (`starling
     // net-helper`, `clone_net.rs`) runs under the monitor's filter and speaks netlink (links,
     // addresses, nftables).
@@ -318,39 +327,14 @@ fn rules(kind: Kind, net_helper: bool) -> BTreeMap<i64, Vec<SeccompRule>> {
     } else {
         &[]
     };
+    let domains = SOCKET_DOMAINS.iter().chain(netlink);
     rules.insert(
         libc::SYS_prctl,
-        arg_is(
-            0,
-            SeccompCmpArgLen::Dword,
-            PRCTL_OPTIONS.iter().map(|&o| o as u64),
-        ),
+        arg_is(0, PRCTL_OPTIONS.iter().map(|&o| o as u64))?,
     );
-    rules.insert(
-        libc::SYS_socket,
-        arg_is(
-            0,
-            SeccompCmpArgLen::Dword,
-            SOCKET_DOMAINS.iter().chain(netlink).map(|&d| d as u64),
-        ),
-    );
-    if kind == Kind::Monitor {
-        // The request is an unsigned int in the kernel: compare the low 32 bits only.
-        rules.insert(
-            libc::SYS_ioctl,
-            arg_is(
-                1,
-                SeccompCmpArgLen::Dword,
-                KVM_IOCTLS.iter().chain(OTHER_IOCTLS).copied(),
-            ),
-        );
-    } else {
-        rules.insert(
-            libc::SYS_ioctl,
-            arg_is(1, SeccompCmpArgLen::Dword, [0x5421, 0x5451, 0x5401]),
-        );
-    }
-    rules
+    rules.insert(libc::SYS_socket, arg_is(0, domains.map(|&d| d as u64))?);
+    rules.insert(libc::SYS_ioctl, arg_is(1, ioctls.iter().copied())?);
+    Ok(rules)
 }
 
 /// The BPF program for `kind`: allowed calls pass, any other traps (SIGSYS, see `sigsys.rs`).
@@ -362,7 +346,7 @@ pub fn compile(kind: Kind, net_helper: bool) -> Result<BpfProgram, Error> {
     };
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(|e| build(e.to_string()))?;
     let filter = SeccompFilter::new(
-        rules(kind, net_helper),
+        rules(kind, net_helper).map_err(|e| build(e.to_string()))?,
         SeccompAction::Trap,
         SeccompAction::Allow,
         arch,
