@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from vmbench import (api, checked_out, has_line, kill_started, kvm_flavour, resident_beyond, running, spawn,
+from vmbench import (alternate, api, checked_out, has_line, kill_started, kvm_flavour, resident_beyond, running, spawn,
                      stop_vm, wait)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,16 +125,6 @@ def med(xs):
     return statistics.median(xs)
 
 
-def pair(name, f):
-    cli, direct = [], []
-    for i in range(RUNS):
-        # Alternate which goes first so neither always runs on a warmer machine.
-        order = [(True, cli), (False, direct)] if i % 2 == 0 else [(False, direct), (True, cli)]
-        for via_cli, out in order:
-            out.append(f(via_cli, i))
-    return cli, direct
-
-
 def main():
     work = tempfile.mkdtemp(prefix="starling-cli-bench-", dir="/dev/shm")
     try:
@@ -152,11 +142,11 @@ def main():
         assert code == 200, r
         p.wait(timeout=30)
 
-        restores = pair("restore", lambda cli, i: restore_once(snap, os.path.join(work, f"r{i}{'c' if cli else 'd'}"), cli))
-        boots = pair("boot", lambda cli, i: boot_once(kernel, os.path.join(work, f"b{i}{'c' if cli else 'd'}"), cli))
-        starts = pair("start", lambda cli, i: start_once([STARLING if cli else VMM, "--version"]))
+        restores = alternate(lambda cli, i: restore_once(snap, os.path.join(work, f"r{i}{'c' if cli else 'd'}"), cli), RUNS)
+        boots = alternate(lambda cli, i: boot_once(kernel, os.path.join(work, f"b{i}{'c' if cli else 'd'}"), cli), RUNS)
+        starts = alternate(lambda cli, i: start_once([STARLING if cli else VMM, "--version"]), RUNS)
         true_ms = [start_once(["/bin/true"]) for _ in range(RUNS)]
-        mems = pair("memory", lambda cli, i: memory_once(kernel, os.path.join(work, f"m{i}{'c' if cli else 'd'}"), cli))
+        mems = alternate(lambda cli, i: memory_once(kernel, os.path.join(work, f"m{i}{'c' if cli else 'd'}"), cli), RUNS)
 
         pools = os.path.join(work, "pools")
         env = dict(os.environ, STARLING_POOLS=pools, STARLING_HOME=os.path.join(work, "no-store"))

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from vmbench import api, checked_out, has_line, kill_started, kvm_flavour, running, spawn, stop_vm, wait
+from vmbench import alternate, api, checked_out, has_line, kill_started, kvm_flavour, running, spawn, stop_vm, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
@@ -31,6 +31,7 @@ VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 RUNS = int(os.environ.get("RUNS", "60"))
 EXITS = 100_000
+EXIT_RUNS = 10
 
 
 def env(jailed):
@@ -114,15 +115,6 @@ def med(xs):
     return statistics.median(xs)
 
 
-def pair(f):
-    on, off = [], []
-    for i in range(RUNS):
-        order = [(True, on), (False, off)] if i % 2 == 0 else [(False, off), (True, on)]
-        for jailed, out in order:
-            out.append(f(jailed, i))
-    return on, off
-
-
 def main():
     work = tempfile.mkdtemp(prefix="starling-jail-bench-", dir="/dev/shm")
     try:
@@ -134,16 +126,15 @@ def main():
         assert code == 200, r
         p.wait(timeout=30)
 
-        both = pair(lambda j, i: restore_once(snap, os.path.join(work, f"r{i}{j}"), j))
+        both = alternate(lambda j, i: restore_once(snap, os.path.join(work, f"r{i}{j}"), j), RUNS)
         restores = tuple([r[0] for r in side] for side in both)
         inside = tuple([r[1] for r in side] for side in both)
-        boots = pair(lambda j, i: boot_once(kernel, os.path.join(work, f"b{i}{j}"), j))
+        boots = alternate(lambda j, i: boot_once(kernel, os.path.join(work, f"b{i}{j}"), j), RUNS)
         parents = {j: parent(kernel, os.path.join(work, f"p{j}"), j) for j in (True, False)}
-        forks = pair(lambda j, i: fork_once(parents[j][0]))
+        forks = alternate(lambda j, i: fork_once(parents[j][0]), RUNS)
         for j, (s, _, pp) in parents.items():
             stop_vm(s, pp)
-        exits = pair(lambda j, i: exits_once(kernel, os.path.join(work, f"e{i}{j}"), j) if i < 10 else None)
-        exits = tuple([x for x in side if x is not None] for side in exits)
+        exits = alternate(lambda j, i: exits_once(kernel, os.path.join(work, f"e{i}{j}"), j), EXIT_RUNS)
     finally:
         kill_started()
         shutil.rmtree(work, ignore_errors=True)

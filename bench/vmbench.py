@@ -129,3 +129,14 @@ def has_line(path):
     """Whether the file holds a whole line (a guest's first console line)."""
     with open(path, "rb") as f:
         return b"\n" in f.read()
+
+
+def alternate(f, runs):
+    """Runs f(True, i) and f(False, i) `runs` times each, alternating which goes first so
+    neither side always runs on a warmer machine; returns (the True side's, the False side's)."""
+    yes, no = [], []
+    for i in range(runs):
+        order = [(True, yes), (False, no)] if i % 2 == 0 else [(False, no), (True, yes)]
+        for side, out in order:
+            out.append(f(side, i))
+    return yes, no
