@@ -11,16 +11,25 @@ starling_deps=(libclang-dev libnftnl-dev libmnl-dev pkg-config gcc libc6-dev bin
 starling_test_deps=(groff-base python3-prometheus-client python3-cryptography openssl docker-registry apache2-utils iproute2 iputils-ping systemd bsdutils qemu-utils qemu-system-x86 busybox-static cpio libc6-dev binutils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx)
 
 install_deps() {
-  local missing=() p
-  for p in "${starling_deps[@]}" "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  local sudo=""
+  local missing p round sudo=""
   [ "$(id -u)" = 0 ] || sudo=sudo
-  echo "installing: ${missing[*]}" >&2
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Installs twice at most: apt may remove an installed package to satisfy another's dependencies (a newer
+  # qemu-utils from backports, say, that Debian's qemu-system-x86 conflicts with); the second
+  # round installs Debian's version of what the first removed.
+  for round in 1 2 3; do
+    missing=()
+    for p in "${starling_deps[@]}" "$@"; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$round" = 3 ]; then
+      echo "install_deps: still missing after installing: ${missing[*]}" >&2
+      return 1
+    fi
+    echo "installing: ${missing[*]}" >&2
+    [ "$round" = 1 ] && $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  done
 }
 
 need_cargo() {

@@ -60,6 +60,9 @@ echo "inner: vcpus $(grep -c ^processor /proc/cpuinfo)"
 # The kernel's XSAVE setup agrees with the CPUID the monitor gave (else it disables XSAVE and
 # warns "XSAVE consistency problem"), and AVX reaches the guest.
 echo "inner: fpu $(dmesg | grep -c 'XSAVE consistency') inconsistencies, $(grep -qw avx /proc/cpuinfo && echo avx || echo no-avx), $(dmesg | grep -o 'x86/fpu: Enabled xstate features [^,]*, context size is [0-9]* bytes' | head -1)"
+# The CPU the monitor shows (boot/cpuid.rs): the vendor's server line, not the host's model;
+# one L3 for all vCPUs of the VM, whatever the host's cores share.
+echo "inner: cpu $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), L3 shared by $(cat /sys/devices/system/cpu/cpu0/cache/index3/shared_cpu_list 2>/dev/null || echo none)"
 if mount -t ext4 -o ro /dev/vda /mnt; then echo "inner: marker $(cat /mnt/marker)"; else echo "inner: mount failed"; fi
 echo "inner: hwrng $(head -c 16 /dev/hwrng | od -An -tx1 | tr -d ' \n')"
 echo "inner: urandom $(head -c 8 /dev/urandom | od -An -tx1 | tr -d ' \n')"

@@ -33,6 +33,12 @@ wait_for() { # PID SECONDS: wait for a background job, killing it at the deadlin
   return $status
 }
 
+threads() { # PID: each thread's name, state, kernel wait channel and system call number
+  for t in /proc/"$1"/task/*; do
+    echo "$(cat "$t/comm") $(cut -d' ' -f3 "$t/stat") $(cat "$t/wchan" 2>/dev/null) $(cut -d' ' -f1 "$t/syscall" 2>/dev/null)"
+  done
+}
+
 kill_tree() { # PID: the process and all its descendants
   kill -STOP "$1" 2>/dev/null
   for stat in /proc/[0-9]*/stat; do
@@ -61,10 +67,17 @@ scenario_boot() {
   # guest forks itself into 2 clones with starling-agent and joins them (clone 1 powers off,
   # clone 2 resets); the clones' consoles are in the run directory the config names.
   echo '{"kernel": "/vm/vmlinux", "run_dir": "/tmp/pvh-run"}' > /tmp/pvh.json
-  STARLING_VM_QUIET=1 timeout 120 /bin/starling vm run --config /tmp/pvh.json --kernel /vm/vmlinux \
+  STARLING_VM_QUIET=1 /bin/starling vm run --config /tmp/pvh.json --kernel /vm/vmlinux \
     --initrd /vm/inner.img --disk /vm/disk.img,ro --vsock 3,/tmp/p.sock --vcpus 2 --mem 256M \
-    --console /tmp/pvh.log --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.selffork"
+    --console /tmp/pvh.log --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.selffork" &
+  pvh=$!
+  # A monitor still running near its deadline: what each of its threads does (a vCPU thread
+  # parked or blocked in the monitor, or in KVM_RUN), before it is killed.
+  ( sleep 110; kill -0 $pvh 2>/dev/null && threads $pvh | sed 's/^/host: pvh stuck thread: /' ) &
+  snoop=$!
+  wait_for $pvh 120
   echo "host: pvh vm exit status $?"
+  kill $snoop 2>/dev/null
   echo "host: pvh $(grep 'inner: marker' /tmp/pvh.log)"
   echo "host: pvh parent $(grep 'inner: agentfork' /tmp/pvh.log)"
   echo "host: pvh parent $(grep 'inner: agentjoin' /tmp/pvh.log)"

@@ -255,6 +255,14 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         fpu.starts_with("inner: fpu 0 inconsistencies, avx, x86/fpu: Enabled xstate features"),
         "{fpu}"
     );
+    // The brand string is AMD's server line (the test host's KVM is kvm_amd), and an L3 the
+    // guest sees is shared by both its vCPUs (none when the test host's CPU model lists none).
+    let cpu = line(&log, "inner: cpu ");
+    assert!(
+        cpu == "inner: cpu AMD EPYC, L3 shared by 0-1"
+            || cpu == "inner: cpu AMD EPYC, L3 shared by none",
+        "{cpu}"
+    );
     assert_eq!(
         line(&log, "inner: marker"),
         "inner: marker starling-tier2-marker"

@@ -1,7 +1,8 @@
 //! The CPUID a guest sees, normalised as Firecracker does (its
 //! docs/cpu_templates/cpuid-normalization.md): KVM's supported set with this vCPU's identity and
-//! topology, and what a guest must not rely on inside a VM hidden (performance monitoring and
-//! its capability MSR, turbo and frequency control, IA32_ARCH_CAPABILITIES on AMD). Also the
+//! topology (caches included), what a guest must not rely on inside a VM hidden (performance
+//! monitoring and its capability MSR, turbo and frequency control, IA32_ARCH_CAPABILITIES on
+//! AMD), and a brand string of the vendor's server line instead of the host's model. Also the
 //! XCR0 a vCPU starts with, and the check that a snapshot's CPUID fits the host restoring it.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX};
@@ -68,6 +69,18 @@ pub fn cpuid_for(base: &CpuId, id: u8, count: u8) -> CpuId {
 
 fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, id: u32, count: u32) {
     let vendor = vendor(entries);
+    // APIC ids 0..count: a cache all vCPUs share must span the next power of two of them
+    // (Linux finds a cache's id by shifting the APIC id by the bits of its sharer count).
+    let all = count.max(1).next_power_of_two();
+    // AMD's topology extension (leaves 0x8000001D/E, which are set below) where KVM lists both.
+    let topoext = vendor == Vendor::Amd
+        && [0x8000_001d, 0x8000_001e]
+            .iter()
+            .all(|f| entries.iter().any(|e| e.function == *f))
+        && entries
+            .iter()
+            .any(|e| e.function == 0x8000_0000 && e.eax >= 0x8000_001e);
+    let brand = brand_string(vendor, entries);
     // KVM no longer lists the topology leaves' core level (Linux 6.2); the guest needs both
     // levels. Leaf 0x1F (V2 topology, preferred by Linux when present) says the same as 0xB.
     for leaf in [0xb, 0x1f] {
@@ -127,6 +140,29 @@ fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, id: u32, count: u32) {
                 set_bits(&mut e.ecx, 0, 8, count.saturating_sub(1));
                 set_bits(&mut e.ecx, 12, 4, id_bits(count));
             }
+            // Deterministic cache parameters (Intel) and AMD's cache topology: one thread per
+            // core, so L1 and L2 are each vCPU's own and L3 is every vCPU's; the host's own
+            // sharing (its cores, its SMT) is not the VM's.
+            (4, Vendor::Intel) | (0x8000_001d, Vendor::Amd) if e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                set_bits(&mut e.eax, 14, 12, if level >= 3 { all - 1 } else { 0 });
+                if e.function == 4 {
+                    // Addressable core ids in the package, less one.
+                    set_bits(&mut e.eax, 26, 6, all.min(64) - 1);
+                }
+            }
+            (0x8000_0001, Vendor::Amd) if topoext => set_bit(&mut e.ecx, 22, true),
+            (0x8000_0002..=0x8000_0004, _) => {
+                if let Some(b) = &brand {
+                    let at = (e.function - 0x8000_0002) as usize * 16;
+                    let reg = |k: usize| {
+                        let mut w = [0u8; 4];
+                        w.copy_from_slice(&b[at + 4 * k..at + 4 * k + 4]);
+                        u32::from_le_bytes(w)
+                    };
+                    (e.eax, e.ebx, e.ecx, e.edx) = (reg(0), reg(1), reg(2), reg(3));
+                }
+            }
             (0x8000_001e, Vendor::Amd) => {
                 // Extended APIC id; one thread per core, core id = APIC id; one node.
                 e.eax = id;
@@ -137,6 +173,43 @@ fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, id: u32, count: u32) {
             _ => {}
         }
     }
+}
+
+/// Bytes in CPUID's brand string (leaves 0x80000002..4, NUL-padded).
+const BRAND_LEN: usize = 48;
+
+/// The brand string a guest is shown, as Firecracker shows it: the vendor's server line
+/// rather than the host's model (hosts of a fleet differ, and a clone or restore elsewhere
+/// shows what its first boot showed); Intel's with the host's nominal frequency, which
+/// Linux reads from it. None for other vendors or when KVM lists no brand string.
+fn brand_string(vendor: Vendor, entries: &[kvm_cpuid_entry2]) -> Option<[u8; BRAND_LEN]> {
+    let mut host = Vec::with_capacity(BRAND_LEN);
+    for leaf in 0x8000_0002..=0x8000_0004 {
+        let e = entries.iter().find(|e| e.function == leaf)?;
+        for r in [e.eax, e.ebx, e.ecx, e.edx] {
+            host.extend_from_slice(&r.to_le_bytes());
+        }
+    }
+    let text = match vendor {
+        Vendor::Intel => {
+            let host = String::from_utf8_lossy(&host);
+            let host = host.trim_end_matches(['\0', ' ']);
+            // "… CPU @ 3.00GHz": the frequency is what follows the last '@'.
+            match host.rsplit_once('@').map(|(_, f)| f.trim()) {
+                Some(f) if f.ends_with("Hz") && !f.is_empty() => {
+                    format!("Intel(R) Xeon(R) Processor @ {f}")
+                }
+                _ => "Intel(R) Xeon(R) Processor".to_owned(),
+            }
+        }
+        Vendor::Amd => "AMD EPYC".to_owned(),
+        Vendor::Other => return None,
+    };
+    let mut b = [0u8; BRAND_LEN];
+    // The last byte stays NUL: the string is terminated, as CPUs give it.
+    let n = text.len().min(BRAND_LEN - 1);
+    b[..n].copy_from_slice(&text.as_bytes()[..n]);
+    Some(b)
 }
 
 /// The XCR0 a vCPU starts with: every user state component KVM offers (CPUID 0xD.0
@@ -197,7 +270,8 @@ const FEATURES: [Register; 8] = [
     (7, 0, "ECX", |e| e.ecx, 1 << 4),
     (7, 0, "EDX", |e| e.edx, 0),
     (0xd, 0, "EAX", |e| e.eax, 0),
-    (0x8000_0001, 0, "ECX", |e| e.ecx, 0),
+    // TOPOEXT (22) is ours on AMD.
+    (0x8000_0001, 0, "ECX", |e| e.ecx, 1 << 22),
     (0x8000_0001, 0, "EDX", |e| e.edx, 0),
 ];
 
@@ -275,7 +349,62 @@ mod tests {
             entry(0x8000_0001, 0, [0, 0, 0x1, 0x2c10_0800]),
             entry(0x8000_0008, 0, [0x3030, 0, 0x7007, 0]),
             entry(0x8000_001e, 0, [9, 0x0100, 0x0101, 0]),
+            entry(0x8000_0000, 0, [0x8000_0021, 0, 0, 0]),
         ]
+        .into_iter()
+        .chain(brand(b"Intel(R) Xeon(R) Platinum 8275CL CPU @ 3.00GHz"))
+        // Caches as a host with SMT and 24 cores per package reports them: L1d, L1i and L2
+        // shared by a core's 2 threads, L3 by 48; then the end of the list.
+        .chain([4, 0x8000_001d].into_iter().flat_map(|f| {
+            [0x121u32, 0x122, 0x143, 0x163, 0]
+                .into_iter()
+                .enumerate()
+                .map(move |(i, kind)| {
+                    let sharing = if kind & 0xe0 == 0x60 { 47 } else { 1 };
+                    let cores = if f == 4 { 23 << 26 } else { 0 };
+                    let eax = if kind == 0 {
+                        0
+                    } else {
+                        kind | (sharing << 14) | cores
+                    };
+                    let mut e = entry(f, i as u32, [eax, 0x3f, 0x3f, 0]);
+                    e.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+                    e
+                })
+        }))
+        .collect()
+    }
+
+    /// Leaves 0x80000002..4 holding `text`, NUL-padded.
+    fn brand(text: &[u8]) -> Vec<kvm_cpuid_entry2> {
+        let mut b = [0u8; BRAND_LEN];
+        b[..text.len()].copy_from_slice(text);
+        let word =
+            |k: usize| u32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]);
+        (0..3)
+            .map(|l| {
+                let k = 4 * l;
+                entry(
+                    0x8000_0002 + l as u32,
+                    0,
+                    [word(k), word(k + 1), word(k + 2), word(k + 3)],
+                )
+            })
+            .collect()
+    }
+
+    fn brand_of(entries: &[kvm_cpuid_entry2]) -> String {
+        let mut b = Vec::new();
+        for f in 0x8000_0002..=0x8000_0004 {
+            let e = get(entries, f, 0);
+            for r in [e.eax, e.ebx, e.ecx, e.edx] {
+                b.extend_from_slice(&r.to_le_bytes());
+            }
+        }
+        assert_eq!(b.last(), Some(&0), "the brand string ends in NUL");
+        String::from_utf8_lossy(&b)
+            .trim_end_matches('\0')
+            .to_owned()
     }
 
     fn get(entries: &[kvm_cpuid_entry2], f: u32, i: u32) -> kvm_cpuid_entry2 {
@@ -333,6 +462,84 @@ mod tests {
         assert_eq!((ext.eax, ext.ebx & 0xffff, ext.ecx & 0x7ff), (1, 1, 0));
         // AMD's leaves 6 and 0xA are left as KVM gives them.
         assert_eq!(get(&amd, 0xa, 0).eax, 0x0703_0805);
+    }
+
+    #[test]
+    fn caches_are_shared_as_the_vm_s_topology_says_not_the_host_s() {
+        for (vendor, leaf) in [(INTEL, 4), (AMD, 0x8000_001d)] {
+            let mut e = host(vendor);
+            normalize(&mut e, 1, 3);
+            // (sharers less one, addressable cores less one) per level: L1d, L1i, L2, L3.
+            let sharing: Vec<_> = (0..4)
+                .map(|i| {
+                    let c = get(&e, leaf, i);
+                    ((c.eax >> 14) & 0xfff, c.eax >> 26, c.eax & 0x3fff)
+                })
+                .collect();
+            let cores = if leaf == 4 { 3 } else { 0 };
+            assert_eq!(
+                sharing,
+                [
+                    (0, cores, 0x121),
+                    (0, cores, 0x122),
+                    (0, cores, 0x143),
+                    (3, cores, 0x163)
+                ],
+                "leaf {leaf:#x}"
+            );
+            // The end of the list stays the end.
+            assert_eq!(get(&e, leaf, 4).eax, 0);
+        }
+        // The other vendor's cache leaf is left alone.
+        let mut amd = host(AMD);
+        normalize(&mut amd, 0, 2);
+        assert_eq!((get(&amd, 4, 3).eax >> 14) & 0xfff, 47);
+        // AMD's topology extension announced, as leaves 0x8000001D/E now describe the VM.
+        assert_ne!(get(&amd, 0x8000_0001, 0).ecx & (1 << 22), 0);
+        let mut intel = host(INTEL);
+        normalize(&mut intel, 0, 2);
+        assert_eq!(get(&intel, 0x8000_0001, 0).ecx & (1 << 22), 0);
+    }
+
+    #[test]
+    fn the_brand_string_names_the_vendor_s_server_line_not_the_host_s_model() {
+        let mut intel = host(INTEL);
+        normalize(&mut intel, 0, 1);
+        assert_eq!(brand_of(&intel), "Intel(R) Xeon(R) Processor @ 3.00GHz");
+        let mut amd = host(AMD);
+        normalize(&mut amd, 0, 1);
+        assert_eq!(brand_of(&amd), "AMD EPYC");
+        // A host string without a frequency; one of exactly 48 bytes (no NUL of its own).
+        for (text, want) in [
+            (
+                &b"Genuine Intel(R) CPU 0000"[..],
+                "Intel(R) Xeon(R) Processor",
+            ),
+            (&[b'x'; BRAND_LEN][..], "Intel(R) Xeon(R) Processor"),
+            (
+                &b"Intel(R) Core(TM) i7-8700 CPU @ 3.20GHz   "[..],
+                "Intel(R) Xeon(R) Processor @ 3.20GHz",
+            ),
+        ] {
+            let mut e: Vec<_> = host(INTEL)
+                .into_iter()
+                .filter(|e| !(0x8000_0002..=0x8000_0004).contains(&e.function))
+                .chain(brand(text))
+                .collect();
+            normalize(&mut e, 0, 1);
+            assert_eq!(brand_of(&e), want);
+        }
+        // No brand leaves listed: none are made up.
+        let mut bare: Vec<_> = host(AMD)
+            .into_iter()
+            .filter(|e| e.function != 0x8000_0003)
+            .collect();
+        normalize(&mut bare, 0, 1);
+        assert!(find(&bare, 0x8000_0003, 0).is_none());
+        assert_eq!(
+            get(&bare, 0x8000_0002, 0).eax,
+            brand(b"Intel(R) Xeon(R) Platinum")[0].eax
+        );
     }
 
     #[test]
