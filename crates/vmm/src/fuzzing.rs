@@ -282,6 +282,6 @@ pub struct Outcome {
 /// zstd and postcard decoding behind them). Returns whether the framed payload decoded.
 pub fn snapshot_state(data: &[u8]) -> bool {
     let path = std::path::Path::new("fuzz-state");
-    let _ = crate::snapshot::file::decode(path, data);
-    crate::snapshot::file::decode(path, &crate::snapshot::file::frame(data)).is_ok()
+    let _ = crate::snapshot::file::decode(path, data, None);
+    crate::snapshot::file::decode(path, &crate::snapshot::file::frame(data, None), None).is_ok()
 }

@@ -64,6 +64,8 @@ pub enum Error {
     Net { tap: String, reason: String },
     #[error("snapshot {path}: {reason}")]
     Snapshot { path: PathBuf, reason: String },
+    #[error("snapshot key {path}: {reason}")]
+    SnapshotKey { path: PathBuf, reason: String },
     #[error("VM config {path}: {reason}")]
     Config { path: PathBuf, reason: String },
     #[error("kernel command line: {0}")]

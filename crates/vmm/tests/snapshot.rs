@@ -203,8 +203,8 @@ fn damaged_or_foreign_state_files_are_refused_by_name() {
         "{e}"
     );
     let mut v = good.clone();
-    let last = v.len() - 1;
-    v[last] ^= 0xff;
+    let mid = v.len() / 2;
+    v[mid] ^= 0xff;
     std::fs::write(&state, &v).unwrap();
     assert!(restore("b").contains("checksum mismatch"));
     std::fs::write(&state, &good[..good.len() / 2]).unwrap();
@@ -224,6 +224,103 @@ fn damaged_or_foreign_state_files_are_refused_by_name() {
     assert_eq!(std::fs::read(&state).unwrap(), good);
     h.stop(None);
     runner.join().unwrap();
+}
+
+/// A VM with a disk (its state names a host file) snapshotted by a monitor whose key is
+/// `a.key`: restored under that key; refused under another key, with its MAC stripped, and
+/// with a MAC remade under another key, each naming why — and the disk is not opened then.
+#[test]
+fn a_state_naming_host_files_is_restored_only_under_its_writer_s_key() {
+    use starling_vmm::snapshot::{file, key::load_or_create};
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let key_a = dir.path().join("keys/a.key");
+    let key_b = dir.path().join("keys/b.key");
+    let mut c = config(g, "counter", dir.path());
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    c.disks.push(starling_vmm::DiskConfig {
+        path: disk.clone(),
+        read_only: false,
+    });
+    let sock = c.api_socket.clone().unwrap();
+    let log = dir.path().join("console.log");
+    let mut vm = Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+        .arg("--config-json")
+        .arg(serde_json::to_string(&c).unwrap())
+        .env("STARLING_SNAPSHOT_KEY", &key_a)
+        .spawn()
+        .unwrap();
+    wait_for("ticks", 60, || {
+        ticks(&read(&log)).len() >= 3 && sock.exists()
+    });
+    let snap = dir.path().join("snap");
+    snapshot_and_stop(&sock, &snap);
+    assert!(vm.wait().unwrap().success());
+    // The monitor made the key, privately.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_a).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let restore = |name: &str, key: &Path| {
+        let spec = RestoreSpec {
+            dir: snap.clone(),
+            run_dir: Some(dir.path().join(name)),
+            api_socket: Some(dir.path().join(format!("{name}.sock"))),
+            console: Some(Console::File(dir.path().join(format!("{name}.log")))),
+            vsock_path: Some(dir.path().join(format!("{name}.vsock"))),
+            ..Default::default()
+        };
+        Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+            .arg("--restore-json")
+            .arg(serde_json::to_string(&spec).unwrap())
+            .env("STARLING_SNAPSHOT_KEY", key)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let refused = |name: &str, key: &Path| {
+        let out = restore(name, key).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains(&snap.display().to_string())
+                && err.contains("names host resources (disk "),
+            "{err}"
+        );
+        // Nothing was built: no run directory holds an overlay of the disk.
+        assert!(!dir.path().join(name).exists(), "{name}");
+        err
+    };
+    // Another user's (or host's) key.
+    let e = refused("other", &key_b);
+    assert!(
+        e.contains("not made with this user's snapshot key") && e.contains("b.key"),
+        "{e}"
+    );
+    // Re-signed with that other key after a change (the disk pointed elsewhere, say).
+    let state_path = snap.join("state");
+    let good = std::fs::read(&state_path).unwrap();
+    let a = load_or_create(&key_a).unwrap();
+    let (state, mac) = file::decode(&state_path, &good, Some(&a)).unwrap();
+    assert_eq!(mac, file::Mac::Valid);
+    let b = load_or_create(&key_b).unwrap();
+    std::fs::write(&state_path, file::encode(&state, Some(&b)).unwrap()).unwrap();
+    let e = refused("forged", &key_a);
+    assert!(e.contains("not made with this user's snapshot key"), "{e}");
+    // Without any MAC.
+    std::fs::write(&state_path, file::encode(&state, None).unwrap()).unwrap();
+    let e = refused("unsigned", &key_a);
+    assert!(e.contains("carries no MAC"), "{e}");
+    // The writer's key: it runs on.
+    std::fs::write(&state_path, &good).unwrap();
+    let mut child = restore("same", &key_a);
+    let log2 = dir.path().join("same.log");
+    wait_for("restored ticks", 60, || ticks(&read(&log2)).len() >= 2);
+    api(&dir.path().join("same.sock"), "POST", "/v1/vm/stop", "");
+    assert!(child.wait().unwrap().success());
 }
 
 #[test]

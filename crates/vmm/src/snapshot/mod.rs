@@ -7,6 +7,7 @@
 //! frozen disk overlays the VM had written to (`disk<N>.layer<M>`).
 
 pub mod file;
+pub mod key;
 pub mod kvm;
 pub mod save;
 
@@ -73,6 +74,23 @@ impl VmInfo {
 }
 
 impl VmState {
+    /// The devices whose state names host resources a restore opens or attaches to: disks
+    /// (their files), virtio-fs (its store or object socket), network devices (their TAP).
+    pub fn host_resources(&self) -> Vec<String> {
+        use crate::virtio::state::DeviceState;
+        self.info
+            .devices
+            .iter()
+            .zip(&self.devices)
+            .filter_map(|(d, s)| match s.device {
+                DeviceState::Block(_) => Some(format!("disk {}", d.id)),
+                DeviceState::Fs(_) => Some(format!("virtio-fs {}", d.id)),
+                DeviceState::Net(_) => Some(format!("network device {}", d.id)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Checks that the parts of the state agree with each other and with the limits a VM is
     /// built within (a state file is input like any other).
     pub fn check(&self) -> Result<(), String> {
@@ -106,12 +124,49 @@ impl VmState {
     }
 }
 
-/// Reads and checks the state file in a snapshot directory.
+/// Reads and checks the state file in a snapshot directory. A state that names host
+/// resources (`VmState::host_resources`) is used only when its MAC was made with this user's
+/// key (`key.rs`): a restore opens what it names with its user's rights.
 pub fn read(dir: &std::path::Path) -> Result<VmState, Error> {
-    let state = file::read(&dir.join(STATE_FILE))?;
-    state.check().map_err(|reason| Error::Snapshot {
+    let key = key::get();
+    let (state, mac) = file::read(&dir.join(STATE_FILE), key.ok())?;
+    let refuse = |reason: String| Error::Snapshot {
         path: dir.to_owned(),
         reason,
-    })?;
-    Ok(state)
+    };
+    state.check().map_err(refuse)?;
+    let named = state.host_resources();
+    if named.is_empty() || mac == file::Mac::Valid {
+        return Ok(state);
+    }
+    let named = named.join(", ");
+    Err(refuse(match (mac, key) {
+        (_, Err(e)) => {
+            format!("its state names host resources ({named}) and its MAC cannot be checked: {e}")
+        }
+        (file::Mac::Absent, _) => format!(
+            "its state names host resources ({named}) and carries no MAC (written by a \
+             Starling before 2026-11-28, or altered): not opening what it names"
+        ),
+        (_, Ok(k)) => format!(
+            "its state names host resources ({named}) and its MAC was not made with this \
+             user's snapshot key {} (written by another user or host, or altered since): not \
+             opening what it names; hosts that restore each other's snapshots share one key \
+             (STARLING_SNAPSHOT_KEY)",
+            k.path().display()
+        ),
+    }))
+}
+
+/// The key a snapshot's state is signed with: this user's, which a state that names host
+/// resources cannot be written without.
+pub fn signing_key(state: &VmState) -> Result<Option<&'static key::StateKey>, Error> {
+    match key::get() {
+        Ok(k) => Ok(Some(k)),
+        Err(_) if state.host_resources().is_empty() => Ok(None),
+        Err(e) => Err(Error::Invalid(format!(
+            "{e}: a snapshot of a VM with disks, shared file systems or network devices is \
+             signed with it"
+        ))),
+    }
 }
