@@ -551,8 +551,28 @@ impl MemoryServer {
             Addr::Unix(p) => {
                 let _ = std::fs::remove_file(p);
                 let l = UnixListener::bind(p).map_err(io)?;
+                // The snapshot's memory is this user's: the socket is theirs alone, and each
+                // peer's credentials are checked too (a mode can be changed behind our back).
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+                // SAFETY: geteuid has no preconditions and cannot fail.
+                let me = unsafe { libc::geteuid() };
+                let stranger_said = AtomicBool::new(false);
                 listening();
                 for s in l.incoming().flatten() {
+                    match peer_uid(&s) {
+                        Some(uid) if uid == me || uid == 0 => {}
+                        uid => {
+                            if !stranger_said.swap(true, Ordering::Relaxed) {
+                                eprintln!(
+                                    "starling memory server: refused a client of user {} (only \
+                                     user {me} and root are served; said once)",
+                                    uid.map_or("unknown".into(), |u| u.to_string())
+                                );
+                            }
+                            continue;
+                        }
+                    }
                     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
                     spawn(self.clone(), Box::new(s));
                 }
@@ -560,6 +580,29 @@ impl MemoryServer {
         }
         Ok(())
     }
+}
+
+/// The user id of the process at the other end of `s` (SO_PEERCRED).
+fn peer_uid(s: &UnixStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of a ucred and its size, as SO_PEERCRED
+    // expects; the descriptor belongs to `s`, alive for the call.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len as usize == std::mem::size_of::<libc::ucred>()).then_some(cred.uid)
 }
 
 /// What a lazily restored VM fetched: pages with data, and zero pages filled in place.
@@ -787,6 +830,73 @@ mod tests {
             }
         };
         assert_eq!(got, b"the state");
+    }
+
+    #[test]
+    fn a_unix_memory_server_is_its_user_s_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let server = Arc::new(MemoryServer {
+            state: b"the state".to_vec(),
+            map: Vec::new(),
+            bytes: 0,
+            source: Source::Dir(tempfile::tempfile().unwrap()),
+            served: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        });
+        let path = t.path().join("mem.sock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let listen = Addr::Unix(path.clone());
+        std::thread::spawn(move || server.serve(&listen, || tx.send(()).unwrap()));
+        rx.recv().unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // Its owner is served.
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(MAGIC).unwrap();
+        s.write_all(&[OP_STATE]).unwrap();
+        let mut len = [0u8; 8];
+        s.read_exact(&mut len).unwrap();
+        assert_eq!(u64::from_le_bytes(len), 9);
+        // Another user who finds the socket opened up (its mode changed behind the server's
+        // back) connects, and is closed without a byte.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED-PART: connecting as another user needs root");
+            return;
+        }
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let out = std::process::Command::new("setpriv")
+            .args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+            ])
+            .arg(
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 s.settimeout(10)\n\
+                 s.connect(sys.argv[1])\n\
+                 s.sendall(b'STRLMEM1\\x01')\n\
+                 try:\n    got = len(s.recv(64))\n\
+                 except ConnectionResetError:\n    got = 0\n\
+                 print('connected', got)",
+            )
+            .arg(&path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.trim(),
+            "connected 0",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
