@@ -19,8 +19,9 @@ Measures:
   - memory: each monitor's resident memory beyond guest RAM, for an idle booted guest.
 
 How to build a Firecracker: `docs/ARCHITECTURE.md`, "Benchmarks against Firecracker". Both run
-without seccomp filters (`--no-seccomp`: a gnu-target build has no default filter, and
-Starling's monitor has none yet). Snapshots on tmpfs. Writes bench/results/vm-firecracker.md
+without seccomp filters (Firecracker's `--no-seccomp`: a gnu-target build has no default
+filter; Starling's `STARLING_SECCOMP=off`, which its monitors and their clones inherit; what
+Starling's filter costs is bench/jail.py's). Snapshots on tmpfs. Writes bench/results/vm-firecracker.md
 (OUT= to write elsewhere).
 """
 import json
@@ -39,6 +40,8 @@ BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 FC = os.environ.get("FIRECRACKER", "")
+# Like for like with Firecracker's --no-seccomp (see above).
+os.environ["STARLING_SECCOMP"] = "off"
 # Optional: the same Firecracker reordered by bench/vm/firecracker-memory-first.py.
 FC2 = os.environ.get("FIRECRACKER_MEMORY_FIRST", "")
 MEM_MIB = 256
