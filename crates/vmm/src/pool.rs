@@ -284,7 +284,10 @@ impl Pools {
         let t = Instant::now();
         let mut taken = None;
         let mut attached = None;
-        for slot in slots(&dir) {
+        // Newest first: replacements dock in new slots, and activated VMs that ended keep
+        // theirs (their consoles) until the pool is removed, so the waiting substrates are at
+        // the end; oldest first, every activation tried every ended slot before them.
+        for slot in slots(&dir).into_iter().rev() {
             // Whoever renames the marker first has the substrate.
             if std::fs::rename(slot.join("free"), slot.join("taken")).is_err() {
                 continue;
