@@ -403,7 +403,40 @@ fn pools_dock_activate_refill_and_remove() {
     );
     ok(starling(&pools).args(["pool", "rm", "disk"]));
 
-    ok(starling(&pools).args(["pool", "rm", "web"]));
+    // Removing a pool stops (and counts) the monitors still running: its waiting substrates,
+    // not the activated VMs that ended and left their slots (their consoles) behind.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let live = loop {
+        let ls: serde_json::Value =
+            serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
+        let web = ls
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "web")
+            .unwrap()
+            .clone();
+        if web["starting"] == 0 && web["active"] == 0 {
+            break web["waiting"].as_u64().unwrap();
+        }
+        assert!(Instant::now() < deadline, "web never settled: {web}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let slots = std::fs::read_dir(pools.join("web/slots")).unwrap().count() as u64;
+    assert!(
+        slots > live,
+        "ended VMs' slots are kept until the pool goes ({slots}, {live})"
+    );
+    let out = starling(&pools)
+        .args(["pool", "rm", "web"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&format!("pool web removed ({live} VMs stopped)")),
+        "{said}"
+    );
     ok(starling(&pools).args(["pool", "rm", "cold", "--force"]));
     assert!(!pools.join("web").exists());
     let ls: serde_json::Value =

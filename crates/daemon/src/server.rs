@@ -212,12 +212,6 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     // and its substrates, their clones) inherits the helper that gives clones on Starling's
     // network addresses of their own.
     crate::vms::name_net_helper();
-    // Their snapshots (pools, forks) are signed with the daemon's key, in its state directory
-    // rather than in whatever home the service has (`starling_vmm::snapshot::key`).
-    if std::env::var_os("STARLING_SNAPSHOT_KEY").is_none() {
-        let state = std::path::absolute(&config.state).unwrap_or_else(|_| config.state.clone());
-        std::env::set_var("STARLING_SNAPSHOT_KEY", state.join("snapshot.key"));
-    }
     crate::log::init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)

@@ -423,14 +423,18 @@ impl Pools {
                 count: active,
             });
         }
+        // Only monitors that answer are stopped and counted: activated VMs that ended keep
+        // their slots (their consoles) until now.
+        let mut stopped = 0;
         for s in &all {
             let vm = Client::new(s.join("api.sock"));
             if vm.answers() {
                 let _ = vm.stop();
+                stopped += 1;
             }
         }
         std::fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
-        Ok(Removal::Removed { stopped: all.len() })
+        Ok(Removal::Removed { stopped })
     }
 }
 

@@ -5,9 +5,11 @@
 //! opens those files only when the MAC checks (`file.rs`, `mod.rs`).
 //!
 //! The key is 32 random bytes in a file of its user's own, mode 0600: `STARLING_SNAPSHOT_KEY`,
-//! else `$XDG_CONFIG_HOME/starling/snapshot.key` or `~/.config/starling/snapshot.key`
-//! (`/var/lib/starling/snapshot.key` for root without a home). It is made the first time a VM
-//! is started. Hosts of a fleet that restore each other's snapshots share one key file.
+//! else `/var/lib/starling/snapshot.key` for root (one key whether a VM was started by
+//! `starlingd`, which has no home, or by root's command line: each restores the other's pools
+//! and snapshots) and `$XDG_CONFIG_HOME/starling/snapshot.key` or
+//! `~/.config/starling/snapshot.key` for other users. It is made the first time a VM is
+//! started. Hosts of a fleet that restore each other's snapshots share one key file.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -49,14 +51,21 @@ pub fn default_path() -> PathBuf {
     if let Some(p) = env("STARLING_SNAPSHOT_KEY") {
         return p;
     }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from(ROOT_KEY);
+    }
     if let Some(d) = env("XDG_CONFIG_HOME") {
         return d.join("starling/snapshot.key");
     }
     match env("HOME") {
         Some(h) => h.join(".config/starling/snapshot.key"),
-        None => PathBuf::from("/var/lib/starling/snapshot.key"),
+        None => PathBuf::from(ROOT_KEY),
     }
 }
+
+/// Root's key (and that of a user without a home, who cannot make it there).
+const ROOT_KEY: &str = "/var/lib/starling/snapshot.key";
 
 static PREPARED: OnceLock<Result<StateKey, Error>> = OnceLock::new();
 
