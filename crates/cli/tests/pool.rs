@@ -39,6 +39,18 @@ fn ok(c: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Pool `name` as `pool ls --json` lists it.
+fn listed(pools: &Path, name: &str) -> serde_json::Value {
+    let ls: serde_json::Value =
+        serde_json::from_str(&ok(starling(pools).args(["pool", "ls", "--json"]))).unwrap();
+    ls.as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("pool {name} not listed: {ls}"))
+        .clone()
+}
+
 fn fails(c: &mut Command) -> String {
     let out = c.output().unwrap();
     assert!(!out.status.success());
@@ -250,15 +262,7 @@ fn pools_dock_activate_refill_and_remove() {
     assert_eq!(v["warm"], true, "{v}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let ls = loop {
-        let ls: serde_json::Value =
-            serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
-        let p = ls
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "brittle")
-            .unwrap()
-            .clone();
+        let p = listed(&pools, "brittle");
         if p["failed"] == 1 {
             break p;
         }
@@ -407,15 +411,7 @@ fn pools_dock_activate_refill_and_remove() {
     // not the activated VMs that ended and left their slots (their consoles) behind.
     let deadline = Instant::now() + Duration::from_secs(30);
     let live = loop {
-        let ls: serde_json::Value =
-            serde_json::from_str(&ok(starling(&pools).args(["pool", "ls", "--json"]))).unwrap();
-        let web = ls
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == "web")
-            .unwrap()
-            .clone();
+        let web = listed(&pools, "web");
         if web["starting"] == 0 && web["active"] == 0 {
             break web["waiting"].as_u64().unwrap();
         }

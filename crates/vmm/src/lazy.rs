@@ -780,9 +780,8 @@ fn fault_loop(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_memory_server_serves_at_most_its_clients_at_once_and_takes_more_as_they_go() {
-        let t = tempfile::tempdir().unwrap();
+    /// A memory server of `b"the state"` and no pages listening at `path`, once it is.
+    fn serving(path: &Path) {
         let server = Arc::new(MemoryServer {
             state: b"the state".to_vec(),
             map: Vec::new(),
@@ -791,14 +790,17 @@ mod tests {
             served: AtomicU64::new(0),
             sent: AtomicU64::new(0),
         });
-        let addr = Addr::Unix(t.path().join("mem.sock"));
         let (tx, rx) = std::sync::mpsc::channel();
-        let listen = addr.clone();
+        let listen = Addr::Unix(path.to_owned());
         std::thread::spawn(move || server.serve(&listen, || tx.send(()).unwrap()));
         rx.recv().unwrap();
-        let Addr::Unix(path) = &addr else {
-            unreachable!()
-        };
+    }
+
+    #[test]
+    fn a_memory_server_serves_at_most_its_clients_at_once_and_takes_more_as_they_go() {
+        let t = tempfile::tempdir().unwrap();
+        let path = &t.path().join("mem.sock");
+        serving(path);
         // Clients that connect and say nothing hold their places.
         let mut idle: Vec<UnixStream> = (0..MAX_CLIENTS)
             .map(|_| UnixStream::connect(path).unwrap())
@@ -836,19 +838,8 @@ mod tests {
     fn a_unix_memory_server_is_its_user_s_alone() {
         use std::os::unix::fs::PermissionsExt;
         let t = tempfile::tempdir().unwrap();
-        let server = Arc::new(MemoryServer {
-            state: b"the state".to_vec(),
-            map: Vec::new(),
-            bytes: 0,
-            source: Source::Dir(tempfile::tempfile().unwrap()),
-            served: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-        });
         let path = t.path().join("mem.sock");
-        let (tx, rx) = std::sync::mpsc::channel();
-        let listen = Addr::Unix(path.clone());
-        std::thread::spawn(move || server.serve(&listen, || tx.send(()).unwrap()));
-        rx.recv().unwrap();
+        serving(&path);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // Its owner is served.

@@ -154,13 +154,7 @@ fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, id: u32, count: u32) {
             (0x8000_0001, Vendor::Amd) if topoext => set_bit(&mut e.ecx, 22, true),
             (0x8000_0002..=0x8000_0004, _) => {
                 if let Some(b) = &brand {
-                    let at = (e.function - 0x8000_0002) as usize * 16;
-                    let reg = |k: usize| {
-                        let mut w = [0u8; 4];
-                        w.copy_from_slice(&b[at + 4 * k..at + 4 * k + 4]);
-                        u32::from_le_bytes(w)
-                    };
-                    (e.eax, e.ebx, e.ecx, e.edx) = (reg(0), reg(1), reg(2), reg(3));
+                    [e.eax, e.ebx, e.ecx, e.edx] = brand_words(b, e.function);
                 }
             }
             (0x8000_001e, Vendor::Amd) => {
@@ -183,13 +177,7 @@ const BRAND_LEN: usize = 48;
 /// shows what its first boot showed); Intel's with the host's nominal frequency, which
 /// Linux reads from it. None for other vendors or when KVM lists no brand string.
 fn brand_string(vendor: Vendor, entries: &[kvm_cpuid_entry2]) -> Option<[u8; BRAND_LEN]> {
-    let mut host = Vec::with_capacity(BRAND_LEN);
-    for leaf in 0x8000_0002..=0x8000_0004 {
-        let e = entries.iter().find(|e| e.function == leaf)?;
-        for r in [e.eax, e.ebx, e.ecx, e.edx] {
-            host.extend_from_slice(&r.to_le_bytes());
-        }
-    }
+    let host = brand_bytes(entries)?;
     let text = match vendor {
         Vendor::Intel => {
             let host = String::from_utf8_lossy(&host);
@@ -210,6 +198,30 @@ fn brand_string(vendor: Vendor, entries: &[kvm_cpuid_entry2]) -> Option<[u8; BRA
     let n = text.len().min(BRAND_LEN - 1);
     b[..n].copy_from_slice(&text.as_bytes()[..n]);
     Some(b)
+}
+
+/// The brand string leaves 0x80000002..4 hold, as bytes; None when one is not listed.
+fn brand_bytes(entries: &[kvm_cpuid_entry2]) -> Option<[u8; BRAND_LEN]> {
+    let mut b = [0u8; BRAND_LEN];
+    for (leaf, chunk) in (0x8000_0002..=0x8000_0004).zip(b.chunks_exact_mut(16)) {
+        let e = entries.iter().find(|e| e.function == leaf)?;
+        for (r, out) in [e.eax, e.ebx, e.ecx, e.edx]
+            .iter()
+            .zip(chunk.chunks_exact_mut(4))
+        {
+            out.copy_from_slice(&r.to_le_bytes());
+        }
+    }
+    Some(b)
+}
+
+/// EAX, EBX, ECX and EDX of brand string leaf `leaf` (0x80000002..4) holding `b`.
+fn brand_words(b: &[u8; BRAND_LEN], leaf: u32) -> [u32; 4] {
+    let at = (leaf.saturating_sub(0x8000_0002) as usize).min(2) * 16;
+    std::array::from_fn(|k| {
+        let w = &b[at + 4 * k..at + 4 * k + 4];
+        u32::from_le_bytes([w[0], w[1], w[2], w[3]])
+    })
 }
 
 /// The XCR0 a vCPU starts with: every user state component KVM offers (CPUID 0xD.0
@@ -379,28 +391,13 @@ mod tests {
     fn brand(text: &[u8]) -> Vec<kvm_cpuid_entry2> {
         let mut b = [0u8; BRAND_LEN];
         b[..text.len()].copy_from_slice(text);
-        let word =
-            |k: usize| u32::from_le_bytes([b[4 * k], b[4 * k + 1], b[4 * k + 2], b[4 * k + 3]]);
-        (0..3)
-            .map(|l| {
-                let k = 4 * l;
-                entry(
-                    0x8000_0002 + l as u32,
-                    0,
-                    [word(k), word(k + 1), word(k + 2), word(k + 3)],
-                )
-            })
+        (0x8000_0002..=0x8000_0004)
+            .map(|leaf| entry(leaf, 0, brand_words(&b, leaf)))
             .collect()
     }
 
     fn brand_of(entries: &[kvm_cpuid_entry2]) -> String {
-        let mut b = Vec::new();
-        for f in 0x8000_0002..=0x8000_0004 {
-            let e = get(entries, f, 0);
-            for r in [e.eax, e.ebx, e.ecx, e.edx] {
-                b.extend_from_slice(&r.to_le_bytes());
-            }
-        }
+        let b = brand_bytes(entries).expect("brand string leaves");
         assert_eq!(b.last(), Some(&0), "the brand string ends in NUL");
         String::from_utf8_lossy(&b)
             .trim_end_matches('\0')

@@ -158,15 +158,18 @@ pub fn read(dir: &std::path::Path) -> Result<VmState, Error> {
     }))
 }
 
-/// The key a snapshot's state is signed with: this user's, which a state that names host
-/// resources cannot be written without.
-pub fn signing_key(state: &VmState) -> Result<Option<&'static key::StateKey>, Error> {
-    match key::get() {
-        Ok(k) => Ok(Some(k)),
-        Err(_) if state.host_resources().is_empty() => Ok(None),
-        Err(e) => Err(Error::Invalid(format!(
-            "{e}: a snapshot of a VM with disks, shared file systems or network devices is \
-             signed with it"
-        ))),
-    }
+/// Writes `state` to `path` signed with this user's key; a state that names host resources
+/// is not written without it.
+pub fn write_state(path: &std::path::Path, state: &VmState) -> Result<(), Error> {
+    let key = match key::get() {
+        Ok(k) => Some(k),
+        Err(_) if state.host_resources().is_empty() => None,
+        Err(e) => {
+            return Err(Error::Invalid(format!(
+                "{e}: a snapshot of a VM with disks, shared file systems or network devices is \
+                 signed with it"
+            )))
+        }
+    };
+    file::write(path, state, key)
 }

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{file, kvm, VmInfo, VmState, MEMORY_FILE, MEMORY_MAP_FILE, STATE_FILE};
+use super::{kvm, write_state, VmInfo, VmState, MEMORY_FILE, MEMORY_MAP_FILE, STATE_FILE};
 use crate::bus::lock;
 use crate::machine::Machine;
 use crate::memory::GuestRam;
@@ -127,7 +127,7 @@ fn write(
     }
     state.memory_map = Some(*blake3::hash(&map).as_bytes());
     let state_path = dir.join(STATE_FILE);
-    file::write(&state_path, &state, super::signing_key(&state)?)?;
+    write_state(&state_path, &state)?;
     let state_bytes = std::fs::metadata(&state_path).map_or(0, |m| m.len());
     Ok(Written {
         memory_bytes,
@@ -155,7 +155,7 @@ pub fn freeze_for_fork(
     let (state, memfd) = capture(m, info, clone_id, Some(freeze_dir), None, |ram| {
         ram.freeze().map_err(io_at("freezing guest memory".into()))
     })?;
-    file::write(&dir.join(STATE_FILE), &state, super::signing_key(&state)?)?;
+    write_state(&dir.join(STATE_FILE), &state)?;
     Ok(memfd)
 }
 
