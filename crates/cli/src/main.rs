@@ -77,6 +77,8 @@ enum Command {
         /// Give up on a request that takes longer than this, e.g. 30s, 2m
         #[arg(long, default_value = "30s", value_parser = format::parse_duration, value_name = "DURATION")]
         timeout: u64,
+        #[command(flatten)]
+        routes: repo_cmd::RouteArgs,
         #[arg(long)]
         json: bool,
     },
@@ -262,9 +264,10 @@ fn main() -> ExitCode {
             image,
             root,
             timeout,
+            routes,
             json,
-        } => repo_cmd::pull(&store, &url, &image, root, timeout, json),
-        Command::Daemon(a) => starling_daemon::server::run(a.config()).map(|_| ExitCode::SUCCESS),
+        } => repo_cmd::pull(&store, &url, &image, root, timeout, &routes, json),
+        Command::Daemon(a) => Ok(a.run("starling daemon")),
         Command::Mount { args, socket } => mount_cmd::mount(&socket, &store, args),
         Command::Umount { mountpoint, socket } => mount_cmd::umount(&socket, &mountpoint),
         Command::Commit {

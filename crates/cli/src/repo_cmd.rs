@@ -74,9 +74,50 @@ pub enum RepoCmd {
         /// Trusted root metadata, needed on first contact
         #[arg(long, value_name = "ROOT.json")]
         root: Option<PathBuf>,
+        #[command(flatten)]
+        routes: RouteArgs,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where else a repository is served, and how to reach it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RouteArgs {
+    /// Another URL (or directory) serving a copy of the repository, tried in order after the
+    /// repository's own when a request fails; everything is verified by the same root.
+    /// Repeatable
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
+    /// An HTTP caching proxy to go through (http://HOST:PORT, or DIRECT for none), tried in
+    /// order when one fails; repeatable [default: http_proxy, https_proxy, no_proxy]
+    #[arg(long = "proxy", value_name = "URL")]
+    pub proxies: Vec<String>,
+}
+
+impl RouteArgs {
+    /// The repository at `url` with these mirrors, and client options with these proxies.
+    pub fn apply(&self, url: &str, opts: ClientOptions) -> Result<(Remote, ClientOptions)> {
+        let remote = Remote::parse(url)?.with_mirrors(&self.mirrors)?;
+        let proxies = self
+            .proxies
+            .iter()
+            .map(|p| starling_repo::mirrors::Proxy::parse(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((
+            remote,
+            ClientOptions {
+                proxies,
+                notify: Some(say_route_failed),
+                ..opts
+            },
+        ))
+    }
+}
+
+/// A mirror or proxy failed and the next one is taken: worth a line, the pull goes on.
+fn say_route_failed(m: &str) {
+    eprintln!("starling: {m}");
 }
 
 #[derive(Subcommand)]
@@ -209,17 +250,17 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
         RepoCmd::Serve { dir, listen } => {
             rt.block_on(starling_repo::serve::serve(dir, &listen))?;
         }
-        RepoCmd::Ls { url, root, json } => {
-            let remote = Remote::parse(&url)?;
+        RepoCmd::Ls {
+            url,
+            root,
+            routes,
+            json,
+        } => {
+            let (remote, opts) = routes.apply(&url, ClientOptions::default())?;
             let store = trust_store(store_dir, &url, root.as_deref())?;
             let recs = rt.block_on(async {
-                let repo = starling_repo::pull::open(
-                    &store,
-                    &remote,
-                    root.as_deref(),
-                    &ClientOptions::default(),
-                )
-                .await?;
+                let repo =
+                    starling_repo::pull::open(&store, &remote, root.as_deref(), &opts).await?;
                 starling_repo::pull::records(&repo).await
             })?;
             if json {
@@ -330,13 +371,16 @@ pub fn pull(
     image: &str,
     root: Option<PathBuf>,
     timeout: u64,
+    routes: &RouteArgs,
     json: bool,
 ) -> Result<ExitCode> {
-    let opts = ClientOptions {
-        timeout: std::time::Duration::from_secs(timeout.max(1)),
-        ..ClientOptions::default()
-    };
-    let remote = Remote::parse(url)?;
+    let (remote, opts) = routes.apply(
+        url,
+        ClientOptions {
+            timeout: std::time::Duration::from_secs(timeout.max(1)),
+            ..ClientOptions::default()
+        },
+    )?;
     let store = trust_store(store_dir, url, root.as_deref())?;
     let what = ImageRef::parse(image)?;
     let rt = starling_repo::runtime()?;

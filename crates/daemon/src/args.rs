@@ -3,23 +3,33 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::config::{Checked, ConfigError};
 use crate::{Config, DEFAULT_SOCKET, DEFAULT_STATE};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DaemonArgs {
-    /// State directory (host cache, mount list)
-    #[arg(long, env = "STARLING_STATE", default_value = DEFAULT_STATE)]
-    pub state: PathBuf,
-    /// API socket
-    #[arg(long, env = "STARLING_SOCKET", default_value = DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// Configuration file (TOML; docs/config.md) [default: /etc/starling/starlingd.toml when
+    /// it exists]. Flags given here win over it
+    #[arg(long, env = "STARLING_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the configuration (the file, its repositories' root metadata, the flags), print
+    /// the settings that would be used, and exit
+    #[arg(long)]
+    pub check_config: bool,
+    /// State directory (host cache, mount list) [default: /var/lib/starling]
+    #[arg(long, env = "STARLING_STATE")]
+    pub state: Option<PathBuf>,
+    /// API socket [default: /run/starling/starlingd.sock]
+    #[arg(long, env = "STARLING_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// Host cache size limit (e.g. 20G); least recently used objects are evicted beyond it
-    #[arg(long, default_value = "10G", value_parser = parse_size)]
-    pub quota: u64,
+    /// [default: 10G]
+    #[arg(long, value_parser = parse_size)]
+    pub quota: Option<u64>,
     /// How long a request to a repository may take before it counts as failed (reads then
-    /// fail with EIO), e.g. 20s, 2m
-    #[arg(long, default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
-    pub timeout: u64,
+    /// fail with EIO), e.g. 20s, 2m [default: 20s]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<u64>,
     /// Serve the Prometheus metrics (`GET /metrics`, read-only) on this TCP address too,
     /// e.g. 127.0.0.1:9464; the API socket always serves them
     #[arg(long, value_name = "ADDR")]
@@ -27,13 +37,51 @@ pub struct DaemonArgs {
 }
 
 impl DaemonArgs {
-    pub fn config(&self) -> Config {
-        Config {
-            state: self.state.clone(),
-            socket: self.socket.clone(),
-            quota: self.quota,
-            timeout: Duration::from_secs(self.timeout.max(1)),
-            metrics_listen: self.metrics_listen,
+    /// The flags over the configuration file over the defaults.
+    pub fn config(&self) -> Result<(Config, Checked), ConfigError> {
+        let file = crate::config::load(self.config.as_deref())?;
+        let config = Config {
+            state: self
+                .state
+                .clone()
+                .or_else(|| file.state.clone())
+                .unwrap_or_else(|| DEFAULT_STATE.into()),
+            socket: self
+                .socket
+                .clone()
+                .or_else(|| file.socket.clone())
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            quota: self.quota.or(file.cache_size).unwrap_or(10 << 30),
+            timeout: Duration::from_secs(self.timeout.or(file.timeout).unwrap_or(20).max(1)),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            proxies: file.proxies.clone(),
+            repositories: file.repositories.clone(),
+            config_file: file.path.clone(),
+        };
+        Ok((config, file))
+    }
+
+    /// What `starlingd` and `starling daemon` do: check the configuration, then run (or,
+    /// with `--check-config`, say what would be used).
+    pub fn run(&self, program: &str) -> std::process::ExitCode {
+        use std::process::ExitCode;
+        let (config, file) = match self.config() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("{program}: configuration {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if self.check_config {
+            print!("{}", file.summary(&config));
+            return ExitCode::SUCCESS;
+        }
+        match crate::server::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{program}: {e:#}");
+                ExitCode::FAILURE
+            }
         }
     }
 }

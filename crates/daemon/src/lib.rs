@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod args;
 pub mod client;
+pub mod config;
 pub mod kernels;
 pub mod log;
 pub mod metrics;
@@ -37,6 +38,12 @@ pub struct Config {
     pub timeout: Duration,
     /// Where a scraper reads `GET /metrics` over TCP (the API socket serves it too).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// HTTP caching proxies towards every repository (empty: as the environment says).
+    pub proxies: Vec<starling_repo::mirrors::Proxy>,
+    /// The repositories the configuration file lists (empty: any, trusted at first contact).
+    pub repositories: Vec<config::Repository>,
+    /// The file they came from, for messages.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Config {

@@ -16,12 +16,5 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match starling_daemon::server::run(cli.args.config()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("starlingd: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    Cli::parse().args.run("starlingd")
 }

@@ -9,7 +9,6 @@ use starling_fs::record::Recorder;
 use starling_fs::{Counters, ImageFs, Mounted, Objects};
 use starling_image::reference::ImageRef;
 use starling_image::walk::Walker;
-use starling_repo::pull::Remote;
 use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 
 use crate::api::{CommitInfo, CommitRequest, MountInfo, MountRequest, Source};
@@ -180,15 +179,16 @@ impl Mounts {
                 )
             }
             Source::Repo { url, image, root } => {
-                let remote =
-                    Remote::parse(url).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+                let access = host
+                    .repository(url, root.as_deref())
+                    .map_err(DaemonError::BadRequest)?;
                 let r =
                     ImageRef::parse(image).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-                let res = crate::vms::resolve_repo(host, &remote, root.as_deref(), &r)?;
+                let res = crate::vms::resolve_repo(host, &access, &r)?;
                 offline = res.offline;
                 let id = res.version;
                 (
-                    host.remote(&remote)
+                    host.remote(&access)
                         .map_err(|e| DaemonError::BadRequest(e.to_string()))?,
                     id,
                     url.clone(),

@@ -205,6 +205,11 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .with_state(d)
 }
 
+/// A mirror or proxy failed and the next is taken: the operator wants to know.
+fn log_route_failed(m: &str) {
+    tracing::warn!("{m}");
+}
+
 /// Runs the daemon until it is told to stop; unmounts everything on the way out.
 pub fn run(config: Config) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -221,6 +226,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("state directory {}", config.state.display()))?;
     let opts = ClientOptions {
         timeout: config.timeout,
+        proxies: config.proxies.clone(),
+        notify: Some(log_route_failed),
         ..ClientOptions::default()
     };
     let objects = HostObjects::open(
@@ -229,7 +236,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         opts,
         rt.handle().clone(),
     )
-    .with_context(|| format!("host cache in {}", config.state.display()))?;
+    .with_context(|| format!("host cache in {}", config.state.display()))?
+    .with_repositories(config.repositories.clone(), config.config_file.clone());
     let objects = Arc::new(objects);
     let mounts = Mounts::new(&config.state);
     for mp in mounts.clean_stale() {

@@ -10,6 +10,7 @@ use starling_repo::pull::{ClientOptions, Remote};
 use starling_store::cache::{CachedSource, HostCache};
 use starling_store::{ObjectSource, Store};
 
+use crate::config::Repository;
 use crate::metrics::{FetchMetrics, Timed};
 
 pub struct HostObjects {
@@ -23,6 +24,18 @@ pub struct HostObjects {
     rt: tokio::runtime::Handle,
     remotes: Mutex<HashMap<String, CachedSource>>,
     stores: Mutex<HashMap<String, Arc<Store>>>,
+    /// The repositories the configuration lists (empty: any, trusted at first contact).
+    repositories: Vec<Repository>,
+    config_file: Option<PathBuf>,
+}
+
+/// A repository as the daemon reaches it: its URL and mirrors, the root to trust it with,
+/// and the client options (proxies) for it.
+#[derive(Debug, Clone)]
+pub struct RepoAccess {
+    pub remote: Remote,
+    pub root: Option<PathBuf>,
+    pub opts: ClientOptions,
 }
 
 impl HostObjects {
@@ -41,6 +54,67 @@ impl HostObjects {
             rt,
             remotes: Mutex::new(HashMap::new()),
             stores: Mutex::new(HashMap::new()),
+            repositories: Vec::new(),
+            config_file: None,
+        })
+    }
+
+    /// Serves only these repositories (from `file`), each with its pinned root.
+    pub fn with_repositories(mut self, repos: Vec<Repository>, file: Option<PathBuf>) -> Self {
+        self.repositories = repos;
+        self.config_file = file;
+        self
+    }
+
+    /// How to reach the repository at `url`, whose root a client may have given (`root`):
+    /// a configured repository comes with its mirrors, proxies and pinned root (a client's
+    /// root must be that one); an unlisted one is refused when the configuration lists any.
+    pub fn repository(&self, url: &str, root: Option<&Path>) -> Result<RepoAccess, String> {
+        let remote = Remote::parse(url).map_err(|e| e.to_string())?;
+        let Some(r) = self
+            .repositories
+            .iter()
+            .find(|r| r.remote.base == remote.base)
+        else {
+            if let Some(file) = self
+                .config_file
+                .as_ref()
+                .filter(|_| !self.repositories.is_empty())
+            {
+                return Err(format!(
+                    "repository {} is not one this host serves: {} lists the repositories                      starlingd mounts and runs images from; add a [[repository]] with its url                      and root there",
+                    remote.base,
+                    file.display()
+                ));
+            }
+            return Ok(RepoAccess {
+                remote,
+                root: root.map(Path::to_path_buf),
+                opts: self.opts.clone(),
+            });
+        };
+        if let Some(given) = root {
+            let b = std::fs::read(given).map_err(|e| format!("{}: {e}", given.display()))?;
+            let info = starling_repo::trust::root_info(&b, &given.display().to_string())
+                .map_err(|e| e.to_string())?;
+            if info != r.root_info {
+                return Err(format!(
+                    "repository {} is trusted on this host with {} ({}); the root given, {},                      is {info}: leave it out",
+                    r.remote.base,
+                    r.root.display(),
+                    r.root_info,
+                    given.display()
+                ));
+            }
+        }
+        let mut opts = self.opts.clone();
+        if !r.proxies.is_empty() {
+            opts.proxies = r.proxies.clone();
+        }
+        Ok(RepoAccess {
+            remote: r.remote.clone(),
+            root: Some(r.root.clone()),
+            opts,
         })
     }
 
@@ -54,12 +128,16 @@ impl HostObjects {
     }
 
     /// A repository's objects through the host cache.
-    pub fn remote(&self, remote: &Remote) -> Result<Arc<dyn ObjectSource>, starling_repo::Error> {
+    pub fn remote(
+        &self,
+        access: &RepoAccess,
+    ) -> Result<Arc<dyn ObjectSource>, starling_repo::Error> {
+        let remote = &access.remote;
         let mut g = self.remotes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = g.get(remote.base.as_str()) {
             return Ok(Arc::new(s.clone()));
         }
-        let inner = RemoteSource::new(remote.clone(), &self.opts, self.rt.clone())?;
+        let inner = RemoteSource::new(remote.clone(), &access.opts, self.rt.clone())?;
         let timed = Timed {
             inner: Arc::new(inner),
             metrics: self.fetch.clone(),
@@ -73,8 +151,8 @@ impl HostObjects {
     /// (as the object socket and VM records name them).
     pub fn object_source(&self, name: &str) -> Result<Arc<dyn ObjectSource>, String> {
         if let Some(url) = name.strip_prefix("repo:") {
-            let remote = Remote::parse(url).map_err(|e| e.to_string())?;
-            return self.remote(&remote).map_err(|e| e.to_string());
+            let access = self.repository(url, None)?;
+            return self.remote(&access).map_err(|e| e.to_string());
         }
         if let Some(path) = name.strip_prefix("store:") {
             let mut g = self.stores.lock().unwrap_or_else(|p| p.into_inner());

@@ -206,17 +206,16 @@ pub struct Resolved {
 /// for an unreachable repository is logged.
 pub fn resolve_repo(
     host: &HostObjects,
-    remote: &starling_repo::pull::Remote,
-    root: Option<&Path>,
+    access: &crate::sources::RepoAccess,
     r: &ImageRef,
 ) -> Result<starling_repo::pull::Resolution, DaemonError> {
     let res = host
         .runtime()
         .block_on(starling_repo::pull::resolve_at(
             host.dir(),
-            remote,
-            root,
-            &host.opts,
+            &access.remote,
+            access.root.as_deref(),
+            &access.opts,
             r,
         ))
         .map_err(|e| match e {
@@ -249,11 +248,12 @@ pub fn resolve(source: &Source, host: &HostObjects) -> Result<Resolved, DaemonEr
             })
         }
         Source::Repo { url, image, root } => {
-            let remote = starling_repo::pull::Remote::parse(url).map_err(|e| bad(e.to_string()))?;
+            let access = host.repository(url, root.as_deref()).map_err(bad)?;
+            let remote = &access.remote;
             let r = ImageRef::parse(image).map_err(|e| bad(e.to_string()))?;
-            let res = resolve_repo(host, &remote, root.as_deref(), &r)?;
+            let res = resolve_repo(host, &access, &r)?;
             let id = res.version;
-            let objects = host.remote(&remote).map_err(|e| bad(e.to_string()))?;
+            let objects = host.remote(&access).map_err(|e| bad(e.to_string()))?;
             let bytes = objects
                 .get(&id, MAX_MANIFEST)
                 .map_err(|e| DaemonError::Upstream(e.to_string()))?;

@@ -116,6 +116,9 @@ pub fn network_failure(e: &(dyn std::error::Error + 'static)) -> Option<NetworkF
         if let Some(t) = c.downcast_ref::<tough::TransportError>() {
             url.get_or_insert_with(|| t.url().to_string());
         }
+        if let Some(n) = c.downcast_ref::<crate::mirrors::NoRoute>() {
+            network |= n.network;
+        }
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
             network |= matches!(
                 io.kind(),

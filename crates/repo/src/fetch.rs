@@ -2,49 +2,97 @@
 //! an [`ObjectSource`]: read a repository image in place (inventory, diff, search, lazy
 //! mounts through the host cache) without pulling it.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use starling_store::{ObjectId, ObjectSource, Origin};
 
-use crate::error::{innermost, invalid, Error, Result};
+use crate::error::{innermost, Error, Result};
+use crate::mirrors::Routes;
 use crate::pull::{ClientOptions, Remote};
 use crate::push::object_rel;
-
-/// No byte from the server for this long fails the request.
-const STALL: Duration = Duration::from_secs(5);
 
 /// A download task's outcome: the object, and its envelope with the URL it came from.
 pub(crate) type Fetched = (ObjectId, Result<(Vec<u8>, String)>);
 
-/// Object downloads from one repository, each bounded in size and time.
+/// Object downloads from one repository (its URL and mirrors, through its proxies), each
+/// bounded in size and time.
 #[derive(Clone)]
 pub struct Fetcher {
     remote: Remote,
-    client: reqwest::Client,
+    routes: Arc<Routes>,
     pub(crate) parallel: usize,
 }
 
 impl Fetcher {
     pub fn new(remote: Remote, opts: &ClientOptions) -> Result<Fetcher> {
-        let client = reqwest::Client::builder()
-            .timeout(opts.timeout)
-            // A server that stops sending (stalled, its host gone) fails a read in seconds,
-            // while a slow but moving download has the whole timeout.
-            .read_timeout(STALL.min(opts.timeout))
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| invalid("HTTP client", e.to_string()))?;
         Ok(Fetcher {
+            routes: Routes::shared(&remote, opts)?,
             remote,
-            client,
             parallel: opts.parallel.max(1),
         })
     }
 
-    /// An object's envelope, refusing more than its largest possible size (`len` is the
-    /// uncompressed size it must have; zstd never expands by more than a small margin).
+    /// An object's envelope from the first route that serves it, refusing more than its
+    /// largest possible size (`len` is the uncompressed size it must have; zstd never expands
+    /// by more than a small margin). With more than one route, the envelope is verified
+    /// against the object's id here, so that a mirror serving a damaged object is passed over
+    /// for the next (with one route the reader verifies it, as it always does).
     pub async fn get(&self, id: &ObjectId, len: u64) -> Result<(Vec<u8>, String)> {
         let url = self.remote.join(&object_rel(id))?;
+        let mut reasons = Vec::new();
+        let mut newly_down = Vec::new();
+        for i in self.routes.order() {
+            let got = self.get_from(i, &url, id, len).await;
+            let got = match got {
+                Ok((env, shown)) if self.routes.len() > 1 => {
+                    match starling_store::decode_envelope(id, &env) {
+                        Ok(_) => Ok((env, shown)),
+                        Err(e) => Err(Error::BadObject {
+                            id: id.to_hex(),
+                            url: shown,
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+                other => other,
+            };
+            match got {
+                Ok(v) => {
+                    self.routes.succeeded(i);
+                    self.routes.took_over(i, &newly_down);
+                    return Ok(v);
+                }
+                // A mirror still syncing may lack an object: the next one may have it.
+                Err(Error::Fetch { reason, .. }) if reason == NOT_FOUND => {
+                    reasons.push((i, reason));
+                }
+                Err(e) => {
+                    let why = match &e {
+                        Error::Fetch { reason, .. } => reason.clone(),
+                        other => other.to_string(),
+                    };
+                    if self.routes.failed(i) {
+                        newly_down.push((i, why.clone()));
+                    }
+                    if self.routes.len() == 1 {
+                        return Err(e);
+                    }
+                    reasons.push((i, why));
+                }
+            }
+        }
+        Err(self.routes.all_failed(&url, reasons))
+    }
+
+    async fn get_from(
+        &self,
+        i: usize,
+        url: &url::Url,
+        id: &ObjectId,
+        len: u64,
+    ) -> Result<(Vec<u8>, String)> {
+        let route = self.routes.route(i);
+        let url = self.routes.rebase(i, url);
         let max = starling_store::HEADER_LEN as u64 + len + len / 128 + 1024;
         let shown = url.to_string();
         let fetch_err = |reason: String| Error::Fetch {
@@ -57,13 +105,17 @@ impl Fetcher {
             url: shown.clone(),
             reason,
         };
-        if self.remote.is_file() {
+        if route.is_file() {
             let p = url
                 .to_file_path()
                 .map_err(|_| fetch_err("bad file URL".into()))?;
-            let md = tokio::fs::metadata(&p)
-                .await
-                .map_err(|e| fetch_err(e.to_string()))?;
+            let md = match tokio::fs::metadata(&p).await {
+                Ok(md) => md,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(fetch_err(NOT_FOUND.into()))
+                }
+                Err(e) => return Err(fetch_err(e.to_string())),
+            };
             if md.len() > max {
                 return Err(too_big(format!(
                     "{} bytes is more than the {max} this object can have",
@@ -75,12 +127,15 @@ impl Fetcher {
                 .map_err(|e| fetch_err(e.to_string()))?;
             return Ok((b, shown));
         }
-        let mut resp = self
+        let mut resp = route
             .client
             .get(url.clone())
             .send()
             .await
             .map_err(|e| fetch_err(innermost(&e)))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(fetch_err(NOT_FOUND.into()));
+        }
         if !resp.status().is_success() {
             return Err(fetch_err(format!("HTTP {}", resp.status())));
         }
@@ -102,6 +157,9 @@ impl Fetcher {
         Ok((out, shown))
     }
 }
+
+/// What a server answered for an object it does not have.
+const NOT_FOUND: &str = "HTTP 404 Not Found";
 
 /// A repository as a source of objects: each read fetched over HTTP (or from the directory)
 /// within its size bound and verified by the reader. Reads block on `rt`: call from threads

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fetch;
 pub mod keys;
 pub mod meta;
+pub mod mirrors;
 pub mod pull;
 pub mod push;
 pub mod record;

@@ -14,27 +14,50 @@ use starling_image::reference::ImageRef;
 use starling_image::tags;
 use starling_image::walk::Walker;
 use starling_store::{ObjectId, Store, Txn};
-use tough::{
-    DefaultTransport, FilesystemTransport, HttpTransportBuilder, IntoVec, RepositoryLoader,
-    TargetName,
-};
+use tough::{IntoVec, RepositoryLoader, TargetName};
 
 use crate::error::{invalid, tuf, Error, IoContext, Result};
 use crate::fetch::{Fetched, Fetcher};
+use crate::mirrors::{Proxy, RoutedTransport, Routes};
 use crate::record::{is_record_target, target_name, ImageRecord};
 
 use starling_store::MAX_MANIFEST;
 
 const PARALLEL: usize = 16;
 
-/// Where a repository is: `http(s)://…` or a local directory.
+/// Where a repository is: `http(s)://…` or a local directory, and the mirrors that serve
+/// copies of it. The repository's own URL is its identity (its trust state, what messages
+/// name); any mirror may serve any file, all verified by the same root.
 #[derive(Debug, Clone)]
 pub struct Remote {
     pub base: url::Url,
+    pub mirrors: Vec<url::Url>,
 }
 
 impl Remote {
     pub fn parse(s: &str) -> Result<Remote> {
+        Ok(Remote {
+            base: Self::parse_base(s)?,
+            mirrors: Vec::new(),
+        })
+    }
+
+    /// The same repository, also served by `mirrors` (URLs or directories), tried in order
+    /// after its own URL.
+    pub fn with_mirrors(
+        mut self,
+        mirrors: impl IntoIterator<Item = impl AsRef<str>>,
+    ) -> Result<Remote> {
+        for m in mirrors {
+            let u = Self::parse_base(m.as_ref())?;
+            if u != self.base && !self.mirrors.contains(&u) {
+                self.mirrors.push(u);
+            }
+        }
+        Ok(self)
+    }
+
+    fn parse_base(s: &str) -> Result<url::Url> {
         let base =
             if s.starts_with("http://") || s.starts_with("https://") || s.starts_with("file://") {
                 url::Url::parse(s)
@@ -55,17 +78,13 @@ impl Remote {
         if !base.path().ends_with('/') {
             base.set_path(&format!("{}/", base.path()));
         }
-        Ok(Remote { base })
+        Ok(base)
     }
 
     pub fn join(&self, rel: &str) -> Result<url::Url> {
         self.base
             .join(rel)
             .map_err(|e| invalid(format!("{}{rel}", self.base), e.to_string()))
-    }
-
-    pub(crate) fn is_file(&self) -> bool {
-        self.base.scheme() == "file"
     }
 }
 
@@ -74,14 +93,24 @@ impl Remote {
 pub struct ClientOptions {
     /// Per-request timeout: a slow or stalled server fails the pull instead of hanging it.
     pub timeout: Duration,
+    /// How long a connection may take before the route counts as down.
+    pub connect_timeout: Duration,
     pub parallel: usize,
+    /// HTTP caching proxies to go through, in order (`DIRECT` among them: no proxy); none:
+    /// as the environment says (`http_proxy`, `no_proxy`).
+    pub proxies: Vec<Proxy>,
+    /// Told when a route fails and the next one is taken (the CLI prints it, the daemon logs it).
+    pub notify: Option<fn(&str)>,
 }
 
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
             parallel: PARALLEL,
+            proxies: Vec::new(),
+            notify: None,
         }
     }
 }
@@ -126,21 +155,72 @@ pub async fn open_at(
             FIRST_CONTACT,
         ));
     };
-    let loader = RepositoryLoader::new(&root, remote.join("metadata/")?, remote.join("targets/")?)
-        .datastore(&ds);
-    let loader = if remote.is_file() {
-        loader.transport(FilesystemTransport)
-    } else {
-        let http = HttpTransportBuilder::new()
-            .timeout(opts.timeout)
-            .connect_timeout(Duration::from_secs(10))
-            .tries(2);
-        loader.transport(DefaultTransport::new_with_http_settings(http))
-    };
-    loader
-        .load()
-        .await
-        .map_err(tuf(format!("verifying the metadata of {}", remote.base)))
+    let routes = Routes::shared(remote, opts)?;
+    load_through(&root, &ds, remote, routes).await
+}
+
+/// Loads the metadata through the first route that serves metadata which verifies: a mirror
+/// whose metadata is tampered with, stale (older than what this host saw) or expired is set
+/// aside and the next one is tried; the error names every route's failure.
+pub(crate) async fn load_through(
+    root: &[u8],
+    ds: &Path,
+    remote: &Remote,
+    routes: Arc<Routes>,
+) -> Result<tough::Repository> {
+    let what = format!("verifying the metadata of {}", remote.base);
+    let mut refused: Vec<String> = Vec::new();
+    let mut passed_over = Vec::new();
+    loop {
+        let transport = RoutedTransport::new(routes.clone());
+        let loaded =
+            RepositoryLoader::new(&root, remote.join("metadata/")?, remote.join("targets/")?)
+                .datastore(ds)
+                .transport(transport.clone())
+                .load()
+                .await;
+        let e = match loaded {
+            Ok(repo) => {
+                if let Some(served) = transport.last_served() {
+                    routes.took_over(served, &passed_over);
+                }
+                return Ok(repo);
+            }
+            Err(e) => tuf(what.clone())(e),
+        };
+        // The route whose file did not verify; none when every route failed to answer (the
+        // transport tried them all) or there is no other route.
+        let blamed = transport
+            .last_served()
+            .filter(|_| routes.len() > 1 && !transport.exhausted());
+        let why = match &e {
+            Error::Tuf { source, .. } => source.to_string(),
+            other => other.to_string(),
+        };
+        match blamed {
+            Some(i) => {
+                routes.failed(i);
+                refused.push(format!("{}: {why}", routes.route(i).describe()));
+                passed_over.push((i, why));
+                if refused.len() >= routes.len() {
+                    break;
+                }
+            }
+            None if refused.is_empty() => return Err(e),
+            None => {
+                refused.push(why);
+                break;
+            }
+        }
+    }
+    Err(Error::Tuf {
+        what,
+        source: format!(
+            "no route serves metadata that verifies: {}",
+            refused.join("; ")
+        )
+        .into(),
+    })
 }
 
 /// Every image record the repository publishes.

@@ -46,6 +46,8 @@ impl Daemon {
         };
         let mut child = cmd
             .env("STARLING_NET_STATE", state.join("net"))
+            // Never the host's /etc/starling/starlingd.toml: a test says what it configures.
+            .env("STARLING_CONFIG", "/dev/null")
             .args(["daemon", "--state", s(state), "--socket", s(&socket)])
             .args(extra)
             .stdout(Stdio::piped())

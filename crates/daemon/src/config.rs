@@ -1,0 +1,360 @@
+//! starlingd's configuration file (TOML; `/etc/starling/starlingd.toml` when it exists, or
+//! `--config FILE`): where the daemon keeps its state and listens, the host cache's size, how
+//! it reaches repositories (timeout, HTTP caching proxies), and the repositories it serves
+//! with their pinned root metadata and mirrors (as CernVM-FS's `/etc/cvmfs`). Flags given on
+//! the command line win over the file. docs/config.md documents every key; dist/ has an
+//! example.
+//!
+//! When the file lists repositories, they are the only ones the daemon mounts and runs
+//! images from, each trusted with the root metadata the file names (never with a root a
+//! client brings); without any, a repository is trusted at its first contact as before.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use starling_repo::mirrors::Proxy;
+use starling_repo::pull::Remote;
+
+/// Read when there is no `--config` and the file exists.
+pub const DEFAULT_CONFIG: &str = "/etc/starling/starlingd.toml";
+
+/// The file as written: every key optional, unknown keys refused (a typo must not be a
+/// silently ignored setting).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// State directory (host cache, mounts, VMs).
+    pub state: Option<PathBuf>,
+    /// The API socket.
+    pub socket: Option<PathBuf>,
+    /// Where `GET /metrics` is served over TCP too.
+    pub metrics_listen: Option<String>,
+    /// The host cache's size limit ("20G").
+    pub cache_size: Option<String>,
+    /// How long a request to a repository may take ("20s").
+    pub timeout: Option<String>,
+    /// HTTP caching proxies for every repository, in order ("DIRECT" for none).
+    #[serde(default)]
+    pub proxies: Vec<String>,
+    #[serde(default, rename = "repository")]
+    pub repositories: Vec<RepoEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoEntry {
+    /// The repository's URL: its identity (what clients name, what its trust is kept under).
+    pub url: String,
+    /// Its root metadata, pinned: the daemon trusts the repository with this root only.
+    pub root: PathBuf,
+    /// Copies of it, tried in order after `url`.
+    #[serde(default)]
+    pub mirrors: Vec<String>,
+    /// Proxies for this repository, instead of the file's.
+    pub proxies: Option<Vec<String>>,
+}
+
+/// A repository the daemon serves, checked.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// The URL and the mirrors.
+    pub remote: Remote,
+    /// The pinned root metadata's path, and what it is.
+    pub root: PathBuf,
+    pub root_info: starling_repo::trust::RootInfo,
+    /// Empty: the daemon's proxies (or the environment's).
+    pub proxies: Vec<Proxy>,
+}
+
+/// The file checked: every value parsed, every root read and recognised as root metadata.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    /// Where it was read from (None: no file).
+    pub path: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    pub cache_size: Option<u64>,
+    pub timeout: Option<u64>,
+    pub proxies: Vec<Proxy>,
+    pub repositories: Vec<Repository>,
+}
+
+/// What is wrong with a configuration file, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+/// Reads the file `given` names, or the default one when it exists (None when there is none).
+pub fn load(given: Option<&Path>) -> Result<Checked, ConfigError> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG);
+            if !p.exists() {
+                return Ok(Checked::default());
+            }
+            p
+        }
+    };
+    let err = |reason: String| ConfigError {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
+    let file: File = toml::from_str(&text).map_err(|e| err(one_line(&e.to_string())))?;
+    check(file, &path)
+}
+
+/// toml's message spans lines (a snippet of the file); the first says where and what.
+fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg.lines().map(str::trim).collect();
+    let first = lines.first().copied().unwrap_or("not valid TOML");
+    // The last non-empty line is the reason; the first says where.
+    match lines
+        .iter()
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with('|'))
+    {
+        Some(last) if *last != first => format!("{first} {last}"),
+        _ => first.to_string(),
+    }
+}
+
+fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError {
+        path: path.to_path_buf(),
+        reason: format!("{key}: {reason}"),
+    };
+    let base = path.parent().unwrap_or(Path::new("/"));
+    let metrics_listen = file
+        .metrics_listen
+        .as_deref()
+        .map(|a| {
+            a.parse().map_err(|e| {
+                err(
+                    "metrics_listen",
+                    format!("{a:?}: {e} (e.g. 127.0.0.1:9464)"),
+                )
+            })
+        })
+        .transpose()?;
+    let cache_size = file
+        .cache_size
+        .as_deref()
+        .map(|s| crate::args::parse_size(s).map_err(|e| err("cache_size", e)))
+        .transpose()?;
+    let timeout = file
+        .timeout
+        .as_deref()
+        .map(|s| crate::args::parse_duration(s).map_err(|e| err("timeout", e)))
+        .transpose()?;
+    let proxies = proxies(&file.proxies).map_err(|e| err("proxies", e))?;
+    let mut repositories: Vec<Repository> = Vec::new();
+    for (n, r) in file.repositories.into_iter().enumerate() {
+        let key = format!("repository {} ({})", n + 1, r.url);
+        let remote = Remote::parse(&r.url)
+            .and_then(|m| m.with_mirrors(&r.mirrors))
+            .map_err(|e| err(&key, e.to_string()))?;
+        if let Some(other) = repositories.iter().find(|o| o.remote.base == remote.base) {
+            return Err(err(
+                &key,
+                format!("listed twice (also as {})", other.remote.base),
+            ));
+        }
+        // Relative to the file, as people write them beside it.
+        let root = base.join(&r.root);
+        let bytes =
+            std::fs::read(&root).map_err(|e| err(&key, format!("root {}: {e}", root.display())))?;
+        let root_info = starling_repo::trust::root_info(&bytes, &root.display().to_string())
+            .map_err(|e| err(&key, e.to_string()))?;
+        let proxies = match &r.proxies {
+            Some(p) => self::proxies(p).map_err(|e| err(&format!("{key} proxies"), e))?,
+            None => Vec::new(),
+        };
+        repositories.push(Repository {
+            remote,
+            root,
+            root_info,
+            proxies,
+        });
+    }
+    Ok(Checked {
+        path: Some(path.to_path_buf()),
+        state: file.state.map(|p| base.join(p)),
+        socket: file.socket.map(|p| base.join(p)),
+        metrics_listen,
+        cache_size,
+        timeout,
+        proxies,
+        repositories,
+    })
+}
+
+fn proxies(list: &[String]) -> Result<Vec<Proxy>, String> {
+    list.iter()
+        .map(|p| Proxy::parse(p).map_err(|e| e.to_string()))
+        .collect()
+}
+
+impl Checked {
+    /// What `starlingd --check-config` prints: the settings that will be used.
+    pub fn summary(&self, config: &crate::Config) -> String {
+        let mut out = String::new();
+        match &self.path {
+            Some(p) => out.push_str(&format!("{}: valid\n", p.display())),
+            None => out.push_str(&format!(
+                "no configuration file ({DEFAULT_CONFIG} does not exist): flags and defaults\n"
+            )),
+        }
+        out.push_str(&format!("state    {}\n", config.state.display()));
+        out.push_str(&format!("socket   {}\n", config.socket.display()));
+        out.push_str(&format!("cache    {} bytes at most\n", config.quota));
+        out.push_str(&format!("timeout  {}s\n", config.timeout.as_secs()));
+        if let Some(m) = config.metrics_listen {
+            out.push_str(&format!("metrics  http://{m}/metrics\n"));
+        }
+        out.push_str(&format!("proxies  {}\n", shown(&config.proxies)));
+        if config.repositories.is_empty() {
+            out.push_str("repositories: any, each trusted at its first contact (--root)\n");
+        }
+        for r in &config.repositories {
+            out.push_str(&format!(
+                "repository {}\n    root {} ({})\n",
+                r.remote.base,
+                r.root.display(),
+                r.root_info
+            ));
+            for m in &r.remote.mirrors {
+                out.push_str(&format!("    mirror {m}\n"));
+            }
+            if !r.proxies.is_empty() {
+                out.push_str(&format!("    proxies {}\n", shown(&r.proxies)));
+            }
+        }
+        out
+    }
+}
+
+fn shown(p: &[Proxy]) -> String {
+    if p.is_empty() {
+        return "as the environment says (http_proxy, no_proxy)".into();
+    }
+    p.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root_file(dir: &Path) -> PathBuf {
+        let p = dir.join("root.json");
+        std::fs::write(
+            &p,
+            br#"{"signed":{"_type":"root","version":3},"signatures":[]}"#,
+        )
+        .unwrap();
+        p
+    }
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("starlingd.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_whole_file_is_read_with_paths_relative_to_it() {
+        let d = tempfile::tempdir().unwrap();
+        root_file(d.path());
+        let p = write(
+            d.path(),
+            r#"
+state = "state"
+socket = "/run/x.sock"
+cache_size = "2G"
+timeout = "45s"
+metrics_listen = "127.0.0.1:9464"
+proxies = ["http://squid:3128", "DIRECT"]
+
+[[repository]]
+url = "http://origin.example/repo"
+root = "root.json"
+mirrors = ["http://m1.example/repo/", "http://m2.example/r"]
+proxies = ["http://site:3128"]
+"#,
+        );
+        let c = load(Some(&p)).unwrap();
+        assert_eq!(c.state, Some(d.path().join("state")));
+        assert_eq!(c.socket, Some(PathBuf::from("/run/x.sock")));
+        assert_eq!(c.cache_size, Some(2 << 30));
+        assert_eq!(c.timeout, Some(45));
+        assert_eq!(c.proxies.len(), 2);
+        let r = &c.repositories[0];
+        assert_eq!(r.remote.base.as_str(), "http://origin.example/repo/");
+        assert_eq!(r.remote.mirrors.len(), 2);
+        assert_eq!(r.root_info.version, 3);
+        assert_eq!(r.proxies, [Proxy::parse("http://site:3128").unwrap()]);
+    }
+
+    #[test]
+    fn mistakes_are_named_with_the_file_and_the_key() {
+        let d = tempfile::tempdir().unwrap();
+        root_file(d.path());
+        let cases = [
+            ("cache_sise = \"2G\"\n", "unknown field `cache_sise`"),
+            (
+                "cache_size = \"2Q\"\n",
+                "cache_size: \"2Q\": unknown size unit",
+            ),
+            (
+                "timeout = \"soon\"\n",
+                "timeout: \"soon\" is not a duration",
+            ),
+            (
+                "proxies = [\"squid:3128\"]\n",
+                "proxies: proxy \"squid:3128\"",
+            ),
+            ("metrics_listen = \"9464\"\n", "metrics_listen: \"9464\""),
+            (
+                "[[repository]]\nurl = \"http://o/\"\nroot = \"missing.json\"\n",
+                "repository 1 (http://o/): root",
+            ),
+            (
+                "[[repository]]\nurl = \"http://o/\"\nroot = \"starlingd.toml\"\n",
+                "is not root metadata",
+            ),
+            (
+                "[[repository]]\nurl = \"htp://o/\"\nroot = \"root.json\"\n",
+                "unknown scheme",
+            ),
+            (
+                "[[repository]]\nurl = \"http://o/\"\nroot = \"root.json\"\n\
+                 [[repository]]\nurl = \"http://o\"\nroot = \"root.json\"\n",
+                "listed twice",
+            ),
+            (
+                "[[repository]]\nurl = \"http://o/\"\n",
+                "missing field `root`",
+            ),
+            ("state = [\n", "TOML parse error"),
+        ];
+        for (text, want) in cases {
+            let p = write(d.path(), text);
+            let e = load(Some(&p)).unwrap_err().to_string();
+            assert!(
+                e.starts_with(&format!("{}: ", p.display())) && e.contains(want),
+                "{text:?}: {e}"
+            );
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        let e = load(Some(&d.path().join("nope.toml"))).unwrap_err();
+        assert!(e.to_string().contains("No such file"), "{e}");
+    }
+}
