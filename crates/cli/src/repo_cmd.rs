@@ -53,6 +53,22 @@ pub enum RepoCmd {
         #[arg(long, default_value = EXPIRES[3], value_parser = parse_duration, value_name = "DURATION")]
         root_expires: u64,
     },
+    /// Re-sign the metadata that is due with the online keys, so that a repository nobody
+    /// pushes to stays mountable: the timestamp past half its validity (the snapshot and
+    /// targets too when due); says when root is due, which needs the root keys. Meant for a
+    /// timer (dist/systemd/starling-repo-refresh.timer)
+    Refresh {
+        /// A directory, or s3://BUCKET[/PREFIX]
+        repo: String,
+        /// Key directory [default: DIR.keys beside a directory repository; required for S3]
+        #[arg(long, value_name = "DIR")]
+        keys: Option<PathBuf>,
+        /// Re-sign targets, snapshot and timestamp now, due or not
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Keys of a repository
     #[command(subcommand)]
     Key(KeyCmd),
@@ -204,6 +220,40 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
                 keys.display(),
                 root_file.display()
             );
+        }
+        RepoCmd::Refresh {
+            repo,
+            keys,
+            force,
+            json,
+        } => {
+            let backend = Backend::parse(&repo)?;
+            let kd = KeyDir::open(&key_dir(&backend, keys)?, None)?;
+            let r = rt
+                .block_on(async { Repo::open(backend).await?.refresh(&kd, force).await })
+                .with_context(|| format!("refreshing the metadata of {repo}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.resigned.is_empty() {
+                println!(
+                    "nothing due; timestamp {} expires {}",
+                    r.timestamp_version, r.timestamp_expires
+                );
+            } else {
+                println!(
+                    "re-signed {}; timestamp {} expires {}",
+                    r.resigned.join(", "),
+                    r.timestamp_version,
+                    r.timestamp_expires
+                );
+            }
+            if r.root_due {
+                eprintln!(
+                    "starling: warning: root metadata of {repo} expires {}: sign a new root with \
+                     the root keys before then (`starling repo key rotate root {repo}`)",
+                    r.root_expires
+                );
+            }
         }
         RepoCmd::Key(KeyCmd::Rotate {
             role,

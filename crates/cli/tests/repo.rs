@@ -427,13 +427,18 @@ fn attack_rollback_to_older_metadata() {
     assert_not_pulled(&env, &cs);
 }
 
-#[test]
-fn attack_freeze_with_expired_timestamp() {
-    let env = Env::new();
+/// `t:v1` in the store: one file.
+fn one_file_image(env: &Env) {
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();
     fs::write(src.join("f"), b"x").unwrap();
     env.ok(&["image", "import", s(&src), "t:v1"]);
+}
+
+#[test]
+fn attack_freeze_with_expired_timestamp() {
+    let env = Env::new();
+    one_file_image(&env);
     let repo = env.path("repo");
     env.ok(&["repo", "init", s(&repo), "--timestamp-expires", "1"]);
     env.ok(&["push", "t:v1", s(&repo)]);
@@ -1328,4 +1333,144 @@ fn another_root_is_refused_and_trust_is_listed_and_dropped() {
         &["pull", s(&repo), "t:v1", "--root", &root_of(&other)],
     );
     assert_eq!(o.status.code(), Some(4));
+}
+
+#[test]
+fn a_repository_nobody_pushes_to_stays_mountable_through_refresh() {
+    let env = Env::new();
+    one_file_image(&env);
+    let repo = env.path("repo");
+    env.ok(&[
+        "repo",
+        "init",
+        s(&repo),
+        "--timestamp-expires",
+        "3",
+        "--snapshot-expires",
+        "1h",
+    ]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    let cs = client_store(&env);
+    let root = root_of(&repo);
+    client_ok(&env, &cs, &["repo", "ls", s(&repo), "--root", &root]);
+    // Nothing due yet: nothing is signed.
+    let r = json(&env.ok(&["repo", "refresh", "--json", s(&repo)]));
+    assert_eq!(r["resigned"], serde_json::json!([]), "{r}");
+    let ts_before = r["timestamp_version"].as_u64().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(3100));
+    // Expired: every client refuses the repository (a freeze looks the same).
+    let o = client(&env, &cs, &["repo", "ls", s(&repo)]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("expired"));
+    // Refreshed: the timestamp alone is signed again, and clients read the repository again.
+    let r = json(&env.ok(&["repo", "refresh", "--json", s(&repo)]));
+    assert_eq!(r["resigned"], serde_json::json!(["timestamp"]), "{r}");
+    assert_eq!(r["timestamp_version"].as_u64().unwrap(), ts_before + 1);
+    let ls = json(&client_ok(&env, &cs, &["repo", "ls", "--json", s(&repo)]));
+    assert_eq!(ls[0]["name"], "t");
+    // --force signs targets, snapshot and timestamp anew: a client follows, and pulls.
+    let out = env.ok(&["repo", "refresh", "--force", s(&repo)]);
+    assert!(
+        out.starts_with("re-signed targets, snapshot, timestamp; timestamp "),
+        "{out}"
+    );
+    client_ok(&env, &cs, &["pull", s(&repo), "t:v1"]);
+    let r = json(&env.ok(&["repo", "refresh", "--json", s(&repo)]));
+    assert_eq!(r["resigned"], serde_json::json!([]), "{r}");
+    // A snapshot that would expire before a timestamp signed now is due, and with it targets
+    // and timestamp.
+    let short = env.path("short");
+    env.ok(&[
+        "repo",
+        "init",
+        s(&short),
+        "--timestamp-expires",
+        "1h",
+        "--snapshot-expires",
+        "30m",
+    ]);
+    let r = json(&env.ok(&["repo", "refresh", "--json", s(&short)]));
+    assert_eq!(
+        r["resigned"],
+        serde_json::json!(["targets", "snapshot", "timestamp"]),
+        "{r}"
+    );
+    let e = env.fails(&["repo", "refresh", s(&env.path("nothing-here"))]);
+    assert!(e.contains("nothing-here"), "{e}");
+}
+
+/// dist/systemd's refresh timer and service, judged by systemd-analyze, and the service's
+/// command run as systemd would run it (PID 1 here is not systemd): with the instance's
+/// environment file's REPO and KEYS, it re-signs an expired repository's timestamp.
+#[test]
+fn the_refresh_timer_verifies_and_its_service_refreshes_the_repository() {
+    if !have("systemd-analyze") {
+        skip("systemd-analyze is missing (Debian package systemd)");
+        return;
+    }
+    let env = Env::new();
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../dist/systemd");
+    let units = env.path("units");
+    fs::create_dir_all(&units).unwrap();
+    let service = fs::read_to_string(dist.join("starling-repo-refresh@.service")).unwrap();
+    let timer = fs::read_to_string(dist.join("starling-repo-refresh@.timer")).unwrap();
+    let binary = env!("CARGO_BIN_EXE_starling");
+    let env_dir = env.path("env");
+    let service = service
+        .replace("/usr/local/bin/starling", binary)
+        .replace("/etc/starling/repo-refresh", s(&env_dir));
+    let checked = [
+        (units.join("starling-repo-refresh@t.service"), &service),
+        (units.join("starling-repo-refresh@t.timer"), &timer),
+    ];
+    for (p, text) in &checked {
+        fs::write(p, text).unwrap();
+    }
+    let verify = Command::new("systemd-analyze")
+        .arg("verify")
+        .args(checked.iter().map(|(p, _)| p))
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", units.display()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verify.stderr).to_string()
+        + &String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+
+    // The instance's environment file, and an expired repository.
+    one_file_image(&env);
+    let repo = env.path("repo");
+    env.ok(&["repo", "init", s(&repo), "--timestamp-expires", "1"]);
+    env.ok(&["push", "t:v1", s(&repo)]);
+    fs::create_dir_all(&env_dir).unwrap();
+    let keys = env.path("repo.keys");
+    fs::write(
+        env_dir.join("t.env"),
+        format!("REPO={}\nKEYS={}\n", repo.display(), keys.display()),
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let exec = service
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap()
+        .replace("$REPO", s(&repo))
+        .replace("$KEYS", s(&keys));
+    let argv: Vec<&str> = exec.split_whitespace().collect();
+    let o = Command::new(argv[0])
+        .args(&argv[1..])
+        .env("STARLING_STORE", &env.store)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.starts_with("re-signed timestamp; timestamp "), "{out}");
+    let cs = client_store(&env);
+    client_ok(
+        &env,
+        &cs,
+        &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
+    );
 }

@@ -12,6 +12,7 @@ pub mod mirrors;
 pub mod pull;
 pub mod push;
 pub mod record;
+pub mod refresh;
 pub mod remembered;
 pub mod serve;
 pub mod trust;
