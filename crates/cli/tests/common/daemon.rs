@@ -31,18 +31,47 @@ impl Daemon {
         Daemon::spawn(env, state, extra, false)
     }
 
+    /// A daemon in the named network namespace (`ip netns add NAME`), as one host of a test
+    /// site: only its network is the namespace's; its mounts are visible here.
+    pub fn start_in_netns(env: &Env, state: &Path, netns: &str, extra: &[&str]) -> Daemon {
+        Daemon::spawn_with(
+            env,
+            state,
+            extra,
+            Some(vec![
+                "nsenter".into(),
+                format!("--net=/run/netns/{netns}"),
+                "--".into(),
+            ]),
+        )
+        .unwrap_or_else(|e| panic!("daemon in {netns}: {e}"))
+    }
+
     fn spawn(env: &Env, state: &Path, extra: &[&str], isolated: bool) -> Result<Daemon, String> {
+        let wrapper = (isolated && rustix::process::geteuid().is_root())
+            .then(|| vec!["unshare".to_string(), "--net".into(), "--".into()]);
+        Daemon::spawn_with(env, state, extra, wrapper)
+    }
+
+    fn spawn_with(
+        env: &Env,
+        state: &Path,
+        extra: &[&str],
+        wrapper: Option<Vec<String>>,
+    ) -> Result<Daemon, String> {
         fs::create_dir_all(state).unwrap();
         let socket = state.join("api.sock");
         let log = state.join("daemon.log");
-        let mut cmd = if isolated && rustix::process::geteuid().is_root() {
-            let mut c = std::process::Command::new("unshare");
-            c.args(["--net", "--", env!("CARGO_BIN_EXE_starling")])
-                .arg("--store")
-                .arg(&env.store);
-            c
-        } else {
-            env.cmd()
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = std::process::Command::new(&w[0]);
+                c.args(&w[1..])
+                    .arg(env!("CARGO_BIN_EXE_starling"))
+                    .arg("--store")
+                    .arg(&env.store);
+                c
+            }
+            None => env.cmd(),
         };
         let mut child = cmd
             .env("STARLING_NET_STATE", state.join("net"))
