@@ -333,7 +333,7 @@ fn hosts_each(env: &Env, site: &Site, config: impl Fn(usize) -> String) -> Vec<D
 }
 
 fn config(url: &str, root: &Path, proxy: Option<&str>) -> String {
-    let mut c = format!("timeout = \"20s\"\n");
+    let mut c = "timeout = \"20s\"\n".to_string();
     if let Some(p) = proxy {
         c.push_str(&format!("proxies = [\"{p}\"]\n"));
     }
