@@ -125,6 +125,11 @@ FIGURES = {
     "vm-fork-net.answering_ms": (lambda: block("vm-fork-net.md", "answering_ms"), fixed(0)),
     "vm-run.read_vs_blk": (lambda: find("vm-run.md", r"\*\*sequential read, starling run / Starling virtio-blk: ([\d.]+)\*\*"), fixed(2)),
     # Pull (bench/repo_pull.py).
+    # A site of hosts behind one cache (bench/site.py).
+    "site.origin_over_unique_squid": (lambda: block("site.md", "origin_over_unique_squid"), fixed(3)),
+    "site.origin_over_unique_direct": (lambda: block("site.md", "origin_over_unique_direct"), fixed(3)),
+    "site.read_squid_vs_pulls": (lambda: block("site.md", "read_squid_vs_pulls"), fixed(2)),
+    "site.pull_squid_vs_pulls": (lambda: block("site.md", "pull_squid_vs_pulls"), fixed(2)),
     "repo-pull.pull_vs_curl": (lambda: find("repo-pull.md", r"starling pull / curl: \*\*([\d.]+)\*\*"), fixed(2)),
     "repo-pull.second_version_objects": (lambda: find("repo-pull.md", r"second version \(one file changed\): (\d+) of"), fixed(0)),
     # Registry import (bench/registry_import.py).

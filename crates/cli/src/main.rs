@@ -5,6 +5,7 @@ mod cli_docs;
 mod exit;
 mod fleet_cmd;
 mod format;
+mod group_cmd;
 mod image_cmd;
 mod images;
 mod mount_cmd;
@@ -49,6 +50,15 @@ enum Command {
     /// Create, serve and list TUF-signed repositories
     #[command(subcommand)]
     Repo(repo_cmd::RepoCmd),
+    /// Groups of hosts: a desired state published to a repository (`apply`), which each
+    /// following host's starlingd converges to (`status`)
+    Group {
+        #[command(subcommand)]
+        cmd: group_cmd::GroupCmd,
+        /// starlingd's API socket (this host's, for `status` without --host)
+        #[arg(long, env = "STARLING_SOCKET", default_value = starling_daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
     /// Publish an image version to a repository (only missing objects are copied)
     Push {
         /// NAME[:TAG] or NAME@VERSION
@@ -252,6 +262,7 @@ fn main() -> ExitCode {
         Command::Image(c) => image_cmd::run(&store, c),
         Command::Store(c) => store_cmd::run(&store, c),
         Command::Repo(c) => repo_cmd::run_repo(&store, c),
+        Command::Group { cmd, socket } => group_cmd::run(&socket, cmd),
         Command::Push {
             image,
             dest,

@@ -362,7 +362,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
     norm(a) == norm(b)
 }
 
-fn key_dir(backend: &Backend, keys: Option<PathBuf>) -> Result<PathBuf> {
+pub(crate) fn key_dir(backend: &Backend, keys: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(k) = keys {
         return Ok(k);
     }

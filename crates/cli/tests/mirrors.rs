@@ -119,15 +119,6 @@ impl Drop for Dying {
     }
 }
 
-fn object_requests(server: &Server) -> usize {
-    server
-        .requests()
-        .iter()
-        .filter(|(p, _)| p.starts_with("/objects/"))
-        .map(|(_, n)| n)
-        .sum()
-}
-
 #[test]
 fn a_pull_goes_on_from_the_next_mirror_when_one_dies_half_way() {
     let env = Env::new();
@@ -154,7 +145,7 @@ fn a_pull_goes_on_from_the_next_mirror_when_one_dies_half_way() {
     );
     assert!(first.is_dead(), "the first mirror died half-way");
     assert_eq!(r["fetched"], r["objects"], "{r}");
-    let served = object_requests(&second);
+    let served = second.object_requests();
     let total = r["objects"].as_u64().unwrap() as usize;
     assert!(
         served > 0 && served < total,
@@ -356,7 +347,7 @@ fn the_daemon_serves_the_repositories_its_configuration_pins_through_their_mirro
     fs::create_dir_all(&mp).unwrap();
     d.ok(&env, &["mount", &origin, "t:v1", s(&mp)]);
     assert_same_tree(&src, &mp);
-    assert!(object_requests(&mirror) > 0);
+    assert!(mirror.object_requests() > 0);
     d.ok(&env, &["umount", s(&mp)]);
 
     // A root other than the pinned one is refused, naming both.
@@ -388,5 +379,5 @@ fn the_daemon_serves_the_repositories_its_configuration_pins_through_their_mirro
         e.contains("is not one this host serves") && e.contains(s(&conf)),
         "{e}"
     );
-    assert_eq!(object_requests(&served), 0);
+    assert_eq!(served.object_requests(), 0);
 }

@@ -49,15 +49,6 @@ fn repeated(server: &Server) -> Vec<(String, usize)> {
         .collect()
 }
 
-fn object_requests(server: &Server) -> usize {
-    server
-        .requests()
-        .iter()
-        .filter(|(p, _)| p.starts_with("/objects/"))
-        .map(|(_, n)| n)
-        .sum()
-}
-
 #[test]
 fn local_mount_shows_the_image_exactly() {
     if !fuse_available() {
@@ -305,7 +296,7 @@ fn one_fetch_per_object_per_host_and_every_byte_right() {
     assert!(repeated(&server).is_empty(), "{:?}", repeated(&server));
     // Every file and directory of both versions was read: every object of either version
     // crossed the wire, once. The local store holds exactly those two versions.
-    let fetched_objects = object_requests(&server);
+    let fetched_objects = server.object_requests();
     let store_objects = json(&env.ok(&["store", "stats", "--json"]))["objects"]
         .as_u64()
         .unwrap() as usize;
@@ -314,7 +305,7 @@ fn one_fetch_per_object_per_host_and_every_byte_right() {
     read_all_compare(&mps[0].0, &want1, 64);
     assert_same_tree(&want1, &mps[0].0);
     assert_eq!(
-        object_requests(&server),
+        server.object_requests(),
         fetched_objects,
         "all from the cache now"
     );
@@ -396,9 +387,9 @@ fn corrupt_objects_are_refused_and_the_origin_may_come_and_go() {
     assert_eq!(before["objects"], after["objects"]);
     assert_eq!(before["bytes"], after["bytes"]);
     d.ok(&env, &["mount", &server.url, "t:v1", s(&mp)]);
-    let n = object_requests(&server);
+    let n = server.object_requests();
     assert_eq!(fs::read(mp.join("f2")).unwrap(), vec![2u8; 150_002]);
-    assert_eq!(object_requests(&server), n, "served from the kept cache");
+    assert_eq!(server.object_requests(), n, "served from the kept cache");
 
     // A daemon that dies leaves a stale mount; the next one detaches it on start.
     d.crash();
@@ -643,7 +634,7 @@ fn recorded_reads_are_prefetched_on_later_mounts() {
 
     // A new host (empty cache): the list is fetched in the background before any read.
     let d = Daemon::start(&env, &env.path("state2"), &[]);
-    let before = object_requests(&server);
+    let before = server.object_requests();
     d.ok(
         &env,
         &[
@@ -662,7 +653,7 @@ fn recorded_reads_are_prefetched_on_later_mounts() {
         assert!(started.elapsed().as_secs() < 20, "prefetch did not finish");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let after_prefetch = object_requests(&server);
+    let after_prefetch = server.object_requests();
     assert_eq!(after_prefetch - before, recorded);
     for f in workload {
         assert_eq!(
@@ -671,7 +662,7 @@ fn recorded_reads_are_prefetched_on_later_mounts() {
         );
     }
     assert_eq!(
-        object_requests(&server),
+        server.object_requests(),
         after_prefetch,
         "workload read nothing new"
     );

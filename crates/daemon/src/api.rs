@@ -278,3 +278,36 @@ pub struct VmCommitRequest {
     /// NAME:TAG for the new version.
     pub image: String,
 }
+
+/// A followed group on this host (`GET /v1/groups`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupStatus {
+    pub name: String,
+    /// The repository that publishes it.
+    pub repository: String,
+    /// Whether the group's host selector takes this host (unknown until first verified).
+    pub selected: Option<bool>,
+    /// The newest generation verified in the repository.
+    pub latest: Option<u64>,
+    /// The generation this host converged to.
+    pub generation: Option<u64>,
+    /// This host is where the latest generation wants it (or is not selected).
+    pub converged: bool,
+    /// The images of the converged generation, held in the host cache.
+    pub images: Vec<GroupImageStatus>,
+    /// Why the last poll failed (the host stays at its generation meanwhile).
+    pub error: Option<String>,
+    /// When the repository was last polled (RFC 3339).
+    pub checked: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct GroupImageStatus {
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub name: String,
+    pub version: String,
+    /// Objects and bytes read into the host cache for it.
+    pub objects: u64,
+    pub bytes: u64,
+}

@@ -57,6 +57,8 @@ impl DaemonArgs {
             proxies: file.proxies.clone(),
             repositories: file.repositories.clone(),
             config_file: file.path.clone(),
+            labels: file.labels.clone(),
+            groups: file.groups.clone(),
         };
         Ok((config, file))
     }

@@ -9,6 +9,7 @@
 //! images from, each trusted with the root metadata the file names (never with a root a
 //! client brings); without any, a repository is trusted at its first contact as before.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -38,6 +39,32 @@ pub struct File {
     pub proxies: Vec<String>,
     #[serde(default, rename = "repository")]
     pub repositories: Vec<RepoEntry>,
+    /// This host's labels, which groups select hosts by.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupEntry>,
+}
+
+/// A group this host follows.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupEntry {
+    pub name: String,
+    /// The repository that publishes it: one of the file's `[[repository]]` (a group is
+    /// trusted host-wide, so only with a pinned root).
+    pub repository: String,
+    /// How often to poll ("30s").
+    pub poll: Option<String>,
+}
+
+/// A group to follow, checked.
+#[derive(Debug, Clone)]
+pub struct GroupFollow {
+    pub name: String,
+    /// The repository's URL, as its `[[repository]]` has it.
+    pub repository: String,
+    pub poll: std::time::Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +105,8 @@ pub struct Checked {
     pub timeout: Option<u64>,
     pub proxies: Vec<Proxy>,
     pub repositories: Vec<Repository>,
+    pub labels: BTreeMap<String, String>,
+    pub groups: Vec<GroupFollow>,
 }
 
 /// What is wrong with a configuration file, naming the file and the key.
@@ -105,23 +134,9 @@ pub fn load(given: Option<&Path>) -> Result<Checked, ConfigError> {
         reason,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| err(e.to_string()))?;
-    let file: File = toml::from_str(&text).map_err(|e| err(one_line(&e.to_string())))?;
+    let file: File =
+        toml::from_str(&text).map_err(|e| err(starling_repo::error::toml_message(&e)))?;
     check(file, &path)
-}
-
-/// toml's message spans lines (a snippet of the file); the first says where and what.
-fn one_line(msg: &str) -> String {
-    let lines: Vec<&str> = msg.lines().map(str::trim).collect();
-    let first = lines.first().copied().unwrap_or("not valid TOML");
-    // The last non-empty line is the reason; the first says where.
-    match lines
-        .iter()
-        .rev()
-        .find(|l| !l.is_empty() && !l.starts_with('|'))
-    {
-        Some(last) if *last != first => format!("{first} {last}"),
-        _ => first.to_string(),
-    }
 }
 
 fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
@@ -182,6 +197,37 @@ fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
             proxies,
         });
     }
+    let mut groups: Vec<GroupFollow> = Vec::new();
+    for (n, g) in file.groups.into_iter().enumerate() {
+        let key = format!("group {} ({})", n + 1, g.name);
+        starling_repo::group::check_name(&g.name).map_err(|e| err(&key, e.to_string()))?;
+        if groups.iter().any(|o| o.name == g.name) {
+            return Err(err(&key, "listed twice".into()));
+        }
+        let base = Remote::parse(&g.repository)
+            .map_err(|e| err(&key, e.to_string()))?
+            .base;
+        if !repositories.iter().any(|r| r.remote.base == base) {
+            return Err(err(
+                &key,
+                format!(
+                    "repository {base} is not a [[repository]] of this file: a group is \
+                     followed only from a repository with a pinned root"
+                ),
+            ));
+        }
+        let poll = match &g.poll {
+            Some(p) => {
+                crate::args::parse_duration(p).map_err(|e| err(&format!("{key} poll"), e))?
+            }
+            None => 30,
+        };
+        groups.push(GroupFollow {
+            name: g.name,
+            repository: base.to_string(),
+            poll: std::time::Duration::from_secs(poll),
+        });
+    }
     Ok(Checked {
         path: Some(path.to_path_buf()),
         state: file.state.map(|p| base.join(p)),
@@ -191,6 +237,8 @@ fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
         timeout,
         proxies,
         repositories,
+        labels: file.labels,
+        groups,
     })
 }
 
@@ -220,6 +268,22 @@ impl Checked {
         out.push_str(&format!("proxies  {}\n", shown(&config.proxies)));
         if config.repositories.is_empty() {
             out.push_str("repositories: any, each trusted at its first contact (--root)\n");
+        }
+        if !config.labels.is_empty() {
+            let l: Vec<String> = config
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            out.push_str(&format!("labels   {}\n", l.join(", ")));
+        }
+        for g in &config.groups {
+            out.push_str(&format!(
+                "group {} from {}, polled every {}s\n",
+                g.name,
+                g.repository,
+                g.poll.as_secs()
+            ));
         }
         for r in &config.repositories {
             out.push_str(&format!(
@@ -282,12 +346,18 @@ cache_size = "2G"
 timeout = "45s"
 metrics_listen = "127.0.0.1:9464"
 proxies = ["http://squid:3128", "DIRECT"]
+labels = { role = "ci", site = "lab" }
 
 [[repository]]
 url = "http://origin.example/repo"
 root = "root.json"
 mirrors = ["http://m1.example/repo/", "http://m2.example/r"]
 proxies = ["http://site:3128"]
+
+[[group]]
+name = "ci-farm"
+repository = "http://origin.example/repo/"
+poll = "10s"
 "#,
         );
         let c = load(Some(&p)).unwrap();
@@ -301,6 +371,9 @@ proxies = ["http://site:3128"]
         assert_eq!(r.remote.mirrors.len(), 2);
         assert_eq!(r.root_info.version, 3);
         assert_eq!(r.proxies, [Proxy::parse("http://site:3128").unwrap()]);
+        assert_eq!(c.labels["role"], "ci");
+        assert_eq!(c.groups[0].name, "ci-farm");
+        assert_eq!(c.groups[0].poll.as_secs(), 10);
     }
 
     #[test]
@@ -342,6 +415,15 @@ proxies = ["http://site:3128"]
             (
                 "[[repository]]\nurl = \"http://o/\"\n",
                 "missing field `root`",
+            ),
+            (
+                "[[group]]\nname = \"ci\"\nrepository = \"http://o/\"\n",
+                "group 1 (ci): repository http://o/ is not a [[repository]]",
+            ),
+            (
+                "[[repository]]\nurl = \"http://o/\"\nroot = \"root.json\"\n\
+                 [[group]]\nname = \"CI\"\nrepository = \"http://o/\"\n",
+                "use 1 to 64",
             ),
             ("state = [\n", "TOML parse error"),
         ];

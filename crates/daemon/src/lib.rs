@@ -9,6 +9,7 @@ pub mod api;
 pub mod args;
 pub mod client;
 pub mod config;
+pub mod groups;
 pub mod kernels;
 pub mod log;
 pub mod metrics;
@@ -44,6 +45,9 @@ pub struct Config {
     pub repositories: Vec<config::Repository>,
     /// The file they came from, for messages.
     pub config_file: Option<PathBuf>,
+    /// This host's labels, and the groups it follows.
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub groups: Vec<config::GroupFollow>,
 }
 
 impl Config {

@@ -21,6 +21,7 @@ pub struct Daemon {
     pub vms: crate::vms::Vms,
     pub objects: Arc<HostObjects>,
     pub mounts: Mounts,
+    pub groups: Arc<crate::groups::Groups>,
     shutdown: tokio::sync::Notify,
 }
 
@@ -62,6 +63,10 @@ async fn status(State(d): Shared) -> Json<Status> {
         mounts: d.mounts.list().len(),
         cache: d.objects.cache.stats(),
     })
+}
+
+async fn list_groups(State(d): Shared) -> Json<Vec<GroupStatus>> {
+    Json(d.groups.list())
 }
 
 async fn list_mounts(State(d): Shared) -> Json<Vec<MountInfo>> {
@@ -197,6 +202,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/cache/gc", post(cache_gc))
         .route("/v1/cache/verify", post(cache_verify))
         .route("/v1/shutdown", post(shutdown))
+        .route("/v1/groups", get(list_groups))
         .route("/v1/vms", get(list_vms).post(create_vm))
         .route("/v1/pools", post(create_pool))
         .route("/v1/vms/{name}", get(get_vm).delete(remove_vm))
@@ -266,11 +272,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for line in said {
         tracing::info!("{line}");
     }
+    let groups = Arc::new(crate::groups::Groups::default());
+    groups.follow(
+        objects.clone(),
+        &config.state,
+        config.labels.clone(),
+        config.groups.clone(),
+    );
     let d = Arc::new(Daemon {
         config: config.clone(),
         vms,
         objects: objects.clone(),
         mounts,
+        groups,
         shutdown: tokio::sync::Notify::new(),
     });
     let result = rt.block_on(async {

@@ -142,6 +142,22 @@ pub fn network_failure(e: &(dyn std::error::Error + 'static)) -> Option<NetworkF
 
 pub(crate) use starling_store::innermost;
 
+/// A TOML parse error in one line: toml's message spans lines (a snippet of the file); the
+/// first says where, the last what.
+pub fn toml_message(e: &toml::de::Error) -> String {
+    let msg = e.to_string();
+    let lines: Vec<&str> = msg.lines().map(str::trim).collect();
+    let first = lines.first().copied().unwrap_or("not valid TOML");
+    match lines
+        .iter()
+        .rev()
+        .find(|l| !l.is_empty() && !l.starts_with('|'))
+    {
+        Some(last) if *last != first => format!("{first}: {last}"),
+        _ => first.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod error;
 pub mod fetch;
+pub mod group;
 pub mod keys;
 pub mod meta;
 pub mod mirrors;

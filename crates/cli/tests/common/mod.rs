@@ -598,6 +598,15 @@ impl Server {
         m
     }
 
+    /// How many object requests the server answered (from the access log).
+    pub fn object_requests(&self) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(p, _)| p.starts_with("/objects/"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
