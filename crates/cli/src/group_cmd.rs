@@ -33,12 +33,86 @@ pub enum GroupCmd {
     Status {
         /// Only this group
         group: Option<String>,
-        /// A host's starlingd API socket; repeat for each host [default: this host's]
-        #[arg(long = "host", value_name = "SOCKET")]
-        hosts: Vec<PathBuf>,
+        /// A host's starlingd: its API socket, or https://HOST:PORT (its remote_api, mutual
+        /// TLS); repeat for each host [default: this host's socket]
+        #[arg(long = "host", value_name = "SOCKET|URL")]
+        hosts: Vec<String>,
+        #[command(flatten)]
+        tls: TlsArgs,
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The client certificate for hosts reached over https (their `remote_api`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// Client certificate (PEM), signed by the CA the hosts' remote_api trusts
+    #[arg(long, env = "STARLING_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM)
+    #[arg(long, env = "STARLING_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
+    /// The CA that signed the hosts' certificates (PEM); nothing else is trusted
+    #[arg(long, env = "STARLING_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// An HTTPS client presenting the certificate and trusting only the CA.
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca)
+        else {
+            return Err(
+                "an https host needs --tls-cert, --tls-key and --tls-ca (a client \
+                        certificate signed by the CA its remote_api trusts)"
+                    .into(),
+            );
+        };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut pem = read(cert)?;
+        pem.push(b'\n');
+        pem.extend(read(key)?);
+        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
+            format!(
+                "{} and {}: {}",
+                cert.display(),
+                key.display(),
+                innermost(&e)
+            )
+        })?;
+        let ca_cert = reqwest::Certificate::from_pem(&read(ca)?)
+            .map_err(|e| format!("{}: {}", ca.display(), innermost(&e)))?;
+        reqwest::Client::builder()
+            .identity(id)
+            .tls_certs_only([ca_cert])
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| innermost(&e))
+    }
+}
+
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    starling_store::innermost(e)
+}
+
+/// A host's groups over https (its remote_api).
+fn remote_groups(
+    rt: &tokio::runtime::Runtime,
+    client: &Result<reqwest::Client, String>,
+    url: &str,
+) -> Result<Vec<GroupStatus>, String> {
+    let client = client.as_ref().map_err(Clone::clone)?;
+    let u = format!("{}/v1/groups", url.trim_end_matches('/'));
+    rt.block_on(async {
+        let r = client.get(&u).send().await.map_err(|e| innermost(&e))?;
+        let status = r.status();
+        let body = r.bytes().await.map_err(|e| innermost(&e))?;
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("not a group list: {e}"))
+    })
 }
 
 pub fn run(socket: &Path, cmd: GroupCmd) -> Result<ExitCode> {
@@ -68,23 +142,47 @@ pub fn run(socket: &Path, cmd: GroupCmd) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        GroupCmd::Status { group, hosts, json } => {
+        GroupCmd::Status {
+            group,
+            hosts,
+            tls,
+            json,
+        } => {
             let hosts = if hosts.is_empty() {
-                vec![socket.to_path_buf()]
+                vec![socket.display().to_string()]
             } else {
                 hosts
             };
+            let remote = hosts.iter().any(|h| h.starts_with("https://"));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let client = if remote {
+                tls.client()
+            } else {
+                Err(String::new())
+            };
             let mut rows: Vec<(String, Result<Vec<GroupStatus>, String>)> = Vec::new();
             for h in &hosts {
-                let got = Client::new(h)
-                    .and_then(|c| c.get::<Vec<GroupStatus>>("/v1/groups"))
-                    .map_err(|e| e.to_string())
-                    .map(|l| {
-                        l.into_iter()
-                            .filter(|g| group.as_ref().is_none_or(|n| *n == g.name))
-                            .collect()
-                    });
-                rows.push((h.display().to_string(), got));
+                let got = if h.starts_with("https://") {
+                    remote_groups(&rt, &client, h)
+                } else if h.starts_with("http://") {
+                    Err(
+                        "plain http is not served: give https://HOST:PORT (the host's \
+                         remote_api, mutual TLS) or its API socket"
+                            .into(),
+                    )
+                } else {
+                    Client::new(Path::new(h))
+                        .and_then(|c| c.get::<Vec<GroupStatus>>("/v1/groups"))
+                        .map_err(|e| e.to_string())
+                };
+                let got = got.map(|l| {
+                    l.into_iter()
+                        .filter(|g| group.as_ref().is_none_or(|n| *n == g.name))
+                        .collect()
+                });
+                rows.push((h.clone(), got));
             }
             let unreachable = rows.iter().filter(|(_, r)| r.is_err()).count();
             let behind = rows
@@ -103,23 +201,52 @@ pub fn run(socket: &Path, cmd: GroupCmd) -> Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("HOST  GROUP  GENERATION  STATE  IMAGES");
+                let mut errors = Vec::new();
+                let mut table = vec![[
+                    "HOST".to_string(),
+                    "GROUP".into(),
+                    "GENERATION".into(),
+                    "STATE".into(),
+                    "IMAGES".into(),
+                ]];
                 for (h, r) in &rows {
                     match r {
-                        Err(e) => println!("{h}  -  -  unreachable  {e}"),
-                        Ok(l) if l.is_empty() => println!("{h}  -  -  follows no such group  -"),
+                        Err(e) => {
+                            table.push([
+                                h.clone(),
+                                "-".into(),
+                                "-".into(),
+                                "unreachable".into(),
+                                "-".into(),
+                            ]);
+                            errors.push(format!("{h}: {e}"));
+                        }
+                        Ok(l) if l.is_empty() => table.push([
+                            h.clone(),
+                            group.clone().unwrap_or_else(|| "-".into()),
+                            "-".into(),
+                            "not followed here".into(),
+                            "-".into(),
+                        ]),
                         Ok(l) => {
                             for g in l {
-                                println!(
-                                    "{h}  {}  {}  {}  {}",
-                                    g.name,
+                                if let Some(e) = &g.error {
+                                    errors.push(format!("{h}: group {}: {e}", g.name));
+                                }
+                                table.push([
+                                    h.clone(),
+                                    g.name.clone(),
                                     generation(g),
                                     state(g),
-                                    images(g)
-                                );
+                                    images(g),
+                                ]);
                             }
                         }
                     }
+                }
+                print_table(&table);
+                for e in errors {
+                    println!("{e}");
                 }
             }
             // As a check: 1 when a host is behind, in error or unreachable.
@@ -129,6 +256,27 @@ pub fn run(socket: &Path, cmd: GroupCmd) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+    }
+}
+
+/// Columns as wide as their widest cell (the last one as it is).
+fn print_table(rows: &[[String; 5]]) {
+    let mut width = [0usize; 5];
+    for r in rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    for r in rows {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            if i + 1 == r.len() {
+                line.push_str(c);
+            } else {
+                line.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        println!("{}", line.trim_end());
     }
 }
 
@@ -148,9 +296,10 @@ fn state(g: &GroupStatus) -> String {
         (Some(true), true) => "converged",
         (Some(true), false) => "converging",
     };
-    match &g.error {
-        Some(e) => format!("{base}; error: {e}"),
-        None => base.to_string(),
+    if g.error.is_some() {
+        format!("{base}, error (below)")
+    } else {
+        base.to_string()
     }
 }
 

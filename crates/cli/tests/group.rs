@@ -151,9 +151,12 @@ fn hosts_converge_to_a_group_s_signed_state_and_refuse_a_tampered_one() {
     let (code, _) = status(&env, &sockets);
     assert_eq!(code, 0, "every host where the group wants it");
 
-    // Converged means held: a mount on a selected host reads nothing from the origin.
+    // Converged means held, even through a cache gc (which evicts all it may): a mount on a
+    // selected host reads nothing from the origin.
     let before = origin.object_requests();
     let d0 = hosts[0].as_ref().unwrap();
+    d0.ok(&env, &["cache", "gc"]);
+    assert!(d0.cache(&env)["pinned"].as_u64().unwrap() >= in_repo as u64);
     let mp = env.path("mp");
     fs::create_dir_all(&mp).unwrap();
     d0.ok(&env, &["mount", &origin.url, "t:v1", s(&mp)]);

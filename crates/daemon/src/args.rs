@@ -59,6 +59,7 @@ impl DaemonArgs {
             config_file: file.path.clone(),
             labels: file.labels.clone(),
             groups: file.groups.clone(),
+            remote_api: file.remote_api.clone(),
         };
         Ok((config, file))
     }

@@ -44,6 +44,20 @@ pub struct File {
     pub labels: BTreeMap<String, String>,
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupEntry>,
+    /// The API for other hosts: TCP with mutual TLS, reads only.
+    pub remote_api: Option<RemoteApiEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteApiEntry {
+    /// `ADDR:PORT` to listen on.
+    pub listen: String,
+    /// This host's certificate chain and private key (PEM; the key 0600).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA that signs the certificates callers must present (PEM).
+    pub client_ca: PathBuf,
 }
 
 /// A group this host follows.
@@ -107,6 +121,7 @@ pub struct Checked {
     pub repositories: Vec<Repository>,
     pub labels: BTreeMap<String, String>,
     pub groups: Vec<GroupFollow>,
+    pub remote_api: Option<crate::remote::RemoteApi>,
 }
 
 /// What is wrong with a configuration file, naming the file and the key.
@@ -228,6 +243,25 @@ fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
             poll: std::time::Duration::from_secs(poll),
         });
     }
+    let remote_api = match file.remote_api {
+        Some(r) => {
+            let api = crate::remote::RemoteApi {
+                listen: r.listen.parse().map_err(|e| {
+                    err(
+                        "remote_api listen",
+                        format!("{:?}: {e} (e.g. 0.0.0.0:7443)", r.listen),
+                    )
+                })?,
+                cert: base.join(r.cert),
+                key: base.join(r.key),
+                client_ca: base.join(r.client_ca),
+            };
+            // Read now: a file that will not do stops the daemon before it starts.
+            api.tls().map_err(|e| err("remote_api", e))?;
+            Some(api)
+        }
+        None => None,
+    };
     Ok(Checked {
         path: Some(path.to_path_buf()),
         state: file.state.map(|p| base.join(p)),
@@ -239,6 +273,7 @@ fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
         repositories,
         labels: file.labels,
         groups,
+        remote_api,
     })
 }
 
@@ -260,7 +295,7 @@ impl Checked {
         }
         out.push_str(&format!("state    {}\n", config.state.display()));
         out.push_str(&format!("socket   {}\n", config.socket.display()));
-        out.push_str(&format!("cache    {} bytes at most\n", config.quota));
+        out.push_str(&format!("cache    {} at most\n", size(config.quota)));
         out.push_str(&format!("timeout  {}s\n", config.timeout.as_secs()));
         if let Some(m) = config.metrics_listen {
             out.push_str(&format!("metrics  http://{m}/metrics\n"));
@@ -268,6 +303,13 @@ impl Checked {
         out.push_str(&format!("proxies  {}\n", shown(&config.proxies)));
         if config.repositories.is_empty() {
             out.push_str("repositories: any, each trusted at its first contact (--root)\n");
+        }
+        if let Some(r) = &config.remote_api {
+            out.push_str(&format!(
+                "remote   https://{} (mutual TLS: callers need a certificate of {}; reads only)\n",
+                r.listen,
+                r.client_ca.display()
+            ));
         }
         if !config.labels.is_empty() {
             let l: Vec<String> = config
@@ -301,6 +343,16 @@ impl Checked {
         }
         out
     }
+}
+
+/// A size as it would be written in the file.
+fn size(n: u64) -> String {
+    for (unit, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
+        if n >= 1 << shift && n & ((1 << shift) - 1) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n} bytes")
 }
 
 fn shown(p: &[Proxy]) -> String {

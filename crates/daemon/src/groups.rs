@@ -1,11 +1,13 @@
 //! Following groups (Stork's group management): for each `[[group]]` of the configuration,
-//! a thread polls the group's repository (its timestamp first: one small, cacheable request
-//! when nothing changed), verifies the group's desired state through TUF with the pinned
-//! root, and converges this host to it when the host's labels are selected: every image the
-//! state names is fetched whole into the host cache, so mounts and VMs of it start without
-//! waiting on the network. What was converged is kept in `STATE/groups/NAME.json`, so a host
-//! that was off converges to the newest state when it comes back, and never goes back to an
-//! older generation. `GET /v1/groups` reports each group's state on this host.
+//! a thread polls the group's repository through TUF with the pinned root (the timestamp,
+//! then snapshot and targets, whose versioned names HTTP caches keep), and converges this
+//! host when a newer generation selects its labels: every image the state names is fetched
+//! whole into the host cache and pinned there (eviction never takes it, even past the
+//! cache's quota: size the cache for what the groups hold), so mounts and VMs of it start
+//! without waiting on the network. The previous generation's objects are released once the
+//! next one is held. What was converged is kept in `STATE/groups/NAME.json`, so a host that
+//! was off converges to the newest state when it comes back (and re-pins what it held),
+//! and never goes back to an older generation. `GET /v1/groups` reports each group's state.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +38,14 @@ struct Converged {
 #[derive(Default)]
 pub struct Groups {
     table: Mutex<BTreeMap<String, GroupStatus>>,
+}
+
+/// The objects a group's converged generation holds pinned in the host cache (eviction
+/// never takes them, however full the cache), released when the next generation is held.
+#[derive(Default)]
+struct Held {
+    generation: u64,
+    ids: Vec<ObjectId>,
 }
 
 impl Groups {
@@ -76,20 +86,23 @@ impl Groups {
             me.set(status.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("group-{}", f.name))
-                .spawn(move || loop {
-                    let checked = check(&host, &f, &labels, &file, &mut status);
-                    status.checked = Some(jiff::Timestamp::now().to_string());
-                    match checked {
-                        Ok(()) => status.error = None,
-                        Err(e) => {
-                            if status.error.as_deref() != Some(e.as_str()) {
-                                tracing::warn!(group = %f.name, "{e}");
+                .spawn(move || {
+                    let mut held = Held::default();
+                    loop {
+                        let checked = check(&host, &f, &labels, &file, &mut status, &mut held);
+                        status.checked = Some(jiff::Timestamp::now().to_string());
+                        match checked {
+                            Ok(()) => status.error = None,
+                            Err(e) => {
+                                if status.error.as_deref() != Some(e.as_str()) {
+                                    tracing::warn!(group = %f.name, "{e}");
+                                }
+                                status.error = Some(e);
                             }
-                            status.error = Some(e);
                         }
+                        me.set(status.clone());
+                        std::thread::sleep(f.poll);
                     }
-                    me.set(status.clone());
-                    std::thread::sleep(f.poll);
                 });
             if let Err(e) = spawned {
                 tracing::error!("no follower thread for a group: {e}");
@@ -109,6 +122,7 @@ fn check(
     labels: &BTreeMap<String, String>,
     file: &Path,
     status: &mut GroupStatus,
+    held: &mut Held,
 ) -> Result<(), String> {
     let access = host.repository(&f.repository, None)?;
     let rt = host.runtime();
@@ -132,7 +146,11 @@ fn check(
     };
     status.latest = Some(desired.generation);
     status.selected = Some(desired.hosts.selects(labels));
+    let source = host.remote(&access).map_err(|e| e.to_string())?;
     if status.selected == Some(false) {
+        // No longer selected: what the group held may go.
+        source.unpin(&std::mem::take(&mut held.ids));
+        held.generation = 0;
         status.converged = true;
         return Ok(());
     }
@@ -144,13 +162,17 @@ fn check(
             f.name, desired.generation
         ));
     }
-    if desired.generation == have {
+    if desired.generation == have && held.generation == have {
         status.converged = true;
         return Ok(());
     }
+    // A new generation, or the one converged to before this daemon started: (re)fetch what
+    // the cache lacks and hold it all.
     status.converged = false;
     tracing::info!(group = %f.name, generation = desired.generation, images = desired.images.len(), "converging");
-    let images = converge(host, &access, &desired)?;
+    let (images, ids) = converge(source.as_ref(), &desired)?;
+    source.unpin(&std::mem::replace(&mut held.ids, ids));
+    held.generation = desired.generation;
     let c = Converged {
         generation: desired.generation,
         images: images.clone(),
@@ -165,21 +187,30 @@ fn check(
     Ok(())
 }
 
-/// Every image of the state fetched whole into the host cache.
+/// Every image of the state fetched whole into the host cache and pinned there; returns the
+/// images and every object pinned (released again if any image fails).
 fn converge(
-    host: &HostObjects,
-    access: &crate::sources::RepoAccess,
+    source: &dyn ObjectSource,
     desired: &GroupState,
-) -> Result<Vec<GroupImageStatus>, String> {
-    let source = host.remote(access).map_err(|e| e.to_string())?;
+) -> Result<(Vec<GroupImageStatus>, Vec<ObjectId>), String> {
     let mut out = Vec::new();
+    let mut ids = Vec::new();
     for i in &desired.images {
-        let version: ObjectId = i
+        let got = i
             .version
-            .parse()
-            .map_err(|_| format!("bad version {:?}", i.version))?;
-        let (objects, bytes) = prefetch(source.as_ref(), version)
-            .map_err(|e| format!("prefetching {} ({}): {e}", i.reference, &i.version[..12]))?;
+            .parse::<ObjectId>()
+            .map_err(|_| format!("bad version {:?}", i.version))
+            .and_then(|version| {
+                prefetch(source, version, &mut ids)
+                    .map_err(|e| format!("prefetching {} ({}): {e}", i.reference, &i.version[..12]))
+            });
+        let (objects, bytes) = match got {
+            Ok(v) => v,
+            Err(e) => {
+                source.unpin(&ids);
+                return Err(e);
+            }
+        };
         out.push(GroupImageStatus {
             reference: i.reference.clone(),
             name: i.name.clone(),
@@ -188,20 +219,31 @@ fn converge(
             bytes,
         });
     }
-    Ok(out)
+    Ok((out, ids))
 }
 
-/// Reads every object of `version` through `source` (the host cache keeps them): manifests a
-/// level at a time, then the chunks, `PARALLEL` at once. Returns objects and bytes.
-fn prefetch(source: &dyn ObjectSource, version: ObjectId) -> Result<(u64, u64), String> {
+/// Reads every object of `version` through `source` (the host cache keeps them), pinning
+/// each before it is read (a cache smaller than the image must not evict its first part
+/// while it fetches the rest): manifests a level at a time, then the chunks, `PARALLEL` at
+/// once. Returns objects and bytes; adds what it pinned to `pinned`.
+fn prefetch(
+    source: &dyn ObjectSource,
+    version: ObjectId,
+    pinned: &mut Vec<ObjectId>,
+) -> Result<(u64, u64), String> {
     let bytes = AtomicU64::new(0);
     let walked = Walker::new([version]).run(|level| {
+        source.pin(level);
+        pinned.extend_from_slice(level);
         let want: Vec<(ObjectId, u64)> = level.iter().map(|id| (*id, MAX_MANIFEST)).collect();
         get_all(source, &want, &bytes, true)
     });
     if let Some((id, why)) = walked.bad.iter().next() {
         return Err(format!("object {}: {why}", id.short(12)));
     }
+    let chunks: Vec<ObjectId> = walked.chunks.iter().map(|(id, _)| *id).collect();
+    source.pin(&chunks);
+    pinned.extend(chunks);
     let failed = get_all(source, &walked.chunks, &bytes, false);
     if let Some((id, Err(e))) = failed.into_iter().find(|(_, r)| r.is_err()) {
         return Err(format!("object {}: {e}", id.short(12)));

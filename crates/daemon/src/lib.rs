@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod mounts;
 pub mod objects;
 pub mod pools;
+pub mod remote;
 pub mod run;
 pub mod server;
 pub mod sources;
@@ -48,6 +49,8 @@ pub struct Config {
     /// This host's labels, and the groups it follows.
     pub labels: std::collections::BTreeMap<String, String>,
     pub groups: Vec<config::GroupFollow>,
+    /// The API for other hosts (TCP, mutual TLS), when configured.
+    pub remote_api: Option<remote::RemoteApi>,
 }
 
 impl Config {

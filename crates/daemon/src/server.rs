@@ -189,6 +189,30 @@ fn metrics_router(d: Arc<Daemon>) -> Router {
     Router::new().route("/metrics", get(metrics)).with_state(d)
 }
 
+/// What other hosts may ask over TCP (mutual TLS, `remote.rs`): reads only.
+fn remote_router(d: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics).fallback(only_reads))
+        .route("/v1/status", get(status).fallback(only_reads))
+        .route("/v1/groups", get(list_groups).fallback(only_reads))
+        .route("/v1/mounts", get(list_mounts).fallback(only_reads))
+        .route("/v1/vms", get(list_vms).fallback(only_reads))
+        .fallback(only_reads)
+        .with_state(d)
+}
+
+async fn only_reads() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        Json(ErrorBody {
+            error: "over TCP starlingd answers only GET /v1/status, /v1/groups, /v1/mounts, \
+                    /v1/vms and /metrics; the rest is on its unix socket"
+                .into(),
+        }),
+    )
+        .into_response()
+}
+
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -306,7 +330,24 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let remote_addr = match &config.remote_api {
+            Some(api) => {
+                let l = crate::remote::listen(api)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let bound = axum::serve::Listener::local_addr(&l)?;
+                let app = remote_router(d.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = axum::serve(l, app).await {
+                        tracing::error!(error = %e, "remote API failed");
+                    }
+                });
+                Some(bound)
+            }
+            None => None,
+        };
         tracing::info!(
+            remote_api = %remote_addr.map_or("off".into(), |a| format!("https://{a}/ (mutual TLS)")),
             state = %config.state.display(),
             quota = config.quota,
             socket = %config.socket.display(),
