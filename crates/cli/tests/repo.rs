@@ -1474,3 +1474,46 @@ fn the_refresh_timer_verifies_and_its_service_refreshes_the_repository() {
         &["pull", s(&repo), "t:v1", "--root", &root_of(&repo)],
     );
 }
+
+/// Many clients of one trust state at once (as a daemon's mounts and group polls, or pulls
+/// run side by side) while the repository moves on: every one verifies, none reads the
+/// state another is rewriting.
+#[test]
+fn concurrent_clients_of_one_trust_state_all_verify_while_the_repository_moves_on() {
+    let env = Env::new();
+    let (repo, src) = published(&env);
+    let server = Server::start(&env, &repo);
+    let cs = client_store(&env);
+    client_ok(
+        &env,
+        &cs,
+        &["repo", "ls", &server.url, "--root", &root_of(&repo)],
+    );
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            for i in 0..6 {
+                fs::write(src.join("moving"), format!("version {i}")).unwrap();
+                env.ok(&["image", "import", s(&src), "t:v1"]);
+                env.ok(&["push", "t:v1", s(&repo)]);
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        for _ in 0..6 {
+            sc.spawn(|| {
+                let mut runs = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || runs < 3 {
+                    let o = client(&env, &cs, &["repo", "ls", "--json", &server.url]);
+                    assert!(
+                        o.status.success(),
+                        "run {runs}: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    );
+                    runs += 1;
+                }
+            });
+        }
+    });
+    client_ok(&env, &cs, &["pull", &server.url, "t:v1"]);
+    client_ok(&env, &cs, &["store", "fsck"]);
+}

@@ -148,15 +148,51 @@ pub async fn open_at(
     opts: &ClientOptions,
 ) -> Result<tough::Repository> {
     let ds = datastore_in(dir, remote);
+    // Locked before the stored root is read (a load beside removes and rewrites it), but only
+    // where a trust state exists: nothing is written for a repository never trusted here.
+    let mut lock = if ds.is_dir() {
+        Some(lock_trust_state(&ds).await?)
+    } else {
+        None
+    };
     let Some(root) = crate::trust::root_for(dir, remote, trusted_root)? else {
-        // Refused before anything is written for a repository never trusted here.
         return Err(invalid(
             format!("repository {}", remote.base),
             FIRST_CONTACT,
         ));
     };
+    if lock.is_none() {
+        lock = Some(lock_trust_state(&ds).await?);
+    }
     let routes = Routes::shared(remote, opts)?;
-    load_through(&root, &ds, remote, routes).await
+    let loaded = load_through(&root, &ds, remote, routes).await;
+    drop(lock);
+    loaded
+}
+
+/// An exclusive lock on a repository's trust state, across threads and processes (a mount
+/// resolving while a group is polled, two pulls): tough rewrites its datastore's files in
+/// place as it loads, so a load beside another could read one half-written. Released when
+/// the file is dropped.
+async fn lock_trust_state(ds: &Path) -> Result<std::fs::File> {
+    let p = ds.join(".lock");
+    tokio::task::spawn_blocking(move || {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .at(&p)?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
+            crate::Error::Io {
+                path: p.clone(),
+                source: e.into(),
+            }
+        })?;
+        Ok(f)
+    })
+    .await
+    .map_err(|e| invalid("trust state lock", e.to_string()))?
 }
 
 /// Loads the metadata through the first route that serves metadata which verifies: a mirror
