@@ -821,3 +821,165 @@ fn lazy_clone_on_another_host_over_tcp() {
     let _ = server.wait();
     cleanup();
 }
+
+/// Three hosts on a bridge (network namespaces): the parent's memory server on A, a memory
+/// server on B and on C fetching from A, and four lazy clones on each of B and C restoring
+/// from their host's server at once. Each page the clones touch crosses A's link at most once
+/// per host.
+#[test]
+fn clones_on_two_other_hosts_fetch_each_page_over_the_parent_s_link_once_per_host() {
+    let g = guests_or_skip!();
+    let id = std::process::id() % 10000;
+    let net = format!("10.202.{}", id % 250);
+    let bridge = format!("stlx{id}");
+    let hosts: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|h| format!("stlx{id}{h}"))
+        .collect();
+    if !ip(&["link", "add", &bridge, "type", "bridge"]) {
+        starling_testkit::skip("cannot create a bridge here (needs root and iproute2)");
+        return;
+    }
+    let cleanup = || {
+        for h in &hosts {
+            ip(&["netns", "del", h]);
+        }
+        ip(&["link", "del", &bridge]);
+    };
+    // This side of the bridge too, to read A's statistics from here.
+    let mut wired = ip(&["link", "set", &bridge, "up"])
+        && ip(&["addr", "add", &format!("{net}.254/24"), "dev", &bridge]);
+    for (i, h) in hosts.iter().enumerate() {
+        let veth = format!("stlx{id}v{i}");
+        wired = wired
+            && ip(&["netns", "add", h])
+            && ip(&[
+                "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", h,
+            ])
+            && ip(&["link", "set", &veth, "master", &bridge, "up"])
+            && ip(&[
+                "-n",
+                h,
+                "addr",
+                "add",
+                &format!("{net}.{}/24", i + 1),
+                "dev",
+                "eth0",
+            ])
+            && ip(&["-n", h, "link", "set", "eth0", "up"])
+            && ip(&["-n", h, "link", "set", "lo", "up"]);
+    }
+    if !wired {
+        cleanup();
+        panic!("could not wire three network namespaces on a bridge");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (snap, before) = counter_snapshot(g, dir.path());
+    let ns = |h: &str| {
+        [
+            "ip".to_string(),
+            "netns".into(),
+            "exec".into(),
+            h.to_string(),
+        ]
+    };
+    let a = ns(&hosts[0]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let origin_addr = format!("tcp://{net}.1:7070");
+    let (mut origin, pinned) =
+        memory_server(&a, &[snap.to_str().unwrap(), "--listen", &origin_addr]);
+    let mut servers = Vec::new();
+    let mut locals = Vec::new();
+    for h in &hosts[1..] {
+        let p = ns(h);
+        let p: Vec<&str> = p.iter().map(String::as_str).collect();
+        let local = format!("unix:{}", dir.path().join(format!("{h}.sock")).display());
+        // The host's server reaches A over TCP (retried until A listens).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (server, pinned_local) = loop {
+            let (mut s, line) = memory_server(&p, &[&pinned, "--listen", &local]);
+            if line.starts_with("unix:") {
+                break (s, line);
+            }
+            let _ = s.kill();
+            let _ = s.wait();
+            assert!(
+                Instant::now() < deadline,
+                "host {h} never reached the origin"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        servers.push(server);
+        locals.push((h.clone(), local, pinned_local));
+    }
+    // Four clones on each host at once.
+    let results: Vec<(String, Vec<(String, serde_json::Value)>)> = std::thread::scope(|sc| {
+        let handles: Vec<_> = locals
+            .iter()
+            .map(|(h, _, pinned_local)| {
+                let dir = dir.path();
+                sc.spawn(move || {
+                    let clones: Vec<_> = (0..4)
+                        .map(|k| {
+                            let name = format!("{h}-clone{k}");
+                            sc.spawn(move || lazy_clone(&[], pinned_local, dir, &name))
+                        })
+                        .collect();
+                    (
+                        h.clone(),
+                        clones.into_iter().map(|c| c.join().unwrap()).collect(),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let o = server_stats(&origin_addr_from(&pinned));
+    let mut upstream_total = 0;
+    let mut touched_max = 0;
+    for ((h, local, _), (_, clones)) in locals.iter().zip(&results) {
+        let fetched: Vec<u64> = clones
+            .iter()
+            .map(|(console, lazy)| {
+                assert_continues(&before, console);
+                lazy["pages_fetched"].as_u64().unwrap()
+            })
+            .collect();
+        let s = server_stats(local);
+        let most = *fetched.iter().max().unwrap();
+        touched_max = touched_max.max(most);
+        eprintln!(
+            "host {h}: clones fetched {fetched:?} pages from the host's server, which fetched {} from A",
+            s.upstream_pages
+        );
+        assert_eq!(s.pages_served, fetched.iter().sum::<u64>());
+        // Once per host: never more than the pages its clones touched, counted once.
+        assert!(
+            s.upstream_pages >= most && s.upstream_pages < fetched.iter().sum::<u64>(),
+            "host {h}: {} pages over A's link for clones touching {fetched:?}",
+            s.upstream_pages
+        );
+        upstream_total += s.upstream_pages;
+    }
+    assert_eq!(
+        o.pages_served, upstream_total,
+        "A served exactly what the hosts fetched"
+    );
+    eprintln!(
+        "A's link: {} pages for 2 hosts whose clones touched at most {touched_max} each: {:.3} per page per host",
+        o.pages_served,
+        o.pages_served as f64 / (2 * touched_max) as f64
+    );
+    for mut s in servers {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let _ = origin.kill();
+    let _ = origin.wait();
+    cleanup();
+}
+
+/// The address part of a pinned `ADDR#HASH`.
+fn origin_addr_from(pinned: &str) -> String {
+    pinned.split('#').next().unwrap_or(pinned).to_string()
+}
