@@ -38,58 +38,10 @@ pub enum GroupCmd {
         #[arg(long = "host", value_name = "SOCKET|URL")]
         hosts: Vec<String>,
         #[command(flatten)]
-        tls: TlsArgs,
+        tls: crate::tls::TlsArgs,
         #[arg(long)]
         json: bool,
     },
-}
-
-/// The client certificate for hosts reached over https (their `remote_api`).
-#[derive(Debug, Clone, clap::Args)]
-pub struct TlsArgs {
-    /// Client certificate (PEM), signed by the CA the hosts' remote_api trusts
-    #[arg(long, env = "STARLING_TLS_CERT", value_name = "FILE")]
-    tls_cert: Option<PathBuf>,
-    /// Its private key (PEM)
-    #[arg(long, env = "STARLING_TLS_KEY", value_name = "FILE")]
-    tls_key: Option<PathBuf>,
-    /// The CA that signed the hosts' certificates (PEM); nothing else is trusted
-    #[arg(long, env = "STARLING_TLS_CA", value_name = "FILE")]
-    tls_ca: Option<PathBuf>,
-}
-
-impl TlsArgs {
-    /// An HTTPS client presenting the certificate and trusting only the CA.
-    fn client(&self) -> Result<reqwest::Client, String> {
-        let (Some(cert), Some(key), Some(ca)) = (&self.tls_cert, &self.tls_key, &self.tls_ca)
-        else {
-            return Err(
-                "an https host needs --tls-cert, --tls-key and --tls-ca (a client \
-                        certificate signed by the CA its remote_api trusts)"
-                    .into(),
-            );
-        };
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-        let mut pem = read(cert)?;
-        pem.push(b'\n');
-        pem.extend(read(key)?);
-        let id = reqwest::Identity::from_pem(&pem).map_err(|e| {
-            format!(
-                "{} and {}: {}",
-                cert.display(),
-                key.display(),
-                innermost(&e)
-            )
-        })?;
-        let ca_cert = reqwest::Certificate::from_pem(&read(ca)?)
-            .map_err(|e| format!("{}: {}", ca.display(), innermost(&e)))?;
-        reqwest::Client::builder()
-            .identity(id)
-            .tls_certs_only([ca_cert])
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| innermost(&e))
-    }
 }
 
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {

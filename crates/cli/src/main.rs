@@ -16,6 +16,7 @@ mod registry_cmd;
 mod repo_cmd;
 mod run_cmd;
 mod store_cmd;
+mod tls;
 mod vm_artifacts;
 mod vm_cmd;
 

@@ -89,15 +89,19 @@ pub enum VmCmd {
     #[command(hide = true)]
     TestGuest { out: PathBuf },
     /// Serve a snapshot's memory to lazy restores (`vm restore --lazy ADDR#HASH`) until killed:
-    /// from its directory, or from another memory server (tcp://HOST:PORT#HASH,
-    /// unix:PATH#HASH), keeping each page fetched so that the clones on this host share one
-    /// fetch of it. Prints ADDR#HASH first: the address pinned to this snapshot's state
+    /// from its directory, or from another memory server (tls://HOST:PORT#HASH,
+    /// tcp://HOST:PORT#HASH, unix:PATH#HASH), keeping each page fetched so that the clones on
+    /// this host share one fetch of it. Prints ADDR#HASH first: the address pinned to this
+    /// snapshot's state. Between hosts use tls:// (mutual TLS: both sides present a
+    /// certificate of the fleet's CA); tcp:// serves whoever connects
     MemoryServer {
         /// A snapshot directory or an upstream memory server (ADDR#HASH)
         source: String,
-        /// tcp://HOST:PORT or a unix socket path
+        /// tls://HOST:PORT, tcp://HOST:PORT or a unix socket path (this user's alone)
         #[arg(long)]
         listen: String,
+        #[command(flatten)]
+        tls: crate::tls::TlsArgs,
     },
     /// Fork a running VM (given by its API socket) into N clones that continue from the same
     /// instant, memory and disks shared copy-on-write; prints each clone's id, pid, directory,
@@ -134,12 +138,15 @@ pub struct RestoreArgs {
     /// /run/starling/UID/vm-PID for root, else $TMPDIR/starling-UID/vm-PID]
     #[arg(long)]
     run_dir: Option<PathBuf>,
-    /// Take state and memory from this memory server (tcp://HOST:PORT#HASH or
-    /// unix:PATH#HASH, as `vm memory-server` prints it; the state must have that BLAKE3)
+    /// Take state and memory from this memory server (tls://HOST:PORT#HASH,
+    /// tcp://HOST:PORT#HASH or unix:PATH#HASH, as `vm memory-server` prints it; the state must have that BLAKE3)
     /// instead of DIR, each page when the guest first touches it (DIR is then only where
     /// relative disk layers are found)
     #[arg(long)]
     lazy: Option<String>,
+    /// For a tls:// memory server: this host's certificate of the fleet's CA
+    #[command(flatten)]
+    tls: crate::tls::TlsArgs,
     /// Put network device DEVICE on another TAP (`net0=tap3`), or none (`net0=`) [default:
     /// the snapshot's TAP]
     #[arg(long = "tap", value_parser = parse_tap)]
@@ -439,8 +446,13 @@ pub fn run(store: &std::path::Path, cmd: VmCmd) -> Result<ExitCode> {
             println!("{}", g.pvh.display());
             Ok(ExitCode::SUCCESS)
         }
-        VmCmd::MemoryServer { source, listen } => {
+        VmCmd::MemoryServer {
+            source,
+            listen,
+            tls,
+        } => {
             use starling_vmm::lazy::{Addr, MemoryServer};
+            tls.for_memory(&[&source, &listen])?;
             let addr: Addr = listen.parse()?;
             let server = MemoryServer::open(&source)?;
             let pinned = server.pinned(&addr);
@@ -526,6 +538,7 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
     if a.no_seccomp {
         starling_vmm::jail::disable();
     }
+    a.tls.for_memory(&[a.lazy.as_deref().unwrap_or_default()])?;
     let mut spec = starling_vmm::RestoreSpec {
         dir: std::path::absolute(&a.dir)?,
         api_socket: a.api_socket,

@@ -16,80 +16,6 @@ use std::time::{Duration, Instant};
 use common::daemon::Daemon;
 use common::*;
 
-/// A CA, a host certificate for 127.0.0.1 and a client certificate it signed, and a client
-/// certificate of another CA: made with openssl, keys 0600.
-fn certs(dir: &Path) {
-    let run = |args: &[&str]| {
-        let o = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(
-            o.status.success(),
-            "openssl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&o.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-    ];
-    for ca in ["ca", "other-ca"] {
-        let (key, pem, subj) = (
-            format!("{ca}.key"),
-            format!("{ca}.pem"),
-            format!("/CN={ca}"),
-        );
-        let mut a = vec!["req", "-x509"];
-        a.extend(ec);
-        a.extend(["-keyout", &key, "-out", &pem, "-subj", &subj, "-days", "2"]);
-        run(&a);
-    }
-    for (name, ca, ext) in [
-        (
-            "host",
-            "ca",
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth",
-        ),
-        ("client", "ca", "extendedKeyUsage=clientAuth"),
-        ("stranger", "other-ca", "extendedKeyUsage=clientAuth"),
-    ] {
-        fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-        let mut a = vec!["req"];
-        a.extend(ec);
-        let (key, csr, subj) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("/CN={name}"),
-        );
-        a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
-        run(&a);
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-        ]);
-        fs::set_permissions(dir.join(&key), fs::Permissions::from_mode(0o600)).unwrap();
-    }
-}
-
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -120,7 +46,7 @@ fn a_fleet_reads_hosts_over_mutual_tls_and_nobody_else_does() {
     let env = Env::new();
     let tls = env.path("tls");
     fs::create_dir_all(&tls).unwrap();
-    certs(&tls);
+    starling_testkit::tls_certs(&tls);
     // A repository (a directory) publishing group ci, which the host follows.
     let src = env.path("src");
     fs::create_dir_all(&src).unwrap();

@@ -497,3 +497,203 @@ fn lazy_restore_from_a_memory_server_on_the_command_line() {
          never touched): {status}"
     );
 }
+
+/// A memory server between hosts on `tls://`: mutual TLS with the fleet's certificates. A
+/// restore with a certificate of the fleet's CA continues the guest; one without certificates,
+/// with another CA's, or a client that speaks no TLS gets nothing of the guest's memory; a
+/// host's own memory server fetches through TLS and serves its clones on a unix socket.
+#[test]
+fn lazy_restore_across_hosts_over_mutual_tls() {
+    use std::io::{BufRead, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
+    if Command::new("openssl").arg("version").output().is_err() {
+        starling_testkit::skip("openssl is missing (it makes the test's certificates)");
+        return;
+    }
+    let d = dir.path();
+    let tls = d.join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    starling_testkit::tls_certs(&tls);
+    let sock = d.join("api.sock");
+    let log = d.join("console.log");
+    let mut vm = starling()
+        .args(["vm", "run", "--mem", "32M", "--cmdline", "counter"])
+        .arg("--api-socket")
+        .arg(&sock)
+        .arg("--console")
+        .arg(&log)
+        .arg("--kernel")
+        .arg(&kernel)
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait("ticks", &|| {
+        tick_numbers(&read(&log)).len() >= 5 && sock.exists()
+    });
+    let snap = d.join("snap");
+    let out = starling()
+        .args(["vm", "snapshot", "--stop"])
+        .arg(&sock)
+        .arg(&snap)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(vm.wait().unwrap().success());
+    let before = tick_numbers(&read(&log));
+
+    let with = |c: &mut Command, who: &str| {
+        c.env("STARLING_TLS_CERT", tls.join(format!("{who}.pem")))
+            .env("STARLING_TLS_KEY", tls.join(format!("{who}.key")))
+            .env("STARLING_TLS_CA", tls.join("ca.pem"));
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("tls://127.0.0.1:{port}");
+    // Without certificates a tls:// server does not start, and says what it needs.
+    let out = starling()
+        .args(["vm", "memory-server"])
+        .arg(&snap)
+        .args(["--listen", &listen])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--tls-cert"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = starling();
+    c.args(["vm", "memory-server"])
+        .arg(&snap)
+        .args(["--listen", &listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    with(&mut c, "host");
+    let mut server = c.spawn().map(Reaped).unwrap();
+    let mut pinned = String::new();
+    std::io::BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut pinned)
+        .unwrap();
+    let pinned = pinned.trim().to_owned();
+    assert!(pinned.starts_with(&format!("{listen}#")), "{pinned}");
+
+    // A client that speaks no TLS: the memory protocol's first request gets nothing back.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = raw.write_all(b"STRLMEM1\x01");
+    let mut got = Vec::new();
+    let _ = raw.read_to_end(&mut got);
+    assert!(
+        !got.windows(4).any(|w| w == b"tick"),
+        "a plain client read state: {} bytes",
+        got.len()
+    );
+    assert!(got.len() < 64, "{} bytes to a plain client", got.len());
+
+    let elsewhere = d.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let restore = |who: Option<&str>, name: &str| {
+        let mut c = starling();
+        c.args(["vm", "restore"])
+            .arg(&elsewhere)
+            .args(["--lazy", &pinned])
+            .arg("--console")
+            .arg(d.join(format!("{name}.log")))
+            .arg("--api-socket")
+            .arg(d.join(format!("{name}.sock")))
+            .arg("--run-dir")
+            .arg(d.join(name));
+        if let Some(w) = who {
+            with(&mut c, w);
+        }
+        c
+    };
+    // No certificates, another CA's: refused before the guest runs.
+    for (who, want) in [(None, "STARLING_TLS_CERT"), (Some("stranger"), "")] {
+        let out = restore(who, "refused").output().unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{who:?} restored");
+        assert!(e.contains(want), "{who:?}: {e}");
+    }
+    // The fleet's client certificate: the guest continues.
+    let name = "lazy";
+    let mut restored = restore(Some("client"), name).spawn().map(Reaped).unwrap();
+    let log2 = d.join(format!("{name}.log"));
+    let sock2 = d.join(format!("{name}.sock"));
+    wait("lazy ticks", &|| {
+        tick_numbers(&read(&log2)).len() >= 5 && sock2.exists()
+    });
+    let out = starling()
+        .args(["vm", "stop"])
+        .arg(&sock2)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(restored.wait().unwrap().success());
+    let after = tick_numbers(&read(&log2));
+    let joined: Vec<u64> = before.iter().chain(&after).copied().collect();
+    assert!(
+        joined.windows(2).all(|w| w[1] == w[0] + 1),
+        "{before:?} then {after:?}"
+    );
+
+    // A host's own memory server, fetching through TLS, serving its clones on a unix socket.
+    let local = format!("unix:{}", d.join("host-mem.sock").display());
+    let mut c = starling();
+    c.args(["vm", "memory-server", &pinned, "--listen", &local])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    with(&mut c, "host");
+    let mut host_server = c.spawn().map(Reaped).unwrap();
+    let mut local_pinned = String::new();
+    std::io::BufReader::new(host_server.stdout.take().unwrap())
+        .read_line(&mut local_pinned)
+        .unwrap();
+    let local_pinned = local_pinned.trim().to_owned();
+    assert!(local_pinned.starts_with("unix:"), "{local_pinned}");
+    let log3 = d.join("via-host.log");
+    let sock3 = d.join("via-host.sock");
+    let mut via_host = starling()
+        .args(["vm", "restore"])
+        .arg(&elsewhere)
+        .args(["--lazy", &local_pinned])
+        .arg("--console")
+        .arg(&log3)
+        .arg("--api-socket")
+        .arg(&sock3)
+        .arg("--run-dir")
+        .arg(d.join("via-host"))
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    wait("ticks through the host's server", &|| {
+        tick_numbers(&read(&log3)).len() >= 5 && sock3.exists()
+    });
+    let out = starling()
+        .args(["vm", "stop"])
+        .arg(&sock3)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(via_host.wait().unwrap().success());
+    drop(server);
+    drop(host_server);
+}

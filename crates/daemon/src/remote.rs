@@ -36,54 +36,77 @@ pub struct RemoteApi {
 impl RemoteApi {
     /// The TLS configuration: the files read and checked (the key private to its owner).
     pub fn tls(&self) -> Result<Arc<rustls::ServerConfig>, String> {
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("cert {}: {e}", self.cert.display()))?;
-        if certs.is_empty() {
-            return Err(format!(
-                "cert {}: no certificate in it",
-                self.cert.display()
-            ));
-        }
-        private_to_owner(&self.key)?;
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("key {}: {e}", self.key.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.client_ca)
-            .and_then(|it| it.collect::<Result<_, _>>())
-            .map_err(|e| format!("client_ca {}: {e}", self.client_ca.display()))?;
-        for c in cas {
-            roots
-                .add(c)
-                .map_err(|e| format!("client_ca {}: {e}", self.client_ca.display()))?;
-        }
-        if roots.is_empty() {
-            return Err(format!(
-                "client_ca {}: no certificate in it",
-                self.client_ca.display()
-            ));
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| format!("client_ca {}: {e}", self.client_ca.display()))?;
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs, key)
-            .map_err(|e| {
-                format!(
-                    "cert {} and key {}: {e}",
-                    self.cert.display(),
-                    self.key.display()
-                )
-            })?;
-        Ok(Arc::new(config))
+        server_config(&self.cert, &self.key, &self.client_ca)
     }
+}
+
+/// A server's TLS that requires client certificates of `client_ca` (mutual TLS).
+pub fn server_config(
+    cert: &Path,
+    key: &Path,
+    client_ca: &Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let certs = certificates(cert, "cert")?;
+    let key = private_key(key)?;
+    let roots = roots(client_ca, "client_ca")?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| format!("client_ca {}: {e}", client_ca.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("cert {}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
+}
+
+/// A client's TLS that presents `cert` and trusts only servers of `ca`.
+pub fn client_config(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let certs = certificates(cert, "cert")?;
+    let key = private_key(key)?;
+    let roots = roots(ca, "ca")?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| format!("cert {}: {e}", cert.display()))?;
+    Ok(Arc::new(config))
+}
+
+fn certificates(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{what} {}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    private_to_owner(path)?;
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("key {}: {e}", path.display()))
+}
+
+fn roots(path: &Path, what: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certificates(path, what)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    }
+    Ok(roots)
 }
 
 /// A key file others may read is refused, as ssh refuses such a private key.

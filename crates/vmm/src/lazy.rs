@@ -41,17 +41,36 @@ const OP_STATS: u8 = 4;
 /// Largest state or map a client accepts.
 const MAX_BLOB: u64 = 256 << 20;
 
-/// Where a memory server listens or a client connects: `tcp://HOST:PORT`, `unix:PATH` or a
-/// path.
+/// Where a memory server listens or a client connects: `tcp://HOST:PORT`,
+/// `tls://HOST:PORT` (TCP with mutual TLS, see [`TlsWrap`]), `unix:PATH` or a path.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Addr {
     Tcp(String),
+    /// `name` as given (what the server's certificate must name), `at` where to connect
+    /// (the name, or its address once [`Addr::resolved`]).
+    Tls {
+        name: String,
+        at: String,
+    },
     Unix(PathBuf),
 }
 
 impl std::str::FromStr for Addr {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
+        if let Some(a) = s.strip_prefix("tls://") {
+            if a.rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+            {
+                return Ok(Addr::Tls {
+                    name: a.to_owned(),
+                    at: a.to_owned(),
+                });
+            }
+            return Err(Error::Invalid(format!(
+                "memory server address {s:?}: expected tls://HOST:PORT"
+            )));
+        }
         if let Some(a) = s.strip_prefix("tcp://") {
             if a.rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
@@ -75,18 +94,21 @@ impl Addr {
     /// resolved before a process confines itself (resolving reads files and sends DNS queries,
     /// which neither filter allows).
     pub fn resolved(&self) -> Result<Addr, Error> {
+        let ip = |a: &str| {
+            use std::net::ToSocketAddrs;
+            a.to_socket_addrs()
+                .map_err(|e| Error::Invalid(format!("memory server address {a}: {e}")))?
+                .next()
+                .map(|ip| ip.to_string())
+                .ok_or_else(|| Error::Invalid(format!("memory server address {a}: no address")))
+        };
         match self {
-            Addr::Tcp(a) => {
-                use std::net::ToSocketAddrs;
-                let ip = a
-                    .to_socket_addrs()
-                    .map_err(|e| Error::Invalid(format!("memory server address {a}: {e}")))?
-                    .next()
-                    .ok_or_else(|| {
-                        Error::Invalid(format!("memory server address {a}: no address"))
-                    })?;
-                Ok(Addr::Tcp(ip.to_string()))
-            }
+            Addr::Tcp(a) => Ok(Addr::Tcp(ip(a)?)),
+            // The name stays: the server's certificate is checked against it.
+            Addr::Tls { name, .. } => Ok(Addr::Tls {
+                name: name.clone(),
+                at: ip(name)?,
+            }),
             Addr::Unix(_) => Ok(self.clone()),
         }
     }
@@ -96,6 +118,7 @@ impl std::fmt::Display for Addr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Addr::Tcp(a) => write!(f, "tcp://{a}"),
+            Addr::Tls { name, .. } => write!(f, "tls://{name}"),
             Addr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
@@ -136,12 +159,43 @@ impl std::fmt::Display for Remote {
     }
 }
 
-trait Stream: Read + Write + Send {}
+/// A connection to or from a memory server.
+pub trait Stream: Read + Write + Send {}
 impl<T: Read + Write + Send> Stream for T {}
+
+/// TLS for `tls://` addresses: a server's connections accepted, a client's made, both with
+/// certificates (mutual TLS). Given by the program that links a TLS stack (the `starling`
+/// command, `vm memory-server` and `vm restore`) through [`use_tls`]; the monitor binary
+/// carries none, and restores across hosts from its own host's memory server on a unix socket
+/// (one fetch per page per host anyway).
+pub trait TlsWrap: Send + Sync {
+    /// A connection a server accepted, its handshake done (within [`IO_TIMEOUT`] per read: a
+    /// client that never completes one frees its place).
+    fn accept(&self, s: TcpStream) -> std::io::Result<Box<dyn Stream>>;
+    /// A connection to the server named `host` (its certificate must name it).
+    fn connect(&self, host: &str, s: TcpStream) -> std::io::Result<Box<dyn Stream>>;
+}
+
+static TLS: OnceLock<Box<dyn TlsWrap>> = OnceLock::new();
+
+/// Sets this process's TLS for `tls://` addresses (the first call wins).
+pub fn use_tls(w: Box<dyn TlsWrap>) {
+    let _ = TLS.set(w);
+}
+
+fn tls() -> std::io::Result<&'static dyn TlsWrap> {
+    TLS.get().map(|b| &**b).ok_or_else(|| {
+        std::io::Error::other(
+            "a tls:// memory server needs certificates: STARLING_TLS_CERT, STARLING_TLS_KEY \
+             and STARLING_TLS_CA (or `vm memory-server --tls-cert … --tls-key … --tls-ca …`); \
+             a monitor restores across hosts from its own host's memory server on a unix socket",
+        )
+    })
+}
 
 /// How long a memory server may take to answer: past it the page is failed (and the VM that
 /// needed it ends) rather than its vCPU waiting forever.
-const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most clients a memory server serves at once (a thread each); more are closed at once.
 const MAX_CLIENTS: usize = 256;
@@ -156,13 +210,19 @@ impl Drop for Place {
 }
 
 fn connect(addr: &Addr) -> std::io::Result<Box<dyn Stream>> {
+    let tcp = |a: &str| -> std::io::Result<TcpStream> {
+        let s = TcpStream::connect(a)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
+        Ok(s)
+    };
     Ok(match addr {
-        Addr::Tcp(a) => {
-            let s = TcpStream::connect(a)?;
-            s.set_nodelay(true)?;
-            s.set_read_timeout(Some(IO_TIMEOUT))?;
-            s.set_write_timeout(Some(IO_TIMEOUT))?;
-            Box::new(s)
+        Addr::Tcp(a) => Box::new(tcp(a)?),
+        Addr::Tls { name, at } => {
+            let wrap = tls()?;
+            let host = name.rsplit_once(':').map_or(name.as_str(), |(h, _)| h);
+            wrap.connect(host.trim_matches(['[', ']']), tcp(at)?)?
         }
         Addr::Unix(p) => {
             let s = UnixStream::connect(p)?;
@@ -331,7 +391,10 @@ impl MemoryServer {
 
     /// Serves `source`: a snapshot directory, or a pinned `ADDR#HASH` of another memory server.
     pub fn open(source: &str) -> Result<Self, Error> {
-        if source.starts_with("tcp://") || source.starts_with("unix:") {
+        if ["tcp://", "tls://", "unix:"]
+            .iter()
+            .any(|p| source.starts_with(p))
+        {
             MemoryServer::upstream(&source.parse()?)
         } else {
             MemoryServer::open_dir(Path::new(source))
@@ -516,27 +579,34 @@ impl MemoryServer {
         };
         let clients = Arc::new(AtomicUsize::new(0));
         let refused_said = AtomicBool::new(false);
-        let spawn = |me: Arc<Self>, mut s: Box<dyn Stream>| {
-            if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                clients.fetch_sub(1, Ordering::SeqCst);
-                if !refused_said.swap(true, Ordering::Relaxed) {
-                    eprintln!(
-                        "starling memory server: {MAX_CLIENTS} clients at once; closing more \
+        // `open` gives the client's stream in the client's thread (a TLS handshake is made
+        // there, not in the accepting loop).
+        let spawn =
+            |me: Arc<Self>, open: Box<dyn FnOnce() -> std::io::Result<Box<dyn Stream>> + Send>| {
+                if clients.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                    clients.fetch_sub(1, Ordering::SeqCst);
+                    if !refused_said.swap(true, Ordering::Relaxed) {
+                        eprintln!(
+                            "starling memory server: {MAX_CLIENTS} clients at once; closing more \
                          (said once)"
-                    );
-                }
-                return;
-            }
-            let place = Place(clients.clone());
-            let _ = std::thread::Builder::new()
-                .name("memory-client".into())
-                .spawn(move || {
-                    let _place = place;
-                    if let Err(e) = me.client(&mut *s) {
-                        eprintln!("starling memory server: a client: {e}");
+                        );
                     }
-                });
-        };
+                    return;
+                }
+                let place = Place(clients.clone());
+                let _ = std::thread::Builder::new()
+                    .name("memory-client".into())
+                    .spawn(move || {
+                        let _place = place;
+                        let served = open().and_then(|mut s| me.client(&mut *s));
+                        match served {
+                            // Gone between requests (TLS peers often without close_notify).
+                            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                            Err(e) => eprintln!("starling memory server: a client: {e}"),
+                            Ok(()) => {}
+                        }
+                    });
+            };
         match addr {
             Addr::Tcp(a) => {
                 let l = TcpListener::bind(a).map_err(io)?;
@@ -545,7 +615,20 @@ impl MemoryServer {
                     let _ = s.set_nodelay(true);
                     // A client that stops reading does not hold its thread forever.
                     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                    spawn(self.clone(), Box::new(s));
+                    spawn(
+                        self.clone(),
+                        Box::new(move || Ok(Box::new(s) as Box<dyn Stream>)),
+                    );
+                }
+            }
+            Addr::Tls { at, .. } => {
+                let wrap = tls().map_err(io)?;
+                let l = TcpListener::bind(at).map_err(io)?;
+                listening();
+                for s in l.incoming().flatten() {
+                    let _ = s.set_nodelay(true);
+                    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
+                    spawn(self.clone(), Box::new(move || wrap.accept(s)));
                 }
             }
             Addr::Unix(p) => {
@@ -574,7 +657,10 @@ impl MemoryServer {
                         }
                     }
                     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-                    spawn(self.clone(), Box::new(s));
+                    spawn(
+                        self.clone(),
+                        Box::new(move || Ok(Box::new(s) as Box<dyn Stream>)),
+                    );
                 }
             }
         }

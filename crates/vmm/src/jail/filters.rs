@@ -174,8 +174,15 @@ const MONITOR: &[i64] = &[
     libc::SYS_seccomp,
 ];
 
-/// What a memory server adds: its sockets (and one to the server it relays, if any).
-const MEMORY_SERVER: &[i64] = &[libc::SYS_bind, libc::SYS_listen, libc::SYS_connect];
+/// What a memory server adds: its sockets (and one to the server it relays, if any), and
+/// the vectored writes TLS makes of its records (`tls://`).
+const MEMORY_SERVER: &[i64] = &[
+    libc::SYS_bind,
+    libc::SYS_listen,
+    libc::SYS_connect,
+    libc::SYS_writev,
+    libc::SYS_readv,
+];
 
 const KVMIO: u64 = 0xAE;
 
