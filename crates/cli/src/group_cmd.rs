@@ -48,6 +48,9 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     starling_store::innermost(e)
 }
 
+/// The most a host's answer to `group status` may be.
+const MAX_REPLY: usize = 16 << 20;
+
 /// A host's groups over https (its remote_api).
 fn remote_groups(
     rt: &tokio::runtime::Runtime,
@@ -57,9 +60,16 @@ fn remote_groups(
     let client = client.as_ref().map_err(Clone::clone)?;
     let u = format!("{}/v1/groups", url.trim_end_matches('/'));
     rt.block_on(async {
-        let r = client.get(&u).send().await.map_err(|e| innermost(&e))?;
+        let mut r = client.get(&u).send().await.map_err(|e| innermost(&e))?;
         let status = r.status();
-        let body = r.bytes().await.map_err(|e| innermost(&e))?;
+        // A host's answer is small; a host sending without end is cut off.
+        let mut body = Vec::new();
+        while let Some(piece) = r.chunk().await.map_err(|e| innermost(&e))? {
+            body.extend_from_slice(&piece);
+            if body.len() > MAX_REPLY {
+                return Err(format!("more than {MAX_REPLY} bytes of answer"));
+            }
+        }
         if !status.is_success() {
             return Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)));
         }
@@ -89,7 +99,8 @@ pub fn run(socket: &Path, cmd: GroupCmd) -> Result<ExitCode> {
             } else {
                 println!("group {} generation {}", state.name, state.generation);
                 for i in &state.images {
-                    println!("  {}  {}@{}", i.reference, i.name, &i.version[..12]);
+                    let short: String = i.version.chars().take(12).collect();
+                    println!("  {}  {}@{short}", i.reference, i.name);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -261,7 +272,13 @@ fn images(g: &GroupStatus) -> String {
     }
     g.images
         .iter()
-        .map(|i| format!("{}@{}", i.name, &i.version[..12.min(i.version.len())]))
+        .map(|i| {
+            format!(
+                "{}@{}",
+                i.name,
+                i.version.chars().take(12).collect::<String>()
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

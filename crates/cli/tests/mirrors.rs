@@ -279,6 +279,26 @@ fn mirrors_with_tampered_or_stale_metadata_or_a_damaged_object_are_passed_over()
     assert!(err.contains(&sa.url), "{err}");
     let o = pull(&env, &c, &["store", "fsck"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // A bomb on the mirror tried first: a few KiB declaring 64 MiB for a chunk of less. It is
+    // refused by its declared length, before anything is decompressed; the next mirror's copy
+    // is taken.
+    fs::write(
+        &victim,
+        starling_store::encode_envelope(&vec![0u8; 64 << 20], 3),
+    )
+    .unwrap();
+    assert!(fs::metadata(&victim).unwrap().len() < 64 << 10);
+    let c = env.path("client4");
+    let (r, err) = pulled(
+        &env,
+        &c,
+        &[
+            "pull", "--json", &sa.url, "t:v1", "--root", &root, "--mirror", &sb.url,
+        ],
+    );
+    assert_eq!(r["version"], v2.as_str());
+    assert!(err.contains("declares 67108864 bytes"), "{err}");
 }
 
 #[test]

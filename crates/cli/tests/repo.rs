@@ -1458,15 +1458,29 @@ fn the_refresh_timer_verifies_and_its_service_refreshes_the_repository() {
         .unwrap()
         .replace("$REPO", s(&repo))
         .replace("$KEYS", s(&keys));
-    let argv: Vec<&str> = exec.split_whitespace().collect();
-    let o = Command::new(argv[0])
-        .args(&argv[1..])
+    // With the unit's UMask, as systemd would run it.
+    let umask = service
+        .lines()
+        .find_map(|l| l.strip_prefix("UMask="))
+        .unwrap_or("0022");
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!("umask {umask}; exec {exec}"))
         .env("STARLING_STORE", &env.store)
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.starts_with("re-signed timestamp; timestamp "), "{out}");
+    // The web server serving the repository (another user) can still read what was signed.
+    let mode = fs::metadata(repo.join("metadata/timestamp.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert!(
+        mode & 0o004 != 0,
+        "timestamp.json is {mode:o} after a refresh"
+    );
     let cs = client_store(&env);
     client_ok(
         &env,

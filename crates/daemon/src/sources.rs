@@ -82,7 +82,9 @@ impl HostObjects {
                 .filter(|_| !self.repositories.is_empty())
             {
                 return Err(format!(
-                    "repository {} is not one this host serves: {} lists the repositories                      starlingd mounts and runs images from; add a [[repository]] with its url                      and root there",
+                    "repository {} is not one this host serves: {} lists the repositories \
+                     starlingd mounts and runs images from; add a [[repository]] with its url \
+                     and root there",
                     remote.base,
                     file.display()
                 ));
@@ -99,7 +101,8 @@ impl HostObjects {
                 .map_err(|e| e.to_string())?;
             if info != r.root_info {
                 return Err(format!(
-                    "repository {} is trusted on this host with {} ({}); the root given, {},                      is {info}: leave it out",
+                    "repository {} is trusted on this host with {} ({}); the root given, {}, \
+                     is {info}: leave it out",
                     r.remote.base,
                     r.root.display(),
                     r.root_info,

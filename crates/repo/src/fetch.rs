@@ -34,28 +34,35 @@ impl Fetcher {
 
     /// An object's envelope from the first route that serves it, refusing more than its
     /// largest possible size (`len` is the uncompressed size it must have; zstd never expands
-    /// by more than a small margin). With more than one route, the envelope is verified
-    /// against the object's id here, so that a mirror serving a damaged object is passed over
-    /// for the next (with one route the reader verifies it, as it always does).
+    /// by more than a small margin) and an envelope that declares more than `len`. With more
+    /// than one route, the envelope is verified against the object's id here, so that a
+    /// mirror serving a damaged object is passed over for the next (with one route the reader
+    /// verifies it, as it always does).
     pub async fn get(&self, id: &ObjectId, len: u64) -> Result<(Vec<u8>, String)> {
         let url = self.remote.join(&object_rel(id))?;
         let mut reasons = Vec::new();
         let mut newly_down = Vec::new();
         for i in self.routes.order() {
             let got = self.get_from(i, &url, id, len).await;
-            let got = match got {
-                Ok((env, shown)) if self.routes.len() > 1 => {
-                    match starling_store::decode_envelope(id, &env) {
-                        Ok(_) => Ok((env, shown)),
-                        Err(e) => Err(Error::BadObject {
-                            id: id.to_hex(),
-                            url: shown,
-                            reason: e.to_string(),
-                        }),
+            // The declared length first, whatever the route: an envelope declaring more than
+            // the object may have is never decompressed (a small download inflating to 1 GiB).
+            let got = got.and_then(|(env, shown)| {
+                let checked = starling_store::check_len(id, &env, len).and_then(|()| {
+                    if self.routes.len() > 1 {
+                        starling_store::decode_envelope(id, &env).map(|_| ())
+                    } else {
+                        Ok(())
                     }
+                });
+                match checked {
+                    Ok(()) => Ok((env, shown)),
+                    Err(e) => Err(Error::BadObject {
+                        id: id.to_hex(),
+                        url: shown,
+                        reason: e.to_string(),
+                    }),
                 }
-                other => other,
-            };
+            });
             match got {
                 Ok(v) => {
                     self.routes.succeeded(i);

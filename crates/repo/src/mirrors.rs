@@ -45,10 +45,10 @@ impl Proxy {
                 format!("{e}: give http://HOST:PORT or DIRECT"),
             )
         })?;
-        if !matches!(u.scheme(), "http" | "https" | "socks5" | "socks5h") || u.host().is_none() {
+        if !matches!(u.scheme(), "http" | "https") || u.host().is_none() {
             return Err(invalid(
                 format!("proxy {s:?}"),
-                "give http://HOST:PORT (or https://, socks5://) or DIRECT",
+                "give http://HOST:PORT (or https://) or DIRECT; SOCKS proxies are not supported",
             ));
         }
         Ok(Proxy::Via(u))
@@ -234,11 +234,15 @@ impl Routes {
         let mut h = r.health.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         let was_up = h.down_until.is_none_or(|t| t <= now);
-        h.failures = h.failures.saturating_add(1);
-        let backoff = FIRST_BACKOFF
-            .saturating_mul(1 << (h.failures - 1).min(6))
-            .min(MAX_BACKOFF);
-        h.down_until = Some(now + backoff);
+        // Requests failing together on one blip count once: the back-off doubles per failure
+        // of the route, not per request that met it.
+        if was_up {
+            h.failures = h.failures.saturating_add(1);
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << (h.failures - 1).min(6))
+                .min(MAX_BACKOFF);
+            h.down_until = Some(now + backoff);
+        }
         was_up
     }
 
@@ -466,8 +470,17 @@ mod tests {
         // Both back off; the one back sooner (the first to fail) comes before.
         assert_eq!(r.order(), [2, 0, 1]);
         assert!(!r.failed(0), "already out of line");
+        // Counted once while out of line: still the first back-off.
         {
             let h = r.route(0).health.lock().unwrap();
+            assert_eq!(h.failures, 1);
+        }
+        // Its back-off over and failing again: twice as long.
+        r.route(0).health.lock().unwrap().down_until = Some(Instant::now());
+        assert!(r.failed(0), "out of line again");
+        {
+            let h = r.route(0).health.lock().unwrap();
+            assert_eq!(h.failures, 2);
             let left = h.down_until.unwrap() - Instant::now();
             assert!(left > Duration::from_millis(1500), "{left:?}");
         }

@@ -150,6 +150,15 @@ pub async fn open_at(
     let ds = datastore_in(dir, remote);
     // Locked before the stored root is read (a load beside removes and rewrites it), but only
     // where a trust state exists: nothing is written for a repository never trusted here.
+    // A first contact with a root to trust writes the trust state: locked too, once the
+    // root given is known to be root metadata (a refused one leaves nothing behind).
+    if !ds.is_dir() {
+        if let Some(p) = trusted_root {
+            let b = std::fs::read(p).at(p)?;
+            crate::trust::root_info(&b, &p.display().to_string())?;
+            std::fs::create_dir_all(&ds).at(&ds)?;
+        }
+    }
     let mut lock = if ds.is_dir() {
         Some(lock_trust_state(&ds).await?)
     } else {
@@ -225,10 +234,12 @@ pub(crate) async fn load_through(
             Err(e) => tuf(what.clone())(e),
         };
         // The route whose file did not verify; none when every route failed to answer (the
-        // transport tried them all) or there is no other route.
+        // transport tried them all), there is no other route, or the failure is this host's
+        // (its trust state), not what a route served.
         let blamed = transport
             .last_served()
-            .filter(|_| routes.len() > 1 && !transport.exhausted());
+            .filter(|_| routes.len() > 1 && !transport.exhausted())
+            .filter(|_| matches!(e, Error::Tuf { .. } | Error::Fetch { .. }));
         let why = match &e {
             Error::Tuf { source, .. } => source.to_string(),
             other => other.to_string(),
@@ -243,9 +254,16 @@ pub(crate) async fn load_through(
                 }
             }
             None if refused.is_empty() => return Err(e),
+            // The rest could not be reached: that stays a failure to reach the repository
+            // (the offline fallback and the exit status depend on it), naming the refusals.
             None => {
-                refused.push(why);
-                break;
+                return Err(match e {
+                    Error::Fetch { url, reason } => Error::Fetch {
+                        url,
+                        reason: format!("{reason}; refused before: {}", refused.join("; ")),
+                    },
+                    other => other,
+                })
             }
         }
     }
