@@ -1036,3 +1036,62 @@ fn an_image_cannot_grant_setuid_or_devices_through_a_mount() {
         d.ok(&env, &["umount", s(&mp)]);
     }
 }
+
+/// The API socket is the daemon's user's alone (0600), and a client of another user is
+/// refused by its credentials even when the socket's mode was opened up: one 403 answer
+/// naming both users, nothing served.
+#[test]
+fn the_api_socket_serves_the_daemon_s_user_and_root_only() {
+    if !is_root() {
+        skip("needs root to act as another user (setpriv)");
+        return;
+    }
+    let env = Env::new();
+    let d = Daemon::start(&env, &env.path("state"), &[]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "socket mode {mode:o}");
+    // Opened up behind the daemon's back: a stranger still gets nothing but the refusal.
+    fs::set_permissions(&d.socket, fs::Permissions::from_mode(0o666)).unwrap();
+    // The test's own directories let others through to the socket (nothing above them is
+    // changed).
+    for p in [env.path("state"), env.dir.path().to_path_buf()] {
+        let m = fs::metadata(&p).unwrap().permissions().mode();
+        fs::set_permissions(&p, fs::Permissions::from_mode(m | 0o011)).unwrap();
+    }
+    let client = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.sendall(b"GET /v1/mounts HTTP/1.1\r\nHost: d\r\n\r\n")
+out = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    out += b
+sys.stdout.write(out.decode())
+"#;
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            client,
+        ])
+        .arg(&d.socket)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("HTTP/1.1 403") && text.contains("not user 65534"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The daemon's own user is served as before.
+    d.ok(&env, &["mounts"]);
+}

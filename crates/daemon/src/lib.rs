@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod groups;
 pub mod kernels;
+pub mod local;
 pub mod log;
 pub mod metrics;
 pub mod mounts;

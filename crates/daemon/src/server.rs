@@ -312,7 +312,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shutdown: tokio::sync::Notify::new(),
     });
     let result = rt.block_on(async {
-        let listener = tokio::net::UnixListener::bind(&config.socket)
+        let listener = crate::local::bind(&config.socket)
             .with_context(|| format!("listening on {}", config.socket.display()))?;
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
