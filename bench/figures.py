@@ -125,6 +125,9 @@ FIGURES = {
     "vm-fork-net.answering_ms": (lambda: block("vm-fork-net.md", "answering_ms"), fixed(0)),
     "vm-run.read_vs_blk": (lambda: find("vm-run.md", r"\*\*sequential read, starling run / Starling virtio-blk: ([\d.]+)\*\*"), fixed(2)),
     # Pull (bench/repo_pull.py).
+    # Lazy clones on other hosts (bench/vm_cross_host.py).
+    "vm-cross-host.fanout_link_ratio": (lambda: block("vm-cross-host.md", "fanout_link_ratio"), fixed(3)),
+    "vm-cross-host.direct_link_ratio": (lambda: block("vm-cross-host.md", "direct_link_ratio"), fixed(3)),
     # A site of hosts behind one cache (bench/site.py).
     "site.origin_over_unique_squid": (lambda: block("site.md", "origin_over_unique_squid"), fixed(3)),
     "site.origin_over_unique_direct": (lambda: block("site.md", "origin_over_unique_direct"), fixed(3)),

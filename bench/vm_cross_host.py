@@ -213,7 +213,7 @@ Command: `cargo build --release && sudo python3 bench/vm_cross_host.py` (commit 
 {datetime.date.today()}; 2 cores, shared VM). Hosts are network namespaces on a bridge; A
 serves the parent's snapshot on tls:// (mutual TLS); {HOSTS} other hosts start {CLONES} lazy
 clones each, at once. Guest: the tier-1 test guest, `counter ballast reread` (each clone
-touches about {touched:.0} pages). Bytes on A's link: its interface's transmitted bytes (TCP,
+touches about {touched:.0f} pages). Bytes on A's link: its interface's transmitted bytes (TCP,
 TLS, state and page map included). {ROUNDS} rounds, the ways alternating; medians.
 
 | way | bytes on A's link ÷ (pages touched × 4 KiB × hosts) | all clones ticking (s) |
