@@ -247,6 +247,9 @@ pub fn run_repo(store_dir: &Path, cmd: RepoCmd) -> Result<ExitCode> {
                     r.timestamp_expires
                 );
             }
+            if let Some(w) = &r.warning {
+                eprintln!("starling: warning: {repo}: {w}");
+            }
             if r.root_due {
                 eprintln!(
                     "starling: warning: root metadata of {repo} expires {}: sign a new root with \

@@ -1395,6 +1395,13 @@ fn a_repository_nobody_pushes_to_stays_mountable_through_refresh() {
         serde_json::json!(["targets", "snapshot", "timestamp"]),
         "{r}"
     );
+    // Such a policy re-signs everything each time: said.
+    assert!(
+        r["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("shorter than the timestamp")),
+        "{r}"
+    );
     let e = env.fails(&["repo", "refresh", s(&env.path("nothing-here"))]);
     assert!(e.contains("nothing-here"), "{e}");
 }

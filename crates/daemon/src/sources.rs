@@ -99,13 +99,21 @@ impl HostObjects {
             let b = std::fs::read(given).map_err(|e| format!("{}: {e}", given.display()))?;
             let info = starling_repo::trust::root_info(&b, &given.display().to_string())
                 .map_err(|e| e.to_string())?;
-            if info != r.root_info {
+            // The pinned file as it is now: loads read it again too, so both agree if it
+            // was edited since the daemon started.
+            let pinned = std::fs::read(&r.root)
+                .map_err(|e| format!("{}: {e}", r.root.display()))
+                .and_then(|b| {
+                    starling_repo::trust::root_info(&b, &r.root.display().to_string())
+                        .map_err(|e| e.to_string())
+                })?;
+            if info != pinned {
                 return Err(format!(
                     "repository {} is trusted on this host with {} ({}); the root given, {}, \
                      is {info}: leave it out",
                     r.remote.base,
                     r.root.display(),
-                    r.root_info,
+                    pinned,
                     given.display()
                 ));
             }

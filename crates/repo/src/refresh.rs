@@ -33,6 +33,9 @@ pub struct RefreshReport {
     pub root_expires: String,
     /// Root metadata is due and needs its (possibly offline) keys.
     pub root_due: bool,
+    /// A policy that makes every refresh re-sign everything, said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Whether metadata expiring at `expires`, valid `validity` seconds when signed, has less than
@@ -61,6 +64,13 @@ impl Repo {
         let targets_expires = repo.targets().signed.expires;
         let root = repo.root().signed.clone();
         let root_due = due(root.expires, policy.root_expires, now, ts_until);
+        let warning = (policy.snapshot_expires < policy.timestamp_expires
+            || policy.targets_expires < policy.timestamp_expires)
+            .then(|| {
+                "the snapshot or targets validity is shorter than the timestamp's: every \
+                 refresh signs all three again (give them longer validities at `repo init`)"
+                    .to_string()
+            });
         let whole = force
             || due(snapshot_expires, policy.snapshot_expires, now, ts_until)
             || due(targets_expires, policy.targets_expires, now, ts_until);
@@ -80,6 +90,7 @@ impl Repo {
                 targets_expires: repo.targets().signed.expires.to_string(),
                 root_expires: root.expires.to_string(),
                 root_due,
+                warning,
             });
         }
         let mut new_ts = ts.clone();
@@ -111,6 +122,7 @@ impl Repo {
             targets_expires: targets_expires.to_string(),
             root_expires: root.expires.to_string(),
             root_due,
+            warning,
         })
     }
 }
