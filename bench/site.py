@@ -10,9 +10,10 @@ Measured in one run, ROUNDS rounds, the ways alternating:
 
 - origin bytes / unique bytes: 8 hosts mount the image (starlingd, lazily) and read every
   file, through squid; the same with DIRECT connections to the origin (the anchor: 8.0);
-- time until all 8 hosts hold the whole image: 8 hosts reading it through squid (mount +
-  read every file) vs 8 `starling pull` from the origin at once (the issue's anchor), and
-  8 pulls through squid.
+- time until all 8 hosts hold the whole image: 8 hosts following a group that keeps it
+  prefetched (until every starlingd reports it converged), and 8 hosts reading it through
+  squid (mount + read every file), vs 8 `starling pull` from the origin at once (the
+  issue's anchor), and 8 pulls through squid.
 
     sudo python3 bench/site.py               # writes bench/results/site.md
 
@@ -193,6 +194,47 @@ def hosts_read(site, work, origin, root, proxy, round_):
             d.wait()
 
 
+def hosts_group(site, work, origin, root, proxy, round_):
+    """Each host's starlingd follows group `site` (the image to keep prefetched); returns the
+    seconds from starting the daemons until every one reports it converged."""
+    conf = os.path.join(work, f"starlingd-group-{round_}.toml")
+    with open(conf, "w") as f:
+        f.write(f'proxies = ["{proxy}"]\ntimeout = "60s"\nlabels = {{ role = "bench" }}\n'
+                f'[[repository]]\nurl = "{origin.url}"\nroot = "{root}"\n'
+                f'[[group]]\nname = "site"\nrepository = "{origin.url}"\npoll = "1s"\n')
+    daemons = []
+    start = time.monotonic()
+    try:
+        for i, ns in enumerate(site.hosts):
+            state = os.path.join(work, f"g{round_}-h{i}")
+            os.makedirs(state)
+            sock = os.path.join(state, "api.sock")
+            d = subprocess.Popen(in_ns(ns, [BIN, "daemon", "--config", conf, "--state", state,
+                                            "--socket", sock]),
+                                 stdout=subprocess.PIPE, stderr=open(state + ".log", "w"),
+                                 env={**os.environ, "STARLING_NET_STATE": state + "/net"})
+            daemons.append((d, sock))
+        for d, _ in daemons:
+            if not d.stdout.readline().startswith(b"ready"):
+                sys.exit("a daemon did not start")
+        hosts = [a for _, sock in daemons for a in ("--host", sock)]
+        while True:
+            r = subprocess.run([BIN, "group", "status", "site", "--json", *hosts],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            import json as _json
+            rows = _json.loads(r.stdout or b"[]")
+            if rows and all(h.get("groups") and h["groups"][0].get("converged")
+                            and h["groups"][0].get("generation") for h in rows):
+                return time.monotonic() - start
+            if time.monotonic() - start > 600:
+                sys.exit(f"the hosts never converged: {rows}")
+            time.sleep(0.1)
+    finally:
+        for d, _ in daemons:
+            d.terminate()
+            d.wait()
+
+
 def hosts_pull(site, work, origin, root, proxy, round_):
     """8 `starling pull` at once, each host into its own store; returns seconds."""
     start = time.monotonic()
@@ -224,10 +266,15 @@ def main():
     run([BIN, "--store", store, "repo", "init", repo])
     run([BIN, "--store", store, "push", "t:v1", repo])
     root = os.path.join(repo, "metadata", "1.root.json")
+    spec = os.path.join(work, "site.toml")
+    with open(spec, "w") as f:
+        f.write('name = "site"\n[hosts]\nlabels = { role = "bench" }\n[[image]]\nref = "t:v1"\n')
+    run([BIN, "--store", store, "group", "apply", spec, repo])
     repo_bytes = int(run(["du", "-sb", os.path.join(repo, "objects")]).split()[0])
     files = int(run(["bash", "-c", f"find {cache}/rootfs-a -type f | wc -l"]).strip())
     site = Site()
-    ways = {"read-squid": [], "read-direct": [], "pull-direct": [], "pull-squid": []}
+    ways = {"read-squid": [], "read-direct": [], "pull-direct": [], "pull-squid": [],
+            "group-squid": []}
     ratios = {"read-squid": [], "read-direct": []}
     try:
         for r in range(ROUNDS):
@@ -238,7 +285,7 @@ def main():
                 squid = Squid() if via == "squid" else None
                 proxy = f"http://{NET}.1:3128" if squid else "DIRECT"
                 try:
-                    f = hosts_read if kind == "read" else hosts_pull
+                    f = {"read": hosts_read, "pull": hosts_pull, "group": hosts_group}[kind]
                     ways[way].append(f(site, work, origin, root, proxy, f"{r}{way}"))
                 finally:
                     if squid:
@@ -273,12 +320,13 @@ medians.
 | mount + read every file, through squid | **{rat['read-squid']:.3f}** (goal ≤ 1.05) | {med['read-squid']:.2f} | **{med['read-squid'] / med['pull-direct']:.2f}** |
 | mount + read every file, direct | {rat['read-direct']:.3f} | {med['read-direct']:.2f} | {med['read-direct'] / med['pull-direct']:.2f} |
 | `starling pull`, through squid | — | {med['pull-squid']:.2f} | {med['pull-squid'] / med['pull-direct']:.2f} |
+| following a group that keeps the image prefetched (starlingd), through squid: until all report converged | — | {med['group-squid']:.2f} | **{med['group-squid'] / med['pull-direct']:.2f}** |
 | `starling pull` from the origin (the anchor) | — | {med['pull-direct']:.2f} | 1.00 |
 
 Every round (s): {'; '.join(f"{k} {', '.join(f'{x:.2f}' for x in v)}" for k, v in ways.items())}.
 Origin bytes / unique bytes, every round: {'; '.join(f"{k} {', '.join(f'{x:.3f}' for x in v)}" for k, v in ratios.items())}.
 
-<!-- figures {{"origin_over_unique_squid": {rat['read-squid']:.3f}, "origin_over_unique_direct": {rat['read-direct']:.3f}, "read_squid_vs_pulls": {med['read-squid'] / med['pull-direct']:.2f}, "pull_squid_vs_pulls": {med['pull-squid'] / med['pull-direct']:.2f}}} -->
+<!-- figures {{"origin_over_unique_squid": {rat['read-squid']:.3f}, "origin_over_unique_direct": {rat['read-direct']:.3f}, "read_squid_vs_pulls": {med['read-squid'] / med['pull-direct']:.2f}, "pull_squid_vs_pulls": {med['pull-squid'] / med['pull-direct']:.2f}, "group_squid_vs_pulls": {med['group-squid'] / med['pull-direct']:.2f}}} -->
 """)
     print(open(out).read())
 
