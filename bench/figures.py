@@ -133,6 +133,7 @@ FIGURES = {
     "site.origin_over_unique_direct": (lambda: block("site.md", "origin_over_unique_direct"), fixed(3)),
     "site.read_squid_vs_pulls": (lambda: block("site.md", "read_squid_vs_pulls"), fixed(2)),
     "site.pull_squid_vs_pulls": (lambda: block("site.md", "pull_squid_vs_pulls"), fixed(2)),
+    "site.group_squid_vs_pulls": (lambda: block("site.md", "group_squid_vs_pulls"), fixed(2)),
     "repo-pull.pull_vs_curl": (lambda: find("repo-pull.md", r"starling pull / curl: \*\*([\d.]+)\*\*"), fixed(2)),
     "repo-pull.second_version_objects": (lambda: find("repo-pull.md", r"second version \(one file changed\): (\d+) of"), fixed(0)),
     # Registry import (bench/registry_import.py).
