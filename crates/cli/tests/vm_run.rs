@@ -362,44 +362,44 @@ fn tick_numbers(console: &str) -> Vec<u64> {
         .collect()
 }
 
-/// `vm memory-server` and `vm restore --lazy` as programs: the server prints the address
-/// pinned to the snapshot's state; a restore given it continues the guest from a directory
-/// that holds nothing of the snapshot, fetching only the pages the guest touches; an address
-/// without the state's hash is refused before anything runs.
-#[test]
-fn lazy_restore_from_a_memory_server_on_the_command_line() {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let Some(kernel) = guest(dir.path()) else {
-        return;
-    };
-    let d = dir.path();
+/// Waits up to a minute for `f`, failing the test naming `what`.
+fn wait_until(what: &str, f: &dyn Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn read_text(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Boots the test guest in `d` with `cmdline` (and `extra` flags of `vm run`) until it has
+/// ticked five times, snapshots it into `d/snap` with `--stop`; the snapshot and the ticks
+/// before it.
+fn ticking_snapshot(
+    d: &Path,
+    kernel: &Path,
+    cmdline: &str,
+    extra: &[&str],
+) -> (std::path::PathBuf, Vec<u64>) {
     let sock = d.join("api.sock");
     let log = d.join("console.log");
-    // 512 KiB of ballast written once and never read again: never fetched.
     let mut vm = starling()
-        .args(["vm", "run", "--mem", "32M", "--cmdline", "counter ballast"])
-        .arg("--vsock")
-        .arg(format!("3,{}", d.join("v.sock").display()))
+        .args(["vm", "run", "--mem", "32M", "--cmdline", cmdline])
+        .args(extra)
         .arg("--api-socket")
         .arg(&sock)
         .arg("--console")
         .arg(&log)
         .arg("--kernel")
-        .arg(&kernel)
+        .arg(kernel)
         .spawn()
         .map(Reaped)
         .unwrap();
-    let wait = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    wait("ticks", &|| {
-        tick_numbers(&read(&log)).len() >= 5 && sock.exists()
+    wait_until("ticks", &|| {
+        tick_numbers(&read_text(&log)).len() >= 5 && sock.exists()
     });
     let snap = d.join("snap");
     let out = starling()
@@ -414,7 +414,25 @@ fn lazy_restore_from_a_memory_server_on_the_command_line() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(vm.wait().unwrap().success());
-    let before = tick_numbers(&read(&log));
+    (snap, tick_numbers(&read_text(&log)))
+}
+
+/// `vm memory-server` and `vm restore --lazy` as programs: the server prints the address
+/// pinned to the snapshot's state; a restore given it continues the guest from a directory
+/// that holds nothing of the snapshot, fetching only the pages the guest touches; an address
+/// without the state's hash is refused before anything runs.
+#[test]
+fn lazy_restore_from_a_memory_server_on_the_command_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(kernel) = guest(dir.path()) else {
+        return;
+    };
+    let d = dir.path();
+    // 512 KiB of ballast written once and never read again: never fetched.
+    let vsock = format!("3,{}", d.join("v.sock").display());
+    let (snap, before) = ticking_snapshot(d, &kernel, "counter ballast", &["--vsock", &vsock]);
+    let (wait, read) = (wait_until, read_text);
     let pages_with_data = std::fs::metadata(snap.join("memory.map")).unwrap().len() / 40;
 
     let listen = format!("unix:{}", d.join("mem.sock").display());
@@ -517,44 +535,8 @@ fn lazy_restore_across_hosts_over_mutual_tls() {
     let tls = d.join("tls");
     std::fs::create_dir(&tls).unwrap();
     starling_testkit::tls_certs(&tls);
-    let sock = d.join("api.sock");
-    let log = d.join("console.log");
-    let mut vm = starling()
-        .args(["vm", "run", "--mem", "32M", "--cmdline", "counter"])
-        .arg("--api-socket")
-        .arg(&sock)
-        .arg("--console")
-        .arg(&log)
-        .arg("--kernel")
-        .arg(&kernel)
-        .spawn()
-        .map(Reaped)
-        .unwrap();
-    let wait = |what: &str, f: &dyn Fn() -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !f() {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-    wait("ticks", &|| {
-        tick_numbers(&read(&log)).len() >= 5 && sock.exists()
-    });
-    let snap = d.join("snap");
-    let out = starling()
-        .args(["vm", "snapshot", "--stop"])
-        .arg(&sock)
-        .arg(&snap)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(vm.wait().unwrap().success());
-    let before = tick_numbers(&read(&log));
+    let (snap, before) = ticking_snapshot(d, &kernel, "counter", &[]);
+    let (wait, read) = (wait_until, read_text);
 
     let with = |c: &mut Command, who: &str| {
         c.env("STARLING_TLS_CERT", tls.join(format!("{who}.pem")))

@@ -245,20 +245,7 @@ impl Backend {
         let Backend::Dir(d) = self else {
             return Ok(None);
         };
-        let p = d.join(".lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .at(&p)?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-            Error::Io {
-                path: p.clone(),
-                source: e.into(),
-            }
-        })?;
-        Ok(Some(f))
+        lock_dir(d).map(Some)
     }
 
     /// A TUF transport reading this backend's files (tough loads metadata through it).
@@ -334,4 +321,21 @@ impl Transport for BackendTransport {
             )),
         }
     }
+}
+
+/// An exclusive flock on `dir/.lock` (made if missing), waited for; released when the file is
+/// dropped. Across threads and processes alike (each call opens its own description).
+pub(crate) fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let p = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .at(&p)?;
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| Error::Io {
+        path: p.clone(),
+        source: e.into(),
+    })?;
+    Ok(f)
 }

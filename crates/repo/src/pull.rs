@@ -184,24 +184,10 @@ pub async fn open_at(
 /// place as it loads, so a load beside another could read one half-written. Released when
 /// the file is dropped.
 async fn lock_trust_state(ds: &Path) -> Result<std::fs::File> {
-    let p = ds.join(".lock");
-    tokio::task::spawn_blocking(move || {
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .at(&p)?;
-        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-            crate::Error::Io {
-                path: p.clone(),
-                source: e.into(),
-            }
-        })?;
-        Ok(f)
-    })
-    .await
-    .map_err(|e| invalid("trust state lock", e.to_string()))?
+    let ds = ds.to_path_buf();
+    tokio::task::spawn_blocking(move || crate::backend::lock_dir(&ds))
+        .await
+        .map_err(|e| invalid("trust state lock", e.to_string()))?
 }
 
 /// Loads the metadata through the first route that serves metadata which verifies: a mirror
