@@ -150,6 +150,10 @@ fn hosts_converge_to_a_group_s_signed_state_and_refuse_a_tampered_one() {
     assert_eq!(rows[3]["images"], serde_json::json!([]));
     let (code, _) = status(&env, &sockets);
     assert_eq!(code, 0, "every host where the group wants it");
+    // What a host converged to is kept, in a versioned file.
+    let kept = json(&fs::read_to_string(env.path("host0").join("groups/ci.json")).unwrap());
+    assert_eq!(kept["format"], 1, "{kept}");
+    assert_eq!(kept["generation"], 1, "{kept}");
 
     // Converged means held, even through a cache gc (which evicts all it may): a mount on a
     // selected host reads nothing from the origin.

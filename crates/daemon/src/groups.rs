@@ -26,9 +26,15 @@ use crate::sources::HostObjects;
 /// Objects fetched at once while converging.
 const PARALLEL: usize = 16;
 
+/// The format of `STATE/groups/NAME.json`.
+const CONVERGED_FORMAT: u32 = 1;
+
 /// What this host converged to, kept across restarts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Converged {
+    /// [`CONVERGED_FORMAT`]; a file of another format is not read (the group converges anew).
+    #[serde(default)]
+    format: u32,
     generation: u64,
     images: Vec<GroupImageStatus>,
     at: String,
@@ -112,7 +118,8 @@ impl Groups {
 }
 
 fn load(file: &Path) -> Option<Converged> {
-    serde_json::from_slice(&std::fs::read(file).ok()?).ok()
+    let c: Converged = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+    (c.format == CONVERGED_FORMAT).then_some(c)
 }
 
 /// One poll: the verified state, and converging to it when it is new and selects this host.
@@ -174,6 +181,7 @@ fn check(
     source.unpin(&std::mem::replace(&mut held.ids, ids));
     held.generation = desired.generation;
     let c = Converged {
+        format: CONVERGED_FORMAT,
         generation: desired.generation,
         images: images.clone(),
         at: jiff::Timestamp::now().to_string(),
