@@ -9,6 +9,11 @@
  *       poll query-status; "cont" once the incoming migration left it paused (QEMU has read
  *       its whole stream into RAM by then: resident = running)
  *   restore-timer qemu-save QMP_SOCKET FILE            stop, migrate to FILE, quit
+ *   restore-timer firecracker API_SOCKET STATE MEMORY -- CMD ARGS...
+ *       wait for the API, PUT /snapshot/load (a File memory backend, mapped MAP_PRIVATE as
+ *       Starling's; resume_vm), then GET / until "Running"
+ *   restore-timer firecracker-save API_SOCKET STATE MEMORY   pause, full snapshot (the
+ *       caller stops the monitor)
  * Prints "elapsed_ms=N resident_ms=M pid=P" (the monitor keeps running). Polls every 0.2 ms. */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -106,6 +111,34 @@ static int starling_running(const char *sock) {
     return strstr(buf, "\"state\":\"running\"") != NULL;
 }
 
+/* One request on a new connection to a Firecracker API (which keeps connections open: the
+ * reply is read by its Content-Length); the reply's status, its body in buf. */
+static int fc_http(const char *sock, const char *method, const char *path, const char *body, char *buf, int max) {
+    int s = dial(sock);
+    if (s < 0) return -1;
+    char req[2048];
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %zu\r\n\r\n%s", method, path, strlen(body), body);
+    if (write(s, req, n) != n) { close(s); return -1; }
+    int got = 0, r;
+    char *end = NULL;
+    while (got < max - 1 && !(end = strstr(buf, "\r\n\r\n"))) {
+        if ((r = read(s, buf + got, max - 1 - got)) <= 0) break;
+        got += r;
+        buf[got] = 0;
+    }
+    if (!end) { close(s); return -1; }
+    int status = atoi(buf + 9), length = 0;
+    char *cl = strcasestr(buf, "content-length:");
+    if (cl && cl < end) length = atoi(cl + 15);
+    int head = end + 4 - buf;
+    while (got < head + length && got < max - 1 && (r = read(s, buf + got, max - 1 - got)) > 0) got += r;
+    buf[got] = 0;
+    memmove(buf, buf + head, got - head + 1);
+    close(s);
+    return status;
+}
+
 /* Reads one QMP reply line that is not an event. */
 static void qmp_line(int s, char *buf, int max) {
     for (;;) {
@@ -148,11 +181,23 @@ int main(int argc, char **argv) {
         qmp(s, "{\"execute\":\"quit\"}\n", buf, sizeof buf);
         return 0;
     }
+    if (argc == 5 && !strcmp(argv[1], "firecracker-save")) {
+        char body[2048];
+        int st = fc_http(argv[2], "PATCH", "/vm", "{\"state\":\"Paused\"}", buf, sizeof buf);
+        if (st == 204) {
+            snprintf(body, sizeof body, "{\"snapshot_type\":\"Full\",\"snapshot_path\":\"%s\",\"mem_file_path\":\"%s\"}",
+                     argv[3], argv[4]);
+            st = fc_http(argv[2], "PUT", "/snapshot/create", body, buf, sizeof buf);
+        }
+        printf("firecracker-save: %s\n", st == 204 ? "completed" : buf);
+        return st == 204 ? 0 : 1;
+    }
     int qemu = argc > 1 && !strcmp(argv[1], "qemu");
-    int dash = qemu ? 3 : 4;
+    int fc = argc > 1 && !strcmp(argv[1], "firecracker");
+    int dash = qemu ? 3 : fc ? 5 : 4;
     if (argc < dash + 2 || strcmp(argv[dash], "--")) { fprintf(stderr, "usage: see the source\n"); return 2; }
     const char *sock = argv[2];
-    const char *snapdir = qemu ? NULL : argv[3];
+    const char *snapdir = qemu || fc ? NULL : argv[3];
     unlink(sock);
     double t0 = now_ms();
     pid_t pid = fork();
@@ -165,7 +210,21 @@ int main(int argc, char **argv) {
         _exit(127);
     }
     int status;
-    if (!qemu) {
+    if (fc) {
+        char body[2048];
+        snprintf(body, sizeof body, "{\"snapshot_path\":\"%s\",\"mem_backend\":{\"backend_type\":\"File\","
+                 "\"backend_path\":\"%s\"},\"resume_vm\":true}", argv[3], argv[4]);
+        int st;
+        while ((st = fc_http(sock, "PUT", "/snapshot/load", body, buf, sizeof buf)) < 0) {
+            if (waitpid(pid, &status, WNOHANG) == pid) { printf("failed: the monitor exited (%d)\n", status); return 1; }
+            usleep(200);
+        }
+        if (st != 204) { printf("failed: snapshot load answered %d: %s\n", st, buf); return 1; }
+        while (fc_http(sock, "GET", "/", "", buf, sizeof buf) != 200 || !strstr(buf, "\"Running\"")) {
+            if (waitpid(pid, &status, WNOHANG) == pid) { printf("failed: the monitor exited (%d)\n", status); return 1; }
+            usleep(200);
+        }
+    } else if (!qemu) {
         while (!starling_running(sock)) {
             if (waitpid(pid, &status, WNOHANG) == pid) { printf("failed: the monitor exited (%d)\n", status); return 1; }
             usleep(200);

@@ -70,3 +70,64 @@ fn firecracker_comparison_runs_end_to_end() {
         "an idle guest's snapshot is only {smaller}x smaller than Firecracker's"
     );
 }
+
+/// The tier-2 side by side (`bench/vm_firecracker_tier2.sh`): Debian's kernel booted by both
+/// monitors inside the QEMU test host, and a booted guest restored by both; every figure is
+/// there. One round: the test host is slow, and the ratios are the bench's business.
+#[test]
+fn firecracker_comparison_in_the_test_host_runs_end_to_end() {
+    let Some(fc) = std::env::var_os("FIRECRACKER").filter(|v| !v.is_empty()) else {
+        starling_testkit::skip_part(
+            "FIRECRACKER is not set: the tier-2 side by side with Firecracker did not run \
+             (build one as docs/ARCHITECTURE.md, \"Benchmarks against Firecracker\", says)",
+        );
+        return;
+    };
+    for tool in [
+        "qemu-system-x86_64",
+        "mkfs.ext4",
+        "cc",
+        "apt-get",
+        "objcopy",
+    ] {
+        let found = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {tool}"))
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            starling_testkit::skip(&format!("tier 2 needs {tool} (test.sh installs it)"));
+            return;
+        }
+    }
+    let starling = Path::new(env!("CARGO_BIN_EXE_starling"));
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vm-firecracker-tier2.md");
+    let run = Command::new("bash")
+        .arg(root.join("bench/vm_firecracker_tier2.sh"))
+        .arg(starling)
+        .env("FIRECRACKER", &fc)
+        .env("ROUNDS", "1")
+        .env("OUT", &out)
+        .env("WORK", dir.path().join("work"))
+        .output()
+        .expect("bash runs");
+    assert!(
+        run.status.success(),
+        "the bench failed:\n{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("<!-- figures "))
+        .and_then(|l| l.strip_suffix(" -->"))
+        .unwrap_or_else(|| panic!("no figures line in:\n{text}"));
+    let figures: serde_json::Value = serde_json::from_str(line).unwrap();
+    for key in ["boot_vs_fc", "restore_vs_fc", "memory_vs_fc"] {
+        let v = figures[key].as_f64();
+        assert!(v.is_some_and(|v| v > 0.0), "{key}: {figures}");
+    }
+}
