@@ -297,7 +297,9 @@ pub struct VmConfig {
     /// The VMM API socket.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
-    /// Back guest memory with transparent huge pages where the host allows (madvise).
+    /// Back guest memory with transparent huge pages where the host allows (madvise): a memfd
+    /// where the host gives memfds huge pages, else aligned anonymous memory (whose first fork
+    /// copies its data). `false` keeps a memfd of 4 KiB pages on such hosts.
     #[serde(default = "default_true")]
     pub hugepages: bool,
     /// The guest's hostname as the monitor's service tells it (clones get `NAME-K`).

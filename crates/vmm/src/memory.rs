@@ -1,9 +1,15 @@
 //! Guest RAM and where its pages come from.
 //!
-//! A booted VM's RAM is a memfd mapped shared, so the pages KVM sees are the memfd's. Freezing
-//! (for a fork or a snapshot) turns the VM's own mapping into a private copy-on-write view of a
-//! memfd that nobody writes any more: the first freeze costs nothing (the VM's memfd becomes the
-//! frozen image), later ones copy only the pages that hold data. Clones and restored VMs map a
+//! A booted VM's RAM is a memfd mapped shared, so the pages KVM sees are the memfd's, when the
+//! host gives a memfd transparent huge pages (its shmem setting, `advise` or more) or the VM
+//! asked for none. Freezing (for a fork or a snapshot) turns the VM's own mapping into a private
+//! copy-on-write view of a memfd that nobody writes any more: the first freeze costs nothing
+//! (the VM's memfd becomes the frozen image), later ones copy only the pages that hold data.
+//! Where the shmem setting is `never` (distributions' default) a memfd gets 4 KiB pages only,
+//! and a guest whose every 2 MiB KVM must map as 512 pages runs measurably slower (much slower
+//! nested: bench/results/vm-firecracker-tier2.md); such a VM's RAM is anonymous memory at
+//! 2 MiB-aligned addresses instead, given huge pages as the host's anonymous THP setting
+//! allows, and its first freeze copies the pages that hold data. Clones and restored VMs map a
 //! frozen memfd or a snapshot's memory file MAP_PRIVATE: they share its pages until they write.
 //! Lazily restored VMs start from empty anonymous memory filled by userfaultfd.
 //!
@@ -24,6 +30,8 @@ use vm_memory::{
 use crate::layout::ram_ranges;
 
 pub const PAGE: u64 = 4096;
+/// A transparent huge page (x86-64's PMD size).
+const HUGE: u64 = 2 << 20;
 
 /// What the VM's mapping is a view of.
 enum Backing {
@@ -40,6 +48,21 @@ pub struct GuestRam {
     pub mem: GuestMemoryMmap,
     backing: Backing,
     bytes: u64,
+    /// Ranges this process mapped itself (aligned anonymous RAM), which the regions do not
+    /// unmap: emptied when the RAM is dropped.
+    own_mappings: Vec<(u64, u64)>,
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        for &(host, len) in &self.own_mappings {
+            // SAFETY: a range this GuestRam mapped and still owns. Emptied, not unmapped: a
+            // device thread still holding a clone of `mem` while the VM is torn down reads
+            // zeros instead of faulting; the address space goes with the process (a monitor
+            // runs one VM).
+            unsafe { libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
+        }
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> std::io::Error {
@@ -61,8 +84,12 @@ pub fn memfd(name: &str, bytes: u64) -> std::io::Result<File> {
 }
 
 impl GuestRam {
-    /// Fresh zeroed RAM for a booting VM, backed by a shared memfd.
+    /// Fresh zeroed RAM for a booting VM: a shared memfd, or — when huge pages are wanted and
+    /// the host gives a memfd none — aligned anonymous memory (see the module's text).
     pub fn fresh(bytes: u64, hugepages: bool) -> std::io::Result<Self> {
+        if hugepages && !shmem_gets_huge_pages() {
+            return Self::fresh_anonymous(bytes);
+        }
         let f = memfd("starling-guest-ram", bytes)?;
         let mem = map(bytes, Some(&f), libc::MAP_SHARED)?;
         if hugepages {
@@ -72,6 +99,19 @@ impl GuestRam {
             mem,
             backing: Backing::Shared(f),
             bytes,
+            own_mappings: Vec::new(),
+        })
+    }
+
+    /// Fresh RAM as aligned anonymous memory, advised to take huge pages.
+    fn fresh_anonymous(bytes: u64) -> std::io::Result<Self> {
+        let (mem, own_mappings) = map_aligned_anonymous(bytes)?;
+        advise_huge(&mem);
+        Ok(GuestRam {
+            mem,
+            backing: Backing::Anonymous,
+            bytes,
+            own_mappings,
         })
     }
 
@@ -89,6 +129,7 @@ impl GuestRam {
             mem,
             backing: Backing::Private(file),
             bytes,
+            own_mappings: Vec::new(),
         })
     }
 
@@ -99,6 +140,7 @@ impl GuestRam {
             mem,
             backing: Backing::Anonymous,
             bytes,
+            own_mappings: Vec::new(),
         })
     }
 
@@ -142,10 +184,17 @@ impl GuestRam {
             Backing::Shared(f) => f.try_clone()?,
             Backing::Private(_) | Backing::Anonymous => {
                 let copy = memfd("starling-guest-ram", self.bytes)?;
+                let zero = [0u8; PAGE as usize];
                 self.for_each_data_page(|host, off, len| {
                     // SAFETY: host..host+len lies inside one of our live RAM mappings.
                     let src = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
-                    copy.write_all_at(src, off)
+                    // Zero pages stay holes: a huge page's untouched parts count as present.
+                    for (i, page) in src.chunks(PAGE as usize).enumerate() {
+                        if page != zero {
+                            copy.write_all_at(page, off + i as u64 * PAGE)?;
+                        }
+                    }
+                    Ok(())
                 })?;
                 copy
             }
@@ -371,12 +420,82 @@ fn map(bytes: u64, file: Option<&File>, flags: i32) -> std::io::Result<GuestMemo
     GuestMemoryMmap::from_regions(regions).map_err(io_err)
 }
 
+/// Whether this host gives memfds transparent huge pages when asked (its shmem THP setting is
+/// `advise`, `within_size`, `always` or `force`; `never`, `deny` or none is no).
+fn shmem_gets_huge_pages() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+        .is_ok_and(|s| shmem_setting_gives_huge_pages(&s))
+}
+
+fn shmem_setting_gives_huge_pages(setting: &str) -> bool {
+    let chosen = setting
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')));
+    matches!(chosen, Some("advise" | "within_size" | "always" | "force"))
+}
+
+/// Anonymous RAM whose ranges start at 2 MiB-aligned addresses: KVM maps a huge page as one
+/// only where guest and host addresses agree modulo its size (kernels before 6.7 do not align
+/// large anonymous mappings themselves). Returns the ranges mapped, for [`GuestRam`]'s drop.
+fn map_aligned_anonymous(bytes: u64) -> std::io::Result<(GuestMemoryMmap, Vec<(u64, u64)>)> {
+    let mut regions = Vec::new();
+    let mut owned = Vec::new();
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    for (gpa, len) in ram_ranges(bytes) {
+        let span = len + HUGE;
+        // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let start = p as u64;
+        let aligned = start.next_multiple_of(HUGE);
+        // SAFETY: the head and tail trimmed lie in the mapping just made, outside the range
+        // kept; nothing refers to them.
+        unsafe {
+            if aligned > start {
+                libc::munmap(p, (aligned - start) as usize);
+            }
+            let end = aligned + len;
+            if start + span > end {
+                libc::munmap(end as *mut libc::c_void, (start + span - end) as usize);
+            }
+        }
+        owned.push((aligned, len));
+        // SAFETY: aligned..aligned+len is a live read-write mapping of ours, used for nothing
+        // else; the region does not unmap it (GuestRam's drop empties it).
+        let region = unsafe {
+            MmapRegionBuilder::new(len as usize)
+                .with_raw_mmap_pointer(aligned as *mut u8)
+                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                .with_mmap_flags(flags)
+                .build()
+        }
+        .map_err(io_err)?;
+        regions.push(
+            GuestRegionMmap::new(region, GuestAddress(gpa))
+                .ok_or_else(|| io_err("guest RAM range overflows"))?,
+        );
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(io_err)?;
+    Ok((mem, owned))
+}
+
 fn advise_huge(mem: &GuestMemoryMmap) {
     for r in mem.iter() {
         if let Ok(host) = r.get_host_address(MemoryRegionAddress(0)) {
-            // SAFETY: advice only, on a mapping `mem` owns, with its exact bounds. Huge pages
-            // let KVM map guest memory 2 MiB at a time (where the host's shmem THP setting
-            // allows it for a memfd); failure only loses the speed-up.
+            // SAFETY: advice only, on a mapping of guest RAM, with its exact bounds. Huge pages
+            // let KVM map guest memory 2 MiB at a time (where the host's THP settings allow
+            // it); failure only loses the speed-up.
             unsafe { libc::madvise(host.cast(), r.len() as usize, libc::MADV_HUGEPAGE) };
         }
     }
@@ -470,5 +589,107 @@ mod tests {
         assert_eq!(n, PAGE, "the one data page is found");
         assert_eq!(&map[..8], &(0x30000 / PAGE).to_le_bytes());
         assert_eq!(anon.mem.read_obj::<u32>(at).unwrap(), 0xfeed_f00d);
+    }
+
+    #[test]
+    fn the_host_s_shmem_setting_is_read_from_its_brackets() {
+        let yes = [
+            "always within_size [advise] never deny force",
+            "[always] never",
+            "[force]",
+        ];
+        for s in yes {
+            assert!(shmem_setting_gives_huge_pages(s), "{s}");
+        }
+        let no = [
+            "always within_size advise [never] deny force",
+            "[deny]",
+            "",
+            "advise",
+        ];
+        for s in no {
+            assert!(!shmem_setting_gives_huge_pages(s), "{s}");
+        }
+    }
+
+    /// Anonymous RAM for huge pages: aligned, huge pages where the host gives them, frozen with
+    /// its data pages copied and its zero pages left out.
+    #[test]
+    fn anonymous_ram_is_aligned_takes_huge_pages_and_freezes_by_copy() {
+        let bytes = 64 << 20;
+        let mut ram = GuestRam::fresh_anonymous(bytes).unwrap();
+        for (host, _, _) in ram.ranges() {
+            assert_eq!(host % HUGE, 0, "range at {host:#x} is not 2 MiB-aligned");
+        }
+        // 8 MiB written: huge pages, unless the host has transparent huge pages off.
+        for mib in 0..8u64 {
+            ram.mem
+                .write_obj(mib as u32 + 1, GuestAddress(16 << 20 | mib << 20))
+                .unwrap();
+        }
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if thp.contains("[never]") || thp.is_empty() {
+            starling_testkit::skip(&format!(
+                "this host's transparent huge pages are off ({thp:?}): no huge page to find"
+            ));
+        } else {
+            let (host, len, _) = ram.ranges()[0];
+            let huge_kib = huge_kib_of(host, host + len);
+            assert!(
+                huge_kib >= 2048,
+                "no huge page behind 8 MiB written into RAM advised to take them ({huge_kib} KiB)"
+            );
+        }
+        let frozen = ram.freeze().unwrap();
+        ram.mem.write_obj(99u32, GuestAddress(16 << 20)).unwrap();
+        let mut b = [0u8; 4];
+        frozen.read_exact_at(&mut b, 16 << 20).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(b),
+            1,
+            "the image is the RAM as of the freeze"
+        );
+        let held: u64 = data_extents(&frozen, 0, bytes)
+            .unwrap()
+            .iter()
+            .map(|(s, e)| e - s)
+            .sum();
+        assert!(
+            held <= 8 * PAGE,
+            "the frozen image holds {held} bytes of data for 8 pages written"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (n, _) = ram.write_to(&dir.path().join("mem")).unwrap();
+        assert_eq!(n, 8 * PAGE, "a snapshot writes the 8 pages with data");
+    }
+
+    /// KiB of anonymous huge pages in this process's mapping starting at `start`.
+    fn huge_kib_of(start: u64, end: u64) -> u64 {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let mut kib = 0;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+                    {
+                        inside = a < end && b > start;
+                        continue;
+                    }
+                }
+            }
+            if inside {
+                if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                    kib += v
+                        .trim()
+                        .trim_end_matches(" kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
+                }
+            }
+        }
+        kib
     }
 }
