@@ -161,9 +161,9 @@ empty), then `cat` of the {big >> 20} MiB file:
 
 {chr(10).join("- round " + str(k + 1) + ": " + a for k, a in enumerate(asked)) if asked else "(no request figures in this run's log)"}
 
-Host: transparent huge pages {thp} (Starling's guest RAM is a memfd: huge pages reach it only
-with `shmem_enabled` at `advise`, which the test host is given, as docs/ARCHITECTURE.md asks of
-hosts; QEMU's anonymous RAM has them under `enabled` already).
+Host: transparent huge pages {thp} (the test host is given `shmem_enabled` at `advise`, so
+Starling's guest RAM is a memfd with huge pages; with `never` it would be anonymous memory with
+huge pages, as QEMU's is: docs/ARCHITECTURE.md).
 
 ## What this says
 
