@@ -21,8 +21,9 @@ echo "${ROUNDS:-3}" > "$work/rounds"
 add=("$work/restore-timer:/bin/restore-timer" "$fc:/bin/firecracker" "$work/rounds:/etc/starling/bench-rounds")
 [ -n "${FIRECRACKER_MEMORY_FIRST:-}" ] && add+=("$(realpath "$FIRECRACKER_MEMORY_FIRST"):/bin/firecracker-memory-first")
 # Firecracker's libraries, those the test host does not get with starling's (tier2.sh).
+have=$(ldd "$starling")
 for lib in $(ldd "$fc" | grep -o '/[^ ]*'); do
-  ldd "$starling" | grep -q "$lib" || add+=("$(realpath "$lib"):$lib")
+  case "$have" in *"$lib"*) ;; *) add+=("$(realpath "$lib"):$lib") ;; esac
 done
 STARLING_HOME=${STARLING_HOME:-/var/cache/starling-test/vm/store} \
   INNER_RUN="$root/bench/vm/inner-idle.sh" OUTER_RUN="$root/bench/vm/outer-firecracker.sh" \

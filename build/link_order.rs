@@ -6,19 +6,22 @@
 
 use std::path::Path;
 
-/// The linker argument ordering `list` for `bin`, when this build can take it: a release
-/// build for x86_64 Linux with glibc, where rustc links with its own lld (since Rust 1.90),
-/// unless `STARLING_LINK_ORDER=off` or the build names a linker of its own (whose flags we
-/// cannot know).
+/// Hands `list` to the linker for `bin` when this build surely links with lld: a release
+/// build for x86_64 Linux with glibc by a rustc of 1.90 or later (which links such targets
+/// with its own lld by default), naming no linker of its own (whose flags we cannot know),
+/// unless `STARLING_LINK_ORDER=off`. GNU ld would refuse the flag and fail the build.
 pub fn emit(bin: &str, list: &Path) {
     println!("cargo:rerun-if-changed={}", list.display());
     println!("cargo:rerun-if-env-changed=STARLING_LINK_ORDER");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
+    let flags = var("CARGO_ENCODED_RUSTFLAGS");
     let wanted = var("PROFILE") == "release"
         && var("TARGET") == "x86_64-unknown-linux-gnu"
         && var("STARLING_LINK_ORDER") != "off"
-        && !var("CARGO_ENCODED_RUSTFLAGS").contains("linker")
+        && !flags.contains("linker")
+        && !flags.contains("fuse-ld")
         && var("RUSTC_LINKER").is_empty()
+        && rustc_links_with_lld()
         && list.is_file();
     if wanted {
         println!(
@@ -26,4 +29,21 @@ pub fn emit(bin: &str, list: &Path) {
             list.display()
         );
     }
+}
+
+/// Whether the rustc building this is 1.90 or later (`rustc -vV`'s `release:` line).
+fn rustc_links_with_lld() -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let Ok(out) = std::process::Command::new(rustc).arg("-vV").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(release) = text.lines().find_map(|l| l.strip_prefix("release: ")) else {
+        return false;
+    };
+    let mut parts = release
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 90)
 }

@@ -11,9 +11,11 @@ faults and keeps less of itself resident (bench/cli_overhead.py, bench/vm_firecr
 
 Paths run (the project's test guest, 256 MiB): starling-vmm boots, answers its API, snapshots,
 forks two clones, stops; restores the snapshot; `starling vm run`, `vm restore` and `pool run`
-the same. Names are v0-mangled symbols: a function keeps its name when its body changes, and a
-name the linker no longer finds is skipped, so the lists age slowly. Re-run after big changes
-to the VM path (or a new toolchain: std's names carry its build):
+the same. Names are mangled symbols (legacy and v0): a function keeps its name when its body
+changes (most of them; LLVM's `.llvm.N` suffixes on some local copies do change), and a name
+the linker no longer finds is skipped, so the lists age slowly. Re-run after big changes to
+the VM path, after dependency updates (a crate's symbols carry a hash of its dependencies) or
+with a new toolchain (std's names carry its build):
 
   cargo build --release && python3 scripts/link-order.py [target/release]
 """

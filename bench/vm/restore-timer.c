@@ -22,6 +22,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
@@ -114,11 +115,13 @@ static int starling_running(const char *sock) {
 /* One request on a new connection to a Firecracker API (which keeps connections open: the
  * reply is read by its Content-Length); the reply's status, its body in buf. */
 static int fc_http(const char *sock, const char *method, const char *path, const char *body, char *buf, int max) {
-    int s = dial(sock);
-    if (s < 0) return -1;
+    buf[0] = 0;
     char req[2048];
     int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
                      "Content-Length: %zu\r\n\r\n%s", method, path, strlen(body), body);
+    if (n < 0 || n >= (int)sizeof req) return -1;
+    int s = dial(sock);
+    if (s < 0) return -1;
     if (write(s, req, n) != n) { close(s); return -1; }
     int got = 0, r;
     char *end = NULL;
@@ -219,7 +222,12 @@ int main(int argc, char **argv) {
             if (waitpid(pid, &status, WNOHANG) == pid) { printf("failed: the monitor exited (%d)\n", status); return 1; }
             usleep(200);
         }
-        if (st != 204) { printf("failed: snapshot load answered %d: %s\n", st, buf); return 1; }
+        if (st != 204) {
+            printf("failed: snapshot load answered %d: %s\n", st, buf);
+            kill(pid, SIGKILL);
+            waitpid(pid, &status, 0);
+            return 1;
+        }
         while (fc_http(sock, "GET", "/", "", buf, sizeof buf) != 200 || !strstr(buf, "\"Running\"")) {
             if (waitpid(pid, &status, WNOHANG) == pid) { printf("failed: the monitor exited (%d)\n", status); return 1; }
             usleep(200);

@@ -101,6 +101,11 @@ fn firecracker_comparison_in_the_test_host_runs_end_to_end() {
         }
     }
     let starling = Path::new(env!("CARGO_BIN_EXE_starling"));
+    assert!(
+        starling.with_file_name("starling-vmm").is_file(),
+        "starling-vmm is not built beside {}",
+        starling.display()
+    );
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vm-firecracker-tier2.md");

@@ -35,12 +35,14 @@ const HUGE: u64 = 2 << 20;
 
 /// What the VM's mapping is a view of.
 enum Backing {
-    /// A memfd the VM writes through to (booted VMs).
+    /// A memfd the VM writes through to (booted VMs where memfds get huge pages, or that
+    /// asked for none).
     Shared(File),
     /// A private copy-on-write view of a file no one writes (restored VMs, clones, a VM after
     /// its first fork).
     Private(File),
-    /// Anonymous memory filled on demand (lazy restore).
+    /// Anonymous memory: booted VMs' (aligned, for huge pages) or filled on demand through
+    /// userfaultfd (lazy restore).
     Anonymous,
 }
 
@@ -58,8 +60,9 @@ impl Drop for GuestRam {
         for &(host, len) in &self.own_mappings {
             // SAFETY: a range this GuestRam mapped and still owns. Emptied, not unmapped: a
             // device thread still holding a clone of `mem` while the VM is torn down reads
-            // zeros instead of faulting; the address space goes with the process (a monitor
-            // runs one VM).
+            // zeros (or, after a freeze, the frozen image) instead of faulting; the address
+            // space, and a frozen image mapped there, go with the process (a monitor runs one
+            // VM).
             unsafe { libc::madvise(host as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) };
         }
     }
@@ -87,7 +90,7 @@ impl GuestRam {
     /// Fresh zeroed RAM for a booting VM: a shared memfd, or — when huge pages are wanted and
     /// the host gives a memfd none — aligned anonymous memory (see the module's text).
     pub fn fresh(bytes: u64, hugepages: bool) -> std::io::Result<Self> {
-        if hugepages && !shmem_gets_huge_pages() {
+        if hugepages && !shmem_gets_huge_pages() && anonymous_gets_huge_pages() {
             return Self::fresh_anonymous(bytes);
         }
         let f = memfd("starling-guest-ram", bytes)?;
@@ -428,10 +431,24 @@ fn shmem_gets_huge_pages() -> bool {
 }
 
 fn shmem_setting_gives_huge_pages(setting: &str) -> bool {
-    let chosen = setting
+    matches!(
+        chosen(setting),
+        Some("advise" | "within_size" | "always" | "force")
+    )
+}
+
+/// Whether anonymous memory advised to take huge pages gets them (the THP setting is
+/// `always` or `madvise`): if not, a memfd is no worse and its first fork copies nothing.
+fn anonymous_gets_huge_pages() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| matches!(chosen(&s), Some("always" | "madvise")))
+}
+
+/// The bracketed choice of a sysfs setting such as `always [madvise] never`.
+fn chosen(setting: &str) -> Option<&str> {
+    setting
         .split_whitespace()
-        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')));
-    matches!(chosen, Some("advise" | "within_size" | "always" | "force"))
+        .find_map(|w| w.strip_prefix('[').and_then(|w| w.strip_suffix(']')))
 }
 
 /// Anonymous RAM whose ranges start at 2 MiB-aligned addresses: KVM maps a huge page as one
@@ -655,8 +672,14 @@ mod tests {
             .iter()
             .map(|(s, e)| e - s)
             .sum();
+        // A memfd on huge pages reports whole huge pages as data.
+        let most = if shmem_gets_huge_pages() {
+            8 * HUGE
+        } else {
+            8 * PAGE
+        };
         assert!(
-            held <= 8 * PAGE,
+            held <= most,
             "the frozen image holds {held} bytes of data for 8 pages written"
         );
         let dir = tempfile::tempdir().unwrap();
