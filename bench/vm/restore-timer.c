@@ -37,13 +37,6 @@ static int dial(const char *path) {
     return s;
 }
 
-static int readall(int s, char *buf, int max) {
-    int n = 0, r;
-    while (n < max - 1 && (r = read(s, buf + n, max - 1 - n)) > 0) n += r;
-    buf[n] = 0;
-    return n;
-}
-
 /* Reads every run of pages with data (memory.map: u64 page number + 32-byte hash each, in
  * order) out of pid's mapping of the memory file; returns the pages read or -1. */
 static long make_resident(pid_t pid, const char *snapdir) {
@@ -101,20 +94,9 @@ static long make_resident(pid_t pid, const char *snapdir) {
     return pages;
 }
 
-static int starling_running(const char *sock) {
-    int s = dial(sock);
-    if (s < 0) return 0;
-    const char *req = "GET /v1/vm HTTP/1.1\r\nHost: vmm\r\nContent-Length: 0\r\n\r\n";
-    if (write(s, req, strlen(req)) < 0) { close(s); return 0; }
-    char buf[4096];
-    readall(s, buf, sizeof buf);
-    close(s);
-    return strstr(buf, "\"state\":\"running\"") != NULL;
-}
-
-/* One request on a new connection to a Firecracker API (which keeps connections open: the
- * reply is read by its Content-Length); the reply's status, its body in buf. */
-static int fc_http(const char *sock, const char *method, const char *path, const char *body, char *buf, int max) {
+/* One request on a new connection to a monitor's API (Firecracker keeps connections open:
+ * the reply is read by its Content-Length); the reply's status, its body in buf. */
+static int http(const char *sock, const char *method, const char *path, const char *body, char *buf, int max) {
     buf[0] = 0;
     char req[2048];
     int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
@@ -140,6 +122,11 @@ static int fc_http(const char *sock, const char *method, const char *path, const
     memmove(buf, buf + head, got - head + 1);
     close(s);
     return status;
+}
+
+static int starling_running(const char *sock) {
+    char buf[4096];
+    return http(sock, "GET", "/v1/vm", "", buf, sizeof buf) == 200 && strstr(buf, "\"state\":\"running\"");
 }
 
 /* Reads one QMP reply line that is not an event. */
@@ -186,11 +173,11 @@ int main(int argc, char **argv) {
     }
     if (argc == 5 && !strcmp(argv[1], "firecracker-save")) {
         char body[2048];
-        int st = fc_http(argv[2], "PATCH", "/vm", "{\"state\":\"Paused\"}", buf, sizeof buf);
+        int st = http(argv[2], "PATCH", "/vm", "{\"state\":\"Paused\"}", buf, sizeof buf);
         if (st == 204) {
             snprintf(body, sizeof body, "{\"snapshot_type\":\"Full\",\"snapshot_path\":\"%s\",\"mem_file_path\":\"%s\"}",
                      argv[3], argv[4]);
-            st = fc_http(argv[2], "PUT", "/snapshot/create", body, buf, sizeof buf);
+            st = http(argv[2], "PUT", "/snapshot/create", body, buf, sizeof buf);
         }
         printf("firecracker-save: %s\n", st == 204 ? "completed" : buf);
         return st == 204 ? 0 : 1;
@@ -218,7 +205,7 @@ int main(int argc, char **argv) {
         snprintf(body, sizeof body, "{\"snapshot_path\":\"%s\",\"mem_backend\":{\"backend_type\":\"File\","
                  "\"backend_path\":\"%s\"},\"resume_vm\":true}", argv[3], argv[4]);
         int st;
-        while ((st = fc_http(sock, "PUT", "/snapshot/load", body, buf, sizeof buf)) < 0) {
+        while ((st = http(sock, "PUT", "/snapshot/load", body, buf, sizeof buf)) < 0) {
             if (waitpid(pid, &status, WNOHANG) == pid) { printf("failed: the monitor exited (%d)\n", status); return 1; }
             usleep(200);
         }
@@ -228,7 +215,7 @@ int main(int argc, char **argv) {
             waitpid(pid, &status, 0);
             return 1;
         }
-        while (fc_http(sock, "GET", "/", "", buf, sizeof buf) != 200 || !strstr(buf, "\"Running\"")) {
+        while (http(sock, "GET", "/", "", buf, sizeof buf) != 200 || !strstr(buf, "\"Running\"")) {
             if (waitpid(pid, &status, WNOHANG) == pid) { printf("failed: the monitor exited (%d)\n", status); return 1; }
             usleep(200);
         }

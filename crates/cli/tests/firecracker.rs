@@ -3,8 +3,35 @@
 //! the results carry every figure. Timing ratios are noisy at three runs and are not judged;
 //! the snapshot's size is (an idle guest's pages with data against all of its RAM).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+
+/// Runs a side-by-side bench (`cmd`, told to write its results to `out`), fails with its
+/// output if it fails, and returns the results' figures line, checking that each of `keys`
+/// is a positive number.
+fn bench_figures(mut cmd: Command, out: &Path, keys: &[&str]) -> serde_json::Value {
+    let run = cmd.env("OUT", out).output().expect("the bench starts");
+    assert!(
+        run.status.success(),
+        "the bench failed:\n{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let text = std::fs::read_to_string(out).unwrap();
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("<!-- figures "))
+        .and_then(|l| l.strip_suffix(" -->"))
+        .unwrap_or_else(|| panic!("no figures line in:\n{text}"));
+    let figures: serde_json::Value = serde_json::from_str(line).unwrap();
+    for key in keys {
+        let v = figures[key].as_f64();
+        assert!(v.is_some_and(|v| v > 0.0), "{key}: {figures}");
+    }
+    figures
+}
 
 #[test]
 fn firecracker_comparison_runs_end_to_end() {
@@ -30,40 +57,26 @@ fn firecracker_comparison_runs_end_to_end() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vm-firecracker.md");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let run = Command::new("python3")
+    let mut bench = Command::new("python3");
+    bench
         .arg(root.join("bench/vm_firecracker.py"))
         .arg(bin)
         .env("FIRECRACKER", &fc)
         .env("RUNS", "3")
         .env("COPIES", "3")
-        .env("COPY_ROUNDS", "1")
-        .env("OUT", &out)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        run.status.success(),
-        "the bench failed:\n{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+        .env("COPY_ROUNDS", "1");
+    let figures = bench_figures(
+        bench,
+        &out,
+        &[
+            "boot_vs_fc",
+            "snapshot_faster",
+            "snapshot_smaller",
+            "restore_vs_fc",
+            "copies_vs_fc",
+            "memory_vs_fc",
+        ],
     );
-    let text = std::fs::read_to_string(&out).unwrap();
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("<!-- figures "))
-        .and_then(|l| l.strip_suffix(" -->"))
-        .unwrap_or_else(|| panic!("no figures line in:\n{text}"));
-    let figures: serde_json::Value = serde_json::from_str(line).unwrap();
-    for key in [
-        "boot_vs_fc",
-        "snapshot_faster",
-        "snapshot_smaller",
-        "restore_vs_fc",
-        "copies_vs_fc",
-        "memory_vs_fc",
-    ] {
-        let v = figures[key].as_f64();
-        assert!(v.is_some_and(|v| v > 0.0), "{key}: {figures}");
-    }
     let smaller = figures["snapshot_smaller"].as_f64().unwrap();
     assert!(
         smaller >= 100.0,
@@ -83,22 +96,9 @@ fn firecracker_comparison_in_the_test_host_runs_end_to_end() {
         );
         return;
     };
-    for tool in [
-        "qemu-system-x86_64",
-        "mkfs.ext4",
-        "cc",
-        "apt-get",
-        "objcopy",
-    ] {
-        let found = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {tool}"))
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            starling_testkit::skip(&format!("tier 2 needs {tool} (test.sh installs it)"));
-            return;
-        }
+    if let Some(why) = common::tier2_missing() {
+        starling_testkit::skip(&why);
+        return;
     }
     let starling = Path::new(env!("CARGO_BIN_EXE_starling"));
     assert!(
@@ -109,30 +109,16 @@ fn firecracker_comparison_in_the_test_host_runs_end_to_end() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vm-firecracker-tier2.md");
-    let run = Command::new("bash")
+    let mut bench = Command::new("bash");
+    bench
         .arg(root.join("bench/vm_firecracker_tier2.sh"))
         .arg(starling)
         .env("FIRECRACKER", &fc)
         .env("ROUNDS", "1")
-        .env("OUT", &out)
-        .env("WORK", dir.path().join("work"))
-        .output()
-        .expect("bash runs");
-    assert!(
-        run.status.success(),
-        "the bench failed:\n{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+        .env("WORK", dir.path().join("work"));
+    bench_figures(
+        bench,
+        &out,
+        &["boot_vs_fc", "restore_vs_fc", "memory_vs_fc"],
     );
-    let text = std::fs::read_to_string(&out).unwrap();
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("<!-- figures "))
-        .and_then(|l| l.strip_suffix(" -->"))
-        .unwrap_or_else(|| panic!("no figures line in:\n{text}"));
-    let figures: serde_json::Value = serde_json::from_str(line).unwrap();
-    for key in ["boot_vs_fc", "restore_vs_fc", "memory_vs_fc"] {
-        let v = figures[key].as_f64();
-        assert!(v.is_some_and(|v| v > 0.0), "{key}: {figures}");
-    }
 }

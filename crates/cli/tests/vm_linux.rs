@@ -8,16 +8,10 @@
 //! guest and a pool of them are the other scenarios. This test reads it all from the serial
 //! log. On a host with hardware KVM the same guest also boots directly.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
-
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {cmd}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
 
 fn line<'a>(log: &'a str, prefix: &str) -> &'a str {
     log.lines()
@@ -82,17 +76,9 @@ const HOST_BOOT: u64 = 90;
 
 #[test]
 fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
-    for tool in [
-        "qemu-system-x86_64",
-        "mkfs.ext4",
-        "cc",
-        "apt-get",
-        "objcopy",
-    ] {
-        if !have(tool) {
-            starling_testkit::skip(&format!("tier 2 needs {tool} (test.sh installs it)"));
-            return;
-        }
+    if let Some(why) = common::tier2_missing() {
+        starling_testkit::skip(&why);
+        return;
     }
     let starling = env!("CARGO_BIN_EXE_starling");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/vm/tier2.sh");

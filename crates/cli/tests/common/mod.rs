@@ -529,6 +529,21 @@ pub fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
+/// Why the tier-2 test host (tests/vm/tier2.sh) cannot be built here, if it cannot: the first
+/// tool it needs that is not on PATH.
+pub fn tier2_missing() -> Option<String> {
+    [
+        "qemu-system-x86_64",
+        "mkfs.ext4",
+        "cc",
+        "apt-get",
+        "objcopy",
+    ]
+    .into_iter()
+    .find(|t| !have(t))
+    .map(|t| format!("tier 2 needs {t} (test.sh installs it)"))
+}
+
 /// Parses JSON output, showing it on failure.
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
