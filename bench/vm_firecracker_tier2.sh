@@ -12,6 +12,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 starling=$(realpath "${1:-$root/target/release/starling}")
 fc=$(realpath "${FIRECRACKER:?FIRECRACKER=path to a firecracker binary}")
+for f in "$fc" ${FIRECRACKER_MEMORY_FIRST:+"$FIRECRACKER_MEMORY_FIRST"}; do
+  [ -x "$f" ] || { echo "vm_firecracker_tier2: $f is not an executable Firecracker" >&2; exit 2; }
+done
 out=${OUT:-$root/bench/results/vm-firecracker-tier2.md}
 work=${WORK:-/var/tmp/starling-vm-firecracker-bench}
 rm -rf "$work" && mkdir -p "$work"
