@@ -59,9 +59,9 @@ pub enum ImageCmd {
     Export {
         /// NAME[:TAG], NAME@VERSION or a version id prefix
         image: String,
-        /// Destination: an absent or empty directory, an archive or image file (- for stdout
-        /// when it is not a terminal), oci:LAYOUT[:REF], or a registry docker://HOST/NAME:TAG;
-        /// an existing file only with --force
+        /// Destination: an absent or empty directory (of your own), an archive or image file
+        /// (- for stdout when it is not a terminal), oci:LAYOUT[:REF], or a registry
+        /// docker://HOST/NAME:TAG; an existing file only with --force
         dest: PathBuf,
         /// [default: by DEST's extension: .tar/.tar.gz/.tgz/.tar.zst or - → tar, .qcow2 → qcow2,
         /// .erofs → erofs, .ext4/.raw/.img → ext4; none (or an existing directory) → dir; any

@@ -61,6 +61,10 @@ pub enum Error {
         path: String,
         kind: String,
     },
+    #[error("{source_path}: {path:?} changed while it was being imported (another file or a link in its place); refused: import again once it is still")]
+    SourceChanged { source_path: PathBuf, path: String },
+    #[error("{dest}: destination is owned by uid {owner}, not by you: export into a directory of your own (another user could swap its entries for links while it fills)")]
+    DestinationNotYours { dest: PathBuf, owner: u32 },
     #[error("{0}: destination exists and is not an empty directory")]
     DestinationNotEmpty(PathBuf),
     #[error("image {image}: {path:?}: {reason}")]

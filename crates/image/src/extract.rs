@@ -68,7 +68,14 @@ fn bounded(done: &Extracted, size: u64, max: u64, what: &str) -> Result<()> {
 }
 
 fn write(to: &Path, bytes: &[u8], done: &mut Extracted) -> Result<()> {
-    let mut f = std::fs::File::create(to).at(to)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // New files only, never through a link already there.
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(to)
+        .at(to)?;
     f.write_all(bytes).at(to)?;
     done.bytes += bytes.len() as u64;
     done.files += 1;

@@ -7,6 +7,7 @@
 //! - [`maint`]: stats, fsck and gc; [`walk`]: the one walk over what versions reference.
 #![forbid(unsafe_code)]
 
+mod beneath;
 pub mod browse;
 pub mod chunk;
 pub mod deb;
