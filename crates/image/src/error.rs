@@ -85,6 +85,14 @@ pub enum Error {
         #[source]
         source: starling_disk::Error,
     },
+    #[error("{}: {path:?} in the image: {source}", source_path.display())]
+    DiskEntry {
+        source_path: PathBuf,
+        /// Where inside the image, from its root.
+        path: String,
+        #[source]
+        source: starling_disk::Error,
+    },
     #[error("OCI layout {}: {reason}", layout.display())]
     BadOci { layout: PathBuf, reason: String },
     #[error("invalid {what} {input:?}: {reason}")]

@@ -197,3 +197,23 @@ pub(crate) const XE_VALUE_SIZE: usize = 8;
 pub(crate) const XE_HASH: usize = 12;
 /// The name index of inline data's `system.data`, which is not an attribute.
 pub(crate) const XATTR_INDEX_SYSTEM: u8 = 7;
+
+// metadata_csum (the kernel's ext4.h; e2fsprogs' csum.c).
+pub(crate) const RO_COMPAT_METADATA_CSUM: u32 = 0x400;
+pub(crate) const SB_CHECKSUM_TYPE: usize = 0x175;
+pub(crate) const SB_CHECKSUM_SEED: usize = 0x270;
+pub(crate) const SB_CHECKSUM: usize = 0x3FC;
+pub(crate) const CHECKSUM_TYPE_CRC32C: u8 = 1;
+pub(crate) const BG_CHECKSUM: usize = 0x1E;
+pub(crate) const I_GENERATION: usize = 0x64;
+pub(crate) const I_CHECKSUM_LO: usize = 0x7C;
+pub(crate) const I_CHECKSUM_HI: usize = 0x82;
+/// i_extra_isize that covers i_checksum_hi.
+pub(crate) const I_CHECKSUM_HI_EXTRA: usize = 4;
+/// A hashed (htree) directory.
+pub(crate) const FL_INDEX: u32 = 0x1000;
+/// The last 12 bytes of a checksummed directory leaf block: a fake entry (inode 0, rec_len
+/// 12, name_len 0, file type 0xDE) holding the checksum.
+pub(crate) const DIRENT_TAIL: usize = 12;
+pub(crate) const DIRENT_TAIL_FT: u8 = 0xDE;
+pub(crate) const XH_CHECKSUM: usize = 16;

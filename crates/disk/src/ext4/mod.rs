@@ -5,6 +5,7 @@
 //! descriptors, in-inode and block xattrs (POSIX ACLs converted to the xattr form), nanosecond
 //! times with the epoch bits, old and new device number encodings, inline data for files.
 
+mod csum;
 mod layout;
 mod read;
 mod write;

@@ -3,6 +3,7 @@
 use std::io::Read;
 use std::sync::Arc;
 
+use super::csum;
 use super::layout::*;
 use super::xattr;
 use super::*;
@@ -37,6 +38,8 @@ pub struct Ext4 {
     /// Inode-table block of each group.
     inode_tables: Vec<u64>,
     pub volume_name: String,
+    /// With metadata_csum: the file system's checksum seed.
+    csum_seed: Option<u32>,
 }
 
 /// One inode, decoded.
@@ -57,6 +60,8 @@ pub struct Inode {
     file_acl: u64,
     /// The in-inode xattr area (after i_extra_isize), empty for 128-byte inodes.
     ibody: Vec<u8>,
+    /// Seed of this inode's extent and directory block checksums (metadata_csum).
+    csum_seed: u32,
 }
 
 /// What an inode is, from its mode.
@@ -153,6 +158,24 @@ impl Ext4 {
         if ro_compat & RO_COMPAT_BIGALLOC != 0 {
             return Err(unsupported("this ext4 file system", "bigalloc"));
         }
+        let csum_seed = if ro_compat & RO_COMPAT_METADATA_CSUM != 0 {
+            if sb[SB_CHECKSUM_TYPE] != CHECKSUM_TYPE_CRC32C {
+                return Err(unsupported(
+                    "this ext4 file system",
+                    format!("checksum type {}", sb[SB_CHECKSUM_TYPE]),
+                ));
+            }
+            if !csum::superblock_ok(&sb) {
+                return Err(corrupt(what, "its checksum does not match (metadata_csum)"));
+            }
+            Some(if incompat & INCOMPAT_CSUM_SEED != 0 {
+                le32(&sb, SB_CHECKSUM_SEED)
+            } else {
+                csum::crc32c(!0, &[&sb[SB_UUID..SB_UUID + 16]])
+            })
+        } else {
+            None
+        };
         let is64 = incompat & INCOMPAT_64BIT != 0;
         let blocks_count = le32(&sb, SB_BLOCKS_COUNT_LO) as u64
             | if is64 {
@@ -234,6 +257,14 @@ impl Ext4 {
             }
             let o = ((g % per_block) * desc_size) as usize;
             let d = &block[o..o + desc_size as usize];
+            if let Some(seed) = csum_seed {
+                if !csum::group_desc_ok(seed, g as u32, d) {
+                    return Err(corrupt(
+                        "ext4 group descriptors",
+                        format!("group {g}'s checksum does not match (metadata_csum)"),
+                    ));
+                }
+            }
             let mut table = le32(d, BG_INODE_TABLE_LO) as u64;
             if is64 && desc_size >= 64 {
                 table |= (le32(d, BG_INODE_TABLE_HI) as u64) << 32;
@@ -261,6 +292,7 @@ impl Ext4 {
             incompat,
             inode_tables,
             volume_name,
+            csum_seed,
         })
     }
 
@@ -309,6 +341,25 @@ impl Ext4 {
                 format!("i_extra_isize {extra_isize}"),
             ));
         }
+        let mut csum_seed = 0;
+        if let Some(seed) = self.csum_seed {
+            csum_seed = csum::inode_seed(seed, ino, le32(&b, I_GENERATION));
+            // An all-zero inode has no checksum (e2fsprogs' rule); it is refused below as
+            // not in use.
+            if b.iter().any(|&x| x != 0) && !csum::inode_ok(csum_seed, &b, extra_isize) {
+                return Err(corrupt(
+                    format!("ext4 inode {ino}"),
+                    "its checksum does not match (metadata_csum)",
+                ));
+            }
+        }
+        let (mode, links) = (le16(&b, I_MODE), le16(&b, I_LINKS_COUNT));
+        if mode & S_IFMT == 0 || links == 0 {
+            return Err(corrupt(
+                format!("ext4 inode {ino}"),
+                "an entry points to it but it is not in use (no file type or no links)",
+            ));
+        }
         // A field past the old inode exists only if i_extra_isize covers it.
         let extra = |o: usize| (extra_isize >= o + 4 - GOOD_OLD_INODE_SIZE).then(|| le32(&b, o));
         let (mtime_sec, mtime_nsec) = decode_time(le32(&b, I_MTIME), extra(I_MTIME_EXTRA));
@@ -332,6 +383,7 @@ impl Ext4 {
             } else {
                 Vec::new()
             },
+            csum_seed,
         })
     }
 
@@ -352,36 +404,69 @@ impl Ext4 {
         self.file_reader(dir)?
             .read_to_end(&mut data)
             .map_err(|e| corrupt(what(), e.to_string()))?;
-        for blk in data.chunks(self.block_size as usize) {
-            let mut p = 0usize;
-            while p + DE_NAME <= blk.len() {
-                let ino = le32(blk, p + DE_INODE);
-                let rec_len = le16(blk, p + DE_REC_LEN) as usize;
-                let rec_len = if rec_len == 0 || rec_len == 65535 {
-                    blk.len() - p
-                } else {
-                    rec_len
-                };
-                let name_len = blk[p + DE_NAME_LEN] as usize;
-                if rec_len < DE_NAME || p + rec_len > blk.len() || DE_NAME + name_len > rec_len {
-                    return Err(corrupt(
-                        what(),
-                        format!("bad entry record length {rec_len}"),
-                    ));
+        let bs = self.block_size as usize;
+        if data.is_empty() || data.len() % bs != 0 {
+            return Err(corrupt(
+                what(),
+                format!("its size {} is not a whole number of blocks", dir.size),
+            ));
+        }
+        for (n, blk) in data.chunks(bs).enumerate() {
+            let bad = |d: String| corrupt(what(), format!("block {n}: {d}"));
+            // Checksummed leaves end in a 12-byte tail; htree index blocks are one entry
+            // (or "." and "..") covering the block, their dx tail inside it.
+            let mut end = bs;
+            if self.csum_seed.is_some() {
+                let dx = self.dx_count_at(dir, n, blk);
+                csum::dir_block(dir.csum_seed, blk, dx).map_err(bad)?;
+                if dx.is_none() {
+                    end = bs - DIRENT_TAIL;
                 }
-                if ino != 0 {
-                    let name = &blk[p + DE_NAME..p + DE_NAME + name_len];
-                    if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
-                        return Err(corrupt(
-                            what(),
-                            "an entry name is empty or holds '/' or NUL",
+            }
+            let mut p = 0usize;
+            let mut k = 0usize;
+            while p < end {
+                if p + DE_NAME > end {
+                    return Err(bad(format!("an entry at byte {p} runs past the block")));
+                }
+                let ino = le32(blk, p + DE_INODE);
+                let rec_len = self.rec_len(le16(blk, p + DE_REC_LEN));
+                let name_len = blk[p + DE_NAME_LEN] as usize;
+                // The kernel's ext4_check_dir_entry: a zeroed block (rec_len 0) is damage,
+                // not an empty directory.
+                if rec_len < DE_NAME + 4
+                    || !rec_len.is_multiple_of(4)
+                    || rec_len < (DE_NAME + name_len).next_multiple_of(4)
+                    || p + rec_len > end
+                {
+                    return Err(bad(format!(
+                        "entry at byte {p} has record length {rec_len} (name length {name_len}): not a directory block"
+                    )));
+                }
+                let name = &blk[p + DE_NAME..p + DE_NAME + name_len];
+                if n == 0 && k < 2 {
+                    let want: &[u8] = if k == 0 { b"." } else { b".." };
+                    if name != want || ino == 0 || (k == 0 && ino != dir.ino) {
+                        return Err(bad(format!(
+                            "entry {k} is not {:?} (a directory starts with \".\" and \"..\")",
+                            String::from_utf8_lossy(want)
+                        )));
+                    }
+                } else if ino != 0 {
+                    if name.is_empty()
+                        || name.contains(&b'/')
+                        || name.contains(&0)
+                        || name == b"."
+                        || name == b".."
+                    {
+                        return Err(bad(
+                            "an entry name is empty, \".\" or \"..\", or holds '/' or NUL".into(),
                         ));
                     }
-                    if name != b"." && name != b".." {
-                        out.push((name.to_vec(), ino));
-                    }
+                    out.push((name.to_vec(), ino));
                 }
                 p += rec_len;
+                k += 1;
             }
         }
         out.sort();
@@ -389,6 +474,33 @@ impl Ext4 {
             return Err(corrupt(what(), "two entries have the same name"));
         }
         Ok(out)
+    }
+
+    /// A directory entry's record length as stored (the kernel's ext4_rec_len_from_disk):
+    /// 64 KiB blocks keep the top bits in the low two, and 0 or 65535 mean the whole block.
+    fn rec_len(&self, raw: u16) -> usize {
+        let raw = raw as usize;
+        if self.block_size < 65536 {
+            raw
+        } else if raw == 0 || raw == 65535 {
+            65536
+        } else {
+            (raw & 65532) | ((raw & 3) << 16)
+        }
+    }
+
+    /// For block `n` of `dir`: where an htree index block keeps its count and limit, or
+    /// `None` for a leaf (the kernel's is_dx_block).
+    fn dx_count_at(&self, dir: &Inode, n: usize, blk: &[u8]) -> Option<usize> {
+        if dir.flags & FL_INDEX == 0 {
+            return None;
+        }
+        if n == 0 {
+            // "." (12 bytes), ".." (12), then dx_root_info, whose info_length is byte 5.
+            return Some(24 + blk[24 + 5] as usize);
+        }
+        let whole = self.rec_len(le16(blk, DE_REC_LEN)) == blk.len();
+        (le32(blk, DE_INODE) == 0 && whole).then_some(8)
     }
 
     pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {
@@ -440,6 +552,14 @@ impl Ext4 {
             let blk = self.read_block(inode.file_acl, "an xattr block")?;
             if le32(&blk, XH_MAGIC) != XATTR_MAGIC {
                 return Err(corrupt(what(), "xattr block has a bad magic number"));
+            }
+            if let Some(seed) = self.csum_seed {
+                if !csum::xattr_block(seed, inode.file_acl, &blk) {
+                    return Err(corrupt(
+                        what(),
+                        "xattr block checksum does not match (metadata_csum)",
+                    ));
+                }
             }
             parse_entries(&blk, XATTR_BLOCK_HEADER, &blk, &mut out)
                 .map_err(|d| corrupt(what(), d))?;
@@ -501,7 +621,8 @@ impl Ext4 {
         let mut map = Vec::new();
         let nblocks = inode.size.div_ceil(self.block_size);
         if inode.flags & FL_EXTENTS != 0 {
-            self.walk_extents(&inode.block, MAX_EXTENT_DEPTH + 1, &mut map)
+            let iseed = self.csum_seed.map(|_| inode.csum_seed);
+            self.walk_extents(&inode.block, MAX_EXTENT_DEPTH + 1, iseed, &mut map)
                 .map_err(|d| corrupt(what(), d))?;
         } else {
             self.walk_block_map(inode, nblocks, &mut map)
@@ -544,6 +665,7 @@ impl Ext4 {
         &self,
         node: &[u8],
         depth_left: u16,
+        iseed: Option<u32>,
         map: &mut Vec<Mapping>,
     ) -> Result<(), String> {
         if node.len() < EXTENT_HEADER || le16(node, EH_MAGIC) != EXTENT_MAGIC {
@@ -587,7 +709,10 @@ impl Ext4 {
                 let blk = self
                     .read_block(child, "an extent tree block")
                     .map_err(|e| e.to_string())?;
-                self.walk_extents(&blk, depth, map)?;
+                if let Some(iseed) = iseed {
+                    csum::extent_block(iseed, &blk).map_err(|e| format!("block {child}: {e}"))?;
+                }
+                self.walk_extents(&blk, depth, iseed, map)?;
             }
             if map.len() > 1 << 24 {
                 return Err("more than 16M extents".into());

@@ -40,7 +40,11 @@ pub(crate) fn stage(
     let (dev, format) = starling_disk::device::open(source, allow_backing).map_err(disk)?;
     let (fsdev, part) = starling_disk::partition::root_filesystem(dev, partition).map_err(disk)?;
     let fs = Ext4::open(fsdev).map_err(disk)?;
-    let root_inode = fs.root().map_err(disk)?;
+    let root_inode = fs.root().map_err(|e| Error::DiskEntry {
+        source_path: source.to_path_buf(),
+        path: "/".into(),
+        source: e,
+    })?;
     let mut walk = Walk {
         fs: &fs,
         source,
@@ -50,22 +54,26 @@ pub(crate) fn stage(
         on_path: HashSet::from([root_inode.ino]),
     };
     let mut root = StageDir {
-        meta: walk.meta(&root_inode)?,
+        meta: walk.meta(&root_inode, &[])?,
         children: Default::default(),
     };
     walk.dir(&root_inode, &mut Vec::new(), &mut root)?;
     let jobs = std::mem::take(&mut walk.jobs);
     let contents = jobs
         .par_iter()
-        .map(|inode| {
-            let what = |e: std::io::Error| Error::Disk {
+        .map(|(inode, at)| {
+            let entry = |e| Error::DiskEntry {
                 source_path: source.to_path_buf(),
-                source: starling_disk::Error::Corrupt {
+                path: format!("/{}", path::display(at)),
+                source: e,
+            };
+            let what = |e: std::io::Error| {
+                entry(starling_disk::Error::Corrupt {
                     what: format!("ext4 inode {}", inode.ino),
                     detail: e.to_string(),
-                },
+                })
             };
-            let reader = fs.file_reader(inode).map_err(disk)?;
+            let reader = fs.file_reader(inode).map_err(entry)?;
             let r = store_content(txn, params, reader, progress, &what);
             progress.files.fetch_add(1, Ordering::Relaxed);
             r
@@ -88,25 +96,28 @@ struct Walk<'a> {
     source: &'a Path,
     /// Inode → the first path met (depth-first name order), which holds it.
     holders: HashMap<u32, Vec<u8>>,
-    jobs: Vec<Inode>,
+    /// Regular files to read once the walk is done, with their paths.
+    jobs: Vec<(Inode, Vec<u8>)>,
     depth: usize,
     /// Directories from the root to here: an entry naming one of them is a loop.
     on_path: HashSet<u32>,
 }
 
 impl Walk<'_> {
-    fn err(&self, e: starling_disk::Error) -> Error {
-        Error::Disk {
+    /// `e`, met at `comps` inside the image.
+    fn err(&self, e: starling_disk::Error, comps: &[Vec<u8>]) -> Error {
+        Error::DiskEntry {
             source_path: self.source.to_path_buf(),
+            path: format!("/{}", path::display(&path::join(comps))),
             source: e,
         }
     }
 
-    fn meta(&self, inode: &Inode) -> Result<Meta> {
+    fn meta(&self, inode: &Inode, comps: &[Vec<u8>]) -> Result<Meta> {
         let xattrs = self
             .fs
             .xattrs(inode)
-            .map_err(|e| self.err(e))?
+            .map_err(|e| self.err(e, comps))?
             .into_iter()
             .map(|(name, value)| Xattr {
                 name: ByteBuf::from(name),
@@ -126,19 +137,25 @@ impl Walk<'_> {
     fn dir(&mut self, dir: &Inode, comps: &mut Vec<Vec<u8>>, stage: &mut StageDir) -> Result<()> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
-            return Err(self.err(starling_disk::Error::Corrupt {
-                what: "the ext4 directory tree".into(),
-                detail: format!("deeper than {MAX_DEPTH} levels (a directory loop?)"),
-            }));
+            return Err(self.err(
+                starling_disk::Error::Corrupt {
+                    what: "the ext4 directory tree".into(),
+                    detail: format!("deeper than {MAX_DEPTH} levels (a directory loop?)"),
+                },
+                comps,
+            ));
         }
-        for (name, ino) in self.fs.read_dir(dir).map_err(|e| self.err(e))? {
-            let inode = self.fs.inode(ino).map_err(|e| self.err(e))?;
+        for (name, ino) in self.fs.read_dir(dir).map_err(|e| self.err(e, comps))? {
+            comps.push(name.clone());
+            let inode = self.fs.inode(ino).map_err(|e| self.err(e, comps));
+            comps.pop();
+            let inode = inode?;
             // mkfs makes an empty /lost+found in every ext file system; it is not content.
             if comps.is_empty() && name == b"lost+found" && inode.is_dir() {
                 let empty = self
                     .fs
                     .read_dir(&inode)
-                    .map_err(|e| self.err(e))?
+                    .map_err(|e| self.err(e, std::slice::from_ref(&name)))?
                     .is_empty();
                 if empty {
                     continue;
@@ -156,16 +173,16 @@ impl Walk<'_> {
     fn entry(&mut self, inode: Inode, comps: &mut Vec<Vec<u8>>) -> Result<stage::Staged> {
         if inode.is_dir() {
             if !self.on_path.insert(inode.ino) {
-                return Err(self.err(starling_disk::Error::Corrupt {
-                    what: "the ext4 directory tree".into(),
-                    detail: format!(
-                        "{} is a directory that contains itself",
-                        path::display(&path::join(comps))
-                    ),
-                }));
+                return Err(self.err(
+                    starling_disk::Error::Corrupt {
+                        what: "the ext4 directory tree".into(),
+                        detail: "a directory that contains itself".into(),
+                    },
+                    comps,
+                ));
             }
             let mut sub = StageDir {
-                meta: self.meta(&inode)?,
+                meta: self.meta(&inode, comps)?,
                 children: Default::default(),
             };
             self.dir(&inode, comps, &mut sub)?;
@@ -180,11 +197,11 @@ impl Walk<'_> {
             }
             self.holders.insert(inode.ino, path::join(comps));
         }
-        let meta = self.meta(&inode)?;
+        let meta = self.meta(&inode, comps)?;
         use starling_disk::ext4::Kind;
         Ok(match inode.file_kind() {
             Kind::File => {
-                self.jobs.push(inode);
+                self.jobs.push((inode, path::join(comps)));
                 stage::Staged::Pending {
                     meta,
                     job: self.jobs.len() - 1,
@@ -192,7 +209,7 @@ impl Walk<'_> {
             }
             Kind::Symlink => stage::Staged::Node(Node::Symlink {
                 meta,
-                target: ByteBuf::from(self.fs.read_link(&inode).map_err(|e| self.err(e))?),
+                target: ByteBuf::from(self.fs.read_link(&inode).map_err(|e| self.err(e, comps))?),
             }),
             Kind::CharDevice => stage::Staged::Node(Node::CharDevice {
                 meta,
@@ -205,14 +222,13 @@ impl Walk<'_> {
             Kind::Fifo => stage::Staged::Node(Node::Fifo { meta }),
             Kind::Socket => stage::Staged::Node(Node::Socket { meta }),
             Kind::Dir | Kind::Unknown => {
-                return Err(self.err(starling_disk::Error::Corrupt {
-                    what: format!("ext4 inode {}", inode.ino),
-                    detail: format!(
-                        "{}: unknown file type in mode 0o{:o}",
-                        path::display(&path::join(comps)),
-                        inode.mode
-                    ),
-                }))
+                return Err(self.err(
+                    starling_disk::Error::Corrupt {
+                        what: format!("ext4 inode {}", inode.ino),
+                        detail: format!("unknown file type in mode 0o{:o}", inode.mode),
+                    },
+                    comps,
+                ))
             }
         })
     }
