@@ -1,7 +1,7 @@
 //! `starling run`, `ps`, `stop`, `kill`, `rm`, `logs`, `exec` and `commit NAME`: VMs booted
 //! from images, kept by starlingd (they outlive this command), used as `docker` users expect.
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read, Seek, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -158,9 +158,12 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let input = a.interactive || std::io::stdin().is_terminal();
-    attach(&vm, input)?;
+    let shown = attach(&c, &vm, input)?;
     // The console closed: the VM ended. Its status is ours.
     let end = wait_end(&c, &vm.name)?;
+    // A VM done before we attached (a quick command) closes its console unsent: what it
+    // printed is in its log.
+    catch_up(&end, shown)?;
     if a.rm {
         let _: Result<VmInfo, _> = c.delete(
             &format!("/v1/vms/{}", vm.name),
@@ -179,12 +182,17 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
-/// Waits until the daemon has recorded the VM's end.
+/// Waits until the daemon has recorded the VM's end. A monitor just gone shows as dead
+/// until the daemon reaps it and records its status: that is waited for too (up to 5 s).
 fn wait_end(c: &Client, name: &str) -> Result<VmInfo> {
+    let mut dead_polls = 0;
     for _ in 0..600 {
         let vm: VmInfo = c.get(&format!("/v1/vms/{name}"))?;
-        if matches!(vm.state, VmState::Exited | VmState::Dead) {
-            return Ok(vm);
+        match vm.state {
+            VmState::Exited => return Ok(vm),
+            VmState::Dead if vm.exit_status.is_some() || dead_polls >= 100 => return Ok(vm),
+            VmState::Dead => dead_polls += 1,
+            _ => {}
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -226,11 +234,20 @@ impl Drop for RawTerminal {
 const DETACH: u8 = 0x1d;
 
 /// Shows the VM's console from its start (the monitor sends its log, then live output) and,
-/// with `input`, sends this terminal's input to it; returns when the VM ends or the user
-/// detaches.
-fn attach(vm: &VmInfo, input: bool) -> Result<()> {
-    let mut sock = UnixStream::connect(&vm.console_socket)
-        .with_context(|| format!("attaching to {}", vm.console_socket.display()))?;
+/// with `input`, sends this terminal's input to it; returns the bytes shown when the VM ends
+/// or the user detaches.
+fn attach(c: &Client, vm: &VmInfo, input: bool) -> Result<u64> {
+    let mut sock = match UnixStream::connect(&vm.console_socket) {
+        Ok(s) => s,
+        Err(e) => {
+            // Its monitor may have ended already, its socket with it.
+            let now: VmInfo = c.get(&format!("/v1/vms/{}", vm.name))?;
+            if matches!(now.state, VmState::Exited | VmState::Dead) {
+                return Ok(0);
+            }
+            return Err(e).with_context(|| format!("attaching to {}", vm.console_socket.display()));
+        }
+    };
     let mut out = std::io::stdout();
     let _raw = if input && std::io::stdin().is_terminal() {
         eprint!("starling: attached to {} (Ctrl-] to detach)\r\n", vm.name);
@@ -259,15 +276,33 @@ fn attach(vm: &VmInfo, input: bool) -> Result<()> {
         });
     }
     let mut buf = [0u8; 4096];
+    let mut shown = 0u64;
     loop {
         match sock.read(&mut buf) {
-            Ok(0) | Err(_) => return Ok(()),
+            Ok(0) | Err(_) => return Ok(shown),
             Ok(n) => {
                 out.write_all(&buf[..n])?;
                 out.flush()?;
+                shown += n as u64;
             }
         }
     }
+}
+
+/// Shows what the ended VM's console log holds past the `shown` bytes its console stream
+/// gave (the stream is the log, replayed then followed).
+fn catch_up(vm: &VmInfo, shown: u64) -> Result<()> {
+    let Ok(mut f) = std::fs::File::open(&vm.console_log) else {
+        return Ok(());
+    };
+    if f.metadata().map(|m| m.len()).unwrap_or(0) <= shown {
+        return Ok(());
+    }
+    f.seek(std::io::SeekFrom::Start(shown))?;
+    let mut out = std::io::stdout();
+    std::io::copy(&mut f, &mut out)?;
+    out.flush()?;
+    Ok(())
 }
 
 pub fn ps(socket: &Path, all: bool, json: bool) -> Result<ExitCode> {

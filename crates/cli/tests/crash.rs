@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::daemon::Daemon;
 use common::*;
 
 struct Rng(u64);
@@ -224,4 +225,254 @@ fn gc_waits_for_a_concurrent_import() {
     }
     env.fsck_clean();
     export_matches(&env, "fresh", &[&t1]);
+}
+
+/// `starling --store STORE`.
+fn with_store(store: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_starling"));
+    c.arg("--store").arg(store);
+    c
+}
+
+/// Runs `child` to its end, or kills it after `kill` if it still runs then: whether it was
+/// killed part-way, and how long it ran.
+fn end_or_kill(mut child: Child, kill: Option<Duration>) -> (bool, Duration) {
+    let started = Instant::now();
+    let Some(delay) = kill else {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "an uninterrupted run failed: {status}");
+        return (false, started.elapsed());
+    };
+    std::thread::sleep(delay);
+    let mid_way = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    (mid_way, started.elapsed())
+}
+
+/// `starling ARGS` on `store`, talking to the daemon at `socket`, output discarded.
+fn spawn_on(store: &Path, args: &[&str], socket: &Path) -> Child {
+    with_store(store)
+        .args(args)
+        .env("STARLING_SOCKET", socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn starling")
+}
+
+/// `store fsck` of another store is clean.
+fn fsck_clean_at(store: &Path) {
+    let o = with_store(store).args(["store", "fsck"]).output().unwrap();
+    assert!(
+        o.status.success(),
+        "fsck of {}: {}{}",
+        store.display(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// New random content in one of the big tree's directories: a new version to push.
+fn refresh(root: &Path, d: u64, rng: &mut Rng) {
+    for f in 0..25 {
+        let data: Vec<u8> = (0..120_000).map(|_| rng.next() as u8).collect();
+        fs::write(root.join(format!("bulk{d}/f{f}")), data).unwrap();
+    }
+}
+
+/// Issue 18's crash campaign beyond the local store: SIGKILL part-way through `push` (to a
+/// directory repository), `pull` (over HTTP, into another store), the daemon while it
+/// commits a writable mount into the store, and the daemon while a program reads a lazy
+/// mount. After each: the stores
+/// fsck clean, the repository still pulls clean into an empty store (what it lists is whole,
+/// every object checked), a commit's tag is absent or a whole version, and a daemon started
+/// again detaches the dead mount, serves the image right and finds its cache undamaged.
+/// STARLING_CRASH_ITERATIONS sets the number of kills (the campaign runs 200).
+#[test]
+fn sigkill_across_push_pull_commit_and_the_daemon() {
+    if !Path::new("/dev/fuse").exists() {
+        skip("/dev/fuse is missing: the commit and daemon kills need FUSE mounts");
+        return;
+    }
+    let env = Env::new();
+    let t0 = env.path("t0");
+    torture_tree(&t0, false);
+    let t1 = env.path("t1");
+    big_tree(&t1);
+    env.ok(&["image", "import", s(&t0), "img:base"]);
+    env.ok(&["image", "import", s(&t1), "img:big"]);
+    let repo = env.path("repo");
+    env.ok(&["repo", "init", s(&repo)]);
+    env.ok(&["push", "img:base", s(&repo)]);
+    env.ok(&["push", "img:big", s(&repo)]);
+    let server = Server::start(&env, &repo);
+    let root = repo.join("metadata/1.root.json");
+    let state = env.path("state");
+    let mut daemon = Daemon::start(&env, &state, &[]);
+    let (mp, lazy) = (env.path("mp"), env.path("lazy"));
+    fs::create_dir_all(&mp).unwrap();
+    fs::create_dir_all(&lazy).unwrap();
+    // What a commit of the writable mount holds: the base tree plus a copy of bulk0 (the
+    // root's time fixed, so that both sides compare equal under mtree).
+    let committed = env.path("committed");
+    let c = s(&committed);
+    sh(&format!(
+        "cp -a {} {c} && cp -a {}/bulk0 {c}/added && touch -h -d @1600000000 {c}",
+        s(&t0),
+        s(&t1),
+    ));
+
+    let iterations: u64 = std::env::var("STARLING_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("crash campaign: {iterations} kills, seed {seed}");
+    let mut rng = Rng(seed);
+    let other = env.path("other");
+    // One operation of kind `k` (0 push, 1 pull, 2 the daemon mid-commit, 3 the daemon
+    // mid-read), killed after `kill` (run whole with None, to learn how long it takes); whether
+    // the kill landed part-way, and how long the killed process ran.
+    let mut op = |k: usize, kill: Option<Duration>, daemon: &mut Daemon, rng: &mut Rng| {
+        match k {
+            0 => {
+                // A new version of img:big, its push killed part-way.
+                refresh(&t1, rng.next() % 12, rng);
+                env.ok(&["image", "import", s(&t1), "img:big"]);
+                let push = spawn_on(&env.store, &["push", "img:big", s(&repo)], &daemon.socket);
+                end_or_kill(push, kill)
+            }
+            1 => {
+                // Into an empty store every other time; resumed otherwise.
+                if kill.is_none() || rng.next() % 2 == 0 {
+                    let _ = fs::remove_dir_all(&other);
+                }
+                let args = ["pull", &server.url, "img:big", "--root", s(&root)];
+                let r = end_or_kill(spawn_on(&other, &args, &daemon.socket), kill);
+                fsck_clean_at(&other);
+                r
+            }
+            2 => {
+                // The daemon (which writes a commit into the store) killed part-way.
+                daemon.ok(&env, &["mount", "--writable", "img:base", s(&mp)]);
+                let m = s(&mp);
+                sh(&format!(
+                    "cp -a {c}/added {m}/added && touch -h -d @1600000000 {m}"
+                ));
+                let args = ["commit", m, "img:committed"];
+                let commit = spawn_on(&env.store, &args, &daemon.socket);
+                let Some(delay) = kill else {
+                    let r = end_or_kill(commit, None);
+                    daemon.ok(&env, &["umount", m]);
+                    return r;
+                };
+                let started = Instant::now();
+                std::thread::sleep(delay);
+                let mut commit = commit;
+                let mid_way = commit.try_wait().unwrap().is_none();
+                daemon.crash();
+                let _ = commit.wait();
+                *daemon = Daemon::start(&env, &state, &[]);
+                assert_eq!(fs::read_dir(&mp).unwrap().count(), 0, "stale mount left");
+                if env
+                    .run(&["image", "inspect", "img:committed"])
+                    .status
+                    .success()
+                {
+                    export_matches(&env, "img:committed", &[&committed]);
+                }
+                (mid_way, started.elapsed())
+            }
+            _ => {
+                // The daemon killed while a program reads a lazy mount through it, fetching
+                // into an emptied cache.
+                daemon.ok(&env, &["cache", "gc"]);
+                let mount = [
+                    "mount",
+                    &server.url,
+                    "img:base",
+                    s(&lazy),
+                    "--root",
+                    s(&root),
+                ];
+                daemon.ok(&env, &mount);
+                let reader = Command::new("tar")
+                    .args(["-cf", "/dev/null", "-C", s(&lazy), "."])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let Some(delay) = kill else {
+                    let r = end_or_kill(reader, None);
+                    daemon.ok(&env, &["umount", s(&lazy)]);
+                    return r;
+                };
+                let started = Instant::now();
+                std::thread::sleep(delay);
+                let mut reader = reader;
+                let mid_way = reader.try_wait().unwrap().is_none();
+                daemon.crash();
+                let _ = reader.wait();
+                *daemon = Daemon::start(&env, &state, &[]);
+                assert_eq!(fs::read_dir(&lazy).unwrap().count(), 0, "stale mount left");
+                let v = daemon.ok(&env, &["cache", "verify"]);
+                assert!(v.trim().ends_with(" 0 removed"), "after a kill: {v}");
+                daemon.ok(&env, &mount);
+                assert_same_tree(&t0, &lazy);
+                daemon.ok(&env, &["umount", s(&lazy)]);
+                (mid_way, started.elapsed())
+            }
+        }
+    };
+    // How long each operation takes here, whole; then kills spread over that time, the
+    // estimate adjusted as they land (a kill too late shrinks it, one part-way grows it).
+    let mut est_us = [0u64; 4];
+    for (k, est) in est_us.iter_mut().enumerate() {
+        *est = op(k, None, &mut daemon, &mut rng).1.as_micros() as u64;
+    }
+    eprintln!("crash campaign: whole operations take {est_us:?} µs");
+    let mut landed = [0u64; 4];
+    for i in 0..iterations {
+        let k = (i % 4) as usize;
+        let delay = Duration::from_micros(rng.next() % est_us[k].max(1));
+        let (mid_way, _) = op(k, Some(delay), &mut daemon, &mut rng);
+        if mid_way {
+            landed[k] += 1;
+            est_us[k] = est_us[k] * 11 / 10;
+        } else {
+            est_us[k] = (est_us[k] * 3 / 4).max(1_000);
+        }
+        env.fsck_clean();
+        // The repository pulls clean into an empty store, whatever push was killed.
+        let fresh = env.path("fresh");
+        let _ = fs::remove_dir_all(&fresh);
+        for img in ["img:base", "img:big"] {
+            let o = with_store(&fresh)
+                .args(["pull", &server.url, img, "--root", s(&root)])
+                .output()
+                .unwrap();
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "after kill {i}, {img}: {e}");
+        }
+        fsck_clean_at(&fresh);
+    }
+    eprintln!("crash campaign: killed part-way (push, pull, commit, daemon): {landed:?}");
+    for (k, n) in landed.iter().enumerate() {
+        assert!(
+            *n >= (iterations / 4) / 4,
+            "kind {k}: too few kills landed part-way ({landed:?}) to mean anything"
+        );
+    }
+    // Everything completes after the kills: the last version pushed, pulled and exported.
+    env.ok(&["push", "img:big", s(&repo)]);
+    let args = ["pull", &server.url, "img:big", "--root", s(&root)];
+    let o = with_store(&other).args(args).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fsck_clean_at(&other);
+    env.ok(&["image", "export", "img:big", s(&env.path("last"))]);
+    assert_same_tree(&t1, &env.path("last"));
 }

@@ -1095,3 +1095,113 @@ sys.stdout.write(out.decode())
     // The daemon's own user is served as before.
     d.ok(&env, &["mounts"]);
 }
+
+/// Open descriptors and threads of process `pid`.
+fn fds_and_threads(pid: u32) -> (usize, usize) {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    (fds, threads)
+}
+
+/// FUSE mounts of this host under `dir`.
+fn fuse_mounts_under(dir: &Path) -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(" - fuse") && l.contains(s(dir)))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 18's load campaign: clients mount (local, lazy from a repository, writable), read
+/// and compare, list, ask for cache stats, make bad requests and unmount, many at once, for
+/// STARLING_LOAD_SECS (15 s here, minutes in the campaign). Afterwards the daemon holds no
+/// mount, layer, extra descriptor or thread, and the host has no FUSE mount left.
+#[test]
+fn the_daemon_under_concurrent_load_leaks_no_mount_descriptor_or_thread() {
+    if !fuse_available() {
+        return;
+    }
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    let (server, _repo, root) = serve(&env, &src, "t:v1");
+    let state = env.path("state");
+    let d = Daemon::start(&env, &state, &[]);
+    let pid = d.pid().unwrap();
+    let secs: u64 = std::env::var("STARLING_LOAD_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mounts = env.path("mounts");
+    // One round first: the daemon's pools and caches are made on first use, not leaked.
+    let warm = mountpoint(&env, "mounts/warm");
+    d.ok(
+        &env,
+        &["mount", &server.url, "t:v1", s(&warm), "--root", &root],
+    );
+    read_all_compare(&warm, &src, 1);
+    d.ok(&env, &["umount", s(&warm)]);
+    let before = fds_and_threads(pid);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let rounds = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|sc| {
+        for c in 0..6 {
+            let (d, env, src, server, root, rounds) = (&d, &env, &src, &server, &root, &rounds);
+            let mp = mountpoint(env, &format!("mounts/c{c}"));
+            sc.spawn(move || {
+                let mut n = 0u64;
+                while std::time::Instant::now() < deadline {
+                    let args: Vec<&str> = match (c + n) % 3 {
+                        0 => vec!["mount", "t:v1", s(&mp)],
+                        1 => vec!["mount", &server.url, "t:v1", s(&mp), "--root", root],
+                        _ => vec!["mount", "--writable", "t:v1", s(&mp)],
+                    };
+                    d.ok(env, &args);
+                    read_all_compare(&mp, src, 2);
+                    if (c + n) % 3 == 2 {
+                        fs::write(mp.join(format!("written-{c}-{n}")), b"x").unwrap();
+                    }
+                    d.ok(env, &["mounts", "--json"]);
+                    d.ok(env, &["cache", "stats"]);
+                    // Requests that must fail, and fail alone.
+                    d.fails(env, &["mount", "t:missing", s(&mp)]);
+                    d.fails(env, &["umount", s(&env.path("not-mounted"))]);
+                    d.ok(env, &["umount", s(&mp)]);
+                    n += 1;
+                }
+                rounds.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            });
+        }
+    });
+    let rounds = rounds.into_inner();
+    assert!(rounds >= 6, "only {rounds} rounds in {secs} s");
+    assert_eq!(d.mounts(&env).as_array().map(Vec::len), Some(0));
+    assert!(
+        fuse_mounts_under(&mounts).is_empty(),
+        "{:?}",
+        fuse_mounts_under(&mounts)
+    );
+    assert_eq!(fs::read_dir(state.join("layers")).unwrap().count(), 0);
+    // Descriptors and threads settle back: a mount's threads end with it, and the idle
+    // threads of tokio's blocking pool after its 10 s keep-alive.
+    let mut after = fds_and_threads(pid);
+    for _ in 0..200 {
+        if after.0 <= before.0 && after.1 <= before.1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        after = fds_and_threads(pid);
+    }
+    eprintln!("load: {rounds} rounds in {secs} s; fds, threads before {before:?}, after {after:?}");
+    assert!(
+        after.0 <= before.0 && after.1 <= before.1,
+        "the daemon kept descriptors or threads: before {before:?}, after {after:?}"
+    );
+}

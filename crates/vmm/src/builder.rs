@@ -52,8 +52,7 @@ pub fn default_run_dir_of(pid: u32) -> PathBuf {
 /// Where defaulted run directories go: `$XDG_RUNTIME_DIR/starling`, else
 /// `/run/starling/UID` for root, else `TMPDIR/starling-UID`.
 fn runtime_root_path() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::private::euid();
     match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from) {
         Some(x) if x.is_absolute() && x.is_dir() => x.join("starling"),
         _ if uid == 0 => PathBuf::from(format!("/run/starling/{uid}")),
@@ -73,7 +72,7 @@ fn runtime_root() -> Result<PathBuf, Error> {
 /// Creates `root` (0700) if missing; refuses it unless it is a directory (not a link) of this
 /// user; takes group and other access away.
 fn ensure_private_dir(root: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    use std::os::unix::fs::DirBuilderExt;
     let bad =
         |reason: String| Error::Invalid(format!("runtime directory {}: {reason}", root.display()));
     if let Some(parent) = root.parent() {
@@ -84,29 +83,11 @@ fn ensure_private_dir(root: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(bad(e.to_string())),
     }
-    let m = std::fs::symlink_metadata(root).map_err(|e| bad(e.to_string()))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    if !m.is_dir() {
-        return Err(bad(
-            "not a directory (a link, or a file): refusing to use it".into(),
-        ));
-    }
-    if m.uid() != uid {
-        return Err(bad(format!(
-            "owned by user {}, not {uid}: refusing to put VM files there",
-            m.uid()
-        )));
-    }
-    if m.mode() & 0o077 != 0 {
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| bad(e.to_string()))?;
-    }
-    Ok(())
+    crate::private::make_private(root).map_err(|e| bad(e.to_string()))
 }
 
-/// Makes a VM's run directory: the defaulted one private under [`runtime_root`] (a link or
-/// another user's directory there is refused), one the caller named as it is.
+/// Makes a VM's run directory: the defaulted one under [`runtime_root`], one the caller named
+/// where it is; either private (a link or another user's directory is refused).
 pub(crate) fn make_run_dir(named: Option<&PathBuf>) -> Result<PathBuf, Error> {
     use std::os::unix::fs::DirBuilderExt;
     let Some(dir) = named else {
@@ -135,8 +116,8 @@ pub(crate) fn make_run_dir(named: Option<&PathBuf>) -> Result<PathBuf, Error> {
         }
         return Ok(dir);
     };
-    std::fs::create_dir_all(dir).map_err(|e| Error::Io {
-        what: format!("creating {}", dir.display()),
+    crate::private::create_dir_all(dir).map_err(|e| Error::Io {
+        what: format!("run directory {}", dir.display()),
         source: e,
     })?;
     Ok(dir.clone())
@@ -466,15 +447,14 @@ mod tests {
         let link = t.path().join("link");
         std::os::unix::fs::symlink(t.path().join("a"), &link).unwrap();
         let e = ensure_private_dir(&link).unwrap_err().to_string();
-        assert!(e.contains("not a directory (a link"), "{e}");
+        assert!(e.contains("is a symbolic link"), "{e}");
         // Another user's directory is refused (as root: give it away first).
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if crate::private::euid() == 0 {
             let theirs = t.path().join("theirs");
             std::fs::create_dir(&theirs).unwrap();
             std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
             let e = ensure_private_dir(&theirs).unwrap_err().to_string();
-            assert!(e.contains("owned by user 65534"), "{e}");
+            assert!(e.contains("owned by uid 65534"), "{e}");
         }
     }
 }

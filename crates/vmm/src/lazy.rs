@@ -638,8 +638,7 @@ impl MemoryServer {
                 // peer's credentials are checked too (a mode can be changed behind our back).
                 use std::os::unix::fs::PermissionsExt;
                 std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-                // SAFETY: geteuid has no preconditions and cannot fail.
-                let me = unsafe { libc::geteuid() };
+                let me = crate::private::euid();
                 let stranger_said = AtomicBool::new(false);
                 listening();
                 for s in l.incoming().flatten() {
@@ -937,8 +936,7 @@ mod tests {
         assert_eq!(u64::from_le_bytes(len), 9);
         // Another user who finds the socket opened up (its mode changed behind the server's
         // back) connects, and is closed without a byte.
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if crate::private::euid() != 0 {
             eprintln!("SKIPPED-PART: connecting as another user needs root");
             return;
         }

@@ -3,15 +3,52 @@
 //! link), so a file or link someone put there first is refused rather than written through.
 
 use std::fs::File;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Creates `path` (and any missing parents) 0700; an existing directory is left as it is.
+/// Creates `path` (and any missing parents) 0700; an existing one must pass [`make_private`].
 pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(path)
+        .create(path)?;
+    make_private(path)
+}
+
+/// Checks that `path` is a directory of this user's (not a link, not another user's) and
+/// makes it 0700 if others had any access: what is written in it is a VM's, and whoever may
+/// write the directory may swap what is in it.
+pub fn make_private(path: &Path) -> std::io::Result<()> {
+    let md = std::fs::symlink_metadata(path)?;
+    let refuse = |why: String| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{} {why}: name a directory of your own", path.display()),
+        ))
+    };
+    if md.file_type().is_symlink() {
+        return refuse("is a symbolic link".into());
+    }
+    if !md.is_dir() {
+        return refuse("is not a directory".into());
+    }
+    let me = euid();
+    if md.uid() != me {
+        return refuse(format!(
+            "is owned by uid {}, not by you (uid {me})",
+            md.uid()
+        ));
+    }
+    if md.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// This process's effective user id.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Creates `path` new, 0600, for writing.
@@ -26,9 +63,31 @@ pub fn create_file(path: &Path) -> std::io::Result<File> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
-
     use super::*;
+
+    #[test]
+    fn an_existing_directory_is_made_private_and_a_link_or_a_stranger_s_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let open = t.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        create_dir_all(&open).unwrap();
+        let mode = std::fs::metadata(&open).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let link = t.path().join("link");
+        std::os::unix::fs::symlink(&open, &link).unwrap();
+        let e = create_dir_all(&link).unwrap_err().to_string();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        if euid() != 0 {
+            eprintln!("SKIP another user's directory: needs root to make one");
+            return;
+        }
+        let theirs = t.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let e = create_dir_all(&theirs).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+    }
 
     #[test]
     fn files_and_directories_are_the_owner_s_and_a_planted_link_is_refused() {

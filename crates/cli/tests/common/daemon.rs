@@ -132,6 +132,11 @@ impl Daemon {
     }
 
     /// The daemon's network namespace (/proc/PID/ns/net), where its VMs' networks are.
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn netns(&self) -> Option<PathBuf> {
         self.child
             .as_ref()

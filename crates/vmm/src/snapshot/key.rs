@@ -51,8 +51,7 @@ pub fn default_path() -> PathBuf {
     if let Some(p) = env("STARLING_SNAPSHOT_KEY") {
         return p;
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::private::euid() == 0 {
         return PathBuf::from(ROOT_KEY);
     }
     if let Some(d) = env("XDG_CONFIG_HOME") {
@@ -100,7 +99,10 @@ pub fn load_or_create(path: &Path) -> Result<StateKey, Error> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    crate::private::create_dir_all(dir)
+    // Made 0700 if missing, taken as it is otherwise (a configuration directory may be a
+    // link of the user's own): the key file itself is checked, as ssh checks a private key.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
         .map_err(|e| bad(path, format!("creating {}: {e}", dir.display())))?;
     let mut key = [0u8; KEY_BYTES];
     std::fs::File::open("/dev/urandom")
@@ -144,8 +146,7 @@ fn load(path: &Path) -> Result<Option<StateKey>, Error> {
     if !m.is_file() {
         return Err(bad(path, "not a regular file"));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::private::euid();
     if m.uid() != me {
         return Err(bad(
             path,
@@ -239,8 +240,7 @@ mod tests {
         let e = load_or_create(&long).err().unwrap().to_string();
         assert!(e.contains("40 bytes; a key is 32"), "{e}");
         // Someone else's (as root: give it away).
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } == 0 {
+        if crate::private::euid() == 0 {
             std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
             let e = load_or_create(&path).err().unwrap().to_string();
             assert!(e.contains("owned by user 65534"), "{e}");
