@@ -182,17 +182,12 @@ pub fn run(store: &Path, a: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::from(status.clamp(0, 255) as u8))
 }
 
-/// Waits until the daemon has recorded the VM's end. A monitor just gone shows as dead
-/// until the daemon reaps it and records its status: that is waited for too (up to 5 s).
+/// Waits until the daemon has recorded the VM's end.
 fn wait_end(c: &Client, name: &str) -> Result<VmInfo> {
-    let mut dead_polls = 0;
     for _ in 0..600 {
         let vm: VmInfo = c.get(&format!("/v1/vms/{name}"))?;
-        match vm.state {
-            VmState::Exited => return Ok(vm),
-            VmState::Dead if vm.exit_status.is_some() || dead_polls >= 100 => return Ok(vm),
-            VmState::Dead => dead_polls += 1,
-            _ => {}
+        if matches!(vm.state, VmState::Exited | VmState::Dead) {
+            return Ok(vm);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -237,15 +232,24 @@ const DETACH: u8 = 0x1d;
 /// with `input`, sends this terminal's input to it; returns the bytes shown when the VM ends
 /// or the user detaches.
 fn attach(c: &Client, vm: &VmInfo, input: bool) -> Result<u64> {
-    let mut sock = match UnixStream::connect(&vm.console_socket) {
-        Ok(s) => s,
-        Err(e) => {
-            // Its monitor may have ended already, its socket with it.
-            let now: VmInfo = c.get(&format!("/v1/vms/{}", vm.name))?;
-            if matches!(now.state, VmState::Exited | VmState::Dead) {
-                return Ok(0);
+    // Its monitor may have ended already, its socket with it (then it is in the log), or
+    // be about to (a zombie the daemon has not reaped yet looks alive): asked for 5 s.
+    let mut tries = 0;
+    let mut sock = loop {
+        match UnixStream::connect(&vm.console_socket) {
+            Ok(s) => break s,
+            Err(e) => {
+                let now: VmInfo = c.get(&format!("/v1/vms/{}", vm.name))?;
+                if matches!(now.state, VmState::Exited | VmState::Dead) {
+                    return Ok(0);
+                }
+                tries += 1;
+                if tries >= 50 {
+                    return Err(e)
+                        .with_context(|| format!("attaching to {}", vm.console_socket.display()));
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            return Err(e).with_context(|| format!("attaching to {}", vm.console_socket.display()));
         }
     };
     let mut out = std::io::stdout();
@@ -283,11 +287,20 @@ fn attach(c: &Client, vm: &VmInfo, input: bool) -> Result<u64> {
             Ok(n) => {
                 out.write_all(&buf[..n])?;
                 out.flush()?;
-                shown += n as u64;
+                shown = shown.saturating_add(n as u64);
+                // Output was dropped for this reader (it fell behind) and a note put in its
+                // place: the stream no longer counts the log's bytes, so no catching up.
+                if buf[..n].windows(SKIPPED.len()).any(|w| w == SKIPPED) {
+                    shown = u64::MAX;
+                }
             }
         }
     }
 }
+
+/// Part of the note the monitor puts in a console stream where it dropped output for a slow
+/// reader (`vmm/src/devices/serial.rs`).
+const SKIPPED: &[u8] = b"bytes of console output not sent here";
 
 /// Shows what the ended VM's console log holds past the `shown` bytes its console stream
 /// gave (the stream is the log, replayed then followed).

@@ -1132,6 +1132,8 @@ fn the_daemon_under_concurrent_load_leaks_no_mount_descriptor_or_thread() {
     torture_tree(&src, false);
     let (server, _repo, root) = serve(&env, &src, "t:v1");
     let state = env.path("state");
+    fs::create_dir_all(&state).unwrap();
+    fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
     let d = Daemon::start(&env, &state, &[]);
     let pid = d.pid().unwrap();
     let secs: u64 = std::env::var("STARLING_LOAD_SECS")
@@ -1139,14 +1141,18 @@ fn the_daemon_under_concurrent_load_leaks_no_mount_descriptor_or_thread() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(15);
     let mounts = env.path("mounts");
-    // One round first: the daemon's pools and caches are made on first use, not leaked.
+    // One round of each kind first: the daemon's pools and caches are made on first use,
+    // not leaked.
     let warm = mountpoint(&env, "mounts/warm");
-    d.ok(
-        &env,
-        &["mount", &server.url, "t:v1", s(&warm), "--root", &root],
-    );
-    read_all_compare(&warm, &src, 1);
-    d.ok(&env, &["umount", s(&warm)]);
+    for how in [
+        vec!["mount", "t:v1", s(&warm)],
+        vec!["mount", &server.url, "t:v1", s(&warm), "--root", &root],
+        vec!["mount", "--writable", "t:v1", s(&warm)],
+    ] {
+        d.ok(&env, &how);
+        read_all_compare(&warm, &src, 1);
+        d.ok(&env, &["umount", s(&warm)]);
+    }
     let before = fds_and_threads(pid);
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -1189,6 +1195,13 @@ fn the_daemon_under_concurrent_load_leaks_no_mount_descriptor_or_thread() {
         fuse_mounts_under(&mounts)
     );
     assert_eq!(fs::read_dir(state.join("layers")).unwrap().count(), 0);
+    // The state and the host cache in it are the daemon's alone (the test made the state
+    // directory open to all).
+    for dir in [&state, &state.join("cache")] {
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(dir).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    }
     // Descriptors and threads settle back: a mount's threads end with it, and the idle
     // threads of tokio's blocking pool after its 10 s keep-alive.
     let mut after = fds_and_threads(pid);

@@ -252,7 +252,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .worker_threads(4)
         .enable_all()
         .build()?;
+    // VM directories (guest memory, consoles), writable layers and the host cache: the
+    // daemon's alone.
     std::fs::create_dir_all(&config.state)
+        .and_then(|()| {
+            std::fs::set_permissions(
+                &config.state,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+        })
         .with_context(|| format!("state directory {}", config.state.display()))?;
     let opts = ClientOptions {
         timeout: config.timeout,

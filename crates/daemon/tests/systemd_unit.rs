@@ -4,9 +4,10 @@
 //! the unit. This harness does what systemd would with it instead: `systemd-analyze verify`
 //! judges the unit file (every directive known, the command executable); the directories
 //! systemd creates for RuntimeDirectory= and StateDirectory= are made (under a scratch root
-//! standing in for /run and /var/lib), ExecStart runs with LimitNOFILE applied (prlimit), and
-//! the unit's KillSignal stops it within TimeoutStopSec, with the exit status that keeps
-//! Restart=on-failure from restarting it.
+//! standing in for /run and /var/lib, StateDirectoryMode applied), ExecStart runs with
+//! LimitNOFILE (prlimit), CapabilityBoundingSet and NoNewPrivileges (setpriv) and UMask
+//! applied, and the unit's KillSignal stops it within TimeoutStopSec, with the exit status
+//! that keeps Restart=on-failure from restarting it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -105,11 +106,31 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
     assert_eq!(state, starling_daemon::DEFAULT_STATE);
     let quota = starling_daemon::args::parse_size(flag(&exec, "--quota")).unwrap();
 
-    // The same paths under the scratch root; systemd makes the two directories (0755) before
-    // ExecStart runs and nothing else.
+    // The same paths under the scratch root; systemd makes the two directories (the state
+    // one with StateDirectoryMode) before ExecStart runs and nothing else.
     let rooted = |p: &str| scratch.path().join(p.trim_start_matches('/'));
     std::fs::create_dir_all(rooted(runtime.to_str().unwrap())).unwrap();
-    std::fs::create_dir_all(rooted(state_dir.to_str().unwrap())).unwrap();
+    let state_root = rooted(state_dir.to_str().unwrap());
+    std::fs::create_dir_all(&state_root).unwrap();
+    let state_mode = u32::from_str_radix(one(&service, "StateDirectoryMode"), 8).unwrap();
+    assert_eq!(
+        state_mode, 0o700,
+        "the cache and VM files are the daemon's alone"
+    );
+    std::fs::set_permissions(
+        &state_root,
+        std::os::unix::fs::PermissionsExt::from_mode(state_mode),
+    )
+    .unwrap();
+    // The capability bounding set and no_new_privs as setpriv applies them, the umask as a
+    // shell sets it before exec.
+    let caps: Vec<String> = one(&service, "CapabilityBoundingSet")
+        .split_whitespace()
+        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+        .collect();
+    assert!(caps.contains(&"+sys_admin".to_string()), "{caps:?}");
+    assert_eq!(one(&service, "NoNewPrivileges"), "yes");
+    let umask = one(&service, "UMask");
     let args: Vec<String> = exec[1..]
         .iter()
         .map(|a| {
@@ -136,7 +157,10 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
     let nofile = nofile.as_str();
     let mut daemon = Command::new("prlimit")
         .arg(format!("--nofile={nofile}:{nofile}"))
-        .arg("--")
+        .args(["--", "setpriv", "--no-new-privs"])
+        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .args(["--", "sh", "-c"])
+        .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
         .arg(binary)
         .args(&args)
         .stdout(Stdio::piped())
@@ -158,6 +182,44 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
     }
     assert_eq!(ready.trim(), format!("ready {}", socket.display()));
 
+    // Confined as the unit says: no new privileges, no capability outside the set (module
+    // loading, raw I/O among those gone), its cache its own (0700 under the umask).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    assert_eq!(field("NoNewPrivs:"), "1");
+    let bounding = u64::from_str_radix(&field("CapBnd:"), 16).unwrap();
+    // The unit's set as bits (linux/capability.h), within what this process may hand on (a
+    // container's own bounding set may lack some).
+    let bit = |cap: &str| match cap {
+        "+chown" => 0,
+        "+dac_override" => 1,
+        "+dac_read_search" => 2,
+        "+fowner" => 3,
+        "+fsetid" => 4,
+        "+kill" => 5,
+        "+net_bind_service" => 10,
+        "+net_admin" => 12,
+        "+sys_ptrace" => 19,
+        "+sys_admin" => 21,
+        "+sys_resource" => 24,
+        "+mknod" => 27,
+        other => panic!("capability {other} of the unit: add its number here"),
+    };
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ours = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let unit_bits = caps.iter().fold(0u64, |m, c| m | 1 << bit(c));
+    assert_eq!(bounding, unit_bits & ours, "CapBnd {bounding:x}");
+    assert_eq!(bounding >> 21 & 1, 1, "CAP_SYS_ADMIN kept: {bounding:x}");
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", daemon.id())).unwrap();
     let open_files = limits
         .lines()
@@ -177,10 +239,11 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
     assert_eq!(stats.objects, 0);
     let mounts: serde_json::Value = client.get("/v1/mounts").unwrap();
     assert_eq!(mounts, serde_json::json!([]));
-    assert!(
-        rooted(state).join("cache").is_dir(),
-        "the host cache is in the state directory"
-    );
+    let cache = rooted(state).join("cache");
+    assert!(cache.is_dir(), "the host cache is in the state directory");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cache).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the host cache is the daemon's alone");
 
     // systemctl stop: KillSignal, then SIGKILL after TimeoutStopSec.
     assert_eq!(one(&service, "KillSignal"), "SIGTERM");

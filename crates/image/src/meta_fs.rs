@@ -28,16 +28,83 @@ pub fn read_meta(path: &Path, shown: &Path, st: &rustix::fs::Stat) -> Result<Met
         Err(e) => return Err(e).at(shown),
     }
     xattrs.sort();
-    Ok(Meta {
+    let mut meta = read_meta_parts(st);
+    meta.xattrs = xattrs;
+    Ok(meta)
+}
+
+/// Everything of [`Meta`] but the xattrs, from `st`.
+fn read_meta_parts(st: &rustix::fs::Stat) -> Meta {
+    Meta {
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
         mtime_sec: st.st_mtime,
         mtime_nsec: st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
-        xattrs,
-    })
+        xattrs: Vec::new(),
+    }
 }
 
 pub fn unsupported(e: &std::io::Error) -> bool {
     rustix::io::Errno::from_io_error(e) == Some(rustix::io::Errno::OPNOTSUPP)
+}
+
+/// As [`read_meta`], the xattrs read through `fd` (a directory already opened and checked,
+/// so a name swapped since cannot hand over another inode's).
+pub fn read_meta_fd(
+    fd: impl std::os::fd::AsFd,
+    shown: &Path,
+    st: &rustix::fs::Stat,
+) -> Result<Meta> {
+    use rustix::io::Errno;
+    let fd = fd.as_fd();
+    let names = loop {
+        let n = match rustix::fs::flistxattr_query(fd) {
+            Ok(n) => n,
+            Err(Errno::OPNOTSUPP) => break Vec::new(),
+            Err(e) => return Err(e).at(shown),
+        };
+        let mut buf = vec![0u8; n];
+        match rustix::fs::flistxattr(fd, &mut buf[..]) {
+            Ok(m) => {
+                buf.truncate(m);
+                break buf;
+            }
+            // Grown since it was sized: again.
+            Err(Errno::RANGE) => continue,
+            Err(e) => return Err(e).at(shown),
+        }
+    };
+    let mut xattrs = Vec::new();
+    for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
+        let key = std::ffi::OsStr::from_bytes(name);
+        let value = loop {
+            let n = match rustix::fs::fgetxattr_query(fd, key) {
+                Ok(n) => n,
+                Err(Errno::NODATA) => break None,
+                Err(e) => return Err(e).at(shown),
+            };
+            let mut buf = vec![0u8; n];
+            match rustix::fs::fgetxattr(fd, key, &mut buf[..]) {
+                Ok(m) => {
+                    buf.truncate(m);
+                    break Some(buf);
+                }
+                Err(Errno::RANGE) => continue,
+                // Removed between list and get.
+                Err(Errno::NODATA) => break None,
+                Err(e) => return Err(e).at(shown),
+            }
+        };
+        if let Some(value) = value {
+            xattrs.push(Xattr {
+                name: ByteBuf::from(name.to_vec()),
+                value: ByteBuf::from(value),
+            });
+        }
+    }
+    xattrs.sort();
+    let mut meta = read_meta_parts(st);
+    meta.xattrs = xattrs;
+    Ok(meta)
 }

@@ -105,10 +105,16 @@ impl HostCache {
                 reason: format!("is smaller than one chunk ({MAX_CHUNK} bytes)"),
             });
         }
-        std::fs::create_dir_all(dir).map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // The objects of every image mounted through it (an image's /etc/shadow among them):
+        // its owner's alone, whatever mode it was made with.
+        std::fs::create_dir_all(dir)
+            .and_then(|()| {
+                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .map_err(|source| Error::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         // Before anything is read: a second owner would cut the first one's segment short.
         let owner = crate::lock::own(
             &dir.join("owner.lock"),

@@ -83,7 +83,8 @@ fn ensure_private_dir(root: &Path) -> Result<(), Error> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(bad(e.to_string())),
     }
-    crate::private::make_private(root).map_err(|e| bad(e.to_string()))
+    crate::private::make_private(root)
+        .map_err(|e| Error::Invalid(format!("the runtime directory for VMs: {e}")))
 }
 
 /// Makes a VM's run directory: the defaulted one under [`runtime_root`], one the caller named
@@ -117,7 +118,7 @@ pub(crate) fn make_run_dir(named: Option<&PathBuf>) -> Result<PathBuf, Error> {
         return Ok(dir);
     };
     crate::private::create_dir_all(dir).map_err(|e| Error::Io {
-        what: format!("run directory {}", dir.display()),
+        what: "the run directory".into(),
         source: e,
     })?;
     Ok(dir.clone())

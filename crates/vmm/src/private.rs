@@ -17,21 +17,39 @@ pub fn create_dir_all(path: &Path) -> std::io::Result<()> {
 
 /// Checks that `path` is a directory of this user's (not a link, not another user's) and
 /// makes it 0700 if others had any access: what is written in it is a VM's, and whoever may
-/// write the directory may swap what is in it.
+/// write the directory may swap what is in it. Checked and changed through one descriptor,
+/// so a name swapped in between changes nothing else.
 pub fn make_private(path: &Path) -> std::io::Result<()> {
-    let md = std::fs::symlink_metadata(path)?;
     let refuse = |why: String| {
         Err(std::io::Error::new(
             std::io::ErrorKind::PermissionDenied,
-            format!("{} {why}: name a directory of your own", path.display()),
+            format!(
+                "{} {why} (VM files go only in a directory of this user's)",
+                path.display()
+            ),
         ))
     };
-    if md.file_type().is_symlink() {
-        return refuse("is a symbolic link".into());
-    }
-    if !md.is_dir() {
-        return refuse("is not a directory".into());
-    }
+    let dir = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(d) => d,
+        // O_DIRECTORY|O_NOFOLLOW on a link fails ENOTDIR (or ELOOP): said as what it is.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+            let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            return refuse(
+                if link {
+                    "is a symbolic link"
+                } else {
+                    "is not a directory"
+                }
+                .into(),
+            );
+        }
+        Err(e) => return Err(e),
+    };
+    let md = dir.metadata()?;
     let me = euid();
     if md.uid() != me {
         return refuse(format!(
@@ -40,7 +58,7 @@ pub fn make_private(path: &Path) -> std::io::Result<()> {
         ));
     }
     if md.mode() & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+        dir.set_permissions(std::fs::Permissions::from_mode(0o700))?;
     }
     Ok(())
 }

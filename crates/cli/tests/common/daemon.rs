@@ -131,12 +131,12 @@ impl Daemon {
         json(&self.ok(env, &["cache", "stats", "--json"]))
     }
 
-    /// The daemon's network namespace (/proc/PID/ns/net), where its VMs' networks are.
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The daemon's network namespace (/proc/PID/ns/net), where its VMs' networks are.
     pub fn netns(&self) -> Option<PathBuf> {
         self.child
             .as_ref()

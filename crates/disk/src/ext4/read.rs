@@ -401,7 +401,15 @@ impl Ext4 {
             return Err(unsupported(what(), "inline-data directories"));
         }
         let mut data = Vec::with_capacity(dir.size as usize);
-        self.file_reader(dir)?
+        let mut reader = self.file_reader(dir)?;
+        // Blocks with data behind them (holes read as zeros).
+        let mapped: Vec<(u64, u64)> = reader
+            .map
+            .iter()
+            .filter(|m| !m.unwritten)
+            .map(|m| (m.logical, m.logical + m.len))
+            .collect();
+        reader
             .read_to_end(&mut data)
             .map_err(|e| corrupt(what(), e.to_string()))?;
         let bs = self.block_size as usize;
@@ -413,11 +421,21 @@ impl Ext4 {
         }
         for (n, blk) in data.chunks(bs).enumerate() {
             let bad = |d: String| corrupt(what(), format!("block {n}: {d}"));
+            let b = n as u64;
+            if !mapped.iter().any(|&(from, to)| (from..to).contains(&b)) {
+                // The kernel's readdir passes over a hole in a linear directory; an htree
+                // directory's blocks are all addressed by its index, and its first block
+                // holds "." and "..".
+                if n == 0 || dir.flags & FL_INDEX != 0 {
+                    return Err(bad("a hole where the directory needs a block".into()));
+                }
+                continue;
+            }
             // Checksummed leaves end in a 12-byte tail; htree index blocks are one entry
             // (or "." and "..") covering the block, their dx tail inside it.
             let mut end = bs;
             if self.csum_seed.is_some() {
-                let dx = self.dx_count_at(dir, n, blk);
+                let dx = self.dx_count_at(dir, n, blk).map_err(bad)?;
                 csum::dir_block(dir.csum_seed, blk, dx).map_err(bad)?;
                 if dx.is_none() {
                     end = bs - DIRENT_TAIL;
@@ -490,17 +508,25 @@ impl Ext4 {
     }
 
     /// For block `n` of `dir`: where an htree index block keeps its count and limit, or
-    /// `None` for a leaf (the kernel's is_dx_block).
-    fn dx_count_at(&self, dir: &Inode, n: usize, blk: &[u8]) -> Option<usize> {
+    /// `None` for a leaf (the kernel's is_dx_block and get_dx_countlimit).
+    fn dx_count_at(&self, dir: &Inode, n: usize, blk: &[u8]) -> Result<Option<usize>, String> {
         if dir.flags & FL_INDEX == 0 {
-            return None;
+            return Ok(None);
         }
-        if n == 0 {
-            // "." (12 bytes), ".." (12), then dx_root_info, whose info_length is byte 5.
-            return Some(24 + blk[24 + 5] as usize);
+        let first = self.rec_len(le16(blk, DE_REC_LEN));
+        if first == blk.len() {
+            return Ok(Some(8));
         }
-        let whole = self.rec_len(le16(blk, DE_REC_LEN)) == blk.len();
-        (le32(blk, DE_INODE) == 0 && whole).then_some(8)
+        if n != 0 {
+            return Ok(None);
+        }
+        // The root: "." (12 bytes), ".." to the end of the block, then dx_root_info (8 bytes:
+        // reserved_zero, hash version, info_length, levels, flags).
+        let dotdot = self.rec_len(le16(blk, 12 + DE_REC_LEN));
+        if first == 12 && dotdot == blk.len() - 12 && le32(blk, 24) == 0 && blk[24 + 5] == 8 {
+            return Ok(Some(32));
+        }
+        Err("not an htree root block (its first block in an indexed directory)".into())
     }
 
     pub fn read_link(&self, inode: &Inode) -> Result<Vec<u8>> {

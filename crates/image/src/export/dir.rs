@@ -96,13 +96,20 @@ fn open_destination(dest: &Path) -> Result<OwnedFd> {
             owner: st.st_uid,
         });
     }
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).at(dest)?;
-    for e in rustix::fs::Dir::read_from(&fd).at(dest)? {
-        let name = e.at(dest)?.file_name().to_bytes().to_vec();
-        if name != b"." && name != b".." {
-            return Err(Error::DestinationNotEmpty(dest.to_path_buf()));
+    // Empty before it is closed to others (a refused one keeps its mode), and still empty
+    // after (nothing added in between).
+    let empty = |fd: &OwnedFd| -> Result<()> {
+        for e in rustix::fs::Dir::read_from(fd).at(dest)? {
+            let name = e.at(dest)?.file_name().to_bytes().to_vec();
+            if name != b"." && name != b".." {
+                return Err(Error::DestinationNotEmpty(dest.to_path_buf()));
+            }
         }
-    }
+        Ok(())
+    };
+    empty(&fd)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o700)).at(dest)?;
+    empty(&fd)?;
     Ok(fd)
 }
 
@@ -157,7 +164,11 @@ impl DirExport<'_> {
                 let fd = rustix::fs::openat(
                     dir,
                     n,
-                    OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
                     Mode::from_raw_mode(0o600),
                 )
                 .at(p)?;
@@ -184,10 +195,12 @@ impl DirExport<'_> {
                 let from = if parents.is_empty() {
                     self.root.as_fd()
                 } else {
+                    // O_PATH: a directory of the image that is execute-only (0711) by now
+                    // may still be passed through, as link(2) by path would.
                     within = beneath::open_beneath(
                         &self.root,
                         &path::join(parents),
-                        OFlags::RDONLY | OFlags::DIRECTORY,
+                        OFlags::PATH | OFlags::DIRECTORY,
                         p,
                     )
                     .map_err(|e| self.fail(comps, format!("hard-link target: {e}")))?;

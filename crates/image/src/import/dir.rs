@@ -20,7 +20,7 @@ use crate::beneath;
 use crate::chunk::{store_content, ChunkParams, Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::manifest::{FileData, Node};
-use crate::meta_fs::read_meta;
+use crate::meta_fs::{read_meta, read_meta_fd};
 use crate::path;
 use crate::stage::{StageDir, Staged};
 
@@ -62,7 +62,7 @@ fn walk(source: &Path) -> Result<Walked> {
     let fd = beneath::open_root(source)?;
     let st = rustix::fs::fstat(&fd).at(source)?;
     let mut root = StageDir {
-        meta: read_meta(source, source, &st)?,
+        meta: read_meta_fd(&fd, source, &st)?,
         children: Default::default(),
     };
     let mut walk = Walk {
@@ -159,7 +159,7 @@ impl Walk<'_> {
                 return Err(changed(self.source, &path::join(comps)));
             }
             let mut staged = StageDir {
-                meta: read_meta(&beneath::proc_path(dir, name), p, st)?,
+                meta: read_meta_fd(&sub, p, st)?,
                 children: Default::default(),
             };
             self.dir(&sub, p, comps, &mut staged)?;
@@ -297,6 +297,29 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(e, Error::SourceChanged { .. }), "{e}");
+    }
+
+    #[test]
+    fn directories_keep_their_extended_attributes() {
+        let (_dir, src, _) = source();
+        for (d, v) in [(src.clone(), &b"root"[..]), (src.join("a"), &b"sub"[..])] {
+            if let Err(e) = xattr::set(&d, "user.note", v) {
+                eprintln!("SKIP: user xattrs on {}: {e}", d.display());
+                return;
+            }
+        }
+        let walked = walk(&src).unwrap();
+        let note = |m: &crate::manifest::Meta| {
+            m.xattrs
+                .iter()
+                .find(|x| x.name.as_slice() == b"user.note")
+                .map(|x| x.value.to_vec())
+        };
+        assert_eq!(note(&walked.root.meta).as_deref(), Some(&b"root"[..]));
+        let Some(Staged::Dir(a)) = walked.root.children.get(&b"a"[..]) else {
+            panic!("a is not a directory");
+        };
+        assert_eq!(note(&a.meta).as_deref(), Some(&b"sub"[..]));
     }
 
     #[test]
