@@ -27,6 +27,9 @@ if [ "$fuzz_secs" -gt 0 ]; then
       log "installing cargo-fuzz"
       cargo install --locked cargo-fuzz
     fi
+    log "building the fuzz targets (nightly, sanitizers)"
+    (cd fuzz && cargo +nightly fuzz build) ||
+      { echo "campaign: the fuzz targets do not build (see above)" >&2; exit 1; }
     for target in fuzz/fuzz_targets/*.rs; do
       t=$(basename "$target" .rs)
       mkdir -p "$dir/corpus/$t"
@@ -34,7 +37,7 @@ if [ "$fuzz_secs" -gt 0 ]; then
       log "fuzzing $t for $fuzz_secs s (corpus $dir/corpus/$t: $(ls "$dir/corpus/$t" | wc -l) inputs)"
       (cd fuzz && cargo +nightly fuzz run "$t" "$dir/corpus/$t" -- \
         -max_total_time="$fuzz_secs" -print_final_stats=1) ||
-        { echo "campaign: fuzz target $t failed; the input is under fuzz/artifacts/$t" >&2; exit 1; }
+        { echo "campaign: fuzz target $t found a failing input: it is under fuzz/artifacts/$t" >&2; exit 1; }
     done
   else
     echo "SKIP timed fuzzing: no nightly Rust toolchain (cargo-fuzz needs its sanitizers); the corpus is replayed below instead" >&2

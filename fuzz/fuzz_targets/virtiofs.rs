@@ -27,6 +27,7 @@ fn image() -> (PathBuf, String) {
             labels: Default::default(),
             chunking: Default::default(),
             partition: None,
+            allow_backing: false,
         },
         &Progress::default(),
     )
