@@ -22,15 +22,6 @@ impl Rng {
     }
 }
 
-fn spawn(env: &Env, args: &[&str]) -> Child {
-    env.cmd()
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn starling")
-}
-
 /// A tree big enough that an import takes a while: the torture tree plus many random files.
 fn big_tree(root: &Path) {
     torture_tree(root, false);
@@ -83,21 +74,11 @@ fn sigkill_at_random_points() {
     let import_time = started.elapsed();
     env.ok(&["image", "rm", "junk:calibrate"]);
 
-    let iterations: u64 = std::env::var("STARLING_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash test: {iterations} kills, seed {seed}, import takes {import_time:?}");
-    let mut rng = Rng(seed);
+    eprintln!("crash test: an import takes {import_time:?}");
+    let (iterations, mut rng) = kills("crash test", 40);
     let mut killed_mid_way = 0;
-    // How long each kind of operation runs here, learnt as we go: a kill that came too late
-    // shrinks the estimate, one that landed grows it, so most kills land part-way whatever
-    // the machine's load (re-imports dedup and run much faster than the calibration import).
+    // How long each kind of operation runs here, learnt as we go (`learn`): re-imports dedup
+    // and run much faster than the calibration import.
     let mut est_us: [u64; 4] = [
         import_time.as_micros() as u64,
         20_000,
@@ -136,16 +117,9 @@ fn sigkill_at_random_points() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let k = (i % 4) as usize;
         let delay = Duration::from_micros(rng.next() % est_us[k].max(1));
-        let mut child = spawn(&env, &args);
-        std::thread::sleep(delay);
-        if child.try_wait().unwrap().is_none() {
-            killed_mid_way += 1;
-            est_us[k] = est_us[k] * 11 / 10;
-        } else {
-            est_us[k] = (est_us[k] * 3 / 4).max(1_000);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
+        let (mid_way, _) = end_or_kill(spawn_on(&env.store, &args, None), Some(delay));
+        killed_mid_way += u64::from(mid_way);
+        learn(&mut est_us[k], mid_way);
 
         env.fsck_clean();
         // The committed base version is intact whatever was killed.
@@ -191,7 +165,8 @@ fn gc_waits_for_a_concurrent_import() {
     let mut import = None;
     for attempt in 0..5 {
         fs::write(t1.join("bulk1/f1"), format!("changed {attempt}")).unwrap();
-        let mut child = spawn(&env, &["image", "import", t1.to_str().unwrap(), "fresh"]);
+        let args = ["image", "import", t1.to_str().unwrap(), "fresh"];
+        let mut child = spawn_on(&env.store, &args, None);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !txn_exists() && child.try_wait().unwrap().is_none() {
             assert!(Instant::now() < deadline, "import never started");
@@ -250,15 +225,69 @@ fn end_or_kill(mut child: Child, kill: Option<Duration>) -> (bool, Duration) {
     (mid_way, started.elapsed())
 }
 
-/// `starling ARGS` on `store`, talking to the daemon at `socket`, output discarded.
-fn spawn_on(store: &Path, args: &[&str], socket: &Path) -> Child {
-    with_store(store)
-        .args(args)
-        .env("STARLING_SOCKET", socket)
+/// `starling ARGS` on `store` (talking to the daemon at `socket`), output discarded.
+fn spawn_on(store: &Path, args: &[&str], socket: Option<&Path>) -> Child {
+    let mut c = with_store(store);
+    if let Some(socket) = socket {
+        c.env("STARLING_SOCKET", socket);
+    }
+    c.args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn starling")
+}
+
+/// How many kills (STARLING_CRASH_ITERATIONS, else `default`) and a random source seeded
+/// from the clock, said on stderr so that a failing run can be told apart.
+fn kills(what: &str, default: u64) -> (u64, Rng) {
+    let iterations: u64 = std::env::var("STARLING_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default);
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("{what}: {iterations} kills, seed {seed}");
+    (iterations, Rng(seed))
+}
+
+/// Adjusts how long an operation is thought to run (µs): a kill that came too late shrinks
+/// the estimate, one that landed part-way grows it, so most kills land part-way whatever the
+/// machine's load.
+fn learn(est_us: &mut u64, mid_way: bool) {
+    *est_us = if mid_way {
+        *est_us * 11 / 10
+    } else {
+        (*est_us * 3 / 4).max(1_000)
+    };
+}
+
+/// Kills the daemon `delay` into `child` (a client of it), starts it again on the same
+/// state, and checks it detached the mount the dead one left at `mountpoint`: whether the
+/// kill landed while `child` ran, and how long it had.
+fn crash_daemon_after(
+    mut child: Child,
+    delay: Duration,
+    daemon: &mut Daemon,
+    env: &Env,
+    mountpoint: &Path,
+) -> (bool, Duration) {
+    let started = Instant::now();
+    std::thread::sleep(delay);
+    let mid_way = child.try_wait().unwrap().is_none();
+    daemon.crash();
+    let _ = child.wait();
+    *daemon = Daemon::start(env, &daemon.state.clone(), &[]);
+    assert_eq!(
+        fs::read_dir(mountpoint).unwrap().count(),
+        0,
+        "stale mount left at {}",
+        mountpoint.display()
+    );
+    (mid_way, started.elapsed())
 }
 
 /// `store fsck` of another store is clean.
@@ -323,17 +352,7 @@ fn sigkill_across_push_pull_commit_and_the_daemon() {
         s(&t1),
     ));
 
-    let iterations: u64 = std::env::var("STARLING_CRASH_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(16);
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    eprintln!("crash campaign: {iterations} kills, seed {seed}");
-    let mut rng = Rng(seed);
+    let (iterations, mut rng) = kills("crash campaign", 16);
     let other = env.path("other");
     // One operation of kind `k` (0 push, 1 pull, 2 the daemon mid-commit, 3 the daemon
     // mid-read), killed after `kill` (run whole with None, to learn how long it takes); whether
@@ -345,7 +364,11 @@ fn sigkill_across_push_pull_commit_and_the_daemon() {
                 // A new version of img:big, its push killed part-way.
                 refresh(&t1, rng.next() % 12, rng);
                 env.ok(&["image", "import", s(&t1), "img:big"]);
-                let push = spawn_on(&env.store, &["push", "img:big", s(&repo)], &daemon.socket);
+                let push = spawn_on(
+                    &env.store,
+                    &["push", "img:big", s(&repo)],
+                    Some(&daemon.socket),
+                );
                 end_or_kill(push, kill)
             }
             1 => {
@@ -355,7 +378,7 @@ fn sigkill_across_push_pull_commit_and_the_daemon() {
                     let _ = fs::remove_dir_all(&other);
                 }
                 let args = ["pull", &server.url, "img:big", "--root", s(&root)];
-                let r = end_or_kill(spawn_on(&other, &args, &daemon.socket), kill);
+                let r = end_or_kill(spawn_on(&other, &args, Some(&daemon.socket)), kill);
                 pull_resumes.set(r.0);
                 fsck_clean_at(&other);
                 r
@@ -368,20 +391,13 @@ fn sigkill_across_push_pull_commit_and_the_daemon() {
                     "cp -a {c}/added {m}/added && touch -h -d @1600000000 {m}"
                 ));
                 let args = ["commit", m, "img:committed"];
-                let commit = spawn_on(&env.store, &args, &daemon.socket);
+                let commit = spawn_on(&env.store, &args, Some(&daemon.socket));
                 let Some(delay) = kill else {
                     let r = end_or_kill(commit, None);
                     daemon.ok(&env, &["umount", m]);
                     return r;
                 };
-                let started = Instant::now();
-                std::thread::sleep(delay);
-                let mut commit = commit;
-                let mid_way = commit.try_wait().unwrap().is_none();
-                daemon.crash();
-                let _ = commit.wait();
-                *daemon = Daemon::start(&env, &state, &[]);
-                assert_eq!(fs::read_dir(&mp).unwrap().count(), 0, "stale mount left");
+                let r = crash_daemon_after(commit, delay, daemon, &env, &mp);
                 if env
                     .run(&["image", "inspect", "img:committed"])
                     .status
@@ -389,7 +405,7 @@ fn sigkill_across_push_pull_commit_and_the_daemon() {
                 {
                     export_matches(&env, "img:committed", &[&committed]);
                 }
-                (mid_way, started.elapsed())
+                r
             }
             _ => {
                 // The daemon killed while a program reads a lazy mount through it, fetching
@@ -419,20 +435,13 @@ fn sigkill_across_push_pull_commit_and_the_daemon() {
                     daemon.ok(&env, &["umount", s(&lazy)]);
                     return r;
                 };
-                let started = Instant::now();
-                std::thread::sleep(delay);
-                let mut reader = reader;
-                let mid_way = reader.try_wait().unwrap().is_none();
-                daemon.crash();
-                let _ = reader.wait();
-                *daemon = Daemon::start(&env, &state, &[]);
-                assert_eq!(fs::read_dir(&lazy).unwrap().count(), 0, "stale mount left");
+                let r = crash_daemon_after(reader, delay, daemon, &env, &lazy);
                 let v = daemon.ok(&env, &["cache", "verify"]);
                 assert!(v.trim().ends_with(" 0 removed"), "after a kill: {v}");
                 daemon.ok(&env, &mount);
                 assert_same_tree(&t0, &lazy);
                 daemon.ok(&env, &["umount", s(&lazy)]);
-                (mid_way, started.elapsed())
+                r
             }
         }
     };
@@ -448,12 +457,8 @@ fn sigkill_across_push_pull_commit_and_the_daemon() {
         let k = (i % 4) as usize;
         let delay = Duration::from_micros(rng.next() % est_us[k].max(1));
         let (mid_way, _) = op(k, Some(delay), &mut daemon, &mut rng);
-        if mid_way {
-            landed[k] += 1;
-            est_us[k] = est_us[k] * 11 / 10;
-        } else {
-            est_us[k] = (est_us[k] * 3 / 4).max(1_000);
-        }
+        landed[k] += u64::from(mid_way);
+        learn(&mut est_us[k], mid_way);
         env.fsck_clean();
         // The repository pulls clean into an empty store, whatever push was killed.
         let fresh = env.path("fresh");

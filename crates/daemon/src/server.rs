@@ -254,13 +254,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     // VM directories (guest memory, consoles), writable layers and the host cache: the
     // daemon's alone.
-    std::fs::create_dir_all(&config.state)
-        .and_then(|()| {
-            std::fs::set_permissions(
-                &config.state,
-                std::os::unix::fs::PermissionsExt::from_mode(0o700),
-            )
-        })
+    starling_store::cache::private_dir(&config.state)
         .with_context(|| format!("state directory {}", config.state.display()))?;
     let opts = ClientOptions {
         timeout: config.timeout,

@@ -46,14 +46,10 @@ impl HostObjects {
         rt: tokio::runtime::Handle,
     ) -> starling_store::Result<HostObjects> {
         // Fetched objects of every image mounted here: the daemon's alone.
-        std::fs::create_dir_all(dir)
-            .and_then(|()| {
-                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            })
-            .map_err(|source| starling_store::Error::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        starling_store::cache::private_dir(dir).map_err(|source| starling_store::Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let cache = HostCache::open(&dir.join("packs"), quota)?;
         Ok(HostObjects {
             cache: Arc::new(cache),

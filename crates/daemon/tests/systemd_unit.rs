@@ -57,6 +57,16 @@ fn flag<'a>(args: &'a [String], flag: &str) -> &'a str {
         .unwrap_or_else(|| panic!("ExecStart has no {flag}: {args:?}"))
 }
 
+/// A line of /proc/WHO/status (`self` or a pid), without its name.
+fn status_field(who: &str, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{who}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{name} in /proc/{who}/status:\n{status}"))
+}
+
 #[test]
 fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
     let unit = std::fs::read_to_string(unit_path()).unwrap();
@@ -184,16 +194,9 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
 
     // Confined as the unit says: no new privileges, no capability outside the set (module
     // loading, raw I/O among those gone), its cache its own (0700 under the umask).
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id())).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-    };
-    assert_eq!(field("NoNewPrivs:"), "1");
-    let bounding = u64::from_str_radix(&field("CapBnd:"), 16).unwrap();
+    let pid = daemon.id().to_string();
+    assert_eq!(status_field(&pid, "NoNewPrivs:"), "1");
+    let bounding = u64::from_str_radix(&status_field(&pid, "CapBnd:"), 16).unwrap();
     // The unit's set as bits (linux/capability.h), within what this process may hand on (a
     // container's own bounding set may lack some).
     let bit = |cap: &str| match cap {
@@ -211,12 +214,7 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
         "+mknod" => 27,
         other => panic!("capability {other} of the unit: add its number here"),
     };
-    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
-    let ours = ours
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
-        .unwrap();
+    let ours = u64::from_str_radix(&status_field("self", "CapBnd:"), 16).unwrap();
     let unit_bits = caps.iter().fold(0u64, |m, c| m | 1 << bit(c));
     assert_eq!(bounding, unit_bits & ours, "CapBnd {bounding:x}");
     assert_eq!(bounding >> 21 & 1, 1, "CAP_SYS_ADMIN kept: {bounding:x}");

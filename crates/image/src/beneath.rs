@@ -27,10 +27,15 @@ pub fn open_root(path: &Path) -> Result<OwnedFd> {
 /// Opens the directory entry `name` of `dir`, refusing anything but a directory (a link
 /// included). `shown` names it in errors.
 pub fn sub_dir(dir: impl AsFd, name: &[u8], shown: &Path) -> Result<OwnedFd> {
+    entry(dir, name, OFlags::RDONLY | OFlags::DIRECTORY, shown)
+}
+
+/// Opens entry `name` of `dir` with `flags`, never through a link.
+fn entry(dir: impl AsFd, name: &[u8], flags: OFlags, shown: &Path) -> Result<OwnedFd> {
     rustix::fs::openat(
         dir,
         OsStr::from_bytes(name),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| refused_link(e, shown))
@@ -69,21 +74,13 @@ pub fn open_beneath(root: impl AsFd, rel: &[u8], flags: OFlags, shown: &Path) ->
             None => root.as_fd(),
         };
         // Passed through only: search permission is enough, as for a path lookup.
-        let next = rustix::fs::openat(
-            at,
-            OsStr::from_bytes(c),
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| refused_link(e, shown))?;
-        dir = Some(next);
+        dir = Some(entry(at, c, OFlags::PATH | OFlags::DIRECTORY, shown)?);
     }
     let at = match &dir {
         Some(d) => d.as_fd(),
         None => root.as_fd(),
     };
-    rustix::fs::openat(at, OsStr::from_bytes(last), flags, Mode::empty())
-        .map_err(|e| refused_link(e, shown))
+    entry(at, last, flags, shown)
 }
 
 /// A path that names entry `name` of the directory `dir` is open on, through `/proc`: for

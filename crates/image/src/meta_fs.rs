@@ -58,53 +58,51 @@ pub fn read_meta_fd(
 ) -> Result<Meta> {
     use rustix::io::Errno;
     let fd = fd.as_fd();
-    let names = loop {
-        let n = match rustix::fs::flistxattr_query(fd) {
-            Ok(n) => n,
-            Err(Errno::OPNOTSUPP) => break Vec::new(),
-            Err(e) => return Err(e).at(shown),
-        };
-        let mut buf = vec![0u8; n];
-        match rustix::fs::flistxattr(fd, &mut buf[..]) {
-            Ok(m) => {
-                buf.truncate(m);
-                break buf;
-            }
-            // Grown since it was sized: again.
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(e).at(shown),
-        }
+    let names = match sized(
+        || rustix::fs::flistxattr_query(fd),
+        |buf| rustix::fs::flistxattr(fd, buf),
+    ) {
+        Ok(names) => names,
+        Err(Errno::OPNOTSUPP) => Vec::new(),
+        Err(e) => return Err(e).at(shown),
     };
     let mut xattrs = Vec::new();
     for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
         let key = std::ffi::OsStr::from_bytes(name);
-        let value = loop {
-            let n = match rustix::fs::fgetxattr_query(fd, key) {
-                Ok(n) => n,
-                Err(Errno::NODATA) => break None,
-                Err(e) => return Err(e).at(shown),
-            };
-            let mut buf = vec![0u8; n];
-            match rustix::fs::fgetxattr(fd, key, &mut buf[..]) {
-                Ok(m) => {
-                    buf.truncate(m);
-                    break Some(buf);
-                }
-                Err(Errno::RANGE) => continue,
-                // Removed between list and get.
-                Err(Errno::NODATA) => break None,
-                Err(e) => return Err(e).at(shown),
-            }
-        };
-        if let Some(value) = value {
-            xattrs.push(Xattr {
+        match sized(
+            || rustix::fs::fgetxattr_query(fd, key),
+            |buf| rustix::fs::fgetxattr(fd, key, buf),
+        ) {
+            Ok(value) => xattrs.push(Xattr {
                 name: ByteBuf::from(name.to_vec()),
                 value: ByteBuf::from(value),
-            });
+            }),
+            // Removed between list and get.
+            Err(Errno::NODATA) => {}
+            Err(e) => return Err(e).at(shown),
         }
     }
     xattrs.sort();
     let mut meta = read_meta_parts(st);
     meta.xattrs = xattrs;
     Ok(meta)
+}
+
+/// A value asked for its size first (`query`), then read into a buffer of that size
+/// (`fill`); asked again if it grew in between.
+fn sized(
+    query: impl Fn() -> rustix::io::Result<usize>,
+    fill: impl Fn(&mut [u8]) -> rustix::io::Result<usize>,
+) -> rustix::io::Result<Vec<u8>> {
+    loop {
+        let mut buf = vec![0u8; query()?];
+        match fill(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -33,6 +33,13 @@ const SLOW_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Failures remembered at most (beyond it the expired ones go, then all).
 const MAX_FAILURES: usize = 4096;
 
+/// Makes `dir` (and any missing parents) and leaves it 0700, whatever mode it had: for the
+/// daemon's state and cache, which hold the content of every image mounted and VM run.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+}
+
 pub struct HostCache {
     _owner: crate::lock::StoreLock,
     packs: PackSet,
@@ -107,14 +114,10 @@ impl HostCache {
         }
         // The objects of every image mounted through it (an image's /etc/shadow among them):
         // its owner's alone, whatever mode it was made with.
-        std::fs::create_dir_all(dir)
-            .and_then(|()| {
-                std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-            })
-            .map_err(|source| Error::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
+        private_dir(dir).map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         // Before anything is read: a second owner would cut the first one's segment short.
         let owner = crate::lock::own(
             &dir.join("owner.lock"),
