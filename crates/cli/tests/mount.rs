@@ -139,7 +139,7 @@ fn mount_errors_are_clear() {
     .unwrap();
     drop(Daemon::start(&env, &odd, &[]));
     let log = fs::read_to_string(odd.join("daemon.log")).unwrap();
-    assert!(log.contains("not a mount list of format 1"), "{log}");
+    assert!(log.contains("not a mount list of format 2"), "{log}");
     // A daemon whose cache cannot hold one chunk refuses to start.
     let e = Daemon::try_start(&env, &env.path("tiny"), &["--quota", "4K"])
         .err()

@@ -85,6 +85,9 @@ pub struct MountInfo {
     /// unreachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// The user who made it (their rights opened what the request named).
+    #[serde(default)]
+    pub owner: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

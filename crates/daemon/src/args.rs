@@ -60,6 +60,7 @@ impl DaemonArgs {
             labels: file.labels.clone(),
             groups: file.groups.clone(),
             remote_api: file.remote_api.clone(),
+            users: file.users.clone(),
         };
         Ok((config, file))
     }

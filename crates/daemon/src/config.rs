@@ -46,6 +46,49 @@ pub struct File {
     pub groups: Vec<GroupEntry>,
     /// The API for other hosts: TCP with mutual TLS, reads only.
     pub remote_api: Option<RemoteApiEntry>,
+    /// Other local users the API socket serves (read-only mounts onto directories they
+    /// own): "all", or the members of one group ("GROUP"). Unset: nobody but the daemon's
+    /// user and root.
+    pub users: Option<String>,
+}
+
+/// Which local users, beside the daemon's own and root, may use the API socket.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Users {
+    /// Nobody else (the socket is 0600).
+    #[default]
+    Nobody,
+    /// Every local user (the socket is 0666).
+    All,
+    /// The members of one group (the socket is 0660 and that group's).
+    Group { name: String, gid: u32 },
+}
+
+impl std::fmt::Display for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Users::Nobody => write!(f, "none (the daemon's user and root only)"),
+            Users::All => write!(f, "all local users (read-only mounts of their own)"),
+            Users::Group { name, gid } => write!(
+                f,
+                "members of group {name} ({gid}) (read-only mounts of their own)"
+            ),
+        }
+    }
+}
+
+/// The id of group `name`, from /etc/group.
+fn group_id(name: &str) -> Result<u32, String> {
+    let groups = std::fs::read_to_string("/etc/group").map_err(|e| format!("/etc/group: {e}"))?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| format!("no group {name:?} in /etc/group (\"all\" lets every user in)"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -122,6 +165,7 @@ pub struct Checked {
     pub labels: BTreeMap<String, String>,
     pub groups: Vec<GroupFollow>,
     pub remote_api: Option<crate::remote::RemoteApi>,
+    pub users: Users,
 }
 
 /// What is wrong with a configuration file, naming the file and the key.
@@ -262,6 +306,22 @@ fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
         }
         None => None,
     };
+    let users = match file.users.as_deref() {
+        None | Some("none") => Users::Nobody,
+        Some("all") => Users::All,
+        Some(name) => Users::Group {
+            name: name.to_string(),
+            gid: group_id(name).map_err(|e| err("users", e))?,
+        },
+    };
+    if users != Users::Nobody && !rustix::process::geteuid().is_root() {
+        return Err(err(
+            "users",
+            "serving other users needs starlingd to run as root (it opens what they name \
+             with their rights)"
+                .into(),
+        ));
+    }
     Ok(Checked {
         path: Some(path.to_path_buf()),
         state: file.state.map(|p| base.join(p)),
@@ -274,6 +334,7 @@ fn check(file: File, path: &Path) -> Result<Checked, ConfigError> {
         labels: file.labels,
         groups,
         remote_api,
+        users,
     })
 }
 
@@ -301,6 +362,7 @@ impl Checked {
             out.push_str(&format!("metrics  http://{m}/metrics\n"));
         }
         out.push_str(&format!("proxies  {}\n", shown(&config.proxies)));
+        out.push_str(&format!("users    {}\n", config.users));
         if config.repositories.is_empty() {
             out.push_str("repositories: any, each trusted at its first contact (--root)\n");
         }

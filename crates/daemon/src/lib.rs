@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod api;
 pub mod args;
+pub mod caller;
 pub mod client;
 pub mod config;
 pub mod groups;
@@ -52,6 +53,8 @@ pub struct Config {
     pub groups: Vec<config::GroupFollow>,
     /// The API for other hosts (TCP, mutual TLS), when configured.
     pub remote_api: Option<remote::RemoteApi>,
+    /// Other local users the API socket serves.
+    pub users: config::Users,
 }
 
 impl Config {
@@ -74,6 +77,9 @@ pub enum DaemonError {
     Upstream(String),
     #[error("{0}")]
     Internal(String),
+    /// The caller may not do this (another user's mount, a directory not theirs).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 #[cfg(test)]

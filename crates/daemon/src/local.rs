@@ -1,9 +1,10 @@
-//! Who may use the daemon's API socket: its own user and root. The daemon acts with its
-//! user's rights on whatever path a client names (mounts, stores, VMs' disks), so the socket
-//! is made 0600 and every connecting peer's credentials (SO_PEERCRED) are checked as well — a
-//! socket whose mode was opened up behind the daemon's back still serves nobody else: such a
-//! peer gets one 403 answer saying so, and the connection is closed. (Serving other users,
-//! each within their own rights, is not there yet.)
+//! Who may use the daemon's API socket. The daemon acts with root's rights on whatever a
+//! client names, so by default it serves its own user and root only: the socket is made 0600
+//! and every connecting peer's credentials (SO_PEERCRED) are checked as well — a socket whose
+//! mode was opened up behind the daemon's back still serves nobody else (one 403 saying so,
+//! and the connection is closed). With the configuration's `users`, the socket is opened to
+//! every local user (0666) or one group (0660) and their connections are taken; what each
+//! may do is then decided per request (`caller.rs`, `server.rs`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -11,21 +12,34 @@ use std::path::Path;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
-/// The API socket, bound and made its user's alone.
-pub fn bind(path: &Path) -> std::io::Result<OwnListener> {
+use crate::config::Users;
+
+/// The API socket, bound and opened to whom `users` says.
+pub fn bind(path: &Path, users: &Users) -> std::io::Result<OwnListener> {
     let inner = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let mode = match users {
+        Users::Nobody => 0o600,
+        Users::All => 0o666,
+        Users::Group { gid, .. } => {
+            rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(*gid)))?;
+            0o660
+        }
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(OwnListener {
         inner,
         me: rustix::process::geteuid().as_raw(),
+        others: *users != Users::Nobody,
         said: false,
     })
 }
 
-/// Accepts the connections of the daemon's user and root; answers others 403 and closes.
+/// Accepts the connections of the daemon's user and root, and of other users when they are
+/// served; answers the rest 403 and closes.
 pub struct OwnListener {
     inner: UnixListener,
     me: u32,
+    others: bool,
     said: bool,
 }
 
@@ -44,7 +58,7 @@ impl axum::serve::Listener for OwnListener {
                 }
             };
             let uid = s.peer_cred().ok().map(|c| c.uid());
-            if uid == Some(self.me) || uid == Some(0) {
+            if uid == Some(self.me) || uid == Some(0) || (self.others && uid.is_some()) {
                 return (s, addr);
             }
             if !self.said {
@@ -61,6 +75,25 @@ impl axum::serve::Listener for OwnListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.inner.local_addr()
+    }
+}
+
+/// The peer of an API connection, as the kernel said when it was accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, OwnListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, OwnListener>) -> Peer {
+        // Taken only with credentials (`accept`); the fallback is nobody's.
+        let (uid, gid) = stream
+            .io()
+            .peer_cred()
+            .map(|c| (c.uid(), c.gid()))
+            .unwrap_or((u32::MAX, u32::MAX));
+        Peer { uid, gid }
     }
 }
 

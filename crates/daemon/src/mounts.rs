@@ -5,18 +5,24 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use starling_fs::mountpoint::{self, Pinned, FUSE_TYPE, OVERLAY_TYPE};
 use starling_fs::record::Recorder;
-use starling_fs::{Counters, ImageFs, Mounted, Objects};
+use starling_fs::{Counters, ImageFs, Mounted, Objects, Owner};
 use starling_image::reference::ImageRef;
 use starling_image::walk::Walker;
 use starling_store::{ObjectId, ObjectSource, Store, MAX_MANIFEST};
 
 use crate::api::{CommitInfo, CommitRequest, MountInfo, MountRequest, Source};
+use crate::caller::{as_user, Caller};
 use crate::sources::HostObjects;
 use crate::DaemonError;
 
 /// FUSE serving threads per mount: reads wait on disk or network, so more than cores.
 const FS_THREADS: usize = 8;
+
+/// The most mounts one user other than the daemon's and root may hold (each costs the
+/// daemon its serving threads).
+pub const USER_MOUNTS: usize = 32;
 
 pub struct MountEntry {
     pub info: MountInfo,
@@ -27,6 +33,11 @@ pub struct MountEntry {
     pub version: ObjectId,
     /// For a writable mount: the layer directory (`lower/` the lazy image, `upper/`, `work/`).
     pub layer: Option<PathBuf>,
+    /// A writable mount's overlay (the lazy image is `mounted`, below it).
+    pub overlay: Option<u64>,
+    /// Who made it: what they named was opened with their rights, and only they (and
+    /// administrators) may unmount it.
+    pub owner: Caller,
 }
 
 impl MountEntry {
@@ -36,16 +47,30 @@ impl MountEntry {
         i.live = self.mounted.is_live();
         i
     }
+
+    /// The id of the mount a program sees at the mountpoint.
+    fn top_id(&self) -> u64 {
+        self.overlay.unwrap_or(self.mounted.mount_id)
+    }
 }
 
 /// `mounts.json`: what a restarted daemon detaches, in order.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct MountList {
     format: u32,
-    detach: Vec<PathBuf>,
+    detach: Vec<Recorded>,
 }
 
-const MOUNT_LIST_FORMAT: u32 = 1;
+/// A mount as recorded: detached after a crash only if the kernel still shows this id at
+/// this path with this type (a path alone could by then lead to someone else's mount).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Recorded {
+    path: PathBuf,
+    id: u64,
+    kind: String,
+}
+
+const MOUNT_LIST_FORMAT: u32 = 2;
 
 pub struct Mounts {
     pub table: Mutex<BTreeMap<PathBuf, MountEntry>>,
@@ -78,12 +103,20 @@ impl Mounts {
 
     fn persist(&self, table: &BTreeMap<PathBuf, MountEntry>) {
         // In detach order: a writable mount's overlay before its lazy lower layer.
-        let mut list: Vec<PathBuf> = Vec::new();
+        let mut list: Vec<Recorded> = Vec::new();
         for (mp, e) in table {
-            list.push(mp.clone());
-            if e.layer.is_some() {
-                list.push(e.mounted.mountpoint.clone());
+            if let Some(id) = e.overlay {
+                list.push(Recorded {
+                    path: mp.clone(),
+                    id,
+                    kind: OVERLAY_TYPE.into(),
+                });
             }
+            list.push(Recorded {
+                path: e.mounted.mountpoint.clone(),
+                id: e.mounted.mount_id,
+                kind: FUSE_TYPE.into(),
+            });
         }
         let tmp = self.state_file.with_extension("tmp");
         let ok = serde_json::to_vec(&MountList {
@@ -115,15 +148,14 @@ impl Mounts {
                 return Vec::new();
             }
         };
-        let mounted = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut cleaned = Vec::new();
-        for mp in list {
-            let needle = format!(" {} ", mp.display());
-            let is_ours = mounted.lines().any(|l| {
-                l.contains(&needle) && (l.contains("fuse.starling") || l.contains(" overlay "))
-            });
-            if is_ours && rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH).is_ok() {
-                cleaned.push(mp);
+        for r in list {
+            let here = mountpoint::mount_info(r.id)
+                .ok()
+                .flatten()
+                .is_some_and(|(at, kind)| at == r.path && kind == r.kind);
+            if here && mountpoint::detach(r.id, &r.kind, true).is_ok_and(|d| d) {
+                cleaned.push(r.path);
             }
         }
         let _ = std::fs::remove_file(&self.state_file);
@@ -132,7 +164,26 @@ impl Mounts {
         cleaned
     }
 
+    /// The mounts `caller` may see: all of them for an administrator (and other hosts),
+    /// their own for another user.
+    pub fn list_for(&self, caller: Option<&Caller>) -> Vec<MountInfo> {
+        let mine = |e: &&MountEntry| match caller {
+            Some(c @ Caller::User { .. }) => e.owner == *c,
+            _ => true,
+        };
+        self.live_table()
+            .values()
+            .filter(mine)
+            .map(MountEntry::info)
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<MountInfo> {
+        self.list_for(None)
+    }
+
+    /// The table, without mounts unmounted from outside.
+    fn live_table(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, MountEntry>> {
         let mut t = self.lock();
         // Mounts unmounted from outside are dropped from the table.
         let dead: Vec<PathBuf> = t
@@ -148,37 +199,119 @@ impl Mounts {
         if !dead.is_empty() {
             self.persist(&t);
         }
-        t.values().map(MountEntry::info).collect()
+        t
     }
 
-    pub fn mount(&self, req: MountRequest, host: &HostObjects) -> Result<MountInfo, DaemonError> {
-        let canon = std::fs::canonicalize(&req.mountpoint).unwrap_or(req.mountpoint.clone());
-        if self.lock().contains_key(&canon) {
+    /// Mounts what `req` names for `caller`. An administrator's request is done with the
+    /// daemon's rights. Another user's: read-only, onto an empty directory they own on an
+    /// ordinary file system, from a store they can read (opened and read with their rights)
+    /// or a repository the configuration pins, at most [`USER_MOUNTS`] of them.
+    pub fn mount(
+        &self,
+        req: MountRequest,
+        host: &HostObjects,
+        caller: &Caller,
+    ) -> Result<MountInfo, DaemonError> {
+        let forbidden = |why: String| DaemonError::Forbidden(why);
+        let acting = |e: std::io::Error| DaemonError::Internal(e.to_string());
+        if let Caller::User { uid, .. } = *caller {
+            if req.writable {
+                return Err(forbidden(format!(
+                    "user {uid}: writable mounts are for starlingd's own user and root; mount \
+                     read-only (without --writable)"
+                )));
+            }
+            let held = self.lock().values().filter(|e| e.owner == *caller).count();
+            if held >= USER_MOUNTS {
+                return Err(forbidden(format!(
+                    "user {uid} holds {held} mounts, the most one user may; unmount one first"
+                )));
+            }
+        }
+        // The mountpoint, pinned once with the caller's rights: everything after works on
+        // that directory, whatever its name leads to by then.
+        let at = as_user(caller, || Pinned::open(&req.mountpoint))
+            .map_err(acting)?
+            .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        if let Caller::User { uid, .. } = *caller {
+            if at.uid != uid {
+                return Err(forbidden(format!(
+                    "mountpoint {}: the directory is user {}'s, not user {uid}'s: mount onto a \
+                     directory of your own",
+                    at.shown.display(),
+                    at.uid
+                )));
+            }
+            at.check_user_mountable()
+                .map_err(|e| forbidden(e.to_string()))?;
+        }
+        let (under, is_root) = at
+            .mount_id()
+            .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        if is_root && self.lock().values().any(|e| e.top_id() == under) {
             return Err(DaemonError::Conflict(format!(
                 "{} is already a Starling mount",
-                canon.display()
+                at.shown.display()
             )));
         }
-        let mp = starling_fs::session::check_mountpoint(&req.mountpoint)
+        as_user(caller, || at.check_empty())
+            .map_err(acting)?
             .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+        let mp = at.shown.clone();
         let counters = Arc::new(Counters::default());
         let mut offline = None;
         let (objects, version, source, image): (Arc<dyn ObjectSource>, _, _, _) = match &req.source
         {
             Source::Store { store, image } => {
-                let st = Store::open(store).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-                let r =
-                    ImageRef::parse(image).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-                let resolved = starling_image::versions::resolve(&st, &r)
-                    .map_err(|e| DaemonError::NotFound(e.to_string()))?;
+                let opened = as_user(caller, || {
+                    let st =
+                        Store::open(store).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+                    let r = ImageRef::parse(image)
+                        .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
+                    let resolved = starling_image::versions::resolve(&st, &r)
+                        .map_err(|e| DaemonError::NotFound(e.to_string()))?;
+                    Ok::<_, DaemonError>((st, resolved.id))
+                })
+                .map_err(acting)?;
+                let (st, id) = opened.map_err(|e| match (caller, e) {
+                    (Caller::User { uid, .. }, DaemonError::BadRequest(why)) => forbidden(format!(
+                        "user {uid} cannot mount from store {}: {why}",
+                        store.display()
+                    )),
+                    (_, e) => e,
+                })?;
+                let objects: Arc<dyn ObjectSource> = match caller {
+                    Caller::Admin { .. } => Arc::new(st),
+                    Caller::User { .. } => Arc::new(UserStore {
+                        store: st,
+                        caller: *caller,
+                    }),
+                };
                 (
-                    Arc::new(st),
-                    resolved.id,
+                    objects,
+                    id,
                     format!("store:{}", store.display()),
                     image.clone(),
                 )
             }
             Source::Repo { url, image, root } => {
+                if let Caller::User { uid, .. } = *caller {
+                    if !host.is_pinned(url) {
+                        let file = host.config_file().map_or_else(
+                            || crate::config::DEFAULT_CONFIG.to_string(),
+                            |f| f.display().to_string(),
+                        );
+                        return Err(forbidden(format!(
+                            "user {uid}: repository {url} is not one this host pins: users mount \
+                             from the repositories {file} lists with their root ([[repository]])"
+                        )));
+                    }
+                    if root.is_some() {
+                        return Err(forbidden(format!(
+                            "user {uid}: this host pins the root of {url}; leave --root out"
+                        )));
+                    }
+                }
                 let access = host
                     .repository(url, root.as_deref())
                     .map_err(DaemonError::BadRequest)?;
@@ -197,7 +330,11 @@ impl Mounts {
             }
         };
         let prefetch = match &req.prefetch {
-            Some(p) => Some(starling_fs::record::load(p).map_err(DaemonError::BadRequest)?),
+            Some(p) => Some(
+                as_user(caller, || starling_fs::record::load(p))
+                    .map_err(acting)?
+                    .map_err(DaemonError::BadRequest)?,
+            ),
             None => None,
         };
         let recorder = req.record.as_ref().map(|_| Arc::new(Recorder::default()));
@@ -214,7 +351,11 @@ impl Mounts {
         if let Some(list) = prefetch {
             mount_objects.prefetch(&list);
         }
-        let (mounted, layer) = if req.writable {
+        let owner = match *caller {
+            Caller::Admin { .. } => Owner { uid: 0, gid: 0 },
+            Caller::User { uid, gid } => Owner { uid, gid },
+        };
+        let (mounted, layer, overlay) = if req.writable {
             let n = self
                 .next_layer
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -225,44 +366,27 @@ impl Mounts {
                 std::fs::create_dir_all(d)
                     .map_err(|e| DaemonError::Internal(format!("{}: {e}", d.display())))?;
             }
-            let mut mounted = starling_fs::mount(fs, &lower, FS_THREADS)
+            let mut mounted = Pinned::open(&lower)
+                .and_then(|l| starling_fs::mount(fs, &l, owner, FS_THREADS))
                 .map_err(|e| DaemonError::Internal(e.to_string()))?;
             // overlayfs shows the upper root's own attributes: make them the image root's.
-            if let Err(e) = copy_dir_meta(&lower, &upper) {
-                let _ = mounted.unmount();
-                let _ = std::fs::remove_dir_all(&layer);
-                return Err(DaemonError::Internal(format!(
-                    "preparing the upper layer: {e}"
-                )));
+            let over = copy_dir_meta(&lower, &upper)
+                .map_err(|e| format!("preparing the upper layer: {e}"))
+                .and_then(|()| {
+                    mountpoint::mount_overlay(&at, &lower, &upper, &work).map_err(|e| e.to_string())
+                });
+            match over {
+                Ok(m) => (mounted, Some(layer), Some(m.id)),
+                Err(e) => {
+                    let _ = mounted.unmount();
+                    let _ = std::fs::remove_dir_all(&layer);
+                    return Err(DaemonError::Internal(e));
+                }
             }
-            let opts = std::ffi::CString::new(format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                upper.display(),
-                work.display()
-            ))
-            .map_err(|e| DaemonError::BadRequest(e.to_string()))?;
-            if let Err(e) = rustix::mount::mount(
-                "overlay",
-                &mp,
-                "overlay",
-                // As the lazy mount under it (fuse-backend-rs mounts nosuid,nodev): an image
-                // grants no privileges and opens no devices on the host.
-                rustix::mount::MountFlags::NOSUID | rustix::mount::MountFlags::NODEV,
-                Some(opts.as_c_str()),
-            ) {
-                let _ = mounted.unmount();
-                let _ = std::fs::remove_dir_all(&layer);
-                return Err(DaemonError::Internal(format!(
-                    "overlay mount at {}: {e}",
-                    mp.display()
-                )));
-            }
-            (mounted, Some(layer))
         } else {
-            let mounted = starling_fs::mount(fs, &mp, FS_THREADS)
+            let mounted = starling_fs::mount(fs, &at, owner, FS_THREADS)
                 .map_err(|e| DaemonError::Internal(e.to_string()))?;
-            (mounted, None)
+            (mounted, None, None)
         };
         let info = MountInfo {
             mountpoint: mp.clone(),
@@ -276,6 +400,7 @@ impl Mounts {
             writable: req.writable,
             upper: layer.as_ref().map(|l| l.join("upper")),
             note: offline,
+            owner: caller.uid(),
         };
         tracing::info!(
             mountpoint = %mp.display(),
@@ -283,6 +408,7 @@ impl Mounts {
             version = %info.version,
             source = %info.source,
             writable = info.writable,
+            owner = info.owner,
             "mounted"
         );
         let mut t = self.lock();
@@ -296,20 +422,54 @@ impl Mounts {
                 objects,
                 version,
                 layer,
+                overlay,
+                owner: *caller,
             },
         );
         self.persist(&t);
         Ok(info)
     }
 
-    pub fn unmount(&self, mountpoint: &Path) -> Result<MountInfo, DaemonError> {
-        let mp = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    /// The table's key of the mount a program sees at `path` (resolved with `caller`'s
+    /// rights, found by its mount id), refused if it is not `caller`'s to change.
+    fn find(
+        &self,
+        t: &BTreeMap<PathBuf, MountEntry>,
+        path: &Path,
+        caller: &Caller,
+    ) -> Result<PathBuf, DaemonError> {
+        let not_ours =
+            || DaemonError::NotFound(format!("{} is not a Starling mount", path.display()));
+        let (id, root) = as_user(caller, || mountpoint::mount_at(path))
+            .map_err(|e| DaemonError::Internal(e.to_string()))?
+            .map_err(|e| DaemonError::NotFound(format!("{}: {e}", path.display())))?;
+        let (key, e) = t
+            .iter()
+            .find(|(_, e)| root && e.top_id() == id)
+            .ok_or_else(not_ours)?;
+        if let Caller::User { uid, .. } = *caller {
+            if e.owner != *caller {
+                return Err(DaemonError::Forbidden(format!(
+                    "{} is user {}'s mount, not user {uid}'s",
+                    path.display(),
+                    e.owner.uid()
+                )));
+            }
+        }
+        Ok(key.clone())
+    }
+
+    pub fn unmount(&self, mountpoint: &Path, caller: &Caller) -> Result<MountInfo, DaemonError> {
         let mut t = self.lock();
-        let mut e = t.remove(&mp).ok_or_else(|| {
-            DaemonError::NotFound(format!("{} is not a Starling mount", mp.display()))
-        })?;
+        let mp = self.find(&t, mountpoint, caller)?;
+        let Some(mut e) = t.remove(&mp) else {
+            return Err(DaemonError::NotFound(format!(
+                "{} is not a Starling mount",
+                mountpoint.display()
+            )));
+        };
         let info = e.info();
-        if let Err(err) = unmount_entry(&mp, &mut e) {
+        if let Err(err) = unmount_entry(&mut e) {
             // Busy (a process has it open or as its cwd): it stays mounted.
             t.insert(mp, e);
             return Err(DaemonError::Conflict(format!(
@@ -333,12 +493,13 @@ impl Mounts {
     /// Unmounts everything (daemon shutdown); busy mounts are detached lazily.
     pub fn unmount_all(&self) {
         let mut t = self.lock();
-        for (mp, mut e) in std::mem::take(&mut *t) {
+        for (_, mut e) in std::mem::take(&mut *t) {
             save_record(&e);
-            if unmount_entry(&mp, &mut e).is_err() {
-                let _ = rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::DETACH);
-                let lower = e.mounted.mountpoint.clone();
-                let _ = rustix::mount::unmount(&lower, rustix::mount::UnmountFlags::DETACH);
+            if unmount_entry(&mut e).is_err() {
+                if let Some(id) = e.overlay {
+                    let _ = mountpoint::detach(id, OVERLAY_TYPE, true);
+                }
+                let _ = mountpoint::detach(e.mounted.mount_id, FUSE_TYPE, true);
             }
         }
         self.persist(&t);
@@ -386,10 +547,11 @@ fn copy_dir_meta(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Unmounts a mount (a writable one: its overlay, then the lazy lower layer, then the
 /// discarded upper layer's files).
-fn unmount_entry(mp: &Path, e: &mut MountEntry) -> Result<(), String> {
-    if let Some(layer) = &e.layer {
-        rustix::mount::unmount(mp, rustix::mount::UnmountFlags::empty())
-            .map_err(|err| format!("unmounting {}: {err}", mp.display()))?;
+fn unmount_entry(e: &mut MountEntry) -> Result<(), String> {
+    if let (Some(layer), Some(id)) = (&e.layer, e.overlay) {
+        // Not lazily: the upper layer goes with it, which a program still in it would lose.
+        mountpoint::detach(id, OVERLAY_TYPE, false)
+            .map_err(|err| format!("unmounting {}: {err}", e.info.mountpoint.display()))?;
         e.mounted.unmount().map_err(|err| err.to_string())?;
         let _ = std::fs::remove_dir_all(layer);
         Ok(())
@@ -398,9 +560,12 @@ fn unmount_entry(mp: &Path, e: &mut MountEntry) -> Result<(), String> {
     }
 }
 
+/// Writes the access record the mount was asked for, with its owner's rights.
 fn save_record(e: &MountEntry) {
     if let (Some(r), Some(path)) = (&e.recorder, &e.info.record) {
-        if let Err(err) = r.save(path) {
+        let saved = as_user(&e.owner, || r.save(path).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(err) = saved {
             tracing::error!(file = %path.display(), error = %err, "could not write the access record");
         }
     }
@@ -409,20 +574,23 @@ fn save_record(e: &MountEntry) {
 impl Mounts {
     /// Stores the changes of a writable mount as a new version in `req.store` (copying the
     /// mounted image's objects there first if it lacks them).
-    pub fn commit(&self, req: CommitRequest) -> Result<CommitInfo, DaemonError> {
-        let mp = std::fs::canonicalize(&req.mountpoint).unwrap_or(req.mountpoint.clone());
-        let (objects, base, upper) = {
+    pub fn commit(&self, req: CommitRequest, caller: &Caller) -> Result<CommitInfo, DaemonError> {
+        let (objects, base, upper, mp) = {
             let t = self.lock();
-            let e = t.get(&mp).ok_or_else(|| {
-                DaemonError::NotFound(format!("{} is not a Starling mount", mp.display()))
-            })?;
+            let mp = self.find(&t, &req.mountpoint, caller)?;
+            let Some(e) = t.get(&mp) else {
+                return Err(DaemonError::NotFound(format!(
+                    "{} is not a Starling mount",
+                    req.mountpoint.display()
+                )));
+            };
             let upper = e.layer.as_ref().map(|l| l.join("upper")).ok_or_else(|| {
                 DaemonError::BadRequest(format!(
                     "{} is read-only (mount it with --writable to commit changes)",
                     mp.display()
                 ))
             })?;
-            (e.objects.clone(), e.version, upper)
+            (e.objects.clone(), e.version, upper, mp)
         };
         let (name, tag) =
             ImageRef::parse_tag(&req.image).map_err(|e| DaemonError::BadRequest(e.to_string()))?;
@@ -484,4 +652,31 @@ pub(crate) fn copy_image(
     let copied = txn.staged();
     txn.commit().map_err(io)?;
     Ok(copied)
+}
+
+/// A store a user mounts: every read is made with their rights, so the daemon serves them
+/// only what they could read themselves (a pack file they may not read fails as it would for
+/// them, whatever the store's directory lets them name).
+struct UserStore {
+    store: Store,
+    caller: Caller,
+}
+
+impl ObjectSource for UserStore {
+    fn envelope(
+        &self,
+        id: &ObjectId,
+        max_len: u64,
+    ) -> starling_store::Result<(Vec<u8>, starling_store::Origin)> {
+        as_user(&self.caller, || self.store.envelope(id, max_len)).map_err(|e| {
+            starling_store::Error::Io {
+                path: self.store.root().to_path_buf(),
+                source: e,
+            }
+        })?
+    }
+
+    fn describe(&self) -> String {
+        format!("{} (as user {})", self.store.describe(), self.caller.uid())
+    }
 }

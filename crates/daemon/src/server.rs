@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Extension, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,6 +12,7 @@ use axum::{Json, Router};
 use starling_repo::pull::ClientOptions;
 
 use crate::api::*;
+use crate::caller::Caller;
 use crate::mounts::Mounts;
 use crate::sources::HostObjects;
 use crate::{Config, DaemonError};
@@ -33,6 +34,7 @@ impl IntoResponse for DaemonError {
             DaemonError::Conflict(_) => StatusCode::CONFLICT,
             DaemonError::Upstream(_) => StatusCode::BAD_GATEWAY,
             DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            DaemonError::Forbidden(_) => StatusCode::FORBIDDEN,
         };
         (
             status,
@@ -69,32 +71,37 @@ async fn list_groups(State(d): Shared) -> Json<Vec<GroupStatus>> {
     Json(d.groups.list())
 }
 
-async fn list_mounts(State(d): Shared) -> Json<Vec<MountInfo>> {
-    Json(d.mounts.list())
+/// Over the unix socket each request carries its [`Caller`]; over TCP (other hosts, mutual
+/// TLS) there is none and the whole list is answered, as to an administrator.
+async fn list_mounts(State(d): Shared, caller: Option<Extension<Caller>>) -> Json<Vec<MountInfo>> {
+    Json(d.mounts.list_for(caller.as_ref().map(|c| &c.0)))
 }
 
 async fn create_mount(
     State(d): Shared,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<MountRequest>,
 ) -> Result<(StatusCode, Json<MountInfo>), DaemonError> {
-    let info = blocking(move || d.mounts.mount(req, &d.objects)).await?;
+    let info = blocking(move || d.mounts.mount(req, &d.objects, &caller)).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
 async fn delete_mount(
     State(d): Shared,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<UnmountRequest>,
 ) -> Result<Json<MountInfo>, DaemonError> {
     Ok(Json(
-        blocking(move || d.mounts.unmount(&req.mountpoint)).await?,
+        blocking(move || d.mounts.unmount(&req.mountpoint, &caller)).await?,
     ))
 }
 
 async fn commit(
     State(d): Shared,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<CommitRequest>,
 ) -> Result<(StatusCode, Json<CommitInfo>), DaemonError> {
-    let info = blocking(move || d.mounts.commit(req)).await?;
+    let info = blocking(move || d.mounts.commit(req, &caller)).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -213,6 +220,40 @@ async fn only_reads() -> Response {
         .into_response()
 }
 
+/// What a local user other than the daemon's and root may ask for.
+fn user_may(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    (path == "/v1/status" && method == Method::GET)
+        || (path == "/v1/mounts" && [Method::GET, Method::POST, Method::DELETE].contains(method))
+}
+
+/// Names each request's caller from its connection's peer credentials and refuses another
+/// user what is not theirs to ask, with one line saying what they may do instead.
+async fn authorize(mut req: Request, next: axum::middleware::Next) -> Response {
+    let peer = req.extensions().get::<ConnectInfo<crate::local::Peer>>();
+    let caller = match peer {
+        Some(ConnectInfo(p)) => Caller::from_peer(p.uid, p.gid),
+        // Only a router served without a socket (none is) lacks its peer: nobody's.
+        None => Caller::User {
+            uid: u32::MAX,
+            gid: u32::MAX,
+        },
+    };
+    if let Caller::User { uid, .. } = caller {
+        if !user_may(req.method(), req.uri().path()) {
+            return DaemonError::Forbidden(format!(
+                "user {uid}: {} {} is for starlingd's own user ({}) and root; other users may                  mount images read-only onto directories they own, list and unmount their own                  mounts",
+                req.method(),
+                req.uri().path(),
+                rustix::process::geteuid().as_raw()
+            ))
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
 pub fn router(d: Arc<Daemon>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
@@ -232,6 +273,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/vms/{name}", get(get_vm).delete(remove_vm))
         .route("/v1/vms/{name}/stop", post(stop_vm))
         .route("/v1/vms/{name}/commit", post(commit_vm))
+        .layer(axum::middleware::from_fn(authorize))
         .with_state(d)
 }
 
@@ -314,7 +356,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         shutdown: tokio::sync::Notify::new(),
     });
     let result = rt.block_on(async {
-        let listener = crate::local::bind(&config.socket)
+        let listener = crate::local::bind(&config.socket, &config.users)
             .with_context(|| format!("listening on {}", config.socket.display()))?;
         let metrics_addr = match config.metrics_listen {
             Some(addr) => {
@@ -367,7 +409,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
             }
         };
-        axum::serve(listener, router(d.clone()))
+        axum::serve(
+            listener,
+            router(d.clone())
+                .into_make_service_with_connect_info::<crate::local::Peer>(),
+        )
             .with_graceful_shutdown(stop)
             .await
             .context("API server")

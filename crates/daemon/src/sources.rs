@@ -71,6 +71,20 @@ impl HostObjects {
         self
     }
 
+    /// Whether `url` is a repository the configuration lists (with its pinned root).
+    pub fn is_pinned(&self, url: &str) -> bool {
+        Remote::parse(url).is_ok_and(|remote| {
+            self.repositories
+                .iter()
+                .any(|r| r.remote.base == remote.base)
+        })
+    }
+
+    /// The configuration file, for messages.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config_file.as_deref()
+    }
+
     /// How to reach the repository at `url`, whose root a client may have given (`root`):
     /// a configured repository comes with its mirrors, proxies and pinned root (a client's
     /// root must be that one); an unlisted one is refused when the configuration lists any.

@@ -133,11 +133,14 @@ fn a_mount_list_of_another_format_is_left_alone() {
     .unwrap();
     let m = crate::mounts::Mounts::new(dir.path());
     assert!(m.clean_stale().is_empty());
-    std::fs::write(
-        dir.path().join("mounts.json"),
-        br#"{"format": 1, "detach": ["/definitely/not/mounted"]}"#,
-    )
-    .unwrap();
+    // The host's root mount, recorded as if it were one of ours: its id at its path, but
+    // not of our type; and our type at a path where that id is not.
+    let (root_id, _) = starling_fs::mountpoint::mount_at(std::path::Path::new("/")).unwrap();
+    let list = serde_json::json!({"format": 2, "detach": [
+        {"path": "/", "id": root_id, "kind": "fuse.starling"},
+        {"path": "/definitely/not/mounted", "id": root_id, "kind": "overlay"},
+    ]});
+    std::fs::write(dir.path().join("mounts.json"), list.to_string()).unwrap();
     assert!(
         m.clean_stale().is_empty(),
         "only Starling's own mounts are detached"

@@ -5,15 +5,17 @@
 pub mod chunks;
 pub mod imagefs;
 pub mod inodes;
+pub mod mountpoint;
 pub mod objects;
 pub mod persist;
 pub mod record;
 pub mod session;
 
 pub use imagefs::ImageFs;
+pub use mountpoint::Pinned;
 pub use objects::{CounterValues, Counters, FsError, Objects};
 pub use persist::FsState;
-pub use session::{mount, MountError, Mounted};
+pub use session::{mount, MountError, Mounted, Owner};
 
 #[cfg(test)]
 mod tests;

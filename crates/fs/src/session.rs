@@ -13,6 +13,8 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseChannel, FuseSession};
 
 use crate::imagefs::ImageFs;
+use crate::mountpoint::Pinned;
+use std::os::unix::fs::OpenOptionsExt;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
@@ -23,49 +25,89 @@ pub enum MountError {
 }
 
 pub struct Mounted {
+    /// Where it was mounted (as the path read then; it may have moved since).
     pub mountpoint: PathBuf,
+    /// The kernel's id of the mount: what unmounting finds it by.
+    pub mount_id: u64,
     pub fs: Arc<ImageFs>,
     session: FuseSession,
     threads: Vec<JoinHandle<()>>,
     live: Arc<AtomicUsize>,
 }
 
-/// Checks that `mountpoint` is an empty directory (mounting over content would hide it).
-pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf, MountError> {
-    let bad = |why: String| MountError::Mountpoint(mountpoint.to_path_buf(), why);
-    let abs = std::fs::canonicalize(mountpoint).map_err(|e| bad(e.to_string()))?;
-    let mut rd = std::fs::read_dir(&abs).map_err(|e| bad(e.to_string()))?;
-    if rd.next().is_some() {
-        return Err(bad("is not empty".into()));
-    }
-    Ok(abs)
+/// Who a mount is shown as owned by (`user_id`, `group_id` in the mount's options).
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
-/// Mounts `fs` read-only at `mountpoint`, served by `threads` threads.
-pub fn mount(fs: ImageFs, mountpoint: &Path, threads: usize) -> Result<Mounted, MountError> {
+/// Mounts `fs` read-only onto the pinned directory `at` (checked by the caller), served by
+/// `threads` threads.
+pub fn mount(
+    fs: ImageFs,
+    at: &Pinned,
+    owner: Owner,
+    threads: usize,
+) -> Result<Mounted, MountError> {
     let fs = Arc::new(fs);
-    let (mountpoint, session, threads, live) = serve_at(fs.clone(), mountpoint, threads)?;
+    let s = serve_at(fs.clone(), at, owner, threads)?;
     Ok(Mounted {
-        mountpoint,
+        mountpoint: at.shown.clone(),
+        mount_id: s.mount_id,
         fs,
-        session,
-        threads,
-        live,
+        session: s.session,
+        threads: s.threads,
+        live: s.live,
     })
 }
 
-type Serving = (PathBuf, FuseSession, Vec<JoinHandle<()>>, Arc<AtomicUsize>);
+struct Serving {
+    mount_id: u64,
+    session: FuseSession,
+    threads: Vec<JoinHandle<()>>,
+    live: Arc<AtomicUsize>,
+}
 
-/// Mounts any file system at `mountpoint` and starts its serving threads.
-fn serve_at<F>(fs: F, mountpoint: &Path, threads: usize) -> Result<Serving, MountError>
+/// Mounts any file system onto `at` and starts its serving threads.
+fn serve_at<F>(fs: F, at: &Pinned, owner: Owner, threads: usize) -> Result<Serving, MountError>
 where
     F: FileSystem + Send + Sync + 'static,
 {
-    let abs = check_mountpoint(mountpoint)?;
+    let abs = at.shown.clone();
     let fuse_err =
         |e: fuse_backend_rs::transport::Error| MountError::Fuse(abs.clone(), e.to_string());
-    let mut session = FuseSession::new(&abs, "starling", "starling", true).map_err(fuse_err)?;
-    session.mount().map_err(fuse_err)?;
+    let io_err = |e: std::io::Error| MountError::Fuse(abs.clone(), e.to_string());
+    // The session only dispatches requests: the mount is made here, onto the pinned
+    // descriptor. Its own mount and unmount go by path, so it is given one that is never a
+    // mount point: were it ever to unmount, it would find nothing there.
+    let mut session = FuseSession::new(Path::new("/proc/self/fd"), "starling", "starling", true)
+        .map_err(fuse_err)?;
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")
+        .map_err(|e| MountError::Fuse(abs.clone(), format!("/dev/fuse: {e}")))?;
+    let made = crate::mountpoint::mount_fuse(
+        at,
+        &crate::mountpoint::FuseOptions {
+            dev: &dev,
+            uid: owner.uid,
+            gid: owner.gid,
+            max_read: session.bufsize(),
+        },
+    )?;
+    let mount_id = made.id;
+    let unmount = || {
+        let _ = crate::mountpoint::detach(mount_id, crate::mountpoint::FUSE_TYPE, true);
+    };
+    // The channels poll the connection and must not block in read.
+    if let Err(e) = rustix::fs::fcntl_setfl(&dev, rustix::fs::OFlags::NONBLOCK) {
+        unmount();
+        return Err(io_err(e.into()));
+    }
+    session.set_fuse_file(dev);
     let server = Arc::new(Server::new(fs));
     let live = Arc::new(AtomicUsize::new(0));
     let mut handles = Vec::new();
@@ -75,7 +117,7 @@ where
                 .get_fuse_file()
                 .ok_or_else(|| MountError::Fuse(abs.clone(), "no /dev/fuse descriptor".into()))?
                 .try_clone()
-                .map_err(|e| MountError::Fuse(abs.clone(), e.to_string()))?;
+                .map_err(io_err)?;
             let server = server.clone();
             let live = live.clone();
             live.fetch_add(1, Ordering::SeqCst);
@@ -85,20 +127,24 @@ where
                     serve(ch, &answers, &server);
                     live.fetch_sub(1, Ordering::SeqCst);
                 })
-                .map_err(|e| MountError::Fuse(abs.clone(), e.to_string()))
+                .map_err(io_err)
         });
         match started {
             Ok(h) => handles.push(h),
             Err(e) => {
-                let _ = session.umount();
+                unmount();
                 let _ = session.wake();
                 return Err(e);
             }
         }
     }
-    // After the serving threads start: the stat it needs is a FUSE request.
-    set_readahead(&abs, READ_AHEAD_KB);
-    Ok((abs, session, handles, live))
+    set_readahead(made.dev, READ_AHEAD_KB);
+    Ok(Serving {
+        mount_id,
+        session,
+        threads: handles,
+        live,
+    })
 }
 
 /// The kernel's read-ahead for the mount, in KiB. FUSE starts at 128 KiB, one request in
@@ -108,11 +154,8 @@ const READ_AHEAD_KB: u32 = 1024;
 
 /// Sets the mount's read-ahead through its backing device info; best effort (a kernel that
 /// refuses keeps its default).
-fn set_readahead(mountpoint: &Path, kb: u32) {
-    let Ok(st) = rustix::fs::stat(mountpoint) else {
-        return;
-    };
-    let (major, minor) = (rustix::fs::major(st.st_dev), rustix::fs::minor(st.st_dev));
+fn set_readahead(dev: u64, kb: u32) {
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
     let p = format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb");
     let _ = std::fs::write(p, format!("{kb}\n"));
 }
@@ -160,11 +203,11 @@ impl Mounted {
         self.live.load(Ordering::SeqCst) > 0
     }
 
-    /// Unmounts and waits for the serving threads.
+    /// Unmounts (found by its mount id, wherever it is now) and waits for the serving
+    /// threads. A mount already gone from outside is no error.
     pub fn unmount(&mut self) -> Result<(), MountError> {
-        let r = self
-            .session
-            .umount()
+        let r = crate::mountpoint::detach(self.mount_id, crate::mountpoint::FUSE_TYPE, true)
+            .map(|_| ())
             .map_err(|e| MountError::Fuse(self.mountpoint.clone(), e.to_string()));
         let _ = self.session.wake();
         if r.is_ok() {
@@ -288,7 +331,9 @@ mod tests {
         let mp = dir.path().join("mnt");
         std::fs::create_dir(&mp).unwrap();
         // One serving thread: a thread lost to the panic would leave nobody to answer.
-        let (abs, mut session, threads, live) = serve_at(Buggy, &mp, 1).unwrap();
+        let at = Pinned::open(&mp).unwrap();
+        let s = serve_at(Buggy, &at, ROOT, 1).unwrap();
+        let abs = mp.clone();
         let dev = rustix::fs::stat(&abs).unwrap().st_dev;
         let errno = |r: io::Result<()>| r.err().and_then(|e| e.raw_os_error());
         for _ in 0..2 {
@@ -305,10 +350,65 @@ mod tests {
                 Some(libc::EIO)
             );
         }
-        assert_eq!(live.load(Ordering::SeqCst), 1);
-        session.umount().unwrap();
-        let _ = session.wake();
-        for h in threads {
+        assert_eq!(s.live.load(Ordering::SeqCst), 1);
+        assert!(crate::mountpoint::detach(s.mount_id, crate::mountpoint::FUSE_TYPE, true).unwrap());
+        let _ = s.session.wake();
+        for h in s.threads {
+            h.join().unwrap();
+        }
+    }
+
+    const ROOT: Owner = Owner { uid: 0, gid: 0 };
+
+    /// The name swapped for a link to another directory after the pin: the mount goes onto
+    /// the directory pinned, the link's target is untouched, and unmounting finds the
+    /// mount where it is now (its parent renamed), not by the name it was made at.
+    #[test]
+    fn a_mount_goes_onto_the_pinned_directory_whatever_its_name_leads_to_by_then() {
+        if !Path::new("/dev/fuse").exists() || !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: mounting FUSE needs /dev/fuse and root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (mp, victim) = (dir.path().join("a/mnt"), dir.path().join("victim"));
+        std::fs::create_dir_all(&mp).unwrap();
+        std::fs::create_dir(&victim).unwrap();
+        let at = Pinned::open(&mp).unwrap();
+        at.check_empty().unwrap();
+        std::fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        std::os::unix::fs::symlink(&victim, &mp).unwrap();
+        let s = serve_at(Buggy, &at, ROOT, 1).unwrap();
+        let moved = dir.path().join("b/mnt");
+        let (id, root) = crate::mountpoint::mount_at(&moved).unwrap();
+        assert_eq!(
+            (id, root),
+            (s.mount_id, true),
+            "mounted where the pinned directory is"
+        );
+        let (victim_id, victim_root) = crate::mountpoint::mount_at(&victim).unwrap();
+        assert!(
+            victim_id != s.mount_id && !victim_root,
+            "nothing mounted on the link's target"
+        );
+        let (where_now, kind) = crate::mountpoint::mount_info(s.mount_id).unwrap().unwrap();
+        assert_eq!(
+            (where_now, kind.as_str()),
+            (moved.clone(), crate::mountpoint::FUSE_TYPE)
+        );
+        // Moved again before the unmount: found by its id all the same.
+        std::fs::rename(dir.path().join("b"), dir.path().join("c")).unwrap();
+        assert!(crate::mountpoint::detach(s.mount_id, crate::mountpoint::FUSE_TYPE, true).unwrap());
+        assert!(
+            !crate::mountpoint::mount_at(&dir.path().join("c/mnt"))
+                .unwrap()
+                .1
+        );
+        assert!(
+            !crate::mountpoint::detach(s.mount_id, crate::mountpoint::FUSE_TYPE, true).unwrap()
+        );
+        let _ = s.session.wake();
+        for h in s.threads {
             h.join().unwrap();
         }
     }
