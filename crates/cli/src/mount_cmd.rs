@@ -172,9 +172,14 @@ pub fn mounts(socket: &Path, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for m in &list {
+        // Another user's mount (starlingd serves them when configured to) says whose.
+        let whose = match m.owner {
+            0 => String::new(),
+            uid => format!("  user {uid}"),
+        };
         // What each counts: docs/ARCHITECTURE.md, "Counters".
         println!(
-            "{}  {}  from {}  served {}  fetched {}  cached {}  errors {}",
+            "{}{whose}  {}  from {}  served {}  fetched {}  cached {}  errors {}",
             m.mountpoint.display(),
             shown(&m.image, &m.version),
             m.source,

@@ -1072,17 +1072,8 @@ while True:
     out += b
 sys.stdout.write(out.decode())
 "#;
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid",
-            "65534",
-            "--regid",
-            "65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-            "-c",
-            client,
-        ])
+    let out = nobody("/usr/bin/python3")
+        .args(["-c", client])
         .arg(&d.socket)
         .output()
         .unwrap();
@@ -1094,6 +1085,155 @@ sys.stdout.write(out.decode())
     );
     // The daemon's own user is served as before.
     d.ok(&env, &["mounts"]);
+}
+
+/// `program` to be run as user 65534 (nobody), in group 65534 alone.
+fn nobody(program: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(program);
+    c
+}
+
+/// `starling` run as user 65534 (nobody), with the daemon's socket.
+fn as_nobody(d: &Daemon, env: &Env, store: &Path, args: &[&str]) -> std::process::Output {
+    nobody(env!("CARGO_BIN_EXE_starling"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env("STARLING_SOCKET", &d.socket)
+        .env("HOME", env.path("home"))
+        .output()
+        .unwrap()
+}
+
+/// Issue 18: with `users = "all"`, another local user mounts read-only onto a directory of
+/// their own, from a store they can read; a directory that is not theirs (also reached
+/// through a link they planted), a store they cannot read, a writable mount, a repository
+/// the host does not pin, another user's mount and the administrator's routes are refused,
+/// each in one line naming why.
+#[test]
+fn other_users_mount_read_only_onto_their_own_directories_and_nothing_else() {
+    if !fuse_available() {
+        return;
+    }
+    if !is_root() {
+        skip("needs root to act as another user (setpriv) and to serve them");
+        return;
+    }
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let env = Env::new();
+    let src = env.path("src");
+    torture_tree(&src, false);
+    env.ok(&["image", "import", s(&src), "t:v1"]);
+    // A store the user may read, and one they may not.
+    let readable = env.store.clone();
+    Command::new("chmod")
+        .args(["-R", "a+rX"])
+        .arg(&readable)
+        .status()
+        .unwrap();
+    let secret = env.path("secret");
+    let o = Command::new(env!("CARGO_BIN_EXE_starling"))
+        .arg("--store")
+        .arg(&secret)
+        .args(["image", "import", s(&src), "s:v1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o700)).unwrap();
+    let config = env.path("starlingd.toml");
+    fs::write(&config, "users = \"all\"\n").unwrap();
+    let d = Daemon::start(&env, &env.path("state"), &["--config", s(&config)]);
+    let mode = fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o666, "socket mode {mode:o}");
+    for p in [env.path("state"), env.dir.path().to_path_buf()] {
+        let m = fs::metadata(&p).unwrap().permissions().mode();
+        fs::set_permissions(&p, fs::Permissions::from_mode(m | 0o011)).unwrap();
+    }
+    let home = env.path("home");
+    fs::create_dir(&home).unwrap();
+    let mine = |name: &str| {
+        let p = home.join(name);
+        fs::create_dir(&p).unwrap();
+        chown(&p, Some(65534), Some(65534)).unwrap();
+        p
+    };
+    chown(&home, Some(65534), Some(65534)).unwrap();
+    let refused = |args: &[&str], want: &str| {
+        let o = as_nobody(&d, &env, &readable, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{args:?} should be refused");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    };
+
+    // Theirs: mounted, read by them, shown as theirs.
+    let mp = mine("mnt");
+    let o = as_nobody(&d, &env, &readable, &["mount", "t:v1", s(&mp)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = nobody("cat").arg(mp.join("random-100k")).output().unwrap();
+    assert_eq!(o.stdout, fs::read(src.join("random-100k")).unwrap());
+    assert_same_tree(&src, &mp);
+
+    // Not theirs: root's directory, and root's directory reached through their link.
+    let roots = env.path("roots");
+    fs::create_dir(&roots).unwrap();
+    fs::set_permissions(&roots, fs::Permissions::from_mode(0o777)).unwrap();
+    refused(
+        &["mount", "t:v1", s(&roots)],
+        "is user 0's, not user 65534's",
+    );
+    let link = home.join("link");
+    std::os::unix::fs::symlink(&roots, &link).unwrap();
+    refused(
+        &["mount", "t:v1", s(&link)],
+        "is user 0's, not user 65534's",
+    );
+    assert_eq!(
+        fs::read_dir(&roots).unwrap().count(),
+        0,
+        "nothing mounted there"
+    );
+    // A store they cannot read, a writable mount, a repository the host does not pin.
+    let o = as_nobody(&d, &env, &secret, &["mount", "s:v1", s(&mine("m2"))]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(
+        err.contains("cannot mount from store") && err.contains("Permission denied"),
+        "{err}"
+    );
+    refused(
+        &["mount", "--writable", "t:v1", s(&mine("m3"))],
+        "writable mounts are for starlingd's own user and root",
+    );
+    refused(
+        &["mount", "http://127.0.0.1:9/", "t:v1", s(&mine("m4"))],
+        "is not one this host pins",
+    );
+    // Root's mount: listed for root only, not theirs to unmount.
+    let root_mp = mountpoint(&env, "root-mp");
+    d.ok(&env, &["mount", "t:v1", s(&root_mp)]);
+    refused(
+        &["umount", s(&root_mp)],
+        "is user 0's mount, not user 65534's",
+    );
+    let theirs = json(&String::from_utf8_lossy(
+        &as_nobody(&d, &env, &readable, &["mounts", "--json"]).stdout,
+    ));
+    let theirs = theirs.as_array().unwrap();
+    assert_eq!(theirs.len(), 1, "{theirs:?}");
+    assert_eq!(theirs[0]["owner"], 65534);
+    assert_eq!(d.mounts(&env).as_array().unwrap().len(), 2);
+    // The administrator's routes.
+    refused(&["cache", "stats"], "is for starlingd's own user");
+    refused(&["ps"], "is for starlingd's own user");
+    // Their own mount they unmount.
+    let o = as_nobody(&d, &env, &readable, &["umount", s(&mp)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(fs::read_dir(&mp).unwrap().count(), 0);
+    d.ok(&env, &["umount", s(&root_mp)]);
+    assert!(fuse_mounts_under(env.dir.path()).is_empty());
 }
 
 /// Open descriptors and threads of process `pid`.

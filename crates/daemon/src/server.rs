@@ -242,7 +242,9 @@ async fn authorize(mut req: Request, next: axum::middleware::Next) -> Response {
     if let Caller::User { uid, .. } = caller {
         if !user_may(req.method(), req.uri().path()) {
             return DaemonError::Forbidden(format!(
-                "user {uid}: {} {} is for starlingd's own user ({}) and root; other users may                  mount images read-only onto directories they own, list and unmount their own                  mounts",
+                "user {uid}: {} {} is for starlingd's own user ({}) and root; other users may \
+                 mount images read-only onto directories they own, list and unmount their own \
+                 mounts",
                 req.method(),
                 req.uri().path(),
                 rustix::process::geteuid().as_raw()
