@@ -59,16 +59,38 @@ pub fn as_user<T>(caller: &Caller, f: impl FnOnce() -> T) -> std::io::Result<T> 
         rustix::process::getegid(),
         rustix::process::getgroups().map_err(std::io::Error::from)?,
     );
-    // Groups and group first, while this thread still has the capabilities to set them.
-    let switched = rustix::thread::set_thread_groups(&[Gid::from_raw(gid)])
-        .and_then(|()| rustix::thread::set_thread_res_gid(None, Gid::from_raw(gid), None))
-        .and_then(|()| rustix::thread::set_thread_res_uid(None, Uid::from_raw(uid), None));
+    // Groups and group first, while this thread still has the capabilities to set them;
+    // each step taken is undone, and only those (a daemon without CAP_SETGID fails the first
+    // and changes nothing).
+    let mut done = 0;
+    type Step<'a> = &'a dyn Fn() -> rustix::io::Result<()>;
+    let steps: [Step; 3] = [
+        &|| rustix::thread::set_thread_groups(&[Gid::from_raw(gid)]),
+        &|| rustix::thread::set_thread_res_gid(None, Gid::from_raw(gid), None),
+        &|| rustix::thread::set_thread_res_uid(None, Uid::from_raw(uid), None),
+    ];
+    let mut switched = Ok(());
+    for step in steps {
+        switched = step();
+        if switched.is_err() {
+            break;
+        }
+        done += 1;
+    }
     let result = switched.map(|()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
     // The saved user id stayed root: setting the effective one back restores the
-    // capabilities, then the groups can be restored.
-    let restored = rustix::thread::set_thread_res_uid(None, Uid::ROOT, None)
-        .and_then(|()| rustix::thread::set_thread_res_gid(None, my_gid, None))
-        .and_then(|()| rustix::thread::set_thread_groups(&my_groups));
+    // capabilities, then the group and groups can be restored.
+    let mut restored = Ok(());
+    if done >= 3 {
+        restored =
+            restored.and_then(|()| rustix::thread::set_thread_res_uid(None, Uid::ROOT, None));
+    }
+    if done >= 2 {
+        restored = restored.and_then(|()| rustix::thread::set_thread_res_gid(None, my_gid, None));
+    }
+    if done >= 1 {
+        restored = restored.and_then(|()| rustix::thread::set_thread_groups(&my_groups));
+    }
     if let Err(e) = restored {
         // A pool thread left with a user's identity would serve others with it.
         tracing::error!("restoring the daemon's identity after acting as user {uid}: {e}");
@@ -78,7 +100,8 @@ pub fn as_user<T>(caller: &Caller, f: impl FnOnce() -> T) -> std::io::Result<T> 
         Ok(Ok(v)) => Ok(v),
         Ok(Err(p)) => std::panic::resume_unwind(p),
         Err(e) => Err(std::io::Error::other(format!(
-            "acting as user {uid}: {}",
+            "acting as user {uid}: {} (starlingd needs CAP_SETUID and CAP_SETGID to serve \
+             other users)",
             std::io::Error::from(e)
         ))),
     }

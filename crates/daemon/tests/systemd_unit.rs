@@ -165,6 +165,9 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
     }
     let nofile = unit_nofile.min(hard).to_string();
     let nofile = nofile.as_str();
+    // Configured to serve other users, which it does with their rights (setuid, setgid).
+    let config = scratch.path().join("starlingd.toml");
+    std::fs::write(&config, "users = \"all\"\n").unwrap();
     let mut daemon = Command::new("prlimit")
         .arg(format!("--nofile={nofile}:{nofile}"))
         .args(["--", "setpriv", "--no-new-privs"])
@@ -173,10 +176,12 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
         .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
         .arg(binary)
         .args(&args)
+        .env("STARLING_CONFIG", &config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("prlimit (util-linux)");
+    let guard = KillOnDrop(daemon.id());
     let mut ready = String::new();
     BufReader::new(daemon.stdout.take().unwrap())
         .read_line(&mut ready)
@@ -211,6 +216,8 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
         "+sys_ptrace" => 19,
         "+sys_admin" => 21,
         "+sys_resource" => 24,
+        "+setgid" => 6,
+        "+setuid" => 7,
         "+mknod" => 27,
         other => panic!("capability {other} of the unit: add its number here"),
     };
@@ -243,6 +250,33 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&cache).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o700, "the host cache is the daemon's alone");
 
+    // Another user's request is handled with their rights within the bounding set: their
+    // mount onto root's directory is refused as not theirs (not as an identity the daemon
+    // could not take).
+    if rustix::process::geteuid().is_root() {
+        for dir in [
+            scratch.path().to_path_buf(),
+            rooted(runtime.to_str().unwrap()),
+        ] {
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .unwrap();
+        }
+        let roots = scratch.path().join("roots");
+        std::fs::create_dir(&roots).unwrap();
+        let said = as_nobody_post(
+            &socket,
+            "/v1/mounts",
+            &serde_json::json!({
+                "mountpoint": roots,
+                "source": {"kind": "store", "store": "/nonexistent", "image": "t:v1"},
+            }),
+        );
+        assert!(
+            said.starts_with("HTTP/1.1 403") && said.contains("is user 0's, not user 65534's"),
+            "{said}"
+        );
+    }
+
     // systemctl stop: KillSignal, then SIGKILL after TimeoutStopSec.
     assert_eq!(one(&service, "KillSignal"), "SIGTERM");
     let timeout: u64 = one(&service, "TimeoutStopSec").parse().unwrap();
@@ -268,4 +302,43 @@ fn the_unit_verifies_and_runs_starlingd_as_systemd_would() {
         "a stop that Restart=on-failure would take for a failure: {status}"
     );
     assert!(!socket.exists(), "the socket is removed on the way out");
+    std::mem::forget(guard);
+}
+
+/// Kills the daemon if the test ends before it stops it (an assertion failed).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// POSTs `body` to `path` on the daemon's socket as user 65534; the whole answer.
+fn as_nobody_post(socket: &Path, path: &str, body: &serde_json::Value) -> String {
+    let client = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+body = sys.argv[3].encode()
+s.sendall(b"POST %s HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (sys.argv[2].encode(), len(body)) + body)
+out = b""
+while True:
+    b = s.recv(4096)
+    if not b:
+        break
+    out += b
+sys.stdout.write(out.decode())
+"#;
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", client])
+        .arg(socket)
+        .arg(path)
+        .arg(body.to_string())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
