@@ -16,7 +16,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("{what} is corrupt: {detail}")]
+    /// The image is damaged: refused whole, never read as a smaller tree.
+    #[error(
+        "{what} is corrupt: {detail} (the image is damaged; `e2fsck -fn` or `qemu-img check` \
+         on it says more)"
+    )]
     Corrupt { what: String, detail: String },
     #[error("{what}: {detail} is not supported")]
     Unsupported { what: String, detail: String },
