@@ -1121,7 +1121,7 @@ fn other_users_mount_read_only_onto_their_own_directories_and_nothing_else() {
         skip("needs root to act as another user (setpriv) and to serve them");
         return;
     }
-    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::os::unix::fs::{chown, MetadataExt, PermissionsExt};
     let env = Env::new();
     let src = env.path("src");
     torture_tree(&src, false);
@@ -1174,7 +1174,30 @@ fn other_users_mount_read_only_onto_their_own_directories_and_nothing_else() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = nobody("cat").arg(mp.join("random-100k")).output().unwrap();
     assert_eq!(o.stdout, fs::read(src.join("random-100k")).unwrap());
-    assert_same_tree(&src, &mp);
+    let o = nobody("find")
+        .arg(&mp)
+        .args(["-mindepth", "1", "-maxdepth", "1", "-printf", "%f\\0"])
+        .output()
+        .unwrap();
+    let mut listed: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .split('\0')
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut want: Vec<String> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want);
+    // Theirs alone (as fusermount3 makes users' mounts) unless /etc/fuse.conf says
+    // user_allow_other: what they serve, and when, must not hold root's or others' programs.
+    let fuse_conf = fs::read_to_string("/etc/fuse.conf").unwrap_or_default();
+    if !fuse_conf.lines().any(|l| l.trim() == "user_allow_other") {
+        let e = fs::read_dir(&mp).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied, "{e}");
+    }
 
     // Not theirs: root's directory, and root's directory reached through their link.
     let roots = env.path("roots");
@@ -1210,6 +1233,46 @@ fn other_users_mount_read_only_onto_their_own_directories_and_nothing_else() {
     refused(
         &["mount", "http://127.0.0.1:9/", "t:v1", s(&mine("m4"))],
         "is not one this host pins",
+    );
+    // Files they name that would hold the daemon: a FIFO as the prefetch list is refused
+    // at once; a FIFO where the record's temporary file goes does not hold the unmount.
+    let fifo = home.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    chown(&fifo, Some(65534), Some(65534)).unwrap();
+    refused(
+        &["mount", "--prefetch", s(&fifo), "t:v1", s(&mine("m5"))],
+        "not a regular file",
+    );
+    let recorded = mine("m6");
+    let record = home.join("reads.list");
+    let o = as_nobody(
+        &d,
+        &env,
+        &readable,
+        &["mount", "--record", s(&record), "t:v1", s(&recorded)],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = nobody("cat").arg(recorded.join("tiny")).output().unwrap();
+    assert_eq!(o.stdout, b"hello\n");
+    let tmp_fifo = record.with_extension("tmp");
+    assert!(Command::new("mkfifo")
+        .arg(&tmp_fifo)
+        .status()
+        .unwrap()
+        .success());
+    chown(&tmp_fifo, Some(65534), Some(65534)).unwrap();
+    let o = as_nobody(&d, &env, &readable, &["umount", s(&recorded)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list = fs::read_to_string(&record).unwrap();
+    assert!(list.lines().count() > 1, "{list}");
+    assert_eq!(
+        fs::metadata(&record).unwrap().uid(),
+        65534,
+        "written as them"
     );
     // Root's mount: listed for root only, not theirs to unmount.
     let root_mp = mountpoint(&env, "root-mp");

@@ -44,8 +44,9 @@ impl Caller {
 
 /// Runs `f` with the effective user and group of `caller` (and that group alone) on this
 /// thread, then restores the daemon's; an administrator's `f` runs as the daemon. Only this
-/// thread changes (the raw system calls, not libc's process-wide wrappers). The daemon must
-/// run as root to act for another user.
+/// thread changes (the raw system calls, not libc's process-wide wrappers); a thread `f`
+/// started would inherit the user's ids (none does). The daemon must run as root to act for
+/// another user.
 pub fn as_user<T>(caller: &Caller, f: impl FnOnce() -> T) -> std::io::Result<T> {
     let Caller::User { uid, gid } = *caller else {
         return Ok(f());
@@ -95,6 +96,11 @@ pub fn as_user<T>(caller: &Caller, f: impl FnOnce() -> T) -> std::io::Result<T> 
         // A pool thread left with a user's identity would serve others with it.
         tracing::error!("restoring the daemon's identity after acting as user {uid}: {e}");
         std::process::abort();
+    }
+    if done >= 2 {
+        // Changing ids made the kernel mark the whole process not dumpable (no core dumps,
+        // /proc/PID root's alone): it is itself again.
+        let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::Dumpable);
     }
     match result {
         Ok(Ok(v)) => Ok(v),

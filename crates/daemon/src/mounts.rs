@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use starling_fs::mountpoint::{self, Pinned, FUSE_TYPE, OVERLAY_TYPE};
+use starling_fs::mountpoint::{self, HeldMount, Pinned, FUSE_TYPE, OVERLAY_TYPE};
 use starling_fs::record::Recorder;
 use starling_fs::{Counters, ImageFs, Mounted, Objects, Owner};
 use starling_image::reference::ImageRef;
@@ -24,6 +24,34 @@ const FS_THREADS: usize = 8;
 /// daemon its serving threads).
 pub const USER_MOUNTS: usize = 32;
 
+/// The most requests one such user may have under way at once (each holds a daemon thread
+/// for as long as what they name takes to answer).
+pub const USER_REQUESTS: usize = 4;
+
+/// A place taken by [`Mounts::admit`], given back on drop.
+pub struct Admitted<'a> {
+    mounts: &'a Mounts,
+    uid: Option<u32>,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        if let Some(uid) = self.uid {
+            let mut f = self
+                .mounts
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = f.get_mut(&uid) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    f.remove(&uid);
+                }
+            }
+        }
+    }
+}
+
 pub struct MountEntry {
     pub info: MountInfo,
     pub mounted: Mounted,
@@ -33,8 +61,8 @@ pub struct MountEntry {
     pub version: ObjectId,
     /// For a writable mount: the layer directory (`lower/` the lazy image, `upper/`, `work/`).
     pub layer: Option<PathBuf>,
-    /// A writable mount's overlay (the lazy image is `mounted`, below it).
-    pub overlay: Option<u64>,
+    /// A writable mount's overlay, held (the lazy image is `mounted`, below it).
+    pub overlay: Option<HeldMount>,
     /// Who made it: what they named was opened with their rights, and only they (and
     /// administrators) may unmount it.
     pub owner: Caller,
@@ -50,7 +78,9 @@ impl MountEntry {
 
     /// The id of the mount a program sees at the mountpoint.
     fn top_id(&self) -> u64 {
-        self.overlay.unwrap_or(self.mounted.mount_id)
+        self.overlay
+            .as_ref()
+            .map_or(self.mounted.mount_id, |o| o.id)
     }
 }
 
@@ -73,7 +103,11 @@ struct Recorded {
 const MOUNT_LIST_FORMAT: u32 = 2;
 
 pub struct Mounts {
-    pub table: Mutex<BTreeMap<PathBuf, MountEntry>>,
+    /// Keyed by the id of the mount programs see (two mounts made at one path, its parent
+    /// renamed in between, are two entries).
+    pub table: Mutex<BTreeMap<u64, MountEntry>>,
+    /// Requests under way per user other than the administrators.
+    inflight: Mutex<std::collections::HashMap<u32, usize>>,
     /// Mountpoints the daemon holds, persisted so a restart can clean up after a crash.
     state_file: PathBuf,
     layers: PathBuf,
@@ -91,24 +125,25 @@ impl Mounts {
     pub fn new(state: &Path) -> Mounts {
         Mounts {
             table: Mutex::new(BTreeMap::new()),
+            inflight: Mutex::new(std::collections::HashMap::new()),
             state_file: state.join("mounts.json"),
             layers: state.join("layers"),
             next_layer: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, MountEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, MountEntry>> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn persist(&self, table: &BTreeMap<PathBuf, MountEntry>) {
+    fn persist(&self, table: &BTreeMap<u64, MountEntry>) {
         // In detach order: a writable mount's overlay before its lazy lower layer.
         let mut list: Vec<Recorded> = Vec::new();
-        for (mp, e) in table {
-            if let Some(id) = e.overlay {
+        for e in table.values() {
+            if let Some(o) = &e.overlay {
                 list.push(Recorded {
-                    path: mp.clone(),
-                    id,
+                    path: e.info.mountpoint.clone(),
+                    id: o.id,
                     kind: OVERLAY_TYPE.into(),
                 });
             }
@@ -150,11 +185,7 @@ impl Mounts {
         };
         let mut cleaned = Vec::new();
         for r in list {
-            let here = mountpoint::mount_info(r.id)
-                .ok()
-                .flatten()
-                .is_some_and(|(at, kind)| at == r.path && kind == r.kind);
-            if here && mountpoint::detach(r.id, &r.kind, true).is_ok_and(|d| d) {
+            if mountpoint::detach_left(r.id, &r.path, &r.kind).is_ok_and(|d| d) {
                 cleaned.push(r.path);
             }
         }
@@ -167,11 +198,12 @@ impl Mounts {
     /// The mounts `caller` may see: all of them for an administrator (and other hosts),
     /// their own for another user.
     pub fn list_for(&self, caller: Option<&Caller>) -> Vec<MountInfo> {
+        self.reap();
         let mine = |e: &&MountEntry| match caller {
-            Some(c @ Caller::User { .. }) => e.owner == *c,
+            Some(c @ Caller::User { .. }) => e.owner.uid() == c.uid(),
             _ => true,
         };
-        self.live_table()
+        self.lock()
             .values()
             .filter(mine)
             .map(MountEntry::info)
@@ -182,24 +214,50 @@ impl Mounts {
         self.list_for(None)
     }
 
-    /// The table, without mounts unmounted from outside.
-    fn live_table(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, MountEntry>> {
-        let mut t = self.lock();
-        // Mounts unmounted from outside are dropped from the table.
-        let dead: Vec<PathBuf> = t
-            .iter()
-            .filter(|(_, e)| !e.mounted.is_live())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for d in &dead {
-            if let Some(e) = t.remove(d) {
-                save_record(&e);
+    /// Drops the mounts unmounted from outside from the table, writing their access records
+    /// once the table is free again (a record is written with its owner's rights, which may
+    /// take as long as their file system does).
+    fn reap(&self) {
+        let dead: Vec<MountEntry> = {
+            let mut t = self.lock();
+            let ids: Vec<u64> = t
+                .iter()
+                .filter(|(_, e)| !e.mounted.is_live())
+                .map(|(k, _)| *k)
+                .collect();
+            let dead: Vec<MountEntry> = ids.iter().filter_map(|k| t.remove(k)).collect();
+            if !dead.is_empty() {
+                self.persist(&t);
             }
+            dead
+        };
+        for e in &dead {
+            save_record(e);
         }
-        if !dead.is_empty() {
-            self.persist(&t);
+    }
+
+    /// Takes one of at most [`USER_REQUESTS`] places for a request of `caller`'s (another
+    /// user's requests wait on what they name, which they control); administrators always get
+    /// one.
+    pub fn admit(&self, caller: &Caller) -> Result<Admitted<'_>, DaemonError> {
+        let Caller::User { uid, .. } = *caller else {
+            return Ok(Admitted {
+                mounts: self,
+                uid: None,
+            });
+        };
+        let mut f = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(uid).or_insert(0);
+        if *n >= USER_REQUESTS {
+            return Err(DaemonError::Forbidden(format!(
+                "user {uid} has {n} requests under way, the most one user may; wait for them"
+            )));
         }
-        t
+        *n += 1;
+        Ok(Admitted {
+            mounts: self,
+            uid: Some(uid),
+        })
     }
 
     /// Mounts what `req` names for `caller`. An administrator's request is done with the
@@ -221,12 +279,7 @@ impl Mounts {
                      read-only (without --writable)"
                 )));
             }
-            let held = self.lock().values().filter(|e| e.owner == *caller).count();
-            if held >= USER_MOUNTS {
-                return Err(forbidden(format!(
-                    "user {uid} holds {held} mounts, the most one user may; unmount one first"
-                )));
-            }
+            self.check_user_mounts(&self.lock(), uid)?;
         }
         // The mountpoint, pinned once with the caller's rights: everything after works on
         // that directory, whatever its name leads to by then.
@@ -352,8 +405,16 @@ impl Mounts {
             mount_objects.prefetch(&list);
         }
         let owner = match *caller {
-            Caller::Admin { .. } => Owner { uid: 0, gid: 0 },
-            Caller::User { uid, gid } => Owner { uid, gid },
+            Caller::Admin { .. } => Owner {
+                uid: 0,
+                gid: 0,
+                allow_other: true,
+            },
+            Caller::User { uid, gid } => Owner {
+                uid,
+                gid,
+                allow_other: mountpoint::users_may_allow_other(),
+            },
         };
         let (mounted, layer, overlay) = if req.writable {
             let n = self
@@ -376,7 +437,7 @@ impl Mounts {
                     mountpoint::mount_overlay(&at, &lower, &upper, &work).map_err(|e| e.to_string())
                 });
             match over {
-                Ok(m) => (mounted, Some(layer), Some(m.id)),
+                Ok(m) => (mounted, Some(layer), Some(m)),
                 Err(e) => {
                     let _ = mounted.unmount();
                     let _ = std::fs::remove_dir_all(&layer);
@@ -412,43 +473,73 @@ impl Mounts {
             "mounted"
         );
         let mut t = self.lock();
-        t.insert(
-            mp,
-            MountEntry {
-                info: info.clone(),
-                mounted,
-                counters,
-                recorder,
-                objects,
-                version,
-                layer,
-                overlay,
-                owner: *caller,
-            },
-        );
+        if let Caller::User { uid, .. } = *caller {
+            // Counted again where the entry goes in: requests made side by side each saw room.
+            if let Err(e) = self.check_user_mounts(&t, uid) {
+                drop(t);
+                let mut mounted = mounted;
+                let _ = mounted.unmount();
+                return Err(e);
+            }
+        }
+        let entry = MountEntry {
+            info: info.clone(),
+            mounted,
+            counters,
+            recorder,
+            objects,
+            version,
+            layer,
+            overlay,
+            owner: *caller,
+        };
+        t.insert(entry.top_id(), entry);
         self.persist(&t);
         Ok(info)
     }
 
-    /// The table's key of the mount a program sees at `path` (resolved with `caller`'s
-    /// rights, found by its mount id), refused if it is not `caller`'s to change.
-    fn find(
+    /// Refuses another mount to user `uid` once they hold [`USER_MOUNTS`].
+    fn check_user_mounts(
         &self,
-        t: &BTreeMap<PathBuf, MountEntry>,
-        path: &Path,
-        caller: &Caller,
-    ) -> Result<PathBuf, DaemonError> {
+        t: &BTreeMap<u64, MountEntry>,
+        uid: u32,
+    ) -> Result<(), DaemonError> {
+        let held = t.values().filter(|e| e.owner.uid() == uid).count();
+        if held >= USER_MOUNTS {
+            return Err(DaemonError::Forbidden(format!(
+                "user {uid} holds {held} mounts, the most one user may; unmount one first"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The id of the mount a program sees at `path`, resolved with `caller`'s rights before
+    /// the table is locked (a path through a file system of theirs may take its time).
+    fn resolve(path: &Path, caller: &Caller) -> Result<u64, DaemonError> {
         let not_ours =
             || DaemonError::NotFound(format!("{} is not a Starling mount", path.display()));
         let (id, root) = as_user(caller, || mountpoint::mount_at(path))
             .map_err(|e| DaemonError::Internal(e.to_string()))?
             .map_err(|e| DaemonError::NotFound(format!("{}: {e}", path.display())))?;
-        let (key, e) = t
-            .iter()
-            .find(|(_, e)| root && e.top_id() == id)
-            .ok_or_else(not_ours)?;
+        if root {
+            Ok(id)
+        } else {
+            Err(not_ours())
+        }
+    }
+
+    /// The entry of mount `id` (at `path`), refused if it is not `caller`'s to change.
+    fn entry_of<'t>(
+        t: &'t BTreeMap<u64, MountEntry>,
+        id: u64,
+        path: &Path,
+        caller: &Caller,
+    ) -> Result<&'t MountEntry, DaemonError> {
+        let e = t.get(&id).filter(|e| e.mounted.is_live()).ok_or_else(|| {
+            DaemonError::NotFound(format!("{} is not a Starling mount", path.display()))
+        })?;
         if let Caller::User { uid, .. } = *caller {
-            if e.owner != *caller {
+            if e.owner.uid() != uid {
                 return Err(DaemonError::Forbidden(format!(
                     "{} is user {}'s mount, not user {uid}'s",
                     path.display(),
@@ -456,28 +547,34 @@ impl Mounts {
                 )));
             }
         }
-        Ok(key.clone())
+        Ok(e)
     }
 
     pub fn unmount(&self, mountpoint: &Path, caller: &Caller) -> Result<MountInfo, DaemonError> {
-        let mut t = self.lock();
-        let mp = self.find(&t, mountpoint, caller)?;
-        let Some(mut e) = t.remove(&mp) else {
-            return Err(DaemonError::NotFound(format!(
-                "{} is not a Starling mount",
-                mountpoint.display()
-            )));
+        let id = Self::resolve(mountpoint, caller)?;
+        let mut e = {
+            let mut t = self.lock();
+            Self::entry_of(&t, id, mountpoint, caller)?;
+            let Some(e) = t.remove(&id) else {
+                return Err(DaemonError::NotFound(format!(
+                    "{} is not a Starling mount",
+                    mountpoint.display()
+                )));
+            };
+            e
         };
         let info = e.info();
         if let Err(err) = unmount_entry(&mut e) {
             // Busy (a process has it open or as its cwd): it stays mounted.
-            t.insert(mp, e);
+            self.lock().insert(id, e);
             return Err(DaemonError::Conflict(format!(
                 "{err} (is a process still using it?)"
             )));
         }
+        self.persist(&self.lock());
         save_record(&e);
-        self.persist(&t);
+        let mp = &info.mountpoint;
+
         let c = e.counters.values();
         tracing::info!(
             mountpoint = %mp.display(),
@@ -492,17 +589,17 @@ impl Mounts {
 
     /// Unmounts everything (daemon shutdown); busy mounts are detached lazily.
     pub fn unmount_all(&self) {
-        let mut t = self.lock();
-        for (_, mut e) in std::mem::take(&mut *t) {
-            save_record(&e);
+        let all = std::mem::take(&mut *self.lock());
+        self.persist(&self.lock());
+        for (_, mut e) in all {
             if unmount_entry(&mut e).is_err() {
-                if let Some(id) = e.overlay {
-                    let _ = mountpoint::detach(id, OVERLAY_TYPE, true);
+                if let Some(o) = e.overlay.take() {
+                    let _ = o.detach();
                 }
-                let _ = mountpoint::detach(e.mounted.mount_id, FUSE_TYPE, true);
+                let _ = e.mounted.unmount();
             }
+            save_record(&e);
         }
-        self.persist(&t);
     }
 }
 
@@ -545,15 +642,19 @@ fn copy_dir_meta(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Unmounts a mount (a writable one: its overlay, then the lazy lower layer, then the
-/// discarded upper layer's files).
+/// Unmounts a mount (a writable one: its overlay, unless in use, then the lazy lower layer,
+/// then the discarded upper layer's files).
 fn unmount_entry(e: &mut MountEntry) -> Result<(), String> {
-    if let (Some(layer), Some(id)) = (&e.layer, e.overlay) {
+    if let Some(o) = e.overlay.take() {
         // Not lazily: the upper layer goes with it, which a program still in it would lose.
-        mountpoint::detach(id, OVERLAY_TYPE, false)
-            .map_err(|err| format!("unmounting {}: {err}", e.info.mountpoint.display()))?;
+        if let Err((held, err)) = o.unmount() {
+            e.overlay = held;
+            return Err(format!("unmounting {}: {err}", e.info.mountpoint.display()));
+        }
         e.mounted.unmount().map_err(|err| err.to_string())?;
-        let _ = std::fs::remove_dir_all(layer);
+        if let Some(layer) = &e.layer {
+            let _ = std::fs::remove_dir_all(layer);
+        }
         Ok(())
     } else {
         e.mounted.unmount().map_err(|err| err.to_string())
@@ -575,15 +676,11 @@ impl Mounts {
     /// Stores the changes of a writable mount as a new version in `req.store` (copying the
     /// mounted image's objects there first if it lacks them).
     pub fn commit(&self, req: CommitRequest, caller: &Caller) -> Result<CommitInfo, DaemonError> {
+        let id = Self::resolve(&req.mountpoint, caller)?;
         let (objects, base, upper, mp) = {
             let t = self.lock();
-            let mp = self.find(&t, &req.mountpoint, caller)?;
-            let Some(e) = t.get(&mp) else {
-                return Err(DaemonError::NotFound(format!(
-                    "{} is not a Starling mount",
-                    req.mountpoint.display()
-                )));
-            };
+            let e = Self::entry_of(&t, id, &req.mountpoint, caller)?;
+            let mp = e.info.mountpoint.clone();
             let upper = e.layer.as_ref().map(|l| l.join("upper")).ok_or_else(|| {
                 DaemonError::BadRequest(format!(
                     "{} is read-only (mount it with --writable to commit changes)",

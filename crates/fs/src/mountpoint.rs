@@ -50,13 +50,21 @@ impl Pinned {
             Mode::empty(),
         )
         .map_err(|e| bad(std::io::Error::from(e).to_string()))?;
-        let st = rustix::fs::fstat(&fd).map_err(|e| bad(e.to_string()))?;
+        // Asking nothing of the file system: a FUSE one (the caller's) could stall the
+        // daemon's thread; the check that it is no FUSE directory comes next.
+        let st = rustix::fs::statx(
+            &fd,
+            "",
+            AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
+            StatxFlags::UID | StatxFlags::GID,
+        )
+        .map_err(|e| bad(std::io::Error::from(e).to_string()))?;
         let shown = std::fs::read_link(proc_path(&fd)).unwrap_or_else(|_| path.to_path_buf());
         Ok(Pinned {
             fd,
             shown,
-            uid: st.st_uid,
-            gid: st.st_gid,
+            uid: st.stx_uid,
+            gid: st.stx_gid,
         })
     }
 
@@ -126,12 +134,22 @@ pub struct FuseOptions<'a> {
     pub uid: u32,
     pub gid: u32,
     pub max_read: usize,
+    /// Others than the owner may enter it (`allow_other`). A mount a user makes is theirs
+    /// alone unless `/etc/fuse.conf` says `user_allow_other`, as fusermount3 has it: they
+    /// choose what it serves and when, so it must not stall root's or others' programs.
+    pub allow_other: bool,
 }
 
-/// Mounts a read-only `fuse.starling` file system served on `o.dev` onto `at`; returns its
-/// mount id. Mounted `nosuid,nodev,noatime`, with `default_permissions` (the kernel checks
-/// the image's modes) and `allow_other`, as fuse-backend-rs mounts.
-pub fn mount_fuse(at: &Pinned, o: &FuseOptions) -> Result<NewMount, MountError> {
+/// Whether `/etc/fuse.conf` lets users' mounts be entered by others.
+pub fn users_may_allow_other() -> bool {
+    std::fs::read_to_string("/etc/fuse.conf")
+        .is_ok_and(|c| c.lines().any(|l| l.trim() == "user_allow_other"))
+}
+
+/// Mounts a read-only `fuse.starling` file system served on `o.dev` onto `at`. Mounted
+/// `nosuid,nodev,noatime`, with `default_permissions` (the kernel checks the image's
+/// modes), as fuse-backend-rs mounts.
+pub fn mount_fuse(at: &Pinned, o: &FuseOptions) -> Result<HeldMount, MountError> {
     let strings = [
         ("source", "starling".to_string()),
         ("subtype", "starling".to_string()),
@@ -145,7 +163,11 @@ pub fn mount_fuse(at: &Pinned, o: &FuseOptions) -> Result<NewMount, MountError> 
         at,
         "fuse",
         &strings,
-        &["default_permissions", "allow_other", "ro"],
+        if o.allow_other {
+            &["default_permissions", "allow_other", "ro"]
+        } else {
+            &["default_permissions", "ro"]
+        },
         MountAttrFlags::MOUNT_ATTR_RDONLY | MountAttrFlags::MOUNT_ATTR_NOATIME,
     )
 }
@@ -157,7 +179,7 @@ pub fn mount_overlay(
     lower: &Path,
     upper: &Path,
     work: &Path,
-) -> Result<NewMount, MountError> {
+) -> Result<HeldMount, MountError> {
     let s = |p: &Path| p.display().to_string();
     let strings = [
         ("source", "overlay".to_string()),
@@ -177,7 +199,7 @@ fn mount_new(
     strings: &[(&str, String)],
     flags: &[&str],
     attrs: MountAttrFlags,
-) -> Result<NewMount, MountError> {
+) -> Result<HeldMount, MountError> {
     let err = |step: &str, e: rustix::io::Errno| {
         MountError::Fuse(
             at.shown.clone(),
@@ -207,27 +229,110 @@ fn mount_new(
     )
     .map_err(|e| err("move_mount", e))?;
     let st = statx_now(&mnt).map_err(|e| err("statx", e))?;
-    Ok(NewMount {
+    if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 || st.stx_mnt_id == 0 {
+        return Err(err(
+            "statx (mount ids need Linux 5.8)",
+            rustix::io::Errno::NOSYS,
+        ));
+    }
+    Ok(HeldMount {
         id: st.stx_mnt_id,
         dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
+        root: mnt,
     })
 }
 
-/// A mount just made: its id, and its file system's device number.
-#[derive(Debug, Clone, Copy)]
-pub struct NewMount {
+/// A mount made here, held by a descriptor of its root for as long as it is ours: its id
+/// cannot be given to another mount meanwhile, and it is unmounted through that descriptor,
+/// never by walking a path (which another user could by then have made lead elsewhere, or
+/// into a file system of theirs that never answers).
+#[derive(Debug)]
+pub struct HeldMount {
     pub id: u64,
+    /// Its file system's device number.
     pub dev: u64,
+    root: OwnedFd,
 }
 
-/// `statx` of what `fd` holds, asking nothing of its file system: on a FUSE mount a plain
-/// stat is a request, which a server not serving yet (or stalled) would never answer.
+impl HeldMount {
+    /// Whether it is still attached (not unmounted from outside).
+    pub fn attached(&self) -> bool {
+        mount_info(self.id).is_ok_and(|m| m.is_some())
+    }
+
+    /// Detaches it even while in use (`MNT_DETACH`); one unmounted from outside already is
+    /// no error. The descriptor goes with it, which lets the kernel end the file system.
+    pub fn detach(self) -> std::io::Result<()> {
+        match rustix::mount::unmount(proc_path(&self.root), UnmountFlags::DETACH) {
+            Ok(()) | Err(rustix::io::Errno::INVAL) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Unmounts it unless it is in use (`EBUSY`: it stays, held again, and is handed back
+    /// with the error). Our own descriptor would make it busy, so it goes first and the
+    /// unmount goes through the parent directory's descriptor (opened from the mount, not by
+    /// path) and the mountpoint's name there, not followed (a mountpoint cannot be renamed).
+    pub fn unmount(self) -> Result<(), (Option<HeldMount>, std::io::Error)> {
+        let at = match mount_info(self.id) {
+            Ok(Some((at, _))) => at,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err((Some(self), e)),
+        };
+        let Some(name) = at.file_name().map(|n| n.to_owned()) else {
+            let e = std::io::Error::other(format!("{} has no name", at.display()));
+            return Err((Some(self), e));
+        };
+        let parent = match rustix::fs::openat(
+            &self.root,
+            "..",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
+            Ok(p) => p,
+            Err(e) => return Err((Some(self), e.into())),
+        };
+        let reopen = |id: u64| -> std::io::Result<OwnedFd> {
+            let there = rustix::fs::openat(
+                &parent,
+                &name,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::empty(),
+            )?;
+            if statx_now(&there)?.stx_mnt_id != id {
+                return Err(std::io::Error::other(format!(
+                    "{} is not where mount {id} is",
+                    at.display()
+                )));
+            }
+            Ok(there)
+        };
+        if let Err(e) = reopen(self.id) {
+            return Err((Some(self), e));
+        }
+        let HeldMount { id, dev, root } = self;
+        drop(root);
+        match rustix::mount::unmount(proc_path(&parent).join(&name), UnmountFlags::NOFOLLOW) {
+            Ok(()) => Ok(()),
+            // Still mounted, so its id is still its own: held again.
+            Err(e) => {
+                let held = reopen(id).ok().map(|root| HeldMount { id, dev, root });
+                Err((held, e.into()))
+            }
+        }
+    }
+}
+
+/// `statx` of what `fd` holds for its mount id, device and mount-root attribute, asking
+/// nothing of its file system: on a FUSE mount a stat is a request, which a server not
+/// serving yet (or stalled) would never answer, and a FUSE mount that only its owner may
+/// enter answers an empty request mask (and only that) to others too.
 fn statx_now(fd: &impl AsFd) -> rustix::io::Result<rustix::fs::Statx> {
     rustix::fs::statx(
         fd,
         "",
         AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC,
-        StatxFlags::MNT_ID,
+        StatxFlags::empty(),
     )
 }
 
@@ -250,16 +355,17 @@ pub fn mount_at(path: &Path) -> std::io::Result<(u64, bool)> {
     Ok((st.stx_mnt_id, root))
 }
 
-/// Unmounts mount `id`, found where `/proc/self/mountinfo` now shows it, through a
-/// descriptor of its root checked to be that mount, of type `kind`; `lazy` detaches it even
-/// while in use. `Ok(false)`: no such mount any more.
-pub fn detach(id: u64, kind: &str, lazy: bool) -> std::io::Result<bool> {
-    let Some((at, found)) = mount_info(id)? else {
+/// Detaches mount `id` of type `kind` after a daemon that held it died (nobody holds its
+/// descriptor now), if `/proc/self/mountinfo` still shows it at `path`: through a
+/// descriptor of `path` checked to be that mount. `Ok(false)`: it is not there.
+pub fn detach_left(id: u64, path: &Path, kind: &str) -> std::io::Result<bool> {
+    let here = mount_info(id)?.is_some_and(|(at, k)| at == path && k == kind);
+    if !here {
         return Ok(false);
-    };
+    }
     let fd = rustix::fs::openat(
         CWD,
-        &at,
+        path,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
     )?;
@@ -267,27 +373,10 @@ pub fn detach(id: u64, kind: &str, lazy: bool) -> std::io::Result<bool> {
     let is_root = st
         .stx_attributes
         .contains(rustix::fs::StatxAttributes::MOUNT_ROOT);
-    if st.stx_mnt_id != id || !is_root || found != kind {
-        return Err(std::io::Error::other(format!(
-            "{} is no longer mount {id} (it moved while being unmounted)",
-            at.display()
-        )));
+    if st.stx_mnt_id != id || !is_root {
+        return Ok(false);
     }
-    if lazy {
-        rustix::mount::unmount(proc_path(&fd), UnmountFlags::DETACH)?;
-    } else {
-        // The descriptor itself would make the mount busy: it goes first, and the path just
-        // checked (its last component not followed) is unmounted; the id is then looked for
-        // again, so a path that changed in between is at least said.
-        drop(fd);
-        rustix::mount::unmount(&at, UnmountFlags::NOFOLLOW)?;
-        if mount_info(id)?.is_some() {
-            return Err(std::io::Error::other(format!(
-                "{} changed while being unmounted; mount {id} is still there",
-                at.display()
-            )));
-        }
-    }
+    rustix::mount::unmount(proc_path(&fd), UnmountFlags::DETACH)?;
     Ok(true)
 }
 

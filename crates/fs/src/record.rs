@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -39,7 +40,16 @@ impl Recorder {
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let tmp = path.with_extension("tmp");
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+        // Made new, never opened through what is there (a FIFO would hold the writer until
+        // someone reads it; a link would send the list elsewhere): a leftover is removed
+        // first.
+        let _ = std::fs::remove_file(&tmp);
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        let mut f = std::io::BufWriter::new(file);
         writeln!(f, "{HEADER}")?;
         for (id, len) in &g.0 {
             writeln!(f, "{} {len}", id.to_hex())?;
@@ -49,9 +59,35 @@ impl Recorder {
     }
 }
 
+/// The largest prefetch list read (a line is about 80 bytes: millions of objects).
+const MAX_LIST: u64 = 256 << 20;
+
+/// A list file's bytes: a regular file (opened without waiting: a FIFO would hold the
+/// reader until someone writes), at most [`MAX_LIST`].
+fn read_list(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_LIST {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than a prefetch list's {MAX_LIST}",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::new();
+    f.take(MAX_LIST).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads a prefetch list written by [`Recorder::save`].
 pub fn load(path: &Path) -> Result<Vec<(ObjectId, u64)>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = read_list(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let not_list = || {
         format!(
             "{}: not a prefetch list (its first line is not {HEADER:?})",

@@ -13,7 +13,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::transport::{FuseChannel, FuseSession};
 
 use crate::imagefs::ImageFs;
-use crate::mountpoint::Pinned;
+use crate::mountpoint::{HeldMount, Pinned};
 use std::os::unix::fs::OpenOptionsExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,19 +27,23 @@ pub enum MountError {
 pub struct Mounted {
     /// Where it was mounted (as the path read then; it may have moved since).
     pub mountpoint: PathBuf,
-    /// The kernel's id of the mount: what unmounting finds it by.
+    /// The kernel's id of the mount.
     pub mount_id: u64,
     pub fs: Arc<ImageFs>,
+    /// Held until unmounted (None after).
+    mount: Option<HeldMount>,
     session: FuseSession,
     threads: Vec<JoinHandle<()>>,
     live: Arc<AtomicUsize>,
 }
 
-/// Who a mount is shown as owned by (`user_id`, `group_id` in the mount's options).
+/// Who a mount is shown as owned by (`user_id`, `group_id` in the mount's options), and
+/// whether others may enter it.
 #[derive(Debug, Clone, Copy)]
 pub struct Owner {
     pub uid: u32,
     pub gid: u32,
+    pub allow_other: bool,
 }
 
 /// Mounts `fs` read-only onto the pinned directory `at` (checked by the caller), served by
@@ -54,8 +58,9 @@ pub fn mount(
     let s = serve_at(fs.clone(), at, owner, threads)?;
     Ok(Mounted {
         mountpoint: at.shown.clone(),
-        mount_id: s.mount_id,
+        mount_id: s.mount.id,
         fs,
+        mount: Some(s.mount),
         session: s.session,
         threads: s.threads,
         live: s.live,
@@ -63,7 +68,7 @@ pub fn mount(
 }
 
 struct Serving {
-    mount_id: u64,
+    mount: HeldMount,
     session: FuseSession,
     threads: Vec<JoinHandle<()>>,
     live: Arc<AtomicUsize>,
@@ -96,15 +101,12 @@ where
             uid: owner.uid,
             gid: owner.gid,
             max_read: session.bufsize(),
+            allow_other: owner.allow_other,
         },
     )?;
-    let mount_id = made.id;
-    let unmount = || {
-        let _ = crate::mountpoint::detach(mount_id, crate::mountpoint::FUSE_TYPE, true);
-    };
     // The channels poll the connection and must not block in read.
     if let Err(e) = rustix::fs::fcntl_setfl(&dev, rustix::fs::OFlags::NONBLOCK) {
-        unmount();
+        let _ = made.detach();
         return Err(io_err(e.into()));
     }
     session.set_fuse_file(dev);
@@ -132,7 +134,7 @@ where
         match started {
             Ok(h) => handles.push(h),
             Err(e) => {
-                unmount();
+                let _ = made.detach();
                 let _ = session.wake();
                 return Err(e);
             }
@@ -140,7 +142,7 @@ where
     }
     set_readahead(made.dev, READ_AHEAD_KB);
     Ok(Serving {
-        mount_id,
+        mount: made,
         session,
         threads: handles,
         live,
@@ -198,17 +200,21 @@ fn answer_eio(answers: &File, h: &InHeader) {
 }
 
 impl Mounted {
-    /// False once the kernel ended the session (unmounted from outside).
+    /// False once unmounted, from outside too (the kernel ended the session, or the mount is
+    /// no longer attached).
     pub fn is_live(&self) -> bool {
-        self.live.load(Ordering::SeqCst) > 0
+        self.live.load(Ordering::SeqCst) > 0 && self.mount.as_ref().is_some_and(|m| m.attached())
     }
 
     /// Unmounts (found by its mount id, wherever it is now) and waits for the serving
     /// threads. A mount already gone from outside is no error.
     pub fn unmount(&mut self) -> Result<(), MountError> {
-        let r = crate::mountpoint::detach(self.mount_id, crate::mountpoint::FUSE_TYPE, true)
-            .map(|_| ())
-            .map_err(|e| MountError::Fuse(self.mountpoint.clone(), e.to_string()));
+        let r = match self.mount.take() {
+            Some(m) => m
+                .detach()
+                .map_err(|e| MountError::Fuse(self.mountpoint.clone(), e.to_string())),
+            None => Ok(()),
+        };
         let _ = self.session.wake();
         if r.is_ok() {
             for h in self.threads.drain(..) {
@@ -351,14 +357,18 @@ mod tests {
             );
         }
         assert_eq!(s.live.load(Ordering::SeqCst), 1);
-        assert!(crate::mountpoint::detach(s.mount_id, crate::mountpoint::FUSE_TYPE, true).unwrap());
+        s.mount.detach().unwrap();
         let _ = s.session.wake();
         for h in s.threads {
             h.join().unwrap();
         }
     }
 
-    const ROOT: Owner = Owner { uid: 0, gid: 0 };
+    const ROOT: Owner = Owner {
+        uid: 0,
+        gid: 0,
+        allow_other: true,
+    };
 
     /// The name swapped for a link to another directory after the pin: the mount goes onto
     /// the directory pinned, the link's target is untouched, and unmounting finds the
@@ -383,29 +393,42 @@ mod tests {
         let (id, root) = crate::mountpoint::mount_at(&moved).unwrap();
         assert_eq!(
             (id, root),
-            (s.mount_id, true),
+            (s.mount.id, true),
             "mounted where the pinned directory is"
         );
         let (victim_id, victim_root) = crate::mountpoint::mount_at(&victim).unwrap();
         assert!(
-            victim_id != s.mount_id && !victim_root,
+            victim_id != s.mount.id && !victim_root,
             "nothing mounted on the link's target"
         );
-        let (where_now, kind) = crate::mountpoint::mount_info(s.mount_id).unwrap().unwrap();
+        let (where_now, kind) = crate::mountpoint::mount_info(s.mount.id).unwrap().unwrap();
         assert_eq!(
             (where_now, kind.as_str()),
             (moved.clone(), crate::mountpoint::FUSE_TYPE)
         );
-        // Moved again before the unmount: found by its id all the same.
+        // Moved again before the unmount: unmounted through the descriptor held, wherever
+        // it is now.
         std::fs::rename(dir.path().join("b"), dir.path().join("c")).unwrap();
-        assert!(crate::mountpoint::detach(s.mount_id, crate::mountpoint::FUSE_TYPE, true).unwrap());
+        assert!(s.mount.attached());
+        let id = s.mount.id;
+        // In use: not unmounted, handed back held; free: unmounted.
+        let busy = rustix::fs::open(
+            dir.path().join("c/mnt"),
+            rustix::fs::OFlags::PATH,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let (held, e) = s.mount.unmount().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBUSY), "{e}");
+        let held = held.expect("held again");
+        assert!(held.attached());
+        drop(busy);
+        held.unmount().unwrap();
+        assert!(crate::mountpoint::mount_info(id).unwrap().is_none());
         assert!(
             !crate::mountpoint::mount_at(&dir.path().join("c/mnt"))
                 .unwrap()
                 .1
-        );
-        assert!(
-            !crate::mountpoint::detach(s.mount_id, crate::mountpoint::FUSE_TYPE, true).unwrap()
         );
         let _ = s.session.wake();
         for h in s.threads {
