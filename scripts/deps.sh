@@ -8,7 +8,7 @@ set -euo pipefail
 # mtree verification; the nested test host that boots `starling run`).
 starling_deps=(libclang-dev libnftnl-dev libmnl-dev pkg-config gcc libc6-dev binutils debootstrap libarchive-tools attr zstd tar gzip util-linux python3 e2fsprogs busybox-static qemu-system-x86)
 # The format owners' tools and servers the tests use as judges and peers.
-starling_test_deps=(groff-base python3-prometheus-client python3-cryptography openssl docker-registry apache2-utils iproute2 iputils-ping systemd bsdutils qemu-utils qemu-system-x86 busybox-static cpio libc6-dev binutils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx squid)
+starling_test_deps=(groff-base python3-prometheus-client python3-cryptography openssl docker-registry apache2-utils iproute2 iputils-ping systemd bsdutils qemu-utils qemu-system-x86 busybox-static cpio libc6-dev binutils fdisk erofs-utils umoci skopeo rpm curl python3-venv nginx squid dmsetup)
 
 install_deps() {
   local missing p round sudo=""

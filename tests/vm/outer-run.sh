@@ -3,7 +3,7 @@
 # inner guest with Starling's VMM and reports. Lines start with "host:"; the inner guest's
 # console passes through.
 #
-# The work is split into scenarios (boot, fork, pool, run, hold), run in the order given by
+# The work is split into scenarios (boot, fork, pool, run, hold, power), run in the order given by
 # `starling.scenarios=NAME:SECONDS,...` on the kernel command line, each framed by
 # "host: scenario NAME begins" / "host: scenario NAME done" and given SECONDS in all: a
 # scenario still running then has its processes killed and is reported done (and judged, so
@@ -523,6 +523,64 @@ scenario_net() {
   wait_for $vm 20
   echo "host: nat vm exit status $?"
   echo "host: nat tap after the VM: $(ip link show stap1 > /dev/null 2>&1 && echo still there || echo gone)"
+}
+
+# A power cut under the store (issue 18): the store on ext4 on device-mapper's flakey target
+# over a loop device. At a point of an import the device starts dropping every write while
+# telling the kernel it wrote it (nothing after the cut reaches the disk), the import runs on
+# to its end, and the file system is mounted again from what the disk holds (its journal
+# replayed). The store must then be whole — `store fsck` clean: every object whole, every
+# tagged version complete —, a version cut mid-import absent or whole, an import that had
+# returned before the cut there, and the next round's import taken. Rounds 1-6 cut at sixths
+# of the time a first, uncut import took; rounds 7-8 cut the moment the import returns.
+scenario_power() {
+  export DM_DISABLE_UDEV=1
+  loop=$(losetup -f)
+  losetup "$loop" /vm/power.img || { echo "host: power no loop device"; return; }
+  sectors=$(blockdev --getsz "$loop")
+  up="0 $sectors flakey $loop 0 100000 0"
+  cut="0 $sectors flakey $loop 0 0 100000 1 drop_writes"
+  dmsetup create power --table "$up" || { echo "host: power no dm-flakey"; return; }
+  mkdir -p /mnt/power
+  # What is imported: the test host's own programs and modules (the starling binary among
+  # them: tens of MiB, some seconds of chunking here).
+  mkdir -p /tmp/power-src && cp -a /bin /lib /tmp/power-src/ 2>/dev/null
+  centis() { read up _ < /proc/uptime; echo "${up%.*}${up#*.}"; }
+  store=/mnt/power/store
+  mount /dev/mapper/power /mnt/power
+  t0=$(centis)
+  /bin/starling --store $store image import /tmp/power-src power:r0 > /dev/null 2>&1
+  took=$(( ($(centis) - t0) * 10 ))
+  umount /mnt/power
+  echo "host: power an uncut import took $took ms"
+  for round in 1 2 3 4 5 6 7 8; do
+    mount /dev/mapper/power /mnt/power || { echo "host: power round $round mount failed"; break; }
+    echo "round $round" > /tmp/power-src/round
+    ( /bin/starling --store $store image import /tmp/power-src "power:r$round" > /dev/null 2>&1
+      echo $? > /tmp/power-import ) &
+    imp=$!
+    if [ "$round" -le 6 ]; then
+      ms=$(( took * round / 7 + RANDOM % 200 ))
+      sleep "$((ms / 1000)).$(printf %03d $((ms % 1000)))"
+      at="$ms ms"
+    else
+      wait_for $imp 120
+      at="the import's return"
+    fi
+    dmsetup suspend power && dmsetup load power --table "$cut" && dmsetup resume power
+    wait_for $imp 120
+    umount /mnt/power
+    dmsetup suspend power && dmsetup load power --table "$up" && dmsetup resume power
+    mount /dev/mapper/power /mnt/power || { echo "host: power round $round remount failed"; break; }
+    timeout 120 /bin/starling --store $store store fsck > /tmp/power-fsck 2>&1
+    fsck=$?
+    timeout 60 /bin/starling --store $store image ls > /tmp/power-ls 2>&1
+    echo "host: power round $round cut at $at: import status $(cat /tmp/power-import) fsck status $fsck versions $(grep -c '^power ' /tmp/power-ls) this round's $(grep -c " r$round " /tmp/power-ls)"
+    [ "$fsck" = 0 ] || sed 's/^/host: power fsck: /' /tmp/power-fsck | head -20
+    umount /mnt/power
+  done
+  dmsetup remove power
+  losetup -d "$loop"
 }
 
 run_scenario() { # NAME SECONDS

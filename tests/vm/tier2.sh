@@ -86,8 +86,19 @@ else
     rm -f run.img && mkfs.ext4 -q -F -d run-disk run.img 2G
   fi
 
-  "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel,virtio_pci,virtio_blk,tun,bridge,nf_tables,nft_chain_nat,nft_nat,nft_masq \
-    --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" \
+  # The power scenario: dmsetup and its libraries, and a blank ext4 for its store (mostly
+  # zeros: little in the compressed initramfs).
+  dm_add=()
+  if command -v dmsetup > /dev/null; then
+    dm_add=(--add "$(command -v dmsetup):/bin/dmsetup")
+    for lib in $(ldd "$(command -v dmsetup)" | grep -o '/[^ ]*'); do
+      dm_add+=(--add "$(realpath "$lib"):$lib")
+    done
+  fi
+  rm -f power.img && mkfs.ext4 -q -F power.img 96M
+  "$starling" vm initramfs --kernel-image "$image" --modules kvm_amd,kvm_intel,virtio_pci,virtio_blk,tun,bridge,nf_tables,nft_chain_nat,nft_nat,nft_masq,loop,dm_flakey \
+    --add "$work/starling.bin:/bin/starling" "${vmm_add[@]}" "${libs[@]}" "${dm_add[@]}" \
+    --add "$work/power.img:/vm/power.img" \
     --add "$work/vmlinuz:/vm/vmlinuz" --add "$work/vmlinux:/vm/vmlinux" --add "$work/inner.img:/vm/inner.img" \
     --add "$work/disk.img:/vm/disk.img" --add "${OUTER_RUN:-$here/outer-run.sh}:/etc/starling/run" \
     $(for f in ${OUTER_ADD:-}; do printf -- '--add %s ' "$f"; done) \

@@ -63,13 +63,14 @@ fn host_death(console: &str, work: &Path) -> Option<String> {
 
 /// The scenarios in order and the seconds each may take in all (outer-run.sh kills what is
 /// left of a scenario then and reports it done, so it is judged: a hung Starling fails).
-const SCENARIOS: [(&str, u64); 6] = [
+const SCENARIOS: [(&str, u64); 7] = [
     ("boot", 240),
     ("fork", 180),
     ("pool", 180),
     ("net", 330),
     ("run", 600),
     ("hold", 420),
+    ("power", 360),
 ];
 /// Booting the test host and loading its KVM modules, before the first scenario.
 const HOST_BOOT: u64 = 90;
@@ -777,6 +778,50 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     starling_testkit::note(
         "TIER2",
         &format!("starling run fetched {one} bytes for an image of {image_bytes}"),
+    );
+
+    // A power cut under the store, 8 times (outer-run.sh's power scenario): after each, the
+    // file system mounted from what the disk held has a whole store (fsck clean: every object
+    // whole, every tagged version complete), and the next import goes in.
+    let took = line(&log, "host: power an uncut import took ");
+    let rounds: Vec<&str> = log
+        .lines()
+        .map(|l| l.trim_end_matches('\r'))
+        .filter(|l| l.starts_with("host: power round "))
+        .collect();
+    assert_eq!(rounds.len(), 8, "{log}");
+    for r in &rounds {
+        assert!(
+            r.contains("import status 0 ") && r.contains(" fsck status 0 "),
+            "{r}\n{log}"
+        );
+    }
+    let this_round = |r: &str| -> u64 {
+        r.rsplit("this round's ")
+            .next()
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{r}"))
+    };
+    // Cut the moment `image import` returned: the version it reported is on the disk.
+    for r in &rounds[6..] {
+        assert!(
+            r.contains("cut at the import's return") && this_round(r) == 1,
+            "{r}"
+        );
+    }
+    // Cut mid-import: the version is then absent (its objects partly written), which the
+    // rounds are for; or whole, had the import ended first.
+    let torn = rounds[..6].iter().filter(|r| this_round(r) == 0).count();
+    assert!(
+        torn >= 1,
+        "no cut landed before an import's end ({took}): {rounds:?}"
+    );
+    starling_testkit::note(
+        "TIER2",
+        &format!(
+            "power cuts: 8 rounds ({took}), {torn} of 6 cut mid-import (that version absent), \
+             2 cut at the import's return (kept); fsck clean after each"
+        ),
     );
 
     // Directly on this host too, where its KVM can boot Linux.
