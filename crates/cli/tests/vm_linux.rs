@@ -783,7 +783,7 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
     // A power cut under the store, 8 times (outer-run.sh's power scenario): after each, the
     // file system mounted from what the disk held has a whole store (fsck clean: every object
     // whole, every tagged version complete), and the next import goes in.
-    let took = line(&log, "host: power an uncut import took ");
+    let took = line(&log, "host: power an uncut import took ").trim_start_matches("host: power ");
     let rounds: Vec<&str> = log
         .lines()
         .map(|l| l.trim_end_matches('\r'))
