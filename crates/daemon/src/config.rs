@@ -447,6 +447,58 @@ mod tests {
         p
     }
 
+    /// `users`: unset and "none" serve nobody else, "all" everyone, a group its members
+    /// (the socket then that group's, 0660); an unknown group is refused by name.
+    #[test]
+    fn users_are_nobody_all_or_one_group_and_the_socket_follows() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: serving other users needs root (the check refuses it otherwise)");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let users = |v: &str| load(Some(&write(d.path(), v))).map(|c| c.users);
+        assert_eq!(users("").unwrap(), Users::Nobody);
+        assert_eq!(users("users = \"none\"").unwrap(), Users::Nobody);
+        assert_eq!(users("users = \"all\"").unwrap(), Users::All);
+        let e = users("users = \"no-such-group-here\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("users: no group \"no-such-group-here\" in /etc/group"),
+            "{e}"
+        );
+        // A group that every Debian system has.
+        let group = users("users = \"daemon\"").unwrap();
+        assert_eq!(
+            group,
+            Users::Group {
+                name: "daemon".into(),
+                gid: 1
+            }
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        for (u, mode, gid) in [
+            (Users::Nobody, 0o600, 0),
+            (Users::All, 0o666, 0),
+            (group, 0o660, 1),
+        ] {
+            let sock = d.path().join("api.sock");
+            let _ = std::fs::remove_file(&sock);
+            let _l = crate::local::bind(&sock, &u).unwrap();
+            let m = std::fs::metadata(&sock).unwrap();
+            assert_eq!(
+                (m.permissions().mode() & 0o777, m.gid()),
+                (mode, gid),
+                "{u}"
+            );
+        }
+    }
+
     #[test]
     fn a_whole_file_is_read_with_paths_relative_to_it() {
         let d = tempfile::tempdir().unwrap();

@@ -101,7 +101,8 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, OwnL
 async fn refuse(mut s: UnixStream, uid: Option<u32>, me: u32) {
     let body = serde_json::json!({
         "error": format!(
-            "starlingd serves its own user ({me}) and root only, not user {}",
+            "starlingd serves its own user ({me}) and root only, not user {}; its \
+             configuration's `users` key lets other users mount images (docs/config.md)",
             uid.map_or("unknown".into(), |u| u.to_string())
         )
     })
