@@ -228,13 +228,17 @@ fn mount_new(
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
     )
     .map_err(|e| err("move_mount", e))?;
-    let st = statx_now(&mnt).map_err(|e| err("statx", e))?;
-    if st.stx_mask & StatxFlags::MNT_ID.bits() == 0 || st.stx_mnt_id == 0 {
-        return Err(err(
-            "statx (mount ids need Linux 5.8)",
-            rustix::io::Errno::NOSYS,
-        ));
-    }
+    // Attached now: a failure from here on takes it down again.
+    let st = match statx_now(&mnt) {
+        Ok(st) if st.stx_mask & StatxFlags::MNT_ID.bits() != 0 && st.stx_mnt_id != 0 => st,
+        other => {
+            let _ = rustix::mount::unmount(proc_path(&mnt), UnmountFlags::DETACH);
+            return Err(match other {
+                Err(e) => err("statx", e),
+                Ok(_) => err("statx (mount ids need Linux 5.8)", rustix::io::Errno::NOSYS),
+            });
+        }
+    };
     Ok(HeldMount {
         id: st.stx_mnt_id,
         dev: rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor),
