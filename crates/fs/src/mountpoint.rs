@@ -75,11 +75,7 @@ impl Pinned {
 
     /// The id of the mount the directory is on, and whether it is that mount's root.
     pub fn mount_id(&self) -> Result<(u64, bool), MountError> {
-        let st = statx_now(&self.fd).map_err(|e| self.bad(e.to_string()))?;
-        let root = st
-            .stx_attributes
-            .contains(rustix::fs::StatxAttributes::MOUNT_ROOT);
-        Ok((st.stx_mnt_id, root))
+        mount_of(&self.fd).map_err(|e| self.bad(e.to_string()))
     }
 
     fn bad(&self, why: impl Into<String>) -> MountError {
@@ -352,7 +348,12 @@ pub fn mount_at(path: &Path) -> std::io::Result<(u64, bool)> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
-    let st = statx_now(&fd)?;
+    Ok(mount_of(&fd)?)
+}
+
+/// The id of the mount `fd` is on, and whether it is that mount's root.
+fn mount_of(fd: &impl AsFd) -> rustix::io::Result<(u64, bool)> {
+    let st = statx_now(fd)?;
     let root = st
         .stx_attributes
         .contains(rustix::fs::StatxAttributes::MOUNT_ROOT);
@@ -373,11 +374,7 @@ pub fn detach_left(id: u64, path: &Path, kind: &str) -> std::io::Result<bool> {
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
         Mode::empty(),
     )?;
-    let st = statx_now(&fd)?;
-    let is_root = st
-        .stx_attributes
-        .contains(rustix::fs::StatxAttributes::MOUNT_ROOT);
-    if st.stx_mnt_id != id || !is_root {
+    if mount_of(&fd)? != (id, true) {
         return Ok(false);
     }
     rustix::mount::unmount(proc_path(&fd), UnmountFlags::DETACH)?;
