@@ -45,6 +45,10 @@ impl CloneNetworks {
         let (Some(_), Some(helper)) = (ip, std::env::var_os(HELPER_VAR)) else {
             return Ok(None);
         };
+        if crate::jail::jailed() {
+            // The helper is not in the jail (and needs privileges the monitor gave up).
+            return Ok(None);
+        }
         let helper = PathBuf::from(helper);
         let pid = std::process::id().to_string();
         let out = run(

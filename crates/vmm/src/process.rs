@@ -80,6 +80,17 @@ fn run_vm(mut start: Start) -> (u8, String) {
     // The key that signs and checks snapshot states is read (or made, the first time) while
     // files may still be created: the filter allows neither linking nor the key's directory.
     crate::snapshot::key::prepare();
+    // The jail (when asked for) is entered now, while this process has one thread: it changes
+    // what the build can see and who it is.
+    match crate::jail::settings() {
+        Ok(Some(settings)) => {
+            if let Err(e) = crate::jail::plan::enter(&settings, &mut start) {
+                return not_started(e);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => return not_started(e),
+    }
     // The seccomp filter is compiled and installed (for every thread) on a thread of its own
     // while the VM is built, off the path to the guest's first instruction: installing it costs
     // about half a millisecond (the kernel checks the program and precomputes which calls it

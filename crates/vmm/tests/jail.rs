@@ -244,3 +244,333 @@ fn the_monitor_and_its_clones_run_under_one_filter_with_no_new_privs() {
     restored.kill().unwrap();
     restored.wait().unwrap();
 }
+
+/// A status line's value (`Uid:`, `CapEff:` …) of process `pid`.
+fn status_field(pid: u32, name: &str) -> String {
+    let status = read(&PathBuf::from(format!("/proc/{pid}/status")));
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
+}
+
+/// Whose a process is and what it may still do: (Uid, Gid, CapEff, CapBnd, NoNewPrivs).
+fn identity(pid: u32) -> [String; 5] {
+    ["Uid:", "Gid:", "CapEff:", "CapBnd:", "NoNewPrivs:"].map(|f| status_field(pid, f))
+}
+
+fn mount_ns(pid: u32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap()
+}
+
+fn jailed(c: &VmConfig) -> Command {
+    let mut cmd = monitor(c);
+    cmd.env("STARLING_JAIL", "on")
+        .env_remove("STARLING_JAIL_USER")
+        .env_remove("STARLING_JAIL_MEMORY_MAX")
+        .env_remove("STARLING_JAIL_PIDS_MAX")
+        .env_remove("STARLING_JAIL_SHOW");
+    cmd
+}
+
+/// A monitor killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabilities() {
+    let g = guests_or_skip!();
+    if !is_root() {
+        starling_testkit::skip("the jail needs root to make its namespace and drop to a user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Something beside the VM's files that the monitor must not see.
+    std::fs::write(dir.path().join("secret"), "not for the guest").unwrap();
+    let run = dir.path().join("run");
+    let mut c = config(g, "counter", dir.path());
+    let sock = run.join("api.sock");
+    c.api_socket = Some(sock.clone());
+    c.vsock = Some(VsockConfig {
+        cid: 3,
+        path: run.join("vsock.sock"),
+    });
+    let mut vm = Killed(jailed(&c).stderr(Stdio::piped()).spawn().unwrap());
+    let vm = &mut vm.0;
+    let log = dir.path().join("console.log");
+    wait_for("the jailed guest's ticks", 60, || {
+        read(&log).matches("tick").count() >= 3 && sock.exists()
+    });
+    let pid = vm.id();
+    let uid = (starling_vmm::jail::user::FIRST_UID + pid).to_string();
+    let ids = format!("{uid} {uid} {uid} {uid}");
+    let zero = "0000000000000000".to_string();
+    assert_eq!(
+        identity(pid),
+        [
+            ids.clone(),
+            ids.clone(),
+            zero.clone(),
+            zero.clone(),
+            "1".into()
+        ],
+        "the monitor: Uid, Gid, CapEff, CapBnd, NoNewPrivs"
+    );
+    assert_eq!(confinement(pid).0, "2", "and its seccomp filter");
+    assert_ne!(mount_ns(pid), mount_ns(std::process::id()));
+
+    // Its root holds what the VM needs, at the paths it was named by, and nothing else.
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap());
+    assert!(inside(&g.pvh).is_file(), "the kernel is shown");
+    assert!(inside(&log).is_file(), "the console log is shown");
+    assert!(inside(&run).join("api.sock").exists(), "the run directory");
+    assert!(
+        !inside(&dir.path().join("secret")).exists(),
+        "a file beside them is not"
+    );
+    assert!(!root.join("etc/shadow").exists(), "nor the host's /etc");
+    assert!(!root.join("home").exists());
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let kvm = std::fs::metadata(root.join("dev/kvm")).unwrap();
+    assert!(kvm.file_type().is_char_device());
+    assert_eq!(
+        (kvm.uid().to_string(), kvm.mode() & 0o777),
+        (uid.clone(), 0o600)
+    );
+    // Its namespace holds these mounts and no others: the read-only root, its /proc (its own
+    // user's processes only, no /proc/sys), and each thing it was shown.
+    let mounts: Vec<(String, String)> = read(&PathBuf::from(format!("/proc/{pid}/mountinfo")))
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let sep = f.iter().position(|x| *x == "-").unwrap();
+            (
+                f[4].to_string(),
+                format!("{} {} {}", f[5], f[sep + 1], f[sep + 3]),
+            )
+        })
+        .collect();
+    let of = |p: &str| {
+        mounts
+            .iter()
+            .find(|(m, _)| m == p)
+            .map(|(_, o)| o.clone())
+            .unwrap_or_else(|| panic!("no mount at {p}: {mounts:#?}"))
+    };
+    assert!(of("/").starts_with("ro,"), "{}", of("/"));
+    let proc_opts = of("/proc");
+    assert!(
+        proc_opts.contains("hidepid=invisible") && proc_opts.contains("subset=pid"),
+        "{proc_opts}"
+    );
+    assert!(of(&run.display().to_string()).starts_with("rw,nosuid,nodev,noexec"));
+    assert!(of(&g.pvh.display().to_string()).starts_with("ro,nosuid,nodev,noexec"));
+    for (m, _) in &mounts {
+        let expected = m == "/"
+            || m == "/proc"
+            || m.starts_with("/sys/kernel/mm/transparent_hugepage")
+            || Path::new(m) == g.pvh
+            || Path::new(m) == log
+            || Path::new(m) == run
+            || Path::new(m) == Path::new(env!("CARGO_BIN_EXE_starling-vmm"))
+            || m.contains("/lib");
+        assert!(
+            expected,
+            "an unexpected mount in the jail: {m}: {mounts:#?}"
+        );
+    }
+    // The run directory is the jail user's, private; the root is read-only to it.
+    let run_md = std::fs::metadata(&run).unwrap();
+    assert_eq!(
+        (
+            run_md.uid().to_string(),
+            run_md.permissions().mode() & 0o777
+        ),
+        (uid.clone(), 0o700)
+    );
+
+    // Its clones are born in the same jail, as the same user, under the same filter.
+    let (code, info) = api(&sock, "POST", "/v1/vm/fork", r#"{"count": 1}"#);
+    assert_eq!(code, 200, "{info}");
+    let clone = &info["clones"][0];
+    let clone_pid = clone["pid"].as_u64().unwrap() as u32;
+    let clone_log = PathBuf::from(clone["dir"].as_str().unwrap()).join("console.log");
+    wait_for("the clone's ticks", 60, || {
+        read(&clone_log).matches("tick").count() >= 3
+    });
+    assert_eq!(
+        identity(clone_pid),
+        [
+            ids.clone(),
+            ids.clone(),
+            zero.clone(),
+            zero.clone(),
+            "1".into()
+        ],
+        "the clone"
+    );
+    assert_eq!(mount_ns(clone_pid), mount_ns(pid), "the clone's namespace");
+    assert_eq!(confinement(clone_pid), ("2".into(), "1".into(), "1".into()));
+
+    // A snapshot goes where the jail shows (the run directory), and nowhere else.
+    let (code, info) = api(
+        &sock,
+        "POST",
+        "/v1/vm/snapshot",
+        &format!(r#"{{"dir": "{}"}}"#, dir.path().join("outside").display()),
+    );
+    assert_ne!(code, 200, "a snapshot outside the jail: {info}");
+    let said = info["error"].as_str().unwrap_or_default();
+    assert!(
+        said.contains("outside (a jailed monitor writes only in its run directory"),
+        "{said}"
+    );
+    assert!(!dir.path().join("outside").exists());
+    let snap = run.join("snap");
+    let (code, info) = api(
+        &sock,
+        "POST",
+        "/v1/vm/snapshot",
+        &format!(r#"{{"dir": "{}", "stop": true}}"#, snap.display()),
+    );
+    assert_eq!(code, 200, "{info}");
+    vm.wait().unwrap();
+    let mut err = String::new();
+    vm.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!err.contains("seccomp stopped"), "{err}");
+    // SAFETY: SIGKILL to the clone's pid, which the fork answer named; at worst it is gone.
+    unsafe { libc::kill(clone_pid as i32, libc::SIGKILL) };
+
+    // Restored in a jail of its own, the snapshot shown read-only.
+    let restored_log = dir.path().join("restored.log");
+    let spec = starling_vmm::RestoreSpec {
+        dir: snap.clone(),
+        console: Some(Console::File(restored_log.clone())),
+        run_dir: Some(dir.path().join("restored")),
+        ..Default::default()
+    };
+    let mut restored = Killed(
+        Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+            .arg("--restore-json")
+            .arg(serde_json::to_string(&spec).unwrap())
+            .env_remove("STARLING_SECCOMP")
+            .env_remove("STARLING_SECCOMP_INHERITED")
+            .env("STARLING_JAIL", "on")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let restored = &mut restored.0;
+    wait_for("the restored guest's ticks", 60, || {
+        read(&restored_log).matches("tick").count() >= 3
+    });
+    let r = restored.id();
+    // As the snapshot's VM's user (the guest is the same party), in a namespace of its own.
+    assert_eq!(status_field(r, "Uid:"), ids);
+    assert_ne!(mount_ns(r), mount_ns(std::process::id()));
+    assert_eq!(status_field(r, "CapEff:"), zero);
+    let rroot = PathBuf::from(format!("/proc/{r}/root"));
+    assert!(rroot
+        .join(snap.strip_prefix("/").unwrap())
+        .join("state")
+        .is_file());
+    assert!(
+        !rroot.join(log.strip_prefix("/").unwrap()).exists(),
+        "the first VM's console"
+    );
+    restored.kill().unwrap();
+    restored.wait().unwrap();
+}
+
+#[test]
+fn a_guest_that_takes_the_jailed_monitor_over_finds_no_host_files() {
+    let g = guests_or_skip!();
+    if !is_root() {
+        starling_testkit::skip("the jail needs root to make its namespace and drop to a user");
+        return;
+    }
+    // The probe port (test-only) makes the monitor open the host's /etc/shadow, as a guest that
+    // took it over would; with the filter off, so that the jail alone answers.
+    for (jail, opened) in [("off", true), ("on", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(g, "seccomp-probe exit=7", dir.path());
+        let out = monitor(&c)
+            .env("STARLING_SECCOMP_PROBE", "1")
+            .env("STARLING_SECCOMP", "off")
+            .env("STARLING_JAIL", jail)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(7), "jail {jail}: {err}");
+        let line = if opened {
+            "seccomp probe: open /etc/shadow opened".to_string()
+        } else {
+            "seccomp probe: open /etc/shadow failed: No such file or directory".to_string()
+        };
+        assert!(err.contains(&line), "jail {jail}: {err}");
+    }
+}
+
+#[test]
+fn a_jail_asked_for_wrongly_is_refused_in_one_line_before_anything_runs() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(g, "counter", dir.path());
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(" /sys/fs/cgroup ") && l.contains(" - cgroup2 "));
+    let mut cases = vec![
+        (
+            "STARLING_JAIL",
+            "yes",
+            "STARLING_JAIL=\"yes\": say on or off",
+        ),
+        (
+            "STARLING_JAIL_USER",
+            "root",
+            "STARLING_JAIL_USER=\"root\": say UID or UID:GID",
+        ),
+        (
+            "STARLING_JAIL_USER",
+            "0",
+            "STARLING_JAIL_USER=\"0\": say UID or UID:GID",
+        ),
+        (
+            "STARLING_JAIL_PIDS_MAX",
+            "many",
+            "STARLING_JAIL_PIDS_MAX=\"many\" is not a number",
+        ),
+    ];
+    if !cgroup2 {
+        cases.push((
+            "STARLING_JAIL_MEMORY_MAX",
+            "256M",
+            "memory and process limits need cgroup v2 mounted at /sys/fs/cgroup",
+        ));
+    }
+    for (k, v, said) in cases {
+        let out = jailed(&c).env(k, v).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{k}={v}: {err}");
+        assert!(err.contains(said), "{k}={v}: {err}");
+        assert_eq!(err.lines().count(), 1, "{k}={v}: one line: {err}");
+        assert!(
+            read(&dir.path().join("console.log")).is_empty(),
+            "{k}={v}: the guest ran"
+        );
+    }
+}

@@ -1,20 +1,28 @@
-//! The monitor's jail: what a guest that escapes the device model finds around it. Today that
-//! is a seccomp filter per kind of process (`filters.rs`: the monitor, the memory server) with
+//! The monitor's jail: what a guest that escapes the device model finds around it. Always,
+//! a seccomp filter per kind of process (`filters.rs`: the monitor, the memory server) with
 //! `no_new_privs`, installed on every thread while the VM is built and before the guest runs;
-//! a forbidden call ends the process with one line naming it (`sigsys.rs`). Namespaces,
-//! cgroups and a privilege drop are not here yet (docs/SECURITY.md says what that leaves).
+//! a forbidden call ends the process with one line naming it (`sigsys.rs`). With
+//! `STARLING_JAIL=on` (`plan.rs`), a monitor started as root also gets, before it builds
+//! anything: a cgroup v2 with memory and process limits (`cgroup.rs`), a mount namespace that
+//! shows it only its VM's files (`view.rs`), and a user of its own with no capabilities
+//! (`user.rs`). docs/SECURITY.md says what each leaves out.
 //!
 //! Processes a jailed monitor starts (clones, the network helper) inherit its
 //! filter: the monitor's list is therefore everything a `starling-vmm` does in its whole life,
 //! restores included. A memory server confines itself with a narrower filter of its own.
 //! `STARLING_SECCOMP=off` runs without filters, for debugging; clones inherit the setting.
 
+pub mod cgroup;
 mod filters;
+pub mod plan;
 pub mod sigsys;
+pub mod user;
+pub mod view;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use filters::Kind;
+pub use plan::{jailed, settings, Settings};
 pub use sigsys::FORBIDDEN_EXIT_STATUS;
 
 /// The variable that turns the filters off (`off`), inherited by whatever the monitor starts.
@@ -38,6 +46,23 @@ pub enum Error {
     Build { kind: &'static str, reason: String },
     #[error("installing the {kind} seccomp filter: {reason}")]
     Install { kind: &'static str, reason: String },
+    #[error("jail: {what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("jail: {reason}")]
+    Refused { reason: String },
+}
+
+impl Error {
+    fn setup(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Setup {
+            what: what.into(),
+            source,
+        }
+    }
 }
 
 /// How a process ended up.
@@ -63,6 +88,7 @@ pub fn disable() {
 
 /// Tells a monitor this one starts what its confinement is: off, or inherited.
 pub fn pass_on(cmd: &mut std::process::Command) {
+    plan::pass_on(cmd);
     if !seccomp_wanted() {
         cmd.env(SECCOMP_VAR, "off");
     } else if confined() {
@@ -142,7 +168,8 @@ fn under_a_filter() -> bool {
 
 /// The debugging path the guest reaches at `SECCOMP_PROBE_PORT` (only with [`PROBE_VAR`]):
 /// opens a raw packet socket, the kind of call a guest that took over the monitor would make
-/// to watch the host's network, and closes it at once.
+/// to watch the host's network, and closes it at once; then opens the host's `/etc/shadow`,
+/// which a jailed monitor does not see.
 pub struct Probe;
 
 impl crate::bus::BusDevice for Probe {
@@ -163,6 +190,15 @@ impl crate::bus::BusDevice for Probe {
                 "opened".to_string()
             } else {
                 format!("failed: {err}")
+            }
+        );
+        // What the host's files look like from here (the jail's point).
+        let shadow = std::fs::File::open("/etc/shadow");
+        eprintln!(
+            "starling-vmm: seccomp probe: open /etc/shadow {}",
+            match shadow {
+                Ok(_) => "opened".to_string(),
+                Err(e) => format!("failed: {e}"),
             }
         );
     }

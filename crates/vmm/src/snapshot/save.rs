@@ -11,6 +11,20 @@ use crate::persist::{Persist, SaveContext};
 use crate::virtio::state::{DeviceState, VirtioState};
 use crate::Error;
 
+/// What making a snapshot's or a fork's directory is called in an error; in a jail, where
+/// the jail lets the monitor write.
+fn creating(dir: &Path) -> String {
+    if crate::jail::jailed() {
+        format!(
+            "creating {} (a jailed monitor writes only in its run directory and the \
+             directories STARLING_JAIL_SHOW names)",
+            dir.display()
+        )
+    } else {
+        format!("creating {}", dir.display())
+    }
+}
+
 fn io_at(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
@@ -95,7 +109,7 @@ pub fn snapshot(
             reason: "the directory is not empty (a snapshot is never written over)".into(),
         });
     }
-    crate::private::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+    crate::private::create_dir_all(dir).map_err(io_at(creating(dir)))?;
     let r = write(m, info, clone_id, dir, freeze_dir);
     if r.is_err() {
         let _ = std::fs::remove_dir_all(dir);
@@ -151,7 +165,7 @@ pub fn freeze_for_fork(
             dir.display()
         )));
     }
-    crate::private::create_dir_all(dir).map_err(io_at(format!("creating {}", dir.display())))?;
+    crate::private::create_dir_all(dir).map_err(io_at(creating(dir)))?;
     let (state, memfd) = capture(m, info, clone_id, Some(freeze_dir), None, |ram| {
         ram.freeze().map_err(io_at("freezing guest memory".into()))
     })?;
