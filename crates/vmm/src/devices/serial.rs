@@ -233,17 +233,37 @@ pub fn flush_attached(limit: Duration) {
     }
 }
 
+/// Console files opened before the monitor gave up its rights (a jailed monitor's), by path.
+static PREOPENED: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
+
+/// Opens the console file `path` now, as the VM's console will want it, for the VM built
+/// later in this process: a jailed monitor opens its caller's file while it still may.
+pub fn preopen(path: &Path) -> std::io::Result<()> {
+    let file = open_console_file(path)?;
+    PREOPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((path.to_path_buf(), file));
+    Ok(())
+}
+
+// What the guest prints is its owner's: a console file the monitor creates is 0600.
+fn open_console_file(path: &Path) -> std::io::Result<File> {
+    let mut preopened = PREOPENED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = preopened.iter().position(|(p, _)| p == path) {
+        return Ok(preopened.swap_remove(i).1);
+    }
+    std::os::unix::fs::OpenOptionsExt::mode(
+        File::options().write(true).create(true).truncate(true),
+        0o600,
+    )
+    .open(path)
+}
+
 fn console_out(console: &Console) -> std::io::Result<(ConsoleOut, Option<UnixListener>)> {
     let out: Box<dyn Write + Send> = match console {
         Console::Stdio => Box::new(std::io::stdout()),
-        // What the guest prints is its owner's: a console file the monitor creates is 0600.
-        Console::File(p) => Box::new(
-            std::os::unix::fs::OpenOptionsExt::mode(
-                File::options().write(true).create(true).truncate(true),
-                0o600,
-            )
-            .open(p)?,
-        ),
+        Console::File(p) => Box::new(open_console_file(p)?),
         Console::Off => Box::new(std::io::sink()),
         Console::Socket { socket, log } => {
             let _ = std::fs::remove_file(socket);

@@ -293,10 +293,9 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
         }
     }
     match console {
-        crate::Console::File(f) => {
-            file_for(&f, owner)?;
-            show(&f, Access::Write)?;
-        }
+        // Opened now, as root, and handed to the console: the file stays its caller's.
+        crate::Console::File(f) => crate::devices::serial::preopen(&f)
+            .map_err(|e| Error::setup(format!("opening the console {}", f.display()), e))?,
         crate::Console::Socket { socket, log } => {
             file_for(&log, owner)?;
             show(&log, Access::Write)?;
