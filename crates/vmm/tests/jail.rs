@@ -301,11 +301,13 @@ fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabi
     std::fs::write(dir.path().join("secret"), "not for the guest").unwrap();
     let run = dir.path().join("run");
     let mut c = config(g, "counter", dir.path());
-    let sock = run.join("api.sock");
+    // The sockets go beside the run directory, not in it: bound for the monitor before it
+    // gives root up, in a directory it neither sees nor could write.
+    let sock = dir.path().join("api.sock");
     c.api_socket = Some(sock.clone());
     c.vsock = Some(VsockConfig {
         cid: 3,
-        path: run.join("vsock.sock"),
+        path: dir.path().join("vsock.sock"),
     });
     let mut vm = Killed(jailed(&c).stderr(Stdio::piped()).spawn().unwrap());
     let vm = &mut vm.0;
@@ -342,7 +344,14 @@ fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabi
         (log_md.uid(), log_md.permissions().mode() & 0o777),
         (0, 0o600)
     );
-    assert!(inside(&run).join("api.sock").exists(), "the run directory");
+    assert!(inside(&run).is_dir(), "the run directory");
+    let sock_md = std::fs::metadata(&sock).unwrap();
+    assert!(sock_md.file_type().is_socket());
+    assert_eq!(
+        (sock_md.uid(), sock_md.mode() & 0o777),
+        (0, 0o600),
+        "the API socket"
+    );
     assert!(
         !inside(&dir.path().join("secret")).exists(),
         "a file beside them is not"

@@ -2,7 +2,7 @@
 //! request per connection, routed to a [`Controller`].
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -50,8 +50,7 @@ pub fn serve(
         what: format!("API socket {}", path.display()),
         source,
     };
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(io)?;
+    let listener = crate::jail::sockets::listener(path).map_err(io)?;
     let in_flight = Arc::new(AtomicUsize::new(0));
     let counted = in_flight.clone();
     std::thread::Builder::new()

@@ -16,6 +16,7 @@ pub mod cgroup;
 mod filters;
 pub mod plan;
 pub mod sigsys;
+pub mod sockets;
 pub mod user;
 pub mod view;
 

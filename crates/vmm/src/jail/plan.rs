@@ -287,10 +287,12 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
         .map_err(|e| Error::setup(format!("giving {} to the jail's user", dir.display()), e))?;
     *run_dir = Some(dir.clone());
     show(&dir, Access::Write)?;
-    for sock in [api, vsock].into_iter().flatten() {
-        if let Some(parent) = absolute(&sock)?.parent() {
-            show(parent, Access::Write)?;
-        }
+    // Bound now, as root, where the caller said. The guest's own vsock connections to the
+    // host go to sockets beside the vsock socket (`PATH_PORT`): the monitor reaches them only
+    // if that directory is its run directory or one `STARLING_JAIL_SHOW` names.
+    for sock in [&api, &vsock].into_iter().flatten() {
+        super::sockets::bind_now(sock)
+            .map_err(|e| Error::setup(format!("binding {}", sock.display()), e))?;
     }
     match console {
         // Opened now, as root, and handed to the console: the file stays its caller's.

@@ -176,8 +176,7 @@ impl Vsock {
                 format!("vsock guest CID {guest_cid} is reserved or out of range (3..2^32-1)"),
             ));
         }
-        let _ = std::fs::remove_file(path);
-        let listener = UnixListener::bind(path)?;
+        let listener = crate::jail::sockets::listener(path)?;
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         epoll.ctl(
