@@ -94,7 +94,16 @@ scenario_boot() {
 
 scenario_fork() {
   # Fork: the guest agent answers vsock port 7000 with its clone id and 16 bytes of /dev/urandom.
-  STARLING_VM_QUIET=1 /bin/starling vm run --kernel /vm/vmlinuz --initrd /vm/inner.img \
+  # The monitor runs jailed (STARLING_JAIL: a mount namespace showing its files, a user of its
+  # own, no capabilities) in a cgroup v2 with memory and process limits; its clones are born
+  # in the same jail and cgroup, and the restore below is jailed too. Forks and the snapshot
+  # go in its run directory (the only place it writes).
+  grep -q ' /sys/fs/cgroup cgroup2 ' /proc/mounts || mount -t cgroup2 none /sys/fs/cgroup \
+    || echo "host: fork: cgroup2 cannot be mounted"
+  mkdir -p /tmp/jr
+  echo '{"kernel": "/vm/vmlinuz", "run_dir": "/tmp/jr"}' > /tmp/jr.json
+  export STARLING_JAIL=on STARLING_JAIL_MEMORY_MAX=2G STARLING_JAIL_PIDS_MAX=400
+  STARLING_VM_QUIET=1 /bin/starling vm run --config /tmp/jr.json --kernel /vm/vmlinuz --initrd /vm/inner.img \
     --vsock 3,/tmp/f.sock --api-socket /tmp/f.api --mem 256M --console /tmp/fork.log \
     --cmdline "console=ttyS0 reboot=k panic=-1 pci=off quiet starling.agent" &
   vm=$!
@@ -103,28 +112,46 @@ scenario_fork() {
   echo "host: fork guest $(grep 'inner: agent' /tmp/fork.log)"
   ask() { timeout 20 /bin/starling vm vsock connect "$1" 7000 < /dev/null; }
   echo "host: fork parent before: $(ask /tmp/f.sock)"
-  forked=$(timeout 60 /bin/starling vm fork /tmp/f.api -n 4 --dir /tmp/forks 2>&1)
+  forked=$(timeout 60 /bin/starling vm fork /tmp/f.api -n 4 --dir /tmp/jr/forks 2>&1)
   echo "$forked" | sed 's/^/host: fork: /'
   # The monitors run under their seccomp filter: the parent's, and the clone's inherited one.
   jail() { awk '/^Seccomp:/{s=$2} /^Seccomp_filters:/{f=$2} /^NoNewPrivs:/{n=$2} END{print "seccomp " s " filters " f " no_new_privs " n}' "/proc/$1/status"; }
   echo "host: fork parent monitor $(jail $vm)"
   echo "host: fork clone 1 monitor $(jail "$(echo "$forked" | sed -n 's/^clone 1 pid \([0-9]*\).*/\1/p')")"
+  # Who the monitors are and what holds them: user, capabilities, cgroup and its limits.
+  who() {
+    cg=$(sed -n 's/^0:://p' "/proc/$1/cgroup")
+    echo "uid $(awk '/^Uid:/{print $2}' "/proc/$1/status") capeff $(awk '/^CapEff:/{print $2}' "/proc/$1/status") cgroup $cg memory.max $(cat "/sys/fs/cgroup$cg/memory.max" 2>&1) pids.max $(cat "/sys/fs/cgroup$cg/pids.max" 2>&1) mnt $(readlink "/proc/$1/ns/mnt")"
+  }
+  clone1=$(echo "$forked" | sed -n 's/^clone 1 pid \([0-9]*\).*/\1/p')
+  echo "host: fork jail parent $(who $vm)"
+  echo "host: fork jail clone 1 $(who "$clone1")"
+  echo "host: fork jail host mnt $(readlink /proc/self/ns/mnt)"
   for k in 1 2 3 4; do
-    echo "host: clone $k answers: $(ask /tmp/forks/clone-$k/vsock.sock)"
-    timeout 20 /bin/starling vm stop /tmp/forks/clone-$k/api.sock
+    echo "host: clone $k answers: $(ask /tmp/jr/forks/clone-$k/vsock.sock)"
+    timeout 20 /bin/starling vm stop /tmp/jr/forks/clone-$k/api.sock
   done
+  # The family's process limit holds for clones: with room for two more tasks, a fork fails
+  # (its clone cannot start its threads) and the parent goes on.
+  cg=$(sed -n 's/^0:://p' "/proc/$vm/cgroup")
+  sleep 1
+  echo $(( $(cat "/sys/fs/cgroup$cg/pids.current") + 2 )) > "/sys/fs/cgroup$cg/pids.max"
+  beyond=$(timeout 60 /bin/starling vm fork /tmp/f.api -n 2 --dir /tmp/jr/forks2 2>&1)
+  echo "host: fork beyond pids.max status $? $(echo "$beyond" | tail -n 1)"
+  echo 400 > "/sys/fs/cgroup$cg/pids.max"
   echo "host: fork parent after: $(ask /tmp/f.sock)"
   # Snapshot the parent (it stops), restore it in a new monitor: it answers as itself.
-  timeout 60 /bin/starling vm snapshot /tmp/f.api /tmp/snap --stop 2>&1 | sed 's/^/host: snapshot: /'
+  timeout 60 /bin/starling vm snapshot /tmp/f.api /tmp/jr/snap --stop 2>&1 | sed 's/^/host: snapshot: /'
   wait_for $vm 20
   echo "host: snapshotted vm exit status $?"
-  STARLING_VM_QUIET=1 /bin/starling vm restore /tmp/snap --api-socket /tmp/r.api \
+  STARLING_VM_QUIET=1 /bin/starling vm restore /tmp/jr/snap --api-socket /tmp/r.api \
     --vsock-path /tmp/r.sock --console /tmp/restored.log &
   vm=$!
   i=0
   until [ -S /tmp/r.api ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done
   echo "host: restored answers: $(ask /tmp/r.sock)"
   echo "host: restored status: $(timeout 20 /bin/starling vm status /tmp/r.api)"
+  echo "host: fork jail restored $(who $vm)"
   timeout 20 /bin/starling vm stop /tmp/r.api
   wait_for $vm 20
   echo "host: restored vm exit status $?"

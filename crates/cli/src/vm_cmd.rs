@@ -159,6 +159,11 @@ pub struct RestoreArgs {
     /// STARLING_SECCOMP=off). Clones of the VM inherit this
     #[arg(long)]
     no_seccomp: bool,
+    /// Jail the monitor (as root; also STARLING_JAIL=on): a mount namespace showing only the
+    /// VM's files, a user of its own with no capabilities; limits from STARLING_JAIL_MEMORY_MAX
+    /// and STARLING_JAIL_PIDS_MAX (see docs/api/vmm.md). Clones are born inside it
+    #[arg(long)]
+    jail: bool,
 }
 
 /// A `--net` value: no device, or one over a TAP.
@@ -321,6 +326,11 @@ pub struct RunArgs {
     /// STARLING_SECCOMP=off). Clones of the VM inherit this
     #[arg(long)]
     no_seccomp: bool,
+    /// Jail the monitor (as root; also STARLING_JAIL=on): a mount namespace showing only the
+    /// VM's files, a user of its own with no capabilities; limits from STARLING_JAIL_MEMORY_MAX
+    /// and STARLING_JAIL_PIDS_MAX (see docs/api/vmm.md). Clones are born inside it
+    #[arg(long)]
+    jail: bool,
 }
 
 pub(crate) fn parse_mem(s: &str) -> Result<u64, String> {
@@ -538,6 +548,9 @@ fn restore(a: RestoreArgs) -> Result<ExitCode> {
     if a.no_seccomp {
         starling_vmm::jail::disable();
     }
+    if a.jail {
+        starling_vmm::jail::plan::ask();
+    }
     a.tls.for_memory(&[a.lazy.as_deref().unwrap_or_default()])?;
     let mut spec = starling_vmm::RestoreSpec {
         dir: std::path::absolute(&a.dir)?,
@@ -673,6 +686,9 @@ fn net_devices(
 fn run_vm(a: RunArgs) -> Result<ExitCode> {
     if a.no_seccomp {
         starling_vmm::jail::disable();
+    }
+    if a.jail {
+        starling_vmm::jail::plan::ask();
     }
     let mut config = match &a.config {
         Some(p) => VmConfig::from_file(p)?,

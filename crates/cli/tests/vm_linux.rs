@@ -308,7 +308,54 @@ fn debian_cloud_kernel_boots_in_the_test_host_with_every_device() {
         randoms.len(),
         "random bytes repeat across clones: {randoms:?}"
     );
-    assert!(line(&log, "host: fork: clone 4 pid ").contains("/tmp/forks/clone-4"));
+    assert!(line(&log, "host: fork: clone 4 pid ").contains("/tmp/jr/forks/clone-4"));
+    // The monitor ran jailed (STARLING_JAIL=on): a user of its own, no capabilities, a mount
+    // namespace of its own, a cgroup with the limits asked for; its clone in the same jail
+    // and cgroup; a fork beyond the family's process limit failed; the restore was jailed as
+    // the snapshot's user.
+    let jail = |who: &str| -> std::collections::BTreeMap<String, String> {
+        let l = line(&log, &format!("host: fork jail {who} "));
+        let words: Vec<&str> = l
+            .trim_start_matches(&format!("host: fork jail {who} "))
+            .split_whitespace()
+            .collect();
+        words
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_string(), c[1].to_string()))
+            .collect()
+    };
+    let (parent, clone) = (jail("parent"), jail("clone 1"));
+    let uid: u64 = parent["uid"].parse().unwrap_or(0);
+    assert!(
+        uid >= 1 << 31,
+        "the jailed monitor's uid: {parent:?}\n{log}"
+    );
+    assert_eq!(parent["capeff"], "0000000000000000", "{parent:?}");
+    assert!(parent["cgroup"].starts_with("/starling/vm-"), "{parent:?}");
+    assert_eq!(parent["memory.max"], (2u64 << 30).to_string(), "{parent:?}");
+    assert_eq!(parent["pids.max"], "400", "{parent:?}");
+    assert_ne!(
+        parent["mnt"],
+        line(&log, "host: fork jail host mnt ").trim_start_matches("host: fork jail host mnt "),
+        "the monitor's mount namespace"
+    );
+    for k in ["uid", "capeff", "cgroup", "mnt"] {
+        assert_eq!(clone[k], parent[k], "the clone's {k}: {clone:?} {parent:?}");
+    }
+    let beyond = line(&log, "host: fork beyond pids.max status ");
+    assert!(
+        !beyond.starts_with("host: fork beyond pids.max status 0"),
+        "a fork beyond pids.max: {beyond}\n{log}"
+    );
+    let restored = jail("restored");
+    assert_eq!(restored["uid"], parent["uid"], "{restored:?}");
+    assert_eq!(restored["capeff"], "0000000000000000", "{restored:?}");
+    assert!(
+        restored["cgroup"].starts_with("/starling/vm-"),
+        "{restored:?}"
+    );
+    assert_ne!(restored["cgroup"], parent["cgroup"], "{restored:?}");
     // The monitors ran all this under their seccomp filter (the clone under its parent's).
     for who in ["parent", "clone 1"] {
         assert_eq!(

@@ -29,6 +29,12 @@ pub const SHOW_VAR: &str = "STARLING_JAIL_SHOW";
 const INHERITED: &str = "inherited";
 
 static JAILED: AtomicBool = AtomicBool::new(false);
+static ASKED: AtomicBool = AtomicBool::new(false);
+
+/// Asks for the jail as `STARLING_JAIL=on` does (`vm run --jail`).
+pub fn ask() {
+    ASKED.store(true, Ordering::Relaxed);
+}
 
 /// Whether this monitor runs in a jail (its own or its parent's).
 pub fn jailed() -> bool {
@@ -47,7 +53,8 @@ pub struct Settings {
 /// started inside one (a clone).
 pub fn settings() -> Result<Option<Settings>, Error> {
     let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    match var(JAIL_VAR).as_deref() {
+    let asked = ASKED.load(Ordering::Relaxed).then(|| "on".to_string());
+    match asked.or_else(|| var(JAIL_VAR)).as_deref() {
         None | Some("off") => return Ok(None),
         Some(INHERITED) => {
             JAILED.store(true, Ordering::Relaxed);

@@ -184,30 +184,50 @@ pub fn enter(shown: Vec<Shown>, owner: (u32, u32)) -> Result<(), Error> {
     let dot = c".";
     // SAFETY: both arguments are valid C strings; pivot_root changes only this namespace.
     if unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } != 0 {
-        return Err(Error::setup(
-            "pivot_root into the jail",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    // SAFETY: old_root is an open directory descriptor.
-    if unsafe { libc::fchdir(old_root.as_raw_fd()) } != 0 {
-        return Err(Error::setup(
-            "entering the host's old root",
-            std::io::Error::last_os_error(),
-        ));
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(Error::setup("pivot_root into the jail", e));
+        }
+        // A host running from its initramfs (rootfs, which cannot be pivoted away): the
+        // new root is moved over `/` and entered with chroot, as runc does there. The old
+        // root stays beneath it, out of reach of a process without capabilities.
+        move_over_root()?;
+    } else {
+        // SAFETY: old_root is an open directory descriptor.
+        if unsafe { libc::fchdir(old_root.as_raw_fd()) } != 0 {
+            return Err(Error::setup(
+                "entering the host's old root",
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: dot is a valid C string.
+        if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(Error::setup(
+                "detaching the host's root",
+                std::io::Error::last_os_error(),
+            ));
+        }
     }
     drop(old_root);
-    // SAFETY: dot is a valid C string.
-    if unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(Error::setup(
-            "detaching the host's root",
-            std::io::Error::last_os_error(),
-        ));
-    }
     std::env::set_current_dir("/").map_err(|e| Error::setup("entering /", e))?;
     if let Some(cwd) = cwd {
         // Where the caller was, if the jail shows it: relative names keep working there.
         let _ = std::env::set_current_dir(cwd);
+    }
+    Ok(())
+}
+
+/// Moves the current directory's mount over `/` and makes it this process's root.
+fn move_over_root() -> Result<(), Error> {
+    mount(Some("."), Path::new("/"), None, libc::MS_MOVE, None)
+        .map_err(|e| Error::setup("moving the jail's root over /", e))?;
+    let dot = c".";
+    // SAFETY: dot is a valid C string; chroot changes only this process's root.
+    if unsafe { libc::chroot(dot.as_ptr()) } != 0 {
+        return Err(Error::setup(
+            "entering the jail's root",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
