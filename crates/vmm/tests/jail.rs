@@ -277,6 +277,16 @@ fn jailed(c: &VmConfig) -> Command {
 /// A monitor killed when the test ends, passed or not.
 struct Killed(std::process::Child);
 
+/// A process (a clone, in its own process group) killed when the test ends, passed or not.
+struct KilledPid(u32);
+
+impl Drop for KilledPid {
+    fn drop(&mut self) {
+        // SAFETY: SIGKILL to a pid the fork answer named; at worst it is gone.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -420,6 +430,7 @@ fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabi
     assert_eq!(code, 200, "{info}");
     let clone = &info["clones"][0];
     let clone_pid = clone["pid"].as_u64().unwrap() as u32;
+    let _clone = KilledPid(clone_pid);
     let clone_log = PathBuf::from(clone["dir"].as_str().unwrap()).join("console.log");
     wait_for("the clone's ticks", 60, || {
         read(&clone_log).matches("tick").count() >= 3
@@ -586,4 +597,92 @@ fn a_jail_asked_for_wrongly_is_refused_in_one_line_before_anything_runs() {
             "{k}={v}: the guest ran"
         );
     }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_jailed_monitor_is_handed_its_caller_s_disk_and_a_tap_it_could_not_open_itself() {
+    let g = guests_or_skip!();
+    if !is_root() {
+        starling_testkit::skip("the jail needs root to make its namespace and drop to a user");
+        return;
+    }
+    if !Path::new("/dev/net/tun").exists() || Command::new("ping").arg("-V").output().is_err() {
+        starling_testkit::skip("no /dev/net/tun or ping: the jailed network is not tried");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Root's disk, 0600: the jail's user could neither read nor write it.
+    let disk = dir.path().join("disk.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..17].copy_from_slice(b"the caller's disk");
+    std::fs::write(&disk, &bytes).unwrap();
+    std::fs::set_permissions(&disk, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut c = config(g, "blk blkwrite net exit=0", dir.path());
+    c.disks.push(starling_vmm::DiskConfig {
+        path: disk.clone(),
+        read_only: false,
+    });
+    c.net.push(starling_vmm::NetConfig {
+        tap: "stj0".into(),
+        mac: Some("02:aa:bb:cc:dd:07".parse().unwrap()),
+        rx: None,
+        tx: None,
+        owned: false,
+        ip: None,
+    });
+    let log = dir.path().join("console.log");
+    let cmd = jailed(&c);
+    // In a network namespace of the test's own (the TAP and the ping stay out of the host's).
+    let (status, ping, err) = std::thread::spawn(move || {
+        let mut cmd = cmd;
+        // SAFETY: unshare affects only this thread, which nothing else uses.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        sh(&["ip", "link", "set", "lo", "up"]);
+        sh(&["ip", "tuntap", "add", "dev", "stj0", "mode", "tap"]);
+        sh(&["ip", "addr", "add", "10.77.0.1/24", "dev", "stj0"]);
+        sh(&["ip", "link", "set", "stj0", "up"]);
+        let mut vm = Killed(cmd.stderr(Stdio::piped()).spawn().unwrap());
+        wait_for("the guest's network", 60, || {
+            read(&log).contains("net: serving")
+        });
+        let ping = sh(&["ping", "-c", "3", "-i", "0.2", "-W", "5", "10.77.0.2"]);
+        let sock = std::net::UdpSocket::bind("10.77.0.1:0").unwrap();
+        sock.send_to(b"quit", "10.77.0.2:7").unwrap();
+        let status = vm.0.wait().unwrap();
+        let mut err = String::new();
+        vm.0.stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, ping, err)
+    })
+    .join()
+    .unwrap();
+    let out = read(&dir.path().join("console.log"));
+    assert_eq!(status.code(), Some(0), "{err}\n{out}");
+    assert!(
+        out.contains("blk: read status 0 data \"the caller's disk\""),
+        "{out}"
+    );
+    assert!(out.contains("blk: write status 0"), "{out}");
+    assert!(ping.contains("3 received"), "{ping}");
+    let written = std::fs::read(&disk).unwrap();
+    assert_eq!(&written[512..546], b"written by the starling test guest");
+    let md = std::fs::metadata(&disk).unwrap();
+    assert_eq!(
+        (md.uid(), md.mode() & 0o777),
+        (0, 0o600),
+        "the disk stays root's"
+    );
 }

@@ -233,25 +233,18 @@ pub fn flush_attached(limit: Duration) {
     }
 }
 
-/// Console files opened before the monitor gave up its rights (a jailed monitor's), by path.
-static PREOPENED: Mutex<Vec<(PathBuf, File)>> = Mutex::new(Vec::new());
-
 /// Opens the console file `path` now, as the VM's console will want it, for the VM built
 /// later in this process: a jailed monitor opens its caller's file while it still may.
 pub fn preopen(path: &Path) -> std::io::Result<()> {
     let file = open_console_file(path)?;
-    PREOPENED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push((path.to_path_buf(), file));
+    crate::jail::handed::put(format!("console:{}", path.display()), file);
     Ok(())
 }
 
 // What the guest prints is its owner's: a console file the monitor creates is 0600.
 fn open_console_file(path: &Path) -> std::io::Result<File> {
-    let mut preopened = PREOPENED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(i) = preopened.iter().position(|(p, _)| p == path) {
-        return Ok(preopened.swap_remove(i).1);
+    if let Some(f) = crate::jail::handed::take(&format!("console:{}", path.display())) {
+        return Ok(f);
     }
     std::os::unix::fs::OpenOptionsExt::mode(
         File::options().write(true).create(true).truncate(true),

@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 mod filters;
+pub mod handed;
 pub mod plan;
 pub mod sigsys;
 pub mod sockets;

@@ -225,18 +225,16 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
                 show(i, Access::Read)?;
             }
             for d in &c.disks {
-                let access = if d.read_only {
-                    Access::Read
-                } else {
-                    Access::Write
-                };
-                show(&d.path, access)?;
+                // Opened now, as root (the file stays its owner's), and shown read-only
+                // for the clones, which read it as their base beneath their own layers.
+                disk(&d.path, d.read_only)?;
+                show(&d.path, Access::Read)?;
             }
             if !c.fs.is_empty() {
                 return Err(unsupported("an image root (virtio-fs)"));
             }
-            if !c.net.is_empty() {
-                return Err(unsupported("a network device"));
+            for n in &c.net {
+                tap(&n.tap)?;
             }
             (
                 &mut c.run_dir,
@@ -249,14 +247,11 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
             if s.lazy.is_some() {
                 return Err(unsupported("a lazy restore"));
             }
-            if !s.taps.is_empty() || !s.networks.is_empty() {
-                return Err(unsupported("a network device"));
-            }
             show(&s.dir, Access::Read)?;
             let state = crate::snapshot::read(&s.dir).map_err(|e| Error::Refused {
                 reason: e.to_string(),
             })?;
-            for dev in &state.devices {
+            for (info, dev) in state.info.devices.iter().zip(&state.devices) {
                 use crate::virtio::state::DeviceState;
                 match &dev.device {
                     DeviceState::Block(b) => {
@@ -265,8 +260,17 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
                         }
                     }
                     DeviceState::Fs(_) => return Err(unsupported("an image root (virtio-fs)")),
-                    DeviceState::Net(_) if s.clone_id.is_none() => {
-                        return Err(unsupported("a network device"))
+                    // The TAP the restore will attach to (as `net.rs` chooses it), opened now.
+                    DeviceState::Net(n) => {
+                        let named = s
+                            .networks
+                            .get(&info.id)
+                            .map(|a| Some(a.tap.clone()))
+                            .or_else(|| s.taps.get(&info.id).map(|t| Some(t.clone())));
+                        let kept = (s.clone_id.is_none() && !n.owned).then(|| n.tap.clone());
+                        if let Some(t) = named.unwrap_or(kept.flatten()).filter(|t| !t.is_empty()) {
+                            tap(&t)?;
+                        }
                     }
                     _ => {}
                 }
@@ -315,6 +319,24 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
         crate::Console::Stdio | crate::Console::Off => {}
     }
     Ok(shown)
+}
+
+/// Opens a disk's base file as the VM will, for it to be handed over.
+fn disk(path: &Path, read_only: bool) -> Result<(), Error> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!read_only)
+        .open(path)
+        .map_err(|e| Error::setup(format!("opening the disk {}", path.display()), e))?;
+    super::handed::put(super::handed::disk_key(path, read_only), file);
+    Ok(())
+}
+
+/// Opens TAP `name` (attaching to it takes CAP_NET_ADMIN), for it to be handed over.
+fn tap(name: &str) -> Result<(), Error> {
+    let file = crate::virtio::net::tap::open(name).map_err(|reason| Error::Refused { reason })?;
+    super::handed::put(format!("tap:{name}"), file);
+    Ok(())
 }
 
 /// Makes the file the jailed monitor will write (a console log) if it is missing, as the

@@ -56,7 +56,11 @@ fn blocks_words(len: u64) -> usize {
 impl LayeredDisk {
     /// A plain raw file, written in place unless read-only.
     pub fn open_base(path: &Path, read_only: bool) -> std::io::Result<Self> {
-        let file = OpenOptions::new().read(true).write(!read_only).open(path)?;
+        let file = match crate::jail::handed::take(&crate::jail::handed::disk_key(path, read_only))
+        {
+            Some(f) => f,
+            None => OpenOptions::new().read(true).write(!read_only).open(path)?,
+        };
         let len = file.metadata()?.len();
         Ok(LayeredDisk {
             layers: vec![Layer {
