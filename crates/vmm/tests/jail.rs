@@ -45,6 +45,7 @@ fn monitor(c: &VmConfig) -> Command {
         .arg(serde_json::to_string(c).unwrap())
         .env_remove("STARLING_SECCOMP")
         .env_remove("STARLING_SECCOMP_INHERITED")
+        .env_remove("STARLING_JAIL")
         .env("STARLING_VMM", env!("CARGO_BIN_EXE_starling-vmm"))
         .stdin(Stdio::null());
     cmd
@@ -171,7 +172,8 @@ fn the_monitor_and_its_clones_run_under_one_filter_with_no_new_privs() {
         cid: 3,
         path: dir.path().join("vsock.sock"),
     });
-    let mut vm = monitor(&c).stderr(Stdio::piped()).spawn().unwrap();
+    let mut vm = Killed(monitor(&c).stderr(Stdio::piped()).spawn().unwrap());
+    let vm = &mut vm.0;
     let log = dir.path().join("console.log");
     wait_for("the guest's ticks", 60, || {
         read(&log).matches("tick").count() >= 3 && sock.exists()
@@ -192,6 +194,7 @@ fn the_monitor_and_its_clones_run_under_one_filter_with_no_new_privs() {
     assert_eq!(code, 200, "{info}");
     let clone = &info["clones"][0];
     let pid = clone["pid"].as_u64().unwrap() as u32;
+    let _clone = KilledPid(pid);
     let clone_log = PathBuf::from(clone["dir"].as_str().unwrap()).join("console.log");
     wait_for("the clone's ticks", 60, || {
         read(&clone_log).matches("tick").count() >= 3
@@ -225,14 +228,17 @@ fn the_monitor_and_its_clones_run_under_one_filter_with_no_new_privs() {
         run_dir: Some(dir.path().join("restored")),
         ..Default::default()
     };
-    let mut restored = Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
-        .arg("--restore-json")
-        .arg(serde_json::to_string(&spec).unwrap())
-        .env_remove("STARLING_SECCOMP")
-        .env_remove("STARLING_SECCOMP_INHERITED")
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut restored = Killed(
+        Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+            .arg("--restore-json")
+            .arg(serde_json::to_string(&spec).unwrap())
+            .env_remove("STARLING_SECCOMP")
+            .env_remove("STARLING_SECCOMP_INHERITED")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let restored = &mut restored.0;
     wait_for("the restored guest's ticks", 60, || {
         read(&restored_log).matches("tick").count() >= 3
     });
