@@ -79,16 +79,18 @@ fn run_vm(mut start: Start) -> (u8, String) {
     }
     // The key that signs and checks snapshot states is read (or made, the first time) while
     // files may still be created: the filter allows neither linking nor the key's directory.
-    crate::snapshot::key::prepare();
     // The jail (when asked for) is entered now, while this process has one thread: it changes
-    // what the build can see and who it is.
+    // what the build can see and who it is. A jailed monitor holds no snapshot key.
     match crate::jail::settings() {
         Ok(Some(settings)) => {
+            crate::snapshot::key::forgo();
             if let Err(e) = crate::jail::plan::enter(&settings, &mut start) {
                 return not_started(e);
             }
         }
-        Ok(None) => {}
+        // A clone of a jailed monitor (inside its jail already) holds none either.
+        Ok(None) if crate::jail::jailed() => crate::snapshot::key::forgo(),
+        Ok(None) => crate::snapshot::key::prepare(),
         Err(e) => return not_started(e),
     }
     // The seccomp filter is compiled and installed (for every thread) on a thread of its own

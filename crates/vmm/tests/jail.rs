@@ -325,7 +325,24 @@ fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabi
         cid: 3,
         path: dir.path().join("vsock.sock"),
     });
-    let mut vm = Killed(jailed(&c).stderr(Stdio::piped()).spawn().unwrap());
+    let mut cmd = jailed(&c);
+    // A careless caller hands it a descriptor of the host's root (fd 9, inherited): through
+    // it `openat(9, "..")` would leave any jail, so the jail closes it.
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: between fork and exec: open and dup2 are async-signal-safe, the path is a
+        // static C string.
+        unsafe {
+            cmd.pre_exec(|| {
+                let fd = libc::open(c"/".as_ptr(), libc::O_DIRECTORY | libc::O_RDONLY);
+                if fd < 0 || libc::dup2(fd, 9) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+    }
+    let mut vm = Killed(cmd.stderr(Stdio::piped()).spawn().unwrap());
     let vm = &mut vm.0;
     let log = dir.path().join("console.log");
     wait_for("the jailed guest's ticks", 60, || {
@@ -348,6 +365,13 @@ fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabi
     );
     assert_eq!(confinement(pid).0, "2", "and its seccomp filter");
     assert_ne!(mount_ns(pid), mount_ns(std::process::id()));
+    // (The number may be in use again, by something the monitor opened since.)
+    let fd9 = PathBuf::from(format!("/proc/{pid}/fd/9"));
+    assert!(
+        !std::fs::metadata(&fd9).is_ok_and(|m| m.is_dir()),
+        "the inherited directory descriptor was closed: {:?}",
+        std::fs::read_link(&fd9)
+    );
 
     // Its root holds what the VM needs, at the paths it was named by, and nothing else.
     let root = PathBuf::from(format!("/proc/{pid}/root"));

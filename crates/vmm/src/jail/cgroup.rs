@@ -96,7 +96,13 @@ fn remove_ended(parent: &Path) {
         return;
     };
     for e in entries.flatten() {
-        if e.file_name().to_string_lossy().starts_with("vm-") {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Only those whose monitor is gone: one starting now has made its cgroup but not
+        // yet joined it.
+        let gone = name
+            .strip_prefix("vm-")
+            .is_some_and(|pid| !Path::new("/proc").join(pid).exists());
+        if gone {
             let _ = std::fs::remove_dir(e.path());
         }
     }

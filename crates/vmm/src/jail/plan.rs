@@ -129,8 +129,8 @@ pub fn enter(settings: &Settings, start: &mut Start) -> Result<(), Error> {
     if euid != 0 {
         return Err(Error::Refused {
             reason: format!(
-                "{JAIL_VAR}=on needs the monitor started as root (it runs as uid {euid}); \
-                 it then gives root up"
+                "the jail ({JAIL_VAR}=on, --jail) needs the monitor started as root (it \
+                 runs as uid {euid}); it then gives root up"
             ),
         });
     }
@@ -168,13 +168,13 @@ pub fn enter(settings: &Settings, start: &mut Start) -> Result<(), Error> {
             access: Access::Read,
         });
     }
-    if let Some(exit) = std::env::var_os("STARLING_EXIT_FILE") {
-        if let Some(dir) = absolute(Path::new(&exit))?.parent() {
-            shown.push(Shown {
-                path: dir.into(),
-                access: Access::Write,
-            });
-        }
+    if std::env::var_os("STARLING_EXIT_FILE").is_some() {
+        return Err(Error::Refused {
+            reason: format!(
+                "STARLING_EXIT_FILE is not yet available to a jailed monitor (run it with \
+                 {JAIL_VAR}=off)"
+            ),
+        });
     }
     if settings.limits.any() {
         super::cgroup::join(settings.limits)?;
@@ -191,12 +191,14 @@ fn snapshot_owner(dir: &Path) -> Result<(u32, u32), Error> {
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(dir)
         .map_err(|e| Error::setup(format!("reading the snapshot {}", dir.display()), e))?;
-    if md.uid() == 0 {
+    if md.uid() < super::user::FIRST_UID {
         return Err(Error::Refused {
             reason: format!(
-                "the snapshot {} is root's (written by a monitor that was not jailed): restore \
-                 it with {JAIL_VAR}=off, or name its user with {USER_VAR}",
-                dir.display()
+                "the snapshot {} belongs to uid {}, not to a jailed VM's user (written by a \
+                 monitor that was not jailed): restore it with {JAIL_VAR}=off, or name a user \
+                 that runs nothing else with {USER_VAR}",
+                dir.display(),
+                md.uid()
             ),
         });
     }
@@ -256,7 +258,8 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
                 match &dev.device {
                     DeviceState::Block(b) => {
                         for l in &b.layers {
-                            show(&l.path, Access::Read)?;
+                            // A snapshot's own layers are named relative to it.
+                            show(&s.dir.join(&l.path), Access::Read)?;
                         }
                     }
                     DeviceState::Fs(_) => return Err(unsupported("an image root (virtio-fs)")),
@@ -275,10 +278,8 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
                     _ => {}
                 }
             }
-            if let Some(f) = &s.ready_file {
-                if let Some(dir) = absolute(f)?.parent() {
-                    show(dir, Access::Write)?;
-                }
+            if s.ready_file.is_some() {
+                return Err(unsupported("a ready file (a pool's substrate)"));
             }
             (
                 &mut s.run_dir,
@@ -294,7 +295,12 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
     let dir = absolute(&dir)?;
     crate::private::create_dir_all(&dir)
         .map_err(|e| Error::setup(format!("making the run directory {}", dir.display()), e))?;
-    std::os::unix::fs::chown(&dir, Some(owner.0), Some(owner.1))
+    // Through a descriptor of the directory itself (not a link put there since).
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&dir)
+        .and_then(|d| std::os::unix::fs::fchown(&d, Some(owner.0), Some(owner.1)))
         .map_err(|e| Error::setup(format!("giving {} to the jail's user", dir.display()), e))?;
     *run_dir = Some(dir.clone());
     show(&dir, Access::Write)?;
@@ -309,13 +315,7 @@ fn needs(start: &mut Start, owner: (u32, u32)) -> Result<Vec<Shown>, Error> {
         // Opened now, as root, and handed to the console: the file stays its caller's.
         crate::Console::File(f) => crate::devices::serial::preopen(&f)
             .map_err(|e| Error::setup(format!("opening the console {}", f.display()), e))?,
-        crate::Console::Socket { socket, log } => {
-            file_for(&log, owner)?;
-            show(&log, Access::Write)?;
-            if let Some(parent) = absolute(&socket)?.parent() {
-                show(parent, Access::Write)?;
-            }
-        }
+        crate::Console::Socket { .. } => return Err(unsupported("a console socket")),
         crate::Console::Stdio | crate::Console::Off => {}
     }
     Ok(shown)
@@ -337,23 +337,6 @@ fn tap(name: &str) -> Result<(), Error> {
     let file = crate::virtio::net::tap::open(name).map_err(|reason| Error::Refused { reason })?;
     super::handed::put(format!("tap:{name}"), file);
     Ok(())
-}
-
-/// Makes the file the jailed monitor will write (a console log) if it is missing, as the
-/// jail's user's; one that exists is left as it is (the user must be able to write it).
-fn file_for(path: &Path, owner: (u32, u32)) -> Result<(), Error> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(_) => std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))
-            .map_err(|e| Error::setup(format!("giving {} to the jail's user", path.display()), e)),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(Error::setup(format!("making {}", path.display()), e)),
-    }
 }
 
 #[cfg(test)]

@@ -37,36 +37,62 @@ pub struct Shown {
 /// their `/tmp`).
 const NEW_ROOT: &str = "/tmp";
 
-/// The device nodes a monitor may need, made in the jail for its user alone when the host
-/// has them (`/dev/null`: what a clone is started with as its stdin and stdout).
-const DEVICES: &[&str] = &["/dev/kvm", "/dev/userfaultfd", "/dev/net/tun", "/dev/null"];
+/// The device nodes a monitor needs, made in the jail for its user alone (`/dev/null`: what a
+/// clone is started with as its stdin and stdout). TAPs are handed over opened, and lazy
+/// restores (userfaultfd) are not jailed: `/dev/net/tun` and `/dev/userfaultfd` stay out.
+const DEVICES: &[&str] = &["/dev/kvm", "/dev/null"];
 
-/// Absolute, lexically, against the current directory (the same path string is used to make
-/// the mount point and, later, by the monitor to open it, so `..` resolves alike in both).
+/// Absolute, lexically, against the current directory; a path with `..` in it is refused
+/// (the jail is built from the names as given, which `..` would lead out of).
 pub fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    if path.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::Refused {
+            reason: format!("{} holds `..`: name it without", path.display()),
+        });
+    }
     std::path::absolute(path).map_err(|e| Error::setup(format!("resolving {}", path.display()), e))
 }
 
-/// Drops entries inside another entry's directory (that mount shows them already, with the
-/// wider of the two accesses) and duplicates.
-fn outermost(mut shown: Vec<Shown>) -> Vec<Shown> {
+/// Drops duplicates and entries inside another entry's directory with the same access
+/// (that mount shows them already). One inside another with a different access is refused:
+/// a kernel inside the writable run directory could be replaced by the jail's user, and a
+/// writable file inside a read-only directory would widen to the whole directory. `/`
+/// itself is never shown.
+fn outermost(mut shown: Vec<Shown>) -> Result<Vec<Shown>, Error> {
     shown.sort_by(|a, b| a.path.cmp(&b.path));
     let mut out: Vec<Shown> = Vec::new();
     for s in shown {
-        if let Some(o) = out.iter_mut().find(|o| s.path.starts_with(&o.path)) {
-            o.access = o.access.max(s.access);
-        } else {
-            out.push(s);
+        if s.path.parent().is_none() {
+            return Err(Error::Refused {
+                reason: "the jail does not show / (name the files the VM needs)".into(),
+            });
+        }
+        match out.iter().find(|o| s.path.starts_with(&o.path)) {
+            Some(o) if o.access == s.access => {}
+            Some(o) => {
+                return Err(Error::Refused {
+                    reason: format!(
+                        "{} ({:?}) lies inside {} ({:?}): move it out, or run with \
+                         STARLING_JAIL=off",
+                        s.path.display(),
+                        s.access,
+                        o.path.display(),
+                        o.access
+                    ),
+                })
+            }
+            None => out.push(s),
         }
     }
-    out
+    Ok(out)
 }
 
 /// Builds the view and makes it this process's root. Must run before the process has a
 /// second thread (a mount namespace is per process, and `unshare` refuses a process whose
 /// threads share its file system context). `owner` owns the device nodes.
 pub fn enter(shown: Vec<Shown>, owner: (u32, u32)) -> Result<(), Error> {
-    let shown = outermost(shown);
+    let shown = outermost(shown)?;
+    close_inherited_directories()?;
     let cwd = std::env::current_dir().ok();
 
     // SAFETY: unshare takes no pointers; it only gives this process a copy of the mount table.
@@ -228,6 +254,35 @@ fn move_over_root() -> Result<(), Error> {
             "entering the jail's root",
             std::io::Error::last_os_error(),
         ));
+    }
+    Ok(())
+}
+
+/// Closes every descriptor this process inherited (or opened) on a directory, or as a bare
+/// `O_PATH`: through one, `openat(fd, "..")` walks out of any root. Those a VM is started
+/// with (guest memory, pipes, the fork budget) are neither.
+fn close_inherited_directories() -> Result<(), Error> {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| Error::setup("listing this process's descriptors", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFL takes no pointer; a descriptor closed meanwhile (the listing's
+        // own) just fails.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            continue;
+        }
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: st is written by fstat before it is read.
+        let dir = unsafe { libc::fstat(fd, st.as_mut_ptr()) } == 0
+            // SAFETY: fstat returned 0, so st is filled.
+            && unsafe { st.assume_init() }.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        if dir || flags & libc::O_PATH != 0 {
+            // SAFETY: fd is a descriptor of this process that nothing here uses after this.
+            unsafe { libc::close(fd) };
+        }
     }
     Ok(())
 }
@@ -432,7 +487,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nested_paths_are_shown_once_with_the_wider_access() {
+    fn nested_paths_are_shown_once_and_a_wider_or_narrower_one_inside_is_refused() {
         let s = |p: &str, access| Shown {
             path: p.into(),
             access,
@@ -440,10 +495,11 @@ mod tests {
         let out = outermost(vec![
             s("/run/vm/console.log", Access::Write),
             s("/srv/kernel", Access::Read),
-            s("/run/vm", Access::Read),
+            s("/run/vm", Access::Write),
             s("/srv/kernel", Access::Read),
             s("/srv/kernels", Access::Exec),
-        ]);
+        ])
+        .unwrap();
         assert_eq!(
             out,
             vec![
@@ -452,6 +508,24 @@ mod tests {
                 s("/srv/kernels", Access::Exec),
             ]
         );
+        let e = outermost(vec![
+            s("/run/vm", Access::Write),
+            s("/run/vm/vmlinux", Access::Read),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/run/vm/vmlinux (Read) lies inside /run/vm (Write)"),
+            "{e}"
+        );
+        let e = outermost(vec![s("/", Access::Read)])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not show /"), "{e}");
+        let e = absolute(Path::new("/srv/../etc/shadow"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("holds `..`"), "{e}");
     }
 
     #[test]

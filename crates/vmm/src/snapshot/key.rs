@@ -75,6 +75,20 @@ pub fn prepare() {
     PREPARED.get_or_init(|| load_or_create(&default_path()));
 }
 
+/// Holds no key in this process, for good: a jailed monitor must not carry root's key into
+/// its jail (a guest that took it over could sign states naming host files). Its snapshots'
+/// states carry no MAC, so those naming host resources are restored by nobody.
+pub fn forgo() {
+    let path = default_path();
+    PREPARED.get_or_init(|| {
+        Err(bad(
+            &path,
+            "not read by a jailed monitor (states naming disks, TAPs or image roots are \
+             neither signed nor trusted in a jail)",
+        ))
+    });
+}
+
 /// This process's key, read (or made) once.
 pub fn get() -> Result<&'static StateKey, &'static Error> {
     PREPARED
