@@ -77,10 +77,10 @@ fn run_vm(mut start: Start) -> (u8, String) {
             }
         }
     }
-    // The key that signs and checks snapshot states is read (or made, the first time) while
-    // files may still be created: the filter allows neither linking nor the key's directory.
     // The jail (when asked for) is entered now, while this process has one thread: it changes
-    // what the build can see and who it is. A jailed monitor holds no snapshot key.
+    // what the build can see and who it is. A jailed monitor holds no snapshot key; any other
+    // reads (or makes) its key now, while files may still be created: the filter allows
+    // neither linking nor the key's directory.
     match crate::jail::settings() {
         Ok(Some(settings)) => {
             crate::snapshot::key::forgo();

@@ -65,18 +65,10 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 /// The `Seccomp`, `Seccomp_filters` and `NoNewPrivs` lines of a process's status.
 fn confinement(pid: u32) -> (String, String, String) {
-    let status = read(&PathBuf::from(format!("/proc/{pid}/status")));
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status:\n{status}"))
-    };
     (
-        field("Seccomp:"),
-        field("Seccomp_filters:"),
-        field("NoNewPrivs:"),
+        status_field(pid, "Seccomp:"),
+        status_field(pid, "Seccomp_filters:"),
+        status_field(pid, "NoNewPrivs:"),
     )
 }
 
@@ -194,7 +186,7 @@ fn the_monitor_and_its_clones_run_under_one_filter_with_no_new_privs() {
     assert_eq!(code, 200, "{info}");
     let clone = &info["clones"][0];
     let pid = clone["pid"].as_u64().unwrap() as u32;
-    let _clone = KilledPid(pid);
+    let clone_guard = KilledPid(pid);
     let clone_log = PathBuf::from(clone["dir"].as_str().unwrap()).join("console.log");
     wait_for("the clone's ticks", 60, || {
         read(&clone_log).matches("tick").count() >= 3
@@ -218,8 +210,7 @@ fn the_monitor_and_its_clones_run_under_one_filter_with_no_new_privs() {
     let mut err = String::new();
     vm.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(!err.contains("seccomp stopped"), "{err}");
-    // SAFETY: SIGKILL to the clone's pid, which the fork answer named; at worst it is gone.
-    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    drop(clone_guard);
 
     let restored_log = dir.path().join("restored.log");
     let spec = starling_vmm::RestoreSpec {
@@ -460,7 +451,7 @@ fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabi
     assert_eq!(code, 200, "{info}");
     let clone = &info["clones"][0];
     let clone_pid = clone["pid"].as_u64().unwrap() as u32;
-    let _clone = KilledPid(clone_pid);
+    let clone_guard = KilledPid(clone_pid);
     let clone_log = PathBuf::from(clone["dir"].as_str().unwrap()).join("console.log");
     wait_for("the clone's ticks", 60, || {
         read(&clone_log).matches("tick").count() >= 3
@@ -505,8 +496,7 @@ fn a_jailed_monitor_sees_only_its_vm_s_files_as_a_user_of_its_own_with_no_capabi
     let mut err = String::new();
     vm.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert!(!err.contains("seccomp stopped"), "{err}");
-    // SAFETY: SIGKILL to the clone's pid, which the fork answer named; at worst it is gone.
-    unsafe { libc::kill(clone_pid as i32, libc::SIGKILL) };
+    drop(clone_guard);
 
     // Restored in a jail of its own, the snapshot shown read-only.
     let restored_log = dir.path().join("restored.log");
