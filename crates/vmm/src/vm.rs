@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
+use crate::api::server::Bound;
 use crate::api::{
     ActivateRequest, Activity, Controller, ForkInfo, ForkRequest, Refusal, SnapshotInfo,
     SnapshotRequest, VmStatus,
@@ -44,6 +45,8 @@ pub struct Vm {
     start_paused: bool,
     /// For a lazily restored VM, the pages with data it may not have fetched yet.
     lazy_pages: Option<Vec<u64>>,
+    /// The API socket, bound before the VM was built.
+    api: Option<Bound>,
 }
 
 /// How the VM is tied to this host: not part of what it is, so not in its snapshots (a
@@ -348,7 +351,14 @@ impl Vm {
             release: None,
             start_paused: false,
             lazy_pages: None,
+            api: None,
         }
+    }
+
+    /// Serve the API on `socket` (the wiring's, bound before the VM was built) once the
+    /// vCPUs run.
+    pub fn answer_through(&mut self, socket: Bound) {
+        self.api = Some(socket);
     }
 
     /// Start with the vCPUs paused (a docked substrate).
@@ -443,20 +453,20 @@ impl Vm {
         if self.shared.restored && self.release.is_none() {
             let _ = self.shared.restored_in.set(self.shared.started.elapsed());
         }
-        // Served once the vCPUs run: whoever sees the socket sees a running VM.
-        let api = match &self.wiring.api_socket {
-            Some(p) => match crate::api::server::serve(
-                p,
-                Arc::new(VmHandle(self.shared.clone())),
-                done.clone(),
-            ) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    vcpu::stop_all(&mut threads, &self.shared.control);
-                    done.store(true, Ordering::SeqCst);
-                    return Err(e);
-                }
-            },
+        // Answered once the vCPUs run: whoever is answered sees a running VM.
+        let handle: Arc<dyn crate::api::Controller> = Arc::new(VmHandle(self.shared.clone()));
+        let bound = match (self.api.take(), &self.wiring.api_socket) {
+            (Some(b), _) => Some(Ok(b)),
+            (None, Some(p)) => Some(crate::api::server::bind(p)),
+            (None, None) => None,
+        };
+        let api = match bound.map(|b| b.and_then(|b| b.serve(handle))) {
+            Some(Ok(a)) => Some(a),
+            Some(Err(e)) => {
+                vcpu::stop_all(&mut threads, &self.shared.control);
+                done.store(true, Ordering::SeqCst);
+                return Err(e);
+            }
             None => None,
         };
         // Whoever forked this clone may use it now: its vCPUs run (or, held, are ready to)

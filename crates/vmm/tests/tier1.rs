@@ -357,3 +357,148 @@ fn bad_input_is_refused_before_the_guest_starts() {
     });
     assert!(err(c).contains("reserved"));
 }
+
+fn mkfifo(p: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mkfifo {}", p.display());
+}
+
+fn wait_for_socket(sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no API socket at {}",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The monitor binds its API socket before it builds the VM: a client that connects while the
+/// VM is built (held here by a console FIFO nobody reads yet) is answered once the vCPUs run,
+/// and one whose VM does not start (a kernel FIFO fed junk) is told why. Connections past the
+/// bound are closed unanswered, and an endless request line is cut rather than read on.
+#[test]
+fn api_clients_wait_for_the_vm_and_hear_why_it_did_not_start() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let monitor = |c: &VmConfig| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+            .arg("--config-json")
+            .arg(serde_json::to_string(c).unwrap())
+            .env("STARLING_VM_QUIET", "1")
+            .spawn()
+            .unwrap()
+    };
+
+    let console = d.join("console");
+    mkfifo(&console);
+    let sock = d.join("api.sock");
+    let mut c = config(&g.pvh, "idle", d);
+    c.console = Console::File(console.clone());
+    c.api_socket = Some(sock.clone());
+    c.run_dir = Some(d.join("run"));
+    let mut vm = monitor(&c);
+    wait_for_socket(&sock);
+    let s = sock.clone();
+    let waiting = std::thread::spawn(move || api(&s, "GET", "/v1/vm"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !waiting.is_finished(),
+        "a request was answered before the VM was built"
+    );
+    // Reading the console lets the build go on.
+    let mut out = BufReader::new(std::fs::File::open(&console).unwrap());
+    let (code, st) = waiting.join().unwrap();
+    assert_eq!((code, st["state"].as_str()), (200, Some("running")), "{st}");
+    let mut line = String::new();
+    while !line.contains("entered through") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "the console ended");
+    }
+
+    // Connections held open up to the bound: the next one is closed unanswered.
+    let held: Vec<UnixStream> = (0..starling_vmm::api::server::MAX_CONNECTIONS)
+        .map(|_| UnixStream::connect(&sock).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut extra = UnixStream::connect(&sock).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let _ = extra.write_all(b"GET /v1/vm HTTP/1.1\r\n\r\n");
+    let mut got = String::new();
+    let _ = extra.read_to_string(&mut got);
+    assert_eq!(got, "", "a connection past the bound was answered");
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(b"GET /v1/vm HTTP/1.1\r\n\r\n");
+        let mut r = String::new();
+        let _ = s.read_to_string(&mut r);
+        if r.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never answered again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A request line without end: answered after the bound, not read on.
+    let mut s = UnixStream::connect(&sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let junk = vec![b'A'; 1 << 16];
+        let mut sent = 0usize;
+        while sent < 64 << 20 {
+            match w.write(&junk) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    let mut r = String::new();
+    let _ = s.read_to_string(&mut r);
+    assert!(r.starts_with("HTTP/1.1 404"), "{r:.200}");
+    drop(s);
+    assert!(
+        writer.join().unwrap() < 64 << 20,
+        "the monitor read 64 MiB of one request"
+    );
+    assert_eq!(api(&sock, "POST", "/v1/vm/stop").0, 200);
+    assert!(vm.wait().unwrap().success());
+
+    // A VM that does not start: its waiting client hears why.
+    let kernel = d.join("kernel");
+    mkfifo(&kernel);
+    let sock2 = d.join("api2.sock");
+    let mut c = config(&kernel, "", d);
+    c.api_socket = Some(sock2.clone());
+    c.run_dir = Some(d.join("run2"));
+    let mut vm = monitor(&c);
+    wait_for_socket(&sock2);
+    let s = sock2.clone();
+    let waiting = std::thread::spawn(move || api(&s, "GET", "/v1/vm"));
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&kernel, vec![0x5au8; 4096]).unwrap();
+    let (code, body) = waiting.join().unwrap();
+    let e = body["error"].as_str().unwrap_or_default();
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        e.contains("the VM was not started") && e.contains("kernel"),
+        "{e}"
+    );
+    assert_eq!(vm.wait().unwrap().code(), Some(2));
+    assert!(
+        !sock2.exists(),
+        "the socket outlived a VM that did not start"
+    );
+}

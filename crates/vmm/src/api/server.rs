@@ -1,8 +1,13 @@
-//! The API server: one thread accepting on the unix socket, a thread per connection, one
-//! request per connection, routed to a [`Controller`].
+//! The API server: one thread accepting on the unix socket, a thread per connection (at most
+//! [`MAX_CONNECTIONS`] at once), one request per connection, routed to a [`Controller`].
+//!
+//! A monitor binds its socket as it starts, before the VM is built ([`bind`]), and serves it
+//! once the vCPUs run ([`Bound::serve`]): a client that connects meanwhile waits in the
+//! socket's backlog and is answered the moment the VM runs, without polling for the socket;
+//! if the VM does not start, the waiting clients are told why ([`Bound::refuse`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -16,6 +21,13 @@ use crate::Error;
 /// Largest request body read (bodies are small JSON objects).
 const MAX_BODY: usize = 65536;
 
+/// Largest request line and headers read.
+const MAX_HEAD: u64 = 16384;
+
+/// Connections answered at once; more are closed as they come (a local client holding
+/// connections open cannot make the monitor start threads without end).
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// How long a stopping monitor waits for the answers it still owes.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -23,14 +35,16 @@ pub struct ApiServer {
     path: PathBuf,
     /// Connections being answered.
     in_flight: Arc<AtomicUsize>,
+    done: Arc<AtomicBool>,
 }
 
 impl ApiServer {
-    /// Call after setting the `done` flag given to `serve`: wakes the accepting thread, then
-    /// waits (a bounded time) for the answers in flight. The request that stopped the VM
-    /// (`snapshot --stop`, `stop`) is one of them: without the wait the process could end
-    /// before its answer was written, and the client read an empty one.
+    /// Stops accepting (waking the accepting thread), removes the socket, then waits (a
+    /// bounded time) for the answers in flight. The request that stopped the VM (`snapshot
+    /// --stop`, `stop`) is one of them: without the wait the process could end before its
+    /// answer was written, and the client read an empty one.
     pub fn shutdown(self) {
+        self.done.store(true, Ordering::SeqCst);
         let _ = UnixStream::connect(&self.path);
         let _ = std::fs::remove_file(&self.path);
         let t = std::time::Instant::now();
@@ -40,56 +54,113 @@ impl ApiServer {
     }
 }
 
-/// Starts serving the API at `path` (a stale socket file is replaced).
-pub fn serve(
-    path: &Path,
-    vm: Arc<dyn Controller>,
-    done: Arc<AtomicBool>,
-) -> Result<ApiServer, Error> {
-    let io = |source| Error::Io {
+/// An API socket bound and not served yet.
+pub struct Bound {
+    path: PathBuf,
+    listener: UnixListener,
+}
+
+/// Binds the API socket at `path` (a stale socket file is replaced).
+pub fn bind(path: &Path) -> Result<Bound, Error> {
+    let listener = crate::jail::sockets::listener(path).map_err(|source| Error::Io {
         what: format!("API socket {}", path.display()),
         source,
-    };
-    let listener = crate::jail::sockets::listener(path).map_err(io)?;
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let counted = in_flight.clone();
-    std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            while let Ok((stream, _)) = listener.accept() {
-                if done.load(Ordering::SeqCst) {
-                    break;
-                }
-                let vm = vm.clone();
-                let counted = counted.clone();
-                counted.fetch_add(1, Ordering::SeqCst);
-                let spawned = std::thread::Builder::new().name("api-conn".into()).spawn({
-                    let counted = counted.clone();
-                    move || {
-                        handle(stream, &*vm);
-                        counted.fetch_sub(1, Ordering::SeqCst);
-                    }
-                });
-                if spawned.is_err() {
-                    counted.fetch_sub(1, Ordering::SeqCst);
-                }
-            }
-        })
-        .map_err(io)?;
-    Ok(ApiServer {
+    })?;
+    Ok(Bound {
         path: path.to_owned(),
-        in_flight,
+        listener,
     })
 }
 
-fn handle(stream: UnixStream, vm: &dyn Controller) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut reader = BufReader::new(&stream);
-    let mut line = String::new();
-    if reader.read_line(&mut line).is_err() {
-        return;
+/// Binds and serves the API at `path` at once.
+pub fn serve(path: &Path, vm: Arc<dyn Controller>) -> Result<ApiServer, Error> {
+    bind(path)?.serve(vm)
+}
+
+impl Bound {
+    /// Serves the socket: the clients already waiting first.
+    pub fn serve(self, vm: Arc<dyn Controller>) -> Result<ApiServer, Error> {
+        let Bound { path, listener } = self;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicBool::new(false));
+        let (counted, stopped) = (in_flight.clone(), done.clone());
+        std::thread::Builder::new()
+            .name("api".into())
+            .spawn(move || {
+                while let Ok((stream, _)) = listener.accept() {
+                    if stopped.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    // Counted before the thread starts, so a burst cannot pass the bound.
+                    if counted.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        counted.fetch_sub(1, Ordering::SeqCst);
+                        continue;
+                    }
+                    let vm = vm.clone();
+                    let spawned = std::thread::Builder::new().name("api-conn".into()).spawn({
+                        let counted = counted.clone();
+                        move || {
+                            handle(stream, &*vm);
+                            counted.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    });
+                    if spawned.is_err() {
+                        counted.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+            })
+            .map_err(|source| Error::Io {
+                what: format!("API socket {}", path.display()),
+                source,
+            })?;
+        Ok(ApiServer {
+            path,
+            in_flight,
+            done,
+        })
     }
+
+    /// The VM did not start: the clients waiting are answered 503 with `why`, and the socket
+    /// goes.
+    pub fn refuse(self, why: &str) {
+        let _ = std::fs::remove_file(&self.path);
+        if self.listener.set_nonblocking(true).is_err() {
+            return;
+        }
+        let text = json(&ErrorBody {
+            error: format!("the VM was not started: {why}"),
+        });
+        for _ in 0..MAX_CONNECTIONS {
+            let Ok((stream, _)) = self.listener.accept() else {
+                break;
+            };
+            // Read first: a request left unread would reset the connection under the answer.
+            let _ = read_request(&stream, Duration::from_millis(100));
+            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+            answer(&stream, 503, &text);
+        }
+    }
+}
+
+fn handle(stream: UnixStream, vm: &dyn Controller) {
+    let Some((method, target, body)) = read_request(&stream, Duration::from_secs(5)) else {
+        return;
+    };
+    let (code, text) = match route(&method, &target, &body, vm) {
+        Ok(json) => (200, json),
+        Err(r) => (r.code, json(&ErrorBody { error: r.message })),
+    };
+    answer(&stream, code, &text);
+}
+
+/// A request's method, target and body, read within `limit` per read and the size bounds
+/// however long a client's lines.
+fn read_request(stream: &UnixStream, limit: Duration) -> Option<(String, String, Vec<u8>)> {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(limit));
+    let mut reader = BufReader::new(stream.take(MAX_HEAD + MAX_BODY as u64));
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     // Headers: only Content-Length matters.
@@ -107,18 +178,18 @@ fn handle(stream: UnixStream, vm: &dyn Controller) {
     }
     let mut body = vec![0u8; length.min(MAX_BODY)];
     let _ = reader.read_exact(&mut body);
-    let (code, text) = match route(method, target, &body, vm) {
-        Ok(json) => (200, json),
-        Err(r) => (r.code, json(&ErrorBody { error: r.message })),
-    };
+    Some((method.to_owned(), target.to_owned(), body))
+}
+
+fn answer(mut out: &UnixStream, code: u16, text: &str) {
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         409 => "Conflict",
+        503 => "Service Unavailable",
         _ => "Method Not Allowed",
     };
-    let mut out = &stream;
     let _ = write!(
         out,
         "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
