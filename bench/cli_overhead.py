@@ -16,7 +16,10 @@ host's /dev/kvm, the project's test guest at 256 MiB). Each pair alternates, RUN
 
 Also the sizes of the release binaries. Writes bench/results/cli-overhead.md.
 
-  cargo build --release && sudo python3 bench/cli_overhead.py [target/release]
+  scripts/build-release.sh && sudo python3 bench/cli_overhead.py [target/dist]
+
+(target/dist: the release programs as shipped: `starling` linked dynamically, `starling-vmm`
+statically.)
 """
 import json
 import os
@@ -31,7 +34,9 @@ from vmbench import (alternate, api, checked_out, has_line, kill_started, kvm_fl
                      stop_vm, wait)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/dist"))
+if not os.path.isfile(os.path.join(BIN, "starling-vmm")):
+    sys.exit(f"{os.path.basename(__file__)}: no starling-vmm in {BIN}: run scripts/build-release.sh first")
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 RUNS = int(os.environ.get("RUNS", "60"))
@@ -184,12 +189,14 @@ def main():
     }
     text = f"""# What the command line adds on the VM path (tier 1)
 
-Command: `cargo build --release && sudo python3 bench/cli_overhead.py` (commit {commit},
+Command: `scripts/build-release.sh && sudo python3 bench/cli_overhead.py` (commit {commit},
 {time.strftime('%Y-%m-%d')}). Host: /dev/kvm is `{flavour}`, 2 cores. Guest: the project's test
 guest (`crates/vmm/tests/guest`), 256 MiB. {RUNS} runs of each, the two sides alternating;
 medians in ms. `starling vm run`/`vm restore` parse their flags and run the monitor in their
 own process from the same configuration the direct side passes as JSON, so the difference is
-the front end's own cost: a bigger program to start, and its flags to parse.
+the front end's own cost: a bigger program to start, linked dynamically (libnftnl and libmnl,
+for VM networks, come only as shared libraries on Debian) where the released `starling-vmm` is
+linked statically, and its flags to parse.
 
 | | `starling` | `starling-vmm` | difference (goal ≤ +0.5) | ratio |
 |---|---:|---:|---:|---:|

@@ -103,6 +103,7 @@ FIGURES = {
     "vm-firecracker.snapshot_smaller": (lambda: block("vm-firecracker.md", "snapshot_smaller"), fixed(0)),
     "vm-firecracker.copies_vs_fc": (lambda: block("vm-firecracker.md", "copies_vs_fc"), fixed(2)),
     "vm-firecracker.memory_vs_fc": (lambda: block("vm-firecracker.md", "memory_vs_fc"), fixed(2)),
+    "vm-firecracker.private_memory_vs_fc": (lambda: block("vm-firecracker.md", "private_memory_vs_fc"), fixed(2)),
     "vm-firecracker-tier2.boot_vs_fc": (lambda: block("vm-firecracker-tier2.md", "boot_vs_fc"), fixed(2)),
     "vm-firecracker-tier2.boot_vs_fc_memory_first": (lambda: block("vm-firecracker-tier2.md", "boot_vs_fc_memory_first"), fixed(2)),
     "vm-firecracker-tier2.restore_vs_fc": (lambda: block("vm-firecracker-tier2.md", "restore_vs_fc"), fixed(2)),

@@ -3,7 +3,9 @@
 project's test guest (crates/vmm/tests/guest, PVH entry), 256 MiB, 1 vCPU, no devices on
 either side, both monitors alternating in one run, RUNS runs each, medians.
 
-  FIRECRACKER=/path/to/firecracker sudo -E python3 bench/vm_firecracker.py [target/release]
+  scripts/build-release.sh && FIRECRACKER=/path/to/firecracker sudo -E python3 bench/vm_firecracker.py [target/dist]
+
+(target/dist: the release programs as shipped, the monitor linked statically.)
 
 Measures:
   - boot: spawn until the guest's first serial line (`starling-vmm --config-json` vs
@@ -36,7 +38,9 @@ import time
 from vmbench import api as http, checked_out, ended, kill_started, kvm_flavour, resident_beyond, spawn, wait
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/dist"))
+if not os.path.isfile(os.path.join(BIN, "starling-vmm")):
+    sys.exit(f"{os.path.basename(__file__)}: no starling-vmm in {BIN}: run scripts/build-release.sh first")
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 FC = os.environ.get("FIRECRACKER", "")
@@ -49,6 +53,12 @@ RUNS = int(os.environ.get("RUNS", "20"))
 COPIES = int(os.environ.get("COPIES", "20"))
 COPY_ROUNDS = int(os.environ.get("COPY_ROUNDS", "5"))
 OUT = os.environ.get("OUT", os.path.join(ROOT, "bench/results/vm-firecracker.md"))
+def linkage(path):
+    """How `path` is linked: a static executable has no PT_INTERP (no dynamic loader)."""
+    out = subprocess.run(["readelf", "-lW", path], capture_output=True, text=True).stdout
+    return "dynamically" if "INTERP" in out else "statically"
+
+
 def end(p):
     if p.poll() is None:
         p.kill()
@@ -210,8 +220,10 @@ def copies_fc(snap, work, i):
 
 
 def overhead_kib(pid):
-    """Resident memory of every mapping but guest RAM."""
-    return resident_beyond(pid, MEM_MIB)[0]
+    """Resident memory of every mapping but guest RAM, and of that the private (anonymous)
+    part: the program's pages are shared by every monitor on the host, the private ones are
+    what each more VM costs."""
+    return resident_beyond(pid, MEM_MIB)
 
 
 def med(xs):
@@ -291,7 +303,8 @@ def main():
         "snapshot_smaller": round(sizes[1] / sizes[0], 1) if sizes[0] else None,
         "restore_vs_fc": round(med(restores[0]) / med(restores[1]), 2),
         "copies_vs_fc": round(med(copies[0]) / med(copies[1]), 2),
-        "memory_vs_fc": round(mem[0] / mem[1], 2) if mem[1] else None,
+        "memory_vs_fc": round(mem[0][0] / mem[1][0], 2) if mem[1][0] else None,
+        "private_memory_vs_fc": round(mem[0][1] / mem[1][1], 2) if mem[1][1] else None,
     }
     memory_first, extra_boot, extra_restore = "", "", ""
     if FC2:
@@ -310,9 +323,12 @@ alternation:
         extra_restore = f"; Firecracker memory first {listed(restores[2])}"
     text = f"""# Starling's monitor vs Firecracker (tier 1)
 
-Command: `FIRECRACKER=… sudo -E python3 bench/vm_firecracker.py` (commit {commit},
+Command: `scripts/build-release.sh && FIRECRACKER=… sudo -E python3 bench/vm_firecracker.py` (commit {commit},
 {time.strftime('%Y-%m-%d')}), Firecracker `{fc_version}` built from its source (stable toolchain,
-gnu target, its own release profile). Host: /dev/kvm is `{flavour}`, 2 cores. Guest: the
+gnu target, its own release profile). Linked: Starling's monitor {linkage(VMM)}, Firecracker
+{linkage(FC)}{f", memory first {linkage(FC2)}" if FC2 else ""} (Firecracker's releases are static musl builds; built here with
+`RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p firecracker --target
+x86_64-unknown-linux-gnu`). Host: /dev/kvm is `{flavour}`, 2 cores. Guest: the
 project's test guest (PVH entry), {MEM_MIB} MiB, 1 vCPU, no devices on either side; both
 monitors without seccomp filters (`--no-seccomp`). {RUNS} runs of each, alternating; medians.
 Ratio = Starling / Firecracker (below 1: Starling takes less).
@@ -324,7 +340,8 @@ Ratio = Starling / Firecracker (below 1: Starling takes less).
 | snapshot on disk (KiB) | {sizes[0]:.0f} | {sizes[1]:.0f} | **1/{sizes[1] / sizes[0]:.0f}** |
 {row("restore: spawn → API reports running (ms)", restores)}
 {row(f"{COPIES} copies of a running guest: Starling fork vs {COPIES} Firecracker restores, request → all running (ms)", copies)}
-| monitor memory beyond guest RAM, idle booted guest (KiB RSS) | {mem[0]} | {mem[1]} | **{mem[0] / mem[1]:.2f}** |
+| monitor memory beyond guest RAM, idle booted guest (KiB RSS) | {mem[0][0]} | {mem[1][0]} | **{mem[0][0] / mem[1][0]:.2f}** |
+| of which private (anonymous; the rest is the program's pages, shared by every monitor) (KiB) | {mem[0][1]} | {mem[1][1]} | **{mem[0][1] / mem[1][1]:.2f}** |
 
 {memory_first}
 Every run (ms):

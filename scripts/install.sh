@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds and installs Starling's three programs: `starling` (the command line), `starlingd`
 # (the host daemon) and `starling-vmm` (the monitor, one per VM; `starling` finds it beside
-# itself), with `starling`'s man pages and its bash, zsh and fish completions. Installed binaries carry no debug info: it goes to separate files under
-# PREFIX/lib/debug (found by gdb and debuginfod-style tools through each binary's
+# itself; linked statically, see scripts/build-release.sh), with `starling`'s man pages and
+# its bash, zsh and fish completions. Installed binaries carry no debug info: it goes to
+# separate files under PREFIX/lib/debug (found by gdb and debuginfod-style tools through each binary's
 # .gnu_debuglink and build id), as Debian's -dbgsym packages do.
 #
 #   scripts/install.sh [PREFIX]        (default /usr/local; DESTDIR is honoured for packaging)
@@ -21,8 +22,7 @@ esac
 dest=${DESTDIR:-}
 bins=(starling starlingd starling-vmm)
 
-echo "building ${bins[*]} (release)" >&2
-cargo build --release --quiet $(printf -- '--bin %s ' "${bins[@]}")
+scripts/build-release.sh target/dist
 
 bindir=$dest$prefix/bin
 debugdir=$dest$prefix/lib/debug$prefix/bin
@@ -30,7 +30,7 @@ mkdir -p "$bindir" "$debugdir"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 for b in "${bins[@]}"; do
-  built=target/release/$b
+  built=target/dist/$b
   objcopy --only-keep-debug --compress-debug-sections=zlib "$built" "$tmp/$b.debug"
   objcopy --strip-debug --add-gnu-debuglink="$tmp/$b.debug" "$built" "$tmp/$b"
   install -m 0755 "$tmp/$b" "$bindir/$b"

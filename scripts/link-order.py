@@ -15,9 +15,10 @@ the same. Names are mangled symbols (legacy and v0): a function keeps its name w
 changes (most of them; LLVM's `.llvm.N` suffixes on some local copies do change), and a name
 the linker no longer finds is skipped, so the lists age slowly. Re-run after big changes to
 the VM path, after dependency updates (a crate's symbols carry a hash of its dependencies) or
-with a new toolchain (std's names carry its build):
+with a new toolchain (std's names carry its build). Run it on the programs as shipped: the
+monitor's names are those of its static build (`--target`, which changes every crate's hash):
 
-  cargo build --release && python3 scripts/link-order.py [target/release]
+  scripts/build-release.sh && python3 scripts/link-order.py [target/dist]
 """
 import json
 import os
@@ -32,7 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from vmbench import api, kill_started, spawn, stop_vm, wait  # noqa: E402
 
-BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/release"))
+BIN = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "target/dist"))
 VMM = os.path.join(BIN, "starling-vmm")
 STARLING = os.path.join(BIN, "starling")
 OUTPUTS = {"starling-vmm": os.path.join(ROOT, "crates/vmm/link-order.txt"),
