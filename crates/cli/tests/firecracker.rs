@@ -75,6 +75,7 @@ fn firecracker_comparison_runs_end_to_end() {
             "restore_vs_fc",
             "copies_vs_fc",
             "memory_vs_fc",
+            "private_memory_vs_fc",
         ],
     );
     let smaller = figures["snapshot_smaller"].as_f64().unwrap();

@@ -212,6 +212,7 @@ pub fn boot(config: VmConfig) -> Result<Vm, Error> {
         cpu::setup_vcpu(&fd, &m.ram.mem, &cpuid, (id == 0).then_some(&kernel))?;
         m.vcpus.push(Arc::new(Mutex::new(fd)));
     }
+    m.coalesce_console();
     Ok(Vm::new(VmParts {
         machine: m,
         info,
@@ -372,6 +373,7 @@ pub fn restore(spec: &RestoreSpec) -> Result<Vm, Error> {
     }
     let serial = SerialPort::restore((m.irqfd(COM1_IRQ)?, &console), &state.serial)?;
     m.attach_legacy(serial, &exit);
+    m.coalesce_console();
     let budget = match spec.budget_fd {
         Some(fd) => ForkBudget::inherit(fd).map_err(io_err("taking the inherited fork budget"))?,
         None => {

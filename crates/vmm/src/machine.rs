@@ -93,6 +93,26 @@ impl Machine {
         Ok(evt)
     }
 
+    /// Lets the guest's writes to the console's transmit register wait in KVM's coalesced
+    /// ring instead of exiting one by one (`devices/coalesced.rs`); where KVM cannot, or with
+    /// `STARLING_SERIAL_COALESCE=off`, they exit as before. Call once the vCPUs exist.
+    pub fn coalesce_console(&self) {
+        let (Some(serial), Some(vcpu)) = (&self.devices.serial, self.vcpus.first()) else {
+            return;
+        };
+        if std::env::var_os("STARLING_SERIAL_COALESCE").is_some_and(|v| v == "off") {
+            return;
+        }
+        let ring = crate::devices::coalesced::Ring::new(&self.vm, &lock(vcpu), COM1_PORT, 1);
+        match ring {
+            Ok(Some(ring)) => lock(serial).coalesce(ring),
+            Ok(None) => {}
+            Err(e) => eprintln!(
+                "starling: console writes exit one by one (mapping KVM's coalesced ring: {e})"
+            ),
+        }
+    }
+
     /// The legacy devices on the port bus: COM1 (`serial`, its interrupt on COM1_IRQ), the
     /// i8042, the RTC, the ACPI PM registers and the debug-exit port.
     pub fn attach_legacy(&mut self, serial: SerialPort, exit: &Arc<ExitSignal>) {

@@ -56,14 +56,6 @@ fn run(start: Start) -> (u8, String) {
     ended
 }
 
-/// Says why the VM was not started, to the API's waiting clients too; its status and reason.
-fn refused(api: Option<crate::api::server::Bound>, e: impl std::fmt::Display) -> (u8, String) {
-    if let Some(api) = api {
-        api.refuse(&e.to_string());
-    }
-    not_started(e)
-}
-
 /// Says why the VM was not started; its status and reason.
 fn not_started(e: impl std::fmt::Display) -> (u8, String) {
     eprintln!("starling: the VM was not started: {e}");
@@ -101,17 +93,6 @@ fn run_vm(mut start: Start) -> (u8, String) {
         Ok(None) => crate::snapshot::key::prepare(),
         Err(e) => return not_started(e),
     }
-    // The API socket is bound now, before the build: a client may connect at once and is
-    // answered the moment the vCPUs run (or told why they did not), rather than polling for
-    // the socket.
-    let api_socket = match &start {
-        Start::Boot(c) => c.api_socket.clone(),
-        Start::Restore(s) => s.api_socket.clone(),
-    };
-    let api = match api_socket.map(|p| crate::api::server::bind(&p)).transpose() {
-        Ok(api) => api,
-        Err(e) => return not_started(e),
-    };
     // The seccomp filter is compiled and installed (for every thread) on a thread of its own
     // while the VM is built, off the path to the guest's first instruction: installing it costs
     // about half a millisecond (the kernel checks the program and precomputes which calls it
@@ -136,15 +117,12 @@ fn run_vm(mut start: Start) -> (u8, String) {
             reason: format!("starting the installing thread: {e}"),
         }),
     };
-    let mut vm = match (built, confined) {
+    let vm = match (built, confined) {
         (Ok(vm), Ok(_)) => vm,
         // A build that failed says why first (bad input is the likelier cause).
-        (Err(e), _) => return refused(api, e),
-        (Ok(_), Err(e)) => return refused(api, e),
+        (Err(e), _) => return not_started(e),
+        (Ok(_), Err(e)) => return not_started(e),
     };
-    if let Some(api) = api {
-        vm.answer_through(api);
-    }
     if let Err(e) = crate::signals::stop_on_signals(vm.handle()) {
         eprintln!("starling: installing signal handling: {e}");
         return (2, format!("not started: {e}"));

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::api::server::Bound;
 use crate::api::{
     ActivateRequest, Activity, Controller, ForkInfo, ForkRequest, Refusal, SnapshotInfo,
     SnapshotRequest, VmStatus,
@@ -24,6 +23,9 @@ use crate::service::{GuestFork, Services};
 use crate::snapshot::{save, VmInfo};
 use crate::vcpu::{self, RunState, VcpuControl, VcpuThread};
 use crate::{flavour, Error};
+
+/// How often (ms) the console's coalesced writes are output at the latest.
+const CONSOLE_TICK_MS: i32 = 20;
 
 /// A built VM, ready to run.
 pub struct Vm {
@@ -45,8 +47,6 @@ pub struct Vm {
     start_paused: bool,
     /// For a lazily restored VM, the pages with data it may not have fetched yet.
     lazy_pages: Option<Vec<u64>>,
-    /// The API socket, bound before the VM was built.
-    api: Option<Bound>,
 }
 
 /// How the VM is tied to this host: not part of what it is, so not in its snapshots (a
@@ -351,14 +351,7 @@ impl Vm {
             release: None,
             start_paused: false,
             lazy_pages: None,
-            api: None,
         }
-    }
-
-    /// Serve the API on `socket` (the wiring's, bound before the VM was built) once the
-    /// vCPUs run.
-    pub fn answer_through(&mut self, socket: Bound) {
-        self.api = Some(socket);
     }
 
     /// Start with the vCPUs paused (a docked substrate).
@@ -453,20 +446,17 @@ impl Vm {
         if self.shared.restored && self.release.is_none() {
             let _ = self.shared.restored_in.set(self.shared.started.elapsed());
         }
-        // Answered once the vCPUs run: whoever is answered sees a running VM.
+        // Served once the vCPUs run: whoever sees the socket sees a running VM.
         let handle: Arc<dyn crate::api::Controller> = Arc::new(VmHandle(self.shared.clone()));
-        let bound = match (self.api.take(), &self.wiring.api_socket) {
-            (Some(b), _) => Some(Ok(b)),
-            (None, Some(p)) => Some(crate::api::server::bind(p)),
-            (None, None) => None,
-        };
-        let api = match bound.map(|b| b.and_then(|b| b.serve(handle))) {
-            Some(Ok(a)) => Some(a),
-            Some(Err(e)) => {
-                vcpu::stop_all(&mut threads, &self.shared.control);
-                done.store(true, Ordering::SeqCst);
-                return Err(e);
-            }
+        let api = match &self.wiring.api_socket {
+            Some(p) => match crate::api::server::serve(p, handle) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    vcpu::stop_all(&mut threads, &self.shared.control);
+                    done.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            },
             None => None,
         };
         // Whoever forked this clone may use it now: its vCPUs run (or, held, are ready to)
@@ -491,9 +481,25 @@ impl Vm {
                 revents: 0,
             });
             let n = if release < 0 { 2 } else { 3 };
+            // What the guest wrote to its console without exiting is output at least this
+            // often (a guest that prints and then halts exits no more).
+            let console = self
+                .machine
+                .devices
+                .serial
+                .as_ref()
+                .filter(|s| lock(s).coalescing());
+            let wait_ms = if console.is_some() {
+                CONSOLE_TICK_MS
+            } else {
+                200
+            };
             // SAFETY: `n` valid pollfds on the stack. The timeout only paces the reaping of
-            // clones.
-            unsafe { libc::poll(pfd.as_mut_ptr(), n, 200) };
+            // clones and the console.
+            unsafe { libc::poll(pfd.as_mut_ptr(), n, wait_ms) };
+            if let Some(s) = console {
+                lock(s).drain();
+            }
             if pfd[2].revents != 0 {
                 // Closed (or written to): the clones of this fork go on together.
                 self.release_hold(true);
@@ -519,6 +525,9 @@ impl Vm {
         *lock(&self.shared.requests) = None;
         self.services.set_fork_sender(None);
         vcpu::stop_all(&mut threads, &self.shared.control);
+        if let Some(s) = &self.machine.devices.serial {
+            lock(s).drain();
+        }
         done.store(true, Ordering::SeqCst);
         if let Some(api) = api {
             api.shutdown();

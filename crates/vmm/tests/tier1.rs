@@ -358,14 +358,6 @@ fn bad_input_is_refused_before_the_guest_starts() {
     assert!(err(c).contains("reserved"));
 }
 
-fn mkfifo(p: &Path) {
-    let st = std::process::Command::new("mkfifo")
-        .arg(p)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mkfifo {}", p.display());
-}
-
 fn wait_for_socket(sock: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !sock.exists() {
@@ -378,49 +370,26 @@ fn wait_for_socket(sock: &Path) {
     }
 }
 
-/// The monitor binds its API socket before it builds the VM: a client that connects while the
-/// VM is built (held here by a console FIFO nobody reads yet) is answered once the vCPUs run,
-/// and one whose VM does not start (a kernel FIFO fed junk) is told why. Connections past the
-/// bound are closed unanswered, and an endless request line is cut rather than read on.
+/// The API serves at most its bound of connections at once (the next is closed unanswered,
+/// and it answers again once they go), and an endless request line is cut rather than read on.
 #[test]
-fn api_clients_wait_for_the_vm_and_hear_why_it_did_not_start() {
+fn api_connections_and_request_sizes_are_bounded() {
     let g = guests_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let monitor = |c: &VmConfig| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
-            .arg("--config-json")
-            .arg(serde_json::to_string(c).unwrap())
-            .env("STARLING_VM_QUIET", "1")
-            .spawn()
-            .unwrap()
-    };
-
-    let console = d.join("console");
-    mkfifo(&console);
     let sock = d.join("api.sock");
     let mut c = config(&g.pvh, "idle", d);
-    c.console = Console::File(console.clone());
     c.api_socket = Some(sock.clone());
     c.run_dir = Some(d.join("run"));
-    let mut vm = monitor(&c);
+    let mut vm = std::process::Command::new(env!("CARGO_BIN_EXE_starling-vmm"))
+        .arg("--config-json")
+        .arg(serde_json::to_string(&c).unwrap())
+        .env("STARLING_VM_QUIET", "1")
+        .spawn()
+        .unwrap();
     wait_for_socket(&sock);
-    let s = sock.clone();
-    let waiting = std::thread::spawn(move || api(&s, "GET", "/v1/vm"));
-    std::thread::sleep(Duration::from_millis(500));
-    assert!(
-        !waiting.is_finished(),
-        "a request was answered before the VM was built"
-    );
-    // Reading the console lets the build go on.
-    let mut out = BufReader::new(std::fs::File::open(&console).unwrap());
-    let (code, st) = waiting.join().unwrap();
+    let (code, st) = api(&sock, "GET", "/v1/vm");
     assert_eq!((code, st["state"].as_str()), (200, Some("running")), "{st}");
-    let mut line = String::new();
-    while !line.contains("entered through") {
-        line.clear();
-        assert!(out.read_line(&mut line).unwrap() > 0, "the console ended");
-    }
 
     // Connections held open up to the bound: the next one is closed unanswered.
     let held: Vec<UnixStream> = (0..starling_vmm::api::server::MAX_CONNECTIONS)
@@ -475,30 +444,77 @@ fn api_clients_wait_for_the_vm_and_hear_why_it_did_not_start() {
     );
     assert_eq!(api(&sock, "POST", "/v1/vm/stop").0, 200);
     assert!(vm.wait().unwrap().success());
+}
 
-    // A VM that does not start: its waiting client hears why.
-    let kernel = d.join("kernel");
-    mkfifo(&kernel);
-    let sock2 = d.join("api2.sock");
-    let mut c = config(&kernel, "", d);
-    c.api_socket = Some(sock2.clone());
-    c.run_dir = Some(d.join("run2"));
-    let mut vm = monitor(&c);
-    wait_for_socket(&sock2);
-    let s = sock2.clone();
-    let waiting = std::thread::spawn(move || api(&s, "GET", "/v1/vm"));
-    std::thread::sleep(Duration::from_millis(300));
-    std::fs::write(&kernel, vec![0x5au8; 4096]).unwrap();
-    let (code, body) = waiting.join().unwrap();
-    let e = body["error"].as_str().unwrap_or_default();
-    assert_eq!(code, 503, "{body}");
-    assert!(
-        e.contains("the VM was not started") && e.contains("kernel"),
-        "{e}"
+/// The console's transmit register is coalesced: a guest printing by polling (the line status,
+/// then the character) exits once per character instead of twice, and its console is the same
+/// byte for byte as with every write exiting (`STARLING_SERIAL_COALESCE=off`), its last line
+/// included (written just before the guest powers off), and a line printed just before the
+/// guest halts for good (no exit after it) still reaches the console.
+#[test]
+fn console_writes_wait_in_kvm_s_ring_and_come_out_whole() {
+    let g = guests_or_skip!();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str, cmdline: &str, coalesce: bool| {
+        let mut c = config(&g.pvh, cmdline, dir.path());
+        let log = dir.path().join(format!("{name}.log"));
+        c.console = Console::File(log.clone());
+        c.run_dir = Some(dir.path().join(name));
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_starling-vmm"));
+        cmd.arg("--config-json")
+            .arg(serde_json::to_string(&c).unwrap())
+            .env("STARLING_VM_TRACE", "1")
+            .env("STARLING_VM_QUIET", "1")
+            .stderr(std::process::Stdio::piped());
+        if !coalesce {
+            cmd.env("STARLING_SERIAL_COALESCE", "off");
+        }
+        (cmd, log)
+    };
+    let outs = |trace: &str| -> u64 {
+        trace
+            .lines()
+            .find_map(|l| {
+                l.split_once("out 0x3f8: ")
+                    .map(|(_, n)| n.trim().parse().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    let (mut on, log_on) = run("on", "poweroff", true);
+    let (mut off, log_off) = run("off", "poweroff", false);
+    let on = on.output().unwrap();
+    let off = off.output().unwrap();
+    let (trace_on, trace_off) = (
+        String::from_utf8_lossy(&on.stderr),
+        String::from_utf8_lossy(&off.stderr),
     );
-    assert_eq!(vm.wait().unwrap().code(), Some(2));
-    assert!(
-        !sock2.exists(),
-        "the socket outlived a VM that did not start"
+    let (text_on, text_off) = (
+        std::fs::read_to_string(&log_on).unwrap(),
+        std::fs::read_to_string(&log_off).unwrap(),
     );
+    assert!(text_off.contains("guest done"), "{text_off}");
+    assert_eq!(text_on, text_off, "the console differs with coalescing");
+    let chars = text_off.len() as u64;
+    assert!(
+        outs(&trace_off) >= chars,
+        "every character should exit without coalescing: {chars} characters, trace:\n{trace_off}"
+    );
+    assert!(
+        outs(&trace_on) * 4 < chars,
+        "{chars} characters but this many exited:\n{trace_on}"
+    );
+
+    // Printed, then halted with interrupts off: no exit after the line.
+    let (mut idle, log) = run("idle", "idle", true);
+    let mut vm = idle.stderr(std::process::Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("idle\n")
+    {
+        assert!(Instant::now() < deadline, "the idle line never came out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = vm.kill();
+    let _ = vm.wait();
 }

@@ -1,13 +1,9 @@
 //! The API server: one thread accepting on the unix socket, a thread per connection (at most
 //! [`MAX_CONNECTIONS`] at once), one request per connection, routed to a [`Controller`].
-//!
-//! A monitor binds its socket as it starts, before the VM is built ([`bind`]), and serves it
-//! once the vCPUs run ([`Bound::serve`]): a client that connects meanwhile waits in the
-//! socket's backlog and is answered the moment the VM runs, without polling for the socket;
-//! if the VM does not start, the waiting clients are told why ([`Bound::refuse`]).
+//! The socket is bound once the vCPUs run: whoever sees it sees a running VM.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,92 +50,47 @@ impl ApiServer {
     }
 }
 
-/// An API socket bound and not served yet.
-pub struct Bound {
-    path: PathBuf,
-    listener: UnixListener,
-}
-
-/// Binds the API socket at `path` (a stale socket file is replaced).
-pub fn bind(path: &Path) -> Result<Bound, Error> {
-    let listener = crate::jail::sockets::listener(path).map_err(|source| Error::Io {
+/// Serves the API at `path` (a stale socket file is replaced).
+pub fn serve(path: &Path, vm: Arc<dyn Controller>) -> Result<ApiServer, Error> {
+    let io = |source| Error::Io {
         what: format!("API socket {}", path.display()),
         source,
-    })?;
-    Ok(Bound {
-        path: path.to_owned(),
-        listener,
-    })
-}
-
-/// Binds and serves the API at `path` at once.
-pub fn serve(path: &Path, vm: Arc<dyn Controller>) -> Result<ApiServer, Error> {
-    bind(path)?.serve(vm)
-}
-
-impl Bound {
-    /// Serves the socket: the clients already waiting first.
-    pub fn serve(self, vm: Arc<dyn Controller>) -> Result<ApiServer, Error> {
-        let Bound { path, listener } = self;
-        let in_flight = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(AtomicBool::new(false));
-        let (counted, stopped) = (in_flight.clone(), done.clone());
-        std::thread::Builder::new()
-            .name("api".into())
-            .spawn(move || {
-                while let Ok((stream, _)) = listener.accept() {
-                    if stopped.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    // Counted before the thread starts, so a burst cannot pass the bound.
-                    if counted.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                        counted.fetch_sub(1, Ordering::SeqCst);
-                        continue;
-                    }
-                    let vm = vm.clone();
-                    let spawned = std::thread::Builder::new().name("api-conn".into()).spawn({
-                        let counted = counted.clone();
-                        move || {
-                            handle(stream, &*vm);
-                            counted.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    });
-                    if spawned.is_err() {
-                        counted.fetch_sub(1, Ordering::SeqCst);
-                    }
+    };
+    let listener = crate::jail::sockets::listener(path).map_err(io)?;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let (counted, stopped) = (in_flight.clone(), done.clone());
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            while let Ok((stream, _)) = listener.accept() {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
                 }
-            })
-            .map_err(|source| Error::Io {
-                what: format!("API socket {}", path.display()),
-                source,
-            })?;
-        Ok(ApiServer {
-            path,
-            in_flight,
-            done,
+                // Counted before the thread starts, so a burst cannot pass the bound.
+                if counted.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    counted.fetch_sub(1, Ordering::SeqCst);
+                    continue;
+                }
+                let vm = vm.clone();
+                let spawned = std::thread::Builder::new().name("api-conn".into()).spawn({
+                    let counted = counted.clone();
+                    move || {
+                        handle(stream, &*vm);
+                        counted.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+                if spawned.is_err() {
+                    counted.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
         })
-    }
-
-    /// The VM did not start: the clients waiting are answered 503 with `why`, and the socket
-    /// goes.
-    pub fn refuse(self, why: &str) {
-        let _ = std::fs::remove_file(&self.path);
-        if self.listener.set_nonblocking(true).is_err() {
-            return;
-        }
-        let text = json(&ErrorBody {
-            error: format!("the VM was not started: {why}"),
-        });
-        for _ in 0..MAX_CONNECTIONS {
-            let Ok((stream, _)) = self.listener.accept() else {
-                break;
-            };
-            // Read first: a request left unread would reset the connection under the answer.
-            let _ = read_request(&stream, Duration::from_millis(100));
-            let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-            answer(&stream, 503, &text);
-        }
-    }
+        .map_err(io)?;
+    Ok(ApiServer {
+        path: path.to_owned(),
+        in_flight,
+        done,
+    })
 }
 
 fn handle(stream: UnixStream, vm: &dyn Controller) {
@@ -187,7 +138,6 @@ fn answer(mut out: &UnixStream, code: u16, text: &str) {
         400 => "Bad Request",
         404 => "Not Found",
         409 => "Conflict",
-        503 => "Service Unavailable",
         _ => "Method Not Allowed",
     };
     let _ = write!(

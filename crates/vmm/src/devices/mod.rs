@@ -1,5 +1,6 @@
 //! Legacy platform devices on the port-I/O bus.
 
+pub mod coalesced;
 pub mod power;
 pub mod rtc;
 pub mod serial;

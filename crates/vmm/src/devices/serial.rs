@@ -15,6 +15,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use serde::{Deserialize, Serialize};
 
+use super::coalesced::Ring;
 use crate::bus::BusDevice;
 pub use crate::config::Console;
 use crate::persist::{Persist, SaveContext};
@@ -54,7 +55,18 @@ pub struct SerialPort(
     pub Serial<IrqTrigger, vm_superio::serial::NoEvents, ConsoleOut>,
     /// The attach socket of a `Console::Socket`, taken by the thread that serves it.
     pub Option<UnixListener>,
+    /// KVM's ring for the transmit register's writes, registered while a write there only
+    /// outputs a byte ([`SerialPort::coalesce`]).
+    pub Option<Ring>,
 );
+
+/// The transmit register's port and the registers whose writes decide whether a write to it
+/// may wait in the ring: the interrupt enable (THR empty), line control (DLAB) and modem
+/// control (loopback) registers.
+const THR: u64 = 0;
+const IER: u64 = 1;
+const LCR: u64 = 3;
+const MCR: u64 = 4;
 
 /// The console log is cut back to its newest half beyond this (a guest cannot fill the disk).
 const LOG_MAX: u64 = 16 << 20;
@@ -369,12 +381,52 @@ pub fn serve_attach(
 impl SerialPort {
     pub fn new(irq: EventFd, console: &Console) -> std::io::Result<Self> {
         let (out, listener) = console_out(console)?;
-        Ok(SerialPort(Serial::new(IrqTrigger(irq), out), listener))
+        Ok(SerialPort(
+            Serial::new(IrqTrigger(irq), out),
+            listener,
+            None,
+        ))
     }
 
     /// Queues input bytes for the guest; returns how many fit.
     pub fn input(&mut self, bytes: &[u8]) -> usize {
         self.0.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    /// Lets writes to the transmit register wait in KVM's `ring` instead of exiting, while
+    /// that is all they do: no divisor latch (DLAB), no transmit interrupt, no loopback.
+    pub fn coalesce(&mut self, ring: Ring) {
+        self.2 = Some(ring);
+        self.update_coalescing();
+    }
+
+    /// Outputs what the guest wrote to the transmit register without exiting.
+    pub fn drain(&mut self) {
+        let SerialPort(serial, _, ring) = self;
+        if let Some(ring) = ring {
+            ring.drain(|_, bytes| {
+                for &b in bytes {
+                    let _ = serial.write(THR as u8, b);
+                }
+            });
+        }
+    }
+
+    /// Whether writes to the transmit register wait in the ring now.
+    pub fn coalescing(&self) -> bool {
+        self.2.as_ref().is_some_and(Ring::registered)
+    }
+
+    fn update_coalescing(&mut self) {
+        let Some(ring) = self.2.as_mut() else {
+            return;
+        };
+        let s = self.0.state();
+        ring.set(
+            s.line_control & 0x80 == 0
+                && s.interrupt_enable & 0x02 == 0
+                && s.modem_control & 0x10 == 0,
+        );
     }
 }
 
@@ -384,6 +436,8 @@ impl<'a> Persist<'a> for SerialPort {
     type Args = (EventFd, &'a Console);
 
     fn save(&mut self, _ctx: &SaveContext) -> Result<SerialState, Error> {
+        // The ring is not part of the state: what waits in it is output now.
+        self.drain();
         let s = self.0.state();
         Ok(SerialState {
             regs: [
@@ -420,20 +474,28 @@ impl<'a> Persist<'a> for SerialPort {
             source: e,
         })?;
         Serial::from_state(&state, IrqTrigger(irq), vm_superio::serial::NoEvents, out)
-            .map(|s| SerialPort(s, listener))
+            .map(|s| SerialPort(s, listener, None))
             .map_err(|e| Error::Invalid(format!("serial state: {e:?}")))
     }
 }
 
 impl BusDevice for SerialPort {
+    // Every access drains the ring first: the bytes written before it are output before it
+    // takes effect (a divisor latch set, a loopback turned on), and a guest polling the line
+    // status between characters sees them out at once.
     fn read(&mut self, offset: u64, data: &mut [u8]) {
+        self.drain();
         if let Some(b) = data.first_mut() {
             *b = self.0.read(offset as u8);
         }
     }
     fn write(&mut self, offset: u64, data: &[u8]) {
+        self.drain();
         if let Some(&v) = data.first() {
             let _ = self.0.write(offset as u8, v);
+        }
+        if matches!(offset, IER | LCR | MCR) {
+            self.update_coalescing();
         }
     }
 }

@@ -9,10 +9,10 @@
 use std::collections::BTreeMap;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_ioeventfd, kvm_irq_level, kvm_irqchip,
-    kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msr_list, kvm_msrs, kvm_pit_config,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region, kvm_vcpu_events, kvm_xcrs,
-    kvm_xsave,
+    kvm_clock_data, kvm_coalesced_mmio_zone, kvm_cpuid2, kvm_debugregs, kvm_fpu, kvm_ioeventfd,
+    kvm_irq_level, kvm_irqchip, kvm_irqfd, kvm_lapic_state, kvm_mp_state, kvm_msr_list, kvm_msrs,
+    kvm_pit_config, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_userspace_memory_region,
+    kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -228,6 +228,8 @@ const MONITOR_IOCTLS: &[u64] = &[
     iow::<kvm_irq_level>(0x61),               // KVM_IRQ_LINE
     iow::<kvm_irqfd>(0x76),                   // KVM_IRQFD
     iow::<kvm_ioeventfd>(0x79),               // KVM_IOEVENTFD (register and unregister)
+    iow::<kvm_coalesced_mmio_zone>(0x67),     // KVM_REGISTER_COALESCED_MMIO (the console)
+    iow::<kvm_coalesced_mmio_zone>(0x68),     // KVM_UNREGISTER_COALESCED_MMIO
     iow::<kvm_pit_config>(0x77),              // KVM_CREATE_PIT2
     iow::<kvm_clock_data>(0x7b),              // KVM_SET_CLOCK
     ior::<kvm_clock_data>(0x7c),              // KVM_GET_CLOCK
