@@ -447,16 +447,17 @@ impl Vm {
             let _ = self.shared.restored_in.set(self.shared.started.elapsed());
         }
         // Served once the vCPUs run: whoever sees the socket sees a running VM.
-        let handle: Arc<dyn crate::api::Controller> = Arc::new(VmHandle(self.shared.clone()));
         let api = match &self.wiring.api_socket {
-            Some(p) => match crate::api::server::serve(p, handle) {
-                Ok(a) => Some(a),
-                Err(e) => {
-                    vcpu::stop_all(&mut threads, &self.shared.control);
-                    done.store(true, Ordering::SeqCst);
-                    return Err(e);
+            Some(p) => {
+                match crate::api::server::serve(p, Arc::new(VmHandle(self.shared.clone()))) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        vcpu::stop_all(&mut threads, &self.shared.control);
+                        done.store(true, Ordering::SeqCst);
+                        return Err(e);
+                    }
                 }
-            },
+            }
             None => None,
         };
         // Whoever forked this clone may use it now: its vCPUs run (or, held, are ready to)

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use starling_testkit::wait_for;
 use starling_vmm::test_guest::TestGuest;
 use starling_vmm::{Console, ExitReason, RestoreSpec, Vm, VmConfig, VsockConfig};
 
@@ -66,14 +67,6 @@ fn ticks(console: &str) -> Vec<(u64, u64, bool)> {
             }
         })
         .collect()
-}
-
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn api(sock: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {

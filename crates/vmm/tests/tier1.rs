@@ -188,14 +188,11 @@ fn vsock_both_directions_over_unix_sockets() {
     let log = dir.path().join("console.log");
     let (sock2, log2) = (sock.clone(), log.clone());
     let client = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !std::fs::read_to_string(&log2)
-            .unwrap_or_default()
-            .contains("listening on 6000")
-        {
-            assert!(Instant::now() < deadline, "guest never listened");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        starling_testkit::wait_for("the guest to listen on 6000", 30, || {
+            std::fs::read_to_string(&log2)
+                .unwrap_or_default()
+                .contains("listening on 6000")
+        });
         let mut s = UnixStream::connect(&sock2).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(b"CONNECT 6000\n").unwrap();
@@ -358,18 +355,6 @@ fn bad_input_is_refused_before_the_guest_starts() {
     assert!(err(c).contains("reserved"));
 }
 
-fn wait_for_socket(sock: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "no API socket at {}",
-            sock.display()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// The API serves at most its bound of connections at once (the next is closed unanswered,
 /// and it answers again once they go), and an endless request line is cut rather than read on.
 #[test]
@@ -387,7 +372,7 @@ fn api_connections_and_request_sizes_are_bounded() {
         .env("STARLING_VM_QUIET", "1")
         .spawn()
         .unwrap();
-    wait_for_socket(&sock);
+    starling_testkit::wait_for("the API socket", 30, || sock.exists());
     let (code, st) = api(&sock, "GET", "/v1/vm");
     assert_eq!((code, st["state"].as_str()), (200, Some("running")), "{st}");
 
@@ -507,14 +492,11 @@ fn console_writes_wait_in_kvm_s_ring_and_come_out_whole() {
     // Printed, then halted with interrupts off: no exit after the line.
     let (mut idle, log) = run("idle", "idle", true);
     let mut vm = idle.stderr(std::process::Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("idle\n")
-    {
-        assert!(Instant::now() < deadline, "the idle line never came out");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    starling_testkit::wait_for("the idle line", 30, || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("idle\n")
+    });
     let _ = vm.kill();
     let _ = vm.wait();
 }

@@ -94,24 +94,14 @@ pub fn serve(path: &Path, vm: Arc<dyn Controller>) -> Result<ApiServer, Error> {
 }
 
 fn handle(stream: UnixStream, vm: &dyn Controller) {
-    let Some((method, target, body)) = read_request(&stream, Duration::from_secs(5)) else {
-        return;
-    };
-    let (code, text) = match route(&method, &target, &body, vm) {
-        Ok(json) => (200, json),
-        Err(r) => (r.code, json(&ErrorBody { error: r.message })),
-    };
-    answer(&stream, code, &text);
-}
-
-/// A request's method, target and body, read within `limit` per read and the size bounds
-/// however long a client's lines.
-fn read_request(stream: &UnixStream, limit: Duration) -> Option<(String, String, Vec<u8>)> {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(limit));
-    let mut reader = BufReader::new(stream.take(MAX_HEAD + MAX_BODY as u64));
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    // However long a client's lines: no more than a request's bound is read.
+    let mut reader = BufReader::new((&stream).take(MAX_HEAD + MAX_BODY as u64));
     let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
     let mut parts = line.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     // Headers: only Content-Length matters.
@@ -129,10 +119,10 @@ fn read_request(stream: &UnixStream, limit: Duration) -> Option<(String, String,
     }
     let mut body = vec![0u8; length.min(MAX_BODY)];
     let _ = reader.read_exact(&mut body);
-    Some((method.to_owned(), target.to_owned(), body))
-}
-
-fn answer(mut out: &UnixStream, code: u16, text: &str) {
+    let (code, text) = match route(method, target, &body, vm) {
+        Ok(json) => (200, json),
+        Err(r) => (r.code, json(&ErrorBody { error: r.message })),
+    };
     let reason = match code {
         200 => "OK",
         400 => "Bad Request",
@@ -140,6 +130,7 @@ fn answer(mut out: &UnixStream, code: u16, text: &str) {
         409 => "Conflict",
         _ => "Method Not Allowed",
     };
+    let mut out = &stream;
     let _ = write!(
         out,
         "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",

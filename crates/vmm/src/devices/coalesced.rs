@@ -5,8 +5,7 @@
 //! line status and writes the character, two exits per character, and the write is the one
 //! that can wait. When the ring is full KVM exits as usual, so nothing is lost.
 
-use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -40,7 +39,7 @@ pub struct Ring {
     page: NonNull<u8>,
     /// The VM, for registering and unregistering the port (its own descriptor: the device
     /// owning the ring does not hold the VM).
-    vm: File,
+    vm: OwnedFd,
     zone: kvm_coalesced_mmio_zone,
     registered: bool,
 }
@@ -53,9 +52,12 @@ impl Ring {
     /// The ring for writes to `port` (`size` bytes), not registered yet; None where KVM has
     /// no coalesced PIO.
     pub fn new(vm: &VmFd, vcpu: &VcpuFd, port: u16, size: u32) -> std::io::Result<Option<Ring>> {
-        if vm.check_extension_int(Cap::CoalescedPio) <= 0 {
+        if !vm.check_extension(Cap::CoalescedPio) {
             return Ok(None);
         }
+        // SAFETY: the VM's descriptor is open for as long as `vm` is borrowed; the duplicate
+        // is ours.
+        let vm = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) }.try_clone_to_owned()?;
         // SAFETY: a fresh shared mapping of one page of the vCPU's descriptor at the ring's
         // offset, as KVM documents it; checked below and unmapped on drop.
         let p = unsafe {
@@ -72,14 +74,6 @@ impl Ring {
             return Err(std::io::Error::last_os_error());
         }
         let page = NonNull::new(p.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap"))?;
-        // SAFETY: fcntl on the VM's open descriptor; the duplicate is owned by the File.
-        let dup = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-        if dup < 0 {
-            let e = std::io::Error::last_os_error();
-            // SAFETY: the mapping made above, unmapped once.
-            unsafe { libc::munmap(p, PAGE) };
-            return Err(e);
-        }
         let zone = kvm_coalesced_mmio_zone {
             addr: u64::from(port),
             size,
@@ -87,8 +81,7 @@ impl Ring {
         };
         Ok(Some(Ring {
             page,
-            // SAFETY: `dup` is a descriptor we own from here on.
-            vm: unsafe { File::from_raw_fd(dup) },
+            vm,
             zone,
             registered: false,
         }))
