@@ -12,6 +12,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 need_cargo
+case ${1:-} in
+  -h|--help) sed -n '2,10s/^# \{0,1\}//p' "$0"; exit 0 ;;
+  -*) echo "build-release.sh: unknown option $1 (usage: scripts/build-release.sh [OUT])" >&2; exit 2 ;;
+esac
 out=${1:-target/dist}
 host=$(rustc -vV | sed -n 's/^host: //p')
 
